@@ -1,0 +1,1 @@
+#include "intercept/cli.h"

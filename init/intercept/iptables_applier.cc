@@ -1,0 +1,1 @@
+#include "intercept/applier.h"

@@ -1,0 +1,1 @@
+#include "intercept/iptables_save.h"

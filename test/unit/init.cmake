@@ -1,0 +1,6 @@
+remora_add_gtest(common_test unit ${CMAKE_CURRENT_LIST_DIR}/common_test.cc)
+target_link_libraries(common_test PRIVATE remora_common)
+remora_add_gtest(plan_test unit ${CMAKE_CURRENT_LIST_DIR}/plan_test.cc)
+target_link_libraries(plan_test PRIVATE remora_intercept)
+remora_add_gtest(cli_test unit ${CMAKE_CURRENT_LIST_DIR}/cli_test.cc)
+target_link_libraries(cli_test PRIVATE remora_intercept)

@@ -1,0 +1,113 @@
+#include "common/subprocess.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+extern char** environ;
+
+namespace remora {
+namespace {
+
+struct Pipe {
+  int fds[2] = {-1, -1};
+  ~Pipe() {
+    for (int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  void closeEnd(int i) {
+    if (fds[i] >= 0) ::close(fds[i]);
+    fds[i] = -1;
+  }
+};
+
+}  // namespace
+
+bool programInPath(const std::string& program) {
+  if (program.find('/') != std::string::npos) return ::access(program.c_str(), X_OK) == 0;
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    if (::access((dir + "/" + program).c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
+Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std::string& input) {
+  if (argv.empty()) return makeError("runCommand: empty argv");
+  if (!programInPath(argv[0])) {
+    return Error{ENOENT, fmt::format("'{}' was not found in PATH", argv[0])};
+  }
+  Pipe in, out, err;
+  if (::pipe2(in.fds, O_CLOEXEC) != 0 || ::pipe2(out.fds, O_CLOEXEC) != 0 ||
+      ::pipe2(err.fds, O_CLOEXEC) != 0) {
+    return errnoError("pipe2");
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in.fds[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, out.fds[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err.fds[1], 2);
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    errno = rc;
+    return errnoError(fmt::format("cannot run '{}'", argv[0]));
+  }
+  in.closeEnd(0);
+  out.closeEnd(1);
+  err.closeEnd(1);
+
+  CommandOutput result;
+  size_t written = 0;
+  if (input.empty()) in.closeEnd(1);
+  std::array<char, 65536> buf{};
+  while (out.fds[0] >= 0 || err.fds[0] >= 0 || in.fds[1] >= 0) {
+    std::array<pollfd, 3> pfds{};
+    pfds[0] = {in.fds[1], POLLOUT, 0};
+    pfds[1] = {out.fds[0], POLLIN, 0};
+    pfds[2] = {err.fds[0], POLLIN, 0};
+    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return errnoError("poll");
+    }
+    if (pfds[0].revents) {
+      ssize_t n = ::write(in.fds[1], input.data() + written, input.size() - written);
+      if (n > 0) written += static_cast<size_t>(n);
+      if (n < 0 || written == input.size()) in.closeEnd(1);
+    }
+    for (int i = 1; i <= 2; ++i) {
+      if (!pfds[i].revents) continue;
+      Pipe& p = i == 1 ? out : err;
+      ssize_t n = ::read(p.fds[0], buf.data(), buf.size());
+      if (n > 0) {
+        (i == 1 ? result.out : result.err).append(buf.data(), static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        p.closeEnd(0);
+      }
+    }
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return errnoError("waitpid");
+  }
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+}  // namespace remora
