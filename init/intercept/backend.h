@@ -1,0 +1,35 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/ip_address.h"
+#include "common/result.h"
+#include "intercept/options.h"
+
+namespace remora::intercept {
+
+// The iptables-save/-restore pair of one backend and family, e.g. ip6tables-nft-save.
+struct IptablesTools {
+  IptablesBackend backend = IptablesBackend::kNft;
+  Family family = Family::kIpv4;
+  std::string save;     // program name, looked up in PATH
+  std::string restore;  // program name, looked up in PATH
+  std::string name() const;  // "iptables-nft", "ip6tables-legacy", ...
+};
+
+IptablesTools toolsFor(IptablesBackend backend, Family family);
+
+// Chooses the backend for this netns the way kube-proxy and istio-iptables do: legacy when the
+// legacy tables already hold rules, nft otherwise. An explicit choice is returned as is.
+// Errors when the chosen tools are not installed.
+Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family);
+
+// Runs `<family>-<backend>-save -c [-t table]` and returns its text.
+Result<std::string> saveTable(const IptablesTools& tools, const std::string& table);
+
+// Whether IPv6 is usable in the calling thread's netns (the kernel has it and it is not
+// disabled with net.ipv6.conf.all.disable_ipv6).
+bool ipv6Enabled();
+
+}  // namespace remora::intercept
