@@ -1,1 +1,8 @@
-int main() { return 0; }
+#include <string>
+#include <vector>
+
+#include "intercept/cli.h"
+
+int main(int argc, char** argv) {
+  return remora::intercept::runInit(std::vector<std::string>(argv + 1, argv + argc));
+}

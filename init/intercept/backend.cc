@@ -15,7 +15,8 @@ std::string IptablesTools::name() const {
 
 IptablesTools toolsFor(IptablesBackend backend, Family family) {
   IptablesTools t;
-  t.backend = backend == IptablesBackend::kLegacy ? IptablesBackend::kLegacy : IptablesBackend::kNft;
+  t.backend =
+      backend == IptablesBackend::kLegacy ? IptablesBackend::kLegacy : IptablesBackend::kNft;
   t.family = family;
   std::string base = t.name();
   t.save = base + "-save";
@@ -28,7 +29,8 @@ Result<std::string> saveTable(const IptablesTools& tools, const std::string& tab
   if (!table.empty()) argv.insert(argv.end(), {"-t", table});
   auto out = runCommand(argv);
   if (!out) {
-    return Error{out.error().code, fmt::format("{} (install the iptables package)", out.error().message)};
+    return Error{out.error().code,
+                 fmt::format("{} (install the iptables package)", out.error().message)};
   }
   if (out->exit_code != 0) {
     return makeError(fmt::format("{} failed (exit {}): {}", tools.save, out->exit_code, out->err));

@@ -13,8 +13,8 @@ namespace remora::intercept {
 struct IptablesTools {
   IptablesBackend backend = IptablesBackend::kNft;
   Family family = Family::kIpv4;
-  std::string save;     // program name, looked up in PATH
-  std::string restore;  // program name, looked up in PATH
+  std::string save;          // program name, looked up in PATH
+  std::string restore;       // program name, looked up in PATH
   std::string name() const;  // "iptables-nft", "ip6tables-legacy", ...
 };
 

@@ -1,1 +1,167 @@
 #include "intercept/cli.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <charconv>
+
+namespace remora::intercept {
+namespace {
+
+std::vector<std::string> splitList(std::string_view text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string_view::npos) comma = text.size();
+    std::string item(text.substr(start, comma - start));
+    item.erase(0, item.find_first_not_of(' '));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (!item.empty()) items.push_back(item);
+    start = comma + 1;
+  }
+  return items;
+}
+
+Result<uint32_t> parseId(std::string_view flag, std::string_view value) {
+  uint32_t id = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), id);
+  // 4294967295 is (uid_t)-1, "no id", and cannot own a socket.
+  if (value.empty() || ec != std::errc() || end != value.data() + value.size() ||
+      id == 4294967295u) {
+    return makeError(
+        fmt::format("invalid --{} '{}': must be a numeric id in 0..4294967294", flag, value));
+  }
+  return id;
+}
+
+Result<std::vector<Cidr>> parseCidrs(std::string_view flag, std::string_view value) {
+  std::vector<Cidr> cidrs;
+  for (const auto& item : splitList(value)) {
+    auto cidr = Cidr::parse(item);
+    if (!cidr) return makeError(fmt::format("invalid --{}: {}", flag, cidr.error().message));
+    cidrs.push_back(*cidr);
+  }
+  return cidrs;
+}
+
+Result<std::vector<PortRange>> parsePorts(std::string_view flag, std::string_view value) {
+  auto ports = parsePortList(value);
+  if (!ports) return makeError(fmt::format("invalid --{}: {}", flag, ports.error().message));
+  return ports;
+}
+
+bool validInterfaceName(std::string_view name) {
+  // Linux allows up to 15 bytes; iptables adds a trailing '+' wildcard.
+  if (name.empty() || name.size() > 15) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+              c == '@' || (c == '+' && i == name.size() - 1);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const std::vector<OptionSpec>& optionSpecs() {
+  static const std::vector<OptionSpec> specs = {
+      {"proxy-uid", "REMORA_PROXY_UID", "UID the proxy runs as; its traffic is never captured",
+       "1337"},
+      {"proxy-gid", "REMORA_PROXY_GID", "GID the proxy runs as; its traffic is never captured",
+       "1337"},
+      {"outbound-port", "REMORA_OUTBOUND_PORT", "proxy port outbound TCP is redirected to",
+       "15001"},
+      {"inbound-port", "REMORA_INBOUND_PORT", "proxy port inbound TCP is redirected to", "15006"},
+      {"include-outbound-cidrs", "REMORA_INCLUDE_OUTBOUND_CIDRS",
+       "destinations captured: '*' for all, or a comma-separated CIDR list", "*"},
+      {"exclude-outbound-cidrs", "REMORA_EXCLUDE_OUTBOUND_CIDRS",
+       "destinations never captured (comma-separated CIDRs)", ""},
+      {"include-inbound-ports", "REMORA_INCLUDE_INBOUND_PORTS",
+       "inbound ports captured: '*' for all, or ports and ranges (80,8000-8080); empty for none",
+       "*"},
+      {"exclude-inbound-ports", "REMORA_EXCLUDE_INBOUND_PORTS",
+       "inbound ports never captured, besides 15000,15001,15006,15020,15021,15090", ""},
+      {"exclude-outbound-ports", "REMORA_EXCLUDE_OUTBOUND_PORTS",
+       "outbound destination ports never captured (ports and ranges)", ""},
+      {"exclude-interfaces", "REMORA_EXCLUDE_INTERFACES",
+       "interfaces whose traffic is never captured (comma-separated)", ""},
+      {"ipv6", "REMORA_IPV6", "IPv6 rules: auto (when the netns has IPv6), on or off", "auto"},
+      {"iptables-backend", "REMORA_IPTABLES_BACKEND",
+       "auto (legacy if the netns already has legacy rules, else nft), legacy or nft", "auto"},
+  };
+  return specs;
+}
+
+Result<void> setOption(InterceptOptions& options, std::string_view flag, std::string_view value) {
+  InterceptOptions o = options;  // work on a copy so a bad value changes nothing
+  if (flag == "proxy-uid" || flag == "proxy-gid") {
+    auto id = parseId(flag, value);
+    if (!id) return id.error();
+    (flag == "proxy-uid" ? o.proxy_uid : o.proxy_gid) = *id;
+  } else if (flag == "outbound-port" || flag == "inbound-port") {
+    auto port = parsePort(value, fmt::format("--{}", flag));
+    if (!port) return port.error();
+    (flag == "outbound-port" ? o.outbound_port : o.inbound_port) = *port;
+  } else if (flag == "include-outbound-cidrs") {
+    o.include_all_outbound = value == "*";
+    o.include_outbound_cidrs.clear();
+    if (!o.include_all_outbound) {
+      auto cidrs = parseCidrs(flag, value);
+      if (!cidrs) return cidrs.error();
+      o.include_outbound_cidrs = *cidrs;
+    }
+  } else if (flag == "exclude-outbound-cidrs") {
+    auto cidrs = parseCidrs(flag, value);
+    if (!cidrs) return cidrs.error();
+    o.exclude_outbound_cidrs = *cidrs;
+  } else if (flag == "include-inbound-ports") {
+    o.include_all_inbound = value == "*";
+    o.include_inbound_ports.clear();
+    if (!o.include_all_inbound) {
+      auto ports = parsePorts(flag, value);
+      if (!ports) return ports.error();
+      o.include_inbound_ports = *ports;
+    }
+  } else if (flag == "exclude-inbound-ports" || flag == "exclude-outbound-ports") {
+    auto ports = parsePorts(flag, value);
+    if (!ports) return ports.error();
+    (flag == "exclude-inbound-ports" ? o.exclude_inbound_ports : o.exclude_outbound_ports) = *ports;
+  } else if (flag == "exclude-interfaces") {
+    o.exclude_interfaces = splitList(value);
+    for (const auto& name : o.exclude_interfaces) {
+      if (!validInterfaceName(name)) {
+        return makeError(
+            fmt::format("invalid --exclude-interfaces: '{}' is not an interface name", name));
+      }
+    }
+  } else if (flag == "ipv6") {
+    if (value == "auto") {
+      o.ipv6 = Ipv6Mode::kAuto;
+    } else if (value == "on" || value == "true") {
+      o.ipv6 = Ipv6Mode::kOn;
+    } else if (value == "off" || value == "false") {
+      o.ipv6 = Ipv6Mode::kOff;
+    } else {
+      return makeError(fmt::format("invalid --ipv6 '{}': must be auto, on or off", value));
+    }
+  } else if (flag == "iptables-backend") {
+    if (value == "auto") {
+      o.backend = IptablesBackend::kAuto;
+    } else if (value == "legacy") {
+      o.backend = IptablesBackend::kLegacy;
+    } else if (value == "nft") {
+      o.backend = IptablesBackend::kNft;
+    } else {
+      return makeError(
+          fmt::format("invalid --iptables-backend '{}': must be auto, legacy or nft", value));
+    }
+  } else {
+    return makeError(fmt::format("unknown option '{}'", flag));
+  }
+  options = std::move(o);
+  return {};
+}
+
+}  // namespace remora::intercept

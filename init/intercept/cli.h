@@ -1,5 +1,6 @@
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,8 +13,8 @@ namespace remora::intercept {
 // Every interception option by its flag name (without "--"), with its REMORA_* environment form,
 // so remora-init's flags, its environment and remora-cni's JSON keys share one table.
 struct OptionSpec {
-  std::string flag;   // "proxy-uid"
-  std::string env;    // "REMORA_PROXY_UID"
+  std::string flag;  // "proxy-uid"
+  std::string env;   // "REMORA_PROXY_UID"
   std::string help;
   std::string default_text;
 };
@@ -23,4 +24,34 @@ const std::vector<OptionSpec>& optionSpecs();
 // value; `options` is unchanged on error.
 Result<void> setOption(InterceptOptions& options, std::string_view flag, std::string_view value);
 
+}  // namespace remora::intercept
+
+namespace remora::intercept {
+
+enum class InitVerb { kInstall, kUninstall, kDump };
+
+// A parsed remora-init command line.
+struct InitCommand {
+  InitVerb verb = InitVerb::kInstall;
+  InterceptOptions options;
+  bool dry_run = false;
+  bool json = false;
+  std::string trace;  // "IP:PORT" for dump --trace, else empty
+  uint32_t trace_uid = 0;
+  std::optional<uint32_t> trace_gid;
+  std::string help;  // set when --help was asked; print it and exit 0
+};
+
+// Parses remora-init's arguments (argv[0] excluded). Flags not given fall back to their REMORA_*
+// environment variables. Errors name the flag and the problem.
+Result<InitCommand> parseInitCommand(const std::vector<std::string>& args);
+
+// Runs remora-init: parses, checks privileges, executes, prints. Returns the exit code.
+int runInit(const std::vector<std::string>& args);
+
+}  // namespace remora::intercept
+
+namespace remora::intercept {
+// Runs `remora-init dump` (and --trace) for a parsed command; returns the exit code.
+int runDumpCommand(const InitCommand& command);
 }  // namespace remora::intercept

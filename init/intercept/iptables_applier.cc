@@ -1,1 +1,299 @@
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <map>
+
+#include "common/subprocess.h"
 #include "intercept/applier.h"
+#include "intercept/backend.h"
+#include "intercept/iptables_save.h"
+#include "intercept/plan.h"
+
+namespace remora::intercept {
+namespace {
+
+bool isRemoraChain(std::string_view name) { return name.starts_with(kChainPrefix); }
+
+// The target of a rule ("-j X" or "-g X"), or "".
+std::string targetOf(const SavedRule& rule) {
+  for (size_t i = 0; i + 1 < rule.args.size(); ++i) {
+    if (rule.args[i] == "-j" || rule.args[i] == "-g") return rule.args[i + 1];
+  }
+  return {};
+}
+
+// Remora's footprint in one nat table: its chains, their rules, and the jumps into them.
+struct Installed {
+  std::vector<std::string> chains;
+  std::vector<std::string> rule_lines;  // "-A CHAIN ..." in file order, Remora's chains and jumps
+  std::vector<std::string> jump_lines;  // jumps into Remora's chains from other chains
+  bool empty() const { return chains.empty() && jump_lines.empty(); }
+};
+
+Installed findInstalled(const SavedTable& nat) {
+  Installed found;
+  for (const auto& chain : nat.chains) {
+    if (isRemoraChain(chain.name)) found.chains.push_back(chain.name);
+  }
+  for (const auto& rule : nat.rules) {
+    bool own = isRemoraChain(rule.chain);
+    bool jump = !own && isRemoraChain(targetOf(rule));
+    if (jump) found.jump_lines.push_back(rule.text);
+    if (own || jump) found.rule_lines.push_back(rule.text);
+  }
+  return found;
+}
+
+// The plan's lines grouped the way iptables-save prints them back: per chain, in rule order.
+std::vector<std::string> expectedLines(const FamilyPlan& plan) {
+  std::vector<std::string> lines;
+  for (const auto& rule : plan.rules) lines.push_back(rule.toString());
+  return lines;
+}
+
+std::vector<std::string> sorted(std::vector<std::string> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// Compares installed state with a plan. iptables-save orders chains its own way, so compare
+// each chain's rule sequence, plus the set of declared chains.
+std::vector<std::string> differences(const Installed& installed, const FamilyPlan& plan) {
+  std::vector<std::string> diffs;
+  if (sorted(installed.chains) != sorted(plan.chains)) {
+    diffs.push_back(fmt::format("chains are [{}], expected [{}]", fmt::join(installed.chains, " "),
+                                fmt::join(plan.chains, " ")));
+  }
+  auto byChain = [](const std::vector<std::string>& lines) {
+    std::map<std::string, std::vector<std::string>> m;
+    for (const auto& line : lines) {
+      auto chain = line.substr(3, line.find(' ', 3) - 3);
+      m[chain].push_back(line);
+    }
+    return m;
+  };
+  auto have = byChain(installed.rule_lines);
+  auto want = byChain(expectedLines(plan));
+  for (const auto& [chain, lines] : want) {
+    const auto& got = have[chain];
+    for (size_t i = 0; i < std::max(lines.size(), got.size()); ++i) {
+      if (i < lines.size() && i < got.size() && lines[i] == got[i]) continue;
+      if (i >= got.size()) {
+        diffs.push_back(fmt::format("missing rule: {}", lines[i]));
+      } else if (i >= lines.size()) {
+        diffs.push_back(fmt::format("unexpected rule: {}", got[i]));
+      } else {
+        diffs.push_back(
+            fmt::format("rule {} of {} is '{}', expected '{}'", i + 1, chain, got[i], lines[i]));
+      }
+    }
+  }
+  for (const auto& [chain, lines] : have) {
+    if (!want.contains(chain)) {
+      for (const auto& line : lines) diffs.push_back(fmt::format("unexpected rule: {}", line));
+    }
+  }
+  return diffs;
+}
+
+Result<SavedTable> readNat(const IptablesTools& tools, std::string* raw = nullptr) {
+  auto text = saveTable(tools, "nat");
+  if (!text) return text.error();
+  if (raw) *raw = *text;
+  auto parsed = parseIptablesSave(*text);
+  if (!parsed) {
+    return makeError(fmt::format("cannot parse {} output: {}", tools.save, parsed.error().message));
+  }
+  if (const SavedTable* nat = parsed->table("nat")) return *nat;
+  return SavedTable{"nat", {}, {}};
+}
+
+Result<void> restore(const IptablesTools& tools, const std::string& input, bool noflush) {
+  // Without --noflush (rollback), the saved counters are put back too.
+  std::vector<std::string> argv = {tools.restore, "--wait", noflush ? "--noflush" : "--counters"};
+  auto out = runCommand(argv, input);
+  if (!out) return out.error();
+  if (out->exit_code != 0) {
+    std::string err = out->err;
+    while (!err.empty() && err.back() == '\n') err.pop_back();
+    return makeError(fmt::format("{} failed (exit {}): {}", tools.restore, out->exit_code, err));
+  }
+  return {};
+}
+
+std::string removalInput(const Installed& installed) {
+  std::string text = "*nat\n";
+  for (const auto& jump : installed.jump_lines) text += "-D" + jump.substr(2) + "\n";
+  // Flush all before deleting any: Remora's chains jump to each other.
+  for (const auto& chain : installed.chains) text += "-F " + chain + "\n";
+  for (const auto& chain : installed.chains) text += "-X " + chain + "\n";
+  text += "COMMIT\n";
+  return text;
+}
+
+const char* familyName(Family f) { return f == Family::kIpv4 ? "IPv4" : "IPv6"; }
+
+// One family's planned change: tools, the state before, and the restore input.
+struct FamilyChange {
+  IptablesTools tools;
+  FamilyPlan plan;
+  std::string snapshot;  // iptables-save -c output of nat before the change, for rollback
+  Installed before;
+  std::string input;
+  bool needed = false;
+};
+
+class IptablesApplier : public Applier {
+ public:
+  std::string name() const override { return "iptables"; }
+
+  Result<ApplyReport> install(const InterceptOptions& options) override {
+    auto changes = prepare(options);
+    if (!changes) return changes.error();
+    ApplyReport report;
+    std::vector<const FamilyChange*> applied;
+    for (const auto& change : *changes) {
+      report.backend = change.tools.name();
+      if (!change.needed) {
+        report.lines.push_back(
+            fmt::format("{}: already installed, nothing changed", change.tools.name()));
+        continue;
+      }
+      auto done = restore(change.tools, change.input, /*noflush=*/true);
+      if (!done) {
+        auto rollback = rollBack(applied);
+        return makeError(fmt::format("{}: {}{}", familyName(change.plan.family),
+                                     done.error().message, rollback));
+      }
+      applied.push_back(&change);
+      report.changed = true;
+      report.lines.push_back(fmt::format("{}: installed {} rules in {} chains", change.tools.name(),
+                                         change.plan.rules.size(), change.plan.chains.size()));
+    }
+    // A previous install through the other backend would capture twice; remove it.
+    for (const auto& change : *changes) {
+      auto other =
+          toolsFor(change.tools.backend == IptablesBackend::kLegacy ? IptablesBackend::kNft
+                                                                    : IptablesBackend::kLegacy,
+                   change.plan.family);
+      if (!programInPath(other.save)) continue;
+      auto removed = removeWith(other);
+      if (removed && *removed) {
+        report.changed = true;
+        report.lines.push_back(fmt::format("{}: removed an earlier install", other.name()));
+      }
+    }
+    return report;
+  }
+
+  Result<std::string> dryRun(const InterceptOptions& options) override {
+    auto changes = prepare(options);
+    if (!changes) return changes.error();
+    std::string text;
+    for (const auto& change : *changes) {
+      text +=
+          fmt::format("# {} ({}): {} --noflush{}\n", change.tools.name(),
+                      familyName(change.plan.family), change.tools.restore,
+                      change.needed ? "" : " (already installed: install would change nothing)");
+      text += change.input;
+    }
+    return text;
+  }
+
+  Result<ApplyReport> uninstall() override {
+    ApplyReport report;
+    for (auto backend : {IptablesBackend::kNft, IptablesBackend::kLegacy}) {
+      for (auto family : {Family::kIpv4, Family::kIpv6}) {
+        auto tools = toolsFor(backend, family);
+        if (!programInPath(tools.save) || !programInPath(tools.restore)) continue;
+        auto removed = removeWith(tools);
+        if (!removed) return removed.error();
+        if (*removed) {
+          report.changed = true;
+          report.backend = tools.name();
+          report.lines.push_back(
+              fmt::format("{}: removed Remora's chains and jumps", tools.name()));
+        }
+      }
+    }
+    if (!report.changed) report.lines.emplace_back("nothing installed; nothing changed");
+    return report;
+  }
+
+  Result<void> check(const InterceptOptions& options) override {
+    auto changes = prepare(options);
+    if (!changes) return changes.error();
+    std::vector<std::string> problems;
+    for (const auto& change : *changes) {
+      for (const auto& d : differences(change.before, change.plan)) {
+        problems.push_back(fmt::format("{}: {}", change.tools.name(), d));
+      }
+    }
+    if (!problems.empty()) {
+      return makeError(
+          fmt::format("interception rules are not as configured: {}", fmt::join(problems, "; ")));
+    }
+    return {};
+  }
+
+ private:
+  Result<std::vector<FamilyChange>> prepare(const InterceptOptions& options) {
+    std::vector<Family> families = {Family::kIpv4};
+    if (options.ipv6 == Ipv6Mode::kOn) {
+      if (!ipv6Enabled()) {
+        return makeError(
+            "--ipv6 on, but IPv6 is disabled in this network namespace "
+            "(net.ipv6.conf.all.disable_ipv6=1)");
+      }
+      families.push_back(Family::kIpv6);
+    } else if (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled()) {
+      families.push_back(Family::kIpv6);
+    }
+    std::vector<FamilyChange> changes;
+    for (auto family : families) {
+      auto backend = detectBackend(options.backend, family);
+      if (!backend) return backend.error();
+      FamilyChange change;
+      change.tools = toolsFor(*backend, family);
+      change.plan = planFamily(options, family);
+      auto nat = readNat(change.tools, &change.snapshot);
+      if (!nat) return nat.error();
+      change.before = findInstalled(*nat);
+      change.needed = !differences(change.before, change.plan).empty();
+      change.input = renderRestore(change.plan, change.before.jump_lines);
+      changes.push_back(std::move(change));
+    }
+    return changes;
+  }
+
+  // Returns whether anything was removed.
+  Result<bool> removeWith(const IptablesTools& tools) {
+    auto nat = readNat(tools);
+    if (!nat) return nat.error();
+    auto installed = findInstalled(*nat);
+    if (installed.empty()) return false;
+    auto done = restore(tools, removalInput(installed), /*noflush=*/true);
+    if (!done) return done.error();
+    return true;
+  }
+
+  // Puts back the nat tables of families already changed; returns text for the error message.
+  static std::string rollBack(const std::vector<const FamilyChange*>& applied) {
+    std::string text;
+    for (const auto* change : applied) {
+      auto undone = restore(change->tools, change->snapshot, /*noflush=*/false);
+      text += undone ? fmt::format("; rolled back {}", change->tools.name())
+                     : fmt::format("; ROLLBACK OF {} FAILED: {}", change->tools.name(),
+                                   undone.error().message);
+    }
+    if (applied.empty()) text = "; nothing was applied";
+    return text;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Applier> makeIptablesApplier() { return std::make_unique<IptablesApplier>(); }
+
+}  // namespace remora::intercept

@@ -13,7 +13,8 @@ enum class Ipv6Mode { kAuto, kOn, kOff };
 enum class IptablesBackend { kAuto, kLegacy, kNft };
 
 // Ports the proxy itself serves on; inbound traffic to them is never captured (DESIGN.md).
-inline constexpr uint16_t kAlwaysExcludedInboundPorts[] = {15000, 15001, 15006, 15020, 15021, 15090};
+inline constexpr uint16_t kAlwaysExcludedInboundPorts[] = {15000, 15001, 15006,
+                                                           15020, 15021, 15090};
 
 // What to intercept. Defaults are Istio's, so users recognise them. Shared by remora-init's
 // flags and remora-cni's JSON config, which use the same names.

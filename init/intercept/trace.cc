@@ -1,1 +1,1017 @@
-// Implemented by the dump/trace work.
+#include "intercept/trace.h"
+
+#include <fmt/format.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "common/subprocess.h"
+#include "intercept/backend.h"
+#include "intercept/plan.h"
+#include "intercept/rule_spec.h"
+
+namespace remora::intercept {
+namespace {
+
+constexpr const char* kBaseChain = "OUTPUT";
+// The kernel's own stack is deeper, but no sane ruleset nests this far; past it we stop rather
+// than guess.
+constexpr size_t kMaxJumpDepth = 64;
+// Bounds for hostile or broken input: each random match doubles the branches.
+constexpr size_t kMaxOutcomes = 4096;
+constexpr size_t kMaxRuleVisits = 5'000'000;
+
+// ---- match evaluation ----------------------------------------------------------------------
+
+// The verdict of one rule's matches, which the kernel ANDs: one definite mismatch decides,
+// whatever else could not be evaluated.
+struct RuleEval {
+  bool mismatch = false;
+  std::string unknown;  // the first match that could not be evaluated, and why
+  double probability = 1.0;
+
+  void require(bool matched) {
+    if (!matched) mismatch = true;
+  }
+  void cannot(std::string why) {
+    if (unknown.empty()) unknown = std::move(why);
+  }
+};
+
+std::string optionText(const RuleOption& o) {
+  std::vector<std::string> words;
+  if (o.negated) words.push_back("!");
+  words.push_back(o.name);
+  words.insert(words.end(), o.values.begin(), o.values.end());
+  return joinArgs(words);
+}
+
+std::string moduleText(const RuleModule& m) {
+  std::string text = "-m " + m.name;
+  for (const auto& o : m.options) text += " " + optionText(o);
+  return text;
+}
+
+std::string conditionText(std::string_view flag, const RuleCondition& c) {
+  return fmt::format("{}{} {}", c.negated ? "! " : "", flag, c.value);
+}
+
+std::optional<int> protocolNumber(std::string_view name) {
+  if (name == "all" || name == "0") return 0;
+  if (name == "tcp" || name == "6") return 6;
+  if (name == "udp" || name == "17") return 17;
+  if (name == "icmp" || name == "1") return 1;
+  if (name == "icmpv6" || name == "ipv6-icmp" || name == "58") return 58;
+  if (name == "sctp" || name == "132") return 132;
+  return std::nullopt;
+}
+
+std::optional<uint32_t> parseU32(std::string_view s) {
+  int base = 10;
+  if (s.starts_with("0x") || s.starts_with("0X")) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  uint32_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// "value[/mask]" as -m mark and MARK print it.
+std::optional<std::pair<uint32_t, uint32_t>> parseValueMask(std::string_view s) {
+  auto slash = s.find('/');
+  auto value = parseU32(s.substr(0, slash));
+  auto mask = slash == std::string_view::npos ? std::optional<uint32_t>(0xFFFFFFFFu)
+                                              : parseU32(s.substr(slash + 1));
+  if (!value || !mask) return std::nullopt;
+  return std::pair{*value, *mask};
+}
+
+// "1337" or "1000-2000" as xt_owner prints them.
+std::optional<std::pair<uint32_t, uint32_t>> parseIdRange(std::string_view s) {
+  auto dash = s.find('-');
+  auto first = parseU32(s.substr(0, dash));
+  auto last = dash == std::string_view::npos ? first : parseU32(s.substr(dash + 1));
+  if (!first || !last || s.starts_with("0x")) return std::nullopt;
+  return std::pair{*first, *last};
+}
+
+// "80,8000:8080" as multiport prints it.
+std::optional<std::vector<PortRange>> parsePortList(std::string_view s) {
+  std::vector<PortRange> out;
+  while (true) {
+    auto comma = s.find(',');
+    auto r = parseIptablesPortRange(s.substr(0, comma));
+    if (!r) return std::nullopt;
+    out.push_back(*r);
+    if (comma == std::string_view::npos) return out;
+    s.remove_prefix(comma + 1);
+  }
+}
+
+bool anyContains(const std::vector<PortRange>& ranges, uint16_t port) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [&](const PortRange& r) { return r.contains(port); });
+}
+
+// TCP flag bits as iptables names them; the first packet of a connection carries SYN only.
+std::optional<uint8_t> parseTcpFlags(std::string_view s) {
+  static const std::pair<std::string_view, uint8_t> kFlags[] = {
+      {"FIN", 0x01}, {"SYN", 0x02}, {"RST", 0x04}, {"PSH", 0x08}, {"ACK", 0x10},
+      {"URG", 0x20}, {"ECE", 0x40}, {"CWR", 0x80}, {"ALL", 0xFF}, {"NONE", 0x00}};
+  uint8_t bits = 0;
+  while (!s.empty()) {
+    auto comma = s.find(',');
+    auto name = s.substr(0, comma);
+    auto it = std::find_if(std::begin(kFlags), std::end(kFlags),
+                           [&](const auto& f) { return f.first == name; });
+    if (it == std::end(kFlags)) return std::nullopt;
+    bits |= it->second;
+    s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
+  }
+  return bits;
+}
+
+class MatchEvaluator {
+ public:
+  MatchEvaluator(const TracePacket& packet, const TraceContext& context)
+      : packet_(packet), context_(context), protocol_(protocolNumber(packet.protocol)) {}
+
+  RuleEval evaluate(const RuleSpec& spec, uint32_t mark) const {
+    RuleEval e;
+    if (spec.protocol) protocol(e, *spec.protocol);
+    if (spec.source) address(e, "-s", *spec.source, packet_.source, "the source address");
+    if (spec.destination) {
+      address(e, "-d", *spec.destination, packet_.destination.ip, "the destination address");
+    }
+    // Locally generated packets have no input device; the kernel compares against "".
+    if (spec.in_interface) {
+      e.require(interfaceMatches(spec.in_interface->value, "") != spec.in_interface->negated);
+    }
+    if (spec.out_interface) outInterface(e, *spec.out_interface);
+    // The first packet of a TCP connection is never a non-first fragment.
+    if (spec.fragment) e.require(!*spec.fragment);
+    for (const auto& m : spec.modules) module(e, m, mark);
+    return e;
+  }
+
+ private:
+  void protocol(RuleEval& e, const RuleCondition& c) const {
+    auto wanted = protocolNumber(c.value);
+    if (!wanted || !protocol_) {
+      e.cannot(fmt::format("{}: unknown protocol", conditionText("-p", c)));
+      return;
+    }
+    e.require((*wanted == 0 || *wanted == *protocol_) != c.negated);
+  }
+
+  void address(RuleEval& e, std::string_view flag, const RuleCondition& c,
+               const std::optional<IpAddress>& ip, std::string_view what) const {
+    auto net = parseAddressMask(c.value);
+    if (!net) {
+      e.cannot(fmt::format("{}: {}", conditionText(flag, c), net.error().message));
+      return;
+    }
+    if (net->matchesEverything()) {
+      e.require(!c.negated);
+      return;
+    }
+    if (!ip) {
+      e.cannot(fmt::format("{} needs {}, which is not known", conditionText(flag, c), what));
+      return;
+    }
+    e.require(net->contains(*ip) != c.negated);
+  }
+
+  void outInterface(RuleEval& e, const RuleCondition& c) const {
+    if (c.value == "+") {
+      e.require(!c.negated);
+      return;
+    }
+    if (!packet_.out_interface) {
+      e.cannot(
+          fmt::format("{} needs the output interface, which is not known", conditionText("-o", c)));
+      return;
+    }
+    e.require(interfaceMatches(c.value, *packet_.out_interface) != c.negated);
+  }
+
+  void module(RuleEval& e, const RuleModule& m, uint32_t mark) const {
+    if (m.name == "comment") return;
+    if (m.name == "tcp" || m.name == "udp") return ports(e, m);
+    if (m.name == "multiport") return multiport(e, m);
+    if (m.name == "owner") return owner(e, m);
+    if (m.name == "mark") return markMatch(e, m, mark);
+    if (m.name == "statistic") return statistic(e, m);
+    if (m.name == "addrtype") return addrtype(e, m);
+    e.cannot(fmt::format("{}: the trace does not evaluate this match", moduleText(m)));
+  }
+
+  void ports(RuleEval& e, const RuleModule& m) const {
+    // The tcp/udp match only ever sees its own protocol; -p has already decided otherwise.
+    if (packet_.protocol != m.name) {
+      e.require(false);
+      return;
+    }
+    for (const auto& o : m.options) {
+      if (o.name == "--dport" || o.name == "--destination-port") {
+        auto r = parseIptablesPortRange(o.value());
+        if (!r) {
+          e.cannot(fmt::format("{}: {}", optionText(o), r.error().message));
+          continue;
+        }
+        e.require(r->contains(packet_.destination.port) != o.negated);
+      } else if (o.name == "--sport" || o.name == "--source-port") {
+        auto r = parseIptablesPortRange(o.value());
+        if (r && r->first == 0 && r->last == 65535) {
+          e.require(!o.negated);
+        } else {
+          e.cannot(fmt::format("{} needs the source port, which the kernel picks at connect time",
+                               optionText(o)));
+        }
+      } else if (o.name == "--syn" && m.name == "tcp") {
+        e.require(!o.negated);
+      } else if (o.name == "--tcp-flags" && m.name == "tcp" && o.values.size() == 2) {
+        auto mask = parseTcpFlags(o.values[0]);
+        auto comp = parseTcpFlags(o.values[1]);
+        if (!mask || !comp) {
+          e.cannot(fmt::format("{}: unknown flag", optionText(o)));
+          continue;
+        }
+        e.require(((0x02 & *mask) == *comp) != o.negated);
+      } else {
+        e.cannot(fmt::format("{} in {}: the trace does not evaluate this option", optionText(o),
+                             moduleText(m)));
+      }
+    }
+  }
+
+  void multiport(RuleEval& e, const RuleModule& m) const {
+    for (const auto& o : m.options) {
+      auto list = parsePortList(o.value());
+      if (!list) {
+        e.cannot(fmt::format("{}: not a port list", optionText(o)));
+        continue;
+      }
+      const bool dst_in = anyContains(*list, packet_.destination.port);
+      if (o.name == "--dports" || o.name == "--destination-ports") {
+        e.require(dst_in != o.negated);
+      } else if (o.name == "--ports" && dst_in) {
+        e.require(!o.negated);
+      } else if (o.name == "--sports" || o.name == "--source-ports" || o.name == "--ports") {
+        e.cannot(fmt::format("{} needs the source port, which the kernel picks at connect time",
+                             optionText(o)));
+      } else {
+        e.cannot(fmt::format("{}: the trace does not evaluate this option", optionText(o)));
+      }
+    }
+  }
+
+  void owner(RuleEval& e, const RuleModule& m) const {
+    const bool suppl = m.option("--suppl-groups") != nullptr;
+    for (const auto& o : m.options) {
+      if (o.name == "--suppl-groups") continue;
+      if (o.name == "--socket-exists") {
+        e.require(!o.negated);  // locally generated connections always have a socket
+        continue;
+      }
+      auto range = parseIdRange(o.value());
+      if ((o.name != "--uid-owner" && o.name != "--gid-owner") || !range) {
+        e.cannot(
+            fmt::format("-m owner {}: the trace does not evaluate this option", optionText(o)));
+        continue;
+      }
+      std::optional<uint32_t> id = o.name == "--uid-owner" ? packet_.uid : packet_.gid;
+      if (!id) {
+        e.cannot(fmt::format("-m owner {} needs the gid, which is not known", optionText(o)));
+        continue;
+      }
+      bool in = *id >= range->first && *id <= range->second;
+      if (!in && suppl && o.name == "--gid-owner") {
+        e.cannot(fmt::format("-m owner {} --suppl-groups needs the supplementary groups",
+                             optionText(o)));
+        continue;
+      }
+      e.require(in != o.negated);
+    }
+  }
+
+  void markMatch(RuleEval& e, const RuleModule& m, uint32_t mark) const {
+    const RuleOption* o = m.option("--mark");
+    auto vm = o ? parseValueMask(o->value()) : std::nullopt;
+    if (!vm || m.options.size() != 1) {
+      e.cannot(fmt::format("{}: the trace does not evaluate this match", moduleText(m)));
+      return;
+    }
+    e.require(((mark & vm->second) == vm->first) != o->negated);
+  }
+
+  void statistic(RuleEval& e, const RuleModule& m) const {
+    const RuleOption* mode = m.option("--mode");
+    const RuleOption* p = m.option("--probability");
+    if (!mode || mode->value() != "random" || !p) {
+      e.cannot(
+          fmt::format("{}: only '--mode random' can be evaluated (nth depends on the "
+                      "packet count)",
+                      moduleText(m)));
+      return;
+    }
+    char* end = nullptr;
+    double prob = std::strtod(p->value().c_str(), &end);
+    if (end == p->value().c_str() || *end != '\0' || !(prob >= 0.0 && prob <= 1.0)) {
+      e.cannot(fmt::format("{}: bad probability", moduleText(m)));
+      return;
+    }
+    // The kernel keeps the probability as a 31-bit fraction and fires when a random 31-bit
+    // number is below it; use the same quantised value.
+    double fires = std::min(1.0, std::round(prob * 2147483648.0) / 2147483648.0);
+    e.probability *= p->negated ? 1.0 - fires : fires;
+  }
+
+  void addrtype(RuleEval& e, const RuleModule& m) const {
+    for (const auto& o : m.options) {
+      const bool dst = o.name == "--dst-type";
+      if ((!dst && o.name != "--src-type") || o.value() != "LOCAL") {
+        e.cannot(
+            fmt::format("{}: only --dst-type/--src-type LOCAL can be evaluated", moduleText(m)));
+        continue;
+      }
+      if (!context_.local_networks) {
+        e.cannot(fmt::format("{} needs the netns's local addresses, which are not known",
+                             moduleText(m)));
+        continue;
+      }
+      const std::optional<IpAddress> ip = dst ? packet_.destination.ip : packet_.source;
+      if (!ip) {
+        e.cannot(fmt::format("{} needs the source address, which is not known", moduleText(m)));
+        continue;
+      }
+      const auto& nets = *context_.local_networks;
+      bool local =
+          std::any_of(nets.begin(), nets.end(), [&](const Cidr& c) { return c.contains(*ip); });
+      e.require(local != o.negated);
+    }
+  }
+
+  const TracePacket& packet_;
+  const TraceContext& context_;
+  std::optional<int> protocol_;
+};
+
+// ---- the walk --------------------------------------------------------------------------------
+
+struct Frame {
+  std::string chain;
+  size_t next = 0;
+  std::vector<std::string> active;  // chains this frame entered (itself plus gotos)
+};
+
+struct Branch {
+  std::string chain;
+  size_t next = 0;  // 0-based index of the next rule in chain
+  std::vector<std::string> active;
+  std::vector<Frame> stack;
+  uint32_t mark = 0;
+  double probability = 1.0;
+  std::vector<TraceStep> path;
+};
+
+// DNAT's --to-destination: "ip", "ip:port", "[v6]:port", "v6"; ranges give no single address.
+std::optional<SocketAddress> natDestination(std::string_view to, uint16_t original_port) {
+  if (to.find('-') != std::string_view::npos) return std::nullopt;
+  if (auto ip = IpAddress::parse(to)) return SocketAddress{*ip, original_port};
+  if (to.starts_with('[') && to.ends_with(']')) {
+    if (auto ip = IpAddress::parse(to.substr(1, to.size() - 2))) {
+      return SocketAddress{*ip, original_port};
+    }
+  }
+  if (auto sa = SocketAddress::parse(to)) return *sa;
+  return std::nullopt;
+}
+
+IpAddress loopbackOf(Family family) {
+  auto ip = IpAddress::parse(family == Family::kIpv4 ? "127.0.0.1" : "::1");
+  return *ip;
+}
+
+class Walker {
+ public:
+  Walker(const SavedTable& nat, const TracePacket& packet, const TraceContext& context)
+      : packet_(packet), matches_(packet, context) {
+    for (const auto& c : nat.chains) rules_[c.name];
+    for (const auto& r : nat.rules) rules_[r.chain].push_back(&r);
+    const SavedChain* base = nat.chain(kBaseChain);
+    policy_ = base && base->policy != "-" ? base->policy : "ACCEPT";
+  }
+
+  TraceResult run() {
+    Branch first;
+    first.chain = kBaseChain;
+    first.active = {kBaseChain};
+    first.mark = packet_.mark;
+    pending_.push_back(std::move(first));
+    while (!pending_.empty()) {
+      Branch b = std::move(pending_.back());
+      pending_.pop_back();
+      if (result_.outcomes.size() >= kMaxOutcomes) {
+        finishUndetermined(
+            b, fmt::format("more than {} random branches; the walk stops here", kMaxOutcomes));
+        continue;
+      }
+      walk(b);
+    }
+    return std::move(result_);
+  }
+
+ private:
+  void walk(Branch& b) {
+    while (true) {
+      if (++visits_ > kMaxRuleVisits) {
+        finishUndetermined(b, "the walk visited too many rules (a loop or an enormous ruleset)");
+        return;
+      }
+      auto it = rules_.find(b.chain);
+      const auto* rules = it == rules_.end() ? nullptr : &it->second;
+      if (rules == nullptr || b.next >= rules->size()) {
+        if (!endOfChain(b)) return;
+        continue;
+      }
+      const SavedRule& rule = *(*rules)[b.next];
+      const size_t index = ++b.next;
+      const auto& spec = specOf(rule);
+      TraceStep step{
+          "nat", b.chain,       index, ruleBody(rule.text, rule.chain), StepVerdict::kContinue,
+          "",    b.stack.size()};
+      if (!spec) {
+        step.verdict = StepVerdict::kUndetermined;
+        b.path.push_back(step);
+        finishUndetermined(b, fmt::format("{} #{}: the rule cannot be read: {}", b.chain, index,
+                                          spec.error().message));
+        return;
+      }
+      RuleEval e = matches_.evaluate(*spec, b.mark);
+      if (e.mismatch) continue;
+      if (!e.unknown.empty()) {
+        step.verdict = StepVerdict::kUndetermined;
+        step.detail = e.unknown;
+        b.path.push_back(step);
+        finishUndetermined(b, fmt::format("{} #{}: {}", b.chain, index, e.unknown));
+        return;
+      }
+      if (e.probability <= 0.0) continue;
+      if (e.probability < 1.0) {
+        Branch skipped = b;
+        TraceStep skip = step;
+        skip.verdict = StepVerdict::kRandomSkip;
+        skip.detail =
+            fmt::format("not chosen at random, {}", formatProbability(1.0 - e.probability));
+        skipped.path.push_back(std::move(skip));
+        skipped.probability *= 1.0 - e.probability;
+        pending_.push_back(std::move(skipped));
+        b.probability *= e.probability;
+        step.detail = fmt::format("chosen at random, {}", formatProbability(e.probability));
+      }
+      if (!applyTarget(b, *spec, step)) return;
+    }
+  }
+
+  // Returns whether the walk goes on.
+  bool applyTarget(Branch& b, const RuleSpec& spec, TraceStep& step) {
+    auto note = [&](std::string extra) {
+      step.detail = step.detail.empty() ? std::move(extra) : step.detail + "; " + extra;
+    };
+    const std::string& t = spec.target;
+    if (spec.jump != JumpKind::kNone && rules_.count(t) != 0) {
+      step.verdict = spec.jump == JumpKind::kGoto ? StepVerdict::kGoto : StepVerdict::kJump;
+      b.path.push_back(step);
+      return enter(b, t, spec.jump == JumpKind::kGoto);
+    }
+    if (t.empty()) {
+      note("no target: counted only");
+      b.path.push_back(step);
+      return true;
+    }
+    if (t == "RETURN") {
+      step.verdict = StepVerdict::kReturn;
+      b.path.push_back(step);
+      return leave(b);
+    }
+    if (t == "MARK") {
+      auto mark = applyMark(b.mark, spec);
+      if (!mark) {
+        step.verdict = StepVerdict::kUndetermined;
+        b.path.push_back(step);
+        finishUndetermined(
+            b, fmt::format("{} #{}: MARK options not understood", step.chain, step.rule_index));
+        return false;
+      }
+      b.mark = *mark;
+      note(fmt::format("mark is now {:#x}", b.mark));
+      b.path.push_back(step);
+      return true;
+    }
+    if (t == "CONNMARK" && spec.targetOption("--restore-mark") != nullptr) {
+      step.verdict = StepVerdict::kUndetermined;
+      b.path.push_back(step);
+      finishUndetermined(b, fmt::format("{} #{}: CONNMARK --restore-mark sets the mark from the "
+                                        "connection, which the trace does not know",
+                                        step.chain, step.rule_index));
+      return false;
+    }
+    static const char* const kNonTerminating[] = {"LOG",   "NFLOG", "ULOG",
+                                                  "TRACE", "AUDIT", "CONNMARK"};
+    if (std::find(std::begin(kNonTerminating), std::end(kNonTerminating), t) !=
+        std::end(kNonTerminating)) {
+      b.path.push_back(step);
+      return true;
+    }
+
+    TraceOutcome out;
+    out.chain = step.chain;
+    out.rule_index = step.rule_index;
+    out.target = joinTarget(spec);
+    step.verdict = StepVerdict::kTerminal;
+    if (t == "ACCEPT") {
+      out.kind = OutcomeKind::kUnchanged;
+      out.destination = packet_.destination;
+    } else if (t == "DROP" || t == "REJECT") {
+      out.kind = OutcomeKind::kDrop;
+    } else if (t == "DNAT") {
+      out.kind = OutcomeKind::kDnat;
+      if (const auto* to = spec.targetOption("--to-destination")) {
+        out.destination = natDestination(to->value(), packet_.destination.port);
+      }
+    } else if (t == "REDIRECT") {
+      out.kind = OutcomeKind::kRedirect;
+      const auto* to = spec.targetOption("--to-ports");
+      if (to == nullptr) {
+        out.destination =
+            SocketAddress{loopbackOf(packet_.destination.ip.family), packet_.destination.port};
+      } else if (auto port = parseIptablesPortRange(to->value());
+                 port && port->first == port->last && to->value().find('-') == std::string::npos) {
+        out.destination = SocketAddress{loopbackOf(packet_.destination.ip.family), port->first};
+      }
+    } else if (t == "SNAT" || t == "MASQUERADE" || t == "NETMAP") {
+      out.kind = OutcomeKind::kOther;
+    } else {
+      step.verdict = StepVerdict::kUndetermined;
+      b.path.push_back(step);
+      finishUndetermined(b, fmt::format("{} #{}: '{}' is neither a chain of this table nor a "
+                                        "target the trace knows",
+                                        step.chain, step.rule_index, t));
+      return false;
+    }
+    b.path.push_back(step);
+    finish(b, std::move(out));
+    return false;
+  }
+
+  static std::string joinTarget(const RuleSpec& spec) {
+    std::vector<std::string> words{spec.target};
+    for (const auto& o : spec.target_options) words.push_back(optionText(o));
+    std::string text;
+    for (const auto& w : words) text += (text.empty() ? "" : " ") + w;
+    return text;
+  }
+
+  static std::optional<uint32_t> applyMark(uint32_t mark, const RuleSpec& spec) {
+    if (spec.target_options.size() != 1) return std::nullopt;
+    const auto& o = spec.target_options.front();
+    auto vm = parseValueMask(o.value());
+    if (!vm) return std::nullopt;
+    auto [value, mask] = *vm;
+    if (o.name == "--set-xmark") return (mark & ~mask) ^ value;
+    if (o.name == "--set-mark") return (mark & ~mask) | value;
+    if (o.name == "--and-mark") return mark & value;
+    if (o.name == "--or-mark") return mark | value;
+    if (o.name == "--xor-mark") return mark ^ value;
+    return std::nullopt;
+  }
+
+  bool inWalk(const Branch& b, const std::string& chain) const {
+    auto has = [&](const std::vector<std::string>& v) {
+      return std::find(v.begin(), v.end(), chain) != v.end();
+    };
+    if (has(b.active)) return true;
+    return std::any_of(b.stack.begin(), b.stack.end(),
+                       [&](const Frame& f) { return has(f.active); });
+  }
+
+  bool enter(Branch& b, const std::string& chain, bool go_to) {
+    // The kernel refuses loops at load time; a saved file may still hold one.
+    if (inWalk(b, chain)) {
+      finishUndetermined(b,
+                         fmt::format("loop: {} is entered again while it is being walked", chain));
+      return false;
+    }
+    if (go_to) {
+      b.active.push_back(chain);
+    } else {
+      if (b.stack.size() >= kMaxJumpDepth) {
+        finishUndetermined(b, fmt::format("jumps nest deeper than {}", kMaxJumpDepth));
+        return false;
+      }
+      b.stack.push_back(Frame{b.chain, b.next, std::move(b.active)});
+      b.active = {chain};
+    }
+    b.chain = chain;
+    b.next = 0;
+    return true;
+  }
+
+  // RETURN, or the end of a user chain: back to the caller; with no caller, the base chain's
+  // policy decides (this is also where a goto from the base chain comes back to).
+  bool leave(Branch& b) {
+    if (b.stack.empty()) {
+      policy(b);
+      return false;
+    }
+    Frame f = std::move(b.stack.back());
+    b.stack.pop_back();
+    b.chain = std::move(f.chain);
+    b.next = f.next;
+    b.active = std::move(f.active);
+    return true;
+  }
+
+  bool endOfChain(Branch& b) {
+    if (b.chain != kBaseChain || !b.stack.empty()) {
+      std::string back_to = b.stack.empty() ? std::string(kBaseChain) : b.stack.back().chain;
+      b.path.push_back(TraceStep{
+          "nat", b.chain, 0, "(end of chain)", StepVerdict::kEndOfChain,
+          b.stack.empty() ? "back to the OUTPUT policy" : "back to " + back_to, b.stack.size()});
+    }
+    if (b.chain == kBaseChain && b.stack.empty()) {
+      policy(b);
+      return false;
+    }
+    return leave(b);
+  }
+
+  void policy(Branch& b) {
+    b.path.push_back(
+        TraceStep{"nat", kBaseChain, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
+    TraceOutcome out;
+    out.chain = kBaseChain;
+    out.target = "policy " + policy_;
+    if (policy_ == "DROP") {
+      out.kind = OutcomeKind::kDrop;
+    } else {
+      out.kind = OutcomeKind::kUnchanged;
+      out.destination = packet_.destination;
+    }
+    finish(b, std::move(out));
+  }
+
+  void finishUndetermined(Branch& b, std::string reason) {
+    TraceOutcome out;
+    out.kind = OutcomeKind::kUndetermined;
+    out.chain = b.chain;
+    out.rule_index = b.path.empty() ? 0 : b.path.back().rule_index;
+    out.reason = std::move(reason);
+    finish(b, std::move(out));
+  }
+
+  void finish(Branch& b, TraceOutcome out) {
+    out.probability = b.probability;
+    out.mark = b.mark;
+    out.path = std::move(b.path);
+    result_.outcomes.push_back(std::move(out));
+  }
+
+  const Result<RuleSpec>& specOf(const SavedRule& rule) {
+    auto it = specs_.find(&rule);
+    if (it == specs_.end()) {
+      it =
+          specs_.emplace(&rule, std::make_unique<Result<RuleSpec>>(parseRuleSpec(rule.args))).first;
+    }
+    return *it->second;
+  }
+
+  const TracePacket& packet_;
+  MatchEvaluator matches_;
+  std::unordered_map<std::string, std::vector<const SavedRule*>> rules_;
+  std::unordered_map<const SavedRule*, std::unique_ptr<Result<RuleSpec>>> specs_;
+  std::string policy_;
+  std::vector<Branch> pending_;
+  TraceResult result_;
+  size_t visits_ = 0;
+};
+
+// ---- reading the netns -------------------------------------------------------------------
+
+// ip -j prints an array of objects; returns the string field of the first one.
+std::optional<std::string> firstString(const nlohmann::json& j, const char* key) {
+  if (!j.is_array() || j.empty() || !j[0].is_object()) return std::nullopt;
+  auto it = j[0].find(key);
+  if (it == j[0].end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+std::string firstLine(const std::string& s) {
+  auto nl = s.find('\n');
+  return s.substr(0, nl);
+}
+
+void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std::string>& notes) {
+  const bool v6 = request.destination.ip.family == Family::kIpv6;
+  const std::string dst = request.destination.ip.toString();
+  auto out = runCommand(
+      {"ip", v6 ? "-6" : "-4", "-j", "route", "get", dst, "uid", std::to_string(request.uid)});
+  if (!out) {
+    notes.push_back(
+        fmt::format("cannot run 'ip route get' ({}): the source address and the "
+                    "output interface are unknown",
+                    out.error().message));
+    return;
+  }
+  if (out->exit_code != 0) {
+    notes.push_back(
+        fmt::format("no route to {} ({}): connect() would fail before the nat table "
+                    "is consulted; the source address and the output interface are "
+                    "unknown",
+                    dst, firstLine(out->err)));
+    return;
+  }
+  auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
+  if (auto dev = firstString(j, "dev")) packet.out_interface = *dev;
+  if (auto src = firstString(j, "prefsrc")) {
+    if (auto ip = IpAddress::parse(*src)) packet.source = *ip;
+  }
+  if (!packet.out_interface) notes.push_back("'ip route get' named no output interface");
+  if (!packet.source) notes.push_back("'ip route get' named no source address");
+}
+
+std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
+  auto out = runCommand(
+      {"ip", family == Family::kIpv6 ? "-6" : "-4", "-j", "route", "show", "table", "local"});
+  if (!out || out->exit_code != 0) {
+    notes.push_back("cannot read the local routing table: '-m addrtype LOCAL' stays undetermined");
+    return std::nullopt;
+  }
+  auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array()) {
+    notes.push_back(
+        "'ip route show table local' printed no JSON array: '-m addrtype LOCAL' "
+        "stays undetermined");
+    return std::nullopt;
+  }
+  std::vector<Cidr> nets;
+  for (const auto& route : j) {
+    if (!route.is_object()) continue;
+    auto type = route.find("type");
+    auto dst = route.find("dst");
+    if (type == route.end() || dst == route.end() || !type->is_string() || !dst->is_string() ||
+        type->get<std::string>() != "local") {
+      continue;
+    }
+    if (auto cidr = Cidr::parse(dst->get<std::string>())) nets.push_back(*cidr);
+  }
+  return nets;
+}
+
+uint32_t primaryGroup(uint32_t uid, std::vector<std::string>& notes) {
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr) {
+    notes.push_back(
+        fmt::format("gid not given: using {}, the primary group of uid {} in this "
+                    "system's user database",
+                    found->pw_gid, uid));
+    return found->pw_gid;
+  }
+  // Containers commonly run numeric ids with gid == uid (Istio's proxy is 1337:1337).
+  notes.push_back(
+      fmt::format("gid not given and uid {} has no user entry: assuming gid {}", uid, uid));
+  return uid;
+}
+
+// ---- rendering --------------------------------------------------------------------------------
+
+std::string stepLine(const TraceStep& s) {
+  std::string indent(2 + 2 * s.depth, ' ');
+  std::string where = s.rule_index == 0 ? s.chain : fmt::format("{} #{}", s.chain, s.rule_index);
+  std::string verdict;
+  switch (s.verdict) {
+    case StepVerdict::kEndOfChain:
+      return fmt::format("{}{} (end of chain) → {}", indent, s.chain, s.detail);
+    case StepVerdict::kPolicy:
+      return fmt::format("{}{}: no rule decided → {}", indent, s.chain, s.rule);
+    case StepVerdict::kRandomSkip:
+      return fmt::format("{}{} {} → {}", indent, where, s.rule, s.detail);
+    default:
+      verdict = toString(s.verdict);
+  }
+  if (!s.detail.empty()) verdict += " (" + s.detail + ")";
+  return fmt::format("{}{} {} → {}", indent, where, s.rule, verdict);
+}
+
+std::string packetLine(const TraceReport& r) {
+  const TracePacket& p = r.packet;
+  std::string line =
+      fmt::format("Trace: {} to {} from uid {}", p.protocol, p.destination.toString(), p.uid);
+  line += p.gid ? fmt::format(", gid {}", *p.gid) : ", gid unknown";
+  line += fmt::format(", source {}", p.source ? p.source->toString() : "unknown");
+  line += fmt::format(", out {}", p.out_interface ? *p.out_interface : "unknown");
+  if (p.mark != 0) line += fmt::format(", mark {:#x}", p.mark);
+  line += fmt::format(" — nat table{}", r.backend.empty() ? "" : " via " + r.backend);
+  return line;
+}
+
+}  // namespace
+
+const char* toString(StepVerdict verdict) {
+  switch (verdict) {
+    case StepVerdict::kJump:
+      return "jump";
+    case StepVerdict::kGoto:
+      return "goto";
+    case StepVerdict::kReturn:
+      return "return";
+    case StepVerdict::kEndOfChain:
+      return "end-of-chain";
+    case StepVerdict::kContinue:
+      return "continue";
+    case StepVerdict::kRandomSkip:
+      return "random-skip";
+    case StepVerdict::kTerminal:
+      return "terminal";
+    case StepVerdict::kPolicy:
+      return "policy";
+    case StepVerdict::kUndetermined:
+      return "undetermined";
+  }
+  return "?";
+}
+
+const char* toString(OutcomeKind kind) {
+  switch (kind) {
+    case OutcomeKind::kUnchanged:
+      return "unchanged";
+    case OutcomeKind::kRedirect:
+      return "redirect";
+    case OutcomeKind::kDnat:
+      return "dnat";
+    case OutcomeKind::kDrop:
+      return "drop";
+    case OutcomeKind::kOther:
+      return "other";
+    case OutcomeKind::kUndetermined:
+      return "undetermined";
+  }
+  return "?";
+}
+
+TraceResult traceNatOutput(const SavedTable& nat, const TracePacket& packet,
+                           const TraceContext& context) {
+  return Walker(nat, packet, context).run();
+}
+
+std::string formatProbability(double probability) {
+  if (probability >= 1.0 - 1e-9) return "100%";
+  return fmt::format("{:.2f}%", probability * 100.0);
+}
+
+std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
+  std::string where = o.rule_index == 0 ? o.chain : fmt::format("{} #{}", o.chain, o.rule_index);
+  std::string text;
+  switch (o.kind) {
+    case OutcomeKind::kRedirect:
+      if (o.destination) {
+        text = fmt::format("REDIRECT to local port {}", o.destination->port);
+      } else {
+        text = o.target;
+      }
+      if (o.chain == kRedirectChain) text += " (captured by the proxy's outbound listener)";
+      if (o.chain == kInRedirectChain) text += " (captured by the proxy's inbound listener)";
+      break;
+    case OutcomeKind::kDnat:
+      text = fmt::format("DNAT {} via {}", o.destination ? o.destination->toString() : o.target,
+                         o.chain);
+      break;
+    case OutcomeKind::kUnchanged:
+      text = fmt::format(
+          "no translation: the connection goes to the original destination {} "
+          "unmodified ({})",
+          packet.destination.toString(),
+          o.rule_index == 0 ? "OUTPUT " + o.target : "ACCEPT in " + where);
+      break;
+    case OutcomeKind::kDrop:
+      text = fmt::format("dropped ({})",
+                         o.rule_index == 0 ? "OUTPUT " + o.target : o.target + " in " + where);
+      break;
+    case OutcomeKind::kOther:
+      text = fmt::format("{} in {}", o.target, where);
+      break;
+    case OutcomeKind::kUndetermined:
+      text = "undetermined: " + o.reason;
+      break;
+  }
+  if (o.mark != packet.mark && o.kind != OutcomeKind::kUndetermined) {
+    text += fmt::format(" (mark {:#x})", o.mark);
+  }
+  return fmt::format("{}, {}", text, formatProbability(o.probability));
+}
+
+Result<TraceReport> traceCurrentNetns(const TraceRequest& request) {
+  const Family family = request.destination.ip.family;
+  auto backend = detectBackend(request.backend, family);
+  if (!backend) return backend.error();
+  auto tools = toolsFor(*backend, family);
+  TraceReport report;
+  report.backend = tools.name();
+  // All tables rather than "-t nat": with -t, iptables-legacy-save creates an empty nat table in
+  // a netns that had none, and a trace must not change the kernel.
+  auto text = saveTable(tools, "");
+  if (!text) return text.error();
+  auto ruleset = parseIptablesSave(*text);
+  if (!ruleset) {
+    return makeError(fmt::format("cannot read {} output: {}", tools.save, ruleset.error().message));
+  }
+  SavedTable empty{"nat", {}, {}};
+  const SavedTable* nat = ruleset->table("nat");
+  if (nat == nullptr) {
+    report.notes.push_back(
+        fmt::format("{} has no nat table in this netns: nothing translates "
+                    "connections",
+                    report.backend));
+    nat = &empty;
+  }
+  report.packet.destination = request.destination;
+  report.packet.uid = request.uid;
+  report.packet.gid = request.gid ? *request.gid : primaryGroup(request.uid, report.notes);
+  readRoute(request, report.packet, report.notes);
+  TraceContext context;
+  context.local_networks = readLocalNetworks(family, report.notes);
+  report.result = traceNatOutput(*nat, report.packet, context);
+  return report;
+}
+
+std::string renderTrace(const TraceReport& report) {
+  std::string out = packetLine(report) + "\n";
+  for (const auto& n : report.notes) out += "Note: " + n + "\n";
+  const auto& outcomes = report.result.outcomes;
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    const auto& o = outcomes[i];
+    out += outcomes.size() == 1 ? "\nPath:\n"
+                                : fmt::format("\nPath {} of {} ({}):\n", i + 1, outcomes.size(),
+                                              formatProbability(o.probability));
+    for (const auto& s : o.path) out += stepLine(s) + "\n";
+  }
+  out += outcomes.size() == 1 ? "\nOutcome:\n" : "\nOutcomes:\n";
+  for (const auto& o : outcomes) out += "  → " + describeOutcome(o, report.packet) + "\n";
+  return out;
+}
+
+nlohmann::json traceToJson(const TraceReport& report) {
+  const TracePacket& p = report.packet;
+  nlohmann::json packet = {
+      {"protocol", p.protocol},
+      {"destination", p.destination.toString()},
+      {"source", p.source ? nlohmann::json(p.source->toString()) : nlohmann::json(nullptr)},
+      {"out_interface",
+       p.out_interface ? nlohmann::json(*p.out_interface) : nlohmann::json(nullptr)},
+      {"uid", p.uid},
+      {"gid", p.gid ? nlohmann::json(*p.gid) : nlohmann::json(nullptr)},
+      {"mark", p.mark},
+  };
+  nlohmann::json outcomes = nlohmann::json::array();
+  for (const auto& o : report.result.outcomes) {
+    nlohmann::json path = nlohmann::json::array();
+    for (const auto& s : o.path) {
+      path.push_back({{"table", s.table},
+                      {"chain", s.chain},
+                      {"rule_index", s.rule_index},
+                      {"rule", s.rule},
+                      {"verdict", toString(s.verdict)},
+                      {"detail", s.detail},
+                      {"depth", s.depth}});
+    }
+    outcomes.push_back({
+        {"kind", toString(o.kind)},
+        {"probability", o.probability},
+        {"chain", o.chain},
+        {"rule_index", o.rule_index},
+        {"target", o.target},
+        {"destination",
+         o.destination ? nlohmann::json(o.destination->toString()) : nlohmann::json(nullptr)},
+        {"reason", o.reason},
+        {"mark", o.mark},
+        {"summary", describeOutcome(o, p)},
+        {"path", std::move(path)},
+    });
+  }
+  return {{"backend", report.backend}, {"table", "nat"},
+          {"chain", kBaseChain},       {"packet", std::move(packet)},
+          {"notes", report.notes},     {"outcomes", std::move(outcomes)}};
+}
+
+}  // namespace remora::intercept

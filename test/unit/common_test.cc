@@ -17,7 +17,8 @@ TEST(Cidr, ParsesAndNormalises) {
 }
 
 TEST(Cidr, RejectsBadInput) {
-  for (const char* bad : {"", "10.0.0.0/33", "10.0.0/8", "fd00::/129", "x/1", "10.0.0.0/", "1.2.3.4/-1"}) {
+  for (const char* bad :
+       {"", "10.0.0.0/33", "10.0.0/8", "fd00::/129", "x/1", "10.0.0.0/", "1.2.3.4/-1"}) {
     EXPECT_FALSE(Cidr::parse(bad).ok()) << bad;
   }
   EXPECT_NE(Cidr::parse("10.0.0.0/33").error().message.find("10.0.0.0/33"), std::string::npos);

@@ -38,7 +38,9 @@ bool programInPath(const std::string& program) {
   std::stringstream dirs(path ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
   std::string dir;
   while (std::getline(dirs, dir, ':')) {
-    if (::access((dir + "/" + program).c_str(), X_OK) == 0) return true;
+    dir += '/';
+    dir += program;
+    if (::access(dir.c_str(), X_OK) == 0) return true;
   }
   return false;
 }

@@ -58,6 +58,19 @@ struct ServicePort {
   uint16_t port = 0;
   std::vector<Subset> subsets;
   std::vector<WeightedSubset> route;  // weights across subsets; one entry when no VirtualService
+  std::string name;                   // the Service's port name ("http"), may be empty
+  std::string app_protocol;           // spec.ports[].appProtocol, empty when unset
+};
+
+// What an original destination matched. `endpoint` is set when the client dialled a pod
+// address of the service itself rather than a service address: routing then keeps that pod.
+struct RouteMatch {
+  static constexpr uint32_t kNoSubset = UINT32_MAX;
+  const ServicePort* service = nullptr;
+  bool endpoint = false;
+  // The dialled pod's place in service->subsets; kNoSubset when no routed subset holds it.
+  uint32_t subset_index = kNoSubset;
+  uint32_t endpoint_index = 0;
 };
 
 // Immutable after construction; shared between workers through shared_ptr<const RouteTable>.
@@ -67,6 +80,11 @@ class RouteTable {
   // The ServicePort for an original destination, or nullptr (passthrough / REGISTRY_ONLY).
   // O(1): a hash lookup on IP:port.
   virtual const ServicePort* find(const SocketAddress& original_dst) const = 0;
+  // find() plus whether the destination is one of the service's own pod addresses. Tables that
+  // do not index pods may keep this default, which treats every match as a service address.
+  virtual RouteMatch match(const SocketAddress& original_dst) const {
+    return RouteMatch{.service = find(original_dst)};
+  }
   virtual const ProxySettings& settings() const = 0;
   virtual uint64_t generation() const = 0;
   // /config_dump's body: services, subsets, endpoints, weights and the generation.
@@ -80,6 +98,9 @@ struct RouteDecision {
   uint32_t subset_index = 0;
   uint32_t endpoint_index = 0;
   SocketAddress upstream;  // where to connect
+  // The client dialled this pod's address itself: the decision keeps it and retry() never
+  // moves the connection to another pod.
+  bool pinned = false;
 };
 
 // Per-worker routing state (smooth weighted round-robin counters, round-robin cursors,
@@ -95,7 +116,8 @@ class Router {
   // decisions for one ServicePort, each subset is chosen exactly weight times, interleaved.
   virtual RouteDecision route(const SocketAddress& original_dst) = 0;
   // Another endpoint in the same subset (then the other subsets) after a failed connect,
-  // skipping `tried`; nullopt when none is left.
+  // skipping `tried`; nullopt when none is left. The failed attempt counts as ended, so the
+  // caller releases only the decision its connection finally used.
   virtual std::optional<RouteDecision> retry(const RouteDecision& failed,
                                              std::span<const SocketAddress> tried) = 0;
   // Tells LEAST_REQUEST that a connection routed by `decision` has ended.
@@ -103,5 +125,7 @@ class Router {
 };
 
 std::unique_ptr<Router> makeRouter(std::shared_ptr<const RouteTable> table);
+// The same with a fixed seed for the RANDOM policy, so tests and benchmarks are reproducible.
+std::unique_ptr<Router> makeRouter(std::shared_ptr<const RouteTable> table, uint64_t seed);
 
 }  // namespace remora::routing

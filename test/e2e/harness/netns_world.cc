@@ -18,8 +18,8 @@ void mustRun(const std::vector<std::string>& argv) {
   if (!r || r->exit_code != 0) {
     std::string cmd;
     for (const auto& a : argv) cmd += a + " ";
-    throw std::runtime_error(fmt::format("netns world: '{}' failed: {}", cmd,
-                                         r ? r->err : r.error().message));
+    throw std::runtime_error(
+        fmt::format("netns world: '{}' failed: {}", cmd, r ? r->err : r.error().message));
   }
 }
 

@@ -39,10 +39,10 @@ class Process {
 };
 
 struct Pod {
-  std::string name;     // the name the test gave
-  std::string netns;    // "ip netns" name
-  std::string ipv4;     // address without prefix
-  std::string ipv6;     // address without prefix
+  std::string name;   // the name the test gave
+  std::string netns;  // "ip netns" name
+  std::string ipv4;   // address without prefix
+  std::string ipv6;   // address without prefix
 };
 
 // DESIGN.md's isolated world: a "node" namespace holding a bridge, and one namespace per pod on
@@ -58,7 +58,8 @@ class NetnsWorld {
   NetnsWorld& operator=(const NetnsWorld&) = delete;
 
   // Adds a pod with the given addresses ("10.244.1.168"; ipv6 may be empty).
-  Result<Pod> addPod(const std::string& name, const std::string& ipv4, const std::string& ipv6 = {});
+  Result<Pod> addPod(const std::string& name, const std::string& ipv4,
+                     const std::string& ipv6 = {});
   // Runs argv inside the pod's netns and waits for it.
   Result<CommandOutput> exec(const Pod& pod, const std::vector<std::string>& argv,
                              const std::string& input = {});

@@ -4,7 +4,7 @@
 //     "TEXT orig=ORIGINAL_DST local=LOCAL peer=PEER" (raw) or an HTTP 200 whose body is TEXT.
 //     The original destination comes from SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST ("none" when
 //     the connection was not redirected).
-//   remora-probe connect IP:PORT [--timeout-ms N] [--send TEXT]
+//   remora-probe connect IP:PORT [--timeout-ms N] [--send TEXT] [--bind SOURCE_IP]
 //     Connects, sends TEXT if given, prints everything received until EOF; exit 1 on failure.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -51,7 +51,9 @@ std::string addressOf(int fd, bool peer) {
 
 std::string originalDst(int fd, bool v6) {
   auto dst = remora::originalDestination(fd, v6 ? remora::Family::kIpv6 : remora::Family::kIpv4);
-  return dst ? dst->toString() : "none";
+  // conntrack answers for any tracked connection; only a rewritten destination counts.
+  if (!dst || dst->toString() == addressOf(fd, false)) return "none";
+  return dst->toString();
 }
 
 void serveOne(int fd, bool v6, bool http, const std::string& reply) {
@@ -120,6 +122,20 @@ int connectTo(const std::vector<std::string>& args) {
   timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string bind_ip = arg(args, "--bind");
+  if (!bind_ip.empty()) {
+    auto ip = remora::IpAddress::parse(bind_ip);
+    if (!ip) {
+      std::fprintf(stderr, "connect: --bind: %s\n", ip.error().message.c_str());
+      return 2;
+    }
+    sockaddr_storage bs{};
+    socklen_t blen = remora::SocketAddress{*ip, 0}.toSockaddr(bs);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&bs), blen) != 0) {
+      std::perror("connect: bind");
+      return 1;
+    }
+  }
   sockaddr_storage ss{};
   socklen_t len = target->toSockaddr(ss);
   if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
@@ -150,7 +166,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (!args.empty() && args[0] == "serve") return serve(args);
   if (!args.empty() && args[0] == "connect") return connectTo(args);
-  std::fprintf(stderr, "usage: remora-probe serve --listen IP:PORT [--reply TEXT] [--http]\n"
-                       "       remora-probe connect IP:PORT [--timeout-ms N] [--send TEXT]\n");
+  std::fprintf(stderr,
+               "usage: remora-probe serve --listen IP:PORT [--reply TEXT] [--http]\n"
+               "       remora-probe connect IP:PORT [--timeout-ms N] [--send TEXT]\n");
   return 2;
 }

@@ -1,0 +1,83 @@
+#include "plugin/dataplane.h"
+
+#include <fmt/format.h>
+
+#include "common/netns.h"
+#include "common/subprocess.h"
+
+namespace remora::cni {
+namespace {
+
+// Runs `fn` with a fresh applier inside `netns`. `fn`'s own failure is returned as is; failing
+// to enter the namespace becomes kNetnsUnavailable.
+template <typename T, typename Fn>
+CniResult<T> inNetns(const std::string& netns, Fn&& fn) {
+  std::optional<CniResult<T>> out;
+  auto entered = runInNetns(netns, [&]() -> Result<void> {
+    auto applier = intercept::makeIptablesApplier();
+    out.emplace(fn(*applier));
+    return {};
+  });
+  if (!entered) {
+    return CniError{ErrorCode::kNetnsUnavailable,
+                    fmt::format("cannot enter network namespace '{}'", netns),
+                    entered.error().message};
+  }
+  return std::move(*out);
+}
+
+class NetnsDataplane : public Dataplane {
+ public:
+  CniResult<intercept::ApplyReport> install(const std::string& netns,
+                                            const intercept::InterceptOptions& options) override {
+    return inNetns<intercept::ApplyReport>(
+        netns, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+          auto report = applier.install(options);
+          if (!report) {
+            return CniError{ErrorCode::kInstallFailed, "installing interception rules failed",
+                            report.error().message};
+          }
+          return std::move(*report);
+        });
+  }
+
+  CniResult<intercept::ApplyReport> uninstall(const std::string& netns) override {
+    return inNetns<intercept::ApplyReport>(
+        netns, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+          auto report = applier.uninstall();
+          if (!report) {
+            return CniError{ErrorCode::kUninstallFailed, "removing interception rules failed",
+                            report.error().message};
+          }
+          return std::move(*report);
+        });
+  }
+
+  CniResult<void> check(const std::string& netns,
+                        const intercept::InterceptOptions& options) override {
+    return inNetns<void>(netns, [&](intercept::Applier& applier) -> CniResult<void> {
+      auto checked = applier.check(options);
+      if (!checked) {
+        return CniError{ErrorCode::kRulesNotIntact,
+                        "interception rules are missing or modified",
+                        checked.error().message};
+      }
+      return {};
+    });
+  }
+
+  CniResult<void> status() override {
+    // Either backend will do; detection picks one per namespace at ADD time.
+    for (const char* tool : {"iptables-nft-restore", "iptables-legacy-restore"}) {
+      if (programInPath(tool)) return {};
+    }
+    return CniError{ErrorCode::kStatusNotAvailable, "iptables is not installed on this node",
+                    "remora-cni needs iptables-nft-restore or iptables-legacy-restore in PATH"};
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Dataplane> makeNetnsDataplane() { return std::make_unique<NetnsDataplane>(); }
+
+}  // namespace remora::cni

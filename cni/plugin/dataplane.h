@@ -1,0 +1,33 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "intercept/applier.h"
+#include "intercept/options.h"
+#include "plugin/error.h"
+
+namespace remora::cni {
+
+// What the plugin does to a pod's network namespace. The real one enters the namespace and
+// drives the interception library; tests of the CNI protocol substitute a fake.
+// Errors carry CNI codes: kNetnsUnavailable when the namespace cannot be opened or entered,
+// otherwise kInstallFailed, kUninstallFailed or kRulesNotIntact.
+class Dataplane {
+ public:
+  virtual ~Dataplane() = default;
+  virtual CniResult<intercept::ApplyReport> install(const std::string& netns,
+                                                    const intercept::InterceptOptions& options) = 0;
+  // Removes only Remora's state; succeeds when there is none.
+  virtual CniResult<intercept::ApplyReport> uninstall(const std::string& netns) = 0;
+  virtual CniResult<void> check(const std::string& netns,
+                                const intercept::InterceptOptions& options) = 0;
+  // Whether ADD could work on this node now (the kernel tools are installed); code 50 if not.
+  virtual CniResult<void> status() = 0;
+};
+
+// Enters the namespace on a dedicated thread (runInNetns) and applies the same planner and
+// iptables backend remora-init uses. No remora-init process is involved.
+std::unique_ptr<Dataplane> makeNetnsDataplane();
+
+}  // namespace remora::cni

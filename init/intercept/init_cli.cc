@@ -1,0 +1,175 @@
+// remora-init's command line: CLI11 parsing into InitCommand, and running it.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <fstream>
+#include <iostream>
+
+#include "intercept/applier.h"
+#include "intercept/cli.h"
+
+namespace remora::intercept {
+namespace {
+
+constexpr int kCapNetAdmin = 12;
+
+// Root, or at least CAP_NET_ADMIN in the effective set (an init container may run as non-root
+// with the capability added).
+bool hasNetAdmin() {
+  if (::geteuid() == 0) return true;
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      uint64_t caps = std::stoull(line.substr(7), nullptr, 16);
+      return (caps >> kCapNetAdmin) & 1;
+    }
+  }
+  return false;
+}
+
+void addInterceptOptions(CLI::App& cmd, std::map<std::string, std::string>& values) {
+  for (const auto& spec : optionSpecs()) {
+    std::string help = spec.help;
+    if (!spec.default_text.empty()) help += fmt::format(" (default {})", spec.default_text);
+    cmd.add_option("--" + spec.flag, values[spec.flag], help)->envname(spec.env);
+  }
+}
+
+}  // namespace
+
+Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
+  CLI::App app{
+      "remora-init: installs, removes and explains Remora's traffic interception in the "
+      "current network namespace"};
+  app.require_subcommand(1, 1);
+  InitCommand command;
+  std::map<std::string, std::string> install_values;
+  std::map<std::string, std::string> dump_values;
+  std::string trace_uid;
+  std::string trace_gid;
+
+  auto* install = app.add_subcommand("install", "install the redirect rules (idempotent, atomic)");
+  addInterceptOptions(*install, install_values);
+  install->add_flag("--dry-run", command.dry_run, "print the exact iptables-restore input only")
+      ->envname("REMORA_DRY_RUN");
+
+  auto* uninstall = app.add_subcommand("uninstall", "remove exactly Remora's chains and jumps");
+
+  auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
+  dump->add_flag("--json", command.json, "machine-readable output");
+  dump->add_option("--trace", command.trace,
+                   "trace a TCP connection to IP:PORT through nat OUTPUT");
+  dump->add_option("--uid", trace_uid, "uid of the traced connection's owner (default 0)");
+  dump->add_option("--gid", trace_gid, "gid of the traced connection's owner");
+  dump->add_option("--iptables-backend", dump_values["iptables-backend"], "auto, legacy or nft")
+      ->envname("REMORA_IPTABLES_BACKEND");
+
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    command.help = app.help("", CLI::AppFormatMode::All);
+    return command;
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    if (app.get_subcommands().empty() && !args.empty() && args[0].rfind('-', 0) != 0) {
+      msg = fmt::format("unknown command '{}' (expected install, uninstall or dump)", args[0]);
+    }
+    return makeError(msg);
+  }
+
+  std::map<std::string, std::string>* values = nullptr;
+  if (install->parsed()) {
+    command.verb = InitVerb::kInstall;
+    values = &install_values;
+  } else if (uninstall->parsed()) {
+    command.verb = InitVerb::kUninstall;
+  } else {
+    command.verb = InitVerb::kDump;
+    values = &dump_values;
+  }
+  if (values) {
+    CLI::App* cmd = install->parsed() ? install : dump;
+    for (const auto& spec : optionSpecs()) {
+      if (!values->contains(spec.flag)) continue;
+      bool given = cmd->count("--" + spec.flag) > 0 || std::getenv(spec.env.c_str()) != nullptr;
+      if (!given) continue;
+      auto set = setOption(command.options, spec.flag, values->at(spec.flag));
+      if (!set) return set.error();
+    }
+  }
+  if (!trace_uid.empty() || !trace_gid.empty()) {
+    InterceptOptions ids;
+    if (!trace_uid.empty()) {
+      auto set = setOption(ids, "proxy-uid", trace_uid);
+      if (!set) return makeError(fmt::format("invalid --uid '{}'", trace_uid));
+      command.trace_uid = ids.proxy_uid;
+    }
+    if (!trace_gid.empty()) {
+      auto set = setOption(ids, "proxy-gid", trace_gid);
+      if (!set) return makeError(fmt::format("invalid --gid '{}'", trace_gid));
+      command.trace_gid = ids.proxy_gid;
+    }
+    if (command.trace.empty()) return makeError("--uid and --gid need --trace IP:PORT");
+  }
+  if (!command.trace.empty()) {
+    auto dst = SocketAddress::parse(command.trace);
+    if (!dst) return makeError(fmt::format("invalid --trace: {}", dst.error().message));
+  }
+  return command;
+}
+
+int runInit(const std::vector<std::string>& args) {
+  auto command = parseInitCommand(args);
+  if (!command) {
+    std::cerr << "remora-init: " << command.error().message << "\n"
+              << "Run 'remora-init --help' for usage.\n";
+    return 2;
+  }
+  if (!command->help.empty()) {
+    std::cout << command->help;
+    return 0;
+  }
+  if (!hasNetAdmin()) {
+    std::cerr << "remora-init: must run as root or with CAP_NET_ADMIN (in Kubernetes: an init "
+                 "container with securityContext.capabilities.add [NET_ADMIN, NET_RAW])\n";
+    return 1;
+  }
+  auto applier = makeIptablesApplier();
+  switch (command->verb) {
+    case InitVerb::kInstall: {
+      if (command->dry_run) {
+        auto text = applier->dryRun(command->options);
+        if (!text) {
+          std::cerr << "remora-init: " << text.error().message << "\n";
+          return 1;
+        }
+        std::cout << *text;
+        return 0;
+      }
+      auto report = applier->install(command->options);
+      if (!report) {
+        std::cerr << "remora-init: install failed: " << report.error().message << "\n";
+        return 1;
+      }
+      for (const auto& line : report->lines) std::cout << line << "\n";
+      return 0;
+    }
+    case InitVerb::kUninstall: {
+      auto report = applier->uninstall();
+      if (!report) {
+        std::cerr << "remora-init: uninstall failed: " << report.error().message << "\n";
+        return 1;
+      }
+      for (const auto& line : report->lines) std::cout << line << "\n";
+      return 0;
+    }
+    case InitVerb::kDump:
+      return runDumpCommand(*command);
+  }
+  return 1;
+}
+
+}  // namespace remora::intercept

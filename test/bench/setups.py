@@ -1,0 +1,309 @@
+"""The setups compared side by side, on the same backends, taking turns (issue 5, section 1).
+
+Every setup serves the same request: GET / from a client pod, answered by one of the two
+bill-service pods. What differs is the path in between.
+"""
+
+import os
+import shutil
+
+import kube_chains
+import measure
+from world import BenchError, run, wait_until
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+PROXY_UID = 1337
+BILL_VIP = ("10.1.122.241", 9999)
+IPERF_VIP = ("10.1.122.242", 5201)
+WEIGHTED_VIP = ("10.1.122.243", 9999)  # kube chains only: --probability 0.9
+V1_IP, V2_IP = "10.244.1.168", "10.244.2.74"
+# Services a reload adds in the scaling figure live here; the proxy's own connections to it are
+# refused locally (see Env.prepare_mesh), so a probe fails fast until the reload lands.
+RELOAD_VIP = ("10.3.0.1", 9999)
+
+PODS = {  # name -> IPv4 (the seed's backends keep their seed addresses)
+    "bill-v1": V1_IP,
+    "bill-v2": V2_IP,
+    "front-direct": "10.244.3.10",
+    "front-kube": "10.244.3.11",
+    "front-mesh": "10.244.3.12",  # front-tomcat with interception; every sidecar takes its turn
+}
+
+
+class Env:
+    """Everything the setups share: the world, binaries, CPU pinning, the interception mode."""
+
+    def __init__(self, world, build_dir, pin, run_dir):
+        self.world = world
+        self.build_dir = build_dir
+        self.pin = pin  # {"load": cpu|None, "backends": cpu|None, "proxy": cpu|None}
+        self.run_dir = run_dir
+        self.interception = None  # how front-mesh's REDIRECT rules were installed
+        self.remora_help = None
+
+    def bin(self, name):
+        override = os.environ.get("REMORA_BENCH_" + name.upper().replace("-", "_"))
+        return override or os.path.join(self.build_dir, "bin", name)
+
+    def ns(self, pod):
+        return self.world.ns(pod)
+
+    # -- the world ----------------------------------------------------------------------------
+    def build_world(self):
+        self.world.create()
+        for name, ip in PODS.items():
+            self.world.add_pod(name, ip)
+        for name in ("bill-v1", "bill-v2"):
+            prefix = self.private_dir(f"nginx-{name}", owner=None)
+            self.world.spawn(name, self.ns(name),
+                             ["nginx", "-p", prefix + "/", "-e", "stderr", "-c",
+                              os.path.join(BENCH_DIR, "nginx-backend.conf")],
+                             cpu=self.pin["backends"])
+        self.world.spawn("iperf3-server", self.ns("bill-v1"), ["iperf3", "-s", "-p", "5201"],
+                         cpu=self.pin["backends"])
+        for ip in (V1_IP, V2_IP):
+            ok = wait_until(lambda ip=ip: measure.served_by(
+                measure.http_get(self.world, self.ns("front-direct"), ip, 80, timeout=0.5)), 10)
+            if not ok:
+                raise BenchError(f"backend {ip} did not come up; see {self.run_dir}/*.log")
+        self.install_kube_chains()
+        self.prepare_mesh()
+
+    def private_dir(self, name, owner=PROXY_UID):
+        path = os.path.join(self.run_dir, name)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(os.path.join(path, "tmp"))
+        if owner is not None:
+            for p in (path, os.path.join(path, "tmp")):
+                os.chown(p, owner, owner)
+        return path
+
+    def install_kube_chains(self):
+        rules = kube_chains.render(kube_chains.seed_services())
+        self.world.ns_exec(self.ns("front-kube"), ["iptables-restore", "--noflush"],
+                           input_text=rules)
+
+    def prepare_mesh(self):
+        ns = self.ns("front-mesh")
+        init = self.bin("remora-init")
+        reason = None
+        if os.access(init, os.X_OK):
+            cp = self.world.ns_exec(ns, [init, "install"], check=False)
+            saved = self.world.ns_exec(ns, ["iptables-save", "-t", "nat"]).stdout
+            if cp.returncode == 0 and "REMORA_OUTPUT" in saved and "--to-ports 15001" in saved:
+                self.interception = "remora-init install (default flags)"
+            else:
+                reason = (f"`remora-init install` exited {cp.returncode} and left "
+                          f"{'no ' if 'REMORA_OUTPUT' not in saved else 'incomplete '}rules")
+                self.world.ns_exec(ns, ["iptables", "-t", "nat", "-F"], check=False)
+                self.world.ns_exec(ns, ["iptables", "-t", "nat", "-X"], check=False)
+        else:
+            reason = f"{init} not built"
+        if self.interception is None:
+            plan = run(["bash", os.path.join(BENCH_DIR, "default_plan.sh"), "restore", "4"]).stdout
+            self.world.ns_exec(ns, ["iptables-restore", "--noflush"], input_text=plan)
+            self.interception = ("test/bench/default_plan.sh (the same rules remora-init plans; "
+                                 f"fallback because {reason})")
+        # The proxy's passthrough to RELOAD_VIP fails at once (EHOSTUNREACH) instead of timing
+        # out, for the proxy's uid only; the app's packets still route normally and get captured.
+        self.world.ns_exec(ns, ["ip", "route", "add", "unreachable", "10.3.0.0/16", "table",
+                                str(PROXY_UID)])
+        self.world.ns_exec(ns, ["ip", "rule", "add", "uidrange", f"{PROXY_UID}-{PROXY_UID}",
+                                "lookup", str(PROXY_UID), "pref", "100"])
+
+    def remora_flags(self):
+        if self.remora_help is None:
+            cp = run([self.bin("remora-proxy"), "--help"], check=False, timeout=10)
+            self.remora_help = cp.stdout + cp.stderr
+        flags = []
+        if "--concurrency" in self.remora_help:
+            flags += ["--concurrency", "1"]
+        if "--log-level" in self.remora_help:
+            flags += ["--log-level", "error"]
+        flags += os.environ.get("REMORA_BENCH_PROXY_ARGS", "").split()
+        return flags
+
+    def wait_listener(self, ns, port, timeout=10):
+        def listening():
+            out = self.world.ns_exec(ns, ["ss", "-Hltn", f"( sport = :{port} )"], check=False).stdout
+            return out.strip() != ""
+        return wait_until(listening, timeout, interval=0.02)
+
+
+class Setup:
+    name = ""
+    label = ""
+    pod = ""
+    http_target = BILL_VIP
+    iperf_target = IPERF_VIP
+    has_proxy = False
+    supports_iperf = True
+    note = ""
+
+    def __init__(self, env):
+        self.env = env
+        self.proc = None
+
+    def unavailable(self):
+        """None when the setup can run here, otherwise the reason it cannot."""
+        return None
+
+    @property
+    def ns(self):
+        return self.env.ns(self.pod)
+
+    def url(self):
+        ip, port = self.http_target
+        return f"http://{ip}:{port}/"
+
+    def start(self, phase="http"):
+        """Starts what the setup needs for `phase` ("http" or "iperf") and checks it serves."""
+        if phase == "http":
+            body = measure.http_get(self.env.world, self.ns, *self.http_target, timeout=3)
+            if not measure.served_by(body):
+                raise BenchError(f"{self.name}: GET {self.url()} did not reach a backend")
+
+    def stop(self):
+        if self.proc is not None:
+            self.env.world.stop(self.proc)
+            self.proc = None
+
+    def pids(self):
+        return self.proc.tree() if self.proc else []
+
+
+class Direct(Setup):
+    name, label, pod = "direct", "direct", "front-direct"
+    http_target = (V1_IP, 80)
+    iperf_target = (V1_IP, 5201)
+    note = "client → backend pod IP; no interception, no proxy"
+
+
+class KubeProxy(Setup):
+    name, label, pod = "kube-proxy", "kube-proxy chains", "front-kube"
+    note = "client → ClusterIP, DNAT by KUBE-SERVICES/KUBE-SVC/KUBE-SEP chains (random 50/50)"
+
+
+class ProxySetup(Setup):
+    pod = "front-mesh"
+    has_proxy = True
+    restart_for_iperf = True
+
+    def argv(self, phase):
+        raise NotImplementedError
+
+    def start(self, phase="http"):
+        env = self.env
+        self.stop()
+        self.proc = env.world.spawn(f"{self.name}-{phase}", self.ns, self.argv(phase),
+                                    cpu=env.pin["proxy"], uid=PROXY_UID)
+        if not env.wait_listener(self.ns, 15001) or not self.proc.alive():
+            tail = self.proc.log_tail()
+            self.stop()
+            raise BenchError(f"{self.name}: no listener on 15001 (log: {tail or 'empty'})")
+        if phase == "http":
+            ok = wait_until(lambda: measure.served_by(
+                measure.http_get(env.world, self.ns, *self.http_target, timeout=1)), 10, 0.05)
+            if not ok:
+                tail = self.proc.log_tail()
+                self.stop()
+                raise BenchError(f"{self.name}: GET {self.url()} through the proxy did not reach "
+                                 f"a backend (log: {tail or 'empty'})")
+
+    def ensure(self, phase):
+        """Starts the proxy for `phase` unless the running one already serves it."""
+        if self.proc is None or self.restart_for_iperf or not self.proc.alive():
+            self.start(phase)
+
+
+class Remora(ProxySetup):
+    name, label = "remora", "Remora (iptables)"
+    restart_for_iperf = False  # one config routes both Services by original destination
+    note = "remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10"
+
+    def __init__(self, env, config_path=None):
+        super().__init__(env)
+        self.config_src = config_path or os.path.join(BENCH_DIR, "remora.yaml")
+
+    def unavailable(self):
+        b = self.env.bin("remora-proxy")
+        if not os.access(b, os.X_OK):
+            return f"{b} does not exist yet (the proxy issue)"
+        return None
+
+    def config_path(self):
+        # The proxy runs as 1337 and may not read the source tree; it gets its own copy.
+        path = os.path.join(self.env.run_dir, "remora.yaml")
+        if not os.path.exists(path):
+            shutil.copyfile(self.config_src, path)
+            os.chmod(path, 0o644)
+        return path
+
+    def argv(self, phase, config=None):
+        return [self.env.bin("remora-proxy"), "--config", config or self.config_path()] + \
+            self.env.remora_flags()
+
+
+class RemoraEbpf(ProxySetup):
+    # EBPF-ROW: the eBPF interception mode (cgroup connect4 + sockops/sk_msg, issue on eBPF).
+    # When it lands: install with `remora-init install --mode ebpf` (or whatever its flag is)
+    # in a pod of its own, start remora-proxy the same way as Remora.argv, and drop this
+    # unavailable() override. Everything downstream (tables, ratios, plots) already has its row.
+    name, label = "remora-ebpf", "Remora (eBPF)"
+    note = "eBPF interception → remora-proxy"
+
+    def unavailable(self):
+        return "the eBPF mode does not exist yet (its issue adds this row)"
+
+
+class HaproxyTcp(ProxySetup):
+    name, label = "haproxy-tcp", "HAProxy tcp"
+    note = "same REDIRECT rules → HAProxy 2.6 mode tcp, nbthread 1, weights 90/10"
+
+    def argv(self, phase):
+        cfg = "haproxy-tcp.cfg" if phase == "http" else "haproxy-tcp-iperf.cfg"
+        return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, cfg)]
+
+
+class HaproxyHttp(ProxySetup):
+    name, label = "haproxy-http", "HAProxy http"
+    supports_iperf = False
+    note = "same REDIRECT rules → HAProxy 2.6 mode http, http-reuse always (for Remora's L7)"
+
+    def argv(self, phase):
+        return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, "haproxy-http.cfg")]
+
+
+class NginxStream(ProxySetup):
+    name, label = "nginx-stream", "nginx stream"
+    note = "same REDIRECT rules → nginx 1.22 stream, 1 worker, weights 90/10"
+
+    def argv(self, phase):
+        prefix = self.env.private_dir(f"{self.name}-{phase}")
+        cfg = "nginx-stream.conf" if phase == "http" else "nginx-stream-iperf.conf"
+        return ["nginx", "-p", prefix + "/", "-e", "stderr", "-c", os.path.join(BENCH_DIR, cfg)]
+
+
+class NginxHttp(ProxySetup):
+    name, label = "nginx-http", "nginx http"
+    supports_iperf = False  # an HTTP proxy cannot carry iperf3
+    note = "same REDIRECT rules → nginx 1.22 http proxy, 1 worker, upstream keepalive, 90/10"
+
+    def argv(self, phase):
+        prefix = self.env.private_dir(f"{self.name}-{phase}")
+        return ["nginx", "-p", prefix + "/", "-e", "stderr", "-c",
+                os.path.join(BENCH_DIR, "nginx-http.conf")]
+
+
+ALL = [Direct, KubeProxy, Remora, RemoraEbpf, HaproxyTcp, NginxStream, NginxHttp, HaproxyHttp]
+DEFAULT = ["direct", "kube-proxy", "remora", "remora-ebpf", "haproxy-tcp", "nginx-stream",
+           "nginx-http"]
+
+
+def make(env, names):
+    by_name = {cls.name: cls for cls in ALL}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise BenchError(f"unknown setup(s) {unknown}; known: {sorted(by_name)}")
+    return [by_name[n](env) for n in names]
+

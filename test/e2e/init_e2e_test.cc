@@ -1,0 +1,323 @@
+// remora-init against real iptables (nft and legacy) in namespaces of the test's own, proven
+// with real TCP connections (DESIGN.md "Test topology rules").
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <regex>
+
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+constexpr const char* kFrontIp = "10.244.0.10";
+constexpr const char* kFrontIp6 = "fd00:244::10";
+constexpr const char* kBillV1 = "10.244.1.168";
+constexpr const char* kBillV2 = "10.244.2.74";
+constexpr const char* kClientIp = "10.244.0.20";
+constexpr const char* kVip = "10.1.122.241:9999";
+constexpr const char* kVip6 = "[fd00:1::241]:9999";
+
+class InitE2e : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
+    world_ = std::make_unique<NetnsWorld>();
+    front_ = *world_->addPod("front-tomcat", kFrontIp, kFrontIp6);
+    v1_ = *world_->addPod("bill-service-v1", kBillV1);
+    v2_ = *world_->addPod("bill-service-v2", kBillV2);
+    client_ = *world_->addPod("client", kClientIp);
+    // The proxy's two listeners and the app, each saying who it is and what SO_ORIGINAL_DST is.
+    servers_.push_back(serve(front_, "0.0.0.0:15001", "outbound"));
+    servers_.push_back(serve(front_, "[::]:15001", "outbound6"));
+    servers_.push_back(serve(front_, "0.0.0.0:15006", "inbound"));
+    servers_.push_back(serve(front_, "0.0.0.0:8080", "app"));
+    servers_.push_back(serve(v1_, "0.0.0.0:80", "bill-v1"));
+    servers_.push_back(serve(v2_, "0.0.0.0:80", "bill-v2"));
+    servers_.push_back(serve(v2_, "0.0.0.0:81", "bill-v2-81"));
+  }
+
+  std::unique_ptr<Process> serve(const Pod& pod, const std::string& listen,
+                                 const std::string& reply) {
+    auto p = world_->spawn(pod, {probePath(), "serve", "--listen", listen, "--reply", reply});
+    EXPECT_TRUE(p->waitForLine("ready")) << "server " << reply << " did not start";
+    return p;
+  }
+
+  std::string backend() const { return GetParam(); }
+
+  CommandOutput init(std::vector<std::string> args, const Pod* pod = nullptr) {
+    args.insert(args.begin(), binaryPath("remora-init"));
+    if (args.size() > 1 && args[1] == "install") {
+      args.push_back("--iptables-backend");
+      args.push_back(backend());
+    }
+    auto out = world_->exec(pod ? *pod : front_, args);
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  }
+
+  // The nat table as iptables-save prints it, without comments and counters.
+  std::string natRules(const std::string& family = "iptables") {
+    auto out = world_->exec(front_, {family + "-" + backend() + "-save", "-t", "nat"});
+    EXPECT_TRUE(out.ok() && out->exit_code == 0);
+    std::string text =
+        std::regex_replace(out->out, std::regex("^#.*\n", std::regex::multiline), "");
+    return std::regex_replace(text, std::regex(" \\[[0-9]+:[0-9]+\\]"), "");
+  }
+
+  // Connects from `pod` (as uid/gid when given) and returns what the server said, or "FAILED".
+  std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0,
+                      const std::string& bind = {}) {
+    std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
+    if (!bind.empty()) argv.insert(argv.end(), {"--bind", bind});
+    auto out = uid ? world_->execAs(pod, uid, uid, argv) : world_->exec(pod, argv);
+    if (!out || out->exit_code != 0) return "FAILED";
+    return out->out;
+  }
+
+  void restoreInFront(const std::string& rules, const std::string& family = "iptables") {
+    auto out = world_->exec(front_, {family + "-" + backend() + "-restore", "--noflush"}, rules);
+    ASSERT_TRUE(out.ok() && out->exit_code == 0) << (out ? out->err : out.error().message);
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  Pod front_, v1_, v2_, client_;
+  std::vector<std::unique_ptr<Process>> servers_;
+};
+
+TEST_P(InitE2e, OutboundToClusterIpLandsOnProxyWithOriginalDestination) {
+  // Before install a VIP has no route beyond the node: the connection fails locally.
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+  auto out = init({"install"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  EXPECT_NE(connect(front_, kVip6).find("outbound6 orig=[fd00:1::241]:9999"), std::string::npos);
+  // A pod IP is captured too.
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80").find("outbound orig=10.244.1.168:80"),
+            std::string::npos);
+}
+
+TEST_P(InitE2e, InboundLandsOnInboundPortButProxyPortsAreNotCaptured) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  auto got = connect(client_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(got.find("inbound orig=10.244.0.10:8080"), std::string::npos) << got;
+  // 15001 is in the never-captured list: reaching it directly is not redirected.
+  got = connect(client_, std::string(kFrontIp) + ":15001");
+  EXPECT_NE(got.find("outbound orig=none"), std::string::npos) << got;
+}
+
+TEST_P(InitE2e, ProxyUidIsNotCapturedAndReachesTheRealDestination) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  auto got = connect(front_, std::string(kBillV1) + ":80", 1337);
+  EXPECT_NE(got.find("bill-v1 orig=none"), std::string::npos) << got;
+  EXPECT_EQ(connect(front_, kVip, 1337), "FAILED");  // not captured, and the VIP leads nowhere
+  // Any other uid is captured.
+  got = connect(front_, std::string(kBillV1) + ":80", 1000);
+  EXPECT_NE(got.find("outbound orig=10.244.1.168:80"), std::string::npos) << got;
+}
+
+TEST_P(InitE2e, LoopbackRulesAsIstio) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  // The app calling its own pod IP goes over lo and is not captured.
+  auto got = connect(front_, std::string(kFrontIp) + ":8080", 1000);
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+  // The proxy dialling the pod IP (the app's own service VIP routed back) goes through inbound.
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1337);
+  EXPECT_NE(got.find("inbound orig=10.244.0.10:8080"), std::string::npos) << got;
+  // The proxy's inbound passthrough from 127.0.0.6 reaches the app uncaptured.
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1337, "127.0.0.6");
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+  EXPECT_NE(got.find("peer=127.0.0.6:"), std::string::npos) << got;
+  // localhost is never captured.
+  got = connect(front_, "127.0.0.1:8080", 1000);
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+}
+
+TEST_P(InitE2e, ExcludedCidrsAndPortsAreNotCaptured) {
+  ASSERT_EQ(init({"install", "--exclude-outbound-cidrs", "10.244.1.0/24",
+                  "--exclude-outbound-ports", "81", "--exclude-inbound-ports", "8080"})
+                .exit_code,
+            0);
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80").find("bill-v1 orig=none"),
+            std::string::npos);
+  EXPECT_NE(connect(front_, std::string(kBillV2) + ":81").find("bill-v2-81 orig=none"),
+            std::string::npos);
+  EXPECT_NE(connect(front_, std::string(kBillV2) + ":80").find("outbound orig=10.244.2.74:80"),
+            std::string::npos);
+  EXPECT_NE(connect(client_, std::string(kFrontIp) + ":8080").find("app orig=none"),
+            std::string::npos);
+}
+
+TEST_P(InitE2e, IncludedCidrsOnly) {
+  ASSERT_EQ(init({"install", "--include-outbound-cidrs", "10.1.0.0/16"}).exit_code, 0);
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80").find("bill-v1 orig=none"),
+            std::string::npos);
+}
+
+TEST_P(InitE2e, SecondInstallIsANoOpAndNewFlagsReplaceCleanly) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  auto first = natRules();
+  auto first6 = natRules("ip6tables");
+  auto again = init({"install"});
+  ASSERT_EQ(again.exit_code, 0);
+  EXPECT_NE(again.out.find("nothing changed"), std::string::npos) << again.out;
+  EXPECT_EQ(natRules(), first);
+  EXPECT_EQ(natRules("ip6tables"), first6);
+
+  ASSERT_EQ(init({"install", "--outbound-port", "15999"}).exit_code, 0);
+  auto replaced = natRules();
+  EXPECT_NE(replaced.find("--to-ports 15999"), std::string::npos);
+  EXPECT_EQ(replaced.find("--to-ports 15001"), std::string::npos);
+  // Exactly one jump from each built-in chain.
+  EXPECT_EQ(std::count(replaced.begin(), replaced.end(), '\n'),
+            std::count(first.begin(), first.end(), '\n'));
+  size_t jumps = 0;
+  for (size_t pos = 0; (pos = replaced.find("-j REMORA_OUTPUT", pos)) != std::string::npos; ++pos) {
+    ++jumps;
+  }
+  EXPECT_EQ(jumps, 1u);
+}
+
+TEST_P(InitE2e, UninstallRestoresThePreInstallRulesetWithForeignRulesIntact) {
+  restoreInFront(
+      "*nat\n:KUBE-SERVICES - [0:0]\n:MY-CHAIN - [0:0]\n"
+      "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+      "-A OUTPUT -d 192.0.2.1/32 -p tcp -j MY-CHAIN\n"
+      "-A MY-CHAIN -p tcp -m tcp --dport 7 -j RETURN\nCOMMIT\n");
+  auto before = natRules();
+  auto before6 = natRules("ip6tables");
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  EXPECT_NE(natRules(), before);
+  auto out = init({"uninstall"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(natRules(), before);
+  EXPECT_EQ(natRules("ip6tables"), before6);
+  auto again = init({"uninstall"});
+  EXPECT_EQ(again.exit_code, 0);
+  EXPECT_NE(again.out.find("nothing changed"), std::string::npos) << again.out;
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+}
+
+TEST_P(InitE2e, DryRunPrintsRestoreInputAndTouchesNothing) {
+  auto before = natRules();
+  auto out = init({"install", "--dry-run"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("*nat\n:REMORA_INBOUND - [0:0]"), std::string::npos) << out.out;
+  EXPECT_NE(out.out.find("-A OUTPUT -p tcp -j REMORA_OUTPUT"), std::string::npos);
+  EXPECT_NE(out.out.find("COMMIT"), std::string::npos);
+  EXPECT_EQ(natRules(), before);
+}
+
+TEST_P(InitE2e, BadInputAppliesNothing) {
+  auto before = natRules();
+  for (std::vector<std::string> bad :
+       {std::vector<std::string>{"install", "--exclude-outbound-cidrs", "10.0.0.0/33"},
+        {"install", "--outbound-port", "0"},
+        {"install", "--include-inbound-ports", "80-70"},
+        {"install", "--proxy-uid", "x"},
+        {"install", "--bogus"}}) {
+    auto out = init(bad);
+    EXPECT_NE(out.exit_code, 0) << bad[1];
+    EXPECT_FALSE(out.err.empty());
+  }
+  EXPECT_EQ(natRules(), before);
+}
+
+TEST_P(InitE2e, FailureInOneFamilyRollsBackTheOther) {
+  // Make the IPv6 restore fail (a tool that exits 1 shadows the real one on PATH); the IPv4
+  // rules already applied in the same install must be rolled back.
+  char dir[] = "/tmp/remora-fakebin-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string tool = std::string(dir) + "/ip6tables-" + backend() + "-restore";
+  {
+    FILE* f = std::fopen(tool.c_str(), "w");
+    std::fputs("#!/bin/sh\necho 'simulated failure' >&2\nexit 1\n", f);
+    std::fclose(f);
+  }
+  ::chmod(tool.c_str(), 0755);
+  auto before = natRules();
+  std::string path = std::string(dir) + ":" + std::getenv("PATH");
+  auto out = world_->exec(front_, {"env", "PATH=" + path, binaryPath("remora-init"), "install",
+                                   "--iptables-backend", backend(), "--ipv6", "on"});
+  ASSERT_TRUE(out.ok());
+  EXPECT_NE(out->exit_code, 0) << out->err;
+  EXPECT_NE(out->err.find("simulated failure"), std::string::npos) << out->err << out->out;
+  EXPECT_NE(out->err.find("rolled back"), std::string::npos) << out->err;
+  EXPECT_EQ(natRules(), before);
+  std::remove(tool.c_str());
+  ::rmdir(dir);
+}
+
+TEST_P(InitE2e, MissingIptablesAndMissingPrivilegesAreClearErrors) {
+  auto out = world_->exec(front_, {"env", "PATH=/nonexistent", binaryPath("remora-init"), "install",
+                                   "--iptables-backend", backend()});
+  ASSERT_TRUE(out.ok());
+  EXPECT_NE(out->exit_code, 0);
+  EXPECT_NE(out->err.find("not found in PATH"), std::string::npos) << out->err;
+  auto unprivileged = world_->execAs(front_, 1000, 1000, {binaryPath("remora-init"), "install"});
+  ASSERT_TRUE(unprivileged.ok());
+  EXPECT_NE(unprivileged->exit_code, 0);
+  EXPECT_NE(unprivileged->err.find("root or with CAP_NET_ADMIN"), std::string::npos);
+}
+
+TEST_P(InitE2e, DumpShowsBackendChainsAndCounters) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  ASSERT_NE(connect(front_, kVip), "FAILED");
+  auto out = init({"dump"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("iptables-" + backend()), std::string::npos) << out.out;
+  EXPECT_NE(out.out.find("REMORA_OUTPUT"), std::string::npos);
+  EXPECT_NE(out.out.find("1337"), std::string::npos);
+  auto json = init({"dump", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(json.out.front(), '{');
+}
+
+TEST_P(InitE2e, TraceAgreesWithWhereConnectionsLand) {
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  // kube-proxy-shaped chains after Remora's jump: the proxy's own traffic (uid 1337) falls
+  // through to them and is DNATed 50/50; everyone else is redirected to 15001.
+  restoreInFront(
+      "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-BILL - [0:0]\n:KUBE-SEP-V1 - [0:0]\n"
+      ":KUBE-SEP-V2 - [0:0]\n"
+      "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+      "-A KUBE-SERVICES -d 10.1.122.241/32 -p tcp -m comment --comment "
+      "\"istio-demo/bill-service:http cluster IP\" -m tcp --dport 9999 -j KUBE-SVC-BILL\n"
+      "-A KUBE-SVC-BILL -m comment --comment \"istio-demo/bill-service:http -> 10.244.1.168:80\" "
+      "-m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-V1\n"
+      "-A KUBE-SVC-BILL -j KUBE-SEP-V2\n"
+      "-A KUBE-SEP-V1 -p tcp -m tcp -j DNAT --to-destination 10.244.1.168:80\n"
+      "-A KUBE-SEP-V2 -p tcp -m tcp -j DNAT --to-destination 10.244.2.74:80\nCOMMIT\n");
+  auto captured = init({"dump", "--trace", kVip});
+  ASSERT_EQ(captured.exit_code, 0) << captured.err;
+  EXPECT_NE(captured.out.find("15001"), std::string::npos) << captured.out;
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+
+  auto proxy = init({"dump", "--trace", kVip, "--uid", "1337", "--gid", "1337"});
+  ASSERT_EQ(proxy.exit_code, 0) << proxy.err;
+  EXPECT_NE(proxy.out.find("10.244.1.168:80"), std::string::npos) << proxy.out;
+  EXPECT_NE(proxy.out.find("10.244.2.74:80"), std::string::npos) << proxy.out;
+  EXPECT_NE(proxy.out.find("50"), std::string::npos) << proxy.out;
+  // Real connections from uid 1337 land on both backends, never on the proxy.
+  int v1 = 0, v2 = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto got = connect(front_, kVip, 1337);
+    v1 += got.find("bill-v1") != std::string::npos;
+    v2 += got.find("bill-v2") != std::string::npos;
+    EXPECT_EQ(got.find("outbound"), std::string::npos) << got;
+  }
+  EXPECT_EQ(v1 + v2, 40);
+  EXPECT_GT(v1, 0);
+  EXPECT_GT(v2, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, InitE2e, ::testing::Values("nft", "legacy"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace remora::test

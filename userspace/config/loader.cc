@@ -1,0 +1,162 @@
+#include "config/loader.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <thread>
+
+#include "config/document_parser.h"
+#include "config/documents.h"
+#include "config/table_builder.h"
+#include "config/yaml_split.h"
+
+namespace remora::config {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using ModelResult = Result<std::shared_ptr<const DocumentModel>>;
+
+// Below this many new documents, starting threads costs more than it saves.
+constexpr size_t kParallelThreshold = 64;
+constexpr unsigned kMaxThreads = 8;
+
+double msSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+Result<std::string> readFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errnoError("open " + path);
+  std::string text;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) text.reserve(static_cast<size_t>(st.st_size));
+  char buffer[65536];
+  while (true) {
+    ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Error error = errnoError("read " + path);
+      ::close(fd);
+      return error;
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+// Parses the documents at `misses` into `results`, on several threads when there are many: a
+// first load of a large file is almost all YAML parsing, and documents are independent.
+void parseMisses(const std::vector<DocumentText>& texts, const std::vector<Placement>& placements,
+                 const std::vector<size_t>& misses, std::vector<std::optional<ModelResult>>& results) {
+  unsigned threads = std::min({std::max(1u, std::thread::hardware_concurrency()), kMaxThreads,
+                               static_cast<unsigned>(misses.size() / (kParallelThreshold / 2) + 1)});
+  if (misses.size() < kParallelThreshold) threads = 1;
+  auto work = [&](unsigned t) {
+    for (size_t k = t; k < misses.size(); k += threads) {
+      size_t i = misses[k];
+      results[i].emplace(parseDocument(texts[i].text, placements[i]));
+    }
+  };
+  std::vector<std::jthread> pool;
+  pool.reserve(threads - 1);
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const routing::RouteTable>> Loader::load(std::string_view yaml_text,
+                                                                uint64_t generation,
+                                                                const routing::ProxySettings& base) {
+  std::lock_guard lock(mutex_);
+  Stats stats;
+  auto start = Clock::now();
+  std::vector<DocumentText> texts = splitDocuments(yaml_text);
+  std::vector<Placement> placements(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) placements[i] = {i + 1, texts[i].first_line};
+  stats.documents = texts.size();
+  stats.split_ms = msSince(start);
+
+  start = Clock::now();
+  std::vector<std::optional<ModelResult>> results(texts.size());
+  std::vector<size_t> misses;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto it = cache_.find(texts[i].text);
+    if (it != cache_.end()) {
+      results[i].emplace(it->second);
+    } else {
+      misses.push_back(i);
+    }
+  }
+  stats.parsed = misses.size();
+  parseMisses(texts, placements, misses, results);
+
+  // The cache follows the latest text, good or bad: the next edit starts from it.
+  Cache next_cache;
+  next_cache.reserve(texts.size());
+  std::optional<Error> first_error;
+  std::vector<PlacedDocument> documents;
+  documents.reserve(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ModelResult& r = *results[i];
+    if (!r) {
+      if (!first_error) first_error = r.error();
+      continue;
+    }
+    next_cache.try_emplace(std::string(texts[i].text), *r);
+    documents.push_back({placements[i], *r});
+  }
+  cache_ = std::move(next_cache);
+  stats.parse_ms = msSince(start);
+  if (first_error) {
+    stats_ = stats;
+    return *first_error;
+  }
+
+  start = Clock::now();
+  auto table = buildRouteTable(documents, generation, base);
+  stats.build_ms = msSince(start);
+  stats_ = stats;
+  return table;
+}
+
+Result<std::shared_ptr<const routing::RouteTable>> Loader::loadFile(
+    const std::string& path, uint64_t generation, const routing::ProxySettings& base) {
+  auto text = readFile(path);
+  if (!text) return text.error();
+  auto table = load(*text, generation, base);
+  if (!table) return makeError(path + ": " + table.error().message);
+  return table;
+}
+
+Loader::Stats Loader::lastStats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+namespace {
+
+Loader& sharedLoader() {
+  static Loader loader;
+  return loader;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const routing::RouteTable>> loadRouteTable(
+    std::string_view yaml_text, uint64_t generation, const routing::ProxySettings& base) {
+  return sharedLoader().load(yaml_text, generation, base);
+}
+
+Result<std::shared_ptr<const routing::RouteTable>> loadRouteTableFile(
+    const std::string& path, uint64_t generation, const routing::ProxySettings& base) {
+  return sharedLoader().loadFile(path, generation, base);
+}
+
+}  // namespace remora::config

@@ -1,0 +1,63 @@
+#include "config/yaml_split.h"
+
+namespace remora::config {
+namespace {
+
+bool isMarker(std::string_view line, std::string_view marker) {
+  if (line.substr(0, 3) != marker) return false;
+  if (line.size() == 3) return true;
+  char c = line[3];
+  return c == ' ' || c == '\t' || c == '\r';
+}
+
+// Blank, comment and directive lines do not make a document on their own.
+bool isFiller(std::string_view line) {
+  size_t i = line.find_first_not_of(" \t\r");
+  if (i == std::string_view::npos) return true;
+  if (line[i] == '#') return true;
+  return i == 0 && line[0] == '%';
+}
+
+}  // namespace
+
+std::vector<DocumentText> splitDocuments(std::string_view yaml) {
+  std::vector<DocumentText> out;
+  size_t start = 0;  // of the current document
+  int start_line = 0;
+  bool has_content = false;
+  auto flush = [&](size_t end) {
+    if (has_content) out.push_back({yaml.substr(start, end - start), start_line});
+  };
+
+  size_t pos = 0;
+  int line_no = 0;
+  while (pos < yaml.size()) {
+    size_t eol = yaml.find('\n', pos);
+    size_t next = eol == std::string_view::npos ? yaml.size() : eol + 1;
+    std::string_view line = yaml.substr(pos, next - pos);
+    if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+
+    if (isMarker(line, "---")) {
+      if (has_content) {
+        flush(pos);
+        start = pos;
+        start_line = line_no;
+      }
+      // The marker starts a document even when nothing follows it.
+      has_content = true;
+    } else if (isMarker(line, "...")) {
+      flush(next);
+      start = next;
+      start_line = line_no + 1;
+      has_content = false;
+    } else if (!has_content && !isFiller(line)) {
+      has_content = true;
+    }
+    pos = next;
+    ++line_no;
+  }
+  flush(yaml.size());
+  return out;
+}
+
+}  // namespace remora::config

@@ -1,0 +1,323 @@
+#include "loop/uring_ring.h"
+
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace remora::loop {
+namespace {
+
+constexpr uint16_t kBufferGroup = 0;
+
+std::optional<long> readLongFile(const char* path) {
+  std::ifstream in(path);
+  long value = 0;
+  if (!(in >> value)) return std::nullopt;
+  return value;
+}
+
+__kernel_timespec toTimespec(std::chrono::milliseconds d) {
+  __kernel_timespec ts{};
+  ts.tv_sec = d.count() / 1000;
+  ts.tv_nsec = (d.count() % 1000) * 1000000;
+  return ts;
+}
+
+}  // namespace
+
+bool Completion::more() const { return (flags & IORING_CQE_F_MORE) != 0; }
+bool Completion::hasBuffer() const { return (flags & IORING_CQE_F_BUFFER) != 0; }
+uint16_t Completion::bufferId() const {
+  return static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+}
+
+IoUringEnvironment readIoUringEnvironment() {
+  IoUringEnvironment env;
+  if (auto v = readLongFile("/proc/sys/kernel/io_uring_disabled")) {
+    env.disabled_sysctl = static_cast<int>(*v);
+  }
+  env.allowed_group = readLongFile("/proc/sys/kernel/io_uring_group");
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Seccomp:", 0) == 0) env.seccomp_mode = std::atoi(line.c_str() + 8);
+  }
+  if (env.allowed_group && *env.allowed_group >= 0) {
+    gid_t groups[256];
+    int n = getgroups(256, groups);
+    env.in_allowed_group = getegid() == static_cast<gid_t>(*env.allowed_group);
+    for (int i = 0; i < n; ++i) {
+      if (groups[i] == static_cast<gid_t>(*env.allowed_group)) env.in_allowed_group = true;
+    }
+  }
+  return env;
+}
+
+std::string explainSetupFailure(int err, const IoUringEnvironment& env) {
+  const std::string head = fmt::format("io_uring is unavailable: io_uring_setup failed: {} ({})",
+                                       std::strerror(err), err);
+  const std::string seccomp_fix =
+      "Fix: give the proxy container a seccomp profile that allows io_uring_setup, "
+      "io_uring_enter and io_uring_register (docs/PROXY.md has one; in Kubernetes set "
+      "securityContext.seccompProfile to that Localhost profile, or to Unconfined).";
+  if (err == EPERM || err == EACCES) {
+    if (env.disabled_sysctl && *env.disabled_sysctl == 2) {
+      return head +
+             ". Cause: the host disables io_uring for everyone (kernel.io_uring_disabled=2). "
+             "Fix: on the node, sysctl -w kernel.io_uring_disabled=0 (or 1 together with "
+             "kernel.io_uring_group set to the proxy's group).";
+    }
+    if (env.disabled_sysctl && *env.disabled_sysctl == 1 && !env.in_allowed_group) {
+      return head + fmt::format(
+                        ". Cause: kernel.io_uring_disabled=1 allows io_uring only to "
+                        "CAP_SYS_ADMIN or to members of kernel.io_uring_group ({}). Fix: run "
+                        "the proxy with that group as a supplementary group (pod "
+                        "securityContext.supplementalGroups), or set "
+                        "kernel.io_uring_disabled=0 on the node.",
+                        env.allowed_group ? std::to_string(*env.allowed_group) : "unset");
+    }
+    if (env.seccomp_mode == 2) {
+      return head + ". Cause: a seccomp filter (the container runtime's default profile) "
+                    "refuses the io_uring syscalls. " + seccomp_fix;
+    }
+    return head + ". Cause: the kernel or a security module (seccomp, SELinux, AppArmor) "
+                  "refused io_uring. " + seccomp_fix;
+  }
+  if (err == ENOSYS) {
+    if (env.seccomp_mode == 2) {
+      return head + ". Cause: a seccomp filter answers ENOSYS for the io_uring syscalls. " +
+             seccomp_fix;
+    }
+    return head + ". Cause: this kernel was built without io_uring (CONFIG_IO_URING). "
+                  "Fix: run on a Linux >= 6.1 kernel with io_uring enabled.";
+  }
+  if (err == ENOMEM) {
+    return head + ". Cause: not enough lockable memory for the ring. Fix: raise the "
+                  "memlock limit (ulimit -l) or lower --ring-entries / --buffer-count.";
+  }
+  if (err == EINVAL) {
+    return head + ". Cause: the kernel rejected every set of setup flags tried (it is older "
+                  "than 5.19). Fix: run on a Linux >= 6.1 kernel.";
+  }
+  return head + ". Fix: check the kernel version (>= 6.1) and the container's seccomp profile.";
+}
+
+Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options) {
+  std::unique_ptr<UringRing> ring(new UringRing());
+  struct Attempt {
+    unsigned flags;
+    const char* name;
+  };
+  const Attempt attempts[] = {
+      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+       "SINGLE_ISSUER|DEFER_TASKRUN"},
+      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+       "SINGLE_ISSUER|COOP_TASKRUN"},
+      {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},
+      {0, "no flags"},
+  };
+  int rc = -EINVAL;
+  for (const auto& attempt : attempts) {
+    io_uring_params params{};
+    params.flags = attempt.flags | IORING_SETUP_CQSIZE;
+    params.cq_entries = options.cq_entries;
+    rc = io_uring_queue_init_params(options.sq_entries, &ring->ring_, &params);
+    if (rc == 0) {
+      if (&attempt != &attempts[0]) {
+        ring->fallback_note_ = fmt::format(
+            "the kernel refused io_uring setup flags {}; running with {}", attempts[0].name,
+            attempt.name);
+      }
+      break;
+    }
+    if (rc != -EINVAL) break;  // only "unknown flag" is worth retrying with fewer flags
+  }
+  if (rc != 0) return Error{-rc, explainSetupFailure(-rc, readIoUringEnvironment())};
+  ring->ring_ready_ = true;
+  if (options.buffer_count > 0) {
+    if (auto r = ring->setupBuffers(options); !r) return r.error();
+  }
+  return ring;
+}
+
+Result<void> UringRing::setupBuffers(const RingOptions& options) {
+  if ((options.buffer_count & (options.buffer_count - 1)) != 0 || options.buffer_count > 32768) {
+    return makeError(fmt::format("buffer count {} must be a power of two <= 32768",
+                                 options.buffer_count));
+  }
+  buffer_count_ = options.buffer_count;
+  buffer_size_ = options.buffer_size;
+  buf_ring_bytes_ = sizeof(io_uring_buf) * buffer_count_;
+  void* br = mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+                  -1, 0);
+  if (br == MAP_FAILED) return errnoError("mmap buffer ring");
+  buf_ring_ = static_cast<io_uring_buf_ring*>(br);
+  // The buffers themselves are touched only when the kernel fills them, so idle memory stays
+  // small however many are configured.
+  buffers_bytes_ = size_t{buffer_count_} * buffer_size_;
+  void* mem = mmap(nullptr, buffers_bytes_, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) return errnoError("mmap provided buffers");
+  buffers_ = static_cast<char*>(mem);
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
+  reg.ring_entries = buffer_count_;
+  reg.bgid = kBufferGroup;
+  int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
+  if (rc != 0) {
+    return Error{-rc, fmt::format("io_uring_register_buf_ring: {} (kernel >= 5.19 needed)",
+                                  std::strerror(-rc))};
+  }
+  io_uring_buf_ring_init(buf_ring_);
+  for (unsigned i = 0; i < buffer_count_; ++i) recycleBuffer(static_cast<uint16_t>(i));
+  io_uring_buf_ring_advance(buf_ring_, static_cast<int>(pending_recycles_));
+  buffers_available_ += pending_recycles_;
+  pending_recycles_ = 0;
+  return {};
+}
+
+UringRing::~UringRing() {
+  if (ring_ready_) {
+    if (buf_ring_ != nullptr) io_uring_unregister_buf_ring(&ring_, kBufferGroup);
+    io_uring_queue_exit(&ring_);
+  }
+  if (buf_ring_ != nullptr) munmap(buf_ring_, buf_ring_bytes_);
+  if (buffers_ != nullptr) munmap(buffers_, buffers_bytes_);
+}
+
+io_uring_sqe* UringRing::sqe(unsigned needed) {
+  if (io_uring_sq_space_left(&ring_) < needed) {
+    io_uring_submit(&ring_);
+    timespecs_.clear();
+  }
+  io_uring_sqe* s = io_uring_get_sqe(&ring_);
+  // Cannot be null: the SQ was just flushed and holds at least `needed` (<= 3) entries.
+  return s;
+}
+
+__kernel_timespec* UringRing::stash(std::chrono::milliseconds duration) {
+  timespecs_.push_back(std::make_unique<__kernel_timespec>(toTimespec(duration)));
+  return timespecs_.back().get();
+}
+
+void UringRing::acceptMultishot(int listen_fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_multishot_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::recvMultishot(int fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = kBufferGroup;
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::read(int fd, std::span<char> into, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_read(s, fd, into.data(), static_cast<unsigned>(into.size()), 0);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::send(int fd, std::span<const char> data, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_send(s, fd, data.data(), data.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::connect(int fd, const sockaddr* address, socklen_t length,
+                        std::chrono::milliseconds timeout, uint64_t user_data) {
+  io_uring_sqe* s = sqe(2);
+  io_uring_prep_connect(s, fd, address, length);
+  io_uring_sqe_set_data64(s, user_data);
+  s->flags |= IOSQE_IO_LINK;
+  io_uring_sqe* t = io_uring_get_sqe(&ring_);
+  io_uring_prep_link_timeout(t, stash(timeout), 0);
+  io_uring_sqe_set_data64(t, kIgnoredUserData);
+}
+
+void UringRing::timeout(std::chrono::milliseconds after, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_timeout(s, stash(after), 0, 0);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::cancel(uint64_t target, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_cancel64(s, target, 0);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::shutdown(int fd, int how, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_shutdown(s, fd, how);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::teardown(int fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe(3);
+  io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(s, user_data);
+  s->flags |= IOSQE_IO_HARDLINK;
+  s = io_uring_get_sqe(&ring_);
+  io_uring_prep_shutdown(s, fd, SHUT_RDWR);
+  io_uring_sqe_set_data64(s, user_data);
+  s->flags |= IOSQE_IO_HARDLINK;
+  s = io_uring_get_sqe(&ring_);
+  io_uring_prep_close(s, fd);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::close(int fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_close(s, fd);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+std::span<char> UringRing::buffer(uint16_t id) {
+  return {buffers_ + size_t{id} * buffer_size_, buffer_size_};
+}
+
+void UringRing::recycleBuffer(uint16_t id) {
+  io_uring_buf_ring_add(buf_ring_, buffers_ + size_t{id} * buffer_size_, buffer_size_, id,
+                        io_uring_buf_ring_mask(buffer_count_),
+                        static_cast<int>(pending_recycles_));
+  ++pending_recycles_;
+}
+
+Result<int> UringRing::submitAndDispatch(CompletionHandler& handler,
+                                         std::chrono::milliseconds max_wait) {
+  if (pending_recycles_ > 0) {
+    io_uring_buf_ring_advance(buf_ring_, static_cast<int>(pending_recycles_));
+    buffers_available_ += pending_recycles_;
+    pending_recycles_ = 0;
+  }
+  io_uring_cqe* first = nullptr;
+  __kernel_timespec ts = toTimespec(max_wait);
+  int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1,
+                                            max_wait.count() < 0 ? nullptr : &ts, nullptr);
+  timespecs_.clear();
+  if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
+    return Error{-rc, fmt::format("io_uring_submit_and_wait: {}", std::strerror(-rc))};
+  }
+  unsigned head = 0;
+  unsigned count = 0;
+  io_uring_cqe* cqe = nullptr;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++count;
+    Completion c{cqe->user_data, cqe->res, cqe->flags};
+    if (c.hasBuffer()) --buffers_available_;
+    handler.onCompletion(c);
+  }
+  io_uring_cq_advance(&ring_, count);
+  handler.afterBatch();
+  return static_cast<int>(count);
+}
+
+}  // namespace remora::loop

@@ -1,0 +1,93 @@
+#pragma once
+
+#include <liburing.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "loop/ring.h"
+#include "loop/user_data.h"
+
+namespace remora::loop {
+
+struct RingOptions {
+  unsigned sq_entries = 256;
+  unsigned cq_entries = 8192;    // large: multishot ops post many completions per submission
+  unsigned buffer_count = 1024;  // provided buffers; a power of two
+  unsigned buffer_size = 16384;  // 0 buffers: a control ring without a buffer group
+};
+
+// What the host says about io_uring, read from /proc; the input to explainSetupFailure.
+struct IoUringEnvironment {
+  std::optional<int> disabled_sysctl;  // kernel.io_uring_disabled, absent on older kernels
+  std::optional<long> allowed_group;   // kernel.io_uring_group
+  int seccomp_mode = 0;                // /proc/self/status "Seccomp:" (2 = filter)
+  bool in_allowed_group = false;
+};
+IoUringEnvironment readIoUringEnvironment();
+
+// The message a failed io_uring_setup deserves: the cause, as far as the environment tells it,
+// and the fix. `err` is the positive errno.
+std::string explainSetupFailure(int err, const IoUringEnvironment& env);
+
+// The liburing implementation of Ring. Create it on the thread that will drive it: with
+// SINGLE_ISSUER the creating task is the only one allowed to submit.
+class UringRing final : public Ring {
+ public:
+  // Fails with explainSetupFailure's message when io_uring cannot be set up at all. When the
+  // kernel refuses SINGLE_ISSUER|DEFER_TASKRUN, falls back to plainer flags and says so in
+  // fallbackNote().
+  static Result<std::unique_ptr<UringRing>> create(const RingOptions& options);
+  ~UringRing() override;
+  UringRing(const UringRing&) = delete;
+  UringRing& operator=(const UringRing&) = delete;
+
+  // Empty when the preferred setup flags were accepted.
+  const std::string& fallbackNote() const { return fallback_note_; }
+  int ringFd() const { return ring_.ring_fd; }
+
+  void acceptMultishot(int listen_fd, uint64_t user_data) override;
+  void recvMultishot(int fd, uint64_t user_data) override;
+  void read(int fd, std::span<char> into, uint64_t user_data) override;
+  void send(int fd, std::span<const char> data, uint64_t user_data) override;
+  void connect(int fd, const sockaddr* address, socklen_t length,
+               std::chrono::milliseconds timeout, uint64_t user_data) override;
+  void timeout(std::chrono::milliseconds after, uint64_t user_data) override;
+  void cancel(uint64_t target, uint64_t user_data) override;
+  void shutdown(int fd, int how, uint64_t user_data) override;
+  void teardown(int fd, uint64_t user_data) override;
+  void close(int fd, uint64_t user_data) override;
+  std::span<char> buffer(uint16_t id) override;
+  void recycleBuffer(uint16_t id) override;
+  size_t buffersAvailable() const override { return buffers_available_ + pending_recycles_; }
+  Result<int> submitAndDispatch(CompletionHandler& handler,
+                                std::chrono::milliseconds max_wait) override;
+
+ private:
+  UringRing() = default;
+  Result<void> setupBuffers(const RingOptions& options);
+  // An SQE, submitting what is queued first when the SQ is full; `needed` consecutive SQEs
+  // are guaranteed to be available (for linked chains).
+  io_uring_sqe* sqe(unsigned needed = 1);
+  __kernel_timespec* stash(std::chrono::milliseconds duration);
+
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  std::string fallback_note_;
+  io_uring_buf_ring* buf_ring_ = nullptr;
+  size_t buf_ring_bytes_ = 0;
+  char* buffers_ = nullptr;
+  size_t buffers_bytes_ = 0;
+  unsigned buffer_count_ = 0;
+  unsigned buffer_size_ = 0;
+  unsigned pending_recycles_ = 0;
+  size_t buffers_available_ = 0;
+  // Timespecs the kernel reads when it consumes the SQE; kept until the next submit.
+  std::vector<std::unique_ptr<__kernel_timespec>> timespecs_;
+};
+
+}  // namespace remora::loop

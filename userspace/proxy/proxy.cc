@@ -1,0 +1,745 @@
+#include "proxy/proxy.h"
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "loop/user_data.h"
+#include "proxy/admin.h"
+#include "proxy/socket_ops.h"
+#include "proxy/stats.h"
+
+namespace remora::proxy {
+
+routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_config,
+                                         const SettingOverrides& o) {
+  routing::ProxySettings s = from_config;
+  if (o.outbound_listen) s.outbound_listen = *o.outbound_listen;
+  if (o.inbound_listen) s.inbound_listen = *o.inbound_listen;
+  if (o.admin_listen) s.admin_listen = *o.admin_listen;
+  if (o.inbound_source) s.inbound_source = *o.inbound_source;
+  if (o.outbound_policy) s.outbound_policy = *o.outbound_policy;
+  if (o.connect_timeout) s.connect_timeout = *o.connect_timeout;
+  if (o.drain_timeout) s.drain_timeout = *o.drain_timeout;
+  if (o.max_connect_attempts) s.max_connect_attempts = *o.max_connect_attempts;
+  if (o.access_log) s.access_log = *o.access_log;
+  return s;
+}
+
+WorkerSettings workerSettings(const routing::ProxySettings& s) {
+  WorkerSettings w;
+  w.outbound_policy = s.outbound_policy;
+  w.connect_timeout = s.connect_timeout;
+  w.max_connect_attempts = std::max(1, s.max_connect_attempts);
+  if (s.inbound_source.family == Family::kIpv6) {
+    w.inbound_source_v6 = s.inbound_source;
+  } else {
+    w.inbound_source_v4 = s.inbound_source;
+  }
+  w.access_log = s.access_log;
+  return w;
+}
+
+bool isConfigEvent(std::string_view name, std::string_view config_basename) {
+  return name == config_basename || name == "..data";
+}
+
+namespace {
+
+using loop::Completion;
+using loop::UserData;
+
+enum class ControlOp : uint8_t {
+  kIgnore = 0,
+  kSignal,
+  kInotify,
+  kWorkerDone,
+  kDrainTimer,
+  kAdminAccept,
+  kAdminRead,
+  kAdminSend,
+  kAdminClose,
+};
+
+uint64_t controlTag(ControlOp op, uint32_t slot = 0, uint32_t generation = 0) {
+  return UserData{static_cast<uint8_t>(op), slot, generation}.encode();
+}
+
+const char* policyName(routing::OutboundPolicy p) {
+  return p == routing::OutboundPolicy::kRegistryOnly ? "REGISTRY_ONLY" : "ALLOW_ANY";
+}
+
+std::vector<SocketAddress> listenAddresses(const SocketAddress& at, bool ipv6) {
+  std::vector<SocketAddress> out{at};
+  if (ipv6 && at.ip.family == Family::kIpv4 && at.ip == IpAddress{}) {
+    out.push_back(SocketAddress{*IpAddress::parse("::"), at.port});
+  }
+  return out;
+}
+
+// Commands from the control thread to a worker; the worker takes them when its eventfd fires.
+struct WorkerCommand {
+  bool has_table = false;
+  std::shared_ptr<const routing::RouteTable> table;
+  WorkerSettings settings;
+  bool drain = false;
+  bool stop = false;
+};
+
+struct WorkerThread {
+  int wake_fd = -1;
+  std::mutex mu;
+  WorkerCommand pending;
+  WorkerStats stats;
+  std::thread thread;
+  std::atomic<bool> finished{false};
+
+  template <typename Fn>
+  void post(Fn&& modify) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      modify(pending);
+    }
+    uint64_t one = 1;
+    if (::write(wake_fd, &one, sizeof(one)) < 0) spdlog::error("wake worker: {}", std::strerror(errno));
+  }
+};
+
+struct WorkerStart {
+  const ProxyOptions* options;
+  routing::ProxySettings settings;
+  std::shared_ptr<const routing::RouteTable> table;
+  RouterFactory routers;
+  int done_fd;
+  unsigned index;
+};
+
+// A worker's whole life, on its own thread: its ring must be created here (SINGLE_ISSUER).
+void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> ready) {
+  auto ring = loop::UringRing::create(start.options->ring);
+  if (!ring) {
+    ready.set_value(ring.error());
+    return;
+  }
+  SystemSocketOps sockets;
+  Worker worker(**ring, sockets, wt.stats, start.routers, workerSettings(start.settings));
+  if (start.settings.access_log) {
+    worker.setAccessLog([](const std::string& line) { spdlog::info("access {}", line); });
+  }
+  struct Spec {
+    SocketAddress at;
+    ListenerKind kind;
+  };
+  std::vector<Spec> specs;
+  for (const auto& a : listenAddresses(start.settings.outbound_listen, start.options->ipv6)) {
+    specs.push_back({a, ListenerKind::kOutbound});
+  }
+  for (const auto& a : listenAddresses(start.settings.inbound_listen, start.options->ipv6)) {
+    specs.push_back({a, ListenerKind::kInbound});
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto fd = openListener(specs[i].at);
+    if (!fd) {
+      const bool optional_v6 = specs[i].at.ip.family == Family::kIpv6 && i > 0 &&
+                               specs[i - 1].at.ip.family == Family::kIpv4;
+      if (optional_v6 && (fd.error().code == EAFNOSUPPORT || fd.error().code == EADDRNOTAVAIL)) {
+        if (start.index == 0) spdlog::info("no IPv6 here, skipping {}", specs[i].at.toString());
+        continue;
+      }
+      ready.set_value(fd.error());
+      return;
+    }
+    worker.addListener(*fd, specs[i].kind, specs[i].at.ip.family);
+  }
+  worker.setTable(start.table, workerSettings(start.settings));
+  bool draining = false;
+  bool stopping = false;
+  auto stop_deadline = std::chrono::steady_clock::time_point::max();
+  worker.watchControl(wt.wake_fd, [&] {
+    WorkerCommand cmd;
+    {
+      std::lock_guard<std::mutex> lock(wt.mu);
+      cmd = std::move(wt.pending);
+      wt.pending = WorkerCommand{};
+    }
+    if (cmd.has_table) worker.setTable(std::move(cmd.table), cmd.settings);
+    if ((cmd.drain || cmd.stop) && !draining) {
+      draining = true;
+      worker.stopAccepting();
+    }
+    if (cmd.stop && !stopping) {
+      stopping = true;
+      stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      worker.abortAll();
+    }
+  });
+  ready.set_value(Result<void>{});
+  while (true) {
+    auto r = (*ring)->submitAndDispatch(
+        worker, stopping ? std::chrono::milliseconds(50) : std::chrono::milliseconds(-1));
+    if (!r) {
+      spdlog::error("worker {}: {}", start.index, r.error().message);
+      break;
+    }
+    if (draining && worker.quiescent()) break;
+    if (stopping && std::chrono::steady_clock::now() > stop_deadline) break;
+  }
+  wt.finished.store(true);
+  uint64_t one = 1;
+  if (::write(start.done_fd, &one, sizeof(one)) < 0) spdlog::error("worker done: {}", std::strerror(errno));
+}
+
+struct AdminConn {
+  uint32_t generation = 1;
+  bool in_use = false;
+  bool closing = false;
+  int fd = -1;
+  uint32_t inflight = 0;
+  std::unique_ptr<HttpRequestParser> parser;
+  std::array<char, 4096> buf{};
+  std::string out;
+  size_t sent = 0;
+};
+
+class Control final : public loop::CompletionHandler {
+ public:
+  Control(const ProxyOptions& options, TableLoader loader, RouterFactory routers)
+      : options_(options), loader_(std::move(loader)), routers_(std::move(routers)) {}
+  ~Control() override;
+  int run();
+
+  void onCompletion(const Completion& c) override;
+  void afterBatch() override;
+
+ private:
+  int startWorkers();
+  void stopWorkers();
+  bool reload(bool force);
+  void beginDrain(bool exit_after);
+  void checkWorkersDone();
+  void armRead(ControlOp op, int fd, std::span<char> into) { ring_->read(fd, into, controlTag(op)); }
+  void onSignal(const Completion& c);
+  void onInotify(const Completion& c);
+  void onAdmin(ControlOp op, uint32_t slot, const Completion& c);
+  void respond(uint32_t slot, const HttpResponse& response);
+  void closeAdmin(uint32_t slot);
+  bool ready() const { return !draining_ && workers_started_ && (options_.config_path.empty() || table_); }
+  StatsSnapshot snapshot() const;
+  nlohmann::json configDump() const;
+  std::string clusters() const;
+
+  const ProxyOptions& options_;
+  TableLoader loader_;
+  RouterFactory routers_;
+  std::unique_ptr<loop::UringRing> ring_;
+  routing::ProxySettings settings_;
+  std::shared_ptr<const routing::RouteTable> table_;
+  std::string last_text_;
+  uint64_t generation_ = 0;
+  uint64_t reloads_ = 0;
+  uint64_t reload_failures_ = 0;
+  bool last_reload_ok_ = true;
+  std::string last_error_;
+  uint64_t setup_fallbacks_ = 0;
+
+  std::vector<std::unique_ptr<WorkerThread>> workers_;
+  bool workers_started_ = false;
+  int done_fd_ = -1;
+  uint64_t done_value_ = 0;
+  int signal_fd_ = -1;
+  signalfd_siginfo siginfo_{};
+  int inotify_fd_ = -1;
+  std::string config_dir_;
+  std::string config_base_;
+  alignas(inotify_event) std::array<char, 4096> inotify_buf_{};
+  bool reload_requested_ = false;
+  bool reload_forced_ = false;
+
+  int admin_fd_ = -1;
+  bool admin_accept_armed_ = false;
+  std::vector<AdminConn> admin_;
+  AdminHooks hooks_;
+
+  bool draining_ = false;
+  bool exit_when_drained_ = false;
+  bool exit_ = false;
+};
+
+Control::~Control() {
+  for (int fd : {done_fd_, signal_fd_, inotify_fd_, admin_fd_}) {
+    if (fd >= 0) ::close(fd);
+  }
+  for (auto& a : admin_) {
+    if (a.fd >= 0) ::close(a.fd);
+  }
+  for (auto& w : workers_) {
+    if (w->wake_fd >= 0) ::close(w->wake_fd);
+  }
+}
+
+int Control::run() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  // Blocked before any thread starts, so every thread inherits the mask and the signals reach
+  // the control ring's signalfd only.
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  loop::RingOptions control_ring;
+  control_ring.sq_entries = 64;
+  control_ring.cq_entries = 512;
+  control_ring.buffer_count = 0;
+  auto ring = loop::UringRing::create(control_ring);
+  if (!ring) {
+    spdlog::critical("{}", ring.error().message);
+    return 2;
+  }
+  ring_ = std::move(*ring);
+  if (!ring_->fallbackNote().empty()) {
+    spdlog::warn("io_uring degraded: {}", ring_->fallbackNote());
+    ++setup_fallbacks_;
+  }
+
+  if (!options_.config_path.empty()) {
+    std::string path = options_.config_path;
+    auto slash = path.rfind('/');
+    config_dir_ = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    config_base_ = slash == std::string::npos ? path : path.substr(slash + 1);
+    // Watch the directory, not the file: editors and ConfigMap volumes replace the file (or the
+    // ..data symlink) by rename, which a watch on the old inode would never see.
+    inotify_fd_ = inotify_init1(IN_CLOEXEC);
+    if (inotify_fd_ < 0 ||
+        inotify_add_watch(inotify_fd_, config_dir_.c_str(),
+                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_dir_, std::strerror(errno));
+    }
+    reload(true);
+  }
+  settings_ = effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{},
+                                options_.overrides);
+
+  auto admin = openListener(settings_.admin_listen, 128);
+  if (!admin) {
+    spdlog::critical("admin: {}", admin.error().message);
+    return 1;
+  }
+  admin_fd_ = *admin;
+  hooks_.ready = [this] { return ready(); };
+  hooks_.prometheus = [this] { return renderPrometheus(snapshot()); };
+  hooks_.config_dump = [this] { return configDump(); };
+  hooks_.clusters = [this] { return clusters(); };
+  hooks_.drain = [this] { beginDrain(false); };
+  hooks_.quit = [this] { beginDrain(true); };
+
+  if (int rc = startWorkers(); rc != 0) return rc;
+
+  signal_fd_ = signalfd(-1, &set, SFD_CLOEXEC);
+  if (signal_fd_ < 0) {
+    spdlog::critical("signalfd: {}", std::strerror(errno));
+    stopWorkers();
+    return 1;
+  }
+  armRead(ControlOp::kSignal, signal_fd_, {reinterpret_cast<char*>(&siginfo_), sizeof(siginfo_)});
+  armRead(ControlOp::kWorkerDone, done_fd_,
+          {reinterpret_cast<char*>(&done_value_), sizeof(done_value_)});
+  if (inotify_fd_ >= 0) armRead(ControlOp::kInotify, inotify_fd_, inotify_buf_);
+  ring_->acceptMultishot(admin_fd_, controlTag(ControlOp::kAdminAccept));
+  admin_accept_armed_ = true;
+
+  spdlog::info(
+      "remora-proxy started: outbound {} inbound {} admin {} workers {} policy {} config "
+      "generation {}",
+      settings_.outbound_listen.toString(), settings_.inbound_listen.toString(),
+      settings_.admin_listen.toString(), options_.concurrency, policyName(settings_.outbound_policy),
+      generation_);
+
+  while (!exit_) {
+    auto r = ring_->submitAndDispatch(*this, std::chrono::milliseconds(-1));
+    if (!r) {
+      spdlog::critical("control ring: {}", r.error().message);
+      stopWorkers();
+      return 1;
+    }
+  }
+  stopWorkers();
+  spdlog::info("remora-proxy exiting");
+  return 0;
+}
+
+int Control::startWorkers() {
+  done_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (done_fd_ < 0) {
+    spdlog::critical("eventfd: {}", std::strerror(errno));
+    return 1;
+  }
+  for (unsigned i = 0; i < std::max(1u, options_.concurrency); ++i) {
+    auto wt = std::make_unique<WorkerThread>();
+    wt->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (wt->wake_fd < 0) {
+      spdlog::critical("eventfd: {}", std::strerror(errno));
+      stopWorkers();
+      return 1;
+    }
+    std::promise<Result<void>> promise;
+    auto started = promise.get_future();
+    WorkerStart start{&options_, settings_, table_, routers_, done_fd_, i};
+    WorkerThread& ref = *wt;
+    wt->thread = std::thread(workerMain, std::ref(ref), std::move(start), std::move(promise));
+    workers_.push_back(std::move(wt));
+    Result<void> result = started.get();
+    if (!result) {
+      spdlog::critical("worker {}: {}", i, result.error().message);
+      stopWorkers();
+      // io_uring errors carry the explanation; a listener error is a plain startup failure.
+      return result.error().message.find("io_uring") != std::string::npos ? 2 : 1;
+    }
+  }
+  workers_started_ = true;
+  return 0;
+}
+
+void Control::stopWorkers() {
+  for (auto& w : workers_) {
+    if (w->thread.joinable() && !w->finished.load()) {
+      w->post([](WorkerCommand& c) { c.stop = true; });
+    }
+  }
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+bool Control::reload(bool force) {
+  std::ifstream in(options_.config_path);
+  std::string text;
+  bool read_ok = false;
+  if (in) {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+    read_ok = !in.bad();
+  }
+  if (!force && read_ok && table_ && text == last_text_) return false;  // touched, not changed
+  Result<std::shared_ptr<const routing::RouteTable>> loaded =
+      read_ok ? loader_(text, generation_ + 1, routing::ProxySettings{})
+              : Result<std::shared_ptr<const routing::RouteTable>>(
+                    makeError(fmt::format("cannot read {}: {}", options_.config_path,
+                                          std::strerror(errno))));
+  if (!loaded) {
+    ++reload_failures_;
+    last_reload_ok_ = false;
+    last_error_ = loaded.error().message;
+    spdlog::error("config rejected{}: {}",
+                  table_ ? fmt::format(" (generation {} keeps serving)", generation_) : "",
+                  last_error_);
+    return false;
+  }
+  table_ = std::move(*loaded);
+  last_text_ = std::move(text);
+  ++generation_;
+  ++reloads_;
+  last_reload_ok_ = true;
+  last_error_.clear();
+  if (workers_started_) {
+    routing::ProxySettings next = effectiveSettings(table_->settings(), options_.overrides);
+    if (next.outbound_listen != settings_.outbound_listen ||
+        next.inbound_listen != settings_.inbound_listen ||
+        next.admin_listen != settings_.admin_listen) {
+      spdlog::warn("listen addresses changed in the config; they take effect on restart");
+      next.outbound_listen = settings_.outbound_listen;
+      next.inbound_listen = settings_.inbound_listen;
+      next.admin_listen = settings_.admin_listen;
+    }
+    settings_ = next;
+    WorkerSettings ws = workerSettings(settings_);
+    for (auto& w : workers_) {
+      if (w->finished.load()) continue;
+      w->post([&](WorkerCommand& c) {
+        c.has_table = true;
+        c.table = table_;
+        c.settings = ws;
+      });
+    }
+  }
+  spdlog::info("config generation {} in force", generation_);
+  return true;
+}
+
+void Control::beginDrain(bool exit_after) {
+  if (!draining_) {
+    draining_ = true;
+    spdlog::info("draining: listeners closed, {} to finish open connections",
+                 exit_after ? fmt::format("up to {} ms", settings_.drain_timeout.count())
+                            : std::string("no deadline"));
+    for (auto& w : workers_) {
+      if (!w->finished.load()) w->post([](WorkerCommand& c) { c.drain = true; });
+    }
+  }
+  if (exit_after && !exit_when_drained_) {
+    exit_when_drained_ = true;
+    ring_->timeout(settings_.drain_timeout, controlTag(ControlOp::kDrainTimer));
+    checkWorkersDone();
+  }
+}
+
+void Control::checkWorkersDone() {
+  if (!exit_when_drained_) return;
+  for (auto& w : workers_) {
+    if (!w->finished.load()) return;
+  }
+  exit_ = true;
+}
+
+void Control::onCompletion(const Completion& c) {
+  if (c.user_data == loop::kIgnoredUserData) return;
+  const UserData ud = UserData::decode(c.user_data);
+  const auto op = static_cast<ControlOp>(ud.op);
+  switch (op) {
+    case ControlOp::kSignal:
+      onSignal(c);
+      break;
+    case ControlOp::kInotify:
+      onInotify(c);
+      break;
+    case ControlOp::kWorkerDone:
+      checkWorkersDone();
+      armRead(ControlOp::kWorkerDone, done_fd_,
+              {reinterpret_cast<char*>(&done_value_), sizeof(done_value_)});
+      break;
+    case ControlOp::kDrainTimer:
+      if (c.res == -ETIME) {
+        spdlog::warn("drain timeout: closing the connections still open");
+        for (auto& w : workers_) {
+          if (!w->finished.load()) w->post([](WorkerCommand& cmd) { cmd.stop = true; });
+        }
+      }
+      break;
+    case ControlOp::kAdminAccept:
+      if (!c.more()) admin_accept_armed_ = false;
+      if (c.res >= 0) {
+        uint32_t slot = 0;
+        while (slot < admin_.size() && admin_[slot].in_use) ++slot;
+        if (slot == admin_.size()) admin_.emplace_back();
+        AdminConn& a = admin_[slot];
+        a.in_use = true;
+        a.closing = false;
+        a.fd = c.res;
+        a.inflight = 1;
+        a.parser = std::make_unique<HttpRequestParser>();
+        a.out.clear();
+        a.sent = 0;
+        ring_->read(a.fd, a.buf, controlTag(ControlOp::kAdminRead, slot, a.generation));
+      }
+      if (!admin_accept_armed_) {
+        ring_->acceptMultishot(admin_fd_, controlTag(ControlOp::kAdminAccept));
+        admin_accept_armed_ = true;
+      }
+      break;
+    case ControlOp::kAdminRead:
+    case ControlOp::kAdminSend:
+    case ControlOp::kAdminClose:
+      onAdmin(op, ud.slot, c);
+      break;
+    default:
+      break;
+  }
+}
+
+void Control::afterBatch() {
+  if (reload_requested_) {
+    reload(reload_forced_);
+    reload_requested_ = false;
+    reload_forced_ = false;
+  }
+}
+
+void Control::onSignal(const Completion& c) {
+  if (c.res == static_cast<int>(sizeof(siginfo_))) {
+    int sig = static_cast<int>(siginfo_.ssi_signo);
+    if (sig == SIGHUP) {
+      spdlog::info("SIGHUP: reloading {}", options_.config_path);
+      if (!options_.config_path.empty()) {
+        reload_requested_ = true;
+        reload_forced_ = true;
+      }
+    } else {
+      spdlog::info("{}: draining", strsignal(sig));
+      beginDrain(true);
+    }
+  }
+  armRead(ControlOp::kSignal, signal_fd_, {reinterpret_cast<char*>(&siginfo_), sizeof(siginfo_)});
+}
+
+void Control::onInotify(const Completion& c) {
+  if (c.res > 0) {
+    size_t off = 0;
+    while (off + sizeof(inotify_event) <= static_cast<size_t>(c.res)) {
+      const auto* ev = reinterpret_cast<const inotify_event*>(inotify_buf_.data() + off);
+      std::string_view name = ev->len > 0 ? std::string_view(ev->name) : std::string_view();
+      if ((ev->mask & IN_Q_OVERFLOW) != 0) reload_requested_ = true;
+      if (isConfigEvent(name, config_base_)) {
+        if ((ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) != 0) reload_requested_ = true;
+        // A new symlink is complete when created; a new regular file is not until closed.
+        struct stat st {};
+        std::string path = config_dir_ + "/" + std::string(name);
+        if ((ev->mask & IN_CREATE) != 0 && ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+          reload_requested_ = true;
+        }
+      }
+      off += sizeof(inotify_event) + ev->len;
+    }
+  } else if (c.res < 0) {
+    spdlog::warn("inotify read: {}", std::strerror(-c.res));
+  }
+  armRead(ControlOp::kInotify, inotify_fd_, inotify_buf_);
+}
+
+void Control::onAdmin(ControlOp op, uint32_t slot, const Completion& c) {
+  if (slot >= admin_.size() || !admin_[slot].in_use || admin_[slot].generation !=
+      UserData::decode(c.user_data).generation) {
+    return;
+  }
+  AdminConn& a = admin_[slot];
+  if (a.inflight > 0) --a.inflight;
+  if (op == ControlOp::kAdminClose || a.closing) {
+    if (a.closing && a.inflight == 0) {
+      a.in_use = false;
+      a.fd = -1;
+      ++a.generation;
+      a.parser.reset();
+    }
+    return;
+  }
+  if (op == ControlOp::kAdminRead) {
+    if (c.res < 0) {
+      closeAdmin(slot);
+      return;
+    }
+    auto status = c.res == 0 ? a.parser->finish()
+                             : a.parser->feed(std::string_view(a.buf.data(), c.res));
+    switch (status) {
+      case HttpRequestParser::Status::kIncomplete:
+        ++a.inflight;
+        ring_->read(a.fd, a.buf, controlTag(ControlOp::kAdminRead, slot, a.generation));
+        return;
+      case HttpRequestParser::Status::kError:
+        respond(slot, badRequest(a.parser->errorStatus(), a.parser->error()));
+        return;
+      case HttpRequestParser::Status::kComplete: {
+        HttpResponse response = handleAdminRequest(a.parser->request(), hooks_);
+        if (a.parser->request().method == "HEAD") response.body.clear();
+        respond(slot, response);
+        return;
+      }
+    }
+  }
+  // kAdminSend
+  if (c.res <= 0) {
+    closeAdmin(slot);
+    return;
+  }
+  a.sent += static_cast<size_t>(c.res);
+  if (a.sent < a.out.size()) {
+    ++a.inflight;
+    ring_->send(a.fd, std::string_view(a.out).substr(a.sent),
+                controlTag(ControlOp::kAdminSend, slot, a.generation));
+  } else {
+    closeAdmin(slot);
+  }
+}
+
+void Control::respond(uint32_t slot, const HttpResponse& response) {
+  AdminConn& a = admin_[slot];
+  a.out = response.serialize();
+  a.sent = 0;
+  ++a.inflight;
+  ring_->send(a.fd, a.out, controlTag(ControlOp::kAdminSend, slot, a.generation));
+}
+
+void Control::closeAdmin(uint32_t slot) {
+  AdminConn& a = admin_[slot];
+  a.closing = true;
+  a.inflight += 3;
+  ring_->teardown(a.fd, controlTag(ControlOp::kAdminClose, slot, a.generation));
+  a.fd = -1;
+}
+
+StatsSnapshot Control::snapshot() const {
+  std::vector<const WorkerStats*> stats;
+  for (const auto& w : workers_) stats.push_back(&w->stats);
+  ProcessSample p;
+  p.config_generation = generation_;
+  p.config_reloads = reloads_;
+  p.config_reload_failures = reload_failures_;
+  p.config_last_reload_ok = last_reload_ok_;
+  p.draining = draining_;
+  p.ready = ready();
+  p.io_uring_setup_fallbacks = setup_fallbacks_;
+  p.workers = static_cast<unsigned>(workers_.size());
+  return aggregate(stats, p);
+}
+
+nlohmann::json Control::configDump() const {
+  nlohmann::json j;
+  j["generation"] = generation_;
+  j["config_path"] = options_.config_path;
+  j["last_reload"] = {{"ok", last_reload_ok_},
+                      {"error", last_error_},
+                      {"reloads", reloads_},
+                      {"failures", reload_failures_}};
+  j["settings"] = {{"outbound_listen", settings_.outbound_listen.toString()},
+                   {"inbound_listen", settings_.inbound_listen.toString()},
+                   {"admin_listen", settings_.admin_listen.toString()},
+                   {"inbound_source", settings_.inbound_source.toString()},
+                   {"outbound_traffic_policy", policyName(settings_.outbound_policy)},
+                   {"connect_timeout_ms", settings_.connect_timeout.count()},
+                   {"drain_timeout_ms", settings_.drain_timeout.count()},
+                   {"max_connect_attempts", settings_.max_connect_attempts},
+                   {"access_log", settings_.access_log},
+                   {"concurrency", options_.concurrency}};
+  j["draining"] = draining_;
+  j["route_table"] = table_ ? table_->toJson() : nlohmann::json();
+  return j;
+}
+
+std::string Control::clusters() const {
+  StatsSnapshot s = snapshot();
+  std::string out;
+  for (const auto& [key, t] : s.endpoints) {
+    const std::string prefix = fmt::format("{}|{}|{}", key.service, key.subset,
+                                           key.endpoint.empty() ? "-" : key.endpoint);
+    fmt::format_to(std::back_inserter(out),
+                   "{0}::cx_total::{1}\n{0}::cx_active::{2}\n{0}::cx_connect_fail::{3}\n"
+                   "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n",
+                   prefix, t.opened, t.opened - std::min(t.opened, t.closed), t.connect_failures,
+                   t.received_bytes, t.sent_bytes);
+  }
+  return out;
+}
+
+}  // namespace
+
+int runProxy(const ProxyOptions& options, TableLoader loader, RouterFactory routers) {
+  Control control(options, std::move(loader), std::move(routers));
+  return control.run();
+}
+
+}  // namespace remora::proxy

@@ -1,0 +1,61 @@
+#pragma once
+
+// The proxy process: worker threads (one ring each, see worker.h) and the control thread, which
+// owns the admin endpoint, the config watcher (inotify and signals through its own ring), reloads
+// and the drain. main.cc parses flags into ProxyOptions and calls runProxy.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/ip_address.h"
+#include "common/result.h"
+#include "loop/uring_ring.h"
+#include "proxy/worker.h"
+#include "routing/route_table.h"
+
+namespace remora::proxy {
+
+// Settings given on the command line; each one set overrides the ProxyConfig document.
+struct SettingOverrides {
+  std::optional<SocketAddress> outbound_listen;
+  std::optional<SocketAddress> inbound_listen;
+  std::optional<SocketAddress> admin_listen;
+  std::optional<IpAddress> inbound_source;
+  std::optional<routing::OutboundPolicy> outbound_policy;
+  std::optional<std::chrono::milliseconds> connect_timeout;
+  std::optional<std::chrono::milliseconds> drain_timeout;
+  std::optional<int> max_connect_attempts;
+  std::optional<bool> access_log;
+};
+
+struct ProxyOptions {
+  std::string config_path;  // empty: no configuration, every destination passes through
+  unsigned concurrency = 1;
+  bool ipv6 = true;  // also listen on [::] when the outbound/inbound address is 0.0.0.0
+  SettingOverrides overrides;
+  loop::RingOptions ring;
+};
+
+// Flags over the ProxyConfig's settings (which already sit over the defaults).
+routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_config,
+                                         const SettingOverrides& overrides);
+WorkerSettings workerSettings(const routing::ProxySettings& settings);
+
+// Whether an inotify event on `name` in the config file's directory concerns the config: the
+// file itself, or the `..data` symlink a Kubernetes ConfigMap volume swaps atomically.
+bool isConfigEvent(std::string_view name, std::string_view config_basename);
+
+// Builds a table from YAML text (config::loadRouteTable in production).
+using TableLoader = std::function<Result<std::shared_ptr<const routing::RouteTable>>(
+    std::string_view yaml, uint64_t generation, const routing::ProxySettings& base)>;
+
+// Runs until SIGTERM/SIGINT (or POST /quitquitquit) and the drain that follows. Returns the
+// process exit code: 0 after a drain, 1 when a listener cannot be opened, 2 when io_uring is
+// unavailable (the message names the cause and the fix).
+int runProxy(const ProxyOptions& options, TableLoader loader, RouterFactory routers);
+
+}  // namespace remora::proxy

@@ -1,0 +1,75 @@
+#include "proxy/socket_ops.h"
+
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/original_dst.h"
+
+namespace remora::proxy {
+namespace {
+
+std::optional<SocketAddress> nameOf(int fd, bool peer) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  int rc = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (rc != 0) return std::nullopt;
+  return SocketAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss));
+}
+
+}  // namespace
+
+Result<SocketAddress> SystemSocketOps::originalDestination(int fd, Family family) {
+  return remora::originalDestination(fd, family);
+}
+
+std::optional<SocketAddress> SystemSocketOps::localAddress(int fd) { return nameOf(fd, false); }
+std::optional<SocketAddress> SystemSocketOps::peerAddress(int fd) { return nameOf(fd, true); }
+
+Result<int> SystemSocketOps::upstreamSocket(Family family,
+                                            const std::optional<IpAddress>& source) {
+  int domain = family == Family::kIpv6 ? AF_INET6 : AF_INET;
+  int fd = socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errnoError("socket");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (source) {
+    // ::6 is usually not configured on lo; freebind lets the bind succeed regardless (no
+    // capability needed), and the kernel answers from it because the destination is local.
+    if (family == Family::kIpv6) setsockopt(fd, IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one));
+    // Keep the ephemeral port unassigned until connect, so 4-tuples can share it.
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    sockaddr_storage ss{};
+    socklen_t len = SocketAddress{*source, 0}.toSockaddr(ss);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      Error e = errnoError(fmt::format("bind upstream source {}", source->toString()));
+      ::close(fd);
+      return e;
+    }
+  }
+  return fd;
+}
+
+Result<int> openListener(const SocketAddress& at, int backlog) {
+  bool v6 = at.ip.family == Family::kIpv6;
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errnoError("socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  sockaddr_storage ss{};
+  socklen_t len = at.toSockaddr(ss);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, backlog) != 0) {
+    Error e = errnoError(fmt::format("listen on {}", at.toString()));
+    ::close(fd);
+    return e;
+  }
+  return fd;
+}
+
+}  // namespace remora::proxy

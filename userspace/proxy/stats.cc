@@ -1,0 +1,153 @@
+#include "proxy/stats.h"
+
+#include <fmt/format.h>
+
+namespace remora::proxy {
+namespace {
+
+std::string escapeLabel(const std::string& value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string labels(const EndpointKey& key) {
+  return fmt::format(
+      "{{destination_service=\"{}\",destination_subset=\"{}\",destination_endpoint=\"{}\"}}",
+      escapeLabel(key.service), escapeLabel(key.subset), escapeLabel(key.endpoint));
+}
+
+void header(std::string& out, const char* name, const char* type, const char* help) {
+  fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+template <typename Get>
+void perEndpoint(std::string& out, const StatsSnapshot& s, const char* name, const char* type,
+                 const char* help, Get get) {
+  header(out, name, type, help);
+  for (const auto& [key, totals] : s.endpoints) {
+    fmt::format_to(std::back_inserter(out), "{}{} {}\n", name, labels(key), get(totals));
+  }
+}
+
+void single(std::string& out, const char* name, const char* type, const char* help,
+            uint64_t value) {
+  header(out, name, type, help);
+  fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
+}
+
+}  // namespace
+
+WorkerStats::~WorkerStats() {
+  Node* n = head_.load(std::memory_order_acquire);
+  while (n != nullptr) {
+    Node* next = n->next;
+    delete n;
+    n = next;
+  }
+}
+
+EndpointCounters& WorkerStats::endpoint(const EndpointKey& key) {
+  auto it = index_.find(key);
+  if (it != index_.end()) return it->second->counters;
+  auto* node = new Node{key, {}, head_.load(std::memory_order_relaxed)};
+  head_.store(node, std::memory_order_release);
+  index_.emplace(key, node);
+  return node->counters;
+}
+
+StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
+                        const ProcessSample& process) {
+  StatsSnapshot s;
+  s.process = process;
+  for (const WorkerStats* w : workers) {
+    w->forEach([&](const EndpointKey& key, const EndpointCounters& c) {
+      auto& t = s.endpoints[key];
+      t.opened += c.opened.get();
+      t.closed += c.closed.get();
+      t.sent_bytes += c.sent_bytes.get();
+      t.received_bytes += c.received_bytes.get();
+      t.connect_failures += c.connect_failures.get();
+    });
+    const WorkerCounters& c = w->counters();
+    s.workers.accepted += c.accepted.get();
+    s.workers.passthrough += c.passthrough.get();
+    s.workers.refused_registry += c.refused_registry.get();
+    s.workers.refused_no_upstream += c.refused_no_upstream.get();
+    s.workers.no_original_dst += c.no_original_dst.get();
+    s.workers.accept_errors += c.accept_errors.get();
+    s.workers.buffer_exhausted += c.buffer_exhausted.get();
+    s.workers.stale_completions += c.stale_completions.get();
+  }
+  return s;
+}
+
+std::string renderPrometheus(const StatsSnapshot& s) {
+  std::string out;
+  perEndpoint(out, s, "remora_tcp_connections_opened_total", "counter",
+              "TCP connections relayed to an upstream.",
+              [](const EndpointTotals& t) { return t.opened; });
+  perEndpoint(out, s, "remora_tcp_connections_closed_total", "counter",
+              "Relayed TCP connections that have closed.",
+              [](const EndpointTotals& t) { return t.closed; });
+  perEndpoint(out, s, "remora_tcp_active_connections", "gauge",
+              "Relayed TCP connections open now.",
+              [](const EndpointTotals& t) { return t.opened - std::min(t.opened, t.closed); });
+  perEndpoint(out, s, "remora_tcp_sent_bytes_total", "counter",
+              "Bytes sent to the downstream client (response direction).",
+              [](const EndpointTotals& t) { return t.sent_bytes; });
+  perEndpoint(out, s, "remora_tcp_received_bytes_total", "counter",
+              "Bytes received from the downstream client (request direction).",
+              [](const EndpointTotals& t) { return t.received_bytes; });
+  perEndpoint(out, s, "remora_tcp_connect_failures_total", "counter",
+              "Upstream connect attempts that failed or timed out.",
+              [](const EndpointTotals& t) { return t.connect_failures; });
+  single(out, "remora_tcp_accepted_total", "counter", "Downstream connections accepted.",
+         s.workers.accepted);
+  single(out, "remora_tcp_passthrough_total", "counter",
+         "Connections to a destination no Service matches, passed to the original address.",
+         s.workers.passthrough);
+  header(out, "remora_tcp_refused_total", "counter",
+         "Downstream connections closed without an upstream, by reason.");
+  fmt::format_to(std::back_inserter(out),
+                 "remora_tcp_refused_total{{reason=\"registry_only\"}} {}\n"
+                 "remora_tcp_refused_total{{reason=\"no_upstream\"}} {}\n"
+                 "remora_tcp_refused_total{{reason=\"no_original_dst\"}} {}\n",
+                 s.workers.refused_registry, s.workers.refused_no_upstream,
+                 s.workers.no_original_dst);
+  single(out, "remora_accept_errors_total", "counter", "Failed accepts.", s.workers.accept_errors);
+  single(out, "remora_recv_buffer_exhausted_total", "counter",
+         "Times a receive found the provided-buffer ring empty (ENOBUFS) and was re-armed.",
+         s.workers.buffer_exhausted);
+  single(out, "remora_stale_completions_total", "counter",
+         "Completions that arrived for a connection slot already reused.",
+         s.workers.stale_completions);
+  single(out, "remora_config_generation", "gauge", "Generation of the configuration in force.",
+         s.process.config_generation);
+  single(out, "remora_config_reloads_total", "counter", "Successful configuration loads.",
+         s.process.config_reloads);
+  single(out, "remora_config_reload_failures_total", "counter",
+         "Configuration loads rejected (the last good configuration kept serving).",
+         s.process.config_reload_failures);
+  single(out, "remora_config_last_reload_success", "gauge",
+         "1 when the last configuration load succeeded.", s.process.config_last_reload_ok ? 1 : 0);
+  single(out, "remora_server_ready", "gauge", "1 when /ready answers 200.", s.process.ready ? 1 : 0);
+  single(out, "remora_server_draining", "gauge", "1 while draining.", s.process.draining ? 1 : 0);
+  single(out, "remora_io_uring_setup_fallbacks_total", "counter",
+         "Rings created with fallback setup flags because the kernel refused the preferred ones.",
+         s.process.io_uring_setup_fallbacks);
+  single(out, "remora_workers", "gauge", "Worker threads (one io_uring each).", s.process.workers);
+  return out;
+}
+
+}  // namespace remora::proxy

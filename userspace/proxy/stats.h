@@ -1,0 +1,123 @@
+#pragma once
+
+// Per-worker counters, written without locks by their worker and read by the admin thread when
+// it renders /stats/prometheus and /clusters. Each counter has a single writer, so an update is a
+// relaxed load + store (no lock prefix); readers see a value at most one update old.
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace remora::proxy {
+
+class Counter {
+ public:
+  void add(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void inc() { add(1); }
+  uint64_t get() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> value_{0};
+};
+
+// Labels of the Istio-like metrics.
+struct EndpointKey {
+  std::string service;   // destination_service: "name.namespace", PassthroughCluster, ...
+  std::string subset;    // destination_subset
+  std::string endpoint;  // destination_endpoint: "ip:port"
+  auto operator<=>(const EndpointKey&) const = default;
+};
+
+inline constexpr const char* kPassthroughCluster = "PassthroughCluster";
+inline constexpr const char* kInboundCluster = "InboundPassthroughCluster";
+inline constexpr const char* kBlackHoleCluster = "BlackHoleCluster";
+
+struct EndpointCounters {
+  Counter opened;            // upstream connected, relaying started
+  Counter closed;
+  Counter sent_bytes;        // to the downstream client (the response direction)
+  Counter received_bytes;    // from the downstream client (the request direction)
+  Counter connect_failures;  // connect errors and timeouts to this endpoint
+};
+
+// Worker-wide counters without destination labels.
+struct WorkerCounters {
+  Counter accepted;
+  Counter passthrough;         // connections to an unknown destination, passed through
+  Counter refused_registry;    // refused by REGISTRY_ONLY
+  Counter refused_no_upstream; // every connect attempt failed
+  Counter no_original_dst;     // accepted without a recoverable original destination
+  Counter accept_errors;
+  Counter buffer_exhausted;    // -ENOBUFS on recv: re-armed once buffers came back
+  Counter stale_completions;   // completions for a slot that was reused since
+};
+
+class WorkerStats {
+ public:
+  WorkerStats() = default;
+  ~WorkerStats();
+  WorkerStats(const WorkerStats&) = delete;
+  WorkerStats& operator=(const WorkerStats&) = delete;
+
+  // Owner thread only. The returned reference lives as long as this object.
+  EndpointCounters& endpoint(const EndpointKey& key);
+  WorkerCounters& counters() { return counters_; }
+  const WorkerCounters& counters() const { return counters_; }
+
+  // Any thread: visits every endpoint entry published so far.
+  template <typename Fn>
+  void forEach(Fn&& fn) const {
+    for (const Node* n = head_.load(std::memory_order_acquire); n != nullptr; n = n->next) {
+      fn(n->key, n->counters);
+    }
+  }
+
+ private:
+  struct Node {
+    EndpointKey key;
+    EndpointCounters counters;
+    Node* next = nullptr;
+  };
+  // Published list (append at head, never removed until destruction) + the owner's index.
+  std::atomic<Node*> head_{nullptr};
+  std::map<EndpointKey, Node*> index_;
+  WorkerCounters counters_;
+};
+
+// Process-wide values the admin side owns.
+struct ProcessSample {
+  uint64_t config_generation = 0;
+  uint64_t config_reloads = 0;
+  uint64_t config_reload_failures = 0;
+  bool config_last_reload_ok = true;
+  bool draining = false;
+  bool ready = false;
+  uint64_t io_uring_setup_fallbacks = 0;
+  unsigned workers = 0;
+};
+
+// Sums of the per-worker counters.
+struct EndpointTotals {
+  uint64_t opened = 0, closed = 0, sent_bytes = 0, received_bytes = 0, connect_failures = 0;
+};
+struct WorkerTotals {
+  uint64_t accepted = 0, passthrough = 0, refused_registry = 0, refused_no_upstream = 0,
+           no_original_dst = 0, accept_errors = 0, buffer_exhausted = 0, stale_completions = 0;
+};
+struct StatsSnapshot {
+  std::map<EndpointKey, EndpointTotals> endpoints;
+  WorkerTotals workers;
+  ProcessSample process;
+};
+
+StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers, const ProcessSample& process);
+
+// The Prometheus text exposition format (version 0.0.4).
+std::string renderPrometheus(const StatsSnapshot& snapshot);
+
+}  // namespace remora::proxy

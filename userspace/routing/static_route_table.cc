@@ -1,0 +1,180 @@
+#include "routing/static_route_table.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace remora::routing {
+namespace {
+
+uint64_t mix(uint64_t x) {
+  // splitmix64's finaliser: cheap, and spreads sequential pod IPs over the buckets.
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// Small subsets are scanned; past this many endpoints a map avoids quadratic indexing.
+constexpr size_t kScanLimit = 32;
+
+}  // namespace
+
+size_t SocketAddressHash::operator()(const SocketAddress& address) const noexcept {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+  std::memcpy(&lo, address.ip.bytes.data(), 8);
+  std::memcpy(&hi, address.ip.bytes.data() + 8, 8);
+  uint64_t tag = (static_cast<uint64_t>(address.port) << 1) |
+                 (address.ip.family == Family::kIpv6 ? 1 : 0);
+  return mix(lo ^ mix(hi ^ mix(tag)));
+}
+
+const char* toString(LbPolicy policy) {
+  switch (policy) {
+    case LbPolicy::kRoundRobin:
+      return "ROUND_ROBIN";
+    case LbPolicy::kRandom:
+      return "RANDOM";
+    case LbPolicy::kLeastRequest:
+      return "LEAST_REQUEST";
+  }
+  return "UNKNOWN";
+}
+
+const char* toString(OutboundPolicy policy) {
+  return policy == OutboundPolicy::kRegistryOnly ? "REGISTRY_ONLY" : "ALLOW_ANY";
+}
+
+nlohmann::json toJson(const ProxySettings& settings) {
+  return {
+      {"outboundListen", settings.outbound_listen.toString()},
+      {"inboundListen", settings.inbound_listen.toString()},
+      {"adminListen", settings.admin_listen.toString()},
+      {"inboundSourceAddress", settings.inbound_source.toString()},
+      {"outboundTrafficPolicy", toString(settings.outbound_policy)},
+      {"connectTimeoutMs", settings.connect_timeout.count()},
+      {"drainTimeoutMs", settings.drain_timeout.count()},
+      {"maxConnectAttempts", settings.max_connect_attempts},
+      {"accessLog", settings.access_log},
+  };
+}
+
+StaticRouteTable::StaticRouteTable(ProxySettings settings, uint64_t generation,
+                                   std::vector<ServicePortEntry> entries)
+    : settings_(std::move(settings)), generation_(generation), entries_(std::move(entries)) {}
+
+Result<std::shared_ptr<const StaticRouteTable>> StaticRouteTable::create(
+    ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries) {
+  // make_shared cannot reach the private constructor.
+  std::shared_ptr<StaticRouteTable> table(
+      new StaticRouteTable(std::move(settings), generation, std::move(entries)));
+  auto& index = table->index_;
+  size_t keys = 0;
+  for (const auto& entry : table->entries_) keys += entry.cluster_ips.size() + entry.pod_addresses.size();
+  index.reserve(keys);
+
+  const auto& all = table->entries_;
+  for (uint32_t i = 0; i < all.size(); ++i) {
+    for (const auto& ip : all[i].cluster_ips) {
+      SocketAddress key{ip, all[i].port.port};
+      auto [it, inserted] = index.try_emplace(key, Target{.entry = i});
+      if (!inserted) {
+        return makeError(fmt::format("{} of {} is already the address of {}", key.toString(),
+                                     all[i].port.service, all[it->second.entry].port.service));
+      }
+    }
+  }
+
+  std::unordered_map<SocketAddress, std::pair<uint32_t, uint32_t>, SocketAddressHash> positions;
+  for (uint32_t i = 0; i < all.size(); ++i) {
+    const ServicePort& port = all[i].port;
+    size_t endpoint_count = 0;
+    for (const auto& subset : port.subsets) endpoint_count += subset.endpoints.size();
+    bool use_map = endpoint_count > kScanLimit;
+    if (use_map) {
+      positions.clear();
+      for (uint32_t s = 0; s < port.subsets.size(); ++s) {
+        for (uint32_t e = 0; e < port.subsets[s].endpoints.size(); ++e) {
+          positions.try_emplace(port.subsets[s].endpoints[e].address, s, e);
+        }
+      }
+    }
+    for (const auto& pod : all[i].pod_addresses) {
+      Target target{.entry = i, .endpoint = true};
+      if (use_map) {
+        if (auto it = positions.find(pod.endpoint); it != positions.end()) {
+          target.subset_index = it->second.first;
+          target.endpoint_index = it->second.second;
+        }
+      } else {
+        for (uint32_t s = 0; s < port.subsets.size() && target.subset_index == RouteMatch::kNoSubset;
+             ++s) {
+          const auto& endpoints = port.subsets[s].endpoints;
+          for (uint32_t e = 0; e < endpoints.size(); ++e) {
+            if (endpoints[e].address == pod.endpoint) {
+              target.subset_index = s;
+              target.endpoint_index = e;
+              break;
+            }
+          }
+        }
+      }
+      index.try_emplace(pod.address, target);
+    }
+  }
+  return std::shared_ptr<const StaticRouteTable>(std::move(table));
+}
+
+const ServicePort* StaticRouteTable::find(const SocketAddress& original_dst) const {
+  auto it = index_.find(original_dst);
+  return it == index_.end() ? nullptr : &entries_[it->second.entry].port;
+}
+
+RouteMatch StaticRouteTable::match(const SocketAddress& original_dst) const {
+  auto it = index_.find(original_dst);
+  if (it == index_.end()) return {};
+  const Target& t = it->second;
+  return RouteMatch{.service = &entries_[t.entry].port,
+                    .endpoint = t.endpoint,
+                    .subset_index = t.subset_index,
+                    .endpoint_index = t.endpoint_index};
+}
+
+nlohmann::json StaticRouteTable::toJson() const {
+  auto services = nlohmann::json::array();
+  for (const auto& entry : entries_) {
+    const ServicePort& port = entry.port;
+    auto cluster_ips = nlohmann::json::array();
+    for (const auto& ip : entry.cluster_ips) cluster_ips.push_back(ip.toString());
+    auto route = nlohmann::json::array();
+    for (const auto& r : port.route) {
+      route.push_back({{"subset", port.subsets.at(r.subset_index).name}, {"weight", r.weight}});
+    }
+    auto subsets = nlohmann::json::array();
+    for (const auto& subset : port.subsets) {
+      auto endpoints = nlohmann::json::array();
+      for (const auto& e : subset.endpoints) {
+        endpoints.push_back({{"address", e.address.toString()}, {"pod", e.pod}});
+      }
+      subsets.push_back({{"name", subset.name},
+                         {"policy", routing::toString(subset.policy)},
+                         {"endpoints", std::move(endpoints)}});
+    }
+    nlohmann::json service = {{"service", port.service},
+                              {"port", port.port},
+                              {"clusterIPs", std::move(cluster_ips)},
+                              {"route", std::move(route)},
+                              {"subsets", std::move(subsets)}};
+    if (!port.name.empty()) service["name"] = port.name;
+    if (!port.app_protocol.empty()) service["appProtocol"] = port.app_protocol;
+    services.push_back(std::move(service));
+  }
+  return {{"generation", generation_},
+          {"settings", routing::toJson(settings_)},
+          {"services", std::move(services)}};
+}
+
+}  // namespace remora::routing
