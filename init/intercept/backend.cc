@@ -47,7 +47,11 @@ Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) 
     auto legacy = toolsFor(IptablesBackend::kLegacy, family);
     if (programInPath(legacy.save)) {
       auto text = saveTable(legacy, "");
-      if (text && text->find("\n-A ") != std::string::npos) chosen = IptablesBackend::kLegacy;
+      // With -c each rule line reads "[pkts:bytes] -A CHAIN ...".
+      if (text && (text->find("\n-A ") != std::string::npos ||
+                   text->find("] -A ") != std::string::npos)) {
+        chosen = IptablesBackend::kLegacy;
+      }
     }
   }
   auto tools = toolsFor(chosen, family);

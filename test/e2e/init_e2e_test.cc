@@ -246,7 +246,8 @@ TEST_P(InitE2e, FailureInOneFamilyRollsBackTheOther) {
                                    "--iptables-backend", backend(), "--ipv6", "on"});
   ASSERT_TRUE(out.ok());
   EXPECT_NE(out->exit_code, 0) << out->err;
-  EXPECT_NE(out->err.find("simulated failure"), std::string::npos) << out->err << out->out;
+  EXPECT_NE(out->err.find("simulated failure"), std::string::npos)
+      << "exit " << out->exit_code << ": " << out->err << out->out;
   EXPECT_NE(out->err.find("rolled back"), std::string::npos) << out->err;
   EXPECT_EQ(natRules(), before);
   std::remove(tool.c_str());

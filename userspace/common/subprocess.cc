@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,6 +77,16 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
   out.closeEnd(1);
   err.closeEnd(1);
 
+  // A child that exits before reading all its input (iptables-restore failing on line 1) must
+  // give EPIPE here, not kill the caller: block SIGPIPE on this thread while writing and
+  // swallow the one the write raised.
+  sigset_t pipe_set;
+  sigset_t old_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
+  bool got_epipe = false;
+
   CommandOutput result;
   size_t written = 0;
   if (input.empty()) in.closeEnd(1);
@@ -86,11 +98,14 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
     pfds[2] = {err.fds[0], POLLIN, 0};
     if (::poll(pfds.data(), pfds.size(), -1) < 0) {
       if (errno == EINTR) continue;
-      return errnoError("poll");
+      Error error = errnoError("poll");
+      pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
+      return error;
     }
     if (pfds[0].revents) {
       ssize_t n = ::write(in.fds[1], input.data() + written, input.size() - written);
       if (n > 0) written += static_cast<size_t>(n);
+      if (n < 0 && errno == EPIPE) got_epipe = true;
       if (n < 0 || written == input.size()) in.closeEnd(1);
     }
     for (int i = 1; i <= 2; ++i) {
@@ -104,6 +119,11 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
       }
     }
   }
+  if (got_epipe) {
+    timespec zero{};
+    sigtimedwait(&pipe_set, nullptr, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
     if (errno != EINTR) return errnoError("waitpid");
