@@ -373,9 +373,7 @@ FamilyDump buildFamily(const FamilyTables& in) {
     }
     auto idx = remora_index(name);
     if (!idx) continue;
-    DumpChain c;
-    c.name = name;
-    c.policy = "-";
+    DumpChain c{name, false, std::string(1, '-'), {}};
     const auto& rules = remora_rules[*idx];
     for (size_t i = 0; i < rules.size(); ++i) {
       c.rules.push_back(dumpRule(*rules[i], i + 1, i + 1 == rules.size()));
@@ -383,10 +381,7 @@ FamilyDump buildFamily(const FamilyTables& in) {
     out.chains.push_back(std::move(c));
   }
 
-  if (!out.installed) {
-    out.notes.push_back("Remora is not installed: no REMORA_* chains in the nat table");
-    return out;
-  }
+  if (!out.installed) return out;
   if (remora_index(kOutputChain) && !jumps_to("OUTPUT", kOutputChain)) {
     out.warnings.push_back(
         fmt::format("{} exists but nothing in OUTPUT jumps to it: outbound "
@@ -409,7 +404,8 @@ FamilyDump buildFamily(const FamilyTables& in) {
 
 std::string countersText(const std::optional<Counters>& c) {
   if (!c) return "";
-  return fmt::format("  [{} packets, {} bytes]", c->packets, c->bytes);
+  return fmt::format("  [{} packet{}, {} byte{}]", c->packets, c->packets == 1 ? "" : "s", c->bytes,
+                     c->bytes == 1 ? "" : "s");
 }
 
 nlohmann::json stringsJson(const std::vector<std::string>& v) {
@@ -437,9 +433,10 @@ std::string renderDump(const DumpReport& report) {
   for (const auto& n : report.notes) out += "Note: " + n + "\n";
   for (const auto& f : report.families) {
     if (!out.empty()) out += "\n";
-    out +=
-        fmt::format("{} ({}): {}\n", familyName(f.family), f.backend,
-                    f.installed ? "Remora's interception is installed" : "Remora is not installed");
+    out += fmt::format("{} ({}): {}\n", familyName(f.family), f.backend,
+                       f.installed ? "Remora's interception is installed"
+                                   : "Remora is not installed (no REMORA_* chains or jumps in "
+                                     "the nat table)");
     for (const auto& c : f.chains) {
       if (c.builtin) {
         out += fmt::format("  {} (built-in, policy {}; Remora's jumps only)\n", c.name, c.policy);

@@ -1,7 +1,7 @@
 #pragma once
 
 #include <cstddef>
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,8 +68,7 @@ DumpReport buildDump(const std::vector<FamilyTables>& input);
 
 // One rule in words, e.g. "proxy's own traffic (uid 1337): not captured". `last` says whether it
 // is its chain's last rule (an unconditional last rule reads "everything else").
-std::string describeRule(const std::string& chain, const std::vector<std::string>& args,
-                         bool last);
+std::string describeRule(const std::string& chain, const std::vector<std::string>& args, bool last);
 
 std::string renderDump(const DumpReport& report);
 nlohmann::json dumpToJson(const DumpReport& report);

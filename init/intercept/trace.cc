@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <pwd.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -538,6 +537,7 @@ class Walker {
     out.rule_index = step.rule_index;
     out.target = joinTarget(spec);
     step.verdict = StepVerdict::kTerminal;
+    step.detail = step.detail.empty() ? t : fmt::format("{} ({})", t, step.detail);
     if (t == "ACCEPT") {
       out.kind = OutcomeKind::kUnchanged;
       out.destination = packet_.destination;
@@ -752,8 +752,16 @@ void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std
 std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
   auto out = runCommand(
       {"ip", family == Family::kIpv6 ? "-6" : "-4", "-j", "route", "show", "table", "local"});
+  // The kernel drops the local table with its last entry (e.g. lo down in a fresh netns), so
+  // "does not exist" means no local addresses at all.
+  if (out && out->exit_code != 0 && out->err.find("table does not exist") != std::string::npos) {
+    return std::vector<Cidr>{};
+  }
   if (!out || out->exit_code != 0) {
-    notes.push_back("cannot read the local routing table: '-m addrtype LOCAL' stays undetermined");
+    notes.push_back(
+        fmt::format("cannot read the local routing table ({}): '-m addrtype LOCAL' "
+                    "stays undetermined",
+                    out ? firstLine(out->err) : out.error().message));
     return std::nullopt;
   }
   auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
@@ -806,6 +814,7 @@ std::string stepLine(const TraceStep& s) {
     case StepVerdict::kPolicy:
       return fmt::format("{}{}: no rule decided → {}", indent, s.chain, s.rule);
     case StepVerdict::kRandomSkip:
+    case StepVerdict::kTerminal:
       return fmt::format("{}{} {} → {}", indent, where, s.rule, s.detail);
     default:
       verdict = toString(s.verdict);

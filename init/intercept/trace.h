@@ -2,7 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,7 +19,7 @@ namespace remora::intercept {
 struct TracePacket {
   SocketAddress destination;
   std::string protocol = "tcp";
-  std::optional<IpAddress> source;          // the route's preferred source
+  std::optional<IpAddress> source;           // the route's preferred source
   std::optional<std::string> out_interface;  // the route's device
   uint32_t uid = 0;
   std::optional<uint32_t> gid;

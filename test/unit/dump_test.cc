@@ -1,0 +1,343 @@
+#include "intercept/dump.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "intercept/plan.h"
+
+namespace remora::intercept {
+namespace {
+
+std::string readFixture(const std::string& name) {
+  std::ifstream f(std::string(REMORA_FIXTURES_DIR) + "/" + name);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+SavedTable natFromText(const std::string& text) {
+  auto r = parseIptablesSave(text);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  if (!r.ok() || r->table("nat") == nullptr) return {};
+  return *r->table("nat");
+}
+
+FamilyTables fromFixture(const std::string& name, Family family = Family::kIpv4,
+                         const std::string& backend = "iptables-nft") {
+  return FamilyTables{backend, family, natFromText(readFixture(name))};
+}
+
+std::vector<std::string> split(const std::string& line) {
+  auto t = tokenizeRule(line);
+  EXPECT_TRUE(t.ok());
+  return t.ok() ? *t : std::vector<std::string>{};
+}
+
+std::string describe(const std::string& chain, const std::string& args, bool last = false) {
+  return describeRule(chain, split(args), last);
+}
+
+TEST(DumpTest, DescribesRemorasRuleShapes) {
+  EXPECT_EQ(describe("OUTPUT", "-p tcp -j REMORA_OUTPUT"),
+            "all TCP leaving the pod enters REMORA_OUTPUT");
+  EXPECT_EQ(describe("PREROUTING", "-p tcp -j REMORA_INBOUND"),
+            "all TCP arriving at the pod enters REMORA_INBOUND");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-m owner --uid-owner 1337 -j RETURN"),
+            "proxy's own traffic (uid 1337): not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-m owner --gid-owner 1337 -j RETURN"),
+            "proxy's own traffic (gid 1337): not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-o lo -m owner ! --uid-owner 1337 -j RETURN"),
+            "app traffic on loopback (not uid 1337): not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT",
+                     "! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j REMORA_IN_REDIRECT"),
+            "proxy to a local non-loopback address (uid 1337): back through the inbound redirect");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-s 127.0.0.6/32 -o lo -j RETURN"),
+            "inbound passthrough source 127.0.0.6 on lo: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-s ::6/128 -o lo -j RETURN"),
+            "inbound passthrough source ::6 on lo: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-d 127.0.0.1/32 -j RETURN"),
+            "to 127.0.0.1/32: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-d ::1/128 -j RETURN"), "to ::1/128: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-d 10.0.0.0/8 -j RETURN"),
+            "destination 10.0.0.0/8 excluded: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-p tcp -m tcp --dport 22 -j RETURN"),
+            "tcp port 22 excluded: not captured");
+  EXPECT_EQ(describe("REMORA_INBOUND", "-p tcp -m tcp --dport 15020:15021 -j RETURN"),
+            "tcp ports 15020-15021 excluded: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-o eth1 -j RETURN"),
+            "leaving on eth1 excluded: not captured");
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-j REMORA_REDIRECT", true),
+            "everything else: redirect to the proxy (REMORA_REDIRECT)");
+  EXPECT_EQ(describe("REMORA_INBOUND", "-p tcp -j REMORA_IN_REDIRECT", true),
+            "everything else: redirect to the proxy (REMORA_IN_REDIRECT)");
+  EXPECT_EQ(describe("REMORA_REDIRECT", "-p tcp -j REDIRECT --to-ports 15001"),
+            "redirect to local port 15001 (the proxy's outbound listener)");
+  EXPECT_EQ(describe("REMORA_IN_REDIRECT", "-p tcp -j REDIRECT --to-ports 15006"),
+            "redirect to local port 15006 (the proxy's inbound listener)");
+}
+
+TEST(DumpTest, DescribesOtherRulesFromTheirMatches) {
+  EXPECT_EQ(describe("REMORA_OUTPUT", "-d 10.96.0.0/12 -j REMORA_REDIRECT"),
+            "destination 10.96.0.0/12: redirect to the proxy (REMORA_REDIRECT)");
+  EXPECT_EQ(describe("REMORA_INBOUND", "-p tcp -m tcp --dport 8080 -j REMORA_IN_REDIRECT"),
+            "tcp port 8080: redirect to the proxy's inbound side (REMORA_IN_REDIRECT)");
+  EXPECT_EQ(
+      describe("OUTPUT",
+               "-d 10.1.122.241/32 -p tcp -m comment --comment \"istio-demo/bill-service:http "
+               "cluster IP\" -m tcp --dport 9999 -j KUBE-SVC-LFR5ZTL3B5QBR7VJ"),
+      "destination 10.1.122.241/32, tcp port 9999: jump to KUBE-SVC-LFR5ZTL3B5QBR7VJ "
+      "(\"istio-demo/bill-service:http cluster IP\")");
+  EXPECT_EQ(describe("OUTPUT",
+                     "! -s 10.244.0.0/16 -p udp -m mark ! --mark 0x4000/0x4000 -j "
+                     "MARK --set-xmark 0x4000/0x4000"),
+            "source other than 10.244.0.0/16, UDP, mark not 0x4000/0x4000: mark set-xmark "
+            "0x4000/0x4000");
+  EXPECT_EQ(describe("OUTPUT", "-p tcp -m multiport --dports 80,90:95 -j REDIRECT --to-ports 8080"),
+            "tcp ports 80,90-95: redirect to local port 8080");
+  EXPECT_EQ(describe("X", "-m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-A"),
+            "at random (50.00%): jump to KUBE-SEP-A");
+  EXPECT_EQ(describe("X", "-m addrtype --dst-type LOCAL -g KUBE-NODEPORTS"),
+            "destination type LOCAL: go to KUBE-NODEPORTS");
+  EXPECT_EQ(describe("X", "-p tcp -m conntrack --ctstate NEW -j ACCEPT"),
+            "TCP, -m conntrack --ctstate NEW: accepted (no translation)");
+  EXPECT_EQ(describe("X", "-j DNAT --to-destination 10.244.1.168:80"),
+            "everything: DNAT to 10.244.1.168:80");
+  EXPECT_EQ(describe("X", "-o lo", true), "leaving on lo: counted only");
+  EXPECT_EQ(describe("X", "-m owner"), "everything: counted only");
+  EXPECT_EQ(describe("X", "-j SNAT --to-source 1.2.3.4"), "everything: SNAT --to-source 1.2.3.4");
+  EXPECT_EQ(describe("X", "-x"), "(not understood: unexpected '-x')");
+}
+
+// The real install (nft, with counters after a few connects) rendered end to end.
+TEST(DumpTest, RendersARealInstall) {
+  DumpReport report = buildDump({fromFixture("remora_install_nft.save")});
+  ASSERT_EQ(report.families.size(), 1u);
+  EXPECT_TRUE(report.families[0].installed);
+  EXPECT_TRUE(report.families[0].foreign.empty());
+  EXPECT_TRUE(report.families[0].warnings.empty());
+  EXPECT_EQ(
+      renderDump(report),
+      "IPv4 (iptables-nft): Remora's interception is installed\n"
+      "  OUTPUT (built-in, policy ACCEPT; Remora's jumps only)\n"
+      "    #1 all TCP leaving the pod enters REMORA_OUTPUT  [6 packets, 360 bytes]\n"
+      "       -p tcp -j REMORA_OUTPUT\n"
+      "  REMORA_OUTPUT\n"
+      "    #1 tcp port 22 excluded: not captured  [1 packet, 60 bytes]\n"
+      "       -p tcp -m tcp --dport 22 -j RETURN\n"
+      "    #2 inbound passthrough source 127.0.0.6 on lo: not captured  [0 packets, 0 bytes]\n"
+      "       -s 127.0.0.6/32 -o lo -j RETURN\n"
+      "    #3 proxy to a local non-loopback address (uid 1337): back through the inbound "
+      "redirect  [0 packets, 0 bytes]\n"
+      "       ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j REMORA_IN_REDIRECT\n"
+      "    #4 app traffic on loopback (not uid 1337): not captured  [2 packets, 120 bytes]\n"
+      "       -o lo -m owner ! --uid-owner 1337 -j RETURN\n"
+      "    #5 proxy's own traffic (uid 1337): not captured  [1 packet, 60 bytes]\n"
+      "       -m owner --uid-owner 1337 -j RETURN\n"
+      "    #6 proxy to a local non-loopback address (gid 1337): back through the inbound "
+      "redirect  [0 packets, 0 bytes]\n"
+      "       ! -d 127.0.0.1/32 -o lo -m owner --gid-owner 1337 -j REMORA_IN_REDIRECT\n"
+      "    #7 app traffic on loopback (not gid 1337): not captured  [0 packets, 0 bytes]\n"
+      "       -o lo -m owner ! --gid-owner 1337 -j RETURN\n"
+      "    #8 proxy's own traffic (gid 1337): not captured  [0 packets, 0 bytes]\n"
+      "       -m owner --gid-owner 1337 -j RETURN\n"
+      "    #9 to 127.0.0.1/32: not captured  [0 packets, 0 bytes]\n"
+      "       -d 127.0.0.1/32 -j RETURN\n"
+      "    #10 destination 10.96.0.0/12 excluded: not captured  [1 packet, 60 bytes]\n"
+      "       -d 10.96.0.0/12 -j RETURN\n"
+      "    #11 everything else: redirect to the proxy (REMORA_REDIRECT)  [1 packet, 60 "
+      "bytes]\n"
+      "       -j REMORA_REDIRECT\n"
+      "  REMORA_REDIRECT\n"
+      "    #1 redirect to local port 15001 (the proxy's outbound listener)  [1 packet, 60 "
+      "bytes]\n"
+      "       -p tcp -j REDIRECT --to-ports 15001\n"
+      "  PREROUTING (built-in, policy ACCEPT; Remora's jumps only)\n"
+      "    #1 all TCP arriving at the pod enters REMORA_INBOUND  [0 packets, 0 bytes]\n"
+      "       -p tcp -j REMORA_INBOUND\n"
+      "  REMORA_INBOUND\n"
+      "    #1 tcp ports 15000-15001 excluded: not captured  [0 packets, 0 bytes]\n"
+      "       -p tcp -m tcp --dport 15000:15001 -j RETURN\n"
+      "    #2 tcp port 15006 excluded: not captured  [0 packets, 0 bytes]\n"
+      "       -p tcp -m tcp --dport 15006 -j RETURN\n"
+      "    #3 tcp ports 15020-15021 excluded: not captured  [0 packets, 0 bytes]\n"
+      "       -p tcp -m tcp --dport 15020:15021 -j RETURN\n"
+      "    #4 tcp port 15090 excluded: not captured  [0 packets, 0 bytes]\n"
+      "       -p tcp -m tcp --dport 15090 -j RETURN\n"
+      "    #5 everything else: redirect to the proxy (REMORA_IN_REDIRECT)  [0 packets, 0 "
+      "bytes]\n"
+      "       -p tcp -j REMORA_IN_REDIRECT\n"
+      "  REMORA_IN_REDIRECT\n"
+      "    #1 redirect to local port 15006 (the proxy's inbound listener)  [0 packets, 0 "
+      "bytes]\n"
+      "       -p tcp -j REDIRECT --to-ports 15006\n");
+}
+
+TEST(DumpTest, SaysWhenRemoraIsNotInstalledAndListsForeignHooks) {
+  DumpReport report = buildDump({fromFixture("kube_proxy_seed.save")});
+  ASSERT_EQ(report.families.size(), 1u);
+  const auto& f = report.families[0];
+  EXPECT_FALSE(f.installed);
+  EXPECT_TRUE(f.chains.empty());
+  ASSERT_EQ(f.foreign.size(), 3u);
+  EXPECT_EQ(f.foreign[1].chain, "OUTPUT");
+  EXPECT_EQ(f.foreign[1].target, "KUBE-SERVICES");
+  EXPECT_FALSE(f.foreign[1].before_remora);
+  EXPECT_EQ(renderDump(report),
+            "IPv4 (iptables-nft): Remora is not installed (no REMORA_* chains or jumps in the nat "
+            "table)\n"
+            "  Other rules on the same built-in chains:\n"
+            "    PREROUTING also jumps to KUBE-SERVICES (not Remora's)\n"
+            "    OUTPUT also jumps to KUBE-SERVICES (not Remora's)\n"
+            "    POSTROUTING also jumps to KUBE-POSTROUTING (not Remora's)\n");
+}
+
+TEST(DumpTest, ForeignJumpsAheadOfRemorasAreFlagged) {
+  DumpReport report = buildDump({fromFixture("kube_proxy_and_remora.save")});
+  const auto& f = report.families[0];
+  EXPECT_TRUE(f.installed);
+  ASSERT_EQ(f.foreign.size(), 3u);
+  EXPECT_TRUE(f.foreign[0].before_remora);
+  EXPECT_EQ(f.foreign[1].message,
+            "OUTPUT also jumps to KUBE-SERVICES (not Remora's), rule #1 before Remora's jump: a "
+            "translation there ends the nat walk before Remora sees the connection");
+  EXPECT_FALSE(f.foreign[2].before_remora);  // POSTROUTING holds no Remora jump
+  // Remora's hook keeps its real position in OUTPUT.
+  ASSERT_FALSE(f.chains.empty());
+  EXPECT_EQ(f.chains[0].name, "OUTPUT");
+  ASSERT_EQ(f.chains[0].rules.size(), 1u);
+  EXPECT_EQ(f.chains[0].rules[0].index, 2u);
+}
+
+TEST(DumpTest, ForeignNonJumpRulesAreDescribed) {
+  auto nat = natFromText(
+      "*nat\n:OUTPUT ACCEPT [0:0]\n:REMORA_OUTPUT - [0:0]\n"
+      "-A OUTPUT -p tcp -j REMORA_OUTPUT\n"
+      "-A OUTPUT -p tcp -m tcp --dport 25 -j REDIRECT --to-ports 2525\n"
+      "-A REMORA_OUTPUT -j RETURN\nCOMMIT\n");
+  DumpReport report = buildDump({{"iptables-legacy", Family::kIpv4, nat}});
+  ASSERT_EQ(report.families[0].foreign.size(), 1u);
+  EXPECT_EQ(report.families[0].foreign[0].message,
+            "OUTPUT also has rule #2: tcp port 25: redirect to local port 2525 (not Remora's)");
+  EXPECT_EQ(report.families[0].foreign[0].target, "REDIRECT");
+}
+
+TEST(DumpTest, WarnsAboutPartialAndDuplicatedInstalls) {
+  auto nat = natFromText(
+      "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      ":REMORA_INBOUND - [0:0]\n:REMORA_OUTPUT - [0:0]\n:REMORA_REDIRECT - [0:0]\n"
+      "-A PREROUTING -p tcp -j REMORA_OUTPUT\n"
+      "-A PREROUTING -p tcp -j REMORA_OUTPUT\n"
+      "-A REMORA_INBOUND -p tcp -j RETURN\n"
+      "-A REMORA_OUTPUT -j REMORA_REDIRECT\n"
+      "COMMIT\n");
+  DumpReport report = buildDump({{"iptables-nft", Family::kIpv4, nat}});
+  const auto& w = report.families[0].warnings;
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_EQ(w[0],
+            "PREROUTING jumps to REMORA_OUTPUT more than once (again in rule #2): a leftover of an "
+            "earlier install?");
+  EXPECT_EQ(w[1],
+            "REMORA_OUTPUT exists but nothing in OUTPUT jumps to it: outbound traffic is "
+            "not captured");
+  EXPECT_EQ(w[2],
+            "REMORA_INBOUND has rules but nothing in PREROUTING jumps to it: inbound "
+            "traffic is not captured");
+  EXPECT_NE(renderDump(report).find("  Warning: REMORA_OUTPUT exists but nothing in OUTPUT"),
+            std::string::npos);
+}
+
+TEST(DumpTest, InboundOffIsANoteNotAWarning) {
+  InterceptOptions o;
+  o.include_all_inbound = false;
+  FamilyPlan plan = planFamily(o, Family::kIpv4);
+  std::string text = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n";
+  for (const auto& c : plan.chains) text += ":" + c + " - [0:0]\n";
+  for (const auto& r : plan.rules) text += r.toString() + "\n";
+  DumpReport report = buildDump({{"iptables-nft", Family::kIpv4, natFromText(text + "COMMIT\n")}});
+  const auto& f = report.families[0];
+  EXPECT_TRUE(f.warnings.empty());
+  ASSERT_EQ(f.notes.size(), 1u);
+  EXPECT_EQ(f.notes[0], "inbound capture is off (nothing in PREROUTING jumps to REMORA_INBOUND)");
+  EXPECT_NE(renderDump(report).find("  REMORA_INBOUND (empty)\n"), std::string::npos);
+}
+
+TEST(DumpTest, BothFamiliesAndReportLevelMessages) {
+  DumpReport report =
+      buildDump({fromFixture("remora_install_legacy.save", Family::kIpv4, "iptables-legacy"),
+                 fromFixture("remora_install_v6_nft.save", Family::kIpv6, "ip6tables-nft")});
+  report.warnings.push_back("mixed backends: example");
+  report.notes.push_back("a note");
+  ASSERT_EQ(report.families.size(), 2u);
+  const std::string text = renderDump(report);
+  EXPECT_EQ(text.rfind("Warning: mixed backends: example\nNote: a note\n\nIPv4 (iptables-legacy): "
+                       "Remora's interception is installed\n",
+                       0),
+            0u)
+      << text;
+  EXPECT_NE(text.find("\n\nIPv6 (ip6tables-nft): Remora's interception is installed\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("inbound passthrough source ::6 on lo: not captured"), std::string::npos);
+  EXPECT_NE(text.find("destination fd00:96::/108 excluded: not captured  [1 packet, 80 bytes]"),
+            std::string::npos);
+}
+
+TEST(DumpTest, JsonMirrorsTheReport) {
+  DumpReport report =
+      buildDump({fromFixture("remora_install_nft.save"),
+                 fromFixture("kube_proxy_seed_v6.save", Family::kIpv6, "ip6tables-nft")});
+  auto j = dumpToJson(report);
+  ASSERT_EQ(j["families"].size(), 2u);
+  const auto& v4 = j["families"][0];
+  EXPECT_EQ(v4["family"], "ipv4");
+  EXPECT_EQ(v4["backend"], "iptables-nft");
+  EXPECT_EQ(v4["installed"], true);
+  ASSERT_EQ(v4["chains"].size(), 6u);
+  EXPECT_EQ(v4["chains"][0]["name"], "OUTPUT");
+  EXPECT_EQ(v4["chains"][0]["builtin"], true);
+  EXPECT_EQ(v4["chains"][0]["policy"], "ACCEPT");
+  const auto& rule = v4["chains"][0]["rules"][0];
+  EXPECT_EQ(rule["index"], 1);
+  EXPECT_EQ(rule["rule"], "-p tcp -j REMORA_OUTPUT");
+  EXPECT_EQ(rule["description"], "all TCP leaving the pod enters REMORA_OUTPUT");
+  EXPECT_EQ(rule["packets"], 6);
+  EXPECT_EQ(rule["bytes"], 360);
+  EXPECT_EQ(v4["chains"][1]["name"], "REMORA_OUTPUT");
+  EXPECT_EQ(v4["chains"][1]["policy"], "-");
+  EXPECT_EQ(v4["chains"][1]["rules"].size(), 11u);
+  EXPECT_TRUE(v4["foreign"].empty());
+  EXPECT_TRUE(v4["warnings"].is_array());
+
+  const auto& v6 = j["families"][1];
+  EXPECT_EQ(v6["family"], "ipv6");
+  EXPECT_EQ(v6["installed"], false);
+  EXPECT_TRUE(v6["chains"].empty());
+  ASSERT_EQ(v6["foreign"].size(), 2u);
+  EXPECT_EQ(v6["foreign"][1]["chain"], "OUTPUT");
+  EXPECT_EQ(v6["foreign"][1]["target"], "KUBE-SERVICES");
+  EXPECT_EQ(v6["foreign"][1]["index"], 1);
+  EXPECT_EQ(v6["foreign"][1]["before_remora"], false);
+  EXPECT_EQ(v6["foreign"][1]["message"], "OUTPUT also jumps to KUBE-SERVICES (not Remora's)");
+}
+
+TEST(DumpTest, RulesSavedWithoutCountersHaveNullCounters) {
+  auto nat = natFromText(
+      "*nat\n:OUTPUT ACCEPT [0:0]\n:REMORA_OUTPUT - [0:0]\n"
+      "-A OUTPUT -p tcp -j REMORA_OUTPUT\n-A REMORA_OUTPUT -j RETURN\nCOMMIT\n");
+  DumpReport report = buildDump({{"iptables-nft", Family::kIpv4, nat}});
+  auto j = dumpToJson(report);
+  EXPECT_TRUE(j["families"][0]["chains"][0]["rules"][0]["packets"].is_null());
+  EXPECT_TRUE(j["families"][0]["chains"][0]["rules"][0]["bytes"].is_null());
+  EXPECT_NE(renderDump(report).find("#1 all TCP leaving the pod enters REMORA_OUTPUT\n"),
+            std::string::npos);
+}
+
+TEST(DumpTest, IsDeterministic) {
+  auto input = std::vector<FamilyTables>{fromFixture("kube_proxy_and_remora.save")};
+  EXPECT_EQ(renderDump(buildDump(input)), renderDump(buildDump(input)));
+  EXPECT_EQ(dumpToJson(buildDump(input)).dump(), dumpToJson(buildDump(input)).dump());
+}
+
+}  // namespace
+}  // namespace remora::intercept
