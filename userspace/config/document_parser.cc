@@ -17,6 +17,8 @@ using routing::OutboundPolicy;
 
 // The object being parsed, so every error names it.
 struct Context {
+  explicit Context(const Placement& p, int i = -1) : placement(p), item(i) {}
+
   const Placement& placement;
   int item = -1;
   std::string kind;
@@ -24,8 +26,7 @@ struct Context {
   std::string name;
 
   Error error(std::string_view field, int line, std::string_view what) const {
-    return makeError(
-        describeError(placement, item, kind, namespace_name, name, field, line, what));
+    return makeError(describeError(placement, item, kind, namespace_name, name, field, line, what));
   }
 };
 
@@ -89,7 +90,8 @@ Result<std::string> readString(const Context& ctx, const YAML::Node& node, std::
     return std::string();
   }
   if (!node.IsScalar()) {
-    return ctx.error(field, lineOf(node, line), fmt::format("must be a string, got {}", shown(node)));
+    return ctx.error(field, lineOf(node, line),
+                     fmt::format("must be a string, got {}", shown(node)));
   }
   if (required && node.Scalar().empty()) return ctx.error(field, lineOf(node, line), "is empty");
   return node.Scalar();
@@ -128,7 +130,8 @@ Result<bool> readBool(const Context& ctx, const YAML::Node& node, std::string_vi
   if (!text) return text.error();
   if (*text == "true" || *text == "True" || *text == "TRUE") return true;
   if (*text == "false" || *text == "False" || *text == "FALSE") return false;
-  return ctx.error(field, lineOf(node, line), fmt::format("must be true or false, got '{}'", *text));
+  return ctx.error(field, lineOf(node, line),
+                   fmt::format("must be true or false, got '{}'", *text));
 }
 
 Result<IpAddress> readIp(const Context& ctx, const YAML::Node& node, std::string_view field,
@@ -144,7 +147,8 @@ Result<void> requireMap(const Context& ctx, const YAML::Node& node, std::string_
                         int line) {
   if (!present(node)) return ctx.error(field, line, "is required");
   if (!node.IsMap()) {
-    return ctx.error(field, lineOf(node, line), fmt::format("must be a mapping, got {}", shown(node)));
+    return ctx.error(field, lineOf(node, line),
+                     fmt::format("must be a mapping, got {}", shown(node)));
   }
   return {};
 }
@@ -163,7 +167,8 @@ Result<Labels> readLabels(const Context& ctx, const YAML::Node& node, std::strin
   Labels labels;
   if (!present(node)) return labels;
   if (!node.IsMap()) {
-    return ctx.error(field, lineOf(node, line), fmt::format("must be a mapping, got {}", shown(node)));
+    return ctx.error(field, lineOf(node, line),
+                     fmt::format("must be a mapping, got {}", shown(node)));
   }
   labels.reserve(node.size());
   for (auto it = node.begin(); it != node.end(); ++it) {
@@ -241,7 +246,8 @@ Result<void> parseService(const Context& ctx, const Fields& top, int line, Objec
     if (text->empty() || *text == "None") return {};
     auto ip = readIp(ctx, node, field, spec_line);
     if (!ip) return ip.error();
-    if (std::find(spec.cluster_ips.begin(), spec.cluster_ips.end(), *ip) == spec.cluster_ips.end()) {
+    if (std::find(spec.cluster_ips.begin(), spec.cluster_ips.end(), *ip) ==
+        spec.cluster_ips.end()) {
       spec.cluster_ips.push_back(*ip);
     }
     return {};
@@ -277,7 +283,8 @@ Result<void> parseService(const Context& ctx, const Fields& top, int line, Objec
     port.port = *number;
     auto tcp = readIsTcp(ctx, pf.get("protocol"), field + ".protocol", port_line);
     if (!tcp) return tcp.error();
-    auto app_protocol = readString(ctx, pf.get("appProtocol"), field + ".appProtocol", port_line, false);
+    auto app_protocol =
+        readString(ctx, pf.get("appProtocol"), field + ".appProtocol", port_line, false);
     if (!app_protocol) return app_protocol.error();
     port.app_protocol = std::move(*app_protocol);
 
@@ -287,7 +294,8 @@ Result<void> parseService(const Context& ctx, const Fields& top, int line, Objec
     } else {
       auto text = readString(ctx, target, field + ".targetPort", port_line, true);
       if (!text) return text.error();
-      bool numeric = std::all_of(text->begin(), text->end(), [](char c) { return c >= '0' && c <= '9'; });
+      bool numeric =
+          std::all_of(text->begin(), text->end(), [](char c) { return c >= '0' && c <= '9'; });
       if (numeric) {
         auto target_number = readPort(ctx, target, field + ".targetPort", port_line);
         if (!target_number) return target_number.error();
@@ -313,14 +321,16 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
     if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
     int spec_line = lineOf(spec_node, line);
     YAML::Node containers = Fields(spec_node).get("containers");
-    if (auto r = optionalSequence(ctx, containers, "spec.containers", spec_line); !r) return r.error();
+    if (auto r = optionalSequence(ctx, containers, "spec.containers", spec_line); !r)
+      return r.error();
     size_t c = 0;
     for (const auto& container : present(containers) ? containers : YAML::Node()) {
       std::string field = fmt::format("spec.containers[{}]", c++);
       if (auto r = requireMap(ctx, container, field, spec_line); !r) return r.error();
       int container_line = lineOf(container, spec_line);
       YAML::Node ports = Fields(container).get("ports");
-      if (auto r = optionalSequence(ctx, ports, field + ".ports", container_line); !r) return r.error();
+      if (auto r = optionalSequence(ctx, ports, field + ".ports", container_line); !r)
+        return r.error();
       size_t p = 0;
       for (const auto& port : present(ports) ? ports : YAML::Node()) {
         std::string pfield = fmt::format("{}.ports[{}]", field, p++);
@@ -349,7 +359,8 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
     auto add_ip = [&](const YAML::Node& node, const std::string& field) -> Result<void> {
       auto ip = readIp(ctx, node, field, status_line);
       if (!ip) return ip.error();
-      if (std::find(spec.ips.begin(), spec.ips.end(), *ip) == spec.ips.end()) spec.ips.push_back(*ip);
+      if (std::find(spec.ips.begin(), spec.ips.end(), *ip) == spec.ips.end())
+        spec.ips.push_back(*ip);
       return {};
     };
     if (YAML::Node ip = sf.get("podIP"); present(ip)) {
@@ -391,7 +402,8 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
   if (YAML::Node meta = top.get("metadata"); meta.IsMap()) {
     deleting = present(Fields(meta).get("deletionTimestamp"));
   }
-  spec.ready = !spec.ips.empty() && !terminal && !deleting && (has_conditions ? ready_condition : true);
+  spec.ready =
+      !spec.ips.empty() && !terminal && !deleting && (has_conditions ? ready_condition : true);
   out.spec = std::move(spec);
   return {};
 }
@@ -452,7 +464,8 @@ Result<void> parseEndpointSlice(const Context& ctx, const Fields& top, int line,
       auto kind = readString(ctx, rf.get("kind"), field + ".targetRef.kind", endpoint_line, false);
       if (!kind) return kind.error();
       if (kind->empty() || *kind == "Pod") {
-        auto name = readString(ctx, rf.get("name"), field + ".targetRef.name", endpoint_line, false);
+        auto name =
+            readString(ctx, rf.get("name"), field + ".targetRef.name", endpoint_line, false);
         if (!name) return name.error();
         auto ns = readString(ctx, rf.get("namespace"), field + ".targetRef.namespace",
                              endpoint_line, false);
@@ -582,15 +595,16 @@ Result<void> parseVirtualService(const Context& ctx, const Fields& top, int line
         auto host = readString(ctx, dsf.get("host"), dfield + ".destination.host", dline, true);
         if (!host) return host.error();
         dest.host = std::move(*host);
-        auto subset = readString(ctx, dsf.get("subset"), dfield + ".destination.subset", dline, false);
+        auto subset =
+            readString(ctx, dsf.get("subset"), dfield + ".destination.subset", dline, false);
         if (!subset) return subset.error();
         dest.subset = std::move(*subset);
         if (YAML::Node port = dsf.get("port"); present(port)) {
           if (auto r = requireMap(ctx, port, dfield + ".destination.port", dline); !r) {
             return r.error();
           }
-          auto number = readPort(ctx, Fields(port).get("number"), dfield + ".destination.port.number",
-                                 lineOf(port, dline));
+          auto number = readPort(ctx, Fields(port).get("number"),
+                                 dfield + ".destination.port.number", lineOf(port, dline));
           if (!number) return number.error();
           dest.port = *number;
         }
@@ -676,10 +690,10 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
   if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
   int spec_line = lineOf(spec_node, line);
   Fields f(spec_node);
-  if (auto unknown = f.unknownKey({"outboundPort", "inboundPort", "adminAddress", "adminPort",
-                                   "inboundSourceAddress", "outboundTrafficPolicy",
-                                   "connectTimeout", "drainTimeout", "maxConnectAttempts",
-                                   "accessLog"})) {
+  if (auto unknown =
+          f.unknownKey({"outboundPort", "inboundPort", "adminAddress", "adminPort",
+                        "inboundSourceAddress", "outboundTrafficPolicy", "connectTimeout",
+                        "drainTimeout", "maxConnectAttempts", "accessLog"})) {
     return ctx.error(fmt::format("spec.{}", unknown->first), lineOf(unknown->second, spec_line),
                      "unknown field");
   }
@@ -711,10 +725,11 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
     target = *value;
     return {};
   };
-  for (auto r : {port("outboundPort", spec.outbound_port), port("inboundPort", spec.inbound_port),
-                 port("adminPort", spec.admin_port), ip("inboundSourceAddress", spec.inbound_source),
-                 duration("connectTimeout", spec.connect_timeout),
-                 duration("drainTimeout", spec.drain_timeout)}) {
+  for (const auto& r :
+       {port("outboundPort", spec.outbound_port), port("inboundPort", spec.inbound_port),
+        port("adminPort", spec.admin_port), ip("inboundSourceAddress", spec.inbound_source),
+        duration("connectTimeout", spec.connect_timeout),
+        duration("drainTimeout", spec.drain_timeout)}) {
     if (!r) return r.error();
   }
   if (YAML::Node node = f.get("adminAddress"); present(node)) {
@@ -729,7 +744,8 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
     }
   }
   if (YAML::Node node = f.get("outboundTrafficPolicy"); present(node)) {
-    if (auto r = requireMap(ctx, node, "spec.outboundTrafficPolicy", spec_line); !r) return r.error();
+    if (auto r = requireMap(ctx, node, "spec.outboundTrafficPolicy", spec_line); !r)
+      return r.error();
     int policy_line = lineOf(node, spec_line);
     YAML::Node mode_node = Fields(node).get("mode");
     auto mode = readString(ctx, mode_node, "spec.outboundTrafficPolicy.mode", policy_line, true);
@@ -793,7 +809,8 @@ Result<void> parseObject(Context& ctx, const YAML::Node& node, int fallback_line
                          DocumentModel& model) {
   int line = lineOf(node, fallback_line);
   if (!node.IsMap()) {
-    return ctx.error("", line, fmt::format("expected a Kubernetes object (a mapping), got {}", shown(node)));
+    return ctx.error("", line,
+                     fmt::format("expected a Kubernetes object (a mapping), got {}", shown(node)));
   }
   Fields top(node);
   YAML::Node kind_node = top.get("kind");
@@ -811,7 +828,8 @@ Result<void> parseObject(Context& ctx, const YAML::Node& node, int fallback_line
     if (YAML::Node n = mf.get("namespace"); n.IsScalar() && !n.Scalar().empty()) {
       object.namespace_name = n.Scalar();
     }
-    ctx.namespace_name = object.namespace_name;
+    // Namespaces are cluster-scoped; naming one "default/x" would mislead.
+    if (ctx.kind != "Namespace") ctx.namespace_name = object.namespace_name;
   }
 
   auto kind = readString(ctx, kind_node, "kind", line, true);
@@ -860,7 +878,7 @@ Result<void> parseObject(Context& ctx, const YAML::Node& node, int fallback_line
 }
 
 Result<void> parseRoot(const Placement& placement, const YAML::Node& root, DocumentModel& model) {
-  Context ctx{placement};
+  Context ctx(placement);
   if (!root.IsMap()) {
     return ctx.error("", lineOf(root, 0),
                      fmt::format("expected a Kubernetes object (a mapping), got {}", shown(root)));
@@ -874,15 +892,17 @@ Result<void> parseRoot(const Placement& placement, const YAML::Node& root, Docum
   auto api_version = readString(ctx, api, "apiVersion", lineOf(root, 0), true);
   if (!api_version) return api_version.error();
   if (*api_version != "v1") {
-    return ctx.error("apiVersion", lineOf(api, 0),
-                     fmt::format("unsupported apiVersion '{}' for List; expected v1", *api_version));
+    return ctx.error(
+        "apiVersion", lineOf(api, 0),
+        fmt::format("unsupported apiVersion '{}' for List; expected v1", *api_version));
   }
   YAML::Node items = top.get("items");
   if (auto r = optionalSequence(ctx, items, "items", lineOf(root, 0)); !r) return r.error();
   int i = 0;
   for (const auto& item : present(items) ? items : YAML::Node()) {
-    Context item_ctx{placement, i++};
-    if (YAML::Node k = item.IsMap() ? Fields(item).get("kind") : YAML::Node(); k.IsScalar() && k.Scalar() == "List") {
+    Context item_ctx(placement, i++);
+    if (YAML::Node k = item.IsMap() ? Fields(item).get("kind") : YAML::Node();
+        k.IsScalar() && k.Scalar() == "List") {
       return item_ctx.error("kind", lineOf(item, 0), "a List cannot hold another List");
     }
     if (auto r = parseObject(item_ctx, item, lineOf(items, 0), model); !r) return r.error();
@@ -902,12 +922,11 @@ Result<std::shared_ptr<const DocumentModel>> parseDocument(std::string_view text
     if (auto r = parseRoot(placement, root, *model); !r) return r.error();
   } catch (const YAML::Exception& e) {
     int line = e.mark.is_null() ? 0 : e.mark.line;
-    return makeError(describeError(placement, -1, "", "", "", "", line,
-                                   fmt::format("YAML syntax error{}: {}",
-                                               e.mark.is_null() ? ""
-                                                                : fmt::format(" at column {}",
-                                                                              e.mark.column + 1),
-                                               e.msg)));
+    return makeError(describeError(
+        placement, -1, "", "", "", "", line,
+        fmt::format("YAML syntax error{}: {}",
+                    e.mark.is_null() ? "" : fmt::format(" at column {}", e.mark.column + 1),
+                    e.msg)));
   }
   return std::shared_ptr<const DocumentModel>(model);
 }

@@ -14,8 +14,8 @@ struct Unit {
 
 // Longest suffixes first, so "ms" is not read as "m" followed by garbage.
 constexpr Unit kUnits[] = {
-    {"ms", 1'000'000},          {"us", 1'000},      {"\xC2\xB5s", 1'000}, {"ns", 1},
-    {"h", 3'600'000'000'000},   {"m", 60'000'000'000}, {"s", 1'000'000'000},
+    {"ms", 1'000'000},        {"us", 1'000},         {"\xC2\xB5s", 1'000}, {"ns", 1},
+    {"h", 3'600'000'000'000}, {"m", 60'000'000'000}, {"s", 1'000'000'000},
 };
 
 // Beyond this the millisecond count no longer fits the settings' types comfortably.
@@ -25,8 +25,8 @@ constexpr int64_t kMaxNanos = int64_t{365} * 24 * 3'600'000'000'000;
 
 Result<std::chrono::milliseconds> parseDuration(std::string_view text) {
   auto bad = [&](std::string_view why) {
-    return makeError(fmt::format("'{}' is not a duration ({}); write e.g. 1s, 250ms or 1m30s",
-                                 text, why));
+    return makeError(
+        fmt::format("'{}' is not a duration ({}); write e.g. 1s, 250ms or 1m30s", text, why));
   };
   if (text.empty()) return bad("empty");
   long double total = 0;
@@ -52,7 +52,7 @@ Result<std::chrono::milliseconds> parseDuration(std::string_view text) {
     }
     if (!any_digit) {
       return bad(i == digits_start && i < text.size() && text[i] == '-' ? "negative"
-                                                                          : "number expected");
+                                                                        : "number expected");
     }
     const Unit* unit = nullptr;
     for (const Unit& u : kUnits) {

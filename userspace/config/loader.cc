@@ -53,9 +53,11 @@ Result<std::string> readFile(const std::string& path) {
 // Parses the documents at `misses` into `results`, on several threads when there are many: a
 // first load of a large file is almost all YAML parsing, and documents are independent.
 void parseMisses(const std::vector<DocumentText>& texts, const std::vector<Placement>& placements,
-                 const std::vector<size_t>& misses, std::vector<std::optional<ModelResult>>& results) {
-  unsigned threads = std::min({std::max(1u, std::thread::hardware_concurrency()), kMaxThreads,
-                               static_cast<unsigned>(misses.size() / (kParallelThreshold / 2) + 1)});
+                 const std::vector<size_t>& misses,
+                 std::vector<std::optional<ModelResult>>& results) {
+  unsigned threads =
+      std::min({std::max(1u, std::thread::hardware_concurrency()), kMaxThreads,
+                static_cast<unsigned>(misses.size() / (kParallelThreshold / 2) + 1)});
   if (misses.size() < kParallelThreshold) threads = 1;
   auto work = [&](unsigned t) {
     for (size_t k = t; k < misses.size(); k += threads) {
@@ -71,9 +73,8 @@ void parseMisses(const std::vector<DocumentText>& texts, const std::vector<Place
 
 }  // namespace
 
-Result<std::shared_ptr<const routing::RouteTable>> Loader::load(std::string_view yaml_text,
-                                                                uint64_t generation,
-                                                                const routing::ProxySettings& base) {
+Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
+    std::string_view yaml_text, uint64_t generation, const routing::ProxySettings& base) {
   std::lock_guard lock(mutex_);
   Stats stats;
   auto start = Clock::now();
@@ -86,10 +87,19 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(std::string_view
   start = Clock::now();
   std::vector<std::optional<ModelResult>> results(texts.size());
   std::vector<size_t> misses;
+  // The cache follows the latest text, good or bad: the next edit starts from it. Hits move
+  // their node across, so an unchanged document costs a hash and a compare, not a copy.
+  Cache next_cache;
+  next_cache.reserve(texts.size());
+  std::vector<TextView> keys(texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
-    auto it = cache_.find(texts[i].text);
-    if (it != cache_.end()) {
-      results[i].emplace(it->second);
+    keys[i] = {std::hash<std::string_view>{}(texts[i].key), texts[i].key};
+    if (auto hit = cache_.find(keys[i]); hit != cache_.end()) {
+      auto node = cache_.extract(hit);
+      results[i].emplace(node.mapped());
+      next_cache.insert(std::move(node));
+    } else if (auto it = next_cache.find(keys[i]); it != next_cache.end()) {
+      results[i].emplace(it->second);  // the same text twice in one file
     } else {
       misses.push_back(i);
     }
@@ -97,9 +107,6 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(std::string_view
   stats.parsed = misses.size();
   parseMisses(texts, placements, misses, results);
 
-  // The cache follows the latest text, good or bad: the next edit starts from it.
-  Cache next_cache;
-  next_cache.reserve(texts.size());
   std::optional<Error> first_error;
   std::vector<PlacedDocument> documents;
   documents.reserve(texts.size());
@@ -109,8 +116,12 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(std::string_view
       if (!first_error) first_error = r.error();
       continue;
     }
-    next_cache.try_emplace(std::string(texts[i].text), *r);
     documents.push_back({placements[i], *r});
+  }
+  for (size_t i : misses) {
+    if (results[i]->ok()) {
+      next_cache.try_emplace(TextKey{keys[i].hash, std::string(keys[i].text)}, results[i]->value());
+    }
   }
   cache_ = std::move(next_cache);
   stats.parse_ms = msSince(start);

@@ -35,15 +35,30 @@ class Loader {
   Stats lastStats() const;
 
  private:
-  // Lets the cache be probed with the string_views the splitter yields, without copies.
+  // Documents by text. The hash is computed once per document and kept in the key, so moving
+  // an entry into the next load's cache does not hash the text again.
+  struct TextKey {
+    size_t hash = 0;
+    std::string text;
+  };
+  struct TextView {
+    size_t hash = 0;
+    std::string_view text;
+  };
   struct TextHash {
     using is_transparent = void;
-    size_t operator()(std::string_view text) const noexcept {
-      return std::hash<std::string_view>{}(text);
+    size_t operator()(const TextKey& k) const noexcept { return k.hash; }
+    size_t operator()(const TextView& k) const noexcept { return k.hash; }
+  };
+  struct TextEqual {
+    using is_transparent = void;
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const noexcept {
+      return a.hash == b.hash && std::string_view(a.text) == std::string_view(b.text);
     }
   };
-  using Cache = std::unordered_map<std::string, std::shared_ptr<const DocumentModel>, TextHash,
-                                   std::equal_to<>>;
+  using Cache =
+      std::unordered_map<TextKey, std::shared_ptr<const DocumentModel>, TextHash, TextEqual>;
 
   mutable std::mutex mutex_;
   Cache cache_;

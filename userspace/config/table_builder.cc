@@ -19,7 +19,7 @@ struct Ref {
   const Object* object = nullptr;
 
   Error error(std::string_view field, int line, std::string_view what) const {
-    bool namespaced = object->kind != Kind::kNamespace && object->kind != Kind::kProxyConfig;
+    bool namespaced = object->kind != Kind::kNamespace;
     return makeError(describeError(*placement, object->item, toString(object->kind),
                                    namespaced ? object->namespace_name : "", object->name, field,
                                    line, what));
@@ -34,14 +34,14 @@ struct Ref {
 
 struct EndpointInfo {
   routing::Endpoint endpoint;
-  const Labels* labels = nullptr;  // the Pod's, when known
+  const Labels* labels = nullptr;    // the Pod's, when known
   std::vector<IpAddress> other_ips;  // the pod's addresses in other families
 };
 
 struct ServiceInfo {
   Ref ref;
   const ServiceSpec* spec = nullptr;
-  std::string key;  // "name.namespace"
+  std::string key;                                   // "name.namespace"
   std::vector<std::vector<EndpointInfo>> endpoints;  // per spec->ports entry
   // Every Pod behind the Service, ready or not: a subset that matches none of them is a typo,
   // one that matches only unready pods is just empty for now.
@@ -49,6 +49,28 @@ struct ServiceInfo {
   Ref destination_rule;
   Ref virtual_service;
 };
+
+// A key of up to three views into the parsed objects, which outlive the build: maps keyed on
+// it cost no allocation per lookup, which matters at tens of thousands of objects.
+struct ViewKey {
+  std::string_view a;
+  std::string_view b;
+  std::string_view c;
+  bool operator==(const ViewKey&) const = default;
+};
+
+struct ViewKeyHash {
+  size_t operator()(const ViewKey& k) const noexcept {
+    std::hash<std::string_view> h;
+    size_t x = h(k.a);
+    x ^= h(k.b) + 0x9e3779b97f4a7c15ULL + (x << 6) + (x >> 2);
+    x ^= h(k.c) + 0x9e3779b97f4a7c15ULL + (x << 6) + (x >> 2);
+    return x;
+  }
+};
+
+template <typename T>
+using ViewMap = std::unordered_map<ViewKey, T, ViewKeyHash>;
 
 std::string labelsText(const Labels& labels) {
   std::string out;
@@ -64,7 +86,7 @@ class Builder {
   Result<std::shared_ptr<const routing::RouteTable>> build(uint64_t generation) {
     if (auto r = collect(); !r) return r.error();
     if (auto r = applyProxyConfig(); !r) return r.error();
-    indexPods();
+    if (auto r = indexPods(); !r) return r.error();
     if (auto r = indexServices(); !r) return r.error();
     computeEndpoints();
     if (auto r = attachIstio(); !r) return r.error();
@@ -77,30 +99,25 @@ class Builder {
         entries.push_back(std::move(*entry));
       }
     }
-    auto table = routing::StaticRouteTable::create(std::move(settings_), generation,
-                                                   std::move(entries));
+    auto table = routing::StaticRouteTable::create(settings_, generation, std::move(entries));
     if (!table) return table.error();
     return std::shared_ptr<const routing::RouteTable>(std::move(*table));
   }
 
  private:
   Result<void> collect() {
-    std::unordered_map<std::string, Ref> seen;
+    // Pods and Services, the bulk of a large file, are checked for duplicates by the indexes
+    // built from them anyway; this map holds only the other kinds.
+    ViewMap<Ref> seen;
     for (const auto& doc : documents_) {
       for (const auto& object : doc.model->objects) {
         Ref ref{&doc.placement, &object};
-        std::string key = object.kind == Kind::kProxyConfig
-                              ? "ProxyConfig"
-                              : fmt::format("{}\x1f{}\x1f{}", toString(object.kind),
-                                            object.namespace_name, object.name);
-        auto [it, inserted] = seen.try_emplace(std::move(key), ref);
-        if (!inserted) {
-          return ref.error("metadata.name", object.line,
-                           object.kind == Kind::kProxyConfig
-                               ? fmt::format("a second ProxyConfig (the first is at {})",
-                                             it->second.where())
-                               : fmt::format("duplicate {} (the first is at {})",
-                                             toString(object.kind), it->second.where()));
+        if (object.kind != Kind::kPod && object.kind != Kind::kService) {
+          ViewKey key = object.kind == Kind::kProxyConfig
+                            ? ViewKey{"ProxyConfig", "", ""}
+                            : ViewKey{toString(object.kind), object.namespace_name, object.name};
+          auto [it, inserted] = seen.try_emplace(key, ref);
+          if (!inserted) return duplicate(ref, it->second);
         }
         switch (object.kind) {
           case Kind::kService:
@@ -110,8 +127,8 @@ class Builder {
             pods_.push_back(ref);
             break;
           case Kind::kEndpointSlice:
-            slices_[fmt::format("{}.{}", std::get<EndpointSliceSpec>(object.spec).service,
-                                object.namespace_name)]
+            slices_[ViewKey{std::get<EndpointSliceSpec>(object.spec).service, object.namespace_name,
+                            ""}]
                 .push_back(ref);
             break;
           case Kind::kVirtualService:
@@ -131,6 +148,15 @@ class Builder {
     return {};
   }
 
+  static Error duplicate(const Ref& ref, const Ref& first) {
+    const Object& object = *ref.object;
+    return ref.error("metadata.name", object.line,
+                     object.kind == Kind::kProxyConfig
+                         ? fmt::format("a second ProxyConfig (the first is at {})", first.where())
+                         : fmt::format("duplicate {} (the first is at {})", toString(object.kind),
+                                       first.where()));
+  }
+
   Result<void> applyProxyConfig() {
     if (proxy_config_.object == nullptr) return {};
     const auto& c = std::get<ProxyConfigSpec>(proxy_config_.object->spec);
@@ -145,39 +171,33 @@ class Builder {
     if (c.max_connect_attempts) settings_.max_connect_attempts = *c.max_connect_attempts;
     if (c.access_log) settings_.access_log = *c.access_log;
     if (settings_.outbound_listen.port == settings_.inbound_listen.port) {
-      return proxy_config_.error("spec.inboundPort", proxy_config_.object->line,
-                                 fmt::format("the inbound and outbound ports are both {}",
-                                             settings_.inbound_listen.port));
+      return proxy_config_.error(
+          "spec.inboundPort", proxy_config_.object->line,
+          fmt::format("the inbound and outbound ports are both {}", settings_.inbound_listen.port));
     }
     return {};
   }
 
-  static std::string labelKey(std::string_view ns, std::string_view key, std::string_view value) {
-    std::string out;
-    out.reserve(ns.size() + key.size() + value.size() + 2);
-    out.append(ns).push_back('\x1f');
-    out.append(key).push_back('\x1f');
-    out.append(value);
-    return out;
-  }
-
   // Pods by (namespace, label) so a selector only looks at pods sharing its rarest label,
   // instead of every Service scanning every Pod.
-  void indexPods() {
+  Result<void> indexPods() {
     pods_by_name_.reserve(pods_.size());
+    pods_by_label_.reserve(pods_.size() * 2);
     for (uint32_t i = 0; i < pods_.size(); ++i) {
       const Object& pod = *pods_[i].object;
-      pods_by_name_.try_emplace(fmt::format("{}/{}", pod.namespace_name, pod.name), i);
+      auto [it, inserted] = pods_by_name_.try_emplace(ViewKey{pod.namespace_name, pod.name, ""}, i);
+      if (!inserted) return duplicate(pods_[i], pods_[it->second]);
       for (const auto& [k, v] : pod.labels) {
-        pods_by_label_[labelKey(pod.namespace_name, k, v)].push_back(i);
+        pods_by_label_[ViewKey{pod.namespace_name, k, v}].push_back(i);
       }
     }
+    return {};
   }
 
-  std::vector<uint32_t> selectPods(const std::string& ns, const Labels& selector) const {
+  std::vector<uint32_t> selectPods(std::string_view ns, const Labels& selector) const {
     const std::vector<uint32_t>* narrowest = nullptr;
     for (const auto& [k, v] : selector) {
-      auto it = pods_by_label_.find(labelKey(ns, k, v));
+      auto it = pods_by_label_.find(ViewKey{ns, k, v});
       if (it == pods_by_label_.end()) return {};
       if (narrowest == nullptr || it->second.size() < narrowest->size()) narrowest = &it->second;
     }
@@ -194,6 +214,10 @@ class Builder {
     services_by_key_.reserve(service_refs_.size());
     std::unordered_map<SocketAddress, Ref, routing::SocketAddressHash> vips;
     for (const Ref& ref : service_refs_) {
+      auto [known, added] =
+          services_by_key_.try_emplace(ViewKey{ref.object->name, ref.object->namespace_name, ""},
+                                       static_cast<uint32_t>(services_.size()));
+      if (!added) return duplicate(ref, services_[known->second].ref);
       ServiceInfo info;
       info.ref = ref;
       info.spec = &std::get<ServiceSpec>(ref.object->spec);
@@ -205,12 +229,11 @@ class Builder {
             return ref.error("spec.clusterIP", ref.object->line,
                              fmt::format("{} is already Service {}/{} ({})",
                                          SocketAddress{ip, port.port}.toString(),
-                                         it->second.object->namespace_name,
-                                         it->second.object->name, it->second.where()));
+                                         it->second.object->namespace_name, it->second.object->name,
+                                         it->second.where()));
           }
         }
       }
-      services_by_key_.try_emplace(info.key, static_cast<uint32_t>(services_.size()));
       services_.push_back(std::move(info));
     }
     return {};
@@ -231,7 +254,8 @@ class Builder {
     for (auto& service : services_) {
       const ServiceSpec& spec = *service.spec;
       service.endpoints.resize(spec.ports.size());
-      auto slices = slices_.find(service.key);
+      auto slices =
+          slices_.find(ViewKey{service.ref.object->name, service.ref.object->namespace_name, ""});
       if (slices != slices_.end()) {
         endpointsFromSlices(service, slices->second);
         continue;
@@ -288,7 +312,7 @@ class Builder {
         for (const auto& e : slice.endpoints) {
           const Object* pod = nullptr;
           if (!e.pod_name.empty()) {
-            auto it = pods_by_name_.find(fmt::format("{}/{}", e.pod_namespace, e.pod_name));
+            auto it = pods_by_name_.find(ViewKey{e.pod_namespace, e.pod_name, ""});
             if (it != pods_by_name_.end()) pod = pods_[it->second].object;
           }
           if (pod != nullptr && pods_seen.insert(pod).second) service.pods.push_back(pod);
@@ -297,7 +321,8 @@ class Builder {
           if (!seen.insert(address).second) continue;
           EndpointInfo info;
           info.endpoint.address = address;
-          if (!e.pod_name.empty()) info.endpoint.pod = fmt::format("{}/{}", e.pod_namespace, e.pod_name);
+          if (!e.pod_name.empty())
+            info.endpoint.pod = fmt::format("{}/{}", e.pod_namespace, e.pod_name);
           info.labels = pod == nullptr ? nullptr : &pod->labels;
           service.endpoints[p].push_back(std::move(info));
         }
@@ -308,16 +333,16 @@ class Builder {
   // "reviews", "reviews.ns", "reviews.ns.svc" and "reviews.ns.svc.cluster.local" all name
   // the Service reviews.ns; a short name is relative to the referring object's namespace.
   ServiceInfo* resolveHost(std::string_view host, std::string_view ns) {
-    std::string key;
-    if (auto svc = host.find(".svc"); svc != std::string_view::npos &&
-                                      (svc + 4 == host.size() || host[svc + 4] == '.')) {
-      key = host.substr(0, svc);
-    } else if (host.find('.') != std::string_view::npos) {
-      key = host;
-    } else {
-      key = fmt::format("{}.{}", host, ns);
+    if (auto svc = host.find(".svc");
+        svc != std::string_view::npos && (svc + 4 == host.size() || host[svc + 4] == '.')) {
+      host = host.substr(0, svc);
     }
-    auto it = services_by_key_.find(key);
+    std::string_view name = host;
+    if (auto dot = host.find('.'); dot != std::string_view::npos) {
+      name = host.substr(0, dot);
+      ns = host.substr(dot + 1);
+    }
+    auto it = services_by_key_.find(ViewKey{name, ns, ""});
     return it == services_by_key_.end() ? nullptr : &services_[it->second];
   }
 
@@ -329,11 +354,11 @@ class Builder {
       ServiceInfo* service = resolveHost(dr.host.host, ref.object->namespace_name);
       if (service == nullptr) continue;
       if (service->destination_rule.object != nullptr) {
-        return ref.error("spec.host", dr.host.line,
-                         fmt::format("{} already has DestinationRule {}/{} ({})", service->key,
-                                     service->destination_rule.object->namespace_name,
-                                     service->destination_rule.object->name,
-                                     service->destination_rule.where()));
+        return ref.error(
+            "spec.host", dr.host.line,
+            fmt::format("{} already has DestinationRule {}/{} ({})", service->key,
+                        service->destination_rule.object->namespace_name,
+                        service->destination_rule.object->name, service->destination_rule.where()));
       }
       service->destination_rule = ref;
     }
@@ -343,11 +368,11 @@ class Builder {
         ServiceInfo* service = resolveHost(vs.hosts[h].host, ref.object->namespace_name);
         if (service == nullptr || service->virtual_service.object == ref.object) continue;
         if (service->virtual_service.object != nullptr) {
-          return ref.error(fmt::format("spec.hosts[{}]", h), vs.hosts[h].line,
-                           fmt::format("{} is already routed by VirtualService {}/{} ({})",
-                                       service->key, service->virtual_service.object->namespace_name,
-                                       service->virtual_service.object->name,
-                                       service->virtual_service.where()));
+          return ref.error(
+              fmt::format("spec.hosts[{}]", h), vs.hosts[h].line,
+              fmt::format("{} is already routed by VirtualService {}/{} ({})", service->key,
+                          service->virtual_service.object->namespace_name,
+                          service->virtual_service.object->name, service->virtual_service.where()));
         }
         service->virtual_service = ref;
       }
@@ -364,8 +389,8 @@ class Builder {
     if (service.virtual_service.object == nullptr) return nullptr;
     const auto& vs = std::get<VirtualServiceSpec>(service.virtual_service.object->spec);
     for (const auto& route : vs.routes) {
-      if (!route.has_match || std::find(route.match_ports.begin(), route.match_ports.end(),
-                                        port) != route.match_ports.end()) {
+      if (!route.has_match || std::find(route.match_ports.begin(), route.match_ports.end(), port) !=
+                                  route.match_ports.end()) {
         return &route;
       }
     }
@@ -383,7 +408,8 @@ class Builder {
     for (const auto& e : service.endpoints[p]) {
       entry.pod_addresses.push_back({e.endpoint.address, e.endpoint.address});
       for (const auto& ip : e.other_ips) {
-        entry.pod_addresses.push_back({SocketAddress{ip, e.endpoint.address.port}, e.endpoint.address});
+        entry.pod_addresses.push_back(
+            {SocketAddress{ip, e.endpoint.address.port}, e.endpoint.address});
       }
     }
 
@@ -414,7 +440,8 @@ class Builder {
                         fmt::format("'{}' is not a Service in this file", dest.host));
       }
       auto target_port = destinationPort(service, port, *target, dest);
-      if (!target_port) return vs.error(field + ".port.number", dest.line, target_port.error().message);
+      if (!target_port)
+        return vs.error(field + ".port.number", dest.line, target_port.error().message);
 
       auto existing = std::find_if(keys.begin(), keys.end(), [&](const SubsetKey& k) {
         return k.service == target && k.port == *target_port && k.subset == dest.subset;
@@ -426,8 +453,7 @@ class Builder {
         entry.port.subsets.push_back(std::move(*subset));
         existing = keys.end() - 1;
       }
-      entry.port.route.push_back(
-          {static_cast<uint32_t>(existing - keys.begin()), dest.weight});
+      entry.port.route.push_back({static_cast<uint32_t>(existing - keys.begin()), dest.weight});
     }
     return entry;
   }
@@ -457,9 +483,9 @@ class Builder {
     const Ref& vs = self.virtual_service;
     routing::Subset subset;
     bool same = &target == &self;
-    std::string name = same ? dest.subset
-                            : (dest.subset.empty() ? target.key
-                                                   : fmt::format("{}/{}", target.key, dest.subset));
+    std::string name =
+        same ? dest.subset
+             : (dest.subset.empty() ? target.key : fmt::format("{}/{}", target.key, dest.subset));
     subset.name = std::move(name);
     const auto& endpoints = target.endpoints[target_port];
     if (dest.subset.empty()) {
@@ -508,14 +534,14 @@ class Builder {
   routing::ProxySettings settings_;
   std::vector<Ref> service_refs_;
   std::vector<Ref> pods_;
-  std::unordered_map<std::string, std::vector<Ref>> slices_;  // by service key
+  ViewMap<std::vector<Ref>> slices_;  // by (service name, namespace)
   std::vector<Ref> virtual_services_;
   std::vector<Ref> destination_rules_;
   Ref proxy_config_;
-  std::unordered_map<std::string, uint32_t> pods_by_name_;
-  std::unordered_map<std::string, std::vector<uint32_t>> pods_by_label_;
+  ViewMap<uint32_t> pods_by_name_;                // (namespace, name)
+  ViewMap<std::vector<uint32_t>> pods_by_label_;  // (namespace, key, value)
   std::vector<ServiceInfo> services_;
-  std::unordered_map<std::string, uint32_t> services_by_key_;
+  ViewMap<uint32_t> services_by_key_;  // (name, namespace)
 };
 
 }  // namespace

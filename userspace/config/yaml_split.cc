@@ -18,6 +18,27 @@ bool isFiller(std::string_view line) {
   return i == 0 && line[0] == '%';
 }
 
+// Cuts the trailing run of blank and column-0 comment lines from its first comment on. Blank
+// lines before that comment stay: they may be content of a `|+` block scalar, which only a
+// less-indented line such as the comment ends.
+std::string_view withoutTrailingComments(std::string_view text) {
+  size_t cut = text.size();
+  size_t end = text.size();
+  while (end > 0) {
+    size_t line_end = text[end - 1] == '\n' ? end - 1 : end;
+    size_t start = line_end == 0 ? 0 : text.rfind('\n', line_end - 1);
+    start = start == std::string_view::npos || line_end == 0 ? 0 : start + 1;
+    std::string_view line = text.substr(start, line_end - start);
+    if (!line.empty() && line.front() == '#') {
+      cut = start;
+    } else if (line.find_first_not_of(" \t\r") != std::string_view::npos) {
+      break;
+    }
+    end = start;
+  }
+  return text.substr(0, cut);
+}
+
 }  // namespace
 
 std::vector<DocumentText> splitDocuments(std::string_view yaml) {
@@ -26,7 +47,9 @@ std::vector<DocumentText> splitDocuments(std::string_view yaml) {
   int start_line = 0;
   bool has_content = false;
   auto flush = [&](size_t end) {
-    if (has_content) out.push_back({yaml.substr(start, end - start), start_line});
+    if (!has_content) return;
+    std::string_view text = yaml.substr(start, end - start);
+    out.push_back({text, withoutTrailingComments(text), start_line});
   };
 
   size_t pos = 0;

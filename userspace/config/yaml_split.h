@@ -7,6 +7,9 @@ namespace remora::config {
 
 struct DocumentText {
   std::string_view text;
+  // `text` without its trailing blank and column-0 comment lines: the cache key, so editing a
+  // comment that introduces the next document does not make this one look changed.
+  std::string_view key;
   int first_line = 0;  // 0-based line in the whole input
 };
 

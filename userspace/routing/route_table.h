@@ -7,12 +7,11 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/ip_address.h"
 #include "common/result.h"
@@ -116,8 +115,8 @@ class Router {
   // decisions for one ServicePort, each subset is chosen exactly weight times, interleaved.
   virtual RouteDecision route(const SocketAddress& original_dst) = 0;
   // Another endpoint in the same subset (then the other subsets) after a failed connect,
-  // skipping `tried`; nullopt when none is left. The failed attempt counts as ended, so the
-  // caller releases only the decision its connection finally used.
+  // skipping `tried` and `failed` itself; nullopt when none is left (and always for a pinned
+  // decision). The caller still release()s `failed`, as for any decision that has ended.
   virtual std::optional<RouteDecision> retry(const RouteDecision& failed,
                                              std::span<const SocketAddress> tried) = 0;
   // Tells LEAST_REQUEST that a connection routed by `decision` has ended.

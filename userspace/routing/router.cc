@@ -74,7 +74,6 @@ class RouterImpl final : public Router {
     const ServicePort& port = *failed.service;
     if (failed.subset_index >= port.subsets.size()) return std::nullopt;
     PortState& state = stateFor(port);
-    releaseIn(port, state, failed);
     auto attempt = [&](uint32_t subset) -> std::optional<RouteDecision> {
       auto endpoint = pickEndpoint(port, state, subset, failed.upstream, tried);
       if (!endpoint) return std::nullopt;
@@ -104,9 +103,9 @@ class RouterImpl final : public Router {
   };
 
   struct PortState {
-    std::vector<uint32_t> live;     // indices into ServicePort::route with weight and endpoints
-    std::vector<int64_t> weight;    // per live entry
-    std::vector<int64_t> current;   // smooth weighted round-robin counter per live entry
+    std::vector<uint32_t> live;    // indices into ServicePort::route with weight and endpoints
+    std::vector<int64_t> weight;   // per live entry
+    std::vector<int64_t> current;  // smooth weighted round-robin counter per live entry
     int64_t total = 0;
     std::vector<SubsetState> subsets;
   };

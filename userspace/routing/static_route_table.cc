@@ -27,8 +27,8 @@ size_t SocketAddressHash::operator()(const SocketAddress& address) const noexcep
   uint64_t hi = 0;
   std::memcpy(&lo, address.ip.bytes.data(), 8);
   std::memcpy(&hi, address.ip.bytes.data() + 8, 8);
-  uint64_t tag = (static_cast<uint64_t>(address.port) << 1) |
-                 (address.ip.family == Family::kIpv6 ? 1 : 0);
+  uint64_t tag =
+      (static_cast<uint64_t>(address.port) << 1) | (address.ip.family == Family::kIpv6 ? 1 : 0);
   return mix(lo ^ mix(hi ^ mix(tag)));
 }
 
@@ -64,16 +64,17 @@ nlohmann::json toJson(const ProxySettings& settings) {
 
 StaticRouteTable::StaticRouteTable(ProxySettings settings, uint64_t generation,
                                    std::vector<ServicePortEntry> entries)
-    : settings_(std::move(settings)), generation_(generation), entries_(std::move(entries)) {}
+    : settings_(settings), generation_(generation), entries_(std::move(entries)) {}
 
 Result<std::shared_ptr<const StaticRouteTable>> StaticRouteTable::create(
     ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries) {
   // make_shared cannot reach the private constructor.
   std::shared_ptr<StaticRouteTable> table(
-      new StaticRouteTable(std::move(settings), generation, std::move(entries)));
+      new StaticRouteTable(settings, generation, std::move(entries)));
   auto& index = table->index_;
   size_t keys = 0;
-  for (const auto& entry : table->entries_) keys += entry.cluster_ips.size() + entry.pod_addresses.size();
+  for (const auto& entry : table->entries_)
+    keys += entry.cluster_ips.size() + entry.pod_addresses.size();
   index.reserve(keys);
 
   const auto& all = table->entries_;
@@ -110,8 +111,8 @@ Result<std::shared_ptr<const StaticRouteTable>> StaticRouteTable::create(
           target.endpoint_index = it->second.second;
         }
       } else {
-        for (uint32_t s = 0; s < port.subsets.size() && target.subset_index == RouteMatch::kNoSubset;
-             ++s) {
+        for (uint32_t s = 0;
+             s < port.subsets.size() && target.subset_index == RouteMatch::kNoSubset; ++s) {
           const auto& endpoints = port.subsets[s].endpoints;
           for (uint32_t e = 0; e < endpoints.size(); ++e) {
             if (endpoints[e].address == pod.endpoint) {

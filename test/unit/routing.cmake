@@ -1,0 +1,19 @@
+# Routing and config libraries (issue remora-proxy): unit tests and the reload benchmark.
+# Registered like remora_add_gtest does, plus a TEST_PREFIX, so that
+# `ctest -L unit -R 'routing|config'` selects exactly these tests.
+include(GoogleTest)
+foreach(_remora_test routing_test config_test)
+  add_executable(${_remora_test} ${CMAKE_CURRENT_LIST_DIR}/${_remora_test}.cc)
+  target_link_libraries(${_remora_test} PRIVATE remora_config remora_routing
+    GTest::gtest GTest::gtest_main)
+  gtest_discover_tests(${_remora_test} TEST_PREFIX "${_remora_test}."
+    PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)
+endforeach()
+target_compile_definitions(config_test PRIVATE
+  REMORA_FIXTURES_DIR="${CMAKE_CURRENT_LIST_DIR}/../fixtures")
+
+# Not a gtest: prints the median load and reload times of a 10,000-Service file.
+add_executable(remora-reload-bench ${CMAKE_CURRENT_LIST_DIR}/../bench/reload_bench.cc)
+target_link_libraries(remora-reload-bench PRIVATE remora_config remora_routing fmt::fmt)
+add_test(NAME reload_bench COMMAND remora-reload-bench)
+set_tests_properties(reload_bench PROPERTIES LABELS bench)
