@@ -82,62 +82,80 @@ std::string explainSetupFailure(int err, const IoUringEnvironment& env) {
                         env.allowed_group ? std::to_string(*env.allowed_group) : "unset");
     }
     if (env.seccomp_mode == 2) {
-      return head + ". Cause: a seccomp filter (the container runtime's default profile) "
-                    "refuses the io_uring syscalls. " + seccomp_fix;
+      return head +
+             ". Cause: a seccomp filter (the container runtime's default profile) "
+             "refuses the io_uring syscalls. " +
+             seccomp_fix;
     }
-    return head + ". Cause: the kernel or a security module (seccomp, SELinux, AppArmor) "
-                  "refused io_uring. " + seccomp_fix;
+    return head +
+           ". Cause: the kernel or a security module (seccomp, SELinux, AppArmor) "
+           "refused io_uring. " +
+           seccomp_fix;
   }
   if (err == ENOSYS) {
     if (env.seccomp_mode == 2) {
       return head + ". Cause: a seccomp filter answers ENOSYS for the io_uring syscalls. " +
              seccomp_fix;
     }
-    return head + ". Cause: this kernel was built without io_uring (CONFIG_IO_URING). "
-                  "Fix: run on a Linux >= 6.1 kernel with io_uring enabled.";
+    return head +
+           ". Cause: this kernel was built without io_uring (CONFIG_IO_URING). "
+           "Fix: run on a Linux >= 6.1 kernel with io_uring enabled.";
   }
   if (err == ENOMEM) {
-    return head + ". Cause: not enough lockable memory for the ring. Fix: raise the "
-                  "memlock limit (ulimit -l) or lower --ring-entries / --buffer-count.";
+    return head +
+           ". Cause: not enough lockable memory for the ring. Fix: raise the "
+           "memlock limit (ulimit -l) or lower --ring-entries / --buffer-count.";
   }
   if (err == EINVAL) {
-    return head + ". Cause: the kernel rejected every set of setup flags tried (it is older "
-                  "than 5.19). Fix: run on a Linux >= 6.1 kernel.";
+    return head +
+           ". Cause: the kernel rejected every set of setup flags tried (it is older "
+           "than 5.19). Fix: run on a Linux >= 6.1 kernel.";
   }
   return head + ". Fix: check the kernel version (>= 6.1) and the container's seccomp profile.";
 }
 
-Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options) {
-  std::unique_ptr<UringRing> ring(new UringRing());
+SetupChoice chooseSetupFlags(const std::function<int(unsigned flags)>& try_setup) {
   struct Attempt {
     unsigned flags;
     const char* name;
   };
-  const Attempt attempts[] = {
+  static constexpr Attempt kAttempts[] = {
       {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
        "SINGLE_ISSUER|DEFER_TASKRUN"},
       {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
        "SINGLE_ISSUER|COOP_TASKRUN"},
       {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},
-      {0, "no flags"},
+      {0, "no optional flags"},
   };
-  int rc = -EINVAL;
-  for (const auto& attempt : attempts) {
-    io_uring_params params{};
-    params.flags = attempt.flags | IORING_SETUP_CQSIZE;
-    params.cq_entries = options.cq_entries;
-    rc = io_uring_queue_init_params(options.sq_entries, &ring->ring_, &params);
-    if (rc == 0) {
-      if (&attempt != &attempts[0]) {
-        ring->fallback_note_ = fmt::format(
-            "the kernel refused io_uring setup flags {}; running with {}", attempts[0].name,
-            attempt.name);
+  SetupChoice choice;
+  for (const Attempt& attempt : kAttempts) {
+    choice.flags = attempt.flags;
+    choice.rc = try_setup(attempt.flags);
+    if (choice.rc == 0) {
+      if (&attempt != &kAttempts[0]) {
+        choice.fallback_note =
+            fmt::format("the kernel refused io_uring setup flags {}; running with {}",
+                        kAttempts[0].name, attempt.name);
       }
-      break;
+      return choice;
     }
-    if (rc != -EINVAL) break;  // only "unknown flag" is worth retrying with fewer flags
+    if (choice.rc != -EINVAL) return choice;  // only "unknown flag" is worth another try
   }
-  if (rc != 0) return Error{-rc, explainSetupFailure(-rc, readIoUringEnvironment())};
+  return choice;
+}
+
+Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options) {
+  std::unique_ptr<UringRing> ring(new UringRing());
+  SetupChoice choice = chooseSetupFlags([&](unsigned flags) {
+    io_uring_params params{};
+    params.flags = flags | IORING_SETUP_CQSIZE;
+    params.cq_entries = options.cq_entries;
+    return io_uring_queue_init_params(options.sq_entries, &ring->ring_, &params);
+  });
+  if (choice.rc != 0) {
+    return Error{-choice.rc, explainSetupFailure(-choice.rc, readIoUringEnvironment())};
+  }
+  ring->fallback_note_ = std::move(choice.fallback_note);
   ring->ring_ready_ = true;
   if (options.buffer_count > 0) {
     if (auto r = ring->setupBuffers(options); !r) return r.error();
@@ -147,14 +165,14 @@ Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options)
 
 Result<void> UringRing::setupBuffers(const RingOptions& options) {
   if ((options.buffer_count & (options.buffer_count - 1)) != 0 || options.buffer_count > 32768) {
-    return makeError(fmt::format("buffer count {} must be a power of two <= 32768",
-                                 options.buffer_count));
+    return makeError(
+        fmt::format("buffer count {} must be a power of two <= 32768", options.buffer_count));
   }
   buffer_count_ = options.buffer_count;
   buffer_size_ = options.buffer_size;
   buf_ring_bytes_ = sizeof(io_uring_buf) * buffer_count_;
-  void* br = mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-                  -1, 0);
+  void* br =
+      mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (br == MAP_FAILED) return errnoError("mmap buffer ring");
   buf_ring_ = static_cast<io_uring_buf_ring*>(br);
   // The buffers themselves are touched only when the kernel fills them, so idle memory stays
@@ -286,8 +304,7 @@ std::span<char> UringRing::buffer(uint16_t id) {
 
 void UringRing::recycleBuffer(uint16_t id) {
   io_uring_buf_ring_add(buf_ring_, buffers_ + size_t{id} * buffer_size_, buffer_size_, id,
-                        io_uring_buf_ring_mask(buffer_count_),
-                        static_cast<int>(pending_recycles_));
+                        io_uring_buf_ring_mask(buffer_count_), static_cast<int>(pending_recycles_));
   ++pending_recycles_;
 }
 
@@ -300,8 +317,8 @@ Result<int> UringRing::submitAndDispatch(CompletionHandler& handler,
   }
   io_uring_cqe* first = nullptr;
   __kernel_timespec ts = toTimespec(max_wait);
-  int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1,
-                                            max_wait.count() < 0 ? nullptr : &ts, nullptr);
+  int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, max_wait.count() < 0 ? nullptr : &ts,
+                                            nullptr);
   timespecs_.clear();
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
     return Error{-rc, fmt::format("io_uring_submit_and_wait: {}", std::strerror(-rc))};

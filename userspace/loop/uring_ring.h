@@ -3,6 +3,7 @@
 #include <liburing.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +35,16 @@ IoUringEnvironment readIoUringEnvironment();
 // and the fix. `err` is the positive errno.
 std::string explainSetupFailure(int err, const IoUringEnvironment& env);
 
+// The setup flags a ring ends up with: the preferred SINGLE_ISSUER|DEFER_TASKRUN first, then
+// plainer sets, moving on only when the kernel answers EINVAL (an unknown flag). `try_setup`
+// returns 0 or a negative errno; rc is the last one.
+struct SetupChoice {
+  int rc = 0;
+  unsigned flags = 0;
+  std::string fallback_note;  // empty when the preferred flags were accepted
+};
+SetupChoice chooseSetupFlags(const std::function<int(unsigned flags)>& try_setup);
+
 // The liburing implementation of Ring. Create it on the thread that will drive it: with
 // SINGLE_ISSUER the creating task is the only one allowed to submit.
 class UringRing final : public Ring {
@@ -54,8 +65,8 @@ class UringRing final : public Ring {
   void recvMultishot(int fd, uint64_t user_data) override;
   void read(int fd, std::span<char> into, uint64_t user_data) override;
   void send(int fd, std::span<const char> data, uint64_t user_data) override;
-  void connect(int fd, const sockaddr* address, socklen_t length,
-               std::chrono::milliseconds timeout, uint64_t user_data) override;
+  void connect(int fd, const sockaddr* address, socklen_t length, std::chrono::milliseconds timeout,
+               uint64_t user_data) override;
   void timeout(std::chrono::milliseconds after, uint64_t user_data) override;
   void cancel(uint64_t target, uint64_t user_data) override;
   void shutdown(int fd, int how, uint64_t user_data) override;

@@ -8,7 +8,7 @@ namespace remora::loop {
 // the owner of a slot table tell a late completion for a reused slot from a current one.
 struct UserData {
   uint8_t op = 0;
-  uint32_t slot = 0;        // < kMaxSlots
+  uint32_t slot = 0;  // < kMaxSlots
   uint32_t generation = 0;
 
   static constexpr uint32_t kMaxSlots = 1u << 24;
@@ -18,8 +18,7 @@ struct UserData {
   }
   static constexpr UserData decode(uint64_t raw) {
     return UserData{static_cast<uint8_t>(raw >> 56),
-                    static_cast<uint32_t>(raw >> 32) & (kMaxSlots - 1),
-                    static_cast<uint32_t>(raw)};
+                    static_cast<uint32_t>(raw >> 32) & (kMaxSlots - 1), static_cast<uint32_t>(raw)};
   }
   constexpr bool operator==(const UserData&) const = default;
 };

@@ -8,13 +8,20 @@ namespace {
 
 const char* reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 413:
+      return "Payload Too Large";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Unknown";
   }
 }
 
@@ -100,9 +107,7 @@ HttpRequestParser::Status HttpRequestParser::finish() {
   return Status::kError;
 }
 
-HttpResponse badRequest(int status, const std::string& why) {
-  return text(status, why + "\n");
-}
+HttpResponse badRequest(int status, const std::string& why) { return text(status, why + "\n"); }
 
 HttpResponse handleAdminRequest(const HttpRequest& request, const AdminHooks& hooks) {
   const std::string& path = request.path;
@@ -113,9 +118,8 @@ HttpResponse handleAdminRequest(const HttpRequest& request, const AdminHooks& ho
     return fn();
   };
   if (path == "/ready") {
-    return only(get, [&] {
-      return hooks.ready() ? text(200, "LIVE\n") : text(503, "NOT READY\n");
-    });
+    return only(get,
+                [&] { return hooks.ready() ? text(200, "LIVE\n") : text(503, "NOT READY\n"); });
   }
   if (path == "/stats/prometheus" || (path == "/stats" && request.query == "format=prometheus")) {
     return only(get, [&] {

@@ -1,10 +1,10 @@
 #include "proxy/cli.h"
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <charconv>
 
 namespace remora::proxy {
@@ -82,10 +82,9 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     return 64;
   };
   SettingOverrides& o = options.overrides;
-  for (auto [flag, text, target] :
-       {std::tuple{"--outbound-listen", &outbound, &o.outbound_listen},
-        std::tuple{"--inbound-listen", &inbound, &o.inbound_listen},
-        std::tuple{"--admin-listen", &admin, &o.admin_listen}}) {
+  for (auto [flag, text, target] : {std::tuple{"--outbound-listen", &outbound, &o.outbound_listen},
+                                    std::tuple{"--inbound-listen", &inbound, &o.inbound_listen},
+                                    std::tuple{"--admin-listen", &admin, &o.admin_listen}}) {
     if (text->empty()) continue;
     auto a = SocketAddress::parse(*text);
     if (!a) return fail(flag, a.error());

@@ -108,6 +108,7 @@ struct WorkerThread {
   WorkerStats stats;
   std::thread thread;
   std::atomic<bool> finished{false};
+  std::atomic<bool> ring_fallback{false};  // its ring runs with fallback setup flags
 
   template <typename Fn>
   void post(Fn&& modify) {
@@ -116,7 +117,8 @@ struct WorkerThread {
       modify(pending);
     }
     uint64_t one = 1;
-    if (::write(wake_fd, &one, sizeof(one)) < 0) spdlog::error("wake worker: {}", std::strerror(errno));
+    if (::write(wake_fd, &one, sizeof(one)) < 0)
+      spdlog::error("wake worker: {}", std::strerror(errno));
   }
 };
 
@@ -136,6 +138,8 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
     ready.set_value(ring.error());
     return;
   }
+  // The control ring already logged the same refusal once; workers only count theirs.
+  if (!(*ring)->fallbackNote().empty()) wt.ring_fallback.store(true);
   SystemSocketOps sockets;
   Worker worker(**ring, sockets, wt.stats, start.routers, workerSettings(start.settings));
   if (start.settings.access_log) {
@@ -201,7 +205,8 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   }
   wt.finished.store(true);
   uint64_t one = 1;
-  if (::write(start.done_fd, &one, sizeof(one)) < 0) spdlog::error("worker done: {}", std::strerror(errno));
+  if (::write(start.done_fd, &one, sizeof(one)) < 0)
+    spdlog::error("worker done: {}", std::strerror(errno));
 }
 
 struct AdminConn {
@@ -232,13 +237,17 @@ class Control final : public loop::CompletionHandler {
   bool reload(bool force);
   void beginDrain(bool exit_after);
   void checkWorkersDone();
-  void armRead(ControlOp op, int fd, std::span<char> into) { ring_->read(fd, into, controlTag(op)); }
+  void armRead(ControlOp op, int fd, std::span<char> into) {
+    ring_->read(fd, into, controlTag(op));
+  }
   void onSignal(const Completion& c);
   void onInotify(const Completion& c);
   void onAdmin(ControlOp op, uint32_t slot, const Completion& c);
   void respond(uint32_t slot, const HttpResponse& response);
   void closeAdmin(uint32_t slot);
-  bool ready() const { return !draining_ && workers_started_ && (options_.config_path.empty() || table_); }
+  bool ready() const {
+    return !draining_ && workers_started_ && (options_.config_path.empty() || table_);
+  }
   StatsSnapshot snapshot() const;
   nlohmann::json configDump() const;
   std::string clusters() const;
@@ -326,15 +335,14 @@ int Control::run() {
     // Watch the directory, not the file: editors and ConfigMap volumes replace the file (or the
     // ..data symlink) by rename, which a watch on the old inode would never see.
     inotify_fd_ = inotify_init1(IN_CLOEXEC);
-    if (inotify_fd_ < 0 ||
-        inotify_add_watch(inotify_fd_, config_dir_.c_str(),
-                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+    if (inotify_fd_ < 0 || inotify_add_watch(inotify_fd_, config_dir_.c_str(),
+                                             IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
       spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_dir_, std::strerror(errno));
     }
     reload(true);
   }
-  settings_ = effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{},
-                                options_.overrides);
+  settings_ =
+      effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{}, options_.overrides);
 
   auto admin = openListener(settings_.admin_listen, 128);
   if (!admin) {
@@ -368,8 +376,8 @@ int Control::run() {
       "remora-proxy started: outbound {} inbound {} admin {} workers {} policy {} config "
       "generation {}",
       settings_.outbound_listen.toString(), settings_.inbound_listen.toString(),
-      settings_.admin_listen.toString(), options_.concurrency, policyName(settings_.outbound_policy),
-      generation_);
+      settings_.admin_listen.toString(), options_.concurrency,
+      policyName(settings_.outbound_policy), generation_);
 
   while (!exit_) {
     auto r = ring_->submitAndDispatch(*this, std::chrono::milliseconds(-1));
@@ -439,10 +447,16 @@ bool Control::reload(bool force) {
   }
   if (!force && read_ok && table_ && text == last_text_) return false;  // touched, not changed
   Result<std::shared_ptr<const routing::RouteTable>> loaded =
-      read_ok ? loader_(text, generation_ + 1, routing::ProxySettings{})
-              : Result<std::shared_ptr<const routing::RouteTable>>(
-                    makeError(fmt::format("cannot read {}: {}", options_.config_path,
-                                          std::strerror(errno))));
+      makeError(fmt::format("cannot read {}: {}", options_.config_path, std::strerror(errno)));
+  if (read_ok) {
+    // The loader reports errors as values; a stray exception from a YAML library must still
+    // only reject this config, never take the proxy down.
+    try {
+      loaded = loader_(text, generation_ + 1, routing::ProxySettings{});
+    } catch (const std::exception& e) {
+      loaded = makeError(fmt::format("config loader failed: {}", e.what()));
+    }
+  }
   if (!loaded) {
     ++reload_failures_;
     last_reload_ok_ = false;
@@ -613,8 +627,8 @@ void Control::onInotify(const Completion& c) {
 }
 
 void Control::onAdmin(ControlOp op, uint32_t slot, const Completion& c) {
-  if (slot >= admin_.size() || !admin_[slot].in_use || admin_[slot].generation !=
-      UserData::decode(c.user_data).generation) {
+  if (slot >= admin_.size() || !admin_[slot].in_use ||
+      admin_[slot].generation != UserData::decode(c.user_data).generation) {
     return;
   }
   AdminConn& a = admin_[slot];
@@ -633,8 +647,8 @@ void Control::onAdmin(ControlOp op, uint32_t slot, const Completion& c) {
       closeAdmin(slot);
       return;
     }
-    auto status = c.res == 0 ? a.parser->finish()
-                             : a.parser->feed(std::string_view(a.buf.data(), c.res));
+    auto status =
+        c.res == 0 ? a.parser->finish() : a.parser->feed(std::string_view(a.buf.data(), c.res));
     switch (status) {
       case HttpRequestParser::Status::kIncomplete:
         ++a.inflight;
@@ -693,6 +707,7 @@ StatsSnapshot Control::snapshot() const {
   p.draining = draining_;
   p.ready = ready();
   p.io_uring_setup_fallbacks = setup_fallbacks_;
+  for (const auto& w : workers_) p.io_uring_setup_fallbacks += w->ring_fallback.load() ? 1 : 0;
   p.workers = static_cast<unsigned>(workers_.size());
   return aggregate(stats, p);
 }
@@ -724,8 +739,8 @@ std::string Control::clusters() const {
   StatsSnapshot s = snapshot();
   std::string out;
   for (const auto& [key, t] : s.endpoints) {
-    const std::string prefix = fmt::format("{}|{}|{}", key.service, key.subset,
-                                           key.endpoint.empty() ? "-" : key.endpoint);
+    const std::string prefix =
+        fmt::format("{}|{}|{}", key.service, key.subset, key.endpoint.empty() ? "-" : key.endpoint);
     fmt::format_to(std::back_inserter(out),
                    "{0}::cx_total::{1}\n{0}::cx_active::{2}\n{0}::cx_connect_fail::{3}\n"
                    "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n",

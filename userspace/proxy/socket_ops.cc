@@ -29,8 +29,7 @@ Result<SocketAddress> SystemSocketOps::originalDestination(int fd, Family family
 std::optional<SocketAddress> SystemSocketOps::localAddress(int fd) { return nameOf(fd, false); }
 std::optional<SocketAddress> SystemSocketOps::peerAddress(int fd) { return nameOf(fd, true); }
 
-Result<int> SystemSocketOps::upstreamSocket(Family family,
-                                            const std::optional<IpAddress>& source) {
+Result<int> SystemSocketOps::upstreamSocket(Family family, const std::optional<IpAddress>& source) {
   int domain = family == Family::kIpv6 ? AF_INET6 : AF_INET;
   int fd = socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errnoError("socket");

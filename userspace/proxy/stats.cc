@@ -100,8 +100,7 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   perEndpoint(out, s, "remora_tcp_connections_closed_total", "counter",
               "Relayed TCP connections that have closed.",
               [](const EndpointTotals& t) { return t.closed; });
-  perEndpoint(out, s, "remora_tcp_active_connections", "gauge",
-              "Relayed TCP connections open now.",
+  perEndpoint(out, s, "remora_tcp_active_connections", "gauge", "Relayed TCP connections open now.",
               [](const EndpointTotals& t) { return t.opened - std::min(t.opened, t.closed); });
   perEndpoint(out, s, "remora_tcp_sent_bytes_total", "counter",
               "Bytes sent to the downstream client (response direction).",
@@ -141,7 +140,8 @@ std::string renderPrometheus(const StatsSnapshot& s) {
          s.process.config_reload_failures);
   single(out, "remora_config_last_reload_success", "gauge",
          "1 when the last configuration load succeeded.", s.process.config_last_reload_ok ? 1 : 0);
-  single(out, "remora_server_ready", "gauge", "1 when /ready answers 200.", s.process.ready ? 1 : 0);
+  single(out, "remora_server_ready", "gauge", "1 when /ready answers 200.",
+         s.process.ready ? 1 : 0);
   single(out, "remora_server_draining", "gauge", "1 while draining.", s.process.draining ? 1 : 0);
   single(out, "remora_io_uring_setup_fallbacks_total", "counter",
          "Rings created with fallback setup flags because the kernel refused the preferred ones.",

@@ -17,7 +17,9 @@ namespace remora::proxy {
 
 class Counter {
  public:
-  void add(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(uint64_t n) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   void inc() { add(1); }
   uint64_t get() const { return value_.load(std::memory_order_relaxed); }
 
@@ -30,7 +32,10 @@ struct EndpointKey {
   std::string service;   // destination_service: "name.namespace", PassthroughCluster, ...
   std::string subset;    // destination_subset
   std::string endpoint;  // destination_endpoint: "ip:port"
-  auto operator<=>(const EndpointKey&) const = default;
+  bool operator==(const EndpointKey&) const = default;
+  bool operator<(const EndpointKey& o) const {
+    return std::tie(service, subset, endpoint) < std::tie(o.service, o.subset, o.endpoint);
+  }
 };
 
 inline constexpr const char* kPassthroughCluster = "PassthroughCluster";
@@ -38,7 +43,7 @@ inline constexpr const char* kInboundCluster = "InboundPassthroughCluster";
 inline constexpr const char* kBlackHoleCluster = "BlackHoleCluster";
 
 struct EndpointCounters {
-  Counter opened;            // upstream connected, relaying started
+  Counter opened;  // upstream connected, relaying started
   Counter closed;
   Counter sent_bytes;        // to the downstream client (the response direction)
   Counter received_bytes;    // from the downstream client (the request direction)
@@ -48,13 +53,13 @@ struct EndpointCounters {
 // Worker-wide counters without destination labels.
 struct WorkerCounters {
   Counter accepted;
-  Counter passthrough;         // connections to an unknown destination, passed through
-  Counter refused_registry;    // refused by REGISTRY_ONLY
-  Counter refused_no_upstream; // every connect attempt failed
-  Counter no_original_dst;     // accepted without a recoverable original destination
+  Counter passthrough;          // connections to an unknown destination, passed through
+  Counter refused_registry;     // refused by REGISTRY_ONLY
+  Counter refused_no_upstream;  // every connect attempt failed
+  Counter no_original_dst;      // accepted without a recoverable original destination
   Counter accept_errors;
-  Counter buffer_exhausted;    // -ENOBUFS on recv: re-armed once buffers came back
-  Counter stale_completions;   // completions for a slot that was reused since
+  Counter buffer_exhausted;   // -ENOBUFS on recv: re-armed once buffers came back
+  Counter stale_completions;  // completions for a slot that was reused since
 };
 
 class WorkerStats {
@@ -115,7 +120,8 @@ struct StatsSnapshot {
   ProcessSample process;
 };
 
-StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers, const ProcessSample& process);
+StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
+                        const ProcessSample& process);
 
 // The Prometheus text exposition format (version 0.0.4).
 std::string renderPrometheus(const StatsSnapshot& snapshot);

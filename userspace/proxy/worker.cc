@@ -14,9 +14,6 @@ using loop::Completion;
 using loop::UserData;
 using routing::RouteDecision;
 
-// Chunks queued toward one side before its source stops receiving (backpressure): with 16 KiB
-// buffers that is 64 KiB in flight per direction, and no connection can hoard the buffer ring.
-constexpr size_t kMaxQueuedChunks = 4;
 constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 
 }  // namespace
@@ -27,7 +24,7 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       sockets_(sockets),
       stats_(stats),
       router_factory_(std::move(router_factory)),
-      settings_(std::move(settings)) {}
+      settings_(settings) {}
 
 Worker::~Worker() {
   for (auto& l : listeners_) {
@@ -120,8 +117,7 @@ void Worker::onCompletion(const Completion& c) {
     case Op::kControl:
       if (on_control_) on_control_();
       if (control_fd_ >= 0) {
-        ring_.read(control_fd_,
-                   {reinterpret_cast<char*>(&control_value_), sizeof(control_value_)},
+        ring_.read(control_fd_, {reinterpret_cast<char*>(&control_value_), sizeof(control_value_)},
                    tag(Op::kControl, 0, 0));
       }
       return;
@@ -347,7 +343,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
   if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved ||
-      d.queued() >= kMaxQueuedChunks) {
+      d.queued() >= Worker::kMaxQueuedChunks) {
     return;
   }
   ring_.recvMultishot(from_client ? conn.client_fd : conn.upstream_fd,
@@ -373,7 +369,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
       conn.counters->received_bytes.add(static_cast<uint64_t>(c.res));
     }
     pump(slot, from_client);
-    if (d.recv_armed && !d.recv_cancelling && d.queued() >= kMaxQueuedChunks) {
+    if (d.recv_armed && !d.recv_cancelling && d.queued() >= Worker::kMaxQueuedChunks) {
       // Backpressure: the other side is slower; stop reading until the queue drains.
       ring_.cancel(tag(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot, conn.generation),
                    tag(Op::kCancelRecv, slot));

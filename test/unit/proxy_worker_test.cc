@@ -1,0 +1,321 @@
+// The connection state machine, driven by a fake ring: the test plays the kernel's completions.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include "proxy/worker.h"
+#include "proxy_fakes.h"
+
+namespace remora::proxy {
+namespace {
+
+using loop::Completion;
+using loop::UserData;
+using testing::FakeRing;
+using testing::FakeRouter;
+using testing::FakeSockets;
+using testing::FakeTable;
+using testing::RecordedOp;
+
+constexpr int kListenFd = 100;
+constexpr int kClientFd = 200;
+const char* kVip = "10.1.122.241:9999";
+
+Completion done(uint64_t ud, int res, bool more = false) {
+  return {ud, res, more ? uint32_t{IORING_CQE_F_MORE} : 0u};
+}
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    table_ = std::make_shared<FakeTable>();
+    table_->addService(kVip, "bill-service.istio-demo", {"10.244.1.168:80", "10.244.2.74:80"});
+    worker_ = std::make_unique<Worker>(
+        ring_, sockets_, stats_,
+        [this](std::shared_ptr<const routing::RouteTable> t) {
+          auto r = std::make_unique<FakeRouter>(std::move(t));
+          router_ = r.get();
+          return r;
+        },
+        settings_);
+    worker_->setTable(table_, settings_);
+    worker_->addListener(kListenFd, ListenerKind::kOutbound, Family::kIpv4);
+  }
+
+  // Accepts a client whose original destination is `dst`; returns the accept op's tag.
+  void accept(int fd, const std::string& dst) {
+    sockets_.original[fd] = *SocketAddress::parse(dst);
+    auto acc = ring_.last(RecordedOp::kAccept, kListenFd);
+    ASSERT_TRUE(acc);
+    worker_->onCompletion(done(acc->user_data, fd, true));
+  }
+
+  // Accept + connect success; returns the upstream fd.
+  int establish(int client_fd, const std::string& dst = kVip) {
+    accept(client_fd, dst);
+    auto c = ring_.last(RecordedOp::kConnect);
+    EXPECT_TRUE(c);
+    worker_->onCompletion(done(c->user_data, 0));
+    return c->fd;
+  }
+
+  void completeAll(RecordedOp::Kind kind, int fd, int res) {
+    for (const auto& op : std::vector<RecordedOp>(ring_.ops)) {
+      if (op.kind == kind && op.fd == fd) worker_->onCompletion(done(op.user_data, res));
+    }
+  }
+
+  EndpointCounters& endpoint(const std::string& service, const std::string& subset,
+                             const std::string& ep) {
+    return stats_.endpoint(EndpointKey{service, subset, ep});
+  }
+
+  FakeRing ring_;
+  FakeSockets sockets_;
+  WorkerStats stats_;
+  WorkerSettings settings_;
+  std::shared_ptr<FakeTable> table_;
+  FakeRouter* router_ = nullptr;
+  std::unique_ptr<Worker> worker_;
+};
+
+TEST_F(WorkerTest, RelaysBothWaysAndClosesAfterBothHalfCloses) {
+  int up = establish(kClientFd);
+  auto connect = *ring_.last(RecordedOp::kConnect);
+  EXPECT_EQ(connect.address.toString(), "10.244.1.168:80");
+  EXPECT_EQ(connect.timeout, settings_.connect_timeout);
+  auto client_recv = ring_.last(RecordedOp::kRecv, kClientFd);
+  auto up_recv = ring_.last(RecordedOp::kRecv, up);
+  ASSERT_TRUE(client_recv && up_recv);
+
+  worker_->onCompletion(ring_.recvCompletion(client_recv->user_data, "GET / HTTP/1.1\r\n\r\n"));
+  auto s1 = ring_.last(RecordedOp::kSend, up);
+  ASSERT_TRUE(s1);
+  EXPECT_EQ(s1->data, "GET / HTTP/1.1\r\n\r\n");
+  worker_->onCompletion(done(s1->user_data, static_cast<int>(s1->data.size())));
+  EXPECT_EQ(ring_.recycled, 1u);
+
+  worker_->onCompletion(ring_.recvCompletion(up_recv->user_data, "this is bill-service-v1"));
+  auto s2 = ring_.last(RecordedOp::kSend, kClientFd);
+  ASSERT_TRUE(s2);
+  // A short send: the rest goes out from the same buffer.
+  worker_->onCompletion(done(s2->user_data, 5));
+  auto s3 = ring_.last(RecordedOp::kSend, kClientFd);
+  EXPECT_EQ(s3->data, "is bill-service-v1");
+  worker_->onCompletion(done(s3->user_data, static_cast<int>(s3->data.size())));
+
+  // Upstream EOF: half-close toward the client, keep the other direction open.
+  worker_->onCompletion(done(up_recv->user_data, 0));
+  auto shut_client = ring_.last(RecordedOp::kShutdown, kClientFd);
+  ASSERT_TRUE(shut_client);
+  EXPECT_EQ(shut_client->how, SHUT_WR);
+  worker_->onCompletion(done(shut_client->user_data, 0));
+  EXPECT_EQ(ring_.count(RecordedOp::kTeardown), 0u);
+
+  worker_->onCompletion(done(client_recv->user_data, 0));
+  auto shut_up = ring_.last(RecordedOp::kShutdown, up);
+  ASSERT_TRUE(shut_up);
+  worker_->onCompletion(done(shut_up->user_data, 0));
+  // Explicit teardown of both sockets; the slot is freed when its three steps each complete.
+  ASSERT_EQ(ring_.count(RecordedOp::kTeardown), 2u);
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+  for (int i = 0; i < 3; ++i) {
+    completeAll(RecordedOp::kTeardown, kClientFd, 0);
+  }
+  for (int i = 0; i < 3; ++i) completeAll(RecordedOp::kTeardown, up, 0);
+  worker_->stopAccepting();
+  EXPECT_TRUE(worker_->quiescent());
+
+  auto& ep = endpoint("bill-service.istio-demo", "v1", "10.244.1.168:80");
+  EXPECT_EQ(ep.opened.get(), 1u);
+  EXPECT_EQ(ep.closed.get(), 1u);
+  EXPECT_EQ(ep.received_bytes.get(), 18u);
+  EXPECT_EQ(ep.sent_bytes.get(), 23u);
+  EXPECT_EQ(router_->released, 1);
+  EXPECT_EQ(ring_.recycled, 2u);
+}
+
+TEST_F(WorkerTest, ConnectFailureRetriesAnotherEndpoint) {
+  accept(kClientFd, kVip);
+  auto first = *ring_.last(RecordedOp::kConnect);
+  worker_->onCompletion(done(first.user_data, -ECONNREFUSED));
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, first.fd));  // the failed socket is closed
+  auto second = *ring_.last(RecordedOp::kConnect);
+  EXPECT_NE(second.fd, first.fd);
+  EXPECT_NE(second.address, first.address);
+  worker_->onCompletion(done(second.user_data, 0));
+  EXPECT_TRUE(ring_.last(RecordedOp::kRecv, second.fd));
+  EXPECT_EQ(
+      endpoint("bill-service.istio-demo", "v1", first.address.toString()).connect_failures.get(),
+      1u);
+  EXPECT_EQ(endpoint("bill-service.istio-demo", "v1", second.address.toString()).opened.get(), 1u);
+}
+
+TEST_F(WorkerTest, GivesUpAfterEveryEndpointFailedOrTimedOut) {
+  accept(kClientFd, kVip);
+  worker_->onCompletion(done(ring_.last(RecordedOp::kConnect)->user_data, -ECONNREFUSED));
+  // -ECANCELED: the linked timeout fired.
+  worker_->onCompletion(done(ring_.last(RecordedOp::kConnect)->user_data, -ECANCELED));
+  EXPECT_EQ(ring_.count(RecordedOp::kConnect), 2u);
+  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  EXPECT_EQ(stats_.counters().refused_no_upstream.get(), 1u);
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+}
+
+TEST_F(WorkerTest, RetriesStopAtMaxConnectAttempts) {
+  settings_.max_connect_attempts = 1;
+  worker_->setTable(table_, settings_);
+  accept(kClientFd, kVip);
+  worker_->onCompletion(done(ring_.last(RecordedOp::kConnect)->user_data, -EHOSTUNREACH));
+  EXPECT_EQ(ring_.count(RecordedOp::kConnect), 1u);
+  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+}
+
+TEST_F(WorkerTest, UnknownDestinationPassesThroughToTheOriginalAddress) {
+  accept(kClientFd, "10.244.3.3:8080");
+  auto c = ring_.last(RecordedOp::kConnect);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->address.toString(), "10.244.3.3:8080");
+  EXPECT_EQ(stats_.counters().passthrough.get(), 1u);
+  worker_->onCompletion(done(c->user_data, 0));
+  EXPECT_EQ(endpoint(kPassthroughCluster, "", "").opened.get(), 1u);
+}
+
+TEST_F(WorkerTest, RegistryOnlyRefusesUnknownDestinations) {
+  settings_.outbound_policy = routing::OutboundPolicy::kRegistryOnly;
+  worker_->setTable(table_, settings_);
+  accept(kClientFd, "10.244.3.3:8080");
+  EXPECT_EQ(ring_.count(RecordedOp::kConnect), 0u);
+  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  EXPECT_EQ(stats_.counters().refused_registry.get(), 1u);
+  // Known services still route.
+  accept(kClientFd + 1, kVip);
+  EXPECT_EQ(ring_.count(RecordedOp::kConnect), 1u);
+}
+
+TEST_F(WorkerTest, ConnectionsNotRedirectedAreRefusedInsteadOfLooping) {
+  sockets_.local[kClientFd] = *SocketAddress::parse("127.0.0.1:15001");
+  accept(kClientFd, "127.0.0.1:15001");
+  EXPECT_EQ(ring_.count(RecordedOp::kConnect), 0u);
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 1u);
+  sockets_.original.clear();
+  auto acc = ring_.last(RecordedOp::kAccept, kListenFd);
+  worker_->onCompletion(done(acc->user_data, kClientFd + 1, true));  // ENOENT from getsockopt
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 2u);
+}
+
+TEST_F(WorkerTest, InboundConnectsToTheOriginalDestinationFrom127_0_0_6) {
+  worker_->addListener(101, ListenerKind::kInbound, Family::kIpv4);
+  sockets_.original[kClientFd] = *SocketAddress::parse("10.244.0.5:8080");
+  worker_->onCompletion(done(ring_.last(RecordedOp::kAccept, 101)->user_data, kClientFd, true));
+  auto c = ring_.last(RecordedOp::kConnect);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->address.toString(), "10.244.0.5:8080");
+  ASSERT_EQ(sockets_.sources.size(), 1u);
+  EXPECT_EQ(sockets_.sources[0]->toString(), "127.0.0.6");
+  worker_->onCompletion(done(c->user_data, 0));
+  EXPECT_EQ(endpoint(kInboundCluster, "", "10.244.0.5:8080").opened.get(), 1u);
+}
+
+TEST_F(WorkerTest, LateCompletionForAReusedSlotIsDetectedAndItsBufferReturned) {
+  int up = establish(kClientFd);
+  auto old_recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  worker_->onCompletion(done(old_recv.user_data, -ECONNRESET));  // abort
+  for (int i = 0; i < 3; ++i) {
+    completeAll(RecordedOp::kTeardown, kClientFd, 0);
+    completeAll(RecordedOp::kTeardown, up, 0);
+  }
+  worker_->onCompletion(done(ring_.last(RecordedOp::kRecv, up)->user_data, -ECANCELED));
+  // The slot is reused by the next connection with a new generation.
+  establish(kClientFd + 1);
+  auto new_recv = *ring_.last(RecordedOp::kRecv, kClientFd + 1);
+  EXPECT_EQ(UserData::decode(new_recv.user_data).slot, UserData::decode(old_recv.user_data).slot);
+  EXPECT_NE(new_recv.user_data, old_recv.user_data);
+  size_t recycled = ring_.recycled;
+  size_t sends = ring_.count(RecordedOp::kSend);
+  worker_->onCompletion(ring_.recvCompletion(old_recv.user_data, "stale"));
+  EXPECT_EQ(ring_.recycled, recycled + 1);
+  EXPECT_EQ(ring_.count(RecordedOp::kSend), sends);
+  EXPECT_EQ(stats_.counters().stale_completions.get(), 1u);
+}
+
+TEST_F(WorkerTest, NoBuffersMeansReplenishAndRearm) {
+  int up = establish(kClientFd);
+  (void)up;
+  auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  ring_.drainBuffers();
+  worker_->onCompletion(done(recv.user_data, -ENOBUFS));
+  worker_->afterBatch();
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 1u);  // nothing to re-arm with yet
+  ring_.addBuffer(0);
+  worker_->afterBatch();
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);
+  EXPECT_EQ(stats_.counters().buffer_exhausted.get(), 1u);
+}
+
+TEST_F(WorkerTest, SlowPeerStopsTheReceiveUntilTheQueueDrains) {
+  int up = establish(kClientFd);
+  auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  constexpr size_t kMax = Worker::kMaxQueuedChunks;
+  for (size_t i = 0; i < kMax; ++i) {
+    worker_->onCompletion(ring_.recvCompletion(recv.user_data, "x"));
+  }
+  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), 1u);  // one send in flight at a time
+  auto cancel = ring_.last(RecordedOp::kCancel);
+  ASSERT_TRUE(cancel);
+  EXPECT_EQ(cancel->target, recv.user_data);
+  worker_->onCompletion(done(cancel->user_data, 0));
+  worker_->onCompletion(done(recv.user_data, -ECANCELED));
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 1u);
+  for (size_t i = 0; i < kMax; ++i) {
+    worker_->onCompletion(done(ring_.last(RecordedOp::kSend, up)->user_data, 1));
+  }
+  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), kMax);
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);  // re-armed once drained
+}
+
+TEST_F(WorkerTest, OpenConnectionsKeepTheirUpstreamAcrossATableSwap) {
+  int up = establish(kClientFd);
+  auto next = std::make_shared<FakeTable>(2);
+  next->addService(kVip, "bill-service.istio-demo", {"10.244.9.9:80"});
+  worker_->setTable(next, settings_);
+  // The old connection keeps relaying to its upstream.
+  auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "more"));
+  EXPECT_TRUE(ring_.last(RecordedOp::kSend, up));
+  // New connections use the new table.
+  accept(kClientFd + 1, kVip);
+  EXPECT_EQ(ring_.last(RecordedOp::kConnect)->address.toString(), "10.244.9.9:80");
+}
+
+TEST_F(WorkerTest, DrainClosesListenersAndAbortClosesConnections) {
+  establish(kClientFd);
+  worker_->stopAccepting();
+  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kListenFd));
+  EXPECT_EQ(worker_->activeConnections(), 1u);
+  EXPECT_FALSE(worker_->quiescent());
+  worker_->abortAll();
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+}
+
+TEST_F(WorkerTest, AccessLogLineNamesTheRoute) {
+  std::vector<std::string> lines;
+  worker_->setAccessLog([&](const std::string& l) { lines.push_back(l); });
+  establish(kClientFd);
+  worker_->abortAll();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("original_dst=10.1.122.241:9999"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find("service=bill-service.istio-demo subset=v1 upstream=10.244.1.168:80"),
+            std::string::npos)
+      << lines[0];
+  EXPECT_NE(lines[0].find("outcome=aborted"), std::string::npos);
+}
+
+TEST(UserDataTest, RoundTripsOpSlotAndGeneration) {
+  UserData ud{7, 0xabcdef, 0xdeadbeef};
+  EXPECT_EQ(UserData::decode(ud.encode()), ud);
+  EXPECT_NE(ud.encode(), loop::kIgnoredUserData);
+}
+
+}  // namespace
+}  // namespace remora::proxy
