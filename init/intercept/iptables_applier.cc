@@ -8,6 +8,7 @@
 #include "intercept/applier.h"
 #include "intercept/backend.h"
 #include "intercept/iptables_save.h"
+#include "intercept/loopback.h"
 #include "intercept/plan.h"
 
 namespace remora::intercept {
@@ -155,6 +156,13 @@ class IptablesApplier : public Applier {
     std::vector<const FamilyChange*> applied;
     for (const auto& change : *changes) {
       report.backend = change.tools.name();
+      if (change.plan.family == Family::kIpv6) {
+        // The proxy's IPv6 inbound passthrough source must be a local address (see loopback.h).
+        auto added = addLoopbackAddress(passthroughSourceV6());
+        if (!added) {
+          return makeError(fmt::format("{}{}", added.error().message, rollBack(applied)));
+        }
+      }
       if (!change.needed) {
         report.lines.push_back(
             fmt::format("{}: already installed, nothing changed", change.tools.name()));
@@ -197,12 +205,17 @@ class IptablesApplier : public Applier {
                       familyName(change.plan.family), change.tools.restore,
                       change.needed ? "" : " (already installed: install would change nothing)");
       text += change.input;
+      if (change.plan.family == Family::kIpv6) {
+        text += fmt::format("# and {}/128 is added to lo (the IPv6 inbound passthrough source)\n",
+                            passthroughSourceV6().toString());
+      }
     }
     return text;
   }
 
   Result<ApplyReport> uninstall() override {
     ApplyReport report;
+    bool removed_v6 = false;
     for (auto backend : {IptablesBackend::kNft, IptablesBackend::kLegacy}) {
       for (auto family : {Family::kIpv4, Family::kIpv6}) {
         auto tools = toolsFor(backend, family);
@@ -214,8 +227,13 @@ class IptablesApplier : public Applier {
           report.backend = tools.name();
           report.lines.push_back(
               fmt::format("{}: removed Remora's chains and jumps", tools.name()));
+          removed_v6 = removed_v6 || family == Family::kIpv6;
         }
       }
+    }
+    if (removed_v6) {
+      auto gone = removeLoopbackAddress(passthroughSourceV6());
+      if (!gone) return gone.error();
     }
     if (!report.changed) report.lines.emplace_back("nothing installed; nothing changed");
     return report;

@@ -193,10 +193,15 @@ TEST_P(InitE2e, UninstallRestoresThePreInstallRulesetWithForeignRulesIntact) {
   auto before6 = natRules("ip6tables");
   ASSERT_EQ(init({"install"}).exit_code, 0);
   EXPECT_NE(natRules(), before);
+  // IPv6's inbound passthrough source ::6 is made local while installed, and only then.
+  auto lo = world_->exec(front_, {"ip", "-6", "addr", "show", "dev", "lo"});
+  EXPECT_NE(lo->out.find("::6/128"), std::string::npos) << lo->out;
   auto out = init({"uninstall"});
   ASSERT_EQ(out.exit_code, 0) << out.err;
   EXPECT_EQ(natRules(), before);
   EXPECT_EQ(natRules("ip6tables"), before6);
+  lo = world_->exec(front_, {"ip", "-6", "addr", "show", "dev", "lo"});
+  EXPECT_EQ(lo->out.find("::6/128"), std::string::npos) << lo->out;
   auto again = init({"uninstall"});
   EXPECT_EQ(again.exit_code, 0);
   EXPECT_NE(again.out.find("nothing changed"), std::string::npos) << again.out;

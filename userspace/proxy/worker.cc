@@ -269,6 +269,14 @@ bool Worker::routeOutbound(uint32_t slot) {
     conn.table = table_;
     return true;
   }
+  if (d.kind == RouteDecision::Kind::kRefused && d.service != nullptr) {
+    // A known Service with no endpoint to take it: close, never pass it on to the ClusterIP.
+    stats_.counters().refused_no_upstream.inc();
+    conn.decision = RouteDecision{};
+    conn.decision.kind = RouteDecision::Kind::kRefused;
+    closeConnection(slot, "no_healthy_upstream");
+    return false;
+  }
   // Unknown destination: the effective policy (flags over ProxyConfig) decides.
   if (settings_.outbound_policy == routing::OutboundPolicy::kRegistryOnly) {
     conn.decision.kind = RouteDecision::Kind::kRefused;
