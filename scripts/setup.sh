@@ -14,7 +14,7 @@ packages=(
   # container runtime and reference CNI plugins
   podman runc containernetworking-plugins buildah
   # demo, end-to-end and benchmark peers
-  curl haproxy nginx-light libnginx-mod-stream wrk iperf3 gnuplot-nox
+  curl haproxy nginx-light libnginx-mod-stream wrk iperf3 gnuplot-nox python3 strace
 )
 
 missing=()

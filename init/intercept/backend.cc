@@ -44,12 +44,16 @@ Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) 
     chosen = IptablesBackend::kNft;
     // A netns whose legacy tables hold any rule is managed with legacy tools; mixing the two
     // gives the "unable to initialize table 'nat'" mess users report.
+    // No legacy table at all is the common case and costs no process.
     auto legacy = toolsFor(IptablesBackend::kLegacy, family);
-    if (programInPath(legacy.save)) {
+    bool any_legacy_table = legacyTableExists(family, "nat") ||
+                            legacyTableExists(family, "filter") ||
+                            legacyTableExists(family, "mangle") || legacyTableExists(family, "raw");
+    if (any_legacy_table && programInPath(legacy.save)) {
       auto text = saveTable(legacy, "");
       // With -c each rule line reads "[pkts:bytes] -A CHAIN ...".
-      if (text && (text->find("\n-A ") != std::string::npos ||
-                   text->find("] -A ") != std::string::npos)) {
+      if (text &&
+          (text->find("\n-A ") != std::string::npos || text->find("] -A ") != std::string::npos)) {
         chosen = IptablesBackend::kLegacy;
       }
     }
@@ -63,6 +67,16 @@ Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) 
     }
   }
   return chosen;
+}
+
+bool legacyTableExists(Family family, const std::string& table) {
+  std::ifstream names(family == Family::kIpv4 ? "/proc/thread-self/net/ip_tables_names"
+                                              : "/proc/thread-self/net/ip6_tables_names");
+  std::string name;
+  while (names >> name) {
+    if (name == table) return true;
+  }
+  return false;
 }
 
 bool ipv6Enabled() {

@@ -25,6 +25,11 @@ IptablesTools toolsFor(IptablesBackend backend, Family family);
 // Errors when the chosen tools are not installed.
 Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family);
 
+// Whether the legacy (x_tables) `table` exists in the calling thread's netns, read from
+// /proc/thread-self/net/ip{6,}_tables_names without running anything: iptables-legacy-save -t
+// would create the table as a side effect.
+bool legacyTableExists(Family family, const std::string& table);
+
 // Runs `<family>-<backend>-save -c [-t table]` and returns its text.
 Result<std::string> saveTable(const IptablesTools& tools, const std::string& table);
 

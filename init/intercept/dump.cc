@@ -119,7 +119,7 @@ Conditions conditionsOf(const RuleSpec& spec, bool in_remora_chain) {
         // Said by --probability.
       } else {
         std::vector<std::string> words{"-m", m.name};
-        if (o.negated) words.push_back("!");
+        if (o.negated) words.emplace_back("!");
         words.push_back(o.name);
         words.insert(words.end(), o.values.begin(), o.values.end());
         module_words.push_back(joinArgs(words));
@@ -133,7 +133,7 @@ Conditions conditionsOf(const RuleSpec& spec, bool in_remora_chain) {
   if (spec.protocol && !implied) {
     c.words.push_back(spec.protocol->negated ? "not " + proto_word : proto_word);
   }
-  if (spec.fragment) c.words.push_back(*spec.fragment ? "fragments" : "not fragments");
+  if (spec.fragment) c.words.emplace_back(*spec.fragment ? "fragments" : "not fragments");
   c.words.insert(c.words.end(), module_words.begin(), module_words.end());
   return c;
 }
@@ -363,8 +363,8 @@ FamilyDump buildFamily(const FamilyTables& in) {
   for (const auto& c : remora_chains) {
     if (std::find(order.begin(), order.end(), c) == order.end()) order.push_back(c);
   }
-  order.push_back("INPUT");
-  order.push_back("POSTROUTING");
+  order.emplace_back("INPUT");
+  order.emplace_back("POSTROUTING");
   for (const auto& name : order) {
     if (isBuiltin(name)) {
       auto& h = hook_of(name.c_str());
@@ -503,7 +503,7 @@ Result<DumpReport> dumpCurrentNetns(IptablesBackend requested) {
   std::vector<std::string> warnings;
   for (Family family : {Family::kIpv4, Family::kIpv6}) {
     if (family == Family::kIpv6 && !ipv6Enabled()) {
-      notes.push_back("IPv6 is disabled in this netns: only IPv4 is shown");
+      notes.emplace_back("IPv6 is disabled in this netns: only IPv4 is shown");
       continue;
     }
     auto backend = detectBackend(requested, family);

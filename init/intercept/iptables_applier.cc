@@ -133,6 +133,11 @@ std::string removalInput(const Installed& installed) {
   return text;
 }
 
+// Legacy tables that do not exist hold nothing, and reading them would create them.
+bool mayHoldRules(const IptablesTools& tools) {
+  return tools.backend != IptablesBackend::kLegacy || legacyTableExists(tools.family, "nat");
+}
+
 const char* familyName(Family f) { return f == Family::kIpv4 ? "IPv4" : "IPv6"; }
 
 // One family's planned change: tools, the state before, and the restore input.
@@ -185,7 +190,7 @@ class IptablesApplier : public Applier {
           toolsFor(change.tools.backend == IptablesBackend::kLegacy ? IptablesBackend::kNft
                                                                     : IptablesBackend::kLegacy,
                    change.plan.family);
-      if (!programInPath(other.save)) continue;
+      if (!programInPath(other.save) || !mayHoldRules(other)) continue;
       auto removed = removeWith(other);
       if (removed && *removed) {
         report.changed = true;
@@ -220,6 +225,7 @@ class IptablesApplier : public Applier {
       for (auto family : {Family::kIpv4, Family::kIpv6}) {
         auto tools = toolsFor(backend, family);
         if (!programInPath(tools.save) || !programInPath(tools.restore)) continue;
+        if (!mayHoldRules(tools)) continue;
         auto removed = removeWith(tools);
         if (!removed) return removed.error();
         if (*removed) {

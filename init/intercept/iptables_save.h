@@ -24,7 +24,7 @@ struct SavedChain {
 
 struct SavedRule {
   std::string chain;
-  std::vector<std::string> args;    // tokens after "-A CHAIN", quotes removed
+  std::vector<std::string> args;     // tokens after "-A CHAIN", quotes removed
   std::optional<Counters> counters;  // present when saved with -c
   std::string text;                  // the "-A CHAIN ..." line as saved, minus the counters
 };

@@ -45,7 +45,7 @@ struct RuleEval {
 
 std::string optionText(const RuleOption& o) {
   std::vector<std::string> words;
-  if (o.negated) words.push_back("!");
+  if (o.negated) words.emplace_back("!");
   words.push_back(o.name);
   words.insert(words.end(), o.values.begin(), o.values.end());
   return joinArgs(words);
@@ -745,8 +745,8 @@ void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std
   if (auto src = firstString(j, "prefsrc")) {
     if (auto ip = IpAddress::parse(*src)) packet.source = *ip;
   }
-  if (!packet.out_interface) notes.push_back("'ip route get' named no output interface");
-  if (!packet.source) notes.push_back("'ip route get' named no source address");
+  if (!packet.out_interface) notes.emplace_back("'ip route get' named no output interface");
+  if (!packet.source) notes.emplace_back("'ip route get' named no source address");
 }
 
 std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
@@ -766,7 +766,7 @@ std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<st
   }
   auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
   if (!j.is_array()) {
-    notes.push_back(
+    notes.emplace_back(
         "'ip route show table local' printed no JSON array: '-m addrtype LOCAL' "
         "stays undetermined");
     return std::nullopt;

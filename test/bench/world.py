@@ -152,7 +152,6 @@ class World:
         self.pods = {}
         self.procs = []
         self._veth_index = 0
-        self._pidfile = os.path.join(run_dir, "pids")
 
     # -- namespaces -------------------------------------------------------------------------
     def ns_exec(self, ns, argv, **kw):
@@ -227,8 +226,6 @@ class World:
         proc = Proc(name, popen, log_path)
         proc.ns = ns
         self.procs.append(proc)
-        with open(self._pidfile, "a") as f:
-            f.write(f"{proc.pid}\n")
         return proc
 
     def stop(self, proc):
