@@ -51,8 +51,9 @@ void printReport(const remora::cni::NodeReport& report) {
 }
 
 int runNodeCommand(int argc, char** argv) {
-  CLI::App app{"remora-cni: chained CNI plugin and node installer.\n"
-               "Runtimes run it with CNI_COMMAND set; a DaemonSet runs install-node."};
+  CLI::App app{
+      "remora-cni: chained CNI plugin and node installer.\n"
+      "Runtimes run it with CNI_COMMAND set; a DaemonSet runs install-node."};
   app.require_subcommand(1);
   remora::cni::NodeLayout layout;
   std::string entry_file;
@@ -167,6 +168,12 @@ int runNodeCommand(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (std::getenv("CNI_COMMAND") != nullptr) return runAsPlugin();
-  return runNodeCommand(argc, argv);
+  try {
+    if (std::getenv("CNI_COMMAND") != nullptr) return runAsPlugin();
+    return runNodeCommand(argc, argv);
+  } catch (const std::exception& e) {
+    // runPlugin answers every failure itself; this is only reachable from the node commands.
+    std::cerr << "remora-cni: " << e.what() << "\n";
+    return 1;
+  }
 }

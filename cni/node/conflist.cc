@@ -42,7 +42,8 @@ Result<ConfList> parseNetworkConfig(std::string_view file_name, std::string_view
   if (doc.is_discarded()) {
     std::string why = "malformed JSON";
     try {
-      (void)json::parse(text);
+      auto unused = json::parse(text);
+      (void)unused;
     } catch (const json::exception& e) {
       why = e.what();
     }

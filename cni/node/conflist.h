@@ -21,8 +21,10 @@ bool isNetworkConfigName(std::string_view name);
 std::vector<std::string> networkConfigOrder(std::vector<std::string> names);
 
 // A network config file's content in conflist form.
-struct ConfList {
-  nlohmann::ordered_json doc;  // {"cniVersion", "name", "plugins": [...], ...}
+// nlohmann::json's move constructor is noexcept, but clang-tidy cannot see that through its
+// invariant assertions and flags the implicit move constructor here.
+struct ConfList {                 // NOLINT(bugprone-exception-escape)
+  nlohmann::ordered_json doc;     // {"cniVersion", "name", "plugins": [...], ...}
   bool from_single_conf = false;  // the file held one plugin config (.conf/.json) and was wrapped
 };
 

@@ -103,8 +103,11 @@ Result<void> atomicWrite(const std::string& dir, const std::string& name, std::s
     ::unlink(tmp.c_str());
     return err;
   }
+  // Make the rename itself durable.
   Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.fd >= 0) ::fsync(dfd.fd);
+  if (dfd.fd < 0 || ::fsync(dfd.fd) != 0) {
+    return errnoError(fmt::format("cannot sync directory '{}'", dir));
+  }
   return {};
 }
 
@@ -207,11 +210,25 @@ Result<NodeReport> reconcileConfig(const NodeLayout& layout) {
 
   std::string version = parsed->doc.value("cniVersion", "");
   auto entry = validateEntry(layout.entry, version);
-  if (!entry) return makeError(fmt::format("{} (cniVersion '{}'): {}", primary, version,
-                                           entry.error().message));
+  if (!entry)
+    return makeError(
+        fmt::format("{} (cniVersion '{}'): {}", primary, version, entry.error().message));
 
   std::string target = parsed->from_single_conf ? conflistNameFor(primary) : primary;
   report.conf_file = join(layout.conf_dir, target);
+  if (target != primary) {
+    // Wrapping writes x.conflist; one that is not an earlier wrap of ours is someone else's.
+    auto existing = readFile(join(layout.conf_dir, target));
+    if (existing) {
+      auto other = parseNetworkConfig(target, *existing);
+      if (!other || !hasRemoraEntry(other->doc)) {
+        return makeError(
+            fmt::format("cannot wrap {} into {}: that file exists and is not "
+                        "remora-cni's",
+                        primary, target));
+      }
+    }
+  }
   bool had_entry = hasRemoraEntry(parsed->doc);
   json updated = parsed->doc;
   bool changed = upsertRemoraEntry(updated, *entry);
@@ -231,8 +248,8 @@ Result<NodeReport> reconcileConfig(const NodeLayout& layout) {
       if (auto gone = removeFile(join(layout.conf_dir, primary)); !gone) return gone.error();
       report.lines.push_back(fmt::format("wrapped {} into {}", primary, target));
     }
-    report.lines.push_back(fmt::format("{} remora-cni in {}",
-                                       had_entry ? "updated" : "chained", target));
+    report.lines.push_back(
+        fmt::format("{} remora-cni in {}", had_entry ? "updated" : "chained", target));
     report.changed = true;
   }
 

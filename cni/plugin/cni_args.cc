@@ -33,7 +33,8 @@ CniResult<CniArgs> parseCniArgs(std::string_view text) {
                       fmt::format("CNI_ARGS: '{}' is not KEY=VALUE", segment),
                       "CNI_ARGS holds KEY=VALUE pairs separated by ';'"};
     }
-    args.pairs.emplace_back(std::string(segment.substr(0, eq)), std::string(segment.substr(eq + 1)));
+    args.pairs.emplace_back(std::string(segment.substr(0, eq)),
+                            std::string(segment.substr(eq + 1)));
   }
   return args;
 }

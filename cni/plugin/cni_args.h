@@ -24,10 +24,10 @@ CniResult<CniArgs> parseCniArgs(std::string_view text);
 
 // The Kubernetes identity the kubelet's runtime passes in CNI_ARGS; empty when absent.
 struct PodIdentity {
-  std::string namespace_name;  // K8S_POD_NAMESPACE
-  std::string name;            // K8S_POD_NAME
+  std::string namespace_name;      // K8S_POD_NAMESPACE
+  std::string name;                // K8S_POD_NAME
   std::string infra_container_id;  // K8S_POD_INFRA_CONTAINER_ID
-  std::string uid;             // K8S_POD_UID
+  std::string uid;                 // K8S_POD_UID
 };
 
 PodIdentity podIdentity(const CniArgs& args);

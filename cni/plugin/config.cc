@@ -72,7 +72,8 @@ CniResult<std::vector<Attachment>> attachments(const json& j, const char* key) {
     }
     Attachment a{item["containerID"].get<std::string>(), ""};
     if (item.contains("ifname")) {
-      if (!item["ifname"].is_string()) return decodeError(fmt::format("{}: ifname must be a string", key));
+      if (!item["ifname"].is_string())
+        return decodeError(fmt::format("{}: ifname must be a string", key));
       a.ifname = item["ifname"].get<std::string>();
     }
     out.push_back(std::move(a));
@@ -134,7 +135,8 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
     // Parse again with exceptions only to get the parser's position for the message.
     std::string why = "malformed JSON";
     try {
-      (void)json::parse(text);
+      auto unused = json::parse(text);
+      (void)unused;
     } catch (const json::exception& e) {
       why = e.what();
     }
@@ -185,7 +187,11 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
                        "use a string, an integer, a boolean or a list of them");
       }
       auto set = intercept::setOption(config.options, spec->flag, *value_text);
-      if (!set) return invalid(fmt::format("invalid {}: {}", key, set.error().message));
+      if (!set) {
+        return invalid(
+            set.error().message,
+            fmt::format("remora-cni's conflist entry, key \"{}\": {}", key, value.dump()));
+      }
     } else if (looksLikeFlag(key)) {
       return CniError{ErrorCode::kUnsupportedField,
                       fmt::format("unsupported field \"{}\": {}", key, value.dump()),
@@ -285,7 +291,7 @@ CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& ar
       auto set = intercept::setOption(decision.options, spec->flag, value);
       if (!set) {
         return CniError{ErrorCode::kInvalidEnvironment,
-                        fmt::format("CNI_ARGS: invalid {}: {}", key, set.error().message)};
+                        fmt::format("CNI_ARGS {}: {}", key, set.error().message)};
       }
     }
   }
@@ -298,7 +304,8 @@ CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& ar
     std::string text = value.get<std::string>();
     if (key == kInjectAnnotation) {
       auto on = parseSwitch(text);
-      if (!on) return invalid(fmt::format("pod annotation {}='{}' is not true or false", key, text));
+      if (!on)
+        return invalid(fmt::format("pod annotation {}='{}' is not true or false", key, text));
       if (!*on) {
         decision.meshed = false;
         decision.reason = fmt::format("opted out by pod annotation {}={}", key, text);
@@ -312,6 +319,19 @@ CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& ar
     if (!set) return invalid(fmt::format("pod annotation {}: {}", key, set.error().message));
   }
   return decision;
+}
+
+intercept::InterceptOptions optionsForPod(intercept::InterceptOptions options,
+                                          const std::optional<json>& prev_result) {
+  if (options.ipv6 != intercept::Ipv6Mode::kAuto || !prev_result) return options;
+  auto ips = prev_result->find("ips");
+  if (ips == prev_result->end() || !ips->is_array() || ips->empty()) return options;
+  for (const auto& ip : *ips) {
+    if (!ip.is_object() || !ip.contains("address") || !ip["address"].is_string()) return options;
+    if (ip["address"].get<std::string>().find(':') != std::string::npos) return options;
+  }
+  options.ipv6 = intercept::Ipv6Mode::kOff;
+  return options;
 }
 
 }  // namespace remora::cni

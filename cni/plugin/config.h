@@ -72,4 +72,10 @@ struct MeshDecision {
 // pod annotations in runtimeConfig (remora.dev/inject, remora.dev/<flag>, code 7).
 CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& args);
 
+// With "ipv6": "auto", a pod whose prevResult lists addresses, none of them IPv6, gets no
+// IPv6 rules: it has no IPv6 address to capture for, and skipping them halves ADD's work.
+// Otherwise the options are returned as they are.
+intercept::InterceptOptions optionsForPod(intercept::InterceptOptions options,
+                                          const std::optional<nlohmann::ordered_json>& prev_result);
+
 }  // namespace remora::cni

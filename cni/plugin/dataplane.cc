@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "common/netns.h"
 #include "common/subprocess.h"
 
@@ -58,8 +60,7 @@ class NetnsDataplane : public Dataplane {
     return inNetns<void>(netns, [&](intercept::Applier& applier) -> CniResult<void> {
       auto checked = applier.check(options);
       if (!checked) {
-        return CniError{ErrorCode::kRulesNotIntact,
-                        "interception rules are missing or modified",
+        return CniError{ErrorCode::kRulesNotIntact, "interception rules are missing or modified",
                         checked.error().message};
       }
       return {};

@@ -36,6 +36,10 @@ enum class ErrorCode : uint32_t {
 
 // A CNI error result: printed as {cniVersion, code, msg, details} on stdout.
 struct CniError {
+  CniError() = default;
+  CniError(ErrorCode c, std::string m, std::string d = {})
+      : code(c), msg(std::move(m)), details(std::move(d)) {}
+
   ErrorCode code = ErrorCode::kInvalidConfig;
   std::string msg;
   std::string details;
@@ -49,7 +53,7 @@ std::string errorJson(const CniError& error, std::string_view cni_version);
 template <typename T>
 class [[nodiscard]] CniResult {
  public:
-  CniResult(T value) : state_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  CniResult(T value) : state_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   CniResult(CniError error) : state_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return state_.index() == 0; }
@@ -71,7 +75,8 @@ template <>
 class [[nodiscard]] CniResult<void> {
  public:
   CniResult() = default;
-  CniResult(CniError error) : error_(std::move(error)), ok_(false) {}  // NOLINT(google-explicit-constructor)
+  CniResult(CniError error)
+      : error_(std::move(error)), ok_(false) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return ok_; }
   explicit operator bool() const { return ok_; }

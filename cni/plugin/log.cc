@@ -12,8 +12,8 @@ namespace {
 constexpr const char* kPattern = "%Y-%m-%dT%H:%M:%S.%e%z remora-cni[%P] %l: %v";
 
 std::shared_ptr<spdlog::logger> makeStderr(spdlog::level::level_enum level) {
-  auto logger = std::make_shared<spdlog::logger>(
-      "remora-cni", std::make_shared<spdlog::sinks::stderr_sink_st>());
+  auto logger = std::make_shared<spdlog::logger>("remora-cni",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_st>());
   logger->set_pattern(kPattern);
   logger->set_level(std::max(level, spdlog::level::warn));
   return logger;

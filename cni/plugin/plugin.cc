@@ -36,8 +36,7 @@ PluginOutput fail(const CniError& error, const std::string& version, const Logge
 
 class Invocation {
  public:
-  Invocation(const Environment& env, const PluginConfig& config, Dataplane& dataplane,
-             Logger log)
+  Invocation(const Environment& env, const PluginConfig& config, Dataplane& dataplane, Logger log)
       : env_(env),
         config_(config),
         dataplane_(dataplane),
@@ -88,7 +87,7 @@ class Invocation {
     if (!decision->meshed) return result;
 
     PodIdentity pod = podIdentity(*args);
-    AttachmentState record{env_.container_id, env_.ifname, env_.netns, 0, 0,
+    AttachmentState record{env_.container_id,  env_.ifname, env_.netns, 0, 0,
                            pod.namespace_name, pod.name};
     if (auto id = netnsIdentity(env_.netns)) {
       record.netns_dev = id->first;
@@ -99,16 +98,20 @@ class Invocation {
     }
     // The record goes first, so that whatever the install leaves behind, DEL and GC know of it.
     if (auto saved = state_.save(record); !saved) {
-      return CniError{ErrorCode::kIoFailure, "cannot record the attachment",
-                      saved.error().message};
+      return CniError{ErrorCode::kIoFailure, "cannot record the attachment", saved.error().message};
     }
-    auto report = dataplane_.install(env_.netns, decision->options);
+    auto report =
+        dataplane_.install(env_.netns, optionsForPod(decision->options, config_.prev_result));
     if (!report) {
-      (void)state_.remove(env_.container_id, env_.ifname);
+      if (auto removed = state_.remove(env_.container_id, env_.ifname); !removed) {
+        log_->warn("{}: record left behind for DEL or GC: {}", who(), removed.error().message);
+      }
       return report.error();
     }
-    log_->info("{} pod={}/{}: interception installed ({}{})", who(), pod.namespace_name,
-               pod.name, report->backend, report->changed ? "" : ", already in place");
+    log_->info("{} pod={}/{}: interception installed ({}{})", who(),
+               pod.namespace_name.empty() ? "-" : pod.namespace_name,
+               pod.name.empty() ? "-" : pod.name, report->backend,
+               report->changed ? "" : ", already in place");
     for (const auto& line : report->lines) log_->debug("  {}", line);
     return result;
   }
@@ -161,20 +164,26 @@ class Invocation {
     auto decision = decide(*args);
     if (!decision) return decision.error();
     if (!decision->meshed) return std::string();
-    auto checked = dataplane_.check(env_.netns, decision->options);
+    auto checked =
+        dataplane_.check(env_.netns, optionsForPod(decision->options, config_.prev_result));
     if (!checked) return checked.error();
     log_->debug("{}: interception intact", who());
     return std::string();
   }
 
   CniResult<std::string> gc() {
-    std::vector<std::string> bad;
-    auto records = state_.list(&bad);
+    std::vector<std::string> unreadable;
+    auto records = state_.list(&unreadable);
     if (!records) {
       return CniError{ErrorCode::kIoFailure, "cannot list attachment records",
                       records.error().message};
     }
-    std::vector<std::string> failures = bad;
+    std::vector<std::string> failures;
+    // A record that cannot be read names no namespace to clean; it only blocks future GCs.
+    for (const auto& path : unreadable) {
+      log_->warn("GC: removing unreadable attachment record {}", path);
+      if (auto gone = state_.discard(path); !gone) failures.push_back(gone.error().message);
+    }
     size_t removed = 0;
     for (const auto& r : *records) {
       bool valid = false;
@@ -219,9 +228,7 @@ class Invocation {
     return std::string();
   }
 
-  CniResult<std::string> version() {
-    return versionResultJson(config_.cni_version) + "\n";
-  }
+  CniResult<std::string> version() { return versionResultJson(config_.cni_version) + "\n"; }
 
   const Environment& env_;
   const PluginConfig& config_;
@@ -249,7 +256,6 @@ PluginOutput runChecked(const std::map<std::string, std::string>& env, std::stri
              micros);
   return PluginOutput{0, std::move(*result)};
 }
-
 
 }  // namespace
 

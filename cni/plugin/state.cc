@@ -83,9 +83,12 @@ Result<void> StateStore::ensureWritable() {
 
 Result<void> StateStore::save(const AttachmentState& state) {
   if (auto made = makeDirs(network_dir_); !made) return made;
-  json j = {{"containerID", state.container_id}, {"ifname", state.ifname},
-            {"netns", state.netns},              {"netnsDev", state.netns_dev},
-            {"netnsIno", state.netns_ino},       {"podNamespace", state.pod_namespace},
+  json j = {{"containerID", state.container_id},
+            {"ifname", state.ifname},
+            {"netns", state.netns},
+            {"netnsDev", state.netns_dev},
+            {"netnsIno", state.netns_ino},
+            {"podNamespace", state.pod_namespace},
             {"podName", state.pod_name}};
   std::string path = pathFor(state.container_id, state.ifname);
   std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
@@ -130,7 +133,17 @@ Result<void> StateStore::remove(const std::string& container_id, const std::stri
   return {};
 }
 
-Result<std::vector<AttachmentState>> StateStore::list(std::vector<std::string>* bad) const {
+Result<void> StateStore::discard(const std::string& path) {
+  if (path.rfind(network_dir_ + "/", 0) != 0 || path.find("/..") != std::string::npos) {
+    return makeError(fmt::format("'{}' is not a record of '{}'", path, network_dir_));
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return errnoError(fmt::format("cannot remove '{}'", path));
+  }
+  return {};
+}
+
+Result<std::vector<AttachmentState>> StateStore::list(std::vector<std::string>* unreadable) const {
   std::vector<AttachmentState> out;
   DIR* dir = ::opendir(network_dir_.c_str());
   if (dir == nullptr) {
@@ -139,8 +152,8 @@ Result<std::vector<AttachmentState>> StateStore::list(std::vector<std::string>* 
   }
   while (dirent* entry = ::readdir(dir)) {
     std::string name = entry->d_name;
-    if (name.size() <= kSuffix.size() || name.compare(name.size() - kSuffix.size(), kSuffix.size(),
-                                                      kSuffix) != 0) {
+    if (name.size() <= kSuffix.size() ||
+        name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) {
       continue;
     }
     std::string path = network_dir_ + "/" + name;
@@ -148,8 +161,8 @@ Result<std::vector<AttachmentState>> StateStore::list(std::vector<std::string>* 
     auto state = text ? decode(path, *text) : Result<AttachmentState>(text.error());
     if (state) {
       out.push_back(std::move(*state));
-    } else if (bad != nullptr) {
-      bad->push_back(state.error().message);
+    } else if (unreadable != nullptr) {
+      unreadable->push_back(path);
     }
   }
   ::closedir(dir);

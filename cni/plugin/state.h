@@ -40,11 +40,13 @@ class StateStore {
   Result<void> save(const AttachmentState& state);
   // nullopt when there is no record; an unreadable record is an error.
   Result<std::optional<AttachmentState>> load(const std::string& container_id,
-                                               const std::string& ifname) const;
+                                              const std::string& ifname) const;
   // Succeeds when there is no record.
   Result<void> remove(const std::string& container_id, const std::string& ifname);
-  // Every readable record of this network; unreadable ones are skipped and named in `bad`.
-  Result<std::vector<AttachmentState>> list(std::vector<std::string>* bad = nullptr) const;
+  // Every readable record of this network; the paths of unreadable ones go to `unreadable`.
+  Result<std::vector<AttachmentState>> list(std::vector<std::string>* unreadable = nullptr) const;
+  // Removes a record file `list` reported as unreadable (only files in this network's dir).
+  Result<void> discard(const std::string& path);
   // Creates the directory if needed and checks it is writable.
   Result<void> ensureWritable();
 

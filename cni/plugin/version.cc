@@ -44,8 +44,7 @@ CniResult<SpecVersion> requireSupportedVersion(std::string_view text) {
   for (auto v : kSupportedVersions) {
     if (v == text) return parsed;
   }
-  return CniError{ErrorCode::kIncompatibleVersion,
-                  fmt::format("incompatible CNI version {}", text),
+  return CniError{ErrorCode::kIncompatibleVersion, fmt::format("incompatible CNI version {}", text),
                   fmt::format("remora-cni supports {}", supportedList())};
 }
 

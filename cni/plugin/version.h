@@ -3,6 +3,7 @@
 #include <array>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 #include "plugin/error.h"
 
@@ -12,7 +13,7 @@ namespace remora::cni {
 // primary CNI decides the conflist's version (flannel and calico still write 0.3.1). CHECK needs
 // 0.4.0 and STATUS and GC need 1.1.0, as the spec introduced them.
 inline constexpr std::array<std::string_view, 5> kSupportedVersions = {"0.3.0", "0.3.1", "0.4.0",
-                                                                      "1.0.0", "1.1.0"};
+                                                                       "1.0.0", "1.1.0"};
 inline constexpr std::string_view kLatestVersion = "1.1.0";
 
 // A parsed "MAJOR.MINOR.PATCH".
@@ -21,7 +22,10 @@ struct SpecVersion {
   int minor = 0;
   int patch = 0;
 
-  auto operator<=>(const SpecVersion&) const = default;
+  bool operator==(const SpecVersion&) const = default;
+  bool operator<(const SpecVersion& o) const {
+    return std::tie(major, minor, patch) < std::tie(o.major, o.minor, o.patch);
+  }
 };
 
 // Parses a version string; a malformed one is a decode failure (code 6).

@@ -1,0 +1,336 @@
+// remora-cni in a real chain, the way the reference plugins test theirs: the reference bridge
+// and host-local plugins run first (inside the test world's isolated node namespace, so the
+// bridge they make never touches the machine's network), then remora-cni with their result as
+// prevResult. Assertions are made inside the pod's own namespace: iptables-save, and a real TCP
+// connection to a service VIP that only interception can answer.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+constexpr const char* kSubnet = "10.245.7.0/24";
+// Inside the pod network's own subnet and owned by nobody: without interception a connection
+// to it fails locally (ARP for it gets no answer).
+constexpr const char* kVip = "10.245.7.200:9999";
+
+std::string pluginDir() {
+  const char* env = std::getenv("REMORA_CNI_PLUGIN_DIR");
+  if (env != nullptr) return env;
+  for (const char* dir : {"/usr/lib/cni", "/opt/cni/bin"}) {
+    if (fs::exists(fs::path(dir) / "bridge")) return dir;
+  }
+  return "/usr/lib/cni";
+}
+
+struct PluginRun {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+  json result() const { return json::parse(out, nullptr, false); }
+};
+
+class CniChainE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
+    plugins_ = pluginDir();
+    for (const char* p : {"bridge", "host-local", "loopback"}) {
+      if (!fs::exists(fs::path(plugins_) / p)) {
+        GTEST_SKIP() << "reference CNI plugin '" << p << "' not found in " << plugins_
+                     << " (install containernetworking-plugins)";
+      }
+    }
+    world_ = std::make_unique<NetnsWorld>();
+    char tmpl[] = "/tmp/remora-cni-e2e-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    tmp_ = tmpl;
+    prefix_ = fmt::format("rcni{}", ::getpid() % 100000);
+    network_ = prefix_;
+  }
+
+  void TearDown() override {
+    for (const auto& ns : pods_) (void)runCommand({"ip", "netns", "delete", ns});
+    world_.reset();  // the node namespace, with the bridge the plugin made in it
+    if (!tmp_.empty()) fs::remove_all(tmp_);
+  }
+
+  // A pod namespace with only its loopback up, as runtimes leave it before the pod network's
+  // chain runs (containerd and CRI-O through the reference loopback plugin, as here).
+  Pod newPod(const std::string& name) {
+    Pod pod{name, fmt::format("{}-{}", prefix_, name), "", ""};
+    auto made = runCommand({"ip", "netns", "add", pod.netns});
+    EXPECT_TRUE(made && made->exit_code == 0);
+    pods_.push_back(pod.netns);
+    json lo_list = {{"cniVersion", "1.0.0"}, {"name", "lo"}};
+    auto lo = exec("ADD", lo_list, json{{"type", "loopback"}}, &pod, "lo-" + name, json());
+    EXPECT_EQ(lo.exit_code, 0) << lo.out << lo.err;
+    return pod;
+  }
+
+  static std::string netnsPath(const Pod& pod) { return "/var/run/netns/" + pod.netns; }
+
+  json remoraEntry() const {
+    return json{{"type", "remora-cni"},
+                {"stateDir", tmp_ + "/state"},
+                {"logFile", tmp_ + "/remora-cni.log"},
+                {"logLevel", "debug"},
+                {"excludeNamespaces", {"kube-system"}}};
+  }
+
+  json conflist(json remora) const {
+    json bridge = {{"type", "bridge"},
+                   {"bridge", prefix_ + "br"},
+                   {"isGateway", true},
+                   {"ipMasq", false},
+                   {"ipam",
+                    {{"type", "host-local"},
+                     {"subnet", kSubnet},
+                     {"dataDir", tmp_ + "/ipam"},
+                     {"routes", json::array({json{{"dst", "0.0.0.0/0"}}})}}}};
+    return json{{"cniVersion", "1.0.0"}, {"name", network_}, {"plugins", {bridge, remora}}};
+  }
+
+  // Runs one plugin as libcni would: inside the node namespace, CNI_* in the environment, the
+  // network's cniVersion and name merged into the plugin's entry, plus prevResult if given.
+  PluginRun exec(const std::string& command, const json& list, const json& plugin, const Pod* pod,
+                 const std::string& container_id, const json& prev,
+                 const std::string& cni_args = "") {
+    json config = plugin;
+    config["cniVersion"] = list["cniVersion"];
+    config["name"] = list["name"];
+    if (!prev.is_null()) config["prevResult"] = prev;
+    std::string type = plugin["type"];
+    std::string binary = type == "remora-cni" ? binaryPath("remora-cni") : plugins_ + "/" + type;
+    std::vector<std::string> argv = {"nsenter",
+                                     "--net=/var/run/netns/" + world_->nodeNetns(),
+                                     "env",
+                                     "CNI_COMMAND=" + command,
+                                     "CNI_CONTAINERID=" + container_id,
+                                     "CNI_NETNS=" + (pod ? netnsPath(*pod) : std::string()),
+                                     "CNI_IFNAME=eth0",
+                                     "CNI_PATH=" + plugins_,
+                                     "CNI_ARGS=" + cni_args,
+                                     binary};
+    auto out = runCommand(argv, config.dump());
+    EXPECT_TRUE(out.ok()) << (out ? "" : out.error().message);
+    if (!out) return {};
+    return PluginRun{out->exit_code, out->out, out->err};
+  }
+
+  // ADD through the whole chain; returns every plugin's run, last one last.
+  std::vector<PluginRun> addChain(const json& list, const Pod& pod, const std::string& id,
+                                  const std::string& cni_args = "") {
+    std::vector<PluginRun> runs;
+    json prev;
+    for (const auto& plugin : list["plugins"]) {
+      runs.push_back(exec("ADD", list, plugin, &pod, id, prev, cni_args));
+      EXPECT_EQ(runs.back().exit_code, 0)
+          << plugin["type"] << ": " << runs.back().out << runs.back().err;
+      if (runs.back().exit_code != 0) break;
+      prev = runs.back().result();
+    }
+    return runs;
+  }
+
+  // DEL in reverse order, with the chain's final result as prevResult.
+  std::vector<PluginRun> delChain(const json& list, const Pod* pod, const std::string& id,
+                                  const json& result, const std::string& cni_args = "") {
+    std::vector<PluginRun> runs;
+    for (auto it = list["plugins"].rbegin(); it != list["plugins"].rend(); ++it) {
+      runs.push_back(exec("DEL", list, *it, pod, id, result, cni_args));
+    }
+    return runs;
+  }
+
+  std::string natRules(const Pod& pod, const std::string& save = "iptables-save") {
+    auto out = world_->exec(pod, {save, "-t", "nat"});
+    return out ? out->out : "";
+  }
+
+  static bool hasRemora(const std::string& rules) {
+    return rules.find("REMORA_") != std::string::npos;
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  std::string plugins_;
+  std::string tmp_;
+  std::string prefix_;
+  std::string network_;
+  std::vector<std::string> pods_;
+};
+
+TEST_F(CniChainE2e, AddInstallsRulesAndPrintsPrevResultUnchanged) {
+  Pod pod = newPod("app");
+  json list = conflist(remoraEntry());
+  auto runs = addChain(list, pod, "c-add");
+  ASSERT_EQ(runs.size(), 2u);
+  json bridge = runs[0].result();
+  json remora = runs[1].result();
+  ASSERT_FALSE(remora.is_discarded()) << runs[1].out;
+  EXPECT_EQ(remora, bridge);
+  EXPECT_EQ(runs[1].out, bridge.dump() + "\n");
+  EXPECT_TRUE(runs[1].err.empty()) << runs[1].err;
+
+  std::string rules = natRules(pod);
+  for (const char* chain :
+       {"REMORA_OUTPUT", "REMORA_REDIRECT", "REMORA_INBOUND", "REMORA_IN_REDIRECT"}) {
+    EXPECT_NE(rules.find(chain), std::string::npos) << chain << " missing:\n" << rules;
+  }
+  EXPECT_NE(rules.find("-A OUTPUT -p tcp -j REMORA_OUTPUT"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("--to-ports 15001"), std::string::npos) << rules;
+  // The pod has no IPv6 address, so it got no IPv6 rules.
+  EXPECT_FALSE(hasRemora(natRules(pod, "ip6tables-save")));
+}
+
+TEST_F(CniChainE2e, ConnectionToAServiceVipIsCaptured) {
+  Pod pod = newPod("client");
+  auto runs = addChain(conflist(remoraEntry()), pod, "c-vip");
+  ASSERT_EQ(runs.size(), 2u);
+  ASSERT_EQ(runs[1].exit_code, 0);
+  // The "proxy": uid 1337, so its own traffic is never captured.
+  auto proxy = world_->spawn(
+      pod, {probePath(), "serve", "--listen", "0.0.0.0:15001", "--reply", "captured-by-remora"},
+      1337, 1337);
+  ASSERT_TRUE(proxy->waitForLine("ready"));
+  auto out = world_->exec(pod, {probePath(), "connect", kVip, "--timeout-ms", "3000"});
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->exit_code, 0) << out->out << out->err;
+  EXPECT_NE(out->out.find("captured-by-remora"), std::string::npos) << out->out;
+  EXPECT_NE(out->out.find(std::string("orig=") + kVip), std::string::npos) << out->out;
+}
+
+TEST_F(CniChainE2e, CheckPassesThenFailsClearlyWhenRulesAreTampered) {
+  Pod pod = newPod("checked");
+  json list = conflist(remoraEntry());
+  auto runs = addChain(list, pod, "c-check");
+  ASSERT_EQ(runs.size(), 2u);
+  json result = runs[1].result();
+  for (const auto& plugin : list["plugins"]) {
+    auto check = exec("CHECK", list, plugin, &pod, "c-check", result);
+    EXPECT_EQ(check.exit_code, 0) << plugin["type"] << ": " << check.out;
+    EXPECT_TRUE(check.out.empty());
+  }
+  auto flushed = world_->exec(pod, {"iptables", "-t", "nat", "-F", "REMORA_REDIRECT"});
+  ASSERT_TRUE(flushed && flushed->exit_code == 0);
+  auto check = exec("CHECK", list, list["plugins"][1], &pod, "c-check", result);
+  EXPECT_NE(check.exit_code, 0);
+  json err = check.result();
+  ASSERT_FALSE(err.is_discarded()) << check.out;
+  EXPECT_EQ(err["code"], 102);
+  EXPECT_EQ(err["msg"], "interception rules are missing or modified");
+  EXPECT_NE(err["details"].get<std::string>().find("REMORA_REDIRECT"), std::string::npos)
+      << err.dump();
+}
+
+TEST_F(CniChainE2e, DelRemovesOnlyRemorasRulesAndIsIdempotent) {
+  Pod pod = newPod("deleted");
+  json list = conflist(remoraEntry());
+  auto runs = addChain(list, pod, "c-del");
+  ASSERT_EQ(runs.size(), 2u);
+  json result = runs[1].result();
+  // Someone else's nat rule in the same namespace must survive.
+  auto foreign = world_->exec(pod, {"iptables", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.10/32",
+                                    "-p", "tcp", "-j", "RETURN"});
+  ASSERT_TRUE(foreign && foreign->exit_code == 0);
+
+  auto del = exec("DEL", list, list["plugins"][1], &pod, "c-del", result);
+  EXPECT_EQ(del.exit_code, 0) << del.out;
+  EXPECT_TRUE(del.out.empty()) << del.out;
+  std::string rules = natRules(pod);
+  EXPECT_FALSE(hasRemora(rules)) << rules;
+  EXPECT_NE(rules.find("192.0.2.10/32"), std::string::npos) << rules;
+
+  // Again, and without prevResult: still success.
+  EXPECT_EQ(exec("DEL", list, list["plugins"][1], &pod, "c-del", json()).exit_code, 0);
+  // The rest of the chain, then a DEL after the namespace is gone.
+  for (auto& r : delChain(list, &pod, "c-del", result)) EXPECT_EQ(r.exit_code, 0) << r.out;
+  ASSERT_TRUE(runCommand({"ip", "netns", "delete", pod.netns}).ok());
+  auto gone = exec("DEL", list, list["plugins"][1], &pod, "c-del", result);
+  EXPECT_EQ(gone.exit_code, 0) << gone.out;
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
+}
+
+TEST_F(CniChainE2e, ExcludedNamespaceAndOptOutGetNothing) {
+  Pod system = newPod("system");
+  auto runs = addChain(conflist(remoraEntry()), system, "c-sys",
+                       "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns");
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[1].result(), runs[0].result());
+  EXPECT_FALSE(hasRemora(natRules(system)));
+
+  Pod opted = newPod("optout");
+  auto out = addChain(conflist(remoraEntry()), opted, "c-opt",
+                      "IgnoreUnknown=1;K8S_POD_NAMESPACE=istio-demo;REMORA_INJECT=false");
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_FALSE(hasRemora(natRules(opted)));
+}
+
+TEST_F(CniChainE2e, ErrorsAreCniErrorJson) {
+  Pod pod = newPod("errors");
+  json list = conflist(remoraEntry());
+  json prev = {{"cniVersion", "1.0.0"}, {"interfaces", json::array()}, {"ips", json::array()}};
+
+  // A namespace that does not exist.
+  Pod ghost{"ghost", prefix_ + "-no-such-ns", "", ""};
+  auto missing = exec("ADD", list, list["plugins"][1], &ghost, "c-err", prev);
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_EQ(missing.result()["code"], 100) << missing.out;
+
+  // A bad option value.
+  json bad_entry = remoraEntry();
+  bad_entry["proxy-uid"] = "nobody";
+  auto bad = exec("ADD", list, bad_entry, &pod, "c-err", prev);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_EQ(bad.result()["code"], 7) << bad.out;
+
+  // An unknown version.
+  json old = list;
+  old["cniVersion"] = "0.1.0";
+  auto version = exec("ADD", old, list["plugins"][1], &pod, "c-err", prev);
+  EXPECT_EQ(version.result()["code"], 1) << version.out;
+
+  // Malformed stdin.
+  auto junk = runCommand({"env", "CNI_COMMAND=ADD", "CNI_CONTAINERID=x", "CNI_IFNAME=eth0",
+                          "CNI_NETNS=" + netnsPath(pod), binaryPath("remora-cni")},
+                         "{\"cniVersion\": ");
+  ASSERT_TRUE(junk.ok());
+  EXPECT_NE(junk->exit_code, 0);
+  EXPECT_EQ(json::parse(junk->out)["code"], 6) << junk->out;
+  EXPECT_FALSE(hasRemora(natRules(pod)));
+}
+
+TEST_F(CniChainE2e, GcRemovesStaleAttachmentsOnly) {
+  Pod keep = newPod("keep");
+  Pod stale = newPod("stale");
+  json list = conflist(remoraEntry());
+  ASSERT_EQ(addChain(list, keep, "c-keep").size(), 2u);
+  ASSERT_EQ(addChain(list, stale, "c-stale").size(), 2u);
+  ASSERT_TRUE(hasRemora(natRules(stale)));
+  // GC and STATUS arrived with spec 1.1.0 (Debian's reference plugins stop at 1.0.0, so the
+  // chain above was added as 1.0.0).
+  list["cniVersion"] = "1.1.0";
+
+  json gc_entry = remoraEntry();
+  gc_entry["cni.dev/valid-attachments"] =
+      json::array({json{{"containerID", "c-keep"}, {"ifname", "eth0"}}});
+  auto gc = exec("GC", list, gc_entry, nullptr, "", json());
+  EXPECT_EQ(gc.exit_code, 0) << gc.out;
+  EXPECT_TRUE(hasRemora(natRules(keep)));
+  EXPECT_FALSE(hasRemora(natRules(stale)));
+
+  auto status = exec("STATUS", list, remoraEntry(), nullptr, "", json());
+  EXPECT_EQ(status.exit_code, 0) << status.out;
+}
+
+}  // namespace
+}  // namespace remora::test

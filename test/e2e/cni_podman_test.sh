@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# remora-cni under a real container runtime: podman 4's CNI backend, which drives the plugins
+# through libcni exactly as it drives the reference ones.
+#
+#   cni_podman_test.sh libcni          BIN_DIR
+#   cni_podman_test.sh node_installer  BIN_DIR
+#   cni_podman_test.sh kube_play       BIN_DIR
+#
+# libcni: a container on an --internal network whose podman-written conflist (bridge +
+#   host-local, portmap, firewall, tuning) is chained with remora-cni. While it runs, its netns
+#   holds Remora's rules (iptables-save through nsenter) and a connection to a service VIP in
+#   the network's own subnet is captured; `podman network disconnect` (DEL on a live netns)
+#   removes them; after a container stops, nothing Remora made is left.
+# node_installer: install-node against the conf dir holding podman's conflist, a container,
+#   install-node --watch re-chaining after the file is rewritten, then uninstall-node: the
+#   conflist is byte-identical to podman's original and the binary is gone.
+# kube_play: `podman kube play` of deploy/podman/bill-demo.yaml (remora-init initContainer, the
+#   app, the remora-proxy sidecar as UID 1337 reading a ConfigMap); from the app, curl to the
+#   bill-service VIP is split by the VirtualService's 90/10 weights.
+#
+# Everything lives in a temp dir of its own: containers.conf (runc, CNI backend, cgroupfs),
+# storage root, network config dir and CNI bin dir; the machine's /etc/containers is never
+# read for these. Names carry this shell's PID; cleanup removes exactly those, even on failure.
+# Exit 77 = skipped (the reason is printed).
+set -euo pipefail
+
+case_name=${1:?usage: cni_podman_test.sh libcni|node_installer|kube_play BIN_DIR}
+bin_dir=$(cd "${2:?BIN_DIR}" && pwd)
+src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+plugin_dir=${REMORA_CNI_PLUGIN_DIR:-/usr/lib/cni}
+
+say() { echo "[$case_name] $*"; }
+skip() { echo "SKIP: $*"; exit 77; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || skip "needs root (podman rootful with the CNI backend, nsenter)"
+for tool in podman buildah nsenter iptables-save; do
+  command -v "$tool" >/dev/null || skip "$tool is not installed (scripts/setup.sh installs it)"
+done
+[[ -x "$plugin_dir/bridge" && -x "$plugin_dir/host-local" ]] ||
+  skip "reference CNI plugins not found in $plugin_dir (containernetworking-plugins)"
+for b in remora-cni remora-init remora-probe; do
+  [[ -x "$bin_dir/$b" ]] || skip "$bin_dir/$b is not built"
+done
+
+id=$$
+work=$(mktemp -d /tmp/remora-cni-podman.XXXXXX)
+net="rcni-$id"
+image="localhost/remora-cni-e2e:$id"
+sub="10.89.$((id % 150 + 50))"  # the --internal network's /24; VIPs live inside it
+vip="$sub.241"
+containers=()
+pods=()
+watcher_pid=""
+bridge=""
+
+# On failure: what podman knows about this run's containers, and their last log lines.
+diagnose() {
+  echo "--- diagnostics ($case_name) ---" >&2
+  timeout 30 podman ps -a --format '{{.Names}} {{.Status}}' 2>&1 | grep -- "$net" >&2
+  local c
+  for c in $(timeout 30 podman ps -a --format '{{.Names}}' 2>/dev/null | grep -- "$net"); do
+    echo "--- logs of $c" >&2
+    timeout 30 podman logs --tail 15 "$c" 2>&1 | sed 's/^/    /' >&2
+  done
+  [[ -f "$work/remora-cni.log" ]] && tail -n 20 "$work/remora-cni.log" >&2
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  ((rc != 0 && rc != 77)) && diagnose
+  [[ -n "$watcher_pid" ]] && kill "$watcher_pid" 2>/dev/null && wait "$watcher_pid" 2>/dev/null
+  for p in "${pods[@]}"; do timeout 60 podman pod rm -f -t 0 "$p" >/dev/null 2>&1; done
+  for c in "${containers[@]}"; do timeout 60 podman rm -f -t 0 "$c" >/dev/null 2>&1; done
+  timeout 30 podman network rm -f "$net" >/dev/null 2>&1
+  timeout 60 podman rmi -f "$image" >/dev/null 2>&1
+  # podman network rm deletes the bridge; make sure, by the name the conflist gave it.
+  [[ -n "$bridge" ]] && ip link show "$bridge" >/dev/null 2>&1 && ip link delete "$bridge"
+  rm -rf "/var/lib/cni/networks/$net"
+  # Storage mounts of this run's own storage root, deepest first.
+  awk -v w="$work" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf "$work"
+  if ((rc != 0 && rc != 77)); then echo "[$case_name] FAILED (exit $rc)" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- podman, hermetic --------------------------------------------------------------------
+mkdir -p "$work"/{net,bin,root,runroot,tmp,state}
+# default_ulimits: podman's defaults (nofile 1048576) exceed the hard limits of a runner
+# without CAP_SYS_RESOURCE, which makes runc fail to start anything.
+# infra_image: pods get their infra ("pause") process from the test image (its CMD is /pause),
+# not from a registry.
+cat >"$work/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "none"
+tmp_dir = "$work/tmp"
+infra_image = "$image"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$work/bin", "$plugin_dir"]
+network_config_dir = "$work/net"
+EOF
+cat >"$work/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$work/root"
+runroot = "$work/runroot"
+EOF
+export CONTAINERS_CONF="$work/containers.conf"
+export CONTAINERS_STORAGE_CONF="$work/storage.conf"
+pm() { timeout 90 podman "$@"; }
+
+build_image() {
+  say "building $image offline (FROM scratch)"
+  "$src_dir/scripts/build-image.sh" --build-dir "$bin_dir/.." --tag "$image" --test-tools \
+    "$@" >/dev/null 2>"$work/build-image.log" || { cat "$work/build-image.log"; fail "image build"; }
+}
+
+create_network() {
+  pm network create --internal --subnet "$sub.0/24" "$net" >/dev/null
+  bridge=$(grep -o '"bridge": *"[^"]*"' "$work/net/$net.conflist" | cut -d'"' -f4)
+  say "network $net ($sub.0/24, --internal, bridge $bridge)"
+}
+
+write_entry() {
+  cat >"$work/entry.json" <<EOF
+{
+  "type": "remora-cni",
+  "stateDir": "$work/state",
+  "logFile": "$work/remora-cni.log",
+  "logLevel": "debug",
+  "excludeNamespaces": ["kube-system"]
+}
+EOF
+}
+
+# Polls `cmd` until it succeeds, up to ~20 s.
+wait_for() {
+  local what=$1
+  shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  fail "timed out waiting for $what"
+}
+
+logs_ready() { pm logs "$1" 2>&1 | grep -q ready; }
+pid_of() { pm inspect -f '{{.State.Pid}}' "$1"; }
+nat_of() { nsenter -t "$(pid_of "$1")" -n iptables-save -t nat; }
+state_files() { find "$work/state" -name '*.json' | wc -l; }
+chained() { grep -q '"remora-cni"' "$work/net/$net.conflist"; }
+
+# Starts a container whose main process is the stand-in proxy: UID 1337 on 15001.
+run_proxy_container() {
+  local name=$1
+  containers+=("$name")
+  pm run -d --name "$name" --network "$net" --user 1337:1337 "$image" \
+    remora-probe serve --listen 0.0.0.0:15001 --reply captured-by-remora >/dev/null
+  wait_for "$name to listen" logs_ready "$name"
+}
+
+assert_rules() {
+  local rules
+  rules=$(nat_of "$1")
+  for chain in REMORA_OUTPUT REMORA_REDIRECT REMORA_INBOUND REMORA_IN_REDIRECT; do
+    grep -q -- "-A $chain" <<<"$rules" || fail "$1: $chain missing from its netns:
+$rules"
+  done
+  grep -q -- "-A OUTPUT -p tcp -j REMORA_OUTPUT" <<<"$rules" || fail "$1: no jump from OUTPUT"
+  say "$1: Remora's chains are in its netns (iptables-save via nsenter)"
+}
+
+assert_no_rules() {
+  local rules
+  rules=$(nat_of "$1")
+  if grep -q REMORA_ <<<"$rules"; then fail "$1: Remora's rules are still there:
+$rules"; fi
+}
+
+case_libcni() {
+  build_image
+  create_network
+  write_entry
+  "$bin_dir/remora-cni" install-node --conf-dir "$work/net" --bin-dir "$work/bin" \
+    --plugin-config "$work/entry.json" >/dev/null
+  say "plugins: $(grep -o '"type": *"[^"]*"' "$work/net/$net.conflist" | cut -d'"' -f4 | xargs)"
+
+  run_proxy_container "$net-a"
+  assert_rules "$net-a"
+  [[ $(state_files) -eq 1 ]] || fail "expected one attachment record, found $(state_files)"
+
+  # The app (root) to a VIP in the network's subnet: only interception can answer it.
+  out=$(pm exec --user 0:0 "$net-a" remora-probe connect "$vip:9999" --timeout-ms 3000) ||
+    fail "connection to $vip:9999 was not captured: $out"
+  grep -q "captured-by-remora" <<<"$out" || fail "unexpected reply: $out"
+  grep -q "orig=$vip:9999" <<<"$out" || fail "SO_ORIGINAL_DST is not the VIP: $out"
+  say "connect $vip:9999 from the container -> captured ($out)"
+  # The proxy's own UID is never captured: the same connection fails locally.
+  if pm exec --user 1337:1337 "$net-a" remora-probe connect "$vip:9999" --timeout-ms 1500 \
+    >/dev/null 2>&1; then
+    fail "UID 1337's connection was captured (the loop breaker is missing)"
+  fi
+  say "the same connection from UID 1337 is not captured"
+
+  # DEL on a live netns: disconnect keeps the container (and its netns) running.
+  pm network disconnect "$net" "$net-a"
+  assert_no_rules "$net-a"
+  [[ $(state_files) -eq 0 ]] || fail "attachment record left after DEL"
+  say "podman network disconnect (CNI DEL): the rules are gone from the still-running netns"
+
+  # A container that simply stops: DEL runs at teardown and nothing Remora made is left.
+  run_proxy_container "$net-b"
+  assert_rules "$net-b"
+  pm stop -t 2 "$net-b" >/dev/null
+  wait_for "the attachment record to go" test "$(state_files)" -eq 0
+  grep -q "container=$(pm inspect -f '{{.Id}}' "$net-b").*interception removed" \
+    "$work/remora-cni.log" || fail "no DEL logged for $net-b:
+$(cat "$work/remora-cni.log")"
+  say "podman stop: DEL removed the rules and the record"
+  if grep -qi ' error:' "$work/remora-cni.log"; then
+    fail "remora-cni logged errors:
+$(grep -i ' error:' "$work/remora-cni.log")"
+  fi
+}
+
+case_node_installer() {
+  build_image
+  create_network
+  write_entry
+  local conf="$work/net/$net.conflist"
+  cp -p "$conf" "$work/original.conflist"
+
+  "$bin_dir/remora-cni" install-node --conf-dir "$work/net" --bin-dir "$work/bin" \
+    --plugin-config "$work/entry.json" >"$work/install.log" 2>&1 ||
+    fail "install-node: $(cat "$work/install.log")"
+  chained || fail "install-node did not chain remora-cni into $conf"
+  cmp -s "$bin_dir/remora-cni" "$work/bin/remora-cni" || fail "binary not copied to the bin dir"
+  [[ $(grep -c '"remora-cni"' "$conf") -eq 1 ]] || fail "duplicate entries"
+  cp "$conf" "$work/installed.conflist"
+  "$bin_dir/remora-cni" install-node --conf-dir "$work/net" --bin-dir "$work/bin" \
+    --plugin-config "$work/entry.json" >/dev/null 2>&1
+  cmp -s "$conf" "$work/installed.conflist" || fail "a second install-node changed the file"
+  say "install-node chained remora-cni into $net.conflist (idempotent)"
+
+  run_proxy_container "$net-a"
+  assert_rules "$net-a"
+  pm rm -f -t 0 "$net-a" >/dev/null
+
+  # --watch: the primary CNI rewrites its file without the entry; it comes back.
+  "$bin_dir/remora-cni" install-node --watch --resync-seconds 60 --conf-dir "$work/net" \
+    --bin-dir "$work/bin" --plugin-config "$work/entry.json" >"$work/watch.log" 2>&1 &
+  watcher_pid=$!
+  wait_for "watch to start" grep -q "watching" "$work/watch.log"
+  cp "$work/original.conflist" "$conf"
+  wait_for "the entry to be re-chained" chained
+  say "install-node --watch re-chained after the conflist was rewritten"
+  kill -TERM "$watcher_pid"
+  wait "$watcher_pid" || fail "install-node --watch exited non-zero on SIGTERM"
+  watcher_pid=""
+
+  "$bin_dir/remora-cni" uninstall-node --conf-dir "$work/net" --bin-dir "$work/bin" \
+    >"$work/uninstall.log" 2>&1 || fail "uninstall-node: $(cat "$work/uninstall.log")"
+  cmp "$conf" "$work/original.conflist" || fail "the conflist differs from podman's original"
+  [[ ! -e "$work/bin/remora-cni" ]] || fail "uninstall-node left the binary"
+  [[ ! -e "$work/net/remora-cni.d" ]] || fail "uninstall-node left its backup directory"
+  # podman keeps its own cni.lock there; nothing else may be left.
+  local left
+  left=$(find "$work/net" -mindepth 1 -maxdepth 1 ! -name cni.lock -printf '%f\n')
+  [[ "$left" == "$net.conflist" ]] || fail "unexpected files left in the conf dir: $left"
+  say "uninstall-node: $net.conflist is byte-identical to podman's original; binary removed"
+
+  run_proxy_container "$net-b"
+  assert_no_rules "$net-b"
+  say "a container started after uninstall gets no rules"
+}
+
+case_kube_play() {
+  [[ -x "$bin_dir/remora-proxy" ]] || skip "remora-proxy is not built"
+  build_image --require-proxy
+  create_network
+  # The app and the sidecar share the pod; the backends are plain containers at fixed IPs.
+  local v1="$sub.168" v2="$sub.74"
+  containers+=("$net-bill-v1" "$net-bill-v2")
+  pm run -d --name "$net-bill-v1" --network "$net" --ip "$v1" "$image" \
+    remora-probe serve --listen 0.0.0.0:80 --http --reply "this is bill-service-v1" >/dev/null
+  pm run -d --name "$net-bill-v2" --network "$net" --ip "$v2" "$image" \
+    remora-probe serve --listen 0.0.0.0:80 --http --reply "hello, this is bill-service-v2" >/dev/null
+  wait_for "bill-service-v1" logs_ready "$net-bill-v1"
+  wait_for "bill-service-v2" logs_ready "$net-bill-v2"
+
+  # The seed scenario with its addresses moved into this network: the ConfigMap the proxy reads.
+  local front="$sub.10"
+  sed -e "s/10\.244\.1\.168/$v1/g" -e "s/10\.244\.2\.74/$v2/g" \
+    -e "s/10\.1\.122\.241/$vip/g" -e "s/10\.244\.0\.10/$front/g" \
+    "$src_dir/deploy/sidecar/remora-proxy-config.yaml" >"$work/config.yaml"
+  sed -e "s#localhost/remora:latest#$image#g" -e "s/^  name: front-tomcat\$/  name: $net-front/" \
+    "$src_dir/deploy/podman/bill-demo.yaml" >"$work/pod.yaml"
+  # podman's default seccomp profile plus io_uring, for the proxy (docs/PROXY.md).
+  local default_profile=/usr/share/containers/seccomp.json
+  [[ -f "$default_profile" ]] || skip "no default seccomp profile at $default_profile to extend"
+  mkdir -p "$work/seccomp"
+  sed '0,/"syscalls": *\[/s//"syscalls": [ {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ALLOW"},/' \
+    "$default_profile" >"$work/seccomp/remora-proxy.json"
+  pods+=("$net-front")
+  pm kube play --network "$net" --ip "$front" --configmap "$work/config.yaml" \
+    --seccomp-profile-root "$work/seccomp" "$work/pod.yaml" >"$work/play.log" 2>&1 ||
+    fail "podman kube play: $(cat "$work/play.log")"
+  local app="$net-front-app" proxy="$net-front-remora-proxy"
+  wait_for "the proxy's admin endpoint" pm exec "$app" curl -sf http://127.0.0.1:15000/ready
+  assert_rules "$app"
+
+  local v1n=0 v2n=0 body
+  for _ in $(seq 1 100); do
+    body=$(pm exec "$app" curl -s --max-time 3 "http://$vip:9999/") || fail "curl to the VIP failed"
+    case "$body" in
+      *"hello, this is bill-service-v2"*) v2n=$((v2n + 1)) ;;
+      *"this is bill-service-v1"*) v1n=$((v1n + 1)) ;;
+      *) fail "unexpected answer from the VIP: $body" ;;
+    esac
+  done
+  say "100 x curl http://$vip:9999/ from the app: v1=$v1n v2=$v2n"
+  [[ $v1n -eq 90 && $v2n -eq 10 ]] || fail "expected exactly 90/10 (VirtualService weights)"
+  pm logs "$proxy" >/dev/null 2>&1 || true
+}
+
+case "$case_name" in
+  libcni) case_libcni ;;
+  node_installer) case_node_installer ;;
+  kube_play) case_kube_play ;;
+  *) fail "unknown case '$case_name'" ;;
+esac
+say "PASS"
