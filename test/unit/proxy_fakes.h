@@ -62,6 +62,16 @@ class FakeRing final : public loop::Ring {
     op.data.assign(data.data(), data.size());
     ops.push_back(op);
   }
+  // Recorded like a send of the gathered bytes.
+  void sendMessage(int fd, const msghdr* message, uint64_t ud) override {
+    RecordedOp op{RecordedOp::kSend, fd, ud};
+    for (size_t i = 0; i < message->msg_iovlen; ++i) {
+      op.data.append(static_cast<const char*>(message->msg_iov[i].iov_base),
+                     message->msg_iov[i].iov_len);
+    }
+    ++gathered_sends;
+    ops.push_back(op);
+  }
   void connect(int fd, const sockaddr* a, socklen_t, std::chrono::milliseconds t,
                uint64_t ud) override {
     RecordedOp op{RecordedOp::kConnect, fd, ud};
@@ -125,6 +135,7 @@ class FakeRing final : public loop::Ring {
 
   std::vector<RecordedOp> ops;
   size_t recycled = 0;
+  size_t gathered_sends = 0;
 
  private:
   std::vector<std::string> storage_;

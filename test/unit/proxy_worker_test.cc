@@ -273,6 +273,37 @@ TEST_F(WorkerTest, SlowPeerStopsTheReceiveUntilTheQueueDrains) {
   EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);  // re-armed once drained
 }
 
+TEST_F(WorkerTest, QueuedChunksLeaveInOneGatheredSendAndAShortSendResumesInPlace) {
+  int up = establish(kClientFd);
+  auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "aaa"));
+  auto first = *ring_.last(RecordedOp::kSend, up);
+  EXPECT_EQ(first.data, "aaa");
+  EXPECT_EQ(ring_.gathered_sends, 0u);  // a single chunk is a plain send
+  // Three more arrive while the first send is in flight.
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "bbb"));
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "ccc"));
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "ddd"));
+  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), 1u);
+  size_t recycled = ring_.recycled;
+  worker_->onCompletion(done(first.user_data, 3));
+  EXPECT_EQ(ring_.recycled, recycled + 1);
+  auto gathered = *ring_.last(RecordedOp::kSend, up);
+  EXPECT_EQ(gathered.data, "bbbcccddd");
+  EXPECT_EQ(ring_.gathered_sends, 1u);
+  // Short: "bbb" and half of "ccc" went out; "bbb" goes back, the rest is sent from its buffers.
+  worker_->onCompletion(done(gathered.user_data, 4));
+  EXPECT_EQ(ring_.recycled, recycled + 2);
+  auto rest = *ring_.last(RecordedOp::kSend, up);
+  EXPECT_EQ(rest.data, "ccddd");
+  // The connection aborts with the rest in flight: those buffers go back when it completes.
+  worker_->onCompletion(done(recv.user_data, -ECONNRESET));
+  EXPECT_EQ(ring_.recycled, recycled + 2);
+  worker_->onCompletion(done(rest.user_data, -ECANCELED));
+  EXPECT_EQ(ring_.recycled, recycled + 4);
+  EXPECT_EQ(endpoint("bill-service.istio-demo", "v1", "10.244.1.168:80").received_bytes.get(), 12u);
+}
+
 TEST_F(WorkerTest, OpenConnectionsKeepTheirUpstreamAcrossATableSwap) {
   int up = establish(kClientFd);
   auto next = std::make_shared<FakeTable>(2);

@@ -5,6 +5,7 @@
 // unit tests' fake ring both sit behind it.
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <chrono>
 #include <cstddef>
@@ -51,6 +52,9 @@ class Ring {
   // One-shot read or recv into caller memory.
   virtual void read(int fd, std::span<char> into, uint64_t user_data) = 0;
   virtual void send(int fd, std::span<const char> data, uint64_t user_data) = 0;
+  // One send gathering several buffers (sendmsg); res = bytes sent, possibly fewer than the
+  // total. `message` and the iovecs it points at must stay valid until the completion.
+  virtual void sendMessage(int fd, const msghdr* message, uint64_t user_data) = 0;
   // Connect with a linked timeout: res = -ECANCELED when the timeout fired first.
   virtual void connect(int fd, const sockaddr* address, socklen_t length,
                        std::chrono::milliseconds timeout, uint64_t user_data) = 0;

@@ -249,6 +249,12 @@ void UringRing::send(int fd, std::span<const char> data, uint64_t user_data) {
   io_uring_sqe_set_data64(s, user_data);
 }
 
+void UringRing::sendMessage(int fd, const msghdr* message, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_sendmsg(s, fd, message, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
 void UringRing::connect(int fd, const sockaddr* address, socklen_t length,
                         std::chrono::milliseconds timeout, uint64_t user_data) {
   io_uring_sqe* s = sqe(2);

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace remora::proxy {
@@ -411,9 +412,22 @@ void Worker::pump(uint32_t slot, bool from_client) {
   const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
   if (d.send_in_flight) return;
   if (d.queued() > 0) {
-    const Chunk& ch = d.queue[d.head];
-    auto bytes = ring_.buffer(ch.buffer).subspan(ch.offset, ch.length);
-    ring_.send(to_fd, bytes, tag(from_client ? Op::kSendUpstream : Op::kSendClient, slot));
+    const uint64_t ud = tag(from_client ? Op::kSendUpstream : Op::kSendClient, slot);
+    const size_t n = std::min(d.queued(), kMaxGather);
+    if (n == 1) {
+      const Chunk& ch = d.queue[d.head];
+      ring_.send(to_fd, ring_.buffer(ch.buffer).subspan(ch.offset, ch.length), ud);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        const Chunk& ch = d.queue[d.head + i];
+        d.iov[i] = iovec{ring_.buffer(ch.buffer).data() + ch.offset, ch.length};
+      }
+      d.message = msghdr{};
+      d.message.msg_iov = d.iov.data();
+      d.message.msg_iovlen = n;
+      ring_.sendMessage(to_fd, &d.message, ud);
+    }
+    d.chunks_in_flight = static_cast<uint32_t>(n);
     d.send_in_flight = true;
   } else if (d.eof && !d.shut_sent) {
     ring_.shutdown(to_fd, SHUT_WR, tag(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
@@ -425,11 +439,12 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
   Connection& conn = slots_[slot];
   Direction& d = to_client ? conn.response : conn.request;
   d.send_in_flight = false;
-  if (d.queued() == 0) return;  // cannot happen: a send always has its chunk queued
-  Chunk& ch = d.queue[d.head];
+  const size_t in_flight = std::min<size_t>(d.chunks_in_flight, d.queued());
+  d.chunks_in_flight = 0;
+  if (in_flight == 0) return;  // cannot happen: a send always has its chunks queued
   if (conn.state != State::kRelaying || c.res <= 0) {
-    ring_.recycleBuffer(ch.buffer);
-    ++d.head;
+    for (size_t i = 0; i < in_flight; ++i) ring_.recycleBuffer(d.queue[d.head + i].buffer);
+    d.head += in_flight;
     if (conn.state == State::kRelaying) {
       closeConnection(slot, to_client ? "client_reset" : "upstream_reset");
     }
@@ -440,14 +455,21 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
     conn.response_bytes += sent;
     conn.counters->sent_bytes.add(sent);
   }
-  ch.offset += sent;
-  ch.length -= sent;
-  if (ch.length == 0) {
+  // A short send leaves the rest in place; it goes out from the same buffers.
+  uint32_t left = sent;
+  for (size_t i = 0; i < in_flight && left > 0; ++i) {
+    Chunk& ch = d.queue[d.head];
+    const uint32_t part = std::min(left, ch.length);
+    ch.offset += part;
+    ch.length -= part;
+    left -= part;
+    if (ch.length != 0) break;
     ring_.recycleBuffer(ch.buffer);
-    if (++d.head == d.queue.size()) {
-      d.queue.clear();
-      d.head = 0;
-    }
+    ++d.head;
+  }
+  if (d.head == d.queue.size()) {
+    d.queue.clear();
+    d.head = 0;
   }
   pump(slot, !to_client);
   maybeArmRecv(slot, !to_client);
@@ -468,8 +490,8 @@ void Worker::closeConnection(uint32_t slot, const char* outcome) {
   conn.state = State::kClosing;
   conn.outcome = outcome;
   for (Direction* d : {&conn.request, &conn.response}) {
-    // A chunk being sent goes back when its send completes; the rest go back now.
-    const size_t keep = d->send_in_flight ? 1 : 0;
+    // Chunks being sent go back when their send completes; the rest go back now.
+    const size_t keep = d->send_in_flight ? std::min<size_t>(d->chunks_in_flight, d->queued()) : 0;
     for (size_t i = d->head + keep; i < d->queue.size(); ++i) {
       ring_.recycleBuffer(d->queue[i].buffer);
     }
