@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../unit/iptables_fixtures.h"
 #include "common/netns.h"
 #include "common/subprocess.h"
 #include "intercept/backend.h"
@@ -15,12 +16,7 @@
 namespace remora::intercept {
 namespace {
 
-std::string readFixture(const std::string& name) {
-  std::ifstream f(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using fixtures::readFixture;
 
 // A network namespace named after this process, removed (by that name) however the test ends.
 // It gets lo, a veth pair whose both ends stay inside it, the seed client's address and a

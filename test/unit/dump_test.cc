@@ -6,23 +6,13 @@
 #include <sstream>
 
 #include "intercept/plan.h"
+#include "iptables_fixtures.h"
 
 namespace remora::intercept {
 namespace {
 
-std::string readFixture(const std::string& name) {
-  std::ifstream f(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-SavedTable natFromText(const std::string& text) {
-  auto r = parseIptablesSave(text);
-  EXPECT_TRUE(r.ok()) << r.error().message;
-  if (!r.ok() || r->table("nat") == nullptr) return {};
-  return *r->table("nat");
-}
+using fixtures::natFromText;
+using fixtures::readFixture;
 
 FamilyTables fromFixture(const std::string& name, Family family = Family::kIpv4,
                          const std::string& backend = "iptables-nft") {

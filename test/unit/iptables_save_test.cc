@@ -5,15 +5,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "iptables_fixtures.h"
+
 namespace remora::intercept {
 namespace {
 
-std::string readFixture(const std::string& name) {
-  std::ifstream f(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using fixtures::readFixture;
 
 std::string parseError(std::string_view text) {
   auto r = parseIptablesSave(text);

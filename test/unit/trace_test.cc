@@ -9,25 +9,14 @@
 #include <sstream>
 
 #include "intercept/plan.h"
+#include "iptables_fixtures.h"
 
 namespace remora::intercept {
 namespace {
 
-std::string readFixture(const std::string& name) {
-  std::ifstream f(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-SavedTable natFromText(const std::string& text) {
-  auto r = parseIptablesSave(text);
-  EXPECT_TRUE(r.ok()) << r.error().message;
-  if (!r.ok() || r->table("nat") == nullptr) return {};
-  return *r->table("nat");
-}
-
-SavedTable natFromFixture(const std::string& name) { return natFromText(readFixture(name)); }
+using fixtures::natFromFixture;
+using fixtures::natFromText;
+using fixtures::readFixture;
 
 // A nat table holding exactly what Remora installs for `options`, spelled as planFamily does.
 SavedTable natFromPlan(const InterceptOptions& options, Family family) {
