@@ -6,6 +6,8 @@
 #include <utility>
 #include <variant>
 
+#include "common/result.h"
+
 namespace remora::cni {
 
 // The CNI spec's well-known error codes (0-99) and Remora's own (100 and up).
@@ -48,43 +50,9 @@ struct CniError {
 // The error result JSON for `version` (the config's cniVersion when it was readable).
 std::string errorJson(const CniError& error, std::string_view cni_version);
 
-// A value or a CniError; the plugin's counterpart of remora::Result, for failures that must
-// reach the runtime with a CNI code.
+// A value or a CniError: remora::Result for failures that must reach the runtime with a CNI
+// code.
 template <typename T>
-class [[nodiscard]] CniResult {
- public:
-  CniResult(T value) : state_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
-  CniResult(CniError error) : state_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
-
-  bool ok() const { return state_.index() == 0; }
-  explicit operator bool() const { return ok(); }
-  T& value() & { return std::get<0>(state_); }
-  const T& value() const& { return std::get<0>(state_); }
-  T&& value() && { return std::get<0>(std::move(state_)); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
-  const CniError& error() const { return std::get<1>(state_); }
-
- private:
-  std::variant<T, CniError> state_;
-};
-
-template <>
-class [[nodiscard]] CniResult<void> {
- public:
-  CniResult() = default;
-  CniResult(CniError error)
-      : error_(std::move(error)), ok_(false) {}  // NOLINT(google-explicit-constructor)
-
-  bool ok() const { return ok_; }
-  explicit operator bool() const { return ok_; }
-  const CniError& error() const { return error_; }
-
- private:
-  CniError error_;
-  bool ok_ = true;
-};
+using CniResult = Result<T, CniError>;
 
 }  // namespace remora::cni
