@@ -32,18 +32,8 @@ std::vector<std::string> dport(const PortRange& r) {
 std::vector<PortRange> inboundExclusions(const InterceptOptions& o) {
   std::vector<PortRange> ports = o.exclude_inbound_ports;
   for (uint16_t p : kAlwaysExcludedInboundPorts) ports.push_back({p, p});
-  // Sort and merge so the rule list is stable whatever order the user gave.
-  std::sort(ports.begin(), ports.end(),
-            [](const PortRange& a, const PortRange& b) { return a.first < b.first; });
-  std::vector<PortRange> merged;
-  for (const auto& r : ports) {
-    if (!merged.empty() && r.first <= merged.back().last + 1u) {
-      merged.back().last = std::max(merged.back().last, r.last);
-    } else {
-      merged.push_back(r);
-    }
-  }
-  return merged;
+  // Sorted and merged, so the rule list is stable whatever order the user gave.
+  return mergePortRanges(std::move(ports));
 }
 
 bool inboundEnabled(const InterceptOptions& o) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <utility>
 
 namespace remora {
 
@@ -20,6 +21,20 @@ Result<uint16_t> parsePort(std::string_view text, std::string_view what) {
     return makeError(fmt::format("invalid {} '{}': must be a port in 1..65535", what, text));
   }
   return static_cast<uint16_t>(value);
+}
+
+std::vector<PortRange> mergePortRanges(std::vector<PortRange> ranges) {
+  std::sort(ranges.begin(), ranges.end(),
+            [](const PortRange& a, const PortRange& b) { return a.first < b.first; });
+  std::vector<PortRange> merged;
+  for (const auto& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().last + 1u) {
+      merged.back().last = std::max(merged.back().last, r.last);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  return merged;
 }
 
 Result<std::vector<PortRange>> parsePortList(std::string_view text) {
@@ -50,17 +65,7 @@ Result<std::vector<PortRange>> parsePortList(std::string_view text) {
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }
-  std::sort(ranges.begin(), ranges.end(),
-            [](const PortRange& a, const PortRange& b) { return a.first < b.first; });
-  std::vector<PortRange> merged;
-  for (const auto& r : ranges) {
-    if (!merged.empty() && r.first <= merged.back().last + 1u) {
-      merged.back().last = std::max(merged.back().last, r.last);
-    } else {
-      merged.push_back(r);
-    }
-  }
-  return merged;
+  return mergePortRanges(std::move(ranges));
 }
 
 }  // namespace remora

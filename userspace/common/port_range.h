@@ -24,6 +24,9 @@ struct PortRange {
 // '-' or ':'. Empty input yields an empty list. Ranges are sorted and merged.
 Result<std::vector<PortRange>> parsePortList(std::string_view text);
 
+// Sorts ranges and merges overlapping or adjacent ones ({80}, {81:90} -> {80:90}).
+std::vector<PortRange> mergePortRanges(std::vector<PortRange> ranges);
+
 // Parses one port in 1..65535; `what` names the value in the error message.
 Result<uint16_t> parsePort(std::string_view text, std::string_view what);
 
