@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "common/subprocess.h"
+#include "intercept/iptables_save.h"
 
 namespace remora::intercept {
 
@@ -46,14 +48,12 @@ Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) 
     // gives the "unable to initialize table 'nat'" mess users report.
     // No legacy table at all is the common case and costs no process.
     auto legacy = toolsFor(IptablesBackend::kLegacy, family);
-    bool any_legacy_table = legacyTableExists(family, "nat") ||
-                            legacyTableExists(family, "filter") ||
-                            legacyTableExists(family, "mangle") || legacyTableExists(family, "raw");
+    bool any_legacy_table = !legacyTableNames(family).empty();
     if (any_legacy_table && programInPath(legacy.save)) {
       auto text = saveTable(legacy, "");
-      // With -c each rule line reads "[pkts:bytes] -A CHAIN ...".
-      if (text &&
-          (text->find("\n-A ") != std::string::npos || text->find("] -A ") != std::string::npos)) {
+      auto saved = text ? parseIptablesSave(*text) : Result<SavedRuleset>(text.error());
+      if (saved && std::any_of(saved->tables.begin(), saved->tables.end(),
+                               [](const SavedTable& t) { return !t.rules.empty(); })) {
         chosen = IptablesBackend::kLegacy;
       }
     }
@@ -69,14 +69,18 @@ Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) 
   return chosen;
 }
 
-bool legacyTableExists(Family family, const std::string& table) {
-  std::ifstream names(family == Family::kIpv4 ? "/proc/thread-self/net/ip_tables_names"
-                                              : "/proc/thread-self/net/ip6_tables_names");
+std::vector<std::string> legacyTableNames(Family family) {
+  std::ifstream file(family == Family::kIpv4 ? "/proc/thread-self/net/ip_tables_names"
+                                             : "/proc/thread-self/net/ip6_tables_names");
+  std::vector<std::string> names;
   std::string name;
-  while (names >> name) {
-    if (name == table) return true;
-  }
-  return false;
+  while (file >> name) names.push_back(name);
+  return names;
+}
+
+bool legacyTableExists(Family family, const std::string& table) {
+  auto names = legacyTableNames(family);
+  return std::find(names.begin(), names.end(), table) != names.end();
 }
 
 bool ipv6Enabled() {

@@ -25,6 +25,10 @@ IptablesTools toolsFor(IptablesBackend backend, Family family);
 // Errors when the chosen tools are not installed.
 Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family);
 
+// The legacy (x_tables) tables that exist in the calling thread's netns, read from
+// /proc/thread-self/net/ip{6,}_tables_names without running anything.
+std::vector<std::string> legacyTableNames(Family family);
+
 // Whether the legacy (x_tables) `table` exists in the calling thread's netns, read from
 // /proc/thread-self/net/ip{6,}_tables_names without running anything: iptables-legacy-save -t
 // would create the table as a side effect.
