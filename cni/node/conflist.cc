@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "plugin/config.h"
+
 namespace remora::cni {
 namespace {
 
@@ -38,17 +40,9 @@ std::string conflistNameFor(std::string_view file_name) {
 }
 
 Result<ConfList> parseNetworkConfig(std::string_view file_name, std::string_view text) {
-  json doc = json::parse(text, nullptr, false);
-  if (doc.is_discarded()) {
-    std::string why = "malformed JSON";
-    try {
-      auto unused = json::parse(text);
-      (void)unused;
-    } catch (const json::exception& e) {
-      why = e.what();
-    }
-    return makeError(fmt::format("{}: {}", file_name, why));
-  }
+  auto parsed = parseJsonText(text);
+  if (!parsed) return makeError(fmt::format("{}: {}", file_name, parsed.error().message));
+  json doc = std::move(parsed).value();
   if (!doc.is_object()) return makeError(fmt::format("{}: not a JSON object", file_name));
   ConfList out;
   if (endsWith(file_name, ".conflist")) {

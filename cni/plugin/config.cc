@@ -120,6 +120,14 @@ std::optional<std::string> optionValueText(const json& value) {
   return std::nullopt;
 }
 
+Result<json> parseJsonText(std::string_view text) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    return makeError(e.what());
+  }
+}
+
 CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
   PluginConfig config;
   bool blank = text.find_first_not_of(" \t\r\n") == std::string_view::npos;
@@ -130,18 +138,11 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
   }
   if (blank) return decodeError("no network configuration on stdin");
 
-  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
-    // Parse again with exceptions only to get the parser's position for the message.
-    std::string why = "malformed JSON";
-    try {
-      auto unused = json::parse(text);
-      (void)unused;
-    } catch (const json::exception& e) {
-      why = e.what();
-    }
-    return decodeError("cannot decode the network configuration on stdin", why);
+  auto parsed = parseJsonText(text);
+  if (!parsed) {
+    return decodeError("cannot decode the network configuration on stdin", parsed.error().message);
   }
+  json root = std::move(parsed).value();
   if (!root.is_object()) return decodeError("the network configuration must be a JSON object");
 
   if (!root.contains("cniVersion")) return invalid("the network configuration has no cniVersion");

@@ -50,6 +50,9 @@ struct PluginConfig {
   std::optional<std::vector<Attachment>> valid_attachments;  // GC only
 };
 
+// Parses JSON text once; on failure the error is the parser's own message, with its position.
+Result<nlohmann::ordered_json> parseJsonText(std::string_view text);
+
 // Parses the stdin config for `command`. Errors: 6 when stdin is not a JSON object (or a field
 // has the wrong JSON type), 1 for an unsupported cniVersion or a command the version predates,
 // 2 for an unknown option key (message names key and value), 7 for missing or invalid values.
