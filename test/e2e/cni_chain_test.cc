@@ -198,10 +198,7 @@ TEST_F(CniChainE2e, ConnectionToAServiceVipIsCaptured) {
   ASSERT_EQ(runs.size(), 2u);
   ASSERT_EQ(runs[1].exit_code, 0);
   // The "proxy": uid 1337, so its own traffic is never captured.
-  auto proxy = world_->spawn(
-      pod, {probePath(), "serve", "--listen", "0.0.0.0:15001", "--reply", "captured-by-remora"},
-      1337, 1337);
-  ASSERT_TRUE(proxy->waitForLine("ready"));
+  auto proxy = world_->serveProbe(pod, "0.0.0.0:15001", "captured-by-remora", false, 1337);
   auto out = world_->exec(pod, {probePath(), "connect", kVip, "--timeout-ms", "3000"});
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->exit_code, 0) << out->out << out->err;

@@ -13,10 +13,6 @@
 namespace remora::test {
 namespace {
 
-constexpr const char* kFrontIp = "10.244.0.10";
-constexpr const char* kFrontIp6 = "fd00:244::10";
-constexpr const char* kBillV1 = "10.244.1.168";
-constexpr const char* kBillV2 = "10.244.2.74";
 constexpr const char* kClientIp = "10.244.0.20";
 constexpr const char* kVip = "10.1.122.241:9999";
 constexpr const char* kVip6 = "[fd00:1::241]:9999";
@@ -42,9 +38,7 @@ class InitE2e : public ::testing::TestWithParam<std::string> {
 
   std::unique_ptr<Process> serve(const Pod& pod, const std::string& listen,
                                  const std::string& reply) {
-    auto p = world_->spawn(pod, {probePath(), "serve", "--listen", listen, "--reply", reply});
-    EXPECT_TRUE(p->waitForLine("ready")) << "server " << reply << " did not start";
-    return p;
+    return world_->serveProbe(pod, listen, reply);
   }
 
   std::string backend() const { return GetParam(); }

@@ -21,10 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char* kFrontIp = "10.244.0.10";
-constexpr const char* kFrontIp6 = "fd00:244::10";
-constexpr const char* kBillV1 = "10.244.1.168";
-constexpr const char* kBillV2 = "10.244.2.74";
 constexpr const char* kOtherIp = "10.244.3.3";
 constexpr const char* kClientIp = "10.244.0.20";
 constexpr const char* kVipUrl = "http://bill-service:9999/";
@@ -92,18 +88,9 @@ class ProxyE2e : public ::testing::Test {
   }
 
   void serveBackends(bool v2_up = true) {
-    servers_.push_back(serve(v1_, "0.0.0.0:80", kV1Reply, true));
-    if (v2_up) servers_.push_back(serve(v2_, "0.0.0.0:80", kV2Reply, true));
-    servers_.push_back(serve(other_, "0.0.0.0:8080", "other-service", true));
-  }
-
-  std::unique_ptr<Process> serve(const Pod& pod, const std::string& listen,
-                                 const std::string& reply, bool http) {
-    std::vector<std::string> argv = {probePath(), "serve", "--listen", listen, "--reply", reply};
-    if (http) argv.push_back("--http");
-    auto p = world_->spawn(pod, argv);
-    EXPECT_TRUE(p->waitForLine("ready")) << "server " << reply << " did not start";
-    return p;
+    servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", kV1Reply, true));
+    if (v2_up) servers_.push_back(world_->serveProbe(v2_, "0.0.0.0:80", kV2Reply, true));
+    servers_.push_back(world_->serveProbe(other_, "0.0.0.0:8080", "other-service", true));
   }
 
   void startProxy(std::vector<std::string> extra = {}) {
@@ -273,7 +260,7 @@ TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
 
 TEST_F(ProxyE2e, InboundReachesTheAppFrom127_0_0_6) {
   writeConfig(seed("istio-90-10.yaml"));
-  servers_.push_back(serve(front_, "0.0.0.0:8080", "front-app", false));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "front-app", false));
   auto client = *world_->addPod("client", kClientIp);
   startProxy();
   auto out = world_->exec(client, {probePath(), "connect", std::string(kFrontIp) + ":8080"});
@@ -337,7 +324,7 @@ TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
 
 TEST_F(ProxyE2e, Ipv6PassthroughUsesIp6tOriginalDst) {
   auto other6 = *world_->addPod("other6", "10.244.3.6", "fd00:244::36");
-  servers_.push_back(serve(other6, "[::]:8080", "other-v6", true));
+  servers_.push_back(world_->serveProbe(other6, "[::]:8080", "other-v6", true));
   writeConfig(seed("istio-90-10.yaml"));
   startProxy();
   EXPECT_EQ(curl(front_, "http://[fd00:244::36]:8080/"), "other-v6\n");
@@ -364,7 +351,7 @@ TEST_F(ProxyE2e, Ipv6InboundReachesTheAppFromColonColon6) {
     ASSERT_EQ(world_->exec(front_, {"ip", "-6", "addr", "add", "::6/128", "dev", "lo"})->exit_code,
               0);
   }
-  servers_.push_back(serve(front_, "[::]:8080", "front-app6", false));
+  servers_.push_back(world_->serveProbe(front_, "[::]:8080", "front-app6", false));
   auto client = *world_->addPod("client6", kClientIp, "fd00:244::20");
   startProxy();
   auto out =

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -166,6 +167,16 @@ std::unique_ptr<Process> NetnsWorld::spawn(const Pod& pod, const std::vector<std
   ::close(fds[1]);
   ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
   return std::make_unique<Process>(pid, fds[0]);
+}
+
+std::unique_ptr<Process> NetnsWorld::serveProbe(const Pod& pod, const std::string& listen,
+                                                const std::string& reply, bool http,
+                                                std::optional<uint32_t> uid) {
+  std::vector<std::string> argv = {probePath(), "serve", "--listen", listen, "--reply", reply};
+  if (http) argv.push_back("--http");
+  auto p = spawn(pod, argv, uid, uid);
+  EXPECT_TRUE(p && p->waitForLine("ready")) << "remora-probe '" << reply << "' did not start";
+  return p;
 }
 
 std::string binaryPath(const std::string& name) { return std::string(REMORA_BIN_DIR) + "/" + name; }

@@ -38,6 +38,12 @@ class Process {
   bool reaped_ = false;
 };
 
+// The seed scenario's pod addresses (DESIGN.md).
+inline constexpr const char* kFrontIp = "10.244.0.10";
+inline constexpr const char* kFrontIp6 = "fd00:244::10";
+inline constexpr const char* kBillV1 = "10.244.1.168";
+inline constexpr const char* kBillV2 = "10.244.2.74";
+
 struct Pod {
   std::string name;   // the name the test gave
   std::string netns;  // "ip netns" name
@@ -70,6 +76,11 @@ class NetnsWorld {
   std::unique_ptr<Process> spawn(const Pod& pod, const std::vector<std::string>& argv,
                                  std::optional<uint32_t> uid = std::nullopt,
                                  std::optional<uint32_t> gid = std::nullopt);
+  // Starts `remora-probe serve --listen LISTEN --reply REPLY [--http]` in the pod (as uid/gid
+  // when given) and waits until it listens; a probe that did not start fails the calling test.
+  std::unique_ptr<Process> serveProbe(const Pod& pod, const std::string& listen,
+                                      const std::string& reply, bool http = false,
+                                      std::optional<uint32_t> uid = std::nullopt);
   const std::string& nodeNetns() const { return node_; }
   std::string netnsPath(const Pod& pod) const { return "/var/run/netns/" + pod.netns; }
 
