@@ -8,9 +8,11 @@ packages=(
   build-essential cmake ccache g++ clang llvm clang-format clang-tidy pkg-config
   libbpf-dev bpftool libnl-3-dev libnl-route-3-dev liburing-dev libssl-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
-  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libhttp-parser-dev
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libhttp-parser-dev libc-ares-dev
   # interception and network test worlds
   iptables nftables iproute2 procps util-linux kmod
+  # DNS server for the ServiceEntry resolution: DNS tests (dnsmasq-base: no system service)
+  dnsmasq-base
   # container runtime and reference CNI plugins
   podman runc containernetworking-plugins buildah
   # demo, end-to-end and benchmark peers
