@@ -23,10 +23,15 @@ Result<CachedAnswer> DnsCache::lookup(std::string_view host) {
   // The answer an entry gives as it stands.
   auto fromEntry = [this](const Entry& entry, Clock::time_point now) -> Result<CachedAnswer> {
     if (entry.error.empty()) return CachedAnswer{*entry.good, false, {}, entry.refresh_at};
-    if (entry.good && now <= entry.good_until + options_.max_stale) {
+    if (!entry.good) return makeError(entry.error);
+    if (now <= entry.good_until + options_.max_stale) {
       return CachedAnswer{*entry.good, true, entry.error, entry.refresh_at};
     }
-    return makeError(entry.error);
+    return makeError(fmt::format(
+        "{}; the last good answer expired {} s ago, past the {} s bound for serving stale answers",
+        entry.error,
+        std::chrono::duration_cast<std::chrono::seconds>(now - entry.good_until).count(),
+        options_.max_stale.count()));
   };
 
   {
@@ -50,13 +55,6 @@ Result<CachedAnswer> DnsCache::lookup(std::string_view host) {
   }
   entry.refresh_at = now + options_.min_refresh;
   entry.error = resolved.error().message;
-  if (entry.good && now > entry.good_until + options_.max_stale) {
-    entry.error += fmt::format(
-        "; the last good answer expired {} s ago, past the {} s bound for serving stale answers",
-        std::chrono::duration_cast<std::chrono::seconds>(now - entry.good_until).count(),
-        options_.max_stale.count());
-    entry.good.reset();
-  }
   return fromEntry(entry, now);
 }
 
