@@ -319,6 +319,33 @@ TEST_F(DnsE2e, AnUnusedPortFailsWithinTheDeadline) {
             << std::chrono::duration_cast<milliseconds>(took).count() << " ms\n";
 }
 
+TEST_F(DnsE2e, GivenNameserversTheHostsFileIsNotRead) {
+  // A name from this machine's /etc/hosts other than localhost (which c-ares answers itself).
+  std::ifstream hosts("/etc/hosts");
+  std::string line;
+  std::string name;
+  while (name.empty() && std::getline(hosts, line)) {
+    std::istringstream fields(line.substr(0, line.find('#')));
+    std::string address;
+    std::string candidate;
+    fields >> address;
+    while (fields >> candidate) {
+      if (candidate.rfind("localhost", 0) != 0 && candidate.rfind("ip6-", 0) != 0) {
+        name = candidate;
+        break;
+      }
+    }
+  }
+  if (name.empty()) GTEST_SKIP() << "/etc/hosts names only localhost";
+  auto resolver = makeResolver(kServerPort);
+  ASSERT_NE(resolver, nullptr);
+  auto result = resolveIn(*netns_, *resolver, name);
+  ASSERT_FALSE(result.ok()) << name << " was answered from /etc/hosts";
+  // dnsmasq refuses names outside its --local domain.
+  EXPECT_NE(result.error().message.find("REFUSED"), std::string::npos) << result.error().message;
+  EXPECT_NE(result.error().message.find(name), std::string::npos) << result.error().message;
+}
+
 TEST_F(DnsE2e, DnsCachePicksUpAChangedRecordAfterTheTtl) {
   auto first = std::make_unique<Dnsmasq>(
       *netns_, kChangePort,

@@ -53,7 +53,8 @@ std::string describeStatus(int status) {
       what = "timeout";
       break;
     case ARES_ECONNREFUSED:
-      what = "connection refused";
+      // c-ares 1.18 also ends here when every server replied REFUSED or SERVFAIL.
+      what = "no server gave an answer (connection refused, or a REFUSED/SERVFAIL reply)";
       break;
     case ARES_EFORMERR:
       what = "FORMERR";
@@ -182,7 +183,7 @@ Result<std::unique_ptr<Resolver>> Resolver::create(ResolverOptions options) {
   int mask = ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
   opts.timeout = static_cast<int>(options.timeout.count());
   opts.tries = options.tries;
-  // The string literal is only read; c-ares copies it.
+  // ares_options::lookups is a non-const char*; c-ares copies the string.
   char lookups[] = "b";
   if (!options.nameservers.empty()) {
     // Ask the given servers only, for the name as given: no hosts file, no search suffixes.

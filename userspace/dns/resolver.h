@@ -13,7 +13,9 @@
 //   Resolved::ttl is the smallest TTL of every record in the answer, CNAMEs included.
 // - An IP literal ("10.0.0.1", "fd00::1") resolves to itself without a query, with kLiteralTtl.
 // - Failures are Results whose message names the host, the DNS outcome (NXDOMAIN, NODATA,
-//   SERVFAIL, REFUSED, timeout, connection refused...) and the name servers asked.
+//   SERVFAIL, REFUSED, timeout, connection refused...) and the name servers asked. With c-ares
+//   1.18 (Debian 12), a REFUSED or SERVFAIL reply and an ICMP "port unreachable" give the same
+//   status, and the message says so.
 // - ResolverOptions::nameservers replaces the system's servers (for tests, or a mesh-wide DNS);
 //   with it set, /etc/hosts and resolv.conf search domains are not used either, so the name is
 //   asked exactly as given. Left empty, /etc/resolv.conf (servers, search, ndots) and the
