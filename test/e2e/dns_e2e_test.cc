@@ -279,7 +279,7 @@ TEST_F(DnsE2e, AServerThatNeverAnswersTimesOut) {
   });
   ASSERT_TRUE(bound.ok()) << bound.error().message;
 
-  // Per-try timeouts: 2 tries of 300 ms end well inside the 10 s deadline.
+  // Per-try timeouts: 2 tries (300 ms, then 600 ms) end well inside the 10 s deadline.
   auto resolver = makeResolver(kSilentPort, milliseconds(300), 2, seconds(10));
   ASSERT_NE(resolver, nullptr);
   auto started = SteadyClock::now();
@@ -290,6 +290,8 @@ TEST_F(DnsE2e, AServerThatNeverAnswersTimesOut) {
   EXPECT_NE(result.error().message.find("web.remora.test"), std::string::npos);
   EXPECT_GE(took, milliseconds(250));
   EXPECT_LT(took, seconds(5));
+  std::cout << "silent server, 2 tries x 300 ms: failed after "
+            << std::chrono::duration_cast<milliseconds>(took).count() << " ms\n";
 
   // The hard deadline cuts c-ares' own retries short: 3 tries of 2 s, deadline 700 ms.
   auto bounded = makeResolver(kSilentPort, milliseconds(2000), 3, milliseconds(700));
@@ -301,6 +303,8 @@ TEST_F(DnsE2e, AServerThatNeverAnswersTimesOut) {
   EXPECT_NE(cut.error().message.find("700 ms deadline"), std::string::npos) << cut.error().message;
   EXPECT_GE(took, milliseconds(650));
   EXPECT_LT(took, milliseconds(2500));
+  std::cout << "silent server, 700 ms deadline: failed after "
+            << std::chrono::duration_cast<milliseconds>(took).count() << " ms\n";
   ::close(silent);
 }
 

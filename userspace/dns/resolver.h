@@ -52,7 +52,8 @@ enum class AddressFamilies { kBoth, kIpv4, kIpv6 };
 struct ResolverOptions {
   // "ip:port" strings ("127.0.0.1:5353", "[::1]:53"); empty: the system's /etc/resolv.conf.
   std::vector<std::string> nameservers;
-  // How long one try waits for an answer from a server before the next try.
+  // How long the first try waits for an answer before the next; c-ares doubles it on each
+  // later round (2 tries of 300 ms give up after about 900 ms), and `deadline` caps the total.
   std::chrono::milliseconds timeout{2000};
   // Tries per server.
   int tries = 2;
