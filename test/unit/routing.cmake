@@ -17,3 +17,12 @@ add_executable(remora-reload-bench ${CMAKE_CURRENT_LIST_DIR}/../bench/reload_ben
 target_link_libraries(remora-reload-bench PRIVATE remora_config remora_routing fmt::fmt)
 add_test(NAME reload_bench COMMAND remora-reload-bench)
 set_tests_properties(reload_bench PROPERTIES LABELS bench)
+
+# Config fidelity (field tables, findings, Istio semantics, ServiceEntry/WorkloadEntry).
+add_executable(config_fidelity_test ${CMAKE_CURRENT_LIST_DIR}/config_fidelity_test.cc)
+target_link_libraries(config_fidelity_test PRIVATE remora_config remora_routing yaml-cpp fmt::fmt
+  GTest::gtest GTest::gtest_main)
+target_compile_definitions(config_fidelity_test PRIVATE
+  REMORA_FIXTURES_DIR="${CMAKE_CURRENT_LIST_DIR}/../fixtures")
+gtest_discover_tests(config_fidelity_test TEST_PREFIX "config_test."
+  PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)

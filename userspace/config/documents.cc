@@ -29,6 +29,12 @@ const char* toString(Kind kind) {
       return "Namespace";
     case Kind::kProxyConfig:
       return "ProxyConfig";
+    case Kind::kEndpoints:
+      return "Endpoints";
+    case Kind::kServiceEntry:
+      return "ServiceEntry";
+    case Kind::kWorkloadEntry:
+      return "WorkloadEntry";
   }
   return "?";
 }

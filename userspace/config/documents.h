@@ -15,6 +15,7 @@
 #include <variant>
 #include <vector>
 
+#include "common/finding.h"
 #include "common/ip_address.h"
 #include "routing/route_table.h"
 
@@ -39,6 +40,8 @@ struct ServiceSpec {
   std::vector<IpAddress> cluster_ips;  // clusterIP and clusterIPs merged, "None" dropped
   std::vector<ServicePortSpec> ports;  // TCP ports only
   Labels selector;                     // empty: endpoints come from EndpointSlices only
+  bool external_name = false;          // type ExternalName: a DNS alias, nothing to route
+  bool headless = false;               // clusterIP: None
 };
 
 struct PodSpec {
@@ -73,11 +76,19 @@ struct RouteDestination {
   int line = 0;
 };
 
+enum class RouteSection { kHttp, kTcp, kTls };
+
 struct VsRoute {
   std::string field;  // "spec.tcp[0]", for errors found while building
-  bool tcp = false;
+  RouteSection section = RouteSection::kHttp;
   bool has_match = false;
-  std::vector<uint16_t> match_ports;  // tcp routes: the ports their matches name
+  // Match entries that name nothing but a port (or nothing at all) can be decided per
+  // connection; `match_ports` holds their ports. `l7_match` names what the others need
+  // ("headers", "uri", ...): such a match is not applied yet.
+  bool any_port = false;  // a match entry with no port condition at all
+  std::vector<uint16_t> match_ports;
+  std::string l7_match;
+  std::string action;  // "redirect", "directResponse" or "delegate" when there is no route
   std::vector<RouteDestination> destinations;
   int line = 0;
 };
@@ -89,7 +100,8 @@ struct HostRef {
 
 struct VirtualServiceSpec {
   std::vector<HostRef> hosts;
-  std::vector<VsRoute> routes;  // tcp routes first, then http, each in file order
+  std::vector<VsRoute> routes;  // tcp routes first, then http, then tls, each in file order
+  bool mesh = true;             // false when bound to gateways only: not for sidecars
 };
 
 struct SubsetSpec {
@@ -118,6 +130,39 @@ struct ProxyConfigSpec {
   std::optional<bool> access_log;
 };
 
+// A workload outside Kubernetes (a WorkloadEntry, or one of a ServiceEntry's endpoints).
+struct WorkloadSpec {
+  std::string address;  // an IP, or a DNS name (resolved when the ServiceEntry says DNS)
+  std::vector<std::pair<std::string, uint16_t>> ports;  // port name → number
+  Labels labels;
+  int line = 0;
+};
+
+enum class Resolution { kNone, kStatic, kDns, kDnsRoundRobin };
+
+struct ServiceEntryPortSpec {
+  std::string name;
+  uint16_t number = 0;
+  uint16_t target = 0;  // targetPort, else number
+  std::string protocol;
+  int line = 0;
+};
+
+struct ServiceEntrySpec {
+  std::vector<HostRef> hosts;
+  std::vector<IpAddress> addresses;  // VIPs (single addresses; wider CIDRs are reported)
+  std::vector<ServiceEntryPortSpec> ports;
+  Resolution resolution = Resolution::kNone;
+  bool mesh_internal = false;
+  std::vector<WorkloadSpec> endpoints;
+  std::optional<Labels> workload_selector;
+  int line = 0;
+};
+
+struct WorkloadEntrySpec {
+  WorkloadSpec workload;
+};
+
 struct NamespaceSpec {};
 
 enum class Kind {
@@ -128,9 +173,20 @@ enum class Kind {
   kDestinationRule,
   kNamespace,
   kProxyConfig,
+  kEndpoints,  // core/v1 Endpoints, read into an EndpointSliceSpec
+  kServiceEntry,
+  kWorkloadEntry,
 };
 
 const char* toString(Kind kind);
+
+// A finding about one object, with a line relative to its document.
+struct Note {
+  Severity severity = Severity::kWarning;
+  std::string field;
+  int line = 0;
+  std::string message;
+};
 
 struct Object {
   Kind kind = Kind::kNamespace;
@@ -138,15 +194,32 @@ struct Object {
   int line = 0;
   std::string namespace_name;  // metadata.namespace, "default" when unset
   std::string name;
+  std::string created;  // metadata.creationTimestamp (RFC 3339 sorts as text), may be empty
   Labels labels;
   std::variant<ServiceSpec, PodSpec, EndpointSliceSpec, VirtualServiceSpec, DestinationRuleSpec,
-               NamespaceSpec, ProxyConfigSpec>
+               NamespaceSpec, ProxyConfigSpec, ServiceEntrySpec, WorkloadEntrySpec>
       spec;
+  std::vector<Note> notes;  // fields not applied, unknown fields
+};
+
+// An object that failed validation. It is left out of the table; its last good version (by
+// kind, namespace and name) keeps serving when there is one.
+struct Rejected {
+  std::string kind;
+  std::string namespace_name;
+  std::string name;
+  int item = -1;
+  std::string field;
+  int line = 0;         // relative, like Object::line
+  std::string message;  // the full text, naming document, object, field and line
 };
 
 // One YAML document: a single object, several (a List), or none (an empty document).
 struct DocumentModel {
   std::vector<Object> objects;
+  std::vector<Rejected> rejected;
+  // Kinds the proxy does not read (Deployment, ConfigMap, ...), "kind (apiVersion)" each.
+  std::vector<std::string> skipped;
 };
 
 // Where a document sits in the file being loaded.

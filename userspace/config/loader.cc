@@ -1,11 +1,13 @@
 #include "config/loader.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -107,34 +109,80 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
   stats.parsed = misses.size();
   parseMisses(texts, placements, misses, results);
 
+  // One bad object is rejected alone; one document that is not YAML is left out alone. Only a
+  // file in which no document parses at all fails the load (and the last good table stays).
   std::optional<Error> first_error;
+  size_t syntax_errors = 0;
+  std::vector<Finding> findings;
+  std::map<std::string, size_t> skipped;
   std::vector<PlacedDocument> documents;
   documents.reserve(texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
     ModelResult& r = *results[i];
     if (!r) {
       if (!first_error) first_error = r.error();
+      ++syntax_errors;
+      findings.push_back({Severity::kError, "", "", "", "", texts[i].first_line + 1,
+                          r.error().message + "; the document is left out"});
       continue;
     }
+    const DocumentModel& model = **r;
     documents.push_back({placements[i], *r});
+    for (const auto& kind : model.skipped) ++skipped[kind];
+    for (const auto& rejected : model.rejected) {
+      std::string key =
+          fmt::format("{} {}/{}", rejected.kind, rejected.namespace_name, rejected.name);
+      auto good = rejected.name.empty() ? last_good_.end() : last_good_.find(key);
+      Finding f{Severity::kError, rejected.kind,  rejected.namespace_name,
+                rejected.name,    rejected.field, placements[i].first_line + rejected.line + 1,
+                rejected.message};
+      if (good == last_good_.end()) {
+        f.text += "; the object is left out";
+      } else {
+        f.text += "; its last good version keeps serving";
+        auto fallback = std::make_shared<DocumentModel>();
+        fallback->objects.push_back(good->second.model->objects[good->second.index]);
+        documents.push_back({good->second.placement, std::move(fallback)});
+      }
+      findings.push_back(std::move(f));
+    }
   }
   for (size_t i : misses) {
-    if (results[i]->ok()) {
+    // A document with a rejected object is parsed again next time: its messages carry lines.
+    if (results[i]->ok() && results[i]->value()->rejected.empty()) {
       next_cache.try_emplace(TextKey{keys[i].hash, std::string(keys[i].text)}, results[i]->value());
     }
   }
   cache_ = std::move(next_cache);
   stats.parse_ms = msSince(start);
-  if (first_error) {
+  if (first_error && syntax_errors == texts.size()) {
     stats_ = stats;
     return *first_error;
   }
+  for (const auto& [kind, count] : skipped) {
+    findings.push_back({Severity::kInfo, "", "", "", "", 0,
+                        fmt::format("skipped {} object{} of kind {}: the proxy does not read it",
+                                    count, count == 1 ? "" : "s", kind)});
+  }
 
   start = Clock::now();
-  auto table = buildRouteTable(documents, generation, base);
+  for (const auto& doc : documents) {
+    for (size_t k = 0; k < doc.model->objects.size(); ++k) {
+      const Object& o = doc.model->objects[k];
+      if (o.kind == Kind::kPod) continue;  // many, and a bad Pod just is not an endpoint
+      last_good_[fmt::format("{} {}/{}", toString(o.kind), o.namespace_name, o.name)] = {
+          doc.placement, doc.model, k};
+    }
+  }
+  auto table = buildRouteTable(documents, generation, base, std::move(findings), resolve_);
   stats.build_ms = msSince(start);
   stats_ = stats;
   return table;
+}
+
+void Loader::setResolver(HostResolver resolve) {
+  std::lock_guard lock(mutex_);
+  resolve_ = std::move(resolve);
 }
 
 Result<std::shared_ptr<const routing::RouteTable>> Loader::loadFile(
@@ -159,6 +207,8 @@ Loader& sharedLoader() {
 }
 
 }  // namespace
+
+void setHostResolver(HostResolver resolve) { sharedLoader().setResolver(std::move(resolve)); }
 
 Result<std::shared_ptr<const routing::RouteTable>> loadRouteTable(
     std::string_view yaml_text, uint64_t generation, const routing::ProxySettings& base) {

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "common/result.h"
+#include "config/table_builder.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -33,6 +34,8 @@ class Loader {
   Result<std::shared_ptr<const routing::RouteTable>> loadFile(
       const std::string& path, uint64_t generation, const routing::ProxySettings& base = {});
   Stats lastStats() const;
+  // Resolves DNS names of ServiceEntries on later loads (none by default: they are reported).
+  void setResolver(HostResolver resolve);
 
  private:
   // Documents by text. The hash is computed once per document and kept in the key, so moving
@@ -60,9 +63,19 @@ class Loader {
   using Cache =
       std::unordered_map<TextKey, std::shared_ptr<const DocumentModel>, TextHash, TextEqual>;
 
+  // The last version of each object that loaded, by "Kind namespace/name": a later version
+  // that fails validation is replaced by it, so one bad edit never takes a rule away.
+  struct LastGood {
+    Placement placement;
+    std::shared_ptr<const DocumentModel> model;
+    size_t index = 0;
+  };
+
   mutable std::mutex mutex_;
   Cache cache_;
   Stats stats_;
+  std::unordered_map<std::string, LastGood> last_good_;
+  HostResolver resolve_;
 };
 
 // Builds a RouteTable from multi-document YAML (or a `kind: List`) of Service, Pod,
@@ -72,6 +85,9 @@ class Loader {
 // Uses one process-wide Loader, so reloading the same large file stays cheap.
 Result<std::shared_ptr<const routing::RouteTable>> loadRouteTable(
     std::string_view yaml_text, uint64_t generation, const routing::ProxySettings& base = {});
+
+// Sets the shared Loader's DNS resolver (see Loader::setResolver).
+void setHostResolver(HostResolver resolve);
 
 // Reads the file (following symlinks, as a ConfigMap volume's ..data swap needs) and loads it.
 Result<std::shared_ptr<const routing::RouteTable>> loadRouteTableFile(

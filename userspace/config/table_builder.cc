@@ -3,9 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <deque>
+#include <map>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "config/field_table.h"
 #include "routing/static_route_table.h"
 
 namespace remora::config {
@@ -18,35 +21,55 @@ struct Ref {
   const Placement* placement = nullptr;
   const Object* object = nullptr;
 
-  Error error(std::string_view field, int line, std::string_view what) const {
-    bool namespaced = object->kind != Kind::kNamespace;
-    return makeError(describeError(*placement, object->item, toString(object->kind),
-                                   namespaced ? object->namespace_name : "", object->name, field,
-                                   line, what));
-  }
+  explicit operator bool() const { return object != nullptr; }
 
   std::string where() const {
     std::string out = fmt::format("document {}", placement->index);
     if (object->item >= 0) out += fmt::format(" item {}", object->item);
     return fmt::format("{}, line {}", out, placement->first_line + object->line + 1);
   }
+
+  std::string id() const {
+    return fmt::format("{} {}/{}", toString(object->kind), object->namespace_name, object->name);
+  }
 };
+
+// Istio's precedence between two rules for one host: the older creationTimestamp, else the
+// one earlier in the file.
+bool olderThan(const Ref& a, const Ref& b) {
+  if (!a.object->created.empty() && !b.object->created.empty() &&
+      a.object->created != b.object->created) {
+    return a.object->created < b.object->created;
+  }
+  if (a.placement->index != b.placement->index) return a.placement->index < b.placement->index;
+  return a.object->item < b.object->item;
+}
 
 struct EndpointInfo {
   routing::Endpoint endpoint;
-  const Labels* labels = nullptr;    // the Pod's, when known
+  const Labels* labels = nullptr;    // the Pod's or WorkloadEntry's, when known
   std::vector<IpAddress> other_ips;  // the pod's addresses in other families
+};
+
+struct MergedSubset {
+  const SubsetSpec* spec = nullptr;
+  Ref rule;  // the DestinationRule that defined it
+  size_t index = 0;
 };
 
 struct ServiceInfo {
   Ref ref;
   const ServiceSpec* spec = nullptr;
-  std::string key;                                   // "name.namespace"
+  std::string key;  // "name.namespace", or a ServiceEntry's host
+  bool service_entry = false;
+  Resolution resolution = Resolution::kStatic;
   std::vector<std::vector<EndpointInfo>> endpoints;  // per spec->ports entry
   // Every Pod behind the Service, ready or not: a subset that matches none of them is a typo,
   // one that matches only unready pods is just empty for now.
-  std::vector<const Object*> pods;
-  Ref destination_rule;
+  std::vector<const Labels*> workloads;
+  bool slice_without_pods = false;     // endpoints from slices whose Pods are not in the file
+  std::vector<Ref> destination_rules;  // oldest first; the first one's policy applies
+  std::vector<MergedSubset> subsets;
   Ref virtual_service;
 };
 
@@ -78,46 +101,76 @@ std::string labelsText(const Labels& labels) {
   return out.empty() ? "{}" : out;
 }
 
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string sectionName(RouteSection s) {
+  switch (s) {
+    case RouteSection::kHttp:
+      return "http";
+    case RouteSection::kTcp:
+      return "tcp";
+    case RouteSection::kTls:
+      return "tls";
+  }
+  return "?";
+}
+
 class Builder {
  public:
-  Builder(const std::vector<PlacedDocument>& documents, const routing::ProxySettings& base)
-      : documents_(documents), settings_(base) {}
+  Builder(const std::vector<PlacedDocument>& documents, const routing::ProxySettings& base,
+          std::vector<Finding> findings, const HostResolver& resolve)
+      : documents_(documents), settings_(base), findings_(std::move(findings)), resolve_(resolve) {}
 
   Result<std::shared_ptr<const routing::RouteTable>> build(uint64_t generation) {
-    if (auto r = collect(); !r) return r.error();
-    if (auto r = applyProxyConfig(); !r) return r.error();
-    if (auto r = indexPods(); !r) return r.error();
-    if (auto r = indexServices(); !r) return r.error();
+    collect();
+    applyProxyConfig();
+    indexPods();
+    indexServices();
+    indexServiceEntries();
     computeEndpoints();
-    if (auto r = attachIstio(); !r) return r.error();
+    attachDestinationRules();
+    attachVirtualServices();
     std::vector<routing::ServicePortEntry> entries;
     entries.reserve(services_.size());
     for (auto& service : services_) {
+      if (service.service_entry && service.resolution == Resolution::kNone) continue;
       for (size_t p = 0; p < service.spec->ports.size(); ++p) {
-        auto entry = buildPort(service, p);
-        if (!entry) return entry.error();
-        entries.push_back(std::move(*entry));
+        entries.push_back(buildPort(service, p));
       }
     }
-    auto table = routing::StaticRouteTable::create(settings_, generation, std::move(entries));
+    auto table = routing::StaticRouteTable::create(settings_, generation, std::move(entries),
+                                                   std::move(findings_));
     if (!table) return table.error();
     return std::shared_ptr<const routing::RouteTable>(std::move(*table));
   }
 
  private:
-  Result<void> collect() {
+  void note(const Ref& ref, Severity severity, std::string_view field, int line,
+            std::string_view message) {
+    findings_.push_back(makeFinding(severity, *ref.placement, *ref.object, field, line, message));
+  }
+
+  void collect() {
     // Pods and Services, the bulk of a large file, are checked for duplicates by the indexes
     // built from them anyway; this map holds only the other kinds.
     ViewMap<Ref> seen;
     for (const auto& doc : documents_) {
       for (const auto& object : doc.model->objects) {
         Ref ref{&doc.placement, &object};
+        for (const auto& n : object.notes) note(ref, n.severity, n.field, n.line, n.message);
         if (object.kind != Kind::kPod && object.kind != Kind::kService) {
           ViewKey key = object.kind == Kind::kProxyConfig
                             ? ViewKey{"ProxyConfig", "", ""}
                             : ViewKey{toString(object.kind), object.namespace_name, object.name};
           auto [it, inserted] = seen.try_emplace(key, ref);
-          if (!inserted) return duplicate(ref, it->second);
+          if (!inserted) {
+            duplicate(ref, it->second);
+            continue;
+          }
         }
         switch (object.kind) {
           case Kind::kService:
@@ -131,6 +184,9 @@ class Builder {
                             ""}]
                 .push_back(ref);
             break;
+          case Kind::kEndpoints:
+            endpoints_objects_[ViewKey{object.name, object.namespace_name, ""}].push_back(ref);
+            break;
           case Kind::kVirtualService:
             virtual_services_.push_back(ref);
             break;
@@ -140,58 +196,86 @@ class Builder {
           case Kind::kProxyConfig:
             proxy_config_ = ref;
             break;
+          case Kind::kServiceEntry:
+            service_entries_.push_back(ref);
+            break;
+          case Kind::kWorkloadEntry:
+            workload_entries_.push_back(ref);
+            break;
           case Kind::kNamespace:
             break;
         }
       }
     }
-    return {};
   }
 
-  static Error duplicate(const Ref& ref, const Ref& first) {
+  void duplicate(const Ref& ref, const Ref& first) {
     const Object& object = *ref.object;
-    return ref.error("metadata.name", object.line,
-                     object.kind == Kind::kProxyConfig
-                         ? fmt::format("a second ProxyConfig (the first is at {})", first.where())
-                         : fmt::format("duplicate {} (the first is at {})", toString(object.kind),
-                                       first.where()));
+    note(ref, Severity::kError, "metadata.name", object.line,
+         object.kind == Kind::kProxyConfig
+             ? fmt::format("a second ProxyConfig (the first is at {}); this one is left out",
+                           first.where())
+             : fmt::format("duplicate {} (the first is at {}); this one is left out",
+                           toString(object.kind), first.where()));
   }
 
-  Result<void> applyProxyConfig() {
-    if (proxy_config_.object == nullptr) return {};
+  void applyProxyConfig() {
+    if (!proxy_config_) return;
     const auto& c = std::get<ProxyConfigSpec>(proxy_config_.object->spec);
-    if (c.outbound_port) settings_.outbound_listen.port = *c.outbound_port;
-    if (c.inbound_port) settings_.inbound_listen.port = *c.inbound_port;
-    if (c.admin_address) settings_.admin_listen.ip = *c.admin_address;
-    if (c.admin_port) settings_.admin_listen.port = *c.admin_port;
-    if (c.inbound_source) settings_.inbound_source = *c.inbound_source;
-    if (c.outbound_policy) settings_.outbound_policy = *c.outbound_policy;
-    if (c.connect_timeout) settings_.connect_timeout = *c.connect_timeout;
-    if (c.drain_timeout) settings_.drain_timeout = *c.drain_timeout;
-    if (c.max_connect_attempts) settings_.max_connect_attempts = *c.max_connect_attempts;
-    if (c.access_log) settings_.access_log = *c.access_log;
-    if (settings_.outbound_listen.port == settings_.inbound_listen.port) {
-      return proxy_config_.error(
-          "spec.inboundPort", proxy_config_.object->line,
-          fmt::format("the inbound and outbound ports are both {}", settings_.inbound_listen.port));
+    routing::ProxySettings s = settings_;
+    if (c.outbound_port) s.outbound_listen.port = *c.outbound_port;
+    if (c.inbound_port) s.inbound_listen.port = *c.inbound_port;
+    if (c.admin_address) s.admin_listen.ip = *c.admin_address;
+    if (c.admin_port) s.admin_listen.port = *c.admin_port;
+    if (c.inbound_source) s.inbound_source = *c.inbound_source;
+    if (c.outbound_policy) s.outbound_policy = *c.outbound_policy;
+    if (c.connect_timeout) s.connect_timeout = *c.connect_timeout;
+    if (c.drain_timeout) s.drain_timeout = *c.drain_timeout;
+    if (c.max_connect_attempts) s.max_connect_attempts = *c.max_connect_attempts;
+    if (c.access_log) s.access_log = *c.access_log;
+    if (s.outbound_listen.port == s.inbound_listen.port) {
+      note(proxy_config_, Severity::kError, "spec.inboundPort", proxy_config_.object->line,
+           fmt::format("the inbound and outbound ports are both {}; this ProxyConfig is left "
+                       "out",
+                       s.inbound_listen.port));
+      return;
     }
-    return {};
+    settings_ = s;
   }
 
-  // Pods by (namespace, label) so a selector only looks at pods sharing its rarest label,
-  // instead of every Service scanning every Pod.
-  Result<void> indexPods() {
+  // Pods and WorkloadEntries by (namespace, label), so a selector only looks at workloads
+  // sharing its rarest label, instead of every Service scanning every Pod.
+  void indexPods() {
     pods_by_name_.reserve(pods_.size());
     pods_by_label_.reserve(pods_.size() * 2);
-    for (uint32_t i = 0; i < pods_.size(); ++i) {
-      const Object& pod = *pods_[i].object;
-      auto [it, inserted] = pods_by_name_.try_emplace(ViewKey{pod.namespace_name, pod.name, ""}, i);
-      if (!inserted) return duplicate(pods_[i], pods_[it->second]);
-      for (const auto& [k, v] : pod.labels) {
-        pods_by_label_[ViewKey{pod.namespace_name, k, v}].push_back(i);
+    std::vector<Ref> unique;
+    unique.reserve(pods_.size());
+    for (const Ref& ref : pods_) {
+      const Object& pod = *ref.object;
+      auto [it, inserted] = pods_by_name_.try_emplace(ViewKey{pod.namespace_name, pod.name, ""},
+                                                      static_cast<uint32_t>(unique.size()));
+      if (!inserted) {
+        duplicate(ref, unique[it->second]);
+        continue;
       }
+      unique.push_back(ref);
     }
-    return {};
+    pods_ = std::move(unique);
+    for (const Ref& ref : workload_entries_) pods_.push_back(ref);
+    for (uint32_t i = 0; i < pods_.size(); ++i) {
+      const Object& o = *pods_[i].object;
+      const Labels& labels = o.kind == Kind::kWorkloadEntry
+                                 ? std::get<WorkloadEntrySpec>(o.spec).workload.labels
+                                 : o.labels;
+      for (const auto& [k, v] : labels)
+        pods_by_label_[ViewKey{o.namespace_name, k, v}].push_back(i);
+    }
+  }
+
+  const Labels& workloadLabels(uint32_t i) const {
+    const Object& o = *pods_[i].object;
+    return o.kind == Kind::kWorkloadEntry ? std::get<WorkloadEntrySpec>(o.spec).workload.labels
+                                          : o.labels;
   }
 
   std::vector<uint32_t> selectPods(std::string_view ns, const Labels& selector) const {
@@ -204,39 +288,134 @@ class Builder {
     std::vector<uint32_t> out;
     if (narrowest == nullptr) return out;
     for (uint32_t i : *narrowest) {
-      if (selector.size() == 1 || labelsMatch(selector, pods_[i].object->labels)) out.push_back(i);
+      if (selector.size() == 1 || labelsMatch(selector, workloadLabels(i))) out.push_back(i);
     }
     return out;
   }
 
-  Result<void> indexServices() {
-    services_.reserve(service_refs_.size());
+  // Claims clusterIP:port for a service; false (with an error) when another has it.
+  bool claimVips(const Ref& ref, const ServiceSpec& spec, std::string_view field) {
+    for (const auto& port : spec.ports) {
+      for (const auto& ip : spec.cluster_ips) {
+        auto it = vips_.find(SocketAddress{ip, port.port});
+        if (it != vips_.end()) {
+          note(ref, Severity::kError, field, ref.object->line,
+               fmt::format("{} is already {} ({}); this one is left out",
+                           SocketAddress{ip, port.port}.toString(), it->second.id(),
+                           it->second.where()));
+          return false;
+        }
+      }
+    }
+    for (const auto& port : spec.ports) {
+      for (const auto& ip : spec.cluster_ips) vips_.try_emplace(SocketAddress{ip, port.port}, ref);
+    }
+    return true;
+  }
+
+  void indexServices() {
+    services_.reserve(service_refs_.size() + service_entries_.size());
     services_by_key_.reserve(service_refs_.size());
-    std::unordered_map<SocketAddress, Ref, routing::SocketAddressHash> vips;
     for (const Ref& ref : service_refs_) {
-      auto [known, added] =
-          services_by_key_.try_emplace(ViewKey{ref.object->name, ref.object->namespace_name, ""},
-                                       static_cast<uint32_t>(services_.size()));
-      if (!added) return duplicate(ref, services_[known->second].ref);
+      auto key = ViewKey{ref.object->name, ref.object->namespace_name, ""};
+      if (auto known = services_by_key_.find(key); known != services_by_key_.end()) {
+        duplicate(ref, services_[known->second].ref);
+        continue;
+      }
       ServiceInfo info;
       info.ref = ref;
       info.spec = &std::get<ServiceSpec>(ref.object->spec);
       info.key = fmt::format("{}.{}", ref.object->name, ref.object->namespace_name);
-      for (const auto& port : info.spec->ports) {
-        for (const auto& ip : info.spec->cluster_ips) {
-          auto [it, inserted] = vips.try_emplace(SocketAddress{ip, port.port}, ref);
-          if (!inserted) {
-            return ref.error("spec.clusterIP", ref.object->line,
-                             fmt::format("{} is already Service {}/{} ({})",
-                                         SocketAddress{ip, port.port}.toString(),
-                                         it->second.object->namespace_name, it->second.object->name,
-                                         it->second.where()));
-          }
-        }
+      if (!claimVips(ref, *info.spec, "spec.clusterIP")) continue;
+      if (info.spec->cluster_ips.empty() && !info.spec->headless && !info.spec->external_name) {
+        note(ref, Severity::kWarning, "spec.clusterIP", ref.object->line,
+             "is not set: only connections to the Service's pod addresses are routed (a "
+             "Service as the API server returns it always has one)");
       }
+      services_by_key_.emplace(key, static_cast<uint32_t>(services_.size()));
       services_.push_back(std::move(info));
     }
-    return {};
+  }
+
+  // A ServiceEntry becomes one service per host, with the entry's addresses as VIPs.
+  void indexServiceEntries() {
+    for (const Ref& ref : service_entries_) {
+      const auto& se = std::get<ServiceEntrySpec>(ref.object->spec);
+      owned_specs_.emplace_back();
+      ServiceSpec& spec = owned_specs_.back();
+      spec.cluster_ips = se.addresses;
+      for (const auto& p : se.ports) {
+        spec.ports.push_back({p.name, p.number, p.target, "", lower(p.protocol), p.line});
+      }
+      std::vector<IpAddress> resolved_hosts;
+      bool dns = se.resolution == Resolution::kDns || se.resolution == Resolution::kDnsRoundRobin;
+      for (size_t h = 0; h < se.hosts.size(); ++h) {
+        const HostRef& host = se.hosts[h];
+        if (services_by_host_.count(host.host) != 0) {
+          note(ref, Severity::kError, fmt::format("spec.hosts[{}]", h), host.line,
+               fmt::format("host '{}' is already defined by an earlier ServiceEntry; this host "
+                           "is left out",
+                           host.host));
+          continue;
+        }
+        ServiceInfo info;
+        info.ref = ref;
+        info.key = host.host;
+        info.service_entry = true;
+        info.resolution = se.resolution;
+        owned_specs_.push_back(spec);
+        ServiceSpec& own = owned_specs_.back();
+        if (h > 0) own.cluster_ips.clear();  // the VIPs name the first host
+        if (dns && se.endpoints.empty() && !se.workload_selector) {
+          // No endpoints: the host itself is resolved, and the app's connections to those
+          // addresses are this service's.
+          auto ips = resolveName(ref, fmt::format("spec.hosts[{}]", h), host.line, host.host);
+          if (own.cluster_ips.empty()) own.cluster_ips = ips;
+          resolved_hosts = std::move(ips);
+        }
+        info.spec = &own;
+        if (!claimVips(ref, own, "spec.addresses")) continue;
+        info.endpoints.resize(own.ports.size());
+        if (dns && se.endpoints.empty() && !se.workload_selector) {
+          for (size_t p = 0; p < own.ports.size(); ++p) {
+            for (const auto& ip : resolved_hosts) {
+              EndpointInfo e;
+              e.endpoint.address = SocketAddress{ip, own.ports[p].target_number};
+              info.endpoints[p].push_back(std::move(e));
+            }
+          }
+        }
+        services_by_host_.emplace(host.host, static_cast<uint32_t>(services_.size()));
+        services_.push_back(std::move(info));
+      }
+    }
+  }
+
+  std::vector<IpAddress> resolveName(const Ref& ref, const std::string& field, int line,
+                                     const std::string& name) {
+    if (auto ip = IpAddress::parse(name)) return {*ip};
+    if (name.find('*') != std::string::npos) {
+      note(ref, Severity::kWarning, field, line,
+           fmt::format("'{}' is a wildcard and cannot be resolved; connections to it pass "
+                       "through",
+                       name));
+      return {};
+    }
+    if (!resolve_) {
+      note(ref, Severity::kWarning, field, line,
+           fmt::format("'{}' needs DNS resolution, which this load does not do; it has no "
+                       "endpoints",
+                       name));
+      return {};
+    }
+    auto ips = resolve_(name);
+    if (!ips) {
+      note(ref, Severity::kWarning, field, line,
+           fmt::format("'{}' did not resolve ({}); it has no endpoints until it does", name,
+                       ips.error().message));
+      return {};
+    }
+    return *ips;
   }
 
   // The pod address a Service of these families should use: the first of the preferred
@@ -250,43 +429,113 @@ class Builder {
     return 0;
   }
 
+  void addWorkloadEndpoints(ServiceInfo& service, uint32_t i, bool target_by_name) {
+    const ServiceSpec& spec = *service.spec;
+    const Object& object = *pods_[i].object;
+    service.workloads.push_back(&workloadLabels(i));
+    if (object.kind == Kind::kWorkloadEntry) {
+      const auto& w = std::get<WorkloadEntrySpec>(object.spec).workload;
+      auto ip = IpAddress::parse(w.address);
+      if (!ip) return;  // a DNS-named WorkloadEntry is resolved only through a ServiceEntry
+      for (size_t p = 0; p < spec.ports.size(); ++p) {
+        const ServicePortSpec& port = spec.ports[p];
+        uint16_t target = port.target_number;
+        std::string_view port_name = target_by_name ? port.target_name : port.name;
+        for (const auto& [name, number] : w.ports) {
+          if (name == port_name && !port_name.empty()) target = number;
+        }
+        if (target == 0) continue;
+        EndpointInfo info;
+        info.endpoint.address = SocketAddress{*ip, target};
+        info.endpoint.pod = fmt::format("{}/{}", object.namespace_name, object.name);
+        info.labels = &w.labels;
+        service.endpoints[p].push_back(std::move(info));
+      }
+      return;
+    }
+    const auto& pod = std::get<PodSpec>(object.spec);
+    if (!pod.ready) return;
+    size_t primary = primaryIp(pod, spec);
+    for (size_t p = 0; p < spec.ports.size(); ++p) {
+      const ServicePortSpec& port = spec.ports[p];
+      uint16_t target = port.target_number;
+      if (target == 0) {
+        auto named = std::find_if(pod.named_ports.begin(), pod.named_ports.end(),
+                                  [&](const auto& np) { return np.first == port.target_name; });
+        // As the endpoints controller does: a pod without the named port is not an endpoint.
+        if (named == pod.named_ports.end()) continue;
+        target = named->second;
+      }
+      EndpointInfo info;
+      info.endpoint.address = SocketAddress{pod.ips[primary], target};
+      info.endpoint.pod = fmt::format("{}/{}", object.namespace_name, object.name);
+      info.labels = &object.labels;
+      for (size_t k = 0; k < pod.ips.size(); ++k) {
+        if (k != primary) info.other_ips.push_back(pod.ips[k]);
+      }
+      service.endpoints[p].push_back(std::move(info));
+    }
+  }
+
   void computeEndpoints() {
     for (auto& service : services_) {
       const ServiceSpec& spec = *service.spec;
       service.endpoints.resize(spec.ports.size());
-      auto slices =
-          slices_.find(ViewKey{service.ref.object->name, service.ref.object->namespace_name, ""});
-      if (slices != slices_.end()) {
-        endpointsFromSlices(service, slices->second);
+      const std::string_view ns = service.ref.object->namespace_name;
+      if (service.service_entry) {
+        serviceEntryEndpoints(service);
+        continue;
+      }
+      // EndpointSlices when there are any; else core/v1 Endpoints (which the API server
+      // mirrors from slices), else the selector over Pods and WorkloadEntries.
+      ViewKey key{service.ref.object->name, ns, ""};
+      const std::vector<Ref>* source = nullptr;
+      if (auto it = slices_.find(key); it != slices_.end()) {
+        source = &it->second;
+      } else if (auto e = endpoints_objects_.find(key); e != endpoints_objects_.end()) {
+        source = &e->second;
+      }
+      if (source != nullptr) {
+        endpointsFromSlices(service, *source);
         continue;
       }
       if (spec.selector.empty()) continue;
-      for (uint32_t i : selectPods(service.ref.object->namespace_name, spec.selector)) {
-        const Object& pod_object = *pods_[i].object;
-        service.pods.push_back(&pod_object);
-        const auto& pod = std::get<PodSpec>(pod_object.spec);
-        if (!pod.ready) continue;
-        size_t primary = primaryIp(pod, spec);
-        for (size_t p = 0; p < spec.ports.size(); ++p) {
-          const ServicePortSpec& port = spec.ports[p];
-          uint16_t target = port.target_number;
-          if (target == 0) {
-            auto named = std::find_if(pod.named_ports.begin(), pod.named_ports.end(),
-                                      [&](const auto& np) { return np.first == port.target_name; });
-            // As the endpoints controller does: a pod without the named port is not an endpoint.
-            if (named == pod.named_ports.end()) continue;
-            target = named->second;
-          }
+      for (uint32_t i : selectPods(ns, spec.selector)) addWorkloadEndpoints(service, i, true);
+    }
+  }
+
+  void serviceEntryEndpoints(ServiceInfo& service) {
+    const Ref& ref = service.ref;
+    const auto& se = std::get<ServiceEntrySpec>(ref.object->spec);
+    const ServiceSpec& spec = *service.spec;
+    if (se.workload_selector) {
+      for (uint32_t i : selectPods(ref.object->namespace_name, *se.workload_selector)) {
+        addWorkloadEndpoints(service, i, false);
+      }
+      return;
+    }
+    bool dns = se.resolution == Resolution::kDns || se.resolution == Resolution::kDnsRoundRobin;
+    for (size_t e = 0; e < se.endpoints.size(); ++e) {
+      const WorkloadSpec& w = se.endpoints[e];
+      std::vector<IpAddress> ips;
+      if (auto ip = IpAddress::parse(w.address)) {
+        ips.push_back(*ip);
+      } else if (dns) {
+        ips = resolveName(ref, fmt::format("spec.endpoints[{}].address", e), w.line, w.address);
+      }
+      for (size_t p = 0; p < spec.ports.size(); ++p) {
+        uint16_t target = spec.ports[p].target_number;
+        for (const auto& [name, number] : w.ports) {
+          if (name == spec.ports[p].name) target = number;
+        }
+        for (const auto& ip : ips) {
           EndpointInfo info;
-          info.endpoint.address = SocketAddress{pod.ips[primary], target};
-          info.endpoint.pod = fmt::format("{}/{}", pod_object.namespace_name, pod_object.name);
-          info.labels = &pod_object.labels;
-          for (size_t k = 0; k < pod.ips.size(); ++k) {
-            if (k != primary) info.other_ips.push_back(pod.ips[k]);
-          }
+          info.endpoint.address = SocketAddress{ip, target};
+          info.labels = &w.labels;
           service.endpoints[p].push_back(std::move(info));
         }
       }
+      service.workloads.push_back(&w.labels);
     }
   }
 
@@ -315,7 +564,9 @@ class Builder {
             auto it = pods_by_name_.find(ViewKey{e.pod_namespace, e.pod_name, ""});
             if (it != pods_by_name_.end()) pod = pods_[it->second].object;
           }
-          if (pod != nullptr && pods_seen.insert(pod).second) service.pods.push_back(pod);
+          if (pod == nullptr) service.slice_without_pods = true;
+          if (pod != nullptr && pods_seen.insert(pod).second)
+            service.workloads.push_back(&pod->labels);
           if (!e.ready) continue;
           SocketAddress address{e.address, target};
           if (!seen.insert(address).second) continue;
@@ -330,9 +581,13 @@ class Builder {
     }
   }
 
-  // "reviews", "reviews.ns", "reviews.ns.svc" and "reviews.ns.svc.cluster.local" all name
-  // the Service reviews.ns; a short name is relative to the referring object's namespace.
+  // A ServiceEntry host exactly; else "reviews", "reviews.ns", "reviews.ns.svc" and
+  // "reviews.ns.svc.cluster.local" all name the Service reviews.ns, and a short name is
+  // relative to the referring object's namespace.
   ServiceInfo* resolveHost(std::string_view host, std::string_view ns) {
+    if (auto it = services_by_host_.find(std::string(host)); it != services_by_host_.end()) {
+      return &services_[it->second];
+    }
     if (auto svc = host.find(".svc");
         svc != std::string_view::npos && (svc + 4 == host.size() || host[svc + 4] == '.')) {
       host = host.substr(0, svc);
@@ -346,64 +601,256 @@ class Builder {
     return it == services_by_key_.end() ? nullptr : &services_[it->second];
   }
 
-  // Istio ignores rules for hosts it does not know (they may be ServiceEntries or other
-  // clusters); so does Remora, since a file may be a dump of a whole cluster.
-  Result<void> attachIstio() {
-    for (const Ref& ref : destination_rules_) {
+  // IST0101-like: the rule names a host that is not in the file. When a Service of that short
+  // name exists in another namespace, the likely cause is the rule's own namespace.
+  void unknownHost(const Ref& ref, const std::string& field, int line, std::string_view host,
+                   std::string_view what) {
+    std::string message =
+        fmt::format("host '{}' is not a Service or ServiceEntry in this file", host);
+    if (host.find('.') == std::string_view::npos && host.find('*') == std::string_view::npos) {
+      message = fmt::format(
+          "host '{}' means {}.{}, which is not a Service or ServiceEntry in "
+          "this file (a short host is relative to the rule's namespace, {})",
+          host, host, ref.object->namespace_name, ref.object->namespace_name);
+      for (const auto& s : services_) {
+        if (!s.service_entry && s.ref.object->name == host) {
+          message += fmt::format("; did you mean {}.{}?", host, s.ref.object->namespace_name);
+          break;
+        }
+      }
+    } else if (host.find('*') != std::string_view::npos) {
+      message = fmt::format("wildcard host '{}' is not matched yet", host);
+    }
+    note(ref, Severity::kWarning, field, line, fmt::format("{}; {}", message, what));
+  }
+
+  void attachDestinationRules() {
+    std::vector<Ref> ordered = destination_rules_;
+    std::stable_sort(ordered.begin(), ordered.end(), olderThan);
+    for (const Ref& ref : ordered) {
       const auto& dr = std::get<DestinationRuleSpec>(ref.object->spec);
       ServiceInfo* service = resolveHost(dr.host.host, ref.object->namespace_name);
-      if (service == nullptr) continue;
-      if (service->destination_rule.object != nullptr) {
-        return ref.error(
-            "spec.host", dr.host.line,
-            fmt::format("{} already has DestinationRule {}/{} ({})", service->key,
-                        service->destination_rule.object->namespace_name,
-                        service->destination_rule.object->name, service->destination_rule.where()));
+      if (service == nullptr) {
+        unknownHost(ref, "spec.host", dr.host.line, dr.host.host, "this rule does nothing");
+        continue;
       }
-      service->destination_rule = ref;
+      if (!service->destination_rules.empty()) {
+        const Ref& first = service->destination_rules.front();
+        if (dr.policy) {
+          note(ref, Severity::kWarning, "spec.trafficPolicy", dr.host.line,
+               fmt::format("{} already has DestinationRule {} ({}), which is older; as in "
+                           "Istio, the rules' subsets are merged and only the first one's "
+                           "traffic policy applies",
+                           service->key, first.id(), first.where()));
+        }
+      }
+      service->destination_rules.push_back(ref);
+      for (size_t i = 0; i < dr.subsets.size(); ++i) {
+        const SubsetSpec& s = dr.subsets[i];
+        auto same = std::find_if(service->subsets.begin(), service->subsets.end(),
+                                 [&](const MergedSubset& m) { return m.spec->name == s.name; });
+        if (same != service->subsets.end()) {
+          note(ref, Severity::kWarning, fmt::format("spec.subsets[{}].name", i), s.line,
+               fmt::format("subset '{}' of {} is already defined by {} ({}), which wins as the "
+                           "older rule; this definition is not used",
+                           s.name, service->key, same->rule.id(), same->rule.where()));
+          continue;
+        }
+        service->subsets.push_back({&s, ref, i});
+      }
     }
-    for (const Ref& ref : virtual_services_) {
+  }
+
+  // Checks a VirtualService's destinations before it is attached: a rule that points at a
+  // host or subset that does not exist is left out alone.
+  bool validVirtualService(const Ref& ref) {
+    const auto& vs = std::get<VirtualServiceSpec>(ref.object->spec);
+    for (const auto& route : vs.routes) {
+      if (route.section == RouteSection::kTls) continue;
+      for (size_t d = 0; d < route.destinations.size(); ++d) {
+        const RouteDestination& dest = route.destinations[d];
+        std::string field = fmt::format("{}.route[{}].destination", route.field, d);
+        ServiceInfo* target = resolveHost(dest.host, ref.object->namespace_name);
+        if (target == nullptr) {
+          note(ref, Severity::kError, field + ".host", dest.line,
+               fmt::format("'{}' is not a Service or ServiceEntry in this file; the "
+                           "VirtualService is left out",
+                           dest.host));
+          return false;
+        }
+        if (dest.port != 0 &&
+            std::none_of(target->spec->ports.begin(), target->spec->ports.end(),
+                         [&](const ServicePortSpec& p) { return p.port == dest.port; })) {
+          note(ref, Severity::kError, field + ".port.number", dest.line,
+               fmt::format("{} has no TCP port {}; the VirtualService is left out", target->key,
+                           dest.port));
+          return false;
+        }
+        if (!dest.subset.empty() && findSubset(*target, dest.subset) == nullptr) {
+          note(ref, Severity::kError, field + ".subset", dest.line,
+               fmt::format("subset '{}' of {} is not defined by any DestinationRule "
+                           "(IST0101); the VirtualService is left out",
+                           dest.subset, target->key));
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+  void attachVirtualServices() {
+    std::vector<Ref> ordered = virtual_services_;
+    std::stable_sort(ordered.begin(), ordered.end(), olderThan);
+    for (const Ref& ref : ordered) {
       const auto& vs = std::get<VirtualServiceSpec>(ref.object->spec);
+      if (!vs.mesh) {
+        note(ref, Severity::kInfo, "spec.gateways", ref.object->line,
+             "is bound to gateways only (no 'mesh'), so it does not apply to sidecars");
+        continue;
+      }
+      if (!validVirtualService(ref)) continue;
       for (size_t h = 0; h < vs.hosts.size(); ++h) {
+        std::string field = fmt::format("spec.hosts[{}]", h);
         ServiceInfo* service = resolveHost(vs.hosts[h].host, ref.object->namespace_name);
-        if (service == nullptr || service->virtual_service.object == ref.object) continue;
-        if (service->virtual_service.object != nullptr) {
-          return ref.error(
-              fmt::format("spec.hosts[{}]", h), vs.hosts[h].line,
-              fmt::format("{} is already routed by VirtualService {}/{} ({})", service->key,
-                          service->virtual_service.object->namespace_name,
-                          service->virtual_service.object->name, service->virtual_service.where()));
+        if (service == nullptr) {
+          unknownHost(ref, field, vs.hosts[h].line, vs.hosts[h].host,
+                      "this VirtualService does nothing for it");
+          continue;
+        }
+        if (service->virtual_service.object == ref.object) continue;
+        if (service->virtual_service) {
+          const Ref& first = service->virtual_service;
+          note(ref, Severity::kWarning, field, vs.hosts[h].line,
+               fmt::format("{} is also routed by {} ({}), which is older and "
+                           "wins; this one is not applied to it (IST0109)",
+                           service->key, first.id(), first.where()));
+          continue;
+        }
+        if (service->service_entry && service->resolution == Resolution::kNone) {
+          note(ref, Severity::kWarning, field, vs.hosts[h].line,
+               fmt::format("{} is a ServiceEntry with resolution NONE: connections pass "
+                           "through to their original destination, and these routes do not "
+                           "apply",
+                           service->key));
+          continue;
         }
         service->virtual_service = ref;
       }
     }
-    return {};
   }
 
-  static std::optional<LbPolicy> rulePolicy(const ServiceInfo& service) {
-    if (service.destination_rule.object == nullptr) return std::nullopt;
-    return std::get<DestinationRuleSpec>(service.destination_rule.object->spec).policy;
-  }
-
-  static const VsRoute* routeFor(const ServiceInfo& service, uint16_t port) {
-    if (service.virtual_service.object == nullptr) return nullptr;
-    const auto& vs = std::get<VirtualServiceSpec>(service.virtual_service.object->spec);
-    for (const auto& route : vs.routes) {
-      if (!route.has_match || std::find(route.match_ports.begin(), route.match_ports.end(), port) !=
-                                  route.match_ports.end()) {
-        return &route;
-      }
+  static const MergedSubset* findSubset(const ServiceInfo& service, std::string_view name) {
+    for (const auto& s : service.subsets) {
+      if (s.spec->name == name) return &s;
     }
     return nullptr;
   }
 
-  Result<routing::ServicePortEntry> buildPort(const ServiceInfo& service, size_t p) {
+  static std::optional<LbPolicy> rulePolicy(const ServiceInfo& service) {
+    if (service.destination_rules.empty()) return std::nullopt;
+    return std::get<DestinationRuleSpec>(service.destination_rules.front().object->spec).policy;
+  }
+
+  // Whether a route's L4-decidable matches take connections to `port`.
+  static bool matchesPort(const VsRoute& route, uint16_t port) {
+    if (!route.has_match || route.any_port) return true;
+    return std::find(route.match_ports.begin(), route.match_ports.end(), port) !=
+           route.match_ports.end();
+  }
+
+  // The route that serves a port, as Istio picks it by the port's protocol, reporting every
+  // route it has to skip and how the result differs from Istio.
+  const VsRoute* routeFor(const ServiceInfo& service, const ServicePortSpec& port,
+                          const std::string& protocol) {
+    if (!service.virtual_service) return nullptr;
+    const Ref& vs_ref = service.virtual_service;
+    const auto& vs = std::get<VirtualServiceSpec>(vs_ref.object->spec);
+    std::string where = fmt::format("{} port {}", service.key, port.port);
+    auto has = [&](RouteSection s) {
+      return std::any_of(vs.routes.begin(), vs.routes.end(),
+                         [&](const VsRoute& r) { return r.section == s; });
+    };
+    RouteSection section = RouteSection::kTcp;
+    if (isHttpProtocol(protocol)) {
+      section = RouteSection::kHttp;
+    } else if (isTlsProtocol(protocol)) {
+      section = RouteSection::kTls;
+    } else if (protocol.empty() && has(RouteSection::kHttp)) {
+      section = RouteSection::kHttp;
+      note(vs_ref, Severity::kWarning, "spec.http", vs_ref.object->line,
+           fmt::format("{} declares no protocol (no port name like 'http-*' and no "
+                       "appProtocol): Istio sniffs it and applies spec.http to HTTP traffic and "
+                       "spec.tcp to the rest; Remora does not sniff yet and applies spec.http "
+                       "to every connection",
+                       where));
+    }
+    if (section == RouteSection::kTls) {
+      if (has(RouteSection::kTcp) || has(RouteSection::kHttp)) {
+        note(vs_ref, Severity::kInfo, "spec", vs_ref.object->line,
+             fmt::format("{} is a TLS port ({}): as in Istio, spec.http and spec.tcp routes do "
+                         "not apply to it",
+                         where, protocol));
+      }
+      return nullptr;
+    }
+    RouteSection other = section == RouteSection::kHttp ? RouteSection::kTcp : RouteSection::kHttp;
+    if (has(other) && !has(section)) {
+      note(vs_ref, Severity::kInfo, fmt::format("spec.{}", sectionName(other)), vs_ref.object->line,
+           fmt::format("{} is {} ({}): as in Istio, spec.{} routes do not apply to it, so its "
+                       "connections go to the Service's own endpoints",
+                       where, section == RouteSection::kHttp ? "an HTTP port" : "a TCP port",
+                       protocol.empty() ? "no protocol declared" : protocol, sectionName(other)));
+    }
+    const VsRoute* skipped = nullptr;
+    std::string skipped_why;
+    for (const auto& route : vs.routes) {
+      if (route.section != section) continue;
+      if (!route.action.empty()) {
+        if (skipped == nullptr) {
+          skipped = &route;
+          skipped_why = fmt::format("its {} is not applied yet", route.action);
+        }
+        continue;
+      }
+      if (matchesPort(route, port.port)) {
+        if (skipped != nullptr) {
+          note(vs_ref, Severity::kWarning, skipped->field, skipped->line,
+               fmt::format("{}: this route is skipped for {}, so requests it would take follow "
+                           "{}",
+                           skipped_why, where, route.field));
+        }
+        if (section == RouteSection::kHttp) {
+          note(vs_ref, Severity::kWarning, route.field, route.line,
+               fmt::format("is applied per connection on {}, not per request: a client that "
+                           "keeps its connection open sends every request to the subset picked "
+                           "for that connection",
+                           where));
+        }
+        return &route;
+      }
+      if (!route.l7_match.empty() && skipped == nullptr) {
+        skipped = &route;
+        skipped_why = fmt::format("matching on {} is not applied yet", route.l7_match);
+      }
+    }
+    if (skipped != nullptr) {
+      note(vs_ref, Severity::kWarning, skipped->field, skipped->line,
+           fmt::format("{}: this route is skipped for {}, so requests it would take go to the "
+                       "Service's own endpoints",
+                       skipped_why, where));
+    }
+    return nullptr;
+  }
+
+  routing::ServicePortEntry buildPort(const ServiceInfo& service, size_t p) {
     const ServicePortSpec& port = service.spec->ports[p];
     routing::ServicePortEntry entry;
     entry.port.service = service.key;
     entry.port.port = port.port;
     entry.port.name = port.name;
     entry.port.app_protocol = port.app_protocol;
+    std::string protocol = portProtocol(port.name, port.app_protocol);
+    entry.port.protocol = protocol.empty() ? "auto" : protocol;
     entry.cluster_ips = service.spec->cluster_ips;
     for (const auto& e : service.endpoints[p]) {
       entry.pod_addresses.push_back({e.endpoint.address, e.endpoint.address});
@@ -413,7 +860,7 @@ class Builder {
       }
     }
 
-    const VsRoute* route = routeFor(service, port.port);
+    const VsRoute* route = routeFor(service, port, protocol);
     if (route == nullptr) {
       routing::Subset all;
       all.policy = rulePolicy(service).value_or(LbPolicy::kRoundRobin);
@@ -431,125 +878,166 @@ class Builder {
       std::string subset;
     };
     std::vector<SubsetKey> keys;
+    uint64_t total = 0;
+    for (const auto& dest : route->destinations) total += dest.weight;
     for (size_t d = 0; d < route->destinations.size(); ++d) {
       const RouteDestination& dest = route->destinations[d];
       std::string field = fmt::format("{}.route[{}].destination", route->field, d);
       const ServiceInfo* target = resolveHost(dest.host, vs.object->namespace_name);
-      if (target == nullptr) {
-        return vs.error(field + ".host", dest.line,
-                        fmt::format("'{}' is not a Service in this file", dest.host));
-      }
-      auto target_port = destinationPort(service, port, *target, dest);
-      if (!target_port)
-        return vs.error(field + ".port.number", dest.line, target_port.error().message);
-
+      size_t target_port = destinationPort(service, port, *target, dest);
       auto existing = std::find_if(keys.begin(), keys.end(), [&](const SubsetKey& k) {
-        return k.service == target && k.port == *target_port && k.subset == dest.subset;
+        return k.service == target && k.port == target_port && k.subset == dest.subset;
       });
       if (existing == keys.end()) {
-        auto subset = buildSubset(service, *target, *target_port, dest, field);
-        if (!subset) return subset.error();
-        keys.push_back({target, *target_port, dest.subset});
-        entry.port.subsets.push_back(std::move(*subset));
+        entry.port.subsets.push_back(
+            buildSubset(service, *target, target_port, dest, field, dest.weight, total));
+        keys.push_back({target, target_port, dest.subset});
         existing = keys.end() - 1;
       }
-      entry.port.route.push_back({static_cast<uint32_t>(existing - keys.begin()), dest.weight});
+      if (dest.weight > 0) {
+        entry.port.route.push_back({static_cast<uint32_t>(existing - keys.begin()), dest.weight});
+      }
     }
     return entry;
   }
 
-  static Result<size_t> destinationPort(const ServiceInfo& self, const ServicePortSpec& port,
-                                        const ServiceInfo& target, const RouteDestination& dest) {
+  // Which of the target's ports a destination means: its port.number, else the same port
+  // (the port itself when the target is the service, the only port, or the same number).
+  static size_t destinationPort(const ServiceInfo& self, const ServicePortSpec& port,
+                                const ServiceInfo& target, const RouteDestination& dest) {
     const auto& ports = target.spec->ports;
-    auto by_number = [&](uint16_t number) -> std::optional<size_t> {
-      for (size_t i = 0; i < ports.size(); ++i) {
-        if (ports[i].port == number) return i;
-      }
-      return std::nullopt;
-    };
-    if (dest.port != 0) {
-      if (auto i = by_number(dest.port)) return *i;
-      return makeError(fmt::format("{} has no TCP port {}", target.key, dest.port));
+    uint16_t wanted = dest.port != 0 ? dest.port : port.port;
+    if (dest.port == 0 && &target == &self) return static_cast<size_t>(&port - ports.data());
+    for (size_t i = 0; i < ports.size(); ++i) {
+      if (ports[i].port == wanted) return i;
     }
-    if (&target == &self) return static_cast<size_t>(&port - ports.data());
-    if (ports.size() == 1) return size_t{0};
-    if (auto i = by_number(port.port)) return *i;
-    return makeError(fmt::format("is required: {} has {} ports", target.key, ports.size()));
+    return 0;
   }
 
-  Result<routing::Subset> buildSubset(const ServiceInfo& self, const ServiceInfo& target,
-                                      size_t target_port, const RouteDestination& dest,
-                                      const std::string& field) {
+  routing::Subset buildSubset(const ServiceInfo& self, const ServiceInfo& target,
+                              size_t target_port, const RouteDestination& dest,
+                              const std::string& field, uint32_t weight, uint64_t total) {
     const Ref& vs = self.virtual_service;
     routing::Subset subset;
     bool same = &target == &self;
-    std::string name =
+    subset.name =
         same ? dest.subset
              : (dest.subset.empty() ? target.key : fmt::format("{}/{}", target.key, dest.subset));
-    subset.name = std::move(name);
-    const auto& endpoints = target.endpoints[target_port];
+    const auto& endpoints =
+        target.endpoints.empty() ? std::vector<EndpointInfo>{} : target.endpoints[target_port];
     if (dest.subset.empty()) {
       subset.policy = rulePolicy(target).value_or(LbPolicy::kRoundRobin);
       for (const auto& e : endpoints) subset.endpoints.push_back(e.endpoint);
       return subset;
     }
-
-    const SubsetSpec* spec = nullptr;
-    if (target.destination_rule.object != nullptr) {
-      const auto& dr = std::get<DestinationRuleSpec>(target.destination_rule.object->spec);
-      for (const auto& s : dr.subsets) {
-        if (s.name == dest.subset) spec = &s;
-      }
-    }
-    if (spec == nullptr) {
-      return vs.error(field + ".subset", dest.line,
-                      fmt::format("subset '{}' of {} is not defined by any DestinationRule",
-                                  dest.subset, target.key));
-    }
+    const MergedSubset& merged = *findSubset(target, dest.subset);
+    const SubsetSpec* spec = merged.spec;
     subset.policy = spec->policy.value_or(rulePolicy(target).value_or(LbPolicy::kRoundRobin));
     for (const auto& e : endpoints) {
       if (e.labels != nullptr && labelsMatch(spec->labels, *e.labels)) {
         subset.endpoints.push_back(e.endpoint);
       }
     }
-    if (subset.endpoints.empty()) {
-      bool any_pod = std::any_of(target.pods.begin(), target.pods.end(), [&](const Object* pod) {
-        return labelsMatch(spec->labels, pod->labels);
-      });
-      if (!any_pod) {
-        const Ref& dr = target.destination_rule;
-        size_t index = static_cast<size_t>(
-            spec - std::get<DestinationRuleSpec>(dr.object->spec).subsets.data());
-        return dr.error(fmt::format("spec.subsets[{}].labels", index), spec->line,
-                        fmt::format("subset '{}' ({}) matches no endpoint of {}, as routed by "
-                                    "VirtualService {}/{}",
-                                    spec->name, labelsText(spec->labels), target.key,
-                                    vs.object->namespace_name, vs.object->name));
-      }
+    if (!subset.endpoints.empty() || weight == 0) return subset;
+    std::string share = fmt::format(
+        "its {:.4g}% share goes to the other destinations (Istio would answer 503 for it)",
+        100.0 * weight / static_cast<double>(total == 0 ? 1 : total));
+    bool any_workload = std::any_of(target.workloads.begin(), target.workloads.end(),
+                                    [&](const Labels* l) { return labelsMatch(spec->labels, *l); });
+    if (any_workload) return subset;  // matching pods exist, just not ready now
+    std::string cause;
+    if (target.slice_without_pods) {
+      cause = fmt::format(
+          "EndpointSlice endpoints carry no pod labels: subset {} ({}) needs the "
+          "Pods named in targetRef; include them",
+          spec->name, labelsText(spec->labels));
+    } else {
+      cause = fmt::format("subset '{}' ({}) matches none of {}'s pods", spec->name,
+                          labelsText(spec->labels), target.key);
     }
+    note(merged.rule, Severity::kWarning, fmt::format("spec.subsets[{}].labels", merged.index),
+         spec->line,
+         fmt::format("{}; as routed by VirtualService {} ({}), {}", cause, vs.id(), field, share));
     return subset;
   }
 
   const std::vector<PlacedDocument>& documents_;
   routing::ProxySettings settings_;
+  std::vector<Finding> findings_;
+  const HostResolver& resolve_;
   std::vector<Ref> service_refs_;
-  std::vector<Ref> pods_;
-  ViewMap<std::vector<Ref>> slices_;  // by (service name, namespace)
+  std::vector<Ref> pods_;                        // Pods, then WorkloadEntries
+  ViewMap<std::vector<Ref>> slices_;             // by (service name, namespace)
+  ViewMap<std::vector<Ref>> endpoints_objects_;  // core/v1 Endpoints, the same way
   std::vector<Ref> virtual_services_;
   std::vector<Ref> destination_rules_;
+  std::vector<Ref> service_entries_;
+  std::vector<Ref> workload_entries_;
   Ref proxy_config_;
   ViewMap<uint32_t> pods_by_name_;                // (namespace, name)
   ViewMap<std::vector<uint32_t>> pods_by_label_;  // (namespace, key, value)
+  std::unordered_map<SocketAddress, Ref, routing::SocketAddressHash> vips_;
+  std::deque<ServiceSpec> owned_specs_;  // ServiceEntries' ports and VIPs, in Service form
   std::vector<ServiceInfo> services_;
-  ViewMap<uint32_t> services_by_key_;  // (name, namespace)
+  ViewMap<uint32_t> services_by_key_;                           // (name, namespace)
+  std::unordered_map<std::string, uint32_t> services_by_host_;  // ServiceEntry hosts
 };
 
 }  // namespace
 
+std::string portProtocol(std::string_view name, std::string_view app_protocol) {
+  static const std::map<std::string, std::string, std::less<>> kByName = {
+      {"http", "HTTP"},
+      {"http2", "HTTP2"},
+      {"h2c", "HTTP2"},
+      {"grpc", "GRPC"},
+      {"grpc-web", "GRPC-WEB"},
+      {"https", "HTTPS"},
+      {"tls", "TLS"},
+      {"tcp", "TCP"},
+      {"mongo", "MONGO"},
+      {"mysql", "MYSQL"},
+      {"redis", "REDIS"},
+      {"udp", "UDP"},
+      {"kubernetes.io/h2c", "HTTP2"},
+      {"kubernetes.io/ws", "HTTP"},
+      {"kubernetes.io/wss", "HTTPS"},
+  };
+  if (!app_protocol.empty()) {
+    if (auto it = kByName.find(lower(app_protocol)); it != kByName.end()) return it->second;
+  }
+  std::string n = lower(name);
+  if (n.rfind("grpc-web", 0) == 0) return "GRPC-WEB";
+  std::string prefix = n.substr(0, n.find('-'));
+  if (auto it = kByName.find(prefix); it != kByName.end()) return it->second;
+  return "";
+}
+
+bool isHttpProtocol(std::string_view p) {
+  return p == "HTTP" || p == "HTTP2" || p == "GRPC" || p == "GRPC-WEB";
+}
+
+bool isTlsProtocol(std::string_view p) { return p == "HTTPS" || p == "TLS"; }
+
+Finding makeFinding(Severity severity, const Placement& placement, const Object& object,
+                    std::string_view field, int relative_line, std::string_view message) {
+  Finding f;
+  f.severity = severity;
+  f.kind = toString(object.kind);
+  f.namespace_name = object.kind == Kind::kNamespace ? "" : object.namespace_name;
+  f.name = object.name;
+  f.field = std::string(field);
+  f.line = placement.first_line + relative_line + 1;
+  f.text = describeError(placement, object.item, f.kind, f.namespace_name, f.name, field,
+                         relative_line, message);
+  return f;
+}
+
 Result<std::shared_ptr<const routing::RouteTable>> buildRouteTable(
     const std::vector<PlacedDocument>& documents, uint64_t generation,
-    const routing::ProxySettings& base) {
-  return Builder(documents, base).build(generation);
+    const routing::ProxySettings& base, std::vector<Finding> findings,
+    const HostResolver& resolve) {
+  return Builder(documents, base, std::move(findings), resolve).build(generation);
 }
 
 }  // namespace remora::config

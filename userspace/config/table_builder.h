@@ -1,8 +1,11 @@
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "common/finding.h"
 #include "common/result.h"
 #include "config/documents.h"
 #include "routing/route_table.h"
@@ -14,13 +17,31 @@ struct PlacedDocument {
   std::shared_ptr<const DocumentModel> model;
 };
 
-// Relates the parsed objects to each other and builds the table: Services' endpoints from
-// ready Pods (or EndpointSlices), VirtualService weights over DestinationRule subsets, and
-// the optional ProxyConfig over `base`. Fails, naming the document, field and line, on
-// duplicates, undefined subsets, subsets that match no pod, unknown destination hosts and
-// clusterIP:port clashes.
+// Resolves a DNS name (ServiceEntry resolution DNS) to addresses; runs on the loading thread,
+// never on the data path. Without one, DNS names are reported and left unresolved.
+using HostResolver = std::function<Result<std::vector<IpAddress>>(const std::string& host)>;
+
+// Istio's protocol for a port, from appProtocol first, then the port name's prefix
+// ("http-web" → "HTTP"): HTTP, HTTP2, GRPC, GRPC-WEB, HTTPS, TLS, TCP, MONGO, MYSQL, REDIS;
+// "" when neither says (Istio then sniffs the protocol).
+std::string portProtocol(std::string_view name, std::string_view app_protocol);
+bool isHttpProtocol(std::string_view protocol);
+bool isTlsProtocol(std::string_view protocol);
+
+// Relates the parsed objects to each other and builds the table: Services' (and
+// ServiceEntries') endpoints from ready Pods, WorkloadEntries, EndpointSlices or Endpoints,
+// VirtualService routes over DestinationRule subsets per port protocol, and the optional
+// ProxyConfig over `base`. An object that cannot be applied is left out alone, with an error
+// finding; what is applied differently from Istio is a warning. `findings` (the loader's:
+// rejected objects, skipped kinds) come first in the table's list.
 Result<std::shared_ptr<const routing::RouteTable>> buildRouteTable(
     const std::vector<PlacedDocument>& documents, uint64_t generation,
-    const routing::ProxySettings& base);
+    const routing::ProxySettings& base, std::vector<Finding> findings = {},
+    const HostResolver& resolve = {});
+
+// A finding about an object, worded like every other error: "document 3 (Kind ns/name),
+// field, line N: message".
+Finding makeFinding(Severity severity, const Placement& placement, const Object& object,
+                    std::string_view field, int relative_line, std::string_view message);
 
 }  // namespace remora::config

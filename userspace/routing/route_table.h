@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/finding.h"
 #include "common/ip_address.h"
 #include "common/result.h"
 
@@ -33,6 +34,15 @@ struct ProxySettings {
   std::chrono::milliseconds drain_timeout{5000};
   int max_connect_attempts = 3;
   bool access_log = false;
+  // Data path (docs/PROXY.md, "Buffers, timeouts and resets"). Zero durations disable.
+  uint64_t buffer_limit_bytes = uint64_t{1} << 20;  // per connection and direction
+  std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  std::chrono::milliseconds half_close_timeout{std::chrono::minutes(1)};
+  std::chrono::milliseconds max_connection_duration{0};
+  uint32_t max_connections = 0;                                      // per worker; 0: no limit
+  std::chrono::milliseconds tcp_keepalive{std::chrono::minutes(5)};  // keepalive idle time
+  // After SIGTERM, inbound keeps accepting this long; outbound until the drain ends.
+  std::chrono::milliseconds inbound_drain_grace{std::chrono::seconds(2)};
 };
 
 struct Endpoint {
@@ -59,6 +69,7 @@ struct ServicePort {
   std::vector<WeightedSubset> route;  // weights across subsets; one entry when no VirtualService
   std::string name;                   // the Service's port name ("http"), may be empty
   std::string app_protocol;           // spec.ports[].appProtocol, empty when unset
+  std::string protocol = "TCP";       // as Istio selects it: "HTTP", "HTTP2", "GRPC", "TCP", ...
 };
 
 // What an original destination matched. `endpoint` is set when the client dialled a pod
@@ -86,8 +97,14 @@ class RouteTable {
   }
   virtual const ProxySettings& settings() const = 0;
   virtual uint64_t generation() const = 0;
-  // /config_dump's body: services, subsets, endpoints, weights and the generation.
+  // /config_dump's body: services, subsets, endpoints, weights, findings and the generation.
   virtual nlohmann::json toJson() const = 0;
+  // What the config check found while building this table: rejected objects (errors), fields
+  // not applied as Istio would (warnings), notes (info). Empty for tables built in code.
+  virtual const std::vector<Finding>& findings() const {
+    static const std::vector<Finding> kNone;
+    return kNone;
+  }
 };
 
 struct RouteDecision {

@@ -63,14 +63,19 @@ nlohmann::json toJson(const ProxySettings& settings) {
 }
 
 StaticRouteTable::StaticRouteTable(ProxySettings settings, uint64_t generation,
-                                   std::vector<ServicePortEntry> entries)
-    : settings_(settings), generation_(generation), entries_(std::move(entries)) {}
+                                   std::vector<ServicePortEntry> entries,
+                                   std::vector<Finding> findings)
+    : settings_(settings),
+      generation_(generation),
+      entries_(std::move(entries)),
+      findings_(std::move(findings)) {}
 
 Result<std::shared_ptr<const StaticRouteTable>> StaticRouteTable::create(
-    ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries) {
+    ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries,
+    std::vector<Finding> findings) {
   // make_shared cannot reach the private constructor.
   std::shared_ptr<StaticRouteTable> table(
-      new StaticRouteTable(settings, generation, std::move(entries)));
+      new StaticRouteTable(settings, generation, std::move(entries), std::move(findings)));
   auto& index = table->index_;
   size_t keys = 0;
   for (const auto& entry : table->entries_)
@@ -171,11 +176,27 @@ nlohmann::json StaticRouteTable::toJson() const {
                               {"subsets", std::move(subsets)}};
     if (!port.name.empty()) service["name"] = port.name;
     if (!port.app_protocol.empty()) service["appProtocol"] = port.app_protocol;
+    service["protocol"] = port.protocol;
     services.push_back(std::move(service));
   }
   return {{"generation", generation_},
           {"settings", routing::toJson(settings_)},
-          {"services", std::move(services)}};
+          {"services", std::move(services)},
+          {"findings", routing::toJson(findings_)}};
+}
+
+nlohmann::json toJson(const std::vector<Finding>& findings) {
+  auto out = nlohmann::json::array();
+  for (const auto& f : findings) {
+    nlohmann::json j = {{"severity", toString(f.severity)}, {"message", f.text}};
+    if (!f.kind.empty()) j["kind"] = f.kind;
+    if (!f.namespace_name.empty()) j["namespace"] = f.namespace_name;
+    if (!f.name.empty()) j["name"] = f.name;
+    if (!f.field.empty()) j["field"] = f.field;
+    if (f.line > 0) j["line"] = f.line;
+    out.push_back(std::move(j));
+  }
+  return out;
 }
 
 }  // namespace remora::routing

@@ -38,13 +38,15 @@ class StaticRouteTable final : public RouteTable {
   // address, and a pod address claimed by two ServicePorts (two Services selecting one pod)
   // goes to the first entry, so the result does not depend on hash order.
   static Result<std::shared_ptr<const StaticRouteTable>> create(
-      ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries);
+      ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries,
+      std::vector<Finding> findings = {});
 
   const ServicePort* find(const SocketAddress& original_dst) const override;
   RouteMatch match(const SocketAddress& original_dst) const override;
   const ProxySettings& settings() const override { return settings_; }
   uint64_t generation() const override { return generation_; }
   nlohmann::json toJson() const override;
+  const std::vector<Finding>& findings() const override { return findings_; }
 
   size_t servicePortCount() const { return entries_.size(); }
   // Every ServicePort in build order (document order of Services, then of ports).
@@ -59,16 +61,19 @@ class StaticRouteTable final : public RouteTable {
   };
 
   StaticRouteTable(ProxySettings settings, uint64_t generation,
-                   std::vector<ServicePortEntry> entries);
+                   std::vector<ServicePortEntry> entries, std::vector<Finding> findings);
 
   ProxySettings settings_;
   uint64_t generation_;
   std::vector<ServicePortEntry> entries_;
+  std::vector<Finding> findings_;
   std::unordered_map<SocketAddress, Target, SocketAddressHash> index_;
 };
 
 const char* toString(LbPolicy policy);
 const char* toString(OutboundPolicy policy);
 nlohmann::json toJson(const ProxySettings& settings);
+// {"severity", "kind", "namespace", "name", "field", "line", "message"} per finding.
+nlohmann::json toJson(const std::vector<Finding>& findings);
 
 }  // namespace remora::routing

@@ -1,0 +1,533 @@
+// Config fidelity: every field is applied as Istio documents it or reported with its document,
+// field and line; one bad object is rejected alone; Istio's semantics where they differ.
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "config/field_table.h"
+#include "config/loader.h"
+#include "routing/route_table.h"
+
+namespace remora::config {
+namespace {
+
+using routing::RouteTable;
+using routing::ServicePort;
+
+SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
+
+std::string fixture(const std::string& name) {
+  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
+  EXPECT_TRUE(in) << name;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::shared_ptr<const RouteTable> load(Loader& loader, const std::string& text) {
+  auto table = loader.load(text, 1);
+  EXPECT_TRUE(table.ok()) << table.error().message;
+  return table.ok() ? *table : nullptr;
+}
+
+std::shared_ptr<const RouteTable> load(const std::string& text) {
+  Loader loader;
+  return load(loader, text);
+}
+
+// Every finding's severity and text, one per line, for matching.
+std::string all(const RouteTable& table) {
+  std::string out;
+  for (const auto& f : table.findings())
+    out += fmt::format("{}: {}\n", toString(f.severity), f.text);
+  return out;
+}
+
+void expectFinding(const RouteTable& table, Severity severity,
+                   const std::vector<std::string>& parts) {
+  for (const auto& f : table.findings()) {
+    if (f.severity != severity) continue;
+    bool every = std::all_of(parts.begin(), parts.end(), [&](const std::string& p) {
+      return f.text.find(p) != std::string::npos;
+    });
+    if (every) return;
+  }
+  ADD_FAILURE() << "no " << toString(severity) << " finding with "
+                << fmt::format("{}", fmt::join(parts, " + ")) << " in:\n"
+                << all(table);
+}
+
+std::string bookinfo() { return fixture("bookinfo/bookinfo.yaml"); }
+
+// The file line of line `n` of a fixture appended to bookinfo() after a "---" line.
+std::string afterBookinfo(int n) {
+  std::string b = bookinfo();
+  return fmt::format("line {}", std::count(b.begin(), b.end(), '\n') + 1 + n);
+}
+
+TEST(FieldTable, EveryRowHasItsParent) {
+  for (const char* kind :
+       {"Service", "Pod", "EndpointSlice", "Endpoints", "VirtualService", "DestinationRule",
+        "ServiceEntry", "WorkloadEntry", "ProxyConfig", "Namespace"}) {
+    auto rows = fieldTable(kind);
+    ASSERT_FALSE(rows.empty()) << kind;
+    std::set<std::string_view> paths;
+    for (const auto& r : rows) paths.insert(r.path);
+    for (const auto& r : rows) {
+      std::string_view path = r.path;
+      size_t cut = std::min(path.rfind('.'), path.rfind('['));
+      if (cut == std::string_view::npos) continue;
+      EXPECT_TRUE(paths.count(path.substr(0, cut)) == 1) << kind << ": " << path;
+      if (r.support == Support::kNotApplied && !r.note.empty()) {
+        EXPECT_GT(r.note.size(), 10u) << kind << ": " << path;
+      }
+    }
+  }
+}
+
+TEST(FieldTable, SuggestsTheClosestField) {
+  std::vector<std::string_view> names = {"name", "labels", "trafficPolicy"};
+  EXPECT_EQ(suggest("lables", names), "labels");
+  EXPECT_EQ(suggest("trafficpolicy", names), "trafficPolicy");
+  EXPECT_EQ(suggest("x", names), "");
+  std::vector<std::string_view> vs = {"hosts", "http", "tcp", "tls", "gateways"};
+  EXPECT_EQ(suggest("htttp", vs), "http");
+}
+
+TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
+  auto table = load(bookinfo() + "---\n" + fixture("bookinfo/routing.yaml"));
+  ASSERT_TRUE(table);
+  // kubectl's bookkeeping (status, uid, sessionAffinity: None, ...) is silent.
+  EXPECT_EQ(all(*table).find("resourceVersion"), std::string::npos) << all(*table);
+  EXPECT_EQ(all(*table).find("sessionAffinity"), std::string::npos) << all(*table);
+  expectFinding(*table, Severity::kInfo, {"skipped 1 object of kind Deployment (apps/v1)"});
+  expectFinding(*table, Severity::kInfo, {"ServiceAccount (v1)"});
+  // The jason route is skipped and says where its requests go instead.
+  expectFinding(*table, Severity::kWarning,
+                {"(VirtualService bookinfo/reviews)", "spec.http[0]", afterBookinfo(9),
+                 "matching on headers is not applied yet", "follow spec.http[1]"});
+  expectFinding(*table, Severity::kWarning,
+                {"spec.http[1].fault", "fault injection is not applied yet"});
+  expectFinding(*table, Severity::kWarning,
+                {"spec.http[1]", "applied per connection", "reviews.bookinfo port 9080"});
+  expectFinding(
+      *table, Severity::kWarning,
+      {"(DestinationRule bookinfo/reviews)", "spec.trafficPolicy.tls", "connects in plaintext"});
+  // The HTTP port gets the http route (80/20), the tcp-admin port the tcp route.
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  ASSERT_NE(http, nullptr);
+  EXPECT_EQ(http->protocol, "HTTP");
+  ASSERT_EQ(http->route.size(), 2u);
+  EXPECT_EQ(http->subsets[http->route[0].subset_index].name, "v1");
+  EXPECT_EQ(http->route[0].weight, 80u);
+  EXPECT_EQ(http->route[1].weight, 20u);
+  const ServicePort* tcp = table->find(addr("10.1.122.241:9999"));
+  ASSERT_NE(tcp, nullptr);
+  EXPECT_EQ(tcp->protocol, "TCP");
+  ASSERT_EQ(tcp->route.size(), 1u);
+  EXPECT_EQ(tcp->subsets[tcp->route[0].subset_index].name, "v2");
+}
+
+TEST(Fidelity, TyposAreWarningsWithSuggestions) {
+  auto table = load(bookinfo() + "---\n" + fixture("bookinfo/typos.yaml"));
+  ASSERT_TRUE(table);
+  expectFinding(*table, Severity::kWarning,
+                {"(DestinationRule bookinfo/ratings)", "spec.subsets[0].lables", afterBookinfo(9),
+                 "did you mean 'labels'?"});
+  expectFinding(*table, Severity::kWarning,
+                {"(VirtualService bookinfo/ratings)", "spec.htttp", "did you mean 'http'?"});
+}
+
+TEST(Fidelity, RulesInTheWrongNamespaceSayWhy) {
+  std::string rules = fixture("bookinfo/routing.yaml");
+  // The samples carry no namespace, so they land in "default".
+  size_t at = 0;
+  while ((at = rules.find(", namespace: bookinfo", at)) != std::string::npos) {
+    rules.erase(at, std::string(", namespace: bookinfo").size());
+  }
+  auto table = load(bookinfo() + "---\n" + rules);
+  ASSERT_TRUE(table);
+  expectFinding(*table, Severity::kError,
+                {"(VirtualService default/reviews)", "'reviews' is not a Service"});
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  ASSERT_NE(http, nullptr);
+  EXPECT_EQ(http->route.size(), 1u);  // no VirtualService applied
+}
+
+TEST(Fidelity, UnknownHostNamesTheLikelyNamespace) {
+  auto table = load(bookinfo() + R"(---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+)");
+  ASSERT_TRUE(table);
+  expectFinding(*table, Severity::kWarning,
+                {"(DestinationRule default/ratings)", "spec.host",
+                 "'ratings' means ratings.default", "did you mean ratings.bookinfo?"});
+}
+
+TEST(Fidelity, WeightsAreRelative) {
+  auto table = load(bookinfo() + R"(---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 800
+    - destination: {host: reviews, subset: v2}
+      weight: 200
+)");
+  ASSERT_TRUE(table);
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  ASSERT_EQ(http->route.size(), 2u);
+  auto router = routing::makeRouter(table, 1);
+  int v1 = 0;
+  for (int i = 0; i < 100; ++i) {
+    v1 += router->route(addr("10.1.122.241:9080")).upstream == addr("10.244.1.168:80") ? 1 : 0;
+  }
+  EXPECT_EQ(v1, 80);
+}
+
+TEST(Fidelity, DestinationRulesForOneHostMerge) {
+  auto table = load(bookinfo() + R"(---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-extra, namespace: bookinfo, creationTimestamp: "2026-11-02T00:00:00Z"}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  subsets:
+  - name: v1
+    labels: {version: v2}
+  - name: canary
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: canary}
+      weight: 1
+    - destination: {host: reviews, subset: v1}
+      weight: 1
+)");
+  ASSERT_TRUE(table);
+  expectFinding(*table, Severity::kWarning,
+                {"(DestinationRule bookinfo/reviews-extra)", "spec.subsets[0].name", "subset 'v1'",
+                 "already defined by DestinationRule bookinfo/reviews"});
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  ASSERT_EQ(http->subsets.size(), 2u);
+  EXPECT_EQ(http->subsets[0].name, "canary");
+  ASSERT_EQ(http->subsets[0].endpoints.size(), 1u);
+  EXPECT_EQ(http->subsets[0].endpoints[0].address, addr("10.244.2.74:80"));
+  // v1 keeps the first (older) rule's labels.
+  ASSERT_EQ(http->subsets[1].endpoints.size(), 1u);
+  EXPECT_EQ(http->subsets[1].endpoints[0].address, addr("10.244.1.168:80"));
+}
+
+TEST(Fidelity, TwoVirtualServicesTheOlderWins) {
+  std::string vs = R"(---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: NAME, namespace: bookinfo, creationTimestamp: "STAMP"}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: SUBSET}}]
+)";
+  auto make = [&](const char* name, const char* stamp, const char* subset) {
+    std::string out = vs;
+    out.replace(out.find("NAME"), 4, name);
+    out.replace(out.find("STAMP"), 5, stamp);
+    out.replace(out.find("SUBSET"), 6, subset);
+    return out;
+  };
+  auto table = load(bookinfo() + make("newer", "2026-11-05T00:00:00Z", "v2") +
+                    make("older", "2026-11-03T00:00:00Z", "v1"));
+  ASSERT_TRUE(table);
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  EXPECT_EQ(http->subsets[0].name, "v1");
+  expectFinding(*table, Severity::kWarning,
+                {"(VirtualService bookinfo/newer)", "also routed by VirtualService bookinfo/older",
+                 "IST0109"});
+}
+
+TEST(Fidelity, OneBadObjectIsRejectedAloneAndTheLastGoodKeepsServing) {
+  Loader loader;
+  std::string good = R"(---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 90
+    - destination: {host: reviews, subset: v2}
+      weight: 10
+)";
+  auto first = load(loader, bookinfo() + good);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->find(addr("10.1.122.241:9080"))->route[0].weight, 90u);
+  std::string bad = good;
+  bad.replace(bad.find("weight: 10"), 10, "weight: -5");
+  auto second = load(loader, bookinfo() + bad + R"(---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: bookinfo}
+spec:
+  clusterIP: 10.1.0.99
+  ports: [{port: 80, targetPort: .inf}]
+)");
+  ASSERT_TRUE(second);
+  expectFinding(*second, Severity::kError,
+                {"(VirtualService bookinfo/reviews)", "spec.http[0].route[1].weight",
+                 "its last good version keeps serving"});
+  expectFinding(*second, Severity::kError,
+                {"(Service bookinfo/broken)", "spec.ports[0].targetPort", "'.inf'",
+                 "the object is left out"});
+  const ServicePort* http = second->find(addr("10.1.122.241:9080"));
+  ASSERT_EQ(http->route.size(), 2u);
+  EXPECT_EQ(http->route[0].weight, 90u);
+  EXPECT_EQ(second->find(addr("10.1.0.99:80")), nullptr);
+}
+
+TEST(Fidelity, NotYamlAtAllFailsTheWholeLoad) {
+  Loader loader;
+  EXPECT_FALSE(loader.load("{ this: is: not yaml\n", 1).ok());
+}
+
+TEST(Fidelity, ValuesAreValidatedAsTheApiServerWould) {
+  for (const char* target : {".inf", "0x50", "-9223372036854775809", "HTTP", "a--b"}) {
+    auto table = load(fmt::format(R"(apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{{port: 80, targetPort: {}}}]
+)",
+                                  target));
+    ASSERT_TRUE(table);
+    expectFinding(*table, Severity::kError, {"spec.ports[0].targetPort", "IANA_SVC_NAME", target});
+    EXPECT_EQ(table->find(addr("10.96.0.1:80")), nullptr) << target;
+  }
+  auto pod = load(R"(apiVersion: v1
+kind: Pod
+metadata: {name: p}
+status: {podIP: 0.0.0.0}
+)");
+  expectFinding(*pod, Severity::kError, {"(Pod default/p)", "status.podIP", "unspecified"});
+  auto dup = load(R"(apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.1
+  clusterIP: 10.96.0.2
+  ports: [{port: 80}]
+)");
+  expectFinding(*dup, Severity::kError, {"spec.clusterIP", "line 6", "given twice"});
+  auto no_vip = load(R"(apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{port: 80}]
+)");
+  expectFinding(*no_vip, Severity::kWarning, {"spec.clusterIP", "is not set"});
+}
+
+TEST(Fidelity, EndpointSliceWithoutPodsNamesTheCause) {
+  auto table = load(R"(apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+  targetRef: {kind: Pod, name: web-a}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web, subset: v1}}]}]
+)");
+  ASSERT_TRUE(table);
+  expectFinding(*table, Severity::kWarning,
+                {"EndpointSlice endpoints carry no pod labels: subset v1 (version=v1) needs the "
+                 "Pods named in targetRef; include them"});
+}
+
+TEST(Sources, EndpointsServiceEntryAndWorkloadEntry) {
+  auto table = load(R"(apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: shop}
+spec:
+  clusterIP: 10.96.1.1
+  ports: [{name: tcp-db, port: 5432}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: legacy, namespace: shop}
+subsets:
+- addresses: [{ip: 10.0.5.1}]
+  notReadyAddresses: [{ip: 10.0.5.2}]
+  ports: [{name: tcp-db, port: 15432}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: shop}
+spec:
+  hosts: [payments.example.com]
+  addresses: [240.0.0.10]
+  ports: [{number: 443, name: tls, protocol: TLS}, {number: 8080, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: 192.0.2.10
+    labels: {version: v1}
+  - address: 192.0.2.11
+    ports: {http: 9090}
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms, namespace: shop}
+spec:
+  hosts: [vm.shop.internal]
+  addresses: [240.0.0.11]
+  ports: [{number: 80, name: http}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: vm}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec:
+  address: 192.0.2.50
+  labels: {app: vm}
+  ports: {http: 8081}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: passthrough, namespace: shop}
+spec:
+  hosts: [api.example.org]
+  ports: [{number: 443, name: tls}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: payments, namespace: shop}
+spec:
+  hosts: [payments.example.com]
+  http:
+  - route:
+    - destination: {host: payments.example.com, subset: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: payments, namespace: shop}
+spec:
+  host: payments.example.com
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+)");
+  ASSERT_TRUE(table);
+  EXPECT_EQ(all(*table).find("error"), std::string::npos) << all(*table);
+  const ServicePort* legacy = table->find(addr("10.96.1.1:5432"));
+  ASSERT_NE(legacy, nullptr);
+  ASSERT_EQ(legacy->subsets[0].endpoints.size(), 1u);
+  EXPECT_EQ(legacy->subsets[0].endpoints[0].address, addr("10.0.5.1:15432"));
+  const ServicePort* payments = table->find(addr("240.0.0.10:8080"));
+  ASSERT_NE(payments, nullptr);
+  EXPECT_EQ(payments->service, "payments.example.com");
+  ASSERT_EQ(payments->subsets.size(), 1u);
+  ASSERT_EQ(payments->subsets[0].endpoints.size(), 1u);
+  EXPECT_EQ(payments->subsets[0].endpoints[0].address, addr("192.0.2.11:9090"));
+  const ServicePort* tls = table->find(addr("240.0.0.10:443"));
+  ASSERT_NE(tls, nullptr);
+  EXPECT_EQ(tls->subsets[0].endpoints.size(), 2u);  // TLS port: no http route
+  const ServicePort* vm = table->find(addr("240.0.0.11:80"));
+  ASSERT_NE(vm, nullptr);
+  ASSERT_EQ(vm->subsets[0].endpoints.size(), 1u);
+  EXPECT_EQ(vm->subsets[0].endpoints[0].address, addr("192.0.2.50:8081"));
+  EXPECT_EQ(vm->subsets[0].endpoints[0].pod, "shop/vm-1");
+}
+
+TEST(Sources, DnsServiceEntryUsesTheResolver) {
+  Loader loader;
+  loader.setResolver([](const std::string& host) -> Result<std::vector<IpAddress>> {
+    if (host == "db.example.com") return std::vector<IpAddress>{*IpAddress::parse("192.0.2.77")};
+    return makeError("NXDOMAIN");
+  });
+  auto table = load(loader, R"(apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: gone, namespace: shop}
+spec:
+  hosts: [gone.example.com]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+)");
+  ASSERT_TRUE(table);
+  const ServicePort* db = table->find(addr("192.0.2.77:5432"));
+  ASSERT_NE(db, nullptr);
+  EXPECT_EQ(db->subsets[0].endpoints[0].address, addr("192.0.2.77:5432"));
+  expectFinding(*table, Severity::kWarning, {"(ServiceEntry shop/gone)", "did not resolve"});
+}
+
+TEST(Protocol, AsIstioSelectsIt) {
+  EXPECT_EQ(portProtocol("http", ""), "HTTP");
+  EXPECT_EQ(portProtocol("http-web", ""), "HTTP");
+  EXPECT_EQ(portProtocol("http2", ""), "HTTP2");
+  EXPECT_EQ(portProtocol("grpc-api", ""), "GRPC");
+  EXPECT_EQ(portProtocol("grpc-web", ""), "GRPC-WEB");
+  EXPECT_EQ(portProtocol("tcp-db", ""), "TCP");
+  EXPECT_EQ(portProtocol("mysql", ""), "MYSQL");
+  EXPECT_EQ(portProtocol("web", ""), "");
+  EXPECT_EQ(portProtocol("", ""), "");
+  EXPECT_EQ(portProtocol("tcp", "http"), "HTTP");
+  EXPECT_EQ(portProtocol("", "kubernetes.io/h2c"), "HTTP2");
+  EXPECT_EQ(portProtocol("https", ""), "HTTPS");
+}
+
+}  // namespace
+}  // namespace remora::config
