@@ -1,0 +1,104 @@
+#include "config/check.h"
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "config/loader.h"
+
+namespace remora::config {
+
+std::string renderCheck(const nlohmann::json& dump) {
+  std::string out;
+  for (const auto& s : dump.value("services", nlohmann::json::array())) {
+    std::vector<std::string> vips;
+    for (const auto& ip : s.value("clusterIPs", nlohmann::json::array())) {
+      vips.push_back(ip.get<std::string>());
+    }
+    out += fmt::format(
+        "{} port {} ({}{}): {}\n", s.value("service", ""), s.value("port", 0),
+        s.value("protocol", "TCP"),
+        s.contains("name") ? fmt::format(", named {}", s["name"].get<std::string>()) : "",
+        vips.empty() ? "no VIP, pod addresses only" : fmt::join(vips, ", "));
+    const auto& subsets = s["subsets"];
+    uint64_t total = 0;
+    for (const auto& r : s["route"]) total += r.value("weight", 0u);
+    for (const auto& r : s["route"]) {
+      std::string name = r.value("subset", "");
+      uint64_t weight = r.value("weight", 0u);
+      size_t endpoints = 0;
+      for (const auto& sub : subsets) {
+        if (sub.value("name", "") == name) endpoints = sub["endpoints"].size();
+      }
+      out += fmt::format("  route {:>7.3f}%  {}{}\n", total == 0 ? 0.0 : 100.0 * weight / total,
+                         name.empty() ? "(all endpoints)" : name,
+                         endpoints == 0 ? "  [no endpoints: its share goes to the others]" : "");
+    }
+    for (const auto& sub : subsets) {
+      std::string name = sub.value("name", "");
+      out +=
+          fmt::format("  subset {} ({}):", name.empty() ? "(all)" : name, sub.value("policy", ""));
+      if (sub["endpoints"].empty()) out += " none";
+      for (const auto& e : sub["endpoints"]) {
+        std::string pod = e.value("pod", "");
+        out += fmt::format(" {}{}", e.value("address", ""), pod.empty() ? "" : " (" + pod + ")");
+      }
+      out += "\n";
+    }
+  }
+  const auto& findings = dump.value("findings", nlohmann::json::array());
+  size_t counts[3] = {0, 0, 0};
+  for (const auto& f : findings) {
+    std::string severity = f.value("severity", "warning");
+    out += fmt::format("{}: {}\n", severity, f.value("message", ""));
+    ++counts[severity == "error" ? 2 : severity == "warning" ? 1 : 0];
+  }
+  out += fmt::format("{} error{}, {} warning{}, {} info\n", counts[2], counts[2] == 1 ? "" : "s",
+                     counts[1], counts[1] == 1 ? "" : "s", counts[0]);
+  return out;
+}
+
+int checkExitCode(const std::vector<Finding>& findings, bool strict) {
+  int code = 0;
+  for (const auto& f : findings) {
+    if (f.severity == Severity::kError) return 2;
+    if (f.severity == Severity::kWarning && strict) code = 1;
+  }
+  return code;
+}
+
+int checkMain(int argc, char** argv) {
+  CLI::App app{"remora-proxy check: load a config as the proxy would and report on it"};
+  std::string path;
+  bool json = false;
+  bool strict = false;
+  app.add_option("-c,--config", path, "the YAML file the proxy would read")->required();
+  app.add_flag("--json", json, "print the table and findings as JSON (as /config_dump)");
+  app.add_flag("--strict", strict, "exit 1 when there are warnings");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  auto table = loadRouteTableFile(path, 1);
+  if (!table) {
+    if (json) {
+      std::fputs((nlohmann::json{{"error", table.error().message}}.dump(
+                      2, ' ', false, nlohmann::json::error_handler_t::replace) +
+                  "\n")
+                     .c_str(),
+                 stdout);
+    } else {
+      std::fprintf(stdout, "error: %s\n", table.error().message.c_str());
+    }
+    return 2;
+  }
+  nlohmann::json dump = (*table)->toJson();
+  std::string out = json ? dump.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"
+                         : renderCheck(dump);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return checkExitCode((*table)->findings(), strict);
+}
+
+}  // namespace remora::config
