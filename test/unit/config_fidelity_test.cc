@@ -514,6 +514,35 @@ spec:
   expectFinding(*table, Severity::kWarning, {"(ServiceEntry shop/gone)", "did not resolve"});
 }
 
+TEST(Fidelity, ProxyConfigDataPathSettings) {
+  auto table = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  bufferLimit: 256Ki
+  idleTimeout: 30m
+  halfCloseTimeout: 0s
+  maxConnectionDuration: 2h
+  maxConnections: 5000
+  tcpKeepalive: 1m
+  inboundDrainGrace: 3s
+)");
+  ASSERT_TRUE(table);
+  const auto& s = table->settings();
+  EXPECT_EQ(s.buffer_limit_bytes, 256u * 1024);
+  EXPECT_EQ(s.idle_timeout, std::chrono::minutes(30));
+  EXPECT_EQ(s.half_close_timeout, std::chrono::milliseconds(0));
+  EXPECT_EQ(s.max_connection_duration, std::chrono::hours(2));
+  EXPECT_EQ(s.max_connections, 5000u);
+  EXPECT_EQ(s.tcp_keepalive, std::chrono::minutes(1));
+  EXPECT_EQ(s.inbound_drain_grace, std::chrono::seconds(3));
+  auto bad = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  bufferLimit: 1Ti
+)");
+  expectFinding(*bad, Severity::kError, {"spec.bufferLimit", "64Ki or 1Mi", "'1Ti'"});
+}
+
 TEST(Protocol, AsIstioSelectsIt) {
   EXPECT_EQ(portProtocol("http", ""), "HTTP");
   EXPECT_EQ(portProtocol("http-web", ""), "HTTP");

@@ -20,7 +20,8 @@ std::string renderCheck(const nlohmann::json& dump) {
         "{} port {} ({}{}): {}\n", s.value("service", ""), s.value("port", 0),
         s.value("protocol", "TCP"),
         s.contains("name") ? fmt::format(", named {}", s["name"].get<std::string>()) : "",
-        vips.empty() ? "no VIP, pod addresses only" : fmt::join(vips, ", "));
+        vips.empty() ? std::string("no VIP, pod addresses only")
+                     : fmt::format("{}", fmt::join(vips, ", ")));
     const auto& subsets = s["subsets"];
     uint64_t total = 0;
     for (const auto& r : s["route"]) total += r.value("weight", 0u);

@@ -771,10 +771,11 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
   if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
   int spec_line = lineOf(spec_node, line);
   Fields f(spec_node);
-  if (auto unknown =
-          f.unknownKey({"outboundPort", "inboundPort", "adminAddress", "adminPort",
-                        "inboundSourceAddress", "outboundTrafficPolicy", "connectTimeout",
-                        "drainTimeout", "maxConnectAttempts", "accessLog"})) {
+  if (auto unknown = f.unknownKey(
+          {"outboundPort", "inboundPort", "adminAddress", "adminPort", "inboundSourceAddress",
+           "outboundTrafficPolicy", "connectTimeout", "drainTimeout", "maxConnectAttempts",
+           "accessLog", "bufferLimit", "idleTimeout", "halfCloseTimeout", "maxConnectionDuration",
+           "maxConnections", "tcpKeepalive", "inboundDrainGrace"})) {
     return ctx.error(fmt::format("spec.{}", unknown->first), lineOf(unknown->second, spec_line),
                      "unknown field");
   }
@@ -801,6 +802,10 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
     std::string field = fmt::format("spec.{}", key);
     auto text = readString(ctx, node, field, spec_line, true);
     if (!text) return text.error();
+    if (*text == "0" || *text == "0s") {  // turns the timeout off
+      target = std::chrono::milliseconds(0);
+      return {};
+    }
     auto value = parseDuration(*text);
     if (!value) return ctx.error(field, lineOf(node, spec_line), value.error().message);
     target = *value;
@@ -810,7 +815,11 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
        {port("outboundPort", spec.outbound_port), port("inboundPort", spec.inbound_port),
         port("adminPort", spec.admin_port), ip("inboundSourceAddress", spec.inbound_source),
         duration("connectTimeout", spec.connect_timeout),
-        duration("drainTimeout", spec.drain_timeout)}) {
+        duration("drainTimeout", spec.drain_timeout), duration("idleTimeout", spec.idle_timeout),
+        duration("halfCloseTimeout", spec.half_close_timeout),
+        duration("maxConnectionDuration", spec.max_connection_duration),
+        duration("tcpKeepalive", spec.tcp_keepalive),
+        duration("inboundDrainGrace", spec.inbound_drain_grace)}) {
     if (!r) return r.error();
   }
   if (YAML::Node node = f.get("adminAddress"); present(node)) {
@@ -848,6 +857,30 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
                        fmt::format("must be in 1..100, got {}", *value));
     }
     spec.max_connect_attempts = static_cast<int>(*value);
+  }
+  if (YAML::Node node = f.get("maxConnections"); present(node)) {
+    auto value = readInt(ctx, node, "spec.maxConnections", spec_line);
+    if (!value) return value.error();
+    if (*value < 0 || *value > 10000000) {
+      return ctx.error("spec.maxConnections", lineOf(node, spec_line),
+                       fmt::format("must be in 0..10000000 (0: no limit), got {}", *value));
+    }
+    spec.max_connections = static_cast<uint32_t>(*value);
+  }
+  if (YAML::Node node = f.get("bufferLimit"); present(node)) {
+    // Bytes, or a Kubernetes binary quantity: 65536, 64Ki, 1Mi.
+    auto text = readString(ctx, node, "spec.bufferLimit", spec_line, true);
+    if (!text) return text.error();
+    uint64_t value = 0;
+    auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+    std::string_view unit(end, static_cast<size_t>(text->data() + text->size() - end));
+    int shift = unit.empty() ? 0 : unit == "Ki" ? 10 : unit == "Mi" ? 20 : unit == "Gi" ? 30 : -1;
+    if (ec != std::errc() || end == text->data() || shift < 0 || value == 0) {
+      return ctx.error(
+          "spec.bufferLimit", lineOf(node, spec_line),
+          fmt::format("must be a positive size such as 65536, 64Ki or 1Mi, got '{}'", *text));
+    }
+    spec.buffer_limit_bytes = value << shift;
   }
   if (YAML::Node node = f.get("accessLog"); present(node)) {
     auto value = readBool(ctx, node, "spec.accessLog", spec_line);

@@ -128,6 +128,14 @@ struct ProxyConfigSpec {
   std::optional<std::chrono::milliseconds> drain_timeout;
   std::optional<int> max_connect_attempts;
   std::optional<bool> access_log;
+  // Data path (a zero duration disables that timeout).
+  std::optional<uint64_t> buffer_limit_bytes;
+  std::optional<std::chrono::milliseconds> idle_timeout;
+  std::optional<std::chrono::milliseconds> half_close_timeout;
+  std::optional<std::chrono::milliseconds> max_connection_duration;
+  std::optional<uint32_t> max_connections;
+  std::optional<std::chrono::milliseconds> tcp_keepalive;
+  std::optional<std::chrono::milliseconds> inbound_drain_grace;
 };
 
 // A workload outside Kubernetes (a WorkloadEntry, or one of a ServiceEntry's endpoints).

@@ -499,6 +499,13 @@ Rows proxyConfigRows() {
                 {"spec.drainTimeout", A},
                 {"spec.maxConnectAttempts", A},
                 {"spec.accessLog", A},
+                {"spec.bufferLimit", A},
+                {"spec.idleTimeout", A},
+                {"spec.halfCloseTimeout", A},
+                {"spec.maxConnectionDuration", A},
+                {"spec.maxConnections", A},
+                {"spec.tcpKeepalive", A},
+                {"spec.inboundDrainGrace", A},
             });
   return r;
 }

@@ -233,6 +233,13 @@ class Builder {
     if (c.drain_timeout) s.drain_timeout = *c.drain_timeout;
     if (c.max_connect_attempts) s.max_connect_attempts = *c.max_connect_attempts;
     if (c.access_log) s.access_log = *c.access_log;
+    if (c.buffer_limit_bytes) s.buffer_limit_bytes = *c.buffer_limit_bytes;
+    if (c.idle_timeout) s.idle_timeout = *c.idle_timeout;
+    if (c.half_close_timeout) s.half_close_timeout = *c.half_close_timeout;
+    if (c.max_connection_duration) s.max_connection_duration = *c.max_connection_duration;
+    if (c.max_connections) s.max_connections = *c.max_connections;
+    if (c.tcp_keepalive) s.tcp_keepalive = *c.tcp_keepalive;
+    if (c.inbound_drain_grace) s.inbound_drain_grace = *c.inbound_drain_grace;
     if (s.outbound_listen.port == s.inbound_listen.port) {
       note(proxy_config_, Severity::kError, "spec.inboundPort", proxy_config_.object->line,
            fmt::format("the inbound and outbound ports are both {}; this ProxyConfig is left "
