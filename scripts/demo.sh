@@ -2,33 +2,111 @@
 # The main job on the embedded seed scenario (namespace istio-demo), in network namespaces of
 # its own: remora-init installs the rules in the front-tomcat pod, remora-proxy (uid 1337)
 # routes bill-service by the VirtualService's weights, the weights change live, and
-# `remora-init dump` / `dump --trace` explain where connections go.
+# `remora-init dump` / `dump --trace` explain where connections go. At the end the proxy gets
+# SIGTERM, drains and exits; the demo waits for it and removes its namespaces.
+#
+#   scripts/demo.sh                  set up, build (in build/) and run
+#   scripts/demo.sh --no-build       run with the binaries already in build/bin
+#   scripts/demo.sh --bin-dir DIR    run with the binaries in DIR (no setup, no build)
+#
 # Run as root on Debian 12. Nothing leaves the machine: the "node" namespace has no uplink.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+build=1
+bin=$root/build/bin
+while (($#)); do
+  case "$1" in
+    -h|--help) sed -n '2,12p' "$root/scripts/demo.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-build) build=0 ;;
+    --bin-dir) [[ $# -ge 2 ]] || { echo "demo: --bin-dir wants a directory" >&2; exit 2; }
+               bin=$(realpath "$2"); build=0; shift ;;
+    *) echo "demo: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+cd "$root"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { echo "demo: $*" >&2; exit 1; }
 
-step "setup and build"
-bash scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target remora-init remora-proxy remora-probe >/dev/null
-bin=$root/build/bin
+if ((build)); then
+  step "setup and build"
+  bash scripts/setup.sh
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build -j"$(nproc)" --target remora-init remora-proxy remora-probe >/dev/null
+fi
+for b in remora-init remora-proxy remora-probe; do
+  [[ -x $bin/$b ]] || fail "$bin/$b is not built (run without --no-build/--bin-dir)"
+done
 
 source scripts/lib/world.sh
 WORLD="rmdemo$$"
+WORLD_PODS=()
 work=$(mktemp -d /tmp/remora-demo-XXXXXX)
 chmod 755 "$work"
-pids=()
+# Every background process is started as `ip netns exec NS [setpriv ...] PROGRAM &`: ip and
+# setpriv exec the next program, so $! is the program's own PID (a shell function in between
+# would make $! a subshell's, and killing that would leave the program running).
+pids=() starts=() names=()  # PID, start time (to never signal a reused PID) and name of each
+
+# starttime PID: field 22 of /proc/PID/stat (after the command name, which may hold spaces).
+starttime() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  # shellcheck disable=SC2086  # the fields are split on purpose
+  set -- $stat
+  echo "${20}"
+}
+# track NAME: records $! (call right after `... &`).
+track() { pids+=("$!"); starts+=("$(starttime "$!")"); names+=("$1"); }
+# running PID START: the process is still the one we started and has not exited.
+running() {
+  local want=$2 stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  [[ $1 != Z && ${20} == "$want" ]]
+}
+
+# stop_pid INDEX SECONDS: SIGTERM to that process only, up to SECONDS for it to exit, then
+# SIGKILL; reaps it and prints how it ended. Returns its exit status.
+stop_pid() {
+  local pid=${pids[$1]} start=${starts[$1]} name=${names[$1]} limit=$2 rc=0
+  if running "$pid" "$start"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + limit))
+    while ((SECONDS < deadline)) && running "$pid" "$start"; do sleep 0.1; done
+    if running "$pid" "$start"; then
+      echo "$name (pid $pid) still running ${limit}s after SIGTERM; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  if ((rc > 128)); then
+    echo "$name (pid $pid) ended by signal $(kill -l "$rc" 2>/dev/null || echo "$((rc - 128))")"
+  else
+    echo "$name (pid $pid) exited with status $rc"
+  fi
+  return "$rc"
+}
+
+# Stops whatever is still running, removes the namespaces and the work directory. Runs on every
+# exit path (the trap), and once more is harmless.
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local i
+  for i in "${!pids[@]}"; do
+    if [[ -n ${pids[$i]} ]]; then stop_pid "$i" 5 || true; fi
+  done
+  pids=() starts=() names=()
   world_destroy
   rm -rf "/etc/netns/$WORLD-front-tomcat" "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+echo "demo: namespaces $WORLD-*, logs in $work (both removed at the end)"
 
 vip=10.1.122.241:9999
 step "the seed's world: front-tomcat, bill-service-v1 and -v2 pods on a node bridge"
@@ -47,7 +125,7 @@ for v in 1 2; do
   ip=10.244.1.168; [[ $v == 2 ]] && ip=10.244.2.74
   ip netns exec "$(world_ns bill-service-v$v)" "$bin/remora-probe" serve --listen "$ip:80" \
     --http --reply "$reply" > "$work/v$v.log" &
-  pids+=($!)
+  track "remora-probe bill-service-v$v"
 done
 echo "front-tomcat 10.244.0.10; bill-service-v1 10.244.1.168:80; bill-service-v2 10.244.2.74:80"
 echo "Service bill-service: ClusterIP $vip -> targetPort 80"
@@ -62,9 +140,11 @@ in_front "$bin/remora-init" install
 step "remora-proxy as uid 1337, with the seed's YAML and a 90/10 VirtualService"
 cat test/fixtures/seed/seed.yaml test/fixtures/seed/istio-90-10.yaml > "$work/mesh.yaml"
 grep -A12 '^kind: VirtualService' test/fixtures/seed/istio-90-10.yaml | sed 's/^/  /'
-in_front setpriv --reuid=1337 --regid=1337 --clear-groups \
+# Not `in_front ... &`: $! must be the proxy itself (see track above).
+ip netns exec "$front" setpriv --reuid=1337 --regid=1337 --clear-groups \
   "$bin/remora-proxy" --config "$work/mesh.yaml" > "$work/proxy.log" 2>&1 &
-pids+=($!)
+track remora-proxy
+proxy=$((${#pids[@]} - 1))
 for _ in $(seq 100); do
   in_front curl -sf -m 1 http://127.0.0.1:15000/ready >/dev/null 2>&1 && break
   sleep 0.1
@@ -109,4 +189,17 @@ in_front "$bin/remora-init" dump --trace $vip
 step "remora-init dump --trace 10.244.1.168:80 --uid 1337 (the proxy's own upstream connection)"
 in_front "$bin/remora-init" dump --trace 10.244.1.168:80 --uid 1337 --gid 1337
 
-step "done; the proxy is stopped and the namespaces removed"
+step "stop remora-proxy with SIGTERM (what the kubelet sends): it drains, then exits"
+proxy_rc=0
+stop_pid "$proxy" 10 || proxy_rc=$?
+pids[proxy]=""
+echo "its log:"
+grep -E 'drain|exit|stopp|shut' "$work/proxy.log" | sed 's/^/  /' || true
+((proxy_rc == 0)) || fail "remora-proxy exited with status $proxy_rc after SIGTERM"
+
+step "stop the backends and remove the namespaces"
+cleanup
+trap - EXIT
+left=$(pgrep -a -f -- "$work" || true)
+[[ -z $left ]] || fail "processes of this demo are still running: $left"
+step "done: every process the demo started has exited, and its namespaces are removed"

@@ -63,7 +63,8 @@ bool Process::waitForLine(const std::string& marker, int timeout_ms) {
 }
 
 std::optional<int> Process::stop(int signal, int timeout_ms) {
-  if (reaped_) return std::nullopt;
+  // pid_ <= 0 would signal a process group or every process (kill(-1, ...)).
+  if (reaped_ || pid_ <= 0) return std::nullopt;
   ::kill(pid_, signal);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -156,6 +157,11 @@ std::unique_ptr<Process> NetnsWorld::spawn(const Pod& pod, const std::vector<std
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return nullptr;
   pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return nullptr;
+  }
   if (pid == 0) {
     ::dup2(fds[1], 1);
     std::vector<char*> args;
