@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,9 @@ class Applier {
   virtual Result<void> check(const InterceptOptions& options) = 0;
 };
 
-std::unique_ptr<Applier> makeIptablesApplier();
+// Every iptables tool the applier runs is killed after `command_timeout` (and install rolls
+// back); InterceptOptions::command_timeout is what remora-init and remora-cni pass here.
+std::unique_ptr<Applier> makeIptablesApplier(
+    std::chrono::milliseconds command_timeout = kDefaultCommandTimeout);
 
 }  // namespace remora::intercept

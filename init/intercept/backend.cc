@@ -15,8 +15,9 @@ std::string IptablesTools::name() const {
                      backend == IptablesBackend::kLegacy ? "legacy" : "nft");
 }
 
-IptablesTools toolsFor(IptablesBackend backend, Family family) {
+IptablesTools toolsFor(IptablesBackend backend, Family family, std::chrono::milliseconds timeout) {
   IptablesTools t;
+  t.timeout = timeout;
   t.backend =
       backend == IptablesBackend::kLegacy ? IptablesBackend::kLegacy : IptablesBackend::kNft;
   t.family = family;
@@ -29,7 +30,7 @@ IptablesTools toolsFor(IptablesBackend backend, Family family) {
 Result<std::string> saveTable(const IptablesTools& tools, const std::string& table) {
   std::vector<std::string> argv = {tools.save, "-c"};
   if (!table.empty()) argv.insert(argv.end(), {"-t", table});
-  auto out = runCommand(argv);
+  auto out = runCommand(argv, {}, tools.timeout);
   if (!out) {
     return Error{out.error().code,
                  fmt::format("{} (install the iptables package)", out.error().message)};
@@ -40,14 +41,15 @@ Result<std::string> saveTable(const IptablesTools& tools, const std::string& tab
   return std::move(out->out);
 }
 
-Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family) {
+Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family,
+                                      std::chrono::milliseconds timeout) {
   IptablesBackend chosen = requested;
   if (requested == IptablesBackend::kAuto) {
     chosen = IptablesBackend::kNft;
     // A netns whose legacy tables hold any rule is managed with legacy tools; mixing the two
     // gives the "unable to initialize table 'nat'" mess users report.
     // No legacy table at all is the common case and costs no process.
-    auto legacy = toolsFor(IptablesBackend::kLegacy, family);
+    auto legacy = toolsFor(IptablesBackend::kLegacy, family, timeout);
     bool any_legacy_table = !legacyTableNames(family).empty();
     if (any_legacy_table && programInPath(legacy.save)) {
       auto text = saveTable(legacy, "");

@@ -16,14 +16,18 @@ struct IptablesTools {
   std::string save;          // program name, looked up in PATH
   std::string restore;       // program name, looked up in PATH
   std::string name() const;  // "iptables-nft", "ip6tables-legacy", ...
+  // Each run of either program is killed after this long (see runCommand).
+  std::chrono::milliseconds timeout = kDefaultCommandTimeout;
 };
 
-IptablesTools toolsFor(IptablesBackend backend, Family family);
+IptablesTools toolsFor(IptablesBackend backend, Family family,
+                       std::chrono::milliseconds timeout = kDefaultCommandTimeout);
 
 // Chooses the backend for this netns the way kube-proxy and istio-iptables do: legacy when the
 // legacy tables already hold rules, nft otherwise. An explicit choice is returned as is.
 // Errors when the chosen tools are not installed.
-Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family);
+Result<IptablesBackend> detectBackend(IptablesBackend requested, Family family,
+                                      std::chrono::milliseconds timeout = kDefaultCommandTimeout);
 
 // The legacy (x_tables) tables that exist in the calling thread's netns, read from
 // /proc/thread-self/net/ip{6,}_tables_names without running anything.

@@ -51,6 +51,33 @@ Result<std::vector<PortRange>> parsePorts(std::string_view flag, std::string_vie
   return ports;
 }
 
+// Seconds, with up to three decimals ("10", "0.5"), in (0, 3600].
+Result<std::chrono::milliseconds> parseTimeout(std::string_view value) {
+  auto bad = [&] {
+    return makeError(fmt::format(
+        "invalid --command-timeout '{}': must be seconds in 0.001..3600 (e.g. 10 or 0.5)", value));
+  };
+  size_t dot = value.find('.');
+  std::string_view whole = value.substr(0, dot);
+  std::string_view frac = dot == std::string_view::npos ? "" : value.substr(dot + 1);
+  if (whole.empty() && frac.empty()) return bad();
+  if (frac.size() > 3 || (dot != std::string_view::npos && frac.empty())) return bad();
+  uint64_t seconds = 0;
+  if (!whole.empty()) {
+    auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), seconds);
+    if (ec != std::errc() || end != whole.data() + whole.size() || seconds > 3600) return bad();
+  }
+  uint64_t millis = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    char c = i < frac.size() ? frac[i] : '0';
+    if (c < '0' || c > '9') return bad();
+    millis = millis * 10 + static_cast<uint64_t>(c - '0');
+  }
+  uint64_t total = seconds * 1000 + millis;
+  if (total == 0 || total > 3600 * 1000) return bad();
+  return std::chrono::milliseconds(total);
+}
+
 bool validInterfaceName(std::string_view name) {
   // Linux allows up to 15 bytes; iptables adds a trailing '+' wildcard.
   if (name.empty() || name.size() > 15) return false;
@@ -90,6 +117,8 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"ipv6", "REMORA_IPV6", "IPv6 rules: auto (when the netns has IPv6), on or off", "auto"},
       {"iptables-backend", "REMORA_IPTABLES_BACKEND",
        "auto (legacy if the netns already has legacy rules, else nft), legacy or nft", "auto"},
+      {"command-timeout", "REMORA_COMMAND_TIMEOUT",
+       "seconds each iptables tool may take before it is killed and the install rolled back", "10"},
   };
   return specs;
 }
@@ -157,6 +186,10 @@ Result<void> setOption(InterceptOptions& options, std::string_view flag, std::st
       return makeError(
           fmt::format("invalid --iptables-backend '{}': must be auto, legacy or nft", value));
     }
+  } else if (flag == "command-timeout") {
+    auto timeout = parseTimeout(value);
+    if (!timeout) return timeout.error();
+    o.command_timeout = *timeout;
   } else {
     return makeError(fmt::format("unknown option '{}'", flag));
   }

@@ -46,6 +46,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   app.require_subcommand(1, 1);
   InitCommand command;
   std::map<std::string, std::string> install_values;
+  std::map<std::string, std::string> uninstall_values;
   std::map<std::string, std::string> dump_values;
   std::string trace_uid;
   std::string trace_gid;
@@ -56,6 +57,13 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
       ->envname("REMORA_DRY_RUN");
 
   auto* uninstall = app.add_subcommand("uninstall", "remove exactly Remora's chains and jumps");
+  for (const auto& spec : optionSpecs()) {
+    if (spec.flag != "command-timeout") continue;
+    uninstall
+        ->add_option("--" + spec.flag, uninstall_values[spec.flag],
+                     fmt::format("{} (default {})", spec.help, spec.default_text))
+        ->envname(spec.env);
+  }
 
   auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
   dump->add_flag("--json", command.json, "machine-readable output");
@@ -86,12 +94,13 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
     values = &install_values;
   } else if (uninstall->parsed()) {
     command.verb = InitVerb::kUninstall;
+    values = &uninstall_values;
   } else {
     command.verb = InitVerb::kDump;
     values = &dump_values;
   }
   if (values) {
-    CLI::App* cmd = install->parsed() ? install : dump;
+    CLI::App* cmd = install->parsed() ? install : uninstall->parsed() ? uninstall : dump;
     for (const auto& spec : optionSpecs()) {
       if (!values->contains(spec.flag)) continue;
       bool given = cmd->count("--" + spec.flag) > 0 || std::getenv(spec.env.c_str()) != nullptr;
@@ -137,7 +146,7 @@ int runInit(const std::vector<std::string>& args) {
                  "container with securityContext.capabilities.add [NET_ADMIN, NET_RAW])\n";
     return 1;
   }
-  auto applier = makeIptablesApplier();
+  auto applier = makeIptablesApplier(command->options.command_timeout);
   switch (command->verb) {
     case InitVerb::kInstall: {
       if (command->dry_run) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include "common/subprocess.h"
 #include "intercept/applier.h"
@@ -30,6 +31,7 @@ struct Installed {
   std::vector<std::string> rule_lines;  // "-A CHAIN ..." in file order, Remora's chains and jumps
   std::vector<std::string> jump_lines;  // jumps into Remora's chains from other chains
   bool empty() const { return chains.empty() && jump_lines.empty(); }
+  bool operator==(const Installed&) const = default;
 };
 
 Installed findInstalled(const SavedTable& nat) {
@@ -113,14 +115,26 @@ Result<SavedTable> readNat(const IptablesTools& tools, std::string* raw = nullpt
 Result<void> restore(const IptablesTools& tools, const std::string& input, bool noflush) {
   // Without --noflush (rollback), the saved counters are put back too.
   std::vector<std::string> argv = {tools.restore, "--wait", noflush ? "--noflush" : "--counters"};
-  auto out = runCommand(argv, input);
+  auto out = runCommand(argv, input, tools.timeout);
   if (!out) return out.error();
   if (out->exit_code != 0) {
     std::string err = out->err;
-    while (!err.empty() && err.back() == '\n') err.pop_back();
-    return makeError(fmt::format("{} failed (exit {}): {}", tools.restore, out->exit_code, err));
+    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+    return makeError(fmt::format("{} failed (exit {}){}{}", tools.restore, out->exit_code,
+                                 err.empty() ? "" : ": ", err));
   }
   return {};
+}
+
+// Remora's footprint in the nat table as it is now, or nullopt when it cannot be read.
+std::optional<Installed> readBack(const IptablesTools& tools) {
+  auto nat = readNat(tools);
+  if (!nat) return std::nullopt;
+  return findInstalled(*nat);
+}
+
+std::string describe(const Installed& installed) {
+  return fmt::format("{} rules in {} chains", installed.rule_lines.size(), installed.chains.size());
 }
 
 std::string removalInput(const Installed& installed) {
@@ -152,21 +166,23 @@ struct FamilyChange {
 
 class IptablesApplier : public Applier {
  public:
+  explicit IptablesApplier(std::chrono::milliseconds timeout) : timeout_(timeout) {}
   std::string name() const override { return "iptables"; }
 
   Result<ApplyReport> install(const InterceptOptions& options) override {
     auto changes = prepare(options);
     if (!changes) return changes.error();
     ApplyReport report;
-    std::vector<const FamilyChange*> applied;
+    // Families whose restore ran (ok or not), and whether this install put ::6 on lo.
+    std::vector<const FamilyChange*> touched;
+    bool added_v6 = false;
     for (const auto& change : *changes) {
       report.backend = change.tools.name();
       if (change.plan.family == Family::kIpv6) {
         // The proxy's IPv6 inbound passthrough source must be a local address (see loopback.h).
         auto added = addLoopbackAddress(passthroughSourceV6());
-        if (!added) {
-          return makeError(fmt::format("{}{}", added.error().message, rollBack(applied)));
-        }
+        if (!added) return makeError(added.error().message + undo(*changes, touched, false));
+        added_v6 = *added;
       }
       if (!change.needed) {
         report.lines.push_back(
@@ -175,11 +191,23 @@ class IptablesApplier : public Applier {
       }
       auto done = restore(change.tools, change.input, /*noflush=*/true);
       if (!done) {
-        auto rollback = rollBack(applied);
-        return makeError(fmt::format("{}: {}{}", familyName(change.plan.family),
-                                     done.error().message, rollback));
+        // The exit status is not the truth: a restore killed (or timed out) after its COMMIT
+        // has changed the table. Read it back and roll back whatever did change.
+        std::string text =
+            fmt::format("{}: {}", familyName(change.plan.family), done.error().message);
+        auto now = readBack(change.tools);
+        if (!now) {
+          text += "; cannot read the nat table back to see whether it committed";
+          touched.push_back(&change);
+        } else if (*now != change.before) {
+          text += "; it had committed before it failed (read back from the nat table)";
+          touched.push_back(&change);
+        } else if (touched.empty()) {
+          text += "; nothing was applied";
+        }
+        return makeError(text + undo(*changes, touched, added_v6));
       }
-      applied.push_back(&change);
+      touched.push_back(&change);
       report.changed = true;
       report.lines.push_back(fmt::format("{}: installed {} rules in {} chains", change.tools.name(),
                                          change.plan.rules.size(), change.plan.chains.size()));
@@ -189,7 +217,7 @@ class IptablesApplier : public Applier {
       auto other =
           toolsFor(change.tools.backend == IptablesBackend::kLegacy ? IptablesBackend::kNft
                                                                     : IptablesBackend::kLegacy,
-                   change.plan.family);
+                   change.plan.family, timeout_);
       if (!programInPath(other.save) || !mayHoldRules(other)) continue;
       auto removed = removeWith(other);
       if (removed && *removed) {
@@ -223,7 +251,7 @@ class IptablesApplier : public Applier {
     bool removed_v6 = false;
     for (auto backend : {IptablesBackend::kNft, IptablesBackend::kLegacy}) {
       for (auto family : {Family::kIpv4, Family::kIpv6}) {
-        auto tools = toolsFor(backend, family);
+        auto tools = toolsFor(backend, family, timeout_);
         if (!programInPath(tools.save) || !programInPath(tools.restore)) continue;
         if (!mayHoldRules(tools)) continue;
         auto removed = removeWith(tools);
@@ -276,10 +304,10 @@ class IptablesApplier : public Applier {
     }
     std::vector<FamilyChange> changes;
     for (auto family : families) {
-      auto backend = detectBackend(options.backend, family);
+      auto backend = detectBackend(options.backend, family, timeout_);
       if (!backend) return backend.error();
       FamilyChange change;
-      change.tools = toolsFor(*backend, family);
+      change.tools = toolsFor(*backend, family, timeout_);
       change.plan = planFamily(options, family);
       auto nat = readNat(change.tools, &change.snapshot);
       if (!nat) return nat.error();
@@ -302,22 +330,58 @@ class IptablesApplier : public Applier {
     return true;
   }
 
-  // Puts back the nat tables of families already changed; returns text for the error message.
-  static std::string rollBack(const std::vector<const FamilyChange*>& applied) {
+  // Puts back the nat tables of the families `touched` changed, and takes ::6 off lo when this
+  // install added it; returns text for the error message, ending with what is installed now in
+  // every family of `all`, as read back from the tables.
+  static std::string undo(const std::vector<FamilyChange>& all,
+                          const std::vector<const FamilyChange*>& touched, bool added_v6) {
     std::string text;
-    for (const auto* change : applied) {
+    for (const auto* change : touched) {
       auto undone = restore(change->tools, change->snapshot, /*noflush=*/false);
-      text += undone ? fmt::format("; rolled back {}", change->tools.name())
-                     : fmt::format("; ROLLBACK OF {} FAILED: {}", change->tools.name(),
-                                   undone.error().message);
+      // As with install, the table decides: a rollback tool that fails after its COMMIT rolled
+      // back all the same.
+      auto now = readBack(change->tools);
+      if (now && *now == change->before) {
+        text += fmt::format("; rolled back {}", change->tools.name());
+      } else {
+        text += fmt::format(
+            "; ROLLBACK OF {} FAILED: {}", change->tools.name(),
+            undone ? "the table differs from before the install" : undone.error().message);
+      }
     }
-    if (applied.empty()) text = "; nothing was applied";
+    bool v6_left = false;
+    if (added_v6) {
+      auto gone = removeLoopbackAddress(passthroughSourceV6());
+      text += gone ? fmt::format("; removed {}/128 from lo", passthroughSourceV6().toString())
+                   : fmt::format("; REMOVING {}/128 FROM lo FAILED: {}",
+                                 passthroughSourceV6().toString(), gone.error().message);
+      v6_left = !gone;
+    }
+    std::vector<std::string> state;
+    for (const auto& change : all) {
+      auto now = readBack(change.tools);
+      if (!now) {
+        state.push_back(
+            fmt::format("{}: unknown (cannot read the nat table)", change.tools.name()));
+      } else if (*now == change.before && !now->empty()) {
+        state.push_back(fmt::format("{}: the previous install, unchanged", change.tools.name()));
+      } else if (!now->empty()) {
+        state.push_back(fmt::format("{}: {}", change.tools.name(), describe(*now)));
+      }
+    }
+    if (v6_left) state.push_back(fmt::format("{}/128 on lo", passthroughSourceV6().toString()));
+    text += state.empty() ? "; nothing is installed"
+                          : fmt::format("; now installed: {}", fmt::join(state, ", "));
     return text;
   }
+
+  std::chrono::milliseconds timeout_;
 };
 
 }  // namespace
 
-std::unique_ptr<Applier> makeIptablesApplier() { return std::make_unique<IptablesApplier>(); }
+std::unique_ptr<Applier> makeIptablesApplier(std::chrono::milliseconds command_timeout) {
+  return std::make_unique<IptablesApplier>(command_timeout);
+}
 
 }  // namespace remora::intercept

@@ -23,8 +23,9 @@ struct NlAddrDeleter {
 
 // Runs `op` (rtnl_addr_add or rtnl_addr_delete) for address/128 on lo; `ok_error` is the libnl
 // error that means "already as wanted".
+// Returns false when the address already was as wanted.
 template <typename Op>
-Result<void> changeLoopback(const IpAddress& address, Op op, int ok_error, const char* what) {
+Result<bool> changeLoopback(const IpAddress& address, Op op, int ok_error, const char* what) {
   std::unique_ptr<nl_sock, SocketDeleter> sock(nl_socket_alloc());
   if (!sock) return makeError("netlink: out of memory");
   if (int err = nl_connect(sock.get(), NETLINK_ROUTE); err < 0) {
@@ -41,26 +42,29 @@ Result<void> changeLoopback(const IpAddress& address, Op op, int ok_error, const
   rtnl_addr_set_ifindex(addr.get(), static_cast<int>(lo));
   rtnl_addr_set_local(addr.get(), local.get());
   int err = op(sock.get(), addr.get());
-  if (err < 0 && err != -ok_error) {
+  if (err == -ok_error) return false;
+  if (err < 0) {
     return makeError(fmt::format("{} {} on lo: {}", what, address.toString(), nl_geterror(err)));
   }
-  return {};
+  return true;
 }
 
 }  // namespace
 
 IpAddress passthroughSourceV6() { return *IpAddress::parse("::6"); }
 
-Result<void> addLoopbackAddress(const IpAddress& address) {
+Result<bool> addLoopbackAddress(const IpAddress& address) {
   return changeLoopback(
       address, [](nl_sock* s, rtnl_addr* a) { return rtnl_addr_add(s, a, 0); }, NLE_EXIST,
       "adding");
 }
 
 Result<void> removeLoopbackAddress(const IpAddress& address) {
-  return changeLoopback(
+  auto removed = changeLoopback(
       address, [](nl_sock* s, rtnl_addr* a) { return rtnl_addr_delete(s, a, 0); }, NLE_NOADDR,
       "removing");
+  if (!removed) return removed.error();
+  return {};
 }
 
 }  // namespace remora::intercept

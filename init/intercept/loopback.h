@@ -10,8 +10,9 @@ namespace remora::intercept {
 // connections toward the app would be routed off the pod.
 IpAddress passthroughSourceV6();
 
-// Adds `address`/128 to lo in the calling thread's netns; already present is success.
-Result<void> addLoopbackAddress(const IpAddress& address);
+// Adds `address`/128 to lo in the calling thread's netns; already present is success. Returns
+// whether this call added it (false: it was there already), so a rollback removes only its own.
+Result<bool> addLoopbackAddress(const IpAddress& address);
 // Removes it; absent is success.
 Result<void> removeLoopbackAddress(const IpAddress& address);
 

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +16,10 @@ enum class IptablesBackend { kAuto, kLegacy, kNft };
 // Ports the proxy itself serves on; inbound traffic to them is never captured (DESIGN.md).
 inline constexpr uint16_t kAlwaysExcludedInboundPorts[] = {15000, 15001, 15006,
                                                            15020, 15021, 15090};
+
+// How long remora-init and remora-cni wait for each child process (iptables-save, -restore, ip)
+// before killing it and rolling back.
+inline constexpr std::chrono::milliseconds kDefaultCommandTimeout{10000};
 
 // What to intercept. Defaults are Istio's, so users recognise them. Shared by remora-init's
 // flags and remora-cni's JSON config, which use the same names.
@@ -36,6 +41,8 @@ struct InterceptOptions {
   std::vector<std::string> exclude_interfaces;
   Ipv6Mode ipv6 = Ipv6Mode::kAuto;
   IptablesBackend backend = IptablesBackend::kAuto;
+  // Not part of the rules: the applier's deadline for each tool it runs (--command-timeout).
+  std::chrono::milliseconds command_timeout = kDefaultCommandTimeout;
 
   bool operator==(const InterceptOptions&) const = default;
 };

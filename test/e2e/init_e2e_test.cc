@@ -2,8 +2,10 @@
 // with real TCP connections (DESIGN.md "Test topology rules").
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <regex>
@@ -227,31 +229,184 @@ TEST_P(InitE2e, BadInputAppliesNothing) {
   EXPECT_EQ(natRules(), before);
 }
 
-TEST_P(InitE2e, FailureInOneFamilyRollsBackTheOther) {
-  // Make the IPv6 restore fail (a tool that exits 1 shadows the real one on PATH); the IPv4
-  // rules already applied in the same install must be rolled back.
-  char dir[] = "/tmp/remora-fakebin-XXXXXX";
-  ASSERT_NE(::mkdtemp(dir), nullptr);
-  std::string tool = std::string(dir) + "/ip6tables-" + backend() + "-restore";
-  {
-    FILE* f = std::fopen(tool.c_str(), "w");
-    std::fputs("#!/bin/sh\necho 'simulated failure' >&2\nexit 1\n", f);
-    std::fclose(f);
+// ---- injected faults: tools shadowed on PATH by scripts, the state left read back --------
+
+// A directory of fake tools put first on PATH; removed with everything in it.
+class FakeBin {
+ public:
+  FakeBin() {
+    char dir[] = "/tmp/remora-fakebin-XXXXXX";
+    if (::mkdtemp(dir) != nullptr) dir_ = dir;
   }
-  ::chmod(tool.c_str(), 0755);
-  auto before = natRules();
-  std::string path = std::string(dir) + ":" + std::getenv("PATH");
-  auto out = world_->exec(front_, {"env", "PATH=" + path, binaryPath("remora-init"), "install",
-                                   "--iptables-backend", backend(), "--ipv6", "on"});
-  ASSERT_TRUE(out.ok());
-  EXPECT_NE(out->exit_code, 0) << out->err;
-  EXPECT_NE(out->err.find("simulated failure"), std::string::npos)
-      << "exit " << out->exit_code << ": " << out->err << out->out;
-  EXPECT_NE(out->err.find("rolled back"), std::string::npos) << out->err;
-  EXPECT_EQ(natRules(), before);
-  std::remove(tool.c_str());
-  ::rmdir(dir);
+  ~FakeBin() {
+    for (const auto& f : files_) std::remove(f.c_str());
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+  }
+  FakeBin(const FakeBin&) = delete;
+  FakeBin& operator=(const FakeBin&) = delete;
+
+  void add(const std::string& name, const std::string& script) {
+    std::string path = dir_ + "/" + name;
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(("#!/bin/sh\n" + script).c_str(), f);
+    std::fclose(f);
+    ::chmod(path.c_str(), 0755);
+    files_.push_back(path);
+  }
+  std::string path() const { return dir_ + ":" + std::getenv("PATH"); }
+
+ private:
+  std::string dir_;
+  std::vector<std::string> files_;
+};
+
+// The real tool's absolute path, for a fake that wraps it.
+std::string realTool(const std::string& name) {
+  for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"}) {
+    std::string path = std::string(dir) + name;
+    if (::access(path.c_str(), X_OK) == 0) return path;
+  }
+  return name;
 }
+
+class InitFaultE2e : public InitE2e {
+ protected:
+  // remora-init install with `bin` first on PATH.
+  CommandOutput installWith(const FakeBin& bin, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {"env",     "PATH=" + bin.path(), binaryPath("remora-init"),
+                                     "install", "--iptables-backend", backend()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto out = world_->exec(front_, argv);
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  }
+
+  bool passthroughOnLo() {
+    auto lo = world_->exec(front_, {"ip", "-6", "addr", "show", "dev", "lo"});
+    return lo && lo->out.find("::6/128") != std::string::npos;
+  }
+
+  // "22 rules in 4 chains" for a family, from what a real install reports, then uninstalled.
+  std::string installedSize(const std::string& family_tool, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"install"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto out = init(args);
+    std::smatch m;
+    std::regex line(family_tool + "-" + backend() + ": installed ([0-9]+ rules in [0-9]+ chains)");
+    EXPECT_TRUE(std::regex_search(out.out, m, line)) << out.out << out.err;
+    EXPECT_EQ(init({"uninstall"}).exit_code, 0);
+    return m.size() > 1 ? m[1].str() : std::string("?");
+  }
+
+  std::string restoreName(const std::string& family_tool) const {
+    return family_tool + "-" + backend() + "-restore";
+  }
+  // A restore that does the real work when installing (--noflush) and then misbehaves with
+  // `after`; rollbacks (no --noflush) run the real tool untouched.
+  std::string wrapInstall(const std::string& family_tool, const std::string& after) const {
+    return "case \"$*\" in *--noflush*) " + realTool(restoreName(family_tool)) + " \"$@\"; " +
+           after + ";; esac\nexec " + realTool(restoreName(family_tool)) + " \"$@\"\n";
+  }
+};
+
+TEST_P(InitFaultE2e, FailingIpv6RestoreRollsBackIpv4AndThePassthroughAddress) {
+  // The IPv4 rules and ::6/128 on lo, both added earlier in the same install, must go.
+  FakeBin bin;
+  bin.add(restoreName("ip6tables"), "echo 'simulated failure' >&2\nexit 1\n");
+  auto before = natRules();
+  auto before6 = natRules("ip6tables");
+  auto out = installWith(bin, {"--ipv6", "on"});
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_EQ(out.err, "remora-init: install failed: IPv6: " + restoreName("ip6tables") +
+                         " failed (exit 1): simulated failure; rolled back iptables-" + backend() +
+                         "; removed ::6/128 from lo; nothing is installed\n");
+  EXPECT_EQ(natRules(), before);
+  EXPECT_EQ(natRules("ip6tables"), before6);
+  EXPECT_FALSE(passthroughOnLo());
+}
+
+TEST_P(InitFaultE2e, FailingIpv4RestoreAppliesNothing) {
+  FakeBin bin;
+  bin.add(restoreName("iptables"), "echo 'simulated failure' >&2\nexit 1\n");
+  auto before = natRules();
+  auto before6 = natRules("ip6tables");
+  auto out = installWith(bin, {"--ipv6", "on"});
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_EQ(out.err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
+                         " failed (exit 1): simulated failure; nothing was applied; nothing is "
+                         "installed\n");
+  EXPECT_EQ(natRules(), before);
+  EXPECT_EQ(natRules("ip6tables"), before6);
+  EXPECT_FALSE(passthroughOnLo());
+}
+
+TEST_P(InitFaultE2e, RestoreKilledAfterCommitIsReadBackAndRolledBack) {
+  // The restore commits and is then killed (exit 137): its exit status says failure, the table
+  // says installed. remora-init must believe the table.
+  FakeBin bin;
+  bin.add(restoreName("iptables"), wrapInstall("iptables", "kill -9 $$"));
+  auto before = natRules();
+  auto out = installWith(bin, {"--ipv6", "off"});
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_EQ(out.err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
+                         " failed (exit 137); it had committed before it failed (read back from "
+                         "the nat table); rolled back iptables-" +
+                         backend() + "; nothing is installed\n");
+  EXPECT_EQ(natRules(), before);
+}
+
+TEST_P(InitFaultE2e, HungRestoreIsKilledAtTheTimeoutAndRolledBack) {
+  FakeBin bin;
+  bin.add(restoreName("iptables"), wrapInstall("iptables", "sleep 1000"));
+  auto before = natRules();
+  auto started = std::chrono::steady_clock::now();
+  auto out = installWith(bin, {"--ipv6", "off", "--command-timeout", "1"});
+  auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_EQ(out.err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
+                         " did not finish within 1 s and was killed; it had committed before it "
+                         "failed (read back from the nat table); rolled back iptables-" +
+                         backend() + "; nothing is installed\n");
+  EXPECT_EQ(natRules(), before);
+  EXPECT_LT(took, std::chrono::seconds(20));
+  // The environment form works the same (a restore that hangs before doing anything).
+  FakeBin hung;
+  hung.add(restoreName("iptables"), "sleep 1000\n");
+  auto env = world_->exec(
+      front_, {"env", "PATH=" + hung.path(), "REMORA_COMMAND_TIMEOUT=1", binaryPath("remora-init"),
+               "install", "--iptables-backend", backend(), "--ipv6", "off"});
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
+                          " did not finish within 1 s and was killed; nothing was applied; "
+                          "nothing is installed\n");
+  EXPECT_EQ(natRules(), before);
+}
+
+TEST_P(InitFaultE2e, FailingRollbackSaysWhatIsStillInstalled) {
+  // IPv6 fails, and so does the rollback of IPv4: the IPv4 rules stay, and the message says so.
+  std::string size = installedSize("iptables", {"--ipv6", "on"});
+  FakeBin bin;
+  bin.add(restoreName("iptables"),
+          "case \"$*\" in *--noflush*) exec " + realTool(restoreName("iptables")) +
+              " \"$@\";; esac\necho 'simulated rollback failure' >&2\nexit 1\n");
+  bin.add(restoreName("ip6tables"), "echo 'simulated failure' >&2\nexit 1\n");
+  auto before6 = natRules("ip6tables");
+  auto out = installWith(bin, {"--ipv6", "on"});
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_EQ(out.err, "remora-init: install failed: IPv6: " + restoreName("ip6tables") +
+                         " failed (exit 1): simulated failure; ROLLBACK OF iptables-" + backend() +
+                         " FAILED: " + restoreName("iptables") +
+                         " failed (exit 1): simulated rollback failure; removed ::6/128 from lo; "
+                         "now installed: iptables-" +
+                         backend() + ": " + size + "\n");
+  EXPECT_NE(natRules().find("-A OUTPUT -p tcp -j REMORA_OUTPUT"), std::string::npos);
+  EXPECT_EQ(natRules("ip6tables"), before6);
+  EXPECT_FALSE(passthroughOnLo());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, InitFaultE2e, ::testing::Values("nft", "legacy"),
+                         [](const auto& info) { return info.param; });
 
 TEST_P(InitE2e, MissingIptablesAndMissingPrivilegesAreClearErrors) {
   auto out = world_->exec(front_, {"env", "PATH=/nonexistent", binaryPath("remora-init"), "install",

@@ -3,13 +3,15 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <chrono>
+
 namespace remora::intercept {
 namespace {
 
-Result<InitCommand> parse(std::vector<std::string> args) { return parseInitCommand(args); }
+Result<InitCommand> parse(const std::vector<std::string>& args) { return parseInitCommand(args); }
 
-std::string errorOf(std::vector<std::string> args) {
-  auto r = parse(std::move(args));
+std::string errorOf(const std::vector<std::string>& args) {
+  auto r = parse(args);
   return r ? "" : r.error().message;
 }
 
@@ -142,6 +144,29 @@ TEST(Cli, SetOptionLeavesOptionsUntouchedOnError) {
   EXPECT_FALSE(setOption(o, "exclude-outbound-cidrs", "10.0.0.0/8,bogus").ok());
   ASSERT_EQ(o.exclude_outbound_cidrs.size(), 1u);
   EXPECT_FALSE(setOption(o, "no-such-option", "1").ok());
+}
+
+TEST(Cli, CommandTimeoutFlagEnvironmentAndBounds) {
+  EXPECT_EQ(parse({"install"})->options.command_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(parse({"install", "--command-timeout", "3"})->options.command_timeout,
+            std::chrono::seconds(3));
+  EXPECT_EQ(parse({"install", "--command-timeout", "0.25"})->options.command_timeout,
+            std::chrono::milliseconds(250));
+  EXPECT_EQ(parse({"uninstall", "--command-timeout", "2"})->options.command_timeout,
+            std::chrono::seconds(2));
+  ::setenv("REMORA_COMMAND_TIMEOUT", "7", 1);
+  auto from_env = parse({"install"});
+  auto uninstall_env = parse({"uninstall"});
+  auto flag_wins = parse({"install", "--command-timeout", "1"});
+  ::unsetenv("REMORA_COMMAND_TIMEOUT");
+  EXPECT_EQ(from_env->options.command_timeout, std::chrono::seconds(7));
+  EXPECT_EQ(uninstall_env->options.command_timeout, std::chrono::seconds(7));
+  EXPECT_EQ(flag_wins->options.command_timeout, std::chrono::seconds(1));
+  for (const char* bad : {"0", "-1", "x", "3601", "1.", ".", "0.0001", "1e3", ""}) {
+    EXPECT_NE(errorOf({"install", "--command-timeout", bad}).find("invalid --command-timeout"),
+              std::string::npos)
+        << bad;
+  }
 }
 
 }  // namespace

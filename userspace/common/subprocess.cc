@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -48,6 +49,18 @@ bool programInPath(const std::string& program) {
 }
 
 Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std::string& input) {
+  return runCommand(argv, input, std::nullopt);
+}
+
+std::string formatTimeout(std::chrono::milliseconds timeout) {
+  auto ms = timeout.count();
+  if (ms % 1000 == 0) return fmt::format("{} s", ms / 1000);
+  if (ms < 1000) return fmt::format("{} ms", ms);
+  return fmt::format("{:g} s", static_cast<double>(ms) / 1000.0);
+}
+
+Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std::string& input,
+                                 std::optional<std::chrono::milliseconds> timeout) {
   if (argv.empty()) return makeError("runCommand: empty argv");
   if (!programInPath(argv[0])) {
     return Error{ENOENT, fmt::format("'{}' was not found in PATH", argv[0])};
@@ -66,9 +79,18 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
   args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // With a deadline the child leads a process group of its own, so that killing it also kills
+  // whatever it started (a shell wrapper's children would otherwise hold the pipes open).
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  if (timeout) {
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+  }
   pid_t pid = 0;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  int rc = posix_spawnp(&pid, args[0], &actions, &attr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     errno = rc;
     return errnoError(fmt::format("cannot run '{}'", argv[0]));
@@ -87,6 +109,10 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
   pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
   bool got_epipe = false;
 
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = timeout ? Clock::now() + *timeout : Clock::time_point::max();
+  bool timed_out = false;
+
   CommandOutput result;
   size_t written = 0;
   if (input.empty()) in.closeEnd(1);
@@ -96,7 +122,17 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
     pfds[0] = {in.fds[1], POLLOUT, 0};
     pfds[1] = {out.fds[0], POLLIN, 0};
     pfds[2] = {err.fds[0], POLLIN, 0};
-    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+    int wait_ms = -1;
+    if (timeout) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) {
+        timed_out = true;
+        break;
+      }
+      wait_ms = static_cast<int>(std::min<int64_t>(left, 60000));
+    }
+    int ready = ::poll(pfds.data(), pfds.size(), wait_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       Error error = errnoError("poll");
       pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
@@ -124,11 +160,19 @@ Result<CommandOutput> runCommand(const std::vector<std::string>& argv, const std
     sigtimedwait(&pipe_set, nullptr, &zero);
   }
   pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
+  if (timed_out) {
+    ::kill(-pid, SIGKILL);
+    ::kill(pid, SIGKILL);
+  }
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
     if (errno != EINTR) return errnoError("waitpid");
   }
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  if (timed_out) {
+    return Error{ETIMEDOUT, fmt::format("{} did not finish within {} and was killed", argv[0],
+                                        formatTimeout(*timeout))};
+  }
   return result;
 }
 
