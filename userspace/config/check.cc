@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "config/field_table.h"
 #include "config/loader.h"
 
 namespace remora::config {
@@ -69,18 +70,50 @@ int checkExitCode(const std::vector<Finding>& findings, bool strict) {
   return code;
 }
 
+std::string renderFieldTables() {
+  std::string out;
+  for (const char* kind :
+       {"Service", "Pod", "EndpointSlice", "Endpoints", "VirtualService", "DestinationRule",
+        "ServiceEntry", "WorkloadEntry", "ProxyConfig", "Namespace"}) {
+    out += fmt::format(
+        "\n### {}\n\n| field | support | what Remora does instead |\n|---|---|---|\n", kind);
+    for (const auto& r : fieldTable(kind)) {
+      const char* support = r.support == Support::kApplied      ? "applied"
+                            : r.support == Support::kPartly     ? "partly (see findings)"
+                            : r.support == Support::kNotApplied ? "not applied yet"
+                                                                : "ignored by design";
+      // Rows under a reported parent add nothing to read; keep the ones that say something.
+      if (r.support == Support::kNotApplied && r.note.empty()) continue;
+      out += fmt::format("| `{}` | {} | {} |\n", r.path, support, r.note);
+    }
+  }
+  return out;
+}
+
 int checkMain(int argc, char** argv) {
   CLI::App app{"remora-proxy check: load a config as the proxy would and report on it"};
   std::string path;
   bool json = false;
   bool strict = false;
-  app.add_option("-c,--config", path, "the YAML file the proxy would read")->required();
+  bool fields = false;
+  app.add_option("-c,--config", path, "the YAML file the proxy would read");
+  app.add_flag("--fields", fields,
+               "print every field of every kind Remora reads and whether it is applied");
   app.add_flag("--json", json, "print the table and findings as JSON (as /config_dump)");
   app.add_flag("--strict", strict, "exit 1 when there are warnings");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (fields) {
+    std::string out = renderFieldTables();
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }
+  if (path.empty()) {
+    std::fputs("check: --config FILE is required\n", stderr);
+    return 2;
   }
   auto table = loadRouteTableFile(path, 1);
   if (!table) {

@@ -19,6 +19,9 @@ std::string renderCheck(const nlohmann::json& dump);
 // 2 when a finding is an error, 1 when one is a warning and `strict`, else 0.
 int checkExitCode(const std::vector<Finding>& findings, bool strict);
 
+// Every field of every kind, as Markdown tables (docs/CONFIG.md holds this output).
+std::string renderFieldTables();
+
 // The subcommand: `check --config FILE [--json] [--strict]`. Returns the exit code; writes
 // the report to stdout and usage errors to stderr.
 int checkMain(int argc, char** argv);

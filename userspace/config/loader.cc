@@ -109,10 +109,10 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
   stats.parsed = misses.size();
   parseMisses(texts, placements, misses, results);
 
-  // One bad object is rejected alone; one document that is not YAML is left out alone. Only a
-  // file in which no document parses at all fails the load (and the last good table stays).
+  // One bad object is rejected alone. A YAML syntax error fails the whole load, and the last
+  // good table stays: such a file is usually half written, and its other documents cannot be
+  // trusted to be the whole intent.
   std::optional<Error> first_error;
-  size_t syntax_errors = 0;
   std::vector<Finding> findings;
   std::map<std::string, size_t> skipped;
   std::vector<PlacedDocument> documents;
@@ -121,9 +121,6 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
     ModelResult& r = *results[i];
     if (!r) {
       if (!first_error) first_error = r.error();
-      ++syntax_errors;
-      findings.push_back({Severity::kError, "", "", "", "", texts[i].first_line + 1,
-                          r.error().message + "; the document is left out"});
       continue;
     }
     const DocumentModel& model = **r;
@@ -155,7 +152,7 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
   }
   cache_ = std::move(next_cache);
   stats.parse_ms = msSince(start);
-  if (first_error && syntax_errors == texts.size()) {
+  if (first_error) {
     stats_ = stats;
     return *first_error;
   }
