@@ -163,12 +163,24 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
   }
 
   start = Clock::now();
-  for (const auto& doc : documents) {
-    for (size_t k = 0; k < doc.model->objects.size(); ++k) {
-      const Object& o = doc.model->objects[k];
+  // Remember the objects of newly parsed documents; unchanged ones are there from before, so a
+  // reload costs O(changes). Entries of objects no longer in the file are pruned now and then.
+  auto remember = [&](const Placement& placement, const std::shared_ptr<const DocumentModel>& m) {
+    for (size_t k = 0; k < m->objects.size(); ++k) {
+      const Object& o = m->objects[k];
       if (o.kind == Kind::kPod) continue;  // many, and a bad Pod just is not an endpoint
-      last_good_[fmt::format("{} {}/{}", toString(o.kind), o.namespace_name, o.name)] = {
-          doc.placement, doc.model, k};
+      last_good_[fmt::format("{} {}/{}", toString(o.kind), o.namespace_name, o.name)] = {placement,
+                                                                                         m, k};
+    }
+  };
+  size_t objects = 0;
+  for (const auto& doc : documents) objects += doc.model->objects.size();
+  if (last_good_.size() > 2 * objects + 64) {
+    last_good_.clear();
+    for (const auto& doc : documents) remember(doc.placement, doc.model);
+  } else {
+    for (size_t i : misses) {
+      if (results[i]->ok()) remember(placements[i], results[i]->value());
     }
   }
   auto table = buildRouteTable(documents, generation, base, std::move(findings), resolve_);
