@@ -28,9 +28,10 @@ struct ConfList {                 // NOLINT(bugprone-exception-escape)
   bool from_single_conf = false;  // the file held one plugin config (.conf/.json) and was wrapped
 };
 
-// Parses a config file. A .conflist must hold a "plugins" list; a .conf or .json holds one
-// plugin config (with "type") and is wrapped into a conflist of one plugin. Errors name the
-// file and what is wrong.
+// Parses a config file (within parseJsonText's size and depth limits). A .conflist must hold a
+// non-empty "plugins" list (an empty one has no interface plugin for remora-cni to follow); a .conf
+// or .json holds one plugin config (with "type") and is wrapped into a conflist of one plugin.
+// Errors name the file and what is wrong.
 Result<ConfList> parseNetworkConfig(std::string_view file_name, std::string_view text);
 
 // Whether any entry of `conflist`'s plugins has type remora-cni.
@@ -43,6 +44,20 @@ bool upsertRemoraEntry(nlohmann::ordered_json& conflist, const nlohmann::ordered
 
 // Drops every remora-cni entry; returns how many there were.
 size_t removeRemoraEntries(nlohmann::ordered_json& conflist);
+
+// Text edits that change only remora-cni's entry: every byte of every other entry and key
+// (number spellings such as 1e2 or 12345678901234567890123 included) stays as it was, and only
+// the whitespace between plugins entries is laid out anew. `text` is a file parseNetworkConfig
+// accepts under `file_name`.
+//   chainIntoText    the file's text with `entry` as its one remora-cni entry: the first one
+//                    replaced, any others dropped, else appended; a single .conf/.json comes back
+//                    wrapped as a conflist (to be written as conflistNameFor(file_name)).
+//   unchainFromText  the file's text without any remora-cni entry.
+// Each result is parsed back and compared with the same edit done on the parsed document; a
+// difference is an error, never a file written.
+Result<std::string> chainIntoText(std::string_view file_name, std::string_view text,
+                                  const nlohmann::ordered_json& entry);
+Result<std::string> unchainFromText(std::string_view file_name, std::string_view text);
 
 // Serializes `doc` in the style of `original_text`: the same indent unit (spaces or tabs, or
 // none for a one-line file) and a final newline only if the original had one.

@@ -10,8 +10,13 @@
 
 #include <array>
 #include <chrono>
+#include <climits>
+#include <cstdint>
+#include <optional>
+#include <utility>
 
 #include "node/conflist.h"
+#include "plugin/bounded_json.h"
 #include "plugin/config.h"
 
 namespace remora::cni {
@@ -36,9 +41,20 @@ bool exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-Result<std::string> readFile(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+// Network configs are read within the JSON size limit; the plugin binary is not.
+constexpr size_t kConfigReadLimit = JsonLimits{}.max_bytes;
+constexpr size_t kNoReadLimit = SIZE_MAX;
+
+// Reads a regular file (a symbolic link is followed). O_NONBLOCK and the fstat check make a FIFO
+// or device an error at once, never a read that blocks; more than `limit` bytes is an error.
+Result<std::string> readFile(const std::string& path, size_t limit = kConfigReadLimit) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (fd.fd < 0) return errnoError(fmt::format("cannot open '{}'", path));
+  struct stat st {};
+  if (::fstat(fd.fd, &st) != 0) return errnoError(fmt::format("cannot stat '{}'", path));
+  if (!S_ISREG(st.st_mode)) {
+    return Error{EINVAL, fmt::format("'{}' is not a regular file", path)};
+  }
   std::string out;
   std::array<char, 65536> buf{};
   while (true) {
@@ -47,8 +63,31 @@ Result<std::string> readFile(const std::string& path) {
     if (n < 0) return errnoError(fmt::format("cannot read '{}'", path));
     if (n == 0) break;
     out.append(buf.data(), static_cast<size_t>(n));
+    if (out.size() > limit) {
+      return Error{EFBIG, fmt::format("'{}' is larger than {} bytes", path, limit)};
+    }
   }
   return out;
+}
+
+// Where a write to dir/name must go so that a symbolic link stays a link: the regular file it
+// resolves to, else dir/name itself.
+Result<std::pair<std::string, std::string>> writeTarget(const std::string& dir,
+                                                        const std::string& name) {
+  std::string path = dir + "/" + name;
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return std::pair{dir, name};
+  std::array<char, PATH_MAX> resolved{};
+  if (::realpath(path.c_str(), resolved.data()) == nullptr) {
+    return errnoError(fmt::format("cannot resolve the symbolic link '{}'", path));
+  }
+  if (::stat(resolved.data(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Error{EINVAL, fmt::format("'{}' does not lead to a regular file", path)};
+  }
+  std::string target = resolved.data();
+  size_t slash = target.rfind('/');
+  return std::pair{slash == 0 ? std::string("/") : target.substr(0, slash),
+                   target.substr(slash + 1)};
 }
 
 Result<std::vector<std::string>> listDir(const std::string& dir) {
@@ -111,6 +150,42 @@ Result<void> atomicWrite(const std::string& dir, const std::string& name, std::s
   return {};
 }
 
+// atomicWrite for a network config, through a symbolic link to the file it names.
+Result<void> writeConfig(const std::string& dir, const std::string& name, std::string_view bytes,
+                         mode_t mode) {
+  auto target = writeTarget(dir, name);
+  if (!target) return target.error();
+  return atomicWrite(target->first, target->second, bytes, mode);
+}
+
+bool isSymlink(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+// Replaces dir/name with a symbolic link holding `link_text` (temp link + rename).
+Result<void> atomicSymlink(const std::string& dir, const std::string& name,
+                           const std::string& link_text) {
+  std::string tmp = join(dir, fmt::format(".{}.remora-tmp.{}", name, ::getpid()));
+  ::unlink(tmp.c_str());
+  if (::symlink(link_text.c_str(), tmp.c_str()) != 0) {
+    return errnoError(fmt::format("cannot create the link '{}'", tmp));
+  }
+  if (::rename(tmp.c_str(), join(dir, name).c_str()) != 0) {
+    auto err = errnoError(fmt::format("cannot rename '{}' to '{}'", tmp, join(dir, name)));
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  return {};
+}
+
+Result<std::string> readLink(const std::string& path) {
+  std::array<char, PATH_MAX> buf{};
+  ssize_t n = ::readlink(path.c_str(), buf.data(), buf.size() - 1);
+  if (n < 0) return errnoError(fmt::format("cannot read the link '{}'", path));
+  return std::string(buf.data(), static_cast<size_t>(n));
+}
+
 mode_t modeOf(const std::string& path, mode_t fallback) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return fallback;
@@ -137,34 +212,55 @@ Result<void> removeFromFile(const NodeLayout& layout, const std::string& name,
   if (!parsed) return parsed.error();
   json stripped = parsed->doc;
   removeRemoraEntries(stripped);
+  auto unchained = unchainFromText(name, text);
+  if (!unchained) return unchained.error();
 
   // The original is kept under its own name: "x.conflist", or "x.conf"/"x.json" if wrapped.
   std::string original_name;
   std::string original_bytes;
+  std::optional<std::string> original_link;  // a wrapped .conf that was a symbolic link
   auto backups = listDir(backupDir(layout));
   if (backups) {
     for (const auto& b : *backups) {
       if (!isNetworkConfigName(b) || conflistNameFor(b) != conflistNameFor(name)) continue;
-      auto bytes = readFile(join(backupDir(layout), b));
-      if (!bytes) continue;
-      auto original = parseNetworkConfig(b, *bytes);
-      if (original && original->doc == stripped) {
-        original_name = b;
-        original_bytes = std::move(*bytes);
+      std::string backup = join(backupDir(layout), b);
+      std::optional<std::string> link;
+      if (isSymlink(backup)) {
+        auto text_of_link = readLink(backup);
+        if (text_of_link) link = *text_of_link;
       }
-      if (auto gone = removeFile(join(backupDir(layout), b)); !gone) return gone;
+      // A link's text is relative to the conf dir it came from, not to the backup dir.
+      std::string source = backup;
+      if (link) source = (*link)[0] == '/' ? *link : join(layout.conf_dir, *link);
+      auto bytes = readFile(source);
+      if (bytes) {
+        auto original = parseNetworkConfig(b, *bytes);
+        if (original && original->doc == stripped) {
+          original_name = b;
+          original_bytes = std::move(*bytes);
+          original_link = link;
+        }
+      }
+      if (auto gone = removeFile(backup); !gone) return gone;
     }
   }
 
   mode_t mode = modeOf(join(layout.conf_dir, name), 0644);
-  if (!original_name.empty()) {
-    if (auto w = atomicWrite(layout.conf_dir, original_name, original_bytes, mode); !w) return w;
+  if (original_link) {
+    if (auto w = atomicSymlink(layout.conf_dir, original_name, *original_link); !w) return w;
+    if (original_name != name) {
+      if (auto gone = removeFile(join(layout.conf_dir, name)); !gone) return gone;
+    }
+    report.lines.push_back(
+        fmt::format("restored {} as the link to {}", original_name, *original_link));
+  } else if (!original_name.empty()) {
+    if (auto w = writeConfig(layout.conf_dir, original_name, original_bytes, mode); !w) return w;
     if (original_name != name) {
       if (auto gone = removeFile(join(layout.conf_dir, name)); !gone) return gone;
     }
     report.lines.push_back(fmt::format("restored {} to its original content", original_name));
   } else {
-    if (auto w = atomicWrite(layout.conf_dir, name, renderLike(stripped, text), mode); !w) return w;
+    if (auto w = writeConfig(layout.conf_dir, name, *unchained, mode); !w) return w;
     report.lines.push_back(fmt::format("removed the remora-cni entry from {}", name));
   }
   report.changed = true;
@@ -172,6 +268,15 @@ Result<void> removeFromFile(const NodeLayout& layout, const std::string& name,
 }
 
 }  // namespace
+
+Result<json> readEntryFile(const std::string& path) {
+  auto text = readFile(path);
+  if (!text) return text.error();
+  auto entry = parseJsonText(*text);
+  if (!entry)
+    return makeError(fmt::format("{} is not valid JSON: {}", path, entry.error().message));
+  return std::move(*entry);
+}
 
 Result<json> validateEntry(const json& entry, const std::string& cni_version) {
   if (!entry.is_object()) return makeError("the remora-cni entry must be a JSON object");
@@ -233,17 +338,28 @@ Result<NodeReport> reconcileConfig(const NodeLayout& layout) {
   json updated = parsed->doc;
   bool changed = upsertRemoraEntry(updated, *entry);
   if (changed || parsed->from_single_conf) {
+    auto edited = chainIntoText(primary, *text, *entry);
+    if (!edited) return edited.error();
     mode_t mode = modeOf(join(layout.conf_dir, primary), 0644);
+    std::string primary_path = join(layout.conf_dir, primary);
     if (!had_entry) {
-      // This content is the primary CNI's own: keep its bytes for uninstall.
+      // This content is the primary CNI's own: keep its bytes for uninstall. A link that
+      // wrapping replaces is kept as the link itself, so uninstall puts the link back.
       if (auto made = ensureDir(backupDir(layout), 0700); !made) return made.error();
-      if (auto saved = atomicWrite(backupDir(layout), primary, *text, 0600); !saved) {
+      if (target != primary && isSymlink(primary_path)) {
+        auto link = readLink(primary_path);
+        if (!link) return link.error();
+        if (auto saved = atomicSymlink(backupDir(layout), primary, *link); !saved) {
+          return saved.error();
+        }
+      } else if (auto saved = atomicWrite(backupDir(layout), primary, *text, 0600); !saved) {
         return saved.error();
       }
     }
-    if (auto w = atomicWrite(layout.conf_dir, target, renderLike(updated, *text), mode); !w) {
-      return w.error();
-    }
+    // In place through a link; a wrap writes a new conflist next to the .conf it replaces.
+    auto written = target == primary ? writeConfig(layout.conf_dir, target, *edited, mode)
+                                     : atomicWrite(layout.conf_dir, target, *edited, mode);
+    if (!written) return written.error();
     if (target != primary) {
       if (auto gone = removeFile(join(layout.conf_dir, primary)); !gone) return gone.error();
       report.lines.push_back(fmt::format("wrapped {} into {}", primary, target));
@@ -270,10 +386,10 @@ Result<NodeReport> reconcileConfig(const NodeLayout& layout) {
 
 Result<NodeReport> installNode(const NodeLayout& layout) {
   NodeReport report;
-  auto binary = readFile(layout.binary);
+  auto binary = readFile(layout.binary, kNoReadLimit);
   if (!binary) return binary.error();
   std::string dest = join(layout.bin_dir, std::string(kPluginType));
-  auto current = readFile(dest);
+  auto current = readFile(dest, kNoReadLimit);
   if (!current || *current != *binary) {
     if (auto w = atomicWrite(layout.bin_dir, std::string(kPluginType), *binary, 0755); !w) {
       return w.error();
@@ -295,6 +411,8 @@ Result<NodeReport> uninstallNode(const NodeLayout& layout) {
   if (!names) return names.error();
   for (const auto& name : networkConfigOrder(*names)) {
     auto text = readFile(join(layout.conf_dir, name));
+    // Only a regular file can hold remora-cni's entry: a FIFO or device is none of its business.
+    if (!text && text.error().code == EINVAL) continue;
     if (!text) return text.error();
     auto parsed = parseNetworkConfig(name, *text);
     if (!parsed || !hasRemoraEntry(parsed->doc)) continue;

@@ -36,6 +36,10 @@ struct NodeReport {
 Result<nlohmann::ordered_json> validateEntry(const nlohmann::ordered_json& entry,
                                              const std::string& cni_version = "1.0.0");
 
+// Reads remora-cni's conflist entry from a JSON file (install-node --plugin-config): a regular
+// file within the JSON limits, never a FIFO that would block.
+Result<nlohmann::ordered_json> readEntryFile(const std::string& path);
+
 // Copies the binary (temp file + rename) and chains the entry into the primary network config
 // (the first .conf/.conflist/.json in lexical order, the file the kubelet's runtime uses).
 // A single .conf is wrapped into a .conflist; an old remora-cni entry is replaced, never

@@ -19,8 +19,11 @@ struct CniArgs {
 };
 
 // Parses CNI_ARGS. Empty segments (a trailing ';') are skipped; a segment without '=' or with
-// an empty key is an invalid environment (code 4).
+// an empty key, or text that is not valid UTF-8, is an invalid environment (code 4).
 CniResult<CniArgs> parseCniArgs(std::string_view text);
+
+// Whether `text` is well-formed UTF-8 (no overlong forms, surrogates or values past U+10FFFF).
+bool validUtf8(std::string_view text);
 
 // The Kubernetes identity the kubelet's runtime passes in CNI_ARGS; empty when absent.
 struct PodIdentity {

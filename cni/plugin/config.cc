@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "intercept/cli.h"
+#include "plugin/bounded_json.h"
 
 namespace remora::cni {
 namespace {
@@ -95,6 +96,130 @@ std::optional<bool> parseSwitch(std::string_view text) {
   return std::nullopt;
 }
 
+// ---- prevResult against the spec's result schema -----------------------------------------
+// Wrong JSON types are decode failures (6); values that do not make sense are invalid (7).
+
+bool isUnsigned(const json& j) {
+  return j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0);
+}
+
+CniResult<void> optionalString(const json& object, const char* key, const std::string& where) {
+  auto it = object.find(key);
+  if (it != object.end() && !it->is_string()) {
+    return decodeError(fmt::format("{}.{} must be a string", where, key));
+  }
+  return {};
+}
+
+CniResult<void> optionalUnsigned(const json& object, const char* key, const std::string& where) {
+  auto it = object.find(key);
+  if (it != object.end() && !isUnsigned(*it)) {
+    return decodeError(fmt::format("{}.{} must be a non-negative integer", where, key));
+  }
+  return {};
+}
+
+CniResult<void> checkStringList(const json& object, const char* key, const std::string& where) {
+  auto it = object.find(key);
+  if (it == object.end()) return {};
+  if (!it->is_array())
+    return decodeError(fmt::format("{}.{} must be a list of strings", where, key));
+  for (const auto& item : *it) {
+    if (!item.is_string()) {
+      return decodeError(fmt::format("{}.{} must be a list of strings", where, key));
+    }
+  }
+  return {};
+}
+
+// A required CIDR ("10.0.0.2/24") or an optional plain address, as the spec's fields hold them.
+CniResult<void> addressField(const json& object, const char* key, const std::string& where,
+                             bool cidr, bool required) {
+  auto it = object.find(key);
+  if (it == object.end()) {
+    if (required) return invalid(fmt::format("{} has no {}", where, key));
+    return {};
+  }
+  if (!it->is_string()) return decodeError(fmt::format("{}.{} must be a string", where, key));
+  std::string text = it->get<std::string>();
+  bool ok = cidr ? text.find('/') != std::string::npos && Cidr::parse(text).ok()
+                 : IpAddress::parse(text).ok();
+  if (!ok) {
+    return invalid(fmt::format("{}.{} '{}' is not {}", where, key, text,
+                               cidr ? "an address with a prefix length" : "an IP address"));
+  }
+  return {};
+}
+
+// Each entry of the list `key` must be an object; `check` validates one entry.
+template <typename Fn>
+CniResult<void> eachObject(const json& result, const char* key, Fn&& check) {
+  auto it = result.find(key);
+  if (it == result.end() || it->is_null()) return {};
+  std::string list = fmt::format("prevResult.{}", key);
+  if (!it->is_array()) return decodeError(fmt::format("{} must be a list", list));
+  for (size_t i = 0; i < it->size(); ++i) {
+    std::string where = fmt::format("{}[{}]", list, i);
+    if (!(*it)[i].is_object()) return decodeError(fmt::format("{} must be an object", where));
+    if (auto ok = check((*it)[i], where); !ok) return ok;
+  }
+  return {};
+}
+
+CniResult<void> validatePrevResult(const json& result) {
+  if (auto ok = optionalString(result, "cniVersion", "prevResult"); !ok) return ok;
+  size_t interfaces = 0;
+  auto ifs = eachObject(result, "interfaces", [&](const json& i, const std::string& where) {
+    ++interfaces;
+    auto name = i.find("name");
+    if (name == i.end()) return CniResult<void>(invalid(fmt::format("{} has no name", where)));
+    if (!name->is_string())
+      return CniResult<void>(decodeError(fmt::format("{}.name must be a string", where)));
+    for (const char* key : {"mac", "sandbox", "socketPath", "pciID"}) {
+      if (auto ok = optionalString(i, key, where); !ok) return ok;
+    }
+    return optionalUnsigned(i, "mtu", where);
+  });
+  if (!ifs) return ifs;
+  auto ips = eachObject(result, "ips", [&](const json& ip, const std::string& where) {
+    if (auto ok = addressField(ip, "address", where, /*cidr=*/true, /*required=*/true); !ok)
+      return ok;
+    if (auto ok = addressField(ip, "gateway", where, false, false); !ok) return ok;
+    if (auto ok = optionalString(ip, "version", where); !ok) return ok;
+    auto index = ip.find("interface");
+    if (index == ip.end()) return CniResult<void>();
+    if (!isUnsigned(*index)) {
+      return CniResult<void>(
+          decodeError(fmt::format("{}.interface must be a non-negative integer", where)));
+    }
+    if (index->get<uint64_t>() >= interfaces) {
+      return CniResult<void>(invalid(
+          fmt::format("{}.interface {} names no entry of prevResult.interfaces ({} entries)", where,
+                      index->get<uint64_t>(), interfaces)));
+    }
+    return CniResult<void>();
+  });
+  if (!ips) return ips;
+  auto routes = eachObject(result, "routes", [&](const json& r, const std::string& where) {
+    if (auto ok = addressField(r, "dst", where, /*cidr=*/true, /*required=*/true); !ok) return ok;
+    if (auto ok = addressField(r, "gw", where, false, false); !ok) return ok;
+    for (const char* key : {"mtu", "advmss", "priority", "table", "scope"}) {
+      if (auto ok = optionalUnsigned(r, key, where); !ok) return ok;
+    }
+    return CniResult<void>();
+  });
+  if (!routes) return routes;
+  auto dns = result.find("dns");
+  if (dns != result.end() && !dns->is_null()) {
+    if (!dns->is_object()) return decodeError("prevResult.dns must be an object");
+    if (auto ok = optionalString(*dns, "domain", "prevResult.dns"); !ok) return ok;
+    for (const char* key : {"nameservers", "search", "options"}) {
+      if (auto ok = checkStringList(*dns, key, "prevResult.dns"); !ok) return ok;
+    }
+  }
+  return {};
+}
+
 bool contains(const std::vector<std::string>& list, const std::string& value) {
   return std::find(list.begin(), list.end(), value) != list.end();
 }
@@ -120,13 +245,7 @@ std::optional<std::string> optionValueText(const json& value) {
   return std::nullopt;
 }
 
-Result<json> parseJsonText(std::string_view text) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    return makeError(e.what());
-  }
-}
+Result<json> parseJsonText(std::string_view text) { return parseBoundedJson(text); }
 
 CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
   PluginConfig config;
@@ -243,6 +362,11 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
   }
   if (root.contains("prevResult") && !root["prevResult"].is_null()) {
     if (!root["prevResult"].is_object()) return decodeError("prevResult must be an object");
+    // ADD prints it back and both ADD and CHECK read its addresses; DEL must clean up whatever
+    // the runtime sends, so only those two insist on a well-formed result.
+    if (command == Command::kAdd || command == Command::kCheck) {
+      if (auto valid = validatePrevResult(root["prevResult"]); !valid) return valid.error();
+    }
     config.prev_result = root["prevResult"];
   }
   // libcni sends both spellings, because a spec draft named the field cni.dev/attachments.

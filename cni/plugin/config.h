@@ -50,7 +50,9 @@ struct PluginConfig {
   std::optional<std::vector<Attachment>> valid_attachments;  // GC only
 };
 
-// Parses JSON text once; on failure the error is the parser's own message, with its position.
+// Parses JSON text once within the default JsonLimits (bounded_json.h): linear time, at most
+// 4 MiB and 64 levels; on failure the error is the parser's own message, with its position, or
+// the limit exceeded.
 Result<nlohmann::ordered_json> parseJsonText(std::string_view text);
 
 // Parses the stdin config for `command`. Errors: 6 when stdin is not a JSON object (or a field

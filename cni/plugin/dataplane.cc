@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <optional>
 
 #include "common/netns.h"
@@ -13,10 +14,10 @@ namespace {
 // Runs `fn` with a fresh applier inside `netns`. `fn`'s own failure is returned as is; failing
 // to enter the namespace becomes kNetnsUnavailable.
 template <typename T, typename Fn>
-CniResult<T> inNetns(const std::string& netns, Fn&& fn) {
+CniResult<T> inNetns(const std::string& netns, std::chrono::milliseconds command_timeout, Fn&& fn) {
   std::optional<CniResult<T>> out;
   auto entered = runInNetns(netns, [&]() -> Result<void> {
-    auto applier = intercept::makeIptablesApplier();
+    auto applier = intercept::makeIptablesApplier(command_timeout);
     out.emplace(fn(*applier));
     return {};
   });
@@ -33,7 +34,8 @@ class NetnsDataplane : public Dataplane {
   CniResult<intercept::ApplyReport> install(const std::string& netns,
                                             const intercept::InterceptOptions& options) override {
     return inNetns<intercept::ApplyReport>(
-        netns, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+        netns, options.command_timeout,
+        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
           auto report = applier.install(options);
           if (!report) {
             return CniError{ErrorCode::kInstallFailed, "installing interception rules failed",
@@ -43,9 +45,11 @@ class NetnsDataplane : public Dataplane {
         });
   }
 
-  CniResult<intercept::ApplyReport> uninstall(const std::string& netns) override {
+  CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
+                                              const intercept::InterceptOptions& options) override {
     return inNetns<intercept::ApplyReport>(
-        netns, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+        netns, options.command_timeout,
+        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
           auto report = applier.uninstall();
           if (!report) {
             return CniError{ErrorCode::kUninstallFailed, "removing interception rules failed",
@@ -57,14 +61,15 @@ class NetnsDataplane : public Dataplane {
 
   CniResult<void> check(const std::string& netns,
                         const intercept::InterceptOptions& options) override {
-    return inNetns<void>(netns, [&](intercept::Applier& applier) -> CniResult<void> {
-      auto checked = applier.check(options);
-      if (!checked) {
-        return CniError{ErrorCode::kRulesNotIntact, "interception rules are missing or modified",
-                        checked.error().message};
-      }
-      return {};
-    });
+    return inNetns<void>(
+        netns, options.command_timeout, [&](intercept::Applier& applier) -> CniResult<void> {
+          auto checked = applier.check(options);
+          if (!checked) {
+            return CniError{ErrorCode::kRulesNotIntact,
+                            "interception rules are missing or modified", checked.error().message};
+          }
+          return {};
+        });
   }
 
   CniResult<void> status() override {

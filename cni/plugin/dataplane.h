@@ -18,8 +18,10 @@ class Dataplane {
   virtual ~Dataplane() = default;
   virtual CniResult<intercept::ApplyReport> install(const std::string& netns,
                                                     const intercept::InterceptOptions& options) = 0;
-  // Removes only Remora's state; succeeds when there is none.
-  virtual CniResult<intercept::ApplyReport> uninstall(const std::string& netns) = 0;
+  // Removes only Remora's state; succeeds when there is none. Only options.command_timeout is
+  // used (every tool is killed after it).
+  virtual CniResult<intercept::ApplyReport> uninstall(
+      const std::string& netns, const intercept::InterceptOptions& options) = 0;
   virtual CniResult<void> check(const std::string& netns,
                                 const intercept::InterceptOptions& options) = 0;
   // Whether ADD could work on this node now (the kernel tools are installed); code 50 if not.

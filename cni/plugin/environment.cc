@@ -5,6 +5,8 @@
 #include <cctype>
 #include <vector>
 
+#include "plugin/cni_args.h"
+
 namespace remora::cni {
 namespace {
 
@@ -87,7 +89,12 @@ CniResult<Environment> parseEnvironment(const std::map<std::string, std::string>
   } else if (!validContainerId(env.container_id)) {
     invalid.push_back(fmt::format("CNI_CONTAINERID '{}'", env.container_id));
   }
-  if (env.netns.empty() && env.command != Command::kDel) missing.emplace_back("CNI_NETNS");
+  if (env.netns.empty() && env.command != Command::kDel) {
+    missing.emplace_back("CNI_NETNS");
+  } else if (!validUtf8(env.netns)) {
+    // The path is recorded in the attachment's state file, which is JSON.
+    invalid.emplace_back("CNI_NETNS (not valid UTF-8)");
+  }
   if (env.ifname.empty()) {
     missing.emplace_back("CNI_IFNAME");
   } else if (!validInterfaceName(env.ifname)) {

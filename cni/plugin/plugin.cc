@@ -20,12 +20,31 @@ using Logger = std::shared_ptr<spdlog::logger>;
 // The cniVersion to put in an error when the config could not be fully parsed: the one on
 // stdin if it is supported, else the newest.
 std::string versionForErrors(std::string_view stdin_text) {
-  auto j = nlohmann::json::parse(stdin_text, nullptr, false);
-  if (j.is_object() && j.contains("cniVersion") && j["cniVersion"].is_string()) {
-    std::string v = j["cniVersion"].get<std::string>();
+  auto j = parseJsonText(stdin_text);
+  if (j && j->is_object() && j->contains("cniVersion") && (*j)["cniVersion"].is_string()) {
+    std::string v = (*j)["cniVersion"].get<std::string>();
     if (requireSupportedVersion(v)) return v;
   }
   return std::string(kLatestVersion);
+}
+
+// Whether `netns` is the network namespace remora-cni itself runs in (on a node: the host's),
+// by device and inode, whatever path names it (/proc/self/ns/net, /proc/thread-self/ns/net,
+// /proc/1/ns/net from the host, a bind mount of it, ...).
+bool isOwnNetns(const std::string& netns) {
+  auto target = netnsIdentity(netns);
+  if (!target) return false;
+  for (const char* own : {"/proc/self/ns/net", "/proc/thread-self/ns/net"}) {
+    if (netnsIdentity(own) == target) return true;
+  }
+  return false;
+}
+
+CniError ownNetnsError(const std::string& netns) {
+  return CniError{ErrorCode::kInvalidEnvironment,
+                  fmt::format("CNI_NETNS '{}' is remora-cni's own network namespace", netns),
+                  "remora-cni installs interception only in a pod's namespace, never in the one "
+                  "it runs in (on a node, the host's)"};
 }
 
 PluginOutput fail(const CniError& error, const std::string& version, const Logger& log) {
@@ -79,6 +98,7 @@ class Invocation {
                       "remora-cni is a chained plugin: list it after the interface plugin "
                       "(bridge, ptp, ...) in a .conflist's plugins"};
     }
+    if (isOwnNetns(env_.netns)) return ownNetnsError(env_.netns);
     std::string result = config_.prev_result->dump() + "\n";
     auto args = parseCniArgs(env_.args);
     if (!args) return args.error();
@@ -136,8 +156,11 @@ class Invocation {
       if (id && id->first == s.netns_dev && id->second == s.netns_ino) netns = s.netns;
     }
 
-    if ((recorded || meshed) && !netns.empty()) {
-      auto report = dataplane_.uninstall(netns);
+    if (!netns.empty() && isOwnNetns(netns)) {
+      // ADD never installs there, so there is nothing of remora-cni's to remove.
+      log_->warn("{}: {}; nothing removed", who(), ownNetnsError(netns).msg);
+    } else if ((recorded || meshed) && !netns.empty()) {
+      auto report = dataplane_.uninstall(netns, config_.options);
       if (!report && report.error().code != ErrorCode::kNetnsUnavailable) return report.error();
       if (report) {
         log_->info("{}: interception removed{}", who(), report->changed ? "" : " (none was left)");
@@ -159,6 +182,7 @@ class Invocation {
       return CniError{ErrorCode::kInvalidConfig, "CHECK needs prevResult",
                       "the runtime passes the result of the preceding ADD as prevResult"};
     }
+    if (isOwnNetns(env_.netns)) return ownNetnsError(env_.netns);
     auto args = parseCniArgs(env_.args);
     if (!args) return args.error();
     auto decision = decide(*args);
@@ -195,8 +219,8 @@ class Invocation {
       if (valid) continue;
       // Only a namespace that is still the one recorded at ADD may be touched.
       auto id = netnsIdentity(r.netns);
-      if (id && id->first == r.netns_dev && id->second == r.netns_ino) {
-        auto report = dataplane_.uninstall(r.netns);
+      if (id && id->first == r.netns_dev && id->second == r.netns_ino && !isOwnNetns(r.netns)) {
+        auto report = dataplane_.uninstall(r.netns, config_.options);
         if (!report && report.error().code != ErrorCode::kNetnsUnavailable) {
           failures.push_back(fmt::format("{}:{}: {}: {}", r.container_id, r.ifname,
                                          report.error().msg, report.error().details));

@@ -339,5 +339,146 @@ TEST_F(NodeInstallerTest, WatchReChainsAfterThePrimaryRewritesItsFile) {
   EXPECT_EQ(readAll(conf("10-net.conflist")), kPodmanConflist);
 }
 
+// ---- install-node touches only its own entry (issue #15) --------------------------------
+
+// Another plugin's numbers in spellings a re-serialiser would change.
+constexpr const char* kForeignNumbers = R"({
+  "cniVersion": "1.0.0",
+  "name": "odd",
+  "plugins": [
+    {
+      "type": "bridge",
+      "big": 12345678901234567890123,
+      "exp": 1e2,
+      "frac": 1.50,
+      "neg": -0,
+      "esc": "caf\u00e9 \/",
+      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/24"}]]}
+    }
+  ]
+}
+)";
+
+TEST(Conflist, ChainingEditsOnlyTheEntryText) {
+  auto chained = chainIntoText("a.conflist", kForeignNumbers, json{{"type", "remora-cni"}});
+  ASSERT_TRUE(chained.ok()) << chained.error().message;
+  // Every byte of the bridge entry is there as it was, and the entry follows in the file's style.
+  std::string text = kForeignNumbers;
+  std::string bridge = text.substr(text.find("    {"), text.find("\n  ]") - text.find("    {"));
+  EXPECT_NE(chained->find(bridge), std::string::npos) << *chained;
+  EXPECT_EQ(*chained, text.substr(0, text.find("\n  ]")) +
+                          ",\n    {\n      \"type\": \"remora-cni\"\n    }\n  ]\n}\n");
+  // Taking the entry out again gives the original bytes.
+  auto unchained = unchainFromText("a.conflist", *chained);
+  ASSERT_TRUE(unchained.ok()) << unchained.error().message;
+  EXPECT_EQ(*unchained, kForeignNumbers);
+  // Replacing an entry touches nothing else either.
+  auto replaced =
+      chainIntoText("a.conflist", *chained, json{{"type", "remora-cni"}, {"proxy-uid", 7}});
+  ASSERT_TRUE(replaced.ok());
+  EXPECT_NE(replaced->find(bridge), std::string::npos);
+  EXPECT_NE(replaced->find("\"proxy-uid\": 7"), std::string::npos) << *replaced;
+  // One-line files stay on one line.
+  auto line = chainIntoText(
+      "b.conflist", R"({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"ptp","n":1e2}]})",
+      json{{"type", "remora-cni"}});
+  ASSERT_TRUE(line.ok());
+  EXPECT_EQ(
+      *line,
+      R"({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"ptp","n":1e2},{"type":"remora-cni"}]})");
+}
+
+TEST(Conflist, WrappingKeepsTheSingleConfigsBytes) {
+  std::string conf =
+      "{\n  \"cniVersion\": \"0.4.0\",\n  \"name\": \"n\",\n  \"type\": \"ptp\",\n  \"mtu\": "
+      "1.5e3\n}\n";
+  auto wrapped = chainIntoText("10-x.conf", conf, json{{"type", "remora-cni"}});
+  ASSERT_TRUE(wrapped.ok()) << wrapped.error().message;
+  EXPECT_NE(wrapped->find("\"mtu\": 1.5e3"), std::string::npos) << *wrapped;
+  auto back = parseNetworkConfig("10-x.conflist", *wrapped);
+  ASSERT_TRUE(back.ok()) << *wrapped;
+  EXPECT_EQ(back->doc["plugins"].size(), 2u);
+}
+
+TEST(Conflist, EmptyPluginsIsRefused) {
+  auto parsed =
+      parseNetworkConfig("a.conflist", R"({"cniVersion":"1.0.0","name":"x","plugins":[]})");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message.find("the \"plugins\" list is empty"), std::string::npos);
+}
+
+TEST(Conflist, DeepOrHugeConflistsAreErrorsNotCrashes) {
+  std::string deep = R"({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"a","x":)" +
+                     std::string(100000, '[') + std::string(100000, ']') + "}]}";
+  auto parsed = parseNetworkConfig("a.conflist", deep);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message.find("nested deeper than 64 levels"), std::string::npos);
+}
+
+TEST_F(NodeInstallerTest, ForeignNumbersRoundTripThroughInstallAndUninstall) {
+  writeAll(conf("10-odd.conflist"), kForeignNumbers);
+  ASSERT_TRUE(installNode(layout_).ok());
+  std::string installed = readAll(conf("10-odd.conflist"));
+  EXPECT_NE(installed.find("\"big\": 12345678901234567890123,"), std::string::npos) << installed;
+  EXPECT_NE(installed.find("\"exp\": 1e2,"), std::string::npos) << installed;
+  // Someone else changes the file afterwards: uninstall then only takes the entry out, and the
+  // numbers still come through byte for byte.
+  std::string edited = installed;
+  edited.replace(edited.find("\"name\": \"odd\""), 13, "\"name\": \"odd2\"");
+  writeAll(conf("10-odd.conflist"), edited);
+  ASSERT_TRUE(uninstallNode(layout_).ok());
+  std::string expected = kForeignNumbers;
+  expected.replace(expected.find("\"name\": \"odd\""), 13, "\"name\": \"odd2\"");
+  EXPECT_EQ(readAll(conf("10-odd.conflist")), expected);
+}
+
+TEST_F(NodeInstallerTest, SymlinkedPrimaryIsEditedInPlaceAndStaysALink) {
+  fs::create_directories(root_ + "/real");
+  writeAll(root_ + "/real/87-podman.conflist", kPodmanConflist);
+  fs::create_symlink("../real/87-podman.conflist", conf("87-podman.conflist"));
+  auto installed = installNode(layout_);
+  ASSERT_TRUE(installed.ok()) << installed.error().message;
+  EXPECT_TRUE(fs::is_symlink(conf("87-podman.conflist")));
+  EXPECT_TRUE(hasRemoraEntry(json::parse(readAll(root_ + "/real/87-podman.conflist"))));
+  ASSERT_TRUE(uninstallNode(layout_).ok());
+  EXPECT_TRUE(fs::is_symlink(conf("87-podman.conflist")));
+  EXPECT_EQ(fs::read_symlink(conf("87-podman.conflist")), "../real/87-podman.conflist");
+  EXPECT_EQ(readAll(root_ + "/real/87-podman.conflist"), kPodmanConflist);
+}
+
+TEST_F(NodeInstallerTest, SymlinkedSingleConfComesBackAsTheLink) {
+  fs::create_directories(root_ + "/real");
+  writeAll(root_ + "/real/10-flannel.conf", kFlannelConf);
+  fs::create_symlink(root_ + "/real/10-flannel.conf", conf("10-flannel.conf"));
+  ASSERT_TRUE(installNode(layout_).ok());
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(conf("10-flannel.conflist"))));
+  ASSERT_TRUE(uninstallNode(layout_).ok());
+  EXPECT_EQ(confNames(), std::vector<std::string>{"10-flannel.conf"});
+  EXPECT_TRUE(fs::is_symlink(conf("10-flannel.conf")));
+  EXPECT_EQ(readAll(root_ + "/real/10-flannel.conf"), kFlannelConf);
+}
+
+TEST_F(NodeInstallerTest, FifoPrimaryIsAnErrorNotAHang) {
+  ASSERT_EQ(::mkfifo(conf("05-fifo.conflist").c_str(), 0644), 0);
+  writeAll(conf("10-podman.conflist"), kPodmanConflist);
+  auto started = std::chrono::steady_clock::now();
+  auto installed = installNode(layout_);
+  ASSERT_FALSE(installed.ok());
+  EXPECT_EQ(installed.error().message, "'" + conf("05-fifo.conflist") + "' is not a regular file");
+  auto removed = uninstallNode(layout_);
+  EXPECT_TRUE(removed.ok()) << removed.error().message;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  EXPECT_EQ(readAll(conf("10-podman.conflist")), kPodmanConflist);
+}
+
+TEST_F(NodeInstallerTest, EmptyPluginsPrimaryIsNotChained) {
+  std::string empty = R"({"cniVersion":"1.0.0","name":"x","plugins":[]})";
+  writeAll(conf("10-empty.conflist"), empty);
+  auto installed = installNode(layout_);
+  ASSERT_FALSE(installed.ok());
+  EXPECT_NE(installed.error().message.find("is empty"), std::string::npos);
+  EXPECT_EQ(readAll(conf("10-empty.conflist")), empty);
+}
+
 }  // namespace
 }  // namespace remora::cni

@@ -1,6 +1,7 @@
 // remora-cni's commands end to end through runPlugin, with a fake dataplane that records what
 // would have been done to the pod's namespace. The "namespaces" are plain files in a temp dir:
 // the plugin only stats them; the fake never enters them.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -29,7 +30,8 @@ class FakeDataplane : public Dataplane {
     installed.insert(netns);
     return intercept::ApplyReport{"fake", {"installed"}, true};
   }
-  CniResult<intercept::ApplyReport> uninstall(const std::string& netns) override {
+  CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
+                                              const intercept::InterceptOptions&) override {
     uninstalls.push_back(netns);
     if (!fs::exists(netns)) {
       return CniError{ErrorCode::kNetnsUnavailable, "cannot enter network namespace", netns};
@@ -343,6 +345,110 @@ TEST_F(CniPluginTest, StatusAndVersion) {
   EXPECT_NE(std::find(v["supportedVersions"].begin(), v["supportedVersions"].end(), "1.1.0"),
             v["supportedVersions"].end());
   EXPECT_EQ(run({{"CNI_COMMAND", "VERSION"}}, "").exit_code, 0);
+}
+
+// ---- hostile input (issue #15): every case answers with a CNI error JSON, never a crash ----
+
+TEST_F(CniPluginTest, OwnNetnsIsRefusedForAddAndCheckAndLeftAloneByDel) {
+  // On a node the plugin runs in the host's namespace: rules there would capture the node.
+  for (const char* own : {"/proc/self/ns/net", "/proc/thread-self/ns/net"}) {
+    json add = errorOf(run(env("ADD", "c1", std::string(own)), config()));
+    EXPECT_EQ(add["code"], 4) << own;
+    EXPECT_EQ(add["msg"], fmt::format("CNI_NETNS '{}' is remora-cni's own network namespace", own));
+    json check = errorOf(run(env("CHECK", "c1", std::string(own)), config()));
+    EXPECT_EQ(check["code"], 4) << own;
+    auto del = run(env("DEL", "c1", std::string(own)), config());
+    EXPECT_EQ(del.exit_code, 0) << del.stdout_text;
+    EXPECT_EQ(del.stdout_text, "");
+  }
+  EXPECT_TRUE(dataplane_.installs.empty());
+  EXPECT_TRUE(dataplane_.checks.empty());
+  EXPECT_TRUE(dataplane_.uninstalls.empty());
+  EXPECT_FALSE(state().load("c1", "eth0")->has_value());
+}
+
+std::string nested(size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); }
+
+TEST_F(CniPluginTest, DeepNestingIsCode6NotACrash) {
+  // 50,000 levels in prevResult used to overflow the stack (SIGSEGV, no output at all).
+  auto deep = run(env("ADD"), config(R"("x":)" + nested(50000)));
+  json e = errorOf(deep);
+  EXPECT_EQ(e["code"], 6);
+  EXPECT_NE(e["details"].get<std::string>().find("nested deeper than 64 levels"), std::string::npos)
+      << e.dump();
+  std::string prev = std::string(R"({"cniVersion":"1.0.0","name":"n","type":"remora-cni",)") +
+                     R"("prevResult":{"ips":)" + nested(50000) + "}}";
+  EXPECT_EQ(errorOf(run(env("ADD"), prev))["code"], 6);
+  // 64 levels in all is fine (the root object is level 1).
+  auto ok = run(env("ADD"), config(R"("x":)" + nested(63)));
+  EXPECT_EQ(ok.exit_code, 0) << ok.stdout_text;
+}
+
+TEST_F(CniPluginTest, OversizedStdinIsCode6) {
+  std::string big = config(R"("pad":")" + std::string(size_t{4} << 20, 'a') + "\"");
+  json e = errorOf(run(env("ADD"), big));
+  EXPECT_EQ(e["code"], 6);
+  EXPECT_NE(e["details"].get<std::string>().find("more than the limit of 4194304 bytes"),
+            std::string::npos)
+      << e["details"];
+  EXPECT_TRUE(dataplane_.installs.empty());
+}
+
+TEST_F(CniPluginTest, InvalidUtf8InCniArgsIsCode4) {
+  json e = errorOf(run(env("ADD", "c1", std::nullopt, "K8S_POD_NAME=\xff\xfe"), config()));
+  EXPECT_EQ(e["code"], 4);
+  EXPECT_EQ(e["msg"], "CNI_ARGS is not valid UTF-8");
+  json n = errorOf(run(env("ADD", "c1", netns_ + "\xc3"), config()));
+  EXPECT_EQ(n["code"], 4);
+  EXPECT_TRUE(dataplane_.installs.empty());
+}
+
+TEST_F(CniPluginTest, PrevResultMustFollowTheResultSchema) {
+  auto codeFor = [&](const std::string& prev) {
+    std::string c = std::string(R"({"cniVersion":"1.0.0","name":"podnet","type":"remora-cni",)") +
+                    R"("stateDir":")" + dir_ + R"(/state","prevResult":)" + prev + "}";
+    auto out = run(env("ADD"), c);
+    if (out.exit_code == 0) return std::pair<int, std::string>{0, ""};
+    json e = errorOf(out);
+    return std::pair<int, std::string>{e["code"].get<int>(), e["msg"].get<std::string>()};
+  };
+  // Wrong JSON types: 6.
+  EXPECT_EQ(codeFor(R"({"ips":"x"})"),
+            (std::pair<int, std::string>{6, "prevResult.ips must be a list"}));
+  EXPECT_EQ(codeFor(R"({"ips":["x"]})").first, 6);
+  EXPECT_EQ(codeFor(R"({"ips":[{"address":7}]})").first, 6);
+  EXPECT_EQ(codeFor(R"({"interfaces":{}})").first, 6);
+  EXPECT_EQ(codeFor(R"({"interfaces":[{"name":1}]})").first, 6);
+  EXPECT_EQ(codeFor(R"({"routes":[{"dst":"0.0.0.0/0","mtu":-1}]})").first, 6);
+  EXPECT_EQ(codeFor(R"({"dns":{"nameservers":"10.0.0.10"}})").first, 6);
+  // Values that are not addresses, or point nowhere: 7.
+  EXPECT_EQ(codeFor(R"({"ips":[{"address":"10.0.0.300/24"}]})"),
+            (std::pair<int, std::string>{
+                7,
+                "prevResult.ips[0].address '10.0.0.300/24' is not an address with a prefix "
+                "length"}));
+  EXPECT_EQ(codeFor(R"({"ips":[{"address":"10.0.0.2"}]})").first, 7);
+  EXPECT_EQ(codeFor(R"({"ips":[{"address":"10.0.0.2/24","gateway":"nope"}]})").first, 7);
+  EXPECT_EQ(codeFor(R"({"ips":[{}]})").first, 7);
+  EXPECT_EQ(
+      codeFor(R"({"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.2/24","interface":1}]})")
+          .first,
+      7);
+  EXPECT_EQ(codeFor(R"({"routes":[{"dst":"default"}]})").first, 7);
+  EXPECT_EQ(codeFor(R"({"routes":[{"dst":"0.0.0.0/0","gw":"fe80::1%eth0"}]})").first, 7);
+  EXPECT_TRUE(dataplane_.installs.empty());
+  // Well-formed results of both families pass.
+  EXPECT_EQ(codeFor(kPrevResult).first, 0);
+  EXPECT_EQ(codeFor(R"({"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mtu":1500}],)"
+                    R"("ips":[{"address":"fd00::2/64","gateway":"fd00::1","interface":0}],)"
+                    R"("routes":[{"dst":"::/0"},{"dst":"0.0.0.0/0","gw":"10.0.0.1"}],)"
+                    R"("dns":{"nameservers":["10.0.0.10"],"search":["a.svc"]}})")
+                .first,
+            0);
+  // DEL cleans up whatever prevResult says.
+  std::string bad = std::string(R"({"cniVersion":"1.0.0","name":"podnet","type":"remora-cni",)") +
+                    R"("stateDir":")" + dir_ + R"(/state","prevResult":{"ips":"x"}})";
+  EXPECT_EQ(run(env("DEL"), bad).exit_code, 0);
 }
 
 }  // namespace
