@@ -153,7 +153,8 @@ TEST(Fidelity, RulesInTheWrongNamespaceSayWhy) {
   auto table = load(bookinfo() + "---\n" + rules);
   ASSERT_TRUE(table);
   expectFinding(*table, Severity::kError,
-                {"(VirtualService default/reviews)", "'reviews' is not a Service"});
+                {"(VirtualService default/reviews)", "host 'reviews' means reviews.default",
+                 "did you mean reviews.bookinfo?", "the VirtualService is left out"});
   const ServicePort* http = table->find(addr("10.1.122.241:9080"));
   ASSERT_NE(http, nullptr);
   EXPECT_EQ(http->route.size(), 1u);  // no VirtualService applied

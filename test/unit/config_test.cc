@@ -816,10 +816,11 @@ spec:
 }
 
 TEST(Errors, UnknownDestinationHost) {
-  expectError(seedWith(std::string(kRouteHead) + R"(    - destination: {host: bil-service}
+  expectError(
+      seedWith(std::string(kRouteHead) + R"(    - destination: {host: bil-service}
 )"),
-              {"spec.http[0].route[0].destination.host", "'bil-service' is not a Service",
-               "the VirtualService is left out"});
+      {"spec.http[0].route[0].destination.host", "host 'bil-service' means bil-service.istio-demo",
+       "the VirtualService is left out"});
 }
 
 TEST(Errors, DuplicatesAndClashes) {

@@ -612,23 +612,28 @@ class Builder {
   // name exists in another namespace, the likely cause is the rule's own namespace.
   void unknownHost(const Ref& ref, const std::string& field, int line, std::string_view host,
                    std::string_view what) {
-    std::string message =
-        fmt::format("host '{}' is not a Service or ServiceEntry in this file", host);
-    if (host.find('.') == std::string_view::npos && host.find('*') == std::string_view::npos) {
-      message = fmt::format(
-          "host '{}' means {}.{}, which is not a Service or ServiceEntry in "
-          "this file (a short host is relative to the rule's namespace, {})",
-          host, host, ref.object->namespace_name, ref.object->namespace_name);
-      for (const auto& s : services_) {
-        if (!s.service_entry && s.ref.object->name == host) {
-          message += fmt::format("; did you mean {}.{}?", host, s.ref.object->namespace_name);
-          break;
-        }
-      }
-    } else if (host.find('*') != std::string_view::npos) {
-      message = fmt::format("wildcard host '{}' is not matched yet", host);
+    note(ref, Severity::kWarning, field, line,
+         fmt::format("{}; {}", unknownHostText(ref, host), what));
+  }
+
+  std::string unknownHostText(const Ref& ref, std::string_view host) const {
+    if (host.find('*') != std::string_view::npos) {
+      return fmt::format("wildcard host '{}' is not matched yet", host);
     }
-    note(ref, Severity::kWarning, field, line, fmt::format("{}; {}", message, what));
+    if (host.find('.') != std::string_view::npos) {
+      return fmt::format("host '{}' is not a Service or ServiceEntry in this file", host);
+    }
+    std::string message = fmt::format(
+        "host '{}' means {}.{}, which is not a Service or ServiceEntry in this file (a short "
+        "host is relative to the rule's namespace, {})",
+        host, host, ref.object->namespace_name, ref.object->namespace_name);
+    for (const auto& s : services_) {
+      if (!s.service_entry && s.ref.object->name == host) {
+        message += fmt::format("; did you mean {}.{}?", host, s.ref.object->namespace_name);
+        break;
+      }
+    }
+    return message;
   }
 
   void attachDestinationRules() {
@@ -680,9 +685,7 @@ class Builder {
         ServiceInfo* target = resolveHost(dest.host, ref.object->namespace_name);
         if (target == nullptr) {
           note(ref, Severity::kError, field + ".host", dest.line,
-               fmt::format("'{}' is not a Service or ServiceEntry in this file; the "
-                           "VirtualService is left out",
-                           dest.host));
+               fmt::format("{}; the VirtualService is left out", unknownHostText(ref, dest.host)));
           return false;
         }
         if (dest.port != 0 &&
