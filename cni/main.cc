@@ -6,15 +6,17 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "node/installer.h"
+#include "plugin/bounded_json.h"
 #include "plugin/dataplane.h"
 #include "plugin/plugin.h"
 #include "plugin/version.h"
@@ -38,7 +40,16 @@ int runAsPlugin() {
     path += std::string(path.empty() ? "" : ":") + "/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin";
     ::setenv("PATH", path.c_str(), 1);
   }
-  std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  // One byte past the limit is enough for runPlugin to refuse it with a CNI error.
+  std::string input;
+  const size_t limit = remora::cni::JsonLimits{}.max_bytes + 1;
+  std::array<char, 65536> buf{};
+  while (input.size() < limit) {
+    ssize_t n = ::read(STDIN_FILENO, buf.data(), std::min(buf.size(), limit - input.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    input.append(buf.data(), static_cast<size_t>(n));
+  }
   auto dataplane = remora::cni::makeNetnsDataplane();
   auto out = remora::cni::runPlugin(env, input, *dataplane);
   std::cout << out.stdout_text << std::flush;
@@ -105,13 +116,12 @@ int runNodeCommand(int argc, char** argv) {
   }
 
   if (!entry_file.empty()) {
-    std::ifstream in(entry_file);
-    auto entry = nlohmann::ordered_json::parse(in, nullptr, false);
-    if (entry.is_discarded()) {
-      spdlog::error("install-node: {} is not valid JSON", entry_file);
+    auto entry = remora::cni::readEntryFile(entry_file);
+    if (!entry) {
+      spdlog::error("install-node: {}", entry.error().message);
       return 1;
     }
-    layout.entry = std::move(entry);
+    layout.entry = std::move(*entry);
   }
   // Block the stop signals before anything else, so none is lost between install and watch.
   sigset_t stop;

@@ -27,6 +27,8 @@ class Builder {
  public:
   explicit Builder(size_t max_depth) : max_depth_(max_depth) {}
 
+  // nlohmann's SAX interface names these.
+  // NOLINTBEGIN(readability-identifier-naming)
   bool null() { return put(json(nullptr)); }
   bool boolean(bool v) { return put(json(v)); }
   bool number_integer(json::number_integer_t v) { return put(json(v)); }
@@ -47,6 +49,7 @@ class Builder {
     error_ = e.what();
     return false;
   }
+  // NOLINTEND(readability-identifier-naming)
 
   const std::string& error() const { return error_; }
   json take() { return std::move(root_); }
