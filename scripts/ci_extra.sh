@@ -7,7 +7,9 @@
 #   tsan     TSan build (build-tsan) of the proxy; its unit tests and its e2e tests, which run
 #            remora-proxy with several threads (control, workers; --concurrency 2 in one)
 #   fuzz     libFuzzer build with clang (build-fuzz); each target runs FUZZ_SECONDS (60) from
-#            its seed corpus (test/fuzz/corpus/<name>) plus what earlier runs found
+#            its seed corpus (test/fuzz/corpus/<name>) plus what earlier runs found,
+#            inputs up to 32 KiB (longer seeds, such as the deep-nesting ones, are replayed whole
+#            by ctest)
 #
 # Usage: scripts/ci_extra.sh [stage ...]   (default: all four, in that order). Run as root (the
 # e2e tests need it). Every stage runs even if an earlier one failed; each prints its name and
@@ -99,7 +101,7 @@ stage_fuzz() {
     mkdir -p "$work" "$artifacts"
     echo "fuzz: $t for ${fuzz_seconds}s"
     if ! "$dir/bin/remora-fuzz-$t" -max_total_time="$fuzz_seconds" \
-      -rss_limit_mb="$fuzz_rss_mb" -timeout="$fuzz_timeout" -print_final_stats=1 \
+      -rss_limit_mb="$fuzz_rss_mb" -timeout="$fuzz_timeout" -max_len=32768 -print_final_stats=1 \
       -artifact_prefix="$artifacts/" "$work" "test/fuzz/corpus/$t" >"$dir/fuzz-$t.log" 2>&1; then
       status=1
       tail -n 60 "$dir/fuzz-$t.log"
