@@ -7,3 +7,10 @@ foreach(_t proxy_worker_test proxy_admin_test proxy_stats_test proxy_ring_test p
   target_include_directories(${_t} PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   gtest_discover_tests(${_t} TEST_PREFIX "proxy." PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)
 endforeach()
+
+# Connection churn with 10 and with 9,000 idle connections open (issue #9); label bench, so
+# neither `ctest -L unit` nor `-L e2e` runs it: ctest --test-dir BUILD -L bench -V
+add_executable(proxy_churn_bench ${PROJECT_SOURCE_DIR}/test/bench/proxy_churn_bench.cc)
+target_link_libraries(proxy_churn_bench PRIVATE remora_proxy_lib)
+add_test(NAME bench.proxy_churn COMMAND proxy_churn_bench --idle 10,9000,10,9000 --seconds 3)
+set_tests_properties(bench.proxy_churn PROPERTIES LABELS bench RUN_SERIAL TRUE TIMEOUT 300)

@@ -1,5 +1,10 @@
 // Flag parsing helpers, settings precedence and the config watcher's event filter.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
 
 #include "proxy/cli.h"
 #include "proxy/proxy.h"
@@ -15,8 +20,47 @@ TEST(CliTest, ParsesDurations) {
   EXPECT_EQ(*parseDuration("5"), milliseconds(5000));
   EXPECT_EQ(*parseDuration("2m"), milliseconds(120000));
   EXPECT_FALSE(parseDuration("soon"));
-  EXPECT_FALSE(parseDuration("5h"));
+  EXPECT_EQ(*parseDuration("1h"), milliseconds(3600000));
+  EXPECT_FALSE(parseDuration("5d"));
   EXPECT_FALSE(parseDuration(""));
+}
+
+TEST(CliTest, ParsesByteSizes) {
+  EXPECT_EQ(*parseByteSize("4096"), 4096u);
+  EXPECT_EQ(*parseByteSize("64Ki"), 65536u);
+  EXPECT_EQ(*parseByteSize("1Mi"), 1048576u);
+  EXPECT_FALSE(parseByteSize("1MB"));
+  EXPECT_FALSE(parseByteSize("lots"));
+}
+
+// `remora-proxy ready` against a server on 127.0.0.1 answering each connection with `status`.
+int probeAgainst(const std::string& status) {
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  EXPECT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&sa), len), 0);
+  EXPECT_EQ(::listen(listener, 1), 0);
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&sa), &len);
+  std::thread server([&] {
+    int c = ::accept(listener, nullptr, nullptr);
+    char buf[256];
+    EXPECT_GT(::recv(c, buf, sizeof(buf), 0), 0);
+    std::string reply = "HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n";
+    EXPECT_GT(::send(c, reply.data(), reply.size(), 0), 0);
+    ::close(c);
+  });
+  int rc = readyProbe(SocketAddress{*IpAddress::parse("127.0.0.1"), ntohs(sa.sin_port)},
+                      milliseconds(2000));
+  server.join();
+  ::close(listener);
+  return rc;
+}
+
+TEST(CliTest, ReadyProbeExitsZeroOnlyFor200) {
+  EXPECT_EQ(probeAgainst("200 OK"), 0);
+  EXPECT_EQ(probeAgainst("503 Service Unavailable"), 1);
 }
 
 TEST(CliTest, ParsesOutboundPolicy) {
@@ -42,6 +86,27 @@ TEST(SettingsTest, FlagsOverrideTheProxyConfigWhichOverridesDefaults) {
   EXPECT_EQ(w.inbound_source_v4.toString(), "127.0.0.7");
   EXPECT_EQ(w.inbound_source_v6.toString(), "::6");
   EXPECT_EQ(w.outbound_policy, routing::OutboundPolicy::kRegistryOnly);
+}
+
+TEST(SettingsTest, DataPathSettingsHaveTheirDefaultsAndFlagsOverrideThem) {
+  routing::ProxySettings from_config;
+  auto w = workerSettings(effectiveSettings(from_config, {}));
+  EXPECT_EQ(w.buffer_limit, size_t{1} << 20);
+  EXPECT_EQ(w.idle_timeout, std::chrono::hours(1));
+  EXPECT_EQ(w.half_close_timeout, std::chrono::minutes(1));
+  EXPECT_EQ(w.max_connection_duration, milliseconds(0));
+  EXPECT_EQ(w.max_connections, 0u);
+  SettingOverrides flags;
+  flags.buffer_limit_bytes = 65536;
+  flags.idle_timeout = milliseconds(0);
+  flags.max_connections = 100;
+  flags.max_connection_duration = milliseconds(60000);
+  w = workerSettings(effectiveSettings(from_config, flags));
+  EXPECT_EQ(w.buffer_limit, 65536u);
+  EXPECT_EQ(w.idle_timeout, milliseconds(0));
+  EXPECT_EQ(w.max_connections, 100u);
+  EXPECT_EQ(w.max_connection_duration, milliseconds(60000));
+  EXPECT_EQ(effectiveSettings(from_config, {}).inbound_drain_grace, std::chrono::seconds(2));
 }
 
 TEST(ConfigWatchTest, ReactsToTheFileAndToConfigMapDataSwaps) {

@@ -31,6 +31,7 @@ struct RecordedOp {
     kCancel,
     kShutdown,
     kTeardown,
+    kShutdownClose,
     kClose
   };
   RecordedOp(Kind k, int f, uint64_t ud) : kind(k), fd(f), user_data(ud) {}
@@ -54,6 +55,7 @@ class FakeRing final : public loop::Ring {
     ops.push_back({RecordedOp::kAccept, fd, ud});
   }
   void recvMultishot(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
+  void recv(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
   void read(int fd, std::span<char>, uint64_t ud) override {
     ops.push_back({RecordedOp::kRead, fd, ud});
   }
@@ -95,6 +97,9 @@ class FakeRing final : public loop::Ring {
     ops.push_back(op);
   }
   void teardown(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kTeardown, fd, ud}); }
+  void shutdownAndClose(int fd, uint64_t ud) override {
+    ops.push_back({RecordedOp::kShutdownClose, fd, ud});
+  }
   void close(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kClose, fd, ud}); }
   std::span<char> buffer(uint16_t id) override {
     return {storage_[id].data(), storage_[id].size()};
@@ -109,7 +114,7 @@ class FakeRing final : public loop::Ring {
   }
 
   // The kernel's side: fills a provided buffer and builds the recv completion.
-  loop::Completion recvCompletion(uint64_t ud, const std::string& bytes, bool more = true) {
+  loop::Completion recvCompletion(uint64_t ud, const std::string& bytes, bool more = false) {
     uint16_t id = free_.front();
     free_.pop_front();
     storage_[id].replace(0, bytes.size(), bytes);
@@ -161,6 +166,8 @@ class FakeSockets final : public SocketOps {
     sources.push_back(source);
     return next_fd++;
   }
+  void setResetOnClose(int fd) override { resets.push_back(fd); }
+  std::vector<int> resets;  // sockets given SO_LINGER {1,0}
 
   std::map<int, SocketAddress> original;
   std::map<int, SocketAddress> local;

@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <chrono>
+#include <thread>
+
 #include "proxy/worker.h"
 #include "proxy_fakes.h"
 
@@ -64,6 +67,36 @@ class WorkerTest : public ::testing::Test {
     }
   }
 
+  // Plays the completions of every close, cancel and shutdown+close recorded since the last
+  // call (a shutdown+close completes twice), as the kernel would.
+  void finishCloses() {
+    std::vector<RecordedOp> ops(ring_.ops.begin() + static_cast<long>(closes_done_),
+                                ring_.ops.end());
+    closes_done_ = ring_.ops.size();
+    for (const auto& op : ops) {
+      if (op.kind == RecordedOp::kClose || op.kind == RecordedOp::kCancel) {
+        worker_->onCompletion(done(op.user_data, 0));
+      } else if (op.kind == RecordedOp::kShutdownClose) {
+        worker_->onCompletion(done(op.user_data, 0));
+        worker_->onCompletion(done(op.user_data, 0));
+      }
+    }
+  }
+
+  // The pending sweep timer's completion, after `wait`.
+  void tickAfter(std::chrono::milliseconds wait) {
+    std::this_thread::sleep_for(wait);
+    for (auto it = ring_.ops.rbegin(); it != ring_.ops.rend(); ++it) {
+      if (it->kind == RecordedOp::kTimeout &&
+          UserData::decode(it->user_data).op == static_cast<uint8_t>(Op::kTick)) {
+        uint64_t ud = it->user_data;
+        worker_->onCompletion(done(ud, -ETIME));
+        return;
+      }
+    }
+    ADD_FAILURE() << "no sweep timer armed";
+  }
+
   EndpointCounters& endpoint(const std::string& service, const std::string& subset,
                              const std::string& ep) {
     return stats_.endpoint(EndpointKey{service, subset, ep});
@@ -76,6 +109,7 @@ class WorkerTest : public ::testing::Test {
   std::shared_ptr<FakeTable> table_;
   FakeRouter* router_ = nullptr;
   std::unique_ptr<Worker> worker_;
+  size_t closes_done_ = 0;
 };
 
 TEST_F(WorkerTest, RelaysBothWaysAndClosesAfterBothHalfCloses) {
@@ -109,20 +143,22 @@ TEST_F(WorkerTest, RelaysBothWaysAndClosesAfterBothHalfCloses) {
   ASSERT_TRUE(shut_client);
   EXPECT_EQ(shut_client->how, SHUT_WR);
   worker_->onCompletion(done(shut_client->user_data, 0));
-  EXPECT_EQ(ring_.count(RecordedOp::kTeardown), 0u);
+  EXPECT_EQ(ring_.count(RecordedOp::kShutdownClose), 0u);
 
   worker_->onCompletion(done(client_recv->user_data, 0));
   auto shut_up = ring_.last(RecordedOp::kShutdown, up);
   ASSERT_TRUE(shut_up);
   worker_->onCompletion(done(shut_up->user_data, 0));
-  // Explicit teardown of both sockets; the slot is freed when its three steps each complete.
-  ASSERT_EQ(ring_.count(RecordedOp::kTeardown), 2u);
+  // A clean close of both sockets: shutdown then close, no cancel (the shutdown wakes the
+  // receive), no reset; the slot is freed when both steps of each completed.
+  ASSERT_EQ(ring_.count(RecordedOp::kShutdownClose), 2u);
+  EXPECT_EQ(ring_.count(RecordedOp::kCancel), 0u);
+  EXPECT_TRUE(sockets_.resets.empty());
+  EXPECT_EQ(ring_.count(RecordedOp::kTeardown), 0u);
   EXPECT_EQ(worker_->activeConnections(), 0u);
-  for (int i = 0; i < 3; ++i) {
-    completeAll(RecordedOp::kTeardown, kClientFd, 0);
-  }
-  for (int i = 0; i < 3; ++i) completeAll(RecordedOp::kTeardown, up, 0);
+  finishCloses();
   worker_->stopAccepting();
+  finishCloses();
   EXPECT_TRUE(worker_->quiescent());
 
   auto& ep = endpoint("bill-service.istio-demo", "v1", "10.244.1.168:80");
@@ -156,7 +192,7 @@ TEST_F(WorkerTest, GivesUpAfterEveryEndpointFailedOrTimedOut) {
   // -ECANCELED: the linked timeout fired.
   worker_->onCompletion(done(ring_.last(RecordedOp::kConnect)->user_data, -ECANCELED));
   EXPECT_EQ(ring_.count(RecordedOp::kConnect), 2u);
-  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  EXPECT_TRUE(ring_.last(RecordedOp::kShutdownClose, kClientFd));
   EXPECT_EQ(stats_.counters().refused_no_upstream.get(), 1u);
   EXPECT_EQ(worker_->activeConnections(), 0u);
 }
@@ -167,7 +203,7 @@ TEST_F(WorkerTest, RetriesStopAtMaxConnectAttempts) {
   accept(kClientFd, kVip);
   worker_->onCompletion(done(ring_.last(RecordedOp::kConnect)->user_data, -EHOSTUNREACH));
   EXPECT_EQ(ring_.count(RecordedOp::kConnect), 1u);
-  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  EXPECT_TRUE(ring_.last(RecordedOp::kShutdownClose, kClientFd));
 }
 
 TEST_F(WorkerTest, UnknownDestinationPassesThroughToTheOriginalAddress) {
@@ -185,7 +221,7 @@ TEST_F(WorkerTest, RegistryOnlyRefusesUnknownDestinations) {
   worker_->setTable(table_, settings_);
   accept(kClientFd, "10.244.3.3:8080");
   EXPECT_EQ(ring_.count(RecordedOp::kConnect), 0u);
-  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  EXPECT_TRUE(ring_.last(RecordedOp::kShutdownClose, kClientFd));
   EXPECT_EQ(stats_.counters().refused_registry.get(), 1u);
   // Known services still route.
   accept(kClientFd + 1, kVip);
@@ -220,10 +256,7 @@ TEST_F(WorkerTest, LateCompletionForAReusedSlotIsDetectedAndItsBufferReturned) {
   int up = establish(kClientFd);
   auto old_recv = *ring_.last(RecordedOp::kRecv, kClientFd);
   worker_->onCompletion(done(old_recv.user_data, -ECONNRESET));  // abort
-  for (int i = 0; i < 3; ++i) {
-    completeAll(RecordedOp::kTeardown, kClientFd, 0);
-    completeAll(RecordedOp::kTeardown, up, 0);
-  }
+  finishCloses();
   worker_->onCompletion(done(ring_.last(RecordedOp::kRecv, up)->user_data, -ECANCELED));
   // The slot is reused by the next connection with a new generation.
   establish(kClientFd + 1);
@@ -252,25 +285,107 @@ TEST_F(WorkerTest, NoBuffersMeansReplenishAndRearm) {
   EXPECT_EQ(stats_.counters().buffer_exhausted.get(), 1u);
 }
 
-TEST_F(WorkerTest, SlowPeerStopsTheReceiveUntilTheQueueDrains) {
+TEST_F(WorkerTest, ByteLimitPausesTheReceiveAtTheHighWatermarkAndResumesAtTheLowOne) {
+  settings_.buffer_limit = 8;
+  worker_->setTable(table_, settings_);
   int up = establish(kClientFd);
   auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
-  constexpr size_t kMax = Worker::kMaxQueuedChunks;
-  for (size_t i = 0; i < kMax; ++i) {
-    worker_->onCompletion(ring_.recvCompletion(recv.user_data, "x"));
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "abcd"));
+  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), 1u);
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);  // one-shot: armed again
+  worker_->onCompletion(ring_.recvCompletion(ring_.last(RecordedOp::kRecv, kClientFd)->user_data,
+                                             "efgh", /*more=*/false));
+  // 8 bytes queued: the high watermark. No receive armed, and no cancel needed for that.
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);
+  EXPECT_EQ(ring_.count(RecordedOp::kCancel), 0u);
+  EXPECT_EQ(stats_.counters().watermark_pauses.get(), 1u);
+  // 4 bytes leave: down to the low watermark (half), so reading resumes.
+  worker_->onCompletion(done(ring_.last(RecordedOp::kSend, up)->user_data, 4));
+  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 3u);
+  EXPECT_EQ(ring_.last(RecordedOp::kSend, up)->data, "efgh");
+}
+
+TEST_F(WorkerTest, ADirectionBorrowsFewProvidedBuffersAndCopiesTheRest) {
+  int up = establish(kClientFd);
+  auto recv = *ring_.last(RecordedOp::kRecv, kClientFd);
+  worker_->onCompletion(ring_.recvCompletion(recv.user_data, "c0"));
+  // The upstream does not read: its send stays in flight while more arrives.
+  for (int i = 1; i < 10; ++i) {
+    worker_->onCompletion(ring_.recvCompletion(recv.user_data, "c" + std::to_string(i)));
   }
-  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), 1u);  // one send in flight at a time
+  // Four chunks keep their provided buffers; the other six were copied and handed back at once.
+  EXPECT_EQ(ring_.recycled, 6u);
+  EXPECT_EQ(ring_.buffersAvailable(), 32u - Worker::kMaxBorrowedChunks);
+  EXPECT_EQ(stats_.counters().copied_bytes.get(), 12u);
+  worker_->onCompletion(done(ring_.last(RecordedOp::kSend, up)->user_data, 2));
+  EXPECT_EQ(ring_.last(RecordedOp::kSend, up)->data, "c1c2c3c4c5c6c7c8c9");
+  worker_->onCompletion(done(ring_.last(RecordedOp::kSend, up)->user_data, 18));
+  EXPECT_EQ(ring_.buffersAvailable(), 32u);
+}
+
+TEST_F(WorkerTest, UpstreamResetIsPassedOnAsAResetAfterItsBytesAreSent) {
+  int up = establish(kClientFd);
+  auto up_recv = *ring_.last(RecordedOp::kRecv, up);
+  worker_->onCompletion(ring_.recvCompletion(up_recv.user_data, "hello"));
+  auto send = *ring_.last(RecordedOp::kSend, kClientFd);
+  worker_->onCompletion(done(ring_.last(RecordedOp::kRecv, up)->user_data, -ECONNRESET));
+  // The upstream socket goes at once; the client still gets "hello" first.
+  EXPECT_EQ(sockets_.resets, std::vector<int>{up});
+  EXPECT_FALSE(ring_.last(RecordedOp::kClose, kClientFd));
+  worker_->onCompletion(done(send.user_data, 5));
+  // Then an RST, never a FIN: SO_LINGER {1,0}, its receive cancelled by user_data, close.
+  EXPECT_EQ(sockets_.resets, (std::vector<int>{up, kClientFd}));
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, kClientFd));
+  EXPECT_FALSE(ring_.last(RecordedOp::kShutdownClose, kClientFd));
+  EXPECT_FALSE(ring_.last(RecordedOp::kShutdown, kClientFd));
   auto cancel = ring_.last(RecordedOp::kCancel);
   ASSERT_TRUE(cancel);
-  EXPECT_EQ(cancel->target, recv.user_data);
-  worker_->onCompletion(done(cancel->user_data, 0));
-  worker_->onCompletion(done(recv.user_data, -ECANCELED));
-  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 1u);
-  for (size_t i = 0; i < kMax; ++i) {
-    worker_->onCompletion(done(ring_.last(RecordedOp::kSend, up)->user_data, 1));
-  }
-  EXPECT_EQ(ring_.count(RecordedOp::kSend, up), kMax);
-  EXPECT_EQ(ring_.count(RecordedOp::kRecv, kClientFd), 2u);  // re-armed once drained
+  EXPECT_EQ(cancel->target, ring_.last(RecordedOp::kRecv, kClientFd)->user_data);
+  EXPECT_EQ(ring_.count(RecordedOp::kTeardown), 0u);  // no cancel-by-fd scan
+  EXPECT_EQ(stats_.counters().resets_from_upstream.get(), 1u);
+}
+
+TEST_F(WorkerTest, IdleAndHalfCloseTimeoutsCloseAndCountByCause) {
+  settings_.idle_timeout = std::chrono::milliseconds(1);
+  settings_.half_close_timeout = std::chrono::milliseconds(0);
+  worker_->setTable(table_, settings_);
+  establish(kClientFd);
+  worker_->afterBatch();
+  tickAfter(std::chrono::milliseconds(5));
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+  EXPECT_EQ(stats_.counters().timeout_idle.get(), 1u);
+  EXPECT_TRUE(ring_.last(RecordedOp::kShutdownClose, kClientFd));  // nothing unsent: clean
+
+  settings_.idle_timeout = std::chrono::milliseconds(0);
+  settings_.half_close_timeout = std::chrono::milliseconds(1);
+  worker_->setTable(table_, settings_);
+  int up = establish(kClientFd + 1);
+  worker_->afterBatch();
+  tickAfter(std::chrono::milliseconds(5));
+  EXPECT_EQ(worker_->activeConnections(), 1u);  // not half-closed: no timeout applies
+  worker_->onCompletion(done(ring_.last(RecordedOp::kRecv, up)->user_data, 0));  // upstream FIN
+  worker_->afterBatch();
+  tickAfter(std::chrono::milliseconds(5));
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+  EXPECT_EQ(stats_.counters().timeout_half_close.get(), 1u);
+}
+
+TEST_F(WorkerTest, MaxConnectionsPausesAcceptingAndResumesBelowIt) {
+  settings_.max_connections = 1;
+  worker_->setTable(table_, settings_);
+  auto accept_op = *ring_.last(RecordedOp::kAccept, kListenFd);
+  establish(kClientFd);
+  auto cancel = ring_.last(RecordedOp::kCancel);
+  ASSERT_TRUE(cancel);
+  EXPECT_EQ(cancel->target, accept_op.user_data);
+  EXPECT_TRUE(worker_->acceptPaused());
+  EXPECT_EQ(stats_.counters().accept_paused.get(), 1u);
+  worker_->onCompletion(done(accept_op.user_data, -ECANCELED));
+  EXPECT_EQ(ring_.count(RecordedOp::kAccept, kListenFd), 1u);  // paused, not failing
+  EXPECT_EQ(stats_.counters().accept_errors.get(), 0u);
+  worker_->abortAll();
+  EXPECT_FALSE(worker_->acceptPaused());
+  EXPECT_EQ(ring_.count(RecordedOp::kAccept, kListenFd), 2u);
 }
 
 TEST_F(WorkerTest, QueuedChunksLeaveInOneGatheredSendAndAShortSendResumesInPlace) {
@@ -296,8 +411,8 @@ TEST_F(WorkerTest, QueuedChunksLeaveInOneGatheredSendAndAShortSendResumesInPlace
   EXPECT_EQ(ring_.recycled, recycled + 2);
   auto rest = *ring_.last(RecordedOp::kSend, up);
   EXPECT_EQ(rest.data, "ccddd");
-  // The connection aborts with the rest in flight: those buffers go back when it completes.
-  worker_->onCompletion(done(recv.user_data, -ECONNRESET));
+  // The upstream fails with the rest in flight: those buffers go back when it completes.
+  worker_->onCompletion(done(ring_.last(RecordedOp::kRecv, up)->user_data, -ECONNRESET));
   EXPECT_EQ(ring_.recycled, recycled + 2);
   worker_->onCompletion(done(rest.user_data, -ECANCELED));
   EXPECT_EQ(ring_.recycled, recycled + 4);
@@ -318,28 +433,57 @@ TEST_F(WorkerTest, OpenConnectionsKeepTheirUpstreamAcrossATableSwap) {
   EXPECT_EQ(ring_.last(RecordedOp::kConnect)->address.toString(), "10.244.9.9:80");
 }
 
-TEST_F(WorkerTest, DrainClosesListenersAndAbortClosesConnections) {
-  establish(kClientFd);
+TEST_F(WorkerTest, DrainClosesListenersAndAbortResetsConnections) {
+  int up = establish(kClientFd);
   worker_->stopAccepting();
-  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kListenFd));
+  // Cancel by user_data, then close; not quiescent until both completed, so the worker cannot
+  // exit with the listener's close still unsubmitted (the socket would stay in LISTEN).
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, kListenFd));
+  EXPECT_EQ(ring_.last(RecordedOp::kCancel)->target,
+            ring_.last(RecordedOp::kAccept, kListenFd)->user_data);
   EXPECT_EQ(worker_->activeConnections(), 1u);
-  EXPECT_FALSE(worker_->quiescent());
   worker_->abortAll();
   EXPECT_EQ(worker_->activeConnections(), 0u);
-  EXPECT_TRUE(ring_.last(RecordedOp::kTeardown, kClientFd));
+  // The drain deadline resets: never a clean FIN on a cut connection.
+  EXPECT_EQ(sockets_.resets, (std::vector<int>{kClientFd, up}));
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, kClientFd));
+  EXPECT_FALSE(ring_.last(RecordedOp::kShutdownClose, kClientFd));
 }
 
-TEST_F(WorkerTest, AccessLogLineNamesTheRoute) {
+TEST_F(WorkerTest, AnIdleWorkerIsQuiescentOnlyOnceItsListenersAreClosed) {
+  worker_->stopAccepting();
+  EXPECT_FALSE(worker_->quiescent());
+  finishCloses();
+  EXPECT_TRUE(worker_->quiescent());
+}
+
+TEST_F(WorkerTest, AccessLogLineNamesTheRouteAndFollowsTheSetting) {
   std::vector<std::string> lines;
-  worker_->setAccessLog([&](const std::string& l) { lines.push_back(l); });
+  worker_->setAccessLog([&](const std::string& l) {
+    lines.push_back(l);
+    return true;
+  });
   establish(kClientFd);
+  worker_->abortAll();
+  EXPECT_TRUE(lines.empty());  // access_log off in the settings
+  settings_.access_log = true;
+  worker_->setTable(table_, settings_);
+  establish(kClientFd + 1);
   worker_->abortAll();
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_NE(lines[0].find("original_dst=10.1.122.241:9999"), std::string::npos) << lines[0];
-  EXPECT_NE(lines[0].find("service=bill-service.istio-demo subset=v1 upstream=10.244.1.168:80"),
-            std::string::npos)
+  EXPECT_NE(lines[0].find("service=bill-service.istio-demo subset=v1"), std::string::npos)
       << lines[0];
   EXPECT_NE(lines[0].find("outcome=aborted"), std::string::npos);
+}
+
+TEST_F(WorkerTest, AFullAccessLogQueueDropsAndCounts) {
+  worker_->setAccessLog([](const std::string&) { return false; });
+  settings_.access_log = true;
+  worker_->setTable(table_, settings_);
+  establish(kClientFd);
+  worker_->abortAll();
+  EXPECT_EQ(stats_.counters().access_log_dropped.get(), 1u);
 }
 
 TEST(UserDataTest, RoundTripsOpSlotAndGeneration) {

@@ -49,6 +49,8 @@ class Ring {
   // Multishot recv into the ring's provided buffers: res = bytes (0 = EOF), -ENOBUFS when the
   // buffers ran out (the operation ends; recycle buffers and re-arm).
   virtual void recvMultishot(int fd, uint64_t user_data) = 0;
+  // One-shot recv into one provided buffer: res = bytes (0 = EOF), -ENOBUFS when none is free.
+  virtual void recv(int fd, uint64_t user_data) = 0;
   // One-shot read or recv into caller memory.
   virtual void read(int fd, std::span<char> into, uint64_t user_data) = 0;
   virtual void send(int fd, std::span<const char> data, uint64_t user_data) = 0;
@@ -66,6 +68,9 @@ class Ring {
   // The explicit teardown of a socket as three hard-linked steps, each with its own completion
   // tagged user_data: cancel every operation on fd, shutdown(SHUT_RDWR), close.
   virtual void teardown(int fd, uint64_t user_data) = 0;
+  // shutdown(SHUT_RDWR) then close, hard-linked, two completions tagged user_data. The shutdown
+  // wakes whatever waits on the socket, so nothing needs cancelling (and no ring-wide scan).
+  virtual void shutdownAndClose(int fd, uint64_t user_data) = 0;
   virtual void close(int fd, uint64_t user_data) = 0;
 
   // Provided buffers (one group per ring).

@@ -209,13 +209,46 @@ UringRing::~UringRing() {
 }
 
 io_uring_sqe* UringRing::sqe(unsigned needed) {
-  if (io_uring_sq_space_left(&ring_) < needed) {
-    io_uring_submit(&ring_);
-    timespecs_.clear();
+  if (backlog_.empty() && io_uring_sq_space_left(&ring_) < needed) {
+    int rc = io_uring_submit(&ring_);
+    if (rc < 0) {
+      // EBUSY (completions overflowing) or ENOMEM: nothing was consumed. Keep the SQEs to come
+      // in the backlog; the next submitAndDispatch reaps completions and flushes it.
+      ++submit_failures_;
+      if (submit_failures_ == 1) {
+        fmt::print(stderr, "io_uring_submit: {}; queueing operations until the next wait\n",
+                   std::strerror(-rc));
+      }
+    }
+    // Submitted SQEs have been read by the kernel, timespecs included (a failure read none of
+    // them, but those SQEs stay queued and their timespecs are still needed).
+    if (rc >= 0) timespecs_.clear();
   }
-  io_uring_sqe* s = io_uring_get_sqe(&ring_);
-  // Cannot be null: the SQ was just flushed and holds at least `needed` (<= 3) entries.
-  return s;
+  if (!backlog_.empty() || io_uring_sq_space_left(&ring_) < needed) {
+    backlog_.emplace_back();
+    return &backlog_.back();
+  }
+  return io_uring_get_sqe(&ring_);
+}
+
+bool UringRing::flushBacklog() {
+  while (!backlog_.empty()) {
+    // A linked chain enters the SQ whole: links never cross a submission.
+    size_t chain = 1;
+    while (chain < backlog_.size() &&
+           (backlog_[chain - 1].flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)) != 0) {
+      ++chain;
+    }
+    if (io_uring_sq_space_left(&ring_) < chain) {
+      int rc = io_uring_submit(&ring_);
+      if (rc < 0 || io_uring_sq_space_left(&ring_) < chain) return false;
+    }
+    for (size_t i = 0; i < chain; ++i) {
+      *io_uring_get_sqe(&ring_) = backlog_.front();
+      backlog_.pop_front();
+    }
+  }
+  return true;
 }
 
 __kernel_timespec* UringRing::stash(std::chrono::milliseconds duration) {
@@ -232,6 +265,14 @@ void UringRing::acceptMultishot(int listen_fd, uint64_t user_data) {
 void UringRing::recvMultishot(int fd, uint64_t user_data) {
   io_uring_sqe* s = sqe();
   io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = kBufferGroup;
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::recv(int fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_recv(s, fd, nullptr, buffer_size_, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kBufferGroup;
   io_uring_sqe_set_data64(s, user_data);
@@ -261,7 +302,7 @@ void UringRing::connect(int fd, const sockaddr* address, socklen_t length,
   io_uring_prep_connect(s, fd, address, length);
   io_uring_sqe_set_data64(s, user_data);
   s->flags |= IOSQE_IO_LINK;
-  io_uring_sqe* t = io_uring_get_sqe(&ring_);
+  io_uring_sqe* t = sqe();
   io_uring_prep_link_timeout(t, stash(timeout), 0);
   io_uring_sqe_set_data64(t, kIgnoredUserData);
 }
@@ -289,11 +330,21 @@ void UringRing::teardown(int fd, uint64_t user_data) {
   io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
   io_uring_sqe_set_data64(s, user_data);
   s->flags |= IOSQE_IO_HARDLINK;
-  s = io_uring_get_sqe(&ring_);
+  s = sqe();
   io_uring_prep_shutdown(s, fd, SHUT_RDWR);
   io_uring_sqe_set_data64(s, user_data);
   s->flags |= IOSQE_IO_HARDLINK;
-  s = io_uring_get_sqe(&ring_);
+  s = sqe();
+  io_uring_prep_close(s, fd);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::shutdownAndClose(int fd, uint64_t user_data) {
+  io_uring_sqe* s = sqe(2);
+  io_uring_prep_shutdown(s, fd, SHUT_RDWR);
+  io_uring_sqe_set_data64(s, user_data);
+  s->flags |= IOSQE_IO_HARDLINK;
+  s = sqe();
   io_uring_prep_close(s, fd);
   io_uring_sqe_set_data64(s, user_data);
 }
@@ -321,11 +372,14 @@ Result<int> UringRing::submitAndDispatch(CompletionHandler& handler,
     buffers_available_ += pending_recycles_;
     pending_recycles_ = 0;
   }
+  // What could not be submitted earlier goes first; if it still does not fit, do not wait
+  // long: reap completions, which is what frees the kernel to take more.
+  if (!flushBacklog()) max_wait = std::chrono::milliseconds(1);
   io_uring_cqe* first = nullptr;
   __kernel_timespec ts = toTimespec(max_wait);
   int rc = io_uring_submit_and_wait_timeout(&ring_, &first, 1, max_wait.count() < 0 ? nullptr : &ts,
                                             nullptr);
-  timespecs_.clear();
+  if ((rc >= 0 || rc == -ETIME) && backlog_.empty()) timespecs_.clear();
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
     return Error{-rc, fmt::format("io_uring_submit_and_wait: {}", std::strerror(-rc))};
   }

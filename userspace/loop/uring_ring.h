@@ -3,6 +3,7 @@
 #include <liburing.h>
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -67,6 +68,7 @@ class UringRing final : public Ring {
 
   void acceptMultishot(int listen_fd, uint64_t user_data) override;
   void recvMultishot(int fd, uint64_t user_data) override;
+  void recv(int fd, uint64_t user_data) override;
   void read(int fd, std::span<char> into, uint64_t user_data) override;
   void send(int fd, std::span<const char> data, uint64_t user_data) override;
   void sendMessage(int fd, const msghdr* message, uint64_t user_data) override;
@@ -76,19 +78,25 @@ class UringRing final : public Ring {
   void cancel(uint64_t target, uint64_t user_data) override;
   void shutdown(int fd, int how, uint64_t user_data) override;
   void teardown(int fd, uint64_t user_data) override;
+  void shutdownAndClose(int fd, uint64_t user_data) override;
   void close(int fd, uint64_t user_data) override;
   std::span<char> buffer(uint16_t id) override;
   void recycleBuffer(uint16_t id) override;
   size_t buffersAvailable() const override { return buffers_available_ + pending_recycles_; }
   Result<int> submitAndDispatch(CompletionHandler& handler,
                                 std::chrono::milliseconds max_wait) override;
+  // io_uring_submit calls that failed while the SQ was full (their SQEs waited in backlog_).
+  uint64_t submitFailures() const { return submit_failures_; }
 
  private:
   UringRing() = default;
   Result<void> setupBuffers(const RingOptions& options);
   // An SQE, submitting what is queued first when the SQ is full; `needed` consecutive SQEs
-  // are guaranteed to be available (for linked chains).
+  // are guaranteed to be available (for linked chains). When that submit fails, the SQEs come
+  // from backlog_ instead and enter the SQ, chains whole, before the next submit.
   io_uring_sqe* sqe(unsigned needed = 1);
+  // Moves backlog_ into the SQ as far as it fits; false when some of it is still waiting.
+  bool flushBacklog();
   __kernel_timespec* stash(std::chrono::milliseconds duration);
 
   io_uring ring_{};
@@ -104,6 +112,10 @@ class UringRing final : public Ring {
   size_t buffers_available_ = 0;
   // Timespecs the kernel reads when it consumes the SQE; kept until the next submit.
   std::vector<std::unique_ptr<__kernel_timespec>> timespecs_;
+  // SQEs prepared while the SQ was full and could not be submitted; a deque so pointers handed
+  // out stay valid while more are added.
+  std::deque<io_uring_sqe> backlog_;
+  uint64_t submit_failures_ = 0;
 };
 
 }  // namespace remora::loop

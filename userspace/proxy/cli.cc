@@ -3,9 +3,13 @@
 #include <fmt/format.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <cstdio>
 
 namespace remora::proxy {
 
@@ -19,7 +23,22 @@ Result<std::chrono::milliseconds> parseDuration(std::string_view text) {
   if (unit == "ms") return std::chrono::milliseconds(value);
   if (unit.empty() || unit == "s") return std::chrono::milliseconds(value * 1000);
   if (unit == "m") return std::chrono::milliseconds(value * 60000);
-  return makeError(fmt::format("'{}': unknown duration unit '{}' (use ms, s or m)", text, unit));
+  if (unit == "h") return std::chrono::milliseconds(value * 3600000);
+  return makeError(fmt::format("'{}': unknown duration unit '{}' (use ms, s, m or h)", text, unit));
+}
+
+Result<uint64_t> parseByteSize(std::string_view text) {
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end == text.data()) {
+    return makeError(fmt::format("'{}' is not a size (use 1048576, 64Ki or 1Mi)", text));
+  }
+  std::string_view unit(end, static_cast<size_t>(text.data() + text.size() - end));
+  if (unit.empty()) return value;
+  if (unit == "Ki" || unit == "K" || unit == "KiB") return value << 10;
+  if (unit == "Mi" || unit == "M" || unit == "MiB") return value << 20;
+  if (unit == "Gi" || unit == "G" || unit == "GiB") return value << 30;
+  return makeError(fmt::format("'{}': unknown size unit '{}' (use Ki, Mi or Gi)", text, unit));
 }
 
 Result<routing::OutboundPolicy> parseOutboundPolicy(std::string_view text) {
@@ -28,10 +47,56 @@ Result<routing::OutboundPolicy> parseOutboundPolicy(std::string_view text) {
   return makeError(fmt::format("'{}': expected ALLOW_ANY or REGISTRY_ONLY", text));
 }
 
+int readyProbe(const SocketAddress& admin, std::chrono::milliseconds timeout) {
+  sockaddr_storage ss{};
+  socklen_t len = admin.toSockaddr(ss);
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 1;
+  timeval tv{static_cast<time_t>(timeout.count() / 1000),
+             static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  std::string reply;
+  static constexpr std::string_view kRequest = "GET /ready HTTP/1.0\r\n\r\n";
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 &&
+      ::send(fd, kRequest.data(), kRequest.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(kRequest.size())) {
+    char buf[256];
+    ssize_t n = 0;
+    while (reply.size() < 64 && (n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+      reply.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return reply.rfind("HTTP/1.1 200", 0) == 0 || reply.rfind("HTTP/1.0 200", 0) == 0 ? 0 : 1;
+}
+
 int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) {
+  if (argc > 1 && std::string_view(argv[1]) == "ready") {
+    // The exec startupProbe of a native sidecar: the kubelet's httpGet would dial the pod IP,
+    // and the admin endpoint listens on 127.0.0.1 only.
+    CLI::App probe{"remora-proxy ready: exit 0 when the proxy's /ready answers 200"};
+    std::string at = "127.0.0.1:15000";
+    probe.add_option("--admin-listen", at, "the proxy's admin endpoint (127.0.0.1:15000)");
+    try {
+      probe.parse(argc - 1, argv + 1);
+    } catch (const CLI::ParseError& e) {
+      return probe.exit(e);
+    }
+    auto address = SocketAddress::parse(at);
+    if (!address) {
+      std::fprintf(stderr, "--admin-listen: %s\n", address.error().message.c_str());
+      return 64;
+    }
+    return readyProbe(*address, std::chrono::milliseconds(2000));
+  }
   CLI::App app{"remora-proxy: io_uring transparent proxy with exact weighted routing"};
   ProxyOptions options;
   std::string outbound, inbound, admin, source, policy, connect_timeout, drain_timeout;
+  std::string buffer_limit, idle_timeout, half_close_timeout, max_duration, keepalive,
+      inbound_grace;
+  uint32_t max_connections = 0;
+  bool max_connections_set = false;
   std::string log_level = "info";
   int attempts = 0;
   bool access_log = false;
@@ -53,6 +118,25 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
                  "upstream connect attempts per connection, retries included (3)")
       ->check(CLI::Range(1, 100));
   app.add_flag("--access-log", access_log, "log one line per connection");
+  app.add_option("--buffer-limit", buffer_limit,
+                 "bytes queued per connection and direction before reading pauses; resumes at "
+                 "half (1Mi)");
+  app.add_option("--idle-timeout", idle_timeout,
+                 "close a connection with no bytes either way for this long; 0 disables (1h)");
+  app.add_option("--half-close-timeout", half_close_timeout,
+                 "close a half-closed connection idle for this long; 0 disables (1m)");
+  app.add_option("--max-connection-duration", max_duration,
+                 "close any connection this old; 0 disables (0)");
+  app.add_option("--max-connections", max_connections,
+                 "open connections per worker before accepting pauses; 0: no limit (0)")
+      ->each([&](const std::string&) { max_connections_set = true; });
+  app.add_option("--tcp-keepalive", keepalive,
+                 "TCP keepalive idle time on both sides; 0 disables (5m)");
+  app.add_option("--inbound-drain-grace", inbound_grace,
+                 "after SIGTERM, how long inbound keeps accepting (2s)");
+  app.add_option("--access-log-queue", options.access_log_queue,
+                 "access-log lines waiting for the writer before new ones are dropped (8192)")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 24));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
   app.add_flag("--no-ipv6", no_ipv6, "do not add [::] listeners beside 0.0.0.0 ones");
   app.add_option("--ring-entries", options.ring.sq_entries, "submission queue entries per worker");
@@ -102,13 +186,24 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   }
   for (auto [flag, text, target] :
        {std::tuple{"--connect-timeout", &connect_timeout, &o.connect_timeout},
-        std::tuple{"--drain-timeout", &drain_timeout, &o.drain_timeout}}) {
+        std::tuple{"--drain-timeout", &drain_timeout, &o.drain_timeout},
+        std::tuple{"--idle-timeout", &idle_timeout, &o.idle_timeout},
+        std::tuple{"--half-close-timeout", &half_close_timeout, &o.half_close_timeout},
+        std::tuple{"--max-connection-duration", &max_duration, &o.max_connection_duration},
+        std::tuple{"--tcp-keepalive", &keepalive, &o.tcp_keepalive},
+        std::tuple{"--inbound-drain-grace", &inbound_grace, &o.inbound_drain_grace}}) {
     if (text->empty()) continue;
     auto d = parseDuration(*text);
     if (!d) return fail(flag, d.error());
     *target = *d;
   }
   if (attempts > 0) o.max_connect_attempts = attempts;
+  if (!buffer_limit.empty()) {
+    auto b = parseByteSize(buffer_limit);
+    if (!b) return fail("--buffer-limit", b.error());
+    o.buffer_limit_bytes = *b;
+  }
+  if (max_connections_set) o.max_connections = max_connections;
   if (access_log) o.access_log = true;
   options.ipv6 = !no_ipv6;
   return runProxy(options, std::move(loader), std::move(routers));

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "loop/user_data.h"
+#include "proxy/access_log.h"
 #include "proxy/admin.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
@@ -38,6 +39,13 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.drain_timeout) s.drain_timeout = *o.drain_timeout;
   if (o.max_connect_attempts) s.max_connect_attempts = *o.max_connect_attempts;
   if (o.access_log) s.access_log = *o.access_log;
+  if (o.buffer_limit_bytes) s.buffer_limit_bytes = *o.buffer_limit_bytes;
+  if (o.idle_timeout) s.idle_timeout = *o.idle_timeout;
+  if (o.half_close_timeout) s.half_close_timeout = *o.half_close_timeout;
+  if (o.max_connection_duration) s.max_connection_duration = *o.max_connection_duration;
+  if (o.max_connections) s.max_connections = *o.max_connections;
+  if (o.tcp_keepalive) s.tcp_keepalive = *o.tcp_keepalive;
+  if (o.inbound_drain_grace) s.inbound_drain_grace = *o.inbound_drain_grace;
   return s;
 }
 
@@ -52,6 +60,12 @@ WorkerSettings workerSettings(const routing::ProxySettings& s) {
     w.inbound_source_v4 = s.inbound_source;
   }
   w.access_log = s.access_log;
+  // At least one receive buffer's worth, or a direction could never hold a whole chunk.
+  w.buffer_limit = std::max<uint64_t>(s.buffer_limit_bytes, 4096);
+  w.idle_timeout = s.idle_timeout;
+  w.half_close_timeout = s.half_close_timeout;
+  w.max_connection_duration = s.max_connection_duration;
+  w.max_connections = s.max_connections;
   return w;
 }
 
@@ -74,6 +88,8 @@ enum class ControlOp : uint8_t {
   kAdminRead,
   kAdminSend,
   kAdminClose,
+  kInboundGrace,  // sidecar drain: the inbound listeners close
+  kDrainPoll,     // sidecar drain: outbound closes once no connection is left
 };
 
 uint64_t controlTag(ControlOp op, uint32_t slot = 0, uint32_t generation = 0) {
@@ -97,8 +113,9 @@ struct WorkerCommand {
   bool has_table = false;
   std::shared_ptr<const routing::RouteTable> table;
   WorkerSettings settings;
-  bool drain = false;
-  bool stop = false;
+  bool close_inbound = false;  // sidecar drain, first step: inbound stops accepting
+  bool drain = false;          // every listener closes; the worker ends once idle
+  bool stop = false;           // reset what is still open and end
 };
 
 struct WorkerThread {
@@ -129,6 +146,7 @@ struct WorkerStart {
   RouterFactory routers;
   int done_fd;
   unsigned index;
+  AccessLogQueue* access_log;
 };
 
 // A worker's whole life, on its own thread: its ring must be created here (SINGLE_ISSUER).
@@ -140,11 +158,14 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   }
   // The control ring already logged the same refusal once; workers only count theirs.
   if (!(*ring)->fallbackNote().empty()) wt.ring_fallback.store(true);
-  SystemSocketOps sockets;
+  const auto keepalive =
+      std::chrono::duration_cast<std::chrono::seconds>(start.settings.tcp_keepalive);
+  SystemSocketOps sockets(keepalive);
   Worker worker(**ring, sockets, wt.stats, start.routers, workerSettings(start.settings));
-  if (start.settings.access_log) {
-    worker.setAccessLog([](const std::string& line) { spdlog::info("access {}", line); });
-  }
+  // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
+  AccessLogQueue* queue = start.access_log;
+  worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
+
   struct Spec {
     SocketAddress at;
     ListenerKind kind;
@@ -168,6 +189,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
       ready.set_value(fd.error());
       return;
     }
+    setKeepalive(*fd, keepalive);  // accepted sockets inherit it
     worker.addListener(*fd, specs[i].kind, specs[i].at.ip.family);
   }
   worker.setTable(start.table, workerSettings(start.settings));
@@ -182,6 +204,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
       wt.pending = WorkerCommand{};
     }
     if (cmd.has_table) worker.setTable(std::move(cmd.table), cmd.settings);
+    if (cmd.close_inbound) worker.stopAccepting(ListenerKind::kInbound);
     if ((cmd.drain || cmd.stop) && !draining) {
       draining = true;
       worker.stopAccepting();
@@ -236,6 +259,8 @@ class Control final : public loop::CompletionHandler {
   void stopWorkers();
   bool reload(bool force);
   void beginDrain(bool exit_after);
+  void closeAllListeners();
+  size_t activeConnections() const;
   void checkWorkersDone();
   void armRead(ControlOp op, int fd, std::span<char> into) {
     ring_->read(fd, into, controlTag(op));
@@ -266,6 +291,8 @@ class Control final : public loop::CompletionHandler {
   std::string last_error_;
   uint64_t setup_fallbacks_ = 0;
 
+  // Declared before workers_: it outlives the workers that push into it.
+  std::unique_ptr<AccessLogQueue> access_log_;
   std::vector<std::unique_ptr<WorkerThread>> workers_;
   bool workers_started_ = false;
   int done_fd_ = -1;
@@ -285,6 +312,7 @@ class Control final : public loop::CompletionHandler {
   AdminHooks hooks_;
 
   bool draining_ = false;
+  bool listeners_closed_ = false;
   bool exit_when_drained_ = false;
   bool exit_ = false;
 };
@@ -393,6 +421,8 @@ int Control::run() {
 }
 
 int Control::startWorkers() {
+  access_log_ = std::make_unique<AccessLogQueue>(
+      options_.access_log_queue, [](const std::string& line) { spdlog::info("access {}", line); });
   done_fd_ = eventfd(0, EFD_CLOEXEC);
   if (done_fd_ < 0) {
     spdlog::critical("eventfd: {}", std::strerror(errno));
@@ -408,7 +438,7 @@ int Control::startWorkers() {
     }
     std::promise<Result<void>> promise;
     auto started = promise.get_future();
-    WorkerStart start{&options_, settings_, table_, routers_, done_fd_, i};
+    WorkerStart start{&options_, settings_, table_, routers_, done_fd_, i, access_log_.get()};
     WorkerThread& ref = *wt;
     wt->thread = std::thread(workerMain, std::ref(ref), std::move(start), std::move(promise));
     workers_.push_back(std::move(wt));
@@ -497,21 +527,53 @@ bool Control::reload(bool force) {
   return true;
 }
 
+// POST /drain closes every listener at once. SIGTERM and /quitquitquit drain as a sidecar
+// must: /ready turns 503 at once; inbound keeps accepting for inbound_drain_grace (peers are
+// still learning that this pod is going); outbound keeps accepting until the app's connections
+// are gone or the drain deadline, because the app may still call out while it shuts down. At
+// the deadline, what is still open is reset.
 void Control::beginDrain(bool exit_after) {
   if (!draining_) {
     draining_ = true;
-    spdlog::info("draining: listeners closed, {} to finish open connections",
-                 exit_after ? fmt::format("up to {} ms", settings_.drain_timeout.count())
-                            : std::string("no deadline"));
-    for (auto& w : workers_) {
-      if (!w->finished.load()) w->post([](WorkerCommand& c) { c.drain = true; });
+    if (exit_after) {
+      spdlog::info(
+          "draining: /ready is 503; inbound closes in {} ms, outbound once no connection is "
+          "left, at the latest in {} ms",
+          settings_.inbound_drain_grace.count(), settings_.drain_timeout.count());
+    } else {
+      spdlog::info("draining: listeners closed, no deadline to finish open connections");
     }
   }
-  if (exit_after && !exit_when_drained_) {
+  if (!exit_after) {
+    closeAllListeners();
+    return;
+  }
+  if (!exit_when_drained_) {
     exit_when_drained_ = true;
     ring_->timeout(settings_.drain_timeout, controlTag(ControlOp::kDrainTimer));
+    if (!listeners_closed_) {
+      ring_->timeout(settings_.inbound_drain_grace, controlTag(ControlOp::kInboundGrace));
+    }
     checkWorkersDone();
   }
+}
+
+void Control::closeAllListeners() {
+  if (listeners_closed_) return;
+  listeners_closed_ = true;
+  for (auto& w : workers_) {
+    if (!w->finished.load()) w->post([](WorkerCommand& c) { c.drain = true; });
+  }
+}
+
+size_t Control::activeConnections() const {
+  size_t n = 0;
+  for (const auto& w : workers_) {
+    const WorkerCounters& c = w->stats.counters();
+    const uint64_t accepted = c.accepted.get();
+    n += accepted - std::min(accepted, c.closed.get());
+  }
+  return n;
 }
 
 void Control::checkWorkersDone() {
@@ -538,9 +600,27 @@ void Control::onCompletion(const Completion& c) {
       armRead(ControlOp::kWorkerDone, done_fd_,
               {reinterpret_cast<char*>(&done_value_), sizeof(done_value_)});
       break;
+    case ControlOp::kInboundGrace:
+      if (!listeners_closed_) {
+        spdlog::info("draining: inbound listeners closed; outbound stays open");
+        for (auto& w : workers_) {
+          if (!w->finished.load()) w->post([](WorkerCommand& cmd) { cmd.close_inbound = true; });
+        }
+      }
+      [[fallthrough]];
+    case ControlOp::kDrainPoll:
+      if (listeners_closed_) break;
+      if (activeConnections() == 0) {
+        spdlog::info("draining: no connection left; closing the outbound listeners");
+        closeAllListeners();
+      } else {
+        ring_->timeout(std::chrono::milliseconds(100), controlTag(ControlOp::kDrainPoll));
+      }
+      break;
     case ControlOp::kDrainTimer:
       if (c.res == -ETIME) {
-        spdlog::warn("drain timeout: closing the connections still open");
+        spdlog::warn("drain timeout: resetting the connections still open");
+
         for (auto& w : workers_) {
           if (!w->finished.load()) w->post([](WorkerCommand& cmd) { cmd.stop = true; });
         }
@@ -753,6 +833,9 @@ std::string Control::clusters() const {
 }  // namespace
 
 int runProxy(const ProxyOptions& options, TableLoader loader, RouterFactory routers) {
+  // Each connection holds two descriptors; the soft default (often 1024) would cap a busy
+  // sidecar at 500 connections while the hard limit allows far more.
+  spdlog::info("open files limit: {}", raiseFileLimit());
   Control control(options, std::move(loader), std::move(routers));
   return control.run();
 }

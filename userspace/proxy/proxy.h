@@ -30,6 +30,13 @@ struct SettingOverrides {
   std::optional<std::chrono::milliseconds> drain_timeout;
   std::optional<int> max_connect_attempts;
   std::optional<bool> access_log;
+  std::optional<uint64_t> buffer_limit_bytes;
+  std::optional<std::chrono::milliseconds> idle_timeout;
+  std::optional<std::chrono::milliseconds> half_close_timeout;
+  std::optional<std::chrono::milliseconds> max_connection_duration;
+  std::optional<uint32_t> max_connections;
+  std::optional<std::chrono::milliseconds> tcp_keepalive;
+  std::optional<std::chrono::milliseconds> inbound_drain_grace;
 };
 
 struct ProxyOptions {
@@ -38,6 +45,7 @@ struct ProxyOptions {
   bool ipv6 = true;  // also listen on [::] when the outbound/inbound address is 0.0.0.0
   SettingOverrides overrides;
   loop::RingOptions ring;
+  size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
 };
 
 // Flags over the ProxyConfig's settings (which already sit over the defaults).

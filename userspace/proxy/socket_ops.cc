@@ -3,8 +3,13 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "common/original_dst.h"
 
@@ -35,6 +40,7 @@ Result<int> SystemSocketOps::upstreamSocket(Family family, const std::optional<I
   if (fd < 0) return errnoError("socket");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setKeepalive(fd, keepalive_);
   if (source) {
     // ::6 is usually not configured on lo; freebind lets the bind succeed regardless (no
     // capability needed), and the kernel answers from it because the destination is local.
@@ -50,6 +56,38 @@ Result<int> SystemSocketOps::upstreamSocket(Family family, const std::optional<I
     }
   }
   return fd;
+}
+
+void SystemSocketOps::setResetOnClose(int fd) {
+  linger l{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+
+void setKeepalive(int fd, std::chrono::seconds idle) {
+  if (idle.count() <= 0) return;
+  int one = 1;
+  int idle_s = static_cast<int>(idle.count());
+  int interval = std::max(1, idle_s / 10);
+  int count = 5;
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+}
+
+std::string raiseFileLimit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0)
+    return fmt::format("getrlimit: {}", std::strerror(errno));
+  const rlim_t before = lim.rlim_cur;
+  if (lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+      return fmt::format("{} (raising to {} failed: {})", before, lim.rlim_max,
+                         std::strerror(errno));
+    }
+  }
+  return fmt::format("{} -> {}", before, lim.rlim_cur);
 }
 
 Result<int> openListener(const SocketAddress& at, int backlog) {

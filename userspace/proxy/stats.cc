@@ -88,6 +88,17 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.accept_errors += c.accept_errors.get();
     s.workers.buffer_exhausted += c.buffer_exhausted.get();
     s.workers.stale_completions += c.stale_completions.get();
+    s.workers.closed += c.closed.get();
+    s.workers.copied_bytes += c.copied_bytes.get();
+    s.workers.watermark_pauses += c.watermark_pauses.get();
+    s.workers.timeout_idle += c.timeout_idle.get();
+    s.workers.timeout_half_close += c.timeout_half_close.get();
+    s.workers.timeout_max_duration += c.timeout_max_duration.get();
+    s.workers.resets_from_client += c.resets_from_client.get();
+    s.workers.resets_from_upstream += c.resets_from_upstream.get();
+    s.workers.resets_sent += c.resets_sent.get();
+    s.workers.accept_paused += c.accept_paused.get();
+    s.workers.access_log_dropped += c.access_log_dropped.get();
   }
   return s;
 }
@@ -131,6 +142,37 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   single(out, "remora_stale_completions_total", "counter",
          "Completions that arrived for a connection slot already reused.",
          s.workers.stale_completions);
+  single(out, "remora_downstream_connections_active", "gauge",
+         "Accepted connections not yet closed (outbound and inbound).",
+         s.workers.accepted - std::min(s.workers.accepted, s.workers.closed));
+  single(out, "remora_recv_copied_bytes_total", "counter",
+         "Received bytes copied out of the shared buffer pool so it stays free for everyone.",
+         s.workers.copied_bytes);
+  single(out, "remora_buffer_watermark_pauses_total", "counter",
+         "Times a direction reached its byte limit and stopped reading until half was sent.",
+         s.workers.watermark_pauses);
+  header(out, "remora_tcp_timeouts_total", "counter", "Connections closed by a timeout, by cause.");
+  fmt::format_to(std::back_inserter(out),
+                 "remora_tcp_timeouts_total{{cause=\"idle\"}} {}\n"
+                 "remora_tcp_timeouts_total{{cause=\"half_close\"}} {}\n"
+                 "remora_tcp_timeouts_total{{cause=\"max_duration\"}} {}\n",
+                 s.workers.timeout_idle, s.workers.timeout_half_close,
+                 s.workers.timeout_max_duration);
+  header(out, "remora_tcp_resets_total", "counter",
+         "Connections ended by a reset, by the side it came from (proxy: drain deadline, or "
+         "data left unsent).");
+  fmt::format_to(std::back_inserter(out),
+                 "remora_tcp_resets_total{{from=\"client\"}} {}\n"
+                 "remora_tcp_resets_total{{from=\"upstream\"}} {}\n"
+                 "remora_tcp_resets_total{{from=\"proxy\"}} {}\n",
+                 s.workers.resets_from_client, s.workers.resets_from_upstream,
+                 s.workers.resets_sent);
+  single(out, "remora_accept_paused_total", "counter",
+         "Times a worker stopped accepting at --max-connections (resumed below it).",
+         s.workers.accept_paused);
+  single(out, "remora_access_log_dropped_total", "counter",
+         "Access-log lines dropped because the writer's queue was full.",
+         s.workers.access_log_dropped);
   single(out, "remora_config_generation", "gauge", "Generation of the configuration in force.",
          s.process.config_generation);
   single(out, "remora_config_reloads_total", "counter", "Successful configuration loads.",

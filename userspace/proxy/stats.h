@@ -60,6 +60,18 @@ struct WorkerCounters {
   Counter accept_errors;
   Counter buffer_exhausted;   // -ENOBUFS on recv: re-armed once buffers came back
   Counter stale_completions;  // completions for a slot that was reused since
+  // Data path (issue #9).
+  Counter closed;                // accepted connections closed (active = accepted - closed)
+  Counter copied_bytes;          // received bytes copied out of the shared buffer pool
+  Counter watermark_pauses;      // a direction reached its byte limit and stopped reading
+  Counter timeout_idle;          // closed by the idle timeout
+  Counter timeout_half_close;    // closed by the half-close timeout
+  Counter timeout_max_duration;  // closed at the maximum connection duration
+  Counter resets_from_client;    // the client reset (or a send to it failed): upstream reset
+  Counter resets_from_upstream;  // the upstream reset: client reset
+  Counter resets_sent;           // reset by the proxy itself (drain deadline, unsent data)
+  Counter accept_paused;         // times accepting paused at max_connections
+  Counter access_log_dropped;    // access-log lines dropped on a full queue
 };
 
 class WorkerStats {
@@ -113,6 +125,9 @@ struct EndpointTotals {
 struct WorkerTotals {
   uint64_t accepted = 0, passthrough = 0, refused_registry = 0, refused_no_upstream = 0,
            no_original_dst = 0, accept_errors = 0, buffer_exhausted = 0, stale_completions = 0;
+  uint64_t closed = 0, copied_bytes = 0, watermark_pauses = 0, timeout_idle = 0,
+           timeout_half_close = 0, timeout_max_duration = 0, resets_from_client = 0,
+           resets_from_upstream = 0, resets_sent = 0, accept_paused = 0, access_log_dropped = 0;
 };
 struct StatsSnapshot {
   std::map<EndpointKey, EndpointTotals> endpoints;

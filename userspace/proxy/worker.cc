@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 namespace remora::proxy {
 namespace {
@@ -25,7 +26,12 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       sockets_(sockets),
       stats_(stats),
       router_factory_(std::move(router_factory)),
-      settings_(settings) {}
+      settings_(settings) {
+  // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
+  buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
+  now_ = std::chrono::steady_clock::now();
+  armTick();
+}
 
 Worker::~Worker() {
   for (auto& l : listeners_) {
@@ -35,6 +41,20 @@ Worker::~Worker() {
     if (c.client_fd >= 0) ::close(c.client_fd);
     if (c.upstream_fd >= 0) ::close(c.upstream_fd);
   }
+}
+
+void Worker::armTick() {
+  // The sweep runs at a quarter of the shortest timeout (between 50 ms and 1 s), so a timeout
+  // fires at most 25 % late; its cost is one pass over this worker's slots.
+  auto shortest = std::chrono::milliseconds(1000);
+  for (auto t :
+       {settings_.idle_timeout, settings_.half_close_timeout, settings_.max_connection_duration}) {
+    if (t.count() > 0) shortest = std::min(shortest, t / 4);
+  }
+  tick_ = std::max(std::chrono::milliseconds(50), shortest);
+  if (tick_armed_) return;
+  ring_.timeout(tick_, tag(Op::kTick, 0, 0));
+  tick_armed_ = true;
 }
 
 uint64_t Worker::tag(Op op, uint32_t slot, uint32_t generation) const {
@@ -55,6 +75,7 @@ void Worker::addListener(int fd, ListenerKind kind, Family family) {
 
 void Worker::armAccept(uint32_t index) {
   Listener& l = listeners_[index];
+  if (!l.open || l.accept_armed || !accepting_ || accept_paused_) return;
   ring_.acceptMultishot(l.fd, tag(Op::kAccept, index, 0));
   l.accept_armed = true;
 }
@@ -69,6 +90,10 @@ void Worker::watchControl(int eventfd, std::function<void()> on_wake) {
 void Worker::setTable(std::shared_ptr<const routing::RouteTable> table,
                       const WorkerSettings& settings) {
   settings_ = settings;
+  armTick();
+  if (accept_paused_ && (settings_.max_connections == 0 || active_ < settings_.max_connections)) {
+    resumeAccepting();
+  }
   counters_cache_.clear();
   table_ = std::move(table);
   if (!table_) return;
@@ -80,11 +105,20 @@ void Worker::setTable(std::shared_ptr<const routing::RouteTable> table,
 }
 
 void Worker::stopAccepting() {
+  stopAccepting(ListenerKind::kOutbound);
+  stopAccepting(ListenerKind::kInbound);
   accepting_ = false;
+}
+
+void Worker::stopAccepting(ListenerKind kind) {
   for (uint32_t i = 0; i < listeners_.size(); ++i) {
     Listener& l = listeners_[i];
-    if (!l.open) continue;
-    ring_.teardown(l.fd, tag(Op::kListenerClose, i, 0));
+    if (!l.open || l.kind != kind) continue;
+    // Cancel by user_data (a hash lookup), then close; quiescent() waits for both completions,
+    // so the worker never exits with the close still unsubmitted and the socket in LISTEN.
+    ring_.cancel(tag(Op::kAccept, i, 0), tag(Op::kListenerClose, i, 0));
+    ring_.close(l.fd, tag(Op::kListenerClose, i, 0));
+    listener_ops_ += 2;
     l.open = false;
     --listeners_open_;
   }
@@ -93,8 +127,53 @@ void Worker::stopAccepting() {
 void Worker::abortAll() {
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     State s = slots_[slot].state;
-    if (s == State::kConnecting || s == State::kRelaying) closeConnection(slot, "aborted");
+    if (s == State::kConnecting || s == State::kRelaying || s == State::kFlushing) {
+      closeConnection(slot, "aborted", /*reset=*/true);
+    }
   }
+}
+
+void Worker::pauseAccepting() {
+  accept_paused_ = true;
+  stats_.counters().accept_paused.inc();
+  for (uint32_t i = 0; i < listeners_.size(); ++i) {
+    if (listeners_[i].open && listeners_[i].accept_armed) {
+      ring_.cancel(tag(Op::kAccept, i, 0), tag(Op::kAcceptCancel, i, 0));
+    }
+  }
+}
+
+void Worker::resumeAccepting() {
+  accept_paused_ = false;
+  for (uint32_t i = 0; i < listeners_.size(); ++i) armAccept(i);
+}
+
+void Worker::onTick() {
+  tick_armed_ = false;
+  now_ = std::chrono::steady_clock::now();
+  const WorkerSettings& s = settings_;
+  for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
+    Connection& conn = slots_[slot];
+    if (conn.state == State::kFlushing) {
+      if (now_ >= conn.flush_deadline) closeConnection(slot, conn.outcome, /*reset=*/true);
+      continue;
+    }
+    if (conn.state != State::kRelaying) continue;
+    const auto quiet = now_ - conn.last_activity;
+    if (s.max_connection_duration.count() > 0 && now_ - conn.started >= s.max_connection_duration) {
+      stats_.counters().timeout_max_duration.inc();
+      closeConnection(slot, "max_duration");
+    } else if (s.half_close_timeout.count() > 0 &&
+               conn.half_closed != std::chrono::steady_clock::time_point{} &&
+               quiet >= s.half_close_timeout) {
+      stats_.counters().timeout_half_close.inc();
+      closeConnection(slot, "half_close_timeout");
+    } else if (s.idle_timeout.count() > 0 && quiet >= s.idle_timeout) {
+      stats_.counters().timeout_idle.inc();
+      closeConnection(slot, "idle_timeout");
+    }
+  }
+  armTick();
 }
 
 // The one dispatch point for this worker's completions.
@@ -107,12 +186,15 @@ void Worker::onCompletion(const Completion& c) {
       onAccept(ud.slot, c);
       return;
     case Op::kAcceptRearm:
-      if (accepting_ && ud.slot < listeners_.size() && listeners_[ud.slot].open &&
-          !listeners_[ud.slot].accept_armed) {
-        armAccept(ud.slot);
-      }
+      if (ud.slot < listeners_.size()) armAccept(ud.slot);
       return;
     case Op::kListenerClose:
+      if (listener_ops_ > 0) --listener_ops_;
+      return;
+    case Op::kTick:
+      onTick();
+      return;
+    case Op::kAcceptCancel:
     case Op::kIgnore:
       return;
     case Op::kControl:
@@ -164,6 +246,7 @@ void Worker::onCompletion(const Completion& c) {
 }
 
 void Worker::afterBatch() {
+  now_ = std::chrono::steady_clock::now();
   if (starved_.empty() || ring_.buffersAvailable() == 0) return;
   std::vector<Starved> waiting;
   waiting.swap(starved_);
@@ -186,8 +269,8 @@ void Worker::onAccept(uint32_t index, const Completion& c) {
     stats_.counters().accept_errors.inc();
     SPDLOG_DEBUG("accept: {}", std::strerror(-c.res));
   }
-  if (!l.accept_armed && accepting_ && l.open) {
-    if (c.res >= 0) {
+  if (!l.accept_armed && accepting_ && l.open && !accept_paused_) {
+    if (c.res >= 0 || c.res == -ECANCELED) {
       armAccept(index);
     } else {
       // EMFILE and friends: retry a little later rather than spin.
@@ -236,10 +319,15 @@ void Worker::startConnection(uint32_t listener, int fd) {
   }
   conn.request_bytes = 0;
   conn.response_bytes = 0;
-  conn.started = std::chrono::steady_clock::now();
+  conn.started = now_;
+  conn.last_activity = now_;
+  conn.half_closed = {};
   conn.outcome = "ok";
   ++active_;
-  if (access_log_) {
+  if (settings_.max_connections > 0 && active_ >= settings_.max_connections && !accept_paused_) {
+    pauseAccepting();
+  }
+  if (access_log_ && settings_.access_log) {
     if (auto peer = sockets_.peerAddress(fd)) conn.peer = *peer;
   }
 
@@ -319,6 +407,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
   EndpointCounters* counters = countersFor(conn);
   if (c.res == 0) {
     conn.state = State::kRelaying;
+    conn.last_activity = now_;
     conn.counters = counters;
     counters->opened.inc();
     conn.counted_open = true;
@@ -351,63 +440,106 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
 void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
-  if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved ||
-      d.queued() >= Worker::kMaxQueuedChunks) {
-    return;
-  }
-  ring_.recvMultishot(from_client ? conn.client_fd : conn.upstream_fd,
-                      tag(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot));
+  if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved || d.paused) return;
+  // One-shot: each receive is a decision, so a direction never holds more than its limit plus
+  // one buffer, and backpressure needs no cancel.
+  ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,
+             tag(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot));
   d.recv_armed = true;
+}
+
+const char* Worker::chunkData(const Chunk& ch) {
+  return (ch.borrowed ? ring_.buffer(ch.buffer).data() : ch.owned.get()) + ch.offset;
+}
+
+void Worker::takeChunk(Direction& d, const Completion& c) {
+  Chunk ch;
+  ch.length = static_cast<uint32_t>(c.res);
+  if (d.borrowed < kMaxBorrowedChunks && ring_.buffersAvailable() >= buffer_reserve_) {
+    ch.buffer = c.bufferId();
+    ch.borrowed = true;
+    ++d.borrowed;
+  } else {
+    // Copy out and give the buffer straight back: the shared pool stays available to every
+    // connection of the worker, however many of them have slow readers.
+    ch.owned = std::make_unique<char[]>(ch.length);
+    std::memcpy(ch.owned.get(), ring_.buffer(c.bufferId()).data(), ch.length);
+    ring_.recycleBuffer(c.bufferId());
+    stats_.counters().copied_bytes.add(ch.length);
+  }
+  d.queued_bytes += ch.length;
+  d.queue.push_back(std::move(ch));
+}
+
+void Worker::releaseChunk(Direction& d, Chunk& ch) {
+  if (ch.borrowed) {
+    ring_.recycleBuffer(ch.buffer);
+    ch.borrowed = false;
+    --d.borrowed;
+  }
+  ch.owned.reset();
+}
+
+// Drops every chunk not being sent; those in flight go back when their send completes.
+void Worker::dropQueue(Direction& d) {
+  const size_t keep = d.send_in_flight ? std::min<size_t>(d.chunks_in_flight, d.queued()) : 0;
+  for (size_t i = d.head + keep; i < d.queue.size(); ++i) {
+    d.queued_bytes -= d.queue[i].length;
+    releaseChunk(d, d.queue[i]);
+  }
+  d.queue.resize(d.head + keep);
 }
 
 void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
-  if (!c.more()) {
-    d.recv_armed = false;
-    d.recv_cancelling = false;
-  }
+  d.recv_armed = false;
   if (c.res > 0 && c.hasBuffer()) {
     if (conn.state != State::kRelaying) {
       ring_.recycleBuffer(c.bufferId());
       return;
     }
-    d.queue.push_back(Chunk{c.bufferId(), 0, static_cast<uint32_t>(c.res)});
+    takeChunk(d, c);
+    conn.last_activity = now_;
     if (from_client) {
       conn.request_bytes += static_cast<uint64_t>(c.res);
       conn.counters->received_bytes.add(static_cast<uint64_t>(c.res));
     }
-    pump(slot, from_client);
-    if (d.recv_armed && !d.recv_cancelling && d.queued() >= Worker::kMaxQueuedChunks) {
-      // Backpressure: the other side is slower; stop reading until the queue drains.
-      ring_.cancel(tag(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot, conn.generation),
-                   tag(Op::kCancelRecv, slot));
-      d.recv_cancelling = true;
-    } else {
-      maybeArmRecv(slot, from_client);
+    // High watermark: stop reading this side until the other side took half of it.
+    if (d.queued_bytes >= settings_.buffer_limit) {
+      d.paused = true;
+      stats_.counters().watermark_pauses.inc();
     }
+    pump(slot, from_client);
+    maybeArmRecv(slot, from_client);
     return;
   }
   if (c.hasBuffer()) ring_.recycleBuffer(c.bufferId());
   if (conn.state != State::kRelaying) return;
   if (c.res == 0) {
     d.eof = true;
+    conn.last_activity = now_;
+    if (conn.half_closed == std::chrono::steady_clock::time_point{}) conn.half_closed = now_;
     pump(slot, from_client);  // half-close the other side once the queue is flushed
   } else if (c.res == -ENOBUFS) {
     // Replenish and re-arm: afterBatch re-arms once buffers have come back.
     stats_.counters().buffer_exhausted.inc();
     d.starved = true;
     starved_.push_back(Starved{slot, conn.generation, from_client});
-  } else if (c.res == -ECANCELED) {
+  } else if (c.res == -ECANCELED || c.res == -EINTR || c.res == -EAGAIN) {
     maybeArmRecv(slot, from_client);
   } else {
-    closeConnection(slot, from_client ? "client_reset" : "upstream_reset");
+    onPeerReset(slot, from_client);
   }
 }
 
 void Worker::pump(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
-  if (conn.state != State::kRelaying) return;
+  // While flushing, only the direction away from the side that reset still moves.
+  if (conn.state != State::kRelaying &&
+      !(conn.state == State::kFlushing && from_client == conn.reset_by_client)) {
+    return;
+  }
   Direction& d = from_client ? conn.request : conn.response;
   const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
   if (d.send_in_flight) return;
@@ -416,11 +548,11 @@ void Worker::pump(uint32_t slot, bool from_client) {
     const size_t n = std::min(d.queued(), kMaxGather);
     if (n == 1) {
       const Chunk& ch = d.queue[d.head];
-      ring_.send(to_fd, ring_.buffer(ch.buffer).subspan(ch.offset, ch.length), ud);
+      ring_.send(to_fd, {chunkData(ch), ch.length}, ud);
     } else {
       for (size_t i = 0; i < n; ++i) {
         const Chunk& ch = d.queue[d.head + i];
-        d.iov[i] = iovec{ring_.buffer(ch.buffer).data() + ch.offset, ch.length};
+        d.iov[i] = iovec{const_cast<char*>(chunkData(ch)), ch.length};
       }
       d.message = msghdr{};
       d.message.msg_iov = d.iov.data();
@@ -429,6 +561,9 @@ void Worker::pump(uint32_t slot, bool from_client) {
     }
     d.chunks_in_flight = static_cast<uint32_t>(n);
     d.send_in_flight = true;
+  } else if (conn.state == State::kFlushing) {
+    // Everything the resetting side sent is out: now the other side learns of the reset.
+    closeConnection(slot, conn.outcome, /*reset=*/true);
   } else if (d.eof && !d.shut_sent) {
     ring_.shutdown(to_fd, SHUT_WR, tag(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
     d.shut_sent = true;
@@ -442,21 +577,32 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
   const size_t in_flight = std::min<size_t>(d.chunks_in_flight, d.queued());
   d.chunks_in_flight = 0;
   if (in_flight == 0) return;  // cannot happen: a send always has its chunks queued
-  if (conn.state != State::kRelaying || c.res <= 0) {
-    for (size_t i = 0; i < in_flight; ++i) ring_.recycleBuffer(d.queue[d.head + i].buffer);
-    d.head += in_flight;
-    if (conn.state == State::kRelaying) {
-      closeConnection(slot, to_client ? "client_reset" : "upstream_reset");
+  const bool live = conn.state == State::kRelaying ||
+                    (conn.state == State::kFlushing && to_client != conn.reset_by_client);
+  if (!live || c.res <= 0) {
+    for (size_t i = 0; i < in_flight; ++i) {
+      d.queued_bytes -= d.queue[d.head].length;
+      releaseChunk(d, d.queue[d.head]);
+      ++d.head;
+    }
+    if (live) {
+      if (conn.state == State::kFlushing) {
+        closeConnection(slot, conn.outcome, /*reset=*/true);
+      } else {
+        onPeerReset(slot, to_client);  // the side we wrote to is gone
+      }
     }
     return;
   }
   const auto sent = static_cast<uint32_t>(c.res);
+  conn.last_activity = now_;
   if (to_client) {
     conn.response_bytes += sent;
     conn.counters->sent_bytes.add(sent);
   }
   // A short send leaves the rest in place; it goes out from the same buffers.
   uint32_t left = sent;
+  d.queued_bytes -= std::min<size_t>(sent, d.queued_bytes);
   for (size_t i = 0; i < in_flight && left > 0; ++i) {
     Chunk& ch = d.queue[d.head];
     const uint32_t part = std::min(left, ch.length);
@@ -464,15 +610,35 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
     ch.length -= part;
     left -= part;
     if (ch.length != 0) break;
-    ring_.recycleBuffer(ch.buffer);
+    releaseChunk(d, ch);
     ++d.head;
   }
   if (d.head == d.queue.size()) {
     d.queue.clear();
     d.head = 0;
   }
+  // Low watermark: resume reading the source once half of the limit has gone out.
+  if (d.paused && d.queued_bytes <= settings_.buffer_limit / 2) d.paused = false;
   pump(slot, !to_client);
   maybeArmRecv(slot, !to_client);
+}
+
+void Worker::onPeerReset(uint32_t slot, bool client_side) {
+  Connection& conn = slots_[slot];
+  if (conn.state != State::kRelaying) return;
+  (client_side ? stats_.counters().resets_from_client : stats_.counters().resets_from_upstream)
+      .inc();
+  conn.outcome = client_side ? "client_reset" : "upstream_reset";
+  // The failed side is done with: reset its socket now, and forget what was meant for it.
+  closeSocket(slot, client_side, /*reset=*/true);
+  dropQueue(client_side ? conn.response : conn.request);
+  Direction& onward = client_side ? conn.request : conn.response;
+  conn.state = State::kFlushing;
+  conn.reset_by_client = client_side;
+  conn.flush_deadline = now_ + kResetFlushLimit;
+  // Bytes it sent before the reset still reach the other side; then that side is reset.
+  pump(slot, client_side);
+  (void)onward;
 }
 
 void Worker::onShutdown(uint32_t slot, bool client_side, const Completion& /*c*/) {
@@ -484,31 +650,57 @@ void Worker::onShutdown(uint32_t slot, bool client_side, const Completion& /*c*/
   }
 }
 
-void Worker::closeConnection(uint32_t slot, const char* outcome) {
+void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
+  Connection& conn = slots_[slot];
+  int& fd = client_side ? conn.client_fd : conn.upstream_fd;
+  if (fd < 0) return;
+  if (!reset) {
+    // shutdown wakes a pending receive (it completes with 0) before the close.
+    ring_.shutdownAndClose(fd, tag(Op::kTeardown, slot));
+    ++conn.inflight;  // two completions under one tag
+    fd = -1;
+    return;
+  }
+  sockets_.setResetOnClose(fd);
+  // Cancel by user_data: a hash lookup per operation, whatever else the ring holds.
+  const Direction& in = client_side ? conn.request : conn.response;
+  const Direction& out = client_side ? conn.response : conn.request;
+  if (in.recv_armed) {
+    ring_.cancel(tag(client_side ? Op::kRecvClient : Op::kRecvUpstream, slot, conn.generation),
+                 tag(Op::kTeardown, slot));
+  }
+  if (out.send_in_flight) {
+    ring_.cancel(tag(client_side ? Op::kSendClient : Op::kSendUpstream, slot, conn.generation),
+                 tag(Op::kTeardown, slot));
+  }
+  if (!client_side && conn.state == State::kConnecting) {
+    ring_.cancel(tag(Op::kConnect, slot, conn.generation), tag(Op::kTeardown, slot));
+  }
+  ring_.close(fd, tag(Op::kTeardown, slot));
+  fd = -1;
+}
+
+void Worker::closeConnection(uint32_t slot, const char* outcome, bool reset) {
   Connection& conn = slots_[slot];
   if (conn.state == State::kClosing || conn.state == State::kFree) return;
+  // A clean close must never pass for the end of data that did not make it.
+  if (conn.request.queued() > 0 || conn.response.queued() > 0) reset = true;
+  if (reset && conn.state != State::kFlushing && conn.state != State::kConnecting) {
+    stats_.counters().resets_sent.inc();
+  }
+  for (Direction* d : {&conn.request, &conn.response}) dropQueue(*d);
+  closeSocket(slot, true, reset);
+  closeSocket(slot, false, reset);
   conn.state = State::kClosing;
   conn.outcome = outcome;
-  for (Direction* d : {&conn.request, &conn.response}) {
-    // Chunks being sent go back when their send completes; the rest go back now.
-    const size_t keep = d->send_in_flight ? std::min<size_t>(d->chunks_in_flight, d->queued()) : 0;
-    for (size_t i = d->head + keep; i < d->queue.size(); ++i) {
-      ring_.recycleBuffer(d->queue[i].buffer);
-    }
-    d->queue.resize(d->head + keep);
-  }
-  for (int* fd : {&conn.client_fd, &conn.upstream_fd}) {
-    if (*fd < 0) continue;
-    ring_.teardown(*fd, tag(Op::kTeardown, slot));
-    conn.inflight += 2;  // teardown completes three times: cancel, shutdown, close
-    *fd = -1;
-  }
   if (conn.counted_open) conn.counters->closed.inc();
   if (conn.decision.kind == RouteDecision::Kind::kService && router_ && conn.table == table_) {
     router_->release(conn.decision);
   }
-  if (access_log_) logAccess(conn);
+  if (access_log_ && settings_.access_log) logAccess(conn);
+  stats_.counters().closed.inc();
   --active_;
+  if (accept_paused_ && active_ < settings_.max_connections) resumeAccepting();
 }
 
 void Worker::maybeFree(uint32_t slot) {
@@ -557,13 +749,15 @@ void Worker::logAccess(const Connection& conn) {
   } else if (conn.decision.kind == RouteDecision::Kind::kRefused) {
     service = kBlackHoleCluster;
   }
-  access_log_(fmt::format(
-      "{} downstream={} original_dst={} service={} subset={} upstream={} outcome={} "
-      "received_bytes={} sent_bytes={} duration_ms={} attempts={}",
-      conn.kind == ListenerKind::kInbound ? "inbound" : "outbound", conn.peer.toString(),
-      conn.original_dst.toString(), service, subset.empty() ? "-" : subset,
-      conn.tried.empty() ? "-" : conn.tried.back().toString(), conn.outcome, conn.request_bytes,
-      conn.response_bytes, ms, conn.tried.size()));
+  if (!access_log_(fmt::format(
+          "{} downstream={} original_dst={} service={} subset={} upstream={} outcome={} "
+          "received_bytes={} sent_bytes={} duration_ms={} attempts={}",
+          conn.kind == ListenerKind::kInbound ? "inbound" : "outbound", conn.peer.toString(),
+          conn.original_dst.toString(), service, subset.empty() ? "-" : subset,
+          conn.tried.empty() ? "-" : conn.tried.back().toString(), conn.outcome, conn.request_bytes,
+          conn.response_bytes, ms, conn.tried.size()))) {
+    stats_.counters().access_log_dropped.inc();
+  }
 }
 
 }  // namespace remora::proxy

@@ -36,12 +36,22 @@ struct WorkerSettings {
   IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);  // 127.0.0.6
   IpAddress inbound_source_v6 = *IpAddress::parse("::6");
   bool access_log = false;
+  // Bytes queued per connection and direction before the source stops being read (the high
+  // watermark); reading resumes at half of it (the low watermark).
+  size_t buffer_limit = size_t{1} << 20;
+  // Zero disables each of these.
+  std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  std::chrono::milliseconds half_close_timeout{std::chrono::minutes(1)};
+  std::chrono::milliseconds max_connection_duration{0};
+  // Open connections on this worker before accepting pauses (0: no limit).
+  size_t max_connections = 0;
 };
 
 using RouterFactory =
     std::function<std::unique_ptr<routing::Router>(std::shared_ptr<const routing::RouteTable>)>;
-// Receives one formatted access-log line per finished connection.
-using AccessLogSink = std::function<void(const std::string&)>;
+// Receives one formatted access-log line per finished connection; false when the line was
+// dropped (a full queue). Must not block.
+using AccessLogSink = std::function<bool(std::string)>;
 
 // The op byte of every user_data this worker tags.
 enum class Op : uint8_t {
@@ -57,21 +67,24 @@ enum class Op : uint8_t {
   kSendClient,
   kShutUpstream,  // SHUT_WR toward upstream after the client's EOF
   kShutClient,
-  kCancelRecv,   // cancel of a multishot recv to apply backpressure
-  kCloseFailed,  // close of an upstream socket whose connect failed
-  kTeardown,     // cancel -> shutdown -> close of a connection's sockets
+  kCancelRecv,    // unused since receives are one-shot; kept so op numbers stay stable
+  kCloseFailed,   // close of an upstream socket whose connect failed
+  kTeardown,      // shutdown -> close, or cancel + close (reset), of a connection's sockets
+  kTick,          // the timeout sweep timer
+  kAcceptCancel,  // cancel of a multishot accept (connection limit, drain)
 };
 
 class Worker final : public loop::CompletionHandler {
  public:
-  // Chunks queued toward one side before its source stops receiving (backpressure), so no
-  // single connection can hoard the buffer ring: with the default 64 KiB buffers, 512 KiB per
-  // direction. Eight measured better than four for bulk relay (iperf3) and no worse than sixteen.
-  static constexpr size_t kMaxQueuedChunks = 8;
-  // Chunks one send gathers (sendmsg): bulk data leaves in large writes, one completion each,
-  // instead of one send per received buffer. Above kMaxQueuedChunks because completions already
-  // posted when the receive is cancelled can still add to the queue.
+  // Received chunks one direction may keep in the ring's provided buffers (zero copy). Data
+  // beyond this, or arriving while the pool is low, is copied into the connection's own memory
+  // and its buffer goes straight back, so no set of connections can hold the shared pool.
+  static constexpr size_t kMaxBorrowedChunks = 4;
+  // Chunks one send gathers (sendmsg): bulk data leaves in large writes, one completion each.
   static constexpr size_t kMaxGather = 16;
+  // How long a reset waits for the bytes already received from the resetting side to be sent
+  // on to the other side before that side is reset too.
+  static constexpr std::chrono::milliseconds kResetFlushLimit{2000};
 
   // `stats` must outlive the worker; `router_factory` is called on the first table.
   Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats, RouterFactory router_factory,
@@ -86,31 +99,43 @@ class Worker final : public loop::CompletionHandler {
   void watchControl(int eventfd, std::function<void()> on_wake);
   // A new table and settings for new connections; open connections keep their own.
   void setTable(std::shared_ptr<const routing::RouteTable> table, const WorkerSettings& settings);
-  // Drain: stops accepting (cancel -> shutdown -> close of every listener).
+  // Drain: stops accepting on every listener (or on those of one kind): cancel the accept,
+  // close the socket. quiescent() stays false until those closes completed.
   void stopAccepting();
-  // Tears down every open connection (drain timeout or shutdown).
+  void stopAccepting(ListenerKind kind);
+  // Resets every open connection (drain deadline or shutdown): the peers see ECONNRESET, not a
+  // clean end of a cut transfer.
   void abortAll();
   void setAccessLog(AccessLogSink sink) { access_log_ = std::move(sink); }
 
   size_t activeConnections() const { return active_; }
   // No connection slot in use and no listener left.
-  bool quiescent() const { return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0; }
+  bool quiescent() const {
+    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0;
+  }
+  bool acceptPaused() const { return accept_paused_; }
 
   void onCompletion(const loop::Completion& completion) override;
   void afterBatch() override;
 
  private:
+  // Bytes received from one side, waiting to be written to the other: either in a provided
+  // buffer of the ring (borrowed) or copied into memory of its own.
   struct Chunk {
     uint16_t buffer = 0;
+    bool borrowed = false;
     uint32_t offset = 0;
     uint32_t length = 0;
+    std::unique_ptr<char[]> owned;
   };
   // Data read from one side and written to the other.
   struct Direction {
     std::vector<Chunk> queue;
     size_t head = 0;
+    size_t queued_bytes = 0;  // unsent bytes in the queue
+    size_t borrowed = 0;      // chunks of the queue in provided buffers
     bool recv_armed = false;
-    bool recv_cancelling = false;
+    bool paused = false;   // above the high watermark; resumes at the low one
     bool starved = false;  // waiting for provided buffers after -ENOBUFS
     bool eof = false;
     bool send_in_flight = false;
@@ -122,7 +147,9 @@ class Worker final : public loop::CompletionHandler {
     std::array<iovec, kMaxGather> iov{};
     msghdr message{};
   };
-  enum class State : uint8_t { kFree, kConnecting, kRelaying, kClosing };
+  // kFlushing: one side reset; the bytes it sent are still being written to the other side,
+  // which is reset once they are out (or after kResetFlushLimit).
+  enum class State : uint8_t { kFree, kConnecting, kRelaying, kFlushing, kClosing };
   struct Connection {
     uint32_t generation = 1;
     State state = State::kFree;
@@ -145,6 +172,10 @@ class Worker final : public loop::CompletionHandler {
     uint64_t request_bytes = 0;
     uint64_t response_bytes = 0;
     std::chrono::steady_clock::time_point started;
+    std::chrono::steady_clock::time_point last_activity;
+    std::chrono::steady_clock::time_point half_closed;     // first EOF; epoch while none
+    std::chrono::steady_clock::time_point flush_deadline;  // kFlushing
+    bool reset_by_client = false;                          // kFlushing: which side reset
     const char* outcome = "ok";
   };
   struct Listener {
@@ -171,7 +202,21 @@ class Worker final : public loop::CompletionHandler {
   void pump(uint32_t slot, bool from_client);
   void maybeArmRecv(uint32_t slot, bool from_client);
   // Closes the connection: every socket goes through cancel -> shutdown -> close.
-  void closeConnection(uint32_t slot, const char* outcome);
+  // Closes the connection. A clean close (shutdown -> close) only when nothing is left unsent;
+  // otherwise, or when `reset`, every socket gets SO_LINGER {1,0}: its pending operations are
+  // cancelled by user_data and the close sends an RST.
+  void closeConnection(uint32_t slot, const char* outcome, bool reset = false);
+  // The side `client_side` reset or failed: flush what it sent to the other side, then reset.
+  void onPeerReset(uint32_t slot, bool client_side);
+  void closeSocket(uint32_t slot, bool client_side, bool reset);
+  void takeChunk(Direction& d, const loop::Completion& c);
+  void releaseChunk(Direction& d, Chunk& ch);
+  void dropQueue(Direction& d);
+  const char* chunkData(const Chunk& ch);
+  void onTick();
+  void armTick();
+  void pauseAccepting();
+  void resumeAccepting();
   void maybeFree(uint32_t slot);
   uint32_t allocateSlot();
   EndpointCounters* countersFor(const Connection& conn);
@@ -188,7 +233,13 @@ class Worker final : public loop::CompletionHandler {
 
   std::vector<Listener> listeners_;
   size_t listeners_open_ = 0;
+  size_t listener_ops_ = 0;  // cancel and close completions of listeners still to come
   bool accepting_ = true;
+  bool accept_paused_ = false;  // at max_connections
+  size_t buffer_reserve_ = 0;   // provided buffers kept free for everyone: no borrowing below
+  std::chrono::steady_clock::time_point now_;  // refreshed once per batch
+  std::chrono::milliseconds tick_{1000};
+  bool tick_armed_ = false;
   std::deque<Connection> slots_;  // a deque: references stay valid as it grows
   std::vector<uint32_t> free_slots_;
   size_t slots_in_use_ = 0;
