@@ -169,6 +169,46 @@ TEST(UringRingTest, MultishotAcceptAndRecvIntoProvidedBuffersThenTeardown) {
   close(*listener);
 }
 
+// The worker's path: a one-shot recv into a provided buffer, then shutdown -> close, whose
+// shutdown ends the pending recv (res 0) without any cancel.
+TEST(UringRingTest, OneShotRecvThenShutdownAndCloseWakesThePendingRecv) {
+  RingOptions opts;
+  opts.buffer_count = 4;
+  opts.buffer_size = 4096;
+  auto ring = UringRing::create(opts);
+  if (!ring) GTEST_SKIP() << "io_uring unavailable here: " << ring.error().message;
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  ASSERT_EQ(write(sv[1], "hi", 2), 2);
+  (*ring)->recv(sv[0], UserData{2, 1, 1}.encode());
+  Collect c;
+  ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(2000)));
+  ASSERT_EQ(c.got.size(), 1u);
+  EXPECT_FALSE(c.got[0].more());  // one-shot
+  ASSERT_EQ(c.got[0].res, 2);
+  ASSERT_TRUE(c.got[0].hasBuffer());
+  (*ring)->recycleBuffer(c.got[0].bufferId());
+
+  (*ring)->recv(sv[0], UserData{2, 1, 2}.encode());  // nothing to read: stays pending
+  (*ring)->shutdownAndClose(sv[0], UserData{3, 1, 2}.encode());
+  c.got.clear();
+  for (int i = 0; i < 5 && c.got.size() < 3; ++i) {
+    ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(1000)));
+  }
+  std::map<uint8_t, int> by_op;
+  for (const auto& x : c.got) {
+    by_op[UserData::decode(x.user_data).op]++;
+    if (UserData::decode(x.user_data).op == 2) {
+      EXPECT_EQ(x.res, 0);
+    }
+  }
+  EXPECT_EQ(by_op[2], 1);
+  EXPECT_EQ(by_op[3], 2);
+  char buf[4];
+  EXPECT_EQ(read(sv[1], buf, sizeof(buf)), 0);
+  close(sv[1]);
+}
+
 TEST(UringRingTest, ConnectTimesOutThroughTheLinkedTimeout) {
   auto ring = UringRing::create(RingOptions{64, 256, 0, 0});
   if (!ring) GTEST_SKIP() << "io_uring unavailable here: " << ring.error().message;
