@@ -329,5 +329,78 @@ TEST_F(CniChainE2e, GcRemovesStaleAttachmentsOnly) {
   EXPECT_EQ(status.exit_code, 0) << status.out;
 }
 
+TEST_F(CniChainE2e, OwnNamespaceIsRefusedAndGetsNoRules) {
+  // remora-cni used to accept CNI_NETNS naming the namespace it runs in (on a node, the host's)
+  // and install its rules there. It runs here in the world's node namespace, so even that bug
+  // would only touch a namespace of this test's own.
+  Pod pod = newPod("own");
+  json list = conflist(remoraEntry());
+  auto runs = addChain(list, pod, "c-own");
+  ASSERT_EQ(runs.size(), 2u);
+  json config = remoraEntry();
+  config["cniVersion"] = "1.0.0";
+  config["name"] = network_;
+  config["prevResult"] = runs.front().result();
+  Pod node{"node", world_->nodeNetns(), "", ""};
+  for (const char* own : {"/proc/self/ns/net", "/proc/thread-self/ns/net"}) {
+    for (const char* command : {"ADD", "CHECK", "DEL"}) {
+      auto out =
+          runCommand({"nsenter", "--net=/var/run/netns/" + world_->nodeNetns(), "env",
+                      std::string("CNI_COMMAND=") + command, "CNI_CONTAINERID=c-own",
+                      std::string("CNI_NETNS=") + own, "CNI_IFNAME=eth0", binaryPath("remora-cni")},
+                     config.dump());
+      ASSERT_TRUE(out.ok());
+      if (std::string(command) == "DEL") {
+        EXPECT_EQ(out->exit_code, 0) << own << " " << out->out;
+        EXPECT_EQ(out->out, "");
+        continue;
+      }
+      EXPECT_EQ(out->exit_code, 1) << command << " " << own << ": " << out->out;
+      json error = json::parse(out->out, nullptr, false);
+      EXPECT_EQ(error["code"], 4) << out->out;
+      EXPECT_EQ(error["msg"],
+                fmt::format("CNI_NETNS '{}' is remora-cni's own network namespace", own));
+    }
+  }
+  EXPECT_FALSE(hasRemora(natRules(node)));
+  EXPECT_FALSE(hasRemora(natRules(node, "ip6tables-save")));
+  // The pod's own namespace is untouched by all of that.
+  EXPECT_TRUE(hasRemora(natRules(pod)));
+}
+
+TEST_F(CniChainE2e, PathologicalStdinGetsErrorJsonNotACrash) {
+  Pod pod = newPod("deep");
+  auto run = [&](const std::string& input) {
+    auto out = runCommand({"env", "CNI_COMMAND=ADD", "CNI_CONTAINERID=x", "CNI_IFNAME=eth0",
+                           "CNI_NETNS=" + netnsPath(pod), binaryPath("remora-cni")},
+                          input);
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  };
+  // prevResult nested 50,000 deep used to die with SIGSEGV and print nothing.
+  std::string deep =
+      R"({"cniVersion":"1.0.0","name":"n","type":"remora-cni","prevResult":{"ips":)" +
+      std::string(50000, '[') + std::string(50000, ']') + "}}";
+  auto nested = run(deep);
+  EXPECT_EQ(nested.exit_code, 1);
+  EXPECT_EQ(json::parse(nested.out, nullptr, false)["code"], 6) << nested.out << nested.err;
+  // Invalid UTF-8 in CNI_ARGS was an internal error (199).
+  auto utf8 = runCommand(
+      {"env", "CNI_COMMAND=ADD", "CNI_CONTAINERID=x", "CNI_IFNAME=eth0",
+       "CNI_NETNS=" + netnsPath(pod), "CNI_ARGS=K8S_POD_NAME=\xff", binaryPath("remora-cni")},
+      json{{"cniVersion", "1.0.0"},
+           {"name", "n"},
+           {"type", "remora-cni"},
+           {"stateDir", tmp_ + "/state"},
+           {"prevResult", json::object()}}
+          .dump());
+  ASSERT_TRUE(utf8.ok());
+  EXPECT_EQ(json::parse(utf8->out, nullptr, false)["code"], 4) << utf8->out;
+  // More than 4 MiB: read no further, answer with code 6.
+  auto big = run(std::string((size_t{8} << 20), ' '));
+  EXPECT_EQ(json::parse(big.out, nullptr, false)["code"], 6) << big.out;
+  EXPECT_FALSE(hasRemora(natRules(pod)));
+}
+
 }  // namespace
 }  // namespace remora::test
