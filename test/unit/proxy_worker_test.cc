@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
+#include "proxy/access_log.h"
 #include "proxy/worker.h"
 #include "proxy_fakes.h"
 
@@ -484,6 +486,28 @@ TEST_F(WorkerTest, AFullAccessLogQueueDropsAndCounts) {
   establish(kClientFd);
   worker_->abortAll();
   EXPECT_EQ(stats_.counters().access_log_dropped.get(), 1u);
+}
+
+// The writer thread is stuck (a full stdout pipe): pushes never wait, and past the capacity they
+// are refused, which the worker counts as dropped lines.
+TEST(AccessLogQueueTest, NeverBlocksAndRefusesLinesPastItsCapacity) {
+  std::atomic<bool> writing{false};
+  std::atomic<bool> release{false};
+  std::vector<std::string> written;
+  {
+    AccessLogQueue queue(2, [&](const std::string& line) {
+      writing = true;
+      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      written.push_back(line);
+    });
+    EXPECT_TRUE(queue.push("first"));
+    while (!writing) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_TRUE(queue.push("second"));
+    EXPECT_TRUE(queue.push("third"));
+    EXPECT_FALSE(queue.push("fourth"));  // full: dropped at once
+    release = true;
+  }  // the destructor writes what is queued
+  EXPECT_EQ(written, (std::vector<std::string>{"first", "second", "third"}));
 }
 
 TEST(UserDataTest, RoundTripsOpSlotAndGeneration) {
