@@ -197,7 +197,7 @@ Result<Labels> readLabels(const Context& ctx, const YAML::Node& node, std::strin
   }
   labels.reserve(node.size());
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& value = it->second;
+    YAML::Node value = it->second;  // a copy: the iterator's proxy is a temporary
     if (present(value) && !value.IsScalar()) {
       return ctx.error(fmt::format("{}.{}", field, it->first.Scalar()), lineOf(value, line),
                        "a label value must be a string");
