@@ -67,7 +67,7 @@ stage_asan() {
   logs=$(sanitizer_log_dir asan)
   echo "asan: not run under ASan (regex $ASAN_EXCLUDE): the podman tests run the binaries in a" \
     "container image without the sanitizer runtimes; bench_quick_smoke measures speed"
-  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1:log_path=$logs/asan" \
+  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan" \
     ctest --test-dir "$dir" -L 'unit|e2e' -E "$ASAN_EXCLUDE" --output-on-failure -j"$jobs" \
     --timeout 900 || status=1
