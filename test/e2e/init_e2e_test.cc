@@ -48,7 +48,7 @@ class InitE2e : public ::testing::TestWithParam<std::string> {
   CommandOutput init(std::vector<std::string> args, const Pod* pod = nullptr) {
     args.insert(args.begin(), binaryPath("remora-init"));
     if (args.size() > 1 && args[1] == "install") {
-      args.push_back("--iptables-backend");
+      args.emplace_back("--iptables-backend");
       args.push_back(backend());
     }
     auto out = world_->exec(pod ? *pod : front_, args);
