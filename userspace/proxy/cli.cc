@@ -139,6 +139,9 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
       ->check(CLI::Range(size_t{1}, size_t{1} << 24));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
   app.add_flag("--no-ipv6", no_ipv6, "do not add [::] listeners beside 0.0.0.0 ones");
+  app.add_flag("--allow-empty-config", options.allow_empty_config,
+               "load a config file with no YAML document (refused by default: it would pass "
+               "every connection through)");
   app.add_option("--ring-entries", options.ring.sq_entries, "submission queue entries per worker");
   app.add_option("--buffer-count", options.ring.buffer_count,
                  "provided receive buffers per worker (power of two)");

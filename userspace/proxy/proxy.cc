@@ -73,6 +73,54 @@ bool isConfigEvent(std::string_view name, std::string_view config_basename) {
   return name == config_basename || name == "..data";
 }
 
+bool isEmptyConfig(std::string_view text) {
+  while (!text.empty()) {
+    const size_t end = text.find('\n');
+    std::string_view line = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    const size_t start = line.find_first_not_of(" \t\r");
+    if (start == std::string_view::npos) continue;  // blank
+    line = line.substr(start);
+    if (line[0] == '#') continue;
+    // Document markers, alone or followed by a comment.
+    for (std::string_view marker : {"---", "..."}) {
+      if (line.substr(0, 3) == marker) line = line.substr(3);
+    }
+    const size_t rest = line.find_first_not_of(" \t\r");
+    if (rest != std::string_view::npos && line[rest] != '#') return false;
+  }
+  return true;
+}
+
+ConfigRead readConfigFile(const std::string& path) {
+  ConfigRead out;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    out.error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return out;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) {
+    out.error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return out;
+  }
+  out.ok = true;
+  out.text = ss.str();
+  return out;
+}
+
+ConfigRead readSettled(const std::string& path, std::chrono::milliseconds interval, int max_reads) {
+  ConfigRead last = readConfigFile(path);
+  for (int i = 1; i < max_reads; ++i) {
+    std::this_thread::sleep_for(interval);
+    ConfigRead next = readConfigFile(path);
+    if (next == last) break;
+    last = std::move(next);
+  }
+  return last;
+}
+
 namespace {
 
 using loop::Completion;
@@ -84,10 +132,7 @@ enum class ControlOp : uint8_t {
   kInotify,
   kWorkerDone,
   kDrainTimer,
-  kAdminAccept,
-  kAdminRead,
-  kAdminSend,
-  kAdminClose,
+  kSettle,        // config reload: time to read the file again (see requestReload)
   kInboundGrace,  // sidecar drain: the inbound listeners close
   kDrainPoll,     // sidecar drain: outbound closes once no connection is left
 };
@@ -165,7 +210,6 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
   worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
-
   struct Spec {
     SocketAddress at;
     ListenerKind kind;
@@ -232,18 +276,6 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
     spdlog::error("worker done: {}", std::strerror(errno));
 }
 
-struct AdminConn {
-  uint32_t generation = 1;
-  bool in_use = false;
-  bool closing = false;
-  int fd = -1;
-  uint32_t inflight = 0;
-  std::unique_ptr<HttpRequestParser> parser;
-  std::array<char, 4096> buf{};
-  std::string out;
-  size_t sent = 0;
-};
-
 class Control final : public loop::CompletionHandler {
  public:
   Control(const ProxyOptions& options, TableLoader loader, RouterFactory routers)
@@ -252,12 +284,16 @@ class Control final : public loop::CompletionHandler {
   int run();
 
   void onCompletion(const Completion& c) override;
-  void afterBatch() override;
 
  private:
   int startWorkers();
   void stopWorkers();
-  bool reload(bool force);
+  // A config event or SIGHUP (`forced`: load even an unchanged file): the file is read again
+  // once it has been quiet for kSettleDelay, and loaded when two reads kSettleDelay apart, with
+  // no event between them, agree. A writer that rewrites the file in place is seen whole.
+  void requestReload(bool forced);
+  void onSettle();
+  bool load(const ConfigRead& read, bool force);
   void beginDrain(bool exit_after);
   void closeAllListeners();
   size_t activeConnections() const;
@@ -267,9 +303,6 @@ class Control final : public loop::CompletionHandler {
   }
   void onSignal(const Completion& c);
   void onInotify(const Completion& c);
-  void onAdmin(ControlOp op, uint32_t slot, const Completion& c);
-  void respond(uint32_t slot, const HttpResponse& response);
-  void closeAdmin(uint32_t slot);
   bool ready() const {
     return !draining_ && workers_started_ && (options_.config_path.empty() || table_);
   }
@@ -280,6 +313,9 @@ class Control final : public loop::CompletionHandler {
   const ProxyOptions& options_;
   TableLoader loader_;
   RouterFactory routers_;
+  // Declared before ring_ so that it is destroyed after it: the admin connections' buffers
+  // must outlive every read the ring may still have pending into them.
+  std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<loop::UringRing> ring_;
   routing::ProxySettings settings_;
   std::shared_ptr<const routing::RouteTable> table_;
@@ -303,13 +339,10 @@ class Control final : public loop::CompletionHandler {
   std::string config_dir_;
   std::string config_base_;
   alignas(inotify_event) std::array<char, 4096> inotify_buf_{};
-  bool reload_requested_ = false;
+  bool settle_armed_ = false;
+  bool settle_dirty_ = false;  // an event or SIGHUP since the last read
   bool reload_forced_ = false;
-
-  int admin_fd_ = -1;
-  bool admin_accept_armed_ = false;
-  std::vector<AdminConn> admin_;
-  AdminHooks hooks_;
+  std::optional<ConfigRead> settle_candidate_;
 
   bool draining_ = false;
   bool listeners_closed_ = false;
@@ -318,11 +351,8 @@ class Control final : public loop::CompletionHandler {
 };
 
 Control::~Control() {
-  for (int fd : {done_fd_, signal_fd_, inotify_fd_, admin_fd_}) {
+  for (int fd : {done_fd_, signal_fd_, inotify_fd_}) {
     if (fd >= 0) ::close(fd);
-  }
-  for (auto& a : admin_) {
-    if (a.fd >= 0) ::close(a.fd);
   }
   for (auto& w : workers_) {
     if (w->wake_fd >= 0) ::close(w->wake_fd);
@@ -363,27 +393,31 @@ int Control::run() {
     // Watch the directory, not the file: editors and ConfigMap volumes replace the file (or the
     // ..data symlink) by rename, which a watch on the old inode would never see.
     inotify_fd_ = inotify_init1(IN_CLOEXEC);
-    if (inotify_fd_ < 0 || inotify_add_watch(inotify_fd_, config_dir_.c_str(),
-                                             IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+    // IN_MODIFY too: each write of an in-place rewrite restarts the settling.
+    if (inotify_fd_ < 0 ||
+        inotify_add_watch(inotify_fd_, config_dir_.c_str(),
+                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY) < 0) {
       spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_dir_, std::strerror(errno));
     }
-    reload(true);
+    load(readSettled(options_.config_path, kSettleDelay, 50), true);
   }
   settings_ =
       effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{}, options_.overrides);
 
-  auto admin = openListener(settings_.admin_listen, 128);
+  const AdminLimits admin_limits;
+  auto admin = openListener(settings_.admin_listen, static_cast<int>(admin_limits.max_connections));
   if (!admin) {
     spdlog::critical("admin: {}", admin.error().message);
     return 1;
   }
-  admin_fd_ = *admin;
-  hooks_.ready = [this] { return ready(); };
-  hooks_.prometheus = [this] { return renderPrometheus(snapshot()); };
-  hooks_.config_dump = [this] { return configDump(); };
-  hooks_.clusters = [this] { return clusters(); };
-  hooks_.drain = [this] { beginDrain(false); };
-  hooks_.quit = [this] { beginDrain(true); };
+  AdminHooks hooks;
+  hooks.ready = [this] { return ready(); };
+  hooks.prometheus = [this] { return renderPrometheus(snapshot()) + admin_->renderPrometheus(); };
+  hooks.config_dump = [this] { return configDump(); };
+  hooks.clusters = [this] { return clusters(); };
+  hooks.drain = [this] { beginDrain(false); };
+  hooks.quit = [this] { beginDrain(true); };
+  admin_ = std::make_unique<AdminServer>(*ring_, std::move(hooks), admin_limits);
 
   if (int rc = startWorkers(); rc != 0) return rc;
 
@@ -397,8 +431,7 @@ int Control::run() {
   armRead(ControlOp::kWorkerDone, done_fd_,
           {reinterpret_cast<char*>(&done_value_), sizeof(done_value_)});
   if (inotify_fd_ >= 0) armRead(ControlOp::kInotify, inotify_fd_, inotify_buf_);
-  ring_->acceptMultishot(admin_fd_, controlTag(ControlOp::kAdminAccept));
-  admin_accept_armed_ = true;
+  admin_->start(*admin);
 
   spdlog::info(
       "remora-proxy started: outbound {} inbound {} admin {} workers {} policy {} config "
@@ -465,20 +498,46 @@ void Control::stopWorkers() {
   }
 }
 
-bool Control::reload(bool force) {
-  std::ifstream in(options_.config_path);
-  std::string text;
-  bool read_ok = false;
-  if (in) {
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-    read_ok = !in.bad();
+void Control::requestReload(bool forced) {
+  reload_forced_ = reload_forced_ || forced;
+  settle_dirty_ = true;
+  if (!settle_armed_) {
+    ring_->timeout(kSettleDelay, controlTag(ControlOp::kSettle));
+    settle_armed_ = true;
   }
-  if (!force && read_ok && table_ && text == last_text_) return false;  // touched, not changed
-  Result<std::shared_ptr<const routing::RouteTable>> loaded =
-      makeError(fmt::format("cannot read {}: {}", options_.config_path, std::strerror(errno)));
-  if (read_ok) {
+}
+
+void Control::onSettle() {
+  settle_armed_ = false;
+  ConfigRead now = readConfigFile(options_.config_path);
+  if (!settle_dirty_ && settle_candidate_ && now == *settle_candidate_) {
+    settle_candidate_.reset();
+    const bool forced = reload_forced_;
+    reload_forced_ = false;
+    load(now, forced);
+    return;
+  }
+  if (settle_candidate_) SPDLOG_DEBUG("config file still changing; reading it again");
+  settle_dirty_ = false;
+  settle_candidate_ = std::move(now);
+  ring_->timeout(kSettleDelay, controlTag(ControlOp::kSettle));
+  settle_armed_ = true;
+}
+
+bool Control::load(const ConfigRead& read, bool force) {
+  const std::string& text = read.text;
+  if (!force && read.ok && table_ && text == last_text_) return false;  // touched, not changed
+  Result<std::shared_ptr<const routing::RouteTable>> loaded = makeError(read.error);
+  if (read.ok && isEmptyConfig(text) && !options_.allow_empty_config) {
+    // Most often a file caught between truncation and write. Loading it would pass every
+    // connection through, and each failed passthrough connect would leave a conntrack entry
+    // that keeps later app connections from the same port from being redirected (PROXY.md,
+    // "Reloads").
+    loaded = makeError(fmt::format(
+        "{} holds no YAML document; refused, since an empty config would pass every connection "
+        "through (--allow-empty-config accepts one)",
+        options_.config_path));
+  } else if (read.ok) {
     // The loader reports errors as values; a stray exception from a YAML library must still
     // only reject this config, never take the proxy down.
     try {
@@ -497,7 +556,7 @@ bool Control::reload(bool force) {
     return false;
   }
   table_ = std::move(*loaded);
-  last_text_ = std::move(text);
+  last_text_ = text;
   ++generation_;
   ++reloads_;
   last_reload_ok_ = true;
@@ -586,6 +645,10 @@ void Control::checkWorkersDone() {
 
 void Control::onCompletion(const Completion& c) {
   if (c.user_data == loop::kIgnoredUserData) return;
+  if (AdminServer::owns(c.user_data)) {
+    admin_->onCompletion(c);
+    return;
+  }
   const UserData ud = UserData::decode(c.user_data);
   const auto op = static_cast<ControlOp>(ud.op);
   switch (op) {
@@ -620,48 +683,16 @@ void Control::onCompletion(const Completion& c) {
     case ControlOp::kDrainTimer:
       if (c.res == -ETIME) {
         spdlog::warn("drain timeout: resetting the connections still open");
-
         for (auto& w : workers_) {
           if (!w->finished.load()) w->post([](WorkerCommand& cmd) { cmd.stop = true; });
         }
       }
       break;
-    case ControlOp::kAdminAccept:
-      if (!c.more()) admin_accept_armed_ = false;
-      if (c.res >= 0) {
-        uint32_t slot = 0;
-        while (slot < admin_.size() && admin_[slot].in_use) ++slot;
-        if (slot == admin_.size()) admin_.emplace_back();
-        AdminConn& a = admin_[slot];
-        a.in_use = true;
-        a.closing = false;
-        a.fd = c.res;
-        a.inflight = 1;
-        a.parser = std::make_unique<HttpRequestParser>();
-        a.out.clear();
-        a.sent = 0;
-        ring_->read(a.fd, a.buf, controlTag(ControlOp::kAdminRead, slot, a.generation));
-      }
-      if (!admin_accept_armed_) {
-        ring_->acceptMultishot(admin_fd_, controlTag(ControlOp::kAdminAccept));
-        admin_accept_armed_ = true;
-      }
-      break;
-    case ControlOp::kAdminRead:
-    case ControlOp::kAdminSend:
-    case ControlOp::kAdminClose:
-      onAdmin(op, ud.slot, c);
+    case ControlOp::kSettle:
+      onSettle();
       break;
     default:
       break;
-  }
-}
-
-void Control::afterBatch() {
-  if (reload_requested_) {
-    reload(reload_forced_);
-    reload_requested_ = false;
-    reload_forced_ = false;
   }
 }
 
@@ -670,10 +701,7 @@ void Control::onSignal(const Completion& c) {
     int sig = static_cast<int>(siginfo_.ssi_signo);
     if (sig == SIGHUP) {
       spdlog::info("SIGHUP: reloading {}", options_.config_path);
-      if (!options_.config_path.empty()) {
-        reload_requested_ = true;
-        reload_forced_ = true;
-      }
+      if (!options_.config_path.empty()) requestReload(true);
     } else {
       spdlog::info("{}: draining", strsignal(sig));
       beginDrain(true);
@@ -688,15 +716,10 @@ void Control::onInotify(const Completion& c) {
     while (off + sizeof(inotify_event) <= static_cast<size_t>(c.res)) {
       const auto* ev = reinterpret_cast<const inotify_event*>(inotify_buf_.data() + off);
       std::string_view name = ev->len > 0 ? std::string_view(ev->name) : std::string_view();
-      if ((ev->mask & IN_Q_OVERFLOW) != 0) reload_requested_ = true;
-      if (isConfigEvent(name, config_base_)) {
-        if ((ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) != 0) reload_requested_ = true;
-        // A new symlink is complete when created; a new regular file is not until closed.
-        struct stat st {};
-        std::string path = config_dir_ + "/" + std::string(name);
-        if ((ev->mask & IN_CREATE) != 0 && ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
-          reload_requested_ = true;
-        }
+      // Any change to the file (or the ..data symlink) starts or restarts the settling, which
+      // decides when the file is whole; a lost event (queue overflow) may have been one.
+      if ((ev->mask & IN_Q_OVERFLOW) != 0 || isConfigEvent(name, config_base_)) {
+        requestReload(false);
       }
       off += sizeof(inotify_event) + ev->len;
     }
@@ -704,76 +727,6 @@ void Control::onInotify(const Completion& c) {
     spdlog::warn("inotify read: {}", std::strerror(-c.res));
   }
   armRead(ControlOp::kInotify, inotify_fd_, inotify_buf_);
-}
-
-void Control::onAdmin(ControlOp op, uint32_t slot, const Completion& c) {
-  if (slot >= admin_.size() || !admin_[slot].in_use ||
-      admin_[slot].generation != UserData::decode(c.user_data).generation) {
-    return;
-  }
-  AdminConn& a = admin_[slot];
-  if (a.inflight > 0) --a.inflight;
-  if (op == ControlOp::kAdminClose || a.closing) {
-    if (a.closing && a.inflight == 0) {
-      a.in_use = false;
-      a.fd = -1;
-      ++a.generation;
-      a.parser.reset();
-    }
-    return;
-  }
-  if (op == ControlOp::kAdminRead) {
-    if (c.res < 0) {
-      closeAdmin(slot);
-      return;
-    }
-    auto status =
-        c.res == 0 ? a.parser->finish() : a.parser->feed(std::string_view(a.buf.data(), c.res));
-    switch (status) {
-      case HttpRequestParser::Status::kIncomplete:
-        ++a.inflight;
-        ring_->read(a.fd, a.buf, controlTag(ControlOp::kAdminRead, slot, a.generation));
-        return;
-      case HttpRequestParser::Status::kError:
-        respond(slot, badRequest(a.parser->errorStatus(), a.parser->error()));
-        return;
-      case HttpRequestParser::Status::kComplete: {
-        HttpResponse response = handleAdminRequest(a.parser->request(), hooks_);
-        if (a.parser->request().method == "HEAD") response.body.clear();
-        respond(slot, response);
-        return;
-      }
-    }
-  }
-  // kAdminSend
-  if (c.res <= 0) {
-    closeAdmin(slot);
-    return;
-  }
-  a.sent += static_cast<size_t>(c.res);
-  if (a.sent < a.out.size()) {
-    ++a.inflight;
-    ring_->send(a.fd, std::string_view(a.out).substr(a.sent),
-                controlTag(ControlOp::kAdminSend, slot, a.generation));
-  } else {
-    closeAdmin(slot);
-  }
-}
-
-void Control::respond(uint32_t slot, const HttpResponse& response) {
-  AdminConn& a = admin_[slot];
-  a.out = response.serialize();
-  a.sent = 0;
-  ++a.inflight;
-  ring_->send(a.fd, a.out, controlTag(ControlOp::kAdminSend, slot, a.generation));
-}
-
-void Control::closeAdmin(uint32_t slot) {
-  AdminConn& a = admin_[slot];
-  a.closing = true;
-  a.inflight += 3;
-  ring_->teardown(a.fd, controlTag(ControlOp::kAdminClose, slot, a.generation));
-  a.fd = -1;
 }
 
 StatsSnapshot Control::snapshot() const {

@@ -45,6 +45,8 @@ struct ProxyOptions {
   bool ipv6 = true;  // also listen on [::] when the outbound/inbound address is 0.0.0.0
   SettingOverrides overrides;
   loop::RingOptions ring;
+  // Load a config file with no YAML document in it (refused by default: see isEmptyConfig).
+  bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
 };
 
@@ -56,6 +58,25 @@ WorkerSettings workerSettings(const routing::ProxySettings& settings);
 // Whether an inotify event on `name` in the config file's directory concerns the config: the
 // file itself, or the `..data` symlink a Kubernetes ConfigMap volume swaps atomically.
 bool isConfigEvent(std::string_view name, std::string_view config_basename);
+
+// Whether YAML text holds no document at all: only blank lines, comments and document markers.
+// Such a file is refused unless ProxyOptions::allow_empty_config, because it is far more often a
+// file caught between truncation and write than a wish to pass everything through.
+bool isEmptyConfig(std::string_view text);
+
+// One read of the config file: its text, or why it could not be read.
+struct ConfigRead {
+  bool ok = false;
+  std::string text;
+  std::string error;
+  bool operator==(const ConfigRead&) const = default;
+};
+ConfigRead readConfigFile(const std::string& path);
+// Reads the file until two reads `interval` apart agree (at most `max_reads` reads); the last
+// read when they never did. For the first load, before the control ring runs.
+ConfigRead readSettled(const std::string& path, std::chrono::milliseconds interval, int max_reads);
+// How long the config file must stay unchanged between the two reads a reload compares.
+inline constexpr std::chrono::milliseconds kSettleDelay{100};
 
 // Builds a table from YAML text (config::loadRouteTable in production).
 using TableLoader = std::function<Result<std::shared_ptr<const routing::RouteTable>>(
