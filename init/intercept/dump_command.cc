@@ -18,7 +18,10 @@ int runDumpCommand(const InitCommand& command) {
       std::cerr << "remora-init: trace failed: " << report.error().message << "\n";
       return 1;
     }
-    std::cout << (command.json ? traceToJson(*report).dump(2) + "\n" : renderTrace(*report));
+    std::cout << (command.json ? traceToJson(*report).dump(
+                                     2, ' ', false, nlohmann::json::error_handler_t::replace) +
+                                     "\n"
+                               : renderTrace(*report));
     return 0;
   }
   auto report = dumpCurrentNetns(command.options.backend);
@@ -26,7 +29,10 @@ int runDumpCommand(const InitCommand& command) {
     std::cerr << "remora-init: dump failed: " << report.error().message << "\n";
     return 1;
   }
-  std::cout << (command.json ? dumpToJson(*report).dump(2) + "\n" : renderDump(*report));
+  std::cout << (command.json ? dumpToJson(*report).dump(2, ' ', false,
+                                                        nlohmann::json::error_handler_t::replace) +
+                                   "\n"
+                             : renderDump(*report));
   return 0;
 }
 

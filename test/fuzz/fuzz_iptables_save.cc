@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       ri::buildDump({ri::FamilyTables{"iptables-nft", remora::Family::kIpv4, *nat}});
   (void)ri::renderDump(dump);
   // As `remora-init dump --json` prints it.
-  (void)ri::dumpToJson(dump).dump(2);
+  (void)ri::dumpToJson(dump).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 
   static const std::vector<ri::TracePacket> kPackets = [] {
     std::vector<ri::TracePacket> packets(3);
@@ -54,7 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     report.result = ri::traceNatOutput(*nat, packet, context);
     (void)ri::renderTrace(report);
     // As `remora-init dump --trace --json` prints it.
-    (void)ri::traceToJson(report).dump(2);
+    (void)ri::traceToJson(report).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   return 0;
 }

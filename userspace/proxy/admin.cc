@@ -137,6 +137,12 @@ HttpRequestParser::Status HttpRequestParser::feed(std::string_view bytes) {
 bool HttpRequestParser::checkLineEndings(std::string_view bytes) {
   for (char c : bytes) {
     if (head_done_) return true;
+    // A CR not followed by LF, whichever read it arrives in: http_parser would take "\r" plus
+    // any byte as a line end, so the answer would depend on how TCP split the bytes.
+    if (previous_ == '\r' && c != '\n') {
+      error_ = "the request has a bare CR; HTTP lines end in CRLF";
+      return false;
+    }
     if (c == '\n') {
       if (previous_ != '\r') {
         error_ = "a line of the request ends in a bare LF; HTTP lines end in CRLF";

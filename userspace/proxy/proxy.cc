@@ -16,6 +16,7 @@
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -294,6 +295,7 @@ class Control final : public loop::CompletionHandler {
   void requestReload(bool forced);
   void onSettle();
   bool load(const ConfigRead& read, bool force);
+  void logFindings();
   void beginDrain(bool exit_after);
   void closeAllListeners();
   size_t activeConnections() const;
@@ -320,6 +322,7 @@ class Control final : public loop::CompletionHandler {
   routing::ProxySettings settings_;
   std::shared_ptr<const routing::RouteTable> table_;
   std::string last_text_;
+  std::set<std::string> logged_findings_;  // each finding is logged once, when it appears
   uint64_t generation_ = 0;
   uint64_t reloads_ = 0;
   uint64_t reload_failures_ = 0;
@@ -556,6 +559,7 @@ bool Control::load(const ConfigRead& read, bool force) {
     return false;
   }
   table_ = std::move(*loaded);
+  logFindings();
   last_text_ = text;
   ++generation_;
   ++reloads_;
@@ -584,6 +588,28 @@ bool Control::load(const ConfigRead& read, bool force) {
   }
   spdlog::info("config generation {} in force", generation_);
   return true;
+}
+
+// Logs each finding of the new table that the last one did not have, once, at its severity:
+// the log says what changed about the config's fidelity, not the same list on every reload.
+void Control::logFindings() {
+  std::set<std::string> now;
+  for (const auto& f : table_->findings()) {
+    now.insert(f.text);
+    if (logged_findings_.count(f.text) != 0) continue;
+    switch (f.severity) {
+      case Severity::kError:
+        spdlog::error("config: {}", f.text);
+        break;
+      case Severity::kWarning:
+        spdlog::warn("config: {}", f.text);
+        break;
+      case Severity::kInfo:
+        spdlog::info("config: {}", f.text);
+        break;
+    }
+  }
+  logged_findings_ = std::move(now);
 }
 
 // POST /drain closes every listener at once. SIGTERM and /quitquitquit drain as a sidecar
@@ -737,6 +763,9 @@ StatsSnapshot Control::snapshot() const {
   p.config_reloads = reloads_;
   p.config_reload_failures = reload_failures_;
   p.config_last_reload_ok = last_reload_ok_;
+  if (table_) {
+    for (const auto& f : table_->findings()) ++p.config_findings[static_cast<int>(f.severity)];
+  }
   p.draining = draining_;
   p.ready = ready();
   p.io_uring_setup_fallbacks = setup_fallbacks_;

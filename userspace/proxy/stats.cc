@@ -180,6 +180,13 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   single(out, "remora_config_reload_failures_total", "counter",
          "Configuration loads rejected (the last good configuration kept serving).",
          s.process.config_reload_failures);
+  header(out, "remora_config_findings", "gauge",
+         "Findings of the configuration in force (remora-proxy check): rejected objects, fields "
+         "not applied as Istio would, notes.");
+  for (auto [severity, label] : {std::pair{2, "error"}, {1, "warning"}, {0, "info"}}) {
+    fmt::format_to(std::back_inserter(out), "remora_config_findings{{severity=\"{}\"}} {}\n", label,
+                   s.process.config_findings[severity]);
+  }
   single(out, "remora_config_last_reload_success", "gauge",
          "1 when the last configuration load succeeded.", s.process.config_last_reload_ok ? 1 : 0);
   single(out, "remora_server_ready", "gauge", "1 when /ready answers 200.",

@@ -112,6 +112,7 @@ struct ProcessSample {
   uint64_t config_reloads = 0;
   uint64_t config_reload_failures = 0;
   bool config_last_reload_ok = true;
+  uint64_t config_findings[3] = {0, 0, 0};  // by remora::Severity: info, warning, error
   bool draining = false;
   bool ready = false;
   uint64_t io_uring_setup_fallbacks = 0;
