@@ -219,6 +219,32 @@ Result<bool> readIsTcp(const Context& ctx, const YAML::Node& node, std::string_v
                    fmt::format("must be TCP, UDP or SCTP, got '{}'", *protocol));
 }
 
+// A port entry of a Pod's container or an Endpoints subset: {name, <number_key>, protocol}.
+struct NamedPort {
+  std::string name;
+  uint16_t number = 0;
+  bool tcp = true;
+};
+
+Result<NamedPort> readNamedPort(const Context& ctx, const YAML::Node& node,
+                                const std::string& field, int line, const char* number_key) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int port_line = lineOf(node, line);
+  Fields pf(node);
+  NamedPort out;
+  auto number =
+      readPort(ctx, pf.get(number_key), fmt::format("{}.{}", field, number_key), port_line);
+  if (!number) return number.error();
+  out.number = *number;
+  auto name = readString(ctx, pf.get("name"), field + ".name", port_line, false);
+  if (!name) return name.error();
+  out.name = std::move(*name);
+  auto tcp = readIsTcp(ctx, pf.get("protocol"), field + ".protocol", port_line);
+  if (!tcp) return tcp.error();
+  out.tcp = *tcp;
+  return out;
+}
+
 Result<std::optional<LbPolicy>> readLoadBalancer(const Context& ctx, const YAML::Node& traffic,
                                                  const std::string& field, int line) {
   if (!present(traffic)) return std::optional<LbPolicy>();
@@ -380,17 +406,12 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
         return r.error();
       size_t p = 0;
       for (const auto& port : present(ports) ? ports : YAML::Node()) {
-        std::string pfield = fmt::format("{}.ports[{}]", field, p++);
-        if (auto r = requireMap(ctx, port, pfield, container_line); !r) return r.error();
-        int port_line = lineOf(port, container_line);
-        Fields pf(port);
-        auto number = readPort(ctx, pf.get("containerPort"), pfield + ".containerPort", port_line);
-        if (!number) return number.error();
-        auto name = readString(ctx, pf.get("name"), pfield + ".name", port_line, false);
-        if (!name) return name.error();
-        auto tcp = readIsTcp(ctx, pf.get("protocol"), pfield + ".protocol", port_line);
-        if (!tcp) return tcp.error();
-        if (*tcp && !name->empty()) spec.named_ports.emplace_back(std::move(*name), *number);
+        auto named = readNamedPort(ctx, port, fmt::format("{}.ports[{}]", field, p++),
+                                   container_line, "containerPort");
+        if (!named) return named.error();
+        if (named->tcp && !named->name.empty()) {
+          spec.named_ports.emplace_back(std::move(named->name), named->number);
+        }
       }
     }
   }
@@ -940,19 +961,14 @@ Result<void> parseEndpoints(const Context& ctx, const Fields& top, int line, Obj
     if (auto r = optionalSequence(ctx, ports, field + ".ports", subset_line); !r) return r.error();
     size_t p = 0;
     for (const auto& node : present(ports) ? ports : YAML::Node()) {
-      std::string pfield = fmt::format("{}.ports[{}]", field, p++);
-      if (auto r = requireMap(ctx, node, pfield, subset_line); !r) return r.error();
-      int port_line = lineOf(node, subset_line);
-      Fields pf(node);
-      auto tcp = readIsTcp(ctx, pf.get("protocol"), pfield + ".protocol", port_line);
-      if (!tcp) return tcp.error();
-      auto name = readString(ctx, pf.get("name"), pfield + ".name", port_line, false);
-      if (!name) return name.error();
-      auto number = readPort(ctx, pf.get("port"), pfield + ".port", port_line);
-      if (!number) return number.error();
+      auto named =
+          readNamedPort(ctx, node, fmt::format("{}.ports[{}]", field, p++), subset_line, "port");
+      if (!named) return named.error();
       bool known = std::any_of(spec.ports.begin(), spec.ports.end(),
-                               [&](const SlicePort& sp) { return sp.name == *name; });
-      if (*tcp && (first_ports || !known)) spec.ports.push_back({std::move(*name), *number});
+                               [&](const SlicePort& sp) { return sp.name == named->name; });
+      if (named->tcp && (first_ports || !known)) {
+        spec.ports.push_back({std::move(named->name), named->number});
+      }
     }
     first_ports = false;
   }
