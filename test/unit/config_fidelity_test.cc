@@ -486,6 +486,46 @@ spec:
   EXPECT_EQ(vm->subsets[0].endpoints[0].pod, "shop/vm-1");
 }
 
+TEST(Sources, WhatServiceEntriesCannotApplyIsReported) {
+  auto table = load(R"(apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ranges, namespace: shop}
+spec:
+  hosts: [a.example.com, b.example.com]
+  addresses: [240.0.0.20, 240.1.0.0/16]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.30}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vm, namespace: shop}
+spec:
+  clusterIP: 10.96.2.2
+  selector: {app: vm}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-dns, namespace: shop}
+spec:
+  address: vm.shop.internal
+  labels: {app: vm}
+)");
+  ASSERT_TRUE(table);
+  expectFinding(
+      *table, Severity::kWarning,
+      {"(ServiceEntry shop/ranges)", "spec.addresses[1]", "240.1.0.0/16", "not matched yet"});
+  expectFinding(*table, Severity::kWarning,
+                {"(ServiceEntry shop/ranges)", "spec.hosts[1]", "first host, a.example.com",
+                 "'b.example.com' gets no VIP"});
+  expectFinding(*table, Severity::kWarning,
+                {"(WorkloadEntry shop/vm-dns)", "spec.address", "'vm.shop.internal' is a DNS name",
+                 "vm.shop does not use this workload"});
+  EXPECT_NE(table->find(addr("240.0.0.20:80")), nullptr);
+  EXPECT_EQ(table->find(addr("240.0.0.20:80"))->service, "a.example.com");
+}
+
 TEST(Sources, DnsServiceEntryUsesTheResolver) {
   Loader loader;
   loader.setResolver([](const std::string& host) -> Result<std::vector<IpAddress>> {

@@ -64,13 +64,11 @@ class Fields {
     return YAML::Node();
   }
 
-  // The first key outside `known`, for Remora's own kinds, where a typo must not pass silently.
-  std::optional<std::pair<std::string_view, YAML::Node>> unknownKey(
-      std::initializer_list<std::string_view> known) const {
+  // The first key `known` refuses, for Remora's own kinds, where a typo must not pass.
+  template <typename Known>
+  std::optional<std::pair<std::string_view, YAML::Node>> unknownKey(Known known) const {
     for (const auto& e : entries_) {
-      if (std::find(known.begin(), known.end(), e.key) == known.end()) {
-        return std::make_pair(e.key, e.value);
-      }
+      if (!known(e.key)) return std::make_pair(e.key, e.value);
     }
     return std::nullopt;
   }
@@ -792,11 +790,10 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
   if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
   int spec_line = lineOf(spec_node, line);
   Fields f(spec_node);
-  if (auto unknown = f.unknownKey(
-          {"outboundPort", "inboundPort", "adminAddress", "adminPort", "inboundSourceAddress",
-           "outboundTrafficPolicy", "connectTimeout", "drainTimeout", "maxConnectAttempts",
-           "accessLog", "bufferLimit", "idleTimeout", "halfCloseTimeout", "maxConnectionDuration",
-           "maxConnections", "tcpKeepalive", "inboundDrainGrace"})) {
+  // Remora's own kind: a key its field table does not know is an error, not a warning.
+  if (auto unknown = f.unknownKey([](std::string_view key) {
+        return isKnownField("ProxyConfig", fmt::format("spec.{}", key));
+      })) {
     return ctx.error(fmt::format("spec.{}", unknown->first), lineOf(unknown->second, spec_line),
                      "unknown field");
   }
@@ -870,23 +867,25 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
                        fmt::format("must be ALLOW_ANY or REGISTRY_ONLY, got '{}'", *mode));
     }
   }
-  if (YAML::Node node = f.get("maxConnectAttempts"); present(node)) {
-    auto value = readInt(ctx, node, "spec.maxConnectAttempts", spec_line);
+  // An integer key within bounds; `range` words them in the error.
+  auto integer = [&](const char* key, int64_t low, int64_t high, std::string_view range,
+                     auto& target) -> Result<void> {
+    YAML::Node node = f.get(key);
+    if (!present(node)) return {};
+    std::string field = fmt::format("spec.{}", key);
+    auto value = readInt(ctx, node, field, spec_line);
     if (!value) return value.error();
-    if (*value < 1 || *value > 100) {
-      return ctx.error("spec.maxConnectAttempts", lineOf(node, spec_line),
-                       fmt::format("must be in 1..100, got {}", *value));
+    if (*value < low || *value > high) {
+      return ctx.error(field, lineOf(node, spec_line),
+                       fmt::format("must be in {}, got {}", range, *value));
     }
-    spec.max_connect_attempts = static_cast<int>(*value);
-  }
-  if (YAML::Node node = f.get("maxConnections"); present(node)) {
-    auto value = readInt(ctx, node, "spec.maxConnections", spec_line);
-    if (!value) return value.error();
-    if (*value < 0 || *value > 10000000) {
-      return ctx.error("spec.maxConnections", lineOf(node, spec_line),
-                       fmt::format("must be in 0..10000000 (0: no limit), got {}", *value));
-    }
-    spec.max_connections = static_cast<uint32_t>(*value);
+    target = static_cast<typename std::decay_t<decltype(target)>::value_type>(*value);
+    return {};
+  };
+  for (const auto& r : {integer("maxConnectAttempts", 1, 100, "1..100", spec.max_connect_attempts),
+                        integer("maxConnections", 0, 10000000, "0..10000000 (0: no limit)",
+                                spec.max_connections)}) {
+    if (!r) return r.error();
   }
   if (YAML::Node node = f.get("bufferLimit"); present(node)) {
     // Bytes, or a Kubernetes binary quantity: 65536, 64Ki, 1Mi.
@@ -1041,6 +1040,10 @@ Result<void> parseServiceEntry(const Context& ctx, const Fields& top, int line, 
     int full = cidr->address.family == Family::kIpv4 ? 32 : 128;
     if (cidr->prefix != full) {
       // A range cannot be one VIP: Istio matches it at the listener, Remora not yet.
+      out.notes.push_back({Severity::kWarning, field, lineOf(node, spec_line),
+                           fmt::format("the range {} is not matched yet (only single addresses "
+                                       "are); connections to it pass through",
+                                       *text)});
       continue;
     }
     spec.addresses.push_back(cidr->address);

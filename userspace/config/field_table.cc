@@ -662,6 +662,11 @@ std::span<const FieldRule> fieldTable(std::string_view kind) {
   return it->second.rows.rules;
 }
 
+bool isKnownField(std::string_view kind, std::string_view path) {
+  auto it = tables().find(kind);
+  return it != tables().end() && it->second.by_path.count(path) != 0;
+}
+
 std::vector<FieldNote> checkFields(std::string_view kind, const YAML::Node& object) {
   auto it = tables().find(kind);
   if (it == tables().end()) return {};

@@ -38,6 +38,9 @@ struct FieldRule {
 // The rows for a kind ("VirtualService"); empty for a kind the proxy does not read.
 std::span<const FieldRule> fieldTable(std::string_view kind);
 
+// Whether `path` (with "[]" and "*" as in FieldRule) is a row of `kind`'s table.
+bool isKnownField(std::string_view kind, std::string_view path);
+
 // A finding about one field, with a line relative to the checked node's document.
 struct FieldNote {
   Severity severity = Severity::kWarning;

@@ -26,6 +26,11 @@ using ModelResult = Result<std::shared_ptr<const DocumentModel>>;
 constexpr size_t kParallelThreshold = 64;
 constexpr unsigned kMaxThreads = 8;
 
+// How the last good versions are keyed: "Kind namespace/name".
+std::string objectKey(std::string_view kind, std::string_view ns, std::string_view name) {
+  return fmt::format("{} {}/{}", kind, ns, name);
+}
+
 double msSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -127,8 +132,7 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
     documents.push_back({placements[i], *r});
     for (const auto& kind : model.skipped) ++skipped[kind];
     for (const auto& rejected : model.rejected) {
-      std::string key =
-          fmt::format("{} {}/{}", rejected.kind, rejected.namespace_name, rejected.name);
+      std::string key = objectKey(rejected.kind, rejected.namespace_name, rejected.name);
       auto good = rejected.name.empty() ? last_good_.end() : last_good_.find(key);
       Finding f{Severity::kError, rejected.kind,  rejected.namespace_name,
                 rejected.name,    rejected.field, placements[i].first_line + rejected.line + 1,
@@ -169,8 +173,7 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
     for (size_t k = 0; k < m->objects.size(); ++k) {
       const Object& o = m->objects[k];
       if (o.kind == Kind::kPod) continue;  // many, and a bad Pod just is not an endpoint
-      last_good_[fmt::format("{} {}/{}", toString(o.kind), o.namespace_name, o.name)] = {placement,
-                                                                                         m, k};
+      last_good_[objectKey(toString(o.kind), o.namespace_name, o.name)] = {placement, m, k};
     }
   };
   size_t objects = 0;

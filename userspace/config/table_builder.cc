@@ -270,12 +270,9 @@ class Builder {
     pods_ = std::move(unique);
     for (const Ref& ref : workload_entries_) pods_.push_back(ref);
     for (uint32_t i = 0; i < pods_.size(); ++i) {
-      const Object& o = *pods_[i].object;
-      const Labels& labels = o.kind == Kind::kWorkloadEntry
-                                 ? std::get<WorkloadEntrySpec>(o.spec).workload.labels
-                                 : o.labels;
-      for (const auto& [k, v] : labels)
-        pods_by_label_[ViewKey{o.namespace_name, k, v}].push_back(i);
+      for (const auto& [k, v] : workloadLabels(i)) {
+        pods_by_label_[ViewKey{pods_[i].object->namespace_name, k, v}].push_back(i);
+      }
     }
   }
 
@@ -348,8 +345,7 @@ class Builder {
   void indexServiceEntries() {
     for (const Ref& ref : service_entries_) {
       const auto& se = std::get<ServiceEntrySpec>(ref.object->spec);
-      owned_specs_.emplace_back();
-      ServiceSpec& spec = owned_specs_.back();
+      ServiceSpec spec;  // the Service form every host of the entry starts from
       spec.cluster_ips = se.addresses;
       for (const auto& p : se.ports) {
         spec.ports.push_back({p.name, p.number, p.target, "", lower(p.protocol), p.line});
@@ -372,7 +368,14 @@ class Builder {
         info.resolution = se.resolution;
         owned_specs_.push_back(spec);
         ServiceSpec& own = owned_specs_.back();
-        if (h > 0) own.cluster_ips.clear();  // the VIPs name the first host
+        if (h > 0 && !own.cluster_ips.empty()) {
+          // One VIP cannot lead to two services: it names the first host.
+          own.cluster_ips.clear();
+          note(ref, Severity::kWarning, fmt::format("spec.hosts[{}]", h), host.line,
+               fmt::format("spec.addresses route to the first host, {}; '{}' gets no VIP and "
+                           "is reached only through its endpoints' addresses",
+                           se.hosts[0].host, host.host));
+        }
         if (dns && se.endpoints.empty() && !se.workload_selector) {
           // No endpoints: the host itself is resolved, and the app's connections to those
           // addresses are this service's.
@@ -443,7 +446,13 @@ class Builder {
     if (object.kind == Kind::kWorkloadEntry) {
       const auto& w = std::get<WorkloadEntrySpec>(object.spec).workload;
       auto ip = IpAddress::parse(w.address);
-      if (!ip) return;  // a DNS-named WorkloadEntry is resolved only through a ServiceEntry
+      if (!ip) {
+        note(pods_[i], Severity::kWarning, "spec.address", w.line,
+             fmt::format("'{}' is a DNS name, which is resolved only for a ServiceEntry with "
+                         "resolution DNS; {} does not use this workload",
+                         w.address, service.key));
+        return;
+      }
       for (size_t p = 0; p < spec.ports.size(); ++p) {
         const ServicePortSpec& port = spec.ports[p];
         uint16_t target = port.target_number;
