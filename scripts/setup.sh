@@ -10,6 +10,7 @@ packages=(
   libbpf-dev bpftool libnl-3-dev libnl-route-3-dev liburing-dev libssl-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libhttp-parser-dev libc-ares-dev
+  libre2-dev libnftables-dev  # L7 route regexes (RE2); native nftables mode
   # interception and network test worlds
   iptables nftables iproute2 procps util-linux kmod
   # DNS server for the ServiceEntry resolution: DNS tests (dnsmasq-base: no system service)
@@ -18,6 +19,7 @@ packages=(
   podman runc containernetworking-plugins buildah
   # demo, end-to-end and benchmark peers
   curl haproxy nginx-light libnginx-mod-stream wrk iperf3 gnuplot-nox python3 strace
+  openssl tcpdump  # test certificates for mTLS; checking that veth bytes are encrypted
 )
 
 missing=()
