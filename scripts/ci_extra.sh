@@ -10,8 +10,12 @@
 #            its seed corpus (test/fuzz/corpus/<name>) plus what earlier runs found,
 #            inputs up to 32 KiB (longer seeds, such as the deep-nesting ones, are replayed whole
 #            by ctest)
+#   asan_quick  the rest of build-fuzz (clang, ASan+UBSan everywhere, so the objects the fuzz
+#            stage compiled are reused): every unit test, and the e2e tests of the proxy
+#            (ProxyE2e, the admin server), under ASan+UBSan. The cheap subset of `asan` that CI
+#            runs; `asan` runs every e2e test too, in its own GCC build.
 #
-# Usage: scripts/ci_extra.sh [stage ...]   (default: all four, in that order). Run as root (the
+# Usage: scripts/ci_extra.sh [stage ...]   (default: release asan tsan fuzz). Run as root (the
 # e2e tests need it). Every stage runs even if an earlier one failed; each prints its name and
 # wall time, and the script fails if any stage did. Sanitizer reports of any process (tests and
 # the binaries they start, as root or uid 1337) go to files that are printed and fail the stage.
@@ -98,10 +102,32 @@ stage_tsan() {
   return $status
 }
 
+# What asan_quick runs from the e2e tests: the proxy's, which exercise the io_uring storage
+# rules (admin connections, drain, reload) with real threads.
+ASAN_QUICK_E2E='^proxy\.ProxyE2e\.|^proxy_admin\.'
+
+configure_fuzz_build() {
+  CC=clang CXX=clang++ cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREMORA_FUZZ=ON \
+    >/dev/null
+}
+
+stage_asan_quick() {
+  local dir="$prefix-fuzz" logs status=0
+  configure_fuzz_build "$dir" && cmake --build "$dir" -j"$jobs" || return 1
+  logs=$(sanitizer_log_dir fuzz)
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
+  ctest --test-dir "$dir" -L unit --output-on-failure -j"$jobs" --timeout 900 || status=1
+  ctest --test-dir "$dir" -L e2e -R "$ASAN_QUICK_E2E" --output-on-failure --timeout 900 ||
+    status=1
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+  check_sanitizer_logs "$logs" || status=1
+  return $status
+}
+
 stage_fuzz() {
   local dir="$prefix-fuzz" status=0 t work artifacts
-  CC=clang CXX=clang++ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREMORA_FUZZ=ON \
-    >/dev/null && cmake --build "$dir" -j"$jobs" --target fuzz || return 1
+  configure_fuzz_build "$dir" && cmake --build "$dir" -j"$jobs" --target fuzz || return 1
   for t in "${fuzz_targets[@]}"; do
     # New inputs go to the first corpus directory (kept between runs, in the build dir); the
     # committed seeds are read only.
@@ -127,7 +153,7 @@ stages=("$@")
 failed=()
 for s in "${stages[@]}"; do
   if ! declare -F "stage_$s" >/dev/null; then
-    echo "ci_extra.sh: unknown stage '$s' (release, asan, tsan, fuzz)" >&2
+    echo "ci_extra.sh: unknown stage '$s' (release, asan, tsan, fuzz, asan_quick)" >&2
     exit 2
   fi
   echo "== stage $s"
