@@ -28,8 +28,26 @@ def _write(path, text):
         f.write(text)
 
 
-def probe():
-    """(kind, root, None) for the hierarchy to use, or (None, None, reason) when there is none."""
+def probe(test_name):
+    """(kind, root, None) for the hierarchy to use, or (None, None, reason) when there is none
+    or the harness may not make cgroups in it (tried with a cgroup named test_name)."""
+    kind, root, reason = _find()
+    if kind is None:
+        return kind, root, reason
+    try:
+        cg = CpuCgroup(kind, root, test_name)
+        os.mkdir(cg.path)
+        try:
+            cg.set_cap(True)
+            cg.set_cap(False)
+        finally:
+            os.rmdir(cg.path)
+    except (OSError, BenchError) as e:
+        return None, None, f"cannot make a capped cgroup under {root} ({e})"
+    return kind, root, None
+
+
+def _find():
     mounts = []
     try:
         with open("/proc/self/mounts") as f:

@@ -146,7 +146,9 @@ HEADLINE_HDR = ["setup", "capped keep-alive req/s", "capped Connection: close re
 def headline_tables(res, markdown=False):
     """[(title, table)]: the L4 proxies against HAProxy tcp, the L7 ones against HAProxy http
     (and Remora's L7 row against nginx http too). Empty before any perf run."""
-    if not res.rounds:
+    measured = any(_get(r.get(n, {}), path) is not None for r in res.rounds for n in r
+                   for path in (CAP_KA, MACHINE_KA))
+    if not measured:
         return []
     out = []
     rows = headline_rows(res, L4_ROWS, L4_REF, markdown)
@@ -189,7 +191,7 @@ def capped_table(res, markdown=False):
                      fmt(res.median(n, ("cap_close", "throttled_pct")), 0, " %"),
                      "–" if procs is None else
                      f"{procs:.0f} of {res.median(n, ('proxy_procs',)) or 0:.0f}"])
-    if not rows:
+    if not any(res.median(s["name"], CAP_KA) is not None for s in res.setups):
         return None
     return table(["setup", "keep-alive req/s", "p99 ms", "periods throttled", "proxy CPUs used",
                   "close req/s", "p99 ms", "periods throttled", "processes in the cgroup"],
@@ -223,7 +225,7 @@ def machine_table(res, markdown=False):
                      "0" if direct else fmt(res.added(n, MACHINE_KA), 4),
                      fmt(res.median(n, MACHINE_CL), 4),
                      "0" if direct else fmt(res.added(n, MACHINE_CL), 4)])
-    if not rows or not res.rounds:
+    if not any(res.median(s["name"], MACHINE_KA) is not None for s in res.setups):
         return None
     return table(["setup", "keep-alive s/1k req", "− direct", "close s/1k req", "− direct"],
                  rows, markdown)
@@ -682,7 +684,10 @@ def markdown(res, plot_names, plot_rel="bench"):
     for title, t in heads:
         md += [f"### {title}", "", t, ""]
     if not heads:
-        md += ["Throughput was not measured in this run.", ""]
+        md += ["Not measured in this run: it has neither the capped nor the machine-wide "
+               "figures (" + ("throughput was skipped" if not res.rounds else
+                              "it predates them; the next full run of scripts/bench.sh fills "
+                              "them in") + ").", ""]
     md += ["### Uncapped (Remora, iptables mode, one worker)", ""]
     hl = headline(res)
     md += [f"- {h}" for h in hl] if hl else [
@@ -705,11 +710,12 @@ def markdown(res, plot_names, plot_rel="bench"):
           f"with 1 and {meta['iperf_streams']} streams. Proxy CPU is utime+stime of the proxy's "
           "processes from /proc over the wrk run, divided by the requests wrk completed; RSS is "
           "VmRSS (peak: VmHWM) summed over the proxy's processes (nginx: master + worker).",
-          f"- **Capped throughput:** {meta.get('cap', 'not measured')}. Every proxy start gets its "
+          "- **Capped throughput:** not measured in this run." if "cap_s" not in meta else
+          f"- **Capped throughput:** {meta['cap']}. Every proxy start gets its "
           "own cgroup; the proxy is placed in it between fork and exec, so its threads and "
           "children (nginx's worker) are born inside, and the harness checks before each capped "
           "run that every process of the proxy is in it. The quota is off for the uncapped "
-          f"figures and on for two more wrk -t1 -c{meta['conns']} runs of {meta.get('cap_s', '?')} s "
+          f"figures and on for two more wrk -t1 -c{meta['conns']} runs of {meta.get('cap_s')} s "
           "(keep-alive, `Connection: close`); the proxy is then the bottleneck, and the share of "
           "CFS periods in which it was throttled is shown as evidence. Softirq work done on the "
           "proxy's behalf is not charged to its cgroup, which is why the machine-wide figure "

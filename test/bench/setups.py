@@ -49,6 +49,25 @@ def remora_config_text():
             docs += yaml_documents(f.read())
     return "---\n".join(docs)
 
+
+# The L4 row's config: the same Services and weights, but bill-service's port declared TCP
+# (`tcp-http`) and the VirtualService's route under `tcp:`, so the row stays an L4 figure once
+# remora-proxy routes HTTP ports per request (issue 10); the L7 row keeps the seed as it is.
+L4_EDITS = [("  ports:\n  - name: http\n    port: 9999\n", "  ports:\n  - name: tcp-http\n    port: 9999\n"),
+            ("  hosts:\n  - bill-service\n  http:\n", "  hosts:\n  - bill-service\n  tcp:\n")]
+
+
+def remora_l4_config_text():
+    """The seed config with bill-service made a TCP port (L4_EDITS); BenchError when the seed
+    no longer has the text the edits expect."""
+    text = remora_config_text()
+    for old, new in L4_EDITS:
+        if text.count(old) != 1:
+            raise BenchError(f"the seed config changed: expected one {old!r} to make the L4 "
+                             "config (test/bench/setups.py L4_EDITS)")
+        text = text.replace(old, new)
+    return text
+
 PODS = {  # name -> IPv4 (the seed's backends keep their seed addresses)
     "bill-v1": V1_IP,
     "bill-v2": V2_IP,
@@ -79,7 +98,8 @@ class Env:
         self.cap_kind, self.cap_root, self.cap_reason = None, None, "not probed"
 
     def probe_cap(self):
-        self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe()
+        self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe(
+            f"{self.world.prefix}-probe")
         return self.cap_reason
 
     def bin(self, name):
@@ -290,7 +310,8 @@ class ProxySetup(Setup):
 class Remora(ProxySetup):
     name, label = "remora", "Remora (iptables)"
     restart_for_iperf = False  # one config routes both Services by original destination
-    note = "remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10"
+    note = ("remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10 "
+            "(as `tcp:` routes on a `tcp-http` port: an L4 figure even once L7 exists)")
 
     def unavailable(self):
         b = self.env.bin("remora-proxy")
@@ -299,14 +320,21 @@ class Remora(ProxySetup):
         missing = [p for p in REMORA_CONFIG_PARTS if not os.path.exists(p)]
         if missing:
             return f"missing config part(s): {', '.join(missing)}"
+        try:
+            self.config_text()
+        except BenchError as e:
+            return str(e)
         return None
+
+    def config_text(self):
+        return remora_l4_config_text()
 
     def config_path(self):
         # The proxy runs as 1337 and may not read the source tree; it gets its own copy.
-        path = os.path.join(self.env.run_dir, "remora.yaml")
+        path = os.path.join(self.env.run_dir, f"{self.name}.yaml")
         if not os.path.exists(path):
             with open(path, "w") as f:
-                f.write(remora_config_text())
+                f.write(self.config_text())
             os.chmod(path, 0o644)
         return path
 
@@ -347,6 +375,9 @@ class RemoraL7(Remora):
     memory = False  # the same process as the Remora row
     note = "same REDIRECT rules → remora-proxy routing per HTTP request (issue 10), 90/10"
     PROBE_REQUESTS = 50
+
+    def config_text(self):
+        return remora_config_text()  # the seed as it is: bill-service's port is `http`
 
     def probe(self):
         try:
