@@ -10,12 +10,14 @@
 #   --no-build           use the binaries already in the build dir
 #   --build-dir DIR      default: build-bench in the repository
 #   --runs N             runs per figure (default: 3 full, 1 quick)
-#   --setups a,b,...     default: direct,kube-proxy,remora,remora-ebpf,haproxy-tcp,nginx-stream,
-#                        nginx-http (haproxy-http is also known, for when Remora has L7)
-#   --skip a,b           skip figures: perf,weights,scaling,memory
+#   --setups a,b,...     default: direct,kube-proxy,remora,remora-ebpf,remora-l7,haproxy-tcp,
+#                        nginx-stream,nginx-http,haproxy-http
+#   --skip a,b           skip figures: perf,cap,weights,scaling,memory (cap: the runs at a
+#                        quarter-CPU cgroup quota)
 #   --pin SPEC|none      default load=0,backends=0,proxy=1 (taskset CPUs)
 #   --out DIR            results.json and logs (default: BUILD_DIR/bench-results/DATE)
 #   --docs DIR | --no-docs   where BENCHMARKS.md goes (default: docs/ on full runs only)
+#   --note TEXT          a note printed with the results (e.g. "measured under contention")
 #
 # Must run as root. All traffic stays inside namespaces named rb<PID>-*; the trap below removes
 # them, and the processes inside them, even when the run fails or is interrupted.
@@ -29,11 +31,11 @@ command_line="scripts/bench.sh $*"
 
 while (($#)); do
   case "$1" in
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --no-build) build=0 ;;
     --build-dir) build_dir=$(realpath -m "$2"); shift ;;
     --quick|--no-docs) pass+=("$1") ;;
-    --runs|--setups|--skip|--pin|--out|--docs) pass+=("$1" "$2"); shift ;;
+    --runs|--setups|--skip|--pin|--out|--docs|--note) pass+=("$1" "$2"); shift ;;
     *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,6 +70,17 @@ cleanup() {
     ip netns delete "$ns" 2>/dev/null || true
   done
   rm -rf /tmp/"${prefix}"-* 2>/dev/null || true
+  # The CPU cap's cgroups (test/bench/cpucap.py), named ${prefix}-<setup>-<phase> at the root of
+  # the cpu hierarchy; their processes died with the namespaces above, so they are empty.
+  local mnt cg
+  while read -r mnt; do
+    for cg in "$mnt/${prefix}"-*; do
+      if [[ -d $cg ]] && ! rmdir "$cg" 2>/dev/null; then
+        echo "[bench] cleanup: FAILED, cgroup $cg remains" >&2
+        rc=1
+      fi
+    done
+  done < <(awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/self/mounts)
   if ip netns list 2>/dev/null | awk '{print $1}' | grep -q "^${prefix}-"; then
     echo "[bench] cleanup: FAILED, namespaces ${prefix}-* remain" >&2
     rc=1

@@ -14,6 +14,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cpucap  # noqa: E402
 import experiments  # noqa: E402
 import report  # noqa: E402
 import setups as setups_mod  # noqa: E402
@@ -24,10 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 PROFILES = {
     # name: durations in seconds and counts; --quick is the CI smoke test (≤ 3 minutes).
-    "full": dict(runs=3, conns=32, wrk_s=6, c1_s=5, iperf_s=4, iperf_streams=4,
+    "full": dict(runs=3, conns=32, wrk_s=6, c1_s=5, cap_s=6, iperf_s=4, iperf_streams=4,
                  weight_counts=[1000, 10000], scaling_ns=[1, 1000, 5000, 10000], samples=100,
                  idle_counts=[1000, 10000], budget_s=19 * 60, memory_s=10),
-    "quick": dict(runs=1, conns=32, wrk_s=2, c1_s=1, iperf_s=1, iperf_streams=4,
+    "quick": dict(runs=1, conns=32, wrk_s=2, c1_s=1, cap_s=1, iperf_s=1, iperf_streams=4,
                   weight_counts=[1000, 10000], scaling_ns=[1, 1000], samples=20,
                   idle_counts=[1000, 2000], budget_s=170, memory_s=5),
 }
@@ -40,6 +41,9 @@ TUNING = [
     "keep-alive runs never reconnect), no access log.",
     "HAProxy (test/bench/haproxy-tcp.cfg): `nbthread 1`, `mode tcp`, `balance roundrobin` with "
     "weights 90/10, default `tune.bufsize` (16 KB), no logging; `maxconn 9980` (RLIMIT_NOFILE).",
+    "HAProxy http (test/bench/haproxy-http.cfg): as HAProxy tcp but `mode http`, "
+    "`option http-keep-alive` and `http-reuse always` (upstream connections reused across "
+    "requests, as an L7 sidecar's pool would).",
     "nginx stream (test/bench/nginx-stream.conf): 1 worker, weights 90/10, default "
     "`proxy_buffer_size` (16 KB), no logging.",
     "nginx http (test/bench/nginx-http.conf): 1 worker, weights 90/10, upstream `keepalive 64` "
@@ -133,11 +137,13 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--setups", default=",".join(setups_mod.DEFAULT))
-    ap.add_argument("--skip", default="", help="comma list of: perf,weights,scaling,memory")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: perf,cap,weights,scaling,memory")
     ap.add_argument("--pin", default="load=0,backends=0,proxy=1")
     ap.add_argument("--out", help="directory for results.json and the logs")
     ap.add_argument("--docs", help="write BENCHMARKS.md and plots here (default: full runs only)")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--note", help="a note on the run, shown with its results")
     ap.add_argument("--command", default="scripts/bench.sh")
     args = ap.parse_args()
     if args.render:
@@ -151,6 +157,7 @@ def main():
         cfg["runs"] = args.runs
     cfg = argparse.Namespace(**cfg)
     skip = set(filter(None, args.skip.split(",")))
+    cfg.cap = "cap" not in skip
     pin, pin_desc = parse_pin(args.pin)
     hard = nofile_hard_limit()
     idle_counts = [experiments.nofile_limited_count(n, hard) for n in cfg.idle_counts]
@@ -167,17 +174,23 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     world = World(args.prefix, run_dir)
     env = setups_mod.Env(world, args.build_dir, pin, run_dir)
+    cap_reason = env.probe_cap() if cfg.cap else "skipped (--skip cap)"
+    if cap_reason:
+        cfg.cap = False
     started = time.monotonic()
     data = {"meta": dict(command=args.command, commit=git_commit(),
                          date=time.strftime("%Y-%m-%d %H:%M %Z"), machine=machine_description(),
                          versions=versions(), pinning=pin_desc, runs=cfg.runs, conns=cfg.conns,
                          wrk_s=cfg.wrk_s, c1_s=cfg.c1_s, iperf_s=cfg.iperf_s,
                          iperf_streams=cfg.iperf_streams, idle_counts=idle_counts,
-                         idle_note=idle_note, tuning=TUNING, notes=[], quick=args.quick, prefix=args.prefix),
+                         cap_s=cfg.cap_s, cap=cap_desc(env, cap_reason),
+                         idle_note=idle_note, tuning=TUNING, notes=[], note=args.note,
+                         quick=args.quick, prefix=args.prefix),
             "setups": [], "rounds": [], "weights": {}, "scaling": {}, "memory": {}, "errors": []}
     errors = data["errors"]
     log(f"machine: {data['meta']['machine']}")
     log(f"pinning: {pin_desc}")
+    log(f"CPU cap: {data['meta']['cap']}")
     log(f"run dir (logs): {run_dir}; results: {out_dir}")
 
     try:
@@ -186,7 +199,9 @@ def main():
             reason = s.unavailable()
             data["setups"].append(dict(name=s.name, label=s.label, note=s.note,
                                        available=reason is None, reason=reason,
-                                       has_proxy=s.has_proxy, supports_iperf=s.supports_iperf))
+                                       has_proxy=s.has_proxy, supports_iperf=s.supports_iperf,
+                                       memory=s.has_proxy and s.memory,
+                                       capped=s.has_proxy and cfg.cap))
             if reason:
                 log(f"{s.label}: not available — {reason}")
         avail = [s for s in setups if s.unavailable() is None]
@@ -194,6 +209,13 @@ def main():
         env.build_world()
         data["meta"]["interception"] = env.interception
         log(f"interception in front-mesh: {env.interception}")
+        for s, entry in zip(setups, data["setups"]):
+            if s in avail:
+                reason = s.probe()
+                if reason:
+                    entry.update(available=False, reason=reason)
+                    avail.remove(s)
+                    log(f"{s.label}: not available — {reason}")
 
         if "perf" not in skip:
             for r in range(cfg.runs):
@@ -231,7 +253,7 @@ def main():
 
         if "scaling" not in skip:
             kube, rem = {}, {} if "remora" in names else "not available"
-            n_mem = sum(1 for s in avail if s.has_proxy and s.name != "haproxy-http")
+            n_mem = sum(1 for s in avail if s.has_proxy and s.memory)
             memory_reserve = 0 if "memory" in skip else n_mem * cfg.runs * cfg.memory_s
             last_sample_s = 0.0
             for n in cfg.scaling_ns:
@@ -264,11 +286,11 @@ def main():
             data["scaling"] = {"kube-proxy": kube, "remora": rem}
 
         if "memory" not in skip:
-            for s in setups:
-                if not s.has_proxy or s.name == "haproxy-http":
+            for s, entry in zip(setups, data["setups"]):
+                if not s.has_proxy or not s.memory:
                     continue
                 if s not in avail:
-                    data["memory"][s.name] = f"not available: {s.unavailable()}"
+                    data["memory"][s.name] = f"not available: {entry['reason']}"
                     continue
                 runs = []
                 for r in range(cfg.runs):
@@ -288,10 +310,14 @@ def main():
     finally:
         log("tearing down")
         world.destroy()
+        cpucap.remove_all(env.cap_root, args.prefix)
     left = world.leftovers()
-    data["meta"]["cleanup_ok"] = not left
+    left_cg = cpucap.leftovers(env.cap_root, args.prefix)
+    data["meta"]["cleanup_ok"] = not left and not left_cg
     if left:
         errors.append(f"namespaces left behind: {left}")
+    if left_cg:
+        errors.append(f"cgroups left behind in {env.cap_root}: {left_cg}")
     data["meta"]["elapsed_s"] = time.monotonic() - started
 
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -317,6 +343,17 @@ def main():
         print(f"ERROR: {e}")
     log(f"done in {data['meta']['elapsed_s']:.0f} s; results in {out_dir}/results.json")
     return 1 if (problems or errors) else 0
+
+
+def cap_desc(env, reason):
+    if reason:
+        return f"not measured: {reason}"
+    where = (f"cgroup v2 `cpu.max` = \"{cpucap.QUOTA_US} {cpucap.PERIOD_US}\""
+             if env.cap_kind == "v2" else
+             f"cgroup v1 cpu controller, `cpu.cfs_quota_us` = {cpucap.QUOTA_US}, "
+             f"`cpu.cfs_period_us` = {cpucap.PERIOD_US}")
+    return (f"{cpucap.QUOTA_US / cpucap.PERIOD_US:g} CPU: {where}, in a cgroup per proxy start "
+            f"(`{env.cap_root}/<run prefix>-<setup>-<phase>`, removed when the proxy stops)")
 
 
 def write_docs(res, docs, results_json):
@@ -348,8 +385,12 @@ def completeness(data, cfg, skip):
                 m = rnd.get(s["name"])
                 keys = [("keepalive", "rps"), ("close", "rps"), ("c1", "p50_ms"), ("c1", "p99_ms"),
                         ("keepalive", "p99_ms")]
+                keys += [("keepalive", "machine_per_1k"), ("close", "machine_per_1k")]
                 if s["has_proxy"]:
                     keys += [("keepalive", "cpu_per_1k"), ("peak_rss_kb",)]
+                if s.get("capped"):
+                    keys += [("cap_keepalive", "rps"), ("cap_close", "rps"),
+                             ("cap_keepalive", "throttled_pct")]
                 if s["supports_iperf"]:
                     keys += [("iperf1_gbps",), ("iperfN_gbps",)]
                 for k in keys:
@@ -372,7 +413,7 @@ def completeness(data, cfg, skip):
                         missing.append(f"scaling: {n} at {count} Services")
     if "memory" not in skip:
         for s in avail:
-            if s["has_proxy"] and s["name"] != "haproxy-http":
+            if s.get("memory"):
                 runs = data["memory"].get(s["name"])
                 if not isinstance(runs, list) or not runs or any(
                         str(c) not in runs[0] for c in data["meta"]["idle_counts"]):

@@ -16,7 +16,9 @@ def log(msg):
 
 # -- throughput and latency, every setup in turn --------------------------------------------
 def perf_round(env, setup, cfg):
-    """One turn of one setup: wrk keep-alive, wrk Connection: close, wrk -c1, iperf3 x1 and xN."""
+    """One turn of one setup: wrk keep-alive, wrk Connection: close, wrk -c1, the same two wrk
+    runs with the proxy capped at a quarter CPU, iperf3 x1 and xN. Every wrk run also records
+    the machine's busy CPU (report.py subtracts direct's from the same run)."""
     out = {}
     load_cpu = env.pin["load"]
     try:
@@ -30,6 +32,19 @@ def perf_round(env, setup, cfg):
         out["c1"] = measure.wrk(env.world, setup.ns, url, 1, cfg.c1_s, cpu=load_cpu)
         if pids:
             out["peak_rss_kb"] = measure.peak_rss_kb(setup.pids())
+        if pids and cfg.cap and setup.set_cap(True):
+            try:
+                pids = setup.pids()
+                for key, close in (("cap_keepalive", False), ("cap_close", True)):
+                    out[key] = measure.wrk(env.world, setup.ns, url, cfg.conns, cfg.cap_s,
+                                           close=close, cpu=load_cpu, proc_pids=pids,
+                                           cgroup=setup.cgroup)
+                # Every process of the proxy was in the capped cgroup (set_cap adopts any
+                # that were not): the page shows both counts.
+                out["cap_procs"] = len(setup.cgroup.pids())
+                out["proxy_procs"] = len(setup.pids())
+            finally:
+                setup.set_cap(False)
         if setup.supports_iperf:
             if setup.has_proxy:
                 setup.ensure("iperf")
@@ -170,7 +185,7 @@ def memory_run(env, setup, counts):
                     lambda: measure.established_count(world, ns, "( sport = :15001 )") >= n, 30, 0.2)
                 if not accepted:
                     raise BenchError(f"memory: {setup.name} did not accept {n} connections")
-                if setup.name != "nginx-http":  # an HTTP proxy connects upstream per request
+                if not setup.per_request:  # an HTTP proxy connects upstream per request
                     wait_until(lambda: measure.established_count(world, ns, "( dport = :80 )") >= n,
                                10, 0.2)
                 time.sleep(0.5)

@@ -30,6 +30,18 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def machine_cpu_seconds():
+    """Busy CPU seconds of the whole machine since boot, from /proc/stat's `cpu` line: user +
+    nice + system + irq + softirq. Idle, iowait and steal are not work done here; guest time is
+    already inside user and nice."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu "):
+                v = [int(x) for x in line.split()[1:]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+    raise BenchError("/proc/stat has no cpu line")
+
+
 def _status_kb(pid, key):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -83,20 +95,37 @@ def parse_wrk(out):
     return res
 
 
-def wrk(world, ns, url, conns, seconds, close=False, cpu=None, proc_pids=None):
-    """Runs wrk (one thread) in ns; adds proxy CPU per 1k requests when proc_pids is given."""
+def wrk(world, ns, url, conns, seconds, close=False, cpu=None, proc_pids=None, cgroup=None):
+    """Runs wrk (one thread) in ns. Always adds the machine's busy CPU seconds over the run and
+    per 1k requests; adds the proxy's own CPU per 1k requests when proc_pids is given, and the
+    cgroup's throttling over the run when cgroup (a cpucap.CpuCgroup) is given."""
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(url)
     cmd = ["ip", "netns", "exec", ns] + (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
     cpu0 = cpu_seconds(proc_pids) if proc_pids else None
+    th0 = cgroup.stat() if cgroup else None
+    m0, t0 = machine_cpu_seconds(), time.monotonic()
     cp = run(cmd, timeout=seconds + 30)
+    m1, t1 = machine_cpu_seconds(), time.monotonic()
     res = parse_wrk(cp.stdout)
+    per_1k = (lambda used: used / res["requests"] * 1000 if res["requests"] else None)
+    res["wall_s"] = t1 - t0
+    res["machine_s"] = m1 - m0
+    res["machine_per_1k"] = per_1k(m1 - m0)
     if proc_pids:
         used = cpu_seconds(proc_pids) - cpu0
         res["cpu_s"] = used
-        res["cpu_per_1k"] = used / res["requests"] * 1000 if res["requests"] else None
+        res["cpu_per_1k"] = per_1k(used)
+        res["cpu_cores"] = used / (t1 - t0)
+    if cgroup:
+        th1 = cgroup.stat()
+        periods = th1["periods"] - th0["periods"]
+        res["periods"] = periods
+        res["throttled_pct"] = ((th1["throttled"] - th0["throttled"]) / periods * 100
+                                if periods else None)
+        res["throttled_s"] = th1["throttled_s"] - th0["throttled_s"]
     if res["requests"] and res["errors"] > res["requests"] * 0.01:
         raise BenchError(f"wrk: {res['errors']} errors in {res['requests']} requests ({url})")
     return res
@@ -137,6 +166,43 @@ def _fetch(ip, port, timeout):
     finally:
         s.close()
     return t1 - t0, time.perf_counter() - t0, b"".join(chunks)
+
+
+def keepalive_split(ns, ip, port, n, timeout=3.0):
+    """n requests on ONE keep-alive connection; returns {"v1": a, "v2": b, "failed": c}. An L4
+    proxy picks the backend once per connection, so only an L7 proxy answers from both."""
+    request = b"GET / HTTP/1.1\r\nHost: bill-service\r\n\r\n"
+
+    def body():
+        counts = {"v1": 0, "v2": 0, "failed": 0}
+        try:
+            s = socket.create_connection((ip, port), timeout=timeout)
+        except OSError:
+            counts["failed"] = n
+            return counts
+        buf = b""
+        try:
+            for i in range(n):
+                s.sendall(request)
+                while True:  # one response: headers, then Content-Length bytes of body
+                    head, sep, rest = buf.partition(b"\r\n\r\n")
+                    m = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
+                    if m and len(rest) >= int(m.group(1)):
+                        length = int(m.group(1))
+                        counts[served_by(rest[:length]) or "failed"] += 1
+                        buf = rest[length:]
+                        break
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        counts["failed"] += n - i
+                        return counts
+                    buf += chunk
+        except OSError:
+            counts["failed"] += n - counts["v1"] - counts["v2"] - counts["failed"]
+        finally:
+            s.close()
+        return counts
+    return in_netns(ns, body)
 
 
 def http_get(world, ns, ip, port, timeout=2.0):

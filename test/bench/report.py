@@ -6,6 +6,12 @@ import subprocess
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 PROXIES_FOR_RATIOS = ["haproxy-tcp", "nginx-stream", "nginx-http", "direct"]
+# The headline's rows (setups.L4_PROXIES / L7_PROXIES; repeated so --render needs no setups).
+L4_ROWS, L4_REF = ["remora", "remora-ebpf", "nginx-stream", "haproxy-tcp"], "haproxy-tcp"
+L7_ROWS, L7_REF = ["remora-l7", "nginx-http", "haproxy-http"], "haproxy-http"
+L7_SECOND_REF = "nginx-http"
+CAP_KA, CAP_CL = ("cap_keepalive", "rps"), ("cap_close", "rps")
+MACHINE_KA, MACHINE_CL = ("keepalive", "machine_per_1k"), ("close", "machine_per_1k")
 
 
 # -- aggregation ------------------------------------------------------------------------------
@@ -99,6 +105,132 @@ def table(headers, rows, markdown=False, text_cols=1):
     return "\n".join(out)
 
 
+def _setup(res, name):
+    for s in res.setups:
+        if s["name"] == name:
+            return s
+    return None
+
+
+def _with_ratio(value, ratio, digits):
+    if value is None:
+        return "–"
+    return f"{fmt(value, digits)} ({fmt(ratio, 2, '×')})"
+
+
+def headline_rows(res, names, ref, markdown=False):
+    """One row per setup in names (those in this run): the capped req/s and the machine-wide
+    CPU per 1k requests over direct's, each with its ratio to `ref`, taken within each run."""
+    rows = []
+    for n in names:
+        s = _setup(res, n)
+        if s is None:
+            continue
+        if not s["available"]:
+            # The printed summary lists the reasons above its tables; the page says them here.
+            rows.append([s["label"], f"not available: {s['reason']}" if markdown
+                         else "not available", "", "", ""])
+            continue
+        rows.append([s["label"],
+                     _with_ratio(res.median(n, CAP_KA), res.ratio(n, ref, CAP_KA), 0),
+                     _with_ratio(res.median(n, CAP_CL), res.ratio(n, ref, CAP_CL), 0),
+                     _with_ratio(res.added(n, MACHINE_KA), res.added_ratio(n, ref, MACHINE_KA), 4),
+                     _with_ratio(res.added(n, MACHINE_CL), res.added_ratio(n, ref, MACHINE_CL), 4)])
+    return rows
+
+
+HEADLINE_HDR = ["setup", "capped keep-alive req/s", "capped Connection: close req/s",
+                "machine CPU s/1k keep-alive req, − direct", "machine CPU s/1k close req, − direct"]
+
+
+def headline_tables(res, markdown=False):
+    """[(title, table)]: the L4 proxies against HAProxy tcp, the L7 ones against HAProxy http
+    (and Remora's L7 row against nginx http too). Empty before any perf run."""
+    measured = any(_get(r.get(n, {}), path) is not None for r in res.rounds for n in r
+                   for path in (CAP_KA, MACHINE_KA))
+    if not measured:
+        return []
+    out = []
+    rows = headline_rows(res, L4_ROWS, L4_REF, markdown)
+    if rows:
+        out.append((f"L4 proxies; ratios to {res.label(L4_REF)}", table(HEADLINE_HDR, rows, markdown)))
+    rows = headline_rows(res, L7_ROWS, L7_REF, markdown)
+    if rows:
+        t = table(HEADLINE_HDR, rows, markdown)
+        a, b = L7_ROWS[0], L7_SECOND_REF
+        if _setup(res, a) and _setup(res, b):
+            if _avail(res, a) and _avail(res, b):
+                cells = [fmt(res.ratio(a, b, CAP_KA), 2, "×"), fmt(res.ratio(a, b, CAP_CL), 2, "×"),
+                         fmt(res.added_ratio(a, b, MACHINE_KA), 2, "×"),
+                         fmt(res.added_ratio(a, b, MACHINE_CL), 2, "×")]
+            else:
+                cells = ["not available"] * 4
+            t += "\n\n" + table(
+                [f"{res.label(a)} ÷ {res.label(b)}"] + HEADLINE_HDR[1:], [["ratio"] + cells],
+                markdown)
+        out.append((f"L7 (HTTP) proxies; ratios to {res.label(L7_REF)}", t))
+    return out
+
+
+def capped_table(res, markdown=False):
+    """Absolute figures of the capped runs, with the evidence that the cap bit."""
+    rows = []
+    for s in res.setups:
+        if not s.get("has_proxy"):
+            continue
+        n = s["name"]
+        if not s["available"]:
+            rows.append([s["label"], "not available"] + [""] * 7)
+            continue
+        procs = res.median(n, ("cap_procs",))
+        rows.append([s["label"], fmt(res.median(n, CAP_KA), 0),
+                     fmt(res.median(n, ("cap_keepalive", "p99_ms")), 2),
+                     fmt(res.median(n, ("cap_keepalive", "throttled_pct")), 0, " %"),
+                     fmt(res.median(n, ("cap_keepalive", "cpu_cores")), 3),
+                     fmt(res.median(n, CAP_CL), 0), fmt(res.median(n, ("cap_close", "p99_ms")), 2),
+                     fmt(res.median(n, ("cap_close", "throttled_pct")), 0, " %"),
+                     "–" if procs is None else
+                     f"{procs:.0f} of {res.median(n, ('proxy_procs',)) or 0:.0f}"])
+    if not any(res.median(s["name"], CAP_KA) is not None for s in res.setups):
+        return None
+    return table(["setup", "keep-alive req/s", "p99 ms", "periods throttled", "proxy CPUs used",
+                  "close req/s", "p99 ms", "periods throttled", "processes in the cgroup"],
+                 rows, markdown)
+
+
+def cap_notes(res):
+    """Capped setups whose cap did not bind (throttled in under half the CFS periods): there
+    the proxy was not the bottleneck, and the capped req/s says little about it."""
+    out = []
+    for s in res.setups:
+        if not s.get("capped") or not s["available"]:
+            continue
+        v = res.median(s["name"], ("cap_keepalive", "throttled_pct"))
+        if v is not None and v < 50:
+            out.append(f"{s['label']}: the cap bit in only {v:.0f} % of CFS periods in the capped "
+                       "keep-alive run, so something other than the proxy (the load generator, "
+                       "the backends, or other work on the machine) limited it")
+    return out
+
+
+def machine_table(res, markdown=False):
+    rows = []
+    for s in res.setups:
+        n = s["name"]
+        if not s["available"]:
+            rows.append([s["label"], "not available", "", "", ""])
+            continue
+        direct = n == "direct"
+        rows.append([s["label"], fmt(res.median(n, MACHINE_KA), 4),
+                     "0" if direct else fmt(res.added(n, MACHINE_KA), 4),
+                     fmt(res.median(n, MACHINE_CL), 4),
+                     "0" if direct else fmt(res.added(n, MACHINE_CL), 4)])
+    if not any(res.median(s["name"], MACHINE_KA) is not None for s in res.setups):
+        return None
+    return table(["setup", "keep-alive s/1k req", "− direct", "close s/1k req", "− direct"],
+                 rows, markdown)
+
+
 def perf_tables(res, markdown=False):
     """Keep-alive, Connection: close, and one-connection latency + bulk tables."""
     out = []
@@ -145,7 +277,11 @@ def ratio_table(res, markdown=False):
     if not _avail(res, "remora"):
         return None
     rows = []
-    metrics = [("keep-alive req/s", ("keepalive", "rps"), "ratio"),
+    metrics = [("capped keep-alive req/s (¼ CPU)", CAP_KA, "ratio"),
+               ("capped Connection: close req/s (¼ CPU)", CAP_CL, "ratio"),
+               ("machine CPU per 1k req, − direct (keep-alive)", MACHINE_KA, "added"),
+               ("machine CPU per 1k req, − direct (close)", MACHINE_CL, "added"),
+               ("keep-alive req/s", ("keepalive", "rps"), "ratio"),
                ("new conn/s (Connection: close)", ("close", "rps"), "ratio"),
                ("proxy CPU per 1k req (keep-alive)", ("keepalive", "cpu_per_1k"), "ratio"),
                ("proxy CPU per 1k req (close)", ("close", "cpu_per_1k"), "ratio"),
@@ -229,7 +365,8 @@ def memory_table(res, markdown=False):
     counts = res.data["meta"].get("idle_counts", [])
     rows = []
     for s in res.setups:
-        if not s.get("has_proxy"):
+        # Older results have no "memory" key: every proxy but HAProxy http was measured then.
+        if not s.get("memory", s.get("has_proxy") and s["name"] != "haproxy-http"):
             continue
         runs = mem.get(s["name"])
         if runs is None or isinstance(runs, str):
@@ -264,6 +401,23 @@ def goals(res):
             out.append((goal, shown, "met" if ok else "NOT met"))
 
     r = lambda b, path: res.ratio("remora", b, path)  # noqa: E731
+    # Issue 12 §4, against HAProxy tcp in the same run.
+    v = r("haproxy-tcp", CAP_KA)
+    add("capped keep-alive req/s ≥ 1.5 × HAProxy tcp (issue 12)", v, v is not None and v >= 1.5,
+        fmt(v, 2, "×"))
+    v = res.added_ratio("remora", "haproxy-tcp", MACHINE_KA)
+    add("machine CPU per 1k keep-alive req (− direct) ≤ 0.6 × HAProxy tcp's (issue 12)", v,
+        v is not None and v <= 0.6, fmt(v, 2, "×"))
+    for key, what, want in (("iperf1_gbps", "one stream", 0.95), ("iperfN_gbps", "four streams", 0.9)):
+        v = r("direct", (key,))
+        add(f"bulk, {what} ≥ {want:g} × direct (issue 12)", v, v is not None and v >= want,
+            fmt(v, 2, "×"))
+    v = res.added_ratio("remora", "haproxy-tcp", ("c1", "p50_ms"))
+    add("added p50 at one connection ≤ 0.7 × HAProxy tcp's (issue 12)", v,
+        v is not None and v <= 0.7, fmt(v, 2, "×"))
+    v = r("haproxy-tcp", CAP_CL)
+    add("capped Connection: close req/s ≥ 1.2 × HAProxy tcp (issue 12)", v,
+        v is not None and v >= 1.2, fmt(v, 2, "×"))
     for peer in ("haproxy-tcp", "nginx-stream", "nginx-http"):
         v = r(peer, ("keepalive", "rps"))
         add(f"keep-alive req/s ≥ 1.2 × {res.label(peer)}", v, v is not None and v >= 1.2, fmt(v, 2, "×"))
@@ -351,10 +505,20 @@ def summary_text(res):
     parts.append(f"Machine: {meta['machine']}")
     parts.append(f"Pinning: {meta['pinning']}")
     parts.append(f"Interception for the sidecar setups: {meta.get('interception')}")
+    if meta.get("note"):
+        parts.append(f"Note: {meta['note']}")
+    parts.append(f"CPU cap: {meta.get('cap', 'not measured')}")
     parts.append(f"Runs: {meta['runs']} (medians; ratios taken within each run)")
     for s in res.setups:
         if not s["available"]:
             parts.append(f"Not available: {s['label']}: {s['reason']}")
+    for title, t in headline_tables(res):
+        parts += ["", "Headline: " + title, t]
+    for title, fn in (("Capped at a quarter CPU (cgroup cpu quota)", capped_table),
+                      ("Machine-wide CPU per 1,000 requests (/proc/stat busy time)", machine_table)):
+        t = fn(res)
+        if t:
+            parts += ["", title, t]
     perf = perf_tables(res)
     for title, t in perf:
         parts += ["", title, t]
@@ -368,7 +532,7 @@ def summary_text(res):
                       ("Memory (RSS of the proxy's processes)", memory_table)):
         t = fn(res)
         parts += ["", title, t or "not measured"]
-    for note in meta.get("notes", []):
+    for note in meta.get("notes", []) + cap_notes(res):
         parts.append(f"NOTE: {note}")
     g = goals(res)
     parts += ["", "Goals", table(["goal", "measured", "verdict"], [list(x) for x in g])]
@@ -415,6 +579,15 @@ def plots(res, out_dir):
     _write_dat(os.path.join(out_dir, "rps.dat"), ["setup", "keep-alive", "Connection: close"], rows)
     gp("rps.png", kind="hist", data="rps.dat", out="rps.png", ncols="2",
        title="HTTP requests per second (higher is better)", ylabel="requests/s")
+
+    rows = [[s["label"], res.median(s["name"], CAP_KA), res.median(s["name"], CAP_CL)]
+            for s in avail if s.get("capped")]
+    if rows:
+        _write_dat(os.path.join(out_dir, "capped.dat"), ["setup", "keep-alive", "Connection: close"],
+                   rows)
+        gp("capped.png", kind="hist", data="capped.dat", out="capped.png", ncols="2",
+           title="HTTP requests per second, proxy capped at 0.25 CPU (higher is better)",
+           ylabel="requests/s")
 
     rows = [[s["label"], res.median(s["name"], ("c1", "p50_ms")), res.median(s["name"], ("c1", "p99_ms")),
              res.median(s["name"], ("keepalive", "p50_ms")), res.median(s["name"], ("keepalive", "p99_ms"))]
@@ -499,8 +672,23 @@ def markdown(res, plot_names, plot_rel="bench"):
     md = ["# Remora benchmarks", "",
           "<!-- Written by scripts/bench.sh from its latest full run; do not edit by hand. -->", "",
           f"Produced by `{meta['command']}` at commit `{meta['commit']}` on {meta['date']}, "
-          f"in {meta['elapsed_s'] / 60:.1f} minutes.", "",
-          "## Headline (Remora, iptables mode, one worker)", ""]
+          f"in {meta['elapsed_s'] / 60:.1f} minutes.", ""]
+    if meta.get("note"):
+        md += [f"**Note:** {meta['note']}", ""]
+    md += ["## Headline", "",
+          "Each proxy capped at a quarter of a CPU (a sidecar with a 250m CPU limit), and the "
+          "CPU the whole machine spent per 1,000 requests beyond what the same requests cost "
+          "direct (softirq included). In brackets: the ratio to the row's reference, computed "
+          "within each run, median over runs. Higher req/s and lower CPU are better.", ""]
+    heads = headline_tables(res, True)
+    for title, t in heads:
+        md += [f"### {title}", "", t, ""]
+    if not heads:
+        md += ["Not measured in this run: it has neither the capped nor the machine-wide "
+               "figures (" + ("throughput was skipped" if not res.rounds else
+                              "it predates them; the next full run of scripts/bench.sh fills "
+                              "them in") + ").", ""]
+    md += ["### Uncapped (Remora, iptables mode, one worker)", ""]
     hl = headline(res)
     md += [f"- {h}" for h in hl] if hl else [
         f"Remora did not run: {_reason(res, 'remora')}."]
@@ -522,6 +710,22 @@ def markdown(res, plot_names, plot_rel="bench"):
           f"with 1 and {meta['iperf_streams']} streams. Proxy CPU is utime+stime of the proxy's "
           "processes from /proc over the wrk run, divided by the requests wrk completed; RSS is "
           "VmRSS (peak: VmHWM) summed over the proxy's processes (nginx: master + worker).",
+          "- **Capped throughput:** not measured in this run." if "cap_s" not in meta else
+          f"- **Capped throughput:** {meta['cap']}. Every proxy start gets its "
+          "own cgroup; the proxy is placed in it between fork and exec, so its threads and "
+          "children (nginx's worker) are born inside, and the harness checks before each capped "
+          "run that every process of the proxy is in it. The quota is off for the uncapped "
+          f"figures and on for two more wrk -t1 -c{meta['conns']} runs of {meta.get('cap_s')} s "
+          "(keep-alive, `Connection: close`); the proxy is then the bottleneck, and the share of "
+          "CFS periods in which it was throttled is shown as evidence. Softirq work done on the "
+          "proxy's behalf is not charged to its cgroup, which is why the machine-wide figure "
+          "stands beside it.",
+          "- **Machine-wide CPU per 1,000 requests:** the busy time of the whole machine over each "
+          "wrk run from /proc/stat (user + nice + system + irq + softirq; idle, iowait and steal "
+          "excluded), divided by the requests completed, minus the same figure of the direct "
+          "setup in the same run. It counts the client, backends, kernel and proxy, so work a "
+          "design pushes into softirq is not hidden; anything else running on the machine "
+          "counts too, so it is only meaningful on an otherwise idle machine.",
           ""]
     md += ["### Setups", "", table(["setup", "path", "status"],
                                    [[s["label"], s["note"], "ran" if s["available"] else
@@ -530,6 +734,17 @@ def markdown(res, plot_names, plot_rel="bench"):
     md += [f"- {t}" for t in meta["tuning"]]
     md += [""]
     md += ["## Results", ""]
+    t = capped_table(res, True)
+    if t:
+        md += [f"### Capped at a quarter CPU, wrk -t1 -c{meta['conns']}", "",
+               "Proxy CPUs used: the proxy's utime+stime over the run ÷ wall time (at most 0.25 "
+               "when the cap holds). Periods throttled: CFS periods in which the cgroup ran out "
+               "of quota ÷ periods in which it ran.", "", t, ""]
+    if "capped.png" in plot_names:
+        md += [f"![Capped requests per second]({plot_rel}/capped.png)", ""]
+    t = machine_table(res, True)
+    if t:
+        md += ["### Machine-wide CPU per 1,000 requests (uncapped runs)", "", t, ""]
     for title, t in perf_tables(res, True):
         md += [f"### {title}", "", t, ""]
     for name, cap in (("rps.png", "Requests per second"), ("latency.png", "Latency percentiles"),
@@ -577,8 +792,9 @@ def markdown(res, plot_names, plot_rel="bench"):
                "closing note of the run that produced this page."]
     else:
         md += ["Every goal above is met in this run."]
-    if meta.get("notes"):
-        md += ["", "## Notes on this run", ""] + [f"- {n}" for n in meta["notes"]]
+    notes = meta.get("notes", []) + cap_notes(res)
+    if notes:
+        md += ["", "## Notes on this run", ""] + [f"- {n}" for n in notes]
     if res.data.get("errors"):
         md += ["", "## Errors during the run", ""] + [f"- {e}" for e in res.data["errors"]]
     md += ["", "## Reproduce", "", "```", meta["command"], "```", "",

@@ -7,6 +7,7 @@ bill-service pods. What differs is the path in between.
 import os
 import shutil
 
+import cpucap
 import kube_chains
 import measure
 from world import BenchError, run, wait_until
@@ -48,6 +49,25 @@ def remora_config_text():
             docs += yaml_documents(f.read())
     return "---\n".join(docs)
 
+
+# The L4 row's config: the same Services and weights, but bill-service's port declared TCP
+# (`tcp-http`) and the VirtualService's route under `tcp:`, so the row stays an L4 figure once
+# remora-proxy routes HTTP ports per request (issue 10); the L7 row keeps the seed as it is.
+L4_EDITS = [("  ports:\n  - name: http\n    port: 9999\n", "  ports:\n  - name: tcp-http\n    port: 9999\n"),
+            ("  hosts:\n  - bill-service\n  http:\n", "  hosts:\n  - bill-service\n  tcp:\n")]
+
+
+def remora_l4_config_text():
+    """The seed config with bill-service made a TCP port (L4_EDITS); BenchError when the seed
+    no longer has the text the edits expect."""
+    text = remora_config_text()
+    for old, new in L4_EDITS:
+        if text.count(old) != 1:
+            raise BenchError(f"the seed config changed: expected one {old!r} to make the L4 "
+                             "config (test/bench/setups.py L4_EDITS)")
+        text = text.replace(old, new)
+    return text
+
 PODS = {  # name -> IPv4 (the seed's backends keep their seed addresses)
     "bill-v1": V1_IP,
     "bill-v2": V2_IP,
@@ -73,6 +93,14 @@ class Env:
         self.run_dir = run_dir
         self.interception = None  # how front-mesh's REDIRECT rules were installed
         self.remora_help = None
+        # The CPU cap's cgroup hierarchy (cpucap.probe): kind "v1"/"v2" and its root, or the
+        # reason there is none (then the capped figures are not measured, and the page says so).
+        self.cap_kind, self.cap_root, self.cap_reason = None, None, "not probed"
+
+    def probe_cap(self):
+        self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe(
+            f"{self.world.prefix}-probe")
+        return self.cap_reason
 
     def bin(self, name):
         override = os.environ.get("REMORA_BENCH_" + name.upper().replace("-", "_"))
@@ -171,14 +199,23 @@ class Setup:
     iperf_target = IPERF_VIP
     has_proxy = False
     supports_iperf = True
+    per_request = False  # an HTTP proxy: connects upstream per request, not per connection
+    memory = True  # measured in the memory figure (when it has a proxy)
     note = ""
 
     def __init__(self, env):
         self.env = env
         self.proc = None
+        self.cgroup = None
+        self.probed = None
 
     def unavailable(self):
         """None when the setup can run here, otherwise the reason it cannot."""
+        return None
+
+    def probe(self):
+        """Runs once the world exists: None when the setup works there, else the reason it
+        does not (for rows that need a running proxy to tell, such as Remora's L7)."""
         return None
 
     @property
@@ -200,9 +237,22 @@ class Setup:
         if self.proc is not None:
             self.env.world.stop(self.proc)
             self.proc = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def pids(self):
         return self.proc.tree() if self.proc else []
+
+    def set_cap(self, on):
+        """Turns the quarter-CPU quota of the proxy's cgroup on or off; False when there is no
+        cgroup (no proxy, or no cpu controller on this machine)."""
+        if self.cgroup is None:
+            return False
+        # Whatever the proxy forked or re-spawned since its start is moved in too.
+        self.cgroup.adopt(self.pids())
+        self.cgroup.set_cap(on)
+        return True
 
 
 class Direct(Setup):
@@ -228,8 +278,16 @@ class ProxySetup(Setup):
     def start(self, phase="http"):
         env = self.env
         self.stop()
+        procs = None
+        if env.cap_kind:
+            # A cgroup per start, born before the proxy so all its processes and threads start
+            # inside it (nginx master and worker, every remora-proxy thread); no quota until
+            # set_cap(True), so the uncapped figures are unaffected.
+            self.cgroup = cpucap.CpuCgroup(env.cap_kind, env.cap_root,
+                                           f"{env.world.prefix}-{self.name}-{phase}").create()
+            procs = self.cgroup.procs_file()
         self.proc = env.world.spawn(f"{self.name}-{phase}", self.ns, self.argv(phase),
-                                    cpu=env.pin["proxy"], uid=PROXY_UID)
+                                    cpu=env.pin["proxy"], uid=PROXY_UID, cgroup_procs=procs)
         if not env.wait_listener(self.ns, 15001) or not self.proc.alive():
             tail = self.proc.log_tail()
             self.stop()
@@ -252,7 +310,8 @@ class ProxySetup(Setup):
 class Remora(ProxySetup):
     name, label = "remora", "Remora (iptables)"
     restart_for_iperf = False  # one config routes both Services by original destination
-    note = "remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10"
+    note = ("remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10 "
+            "(as `tcp:` routes on a `tcp-http` port: an L4 figure even once L7 exists)")
 
     def unavailable(self):
         b = self.env.bin("remora-proxy")
@@ -261,14 +320,21 @@ class Remora(ProxySetup):
         missing = [p for p in REMORA_CONFIG_PARTS if not os.path.exists(p)]
         if missing:
             return f"missing config part(s): {', '.join(missing)}"
+        try:
+            self.config_text()
+        except BenchError as e:
+            return str(e)
         return None
+
+    def config_text(self):
+        return remora_l4_config_text()
 
     def config_path(self):
         # The proxy runs as 1337 and may not read the source tree; it gets its own copy.
-        path = os.path.join(self.env.run_dir, "remora.yaml")
+        path = os.path.join(self.env.run_dir, f"{self.name}.yaml")
         if not os.path.exists(path):
             with open(path, "w") as f:
-                f.write(remora_config_text())
+                f.write(self.config_text())
             os.chmod(path, 0o644)
         return path
 
@@ -298,10 +364,43 @@ class HaproxyTcp(ProxySetup):
         return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, cfg)]
 
 
+class RemoraL7(Remora):
+    # L7-ROW: remora-proxy routing each HTTP request on its own (issue 10). Same binary, same
+    # config and flags as Remora (the seed's bill-service port is named `http`); the row
+    # fills in by itself once probe() sees one keep-alive connection answered by both
+    # backends, and is then compared with HAProxy http and nginx http, at the same cap.
+    name, label = "remora-l7", "Remora (L7)"
+    supports_iperf = False
+    per_request = True
+    memory = False  # the same process as the Remora row
+    note = "same REDIRECT rules → remora-proxy routing per HTTP request (issue 10), 90/10"
+    PROBE_REQUESTS = 50
+
+    def config_text(self):
+        return remora_config_text()  # the seed as it is: bill-service's port is `http`
+
+    def probe(self):
+        try:
+            self.start("http")
+            c = measure.keepalive_split(self.ns, *self.http_target, self.PROBE_REQUESTS)
+        except BenchError as e:
+            return f"remora-proxy did not serve the L7 probe ({e})"
+        finally:
+            self.stop()
+        if c["v1"] and c["v2"]:
+            return None
+        return (f"remora-proxy routes per connection, not per request: {self.PROBE_REQUESTS} "
+                f"requests on one keep-alive connection went v1 {c['v1']}, v2 {c['v2']}, "
+                f"failed {c['failed']} (issue 10 adds per-request routing)")
+
+
 class HaproxyHttp(ProxySetup):
     name, label = "haproxy-http", "HAProxy http"
     supports_iperf = False
-    note = "same REDIRECT rules → HAProxy 2.6 mode http, http-reuse always (for Remora's L7)"
+    per_request = True
+    memory = False
+    note = ("same REDIRECT rules → HAProxy 2.6 mode http, nbthread 1, http-reuse always, "
+            "weights 90/10 (the L7 row's peer)")
 
     def argv(self, phase):
         return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, "haproxy-http.cfg")]
@@ -320,6 +419,7 @@ class NginxStream(ProxySetup):
 class NginxHttp(ProxySetup):
     name, label = "nginx-http", "nginx http"
     supports_iperf = False  # an HTTP proxy cannot carry iperf3
+    per_request = True
     note = "same REDIRECT rules → nginx 1.22 http proxy, 1 worker, upstream keepalive, 90/10"
 
     def argv(self, phase):
@@ -328,9 +428,14 @@ class NginxHttp(ProxySetup):
                 os.path.join(BENCH_DIR, "nginx-http.conf")]
 
 
-ALL = [Direct, KubeProxy, Remora, RemoraEbpf, HaproxyTcp, NginxStream, NginxHttp, HaproxyHttp]
-DEFAULT = ["direct", "kube-proxy", "remora", "remora-ebpf", "haproxy-tcp", "nginx-stream",
-           "nginx-http"]
+ALL = [Direct, KubeProxy, Remora, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
+       HaproxyHttp]
+DEFAULT = ["direct", "kube-proxy", "remora", "remora-ebpf", "remora-l7", "haproxy-tcp",
+           "nginx-stream", "nginx-http", "haproxy-http"]
+# The L4 proxies of the headline (all compared with HAProxy tcp) and the L7 ones (with HAProxy
+# http and nginx http).
+L4_PROXIES = ["remora", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
+L7_PROXIES = ["remora-l7", "nginx-http", "haproxy-http"]
 
 
 def make(env, names):

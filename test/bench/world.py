@@ -71,6 +71,20 @@ def _raise_nofile():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _child_setup(cgroup_procs):
+    """Runs in the child between fork and exec: the process enters its cgroup (when given)
+    before it becomes the program, so every thread and child it makes is born inside."""
+    def setup():
+        _raise_nofile()
+        if cgroup_procs:
+            fd = os.open(cgroup_procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+    return setup
+
+
 def nofile_hard_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
@@ -203,8 +217,9 @@ class World:
         return self.pods[pod]["ns"]
 
     # -- processes --------------------------------------------------------------------------
-    def spawn(self, name, ns, argv, cpu=None, uid=None, env=None):
-        """Starts argv inside ns (optionally pinned to `cpu` and run as uid:uid).
+    def spawn(self, name, ns, argv, cpu=None, uid=None, env=None, cgroup_procs=None):
+        """Starts argv inside ns (optionally pinned to `cpu`, run as uid:uid, and inside the
+        cgroup whose `cgroup.procs` file is given).
 
         `ip netns exec`, taskset and setpriv each exec the next program, so the PID Popen
         returns is the program's own.
@@ -221,7 +236,7 @@ class World:
         if env:
             full_env.update(env)
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 preexec_fn=_raise_nofile, env=full_env)
+                                 preexec_fn=_child_setup(cgroup_procs), env=full_env)
         log.close()
         proc = Proc(name, popen, log_path)
         proc.ns = ns
