@@ -194,7 +194,7 @@ class FakeTable final : public routing::RouteTable {
     sp.port = SocketAddress::parse(vip)->port;
     routing::Subset subset;
     subset.name = "v1";
-    for (const auto& e : endpoints) subset.endpoints.push_back({*SocketAddress::parse(e), ""});
+    for (const auto& e : endpoints) subset.endpoints.append({*SocketAddress::parse(e), ""});
     sp.subsets.push_back(subset);
     sp.route.push_back({0, 100});
     services_[vip] = sp;

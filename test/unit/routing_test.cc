@@ -31,8 +31,8 @@ ServicePortEntry makeEntry(const std::vector<SubsetDef>& defs, const char* vip =
     subset.name = defs[i].name;
     subset.policy = defs[i].policy;
     for (const auto& e : defs[i].endpoints) {
-      subset.endpoints.push_back({addr(e.c_str()), "default/" + e});
-      entry.pod_addresses.push_back({addr(e.c_str()), addr(e.c_str())});
+      subset.endpoints.append({addr(e.c_str()), "default/" + e});
+      entry.endpoints.append({addr(e.c_str()), "default/" + e});
     }
     entry.port.subsets.push_back(std::move(subset));
     entry.port.route.push_back({i, defs[i].weight});
@@ -310,7 +310,7 @@ TEST(Router, PodAddressKeepsThePodTheClientChose) {
 
 TEST(Router, PodOutsideEveryRoutedSubsetPassesThrough) {
   ServicePortEntry entry = makeEntry({{"v1", {"10.1.0.1:80"}, 100}});
-  entry.pod_addresses.push_back({addr("10.3.0.1:80"), addr("10.3.0.1:80")});  // a v3 pod
+  entry.endpoints.append({addr("10.3.0.1:80"), "default/v3"});  // a v3 pod
   auto table = makeTable({entry});
   ProxySettings strict;
   strict.outbound_policy = OutboundPolicy::kRegistryOnly;
@@ -381,7 +381,7 @@ TEST(StaticRouteTable, FirstServiceKeepsASharedPod) {
 TEST(StaticRouteTable, IndexesBothFamilies) {
   ServicePortEntry entry = makeEntry({{"", {"10.1.0.1:80"}, 100}});
   entry.cluster_ips.push_back(*IpAddress::parse("fd00:96::1"));
-  entry.pod_addresses.push_back({addr("[fd00:244::5]:80"), addr("10.1.0.1:80")});
+  entry.endpoints.addOtherIp(*IpAddress::parse("fd00:244::5"));  // 10.1.0.1's
   auto table = makeTable({entry});
   EXPECT_NE(table->find(addr("[fd00:96::1]:80")), nullptr);
   RouteMatch m = table->match(addr("[fd00:244::5]:80"));

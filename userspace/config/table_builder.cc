@@ -45,10 +45,116 @@ bool olderThan(const Ref& a, const Ref& b) {
   return a.object->item < b.object->item;
 }
 
+// An endpoint of one Service port while the endpoints are gathered: its place in the
+// Service's pool and the port it listens on there.
 struct EndpointInfo {
-  routing::Endpoint endpoint;
-  const Labels* labels = nullptr;    // the Pod's or WorkloadEntry's, when known
-  std::vector<IpAddress> other_ips;  // the pod's addresses in other families
+  uint32_t member = 0;
+  uint16_t port = 0;
+};
+
+// One Service's endpoint pool: every (IP, pod) once, with its labels; and the lists of its
+// ports and subsets, identical ones sharing one index vector (issue 9: 100 ports x 10,000
+// endpoints used to hold a copy of every address and pod name per port and per subset).
+class EndpointInterner {
+ public:
+  // The pool index of this endpoint, added when new (`fresh`). `ns` and `name` name the pod
+  // or workload, both empty when unknown.
+  uint32_t intern(const IpAddress& ip, std::string_view ns, std::string_view name,
+                  const Labels* labels, bool* fresh = nullptr) {
+    auto [first, last] = by_ip_.equal_range(ip);
+    for (auto it = first; it != last; ++it) {
+      const std::string& pod = pool_->pods[it->second];
+      bool same_pod = name.empty()
+                          ? pod.empty()
+                          : pod.size() == ns.size() + 1 + name.size() && pod.starts_with(ns) &&
+                                pod[ns.size()] == '/' && pod.ends_with(name);
+      if (same_pod && labels_[it->second] == labels) {
+        if (fresh != nullptr) *fresh = false;
+        return it->second;
+      }
+    }
+    auto k = static_cast<uint32_t>(pool_->ips.size());
+    pool_->ips.push_back(ip);
+    pool_->pods.push_back(name.empty() ? std::string() : fmt::format("{}/{}", ns, name));
+    labels_.push_back(labels);
+    by_ip_.emplace(ip, k);
+    if (fresh != nullptr) *fresh = true;
+    return k;
+  }
+
+  void addOtherIp(uint32_t member, const IpAddress& ip) {
+    pool_->other_ips.emplace_back(member, ip);
+  }
+
+  const Labels* labels(uint32_t member) const { return labels_[member]; }
+
+  routing::EndpointList list(const std::vector<EndpointInfo>& endpoints) {
+    std::vector<uint32_t> members;
+    std::vector<uint16_t> ports;
+    members.reserve(endpoints.size());
+    ports.reserve(endpoints.size());
+    for (const auto& e : endpoints) {
+      members.push_back(e.member);
+      ports.push_back(e.port);
+    }
+    return make(shared(members_, std::move(members)), std::move(ports));
+  }
+
+  // The endpoints of `list` (one of this pool's) whose labels match the subset's.
+  routing::EndpointList subset(const routing::EndpointList& list, const SubsetSpec& spec) {
+    auto& positions = subset_positions_[{list.members(), &spec}];
+    if (!positions) {
+      std::vector<uint32_t> keep;
+      for (uint32_t j = 0; j < list.size(); ++j) {
+        const Labels* l = labels_[list.member(j)];
+        if (l != nullptr && labelsMatch(spec.labels, *l)) keep.push_back(j);
+      }
+      positions = std::make_shared<const std::vector<uint32_t>>(std::move(keep));
+    }
+    std::vector<uint32_t> members;
+    std::vector<uint16_t> ports;
+    members.reserve(positions->size());
+    ports.reserve(positions->size());
+    for (uint32_t j : *positions) {
+      members.push_back(list.member(j));
+      ports.push_back(list.port(j));
+    }
+    return make(shared(members_, std::move(members)), std::move(ports));
+  }
+
+  void shrink() {
+    pool_->ips.shrink_to_fit();
+    pool_->pods.shrink_to_fit();
+    pool_->other_ips.shrink_to_fit();
+  }
+
+ private:
+  template <typename T>
+  static std::shared_ptr<const std::vector<T>> shared(
+      std::vector<std::shared_ptr<const std::vector<T>>>& cache, std::vector<T> v) {
+    for (const auto& c : cache) {
+      if (*c == v) return c;
+    }
+    cache.push_back(std::make_shared<const std::vector<T>>(std::move(v)));
+    return cache.back();
+  }
+
+  routing::EndpointList make(std::shared_ptr<const std::vector<uint32_t>> members,
+                             std::vector<uint16_t> ports) {
+    if (members->empty()) return {};
+    bool uniform =
+        std::all_of(ports.begin(), ports.end(), [&](uint16_t p) { return p == ports[0]; });
+    if (uniform) return {pool_, std::move(members), ports[0]};
+    return {pool_, std::move(members), 0, shared(ports_, std::move(ports))};
+  }
+
+  std::shared_ptr<routing::EndpointPool> pool_ = std::make_shared<routing::EndpointPool>();
+  std::vector<const Labels*> labels_;  // per pool index: the Pod's or WorkloadEntry's, or null
+  std::unordered_multimap<IpAddress, uint32_t, routing::IpAddressHash> by_ip_;
+  std::vector<std::shared_ptr<const std::vector<uint32_t>>> members_;
+  std::vector<std::shared_ptr<const std::vector<uint16_t>>> ports_;
+  std::map<std::pair<const void*, const void*>, std::shared_ptr<const std::vector<uint32_t>>>
+      subset_positions_;
 };
 
 struct MergedSubset {
@@ -63,7 +169,10 @@ struct ServiceInfo {
   std::string key;  // "name.namespace", or a ServiceEntry's host
   bool service_entry = false;
   Resolution resolution = Resolution::kStatic;
-  std::vector<std::vector<EndpointInfo>> endpoints;  // per spec->ports entry
+  std::vector<std::vector<EndpointInfo>> endpoints;  // per spec->ports entry, while gathered
+  // Then per spec->ports entry. `mutable`: subsets of the lists are cached as they are built.
+  mutable EndpointInterner pool;
+  std::vector<routing::EndpointList> lists;
   // Every Pod behind the Service, ready or not: a subset that matches none of them is a typo,
   // one that matches only unready pods is just empty for now.
   std::vector<const Labels*> workloads;
@@ -389,9 +498,8 @@ class Builder {
         if (dns && se.endpoints.empty() && !se.workload_selector) {
           for (size_t p = 0; p < own.ports.size(); ++p) {
             for (const auto& ip : resolved_hosts) {
-              EndpointInfo e;
-              e.endpoint.address = SocketAddress{ip, own.ports[p].target_number};
-              info.endpoints[p].push_back(std::move(e));
+              info.endpoints[p].push_back(
+                  {info.pool.intern(ip, "", "", nullptr), own.ports[p].target_number});
             }
           }
         }
@@ -453,6 +561,7 @@ class Builder {
                          w.address, service.key));
         return;
       }
+      uint32_t member = service.pool.intern(*ip, object.namespace_name, object.name, &w.labels);
       for (size_t p = 0; p < spec.ports.size(); ++p) {
         const ServicePortSpec& port = spec.ports[p];
         uint16_t target = port.target_number;
@@ -461,17 +570,19 @@ class Builder {
           if (name == port_name && !port_name.empty()) target = number;
         }
         if (target == 0) continue;
-        EndpointInfo info;
-        info.endpoint.address = SocketAddress{*ip, target};
-        info.endpoint.pod = fmt::format("{}/{}", object.namespace_name, object.name);
-        info.labels = &w.labels;
-        service.endpoints[p].push_back(std::move(info));
+        service.endpoints[p].push_back({member, target});
       }
       return;
     }
     const auto& pod = std::get<PodSpec>(object.spec);
     if (!pod.ready) return;
     size_t primary = primaryIp(pod, spec);
+    bool fresh = false;
+    uint32_t member = service.pool.intern(pod.ips[primary], object.namespace_name, object.name,
+                                          &object.labels, &fresh);
+    for (size_t k = 0; k < pod.ips.size() && fresh; ++k) {
+      if (k != primary) service.pool.addOtherIp(member, pod.ips[k]);
+    }
     for (size_t p = 0; p < spec.ports.size(); ++p) {
       const ServicePortSpec& port = spec.ports[p];
       uint16_t target = port.target_number;
@@ -482,14 +593,7 @@ class Builder {
         if (named == pod.named_ports.end()) continue;
         target = named->second;
       }
-      EndpointInfo info;
-      info.endpoint.address = SocketAddress{pod.ips[primary], target};
-      info.endpoint.pod = fmt::format("{}/{}", object.namespace_name, object.name);
-      info.labels = &object.labels;
-      for (size_t k = 0; k < pod.ips.size(); ++k) {
-        if (k != primary) info.other_ips.push_back(pod.ips[k]);
-      }
-      service.endpoints[p].push_back(std::move(info));
+      service.endpoints[p].push_back({member, target});
     }
   }
 
@@ -518,6 +622,14 @@ class Builder {
       if (spec.selector.empty()) continue;
       for (uint32_t i : selectPods(ns, spec.selector)) addWorkloadEndpoints(service, i, true);
     }
+    for (auto& service : services_) {
+      service.lists.reserve(service.endpoints.size());
+      for (const auto& endpoints : service.endpoints) {
+        service.lists.push_back(service.pool.list(endpoints));
+      }
+      service.endpoints = {};
+      service.pool.shrink();
+    }
   }
 
   void serviceEntryEndpoints(ServiceInfo& service) {
@@ -545,10 +657,7 @@ class Builder {
           if (name == spec.ports[p].name) target = number;
         }
         for (const auto& ip : ips) {
-          EndpointInfo info;
-          info.endpoint.address = SocketAddress{ip, target};
-          info.labels = &w.labels;
-          service.endpoints[p].push_back(std::move(info));
+          service.endpoints[p].push_back({service.pool.intern(ip, "", "", &w.labels), target});
         }
       }
       service.workloads.push_back(&w.labels);
@@ -558,11 +667,15 @@ class Builder {
   void endpointsFromSlices(ServiceInfo& service, const std::vector<Ref>& slices) {
     const ServiceSpec& spec = *service.spec;
     std::unordered_set<const Object*> pods_seen;
+    // Each slice endpoint's pool index (kNotReady for an unready one), resolved once on the
+    // first port the slice serves rather than once per port.
+    constexpr uint32_t kNotReady = UINT32_MAX;
+    std::vector<std::vector<uint32_t>> members(slices.size());
     for (size_t p = 0; p < spec.ports.size(); ++p) {
       const ServicePortSpec& port = spec.ports[p];
       std::unordered_set<SocketAddress, routing::SocketAddressHash> seen;
-      for (const Ref& ref : slices) {
-        const auto& slice = std::get<EndpointSliceSpec>(ref.object->spec);
+      for (size_t s = 0; s < slices.size(); ++s) {
+        const auto& slice = std::get<EndpointSliceSpec>(slices[s].object->spec);
         // Slice ports carry the Service port's name; without one, a numeric targetPort still
         // says where the pods listen.
         uint16_t target = 0;
@@ -574,27 +687,42 @@ class Builder {
           target = port.target_number;
         }
         if (target == 0) continue;
-        for (const auto& e : slice.endpoints) {
-          const Object* pod = nullptr;
-          if (!e.pod_name.empty()) {
-            auto it = pods_by_name_.find(ViewKey{e.pod_namespace, e.pod_name, ""});
-            if (it != pods_by_name_.end()) pod = pods_[it->second].object;
-          }
-          if (pod == nullptr) service.slice_without_pods = true;
-          if (pod != nullptr && pods_seen.insert(pod).second)
-            service.workloads.push_back(&pod->labels);
-          if (!e.ready) continue;
-          SocketAddress address{e.address, target};
-          if (!seen.insert(address).second) continue;
-          EndpointInfo info;
-          info.endpoint.address = address;
-          if (!e.pod_name.empty())
-            info.endpoint.pod = fmt::format("{}/{}", e.pod_namespace, e.pod_name);
-          info.labels = pod == nullptr ? nullptr : &pod->labels;
-          service.endpoints[p].push_back(std::move(info));
+        if (members[s].empty() && !slice.endpoints.empty()) {
+          members[s] = sliceMembers(service, slice, pods_seen, kNotReady);
+        }
+        for (size_t i = 0; i < slice.endpoints.size(); ++i) {
+          if (members[s][i] == kNotReady) continue;
+          if (!seen.insert(SocketAddress{slice.endpoints[i].address, target}).second) continue;
+          service.endpoints[p].push_back({members[s][i], target});
         }
       }
     }
+  }
+
+  // The pool index of each of the slice's endpoints, or `not_ready`; notes the slice's pods
+  // among the Service's workloads.
+  std::vector<uint32_t> sliceMembers(ServiceInfo& service, const EndpointSliceSpec& slice,
+                                     std::unordered_set<const Object*>& pods_seen,
+                                     uint32_t not_ready) {
+    std::vector<uint32_t> out;
+    out.reserve(slice.endpoints.size());
+    for (const auto& e : slice.endpoints) {
+      const Object* pod = nullptr;
+      if (!e.pod_name.empty()) {
+        auto it = pods_by_name_.find(ViewKey{e.pod_namespace, e.pod_name, ""});
+        if (it != pods_by_name_.end()) pod = pods_[it->second].object;
+      }
+      if (pod == nullptr) service.slice_without_pods = true;
+      if (pod != nullptr && pods_seen.insert(pod).second) service.workloads.push_back(&pod->labels);
+      if (!e.ready) {
+        out.push_back(not_ready);
+        continue;
+      }
+      std::string_view pod_ns = e.pod_name.empty() ? std::string_view() : e.pod_namespace;
+      out.push_back(service.pool.intern(e.address, pod_ns, e.pod_name,
+                                        pod == nullptr ? nullptr : &pod->labels));
+    }
+    return out;
   }
 
   // A ServiceEntry host exactly; else "reviews", "reviews.ns", "reviews.ns.svc" and
@@ -871,20 +999,13 @@ class Builder {
     std::string protocol = portProtocol(port.name, port.app_protocol);
     entry.port.protocol = protocol.empty() ? "auto" : protocol;
     entry.cluster_ips = service.spec->cluster_ips;
-    for (const auto& e : service.endpoints[p]) {
-      entry.pod_addresses.push_back({e.endpoint.address, e.endpoint.address});
-      for (const auto& ip : e.other_ips) {
-        entry.pod_addresses.push_back(
-            {SocketAddress{ip, e.endpoint.address.port}, e.endpoint.address});
-      }
-    }
+    entry.endpoints = service.lists[p];
 
     const VsRoute* route = routeFor(service, port, protocol);
     if (route == nullptr) {
       routing::Subset all;
       all.policy = rulePolicy(service).value_or(LbPolicy::kRoundRobin);
-      all.endpoints.reserve(service.endpoints[p].size());
-      for (const auto& e : service.endpoints[p]) all.endpoints.push_back(e.endpoint);
+      all.endpoints = service.lists[p];
       entry.port.subsets.push_back(std::move(all));
       entry.port.route.push_back({0, 100});
       return entry;
@@ -942,21 +1063,17 @@ class Builder {
     subset.name =
         same ? dest.subset
              : (dest.subset.empty() ? target.key : fmt::format("{}/{}", target.key, dest.subset));
-    const auto& endpoints =
-        target.endpoints.empty() ? std::vector<EndpointInfo>{} : target.endpoints[target_port];
+    const routing::EndpointList endpoints =
+        target.lists.empty() ? routing::EndpointList{} : target.lists[target_port];
     if (dest.subset.empty()) {
       subset.policy = rulePolicy(target).value_or(LbPolicy::kRoundRobin);
-      for (const auto& e : endpoints) subset.endpoints.push_back(e.endpoint);
+      subset.endpoints = endpoints;
       return subset;
     }
     const MergedSubset& merged = *findSubset(target, dest.subset);
     const SubsetSpec* spec = merged.spec;
     subset.policy = spec->policy.value_or(rulePolicy(target).value_or(LbPolicy::kRoundRobin));
-    for (const auto& e : endpoints) {
-      if (e.labels != nullptr && labelsMatch(spec->labels, *e.labels)) {
-        subset.endpoints.push_back(e.endpoint);
-      }
-    }
+    subset.endpoints = target.pool.subset(endpoints, *spec);
     if (!subset.endpoints.empty() || weight == 0) return subset;
     std::string share = fmt::format(
         "its {:.4g}% share goes to the other destinations (Istio would answer 503 for it)",

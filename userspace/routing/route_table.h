@@ -5,12 +5,14 @@
 // the current table; the engine only sees RouteDecision.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/finding.h"
@@ -45,15 +47,85 @@ struct ProxySettings {
   std::chrono::milliseconds inbound_drain_grace{std::chrono::seconds(2)};
 };
 
+// One endpoint as tables built in code describe it (EndpointList::append).
 struct Endpoint {
   SocketAddress address;
   std::string pod;  // "namespace/name", empty when known only from an EndpointSlice
 };
 
+// A Service's endpoints, each held once: its IP and pod name. Every port and subset of the
+// Service lists its endpoints as indices into this pool, so 100 ports x 10,000 endpoints keep
+// 10,000 addresses and names, not 1,000,000 (docs/PROXY.md, "Memory per endpoint").
+struct EndpointPool {
+  std::vector<IpAddress> ips;
+  std::vector<std::string> pods;  // parallel to ips
+  // A dual-stack pod's addresses in the other family: (pool index, address). Dialling one
+  // reaches the pod as its primary address does.
+  std::vector<std::pair<uint32_t, IpAddress>> other_ips;
+};
+
+// An ordered list of endpoints: pool indices plus the port each listens on. Copies share
+// everything; the builder gives identical lists of different ports and subsets one index
+// vector, and a list whose endpoints all listen on one port stores that port once.
+class EndpointList {
+ public:
+  struct Entry {
+    SocketAddress address;
+    const std::string& pod;
+  };
+  class Iterator {
+   public:
+    using difference_type = std::ptrdiff_t;
+    using value_type = Entry;
+    Iterator(const EndpointList* list, size_t i) : list_(list), i_(i) {}
+    Entry operator*() const { return (*list_)[i_]; }
+    Iterator& operator++() {
+      ++i_;
+      return *this;
+    }
+    bool operator==(const Iterator& other) const { return i_ == other.i_; }
+
+   private:
+    const EndpointList* list_;
+    size_t i_;
+  };
+
+  EndpointList() = default;
+  // `ports` is null when every member listens on `port`; otherwise one port per member.
+  EndpointList(std::shared_ptr<const EndpointPool> pool,
+               std::shared_ptr<const std::vector<uint32_t>> members, uint16_t port,
+               std::shared_ptr<const std::vector<uint16_t>> ports = nullptr);
+
+  size_t size() const { return members_ ? members_->size() : 0; }
+  bool empty() const { return size() == 0; }
+  uint32_t member(size_t i) const { return (*members_)[i]; }  // index into pool()
+  uint16_t port(size_t i) const { return ports_ ? (*ports_)[i] : port_; }
+  SocketAddress address(size_t i) const { return {pool_->ips[member(i)], port(i)}; }
+  const std::string& pod(size_t i) const { return pool_->pods[member(i)]; }
+  Entry operator[](size_t i) const { return {address(i), pod(i)}; }
+  Iterator begin() const { return {this, 0}; }
+  Iterator end() const { return {this, size()}; }
+  const std::shared_ptr<const EndpointPool>& pool() const { return pool_; }
+  // Null when the list is empty or its ports differ per member.
+  const std::vector<uint32_t>* members() const { return members_.get(); }
+  const std::vector<uint16_t>* ports() const { return ports_.get(); }
+
+  // For tables built in code: appends to a pool of this list's own (copied first when shared).
+  void append(const Endpoint& endpoint);
+  // The same pod's address in the other family (the last endpoint pushed).
+  void addOtherIp(const IpAddress& ip);
+
+ private:
+  std::shared_ptr<const EndpointPool> pool_;
+  std::shared_ptr<const std::vector<uint32_t>> members_;
+  std::shared_ptr<const std::vector<uint16_t>> ports_;
+  uint16_t port_ = 0;
+};
+
 struct Subset {
   std::string name;  // "" for the whole service
   LbPolicy policy = LbPolicy::kRoundRobin;
-  std::vector<Endpoint> endpoints;
+  EndpointList endpoints;
 };
 
 struct WeightedSubset {
@@ -88,7 +160,7 @@ class RouteTable {
  public:
   virtual ~RouteTable() = default;
   // The ServicePort for an original destination, or nullptr (passthrough / REGISTRY_ONLY).
-  // O(1): a hash lookup on IP:port.
+  // O(1): a hash lookup on IP:port, then for a pod address one on the IP.
   virtual const ServicePort* find(const SocketAddress& original_dst) const = 0;
   // find() plus whether the destination is one of the service's own pod addresses. Tables that
   // do not index pods may keep this default, which treats every match as a service address.

@@ -160,7 +160,7 @@ class RouterImpl final : public Router {
     bool filtering = exclude.has_value() || !tried.empty();
     auto allowed = [&](uint32_t i) {
       if (!filtering) return true;
-      const SocketAddress& a = endpoints[i].address;
+      SocketAddress a = endpoints.address(i);
       if (exclude && a == *exclude) return false;
       return std::find(tried.begin(), tried.end(), a) == tried.end();
     };
@@ -208,7 +208,7 @@ class RouterImpl final : public Router {
     d.service = &port;
     d.subset_index = subset;
     d.endpoint_index = endpoint;
-    d.upstream = port.subsets[subset].endpoints[endpoint].address;
+    d.upstream = port.subsets[subset].endpoints.address(endpoint);
     return d;
   }
 
