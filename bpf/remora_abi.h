@@ -83,6 +83,24 @@ struct remora_tuple_key {
   __u8 pad[5];
 };
 
+/* A pod address of a meshed netns (sk_lookup cannot read the netns cookie, so it finds the
+ * netns from the destination address). Value: the netns cookie. */
+struct remora_addr_key {
+  __u32 addr[4]; /* network order */
+  __u8 family;
+  __u8 pad[3];
+};
+
+/* The proxy's inbound listener of one netns and family, in the inbound sockhash. */
+struct remora_listener_key {
+  __u64 netns_cookie;
+  __u32 family;
+  __u32 pad;
+};
+
+/* Pod addresses one node can hold (a few per meshed netns). */
+#define REMORA_MAX_ADDRS (REMORA_MAX_NETNS * 4)
+
 /* Index into the per-CPU counters array. */
 enum remora_counter {
   REMORA_C_REDIRECTED = 0,    /* connect rewritten to the proxy */
@@ -98,6 +116,8 @@ enum remora_counter {
   REMORA_C_ORIG_DST_MISSED,   /* getsockopt(SO_ORIGINAL_DST) with no entry */
   REMORA_C_INBOUND_STEERED,   /* sk_lookup steered an inbound connection to the proxy */
   REMORA_C_INBOUND_EXCLUDED,  /* sk_lookup left an excluded inbound port alone */
+  REMORA_C_INBOUND_NO_PROXY,  /* sk_lookup found no proxy listener for the netns */
+  REMORA_C_LISTENER_ADDED,    /* sockops put a proxy inbound listener in the sockhash */
   REMORA_C_MAX
 };
 

@@ -6,7 +6,10 @@
  *  - sockops: once that connection is established, the record is re-keyed by the app's local
  *    address and port, which is the peer the proxy's accepted socket sees;
  *  - cgroup/getsockopt: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on the proxy's accepted socket is
- *    answered from that record, so the proxy reads it exactly as after an iptables REDIRECT. */
+ *    answered from that record, so the proxy reads it exactly as after an iptables REDIRECT;
+ *  - sockops also puts the proxy's inbound listener (listen() on the netns's inbound port) in a
+ *    sockhash, and sk_lookup, attached to each meshed netns, steers inbound connections to the
+ *    pod's ports to it: no NAT, so the proxy's getsockname() is the original destination. */
 #include "vmlinux.h"
 
 #include <bpf/bpf_endian.h>
@@ -40,6 +43,20 @@ struct {
   __type(key, struct remora_tuple_key);
   __type(value, struct remora_orig_dst);
 } remora_orig_by_tuple SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, REMORA_MAX_ADDRS);
+  __type(key, struct remora_addr_key);
+  __type(value, __u64);
+} remora_inbound_addrs SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, REMORA_MAX_NETNS * 2);
+  __type(key, struct remora_listener_key);
+  __type(value, __u64);
+} remora_listeners SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -151,8 +168,26 @@ static __always_inline void tuple_local(struct bpf_sock_ops *skops, struct remor
   }
 }
 
+/* The proxy's inbound listener: any TCP socket listening on the meshed netns's inbound port
+ * (what an iptables REDIRECT to that port would reach too). */
+static __always_inline void add_listener(struct bpf_sock_ops *skops) {
+  __u64 netns = bpf_get_netns_cookie(skops);
+  const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, &netns);
+  if (!s || !(s->flags & REMORA_F_INBOUND) || skops->local_port != s->inbound_port) return;
+  struct remora_listener_key key = {};
+  key.netns_cookie = netns;
+  key.family = skops->family;
+  if (bpf_sock_hash_update(skops, &remora_listeners, &key, BPF_ANY) == 0) {
+    count(REMORA_C_LISTENER_ADDED);
+  }
+}
+
 SEC("sockops")
 int remora_sockops(struct bpf_sock_ops *skops) {
+  if (skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
+    add_listener(skops);
+    return 1;
+  }
   if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
   __u64 cookie = bpf_get_socket_cookie(skops);
   struct remora_orig_dst *orig = bpf_map_lookup_elem(&remora_orig_by_cookie, &cookie);
@@ -227,4 +262,44 @@ int remora_sockopt(struct bpf_sockopt *ctx) {
   ctx->retval = 0;
   count(REMORA_C_ORIG_DST_ANSWERED);
   return 1;
+}
+
+SEC("sk_lookup")
+int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
+  if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
+  struct remora_addr_key addr = {};
+  addr.family = (__u8)ctx->family;
+  if (ctx->family == REMORA_AF_INET) {
+    addr.addr[0] = ctx->local_ip4;
+  } else {
+    addr.addr[0] = ctx->local_ip6[0];
+    addr.addr[1] = ctx->local_ip6[1];
+    addr.addr[2] = ctx->local_ip6[2];
+    addr.addr[3] = ctx->local_ip6[3];
+  }
+  __u64 *netns = bpf_map_lookup_elem(&remora_inbound_addrs, &addr);
+  if (!netns) return SK_PASS;
+  const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, netns);
+  if (!s) return SK_PASS;
+  if (!remora_decide_inbound(s, (__u16)ctx->local_port)) {
+    count(REMORA_C_INBOUND_EXCLUDED);
+    return SK_PASS;
+  }
+  struct remora_listener_key key = {};
+  key.netns_cookie = *netns;
+  key.family = ctx->family;
+  struct bpf_sock *sk = bpf_map_lookup_elem(&remora_listeners, &key);
+  if (!sk && ctx->family == REMORA_AF_INET) {
+    /* A dual-stack [::] listener takes IPv4 too. */
+    key.family = REMORA_AF_INET6;
+    sk = bpf_map_lookup_elem(&remora_listeners, &key);
+  }
+  if (!sk) {
+    count(REMORA_C_INBOUND_NO_PROXY);
+    return SK_PASS;
+  }
+  long err = bpf_sk_assign(ctx, sk, 0);
+  bpf_sk_release(sk);
+  if (err == 0) count(REMORA_C_INBOUND_STEERED);
+  return SK_PASS;
 }

@@ -6,7 +6,10 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <ifaddrs.h>
 #include <linux/magic.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -32,6 +35,8 @@ static_assert(sizeof(remora_cidr) == 20);
 static_assert(sizeof(remora_netns_settings) == 40 + 4 * 16 * 3 + 20 * 16 * 2);
 static_assert(sizeof(remora_orig_dst) == 32);
 static_assert(sizeof(remora_tuple_key) == 32);
+static_assert(sizeof(remora_addr_key) == 20);
+static_assert(sizeof(remora_listener_key) == 16);
 static_assert(std::size(ebpf::kCounterNames) == REMORA_C_MAX);
 
 namespace {
@@ -165,6 +170,29 @@ uint64_t attachedCgroupId(const std::string& pin_dir) {
 
 bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
+// The netns's own addresses (not loopback): sk_lookup finds the netns by them.
+Result<std::vector<remora_addr_key>> podAddresses(bool ipv6) {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return errnoError("listing the netns's addresses");
+  std::vector<remora_addr_key> keys;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    remora_addr_key key{};
+    if (i->ifa_addr->sa_family == AF_INET) {
+      key.family = REMORA_AF_INET;
+      std::memcpy(key.addr, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, 4);
+    } else if (i->ifa_addr->sa_family == AF_INET6 && ipv6) {
+      key.family = REMORA_AF_INET6;
+      std::memcpy(key.addr, &reinterpret_cast<sockaddr_in6*>(i->ifa_addr)->sin6_addr, 16);
+    } else {
+      continue;
+    }
+    keys.push_back(key);
+  }
+  ::freeifaddrs(list);
+  return keys;
+}
+
 class EbpfApplier : public Applier {
  public:
   explicit EbpfApplier(EbpfConfig config) : config_(std::move(config)) {}
@@ -194,8 +222,17 @@ class EbpfApplier : public Applier {
     ApplyReport report;
     report.backend = name();
     report.changed = true;
-    const std::string netns_pin = ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap);
-    if (exists(netns_pin)) {
+    const bool first = !exists(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap));
+    if (first) {
+      auto attached = attachAndPin(*cgroup);
+      if (!attached) {
+        if (created_dir) ::rmdir(config_.pin_dir.c_str());
+        return attached.error();
+      }
+      report.lines.push_back(
+          fmt::format("ebpf: attached connect4, connect6, sockops, getsockopt to {}; pinned in {}",
+                      *cgroup, config_.pin_dir));
+    } else {
       auto want = cgroupId(*cgroup);
       if (!want) return want.error();
       uint64_t have = attachedCgroupId(config_.pin_dir);
@@ -205,24 +242,16 @@ class EbpfApplier : public Applier {
             "cgroup or uninstall every meshed netns first",
             config_.pin_dir, have, *cgroup, *want));
       }
-      Fd map(bpf_obj_get(netns_pin.c_str()));
-      if (!map.valid()) return errnoError("opening " + netns_pin);
-      if (bpf_map_update_elem(map.get(), &*cookie, &*settings, BPF_ANY) != 0) {
-        return errnoError("registering the netns in " + netns_pin);
-      }
       report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
                                          *cgroup, config_.pin_dir));
-    } else {
-      auto attached = attachAndPin(*cgroup, *cookie, *settings);
-      if (!attached) {
-        if (created_dir) ::rmdir(config_.pin_dir.c_str());
-        return attached.error();
-      }
-      report.lines.push_back(
-          fmt::format("ebpf: attached connect4, connect6, sockops, getsockopt to {}; pinned in {}",
-                      *cgroup, config_.pin_dir));
     }
-    report.lines.push_back(fmt::format("ebpf: registered netns cookie {}", *cookie));
+    auto registered = registerNetns(*cookie, *settings, report);
+    if (!registered) {
+      // The first install undoes its attach too: nothing new is left behind.
+      if (first) removeAllPins(nullptr);
+      if (created_dir) ::rmdir(config_.pin_dir.c_str());
+      return registered.error();
+    }
     return report;
   }
 
@@ -251,14 +280,7 @@ class EbpfApplier : public Applier {
     if (exists(netns_pin)) {
       Fd map(bpf_obj_get(netns_pin.c_str()));
       if (!map.valid()) return errnoError("opening " + netns_pin);
-      if (bpf_map_delete_elem(map.get(), &*cookie) == 0) {
-        report.changed = true;
-        report.lines.push_back(fmt::format("ebpf: unregistered netns cookie {}", *cookie));
-      } else if (errno != ENOENT) {
-        return errnoError("unregistering the netns");
-      } else {
-        report.lines.push_back(fmt::format("ebpf: netns cookie {} was not registered", *cookie));
-      }
+      if (auto r = unregisterNetns(map.get(), *cookie, report); !r) return r.error();
       uint64_t key = 0;
       empty = bpf_map_get_next_key(map.get(), nullptr, &key) != 0;
     }
@@ -268,8 +290,7 @@ class EbpfApplier : public Applier {
     }
     // The last meshed netns is gone: unpinning the links detaches the programs, and the maps go
     // with the last reference.
-    for (const char* pin : ebpf::kLinkPins) unpin(ebpf::pinPath(config_.pin_dir, pin), report);
-    for (const char* pin : ebpf::kMapPins) unpin(ebpf::pinPath(config_.pin_dir, pin), report);
+    removeAllPins(&report);
     if (::rmdir(config_.pin_dir.c_str()) != 0 && errno != ENOENT) {
       return errnoError("removing " + config_.pin_dir);
     }
@@ -281,14 +302,18 @@ class EbpfApplier : public Applier {
   Result<void> check(const InterceptOptions& options) override {
     auto settings = netnsSettings(options, wantIpv6(options));
     if (!settings) return settings.error();
-    for (const char* pin : ebpf::kLinkPins) {
-      if (!exists(ebpf::pinPath(config_.pin_dir, pin))) {
+    for (const char* link : ebpf::kLinkPins) {
+      if (!exists(ebpf::pinPath(config_.pin_dir, link))) {
         return makeError(fmt::format("{} is not pinned: the programs are not attached",
-                                     ebpf::pinPath(config_.pin_dir, pin)));
+                                     ebpf::pinPath(config_.pin_dir, link)));
       }
     }
     auto cookie = currentNetnsCookie();
     if (!cookie) return cookie.error();
+    if ((settings->flags & REMORA_F_INBOUND) && !exists(skLookupPin(*cookie))) {
+      return makeError(fmt::format("{} is not pinned: inbound is not steered in this netns",
+                                   skLookupPin(*cookie)));
+    }
     Fd map(bpf_obj_get(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap).c_str()));
     if (!map.valid()) return errnoError("opening the pinned netns map");
     remora_netns_settings have{};
@@ -321,14 +346,115 @@ class EbpfApplier : public Applier {
     return fd;
   }
 
-  static void unpin(const std::string& path, ApplyReport& report) {
-    if (::unlink(path.c_str()) == 0) report.lines.push_back("ebpf: unpinned " + path);
+  std::string skLookupPin(uint64_t cookie) const {
+    return ebpf::pinPath(config_.pin_dir, ebpf::kSkLookupLinkPrefix + std::to_string(cookie));
+  }
+
+  std::string pin(const char* name) const { return ebpf::pinPath(config_.pin_dir, name); }
+
+  // Everything in the pin dir is Remora's: unpinning a link detaches its program.
+  void removeAllPins(ApplyReport* report) const {
+    std::error_code ec;
+    std::vector<std::string> paths;
+    for (const auto& entry : std::filesystem::directory_iterator(config_.pin_dir, ec)) {
+      paths.push_back(entry.path().string());
+    }
+    // Links first, so no program runs against a half-removed set of maps.
+    std::stable_partition(paths.begin(), paths.end(), [](const std::string& p) {
+      return p.find("/link_") != std::string::npos;
+    });
+    for (const auto& path : paths) {
+      if (::unlink(path.c_str()) == 0 && report) report->lines.push_back("ebpf: unpinned " + path);
+    }
+  }
+
+  // Registers the calling thread's netns: its sk_lookup link and pod addresses when inbound is
+  // captured, then its settings (what the connect programs look up). Undoes its own steps on
+  // failure.
+  Result<void> registerNetns(uint64_t cookie, const remora_netns_settings& settings,
+                             ApplyReport& report) {
+    std::vector<std::string> new_pins;
+    std::vector<remora_addr_key> new_addrs;
+    Fd addrs(bpf_obj_get(pin(ebpf::kInboundAddrsMap).c_str()));
+    if (!addrs.valid()) return errnoError("opening " + pin(ebpf::kInboundAddrsMap));
+    auto undo = [&](Error error) {
+      for (const auto& path : new_pins) ::unlink(path.c_str());
+      for (const auto& key : new_addrs) bpf_map_delete_elem(addrs.get(), &key);
+      return error;
+    };
+    const std::string link_pin = skLookupPin(cookie);
+    if (settings.flags & REMORA_F_INBOUND) {
+      if (!exists(link_pin)) {
+        Fd prog(bpf_obj_get(pin(ebpf::kSkLookupProg).c_str()));
+        if (!prog.valid()) return errnoError("opening " + pin(ebpf::kSkLookupProg));
+        Fd netns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+        if (!netns.valid()) return errnoError("opening /proc/thread-self/ns/net");
+        Fd link(bpf_link_create(prog.get(), netns.get(), BPF_SK_LOOKUP, nullptr));
+        if (!link.valid()) {
+          return errnoError(
+              fmt::format("attaching sk_lookup to this netns (needs Linux >= 5.9; kernel {})",
+                          kernelRelease()));
+        }
+        if (bpf_obj_pin(link.get(), link_pin.c_str()) != 0) {
+          return errnoError("pinning " + link_pin);
+        }
+        new_pins.push_back(link_pin);
+      }
+      auto pod = podAddresses((settings.flags & REMORA_F_IPV6) != 0);
+      if (!pod) return undo(pod.error());
+      for (const auto& key : *pod) {
+        uint64_t have = 0;
+        if (bpf_map_lookup_elem(addrs.get(), &key, &have) != 0) new_addrs.push_back(key);
+        if (bpf_map_update_elem(addrs.get(), &key, &cookie, BPF_ANY) != 0) {
+          return undo(errnoError("registering the pod's addresses"));
+        }
+      }
+      report.lines.push_back(
+          fmt::format("ebpf: sk_lookup steers inbound to {} pod address(es) to port {} ({})",
+                      pod->size(), settings.inbound_port, link_pin));
+    } else if (::unlink(link_pin.c_str()) == 0) {
+      report.lines.push_back("ebpf: inbound capture off: unpinned " + link_pin);
+    }
+    Fd map(bpf_obj_get(pin(ebpf::kNetnsMap).c_str()));
+    if (!map.valid()) return undo(errnoError("opening " + pin(ebpf::kNetnsMap)));
+    if (bpf_map_update_elem(map.get(), &cookie, &settings, BPF_ANY) != 0) {
+      return undo(errnoError("registering the netns in " + pin(ebpf::kNetnsMap)));
+    }
+    report.lines.push_back(fmt::format("ebpf: registered netns cookie {}", cookie));
+    return {};
+  }
+
+  Result<void> unregisterNetns(int netns_map, uint64_t cookie, ApplyReport& report) {
+    if (bpf_map_delete_elem(netns_map, &cookie) == 0) {
+      report.changed = true;
+      report.lines.push_back(fmt::format("ebpf: unregistered netns cookie {}", cookie));
+    } else if (errno != ENOENT) {
+      return errnoError("unregistering the netns");
+    } else {
+      report.lines.push_back(fmt::format("ebpf: netns cookie {} was not registered", cookie));
+    }
+    if (::unlink(skLookupPin(cookie).c_str()) == 0) {
+      report.lines.push_back("ebpf: unpinned " + skLookupPin(cookie));
+    }
+    Fd addrs(bpf_obj_get(pin(ebpf::kInboundAddrsMap).c_str()));
+    if (!addrs.valid()) return {};
+    std::vector<remora_addr_key> mine;
+    remora_addr_key key{};
+    remora_addr_key* prev = nullptr;
+    while (bpf_map_get_next_key(addrs.get(), prev, &key) == 0) {
+      uint64_t owner = 0;
+      if (bpf_map_lookup_elem(addrs.get(), &key, &owner) == 0 && owner == cookie) {
+        mine.push_back(key);
+      }
+      prev = &key;
+    }
+    for (const auto& k : mine) bpf_map_delete_elem(addrs.get(), &k);
+    return {};
   }
 
   // First install on the node: load, attach, register, pin. Any failure unpins what was pinned
   // and the skeleton's destruction detaches what was attached, so nothing new is left behind.
-  Result<void> attachAndPin(const std::string& cgroup, uint64_t cookie,
-                            const remora_netns_settings& settings) {
+  Result<void> attachAndPin(const std::string& cgroup) {
     Fd cg(::open(cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!cg.valid()) return errnoError("opening cgroup " + cgroup);
     InterceptSkeleton skel;
@@ -337,10 +463,6 @@ class EbpfApplier : public Applier {
       return makeError(fmt::format(
           "{} (kernel {}; eBPF mode needs Linux >= 5.15 and CAP_BPF + CAP_NET_ADMIN, or root)",
           r.error().message, kernelRelease()));
-    }
-    if (bpf_map_update_elem(bpf_map__fd(skel->maps.remora_netns), &cookie, &settings, BPF_ANY) !=
-        0) {
-      return errnoError("registering the netns");
     }
     struct Attach {
       bpf_program* prog;
@@ -371,8 +493,13 @@ class EbpfApplier : public Applier {
       }
       pinned.push_back(path);
     }
+    if (bpf_program__pin(skel->progs.remora_sk_lookup, pin(ebpf::kSkLookupProg).c_str()) != 0) {
+      return rollback(errnoError("pinning " + pin(ebpf::kSkLookupProg)));
+    }
+    pinned.push_back(pin(ebpf::kSkLookupProg));
     bpf_map* maps[] = {skel->maps.remora_orig_by_cookie, skel->maps.remora_orig_by_tuple,
-                       skel->maps.remora_counters, skel->maps.remora_netns};
+                       skel->maps.remora_counters,       skel->maps.remora_inbound_addrs,
+                       skel->maps.remora_listeners,      skel->maps.remora_netns};
     static_assert(std::size(maps) == std::size(ebpf::kMapPins));
     for (size_t i = 0; i < std::size(maps); ++i) {
       std::string path = ebpf::pinPath(config_.pin_dir, ebpf::kMapPins[i]);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "intercept/ebpf_applier.h"
 #include "intercept/ebpf_pins.h"
@@ -97,6 +98,32 @@ const char* verdictText(remora_verdict v) {
   return "";
 }
 
+Result<EbpfLinkInfo> readLink(const std::string& path) {
+  EbpfLinkInfo info;
+  info.pin = path;
+  ObjFd link(bpf_obj_get(path.c_str()));
+  if (link.fd < 0) return errnoError(path + " is missing");
+  bpf_link_info li{};
+  __u32 len = sizeof(li);
+  if (bpf_obj_get_info_by_fd(link.fd, &li, &len) != 0) return errnoError("link info " + path);
+  info.link_id = li.id;
+  info.prog_id = li.prog_id;
+  if (li.type == BPF_LINK_TYPE_NETNS) {
+    info.attach = attachName(li.netns.attach_type);
+    info.netns_ino = li.netns.netns_ino;
+  } else {
+    info.attach = attachName(li.cgroup.attach_type);
+    info.cgroup_id = li.cgroup.cgroup_id;
+  }
+  ObjFd prog(bpf_prog_get_fd_by_id(li.prog_id));
+  if (prog.fd >= 0) {
+    bpf_prog_info pi{};
+    __u32 plen = sizeof(pi);
+    if (bpf_obj_get_info_by_fd(prog.fd, &pi, &plen) == 0) info.prog_name = pi.name;
+  }
+  return info;
+}
+
 }  // namespace
 
 Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
@@ -106,28 +133,21 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
     dump.notes.push_back("nothing is attached: " + pin_dir + " does not exist");
     return dump;
   }
-  for (const char* pin : ebpf::kLinkPins) {
-    EbpfLinkInfo info;
-    info.pin = ebpf::pinPath(pin_dir, pin);
-    ObjFd link(bpf_obj_get(info.pin.c_str()));
-    if (link.fd < 0) {
-      dump.notes.push_back(fmt::format("{} is missing: {}", info.pin, std::strerror(errno)));
+  std::vector<std::string> link_pins;
+  for (const char* pin : ebpf::kLinkPins) link_pins.push_back(ebpf::pinPath(pin_dir, pin));
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(pin_dir, ec)) {
+    if (entry.path().filename().string().rfind(ebpf::kSkLookupLinkPrefix, 0) == 0) {
+      link_pins.push_back(entry.path().string());
+    }
+  }
+  for (const auto& path : link_pins) {
+    auto info = readLink(path);
+    if (!info) {
+      dump.notes.push_back(info.error().message);
       continue;
     }
-    bpf_link_info li{};
-    __u32 len = sizeof(li);
-    if (bpf_obj_get_info_by_fd(link.fd, &li, &len) != 0) return errnoError("link info " + info.pin);
-    info.link_id = li.id;
-    info.prog_id = li.prog_id;
-    info.attach = attachName(li.cgroup.attach_type);
-    info.cgroup_id = li.cgroup.cgroup_id;
-    ObjFd prog(bpf_prog_get_fd_by_id(li.prog_id));
-    if (prog.fd >= 0) {
-      bpf_prog_info pi{};
-      __u32 plen = sizeof(pi);
-      if (bpf_obj_get_info_by_fd(prog.fd, &pi, &plen) == 0) info.prog_name = pi.name;
-    }
-    dump.links.push_back(info);
+    dump.links.push_back(*info);
   }
   auto cookie = currentNetnsCookie();
   for (const char* pin : ebpf::kMapPins) {
@@ -170,6 +190,24 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
         ++dump.pending_connects;
         prev = &key;
       }
+    } else if (std::strcmp(pin, ebpf::kInboundAddrsMap) == 0) {
+      remora_addr_key key{};
+      remora_addr_key* prev = nullptr;
+      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+        uint64_t owner = 0;
+        if (bpf_map_lookup_elem(map.fd, &key, &owner) == 0) {
+          dump.inbound_addrs.emplace_back(toAddress(key.family, key.addr, 0).ip, owner);
+        }
+        prev = &key;
+      }
+    } else if (std::strcmp(pin, ebpf::kListenersMap) == 0) {
+      remora_listener_key key{};
+      remora_listener_key* prev = nullptr;
+      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+        dump.listeners.emplace_back(key.netns_cookie,
+                                    key.family == REMORA_AF_INET ? Family::kIpv4 : Family::kIpv6);
+        prev = &key;
+      }
     } else if (std::strcmp(pin, ebpf::kCountersMap) == 0) {
       int cpus = libbpf_num_possible_cpus();
       if (cpus <= 0) return makeError("cannot count the possible CPUs");
@@ -190,8 +228,10 @@ std::string renderEbpfDump(const EbpfDump& dump) {
   std::string out = fmt::format("eBPF mode, pins in {}\n", dump.pin_dir);
   out += "programs:\n";
   for (const auto& l : dump.links) {
-    out += fmt::format("  {:<18} prog {} (id {}) link {} cgroup id {}\n", l.attach, l.prog_name,
-                       l.prog_id, l.link_id, l.cgroup_id);
+    out += fmt::format("  {:<18} prog {} (id {}) link {} {}\n", l.attach, l.prog_name, l.prog_id,
+                       l.link_id,
+                       l.netns_ino ? fmt::format("netns inode {}", l.netns_ino)
+                                   : fmt::format("cgroup id {}", l.cgroup_id));
   }
   out += fmt::format("meshed netns: {}\n", dump.netns.size());
   for (const auto& n : dump.netns) {
@@ -203,6 +243,16 @@ std::string renderEbpfDump(const EbpfDump& dump) {
   for (const auto& o : dump.orig_dst) {
     out += fmt::format("  {} -> {} (uid {}, netns {})\n", o.app.toString(), o.original.toString(),
                        o.uid, o.netns_cookie);
+  }
+  out +=
+      fmt::format("inbound (sk_lookup): {} pod address(es), {} proxy listener(s) in the sockhash\n",
+                  dump.inbound_addrs.size(), dump.listeners.size());
+  for (const auto& [ip, owner] : dump.inbound_addrs) {
+    out += fmt::format("  address {} -> netns {}\n", ip.toString(), owner);
+  }
+  for (const auto& [owner, family] : dump.listeners) {
+    out +=
+        fmt::format("  listener netns {} {}\n", owner, family == Family::kIpv4 ? "ipv4" : "ipv6");
   }
   out += "counters:\n";
   for (const auto& [name, value] : dump.counters) out += fmt::format("  {:<18} {}\n", name, value);
@@ -221,7 +271,8 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
                              {"prog_id", l.prog_id},
                              {"link_id", l.link_id},
                              {"pin", l.pin},
-                             {"cgroup_id", l.cgroup_id}});
+                             {"cgroup_id", l.cgroup_id},
+                             {"netns_ino", l.netns_ino}});
   }
   j["map_ids"] = dump.map_ids;
   j["netns"] = nlohmann::json::array();
@@ -244,6 +295,15 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
                              {"netns", o.netns_cookie}});
   }
   j["pending_connects"] = dump.pending_connects;
+  j["inbound_addrs"] = nlohmann::json::array();
+  for (const auto& [ip, owner] : dump.inbound_addrs) {
+    j["inbound_addrs"].push_back({{"address", ip.toString()}, {"netns", owner}});
+  }
+  j["listeners"] = nlohmann::json::array();
+  for (const auto& [owner, family] : dump.listeners) {
+    j["listeners"].push_back(
+        {{"netns", owner}, {"family", family == Family::kIpv4 ? "ipv4" : "ipv6"}});
+  }
   j["counters"] = nlohmann::json::object();
   for (const auto& [name, value] : dump.counters) j["counters"][name] = value;
   j["notes"] = dump.notes;

@@ -20,6 +20,7 @@ struct EbpfLinkInfo {
   std::string prog_name;
   std::string attach;  // "cgroup/connect4", ...
   uint64_t cgroup_id = 0;
+  uint32_t netns_ino = 0;  // sk_lookup links: the netns they steer in
 };
 struct EbpfNetnsEntry {
   uint64_t cookie = 0;
@@ -39,6 +40,10 @@ struct EbpfDump {
   std::vector<EbpfNetnsEntry> netns;
   std::vector<EbpfOrigDstEntry> orig_dst;  // live entries, up to kMaxDumpedOrigDst
   size_t pending_connects = 0;             // rewritten, not yet established
+  // Inbound: pod addresses sk_lookup knows (address, netns cookie) and the proxy listeners the
+  // sockhash holds (netns cookie, family).
+  std::vector<std::pair<IpAddress, uint64_t>> inbound_addrs;
+  std::vector<std::pair<uint64_t, Family>> listeners;
   std::vector<std::pair<std::string, uint64_t>> counters;
   std::vector<std::string> notes;
 };

@@ -154,7 +154,7 @@ TEST_F(EbpfE2e, OutboundV4LandsInProxyWithOriginalDstAndNoRule) {
   EXPECT_EQ(save->out.find("\n-A "), std::string::npos) << save->out;
   auto j = dump(front_);
   ASSERT_FALSE(j.is_discarded());
-  EXPECT_EQ(j["programs"].size(), 4u);
+  EXPECT_EQ(j["programs"].size(), 5u);  // 4 on the cgroup, sk_lookup on the netns
   EXPECT_EQ(j["netns"].size(), 1u);
   EXPECT_TRUE(j["netns"][0]["current"].get<bool>());
   EXPECT_GE(j["counters"]["redirected"].get<uint64_t>(), 1u);
@@ -200,6 +200,36 @@ TEST_F(EbpfE2e, ProxyUidAndExclusionsBypass) {
   EXPECT_NE(t.out.find("excluded CIDR"), std::string::npos) << t.out;
 }
 
+TEST_F(EbpfE2e, InboundSteeredBySkLookupWithoutNat) {
+  install(front_, {"--exclude-inbound-ports", "8081"});
+  // The proxy listens after install, as in a pod: sockops puts its listener in the sockhash.
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15006", "inbound"));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "app"));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8081", "app-8081"));
+  // No NAT: the proxy's getsockname() is the pod IP and the app port.
+  std::string reply = connect(v1_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(reply.find("inbound orig=none local=10.244.0.10:8080 peer=10.244.1.168:"),
+            std::string::npos)
+      << reply;
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8081").find("app-8081"), std::string::npos);
+  // A port nothing listens on still reaches the proxy.
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":7777").find("local=10.244.0.10:7777"),
+            std::string::npos);
+  auto j = dump(front_);
+  EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 2u);
+  EXPECT_GE(j["counters"]["inbound_excluded"].get<uint64_t>(), 1u);
+  EXPECT_EQ(j["listeners"].size(), 1u) << j.dump();
+  bool pod_ip = false;
+  for (const auto& a : j["inbound_addrs"]) pod_ip |= a["address"] == kFrontIp;
+  EXPECT_TRUE(pod_ip) << j.dump();
+  auto nft = world_->exec(front_, {"nft", "list", "ruleset"});
+  ASSERT_TRUE(nft.ok());
+  EXPECT_EQ(nft->out.find_first_not_of(" \n"), std::string::npos) << nft->out;
+  // Uninstall stops the steering: 8080 reaches the app itself.
+  ASSERT_EQ(init(front_, {"uninstall"}).exit_code, 0);
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8080").find("app orig=none"), std::string::npos);
+}
+
 TEST_F(EbpfE2e, UnmeshedNetnsIsUntouched) {
   install(front_);
   // Same cgroup, same programs, but v1's netns is not registered.
@@ -222,8 +252,8 @@ TEST_F(EbpfE2e, UninstallIsRefcountedAndLeavesNothing) {
     links.push_back(p["link_id"]);
   }
   for (const auto& m : j["map_ids"]) maps.push_back(m);
-  ASSERT_EQ(progs.size(), 4u);
-  ASSERT_EQ(maps.size(), 4u);
+  ASSERT_EQ(progs.size(), 6u);  // 4 on the cgroup, sk_lookup on each netns
+  ASSERT_EQ(maps.size(), 6u);
   // One meshed netns left: everything stays attached and it is still captured.
   auto out = init(v1_, {"uninstall"});
   ASSERT_EQ(out.exit_code, 0) << out.err;
@@ -252,7 +282,8 @@ TEST_F(EbpfE2e, FailedInstallLeavesNothingAttachedOrPinned) {
   auto out = init(front_, {"install"});
   EXPECT_NE(out.exit_code, 0);
   EXPECT_NE(out.err.find("link_sockops"), std::string::npos) << out.err;
-  for (const char* pin : {"link_connect4", "link_connect6", "link_getsockopt", "map_netns"}) {
+  for (const char* pin :
+       {"link_connect4", "link_connect6", "link_getsockopt", "prog_sk_lookup", "map_netns"}) {
     EXPECT_FALSE(std::filesystem::exists(pin_dir_ + "/" + pin)) << pin;
   }
   EXPECT_TRUE(std::filesystem::exists(pin_dir_ + "/link_sockops"));
