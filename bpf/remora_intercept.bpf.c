@@ -203,31 +203,10 @@ int remora_sockops(struct bpf_sock_ops *skops) {
   return 1;
 }
 
-SEC("cgroup/getsockopt")
-int remora_sockopt(struct bpf_sockopt *ctx) {
-  if (ctx->optname != REMORA_SO_ORIGINAL_DST) return 1;
-  if (ctx->level != REMORA_SOL_IP && ctx->level != REMORA_SOL_IPV6) return 1;
-  struct bpf_sock *sk = ctx->sk;
-  if (!sk || sk->protocol != IPPROTO_TCP) return 1;
-  struct remora_tuple_key key = {};
-  key.netns_cookie = bpf_get_netns_cookie(ctx);
-  key.port = bpf_ntohs(sk->dst_port);
-  if (sk->family == REMORA_AF_INET) {
-    key.family = REMORA_AF_INET;
-    key.addr[0] = sk->dst_ip4;
-  } else {
-    key.family = REMORA_AF_INET6;
-    key.addr[0] = sk->dst_ip6[0];
-    key.addr[1] = sk->dst_ip6[1];
-    key.addr[2] = sk->dst_ip6[2];
-    key.addr[3] = sk->dst_ip6[3];
-  }
-  struct remora_orig_dst *orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
-  if (!orig) {
-    count(REMORA_C_ORIG_DST_MISSED);
-    return 1;
-  }
-  if (orig->family == REMORA_AF_INET) {
+/* Writes a sockaddr_in / sockaddr_in6 for SO_ORIGINAL_DST into the caller's buffer. */
+static __always_inline int answer(struct bpf_sockopt *ctx, __u8 family, const __u32 *addr,
+                                  __u16 port) {
+  if (family == REMORA_AF_INET) {
     struct {
       __u16 family;
       __u16 port;
@@ -236,8 +215,8 @@ int remora_sockopt(struct bpf_sockopt *ctx) {
     } *sin = ctx->optval;
     if ((void *)(sin + 1) > ctx->optval_end) return 1;
     sin->family = REMORA_AF_INET;
-    sin->port = bpf_htons(orig->port);
-    sin->addr = orig->addr[0];
+    sin->port = bpf_htons(port);
+    sin->addr = addr[0];
     __builtin_memset(sin->zero, 0, sizeof(sin->zero));
     ctx->optlen = sizeof(*sin);
   } else {
@@ -250,17 +229,59 @@ int remora_sockopt(struct bpf_sockopt *ctx) {
     } *sin6 = ctx->optval;
     if ((void *)(sin6 + 1) > ctx->optval_end) return 1;
     sin6->family = REMORA_AF_INET6;
-    sin6->port = bpf_htons(orig->port);
+    sin6->port = bpf_htons(port);
     sin6->flowinfo = 0;
-    sin6->addr[0] = orig->addr[0];
-    sin6->addr[1] = orig->addr[1];
-    sin6->addr[2] = orig->addr[2];
-    sin6->addr[3] = orig->addr[3];
+    sin6->addr[0] = addr[0];
+    sin6->addr[1] = addr[1];
+    sin6->addr[2] = addr[2];
+    sin6->addr[3] = addr[3];
     sin6->scope_id = 0;
     ctx->optlen = sizeof(*sin6);
   }
   ctx->retval = 0;
   count(REMORA_C_ORIG_DST_ANSWERED);
+  return 1;
+}
+
+SEC("cgroup/getsockopt")
+int remora_sockopt(struct bpf_sockopt *ctx) {
+  if (ctx->optname != REMORA_SO_ORIGINAL_DST) return 1;
+  if (ctx->level != REMORA_SOL_IP && ctx->level != REMORA_SOL_IPV6) return 1;
+  struct bpf_sock *sk = ctx->sk;
+  if (!sk || sk->protocol != IPPROTO_TCP) return 1;
+  struct remora_tuple_key key = {};
+  key.netns_cookie = bpf_get_netns_cookie(ctx);
+  key.port = bpf_ntohs(sk->dst_port);
+  struct remora_addr_key local = {};
+  if (sk->family == REMORA_AF_INET) {
+    key.family = REMORA_AF_INET;
+    key.addr[0] = sk->dst_ip4;
+    local.addr[0] = sk->src_ip4;
+  } else {
+    key.family = REMORA_AF_INET6;
+    key.addr[0] = sk->dst_ip6[0];
+    key.addr[1] = sk->dst_ip6[1];
+    key.addr[2] = sk->dst_ip6[2];
+    key.addr[3] = sk->dst_ip6[3];
+    local.addr[0] = sk->src_ip6[0];
+    local.addr[1] = sk->src_ip6[1];
+    local.addr[2] = sk->src_ip6[2];
+    local.addr[3] = sk->src_ip6[3];
+  }
+  struct remora_orig_dst *orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
+  if (orig) return answer(ctx, orig->family, orig->addr, orig->port);
+  /* An inbound connection sk_lookup steered to the proxy was not NATed: its original destination
+   * is its own local address, when that is a pod address and a port inbound capture covers. */
+  local.family = key.family;
+  __u64 *owner = bpf_map_lookup_elem(&remora_inbound_addrs, &local);
+  if (owner && *owner == key.netns_cookie) {
+    const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, owner);
+    __u16 port = (__u16)sk->src_port;
+    if (s && port != s->inbound_port && remora_decide_inbound(s, port)) {
+      return answer(ctx, local.family, local.addr, port);
+    }
+  }
+  count(REMORA_C_ORIG_DST_MISSED);
   return 1;
 }
 
@@ -279,6 +300,22 @@ int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
   }
   __u64 *netns = bpf_map_lookup_elem(&remora_inbound_addrs, &addr);
   if (!netns) return SK_PASS;
+  /* Connections from inside the pod are not inbound: the proxy's passthrough to the app (from
+   * 127.0.0.6) and the app calling its own pod IP; iptables mode's PREROUTING never sees them
+   * either. */
+  struct remora_addr_key remote = {};
+  remote.family = addr.family;
+  if (ctx->family == REMORA_AF_INET) {
+    remote.addr[0] = ctx->remote_ip4;
+  } else {
+    remote.addr[0] = ctx->remote_ip6[0];
+    remote.addr[1] = ctx->remote_ip6[1];
+    remote.addr[2] = ctx->remote_ip6[2];
+    remote.addr[3] = ctx->remote_ip6[3];
+  }
+  if (remora_is_loopback(remote.family, remote.addr)) return SK_PASS;
+  __u64 *remote_netns = bpf_map_lookup_elem(&remora_inbound_addrs, &remote);
+  if (remote_netns && *remote_netns == *netns) return SK_PASS;
   const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, netns);
   if (!s) return SK_PASS;
   if (!remora_decide_inbound(s, (__u16)ctx->local_port)) {

@@ -230,6 +230,60 @@ TEST_F(EbpfE2e, InboundSteeredBySkLookupWithoutNat) {
   EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8080").find("app orig=none"), std::string::npos);
 }
 
+// The seed scenario with the real remora-proxy (uid 1337, unchanged outbound code): 90/10 exact
+// through connect4 + getsockopt, and inbound through sk_lookup to the proxy's passthrough.
+TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
+  servers_.clear();  // the probes on 15001 make way for the proxy
+  Pod v2 = *world_->addPod("bill-service-v2", kBillV2);
+  servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "this is bill-service-v1", true));
+  servers_.push_back(world_->serveProbe(v2, "0.0.0.0:80", "hello, this is bill-service-v2", true));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "front-app"));
+  const std::string hosts_dir = "/etc/netns/" + front_.netns;
+  std::filesystem::create_directories(hosts_dir);
+  std::ofstream(hosts_dir + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
+  char tmpl[] = "/tmp/remora-ebpf-e2e-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  ::chmod(dir.c_str(), 0755);
+  std::ofstream(dir + "/mesh.yaml")
+      << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << "\n---\n"
+      << readFile(std::string(REMORA_SEED_DIR) + "/istio-90-10.yaml");
+  ::chmod((dir + "/mesh.yaml").c_str(), 0644);
+  install(front_);
+  auto proxy = world_->spawn(front_, {binaryPath("remora-proxy"), "--config", dir + "/mesh.yaml"},
+                             1337, 1337);
+  bool started = proxy->waitForLine("remora-proxy started", 10000);
+  std::string out;
+  std::string inbound;
+  if (started) {
+    auto r = world_->exec(front_, {"bash", "-c",
+                                   "for i in $(seq 20); do curl -sS -m 3 "
+                                   "http://bill-service:9999/; done"});
+    out = r ? r->out + r->err : "FAILED";
+    inbound = connect(v1_, std::string(kFrontIp) + ":8080");
+  }
+  auto j = dump(front_);
+  const std::string proxy_log = proxy->output();
+  proxy.reset();
+  std::filesystem::remove_all(hosts_dir);
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(started) << proxy_log;
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = out.find(needle); at != std::string::npos; at = out.find(needle, at + 1)) ++n;
+    return n;
+  };
+  // Exact over every window: 18 and 2 of 20.
+  EXPECT_EQ(count("this is bill-service-v1"), 18u) << out;
+  EXPECT_EQ(count("hello, this is bill-service-v2"), 2u) << out;
+  // The app saw the proxy's passthrough (from 127.0.0.6) on its own port.
+  EXPECT_NE(inbound.find("front-app orig=none local=10.244.0.10:8080 peer=127.0.0.6:"),
+            std::string::npos)
+      << inbound;
+  EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), 21u) << j.dump();
+  EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 1u);
+}
+
 TEST_F(EbpfE2e, UnmeshedNetnsIsUntouched) {
   install(front_);
   // Same cgroup, same programs, but v1's netns is not registered.
