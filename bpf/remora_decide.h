@@ -21,8 +21,8 @@ static __always_inline __u32 remora_ntohl(__u32 v) {
 }
 
 /* Whether `addr` (network order, family's width) lies in `cidr`. */
-static __always_inline int remora_cidr_contains(const struct remora_cidr *cidr, __u8 family,
-                                                const __u32 *addr) {
+static __always_inline int remora_cidr_contains(const struct remora_cidr* cidr, __u8 family,
+                                                const __u32* addr) {
   if (cidr->family != family) return 0;
   int words = family == REMORA_AF_INET ? 1 : 4;
   int bits = cidr->prefix_len;
@@ -35,7 +35,7 @@ static __always_inline int remora_cidr_contains(const struct remora_cidr *cidr, 
   return 1;
 }
 
-static __always_inline int remora_port_in(const struct remora_port_range *ranges, __u32 n,
+static __always_inline int remora_port_in(const struct remora_port_range* ranges, __u32 n,
                                           __u16 port) {
   for (int i = 0; i < REMORA_MAX_PORT_RANGES; i++) {
     if ((__u32)i >= n) break;
@@ -44,7 +44,7 @@ static __always_inline int remora_port_in(const struct remora_port_range *ranges
   return 0;
 }
 
-static __always_inline int remora_is_loopback(__u8 family, const __u32 *addr) {
+static __always_inline int remora_is_loopback(__u8 family, const __u32* addr) {
   if (family == REMORA_AF_INET) return (remora_ntohl(addr[0]) >> 24) == 127;
   return addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && remora_ntohl(addr[3]) == 1;
 }
@@ -52,7 +52,7 @@ static __always_inline int remora_is_loopback(__u8 family, const __u32 *addr) {
 /* The verdict for a TCP connect by uid/gid to addr:port (port in host order) from a meshed netns
  * with settings `s`. */
 static __always_inline enum remora_verdict remora_decide_outbound(
-    const struct remora_netns_settings *s, __u8 family, const __u32 *addr, __u16 port, __u32 uid,
+    const struct remora_netns_settings* s, __u8 family, const __u32* addr, __u16 port, __u32 uid,
     __u32 gid) {
   if (family == REMORA_AF_INET6 && !(s->flags & REMORA_F_IPV6)) return REMORA_V_IPV6_OFF;
   if (remora_port_in(s->exclude_outbound_ports, s->n_exclude_outbound_ports, port))
@@ -73,7 +73,7 @@ static __always_inline enum remora_verdict remora_decide_outbound(
 }
 
 /* Whether an inbound connection to `port` (host order) is steered to the proxy. */
-static __always_inline int remora_decide_inbound(const struct remora_netns_settings *s,
+static __always_inline int remora_decide_inbound(const struct remora_netns_settings* s,
                                                  __u16 port) {
   if (!(s->flags & REMORA_F_INBOUND)) return 0;
   if (remora_port_in(s->exclude_inbound_ports, s->n_exclude_inbound_ports, port)) return 0;

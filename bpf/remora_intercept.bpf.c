@@ -10,8 +10,9 @@
  *  - sockops also puts the proxy's inbound listener (listen() on the netns's inbound port) in a
  *    sockhash, and sk_lookup, attached to each meshed netns, steers inbound connections to the
  *    pod's ports to it: no NAT, so the proxy's getsockname() is the original destination. */
-#include "vmlinux.h"
-
+// clang-format off
+#include "vmlinux.h"  // first: the kernel types every other header uses
+// clang-format on
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -66,32 +67,40 @@ struct {
 } remora_counters SEC(".maps");
 
 static __always_inline void count(__u32 counter) {
-  __u64 *value = bpf_map_lookup_elem(&remora_counters, &counter);
+  __u64* value = bpf_map_lookup_elem(&remora_counters, &counter);
   if (value) *value += 1;
 }
 
 /* The counter of each verdict (enum remora_verdict and enum remora_counter list them alike). */
 static __always_inline __u32 verdict_counter(enum remora_verdict v) {
   switch (v) {
-    case REMORA_V_REDIRECT: return REMORA_C_REDIRECTED;
-    case REMORA_V_BYPASS_UID: return REMORA_C_BYPASS_UID;
-    case REMORA_V_BYPASS_GID: return REMORA_C_BYPASS_GID;
-    case REMORA_V_EXCLUDED_PORT: return REMORA_C_EXCLUDED_PORT;
-    case REMORA_V_EXCLUDED_CIDR: return REMORA_C_EXCLUDED_CIDR;
-    case REMORA_V_NOT_INCLUDED: return REMORA_C_NOT_INCLUDED;
-    case REMORA_V_LOOPBACK: return REMORA_C_LOOPBACK;
-    case REMORA_V_IPV6_OFF: return REMORA_C_IPV6_OFF;
+    case REMORA_V_REDIRECT:
+      return REMORA_C_REDIRECTED;
+    case REMORA_V_BYPASS_UID:
+      return REMORA_C_BYPASS_UID;
+    case REMORA_V_BYPASS_GID:
+      return REMORA_C_BYPASS_GID;
+    case REMORA_V_EXCLUDED_PORT:
+      return REMORA_C_EXCLUDED_PORT;
+    case REMORA_V_EXCLUDED_CIDR:
+      return REMORA_C_EXCLUDED_CIDR;
+    case REMORA_V_NOT_INCLUDED:
+      return REMORA_C_NOT_INCLUDED;
+    case REMORA_V_LOOPBACK:
+      return REMORA_C_LOOPBACK;
+    case REMORA_V_IPV6_OFF:
+      return REMORA_C_IPV6_OFF;
   }
   return REMORA_C_MAX;
 }
 
 /* Shared by connect4 and connect6: decides and, on REDIRECT, records the original destination.
  * Returns the settings to rewrite with, or NULL to leave the connect alone. */
-static __always_inline const struct remora_netns_settings *decide(struct bpf_sock_addr *ctx,
-                                                                  __u8 family, __u32 *addr) {
+static __always_inline const struct remora_netns_settings* decide(struct bpf_sock_addr* ctx,
+                                                                  __u8 family, __u32* addr) {
   if (ctx->type != SOCK_STREAM || (ctx->protocol != IPPROTO_TCP && ctx->protocol != 0)) return 0;
   __u64 netns = bpf_get_netns_cookie(ctx);
-  const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, &netns);
+  const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, &netns);
   if (!s) return 0;
   __u64 ids = bpf_get_current_uid_gid();
   __u16 port = bpf_ntohs((__u16)ctx->user_port);
@@ -114,9 +123,9 @@ static __always_inline const struct remora_netns_settings *decide(struct bpf_soc
 }
 
 SEC("cgroup/connect4")
-int remora_connect4(struct bpf_sock_addr *ctx) {
+int remora_connect4(struct bpf_sock_addr* ctx) {
   __u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
-  const struct remora_netns_settings *s = decide(ctx, REMORA_AF_INET, addr);
+  const struct remora_netns_settings* s = decide(ctx, REMORA_AF_INET, addr);
   if (s) {
     ctx->user_ip4 = bpf_htonl(0x7f000001);
     ctx->user_port = bpf_htons(s->outbound_port);
@@ -125,12 +134,12 @@ int remora_connect4(struct bpf_sock_addr *ctx) {
 }
 
 SEC("cgroup/connect6")
-int remora_connect6(struct bpf_sock_addr *ctx) {
+int remora_connect6(struct bpf_sock_addr* ctx) {
   __u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
   /* A v4-mapped destination on a dual-stack socket is an IPv4 connection: decide and record it
    * as one, and send it to the proxy's IPv4 listener. */
   int mapped = addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
-  const struct remora_netns_settings *s;
+  const struct remora_netns_settings* s;
   if (mapped) {
     __u32 v4[4] = {addr[3], 0, 0, 0};
     s = decide(ctx, REMORA_AF_INET, v4);
@@ -148,7 +157,7 @@ int remora_connect6(struct bpf_sock_addr *ctx) {
 }
 
 /* The app's local address in the form the proxy's accepted socket reports as its peer. */
-static __always_inline void tuple_local(struct bpf_sock_ops *skops, struct remora_tuple_key *key) {
+static __always_inline void tuple_local(struct bpf_sock_ops* skops, struct remora_tuple_key* key) {
   key->port = (__u16)skops->local_port;
   if (skops->family == REMORA_AF_INET) {
     key->family = REMORA_AF_INET;
@@ -170,9 +179,9 @@ static __always_inline void tuple_local(struct bpf_sock_ops *skops, struct remor
 
 /* The proxy's inbound listener: any TCP socket listening on the meshed netns's inbound port
  * (what an iptables REDIRECT to that port would reach too). */
-static __always_inline void add_listener(struct bpf_sock_ops *skops) {
+static __always_inline void add_listener(struct bpf_sock_ops* skops) {
   __u64 netns = bpf_get_netns_cookie(skops);
-  const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, &netns);
+  const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, &netns);
   if (!s || !(s->flags & REMORA_F_INBOUND) || skops->local_port != s->inbound_port) return;
   struct remora_listener_key key = {};
   key.netns_cookie = netns;
@@ -183,14 +192,14 @@ static __always_inline void add_listener(struct bpf_sock_ops *skops) {
 }
 
 SEC("sockops")
-int remora_sockops(struct bpf_sock_ops *skops) {
+int remora_sockops(struct bpf_sock_ops* skops) {
   if (skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
     add_listener(skops);
     return 1;
   }
   if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
   __u64 cookie = bpf_get_socket_cookie(skops);
-  struct remora_orig_dst *orig = bpf_map_lookup_elem(&remora_orig_by_cookie, &cookie);
+  struct remora_orig_dst* orig = bpf_map_lookup_elem(&remora_orig_by_cookie, &cookie);
   if (!orig) return 1;
   struct remora_tuple_key key = {};
   key.netns_cookie = orig->netns_cookie;
@@ -204,7 +213,7 @@ int remora_sockops(struct bpf_sock_ops *skops) {
 }
 
 /* Writes a sockaddr_in / sockaddr_in6 for SO_ORIGINAL_DST into the caller's buffer. */
-static __always_inline int answer(struct bpf_sockopt *ctx, __u8 family, const __u32 *addr,
+static __always_inline int answer(struct bpf_sockopt* ctx, __u8 family, const __u32* addr,
                                   __u16 port) {
   if (family == REMORA_AF_INET) {
     struct {
@@ -212,8 +221,8 @@ static __always_inline int answer(struct bpf_sockopt *ctx, __u8 family, const __
       __u16 port;
       __u32 addr;
       __u8 zero[8];
-    } *sin = ctx->optval;
-    if ((void *)(sin + 1) > ctx->optval_end) return 1;
+    }* sin = ctx->optval;
+    if ((void*)(sin + 1) > ctx->optval_end) return 1;
     sin->family = REMORA_AF_INET;
     sin->port = bpf_htons(port);
     sin->addr = addr[0];
@@ -226,8 +235,8 @@ static __always_inline int answer(struct bpf_sockopt *ctx, __u8 family, const __
       __u32 flowinfo;
       __u32 addr[4];
       __u32 scope_id;
-    } *sin6 = ctx->optval;
-    if ((void *)(sin6 + 1) > ctx->optval_end) return 1;
+    }* sin6 = ctx->optval;
+    if ((void*)(sin6 + 1) > ctx->optval_end) return 1;
     sin6->family = REMORA_AF_INET6;
     sin6->port = bpf_htons(port);
     sin6->flowinfo = 0;
@@ -244,10 +253,10 @@ static __always_inline int answer(struct bpf_sockopt *ctx, __u8 family, const __
 }
 
 SEC("cgroup/getsockopt")
-int remora_sockopt(struct bpf_sockopt *ctx) {
+int remora_sockopt(struct bpf_sockopt* ctx) {
   if (ctx->optname != REMORA_SO_ORIGINAL_DST) return 1;
   if (ctx->level != REMORA_SOL_IP && ctx->level != REMORA_SOL_IPV6) return 1;
-  struct bpf_sock *sk = ctx->sk;
+  struct bpf_sock* sk = ctx->sk;
   if (!sk || sk->protocol != IPPROTO_TCP) return 1;
   struct remora_tuple_key key = {};
   key.netns_cookie = bpf_get_netns_cookie(ctx);
@@ -268,14 +277,14 @@ int remora_sockopt(struct bpf_sockopt *ctx) {
     local.addr[2] = sk->src_ip6[2];
     local.addr[3] = sk->src_ip6[3];
   }
-  struct remora_orig_dst *orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
+  struct remora_orig_dst* orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
   if (orig) return answer(ctx, orig->family, orig->addr, orig->port);
   /* An inbound connection sk_lookup steered to the proxy was not NATed: its original destination
    * is its own local address, when that is a pod address and a port inbound capture covers. */
   local.family = key.family;
-  __u64 *owner = bpf_map_lookup_elem(&remora_inbound_addrs, &local);
+  __u64* owner = bpf_map_lookup_elem(&remora_inbound_addrs, &local);
   if (owner && *owner == key.netns_cookie) {
-    const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, owner);
+    const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, owner);
     __u16 port = (__u16)sk->src_port;
     if (s && port != s->inbound_port && remora_decide_inbound(s, port)) {
       return answer(ctx, local.family, local.addr, port);
@@ -286,7 +295,7 @@ int remora_sockopt(struct bpf_sockopt *ctx) {
 }
 
 SEC("sk_lookup")
-int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
+int remora_sk_lookup(struct bpf_sk_lookup* ctx) {
   if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
   struct remora_addr_key addr = {};
   addr.family = (__u8)ctx->family;
@@ -298,7 +307,7 @@ int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
     addr.addr[2] = ctx->local_ip6[2];
     addr.addr[3] = ctx->local_ip6[3];
   }
-  __u64 *netns = bpf_map_lookup_elem(&remora_inbound_addrs, &addr);
+  __u64* netns = bpf_map_lookup_elem(&remora_inbound_addrs, &addr);
   if (!netns) return SK_PASS;
   /* Connections from inside the pod are not inbound: the proxy's passthrough to the app (from
    * 127.0.0.6) and the app calling its own pod IP; iptables mode's PREROUTING never sees them
@@ -314,9 +323,9 @@ int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
     remote.addr[3] = ctx->remote_ip6[3];
   }
   if (remora_is_loopback(remote.family, remote.addr)) return SK_PASS;
-  __u64 *remote_netns = bpf_map_lookup_elem(&remora_inbound_addrs, &remote);
+  __u64* remote_netns = bpf_map_lookup_elem(&remora_inbound_addrs, &remote);
   if (remote_netns && *remote_netns == *netns) return SK_PASS;
-  const struct remora_netns_settings *s = bpf_map_lookup_elem(&remora_netns, netns);
+  const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, netns);
   if (!s) return SK_PASS;
   if (!remora_decide_inbound(s, (__u16)ctx->local_port)) {
     count(REMORA_C_INBOUND_EXCLUDED);
@@ -325,7 +334,7 @@ int remora_sk_lookup(struct bpf_sk_lookup *ctx) {
   struct remora_listener_key key = {};
   key.netns_cookie = *netns;
   key.family = ctx->family;
-  struct bpf_sock *sk = bpf_map_lookup_elem(&remora_listeners, &key);
+  struct bpf_sock* sk = bpf_map_lookup_elem(&remora_listeners, &key);
   if (!sk && ctx->family == REMORA_AF_INET) {
     /* A dual-stack [::] listener takes IPv4 too. */
     key.family = REMORA_AF_INET6;

@@ -177,16 +177,11 @@ Result<std::vector<remora_addr_key>> podAddresses(bool ipv6) {
   std::vector<remora_addr_key> keys;
   for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
     if (i->ifa_addr == nullptr || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    auto sa = SocketAddress::fromSockaddr(i->ifa_addr);
+    if (!sa || (sa->ip.family == Family::kIpv6 && !ipv6)) continue;
     remora_addr_key key{};
-    if (i->ifa_addr->sa_family == AF_INET) {
-      key.family = REMORA_AF_INET;
-      std::memcpy(key.addr, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, 4);
-    } else if (i->ifa_addr->sa_family == AF_INET6 && ipv6) {
-      key.family = REMORA_AF_INET6;
-      std::memcpy(key.addr, &reinterpret_cast<sockaddr_in6*>(i->ifa_addr)->sin6_addr, 16);
-    } else {
-      continue;
-    }
+    key.family = sa->ip.family == Family::kIpv4 ? REMORA_AF_INET : REMORA_AF_INET6;
+    std::memcpy(key.addr, sa->ip.bytes.data(), sa->ip.size());
     keys.push_back(key);
   }
   ::freeifaddrs(list);
@@ -285,7 +280,7 @@ class EbpfApplier : public Applier {
       empty = bpf_map_get_next_key(map.get(), nullptr, &key) != 0;
     }
     if (!empty) {
-      report.lines.push_back("ebpf: other meshed netns remain; programs stay attached");
+      report.lines.emplace_back("ebpf: other meshed netns remain; programs stay attached");
       return report;
     }
     // The last meshed netns is gone: unpinning the links detaches the programs, and the maps go
