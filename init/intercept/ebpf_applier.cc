@@ -48,21 +48,7 @@ constexpr int SO_NETNS_COOKIE = 71;  // Linux 5.14
 using InterceptSkeleton = BpfSkeleton<remora_intercept_bpf, &remora_intercept_bpf__open_opts,
                                       &remora_intercept_bpf__load, &remora_intercept_bpf__destroy>;
 
-// A file descriptor closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-
- private:
-  int fd_;
-};
+using ebpf::Fd;
 
 std::string kernelRelease() {
   utsname u{};

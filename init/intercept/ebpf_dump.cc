@@ -18,17 +18,6 @@ namespace {
 
 constexpr size_t kMaxDumpedOrigDst = 1000;
 
-// Owns a BPF object fd obtained from a pin or an id.
-struct ObjFd {
-  int fd;
-  explicit ObjFd(int f) : fd(f) {}
-  ~ObjFd() {
-    if (fd >= 0) ::close(fd);
-  }
-  ObjFd(const ObjFd&) = delete;
-  ObjFd& operator=(const ObjFd&) = delete;
-};
-
 const char* attachName(uint32_t type) {
   switch (type) {
     case BPF_CGROUP_INET4_CONNECT:
@@ -101,11 +90,11 @@ const char* verdictText(remora_verdict v) {
 Result<EbpfLinkInfo> readLink(const std::string& path) {
   EbpfLinkInfo info;
   info.pin = path;
-  ObjFd link(bpf_obj_get(path.c_str()));
-  if (link.fd < 0) return errnoError(path + " is missing");
+  ebpf::Fd link(bpf_obj_get(path.c_str()));
+  if (!link.valid()) return errnoError(path + " is missing");
   bpf_link_info li{};
   __u32 len = sizeof(li);
-  if (bpf_obj_get_info_by_fd(link.fd, &li, &len) != 0) return errnoError("link info " + path);
+  if (bpf_obj_get_info_by_fd(link.get(), &li, &len) != 0) return errnoError("link info " + path);
   info.link_id = li.id;
   info.prog_id = li.prog_id;
   if (li.type == BPF_LINK_TYPE_NETNS) {
@@ -115,11 +104,11 @@ Result<EbpfLinkInfo> readLink(const std::string& path) {
     info.attach = attachName(li.cgroup.attach_type);
     info.cgroup_id = li.cgroup.cgroup_id;
   }
-  ObjFd prog(bpf_prog_get_fd_by_id(li.prog_id));
-  if (prog.fd >= 0) {
+  ebpf::Fd prog(bpf_prog_get_fd_by_id(li.prog_id));
+  if (prog.valid()) {
     bpf_prog_info pi{};
     __u32 plen = sizeof(pi);
-    if (bpf_obj_get_info_by_fd(prog.fd, &pi, &plen) == 0) info.prog_name = pi.name;
+    if (bpf_obj_get_info_by_fd(prog.get(), &pi, &plen) == 0) info.prog_name = pi.name;
   }
   return info;
 }
@@ -152,31 +141,31 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
   auto cookie = currentNetnsCookie();
   for (const char* pin : ebpf::kMapPins) {
     std::string path = ebpf::pinPath(pin_dir, pin);
-    ObjFd map(bpf_obj_get(path.c_str()));
-    if (map.fd < 0) {
+    ebpf::Fd map(bpf_obj_get(path.c_str()));
+    if (!map.valid()) {
       dump.notes.push_back(fmt::format("{} is missing: {}", path, std::strerror(errno)));
       continue;
     }
     bpf_map_info mi{};
     __u32 len = sizeof(mi);
-    if (bpf_obj_get_info_by_fd(map.fd, &mi, &len) == 0) dump.map_ids.push_back(mi.id);
+    if (bpf_obj_get_info_by_fd(map.get(), &mi, &len) == 0) dump.map_ids.push_back(mi.id);
     if (std::strcmp(pin, ebpf::kNetnsMap) == 0) {
       uint64_t key = 0;
       uint64_t* prev = nullptr;
-      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
         EbpfNetnsEntry entry;
         entry.cookie = key;
         entry.current = cookie && *cookie == key;
-        if (bpf_map_lookup_elem(map.fd, &key, &entry.settings) == 0) dump.netns.push_back(entry);
+        if (bpf_map_lookup_elem(map.get(), &key, &entry.settings) == 0) dump.netns.push_back(entry);
         prev = &key;
       }
     } else if (std::strcmp(pin, ebpf::kOrigByTupleMap) == 0) {
       remora_tuple_key key{};
       remora_tuple_key* prev = nullptr;
-      while (bpf_map_get_next_key(map.fd, prev, &key) == 0 &&
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0 &&
              dump.orig_dst.size() < kMaxDumpedOrigDst) {
         remora_orig_dst value{};
-        if (bpf_map_lookup_elem(map.fd, &key, &value) == 0) {
+        if (bpf_map_lookup_elem(map.get(), &key, &value) == 0) {
           dump.orig_dst.push_back({toAddress(key.family, key.addr, key.port),
                                    toAddress(value.family, value.addr, value.port),
                                    key.netns_cookie, value.uid});
@@ -186,16 +175,16 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
     } else if (std::strcmp(pin, ebpf::kOrigByCookieMap) == 0) {
       uint64_t key = 0;
       uint64_t* prev = nullptr;
-      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
         ++dump.pending_connects;
         prev = &key;
       }
     } else if (std::strcmp(pin, ebpf::kInboundAddrsMap) == 0) {
       remora_addr_key key{};
       remora_addr_key* prev = nullptr;
-      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
         uint64_t owner = 0;
-        if (bpf_map_lookup_elem(map.fd, &key, &owner) == 0) {
+        if (bpf_map_lookup_elem(map.get(), &key, &owner) == 0) {
           dump.inbound_addrs.emplace_back(toAddress(key.family, key.addr, 0).ip, owner);
         }
         prev = &key;
@@ -203,7 +192,7 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
     } else if (std::strcmp(pin, ebpf::kListenersMap) == 0) {
       remora_listener_key key{};
       remora_listener_key* prev = nullptr;
-      while (bpf_map_get_next_key(map.fd, prev, &key) == 0) {
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
         dump.listeners.emplace_back(key.netns_cookie,
                                     key.family == REMORA_AF_INET ? Family::kIpv4 : Family::kIpv6);
         prev = &key;
@@ -214,7 +203,7 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
       std::vector<uint64_t> values(static_cast<size_t>(cpus));
       for (uint32_t i = 0; i < REMORA_C_MAX; ++i) {
         uint64_t total = 0;
-        if (bpf_map_lookup_elem(map.fd, &i, values.data()) == 0) {
+        if (bpf_map_lookup_elem(map.get(), &i, values.data()) == 0) {
           for (uint64_t v : values) total += v;
         }
         dump.counters.emplace_back(ebpf::kCounterNames[i], total);
@@ -320,12 +309,12 @@ Result<EbpfTrace> traceEbpf(const std::string& pin_dir, const SocketAddress& des
   if (!cookie) return cookie.error();
   trace.netns_cookie = *cookie;
   std::string path = ebpf::pinPath(pin_dir, ebpf::kNetnsMap);
-  ObjFd map(bpf_obj_get(path.c_str()));
+  ebpf::Fd map(bpf_obj_get(path.c_str()));
   remora_netns_settings s{};
-  if (map.fd < 0 || bpf_map_lookup_elem(map.fd, &trace.netns_cookie, &s) != 0) {
+  if (!map.valid() || bpf_map_lookup_elem(map.get(), &trace.netns_cookie, &s) != 0) {
     trace.verdict = "not_meshed";
-    trace.explanation = map.fd < 0 ? "left alone: no eBPF programs are attached (" + path + ")"
-                                   : "left alone: this netns is not registered";
+    trace.explanation = !map.valid() ? "left alone: no eBPF programs are attached (" + path + ")"
+                                     : "left alone: this netns is not registered";
     return trace;
   }
   trace.meshed = true;

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <unistd.h>
+
 #include <string>
 
 namespace remora::intercept::ebpf {
@@ -24,6 +26,22 @@ inline constexpr const char* kLinkPins[] = {"link_connect4", "link_connect6", "l
 inline std::string pinPath(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
+
+// A file descriptor closed on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+
+ private:
+  int fd_;
+};
 
 // Counter names, indexed by enum remora_counter.
 inline constexpr const char* kCounterNames[] = {
