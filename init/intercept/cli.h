@@ -1,11 +1,13 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/result.h"
+#include "intercept/applier.h"
 #include "intercept/options.h"
 
 namespace remora::intercept {
@@ -40,11 +42,18 @@ struct InitCommand {
   uint32_t trace_uid = 0;
   std::optional<uint32_t> trace_gid;
   std::string help;  // set when --help was asked; print it and exit 0
+  // Interception mode (--mode / REMORA_MODE): "iptables" or "ebpf". eBPF mode's own flags:
+  std::string mode = "iptables";
+  std::string cgroup;       // --cgroup: cgroup v2 dir to attach to (default: the v2 root)
+  std::string bpf_pin_dir;  // --bpf-pin-dir (default /sys/fs/bpf/remora)
 };
 
 // Parses remora-init's arguments (argv[0] excluded). Flags not given fall back to their REMORA_*
 // environment variables. Errors name the flag and the problem.
 Result<InitCommand> parseInitCommand(const std::vector<std::string>& args);
+
+// The applier command.mode selects.
+std::unique_ptr<Applier> makeApplier(const InitCommand& command);
 
 // Runs remora-init: parses, checks privileges, executes, prints. Returns the exit code.
 int runInit(const std::vector<std::string>& args);

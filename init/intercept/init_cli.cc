@@ -8,6 +8,7 @@
 
 #include "intercept/applier.h"
 #include "intercept/cli.h"
+#include "intercept/ebpf_applier.h"
 
 namespace remora::intercept {
 namespace {
@@ -37,7 +38,31 @@ void addInterceptOptions(CLI::App& cmd, std::map<std::string, std::string>& valu
   }
 }
 
+// --mode and eBPF mode's flags, on install, uninstall and dump alike.
+void addModeOptions(CLI::App& cmd, InitCommand& command) {
+  cmd.add_option("--mode", command.mode, "interception mode: iptables or ebpf (default iptables)")
+      ->envname("REMORA_MODE")
+      ->check(CLI::IsMember({"iptables", "ebpf"}));
+  cmd.add_option("--cgroup", command.cgroup,
+                 "ebpf mode: cgroup v2 directory the programs attach to (default: the cgroup v2 "
+                 "root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
+      ->envname("REMORA_CGROUP");
+  cmd.add_option("--bpf-pin-dir", command.bpf_pin_dir,
+                 "ebpf mode: where links and maps are pinned (default /sys/fs/bpf/remora)")
+      ->envname("REMORA_BPF_PIN_DIR");
+}
+
 }  // namespace
+
+std::unique_ptr<Applier> makeApplier(const InitCommand& command) {
+  if (command.mode == "ebpf") {
+    EbpfConfig config;
+    config.cgroup = command.cgroup;
+    if (!command.bpf_pin_dir.empty()) config.pin_dir = command.bpf_pin_dir;
+    return makeEbpfApplier(std::move(config));
+  }
+  return makeIptablesApplier(command.options.command_timeout);
+}
 
 Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   CLI::App app{
@@ -55,6 +80,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   addInterceptOptions(*install, install_values);
   install->add_flag("--dry-run", command.dry_run, "print the exact iptables-restore input only")
       ->envname("REMORA_DRY_RUN");
+  addModeOptions(*install, command);
 
   auto* uninstall = app.add_subcommand("uninstall", "remove exactly Remora's chains and jumps");
   for (const auto& spec : optionSpecs()) {
@@ -64,6 +90,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
                      fmt::format("{} (default {})", spec.help, spec.default_text))
         ->envname(spec.env);
   }
+  addModeOptions(*uninstall, command);
 
   auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
   dump->add_flag("--json", command.json, "machine-readable output");
@@ -73,6 +100,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   dump->add_option("--gid", trace_gid, "gid of the traced connection's owner");
   dump->add_option("--iptables-backend", dump_values["iptables-backend"], "auto, legacy or nft")
       ->envname("REMORA_IPTABLES_BACKEND");
+  addModeOptions(*dump, command);
 
   std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
   try {
@@ -146,7 +174,7 @@ int runInit(const std::vector<std::string>& args) {
                  "container with securityContext.capabilities.add [NET_ADMIN, NET_RAW])\n";
     return 1;
   }
-  auto applier = makeIptablesApplier(command->options.command_timeout);
+  auto applier = makeApplier(*command);
   switch (command->verb) {
     case InitVerb::kInstall: {
       if (command->dry_run) {

@@ -68,7 +68,8 @@ uint64_t Worker::tag(Op op, uint32_t slot) {
 }
 
 void Worker::addListener(int fd, ListenerKind kind, Family family) {
-  listeners_.push_back(Listener{fd, kind, family, true, false});
+  auto bound = sockets_.localAddress(fd);
+  listeners_.push_back(Listener{fd, kind, family, true, false, bound ? bound->port : uint16_t{0}});
   ++listeners_open_;
   if (accepting_) armAccept(static_cast<uint32_t>(listeners_.size() - 1));
 }
@@ -334,7 +335,9 @@ void Worker::startConnection(uint32_t listener, int fd) {
   auto original = sockets_.originalDestination(fd, l.family);
   auto local = sockets_.localAddress(fd);
   // Not redirected (someone dialled the proxy port itself): relaying would loop into ourselves.
-  if (!original || (local && *local == *original)) {
+  // eBPF mode's sk_lookup steers inbound without NAT, so there the original destination is the
+  // local address, on the app's port rather than the listener's.
+  if (!original || (local && *local == *original && (l.port == 0 || local->port == l.port))) {
     stats_.counters().no_original_dst.inc();
     closeConnection(slot, "no_original_dst");
     return;

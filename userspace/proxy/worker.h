@@ -184,6 +184,7 @@ class Worker final : public loop::CompletionHandler {
     Family family = Family::kIpv4;
     bool open = false;
     bool accept_armed = false;
+    uint16_t port = 0;  // the port it listens on; 0 when unknown
   };
 
   uint64_t tag(Op op, uint32_t slot, uint32_t generation) const;

@@ -1,0 +1,136 @@
+/* The one ABI between Remora's BPF programs and userspace (remora-init, remora-cni, tests):
+ * map keys and values, per-netns settings, counters. Compiled by clang -target bpf (after
+ * vmlinux.h) and by the C++ compiler (after <linux/types.h>); userspace static_asserts the sizes
+ * (init/intercept/ebpf_abi_check.cc), so the two sides cannot drift apart.
+ * Addresses are kept in network byte order, ports in host byte order, unless a field says so. */
+#ifndef REMORA_BPF_ABI_H
+#define REMORA_BPF_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define REMORA_AF_INET 2
+#define REMORA_AF_INET6 10
+#define REMORA_SOL_IP 0
+#define REMORA_SOL_IPV6 41
+/* SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share this value (common/original_dst.h). */
+#define REMORA_SO_ORIGINAL_DST 80
+
+#define REMORA_MAX_PORT_RANGES 16
+#define REMORA_MAX_CIDRS 16
+/* Meshed network namespaces one node can hold; each costs one settings entry. */
+#define REMORA_MAX_NETNS 4096
+/* Connections between connect() and the proxy's getsockopt(); LRU, so the oldest go first. */
+#define REMORA_MAX_ORIG_DST 65536
+
+/* remora_netns_settings.flags */
+#define REMORA_F_INCLUDE_ALL_OUTBOUND (1u << 0)
+#define REMORA_F_IPV6 (1u << 1)
+#define REMORA_F_INCLUDE_ALL_INBOUND (1u << 2)
+#define REMORA_F_INBOUND (1u << 3)
+
+/* An inclusive port range, host order. */
+struct remora_port_range {
+  __u16 first;
+  __u16 last;
+};
+
+struct remora_cidr {
+  __u32 addr[4]; /* network order; IPv4 uses addr[0] */
+  __u8 family;   /* REMORA_AF_INET or REMORA_AF_INET6 */
+  __u8 prefix_len;
+  __u8 pad[2];
+};
+
+/* What one meshed netns asked for (the same options as iptables mode). Key: the netns cookie
+ * (SO_NETNS_COOKIE in userspace, bpf_get_netns_cookie() in the programs). */
+struct remora_netns_settings {
+  __u32 proxy_uid;
+  __u32 proxy_gid;
+  __u16 outbound_port;
+  __u16 inbound_port;
+  __u32 flags;
+  __u32 n_exclude_outbound_ports;
+  __u32 n_include_cidrs;
+  __u32 n_exclude_cidrs;
+  __u32 n_include_inbound_ports;
+  __u32 n_exclude_inbound_ports;
+  __u32 pad;
+  struct remora_port_range exclude_outbound_ports[REMORA_MAX_PORT_RANGES];
+  struct remora_cidr include_cidrs[REMORA_MAX_CIDRS];
+  struct remora_cidr exclude_cidrs[REMORA_MAX_CIDRS];
+  struct remora_port_range include_inbound_ports[REMORA_MAX_PORT_RANGES];
+  struct remora_port_range exclude_inbound_ports[REMORA_MAX_PORT_RANGES];
+};
+
+/* A connection's destination before connect4/6 rewrote it. */
+struct remora_orig_dst {
+  __u64 netns_cookie;
+  __u32 addr[4]; /* network order */
+  __u16 port;    /* host order */
+  __u8 family;
+  __u8 pad;
+  __u32 uid;
+};
+
+/* The app's end of a rewritten connection as the proxy's accepted socket sees its peer. */
+struct remora_tuple_key {
+  __u64 netns_cookie;
+  __u32 addr[4]; /* network order */
+  __u16 port;    /* host order */
+  __u8 family;
+  __u8 pad[5];
+};
+
+/* A pod address of a meshed netns (sk_lookup cannot read the netns cookie, so it finds the
+ * netns from the destination address). Value: the netns cookie. */
+struct remora_addr_key {
+  __u32 addr[4]; /* network order */
+  __u8 family;
+  __u8 pad[3];
+};
+
+/* The proxy's inbound listener of one netns and family, in the inbound sockhash. */
+struct remora_listener_key {
+  __u64 netns_cookie;
+  __u32 family;
+  __u32 pad;
+};
+
+/* Pod addresses one node can hold (a few per meshed netns). */
+#define REMORA_MAX_ADDRS (REMORA_MAX_NETNS * 4)
+
+/* Index into the per-CPU counters array. */
+enum remora_counter {
+  REMORA_C_REDIRECTED = 0,    /* connect rewritten to the proxy */
+  REMORA_C_BYPASS_UID,        /* caller is the proxy's uid */
+  REMORA_C_BYPASS_GID,        /* caller is the proxy's gid */
+  REMORA_C_EXCLUDED_PORT,     /* destination port excluded */
+  REMORA_C_EXCLUDED_CIDR,     /* destination in an excluded CIDR */
+  REMORA_C_NOT_INCLUDED,      /* destination outside the included CIDRs */
+  REMORA_C_LOOPBACK,          /* destination on loopback */
+  REMORA_C_IPV6_OFF,          /* IPv6 connect in a netns meshed without IPv6 */
+  REMORA_C_TUPLE_RECORDED,    /* sockops keyed an original destination by its 4-tuple */
+  REMORA_C_ORIG_DST_ANSWERED, /* getsockopt(SO_ORIGINAL_DST) answered from the map */
+  REMORA_C_ORIG_DST_MISSED,   /* getsockopt(SO_ORIGINAL_DST) with no entry */
+  REMORA_C_INBOUND_STEERED,   /* sk_lookup steered an inbound connection to the proxy */
+  REMORA_C_INBOUND_EXCLUDED,  /* sk_lookup left an excluded inbound port alone */
+  REMORA_C_INBOUND_NO_PROXY,  /* sk_lookup found no proxy listener for the netns */
+  REMORA_C_LISTENER_ADDED,    /* sockops put a proxy inbound listener in the sockhash */
+  REMORA_C_MAX
+};
+
+/* The connect decision (remora_decide.h). REDIRECT is the only one that rewrites. */
+enum remora_verdict {
+  REMORA_V_REDIRECT = 0,
+  REMORA_V_BYPASS_UID,
+  REMORA_V_BYPASS_GID,
+  REMORA_V_EXCLUDED_PORT,
+  REMORA_V_EXCLUDED_CIDR,
+  REMORA_V_NOT_INCLUDED,
+  REMORA_V_LOOPBACK,
+  REMORA_V_IPV6_OFF,
+};
+
+#endif /* REMORA_BPF_ABI_H */

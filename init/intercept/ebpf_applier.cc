@@ -1,0 +1,594 @@
+// The eBPF applier (docs/EBPF.md): cgroup connect4/6 + sockops + getsockopt, attached once per
+// node and shared by every meshed netns through the pinned settings map.
+#include "intercept/ebpf_applier.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <ifaddrs.h>
+#include <linux/magic.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "intercept/backend.h"
+#include "intercept/ebpf_pins.h"
+#include "intercept/ebpf_skeleton.h"
+#include "remora_intercept.skel.h"
+
+namespace remora::intercept {
+
+static_assert(sizeof(remora_port_range) == 4);
+static_assert(sizeof(remora_cidr) == 20);
+static_assert(sizeof(remora_netns_settings) == 40 + 4 * 16 * 3 + 20 * 16 * 2);
+static_assert(sizeof(remora_orig_dst) == 32);
+static_assert(sizeof(remora_tuple_key) == 32);
+static_assert(sizeof(remora_addr_key) == 20);
+static_assert(sizeof(remora_listener_key) == 16);
+static_assert(std::size(ebpf::kCounterNames) == REMORA_C_MAX);
+
+namespace {
+
+#ifndef SO_NETNS_COOKIE
+constexpr int SO_NETNS_COOKIE = 71;  // Linux 5.14
+#endif
+
+using InterceptSkeleton = BpfSkeleton<remora_intercept_bpf, &remora_intercept_bpf__open_opts,
+                                      &remora_intercept_bpf__load, &remora_intercept_bpf__destroy>;
+
+using ebpf::Fd;
+
+std::string kernelRelease() {
+  utsname u{};
+  return ::uname(&u) == 0 ? u.release : "unknown";
+}
+
+Result<void> copyPorts(const std::vector<PortRange>& ports, remora_port_range* out, __u32& n,
+                       const char* what) {
+  if (ports.size() > REMORA_MAX_PORT_RANGES) {
+    return makeError(fmt::format("--{}: eBPF mode holds at most {} port ranges, got {}", what,
+                                 REMORA_MAX_PORT_RANGES, ports.size()));
+  }
+  n = static_cast<__u32>(ports.size());
+  for (size_t i = 0; i < ports.size(); ++i) out[i] = {ports[i].first, ports[i].last};
+  return {};
+}
+
+Result<void> copyCidrs(const std::vector<Cidr>& cidrs, remora_cidr* out, __u32& n,
+                       const char* what) {
+  if (cidrs.size() > REMORA_MAX_CIDRS) {
+    return makeError(fmt::format("--{}: eBPF mode holds at most {} CIDRs, got {}", what,
+                                 REMORA_MAX_CIDRS, cidrs.size()));
+  }
+  n = static_cast<__u32>(cidrs.size());
+  for (size_t i = 0; i < cidrs.size(); ++i) {
+    remora_cidr c{};
+    std::memcpy(c.addr, cidrs[i].address.bytes.data(), cidrs[i].address.size());
+    c.family = cidrs[i].address.family == Family::kIpv4 ? REMORA_AF_INET : REMORA_AF_INET6;
+    c.prefix_len = static_cast<__u8>(cidrs[i].prefix);
+    out[i] = c;
+  }
+  return {};
+}
+
+std::string portsText(const remora_port_range* ranges, __u32 n) {
+  std::vector<std::string> parts;
+  for (__u32 i = 0; i < n && i < REMORA_MAX_PORT_RANGES; ++i) {
+    parts.push_back(ranges[i].first == ranges[i].last
+                        ? std::to_string(ranges[i].first)
+                        : fmt::format("{}-{}", ranges[i].first, ranges[i].last));
+  }
+  return parts.empty() ? "-" : fmt::format("{}", fmt::join(parts, ","));
+}
+
+std::string cidrsText(const remora_cidr* cidrs, __u32 n) {
+  std::vector<std::string> parts;
+  for (__u32 i = 0; i < n && i < REMORA_MAX_CIDRS; ++i) {
+    Cidr c;
+    c.address.family = cidrs[i].family == REMORA_AF_INET ? Family::kIpv4 : Family::kIpv6;
+    std::memcpy(c.address.bytes.data(), cidrs[i].addr, c.address.size());
+    c.prefix = cidrs[i].prefix_len;
+    parts.push_back(c.toString());
+  }
+  return parts.empty() ? "-" : fmt::format("{}", fmt::join(parts, ","));
+}
+
+// Mounts bpffs at /sys/fs/bpf when the pin dir lives there and nothing is mounted yet.
+Result<void> ensureBpffs(const std::string& pin_dir) {
+  const std::string parent = std::filesystem::path(pin_dir).parent_path().string();
+  struct statfs fs {};
+  if (::statfs(parent.c_str(), &fs) == 0 && fs.f_type == BPF_FS_MAGIC) return {};
+  if (parent != "/sys/fs/bpf") {
+    return makeError(
+        fmt::format("{} is not on a BPF filesystem (bpffs); mount one there or "
+                    "choose a pin dir under /sys/fs/bpf",
+                    parent));
+  }
+  if (::mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0) {
+    return errnoError("mounting bpffs at /sys/fs/bpf (needs CAP_SYS_ADMIN)");
+  }
+  return {};
+}
+
+Result<void> probeKernel(const std::string& cgroup) {
+  if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+    return makeError(fmt::format(
+        "kernel BTF is missing (/sys/kernel/btf/vmlinux): eBPF mode needs a kernel built with "
+        "CONFIG_DEBUG_INFO_BTF (kernel {})",
+        kernelRelease()));
+  }
+  struct statfs fs {};
+  if (::statfs(cgroup.c_str(), &fs) != 0) return errnoError("cgroup " + cgroup);
+  if (fs.f_type != CGROUP2_SUPER_MAGIC) {
+    return makeError(
+        fmt::format("{} is not a cgroup v2 directory: eBPF mode attaches to cgroup v2", cgroup));
+  }
+  return {};
+}
+
+Result<uint64_t> cgroupId(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return errnoError("cgroup " + path);
+  return static_cast<uint64_t>(st.st_ino);  // a cgroup v2 directory's inode is its id
+}
+
+// The cgroup the pinned connect4 link is attached to, or 0 when unknown.
+uint64_t attachedCgroupId(const std::string& pin_dir) {
+  Fd link(bpf_obj_get(ebpf::pinPath(pin_dir, ebpf::kLinkPins[0]).c_str()));
+  if (!link.valid()) return 0;
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(link.get(), &info, &len) != 0) return 0;
+  return info.cgroup.cgroup_id;
+}
+
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// The netns's own addresses (not loopback): sk_lookup finds the netns by them.
+Result<std::vector<remora_addr_key>> podAddresses(bool ipv6) {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return errnoError("listing the netns's addresses");
+  std::vector<remora_addr_key> keys;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    auto sa = SocketAddress::fromSockaddr(i->ifa_addr);
+    if (!sa || (sa->ip.family == Family::kIpv6 && !ipv6)) continue;
+    remora_addr_key key{};
+    key.family = sa->ip.family == Family::kIpv4 ? REMORA_AF_INET : REMORA_AF_INET6;
+    std::memcpy(key.addr, sa->ip.bytes.data(), sa->ip.size());
+    keys.push_back(key);
+  }
+  ::freeifaddrs(list);
+  return keys;
+}
+
+class EbpfApplier : public Applier {
+ public:
+  explicit EbpfApplier(EbpfConfig config) : config_(std::move(config)) {}
+
+  std::string name() const override { return "ebpf"; }
+
+  Result<ApplyReport> install(const InterceptOptions& options) override {
+    auto settings = netnsSettings(options, wantIpv6(options));
+    if (!settings) return settings.error();
+    auto cookie = currentNetnsCookie();
+    if (!cookie) return cookie.error();
+    auto cgroup = cgroupPath();
+    if (!cgroup) return cgroup.error();
+    if (auto probed = probeKernel(*cgroup); !probed) return probed.error();
+    if (auto fs = ensureBpffs(config_.pin_dir); !fs) return fs.error();
+    bool created_dir = false;
+    if (::mkdir(config_.pin_dir.c_str(), 0700) == 0) {
+      created_dir = true;
+    } else if (errno != EEXIST) {
+      return errnoError("creating " + config_.pin_dir);
+    }
+    auto lock = lockPinDir();
+    if (!lock) {
+      if (created_dir) ::rmdir(config_.pin_dir.c_str());
+      return lock.error();
+    }
+    ApplyReport report;
+    report.backend = name();
+    report.changed = true;
+    const bool first = !exists(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap));
+    if (first) {
+      auto attached = attachAndPin(*cgroup);
+      if (!attached) {
+        if (created_dir) ::rmdir(config_.pin_dir.c_str());
+        return attached.error();
+      }
+      report.lines.push_back(
+          fmt::format("ebpf: attached connect4, connect6, sockops, getsockopt to {}; pinned in {}",
+                      *cgroup, config_.pin_dir));
+    } else {
+      auto want = cgroupId(*cgroup);
+      if (!want) return want.error();
+      uint64_t have = attachedCgroupId(config_.pin_dir);
+      if (have != 0 && have != *want) {
+        return makeError(fmt::format(
+            "the programs pinned in {} are attached to cgroup id {}, not {} (id {}); use that "
+            "cgroup or uninstall every meshed netns first",
+            config_.pin_dir, have, *cgroup, *want));
+      }
+      report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
+                                         *cgroup, config_.pin_dir));
+    }
+    auto registered = registerNetns(*cookie, *settings, report);
+    if (!registered) {
+      // The first install undoes its attach too: nothing new is left behind.
+      if (first) removeAllPins(nullptr);
+      if (created_dir) ::rmdir(config_.pin_dir.c_str());
+      return registered.error();
+    }
+    return report;
+  }
+
+  Result<std::string> dryRun(const InterceptOptions& options) override {
+    auto settings = netnsSettings(options, wantIpv6(options));
+    if (!settings) return settings.error();
+    auto cgroup = cgroupPath();
+    if (!cgroup) return cgroup.error();
+    return fmt::format("# eBPF mode: programs attached to {}, pinned in {}\n{}", *cgroup,
+                       config_.pin_dir, describeSettings(*settings));
+  }
+
+  Result<ApplyReport> uninstall() override {
+    ApplyReport report;
+    report.backend = name();
+    const std::string netns_pin = ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap);
+    if (!exists(config_.pin_dir)) {
+      report.lines.push_back("ebpf: nothing installed (no " + config_.pin_dir + ")");
+      return report;
+    }
+    auto lock = lockPinDir();
+    if (!lock) return lock.error();
+    auto cookie = currentNetnsCookie();
+    if (!cookie) return cookie.error();
+    bool empty = true;
+    if (exists(netns_pin)) {
+      Fd map(bpf_obj_get(netns_pin.c_str()));
+      if (!map.valid()) return errnoError("opening " + netns_pin);
+      if (auto r = unregisterNetns(map.get(), *cookie, report); !r) return r.error();
+      uint64_t key = 0;
+      empty = bpf_map_get_next_key(map.get(), nullptr, &key) != 0;
+    }
+    if (!empty) {
+      report.lines.emplace_back("ebpf: other meshed netns remain; programs stay attached");
+      return report;
+    }
+    // The last meshed netns is gone: unpinning the links detaches the programs, and the maps go
+    // with the last reference.
+    removeAllPins(&report);
+    if (::rmdir(config_.pin_dir.c_str()) != 0 && errno != ENOENT) {
+      return errnoError("removing " + config_.pin_dir);
+    }
+    report.changed = true;
+    report.lines.push_back("ebpf: detached the programs and removed " + config_.pin_dir);
+    return report;
+  }
+
+  Result<void> check(const InterceptOptions& options) override {
+    auto settings = netnsSettings(options, wantIpv6(options));
+    if (!settings) return settings.error();
+    for (const char* link : ebpf::kLinkPins) {
+      if (!exists(ebpf::pinPath(config_.pin_dir, link))) {
+        return makeError(fmt::format("{} is not pinned: the programs are not attached",
+                                     ebpf::pinPath(config_.pin_dir, link)));
+      }
+    }
+    auto cookie = currentNetnsCookie();
+    if (!cookie) return cookie.error();
+    if ((settings->flags & REMORA_F_INBOUND) && !exists(skLookupPin(*cookie))) {
+      return makeError(fmt::format("{} is not pinned: inbound is not steered in this netns",
+                                   skLookupPin(*cookie)));
+    }
+    Fd map(bpf_obj_get(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap).c_str()));
+    if (!map.valid()) return errnoError("opening the pinned netns map");
+    remora_netns_settings have{};
+    if (bpf_map_lookup_elem(map.get(), &*cookie, &have) != 0) {
+      return makeError(fmt::format("netns cookie {} is not registered", *cookie));
+    }
+    if (std::memcmp(&have, &*settings, sizeof(have)) != 0) {
+      return makeError(fmt::format("netns cookie {} is registered with other settings:\n{}",
+                                   *cookie, describeSettings(have)));
+    }
+    return {};
+  }
+
+ private:
+  static bool wantIpv6(const InterceptOptions& options) {
+    return options.ipv6 == Ipv6Mode::kOn || (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled());
+  }
+
+  Result<std::string> cgroupPath() const {
+    if (!config_.cgroup.empty()) return config_.cgroup;
+    return defaultCgroupRoot();
+  }
+
+  Result<std::shared_ptr<Fd>> lockPinDir() const {
+    // bpffs holds only BPF objects, so the lock is the directory itself.
+    auto fd =
+        std::make_shared<Fd>(::open(config_.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd->valid()) return errnoError("opening " + config_.pin_dir);
+    if (::flock(fd->get(), LOCK_EX) != 0) return errnoError("locking " + config_.pin_dir);
+    return fd;
+  }
+
+  std::string skLookupPin(uint64_t cookie) const {
+    return ebpf::pinPath(config_.pin_dir, ebpf::kSkLookupLinkPrefix + std::to_string(cookie));
+  }
+
+  std::string pin(const char* name) const { return ebpf::pinPath(config_.pin_dir, name); }
+
+  // Everything in the pin dir is Remora's: unpinning a link detaches its program.
+  void removeAllPins(ApplyReport* report) const {
+    std::error_code ec;
+    std::vector<std::string> paths;
+    for (const auto& entry : std::filesystem::directory_iterator(config_.pin_dir, ec)) {
+      paths.push_back(entry.path().string());
+    }
+    // Links first, so no program runs against a half-removed set of maps.
+    std::stable_partition(paths.begin(), paths.end(), [](const std::string& p) {
+      return p.find("/link_") != std::string::npos;
+    });
+    for (const auto& path : paths) {
+      if (::unlink(path.c_str()) == 0 && report) report->lines.push_back("ebpf: unpinned " + path);
+    }
+  }
+
+  // Registers the calling thread's netns: its sk_lookup link and pod addresses when inbound is
+  // captured, then its settings (what the connect programs look up). Undoes its own steps on
+  // failure.
+  Result<void> registerNetns(uint64_t cookie, const remora_netns_settings& settings,
+                             ApplyReport& report) {
+    std::vector<std::string> new_pins;
+    std::vector<remora_addr_key> new_addrs;
+    Fd addrs(bpf_obj_get(pin(ebpf::kInboundAddrsMap).c_str()));
+    if (!addrs.valid()) return errnoError("opening " + pin(ebpf::kInboundAddrsMap));
+    auto undo = [&](Error error) {
+      for (const auto& path : new_pins) ::unlink(path.c_str());
+      for (const auto& key : new_addrs) bpf_map_delete_elem(addrs.get(), &key);
+      return error;
+    };
+    const std::string link_pin = skLookupPin(cookie);
+    if (settings.flags & REMORA_F_INBOUND) {
+      if (!exists(link_pin)) {
+        Fd prog(bpf_obj_get(pin(ebpf::kSkLookupProg).c_str()));
+        if (!prog.valid()) return errnoError("opening " + pin(ebpf::kSkLookupProg));
+        Fd netns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+        if (!netns.valid()) return errnoError("opening /proc/thread-self/ns/net");
+        Fd link(bpf_link_create(prog.get(), netns.get(), BPF_SK_LOOKUP, nullptr));
+        if (!link.valid()) {
+          return errnoError(
+              fmt::format("attaching sk_lookup to this netns (needs Linux >= 5.9; kernel {})",
+                          kernelRelease()));
+        }
+        if (bpf_obj_pin(link.get(), link_pin.c_str()) != 0) {
+          return errnoError("pinning " + link_pin);
+        }
+        new_pins.push_back(link_pin);
+      }
+      auto pod = podAddresses((settings.flags & REMORA_F_IPV6) != 0);
+      if (!pod) return undo(pod.error());
+      for (const auto& key : *pod) {
+        uint64_t have = 0;
+        if (bpf_map_lookup_elem(addrs.get(), &key, &have) != 0) new_addrs.push_back(key);
+        if (bpf_map_update_elem(addrs.get(), &key, &cookie, BPF_ANY) != 0) {
+          return undo(errnoError("registering the pod's addresses"));
+        }
+      }
+      report.lines.push_back(
+          fmt::format("ebpf: sk_lookup steers inbound to {} pod address(es) to port {} ({})",
+                      pod->size(), settings.inbound_port, link_pin));
+    } else if (::unlink(link_pin.c_str()) == 0) {
+      report.lines.push_back("ebpf: inbound capture off: unpinned " + link_pin);
+    }
+    Fd map(bpf_obj_get(pin(ebpf::kNetnsMap).c_str()));
+    if (!map.valid()) return undo(errnoError("opening " + pin(ebpf::kNetnsMap)));
+    if (bpf_map_update_elem(map.get(), &cookie, &settings, BPF_ANY) != 0) {
+      return undo(errnoError("registering the netns in " + pin(ebpf::kNetnsMap)));
+    }
+    report.lines.push_back(fmt::format("ebpf: registered netns cookie {}", cookie));
+    return {};
+  }
+
+  Result<void> unregisterNetns(int netns_map, uint64_t cookie, ApplyReport& report) {
+    if (bpf_map_delete_elem(netns_map, &cookie) == 0) {
+      report.changed = true;
+      report.lines.push_back(fmt::format("ebpf: unregistered netns cookie {}", cookie));
+    } else if (errno != ENOENT) {
+      return errnoError("unregistering the netns");
+    } else {
+      report.lines.push_back(fmt::format("ebpf: netns cookie {} was not registered", cookie));
+    }
+    if (::unlink(skLookupPin(cookie).c_str()) == 0) {
+      report.lines.push_back("ebpf: unpinned " + skLookupPin(cookie));
+    }
+    Fd addrs(bpf_obj_get(pin(ebpf::kInboundAddrsMap).c_str()));
+    if (!addrs.valid()) return {};
+    std::vector<remora_addr_key> mine;
+    remora_addr_key key{};
+    remora_addr_key* prev = nullptr;
+    while (bpf_map_get_next_key(addrs.get(), prev, &key) == 0) {
+      uint64_t owner = 0;
+      if (bpf_map_lookup_elem(addrs.get(), &key, &owner) == 0 && owner == cookie) {
+        mine.push_back(key);
+      }
+      prev = &key;
+    }
+    for (const auto& k : mine) bpf_map_delete_elem(addrs.get(), &k);
+    return {};
+  }
+
+  // First install on the node: load, attach, register, pin. Any failure unpins what was pinned
+  // and the skeleton's destruction detaches what was attached, so nothing new is left behind.
+  Result<void> attachAndPin(const std::string& cgroup) {
+    Fd cg(::open(cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!cg.valid()) return errnoError("opening cgroup " + cgroup);
+    InterceptSkeleton skel;
+    if (auto r = skel.open(); !r) return r.error();
+    if (auto r = skel.load(); !r) {
+      return makeError(fmt::format(
+          "{} (kernel {}; eBPF mode needs Linux >= 5.15 and CAP_BPF + CAP_NET_ADMIN, or root)",
+          r.error().message, kernelRelease()));
+    }
+    struct Attach {
+      bpf_program* prog;
+      bpf_link** link;
+    };
+    const Attach attaches[] = {{skel->progs.remora_connect4, &skel->links.remora_connect4},
+                               {skel->progs.remora_connect6, &skel->links.remora_connect6},
+                               {skel->progs.remora_sockopt, &skel->links.remora_sockopt},
+                               {skel->progs.remora_sockops, &skel->links.remora_sockops}};
+    static_assert(std::size(attaches) == std::size(ebpf::kLinkPins));
+    for (const auto& a : attaches) {
+      *a.link = bpf_program__attach_cgroup(a.prog, cg.get());
+      if (*a.link == nullptr) {
+        return errnoError(fmt::format("attaching {} to {}", bpf_program__name(a.prog), cgroup));
+      }
+    }
+    // Links first and the netns map last: the netns map's pin is what tells the next install
+    // that everything is attached.
+    std::vector<std::string> pinned;
+    auto rollback = [&](Error error) {
+      for (const auto& path : pinned) ::unlink(path.c_str());
+      return error;
+    };
+    for (size_t i = 0; i < std::size(attaches); ++i) {
+      std::string path = ebpf::pinPath(config_.pin_dir, ebpf::kLinkPins[i]);
+      if (bpf_link__pin(*attaches[i].link, path.c_str()) != 0) {
+        return rollback(errnoError("pinning " + path));
+      }
+      pinned.push_back(path);
+    }
+    if (bpf_program__pin(skel->progs.remora_sk_lookup, pin(ebpf::kSkLookupProg).c_str()) != 0) {
+      return rollback(errnoError("pinning " + pin(ebpf::kSkLookupProg)));
+    }
+    pinned.push_back(pin(ebpf::kSkLookupProg));
+    bpf_map* maps[] = {skel->maps.remora_orig_by_cookie, skel->maps.remora_orig_by_tuple,
+                       skel->maps.remora_counters,       skel->maps.remora_inbound_addrs,
+                       skel->maps.remora_listeners,      skel->maps.remora_netns};
+    static_assert(std::size(maps) == std::size(ebpf::kMapPins));
+    for (size_t i = 0; i < std::size(maps); ++i) {
+      std::string path = ebpf::pinPath(config_.pin_dir, ebpf::kMapPins[i]);
+      if (bpf_map__pin(maps[i], path.c_str()) != 0) {
+        return rollback(errnoError("pinning " + path));
+      }
+      pinned.push_back(path);
+    }
+    return {};
+  }
+
+  EbpfConfig config_;
+};
+
+}  // namespace
+
+Result<remora_netns_settings> netnsSettings(const InterceptOptions& o, bool ipv6) {
+  if (!o.exclude_interfaces.empty()) {
+    return makeError(
+        "--exclude-interfaces cannot be applied in eBPF mode (a connect hook does not know the "
+        "outgoing interface); use --exclude-outbound-cidrs, or iptables mode");
+  }
+  remora_netns_settings s{};
+  s.proxy_uid = o.proxy_uid;
+  s.proxy_gid = o.proxy_gid;
+  s.outbound_port = o.outbound_port;
+  s.inbound_port = o.inbound_port;
+  if (o.include_all_outbound) s.flags |= REMORA_F_INCLUDE_ALL_OUTBOUND;
+  if (ipv6) s.flags |= REMORA_F_IPV6;
+  if (o.include_all_inbound) s.flags |= REMORA_F_INCLUDE_ALL_INBOUND;
+  if (o.include_all_inbound || !o.include_inbound_ports.empty()) s.flags |= REMORA_F_INBOUND;
+  if (auto r = copyPorts(mergePortRanges(o.exclude_outbound_ports), s.exclude_outbound_ports,
+                         s.n_exclude_outbound_ports, "exclude-outbound-ports");
+      !r) {
+    return r.error();
+  }
+  if (auto r = copyCidrs(o.include_outbound_cidrs, s.include_cidrs, s.n_include_cidrs,
+                         "include-outbound-cidrs");
+      !r) {
+    return r.error();
+  }
+  if (auto r = copyCidrs(o.exclude_outbound_cidrs, s.exclude_cidrs, s.n_exclude_cidrs,
+                         "exclude-outbound-cidrs");
+      !r) {
+    return r.error();
+  }
+  if (auto r = copyPorts(mergePortRanges(o.include_inbound_ports), s.include_inbound_ports,
+                         s.n_include_inbound_ports, "include-inbound-ports");
+      !r) {
+    return r.error();
+  }
+  std::vector<PortRange> inbound_excluded = o.exclude_inbound_ports;
+  for (uint16_t p : kAlwaysExcludedInboundPorts) inbound_excluded.push_back({p, p});
+  if (auto r = copyPorts(mergePortRanges(inbound_excluded), s.exclude_inbound_ports,
+                         s.n_exclude_inbound_ports, "exclude-inbound-ports");
+      !r) {
+    return r.error();
+  }
+  return s;
+}
+
+std::string describeSettings(const remora_netns_settings& s) {
+  std::string text;
+  text += fmt::format("  proxy uid {} gid {}, outbound port {}, inbound port {}\n", s.proxy_uid,
+                      s.proxy_gid, s.outbound_port, s.inbound_port);
+  text += fmt::format("  ipv6 {}\n", (s.flags & REMORA_F_IPV6) ? "on" : "off");
+  text += fmt::format("  exclude outbound ports {}\n",
+                      portsText(s.exclude_outbound_ports, s.n_exclude_outbound_ports));
+  text += fmt::format("  include outbound cidrs {}\n",
+                      (s.flags & REMORA_F_INCLUDE_ALL_OUTBOUND)
+                          ? std::string("*")
+                          : cidrsText(s.include_cidrs, s.n_include_cidrs));
+  text +=
+      fmt::format("  exclude outbound cidrs {}\n", cidrsText(s.exclude_cidrs, s.n_exclude_cidrs));
+  text += fmt::format("  inbound {}: include ports {}, exclude ports {}\n",
+                      (s.flags & REMORA_F_INBOUND) ? "on" : "off",
+                      (s.flags & REMORA_F_INCLUDE_ALL_INBOUND)
+                          ? std::string("*")
+                          : portsText(s.include_inbound_ports, s.n_include_inbound_ports),
+                      portsText(s.exclude_inbound_ports, s.n_exclude_inbound_ports));
+  return text;
+}
+
+Result<uint64_t> currentNetnsCookie() {
+  // Any socket carries its netns; a unix one works even where IPv4 or IPv6 is off.
+  Fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) return errnoError("socket for SO_NETNS_COOKIE");
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (::getsockopt(sock.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) {
+    return errnoError(
+        fmt::format("SO_NETNS_COOKIE (needs Linux >= 5.14; kernel {})", kernelRelease()));
+  }
+  return cookie;
+}
+
+Result<std::string> defaultCgroupRoot() {
+  for (const char* path : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    struct statfs fs {};
+    if (::statfs(path, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) return std::string(path);
+  }
+  return makeError(
+      "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified: eBPF mode attaches "
+      "to cgroup v2 (pass --cgroup PATH)");
+}
+
+std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config) {
+  return std::make_unique<EbpfApplier>(std::move(config));
+}
+
+}  // namespace remora::intercept

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "intercept/applier.h"
+#include "remora_abi.h"
+
+namespace remora::intercept {
+
+inline constexpr const char* kDefaultBpfPinDir = "/sys/fs/bpf/remora";
+
+// Where the eBPF mode attaches and pins (remora-init --cgroup, --bpf-pin-dir).
+struct EbpfConfig {
+  std::string cgroup;  // cgroup v2 directory to attach to; empty: the cgroup v2 root
+  std::string pin_dir = kDefaultBpfPinDir;
+};
+
+// The settings entry `options` register for a netns (pure). Errors name an option eBPF mode
+// cannot apply (exclude-interfaces) or a list longer than the ABI's fixed arrays.
+Result<remora_netns_settings> netnsSettings(const InterceptOptions& options, bool ipv6);
+// One line per setting, as dump and --dry-run print them.
+std::string describeSettings(const remora_netns_settings& settings);
+
+// The calling thread's network namespace cookie (SO_NETNS_COOKIE, Linux >= 5.14).
+Result<uint64_t> currentNetnsCookie();
+// /sys/fs/cgroup when it is cgroup v2, else /sys/fs/cgroup/unified on hybrid hosts.
+Result<std::string> defaultCgroupRoot();
+
+// The eBPF applier: the first install in a node loads and attaches the programs to the cgroup
+// and pins links and maps under the pin dir; every install registers the calling thread's netns
+// (an update of one map entry), uninstall unregisters it, and the last uninstall unpins and so
+// detaches everything. A node-wide lock (flock on the pin dir) serialises them.
+std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config);
+
+}  // namespace remora::intercept

@@ -1,0 +1,366 @@
+// remora-init --mode ebpf against the real kernel: programs attached to a cgroup v2 directory
+// the test creates (never the machine's root cgroup), pins in a pin dir of its own, pods from
+// NetnsWorld, real TCP through remora-probe. The test process moves itself into its cgroup first,
+// so every process it starts (probes, clients) is in it; remora-init runs under nsenter --net,
+// which (unlike `ip netns exec`) keeps /sys/fs/bpf and /sys/fs/cgroup visible.
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "common/subprocess.h"
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+constexpr const char* kVip = "10.1.122.241:9999";
+constexpr const char* kVip6 = "[fd00:1::241]:9999";
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+bool writeFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+std::string cgroup2Root() {
+  for (const char* path : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    struct statfs fs {};
+    if (::statfs(path, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) return path;
+  }
+  return {};
+}
+
+// This process's cgroup v2 path relative to the hierarchy root ("/" or "/x/y").
+std::string ownCgroup() {
+  std::smatch m;
+  std::string text = readFile("/proc/self/cgroup");
+  if (std::regex_search(text, m, std::regex("(^|\n)0::([^\n]*)"))) return m[2];
+  return "/";
+}
+
+class EbpfE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (BPF, cgroups, namespaces)";
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+      GTEST_SKIP() << "kernel has no BTF (/sys/kernel/btf/vmlinux): eBPF mode cannot load";
+    }
+    root_ = cgroup2Root();
+    if (root_.empty()) GTEST_SKIP() << "no cgroup v2 hierarchy to attach to";
+    const std::string id = std::to_string(::getpid());
+    cgroup_ = root_ + "/remora-ebpf-test-" + id;
+    pin_dir_ = "/sys/fs/bpf/remora-test-" + id;
+    ASSERT_EQ(::mkdir(cgroup_.c_str(), 0755), 0) << cgroup_ << ": " << std::strerror(errno);
+    home_cgroup_ = root_ + ownCgroup();
+    ASSERT_TRUE(writeFile(cgroup_ + "/cgroup.procs", std::to_string(::getpid())));
+    world_ = std::make_unique<NetnsWorld>();
+    front_ = *world_->addPod("front-tomcat", kFrontIp, kFrontIp6);
+    v1_ = *world_->addPod("bill-service-v1", kBillV1);
+    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15001", "proxy"));
+    servers_.push_back(world_->serveProbe(front_, "[::]:15001", "proxy6"));
+    servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "bill-v1"));
+    servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:8080", "bill-v1-8080"));
+  }
+
+  void TearDown() override {
+    servers_.clear();
+    world_.reset();
+    // Whatever a failed test left pinned: unpinning detaches.
+    std::error_code ec;
+    std::filesystem::remove_all(pin_dir_, ec);
+    if (!home_cgroup_.empty())
+      writeFile(home_cgroup_ + "/cgroup.procs", std::to_string(::getpid()));
+    if (!cgroup_.empty()) ::rmdir(cgroup_.c_str());
+  }
+
+  // remora-init in the pod's netns, with this test's cgroup and pin dir.
+  CommandOutput init(const Pod& pod, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"nsenter", "--net=" + world_->netnsPath(pod),
+                                     binaryPath("remora-init")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"--mode", "ebpf", "--bpf-pin-dir", pin_dir_});
+    if (args[0] == "install") argv.insert(argv.end(), {"--cgroup", cgroup_});
+    auto out = runCommand(argv, {}, std::chrono::milliseconds(20000));
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  }
+
+  void install(const Pod& pod, std::vector<std::string> extra = {}) {
+    extra.insert(extra.begin(), "install");
+    auto out = init(pod, extra);
+    ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
+  }
+
+  nlohmann::json dump(const Pod& pod) {
+    auto out = init(pod, {"dump", "--json"});
+    EXPECT_EQ(out.exit_code, 0) << out.err;
+    return nlohmann::json::parse(out.out, nullptr, false);
+  }
+
+  // What the server at the other end said, or "FAILED".
+  std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0) {
+    std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
+    auto out = uid ? world_->execAs(pod, uid, uid, argv) : world_->exec(pod, argv);
+    if (!out || out->exit_code != 0) return "FAILED";
+    return out->out;
+  }
+
+  std::string root_, cgroup_, home_cgroup_, pin_dir_;
+  std::unique_ptr<NetnsWorld> world_;
+  Pod front_, v1_;
+  std::vector<std::unique_ptr<Process>> servers_;
+};
+
+// Polls until the kernel has freed the object with this id (freeing is deferred through RCU).
+template <typename GetFd>
+bool gone(GetFd get_fd, uint32_t id) {
+  for (int i = 0; i < 100; ++i) {
+    int fd = get_fd(id);
+    if (fd < 0 && errno == ENOENT) return true;
+    if (fd >= 0) ::close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  return false;
+}
+
+TEST_F(EbpfE2e, OutboundV4LandsInProxyWithOriginalDstAndNoRule) {
+  install(front_);
+  std::string reply = connect(front_, kVip);
+  EXPECT_NE(reply.find("proxy orig=10.1.122.241:9999 local=127.0.0.1:15001"), std::string::npos)
+      << reply;
+  // No NAT rule anywhere in the pod: the connect itself was rewritten.
+  auto nft = world_->exec(front_, {"nft", "list", "ruleset"});
+  ASSERT_TRUE(nft.ok());
+  EXPECT_EQ(nft->out.find_first_not_of(" \n"), std::string::npos) << nft->out;
+  auto save = world_->exec(front_, {"iptables-save"});
+  ASSERT_TRUE(save.ok());
+  EXPECT_EQ(save->out.find("\n-A "), std::string::npos) << save->out;
+  auto j = dump(front_);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j["programs"].size(), 5u);  // 4 on the cgroup, sk_lookup on the netns
+  EXPECT_EQ(j["netns"].size(), 1u);
+  EXPECT_TRUE(j["netns"][0]["current"].get<bool>());
+  EXPECT_GE(j["counters"]["redirected"].get<uint64_t>(), 1u);
+  EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), 1u);
+  bool found = false;
+  for (const auto& e : j["orig_dst"]) found |= e["original"] == "10.1.122.241:9999";
+  EXPECT_TRUE(found) << j.dump();
+}
+
+TEST_F(EbpfE2e, OutboundV6LandsInProxyWithOriginalDst) {
+  install(front_, {"--ipv6", "on"});
+  std::string reply = connect(front_, kVip6);
+  EXPECT_NE(reply.find("proxy6 orig=[fd00:1::241]:9999 local=[::1]:15001"), std::string::npos)
+      << reply;
+}
+
+TEST_F(EbpfE2e, ProxyUidAndExclusionsBypass) {
+  install(front_, {"--exclude-outbound-ports", "8080", "--exclude-outbound-cidrs",
+                   std::string(kBillV1) + "/32", "--proxy-uid", "1337", "--proxy-gid", "1337"});
+  // The excluded CIDR and port reach the backend directly; anything else is captured.
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80").find("bill-v1 orig=none"),
+            std::string::npos);
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":8080").find("bill-v1-8080"),
+            std::string::npos);
+  EXPECT_NE(connect(front_, "10.244.1.169:8080").find("FAILED"), std::string::npos)
+      << "port 8080 is excluded: the connect goes to the (absent) address itself";
+  EXPECT_NE(connect(front_, kVip).find("proxy orig=10.1.122.241:9999"), std::string::npos);
+  // The proxy's uid is never captured: its connect to the VIP fails (nothing serves it).
+  EXPECT_EQ(connect(front_, kVip, 1337), "FAILED");
+  auto j = dump(front_);
+  EXPECT_GE(j["counters"]["bypassed_uid"].get<uint64_t>(), 1u);
+  EXPECT_GE(j["counters"]["excluded_cidr"].get<uint64_t>(), 1u);
+  EXPECT_GE(j["counters"]["excluded_port"].get<uint64_t>(), 2u);
+  // dump --trace runs the program's decision function against the live settings.
+  auto t = init(front_, {"dump", "--json", "--trace", kVip, "--uid", "1337"});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  EXPECT_EQ(nlohmann::json::parse(t.out)["verdict"], "bypass_uid") << t.out;
+  t = init(front_, {"dump", "--json", "--trace", kVip, "--uid", "1000", "--gid", "1000"});
+  auto tj = nlohmann::json::parse(t.out);
+  EXPECT_EQ(tj["verdict"], "redirect") << t.out;
+  EXPECT_EQ(tj["rewritten_to"], "127.0.0.1:15001");
+  t = init(front_, {"dump", "--trace", std::string(kBillV1) + ":80", "--uid", "1000"});
+  EXPECT_NE(t.out.find("excluded CIDR"), std::string::npos) << t.out;
+}
+
+TEST_F(EbpfE2e, InboundSteeredBySkLookupWithoutNat) {
+  install(front_, {"--exclude-inbound-ports", "8081"});
+  // The proxy listens after install, as in a pod: sockops puts its listener in the sockhash.
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15006", "inbound"));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "app"));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8081", "app-8081"));
+  // No NAT: the proxy's getsockname() is the pod IP and the app port.
+  std::string reply = connect(v1_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(reply.find("inbound orig=none local=10.244.0.10:8080 peer=10.244.1.168:"),
+            std::string::npos)
+      << reply;
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8081").find("app-8081"), std::string::npos);
+  // A port nothing listens on still reaches the proxy.
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":7777").find("local=10.244.0.10:7777"),
+            std::string::npos);
+  auto j = dump(front_);
+  EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 2u);
+  EXPECT_GE(j["counters"]["inbound_excluded"].get<uint64_t>(), 1u);
+  EXPECT_EQ(j["listeners"].size(), 1u) << j.dump();
+  bool pod_ip = false;
+  for (const auto& a : j["inbound_addrs"]) pod_ip |= a["address"] == kFrontIp;
+  EXPECT_TRUE(pod_ip) << j.dump();
+  auto nft = world_->exec(front_, {"nft", "list", "ruleset"});
+  ASSERT_TRUE(nft.ok());
+  EXPECT_EQ(nft->out.find_first_not_of(" \n"), std::string::npos) << nft->out;
+  // Uninstall stops the steering: 8080 reaches the app itself.
+  ASSERT_EQ(init(front_, {"uninstall"}).exit_code, 0);
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8080").find("app orig=none"), std::string::npos);
+}
+
+// The seed scenario with the real remora-proxy (uid 1337, unchanged outbound code): 90/10 exact
+// through connect4 + getsockopt, and inbound through sk_lookup to the proxy's passthrough.
+TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
+  servers_.clear();  // the probes on 15001 make way for the proxy
+  Pod v2 = *world_->addPod("bill-service-v2", kBillV2);
+  servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "this is bill-service-v1", true));
+  servers_.push_back(world_->serveProbe(v2, "0.0.0.0:80", "hello, this is bill-service-v2", true));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "front-app"));
+  const std::string hosts_dir = "/etc/netns/" + front_.netns;
+  std::filesystem::create_directories(hosts_dir);
+  std::ofstream(hosts_dir + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
+  char tmpl[] = "/tmp/remora-ebpf-e2e-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  ::chmod(dir.c_str(), 0755);
+  std::ofstream(dir + "/mesh.yaml")
+      << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << "\n---\n"
+      << readFile(std::string(REMORA_SEED_DIR) + "/istio-90-10.yaml");
+  ::chmod((dir + "/mesh.yaml").c_str(), 0644);
+  install(front_);
+  auto proxy = world_->spawn(front_, {binaryPath("remora-proxy"), "--config", dir + "/mesh.yaml"},
+                             1337, 1337);
+  bool started = proxy->waitForLine("remora-proxy started", 10000);
+  std::string out;
+  std::string inbound;
+  if (started) {
+    auto r = world_->exec(front_, {"bash", "-c",
+                                   "for i in $(seq 20); do curl -sS -m 3 "
+                                   "http://bill-service:9999/; done"});
+    out = r ? r->out + r->err : "FAILED";
+    inbound = connect(v1_, std::string(kFrontIp) + ":8080");
+  }
+  auto j = dump(front_);
+  const std::string proxy_log = proxy->output();
+  proxy.reset();
+  std::filesystem::remove_all(hosts_dir);
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(started) << proxy_log;
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = out.find(needle); at != std::string::npos; at = out.find(needle, at + 1)) ++n;
+    return n;
+  };
+  // Exact over every window: 18 and 2 of 20.
+  EXPECT_EQ(count("this is bill-service-v1"), 18u) << out;
+  EXPECT_EQ(count("hello, this is bill-service-v2"), 2u) << out;
+  // The app saw the proxy's passthrough (from 127.0.0.6) on its own port.
+  EXPECT_NE(inbound.find("front-app orig=none local=10.244.0.10:8080 peer=127.0.0.6:"),
+            std::string::npos)
+      << inbound;
+  EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), 21u) << j.dump();
+  EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 1u);
+}
+
+TEST_F(EbpfE2e, UnmeshedNetnsIsUntouched) {
+  install(front_);
+  // Same cgroup, same programs, but v1's netns is not registered.
+  servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:15001", "v1-local-15001"));
+  EXPECT_NE(connect(v1_, std::string(kBillV1) + ":80").find("bill-v1 orig=none"),
+            std::string::npos);
+  EXPECT_EQ(connect(v1_, kVip), "FAILED");
+  auto t = init(v1_, {"dump", "--json", "--trace", kVip});
+  EXPECT_EQ(nlohmann::json::parse(t.out)["verdict"], "not_meshed") << t.out;
+}
+
+TEST_F(EbpfE2e, UninstallIsRefcountedAndLeavesNothing) {
+  install(front_);
+  install(v1_);
+  auto j = dump(front_);
+  ASSERT_EQ(j["netns"].size(), 2u);
+  std::vector<uint32_t> progs, links, maps;
+  for (const auto& p : j["programs"]) {
+    progs.push_back(p["prog_id"]);
+    links.push_back(p["link_id"]);
+  }
+  for (const auto& m : j["map_ids"]) maps.push_back(m);
+  ASSERT_EQ(progs.size(), 6u);  // 4 on the cgroup, sk_lookup on each netns
+  ASSERT_EQ(maps.size(), 6u);
+  // One meshed netns left: everything stays attached and it is still captured.
+  auto out = init(v1_, {"uninstall"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_TRUE(std::filesystem::exists(pin_dir_ + "/link_connect4"));
+  EXPECT_NE(connect(front_, kVip).find("proxy orig=10.1.122.241:9999"), std::string::npos);
+  out = init(front_, {"uninstall"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_FALSE(std::filesystem::exists(pin_dir_));
+  for (uint32_t id : progs) EXPECT_TRUE(gone(bpf_prog_get_fd_by_id, id)) << "prog " << id;
+  for (uint32_t id : links) EXPECT_TRUE(gone(bpf_link_get_fd_by_id, id)) << "link " << id;
+  for (uint32_t id : maps) EXPECT_TRUE(gone(bpf_map_get_fd_by_id, id)) << "map " << id;
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+  // A second uninstall has nothing to do and says so.
+  out = init(front_, {"uninstall"});
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+}
+
+TEST_F(EbpfE2e, FailedInstallLeavesNothingAttachedOrPinned) {
+  // Something else already holds one of the pin names: install must fail after attaching and
+  // pinning part of its state, and undo exactly that part.
+  ASSERT_EQ(::mkdir(pin_dir_.c_str(), 0700), 0);
+  int squatter = bpf_map_create(BPF_MAP_TYPE_ARRAY, "squatter", 4, 4, 1, nullptr);
+  ASSERT_GE(squatter, 0);
+  ASSERT_EQ(bpf_obj_pin(squatter, (pin_dir_ + "/link_sockops").c_str()), 0);
+  ::close(squatter);
+  auto out = init(front_, {"install"});
+  EXPECT_NE(out.exit_code, 0);
+  EXPECT_NE(out.err.find("link_sockops"), std::string::npos) << out.err;
+  for (const char* pin :
+       {"link_connect4", "link_connect6", "link_getsockopt", "prog_sk_lookup", "map_netns"}) {
+    EXPECT_FALSE(std::filesystem::exists(pin_dir_ + "/" + pin)) << pin;
+  }
+  EXPECT_TRUE(std::filesystem::exists(pin_dir_ + "/link_sockops"));
+  int cg = ::open(cgroup_.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(cg, 0);
+  for (auto type : {BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT, BPF_CGROUP_GETSOCKOPT,
+                    BPF_CGROUP_SOCK_OPS}) {
+    __u32 count = 0;
+    ASSERT_EQ(bpf_prog_query(cg, type, 0, nullptr, nullptr, &count), 0);
+    EXPECT_EQ(count, 0u) << "attach type " << type;
+  }
+  ::close(cg);
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+  // A directory that is not cgroup v2 is named in the error, and nothing is created.
+  std::filesystem::remove_all(pin_dir_);
+  auto bad =
+      runCommand({"nsenter", "--net=" + world_->netnsPath(front_), binaryPath("remora-init"),
+                  "install", "--mode", "ebpf", "--bpf-pin-dir", pin_dir_, "--cgroup", "/proc"});
+  ASSERT_TRUE(bad.ok());
+  EXPECT_NE(bad->exit_code, 0);
+  EXPECT_NE(bad->err.find("not a cgroup v2 directory"), std::string::npos) << bad->err;
+  EXPECT_FALSE(std::filesystem::exists(pin_dir_));
+}
+
+}  // namespace
+}  // namespace remora::test

@@ -1,0 +1,2 @@
+remora_add_gtest(ebpf_decide_test unit ${CMAKE_CURRENT_LIST_DIR}/ebpf_decide_test.cc)
+target_link_libraries(ebpf_decide_test PRIVATE remora_intercept)
