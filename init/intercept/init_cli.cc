@@ -113,13 +113,17 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
     InterceptOptions ids;
     if (!trace_uid.empty()) {
       auto set = setOption(ids, "proxy-uid", trace_uid);
-      if (!set) return makeError(fmt::format("invalid --uid '{}'", trace_uid));
-      command.trace_uid = ids.proxy_uid;
+      if (!set || ids.proxy_uids.size() != 1) {
+        return makeError(fmt::format("invalid --uid '{}'", trace_uid));
+      }
+      command.trace_uid = ids.proxy_uids.front();
     }
     if (!trace_gid.empty()) {
       auto set = setOption(ids, "proxy-gid", trace_gid);
-      if (!set) return makeError(fmt::format("invalid --gid '{}'", trace_gid));
-      command.trace_gid = ids.proxy_gid;
+      if (!set || ids.proxy_gids.size() != 1) {
+        return makeError(fmt::format("invalid --gid '{}'", trace_gid));
+      }
+      command.trace_gid = ids.proxy_gids.front();
     }
     if (command.trace.empty()) return makeError("--uid and --gid need --trace IP:PORT");
   }
