@@ -8,6 +8,7 @@
 
 #include "intercept/applier.h"
 #include "intercept/cli.h"
+#include "intercept/mode.h"
 
 namespace remora::intercept {
 namespace {
@@ -150,9 +151,14 @@ int runInit(const std::vector<std::string>& args) {
                  "container with securityContext.capabilities.add [NET_ADMIN, NET_RAW])\n";
     return 1;
   }
-  auto applier = makeIptablesApplier(command->options.command_timeout);
   switch (command->verb) {
     case InitVerb::kInstall: {
+      auto mode = resolveMode(command->options.mode);
+      if (!mode) {
+        std::cerr << "remora-init: " << mode.error().message << "\n";
+        return 1;
+      }
+      auto applier = makeApplier(mode->mode, command->options.command_timeout);
       if (command->dry_run) {
         auto text = applier->dryRun(command->options);
         if (!text) {
@@ -167,11 +173,12 @@ int runInit(const std::vector<std::string>& args) {
         std::cerr << "remora-init: install failed: " << report.error().message << "\n";
         return 1;
       }
+      std::cout << "mode " << toString(mode->mode) << " (" << mode->reason << ")\n";
       for (const auto& line : report->lines) std::cout << line << "\n";
       return 0;
     }
     case InitVerb::kUninstall: {
-      auto report = applier->uninstall();
+      auto report = uninstallAll(command->options.command_timeout);
       if (!report) {
         std::cerr << "remora-init: uninstall failed: " << report.error().message << "\n";
         return 1;

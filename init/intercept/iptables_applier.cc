@@ -10,6 +10,7 @@
 #include "intercept/backend.h"
 #include "intercept/iptables_save.h"
 #include "intercept/loopback.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 
 namespace remora::intercept {
@@ -250,6 +251,14 @@ class IptablesApplier : public Applier {
                       change.plan.rules.size() + change.plan.mangle_rules.size(),
                       change.plan.chains.size() + change.plan.mangle_chains.size()));
     }
+    // A previous install in nftables mode would capture twice; remove its table.
+    NftContext nft;
+    auto removed_table = removeNftablesTable(nft);
+    if (removed_table && *removed_table) {
+      report.changed = true;
+      report.lines.push_back(
+          fmt::format("nftables: removed an earlier install (table inet {})", kNftTable));
+    }
     // A previous install through the other backend would capture twice; remove it.
     for (const auto& change : *changes) {
       auto other =
@@ -329,19 +338,10 @@ class IptablesApplier : public Applier {
 
  private:
   Result<std::vector<FamilyChange>> prepare(const InterceptOptions& options) {
-    std::vector<Family> families = {Family::kIpv4};
-    if (options.ipv6 == Ipv6Mode::kOn) {
-      if (!ipv6Enabled()) {
-        return makeError(
-            "--ipv6 on, but IPv6 is disabled in this network namespace "
-            "(net.ipv6.conf.all.disable_ipv6=1)");
-      }
-      families.push_back(Family::kIpv6);
-    } else if (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled()) {
-      families.push_back(Family::kIpv6);
-    }
+    auto families = plannedFamilies(options);
+    if (!families) return families.error();
     std::vector<FamilyChange> changes;
-    for (auto family : families) {
+    for (auto family : *families) {
       auto backend = detectBackend(options.backend, family, timeout_);
       if (!backend) return backend.error();
       FamilyChange change;
