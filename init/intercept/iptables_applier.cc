@@ -81,6 +81,7 @@ void tableDifferences(std::vector<std::string>& diffs, const char* table,
     return m;
   };
   std::vector<std::string> expected;
+  expected.reserve(rules.size());
   for (const auto& rule : rules) expected.push_back(rule.toString());
   auto have = byChain(installed.rule_lines);
   auto want = byChain(expected);

@@ -8,30 +8,14 @@
 
 #include "intercept/cli.h"
 #include "intercept/plan.h"
+#include "plan_helpers.h"
 
 namespace remora::intercept {
 namespace {
 
-std::vector<std::string> chainLines(const FamilyPlan& plan, const std::string& chain) {
-  std::vector<std::string> out;
-  for (const auto& r : plan.rules) {
-    if (r.chain == chain) out.push_back(r.toString());
-  }
-  return out;
-}
-
-InterceptOptions with(std::initializer_list<std::pair<const char*, const char*>> flags) {
-  InterceptOptions o;
-  for (const auto& [flag, value] : flags) {
-    auto set = setOption(o, flag, value);
-    EXPECT_TRUE(set.ok()) << flag << "=" << value << ": " << (set ? "" : set.error().message);
-  }
-  return o;
-}
-
-bool has(const std::vector<std::string>& v, const std::string& line) {
-  return std::find(v.begin(), v.end(), line) != v.end();
-}
+using testing::chainLines;
+using testing::has;
+using testing::with;
 
 long pos(const std::vector<std::string>& v, const std::string& line) {
   auto it = std::find(v.begin(), v.end(), line);
