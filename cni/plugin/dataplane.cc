@@ -7,17 +7,31 @@
 
 #include "common/netns.h"
 #include "common/subprocess.h"
+#include "intercept/mode.h"
 
 namespace remora::cni {
 namespace {
 
 // Runs `fn` with a fresh applier inside `netns`. `fn`'s own failure is returned as is; failing
 // to enter the namespace becomes kNetnsUnavailable.
+// The applier is the one of options.mode, resolved inside the netns ("auto" looks at its tables).
 template <typename T, typename Fn>
-CniResult<T> inNetns(const std::string& netns, std::chrono::milliseconds command_timeout, Fn&& fn) {
+CniResult<T> inNetns(const std::string& netns, const intercept::InterceptOptions& options,
+                     Fn&& fn) {
+  if (options.mode == intercept::InterceptMode::kEbpf) {
+    // remora-init has the eBPF mode; registering pods from the CNI plugin is not built yet.
+    return CniError{ErrorCode::kInvalidConfig, "\"mode\": \"ebpf\" is not supported by remora-cni",
+                    "use iptables, nftables or auto, or remora-init install --mode ebpf"};
+  }
   std::optional<CniResult<T>> out;
   auto entered = runInNetns(netns, [&]() -> Result<void> {
-    auto applier = intercept::makeIptablesApplier(command_timeout);
+    auto mode = intercept::resolveMode(options.mode);
+    if (!mode) {
+      out.emplace(CniError{ErrorCode::kInstallFailed, "choosing the interception mode failed",
+                           mode.error().message});
+      return {};
+    }
+    auto applier = intercept::makeApplier(mode->mode, options.command_timeout);
     out.emplace(fn(*applier));
     return {};
   });
@@ -34,8 +48,7 @@ class NetnsDataplane : public Dataplane {
   CniResult<intercept::ApplyReport> install(const std::string& netns,
                                             const intercept::InterceptOptions& options) override {
     return inNetns<intercept::ApplyReport>(
-        netns, options.command_timeout,
-        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+        netns, options, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
           auto report = applier.install(options);
           if (!report) {
             return CniError{ErrorCode::kInstallFailed, "installing interception rules failed",
@@ -48,9 +61,9 @@ class NetnsDataplane : public Dataplane {
   CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
                                               const intercept::InterceptOptions& options) override {
     return inNetns<intercept::ApplyReport>(
-        netns, options.command_timeout,
-        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
-          auto report = applier.uninstall();
+        netns, options, [&](intercept::Applier&) -> CniResult<intercept::ApplyReport> {
+          // Whatever mode installed it: each removal is exact.
+          auto report = intercept::uninstallAll(options.command_timeout);
           if (!report) {
             return CniError{ErrorCode::kUninstallFailed, "removing interception rules failed",
                             report.error().message};
@@ -61,15 +74,14 @@ class NetnsDataplane : public Dataplane {
 
   CniResult<void> check(const std::string& netns,
                         const intercept::InterceptOptions& options) override {
-    return inNetns<void>(
-        netns, options.command_timeout, [&](intercept::Applier& applier) -> CniResult<void> {
-          auto checked = applier.check(options);
-          if (!checked) {
-            return CniError{ErrorCode::kRulesNotIntact,
-                            "interception rules are missing or modified", checked.error().message};
-          }
-          return {};
-        });
+    return inNetns<void>(netns, options, [&](intercept::Applier& applier) -> CniResult<void> {
+      auto checked = applier.check(options);
+      if (!checked) {
+        return CniError{ErrorCode::kRulesNotIntact, "interception rules are missing or modified",
+                        checked.error().message};
+      }
+      return {};
+    });
   }
 
   CniResult<void> status() override {

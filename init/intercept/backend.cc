@@ -85,6 +85,21 @@ bool legacyTableExists(Family family, const std::string& table) {
   return std::find(names.begin(), names.end(), table) != names.end();
 }
 
+Result<std::vector<Family>> plannedFamilies(const InterceptOptions& options) {
+  std::vector<Family> families = {Family::kIpv4};
+  if (options.ipv6 == Ipv6Mode::kOn) {
+    if (!ipv6Enabled()) {
+      return makeError(
+          "--ipv6 on, but IPv6 is disabled in this network namespace "
+          "(net.ipv6.conf.all.disable_ipv6=1)");
+    }
+    families.push_back(Family::kIpv6);
+  } else if (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled()) {
+    families.push_back(Family::kIpv6);
+  }
+  return families;
+}
+
 bool ipv6Enabled() {
   std::ifstream f("/proc/sys/net/ipv6/conf/all/disable_ipv6");
   int disabled = 1;

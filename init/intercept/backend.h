@@ -41,6 +41,10 @@ bool legacyTableExists(Family family, const std::string& table);
 // Runs `<family>-<backend>-save -c [-t table]` and returns its text.
 Result<std::string> saveTable(const IptablesTools& tools, const std::string& table);
 
+// The families an install plans for: IPv4, and IPv6 by --ipv6 (auto: when the netns has it).
+// Errors when --ipv6 on but IPv6 is disabled.
+Result<std::vector<Family>> plannedFamilies(const InterceptOptions& options);
+
 // Whether IPv6 is usable in the calling thread's netns (the kernel has it and it is not
 // disabled with net.ipv6.conf.all.disable_ipv6).
 bool ipv6Enabled();

@@ -1,7 +1,9 @@
 #include "intercept/cli.h"
 
 #include <fmt/format.h>
+#include <grp.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 
@@ -45,8 +47,54 @@ Result<std::vector<Cidr>> parseCidrs(std::string_view flag, std::string_view val
   return cidrs;
 }
 
+// Istio's own examples end lists with a comma ("6000,7000,"); an empty item elsewhere ("80,,81")
+// stays an error, as it is more likely a typo.
+std::string_view withoutTrailingCommas(std::string_view value) {
+  while (!value.empty() && (value.back() == ',' || value.back() == ' ')) value.remove_suffix(1);
+  return value;
+}
+
+// One or more ids ("1337", "3,4", "3,4,").
+Result<std::vector<uint32_t>> parseIds(std::string_view flag, std::string_view value) {
+  std::vector<uint32_t> ids;
+  for (const auto& item : splitList(value)) {
+    auto id = parseId(flag, item);
+    if (!id) return id.error();
+    if (std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+  }
+  if (ids.empty()) {
+    return makeError(fmt::format("invalid --{} '{}': needs at least one numeric id", flag, value));
+  }
+  return ids;
+}
+
+// Groups by GID or by name; names are resolved here (as iptables would when it loads the rule),
+// so the plan holds the GIDs iptables-save prints back.
+Result<std::vector<uint32_t>> parseGroups(std::string_view flag, std::string_view value) {
+  std::vector<uint32_t> gids;
+  for (const auto& item : splitList(value)) {
+    uint32_t gid = 0;
+    if (std::isdigit(static_cast<unsigned char>(item.front()))) {
+      auto id = parseId(flag, item);
+      if (!id) return id.error();
+      gid = *id;
+    } else {
+      group entry{};
+      group* found = nullptr;
+      std::vector<char> buffer(16384);
+      if (getgrnam_r(item.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 ||
+          found == nullptr) {
+        return makeError(fmt::format("invalid --{}: no group named '{}'", flag, item));
+      }
+      gid = found->gr_gid;
+    }
+    if (std::find(gids.begin(), gids.end(), gid) == gids.end()) gids.push_back(gid);
+  }
+  return gids;
+}
+
 Result<std::vector<PortRange>> parsePorts(std::string_view flag, std::string_view value) {
-  auto ports = parsePortList(value);
+  auto ports = parsePortList(withoutTrailingCommas(value));
   if (!ports) return makeError(fmt::format("invalid --{}: {}", flag, ports.error().message));
   return ports;
 }
@@ -90,14 +138,28 @@ bool validInterfaceName(std::string_view name) {
   return true;
 }
 
+Result<std::vector<std::string>> parseInterfaces(std::string_view flag, std::string_view value) {
+  auto names = splitList(value);
+  for (const auto& name : names) {
+    if (!validInterfaceName(name)) {
+      return makeError(fmt::format("invalid --{}: '{}' is not an interface name", flag, name));
+    }
+  }
+  return names;
+}
+
 }  // namespace
 
 const std::vector<OptionSpec>& optionSpecs() {
   static const std::vector<OptionSpec> specs = {
-      {"proxy-uid", "REMORA_PROXY_UID", "UID the proxy runs as; its traffic is never captured",
-       "1337"},
-      {"proxy-gid", "REMORA_PROXY_GID", "GID the proxy runs as; its traffic is never captured",
-       "1337"},
+      {"mode", "REMORA_MODE",
+       "interception mechanism: iptables, nftables (one 'inet remora' table), or auto (nftables "
+       "when the netns has kube-proxy's nftables table or no iptables rules)",
+       "iptables"},
+      {"proxy-uid", "REMORA_PROXY_UID",
+       "UID(s) the proxy runs as (comma-separated); their traffic is never captured", "1337"},
+      {"proxy-gid", "REMORA_PROXY_GID",
+       "GID(s) the proxy runs as (comma-separated); their traffic is never captured", "1337"},
       {"outbound-port", "REMORA_OUTBOUND_PORT", "proxy port outbound TCP is redirected to",
        "15001"},
       {"inbound-port", "REMORA_INBOUND_PORT", "proxy port inbound TCP is redirected to", "15006"},
@@ -109,11 +171,21 @@ const std::vector<OptionSpec>& optionSpecs() {
        "inbound ports captured: '*' for all, or ports and ranges (80,8000-8080); empty for none",
        "*"},
       {"exclude-inbound-ports", "REMORA_EXCLUDE_INBOUND_PORTS",
-       "inbound ports never captured, besides 15000,15001,15006,15020,15021,15090", ""},
+       "inbound ports never captured, besides 15000,15001,15006,15008,15020,15021,15090", ""},
       {"exclude-outbound-ports", "REMORA_EXCLUDE_OUTBOUND_PORTS",
        "outbound destination ports never captured (ports and ranges)", ""},
+      {"include-outbound-ports", "REMORA_INCLUDE_OUTBOUND_PORTS",
+       "outbound destination ports captured whatever the destination address", ""},
+      {"include-outbound-owner-groups", "REMORA_INCLUDE_OUTBOUND_OWNER_GROUPS",
+       "capture outbound only from sockets of these groups (names or GIDs)", ""},
+      {"exclude-outbound-owner-groups", "REMORA_EXCLUDE_OUTBOUND_OWNER_GROUPS",
+       "never capture outbound from sockets of these groups (names or GIDs)", ""},
       {"exclude-interfaces", "REMORA_EXCLUDE_INTERFACES",
        "interfaces whose traffic is never captured (comma-separated)", ""},
+      {"kube-virt-interfaces", "REMORA_KUBE_VIRT_INTERFACES",
+       "KubeVirt VM interfaces: TCP arriving on them is captured as outbound", ""},
+      {"drop-invalid", "REMORA_DROP_INVALID",
+       "drop conntrack-INVALID TCP in mangle PREROUTING (true or false)", "true"},
       {"ipv6", "REMORA_IPV6", "IPv6 rules: auto (when the netns has IPv6), on or off", "auto"},
       {"iptables-backend", "REMORA_IPTABLES_BACKEND",
        "auto (legacy if the netns already has legacy rules, else nft), legacy or nft", "auto"},
@@ -125,10 +197,14 @@ const std::vector<OptionSpec>& optionSpecs() {
 
 Result<void> setOption(InterceptOptions& options, std::string_view flag, std::string_view value) {
   InterceptOptions o = options;  // work on a copy so a bad value changes nothing
-  if (flag == "proxy-uid" || flag == "proxy-gid") {
-    auto id = parseId(flag, value);
-    if (!id) return id.error();
-    (flag == "proxy-uid" ? o.proxy_uid : o.proxy_gid) = *id;
+  if (flag == "mode") {
+    auto mode = parseInterceptMode(value);
+    if (!mode) return mode.error();
+    o.mode = *mode;
+  } else if (flag == "proxy-uid" || flag == "proxy-gid") {
+    auto ids = parseIds(flag, value);
+    if (!ids) return ids.error();
+    (flag == "proxy-uid" ? o.proxy_uids : o.proxy_gids) = *ids;
   } else if (flag == "outbound-port" || flag == "inbound-port") {
     auto port = parsePort(value, fmt::format("--{}", flag));
     if (!port) return port.error();
@@ -153,17 +229,29 @@ Result<void> setOption(InterceptOptions& options, std::string_view flag, std::st
       if (!ports) return ports.error();
       o.include_inbound_ports = *ports;
     }
-  } else if (flag == "exclude-inbound-ports" || flag == "exclude-outbound-ports") {
+  } else if (flag == "exclude-inbound-ports" || flag == "exclude-outbound-ports" ||
+             flag == "include-outbound-ports") {
     auto ports = parsePorts(flag, value);
     if (!ports) return ports.error();
-    (flag == "exclude-inbound-ports" ? o.exclude_inbound_ports : o.exclude_outbound_ports) = *ports;
-  } else if (flag == "exclude-interfaces") {
-    o.exclude_interfaces = splitList(value);
-    for (const auto& name : o.exclude_interfaces) {
-      if (!validInterfaceName(name)) {
-        return makeError(
-            fmt::format("invalid --exclude-interfaces: '{}' is not an interface name", name));
-      }
+    (flag == "exclude-inbound-ports"    ? o.exclude_inbound_ports
+     : flag == "exclude-outbound-ports" ? o.exclude_outbound_ports
+                                        : o.include_outbound_ports) = *ports;
+  } else if (flag == "include-outbound-owner-groups" || flag == "exclude-outbound-owner-groups") {
+    auto gids = parseGroups(flag, value);
+    if (!gids) return gids.error();
+    (flag == "include-outbound-owner-groups" ? o.include_outbound_owner_groups
+                                             : o.exclude_outbound_owner_groups) = *gids;
+  } else if (flag == "exclude-interfaces" || flag == "kube-virt-interfaces") {
+    auto names = parseInterfaces(flag, value);
+    if (!names) return names.error();
+    (flag == "exclude-interfaces" ? o.exclude_interfaces : o.kube_virt_interfaces) = *names;
+  } else if (flag == "drop-invalid") {
+    if (value == "true" || value == "on" || value == "1") {
+      o.drop_invalid = true;
+    } else if (value == "false" || value == "off" || value == "0") {
+      o.drop_invalid = false;
+    } else {
+      return makeError(fmt::format("invalid --drop-invalid '{}': must be true or false", value));
     }
   } else if (flag == "ipv6") {
     if (value == "auto") {

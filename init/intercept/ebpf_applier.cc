@@ -503,9 +503,21 @@ Result<remora_netns_settings> netnsSettings(const InterceptOptions& o, bool ipv6
         "--exclude-interfaces cannot be applied in eBPF mode (a connect hook does not know the "
         "outgoing interface); use --exclude-outbound-cidrs, or iptables mode");
   }
+  // Options the connect hook does not implement yet are refused, never dropped silently.
+  if (o.proxy_uids.size() != 1 || o.proxy_gids.size() != 1) {
+    return makeError(
+        "eBPF mode takes one --proxy-uid and one --proxy-gid (lists need iptables "
+        "or nftables mode)");
+  }
+  if (!o.include_outbound_ports.empty() || !o.include_outbound_owner_groups.empty() ||
+      !o.exclude_outbound_owner_groups.empty() || !o.kube_virt_interfaces.empty()) {
+    return makeError(
+        "--include-outbound-ports, --include/exclude-outbound-owner-groups and "
+        "--kube-virt-interfaces are not applied in eBPF mode yet; use iptables or nftables mode");
+  }
   remora_netns_settings s{};
-  s.proxy_uid = o.proxy_uid;
-  s.proxy_gid = o.proxy_gid;
+  s.proxy_uid = o.proxy_uids.front();
+  s.proxy_gid = o.proxy_gids.front();
   s.outbound_port = o.outbound_port;
   s.inbound_port = o.inbound_port;
   if (o.include_all_outbound) s.flags |= REMORA_F_INCLUDE_ALL_OUTBOUND;

@@ -9,6 +9,7 @@
 #include "intercept/applier.h"
 #include "intercept/cli.h"
 #include "intercept/ebpf_applier.h"
+#include "intercept/mode.h"
 
 namespace remora::intercept {
 namespace {
@@ -38,11 +39,16 @@ void addInterceptOptions(CLI::App& cmd, std::map<std::string, std::string>& valu
   }
 }
 
-// --mode and eBPF mode's flags, on install, uninstall and dump alike.
-void addModeOptions(CLI::App& cmd, InitCommand& command) {
-  cmd.add_option("--mode", command.mode, "interception mode: iptables or ebpf (default iptables)")
-      ->envname("REMORA_MODE")
-      ->check(CLI::IsMember({"iptables", "ebpf"}));
+// eBPF mode's flags on install, uninstall and dump alike; and --mode on uninstall and dump
+// (install reads it with the other interception options).
+void addModeOptions(CLI::App& cmd, InitCommand& command, bool with_mode) {
+  if (with_mode) {
+    cmd.add_option("--mode", command.mode,
+                   "interception mode: iptables, nftables, auto or ebpf (default iptables; "
+                   "uninstall removes iptables and nftables installs whatever the mode)")
+        ->envname("REMORA_MODE")
+        ->check(CLI::IsMember({"iptables", "nftables", "auto", "ebpf"}));
+  }
   cmd.add_option("--cgroup", command.cgroup,
                  "ebpf mode: cgroup v2 directory the programs attach to (default: the cgroup v2 "
                  "root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
@@ -80,7 +86,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   addInterceptOptions(*install, install_values);
   install->add_flag("--dry-run", command.dry_run, "print the exact iptables-restore input only")
       ->envname("REMORA_DRY_RUN");
-  addModeOptions(*install, command);
+  addModeOptions(*install, command, false);
 
   auto* uninstall = app.add_subcommand("uninstall", "remove exactly Remora's chains and jumps");
   for (const auto& spec : optionSpecs()) {
@@ -90,7 +96,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
                      fmt::format("{} (default {})", spec.help, spec.default_text))
         ->envname(spec.env);
   }
-  addModeOptions(*uninstall, command);
+  addModeOptions(*uninstall, command, true);
 
   auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
   dump->add_flag("--json", command.json, "machine-readable output");
@@ -100,7 +106,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   dump->add_option("--gid", trace_gid, "gid of the traced connection's owner");
   dump->add_option("--iptables-backend", dump_values["iptables-backend"], "auto, legacy or nft")
       ->envname("REMORA_IPTABLES_BACKEND");
-  addModeOptions(*dump, command);
+  addModeOptions(*dump, command, true);
 
   std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
   try {
@@ -137,17 +143,22 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
       if (!set) return set.error();
     }
   }
+  if (install->parsed()) command.mode = toString(command.options.mode);
   if (!trace_uid.empty() || !trace_gid.empty()) {
     InterceptOptions ids;
     if (!trace_uid.empty()) {
       auto set = setOption(ids, "proxy-uid", trace_uid);
-      if (!set) return makeError(fmt::format("invalid --uid '{}'", trace_uid));
-      command.trace_uid = ids.proxy_uid;
+      if (!set || ids.proxy_uids.size() != 1) {
+        return makeError(fmt::format("invalid --uid '{}'", trace_uid));
+      }
+      command.trace_uid = ids.proxy_uids.front();
     }
     if (!trace_gid.empty()) {
       auto set = setOption(ids, "proxy-gid", trace_gid);
-      if (!set) return makeError(fmt::format("invalid --gid '{}'", trace_gid));
-      command.trace_gid = ids.proxy_gid;
+      if (!set || ids.proxy_gids.size() != 1) {
+        return makeError(fmt::format("invalid --gid '{}'", trace_gid));
+      }
+      command.trace_gid = ids.proxy_gids.front();
     }
     if (command.trace.empty()) return makeError("--uid and --gid need --trace IP:PORT");
   }
@@ -174,9 +185,16 @@ int runInit(const std::vector<std::string>& args) {
                  "container with securityContext.capabilities.add [NET_ADMIN, NET_RAW])\n";
     return 1;
   }
-  auto applier = makeApplier(*command);
   switch (command->verb) {
     case InitVerb::kInstall: {
+      auto mode = resolveMode(command->options.mode);
+      if (!mode) {
+        std::cerr << "remora-init: " << mode.error().message << "\n";
+        return 1;
+      }
+      auto applier = mode->mode == InterceptMode::kEbpf
+                         ? makeApplier(*command)
+                         : makeApplier(mode->mode, command->options.command_timeout);
       if (command->dry_run) {
         auto text = applier->dryRun(command->options);
         if (!text) {
@@ -191,11 +209,13 @@ int runInit(const std::vector<std::string>& args) {
         std::cerr << "remora-init: install failed: " << report.error().message << "\n";
         return 1;
       }
+      std::cout << "mode " << toString(mode->mode) << " (" << mode->reason << ")\n";
       for (const auto& line : report->lines) std::cout << line << "\n";
       return 0;
     }
     case InitVerb::kUninstall: {
-      auto report = applier->uninstall();
+      auto report = command->mode == "ebpf" ? makeApplier(*command)->uninstall()
+                                            : uninstallAll(command->options.command_timeout);
       if (!report) {
         std::cerr << "remora-init: uninstall failed: " << report.error().message << "\n";
         return 1;

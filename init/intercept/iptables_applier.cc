@@ -10,6 +10,7 @@
 #include "intercept/backend.h"
 #include "intercept/iptables_save.h"
 #include "intercept/loopback.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 
 namespace remora::intercept {
@@ -25,21 +26,30 @@ std::string targetOf(const SavedRule& rule) {
   return {};
 }
 
-// Remora's footprint in one nat table: its chains, their rules, and the jumps into them.
-struct Installed {
+// Remora's footprint in one table: its chains, their rules, and the jumps into them.
+struct TableState {
   std::vector<std::string> chains;
   std::vector<std::string> rule_lines;  // "-A CHAIN ..." in file order, Remora's chains and jumps
   std::vector<std::string> jump_lines;  // jumps into Remora's chains from other chains
   bool empty() const { return chains.empty() && jump_lines.empty(); }
+  bool operator==(const TableState&) const = default;
+};
+
+// Remora's footprint in one family: the nat table, and mangle (--drop-invalid).
+struct Installed {
+  TableState nat;
+  TableState mangle;
+  bool empty() const { return nat.empty() && mangle.empty(); }
   bool operator==(const Installed&) const = default;
 };
 
-Installed findInstalled(const SavedTable& nat) {
-  Installed found;
-  for (const auto& chain : nat.chains) {
+TableState findInstalled(const SavedTable* table) {
+  TableState found;
+  if (table == nullptr) return found;
+  for (const auto& chain : table->chains) {
     if (isRemoraChain(chain.name)) found.chains.push_back(chain.name);
   }
-  for (const auto& rule : nat.rules) {
+  for (const auto& rule : table->rules) {
     bool own = isRemoraChain(rule.chain);
     bool jump = !own && isRemoraChain(targetOf(rule));
     if (jump) found.jump_lines.push_back(rule.text);
@@ -48,25 +58,19 @@ Installed findInstalled(const SavedTable& nat) {
   return found;
 }
 
-// The plan's lines grouped the way iptables-save prints them back: per chain, in rule order.
-std::vector<std::string> expectedLines(const FamilyPlan& plan) {
-  std::vector<std::string> lines;
-  for (const auto& rule : plan.rules) lines.push_back(rule.toString());
-  return lines;
-}
-
 std::vector<std::string> sorted(std::vector<std::string> v) {
   std::sort(v.begin(), v.end());
   return v;
 }
 
-// Compares installed state with a plan. iptables-save orders chains its own way, so compare
-// each chain's rule sequence, plus the set of declared chains.
-std::vector<std::string> differences(const Installed& installed, const FamilyPlan& plan) {
-  std::vector<std::string> diffs;
-  if (sorted(installed.chains) != sorted(plan.chains)) {
-    diffs.push_back(fmt::format("chains are [{}], expected [{}]", fmt::join(installed.chains, " "),
-                                fmt::join(plan.chains, " ")));
+// Compares one table's installed state with the planned chains and rules. iptables-save orders
+// chains its own way, so compare each chain's rule sequence, plus the set of declared chains.
+void tableDifferences(std::vector<std::string>& diffs, const char* table,
+                      const TableState& installed, const std::vector<std::string>& chains,
+                      const std::vector<PlannedRule>& rules) {
+  if (sorted(installed.chains) != sorted(chains)) {
+    diffs.push_back(fmt::format("{} chains are [{}], expected [{}]", table,
+                                fmt::join(installed.chains, " "), fmt::join(chains, " ")));
   }
   auto byChain = [](const std::vector<std::string>& lines) {
     std::map<std::string, std::vector<std::string>> m;
@@ -76,40 +80,64 @@ std::vector<std::string> differences(const Installed& installed, const FamilyPla
     }
     return m;
   };
+  std::vector<std::string> expected;
+  expected.reserve(rules.size());
+  for (const auto& rule : rules) expected.push_back(rule.toString());
   auto have = byChain(installed.rule_lines);
-  auto want = byChain(expectedLines(plan));
+  auto want = byChain(expected);
   for (const auto& [chain, lines] : want) {
     const auto& got = have[chain];
     for (size_t i = 0; i < std::max(lines.size(), got.size()); ++i) {
       if (i < lines.size() && i < got.size() && lines[i] == got[i]) continue;
       if (i >= got.size()) {
-        diffs.push_back(fmt::format("missing rule: {}", lines[i]));
+        diffs.push_back(fmt::format("missing {} rule: {}", table, lines[i]));
       } else if (i >= lines.size()) {
-        diffs.push_back(fmt::format("unexpected rule: {}", got[i]));
+        diffs.push_back(fmt::format("unexpected {} rule: {}", table, got[i]));
       } else {
-        diffs.push_back(
-            fmt::format("rule {} of {} is '{}', expected '{}'", i + 1, chain, got[i], lines[i]));
+        diffs.push_back(fmt::format("rule {} of {} {} is '{}', expected '{}'", i + 1, table, chain,
+                                    got[i], lines[i]));
       }
     }
   }
   for (const auto& [chain, lines] : have) {
     if (!want.contains(chain)) {
-      for (const auto& line : lines) diffs.push_back(fmt::format("unexpected rule: {}", line));
+      for (const auto& line : lines) {
+        diffs.push_back(fmt::format("unexpected {} rule: {}", table, line));
+      }
     }
   }
+}
+
+std::vector<std::string> differences(const Installed& installed, const FamilyPlan& plan) {
+  std::vector<std::string> diffs;
+  tableDifferences(diffs, "nat", installed.nat, plan.chains, plan.rules);
+  tableDifferences(diffs, "mangle", installed.mangle, plan.mangle_chains, plan.mangle_rules);
   return diffs;
 }
 
-Result<SavedTable> readNat(const IptablesTools& tools, std::string* raw = nullptr) {
-  auto text = saveTable(tools, "nat");
+// The "*table ... COMMIT" section of iptables-save output, or an empty section (which
+// iptables-restore without --noflush reads as "flush the table": the table had nothing).
+std::string tableSection(const std::string& text, const std::string& table) {
+  auto start = text.find("*" + table + "\n");
+  if (start != 0 && start != std::string::npos) start = text.find("\n*" + table + "\n");
+  if (start == std::string::npos) return "*" + table + "\nCOMMIT\n";
+  if (text[start] == '\n') ++start;
+  auto end = text.find("\nCOMMIT\n", start);
+  if (end == std::string::npos) return "*" + table + "\nCOMMIT\n";
+  return text.substr(start, end + 8 - start);
+}
+
+// Reads Remora's footprint in nat and mangle with one save of all tables; `snapshot` gets the
+// two tables' sections, for rollback.
+Result<Installed> readInstalled(const IptablesTools& tools, std::string* snapshot = nullptr) {
+  auto text = saveTable(tools, "");
   if (!text) return text.error();
-  if (raw) *raw = *text;
   auto parsed = parseIptablesSave(*text);
   if (!parsed) {
     return makeError(fmt::format("cannot parse {} output: {}", tools.save, parsed.error().message));
   }
-  if (const SavedTable* nat = parsed->table("nat")) return *nat;
-  return SavedTable{"nat", {}, {}};
+  if (snapshot) *snapshot = tableSection(*text, "nat") + tableSection(*text, "mangle");
+  return Installed{findInstalled(parsed->table("nat")), findInstalled(parsed->table("mangle"))};
 }
 
 Result<void> restore(const IptablesTools& tools, const std::string& input, bool noflush) {
@@ -126,30 +154,40 @@ Result<void> restore(const IptablesTools& tools, const std::string& input, bool 
   return {};
 }
 
-// Remora's footprint in the nat table as it is now, or nullopt when it cannot be read.
+// Remora's footprint as it is now, or nullopt when it cannot be read.
 std::optional<Installed> readBack(const IptablesTools& tools) {
-  auto nat = readNat(tools);
-  if (!nat) return std::nullopt;
-  return findInstalled(*nat);
+  auto installed = readInstalled(tools);
+  if (!installed) return std::nullopt;
+  return *installed;
 }
 
 std::string describe(const Installed& installed) {
-  return fmt::format("{} rules in {} chains", installed.rule_lines.size(), installed.chains.size());
+  return fmt::format("{} rules in {} chains",
+                     installed.nat.rule_lines.size() + installed.mangle.rule_lines.size(),
+                     installed.nat.chains.size() + installed.mangle.chains.size());
 }
 
 std::string removalInput(const Installed& installed) {
-  std::string text = "*nat\n";
-  for (const auto& jump : installed.jump_lines) text += "-D" + jump.substr(2) + "\n";
-  // Flush all before deleting any: Remora's chains jump to each other.
-  for (const auto& chain : installed.chains) text += "-F " + chain + "\n";
-  for (const auto& chain : installed.chains) text += "-X " + chain + "\n";
-  text += "COMMIT\n";
+  std::string text;
+  for (const auto& [table, state] :
+       {std::pair{"nat", &installed.nat}, std::pair{"mangle", &installed.mangle}}) {
+    if (state->empty()) continue;
+    text += fmt::format("*{}\n", table);
+    for (const auto& jump : state->jump_lines) text += "-D" + jump.substr(2) + "\n";
+    // Flush all before deleting any: Remora's chains jump to each other.
+    for (const auto& chain : state->chains) text += "-F " + chain + "\n";
+    for (const auto& chain : state->chains) text += "-X " + chain + "\n";
+    text += "COMMIT\n";
+  }
   return text;
 }
 
-// Legacy tables that do not exist hold nothing, and reading them would create them.
+TableFootprint footprint(const TableState& state) { return {state.chains, state.jump_lines}; }
+
+// Legacy tables that do not exist hold nothing (and a legacy save lists only existing ones).
 bool mayHoldRules(const IptablesTools& tools) {
-  return tools.backend != IptablesBackend::kLegacy || legacyTableExists(tools.family, "nat");
+  return tools.backend != IptablesBackend::kLegacy || legacyTableExists(tools.family, "nat") ||
+         legacyTableExists(tools.family, "mangle");
 }
 
 const char* familyName(Family f) { return f == Family::kIpv4 ? "IPv4" : "IPv6"; }
@@ -158,7 +196,7 @@ const char* familyName(Family f) { return f == Family::kIpv4 ? "IPv4" : "IPv6"; 
 struct FamilyChange {
   IptablesTools tools;
   FamilyPlan plan;
-  std::string snapshot;  // iptables-save -c output of nat before the change, for rollback
+  std::string snapshot;  // iptables-save -c of nat and mangle before the change, for rollback
   Installed before;
   std::string input;
   bool needed = false;
@@ -197,10 +235,10 @@ class IptablesApplier : public Applier {
             fmt::format("{}: {}", familyName(change.plan.family), done.error().message);
         auto now = readBack(change.tools);
         if (!now) {
-          text += "; cannot read the nat table back to see whether it committed";
+          text += "; cannot read the tables back to see whether it committed";
           touched.push_back(&change);
         } else if (*now != change.before) {
-          text += "; it had committed before it failed (read back from the nat table)";
+          text += "; it had committed before it failed (read back from the tables)";
           touched.push_back(&change);
         } else if (touched.empty()) {
           text += "; nothing was applied";
@@ -209,8 +247,18 @@ class IptablesApplier : public Applier {
       }
       touched.push_back(&change);
       report.changed = true;
-      report.lines.push_back(fmt::format("{}: installed {} rules in {} chains", change.tools.name(),
-                                         change.plan.rules.size(), change.plan.chains.size()));
+      report.lines.push_back(
+          fmt::format("{}: installed {} rules in {} chains", change.tools.name(),
+                      change.plan.rules.size() + change.plan.mangle_rules.size(),
+                      change.plan.chains.size() + change.plan.mangle_chains.size()));
+    }
+    // A previous install in nftables mode would capture twice; remove its table.
+    NftContext nft;
+    auto removed_table = removeNftablesTable(nft);
+    if (removed_table && *removed_table) {
+      report.changed = true;
+      report.lines.push_back(
+          fmt::format("nftables: removed an earlier install (table inet {})", kNftTable));
     }
     // A previous install through the other backend would capture twice; remove it.
     for (const auto& change : *changes) {
@@ -291,29 +339,21 @@ class IptablesApplier : public Applier {
 
  private:
   Result<std::vector<FamilyChange>> prepare(const InterceptOptions& options) {
-    std::vector<Family> families = {Family::kIpv4};
-    if (options.ipv6 == Ipv6Mode::kOn) {
-      if (!ipv6Enabled()) {
-        return makeError(
-            "--ipv6 on, but IPv6 is disabled in this network namespace "
-            "(net.ipv6.conf.all.disable_ipv6=1)");
-      }
-      families.push_back(Family::kIpv6);
-    } else if (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled()) {
-      families.push_back(Family::kIpv6);
-    }
+    auto families = plannedFamilies(options);
+    if (!families) return families.error();
     std::vector<FamilyChange> changes;
-    for (auto family : families) {
+    for (auto family : *families) {
       auto backend = detectBackend(options.backend, family, timeout_);
       if (!backend) return backend.error();
       FamilyChange change;
       change.tools = toolsFor(*backend, family, timeout_);
       change.plan = planFamily(options, family);
-      auto nat = readNat(change.tools, &change.snapshot);
-      if (!nat) return nat.error();
-      change.before = findInstalled(*nat);
+      auto before = readInstalled(change.tools, &change.snapshot);
+      if (!before) return before.error();
+      change.before = *before;
       change.needed = !differences(change.before, change.plan).empty();
-      change.input = renderRestore(change.plan, change.before.jump_lines);
+      change.input =
+          renderRestore(change.plan, footprint(change.before.nat), footprint(change.before.mangle));
       changes.push_back(std::move(change));
     }
     return changes;
@@ -321,11 +361,10 @@ class IptablesApplier : public Applier {
 
   // Returns whether anything was removed.
   Result<bool> removeWith(const IptablesTools& tools) {
-    auto nat = readNat(tools);
-    if (!nat) return nat.error();
-    auto installed = findInstalled(*nat);
-    if (installed.empty()) return false;
-    auto done = restore(tools, removalInput(installed), /*noflush=*/true);
+    auto installed = readInstalled(tools);
+    if (!installed) return installed.error();
+    if (installed->empty()) return false;
+    auto done = restore(tools, removalInput(*installed), /*noflush=*/true);
     if (!done) return done.error();
     return true;
   }
@@ -361,8 +400,7 @@ class IptablesApplier : public Applier {
     for (const auto& change : all) {
       auto now = readBack(change.tools);
       if (!now) {
-        state.push_back(
-            fmt::format("{}: unknown (cannot read the nat table)", change.tools.name()));
+        state.push_back(fmt::format("{}: unknown (cannot read the tables)", change.tools.name()));
       } else if (*now == change.before && !now->empty()) {
         state.push_back(fmt::format("{}: the previous install, unchanged", change.tools.name()));
       } else if (!now->empty()) {

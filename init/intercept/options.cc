@@ -1,5 +1,7 @@
 #include "intercept/options.h"
 
+#include <fmt/format.h>
+
 namespace remora::intercept {
 
 const char* toString(Ipv6Mode mode) {
@@ -24,6 +26,29 @@ const char* toString(IptablesBackend backend) {
       return "nft";
   }
   return "?";
+}
+
+const char* toString(InterceptMode mode) {
+  switch (mode) {
+    case InterceptMode::kIptables:
+      return "iptables";
+    case InterceptMode::kNftables:
+      return "nftables";
+    case InterceptMode::kAuto:
+      return "auto";
+    case InterceptMode::kEbpf:
+      return "ebpf";
+  }
+  return "?";
+}
+
+Result<InterceptMode> parseInterceptMode(std::string_view text) {
+  for (auto mode : {InterceptMode::kIptables, InterceptMode::kNftables, InterceptMode::kAuto,
+                    InterceptMode::kEbpf}) {
+    if (text == toString(mode)) return mode;
+  }
+  return makeError(
+      fmt::format("invalid --mode '{}': must be iptables, nftables, auto or ebpf", text));
 }
 
 }  // namespace remora::intercept

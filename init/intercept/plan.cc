@@ -25,6 +25,13 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 
+// "-d CIDR", spelled as iptables-save prints it back: a /0 matches everything and is printed
+// without any -d, so it is planned without one too (else the install never compares equal).
+std::vector<std::string> destination(const Cidr& cidr) {
+  if (cidr.prefix == 0) return {};
+  return {"-d", cidr.toString()};
+}
+
 std::vector<std::string> dport(const PortRange& r) {
   return {"-p", "tcp", "-m", "tcp", "--dport", r.toString()};
 }
@@ -51,12 +58,32 @@ std::string PlannedRule::toString() const {
   return line;
 }
 
+bool isLoopbackCidr(const Cidr& cidr) {
+  if (cidr.address.family == Family::kIpv4) {
+    return cidr.prefix >= 8 && cidr.address.bytes[0] == 127;
+  }
+  static const IpAddress kV6Loopback = *IpAddress::parse("::1");
+  return cidr.prefix == 128 && cidr.address == kV6Loopback;
+}
+
 FamilyPlan planFamily(const InterceptOptions& o, Family family) {
   const bool v4 = family == Family::kIpv4;
   const std::string localhost = v4 ? "127.0.0.1/32" : "::1/128";
   const std::string passthrough_source = v4 ? "127.0.0.6/32" : "::6/128";
-  const std::string uid = std::to_string(o.proxy_uid);
-  const std::string gid = std::to_string(o.proxy_gid);
+  auto ofFamily = [&](const std::vector<Cidr>& cidrs) {
+    std::vector<Cidr> out;
+    for (const auto& c : cidrs) {
+      if (c.address.family == family) out.push_back(c);
+    }
+    return out;
+  };
+  const auto include_cidrs = ofFamily(o.include_outbound_cidrs);
+  const auto exclude_cidrs = ofFamily(o.exclude_outbound_cidrs);
+  // Istio: when an include CIDR is a loopback address, the "anyone else on lo is left alone"
+  // rules are left out, or they would return before the include rule is reached.
+  const bool loopback_include =
+      !o.include_all_outbound &&
+      std::any_of(include_cidrs.begin(), include_cidrs.end(), isLoopbackCidr);
 
   FamilyPlan plan;
   plan.family = family;
@@ -68,10 +95,24 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
   ChainBuilder redirect(rules, kRedirectChain);
   redirect.add({"-p", "tcp", "-j", "REDIRECT", "--to-ports", std::to_string(o.outbound_port)});
 
+  ChainBuilder prerouting(rules, "PREROUTING");
+  // A KubeVirt VM's interface carries the VM's outbound traffic: capture it to the outbound port
+  // (Istio inserts these first in PREROUTING), minus excluded destinations.
+  for (const auto& iface : o.kube_virt_interfaces) {
+    for (const auto& cidr : exclude_cidrs) {
+      prerouting.add(concat({"-i", iface}, concat(destination(cidr), {"-j", "RETURN"})));
+    }
+    if (o.include_all_outbound) {
+      prerouting.add({"-i", iface, "-j", kRedirectChain});
+    } else {
+      for (const auto& cidr : include_cidrs) {
+        prerouting.add(concat({"-i", iface}, concat(destination(cidr), {"-j", kRedirectChain})));
+      }
+    }
+  }
+
   // Inbound: everything arriving for the pod, minus the proxy's own ports and exclusions.
-  const bool inbound = inboundEnabled(o);
-  if (inbound) {
-    ChainBuilder prerouting(rules, "PREROUTING");
+  if (inboundEnabled(o)) {
     prerouting.add({"-p", "tcp", "-j", kInboundChain});
     ChainBuilder in(rules, kInboundChain);
     for (const auto& iface : o.exclude_interfaces) in.add({"-i", iface, "-j", "RETURN"});
@@ -93,40 +134,84 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
   for (const auto& r : o.exclude_outbound_ports) out.add(concat(dport(r), {"-j", "RETURN"}));
   // The proxy's inbound passthrough connects to the app from 127.0.0.6 (::6); never re-capture.
   out.add({"-s", passthrough_source, "-o", "lo", "-j", "RETURN"});
-  for (const auto& [flag, id] : {std::pair{"--uid-owner", uid}, std::pair{"--gid-owner", gid}}) {
-    // The proxy dialling a local non-loopback address (the app's own pod IP, reached through its
-    // own service VIP) goes back through the proxy's inbound side, as in Istio.
-    if (inbound) {
+  auto owner = [&](const char* flag, const std::vector<uint32_t>& ids) {
+    for (uint32_t n : ids) {
+      const std::string id = std::to_string(n);
+      // The proxy dialling a local non-loopback address (the app's own pod IP, reached through
+      // its own service VIP) goes back through the proxy's inbound side, as in Istio. Kept when
+      // inbound capture is off too (Istio does): otherwise it would reach the app directly.
       out.add({"!", "-d", localhost, "-o", "lo", "-m", "owner", flag, id, "-j", kInRedirectChain});
+      // Anyone else on loopback (app to localhost or to its own pod IP) is left alone.
+      if (!loopback_include) out.add({"-o", "lo", "-m", "owner", "!", flag, id, "-j", "RETURN"});
+      // The loop breaker: the proxy's own outbound traffic is never captured.
+      out.add({"-m", "owner", flag, id, "-j", "RETURN"});
     }
-    // Anyone else on loopback (app to localhost or to its own pod IP) is left alone.
-    out.add({"-o", "lo", "-m", "owner", "!", flag, id, "-j", "RETURN"});
-    // The loop breaker: the proxy's own outbound traffic is never captured.
-    out.add({"-m", "owner", flag, id, "-j", "RETURN"});
+  };
+  owner("--uid-owner", o.proxy_uids);
+  owner("--gid-owner", o.proxy_gids);
+  for (uint32_t gid : o.exclude_outbound_owner_groups) {
+    out.add({"-m", "owner", "--gid-owner", std::to_string(gid), "-j", "RETURN"});
+  }
+  if (!o.include_outbound_owner_groups.empty()) {
+    // Not one of the included groups: leave alone.
+    std::vector<std::string> args;
+    for (uint32_t gid : o.include_outbound_owner_groups) {
+      args = concat(std::move(args), {"-m", "owner", "!", "--gid-owner", std::to_string(gid)});
+    }
+    out.add(concat(std::move(args), {"-j", "RETURN"}));
   }
   out.add({"-d", localhost, "-j", "RETURN"});
-  for (const auto& cidr : o.exclude_outbound_cidrs) {
-    if ((cidr.address.family == family)) out.add({"-d", cidr.toString(), "-j", "RETURN"});
-  }
+  for (const auto& cidr : exclude_cidrs) out.add(concat(destination(cidr), {"-j", "RETURN"}));
+  for (const auto& r : o.include_outbound_ports) out.add(concat(dport(r), {"-j", kRedirectChain}));
   if (o.include_all_outbound) {
     out.add({"-j", kRedirectChain});
   } else {
-    for (const auto& cidr : o.include_outbound_cidrs) {
-      if (cidr.address.family == family) out.add({"-d", cidr.toString(), "-j", kRedirectChain});
+    for (const auto& cidr : include_cidrs) {
+      out.add(concat(destination(cidr), {"-j", kRedirectChain}));
     }
+  }
+
+  if (o.drop_invalid) {
+    plan.mangle_chains = {kDropInvalidChain};
+    ChainBuilder mangle_prerouting(plan.mangle_rules, "PREROUTING");
+    mangle_prerouting.add({"-p", "tcp", "-j", kDropInvalidChain});
+    ChainBuilder drop(plan.mangle_rules, kDropInvalidChain);
+    drop.add({"-p", "tcp", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"});
   }
   return plan;
 }
 
-std::string renderRestore(const FamilyPlan& plan, const std::vector<std::string>& stale_jumps) {
-  std::string text = "*nat\n";
+namespace {
+
+void renderTable(std::string& text, const char* table, const std::vector<std::string>& chains,
+                 const std::vector<PlannedRule>& rules, const TableFootprint& installed) {
+  if (chains.empty() && rules.empty() && installed.chains.empty() && installed.jumps.empty()) {
+    return;
+  }
+  text += fmt::format("*{}\n", table);
   // With --noflush, declaring a user chain creates it or flushes it: either way it starts empty.
-  for (const auto& chain : plan.chains) text += fmt::format(":{} - [0:0]\n", chain);
-  for (const auto& jump : stale_jumps) {
+  for (const auto& chain : chains) text += fmt::format(":{} - [0:0]\n", chain);
+  for (const auto& jump : installed.jumps) {
     text += "-D" + jump.substr(2) + "\n";  // "-A CHAIN ..." -> "-D CHAIN ..."
   }
-  for (const auto& rule : plan.rules) text += rule.toString() + "\n";
+  // Remora chains of an earlier install that this plan no longer has: flush all, then delete.
+  std::vector<std::string> gone;
+  for (const auto& chain : installed.chains) {
+    if (std::find(chains.begin(), chains.end(), chain) == chains.end()) gone.push_back(chain);
+  }
+  for (const auto& chain : gone) text += "-F " + chain + "\n";
+  for (const auto& chain : gone) text += "-X " + chain + "\n";
+  for (const auto& rule : rules) text += rule.toString() + "\n";
   text += "COMMIT\n";
+}
+
+}  // namespace
+
+std::string renderRestore(const FamilyPlan& plan, const TableFootprint& nat,
+                          const TableFootprint& mangle) {
+  std::string text;
+  renderTable(text, "nat", plan.chains, plan.rules, nat);
+  renderTable(text, "mangle", plan.mangle_chains, plan.mangle_rules, mangle);
   return text;
 }
 

@@ -12,6 +12,7 @@ inline constexpr const char* kOutputChain = "REMORA_OUTPUT";
 inline constexpr const char* kRedirectChain = "REMORA_REDIRECT";
 inline constexpr const char* kInboundChain = "REMORA_INBOUND";
 inline constexpr const char* kInRedirectChain = "REMORA_IN_REDIRECT";
+inline constexpr const char* kDropInvalidChain = "REMORA_DROP_INVALID";  // mangle table
 inline constexpr const char* kChainPrefix = "REMORA_";
 
 // One rule as iptables arguments after "-A CHAIN", e.g. {"-p","tcp","-j","REMORA_OUTPUT"}.
@@ -25,11 +26,13 @@ struct PlannedRule {
   bool operator==(const PlannedRule&) const = default;
 };
 
-// The nat-table rules for one address family.
+// The rules for one address family: the nat table's, and the mangle table's (--drop-invalid).
 struct FamilyPlan {
   Family family = Family::kIpv4;
-  std::vector<std::string> chains;  // Remora's own chains, in declaration order
-  std::vector<PlannedRule> rules;   // in order; jumps from built-in chains included
+  std::vector<std::string> chains;         // Remora's own nat chains, in declaration order
+  std::vector<PlannedRule> rules;          // in order; jumps from built-in chains included
+  std::vector<std::string> mangle_chains;  // empty when nothing goes to mangle
+  std::vector<PlannedRule> mangle_rules;
 
   bool operator==(const FamilyPlan&) const = default;
 };
@@ -38,9 +41,21 @@ struct FamilyPlan {
 // are skipped. The rule order follows istio-iptables (see docs/INTERCEPTION.md).
 FamilyPlan planFamily(const InterceptOptions& options, Family family);
 
-// Renders a plan as `iptables-restore --noflush` input for the nat table. `stale_jumps` are
-// existing rules (as "-A CHAIN ..." lines from iptables-save) that jump into Remora's chains
-// from other chains; they are deleted in the same transaction, so the result is exactly the plan.
-std::string renderRestore(const FamilyPlan& plan, const std::vector<std::string>& stale_jumps);
+// What is installed in one table, as far as the restore input needs to know: Remora's chains
+// there and the jumps into them from other chains (as "-A CHAIN ..." lines from iptables-save).
+struct TableFootprint {
+  std::vector<std::string> chains;
+  std::vector<std::string> jumps;
+};
+
+// Renders a plan as `iptables-restore --noflush` input for the nat table, and for mangle when
+// the plan or `mangle` has something there. The footprints' jumps are deleted in the same
+// transaction, and Remora chains the plan no longer has are deleted, so the result is exactly
+// the plan.
+std::string renderRestore(const FamilyPlan& plan, const TableFootprint& nat,
+                          const TableFootprint& mangle = {});
+
+// Whether a CIDR lies in the family's loopback range (127.0.0.0/8, ::1/128).
+bool isLoopbackCidr(const Cidr& cidr);
 
 }  // namespace remora::intercept

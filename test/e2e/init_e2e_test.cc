@@ -179,6 +179,59 @@ TEST_P(InitE2e, SecondInstallIsANoOpAndNewFlagsReplaceCleanly) {
   EXPECT_EQ(jumps, 1u);
 }
 
+// Issue 13: iptables-save prints "-d 0.0.0.0/0" back as nothing; the install compared unequal
+// and reinstalled (resetting counters) on every run.
+TEST_P(InitE2e, ZeroPrefixExcludeCidrIsIdempotent) {
+  std::vector<std::string> args = {"install", "--exclude-outbound-cidrs", "0.0.0.0/0,::/0"};
+  ASSERT_EQ(init(args).exit_code, 0);
+  auto again = init(args);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("iptables-" + backend() + ": already installed, nothing changed"),
+            std::string::npos)
+      << again.out;
+  EXPECT_NE(again.out.find("ip6tables-" + backend() + ": already installed, nothing changed"),
+            std::string::npos)
+      << again.out;
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80").find("bill-v1 orig=none"),
+            std::string::npos);
+}
+
+// Issue 13 cases that route differently, proven with connections.
+TEST_P(InitE2e, LoopbackIncludeCidrAndInboundOffRouteAsIstio) {
+  ASSERT_EQ(
+      init({"install", "--include-outbound-cidrs", "127.1.2.3/32", "--include-inbound-ports", ""})
+          .exit_code,
+      0);
+  // The app dialling the loopback include is captured (the lo RETURN rules are omitted).
+  auto got = connect(front_, "127.1.2.3:8080", 1000);
+  EXPECT_NE(got.find("outbound orig=127.1.2.3:8080"), std::string::npos) << got;
+  // Inbound capture is off: a client reaches the app directly...
+  got = connect(client_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+  // ...but the proxy dialling its own pod IP still goes through the inbound side, as in Istio.
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1337);
+  EXPECT_NE(got.find("inbound orig=10.244.0.10:8080"), std::string::npos) << got;
+}
+
+// --drop-invalid (default on) lives in mangle and leaves with uninstall; off removes it.
+TEST_P(InitE2e, DropInvalidInMangleAndRemovedExactly) {
+  auto mangle = [&] {
+    auto out = world_->exec(front_, {"iptables-" + backend() + "-save", "-t", "mangle"});
+    return out ? out->out : std::string();
+  };
+  ASSERT_EQ(init({"install"}).exit_code, 0);
+  EXPECT_NE(mangle().find("-A REMORA_DROP_INVALID -p tcp -m conntrack --ctstate INVALID -j DROP"),
+            std::string::npos)
+      << mangle();
+  ASSERT_EQ(init({"install", "--drop-invalid", "false"}).exit_code, 0);
+  EXPECT_EQ(mangle().find("REMORA"), std::string::npos) << mangle();
+  ASSERT_EQ(init({"install", "--proxy-uid", "1337,1338,"}).exit_code, 0);
+  EXPECT_NE(connect(front_, std::string(kBillV1) + ":80", 1338).find("bill-v1 orig=none"),
+            std::string::npos);
+  ASSERT_EQ(init({"uninstall"}).exit_code, 0);
+  EXPECT_EQ(mangle().find("REMORA"), std::string::npos) << mangle();
+}
+
 TEST_P(InitE2e, UninstallRestoresThePreInstallRulesetWithForeignRulesIntact) {
   restoreInFront(
       "*nat\n:KUBE-SERVICES - [0:0]\n:MY-CHAIN - [0:0]\n"
@@ -351,7 +404,7 @@ TEST_P(InitFaultE2e, RestoreKilledAfterCommitIsReadBackAndRolledBack) {
   EXPECT_EQ(out.exit_code, 1);
   EXPECT_EQ(out.err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
                          " failed (exit 137); it had committed before it failed (read back from "
-                         "the nat table); rolled back iptables-" +
+                         "the tables); rolled back iptables-" +
                          backend() + "; nothing is installed\n");
   EXPECT_EQ(natRules(), before);
 }
@@ -366,7 +419,7 @@ TEST_P(InitFaultE2e, HungRestoreIsKilledAtTheTimeoutAndRolledBack) {
   EXPECT_EQ(out.exit_code, 1);
   EXPECT_EQ(out.err, "remora-init: install failed: IPv4: " + restoreName("iptables") +
                          " did not finish within 1 s and was killed; it had committed before it "
-                         "failed (read back from the nat table); rolled back iptables-" +
+                         "failed (read back from the tables); rolled back iptables-" +
                          backend() + "; nothing is installed\n");
   EXPECT_EQ(natRules(), before);
   EXPECT_LT(took, std::chrono::seconds(20));

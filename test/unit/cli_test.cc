@@ -20,7 +20,7 @@ TEST(Cli, DefaultsAreIstios) {
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->verb, InitVerb::kInstall);
   EXPECT_EQ(c->options, InterceptOptions{});
-  EXPECT_EQ(c->options.proxy_uid, 1337u);
+  EXPECT_EQ(c->options.proxy_uids, std::vector<uint32_t>{1337});
   EXPECT_EQ(c->options.outbound_port, 15001);
   EXPECT_EQ(c->options.inbound_port, 15006);
   EXPECT_FALSE(c->dry_run);
@@ -54,8 +54,8 @@ TEST(Cli, EveryFlag) {
                   "--dry-run"});
   ASSERT_TRUE(c.ok()) << c.error().message;
   const auto& o = c->options;
-  EXPECT_EQ(o.proxy_uid, 2102u);
-  EXPECT_EQ(o.proxy_gid, 2103u);
+  EXPECT_EQ(o.proxy_uids, std::vector<uint32_t>{2102});
+  EXPECT_EQ(o.proxy_gids, std::vector<uint32_t>{2103});
   EXPECT_EQ(o.outbound_port, 4140);
   EXPECT_EQ(o.inbound_port, 4143);
   EXPECT_FALSE(o.include_all_outbound);
@@ -80,7 +80,7 @@ TEST(Cli, EnvironmentFormsAndFlagsWin) {
   ::unsetenv("REMORA_EXCLUDE_OUTBOUND_PORTS");
   ::unsetenv("REMORA_INBOUND_PORT");
   ASSERT_TRUE(c.ok()) << c.error().message;
-  EXPECT_EQ(c->options.proxy_uid, 4242u);
+  EXPECT_EQ(c->options.proxy_uids, std::vector<uint32_t>{4242});
   EXPECT_EQ(c->options.exclude_outbound_ports.size(), 2u);
   EXPECT_EQ(c->options.inbound_port, 9001);
 }

@@ -135,7 +135,7 @@ TEST_F(CniPluginTest, AddInstallsAndPrintsPrevResultUnchanged) {
   ASSERT_EQ(out.exit_code, 0) << out.stdout_text;
   EXPECT_EQ(out.stdout_text, std::string(kPrevResult) + "\n");
   ASSERT_EQ(dataplane_.installs, std::vector<std::string>{netns_});
-  EXPECT_EQ(dataplane_.last_options.proxy_uid, 2102u);
+  EXPECT_EQ(dataplane_.last_options.proxy_uids, std::vector<uint32_t>{2102});
   auto record = state().load("c1", "eth0");
   ASSERT_TRUE(record.ok());
   ASSERT_TRUE(record->has_value());

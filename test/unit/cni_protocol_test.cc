@@ -176,8 +176,8 @@ TEST(CniConfig, OptionsUseRemoraInitsFlagNames) {
                             R"("iptables-backend":"nft","outbound-port":4140)"),
                        Command::kAdd);
   ASSERT_TRUE(c.ok()) << c.error().msg << " " << c.error().details;
-  EXPECT_EQ(c->options.proxy_uid, 2102u);
-  EXPECT_EQ(c->options.proxy_gid, 2103u);
+  EXPECT_EQ(c->options.proxy_uids, std::vector<uint32_t>{2102});
+  EXPECT_EQ(c->options.proxy_gids, std::vector<uint32_t>{2103});
   EXPECT_EQ(c->options.outbound_port, 4140);
   ASSERT_EQ(c->options.exclude_outbound_cidrs.size(), 2u);
   EXPECT_EQ(c->options.exclude_outbound_cidrs[0].toString(), "10.96.0.1/32");

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "intercept/cli.h"
+#include "plan_helpers.h"
 
 namespace remora::intercept {
 namespace {
@@ -15,26 +16,9 @@ std::vector<std::string> lines(const FamilyPlan& plan) {
   return out;
 }
 
-std::vector<std::string> chainLines(const FamilyPlan& plan, const std::string& chain) {
-  std::vector<std::string> out;
-  for (const auto& r : plan.rules) {
-    if (r.chain == chain) out.push_back(r.toString());
-  }
-  return out;
-}
-
-InterceptOptions with(std::initializer_list<std::pair<const char*, const char*>> flags) {
-  InterceptOptions o;
-  for (const auto& [flag, value] : flags) {
-    auto set = setOption(o, flag, value);
-    EXPECT_TRUE(set.ok()) << flag << "=" << value << ": " << (set ? "" : set.error().message);
-  }
-  return o;
-}
-
-bool has(const std::vector<std::string>& v, const std::string& line) {
-  return std::find(v.begin(), v.end(), line) != v.end();
-}
+using testing::chainLines;
+using testing::has;
+using testing::with;
 
 TEST(Plan, DefaultIpv4MatchesIstioOrder) {
   auto plan = planFamily(InterceptOptions{}, Family::kIpv4);
@@ -67,6 +51,7 @@ TEST(Plan, DefaultIpv4MatchesIstioOrder) {
             (std::vector<std::string>{
                 "-A REMORA_INBOUND -p tcp -m tcp --dport 15000:15001 -j RETURN",
                 "-A REMORA_INBOUND -p tcp -m tcp --dport 15006 -j RETURN",
+                "-A REMORA_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
                 "-A REMORA_INBOUND -p tcp -m tcp --dport 15020:15021 -j RETURN",
                 "-A REMORA_INBOUND -p tcp -m tcp --dport 15090 -j RETURN",
                 "-A REMORA_INBOUND -p tcp -j REMORA_IN_REDIRECT",
@@ -133,13 +118,22 @@ TEST(Plan, InboundPortsIncludeExcludeAndAlwaysExcluded) {
             pos("-A REMORA_INBOUND -p tcp -m tcp --dport 8080:8090 -j REMORA_IN_REDIRECT"));
 }
 
-TEST(Plan, NoInboundCaptureDropsPreroutingJumpAndProxyLoopbackRedirect) {
+// (With inbound capture off, the proxy-to-own-pod-IP rule stays: plan_istio_test.cc.)
+TEST(Plan, NoInboundCaptureDropsPreroutingJump) {
   auto plan = planFamily(with({{"include-inbound-ports", ""}}), Family::kIpv4);
   EXPECT_TRUE(chainLines(plan, "PREROUTING").empty());
   EXPECT_TRUE(chainLines(plan, "REMORA_INBOUND").empty());
-  for (const auto& line : chainLines(plan, "REMORA_OUTPUT")) {
-    EXPECT_EQ(line.find("REMORA_IN_REDIRECT"), std::string::npos) << line;
-  }
+}
+
+TEST(Plan, RenderRestoreDeletesChainsThePlanNoLongerHas) {
+  auto plan = planFamily(with({{"drop-invalid", "false"}}), Family::kIpv4);
+  auto text = renderRestore(
+      plan, {}, {{"REMORA_DROP_INVALID"}, {"-A PREROUTING -p tcp -j REMORA_DROP_INVALID"}});
+  EXPECT_NE(
+      text.find("*mangle\n-D PREROUTING -p tcp -j REMORA_DROP_INVALID\n-F REMORA_DROP_INVALID\n"
+                "-X REMORA_DROP_INVALID\nCOMMIT\n"),
+      std::string::npos)
+      << text;
 }
 
 TEST(Plan, ExcludedOutboundPortsComeFirst) {
@@ -161,7 +155,7 @@ TEST(Plan, ExcludedInterfacesOnBothDirections) {
 
 TEST(Plan, RenderRestoreDeclaresChainsDeletesStaleJumpsAndCommits) {
   auto plan = planFamily(InterceptOptions{}, Family::kIpv4);
-  auto text = renderRestore(plan, {"-A OUTPUT -p tcp -j REMORA_OUTPUT"});
+  auto text = renderRestore(plan, {{}, {"-A OUTPUT -p tcp -j REMORA_OUTPUT"}});
   EXPECT_EQ(text.rfind("*nat\n:REMORA_INBOUND - [0:0]\n", 0), 0u);
   EXPECT_NE(text.find("\n-D OUTPUT -p tcp -j REMORA_OUTPUT\n"), std::string::npos);
   EXPECT_LT(text.find("-D OUTPUT"), text.find("-A OUTPUT"));

@@ -1,0 +1,490 @@
+// The nftables applier: the planner's rules (iptables spelling) translated into one `inet remora`
+// table, written in one libnftables transaction. Nothing is run as a process.
+#include "intercept/nftables_applier.h"
+
+#include <fmt/format.h>
+#ifndef REMORA_NFT_CLI
+#include <nftables/libnftables.h>
+#else
+#include "common/subprocess.h"
+#endif
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "intercept/backend.h"
+#include "intercept/loopback.h"
+#include "intercept/rule_spec.h"
+
+namespace remora::intercept {
+namespace {
+
+const char* suffix(Family f) { return f == Family::kIpv4 ? "_v4" : "_v6"; }
+const char* nfproto(Family f) { return f == Family::kIpv4 ? "ipv4" : "ipv6"; }
+const char* addressFamily(Family f) { return f == Family::kIpv4 ? "ip" : "ip6"; }
+
+// One chain of the table: base chains carry their hook declaration.
+struct NftChain {
+  std::string name;
+  std::string hook;  // "type nat hook output priority -100; policy accept;" or "" for user chains
+  std::vector<std::string> rules;
+};
+
+// The table's chains in declaration order; the base chains first.
+struct NftRuleset {
+  std::vector<NftChain> chains;
+  NftChain& chain(const std::string& name) {
+    for (auto& c : chains) {
+      if (c.name == name) return c;
+    }
+    chains.push_back({name, "", {}});
+    return chains.back();
+  }
+};
+
+std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+
+// "eth+" (iptables' prefix wildcard) is "eth*" in nft.
+std::string interfaceName(const std::string& name) {
+  if (!name.empty() && name.back() == '+') return quoted(name.substr(0, name.size() - 1) + "*");
+  return quoted(name);
+}
+
+std::string op(bool negated) { return negated ? " != " : " "; }
+
+// The nft statement of one planned rule. `chainName` renames Remora's chains per family.
+Result<std::string> translate(const PlannedRule& rule, Family family) {
+  auto spec = parseRuleSpec(rule.args);
+  if (!spec) return spec.error();
+  std::vector<std::string> parts;
+  const std::string af = addressFamily(family);
+  if (spec->in_interface) {
+    parts.push_back("iifname" + op(spec->in_interface->negated) +
+                    interfaceName(spec->in_interface->value));
+  }
+  if (spec->out_interface) {
+    parts.push_back("oifname" + op(spec->out_interface->negated) +
+                    interfaceName(spec->out_interface->value));
+  }
+  if (spec->source) {
+    parts.push_back(af + " saddr" + op(spec->source->negated) + spec->source->value);
+  }
+  if (spec->destination) {
+    parts.push_back(af + " daddr" + op(spec->destination->negated) + spec->destination->value);
+  }
+  if (spec->protocol) {
+    parts.push_back("meta l4proto" + op(spec->protocol->negated) + spec->protocol->value);
+  }
+  for (const auto& module : spec->modules) {
+    for (const auto& option : module.options) {
+      std::string value = option.value();
+      if (module.name == "tcp" && option.name == "--dport") {
+        std::replace(value.begin(), value.end(), ':', '-');
+        parts.push_back("tcp dport" + op(option.negated) + value);
+      } else if (module.name == "owner" && option.name == "--uid-owner") {
+        parts.push_back("meta skuid" + op(option.negated) + value);
+      } else if (module.name == "owner" && option.name == "--gid-owner") {
+        parts.push_back("meta skgid" + op(option.negated) + value);
+      } else if (module.name == "conntrack" && option.name == "--ctstate") {
+        std::transform(value.begin(), value.end(), value.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        parts.push_back("ct state" + op(option.negated) + value);
+      } else {
+        return makeError(fmt::format("no nftables form for '-m {} {}' in '{}'", module.name,
+                                     option.name, rule.toString()));
+      }
+    }
+  }
+  if (spec->target == "RETURN") {
+    parts.emplace_back("return");
+  } else if (spec->target == "DROP") {
+    parts.emplace_back("drop");
+  } else if (spec->target == "REDIRECT") {
+    const auto* to = spec->targetOption("--to-ports");
+    if (to == nullptr)
+      return makeError(fmt::format("REDIRECT without --to-ports: {}", rule.toString()));
+    parts.push_back("redirect to :" + to->value());
+  } else if (spec->target.starts_with(kChainPrefix)) {
+    parts.push_back(std::string(spec->jump == JumpKind::kGoto ? "goto " : "jump ") + spec->target +
+                    suffix(family));
+  } else {
+    return makeError(fmt::format("no nftables form for target '{}'", spec->target));
+  }
+  std::string text;
+  for (const auto& p : parts) text += (text.empty() ? "" : " ") + p;
+  return text;
+}
+
+// Built-in iptables chains of each planned table, as base chains of the inet table. Priorities
+// are iptables': nat at dstnat (-100), mangle at -150.
+struct BaseChain {
+  const char* table;
+  const char* builtin;
+  const char* name;
+  const char* hook;
+};
+constexpr BaseChain kBaseChains[] = {
+    {"mangle", "PREROUTING", "mangle_prerouting",
+     "type filter hook prerouting priority mangle; policy accept;"},
+    {"nat", "PREROUTING", "nat_prerouting",
+     "type nat hook prerouting priority dstnat; policy accept;"},
+    {"nat", "OUTPUT", "nat_output", "type nat hook output priority -100; policy accept;"},
+};
+
+Result<NftRuleset> buildRuleset(const std::vector<FamilyPlan>& plans) {
+  NftRuleset set;
+  for (const auto& base : kBaseChains) set.chains.push_back({base.name, base.hook, {}});
+  for (const auto& plan : plans) {
+    for (const auto& [table, chains, rules] :
+         {std::tuple{"nat", &plan.chains, &plan.rules},
+          std::tuple{"mangle", &plan.mangle_chains, &plan.mangle_rules}}) {
+      for (const auto& c : *chains) set.chain(c + suffix(plan.family));
+      for (const auto& rule : *rules) {
+        auto text = translate(rule, plan.family);
+        if (!text) return text.error();
+        const BaseChain* base = nullptr;
+        for (const auto& b : kBaseChains) {
+          if (std::string_view(b.table) == table && rule.chain == b.builtin) base = &b;
+        }
+        if (base != nullptr) {
+          set.chain(base->name)
+              .rules.push_back(fmt::format("meta nfproto {} {}", nfproto(plan.family), *text));
+        } else {
+          set.chain(rule.chain + suffix(plan.family)).rules.push_back(*text);
+        }
+      }
+    }
+  }
+  return set;
+}
+
+std::string renderRuleset(const NftRuleset& set, const std::string& fingerprint) {
+  std::string text =
+      fmt::format("add table inet {0}\ndelete table inet {0}\ntable inet {0} {{\n", kNftTable);
+  if (!fingerprint.empty()) text += fmt::format("  comment \"remora {}\"\n", fingerprint);
+  for (const auto& c : set.chains) {
+    text += fmt::format("  chain {} {{\n", c.name);
+    if (!c.hook.empty()) text += "    " + c.hook + "\n";
+    for (const auto& r : c.rules) text += "    " + r + "\n";
+    text += "  }\n";
+  }
+  text += "}\n";
+  return text;
+}
+
+// What is installed: the table comment and the rule count of each chain, from JSON.
+struct NftInstalled {
+  bool exists = false;
+  std::string comment;
+  std::map<std::string, size_t> rules_per_chain;
+};
+
+Result<NftInstalled> readInstalled(NftContext& nft) {
+  NftInstalled out;
+  auto tables = nftTables(nft);
+  if (!tables) return tables.error();
+  if (std::find(tables->begin(), tables->end(), fmt::format("inet {}", kNftTable)) ==
+      tables->end()) {
+    return out;
+  }
+  auto text = nft.run(fmt::format("list table inet {}", kNftTable), /*json=*/true);
+  if (!text) return text.error();
+  auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.contains("nftables")) {
+    return makeError("cannot parse libnftables' JSON listing of inet remora");
+  }
+  out.exists = true;
+  // libnftables 1.0.6's JSON leaves out table comments; the text listing has it on its own line.
+  auto listing = nft.run(fmt::format("list table inet {}", kNftTable));
+  if (!listing) return listing.error();
+  if (auto at = listing->find("\tcomment \""); at != std::string::npos) {
+    at += 10;
+    out.comment = listing->substr(at, listing->find('"', at) - at);
+  }
+  for (const auto& item : json["nftables"]) {
+    if (item.contains("table") && item["table"].contains("comment")) {
+      out.comment = item["table"].value("comment", "");
+    }
+    if (item.contains("chain")) out.rules_per_chain[item["chain"].value("name", "")];
+    if (item.contains("rule")) ++out.rules_per_chain[item["rule"].value("chain", "")];
+  }
+  return out;
+}
+
+std::vector<std::string> differences(const NftInstalled& installed, const NftRuleset& planned,
+                                     const std::string& fingerprint) {
+  std::vector<std::string> diffs;
+  if (!installed.exists) return {fmt::format("table inet {} is not installed", kNftTable)};
+  if (installed.comment != "remora " + fingerprint) {
+    diffs.push_back(fmt::format("table comment is '{}', expected 'remora {}' (another plan)",
+                                installed.comment, fingerprint));
+  }
+  std::map<std::string, size_t> want;
+  for (const auto& c : planned.chains) want[c.name] = c.rules.size();
+  for (const auto& [name, count] : want) {
+    auto it = installed.rules_per_chain.find(name);
+    if (it == installed.rules_per_chain.end()) {
+      diffs.push_back(fmt::format("chain {} is missing", name));
+    } else if (it->second != count) {
+      diffs.push_back(fmt::format("chain {} has {} rules, expected {}", name, it->second, count));
+    }
+  }
+  for (const auto& [name, count] : installed.rules_per_chain) {
+    if (!want.contains(name)) diffs.push_back(fmt::format("unexpected chain {}", name));
+  }
+  return diffs;
+}
+
+// Remora's iptables-mode footprint may be in this netns: REMORA_ chains in iptables-nft's
+// ip/ip6 nat or mangle tables, or any legacy nat/mangle table (cheap /proc read).
+bool iptablesInstallMayExist(NftContext& nft) {
+  for (auto family : {Family::kIpv4, Family::kIpv6}) {
+    if (legacyTableExists(family, "nat") || legacyTableExists(family, "mangle")) return true;
+  }
+  auto text = nft.run("list chains", /*json=*/true);
+  if (!text) return true;  // cannot tell: let the iptables applier look
+  auto json = nlohmann::json::parse(*text, nullptr, false);
+  if (json.is_discarded() || !json.contains("nftables")) return true;
+  for (const auto& item : json["nftables"]) {
+    if (!item.contains("chain")) continue;
+    const auto& c = item["chain"];
+    std::string family = c.value("family", "");
+    std::string table = c.value("table", "");
+    if ((family == "ip" || family == "ip6") && (table == "nat" || table == "mangle") &&
+        c.value("name", "").starts_with(kChainPrefix)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+class NftablesApplier : public Applier {
+ public:
+  explicit NftablesApplier(std::chrono::milliseconds timeout) : timeout_(timeout) {}
+  std::string name() const override { return "nftables"; }
+
+  Result<ApplyReport> install(const InterceptOptions& options) override {
+    auto prepared = prepare(options);
+    if (!prepared) return prepared.error();
+    ApplyReport report;
+    report.backend = "nftables";
+    bool added_v6 = false;
+    if (prepared->v6) {
+      // The proxy's IPv6 inbound passthrough source must be a local address (see loopback.h).
+      auto added = addLoopbackAddress(passthroughSourceV6());
+      if (!added) return added.error();
+      added_v6 = *added;
+    }
+    if (prepared->needed) {
+      auto done = nft_.run(prepared->script);
+      if (!done) {
+        std::string text = fmt::format("nftables transaction failed, nothing was applied: {}",
+                                       done.error().message);
+        if (added_v6) {
+          auto gone = removeLoopbackAddress(passthroughSourceV6());
+          text += gone ? "; removed ::6/128 from lo" : "; REMOVING ::6/128 FROM lo FAILED";
+        }
+        return makeError(text);
+      }
+      report.changed = true;
+      size_t rules = 0;
+      for (const auto& c : prepared->ruleset.chains) rules += c.rules.size();
+      report.lines.push_back(
+          fmt::format("nftables: installed table inet {} ({} rules in {} chains)", kNftTable, rules,
+                      prepared->ruleset.chains.size()));
+    } else {
+      report.lines.push_back(
+          fmt::format("nftables: table inet {} already installed, nothing changed", kNftTable));
+    }
+    // An earlier iptables-mode install would capture a second time; remove it.
+    if (iptablesInstallMayExist(nft_)) {
+      auto removed = makeIptablesApplier(timeout_)->uninstall();
+      if (!removed) {
+        return makeError(fmt::format(
+            "installed table inet {}, but removing an earlier iptables install failed: {}",
+            kNftTable, removed.error().message));
+      }
+      if (removed->changed) {
+        report.changed = true;
+        for (const auto& line : removed->lines) {
+          report.lines.push_back("removed an earlier install: " + line);
+        }
+        // The iptables uninstall took ::6 off lo with its IPv6 rules; this plan needs it.
+        if (prepared->v6) {
+          auto added = addLoopbackAddress(passthroughSourceV6());
+          if (!added) return added.error();
+        }
+      }
+    }
+    return report;
+  }
+
+  Result<std::string> dryRun(const InterceptOptions& options) override {
+    auto prepared = prepare(options);
+    if (!prepared) return prepared.error();
+    std::string text = fmt::format("# nftables (libnftables, one transaction){}\n",
+                                   prepared->needed ? ""
+                                                    : " (already installed: install would "
+                                                      "change nothing)");
+    text += prepared->script;
+    if (prepared->v6) {
+      text += fmt::format("# and {}/128 is added to lo (the IPv6 inbound passthrough source)\n",
+                          passthroughSourceV6().toString());
+    }
+    return text;
+  }
+
+  Result<ApplyReport> uninstall() override {
+    ApplyReport report;
+    report.backend = "nftables";
+    auto removed = removeNftablesTable(nft_);
+    if (!removed) return removed.error();
+    if (*removed) {
+      report.changed = true;
+      report.lines.push_back(fmt::format("nftables: deleted table inet {}", kNftTable));
+      auto gone = removeLoopbackAddress(passthroughSourceV6());
+      if (!gone) return gone.error();
+    } else {
+      report.lines.emplace_back("nftables: nothing installed; nothing changed");
+    }
+    return report;
+  }
+
+  Result<void> check(const InterceptOptions& options) override {
+    auto prepared = prepare(options);
+    if (!prepared) return prepared.error();
+    if (!prepared->needed) return {};
+    return makeError(fmt::format("interception rules are not as configured: nftables: {}",
+                                 fmt::join(prepared->diffs, "; ")));
+  }
+
+ private:
+  struct Prepared {
+    NftRuleset ruleset;
+    std::string script;
+    std::vector<std::string> diffs;
+    bool needed = true;
+    bool v6 = false;
+  };
+
+  Result<Prepared> prepare(const InterceptOptions& options) {
+    auto families = plannedFamilies(options);
+    if (!families) return families.error();
+    std::vector<FamilyPlan> plans;
+    Prepared p;
+    for (auto family : *families) {
+      plans.push_back(planFamily(options, family));
+      p.v6 = p.v6 || family == Family::kIpv6;
+    }
+    auto set = buildRuleset(plans);
+    if (!set) return set.error();
+    p.ruleset = std::move(*set);
+    const std::string fingerprint = planFingerprint(renderRuleset(p.ruleset, ""));
+    p.script = renderRuleset(p.ruleset, fingerprint);
+    auto installed = readInstalled(nft_);
+    if (!installed) return installed.error();
+    p.diffs = differences(*installed, p.ruleset, fingerprint);
+    p.needed = !p.diffs.empty();
+    return p;
+  }
+
+  NftContext nft_;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace
+
+#ifndef REMORA_NFT_CLI
+NftContext::NftContext() : ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
+  if (ctx_ != nullptr) {
+    nft_ctx_buffer_output(ctx_);
+    nft_ctx_buffer_error(ctx_);
+  }
+}
+
+NftContext::~NftContext() {
+  if (ctx_ != nullptr) nft_ctx_free(ctx_);
+}
+
+Result<std::string> NftContext::run(const std::string& commands, bool json) {
+  if (ctx_ == nullptr) return makeError("libnftables: cannot create a context");
+  unsigned flags = nft_ctx_output_get_flags(ctx_);
+  nft_ctx_output_set_flags(ctx_, json ? (flags | NFT_CTX_OUTPUT_JSON)
+                                      : (flags & ~static_cast<unsigned>(NFT_CTX_OUTPUT_JSON)));
+  int rc = nft_run_cmd_from_buffer(ctx_, commands.c_str());
+  std::string out = nft_ctx_get_output_buffer(ctx_);
+  std::string err = nft_ctx_get_error_buffer(ctx_);
+  if (rc != 0) {
+    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+    return makeError(err.empty() ? std::string("libnftables: command failed") : err);
+  }
+  return out;
+}
+#else
+// The static remora-cni: the same commands through `nft -f -` (one transaction as well).
+NftContext::NftContext() : ctx_(nullptr) {}
+NftContext::~NftContext() = default;
+
+Result<std::string> NftContext::run(const std::string& commands, bool json) {
+  std::vector<std::string> argv = {"nft"};
+  if (json) argv.emplace_back("-j");
+  argv.insert(argv.end(), {"-f", "-"});
+  auto out = runCommand(argv, commands, kDefaultCommandTimeout);
+  if (!out) return makeError(fmt::format("{} (install the nftables package)", out.error().message));
+  if (out->exit_code != 0) {
+    std::string err = out->err;
+    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+    return makeError(fmt::format("nft failed (exit {}): {}", out->exit_code, err));
+  }
+  return std::move(out->out);
+}
+#endif
+
+Result<std::vector<std::string>> nftTables(NftContext& nft) {
+  auto text = nft.run("list tables");
+  if (!text) return text.error();
+  std::vector<std::string> tables;
+  size_t start = 0;
+  while (start < text->size()) {
+    size_t end = text->find('\n', start);
+    if (end == std::string::npos) end = text->size();
+    std::string line = text->substr(start, end - start);
+    if (line.starts_with("table ")) tables.push_back(line.substr(6));
+    start = end + 1;
+  }
+  return tables;
+}
+
+Result<bool> removeNftablesTable(NftContext& nft) {
+  auto tables = nftTables(nft);
+  if (!tables) return tables.error();
+  if (std::find(tables->begin(), tables->end(), fmt::format("inet {}", kNftTable)) ==
+      tables->end()) {
+    return false;
+  }
+  auto done = nft.run(fmt::format("delete table inet {}", kNftTable));
+  if (!done) return done.error();
+  return true;
+}
+
+std::string planFingerprint(const std::string& text) {
+  uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", hash);
+}
+
+Result<std::string> renderNftables(const std::vector<FamilyPlan>& plans,
+                                   const std::string& fingerprint) {
+  auto set = buildRuleset(plans);
+  if (!set) return set.error();
+  return renderRuleset(*set, fingerprint);
+}
+
+std::unique_ptr<Applier> makeNftablesApplier(std::chrono::milliseconds command_timeout) {
+  return std::make_unique<NftablesApplier>(command_timeout);
+}
+
+}  // namespace remora::intercept

@@ -1,0 +1,53 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "intercept/applier.h"
+#include "intercept/plan.h"
+
+struct nft_ctx;  // libnftables
+
+namespace remora::intercept {
+
+inline constexpr const char* kNftTable = "remora";  // family inet
+
+// Renders the plans of every family as one nft script for the `inet remora` table: the table is
+// created-then-deleted first (nft 1.0.6 has no "destroy"), then declared whole, so running the
+// script through libnftables is one transaction that leaves exactly the plan. Each family's user
+// chains get a "_v4"/"_v6" suffix; the base chains dispatch with `meta nfproto`. The table's
+// comment carries `fingerprint`, which install compares to see whether anything would change.
+// Pure: errors name a planned rule the translation does not know (a planner bug).
+Result<std::string> renderNftables(const std::vector<FamilyPlan>& plans,
+                                   const std::string& fingerprint);
+
+// A stable hash of the text (FNV-1a, hex), for the table comment.
+std::string planFingerprint(const std::string& text);
+
+// One libnftables context (the library, no nft process). run() executes a script or command as
+// one transaction and returns the buffered output; errors carry the library's error text.
+class NftContext {
+ public:
+  NftContext();
+  // Out of line: the libnftables build frees its context (not so in the static CLI build).
+  ~NftContext();  // NOLINT(performance-trivially-destructible)
+  NftContext(const NftContext&) = delete;
+  NftContext& operator=(const NftContext&) = delete;
+  Result<std::string> run(const std::string& commands, bool json = false);
+
+ private:
+  ::nft_ctx* ctx_;
+};
+
+// The `family name` of every nftables table in the calling thread's netns ("ip kube-proxy").
+Result<std::vector<std::string>> nftTables(NftContext& nft);
+
+// Deletes the `inet remora` table when it exists. Returns whether it did.
+Result<bool> removeNftablesTable(NftContext& nft);
+
+std::unique_ptr<Applier> makeNftablesApplier(
+    std::chrono::milliseconds command_timeout = kDefaultCommandTimeout);
+
+}  // namespace remora::intercept

@@ -1,0 +1,210 @@
+// remora-init --mode nftables (and auto) in namespaces of the test's own: the scenario of
+// init_e2e_test.cc (capture proven with real TCP, idempotent re-install, exact uninstall) with the
+// rules in one `inet remora` table written through libnftables.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+constexpr const char* kClientIp = "10.244.0.20";
+constexpr const char* kVip = "10.1.122.241:9999";
+constexpr const char* kVip6 = "[fd00:1::241]:9999";
+
+class InitNftE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, nftables)";
+    world_ = std::make_unique<NetnsWorld>();
+    front_ = *world_->addPod("front-tomcat", kFrontIp, kFrontIp6);
+    v1_ = *world_->addPod("bill-service-v1", kBillV1);
+    client_ = *world_->addPod("client", kClientIp);
+    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15001", "outbound"));
+    servers_.push_back(world_->serveProbe(front_, "[::]:15001", "outbound6"));
+    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15006", "inbound"));
+    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "app"));
+    servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "bill-v1"));
+  }
+
+  CommandOutput run(const std::vector<std::string>& argv, const std::string& input = {}) {
+    auto out = world_->exec(front_, argv, input);
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  }
+  CommandOutput init(std::vector<std::string> args) {
+    args.insert(args.begin(), binaryPath("remora-init"));
+    return run(args);
+  }
+  std::string ruleset() { return run({"nft", "list", "ruleset"}).out; }
+
+  std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0,
+                      const std::string& bind = {}) {
+    std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
+    if (!bind.empty()) argv.insert(argv.end(), {"--bind", bind});
+    auto out = uid ? world_->execAs(pod, uid, uid, argv) : world_->exec(pod, argv);
+    if (!out || out->exit_code != 0) return "FAILED";
+    return out->out;
+  }
+
+  // What `ip kube-proxy` looks like in kube-proxy's nftables mode (shape only: one service).
+  void addKubeProxyTable() {
+    auto out = run({"nft", "-f", "-"},
+                   "table ip kube-proxy {\n"
+                   "  map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }\n"
+                   "  chain nat-output { type nat hook output priority -100; policy accept; }\n"
+                   "}\n");
+    ASSERT_EQ(out.exit_code, 0) << out.err;
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  Pod front_, v1_, client_;
+  std::vector<std::unique_ptr<Process>> servers_;
+};
+
+TEST_F(InitNftE2e, InstallCapturesAsIptablesModeDoes) {
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+  auto out = init({"install", "--mode", "nftables"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("nftables: installed table inet remora"), std::string::npos) << out.out;
+  EXPECT_NE(out.out.find("mode nftables (chosen with --mode)"), std::string::npos) << out.out;
+  // Nothing in iptables.
+  EXPECT_EQ(ruleset().find("table ip nat"), std::string::npos) << ruleset();
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  EXPECT_NE(connect(front_, kVip6).find("outbound6 orig=[fd00:1::241]:9999"), std::string::npos);
+  auto got = connect(client_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(got.find("inbound orig=10.244.0.10:8080"), std::string::npos) << got;
+  got = connect(client_, std::string(kFrontIp) + ":15001");
+  EXPECT_NE(got.find("outbound orig=none"), std::string::npos) << got;
+  // The proxy's own traffic, loopback and the passthrough source, as in iptables mode.
+  got = connect(front_, std::string(kBillV1) + ":80", 1337);
+  EXPECT_NE(got.find("bill-v1 orig=none"), std::string::npos) << got;
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1000);
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1337);
+  EXPECT_NE(got.find("inbound orig=10.244.0.10:8080"), std::string::npos) << got;
+  got = connect(front_, std::string(kFrontIp) + ":8080", 1337, "127.0.0.6");
+  EXPECT_NE(got.find("app orig=none"), std::string::npos) << got;
+  EXPECT_NE(ruleset().find("ct state invalid drop"), std::string::npos) << ruleset();
+}
+
+TEST_F(InitNftE2e, ReinstallIsANoOpAndNewFlagsReplaceInOneTransaction) {
+  ASSERT_EQ(init({"install", "--mode", "nftables"}).exit_code, 0);
+  auto first = ruleset();
+  auto again = init({"install", "--mode", "nftables"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("already installed, nothing changed"), std::string::npos) << again.out;
+  EXPECT_EQ(ruleset(), first);
+  ASSERT_EQ(init({"install", "--mode", "nftables", "--outbound-port", "15999"}).exit_code, 0);
+  auto replaced = ruleset();
+  EXPECT_NE(replaced.find("redirect to :15999"), std::string::npos) << replaced;
+  EXPECT_EQ(replaced.find("redirect to :15001"), std::string::npos) << replaced;
+  // A rule removed by hand is noticed and put back.
+  auto handles = run({"nft", "-a", "list", "chain", "inet", "remora", "REMORA_REDIRECT_v4"}).out;
+  auto at = handles.rfind("# handle ");  // the last one is the rule's
+  ASSERT_NE(at, std::string::npos) << handles;
+  std::string handle = handles.substr(at + 9, handles.find('\n', at) - at - 9);
+  ASSERT_EQ(run({"nft", "delete", "rule", "inet", "remora", "REMORA_REDIRECT_v4", "handle", handle})
+                .exit_code,
+            0);
+  auto fixed = init({"install", "--mode", "nftables", "--outbound-port", "15999"});
+  EXPECT_NE(fixed.out.find("nftables: installed"), std::string::npos) << fixed.out;
+  EXPECT_EQ(ruleset(), replaced);
+}
+
+TEST_F(InitNftE2e, UninstallDeletesOnlyTheTableAndCoexistsWithKubeProxyAndIptables) {
+  addKubeProxyTable();
+  auto ipt = run({"iptables-nft-restore", "--noflush"},
+                 "*filter\n:MY-CHAIN - [0:0]\n-A MY-CHAIN -p tcp -m tcp --dport 7 -j RETURN\n"
+                 "COMMIT\n");
+  ASSERT_EQ(ipt.exit_code, 0) << ipt.err;
+  auto before = ruleset();
+  auto out = init({"install", "--mode", "auto"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(
+      out.out.find("mode nftables (auto: kube-proxy's nftables table (ip kube-proxy) is here)"),
+      std::string::npos)
+      << out.out;
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  auto lo = run({"ip", "-6", "addr", "show", "dev", "lo"});
+  EXPECT_NE(lo.out.find("::6/128"), std::string::npos) << lo.out;
+  auto gone = init({"uninstall"});
+  ASSERT_EQ(gone.exit_code, 0) << gone.err;
+  EXPECT_NE(gone.out.find("nftables: deleted table inet remora"), std::string::npos) << gone.out;
+  EXPECT_EQ(ruleset(), before);
+  lo = run({"ip", "-6", "addr", "show", "dev", "lo"});
+  EXPECT_EQ(lo.out.find("::6/128"), std::string::npos) << lo.out;
+  EXPECT_EQ(connect(front_, kVip), "FAILED");
+  auto again = init({"uninstall"});
+  EXPECT_NE(again.out.find("nothing changed"), std::string::npos) << again.out;
+}
+
+TEST_F(InitNftE2e, AutoSaysWhyAndSwitchingModesNeverCapturesTwice) {
+  // Empty netns: nftables, because there is no iptables table at all.
+  auto out = init({"install", "--mode", "auto", "--dry-run"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("add table inet remora\ndelete table inet remora\ntable inet remora {"),
+            std::string::npos)
+      << out.out;
+  ASSERT_EQ(init({"install", "--mode", "iptables", "--iptables-backend", "nft"}).exit_code, 0);
+  // The iptables install is there now: auto keeps to iptables and says why.
+  out = init({"install", "--mode", "auto", "--iptables-backend", "nft"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("mode iptables (auto: this netns has iptables tables (ip nat"),
+            std::string::npos)
+      << out.out;
+  // Switching to nftables removes the iptables install in the same run, and back again.
+  out = init({"install", "--mode", "nftables"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("removed an earlier install"), std::string::npos) << out.out;
+  EXPECT_EQ(ruleset().find("REMORA_OUTPUT -"), std::string::npos);
+  auto nat = run({"iptables-nft-save", "-t", "nat"}).out;
+  EXPECT_EQ(nat.find("REMORA"), std::string::npos) << nat;
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  out = init({"install", "--mode", "iptables", "--iptables-backend", "nft"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("nftables: removed an earlier install (table inet remora)"),
+            std::string::npos)
+      << out.out;
+  EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
+  EXPECT_NE(connect(front_, kVip6).find("outbound6 orig=[fd00:1::241]:9999"), std::string::npos);
+}
+
+// Install time of each mode, printed side by side (the goal: nftables <= 0.5x).
+TEST_F(InitNftE2e, InstallTimeNftablesAgainstIptables) {
+  auto time = [&](const std::vector<std::string>& args) {
+    EXPECT_EQ(init({"uninstall"}).exit_code, 0);
+    auto start = std::chrono::steady_clock::now();
+    auto out = init(args);
+    auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(out.exit_code, 0) << out.err;
+    return std::chrono::duration<double, std::milli>(took).count();
+  };
+  constexpr int kRuns = 5;
+  double ipt = 0;
+  double nft = 0;
+  double base = 0;
+  for (int i = 0; i < kRuns; ++i) {
+    ipt += time({"install", "--mode", "iptables", "--iptables-backend", "nft"});
+    nft += time({"install", "--mode", "nftables"});
+    // What starting remora-init in the pod costs whatever it does (exec, dynamic loading).
+    auto start = std::chrono::steady_clock::now();
+    init({"--help"});
+    base +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  }
+  ipt /= kRuns;
+  nft /= kRuns;
+  base /= kRuns;
+  std::cout << "install time (mean of " << kRuns << ", IPv4+IPv6, from no install): iptables-nft "
+            << ipt << " ms, nftables " << nft << " ms, ratio " << nft / ipt
+            << "; remora-init --help " << base << " ms; net of it: iptables-nft " << ipt - base
+            << " ms, nftables " << nft - base << " ms, ratio " << (nft - base) / (ipt - base)
+            << "\n";
+}
+
+}  // namespace
+}  // namespace remora::test
