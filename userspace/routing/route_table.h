@@ -43,6 +43,8 @@ struct ProxySettings {
   std::chrono::milliseconds tcp_keepalive{std::chrono::minutes(5)};  // keepalive idle time
   // After SIGTERM, inbound keeps accepting this long; outbound until the drain ends.
   std::chrono::milliseconds inbound_drain_grace{std::chrono::seconds(2)};
+  // The byte relay of pure L4 routes: "auto", "kernel" or "uring" (proxy/kernel_relay.h).
+  std::string relay = "auto";
 };
 
 struct Endpoint {
