@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -53,26 +54,6 @@ int64_t checkPattern(uint64_t offset, const char* in, size_t n) {
     if (in[k] != patternAt(offset + k)) return static_cast<int64_t>(offset + k);
   }
   return -1;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A socket made inside a namespace: setns on a thread of its own (it changes only that thread).
-int socketInNetns(const std::string& netns_path) {
-  int fd = -1;
-  std::thread t([&] {
-    int ns = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns < 0) return;
-    if (setns(ns, CLONE_NEWNET) == 0) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ::close(ns);
-  });
-  t.join();
-  return fd;
 }
 
 bool writeAll(int fd, const char* data, size_t size) {
@@ -135,7 +116,7 @@ std::string receivePattern(int fd, uint64_t size) {
 class Backend {
  public:
   explicit Backend(const std::string& netns_path) {
-    listen_fd_ = socketInNetns(netns_path);
+    listen_fd_ = tcpSocketIn(netns_path);
     int one = 1;
     setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     sockaddr_in sa{};
@@ -263,7 +244,7 @@ class KernelRelay : public ::testing::Test {
     dir_ = tmpl;
     chmod(dir_.c_str(), 0755);
     config_ = dir_ + "/mesh.yaml";
-    std::ofstream(config_) << slurp(std::string(REMORA_SEED_DIR) + "/seed.yaml");
+    std::ofstream(config_) << readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
     chmod(config_.c_str(), 0644);
     auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
     ASSERT_TRUE(install.ok() && install->exit_code == 0)
@@ -331,7 +312,7 @@ class KernelRelay : public ::testing::Test {
 
   // A connection from the front pod (captured by the outbound rules) to the backend, mode sent.
   int dial(char mode) {
-    int fd = socketInNetns(world_->netnsPath(front_));
+    int fd = tcpSocketIn(world_->netnsPath(front_));
     if (fd < 0) return -1;
     fds_.push_back(fd);
     timeval tv{10, 0};
@@ -366,7 +347,7 @@ class KernelRelay : public ::testing::Test {
   }
 
   long proxyRssKiB() {
-    std::istringstream in(slurp(fmt::format("/proc/{}/status", proxy_->pid())));
+    std::istringstream in(readWholeFile(fmt::format("/proc/{}/status", proxy_->pid())));
     std::string line;
     while (std::getline(in, line)) {
       if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
@@ -383,6 +364,7 @@ class KernelRelay : public ::testing::Test {
   std::vector<int> fds_;
 };
 
+#ifndef REMORA_RELAY_BENCH
 TEST_F(KernelRelay, SmallUploadArrivesIntactAndTheReplyFollowsTheClientsHalfClose) {
   startProxy("kernel");
   EXPECT_NE(proxy_->output().find("relay: kernel"), std::string::npos) << proxy_->output();
@@ -518,6 +500,98 @@ TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
   const std::string dump = admin("/config_dump");
   EXPECT_NE(dump.find("\"in_use\": \"uring\""), std::string::npos) << dump;
 }
+
+#else  // REMORA_RELAY_BENCH: the same world, measuring instead of checking (label bench).
+
+// utime + stime of a process, and the machine's busy time (every CPU, softirq included), in s.
+double processCpu(pid_t pid) {
+  const std::string stat = readWholeFile(fmt::format("/proc/{}/stat", pid));
+  std::istringstream in(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double machineBusy() {
+  std::istringstream in(readWholeFile("/proc/stat"));
+  std::string cpu;
+  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq;
+  return (user + nice + system + irq + softirq) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+struct RelayFigures {
+  double round_trips_per_s = 0;
+  double proxy_cpu_us_per_rt = 0;
+  double machine_cpu_us_per_rt = 0;
+  double bulk_mib_per_s = 0;
+};
+
+TEST_F(KernelRelay, UringVersusKernelSideBySide) {
+  constexpr int kConnections = 8;
+  constexpr auto kRun = std::chrono::seconds(3);
+  constexpr uint64_t kBulk = uint64_t{512} << 20;
+  std::map<std::string, RelayFigures> figures;
+  for (const std::string mode : {"uring", "kernel"}) {
+    startProxy(mode);
+    RelayFigures& f = figures[mode];
+    std::vector<int> conns;
+    for (int i = 0; i < kConnections; ++i) conns.push_back(dial('E'));
+    ASSERT_TRUE(std::all_of(conns.begin(), conns.end(), [](int fd) { return fd >= 0; }));
+    std::atomic<uint64_t> round_trips{0};
+    std::atomic<bool> stop{false};
+    const double proxy0 = processCpu(proxy_->pid()), busy0 = machineBusy();
+    auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (int fd : conns) {
+      threads.emplace_back([&, fd] {
+        char buf[64] = {};
+        while (!stop && writeAll(fd, buf, sizeof(buf)) && readExact(fd, buf, sizeof(buf))) {
+          ++round_trips;
+        }
+      });
+    }
+    std::this_thread::sleep_for(kRun);
+    stop = true;
+    for (auto& t : threads) t.join();
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double n = static_cast<double>(round_trips.load());
+    f.round_trips_per_s = n / seconds;
+    f.proxy_cpu_us_per_rt = (processCpu(proxy_->pid()) - proxy0) * 1e6 / n;
+    f.machine_cpu_us_per_rt = (machineBusy() - busy0) * 1e6 / n;
+    int fd = dial('D');
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(writeU64(fd, kBulk));
+    std::vector<char> block(1 << 20);
+    uint64_t got = 0;
+    auto b0 = Clock::now();
+    for (ssize_t r = 0; got < kBulk && (r = ::recv(fd, block.data(), block.size(), 0)) > 0;) {
+      got += static_cast<uint64_t>(r);
+    }
+    ASSERT_EQ(got, kBulk);
+    f.bulk_mib_per_s = 512 / std::chrono::duration<double>(Clock::now() - b0).count();
+    for (int c : conns) ::shutdown(c, SHUT_RDWR);
+    proxy_.reset();
+  }
+  const RelayFigures& u = figures["uring"];
+  const RelayFigures& k = figures["kernel"];
+  std::printf(
+      "relay comparison (8 ping-pong connections of 64 B for 3 s, then one 512 MiB download; "
+      "client, backend and proxy share the machine; measured under contention)\n"
+      "  %-28s %12s %12s %8s\n  %-28s %12.0f %12.0f %7.2fx\n  %-28s %12.1f %12.1f %7.2fx\n"
+      "  %-28s %12.1f %12.1f %7.2fx\n  %-28s %12.0f %12.0f %7.2fx\n",
+      "", "uring", "kernel", "k/u", "round trips/s", u.round_trips_per_s, k.round_trips_per_s,
+      k.round_trips_per_s / u.round_trips_per_s, "proxy CPU us per round trip",
+      u.proxy_cpu_us_per_rt, k.proxy_cpu_us_per_rt, k.proxy_cpu_us_per_rt / u.proxy_cpu_us_per_rt,
+      "machine CPU us per round trip", u.machine_cpu_us_per_rt, k.machine_cpu_us_per_rt,
+      k.machine_cpu_us_per_rt / u.machine_cpu_us_per_rt, "bulk MiB/s", u.bulk_mib_per_s,
+      k.bulk_mib_per_s, k.bulk_mib_per_s / u.bulk_mib_per_s);
+}
+
+#endif  // REMORA_RELAY_BENCH
 
 }  // namespace
 }  // namespace remora::test

@@ -26,7 +26,7 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       sockets_(sockets),
       stats_(stats),
       router_factory_(std::move(router_factory)),
-      settings_(settings) {
+      settings_(std::move(settings)) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
