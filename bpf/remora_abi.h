@@ -133,4 +133,26 @@ enum remora_verdict {
   REMORA_V_IPV6_OFF,
 };
 
+/* ---- Kernel relay (bpf/relay.bpf.c, userspace/proxy/kernel_relay.cc) ----
+ * The proxy hands a connected (client, upstream) socket pair to the kernel: both sockets go into
+ * the sockhash keyed by their socket cookie, and each cookie's peers entry names the other one;
+ * the sk_skb verdict program redirects every received skb to the peer's egress. */
+/* Relayed sockets one pod's proxy can hold (two per connection). */
+#define REMORA_RELAY_MAX_SOCKETS 65536
+
+/* Value of the peers map, key: the socket cookie of the receiving socket. */
+struct remora_relay_peer {
+  __u64 peer_cookie; /* key of the socket its bytes go to */
+  __u64 bytes;       /* bytes redirected to the peer (updated by the program) */
+};
+
+/* Index into the relay's per-CPU counters array. */
+enum remora_relay_counter {
+  REMORA_RC_REDIRECTED_BYTES = 0, /* bytes redirected to a peer */
+  REMORA_RC_REDIRECTED_SKBS,      /* skbs redirected to a peer */
+  REMORA_RC_NO_PEER,              /* skb of a socket with no peers entry: passed to its owner */
+  REMORA_RC_REDIRECT_FAILED,      /* the peer is not in the sockhash: dropped */
+  REMORA_RC_MAX
+};
+
 #endif /* REMORA_BPF_ABI_H */

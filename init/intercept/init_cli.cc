@@ -10,6 +10,7 @@
 #include "intercept/cli.h"
 #include "intercept/ebpf_applier.h"
 #include "intercept/mode.h"
+#include "intercept/relay_command.h"
 
 namespace remora::intercept {
 namespace {
@@ -170,6 +171,7 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
 }
 
 int runInit(const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "relay") return runRelayCommand(args);
   auto command = parseInitCommand(args);
   if (!command) {
     std::cerr << "remora-init: " << command.error().message << "\n"

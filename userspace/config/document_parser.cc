@@ -902,6 +902,15 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
     }
     spec.buffer_limit_bytes = value << shift;
   }
+  if (YAML::Node node = f.get("relay"); present(node)) {
+    auto relay = readString(ctx, node, "spec.relay", spec_line, true);
+    if (!relay) return relay.error();
+    if (*relay != "auto" && *relay != "kernel" && *relay != "uring") {
+      return ctx.error("spec.relay", lineOf(node, spec_line),
+                       fmt::format("must be auto, kernel or uring, got '{}'", *relay));
+    }
+    spec.relay = *relay;
+  }
   if (YAML::Node node = f.get("accessLog"); present(node)) {
     auto value = readBool(ctx, node, "spec.accessLog", spec_line);
     if (!value) return value.error();

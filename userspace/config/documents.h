@@ -136,6 +136,7 @@ struct ProxyConfigSpec {
   std::optional<uint32_t> max_connections;
   std::optional<std::chrono::milliseconds> tcp_keepalive;
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
+  std::optional<std::string> relay;  // "auto", "kernel" or "uring"
 };
 
 // A workload outside Kubernetes (a WorkloadEntry, or one of a ServiceEntry's endpoints).

@@ -499,6 +499,7 @@ Rows proxyConfigRows() {
                 {"spec.drainTimeout", A},
                 {"spec.maxConnectAttempts", A},
                 {"spec.accessLog", A},
+                {"spec.relay", A},
                 {"spec.bufferLimit", A},
                 {"spec.idleTimeout", A},
                 {"spec.halfCloseTimeout", A},

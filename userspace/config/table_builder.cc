@@ -349,6 +349,7 @@ class Builder {
     if (c.max_connections) s.max_connections = *c.max_connections;
     if (c.tcp_keepalive) s.tcp_keepalive = *c.tcp_keepalive;
     if (c.inbound_drain_grace) s.inbound_drain_grace = *c.inbound_drain_grace;
+    if (c.relay) s.relay = *c.relay;
     if (s.outbound_listen.port == s.inbound_listen.port) {
       note(proxy_config_, Severity::kError, "spec.inboundPort", proxy_config_.object->line,
            fmt::format("the inbound and outbound ports are both {}; this ProxyConfig is left "

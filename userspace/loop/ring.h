@@ -72,6 +72,9 @@ class Ring {
   // wakes whatever waits on the socket, so nothing needs cancelling (and no ring-wide scan).
   virtual void shutdownAndClose(int fd, uint64_t user_data) = 0;
   virtual void close(int fd, uint64_t user_data) = 0;
+  // One-shot poll: res = the ready events among `events` (POLLERR and POLLHUP always count), or
+  // -ECANCELED. A ring without poll support (a test fake) never completes it.
+  virtual void poll(int /*fd*/, uint32_t /*events*/, uint64_t /*user_data*/) {}
 
   // Provided buffers (one group per ring).
   virtual std::span<char> buffer(uint16_t id) = 0;

@@ -319,6 +319,12 @@ void UringRing::cancel(uint64_t target, uint64_t user_data) {
   io_uring_sqe_set_data64(s, user_data);
 }
 
+void UringRing::poll(int fd, uint32_t events, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_poll_add(s, fd, events);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
 void UringRing::shutdown(int fd, int how, uint64_t user_data) {
   io_uring_sqe* s = sqe();
   io_uring_prep_shutdown(s, fd, how);

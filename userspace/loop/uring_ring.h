@@ -79,6 +79,7 @@ class UringRing final : public Ring {
   void shutdown(int fd, int how, uint64_t user_data) override;
   void teardown(int fd, uint64_t user_data) override;
   void shutdownAndClose(int fd, uint64_t user_data) override;
+  void poll(int fd, uint32_t events, uint64_t user_data) override;
   void close(int fd, uint64_t user_data) override;
   std::span<char> buffer(uint16_t id) override;
   void recycleBuffer(uint16_t id) override;

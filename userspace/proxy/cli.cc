@@ -137,6 +137,16 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--access-log-queue", options.access_log_queue,
                  "access-log lines waiting for the writer before new ones are dropped (8192)")
       ->check(CLI::Range(size_t{1}, size_t{1} << 24));
+  std::string relay;
+  app.add_option(
+         "--relay", relay,
+         "byte relay of pure L4 routes: kernel (sockmap, pinned by remora-init relay "
+         "install), uring (user space) or auto: kernel when it works here (default uring: the "
+         "kernel relay does not yet hold backpressure for a stalled reader)")
+      ->envname("REMORA_RELAY");
+  app.add_option("--relay-pin-dir", options.relay_pin_dir,
+                 "where remora-init pinned the kernel relay's maps (/sys/fs/bpf/remora/relay)")
+      ->envname("REMORA_RELAY_PIN_DIR");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
   app.add_flag("--no-ipv6", no_ipv6, "do not add [::] listeners beside 0.0.0.0 ones");
   app.add_flag("--allow-empty-config", options.allow_empty_config,
@@ -207,6 +217,11 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     o.buffer_limit_bytes = *b;
   }
   if (max_connections_set) o.max_connections = max_connections;
+  if (!relay.empty()) {
+    auto mode = parseRelayMode(relay);
+    if (!mode) return fail("--relay", mode.error());
+    o.relay = relay;
+  }
   if (access_log) o.access_log = true;
   options.ipv6 = !no_ipv6;
   return runProxy(options, std::move(loader), std::move(routers));

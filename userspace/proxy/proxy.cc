@@ -47,6 +47,7 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.max_connections) s.max_connections = *o.max_connections;
   if (o.tcp_keepalive) s.tcp_keepalive = *o.tcp_keepalive;
   if (o.inbound_drain_grace) s.inbound_drain_grace = *o.inbound_drain_grace;
+  if (o.relay) s.relay = *o.relay;
   return s;
 }
 
@@ -193,6 +194,7 @@ struct WorkerStart {
   int done_fd;
   unsigned index;
   AccessLogQueue* access_log;
+  std::shared_ptr<const RelayMaps> kernel_relay;
 };
 
 // A worker's whole life, on its own thread: its ring must be created here (SINGLE_ISSUER).
@@ -207,7 +209,9 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   const auto keepalive =
       std::chrono::duration_cast<std::chrono::seconds>(start.settings.tcp_keepalive);
   SystemSocketOps sockets(keepalive);
-  Worker worker(**ring, sockets, wt.stats, start.routers, workerSettings(start.settings));
+  WorkerSettings settings = workerSettings(start.settings);
+  settings.kernel_relay = start.kernel_relay;
+  Worker worker(**ring, sockets, wt.stats, start.routers, settings);
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
   worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
@@ -237,7 +241,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
     setKeepalive(*fd, keepalive);  // accepted sockets inherit it
     worker.addListener(*fd, specs[i].kind, specs[i].at.ip.family);
   }
-  worker.setTable(start.table, workerSettings(start.settings));
+  worker.setTable(start.table, settings);
   bool draining = false;
   bool stopping = false;
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
@@ -329,6 +333,14 @@ class Control final : public loop::CompletionHandler {
   bool last_reload_ok_ = true;
   std::string last_error_;
   uint64_t setup_fallbacks_ = 0;
+  // The relay of pure L4 routes (kernel_relay.h): the pinned maps once opened, what is in use
+  // and why the kernel relay is not, and how often `auto` fell back to the io_uring relay.
+  std::shared_ptr<const RelayMaps> relay_maps_;
+  std::string relay_in_use_;
+  std::string relay_error_;
+  uint64_t relay_fallbacks_ = 0;
+  // Resolves settings_.relay for new connections; logs when what is in use changes.
+  Result<std::shared_ptr<const RelayMaps>> resolveRelay();
 
   // Declared before workers_: it outlives the workers that push into it.
   std::unique_ptr<AccessLogQueue> access_log_;
@@ -464,6 +476,11 @@ int Control::startWorkers() {
     spdlog::critical("eventfd: {}", std::strerror(errno));
     return 1;
   }
+  auto relay = resolveRelay();
+  if (!relay) {
+    spdlog::critical("{}", relay.error().message);
+    return 1;
+  }
   for (unsigned i = 0; i < std::max(1u, options_.concurrency); ++i) {
     auto wt = std::make_unique<WorkerThread>();
     wt->wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -474,7 +491,8 @@ int Control::startWorkers() {
     }
     std::promise<Result<void>> promise;
     auto started = promise.get_future();
-    WorkerStart start{&options_, settings_, table_, routers_, done_fd_, i, access_log_.get()};
+    WorkerStart start{&options_, settings_,         table_, routers_, done_fd_,
+                      i,         access_log_.get(), *relay};
     WorkerThread& ref = *wt;
     wt->thread = std::thread(workerMain, std::ref(ref), std::move(start), std::move(promise));
     workers_.push_back(std::move(wt));
@@ -577,6 +595,9 @@ bool Control::load(const ConfigRead& read, bool force) {
     }
     settings_ = next;
     WorkerSettings ws = workerSettings(settings_);
+    // An unavailable kernel relay asked for by the new config is logged; the proxy keeps going.
+    auto relay = resolveRelay();
+    if (relay) ws.kernel_relay = *relay;
     for (auto& w : workers_) {
       if (w->finished.load()) continue;
       w->post([&](WorkerCommand& c) {
@@ -769,6 +790,8 @@ StatsSnapshot Control::snapshot() const {
   p.draining = draining_;
   p.ready = ready();
   p.io_uring_setup_fallbacks = setup_fallbacks_;
+  p.relay = relay_in_use_;
+  p.relay_fallbacks = relay_fallbacks_;
   for (const auto& w : workers_) p.io_uring_setup_fallbacks += w->ring_fallback.load() ? 1 : 0;
   p.workers = static_cast<unsigned>(workers_.size());
   return aggregate(stats, p);
@@ -792,9 +815,51 @@ nlohmann::json Control::configDump() const {
                    {"max_connect_attempts", settings_.max_connect_attempts},
                    {"access_log", settings_.access_log},
                    {"concurrency", options_.concurrency}};
+  j["relay"] = {{"mode", settings_.relay},
+                {"in_use", relay_in_use_},
+                {"pin_dir", options_.relay_pin_dir},
+                {"kernel_unavailable", relay_error_}};
   j["draining"] = draining_;
   j["route_table"] = table_ ? table_->toJson() : nlohmann::json();
   return j;
+}
+
+Result<std::shared_ptr<const RelayMaps>> Control::resolveRelay() {
+  auto parsed = parseRelayMode(settings_.relay);
+  const RelayMode mode = parsed ? *parsed : RelayMode::kUring;
+  const std::string before = relay_in_use_;
+  std::shared_ptr<const RelayMaps> maps;
+  if (mode != RelayMode::kUring && !relay_maps_) {
+    auto opened = RelayMaps::open(options_.relay_pin_dir);
+    if (opened) {
+      relay_maps_ = std::move(*opened);
+      relay_error_.clear();
+    } else {
+      relay_error_ = opened.error().message;
+    }
+  }
+  if (mode != RelayMode::kUring && relay_maps_) maps = relay_maps_;
+  relay_in_use_ = maps ? "kernel" : "uring";
+  if (mode == RelayMode::kKernel && !maps) {
+    if (!workers_started_) {
+      return makeError(
+          fmt::format("--relay kernel: the kernel relay is unavailable: {}", relay_error_));
+    }
+    spdlog::error(
+        "relay kernel asked for but unavailable ({}); new connections keep the io_uring "
+        "relay",
+        relay_error_);
+  }
+  if (relay_in_use_ == before) return maps;
+  if (maps) {
+    spdlog::info("relay: kernel (sockmap, pins in {}) for pure L4 routes", options_.relay_pin_dir);
+  } else if (mode == RelayMode::kAuto) {
+    ++relay_fallbacks_;
+    spdlog::warn("relay: io_uring; the kernel relay is unavailable: {}", relay_error_);
+  } else {
+    spdlog::info("relay: io_uring ({})", mode == RelayMode::kUring ? "--relay uring" : "fallback");
+  }
+  return maps;
 }
 
 std::string Control::clusters() const {

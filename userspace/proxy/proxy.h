@@ -37,6 +37,7 @@ struct SettingOverrides {
   std::optional<uint32_t> max_connections;
   std::optional<std::chrono::milliseconds> tcp_keepalive;
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
+  std::optional<std::string> relay;
 };
 
 struct ProxyOptions {
@@ -48,6 +49,7 @@ struct ProxyOptions {
   // Load a config file with no YAML document in it (refused by default: see isEmptyConfig).
   bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
+  std::string relay_pin_dir = "/sys/fs/bpf/remora/relay";  // kernel relay pins (kernel_relay.h)
 };
 
 // Flags over the ProxyConfig's settings (which already sit over the defaults).

@@ -99,6 +99,8 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.resets_sent += c.resets_sent.get();
     s.workers.accept_paused += c.accept_paused.get();
     s.workers.access_log_dropped += c.access_log_dropped.get();
+    s.workers.relay_kernel += c.relay_kernel.get();
+    s.workers.relay_attach_failures += c.relay_attach_failures.get();
   }
   return s;
 }
@@ -196,6 +198,20 @@ std::string renderPrometheus(const StatsSnapshot& s) {
          "Rings created with fallback setup flags because the kernel refused the preferred ones.",
          s.process.io_uring_setup_fallbacks);
   single(out, "remora_workers", "gauge", "Worker threads (one io_uring each).", s.process.workers);
+  header(out, "remora_relay_mode", "gauge",
+         "The byte relay new L4 connections get: kernel (sockmap) or uring (user space).");
+  fmt::format_to(
+      std::back_inserter(out),
+      "remora_relay_mode{{mode=\"kernel\"}} {}\nremora_relay_mode{{mode=\"uring\"}} {}\n",
+      s.process.relay == "kernel" ? 1 : 0, s.process.relay == "kernel" ? 0 : 1);
+  single(out, "remora_relay_fallbacks_total", "counter",
+         "Times --relay auto found the kernel relay unavailable and used the io_uring relay.",
+         s.process.relay_fallbacks);
+  single(out, "remora_relay_kernel_connections_total", "counter",
+         "Connections whose bytes the kernel relayed (sockmap).", s.workers.relay_kernel);
+  single(out, "remora_relay_attach_failures_total", "counter",
+         "Connections the kernel relay refused, relayed in user space instead.",
+         s.workers.relay_attach_failures);
   return out;
 }
 

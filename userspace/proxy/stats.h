@@ -72,6 +72,10 @@ struct WorkerCounters {
   Counter resets_sent;           // reset by the proxy itself (drain deadline, unsent data)
   Counter accept_paused;         // times accepting paused at max_connections
   Counter access_log_dropped;    // access-log lines dropped on a full queue
+
+  // Kernel relay (kernel_relay.h).
+  Counter relay_kernel;           // connections handed to the kernel relay
+  Counter relay_attach_failures;  // hand-overs the kernel refused: relayed in user space
 };
 
 class WorkerStats {
@@ -117,6 +121,9 @@ struct ProcessSample {
   bool ready = false;
   uint64_t io_uring_setup_fallbacks = 0;
   unsigned workers = 0;
+  // The relay in force (kernel_relay.h): "kernel" or "uring", and how often `auto` fell back.
+  std::string relay = "uring";
+  uint64_t relay_fallbacks = 0;
 };
 
 // Sums of the per-worker counters.
@@ -129,6 +136,7 @@ struct WorkerTotals {
   uint64_t closed = 0, copied_bytes = 0, watermark_pauses = 0, timeout_idle = 0,
            timeout_half_close = 0, timeout_max_duration = 0, resets_from_client = 0,
            resets_from_upstream = 0, resets_sent = 0, accept_paused = 0, access_log_dropped = 0;
+  uint64_t relay_kernel = 0, relay_attach_failures = 0;
 };
 struct StatsSnapshot {
   std::map<EndpointKey, EndpointTotals> endpoints;

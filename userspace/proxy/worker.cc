@@ -26,7 +26,7 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       sockets_(sockets),
       stats_(stats),
       router_factory_(std::move(router_factory)),
-      settings_(settings) {
+      settings_(std::move(settings)) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -128,7 +128,8 @@ void Worker::stopAccepting(ListenerKind kind) {
 void Worker::abortAll() {
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     State s = slots_[slot].state;
-    if (s == State::kConnecting || s == State::kRelaying || s == State::kFlushing) {
+    if (s == State::kConnecting || s == State::kRelaying || s == State::kFlushing ||
+        s == State::kKernel) {
       closeConnection(slot, "aborted", /*reset=*/true);
     }
   }
@@ -153,14 +154,26 @@ void Worker::onTick() {
   tick_armed_ = false;
   now_ = std::chrono::steady_clock::now();
   const WorkerSettings& s = settings_;
+  // A kernel-relayed pair is asked whether bytes moved once it has looked quiet for half of
+  // the shortest quiet timeout: a few map lookups per pair and period, not per tick.
+  auto kernel_check = std::chrono::steady_clock::duration::max();
+  for (auto t : {s.idle_timeout, s.half_close_timeout}) {
+    if (t.count() > 0)
+      kernel_check = std::min<std::chrono::steady_clock::duration>(kernel_check, t / 2);
+  }
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     Connection& conn = slots_[slot];
     if (conn.state == State::kFlushing) {
       if (now_ >= conn.flush_deadline) closeConnection(slot, conn.outcome, /*reset=*/true);
       continue;
     }
-    if (conn.state != State::kRelaying) continue;
-    const auto quiet = now_ - conn.last_activity;
+    if (conn.state != State::kRelaying && conn.state != State::kKernel) continue;
+    auto quiet = now_ - conn.last_activity;
+    // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
+    if (conn.state == State::kKernel && quiet >= kernel_check && kernelRelayMoved(slot)) {
+      conn.last_activity = now_;
+      quiet = {};
+    }
     if (s.max_connection_duration.count() > 0 && now_ - conn.started >= s.max_connection_duration) {
       stats_.counters().timeout_max_duration.inc();
       closeConnection(slot, "max_duration");
@@ -236,6 +249,14 @@ void Worker::onCompletion(const Completion& c) {
       break;
     case Op::kShutUpstream:
       onShutdown(slot, false, c);
+      break;
+    case Op::kRelayPollClient:
+    case Op::kRelayPollUpstream:
+      onRelayPoll(slot, op == Op::kRelayPollClient, c);
+      break;
+    case Op::kRelayDrain:
+      conn.relay_drain_armed = false;
+      relayProgress(slot);
       break;
     case Op::kShutClient:
       onShutdown(slot, true, c);
@@ -414,6 +435,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     conn.counters = counters;
     counters->opened.inc();
     conn.counted_open = true;
+    if (handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
     return;
@@ -686,6 +708,7 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
 void Worker::closeConnection(uint32_t slot, const char* outcome, bool reset) {
   Connection& conn = slots_[slot];
   if (conn.state == State::kClosing || conn.state == State::kFree) return;
+  if (conn.state == State::kKernel) finishKernelRelay(slot);
   // A clean close must never pass for the end of data that did not make it.
   if (conn.request.queued() > 0 || conn.response.queued() > 0) reset = true;
   if (reset && conn.state != State::kFlushing && conn.state != State::kConnecting) {

@@ -20,6 +20,7 @@
 #include "common/ip_address.h"
 #include "loop/ring.h"
 #include "loop/user_data.h"
+#include "proxy/kernel_relay.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 #include "routing/route_table.h"
@@ -45,6 +46,8 @@ struct WorkerSettings {
   std::chrono::milliseconds max_connection_duration{0};
   // Open connections on this worker before accepting pauses (0: no limit).
   size_t max_connections = 0;
+  // The kernel relay (kernel_relay.h) for connected TCP routes; null: the io_uring relay.
+  std::shared_ptr<const RelayMaps> kernel_relay;
 };
 
 using RouterFactory =
@@ -72,6 +75,11 @@ enum class Op : uint8_t {
   kTeardown,      // shutdown -> close, or cancel + close (reset), of a connection's sockets
   kTick,          // the timeout sweep timer
   kAcceptCancel,  // cancel of a multishot accept (connection limit, drain)
+
+  // Kernel relay (worker_kernel_relay.cc).
+  kRelayPollClient,    // FIN/RST watch on the client socket
+  kRelayPollUpstream,  // FIN/RST watch on the upstream socket
+  kRelayDrain,         // timer while a FIN waits for redirected bytes to go out
 };
 
 class Worker final : public loop::CompletionHandler {
@@ -149,7 +157,8 @@ class Worker final : public loop::CompletionHandler {
   };
   // kFlushing: one side reset; the bytes it sent are still being written to the other side,
   // which is reset once they are out (or after kResetFlushLimit).
-  enum class State : uint8_t { kFree, kConnecting, kRelaying, kFlushing, kClosing };
+  // kKernel: the kernel relays the bytes (worker_kernel_relay.cc); the worker watches for FIN/RST.
+  enum class State : uint8_t { kFree, kConnecting, kRelaying, kFlushing, kClosing, kKernel };
   struct Connection {
     uint32_t generation = 1;
     State state = State::kFree;
@@ -177,6 +186,13 @@ class Worker final : public loop::CompletionHandler {
     std::chrono::steady_clock::time_point flush_deadline;  // kFlushing
     bool reset_by_client = false;                          // kFlushing: which side reset
     const char* outcome = "ok";
+    // kKernel: the pair in the relay's maps, the relay it was handed to, and what is watched.
+    RelayPair relay;
+    std::shared_ptr<const RelayMaps> relay_maps;
+    bool relay_poll[2] = {false, false};  // [0] client, [1] upstream
+    bool relay_drain_armed = false;
+    std::chrono::milliseconds relay_drain_wait{0};
+    uint64_t relay_seen_bytes = 0;  // both directions' redirected bytes at the last idle check
   };
   struct Listener {
     int fd = -1;
@@ -222,6 +238,17 @@ class Worker final : public loop::CompletionHandler {
   uint32_t allocateSlot();
   EndpointCounters* countersFor(const Connection& conn);
   void logAccess(const Connection& conn);
+  // Kernel relay (worker_kernel_relay.cc). handToKernel: true when the pair went to the kernel.
+  bool handToKernel(uint32_t slot);
+  void armRelayPoll(uint32_t slot, bool client_side);
+  void onRelayPoll(uint32_t slot, bool client_side, const loop::Completion& c);
+  // Shuts the write side of a socket whose peer sent FIN once every redirected byte reached
+  // it; closes the connection when both directions are done.
+  void relayProgress(uint32_t slot);
+  // Before the sockets close: cancels the watches, takes the pair out of the maps, counts bytes.
+  void finishKernelRelay(uint32_t slot);
+  // The idle check of a kernel-relayed connection: true when bytes moved since the last one.
+  bool kernelRelayMoved(uint32_t slot);
 
   loop::Ring& ring_;
   SocketOps& sockets_;

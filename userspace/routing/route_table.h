@@ -45,6 +45,11 @@ struct ProxySettings {
   std::chrono::milliseconds tcp_keepalive{std::chrono::minutes(5)};  // keepalive idle time
   // After SIGTERM, inbound keeps accepting this long; outbound until the drain ends.
   std::chrono::milliseconds inbound_drain_grace{std::chrono::seconds(2)};
+  // The byte relay of pure L4 routes: "auto", "kernel" or "uring" (proxy/kernel_relay.h).
+  // uring by default: through the sockmap a stalled reader's bytes pile up in the kernel without
+  // TCP backpressure (docs/PROXY.md, "Kernel relay"), so the kernel relay is opt-in until that
+  // is fixed.
+  std::string relay = "uring";
 };
 
 // One endpoint as tables built in code describe it (EndpointList::append).

@@ -4,12 +4,17 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
+#include <thread>
 
 namespace remora::test {
 namespace {
@@ -188,5 +193,24 @@ std::unique_ptr<Process> NetnsWorld::serveProbe(const Pod& pod, const std::strin
 std::string binaryPath(const std::string& name) { return std::string(REMORA_BIN_DIR) + "/" + name; }
 std::string probePath() { return REMORA_PROBE_PATH; }
 bool runningAsRoot() { return ::geteuid() == 0; }
+
+int tcpSocketIn(const std::string& netns_path) {
+  int fd = -1;
+  std::thread worker([&] {
+    int ns = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns < 0) return;
+    if (::setns(ns, CLONE_NEWNET) == 0) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ::close(ns);
+  });
+  worker.join();
+  return fd;
+}
+
+std::string readWholeFile(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 }  // namespace remora::test

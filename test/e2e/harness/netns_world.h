@@ -98,4 +98,10 @@ std::string probePath();
 // Whether the test runs as root (e2e tests skip with a printed reason otherwise).
 bool runningAsRoot();
 
+// A TCP socket made inside the namespace at `netns_path` (on a thread of its own, since setns
+// changes only the calling thread); -1 on failure. Usable from any thread afterwards.
+int tcpSocketIn(const std::string& netns_path);
+// The whole file as text ("" when it cannot be read).
+std::string readWholeFile(const std::string& path);
+
 }  // namespace remora::test

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Kernel relay for pure L4 routes (docs/PROXY.md, "Kernel relay"). The proxy puts both sockets
+ * of a connected pair into relay_socks (key: socket cookie) and names each one's peer in
+ * relay_peers; this verdict program then sends every skb a socket receives to its peer's egress,
+ * so the bytes never cross into user space. The proxy keeps the sockets: it watches them for
+ * FIN/RST and closes them. remora-init loads this object, attaches the program to relay_socks and
+ * pins the maps for the proxy's uid. */
+#include "vmlinux.h"
+
+#include <bpf/bpf_helpers.h>
+
+#include "remora_abi.h"
+
+#define SK_DROP 0
+#define SK_PASS 1
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, REMORA_RELAY_MAX_SOCKETS);
+  __type(key, __u64);
+  __type(value, __u64);
+} relay_socks SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, REMORA_RELAY_MAX_SOCKETS);
+  __type(key, __u64);
+  __type(value, struct remora_relay_peer);
+} relay_peers SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, REMORA_RC_MAX);
+  __type(key, __u32);
+  __type(value, __u64);
+} relay_counters SEC(".maps");
+
+static __always_inline void count(__u32 index, __u64 by) {
+  __u64 *value = bpf_map_lookup_elem(&relay_counters, &index);
+  if (value) *value += by;
+}
+
+SEC("sk_skb/stream_verdict")
+int remora_relay_verdict(struct __sk_buff *skb) {
+  __u64 cookie = bpf_get_socket_cookie(skb);
+  struct remora_relay_peer *peer = bpf_map_lookup_elem(&relay_peers, &cookie);
+  if (!peer) {
+    /* Not (or no longer) relayed: the bytes stay readable by the socket's owner. */
+    count(REMORA_RC_NO_PEER, 1);
+    return SK_PASS;
+  }
+  __u32 len = skb->len;
+  /* The FIN arrives as an skb of its own when it carries no data; redirected, it would be sent
+   * as an empty write after the proxy shut the peer down (EPIPE). The socket has recorded the
+   * FIN already, and the proxy propagates it. */
+  if (len == 0) return SK_DROP;
+  long verdict = bpf_sk_redirect_hash(skb, &relay_socks, &peer->peer_cookie, 0);
+  if (verdict != SK_PASS) {
+    count(REMORA_RC_REDIRECT_FAILED, 1);
+    return SK_DROP;
+  }
+  __sync_fetch_and_add(&peer->bytes, len);
+  count(REMORA_RC_REDIRECTED_BYTES, len);
+  count(REMORA_RC_REDIRECTED_SKBS, 1);
+  return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,213 @@
+#include "proxy/kernel_relay.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <fmt/format.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "remora_abi.h"
+
+namespace remora::proxy {
+namespace {
+
+static_assert(sizeof(remora_relay_peer) == 16, "bpf/remora_abi.h: struct remora_relay_peer");
+
+// Closes the fds it holds when it goes out of scope (the probe's sockets).
+class FdSet {
+ public:
+  FdSet() { fds_.fill(-1); }
+  ~FdSet() {
+    for (int fd : fds_) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  FdSet(const FdSet&) = delete;
+  FdSet& operator=(const FdSet&) = delete;
+  int& operator[](size_t i) { return fds_[i]; }
+
+ private:
+  std::array<int, 6> fds_{};
+};
+
+Result<uint64_t> socketCookie(int fd) {
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (::getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0) {
+    return errnoError("getsockopt(SO_COOKIE)");
+  }
+  return cookie;
+}
+
+// A connected loopback pair (client end, accepted end) for the probe.
+Result<void> loopbackPair(int& client, int& accepted) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listener < 0) return errnoError("probe socket");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(address);
+  const bool listening =
+      ::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      ::listen(listener, 1) == 0 &&
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &len) == 0;
+  if (!listening) {
+    auto error = errnoError("probe listener on 127.0.0.1");
+    ::close(listener);
+    return error;
+  }
+  client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (client < 0 ||
+      ::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    auto error = errnoError("probe connect on 127.0.0.1");
+    ::close(listener);
+    return error;
+  }
+  accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ::close(listener);
+  if (accepted < 0) return errnoError("probe accept");
+  return {};
+}
+
+}  // namespace
+
+Result<RelayMode> parseRelayMode(std::string_view text) {
+  if (text == "auto") return RelayMode::kAuto;
+  if (text == "kernel") return RelayMode::kKernel;
+  if (text == "uring") return RelayMode::kUring;
+  return makeError(fmt::format("'{}': expected auto, kernel or uring", text));
+}
+
+const char* relayModeName(RelayMode mode) {
+  switch (mode) {
+    case RelayMode::kAuto:
+      return "auto";
+    case RelayMode::kKernel:
+      return "kernel";
+    case RelayMode::kUring:
+      return "uring";
+  }
+  return "auto";
+}
+
+Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir) {
+  std::array<int, 3> fds{-1, -1, -1};
+  const std::array<const char*, 3> pins{kRelaySocksPin, kRelayPeersPin, kRelayCountersPin};
+  for (size_t i = 0; i < pins.size(); ++i) {
+    const std::string path = pin_dir + "/" + pins[i];
+    fds[i] = bpf_obj_get(path.c_str());
+    if (fds[i] < 0) {
+      auto error =
+          errnoError(fmt::format("opening the pinned map {} (remora-init relay install "
+                                 "pins it for the proxy's uid)",
+                                 path));
+      for (int fd : fds) {
+        if (fd >= 0) ::close(fd);
+      }
+      return error;
+    }
+  }
+  std::shared_ptr<RelayMaps> maps(new RelayMaps(fds[0], fds[1], fds[2]));
+  // Prove the whole path on loopback: insertion as this uid, the attached verdict program, the
+  // redirect. 0,1: client -> proxy; 2,3: proxy -> backend; the proxy's ends are 1 and 2.
+  FdSet s;
+  if (auto r = loopbackPair(s[0], s[1]); !r) return r.error();
+  if (auto r = loopbackPair(s[2], s[3]); !r) return r.error();
+  auto pair = maps->attach(s[1], s[2]);
+  if (!pair) return pair.error();
+  const char kByte = 'r';
+  char got = 0;
+  pollfd pfd{s[3], POLLIN, 0};
+  const bool carried = ::send(s[0], &kByte, 1, MSG_NOSIGNAL) == 1 && ::poll(&pfd, 1, 1000) == 1 &&
+                       ::recv(s[3], &got, 1, MSG_DONTWAIT) == 1 && got == kByte;
+  maps->detach(*pair);
+  if (!carried) {
+    return makeError(
+        fmt::format("the relay in {} did not carry a probe byte on loopback (is the "
+                    "verdict program attached to its sockhash?)",
+                    pin_dir));
+  }
+  return maps;
+}
+
+RelayMaps::~RelayMaps() {
+  for (int fd : {socks_, peers_, counters_}) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd) const {
+  auto client = socketCookie(client_fd);
+  if (!client) return client.error();
+  auto upstream = socketCookie(upstream_fd);
+  if (!upstream) return upstream.error();
+  RelayPair pair{*client, *upstream};
+  const remora_relay_peer to_upstream{pair.upstream_cookie, 0};
+  const remora_relay_peer to_client{pair.client_cookie, 0};
+  if (bpf_map_update_elem(peers_, &pair.client_cookie, &to_upstream, BPF_NOEXIST) != 0) {
+    return errnoError("relay peers map update");
+  }
+  if (bpf_map_update_elem(peers_, &pair.upstream_cookie, &to_client, BPF_NOEXIST) != 0) {
+    auto error = errnoError("relay peers map update");
+    bpf_map_delete_elem(peers_, &pair.client_cookie);
+    return error;
+  }
+  // The peers entries come first, so no byte is passed to the proxy in between.
+  const uint64_t client_value = static_cast<uint64_t>(client_fd);
+  const uint64_t upstream_value = static_cast<uint64_t>(upstream_fd);
+  if (bpf_map_update_elem(socks_, &pair.upstream_cookie, &upstream_value, BPF_NOEXIST) != 0 ||
+      bpf_map_update_elem(socks_, &pair.client_cookie, &client_value, BPF_NOEXIST) != 0) {
+    auto error = errnoError("relay sockhash update");
+    detach(pair);
+    return error;
+  }
+  // Bytes that arrived before the insertion wait in the receive queue until the next
+  // data-ready; setting SO_RCVLOWAT runs it now (tcp_set_rcvlowat), so they go out in order.
+  const int one = 1;
+  for (int fd : {client_fd, upstream_fd}) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0) {
+      auto error = errnoError("setsockopt(SO_RCVLOWAT) after the relay insertion");
+      detach(pair);
+      return error;
+    }
+  }
+  return pair;
+}
+
+uint64_t RelayMaps::redirected(uint64_t cookie) const {
+  remora_relay_peer peer{};
+  if (bpf_map_lookup_elem(peers_, &cookie, &peer) != 0) return 0;
+  return peer.bytes;
+}
+
+RelayBytes RelayMaps::detach(const RelayPair& pair) const {
+  RelayBytes bytes{redirected(pair.client_cookie), redirected(pair.upstream_cookie)};
+  for (uint64_t cookie : {pair.client_cookie, pair.upstream_cookie}) {
+    bpf_map_delete_elem(socks_, &cookie);
+    bpf_map_delete_elem(peers_, &cookie);
+  }
+  return bytes;
+}
+
+uint64_t tcpBytesWritten(int fd, bool connected) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  int outq = 0;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 ||
+      ::ioctl(fd, SIOCOUTQ, &outq) != 0) {
+    return 0;
+  }
+  const uint64_t acked = info.tcpi_bytes_acked - (connected && info.tcpi_bytes_acked > 0 ? 1 : 0);
+  return acked + static_cast<uint64_t>(outq);
+}
+
+}  // namespace remora::proxy

@@ -1,0 +1,164 @@
+// The worker's side of the kernel relay (kernel_relay.h, docs/PROXY.md "Kernel relay"): handing
+// a connected pair to the kernel, then watching both sockets for FIN and RST until it closes.
+// Kept apart from worker.cc, which only calls in at connect, completion, tick and close.
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+
+#include "proxy/worker.h"
+
+namespace remora::proxy {
+namespace {
+
+constexpr std::chrono::milliseconds kFirstDrainWait{1};
+constexpr std::chrono::milliseconds kMaxDrainWait{50};
+
+int socketError(int fd) {
+  int error = 0;
+  socklen_t len = sizeof(error);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0) return errno;
+  return error;
+}
+
+}  // namespace
+
+bool Worker::handToKernel(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  const std::shared_ptr<const RelayMaps>& maps = settings_.kernel_relay;
+  if (!maps) return false;
+  // Pure L4 only: a port Istio serves as HTTP (or gRPC, TLS...) stays in user space, where the
+  // L7 engine reads it.
+  if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
+      conn.decision.service != nullptr && conn.decision.service->protocol != "TCP") {
+    return false;
+  }
+  // Nothing has been read from either socket yet (receives are armed after this), so nothing
+  // is queued here: whatever the client already sent waits in its socket for the kernel.
+  auto pair = maps->attach(conn.client_fd, conn.upstream_fd);
+  if (!pair) {
+    stats_.counters().relay_attach_failures.inc();
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      spdlog::warn(
+          "kernel relay: handing a connection over failed ({}); it and any other that "
+          "fails stay in the io_uring relay (remora_relay_attach_failures_total)",
+          pair.error().message);
+    }
+    return false;
+  }
+  conn.relay = *pair;
+  conn.relay_maps = maps;
+  conn.relay_drain_wait = std::chrono::milliseconds(0);
+  conn.relay_seen_bytes = 0;
+  conn.state = State::kKernel;
+  stats_.counters().relay_kernel.inc();
+  armRelayPoll(slot, true);
+  armRelayPoll(slot, false);
+  return true;
+}
+
+void Worker::armRelayPoll(uint32_t slot, bool client_side) {
+  Connection& conn = slots_[slot];
+  // POLLERR and POLLHUP always count; POLLRDHUP until that side's FIN was seen.
+  const Direction& from = client_side ? conn.request : conn.response;
+  const uint32_t events = from.eof ? 0 : POLLRDHUP;
+  ring_.poll(client_side ? conn.client_fd : conn.upstream_fd, events,
+             tag(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot));
+  conn.relay_poll[client_side ? 0 : 1] = true;
+}
+
+void Worker::onRelayPoll(uint32_t slot, bool client_side, const loop::Completion& c) {
+  Connection& conn = slots_[slot];
+  conn.relay_poll[client_side ? 0 : 1] = false;
+  if (conn.state != State::kKernel || c.res == -ECANCELED) return;
+  const int fd = client_side ? conn.client_fd : conn.upstream_fd;
+  const uint32_t events = c.res < 0 ? POLLERR : static_cast<uint32_t>(c.res);
+  if ((events & POLLERR) != 0 || socketError(fd) != 0) {
+    // A reset (or another error) on one side: the other side is reset too, as the io_uring
+    // relay does. Bytes the kernel still held for the failed side are lost with it.
+    (client_side ? stats_.counters().resets_from_client : stats_.counters().resets_from_upstream)
+        .inc();
+    closeConnection(slot, client_side ? "client_reset" : "upstream_reset", /*reset=*/true);
+    return;
+  }
+  Direction& from = client_side ? conn.request : conn.response;
+  const bool was_eof = from.eof;
+  if ((events & (POLLRDHUP | POLLHUP)) != 0 && !from.eof) {
+    from.eof = true;
+    conn.last_activity = now_;
+    if (conn.half_closed == std::chrono::steady_clock::time_point{}) conn.half_closed = now_;
+  }
+  relayProgress(slot);
+  if (conn.state != State::kKernel) return;
+  // After HUP the socket has nothing more to say; after a FIN, io_uring reports RDHUP again at
+  // once (it always watches for it), so the socket is not watched again: a reset after its FIN
+  // shows when the other direction ends or the timeouts fire.
+  if ((events & POLLHUP) != 0 || was_eof || from.eof) return;
+  armRelayPoll(slot, client_side);
+}
+
+void Worker::relayProgress(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  if (conn.state != State::kKernel) return;  // a drain timer that outlived the relay
+  bool waiting = false;
+  for (bool from_client : {true, false}) {
+    Direction& d = from_client ? conn.request : conn.response;
+    if (!d.eof || d.shut_sent) continue;
+    const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
+    const uint64_t cookie = from_client ? conn.relay.client_cookie : conn.relay.upstream_cookie;
+    // The FIN must not overtake bytes the kernel redirected but has not yet queued on the peer.
+    if (tcpBytesWritten(to_fd, /*connected=*/from_client) < conn.relay_maps->redirected(cookie)) {
+      waiting = true;
+      continue;
+    }
+    ::shutdown(to_fd, SHUT_WR);
+    d.shut_sent = true;
+    d.shut_done = true;
+  }
+  if (conn.request.shut_sent && conn.response.shut_sent) {
+    closeConnection(slot, "ok");
+    return;
+  }
+  if (waiting && !conn.relay_drain_armed) {
+    conn.relay_drain_wait = std::clamp(conn.relay_drain_wait * 2, kFirstDrainWait, kMaxDrainWait);
+    ring_.timeout(conn.relay_drain_wait, tag(Op::kRelayDrain, slot));
+    conn.relay_drain_armed = true;
+  }
+}
+
+void Worker::finishKernelRelay(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  for (bool client_side : {true, false}) {
+    if (!conn.relay_poll[client_side ? 0 : 1]) continue;
+    // A pending poll holds the file: without the cancel, a reset close would not reset.
+    ring_.cancel(
+        tag(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot, conn.generation),
+        tag(Op::kTeardown, slot));
+  }
+  const RelayBytes bytes = conn.relay_maps->detach(conn.relay);
+  conn.request_bytes += bytes.from_client;
+  conn.response_bytes += bytes.from_upstream;
+  if (conn.counters != nullptr) {
+    conn.counters->received_bytes.add(bytes.from_client);
+    conn.counters->sent_bytes.add(bytes.from_upstream);
+  }
+  conn.relay_maps.reset();
+  conn.relay = RelayPair{};
+  // closeConnection goes on from the relaying state: nothing is queued in user space.
+  conn.state = State::kRelaying;
+}
+
+bool Worker::kernelRelayMoved(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  const uint64_t now = conn.relay_maps->redirected(conn.relay.client_cookie) +
+                       conn.relay_maps->redirected(conn.relay.upstream_cookie);
+  const bool moved = now != conn.relay_seen_bytes;
+  conn.relay_seen_bytes = now;
+  return moved;
+}
+
+}  // namespace remora::proxy
