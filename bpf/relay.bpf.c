@@ -5,8 +5,9 @@
  * so the bytes never cross into user space. The proxy keeps the sockets: it watches them for
  * FIN/RST and closes them. remora-init loads this object, attaches the program to relay_socks and
  * pins the maps for the proxy's uid. */
-#include "vmlinux.h"
-
+// clang-format off
+#include "vmlinux.h"  // first: the kernel types every other header uses
+// clang-format on
 #include <bpf/bpf_helpers.h>
 
 #include "remora_abi.h"
@@ -36,14 +37,14 @@ struct {
 } relay_counters SEC(".maps");
 
 static __always_inline void count(__u32 index, __u64 by) {
-  __u64 *value = bpf_map_lookup_elem(&relay_counters, &index);
+  __u64* value = bpf_map_lookup_elem(&relay_counters, &index);
   if (value) *value += by;
 }
 
 SEC("sk_skb/stream_verdict")
-int remora_relay_verdict(struct __sk_buff *skb) {
+int remora_relay_verdict(struct __sk_buff* skb) {
   __u64 cookie = bpf_get_socket_cookie(skb);
-  struct remora_relay_peer *peer = bpf_map_lookup_elem(&relay_peers, &cookie);
+  struct remora_relay_peer* peer = bpf_map_lookup_elem(&relay_peers, &cookie);
   if (!peer) {
     /* Not (or no longer) relayed: the bytes stay readable by the socket's owner. */
     count(REMORA_RC_NO_PEER, 1);

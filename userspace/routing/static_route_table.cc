@@ -113,7 +113,7 @@ nlohmann::json toJson(const ProxySettings& settings) {
 StaticRouteTable::StaticRouteTable(ProxySettings settings, uint64_t generation,
                                    std::vector<ServicePortEntry> entries,
                                    std::vector<Finding> findings)
-    : settings_(settings),
+    : settings_(std::move(settings)),
       generation_(generation),
       entries_(std::move(entries)),
       findings_(std::move(findings)) {}
@@ -122,8 +122,8 @@ Result<std::shared_ptr<const StaticRouteTable>> StaticRouteTable::create(
     ProxySettings settings, uint64_t generation, std::vector<ServicePortEntry> entries,
     std::vector<Finding> findings) {
   // make_shared cannot reach the private constructor.
-  std::shared_ptr<StaticRouteTable> table(
-      new StaticRouteTable(settings, generation, std::move(entries), std::move(findings)));
+  std::shared_ptr<StaticRouteTable> table(new StaticRouteTable(
+      std::move(settings), generation, std::move(entries), std::move(findings)));
   auto& index = table->services_;
   size_t keys = 0;
   for (const auto& entry : table->entries_) keys += entry.cluster_ips.size();
