@@ -8,7 +8,9 @@
 // Parsing model: feed() consumes bytes and stops at each event (head complete, a span of body
 // data, message complete, error), returning how many bytes it consumed. The caller feeds the
 // rest of its buffer again, so pipelined requests come out one at a time and the caller can
-// route each before resuming. Every input byte is consumed by exactly one step.
+// route each before resuming. Every input byte is consumed by exactly one step. Steps may
+// consume nothing (kMessageComplete right after a bodiless kHead): after kHead and kBody, call
+// feed() again even when no input is left, until it returns kNeedMore or kMessageComplete.
 //
 // Zero copy: the head (start line and fields, bounded by Limits) is copied once into the
 // MessageHead; body data is handed out as views into the bytes passed to feed().
@@ -98,8 +100,9 @@ class MessageHead {
   // Requests.
   std::string_view method() const { return view(method_); }  // case-sensitive token
   std::string_view target() const { return view(target_); }  // request-target as sent
-  std::string_view path() const { return view(path_); }      // target up to '?', "/" for "*"
-  std::string_view query() const { return view(query_); }    // after '?', may be empty
+  // The target's path (absolute-form: after the authority), "*" for OPTIONS *, "/" when empty.
+  std::string_view path() const { return path_.len != 0 ? view(path_) : "/"; }
+  std::string_view query() const { return view(query_); }  // after '?', may be empty
   // Host, or the authority of an absolute-form target (which then wins, RFC 9112 3.2.2).
   std::string_view authority() const { return view(authority_); }
   bool isHead() const { return method() == "HEAD"; }
@@ -188,7 +191,7 @@ class Parser {
   const MessageHead& head() const { return head_; }
   ParseError error() const { return error_; }
   // Between messages: no byte of the next message has been consumed yet.
-  bool idle() const { return state_ == State::kStartLine && line_.empty() && line_bytes_ == 0; }
+  bool idle() const;
   // Body bytes (de-chunked) of the current message so far.
   uint64_t bodyBytes() const { return body_bytes_; }
 
@@ -196,7 +199,7 @@ class Parser {
   enum class State : uint8_t {
     kStartLine,
     kFieldLine,
-    kBodyLength,
+    kBodyLength,  // also kNone / kTunnel framing, with nothing remaining
     kChunkSize,
     kChunkData,
     kChunkDataEnd,
@@ -206,15 +209,28 @@ class Parser {
     kTunnel,
     kFailed,
   };
+  // What the fields of the head being parsed said, for finishHead.
+  struct HeadFlags {
+    MessageHead::Span host_value;
+    bool content_length = false;
+    bool transfer_encoding = false;
+    bool chunked = false;  // Transfer-Encoding's final coding is chunked
+    bool host = false;
+    bool target_authority = false;  // absolute-form or CONNECT target
+    bool conn_close = false;
+    bool conn_keep_alive = false;
+    bool conn_upgrade = false;
+    bool upgrade_field = false;
+    bool expect_continue = false;
+  };
   Step fail(ParseError e, size_t consumed);
-  Step headDone(size_t consumed);
-  // Consumes one CRLF-terminated line of `bytes` into line_; returns the bytes consumed and
-  // sets *complete when the line (without CRLF) is in line_.
-  size_t takeLine(std::string_view bytes, size_t limit, ParseError too_long, bool* complete);
-  ParseError parseStartLine(std::string_view line);
+  void startMessage();
+  void messageDone();
+  MessageHead::Span spanOf(std::string_view part) const;  // part lies in head_.raw_
   ParseError parseRequestLine(std::string_view line);
   ParseError parseStatusLine(std::string_view line);
   ParseError parseFieldLine(std::string_view line, bool trailer);
+  ParseError noteField(std::string_view name, std::string_view value, std::string_view untrimmed);
   ParseError finishHead();
   ParseError parseChunkLine(std::string_view line);
 
@@ -223,13 +239,15 @@ class Parser {
   State state_ = State::kStartLine;
   ParseError error_ = ParseError::kNone;
   MessageHead head_;
-  std::string line_;       // the line being assembled when it spans feeds
-  size_t line_bytes_ = 0;  // bytes of the current line seen so far (CR/LF included)
-  bool pending_cr_ = false;
+  HeadFlags flags_;
+  std::string line_;       // a chunk or trailer line split across feeds
+  size_t line_start_ = 0;  // offset in head_.raw_ of the head line being read
+  size_t skipped_ = 0;     // empty lines before the start line
   size_t trailer_count_ = 0;
   size_t trailer_bytes_ = 0;
   uint64_t remaining_ = 0;  // body or chunk bytes left
   uint64_t body_bytes_ = 0;
+  int chunk_end_ = 0;  // bytes of the CRLF after chunk data seen
   bool responding_to_head_ = false;
   bool responding_to_connect_ = false;
 };
