@@ -401,11 +401,11 @@ Step Parser::feed(std::string_view bytes) {
         if (line.empty() || line.back() != '\r') return fail(ParseError::kBareLf, pos);
         line.remove_suffix(1);
         ParseError err = lineControls(line);
-        if (err == ParseError::kNone) {
-          err = state_ == State::kChunkSize ? parseChunkLine(line) : ParseError::kNone;
-        }
         if (err != ParseError::kNone) return fail(err, pos);
-        if (state_ == State::kTrailer) {
+        if (state_ == State::kChunkSize) {
+          err = parseChunkLine(line);  // moves to kChunkData or kTrailer
+          if (err != ParseError::kNone) return fail(err, pos);
+        } else {
           trailer_bytes_ += line.size() + 2;
           if (line.empty()) {
             line_.clear();

@@ -94,8 +94,11 @@ void appendForwardedFields(std::string& out, const MessageHead& head, bool keep_
   bool has_connection = head.has("connection");
   for (size_t i = 0; i < head.headerCount(); ++i) {
     HeaderField f = head.header(i);
-    if (isHopByHop(f.name) && !(keep_upgrade && equalsIgnoreCase(f.name, "upgrade"))) continue;
-    if (has_connection && namedByConnection(head, f.name)) continue;
+    if (keep_upgrade && equalsIgnoreCase(f.name, "upgrade")) {
+      appendField(out, f.name, f.value);
+      continue;
+    }
+    if (isHopByHop(f.name) || (has_connection && namedByConnection(head, f.name))) continue;
     if (head.framing() == Framing::kContentLength && equalsIgnoreCase(f.name, "content-length")) {
       continue;
     }
