@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
 #include <string>
 
 #include "http/codec.h"
@@ -666,6 +667,16 @@ TEST(HttpCodecSerializer, ErrorRepliesMatchTheirStatus) {
     EXPECT_FALSE(t.messages[0].keep_alive);
     EXPECT_NE(errorName(err), "unknown");
   }
+  // The name table follows the enum's order.
+  EXPECT_EQ(errorName(ParseError::kNone), "none");
+  EXPECT_EQ(errorName(ParseError::kObsFold), "obs_fold");
+  EXPECT_EQ(errorName(ParseError::kContentLengthWithTransferEncoding), "cl_te");
+  EXPECT_EQ(errorName(ParseError::kAfterTunnel), "after_tunnel");
+  std::set<std::string_view> names;
+  for (int e = 0; e <= static_cast<int>(ParseError::kAfterTunnel); ++e) {
+    names.insert(errorName(static_cast<ParseError>(e)));
+  }
+  EXPECT_EQ(names.size(), static_cast<size_t>(ParseError::kAfterTunnel) + 1);
   EXPECT_EQ(httpStatus(ParseError::kRequestLineTooLong), 414);
   EXPECT_EQ(httpStatus(ParseError::kTooManyHeaders), 431);
   EXPECT_EQ(httpStatus(ParseError::kHeadersTooLarge), 431);

@@ -1,6 +1,7 @@
 #include "http/codec.h"
 
 #include <cstring>
+#include <iterator>
 
 #include "http/chars.h"
 
@@ -90,121 +91,61 @@ int httpStatus(ParseError e) {
   }
 }
 
-std::string_view errorName(ParseError e) {
-  switch (e) {
-    case ParseError::kNone:
-      return "none";
-    case ParseError::kRequestLineTooLong:
-      return "request_line_too_long";
-    case ParseError::kHeadersTooLarge:
-      return "headers_too_large";
-    case ParseError::kTooManyHeaders:
-      return "too_many_headers";
-    case ParseError::kUnsupportedVersion:
-      return "unsupported_version";
-    case ParseError::kBadRequestLine:
-      return "bad_request_line";
-    case ParseError::kBadStatusLine:
-      return "bad_status_line";
-    case ParseError::kBareCr:
-      return "bare_cr";
-    case ParseError::kBareLf:
-      return "bare_lf";
-    case ParseError::kNulByte:
-      return "nul_byte";
-    case ParseError::kInvalidHeaderName:
-      return "invalid_header_name";
-    case ParseError::kWhitespaceBeforeColon:
-      return "whitespace_before_colon";
-    case ParseError::kObsFold:
-      return "obs_fold";
-    case ParseError::kInvalidHeaderValue:
-      return "invalid_header_value";
-    case ParseError::kMissingColon:
-      return "missing_colon";
-    case ParseError::kContentLengthWithTransferEncoding:
-      return "cl_te";
-    case ParseError::kInvalidContentLength:
-      return "invalid_content_length";
-    case ParseError::kConflictingContentLength:
-      return "conflicting_content_length";
-    case ParseError::kBadTransferEncoding:
-      return "bad_transfer_encoding";
-    case ParseError::kMissingHost:
-      return "missing_host";
-    case ParseError::kConflictingHost:
-      return "conflicting_host";
-    case ParseError::kInvalidChunkSize:
-      return "invalid_chunk_size";
-    case ParseError::kInvalidChunkExtension:
-      return "invalid_chunk_extension";
-    case ParseError::kMissingChunkEnd:
-      return "missing_chunk_end";
-    case ParseError::kTruncated:
-      return "truncated";
-    case ParseError::kAfterTunnel:
-      return "after_tunnel";
-  }
-  return "unknown";
+namespace {
+
+struct ErrorText {
+  std::string_view name;
+  std::string_view sentence;
+};
+
+// Indexed by ParseError, in its order.
+constexpr ErrorText kErrorTexts[] = {
+    {"none", "no error"},                                                    // kNone
+    {"request_line_too_long", "the request line is longer than the limit"},  // kRequestLineTooLong
+    {"headers_too_large", "the request head is larger than the limit"},      // kHeadersTooLarge
+    {"too_many_headers", "the message has more header fields than the limit"},  // kTooManyHeaders
+    {"unsupported_version", "only HTTP/1.0 and HTTP/1.1 are accepted"},  // kUnsupportedVersion
+    {"bad_request_line",
+     "malformed request line (method SP request-target SP HTTP/1.x)"},  // kBadRequestLine
+    {"bad_status_line", "malformed status line"},                       // kBadStatusLine
+    {"bare_cr", "a CR not followed by LF"},                             // kBareCr
+    {"bare_lf", "a line ends in LF without CR"},                        // kBareLf
+    {"nul_byte", "a NUL byte in the message head"},                     // kNulByte
+    {"invalid_header_name",
+     "a header field name with a byte outside token characters"},  // kInvalidHeaderName
+    {"whitespace_before_colon",
+     "whitespace between a header field name and its colon"},  // kWhitespaceBeforeColon
+    {"obs_fold", "obsolete line folding (a field line starting with whitespace)"},  // kObsFold
+    {"invalid_header_value", "a control byte in a header field value"},  // kInvalidHeaderValue
+    {"missing_colon", "a header field line without a colon"},            // kMissingColon
+    {"cl_te", "both Content-Length and Transfer-Encoding"},  // kContentLengthWithTransferEncoding
+    {"invalid_content_length",
+     "a Content-Length that is not a decimal number"},  // kInvalidContentLength
+    {"conflicting_content_length",
+     "several differing Content-Length values"},  // kConflictingContentLength
+    {"bad_transfer_encoding",
+     "a Transfer-Encoding whose final coding is not exactly chunked"},  // kBadTransferEncoding
+    {"missing_host", "an HTTP/1.1 request without Host"},               // kMissingHost
+    {"conflicting_host", "several Host fields, or a malformed one"},    // kConflictingHost
+    {"invalid_chunk_size", "a malformed or too large chunk size"},      // kInvalidChunkSize
+    {"invalid_chunk_extension",
+     "a malformed or too long chunk extension"},                        // kInvalidChunkExtension
+    {"missing_chunk_end", "chunk data not followed by CRLF"},           // kMissingChunkEnd
+    {"truncated", "the connection closed in the middle of a message"},  // kTruncated
+    {"after_tunnel", "bytes after the connection became a tunnel"},     // kAfterTunnel
+};
+static_assert(std::size(kErrorTexts) == static_cast<size_t>(ParseError::kAfterTunnel) + 1,
+              "one row per ParseError");
+
+const ErrorText& errorText(ParseError e) {
+  auto i = static_cast<size_t>(e);
+  return kErrorTexts[i < std::size(kErrorTexts) ? i : 0];
 }
 
-std::string_view describe(ParseError e) {
-  switch (e) {
-    case ParseError::kNone:
-      return "no error";
-    case ParseError::kRequestLineTooLong:
-      return "the request line is longer than the limit";
-    case ParseError::kHeadersTooLarge:
-      return "the request head is larger than the limit";
-    case ParseError::kTooManyHeaders:
-      return "the message has more header fields than the limit";
-    case ParseError::kUnsupportedVersion:
-      return "only HTTP/1.0 and HTTP/1.1 are accepted";
-    case ParseError::kBadRequestLine:
-      return "malformed request line (method SP request-target SP HTTP/1.x)";
-    case ParseError::kBadStatusLine:
-      return "malformed status line";
-    case ParseError::kBareCr:
-      return "a CR not followed by LF";
-    case ParseError::kBareLf:
-      return "a line ends in LF without CR";
-    case ParseError::kNulByte:
-      return "a NUL byte in the message head";
-    case ParseError::kInvalidHeaderName:
-      return "a header field name with a byte outside token characters";
-    case ParseError::kWhitespaceBeforeColon:
-      return "whitespace between a header field name and its colon";
-    case ParseError::kObsFold:
-      return "obsolete line folding (a field line starting with whitespace)";
-    case ParseError::kInvalidHeaderValue:
-      return "a control byte in a header field value";
-    case ParseError::kMissingColon:
-      return "a header field line without a colon";
-    case ParseError::kContentLengthWithTransferEncoding:
-      return "both Content-Length and Transfer-Encoding";
-    case ParseError::kInvalidContentLength:
-      return "a Content-Length that is not a decimal number";
-    case ParseError::kConflictingContentLength:
-      return "several differing Content-Length values";
-    case ParseError::kBadTransferEncoding:
-      return "a Transfer-Encoding whose final coding is not exactly chunked";
-    case ParseError::kMissingHost:
-      return "an HTTP/1.1 request without Host";
-    case ParseError::kConflictingHost:
-      return "several Host fields, or a malformed one";
-    case ParseError::kInvalidChunkSize:
-      return "a malformed or too large chunk size";
-    case ParseError::kInvalidChunkExtension:
-      return "a malformed or too long chunk extension";
-    case ParseError::kMissingChunkEnd:
-      return "chunk data not followed by CRLF";
-    case ParseError::kTruncated:
-      return "the connection closed in the middle of a message";
-    case ParseError::kAfterTunnel:
-      return "bytes after the connection became a tunnel";
-  }
-  return "unknown error";
-}
+}  // namespace
+
+std::string_view errorName(ParseError e) { return errorText(e).name; }
+std::string_view describe(ParseError e) { return errorText(e).sentence; }
 
 // ---------------------------------------------------------------------------------------------
 // MessageHead

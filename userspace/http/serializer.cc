@@ -172,98 +172,62 @@ void writeChunk(std::string_view data, std::string& out) {
 
 void writeLastChunk(std::string& out) { out.append("0\r\n\r\n"); }
 
-std::string_view reasonPhrase(int status) {
-  switch (status) {
-    case 100:
-      return "Continue";
-    case 101:
-      return "Switching Protocols";
-    case 200:
-      return "OK";
-    case 201:
-      return "Created";
-    case 202:
-      return "Accepted";
-    case 204:
-      return "No Content";
-    case 301:
-      return "Moved Permanently";
-    case 302:
-      return "Found";
-    case 303:
-      return "See Other";
-    case 304:
-      return "Not Modified";
-    case 307:
-      return "Temporary Redirect";
-    case 308:
-      return "Permanent Redirect";
-    case 400:
-      return "Bad Request";
-    case 401:
-      return "Unauthorized";
-    case 403:
-      return "Forbidden";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 408:
-      return "Request Timeout";
-    case 413:
-      return "Content Too Large";
-    case 414:
-      return "URI Too Long";
-    case 429:
-      return "Too Many Requests";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 500:
-      return "Internal Server Error";
-    case 501:
-      return "Not Implemented";
-    case 502:
-      return "Bad Gateway";
-    case 503:
-      return "Service Unavailable";
-    case 504:
-      return "Gateway Timeout";
-    case 505:
-      return "HTTP Version Not Supported";
-    default:
-      return "";
+namespace {
+
+struct StatusText {
+  int status;
+  std::string_view reason;
+  std::string_view body;  // for the statuses the proxy answers itself
+};
+
+constexpr StatusText kStatusTexts[] = {
+    {100, "Continue", ""},
+    {101, "Switching Protocols", ""},
+    {200, "OK", ""},
+    {201, "Created", ""},
+    {202, "Accepted", ""},
+    {204, "No Content", ""},
+    {301, "Moved Permanently", ""},
+    {302, "Found", ""},
+    {303, "See Other", ""},
+    {304, "Not Modified", ""},
+    {307, "Temporary Redirect", ""},
+    {308, "Permanent Redirect", ""},
+    {400, "Bad Request", "bad request\n"},
+    {401, "Unauthorized", ""},
+    {403, "Forbidden", "access denied\n"},
+    {404, "Not Found", "no route for this request\n"},
+    {405, "Method Not Allowed", ""},
+    {408, "Request Timeout", "request timeout\n"},
+    {413, "Content Too Large", "request body too large\n"},
+    {414, "URI Too Long", "request URI too long\n"},
+    {429, "Too Many Requests", ""},
+    {431, "Request Header Fields Too Large", "request header fields too large\n"},
+    {500, "Internal Server Error", "internal error\n"},
+    {501, "Not Implemented", ""},
+    {502, "Bad Gateway", "upstream sent an invalid response or reset the connection\n"},
+    {503, "Service Unavailable", "no upstream available\n"},
+    {504, "Gateway Timeout", "upstream request timeout\n"},
+    {505, "HTTP Version Not Supported", "HTTP version not supported\n"},
+};
+
+const StatusText* statusText(int status) {
+  for (const StatusText& t : kStatusTexts) {
+    if (t.status == status) return &t;
   }
+  return nullptr;
+}
+
+}  // namespace
+
+std::string_view reasonPhrase(int status) {
+  const StatusText* t = statusText(status);
+  return t != nullptr ? t->reason : "";
 }
 
 std::string_view defaultBody(int status) {
-  switch (status) {
-    case 400:
-      return "bad request\n";
-    case 403:
-      return "access denied\n";
-    case 404:
-      return "no route for this request\n";
-    case 408:
-      return "request timeout\n";
-    case 413:
-      return "request body too large\n";
-    case 414:
-      return "request URI too long\n";
-    case 431:
-      return "request header fields too large\n";
-    case 500:
-      return "internal error\n";
-    case 502:
-      return "upstream sent an invalid response or reset the connection\n";
-    case 503:
-      return "no upstream available\n";
-    case 504:
-      return "upstream request timeout\n";
-    case 505:
-      return "HTTP version not supported\n";
-    default:
-      return "";
-  }
+  const StatusText* t = statusText(status);
+  return t != nullptr ? t->body : "";
 }
 
 void writeLocalReply(const LocalReply& reply, std::string& out) {
