@@ -7,3 +7,10 @@ target_link_libraries(http_codec_test PRIVATE remora_http http_parser::http_pars
   GTest::gtest GTest::gtest_main)
 gtest_discover_tests(http_codec_test TEST_PREFIX "http_codec." PROPERTIES LABELS unit
   DISCOVERY_TIMEOUT 30)
+
+# Codec cost per request, side by side with libhttp-parser (label bench, not run by default):
+# ctest --test-dir BUILD -R bench.http_codec -V
+add_executable(http-codec-bench ${PROJECT_SOURCE_DIR}/test/bench/http_codec_bench.cc)
+target_link_libraries(http-codec-bench PRIVATE remora_http http_parser::http_parser)
+add_test(NAME bench.http_codec COMMAND http-codec-bench --seconds 1)
+set_tests_properties(bench.http_codec PROPERTIES LABELS bench RUN_SERIAL TRUE TIMEOUT 120)
