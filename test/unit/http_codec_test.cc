@@ -330,6 +330,11 @@ TEST(HttpCodecBody, TruncatedBodyOnClose) {
   EXPECT_EQ(head.error, ParseError::kTruncated);
   Transcript idle = runWhole(Kind::kRequest, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
   EXPECT_EQ(idle.error, ParseError::kNone);
+  // The extra CRLF some clients send after a body, then the close: not an error.
+  Transcript crlf =
+      runWhole(Kind::kRequest, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx\r\n");
+  EXPECT_EQ(crlf.error, ParseError::kNone);
+  EXPECT_EQ(crlf.messages.size(), 1u);
 }
 
 TEST(HttpCodecBody, BodySpansAreViewsIntoInput) {
@@ -629,6 +634,18 @@ TEST(HttpCodecSerializer, ResponseHead) {
   std::string out2;
   writeResponseHead(until_close, {}, out2);
   EXPECT_EQ(out2, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+  // An HTTP/1.0 client kept alive is told so; a close wins over it.
+  Parser k(Kind::kResponse);
+  MessageHead kept = parseHead("HTTP/1.1 204 No Content\r\n\r\n", k);
+  ResponseHeadOptions ka;
+  ka.keep_alive_http10 = true;
+  std::string out3;
+  writeResponseHead(kept, ka, out3);
+  EXPECT_EQ(out3, "HTTP/1.1 204 No Content\r\nconnection: keep-alive\r\n\r\n");
+  ka.close = true;
+  out3.clear();
+  writeResponseHead(kept, ka, out3);
+  EXPECT_EQ(out3, "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
 }
 
 TEST(HttpCodecSerializer, LocalReplies) {

@@ -289,6 +289,9 @@ struct ResponseHeadOptions {
   const HeaderEdits* edits = nullptr;
   std::vector<HeaderField> extra;
   bool close = false;  // the proxy closes the downstream connection after it: "connection: close"
+  // The client spoke HTTP/1.0 and asked for keep-alive: "connection: keep-alive", without which
+  // it would expect the close (ignored with close, or when the body runs to the close).
+  bool keep_alive_http10 = false;
 };
 
 // Writes the head of `response` for the client: "HTTP/1.1 status reason", the fields with the

@@ -155,6 +155,8 @@ void writeResponseHead(const MessageHead& response, const ResponseHeadOptions& o
     out.append("connection: upgrade\r\n");
   } else if (options.close || response.framing() == Framing::kUntilClose) {
     out.append("connection: close\r\n");
+  } else if (options.keep_alive_http10) {
+    out.append("connection: keep-alive\r\n");
   }
   if (response.framing() == Framing::kContentLength) {
     appendContentLength(out, response.contentLength());
