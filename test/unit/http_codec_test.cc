@@ -163,6 +163,10 @@ std::vector<Case> requestCases() {
        ParseError::kInvalidChunkExtension},
       {"chunk size overflow", chunked_post + "10000000000000000\r\nx\r\n0\r\n\r\n",
        ParseError::kInvalidChunkSize},
+      {"chunk sizes in every hex digit",
+       chunked_post + "F\r\n" + rep('a', 15) + "\r\nf\r\n" + rep('b', 15) + "\r\n1aB\r\n" +
+           rep('c', 0x1ab) + "\r\n9\r\n" + rep('d', 9) + "\r\n0\r\n\r\n",
+       ParseError::kNone},
       {"chunk size with leading zeros", chunked_post + "0000005\r\nhello\r\n0\r\n\r\n",
        ParseError::kNone},
       {"chunk ext without ;", chunked_post + "5 a\r\nhello\r\n0\r\n\r\n",
