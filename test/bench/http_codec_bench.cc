@@ -8,7 +8,7 @@
 //                   edit) + parse of a 295-byte response + writeResponseHead: the codec work
 //                   the proxy does per request (body bytes are views, not copied)
 //
-// Usage: http-codec-bench [--seconds S]   (default 1 s per figure)
+// Usage: http-codec-bench [--seconds S]   (default 1 s per figure, the best of 5 rounds)
 #include <http_parser.h>
 
 #include <chrono>
@@ -76,22 +76,30 @@ int hpSpan(http_parser* p, const char* at, size_t len) {
   return 0;
 }
 
+// The best of 5 rounds of seconds/5 each: on a shared machine the fastest round is the one
+// least disturbed by other work.
 template <typename Fn>
 double nsPerRequest(double seconds, Fn&& fn) {
-  size_t requests = 0;
-  auto start = Clock::now();
-  auto deadline = start + std::chrono::duration<double>(seconds);
-  auto now = start;
-  while (now < deadline) {
-    for (int i = 0; i < 1000; ++i) requests += fn();
-    now = Clock::now();
+  constexpr int kRounds = 5;
+  double best = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    size_t requests = 0;
+    auto start = Clock::now();
+    auto deadline = start + std::chrono::duration<double>(seconds / kRounds);
+    auto now = start;
+    while (now < deadline) {
+      for (int i = 0; i < 1000; ++i) requests += fn();
+      now = Clock::now();
+    }
+    if (requests == 0) {
+      std::fprintf(stderr, "no request completed: the benchmark input does not parse\n");
+      std::exit(1);
+    }
+    double ns = std::chrono::duration<double, std::nano>(now - start).count() /
+                static_cast<double>(requests);
+    if (round == 0 || ns < best) best = ns;
   }
-  if (requests == 0) {
-    std::fprintf(stderr, "no request completed: the benchmark input does not parse\n");
-    std::exit(1);
-  }
-  return std::chrono::duration<double, std::nano>(now - start).count() /
-         static_cast<double>(requests);
+  return best;
 }
 
 void report(const char* workload, double seconds, const std::string& input) {
