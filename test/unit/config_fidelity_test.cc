@@ -107,14 +107,8 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(all(*table).find("sessionAffinity"), std::string::npos) << all(*table);
   expectFinding(*table, Severity::kInfo, {"skipped 1 object of kind Deployment (apps/v1)"});
   expectFinding(*table, Severity::kInfo, {"ServiceAccount (v1)"});
-  // The jason route is skipped and says where its requests go instead.
-  expectFinding(*table, Severity::kWarning,
-                {"(VirtualService bookinfo/reviews)", "spec.http[0]", afterBookinfo(9),
-                 "matching on headers is not applied yet", "follow spec.http[1]"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1].fault", "fault injection is not applied yet"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1]", "applied per connection", "reviews.bookinfo port 9080"});
+  // The jason route and the fault are applied per request now: no finding about them.
+  EXPECT_EQ(all(*table).find("spec.http"), std::string::npos) << all(*table);
   expectFinding(
       *table, Severity::kWarning,
       {"(DestinationRule bookinfo/reviews)", "spec.trafficPolicy.tls", "connects in plaintext"});
@@ -126,6 +120,7 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(http->subsets[http->route[0].subset_index].name, "v1");
   EXPECT_EQ(http->route[0].weight, 80u);
   EXPECT_EQ(http->route[1].weight, 20u);
+  ASSERT_EQ(http->http_routes.size(), 2u);  // the model itself: http_route_test
   const ServicePort* tcp = table->find(addr("10.1.122.241:9999"));
   ASSERT_NE(tcp, nullptr);
   EXPECT_EQ(tcp->protocol, "TCP");

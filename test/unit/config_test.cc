@@ -472,9 +472,12 @@ spec:
 )") + kSubsets));
   ASSERT_TRUE(table);
   const ServicePort* port = table->find(addr("10.1.122.241:9999"));
-  ASSERT_EQ(port->subsets.size(), 1u);
-  EXPECT_EQ(port->subsets[0].name, "v1");
+  // Per connection (the fallback when a connection is not parsed as HTTP/1.1) only the
+  // catch-all can apply; per request both routes do, in order (http_route_test checks them).
+  ASSERT_EQ(port->route.size(), 1u);
+  EXPECT_EQ(port->subsets[port->route[0].subset_index].name, "v1");
   EXPECT_EQ(port->route[0].weight, 100u);
+  EXPECT_EQ(port->http_routes.size(), 2u);
 }
 
 TEST(Istio, HttpRouteMatchedByPortOnAnHttpPort) {

@@ -87,16 +87,13 @@ struct HeaderOpsPair {
   HeaderOps response;
 };
 
-// Where a request (or its mirror) goes: a subset of this ServicePort or of another one.
+// Where a request (or its mirror) goes: one of the ServicePort's subsets. A destination on
+// another Service (or another port) is a subset of this ServicePort too, holding that port's
+// endpoints and its DestinationRule's settings, as the L4 route does.
 struct HttpDestination {
-  static constexpr uint32_t kSamePort = UINT32_MAX;
-  std::string host;  // as written in the VirtualService, for dumps
-  std::string subset_name;
-  // Index of the target ServicePort in the builder's entry list; kSamePort for the port the
-  // route is on. StaticRouteTable::create resolves it into `service`.
-  uint32_t service_index = kSamePort;
-  const ServicePort* service = nullptr;  // nullptr: the ServicePort that holds the route
-  uint32_t subset_index = 0;             // into the target ServicePort's subsets
+  std::string host;           // as written in the VirtualService, for dumps
+  std::string subset_name;    // as written; the subset's own name may be "host/subset"
+  uint32_t subset_index = 0;  // into ServicePort::subsets
 };
 
 struct HttpRouteDestination {
@@ -272,6 +269,11 @@ bool matches(const HttpMatch& match, const RequestView& request);
 // "/", as in Envoy).
 std::string rewritePath(const HttpRewrite& rewrite, const HttpMatch* matched,
                         std::string_view path);
+
+// Sets rewrite.uri_regex from uriRegexRewrite: `pattern` (RE2, applied to every match in the
+// path) and `replacement` (\1-style groups). Fails on a bad pattern or a group it lacks.
+Result<void> setUriRegexRewrite(HttpRewrite& rewrite, std::string_view pattern,
+                                std::string_view replacement);
 
 // "5xx,gateway-error,503" → RetryOn bits and codes; unknown names are returned in `unknown`.
 struct ParsedRetryOn {

@@ -76,7 +76,9 @@ struct ServicePort {
   std::string app_protocol;           // spec.ports[].appProtocol, empty when unset
   std::string protocol = "TCP";       // as Istio selects it: "HTTP", "HTTP2", "GRPC", "TCP", ...
   // VirtualService http[] routes for this port, in order (first match wins). Empty: the port is
-  // routed per connection by `route` alone (no VirtualService, tcp routes only, or not HTTP).
+  // routed per connection by `route` alone (no VirtualService, tcp routes only, or not an
+  // HTTP/1.1 port). On a port with no declared protocol ("auto") they apply to connections
+  // sniffed as HTTP/1.x, and `route` (spec.tcp, else the Service's endpoints) to the rest.
   std::vector<HttpRoute> http_routes;
 };
 
