@@ -71,6 +71,9 @@ std::vector<Case> requestCases() {
        ParseError::kNone},
       {"empty value, no space", "GET / HTTP/1.1\r\nHost:a\r\nX-Empty:\r\n\r\n", ParseError::kNone},
       {"100 fields", hundred_headers, ParseError::kNone},
+      // A longer name is another field (libhttp-parser 2.9.4 takes it for Transfer-Encoding).
+      {"transfer-encoding lookalike", post + "Transfer-Encodingx: 1\r\nContent-Length: 2\r\n\r\nhi",
+       ParseError::kNone},
       // CL / TE (RFC 9112 6.1, 6.3).
       {"cl then te", post + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
        ParseError::kContentLengthWithTransferEncoding},
@@ -257,6 +260,7 @@ TEST(HttpCodecConformance, LibHttpParserAgreesOnAcceptedRequests) {
     Transcript t = runWhole(Kind::kRequest, c.input, false);
     ASSERT_EQ(t.messages.size(), 1u) << c.name;
     if (t.messages[0].upgrade) continue;  // libhttp-parser stops at an upgrade
+    if (std::string_view(c.name) == "transfer-encoding lookalike") continue;  // its bug
     if (testing::hasContentLengthList(t.messages[0])) {
       continue;  // it refuses a repeated Content-Length, which RFC 9110 8.6 allows if identical
     }
@@ -444,6 +448,13 @@ std::vector<ResponseCase> responseCases() {
        ParseError::kNone,
        ""},
       {"304 has no body", "HTTP/1.1 304 Not Modified\r\n\r\n", {}, {""}, ParseError::kNone, ""},
+      {"1xx has no body, even announced",
+       "HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: "
+       "2\r\n\r\nok",
+       {},
+       {"", "ok"},
+       ParseError::kNone,
+       ""},
       {"100 then final",
        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
        {},

@@ -159,14 +159,16 @@ inline bool hasContentLengthList(const Message& m) {
   return fields > 1;
 }
 
-inline HttpParserOpinion httpParserOpinion(std::string_view input) {
+// `response`: parse as responses (to GET), and signal the close at the end, which completes a
+// close-delimited body.
+inline HttpParserOpinion httpParserOpinion(std::string_view input, bool response = false) {
   struct State {
     std::vector<std::string> bodies;
     std::string current;
   } state;
   http_parser parser{};
   http_parser_settings settings{};
-  http_parser_init(&parser, HTTP_REQUEST);
+  http_parser_init(&parser, response ? HTTP_RESPONSE : HTTP_REQUEST);
   http_parser_settings_init(&settings);
   parser.data = &state;
   settings.on_body = [](http_parser* hp, const char* at, size_t len) {
@@ -182,6 +184,10 @@ inline HttpParserOpinion httpParserOpinion(std::string_view input) {
   size_t n = http_parser_execute(&parser, &settings, input.data(), input.size());
   HttpParserOpinion o;
   o.ok = n == input.size() && HTTP_PARSER_ERRNO(&parser) == HPE_OK;
+  if (o.ok && response && parser.upgrade == 0) {
+    http_parser_execute(&parser, &settings, nullptr, 0);
+    o.ok = HTTP_PARSER_ERRNO(&parser) == HPE_OK;
+  }
   o.bodies = std::move(state.bodies);
   return o;
 }
