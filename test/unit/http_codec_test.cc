@@ -271,6 +271,28 @@ TEST(HttpCodecConformance, LibHttpParserAgreesOnAcceptedRequests) {
   }
 }
 
+TEST(HttpCodecConformance, LimitsAreConfigurable) {
+  Limits small;
+  small.max_start_line = 20;
+  small.max_headers = 2;
+  small.max_header_bytes = 80;
+  small.max_chunk_line = 8;
+  auto error = [&](const std::string& in) {
+    return errorName(run(
+                         Kind::kRequest, in, [&](size_t) { return in.size(); }, false, {}, small)
+                         .error);
+  };
+  EXPECT_EQ(error("GET /012345 HTTP/1.1\r\nHost: a\r\n\r\n"), "none");  // 20 bytes
+  EXPECT_EQ(error("GET /0123456 HTTP/1.1\r\nHost: a\r\n\r\n"), "request_line_too_long");
+  EXPECT_EQ(error("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n"), "none");
+  EXPECT_EQ(error("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nY: 2\r\n\r\n"), "too_many_headers");
+  EXPECT_EQ(error("GET / HTTP/1.1\r\nHost: a\r\nX: " + rep('v', 60) + "\r\n\r\n"),
+            "headers_too_large");
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+  EXPECT_EQ(error(chunked + "1;abcde\r\nx\r\n0\r\n\r\n"), "none");  // 7 bytes
+  EXPECT_EQ(error(chunked + "1;abcdefgh\r\nx\r\n0\r\n\r\n"), "invalid_chunk_extension");
+}
+
 TEST(HttpCodecHead, RequestFields) {
   Transcript t = runWhole(Kind::kRequest,
                           "GET /a/b?x=1&y HTTP/1.1\r\nHost: example.com:8080\r\nX-A:  v1 \r\n\r\n");
