@@ -8,15 +8,18 @@
 
 namespace remora::http::detail {
 
-constexpr std::array<bool, 256> makeTcharTable() {
+// ALPHA, DIGIT and the bytes of `extra`.
+constexpr std::array<bool, 256> alnumAnd(std::string_view extra) {
   std::array<bool, 256> t{};
   for (int c = '0'; c <= '9'; ++c) t[c] = true;
   for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
   for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
-  for (char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<uint8_t>(c)] = true;
+  for (char c : extra) t[static_cast<uint8_t>(c)] = true;
   return t;
 }
-inline constexpr std::array<bool, 256> kTchar = makeTcharTable();
+inline constexpr std::array<bool, 256> kTchar = alnumAnd("!#$%&'*+-.^_`|~");
+// Host: reg-name, IPv4 or IP-literal, and a port.
+inline constexpr std::array<bool, 256> kAuthorityChar = alnumAnd("-._~!$&'()*+,;=:[]%");
 
 inline bool isTchar(char c) { return kTchar[static_cast<uint8_t>(c)]; }
 inline bool isOws(char c) { return c == ' ' || c == '\t'; }

@@ -58,21 +58,11 @@ bool forEachElement(std::string_view value, Fn&& fn) {
   }
 }
 
-// Host: reg-name, IPv4 or IP-literal, and a port. Bytes outside those would let a client
-// steer authority matching with something the upstream reads differently.
-constexpr std::array<bool, 256> makeAuthorityTable() {
-  std::array<bool, 256> t{};
-  for (int c = '0'; c <= '9'; ++c) t[c] = true;
-  for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
-  for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
-  for (char c : std::string_view("-._~!$&'()*+,;=:[]%")) t[static_cast<uint8_t>(c)] = true;
-  return t;
-}
-constexpr std::array<bool, 256> kAuthorityChar = makeAuthorityTable();
-
+// Bytes outside kAuthorityChar in Host would let a client steer authority matching with
+// something the upstream reads differently.
 bool isValidAuthority(std::string_view s) {
   for (char c : s) {
-    if (!kAuthorityChar[static_cast<uint8_t>(c)]) return false;
+    if (!detail::kAuthorityChar[static_cast<uint8_t>(c)]) return false;
   }
   return true;
 }
