@@ -1,6 +1,5 @@
 #include "http/codec.h"
 
-#include <array>
 #include <cstring>
 #include <iterator>
 
