@@ -138,7 +138,9 @@ class EndpointHealth {
 };
 
 // The per-request outcome of an HttpRoute: the weighted destination and an endpoint in it, and
-// whether this request draws the route's delay fault, abort fault and mirror.
+// whether this request draws the route's delay fault, abort fault and mirror. An aborted
+// request stops at the fault, as with Envoy's fault filter: no destination is picked (so the
+// weights stay exact over the requests that are routed) and nothing is mirrored.
 struct HttpRouteDecision {
   const HttpRouteDestination* destination = nullptr;  // nullptr: the route has none
   // kService with an endpoint; kRefused when the picked subset has no endpoint left (no

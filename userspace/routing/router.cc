@@ -97,14 +97,16 @@ class RouterImpl final : public Router {
     PortState& state = stateFor(port);
     out.delay = route.fault.delay.has_value() && rs.delay.next();
     out.abort = route.fault.abort_status.has_value() && rs.abort.next();
+    out.upstream.service = &port;
+    out.upstream.kind = RouteDecision::Kind::kRefused;
+    // An aborted request stops at the fault, before routing: no pick, no mirror (Envoy).
+    if (out.abort) return out;
     if (route.mirror && rs.mirror.next() && route.mirror->subset_index < port.subsets.size()) {
       uint32_t subset = route.mirror->subset_index;
       if (auto e = pickEndpoint(port, state, subset, {}, {}, health)) {
         out.mirror = serviceDecision(port, state, subset, *e);
       }
     }
-    out.upstream.service = &port;
-    out.upstream.kind = RouteDecision::Kind::kRefused;
     if (rs.weights.live.empty()) return out;
     const HttpRouteDestination& dest = route.destinations[pickWeighted(rs.weights)];
     out.destination = &dest;
