@@ -27,13 +27,14 @@ constexpr const char* kV2Reply = "hello, this is bill-service-v2";
 constexpr uint32_t kProxyUid = 1337;
 constexpr const char* kPython = "/usr/bin/python3";
 
-// name port: answers every request with its name; /delay/MS sleeps first, /status/N answers N,
-// /flaky/KEY answers 503 the first time KEY is asked, an Upgrade: websocket request gets a 101
-// and then every byte echoed upper-cased.
+// name port [sick]: answers every request with its name (a sick one with a 500); /delay/MS sleeps
+// first, /status/N answers N, /flaky/KEY answers 503 the first time KEY is asked, an Upgrade:
+// websocket request gets a 101 and then every byte echoed upper-cased.
 constexpr const char* kBackend = R"PY(
 import sys, time, threading
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 name, port = sys.argv[1], int(sys.argv[2])
+sick = len(sys.argv) > 3 and sys.argv[3] == "sick"
 hits, lock = {}, threading.Lock()
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -66,6 +67,8 @@ class H(BaseHTTPRequestHandler):
                 self.connection.sendall(d.upper())
             self.close_connection = True
             return
+        if sick:
+            return self.reply(500, "sick " + name + "\n")
         if p.startswith("/delay/"):
             time.sleep(int(p.split("/")[2]) / 1000.0)
         if p.startswith("/status/"):
@@ -449,6 +452,38 @@ TEST_F(HttpE2e, PoolOverflowAnswers503WithFlagUO) {
   EXPECT_EQ(countOf(out, "\"overloaded\": \"true\""), 1u) << out;
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("response_code=\"503\",response_flags=\"UO\"} 1"), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, OutlierDetectionEjectsAFailingEndpointAndLetsItBack) {
+  // v2 answers 500 to everything; both pods serve the whole service (no subset).
+  backends_[1].reset();
+  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/backend.py", kV2Reply, "80", "sick"});
+  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  startProxy(virtualService(R"(  - route:
+    - destination:
+        host: bill-service
+)") + destinationRule(R"(  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 2s
+      maxEjectionPercent: 100
+)"));
+  std::string out = client(R"({"mode": "seq", "n": 20})");
+  // Round robin until v2's second consecutive 500 ejects it; then v1 alone.
+  EXPECT_EQ(countOf(out, "\"status\": 500"), 2u) << out;
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 18u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_outlier_ejections_total{destination_service=\"bill-service.istio-demo\","
+                   "destination_subset=\"\",destination_endpoint=\"10.244.2.74:80\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(admin("/clusters").find("10.244.2.74:80::health_flags::/failed_outlier_check"),
+            std::string::npos);
+  // After baseEjectionTime it takes traffic again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  out = client(R"({"mode": "seq", "n": 4})");
+  EXPECT_GE(countOf(out, "\"status\": 500"), 1u) << out;
 }
 
 TEST_F(HttpE2e, SmugglingVectorsGet400AndAClose) {

@@ -535,9 +535,10 @@ void HttpProxy::startAttempt(uint32_t slot) {
       std::optional<RouteDecision> next;
       if (s.route != nullptr && !s.route->destinations.empty()) {
         next = router_->pickSubsetEndpoint(*s.port, s.decision.subset_index, s.tried, &health_);
-      } else {
-        next = router_->retry(s.decision, s.tried);
       }
+      // None left in the subset: another subset, as the L4 path falls back (Envoy would answer
+      // 503 here).
+      if (!next) next = router_->retry(s.decision, s.tried);
       if (next && next->kind == RouteDecision::Kind::kService) {
         releaseDecision(s);
         s.decision = *next;
@@ -1059,7 +1060,7 @@ void HttpProxy::closeUpstream(uint32_t up, bool reset) {
 // Answers and endings
 
 void HttpProxy::localReply(uint32_t slot, int status, std::string_view body, std::string_view flags,
-                           std::vector<std::pair<std::string, std::string>> extra_headers) {
+                           const std::vector<std::pair<std::string, std::string>>& extra_headers) {
   Session& s = *sessions_[slot];
   if (s.up) {
     closeUpstream(*s.up, true);

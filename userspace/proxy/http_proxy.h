@@ -151,7 +151,7 @@ class HttpProxy {
   void startAttempt(uint32_t slot);
   void sendOnUpstream(uint32_t slot, uint32_t up);
   void localReply(uint32_t slot, int status, std::string_view body, std::string_view flags,
-                  std::vector<std::pair<std::string, std::string>> extra_headers = {});
+                  const std::vector<std::pair<std::string, std::string>>& extra_headers = {});
   void finishRequest(uint32_t slot);
   void closeSession(uint32_t slot, bool reset);
   // Closes cleanly once every queued byte reached the client.
