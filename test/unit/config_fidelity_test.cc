@@ -11,6 +11,7 @@
 
 #include "config/field_table.h"
 #include "config/loader.h"
+#include "config_test_support.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -19,34 +20,16 @@ namespace {
 using routing::RouteTable;
 using routing::ServicePort;
 
-SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
-
-std::string fixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  EXPECT_TRUE(in) << name;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::addr;
+using testing::fixture;
 
 std::shared_ptr<const RouteTable> load(Loader& loader, const std::string& text) {
-  auto table = loader.load(text, 1);
-  EXPECT_TRUE(table.ok()) << table.error().message;
-  return table.ok() ? *table : nullptr;
+  return testing::mustLoad(text, {}, &loader);
 }
 
-std::shared_ptr<const RouteTable> load(const std::string& text) {
-  Loader loader;
-  return load(loader, text);
-}
+std::shared_ptr<const RouteTable> load(const std::string& text) { return testing::mustLoad(text); }
 
-// Every finding's severity and text, one per line, for matching.
-std::string all(const RouteTable& table) {
-  std::string out;
-  for (const auto& f : table.findings())
-    out += fmt::format("{}: {}\n", toString(f.severity), f.text);
-  return out;
-}
+std::string all(const RouteTable& table) { return testing::allFindings(table); }
 
 void expectFinding(const RouteTable& table, Severity severity,
                    const std::vector<std::string>& parts) {

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "config/loader.h"
+#include "config_test_support.h"
 #include "routing/route_table.h"
 #include "routing/static_route_table.h"
 
@@ -510,30 +511,12 @@ using routing::RouteTable;
 using routing::ServicePort;
 using routing::StringMatch;
 
-SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
+using testing::addr;
+using testing::fixture;
 
-std::string fixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  EXPECT_TRUE(in) << name;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::shared_ptr<const RouteTable> load(const std::string& text) { return testing::mustLoad(text); }
 
-std::shared_ptr<const RouteTable> load(const std::string& text) {
-  Loader loader;
-  auto table = loader.load(text, 1);
-  EXPECT_TRUE(table.ok()) << table.error().message;
-  return table.ok() ? *table : nullptr;
-}
-
-std::string all(const RouteTable& table) {
-  std::string out;
-  for (const auto& f : table.findings()) {
-    out += fmt::format("{}: {}\n", toString(f.severity), f.text);
-  }
-  return out;
-}
+std::string all(const RouteTable& table) { return testing::allFindings(table); }
 
 const Finding* findFinding(const RouteTable& table, Severity severity,
                            const std::vector<std::string>& parts) {
@@ -572,6 +555,15 @@ std::string route(routing::Router& router, const ServicePort& port, const std::s
   router.release(d.upstream);
   return subsetOf(port, d.upstream.subset_index) + (d.delay ? " delayed" : "");
 }
+
+// The head of a VirtualService bookinfo/reviews; spec.http's entries follow (line 7 on).
+const std::string kReviewsHttp = R"(apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+)";
 
 std::string bookinfoWith(const std::string& more) {
   return fixture("bookinfo/bookinfo.yaml") + "---\n" + more;
@@ -673,13 +665,7 @@ TEST(IstioSamples, DelayForJasonOnly) {
 }
 
 TEST(HttpConfig, EveryRouteFieldReachesTheModel) {
-  auto table = load(bookinfoWith(R"(apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - name: old-api
+  auto table = load(bookinfoWith(kReviewsHttp + R"(  - name: old-api
     match:
     - uri: {prefix: /api/v1/}
       method: {regex: "GET|HEAD"}
@@ -782,13 +768,7 @@ spec:
 }
 
 TEST(HttpConfig, AnInvalidValueRejectsItsRouteAloneWithALocatedError) {
-  std::string vs = R"(apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{headers: {end-user: {regex: "(jason"}}}]
+  std::string vs = kReviewsHttp + R"(  - match: [{headers: {end-user: {regex: "(jason"}}}]
     route: [{destination: {host: reviews, subset: v2}}]
   - match: [{uri: {prefix: /a}}]
     fault: {abort: {httpStatus: 700, percentage: {value: 1}}}
@@ -833,13 +813,7 @@ spec:
 }
 
 TEST(HttpConfig, UnappliedFieldsAreReported) {
-  auto table = load(bookinfoWith(R"(apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{sourceLabels: {app: productpage}}]
+  auto table = load(bookinfoWith(kReviewsHttp + R"(  - match: [{sourceLabels: {app: productpage}}]
     corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
     fault: {delay: {fixedDelay: 1s}}
     route: [{destination: {host: reviews, subset: v2}}]
@@ -904,13 +878,8 @@ spec:
 }
 
 TEST(HttpConfig, HttpTwoPortsStayPerConnection) {
-  std::string text = bookinfoWith(R"(apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{destination: {host: reviews, subset: v2}}]
+  std::string text =
+      bookinfoWith(kReviewsHttp + R"(  - route: [{destination: {host: reviews, subset: v2}}]
 )");
   // The same Service with its port named grpc.
   size_t at = text.find("- name: http\n      port: 9080");

@@ -452,7 +452,7 @@ Result<TrafficPolicySpec> readTrafficPolicy(const Context& ctx, const YAML::Node
   if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
   auto level = readPolicyLevel(ctx, node, field, line);
   if (!level) return level.error();
-  spec.level = std::move(*level);
+  spec.level = *level;
   int l = lineOf(node, line);
   YAML::Node ports = Fields(node).get("portLevelSettings");
   if (auto r = optionalSequence(ctx, ports, field + ".portLevelSettings", l); !r) {
@@ -475,7 +475,7 @@ Result<TrafficPolicySpec> readTrafficPolicy(const Context& ctx, const YAML::Node
     }
     auto entry_level = readPolicyLevel(ctx, entry, efield, eline);
     if (!entry_level) return entry_level.error();
-    spec.ports.emplace_back(*number, std::move(*entry_level));
+    spec.ports.emplace_back(*number, *entry_level);
   }
   return spec;
 }

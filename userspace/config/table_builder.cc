@@ -978,13 +978,8 @@ class Builder {
       if (r.section != RouteSection::kHttp || r.rejected || !r.sidecar || r.http == nullptr) {
         continue;
       }
-      if (r.action == "delegate") {
-        note(vs_ref, Severity::kWarning, r.field + ".delegate", r.line,
-             fmt::format("delegation is not applied: this route is skipped for {} port {}, so "
-                         "requests it would take follow the next matching route",
-                         service.key, port.port));
-        continue;
-      }
+      // The field table reports delegation as not applied, once per VirtualService.
+      if (r.action == "delegate") continue;
       routing::HttpRoute route = *r.http;
       route.line = first_line + r.line + 1;
       if (!route.matches.empty()) {

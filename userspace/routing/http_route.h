@@ -114,7 +114,8 @@ struct Percentage {
 class ExactPercentage {
  public:
   ExactPercentage() = default;
-  explicit ExactPercentage(Percentage p) : per_million_(p.per_million) {}
+  explicit ExactPercentage(Percentage p)
+      : per_million_(p.per_million < Percentage::kMillion ? p.per_million : Percentage::kMillion) {}
   bool next() {
     accumulator_ += per_million_;
     if (accumulator_ < Percentage::kMillion) return false;
