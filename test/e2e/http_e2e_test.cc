@@ -516,6 +516,23 @@ TEST_F(HttpE2e, SmugglingVectorsGet400AndAClose) {
   }
 }
 
+TEST_F(HttpE2e, SigtermDrainsKeptAliveConnectionsQuickly) {
+  startProxy(virtualService(kRoutes9010) + destinationRule());
+  // A connection per request (curl), then one kept alive and idle while the proxy drains.
+  auto out = world_->exec(
+      front_,
+      {"bash", "-c", "for i in $(seq 10); do curl -sS -m 3 http://bill-service:9999/; done"});
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(countOf(out->out, "bill-service"), 10u) << out->out << out->err;
+  EXPECT_EQ(lines(client(R"({"mode": "seq", "n": 3})")).size(), 3u);
+  const auto started = std::chrono::steady_clock::now();
+  ::kill(proxy_->pid(), SIGTERM);
+  EXPECT_EQ(proxy_->stop(0, 8000).value_or(-1), 0) << proxy_->output();
+  // The inbound grace (2 s) and no more: nothing idle holds the drain open.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(4500))
+      << proxy_->output();
+}
+
 TEST_F(HttpE2e, UpgradeBecomesATunnelAfter101) {
   startProxy(virtualService(kRoutes9010) + destinationRule());
   const std::string out = client(R"({"mode": "upgrade"})");

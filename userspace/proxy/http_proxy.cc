@@ -233,6 +233,7 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   s.peer = peer;
   s.original_dst = original_dst;
   s.last_activity = now_;
+  s.close_after = draining_;
   ++active_sessions_;
   stats_.counters().http_sessions.inc();
   readClient(*slot);
@@ -988,8 +989,9 @@ void HttpProxy::responseDone(uint32_t slot, uint32_t up, bool reusable) {
 // A connection done with its request: back to the pool (a waiter takes it first), or closed.
 void HttpProxy::releaseUpstream(uint32_t up, bool reusable) {
   Upstream& u = *upstreams_[up];
-  if (!reusable || u.io.failed || u.io.eof || u.io.send_in_flight) {
-    closeUpstream(up, !reusable && u.got_bytes && u.state == Upstream::State::kBusy);
+  if (!reusable || draining_ || u.io.failed || u.io.eof || u.io.send_in_flight) {
+    // The response is complete: a clean close (a reset only for a failed socket).
+    closeUpstream(up, u.io.failed);
     return;
   }
   u.state = Upstream::State::kIdle;
@@ -1395,6 +1397,28 @@ void HttpProxy::onTick(Clock::time_point now) {
         now - s.last_activity >= settings_.client_idle_timeout) {
       stats_.counters().timeout_idle.inc();
       closeSession(slot, s.stage == Session::Stage::kTunnel);
+    }
+  }
+}
+
+void HttpProxy::drain() {
+  draining_ = true;
+  for (size_t i = 0; i < upstreams_.size(); ++i) {
+    const auto up = static_cast<uint32_t>(i);
+    if (upstreams_.inUse(up) && !upstreams_.released(up) &&
+        upstreams_[up]->state == Upstream::State::kIdle) {
+      closeUpstream(up, false);
+    }
+  }
+  for (size_t i = 0; i < sessions_.size(); ++i) {
+    const auto slot = static_cast<uint32_t>(i);
+    if (!sessions_.inUse(slot) || sessions_.released(slot)) continue;
+    Session& s = *sessions_[slot];
+    // Kept-alive clients between requests go now; the others after their current response
+    // (which says connection: close).
+    s.close_after = true;
+    if (s.stage == Session::Stage::kIdle && s.parser.idle() && s.in_off == s.in.size()) {
+      closeWhenFlushed(slot);
     }
   }
 }

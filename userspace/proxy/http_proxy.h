@@ -95,6 +95,9 @@ class HttpProxy {
   void afterBatch(std::chrono::steady_clock::time_point now);
   // Periodic sweep: idle pooled connections, idle client connections.
   void onTick(std::chrono::steady_clock::time_point now);
+  // Drain: idle pooled connections and kept-alive clients between requests close now, the
+  // others after their current response; nothing goes back to a pool any more.
+  void drain();
   // Resets every session and upstream connection (drain deadline, shutdown).
   void abortAll();
 
@@ -214,6 +217,7 @@ class HttpProxy {
   Pools pools_;
 
   Health health_{this};
+  bool draining_ = false;
   uint64_t request_counter_ = 0;
 
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;

@@ -122,6 +122,7 @@ void Worker::stopAccepting() {
   stopAccepting(ListenerKind::kOutbound);
   stopAccepting(ListenerKind::kInbound);
   accepting_ = false;
+  http_.drain();
 }
 
 void Worker::stopAccepting(ListenerKind kind) {
