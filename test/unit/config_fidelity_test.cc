@@ -11,6 +11,7 @@
 
 #include "config/field_table.h"
 #include "config/loader.h"
+#include "config_test_support.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -19,34 +20,16 @@ namespace {
 using routing::RouteTable;
 using routing::ServicePort;
 
-SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
-
-std::string fixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  EXPECT_TRUE(in) << name;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::addr;
+using testing::fixture;
 
 std::shared_ptr<const RouteTable> load(Loader& loader, const std::string& text) {
-  auto table = loader.load(text, 1);
-  EXPECT_TRUE(table.ok()) << table.error().message;
-  return table.ok() ? *table : nullptr;
+  return testing::mustLoad(text, {}, &loader);
 }
 
-std::shared_ptr<const RouteTable> load(const std::string& text) {
-  Loader loader;
-  return load(loader, text);
-}
+std::shared_ptr<const RouteTable> load(const std::string& text) { return testing::mustLoad(text); }
 
-// Every finding's severity and text, one per line, for matching.
-std::string all(const RouteTable& table) {
-  std::string out;
-  for (const auto& f : table.findings())
-    out += fmt::format("{}: {}\n", toString(f.severity), f.text);
-  return out;
-}
+std::string all(const RouteTable& table) { return testing::allFindings(table); }
 
 void expectFinding(const RouteTable& table, Severity severity,
                    const std::vector<std::string>& parts) {
@@ -107,14 +90,8 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(all(*table).find("sessionAffinity"), std::string::npos) << all(*table);
   expectFinding(*table, Severity::kInfo, {"skipped 1 object of kind Deployment (apps/v1)"});
   expectFinding(*table, Severity::kInfo, {"ServiceAccount (v1)"});
-  // The jason route is skipped and says where its requests go instead.
-  expectFinding(*table, Severity::kWarning,
-                {"(VirtualService bookinfo/reviews)", "spec.http[0]", afterBookinfo(9),
-                 "matching on headers is not applied yet", "follow spec.http[1]"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1].fault", "fault injection is not applied yet"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1]", "applied per connection", "reviews.bookinfo port 9080"});
+  // The jason route and the fault are applied per request now: no finding about them.
+  EXPECT_EQ(all(*table).find("spec.http"), std::string::npos) << all(*table);
   expectFinding(
       *table, Severity::kWarning,
       {"(DestinationRule bookinfo/reviews)", "spec.trafficPolicy.tls", "connects in plaintext"});
@@ -126,6 +103,7 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(http->subsets[http->route[0].subset_index].name, "v1");
   EXPECT_EQ(http->route[0].weight, 80u);
   EXPECT_EQ(http->route[1].weight, 20u);
+  ASSERT_EQ(http->http_routes.size(), 2u);  // the model itself: http_route_test
   const ServicePort* tcp = table->find(addr("10.1.122.241:9999"));
   ASSERT_NE(tcp, nullptr);
   EXPECT_EQ(tcp->protocol, "TCP");

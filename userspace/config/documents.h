@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -91,6 +92,18 @@ struct VsRoute {
   std::string action;  // "redirect", "directResponse" or "delegate" when there is no route
   std::vector<RouteDestination> destinations;
   int line = 0;
+  // spec.http only: the per-request model. Its destinations are `destinations` in order (and
+  // its mirror is `mirror`), with subset indexes left for the table builder to resolve per
+  // port. nullptr when the route was rejected (`rejected`) or is not an http route.
+  std::shared_ptr<const routing::HttpRoute> http;
+  std::optional<RouteDestination> mirror;
+  std::string mirror_field;  // "spec.http[0].mirror" or "spec.http[0].mirrors[0].destination"
+  // An invalid value in the route (a bad regex, an out-of-range status): reported as an error
+  // note, and this route alone is left out.
+  bool rejected = false;
+  // False when every match entry is bound to gateways only (or needs what a sidecar cannot
+  // know): the route does not apply to sidecars.
+  bool sidecar = true;
 };
 
 struct HostRef {
@@ -104,16 +117,32 @@ struct VirtualServiceSpec {
   bool mesh = true;             // false when bound to gateways only: not for sidecars
 };
 
+// One level of a DestinationRule trafficPolicy (the top, a subset's, or one portLevelSettings
+// entry): the blocks it sets. Istio merges levels block by block (docs/CONFIG.md).
+struct PolicyLevel {
+  std::optional<routing::LbPolicy> lb;
+  std::optional<routing::ConnectionPoolSettings> pool;
+  std::optional<routing::OutlierDetectionSettings> outlier;
+};
+
+struct TrafficPolicySpec {
+  PolicyLevel level;
+  std::vector<std::pair<uint16_t, PolicyLevel>> ports;  // portLevelSettings by port number
+};
+
 struct SubsetSpec {
   std::string name;
   Labels labels;
-  std::optional<routing::LbPolicy> policy;
+  std::optional<routing::LbPolicy> policy;  // traffic.level.lb
+  TrafficPolicySpec traffic;
   int line = 0;
 };
 
 struct DestinationRuleSpec {
   HostRef host;
-  std::optional<routing::LbPolicy> policy;
+  std::optional<routing::LbPolicy> policy;  // traffic.level.lb
+  TrafficPolicySpec traffic;
+  bool has_traffic_policy = false;
   std::vector<SubsetSpec> subsets;
 };
 

@@ -870,9 +870,11 @@ std::string Control::clusters() const {
         fmt::format("{}|{}|{}", key.service, key.subset, key.endpoint.empty() ? "-" : key.endpoint);
     fmt::format_to(std::back_inserter(out),
                    "{0}::cx_total::{1}\n{0}::cx_active::{2}\n{0}::cx_connect_fail::{3}\n"
-                   "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n",
+                   "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n{0}::rq_total::{6}\n"
+                   "{0}::outlier_ejections::{7}\n{0}::health_flags::{8}\n",
                    prefix, t.opened, t.opened - std::min(t.opened, t.closed), t.connect_failures,
-                   t.received_bytes, t.sent_bytes);
+                   t.received_bytes, t.sent_bytes, t.requests, t.ejections,
+                   t.ejected > 0 ? "/failed_outlier_check" : "healthy");
   }
   return out;
 }

@@ -21,6 +21,7 @@
 #include "loop/ring.h"
 #include "loop/user_data.h"
 #include "proxy/kernel_relay.h"
+#include "proxy/http_proxy.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 #include "routing/route_table.h"
@@ -56,7 +57,8 @@ using RouterFactory =
 // dropped (a full queue). Must not block.
 using AccessLogSink = std::function<bool(std::string)>;
 
-// The op byte of every user_data this worker tags.
+// The op byte of every user_data this worker tags. Values from HttpOp::kFirst (64) up belong to
+// the L7 path (http_proxy.h), which the worker hands those completions to.
 enum class Op : uint8_t {
   kIgnore = 0,
   kAccept,         // slot = listener index
@@ -114,12 +116,17 @@ class Worker final : public loop::CompletionHandler {
   // Resets every open connection (drain deadline or shutdown): the peers see ECONNRESET, not a
   // clean end of a cut transfer.
   void abortAll();
-  void setAccessLog(AccessLogSink sink) { access_log_ = std::move(sink); }
+  void setAccessLog(AccessLogSink sink) {
+    access_log_ = sink;
+    http_.setAccessLog(std::move(sink));
+  }
 
-  size_t activeConnections() const { return active_; }
+  // L4 connections and HTTP sessions.
+  size_t activeConnections() const { return active_ + http_.activeSessions(); }
   // No connection slot in use and no listener left.
   bool quiescent() const {
-    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0;
+    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0 &&
+           http_.quiescent();
   }
   bool acceptPaused() const { return accept_paused_; }
 
@@ -210,6 +217,9 @@ class Worker final : public loop::CompletionHandler {
   void onAccept(uint32_t listener, const loop::Completion& c);
   void armAccept(uint32_t listener);
   void startConnection(uint32_t listener, int fd);
+  // Hands an accepted connection to the L7 path when its destination is an HTTP port.
+  bool startHttp(const Listener& l, int fd, const SocketAddress& original_dst);
+  HttpProxySettings httpSettings() const;
   bool routeOutbound(uint32_t slot);
   void connectUpstream(uint32_t slot);
   void onConnect(uint32_t slot, const loop::Completion& c);
@@ -278,6 +288,7 @@ class Worker final : public loop::CompletionHandler {
     bool from_client;
   };
   std::vector<Starved> starved_;  // directions waiting for provided buffers
+  HttpProxy http_;
 
   struct CacheKey {
     const void* service;
