@@ -104,10 +104,12 @@ void addTrafficPolicy(Rows& rows, std::string_view prefix, bool port_level) {
            "outlier detection is not applied yet; failing endpoints are not ejected (a failed "
            "connect still tries another endpoint)"},
           {"outlierDetection.*", N},
-          {"tls", N,
-           "TLS origination is not applied yet: the proxy connects in plaintext, whatever the "
-           "mode"},
-          {"tls.*", N},
+          // tls.mode: docs/TLS.md; SIMPLE and MUTUAL are reported by security_parser.cc.
+          {"tls", P},
+          {"tls.mode", A},
+          {"tls.*", N,
+           "only tls.mode is applied (ISTIO_MUTUAL with the proxy's own certificate); "
+           "certificates, SNI and subjectAltNames given here are not used"},
           {"tunnel", N, "tunnelling is not applied; connections go straight to the endpoint"},
           {"tunnel.*", N},
           {"proxyProtocol", N, "the PROXY protocol header is not sent"},
@@ -116,11 +118,17 @@ void addTrafficPolicy(Rows& rows, std::string_view prefix, bool port_level) {
           {"retryBudget.*", N},
       });
   if (port_level) {
-    rows.add(prefix, {{"portLevelSettings", N,
-                       "per-port traffic policies are not applied yet; the policy above "
-                       "applies to every port"},
-                      {"portLevelSettings[]", N},
-                      {"portLevelSettings[].*", N}});
+    rows.add(prefix, {{"portLevelSettings", P},
+                      {"portLevelSettings[]", P},
+                      {"portLevelSettings[].port", A},
+                      {"portLevelSettings[].port.number", A},
+                      {"portLevelSettings[].tls", P},
+                      {"portLevelSettings[].tls.mode", A},
+                      {"portLevelSettings[].tls.*", N,
+                       "only tls.mode is applied; certificates, SNI and subjectAltNames are not"},
+                      {"portLevelSettings[].*", N,
+                       "per-port traffic policies other than tls.mode are not applied yet; the "
+                       "policy above applies to every port"}});
   }
 }
 

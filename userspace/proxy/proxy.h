@@ -48,6 +48,8 @@ struct ProxyOptions {
   // Load a config file with no YAML document in it (refused by default: see isEmptyConfig).
   bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
+  // mTLS: the workload identity from --tls-dir (nullptr without it), watched for rotation.
+  std::shared_ptr<tls::IdentityStore> identity;
 };
 
 // Flags over the ProxyConfig's settings (which already sit over the defaults).

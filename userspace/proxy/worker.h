@@ -22,6 +22,7 @@
 #include "loop/user_data.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
+#include "proxy/tls_connection.h"
 #include "routing/route_table.h"
 
 namespace remora::proxy {
@@ -107,6 +108,10 @@ class Worker final : public loop::CompletionHandler {
   // clean end of a cut transfer.
   void abortAll();
   void setAccessLog(AccessLogSink sink) { access_log_ = std::move(sink); }
+  // The workload identity for mTLS (nullptr: no --tls-dir, every connection stays plaintext).
+  void setIdentity(std::shared_ptr<tls::IdentityStore> identity) {
+    identity_ = std::move(identity);
+  }
 
   size_t activeConnections() const { return active_; }
   // No connection slot in use and no listener left.
@@ -177,6 +182,7 @@ class Worker final : public loop::CompletionHandler {
     std::chrono::steady_clock::time_point flush_deadline;  // kFlushing
     bool reset_by_client = false;                          // kFlushing: which side reset
     const char* outcome = "ok";
+    std::unique_ptr<TlsConnection> tls;  // mTLS and authorization state (tls_worker.cc)
   };
   struct Listener {
     int fd = -1;
@@ -222,6 +228,26 @@ class Worker final : public loop::CompletionHandler {
   EndpointCounters* countersFor(const Connection& conn);
   void logAccess(const Connection& conn);
 
+  // mTLS and AuthorizationPolicy (tls_worker.cc, docs/TLS.md).
+  // Inbound, at accept: the PeerAuthentication mode and, for plaintext, the authorization.
+  // False when the connection was closed.
+  bool secureInbound(uint32_t slot);
+  // Outbound, before each connect attempt: originate TLS or not toward the chosen endpoint.
+  void secureOutbound(uint32_t slot);
+  // After the upstream connect: a client stream sends its ClientHello.
+  void tlsConnected(uint32_t slot);
+  // Received bytes of a connection with TLS state; false when TLS is not involved and the plain
+  // relay takes them.
+  bool tlsReceive(uint32_t slot, bool from_client, const loop::Completion& c);
+  // End of file from one side: close_notify toward the TLS side.
+  void tlsEndOfFile(uint32_t slot, bool from_client);
+  // PERMISSIVE detection deadline.
+  void tlsTick(uint32_t slot);
+  // While PERMISSIVE detection runs, the app's bytes wait (they may have to be encrypted).
+  bool tlsHoldsReceive(const Connection& conn, bool from_client) const;
+  void tlsQueue(Direction& d, const std::string& bytes);
+  bool authorizeInbound(uint32_t slot, const std::string& peer_identity);
+
   loop::Ring& ring_;
   SocketOps& sockets_;
   WorkerStats& stats_;
@@ -265,6 +291,9 @@ class Worker final : public loop::CompletionHandler {
   // Counters by decision, so the data path does not build label strings per connection.
   // Cleared with each table, whose ServicePort addresses it holds.
   std::unordered_map<CacheKey, EndpointCounters*, CacheKeyHash> counters_cache_;
+
+  std::shared_ptr<tls::IdentityStore> identity_;
+  tls::SessionCache session_cache_;
 
   int control_fd_ = -1;
   uint64_t control_value_ = 0;

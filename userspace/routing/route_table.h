@@ -17,6 +17,10 @@
 #include "common/ip_address.h"
 #include "common/result.h"
 
+namespace remora::security {
+class SecurityTable;
+}
+
 namespace remora::routing {
 
 enum class LbPolicy { kRoundRobin, kRandom, kLeastRequest };
@@ -105,6 +109,10 @@ class RouteTable {
     static const std::vector<Finding> kNone;
     return kNone;
   }
+  // PeerAuthentication, AuthorizationPolicy, DestinationRule TLS and the pods' identities
+  // (security/security_policy.h); set by the builder before the table is shared, nullptr for
+  // tables built in code.
+  std::shared_ptr<const security::SecurityTable> security;
 };
 
 struct RouteDecision {
