@@ -46,8 +46,16 @@ BioPtr memoryBio(const std::string& pem) {
   return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
 
-// The first spiffe:// URI SAN of `cert`, or "".
-std::string spiffeUri(X509* cert) {
+std::chrono::system_clock::time_point notAfterOf(X509* cert) {
+  const ASN1_TIME* t = X509_get0_notAfter(cert);
+  tm parsed{};
+  if (ASN1_TIME_to_tm(t, &parsed) != 1) return {};
+  return std::chrono::system_clock::from_time_t(timegm(&parsed));
+}
+
+}  // namespace
+
+std::string spiffeUriOf(X509* cert) {
   std::string found;
   auto* names =
       static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
@@ -63,15 +71,6 @@ std::string spiffeUri(X509* cert) {
   GENERAL_NAMES_free(names);
   return found;
 }
-
-std::chrono::system_clock::time_point notAfterOf(X509* cert) {
-  const ASN1_TIME* t = X509_get0_notAfter(cert);
-  tm parsed{};
-  if (ASN1_TIME_to_tm(t, &parsed) != 1) return {};
-  return std::chrono::system_clock::from_time_t(timegm(&parsed));
-}
-
-}  // namespace
 
 TlsCounters& counters() {
   static TlsCounters instance;
@@ -112,7 +111,7 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
     X509_free(leaf);
     return makeError("cert-chain.pem: " + sslError());
   }
-  self->identity_ = spiffeUri(leaf);
+  self->identity_ = spiffeUriOf(leaf);
   self->not_after_ = notAfterOf(leaf);
   X509_free(leaf);
   while (X509* extra = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr)) {

@@ -54,6 +54,9 @@ inline constexpr const char* kRootCertFile = "root-cert.pem";
 
 Result<Credentials> readCredentials(const std::filesystem::path& dir);
 
+// The first well-formed spiffe:// URI SAN of `cert`, or "".
+std::string spiffeUriOf(X509* cert);
+
 class TlsContext {
  public:
   // Refuses a key that does not match the leaf, a leaf without a spiffe:// URI SAN, roots that

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <openssl/err.h>
-#include <openssl/x509v3.h>
 
 #include "tls/spiffe.h"
 
@@ -18,26 +17,6 @@ std::string queuedErrors() {
     text += buf;
   }
   return text.empty() ? "connection closed during the handshake" : text;
-}
-
-// The peer's certificate's spiffe:// URI SAN, or "".
-std::string peerSpiffeUri(SSL* ssl) {
-  X509* cert = SSL_get0_peer_certificate(ssl);
-  if (cert == nullptr) return {};
-  std::string found;
-  auto* names =
-      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  if (names == nullptr) return found;
-  for (int i = 0; i < sk_GENERAL_NAME_num(names) && found.empty(); ++i) {
-    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
-    if (name->type != GEN_URI) continue;
-    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
-    std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-                     static_cast<size_t>(ASN1_STRING_length(uri)));
-    if (text.rfind("spiffe://", 0) == 0) found = text;
-  }
-  GENERAL_NAMES_free(names);
-  return found;
 }
 
 }  // namespace
@@ -188,7 +167,8 @@ Result<void> TlsStream::classify(int ret) {
 }
 
 Result<void> TlsStream::checkPeer() {
-  const std::string uri = peerSpiffeUri(ssl_);
+  X509* cert = SSL_get0_peer_certificate(ssl_);
+  const std::string uri = cert != nullptr ? spiffeUriOf(cert) : std::string();
   auto id = parseSpiffeId(uri);
   if (!id) {
     return fail(Failure::kPeerIdentity, "TLS: the peer's certificate has no spiffe:// identity");
