@@ -41,8 +41,8 @@ void checkKeys(const YAML::Node& map, const std::string& field,
   for (auto it = map.begin(); it != map.end(); ++it) {
     const std::string key = it->first.Scalar();
     if (std::none_of(known.begin(), known.end(), [&key](const char* k) { return key == k; })) {
-      note(out, Severity::kWarning, field.empty() ? key : field + "." + key, lineOf(it->first, 0),
-           fmt::format("unknown field '{}': not applied", key));
+      note(out, Severity::kWarning, field.empty() ? key : fmt::format("{}.{}", field, key),
+           lineOf(it->first, 0), fmt::format("unknown field '{}': not applied", key));
     }
   }
 }
