@@ -212,7 +212,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   entry.port.protocol = "HTTP";
   entry.cluster_ips.push_back(*remora::IpAddress::parse("10.1.122.241"));
   rr::Subset all;
-  all.endpoints.push_back({*remora::SocketAddress::parse("10.244.1.10:80"), ""});
+  all.endpoints.append({*remora::SocketAddress::parse("10.244.1.10:80"), ""});
   entry.port.subsets.push_back(all);
   entry.port.route.push_back({0, 100});
   buildDirect(routes, entry.port);

@@ -13,6 +13,7 @@
 #include "config/loader.h"
 #include "config_test_support.h"
 #include "routing/route_table.h"
+#include "security/security_policy.h"
 
 namespace remora::config {
 namespace {
@@ -92,9 +93,13 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   expectFinding(*table, Severity::kInfo, {"ServiceAccount (v1)"});
   // The jason route and the fault are applied per request now: no finding about them.
   EXPECT_EQ(all(*table).find("spec.http"), std::string::npos) << all(*table);
-  expectFinding(
-      *table, Severity::kWarning,
-      {"(DestinationRule bookinfo/reviews)", "spec.trafficPolicy.tls", "connects in plaintext"});
+  // tls.mode ISTIO_MUTUAL is applied since the mTLS issue: no finding, and the security table
+  // records it for the reviews service (docs/TLS.md).
+  for (const auto& f : table->findings()) {
+    EXPECT_EQ(f.text.find("spec.trafficPolicy.tls"), std::string::npos) << f.text;
+  }
+  ASSERT_NE(table->security, nullptr);
+  EXPECT_EQ(table->security->destination_tls.count({"reviews.bookinfo", 0}), 1U);
   // The HTTP port gets the http route (80/20), the tcp-admin port the tcp route.
   const ServicePort* http = table->find(addr("10.1.122.241:9080"));
   ASSERT_NE(http, nullptr);

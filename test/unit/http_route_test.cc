@@ -327,7 +327,7 @@ std::shared_ptr<const RouteTable> routedTable(const std::vector<SubsetDef>& subs
   for (uint32_t s = 0; s < subsets.size(); ++s) {
     Subset subset;
     subset.name = subsets[s].name;
-    for (const auto& e : subsets[s].endpoints) subset.endpoints.push_back({addr(e.c_str()), ""});
+    for (const auto& e : subsets[s].endpoints) subset.endpoints.append({addr(e.c_str()), ""});
     entry.port.subsets.push_back(std::move(subset));
   }
   entry.port.route.push_back({0, 100});

@@ -10,6 +10,7 @@
 
 #include "config/duration.h"
 #include "config/field_table.h"
+#include "config/security_parser.h"
 
 namespace remora::config {
 namespace {
@@ -603,6 +604,10 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
   if (present(spec_node)) {
     if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
     int spec_line = lineOf(spec_node, line);
+    auto account = readString(ctx, Fields(spec_node).get("serviceAccountName"),
+                              "spec.serviceAccountName", spec_line, false);
+    if (!account) return account.error();
+    spec.service_account = std::move(*account);
     YAML::Node containers = Fields(spec_node).get("containers");
     if (auto r = optionalSequence(ctx, containers, "spec.containers", spec_line); !r)
       return r.error();
@@ -1603,6 +1608,11 @@ Result<void> parseDestinationRule(const Context& ctx, const Fields& top, int lin
     subset.policy = subset.traffic.level.lb;
     spec.subsets.push_back(std::move(subset));
   }
+  auto tls = readDestinationTls(
+      spec_node, spec_line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+  if (!tls) return tls.error();
+  spec.tls = std::move(*tls);
   out.spec = std::move(spec);
   return {};
 }
@@ -1982,6 +1992,20 @@ Result<void> parseNamespace(const Context&, const Fields&, int, Object& out) {
   return {};
 }
 
+// The security kinds parse in security_parser.cc; these adapt them to the table below.
+Result<void> parsePeerAuthenticationKind(const Context& ctx, const Fields& top, int line,
+                                         Object& out) {
+  return parsePeerAuthentication(
+      top.get("spec"), line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+}
+Result<void> parseAuthorizationPolicyKind(const Context& ctx, const Fields& top, int line,
+                                          Object& out) {
+  return parseAuthorizationPolicy(
+      top.get("spec"), line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+}
+
 const KindInfo kKinds[] = {
     {"Service", Kind::kService, {"v1"}, parseService},
     {"Pod", Kind::kPod, {"v1"}, parsePod},
@@ -2005,6 +2029,14 @@ const KindInfo kKinds[] = {
      Kind::kWorkloadEntry,
      {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
      parseWorkloadEntry},
+    {"PeerAuthentication",
+     Kind::kPeerAuthentication,
+     {"security.istio.io/v1", "security.istio.io/v1beta1"},
+     parsePeerAuthenticationKind},
+    {"AuthorizationPolicy",
+     Kind::kAuthorizationPolicy,
+     {"security.istio.io/v1", "security.istio.io/v1beta1"},
+     parseAuthorizationPolicyKind},
 };
 
 Result<void> parseObject(Context& ctx, const YAML::Node& node, int fallback_line,

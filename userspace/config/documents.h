@@ -18,6 +18,7 @@
 
 #include "common/finding.h"
 #include "common/ip_address.h"
+#include "config/security_documents.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -49,6 +50,7 @@ struct PodSpec {
   std::vector<IpAddress> ips;  // status.podIP first, then the rest of status.podIPs
   bool ready = false;
   std::vector<std::pair<std::string, uint16_t>> named_ports;  // TCP container ports
+  std::string service_account;  // spec.serviceAccountName: the SPIFFE identity's last part
 };
 
 struct SliceEndpoint {
@@ -144,6 +146,7 @@ struct DestinationRuleSpec {
   TrafficPolicySpec traffic;
   bool has_traffic_policy = false;
   std::vector<SubsetSpec> subsets;
+  DestinationTls tls;  // trafficPolicy.tls (security_parser.cc)
 };
 
 struct ProxyConfigSpec {
@@ -214,6 +217,8 @@ enum class Kind {
   kEndpoints,  // core/v1 Endpoints, read into an EndpointSliceSpec
   kServiceEntry,
   kWorkloadEntry,
+  kPeerAuthentication,   // security_parser.cc
+  kAuthorizationPolicy,  // security_parser.cc
 };
 
 const char* toString(Kind kind);
@@ -235,7 +240,8 @@ struct Object {
   std::string created;  // metadata.creationTimestamp (RFC 3339 sorts as text), may be empty
   Labels labels;
   std::variant<ServiceSpec, PodSpec, EndpointSliceSpec, VirtualServiceSpec, DestinationRuleSpec,
-               NamespaceSpec, ProxyConfigSpec, ServiceEntrySpec, WorkloadEntrySpec>
+               NamespaceSpec, ProxyConfigSpec, ServiceEntrySpec, WorkloadEntrySpec,
+               PeerAuthenticationSpec, AuthorizationPolicySpec>
       spec;
   std::vector<Note> notes;  // fields not applied, unknown fields
 };

@@ -148,10 +148,12 @@ void addTrafficPolicy(Rows& rows, std::string_view prefix, bool port_level) {
            "local-origin errors (connect failures, resets) are not counted apart", "false"},
           {"outlierDetection.consecutiveLocalOriginFailures", N,
            "local-origin errors (connect failures, resets) are not counted apart"},
-          {"tls", N,
-           "TLS origination is not applied yet: the proxy connects in plaintext, whatever the "
-           "mode"},
-          {"tls.*", N},
+          // tls.mode: docs/TLS.md; SIMPLE and MUTUAL are reported by security_parser.cc.
+          {"tls", P},
+          {"tls.mode", A},
+          {"tls.*", N,
+           "only tls.mode is applied (ISTIO_MUTUAL with the proxy's own certificate); "
+           "certificates, SNI and subjectAltNames given here are not used"},
           {"tunnel", N, "tunnelling is not applied; connections go straight to the endpoint"},
           {"tunnel.*", N},
           {"proxyProtocol", N, "the PROXY protocol header is not sent"},

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "config/field_table.h"
+#include "config/security_parser.h"
 #include "routing/static_route_table.h"
 
 namespace remora::config {
@@ -254,6 +255,9 @@ class Builder {
     auto table = routing::StaticRouteTable::create(settings_, generation, std::move(entries),
                                                    std::move(findings_));
     if (!table) return table.error();
+    // Not shared with anyone yet, so the one field set after construction is still safe.
+    std::const_pointer_cast<routing::StaticRouteTable>(*table)->security =
+        buildSecurityTable(documents_);
     return std::shared_ptr<const routing::RouteTable>(std::move(*table));
   }
 
@@ -312,6 +316,8 @@ class Builder {
             workload_entries_.push_back(ref);
             break;
           case Kind::kNamespace:
+          case Kind::kPeerAuthentication:  // buildSecurityTable reads these
+          case Kind::kAuthorizationPolicy:
             break;
         }
       }

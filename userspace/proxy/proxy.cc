@@ -215,6 +215,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
   worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
+  worker.setIdentity(start.options->identity);
   struct Spec {
     SocketAddress at;
     ListenerKind kind;
@@ -427,7 +428,9 @@ int Control::run() {
   }
   AdminHooks hooks;
   hooks.ready = [this] { return ready(); };
-  hooks.prometheus = [this] { return renderPrometheus(snapshot()) + admin_->renderPrometheus(); };
+  hooks.prometheus = [this] {
+    return renderPrometheus(snapshot()) + admin_->renderPrometheus() + renderTlsPrometheus();
+  };
   hooks.config_dump = [this] { return configDump(); };
   hooks.clusters = [this] { return clusters(); };
   hooks.drain = [this] { beginDrain(false); };

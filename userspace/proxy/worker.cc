@@ -184,6 +184,7 @@ void Worker::onTick() {
       continue;
     }
     if (conn.state != State::kRelaying && conn.state != State::kKernel) continue;
+    if (conn.tls) tlsTick(slot);
     auto quiet = now_ - conn.last_activity;
     // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
     if (conn.state == State::kKernel && quiet >= kernel_check && kernelRelayMoved(slot)) {
@@ -376,6 +377,7 @@ void Worker::startConnection(uint32_t listener, int fd) {
   conn.last_activity = now_;
   conn.half_closed = {};
   conn.outcome = "ok";
+  conn.tls.reset();
   ++active_;
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
@@ -395,6 +397,7 @@ void Worker::startConnection(uint32_t listener, int fd) {
   if (conn.kind == ListenerKind::kInbound) {
     conn.decision.kind = RouteDecision::Kind::kPassthrough;
     conn.decision.upstream = conn.original_dst;
+    if (!secureInbound(slot)) return;
   } else if (!routeOutbound(slot)) {
     return;
   }
@@ -456,6 +459,7 @@ void Worker::connectUpstream(uint32_t slot) {
   Connection& conn = slots_[slot];
   const SocketAddress& upstream = conn.decision.upstream;
   conn.tried.push_back(upstream);
+  if (conn.kind == ListenerKind::kOutbound) secureOutbound(slot);
   std::optional<IpAddress> source;
   if (conn.kind == ListenerKind::kInbound) {
     source = upstream.ip.family == Family::kIpv6 ? settings_.inbound_source_v6
@@ -486,6 +490,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     if (handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
+    if (conn.tls) tlsConnected(slot);
     return;
   }
   counters->connect_failures.inc();
@@ -514,6 +519,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
   if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved || d.paused) return;
+  if (tlsHoldsReceive(conn, from_client)) return;
   // One-shot: each receive is a decision, so a direction never holds more than its limit plus
   // one buffer, and backpressure needs no cancel.
   ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,
@@ -572,6 +578,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
       ring_.recycleBuffer(c.bufferId());
       return;
     }
+    if (conn.tls && tlsReceive(slot, from_client, c)) return;
     takeChunk(d, c);
     conn.last_activity = now_;
     if (from_client) {
@@ -593,6 +600,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
     d.eof = true;
     conn.last_activity = now_;
     if (conn.half_closed == std::chrono::steady_clock::time_point{}) conn.half_closed = now_;
+    if (conn.tls) tlsEndOfFile(slot, from_client);
     pump(slot, from_client);  // half-close the other side once the queue is flushed
   } else if (c.res == -ENOBUFS) {
     // Replenish and re-arm: afterBatch re-arms once buffers have come back.
@@ -783,6 +791,7 @@ void Worker::maybeFree(uint32_t slot) {
   conn.state = State::kFree;
   ++conn.generation;
   conn.table.reset();
+  conn.tls.reset();
   conn.decision = RouteDecision{};
   free_slots_.push_back(slot);
   --slots_in_use_;

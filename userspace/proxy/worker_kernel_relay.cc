@@ -30,6 +30,9 @@ bool Worker::handToKernel(uint32_t slot) {
   Connection& conn = slots_[slot];
   const std::shared_ptr<const RelayMaps>& maps = settings_.kernel_relay;
   if (!maps) return false;
+  // TLS (origination, termination or the authorization that waits for the handshake) needs the
+  // bytes in user space.
+  if (conn.tls) return false;
   // Pure L4 only: a port Istio serves as HTTP (or gRPC, TLS...) stays in user space, where the
   // L7 engine reads it.
   if (conn.decision.kind == routing::RouteDecision::Kind::kService &&

@@ -20,6 +20,10 @@
 #include "common/result.h"
 #include "routing/http_route.h"
 
+namespace remora::security {
+class SecurityTable;
+}
+
 namespace remora::routing {
 
 enum class LbPolicy { kRoundRobin, kRandom, kLeastRequest };
@@ -192,6 +196,10 @@ class RouteTable {
     static const std::vector<Finding> kNone;
     return kNone;
   }
+  // PeerAuthentication, AuthorizationPolicy, DestinationRule TLS and the pods' identities
+  // (security/security_policy.h); set by the builder before the table is shared, nullptr for
+  // tables built in code.
+  std::shared_ptr<const security::SecurityTable> security;
 };
 
 struct RouteDecision {
