@@ -101,17 +101,24 @@ TEST_F(ConfigFidelityE2e, CheckPrintsTheTableAndEveryFinding) {
   EXPECT_NE(out.find("subset v1 (ROUND_ROBIN): 10.244.1.168:80 (bookinfo/reviews-v1-"),
             std::string::npos)
       << out;
-  EXPECT_NE(out.find("matching on headers is not applied yet"), std::string::npos) << out;
-  EXPECT_NE(out.find("fault injection is not applied yet"), std::string::npos) << out;
-  EXPECT_NE(out.find("TLS origination is not applied yet"), std::string::npos) << out;
+  // The per-request routes: jason to v2, the rest 80/20 with a 10% abort.
+  EXPECT_NE(out.find("http spec.http[0]: headers end-user exact jason -> v2 100%"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("http spec.http[1]: every request -> v1 80% v2 20% abort 500 10%"),
+            std::string::npos)
+      << out;
+  // tls.mode ISTIO_MUTUAL is applied since the mTLS issue (docs/TLS.md): no warning is left.
+  EXPECT_EQ(out.find("TLS origination is not applied yet"), std::string::npos) << out;
   EXPECT_NE(out.find("skipped 1 object of kind Deployment (apps/v1)"), std::string::npos) << out;
-  EXPECT_NE(out.find("0 errors, "), std::string::npos) << out;
+  EXPECT_NE(out.find("0 errors, 0 warnings"), std::string::npos) << out;
 
-  EXPECT_EQ(check({"--config", config, "--strict"}).first, 1);
+  EXPECT_EQ(check({"--config", config, "--strict"}).first, 0);
   auto [json_code, json] = check({"--config", config, "--json"});
   EXPECT_EQ(json_code, 0);
-  EXPECT_NE(json.find("\"severity\": \"warning\""), std::string::npos) << json;
-  EXPECT_NE(json.find("\"field\": \"spec.http[1].fault\""), std::string::npos) << json;
+  EXPECT_EQ(json.find("\"severity\": \"warning\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"severity\": \"info\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"httpRoutes\""), std::string::npos) << json;
 
   std::string typos = write(
       "typos.yaml", fixture("bookinfo/bookinfo.yaml") + "---\n" + fixture("bookinfo/typos.yaml"));
@@ -168,8 +175,11 @@ TEST_F(ConfigFidelityE2e, BookinfoSplitsExactly80To20OverRealConnections) {
       front_,
       {"bash", "-c", "for i in $(seq 100); do curl -sS -m 3 http://10.1.122.241:9080/; done"});
   ASSERT_TRUE(out.ok());
-  EXPECT_EQ(countOf(out->out, kV1Reply), 80u) << out->out << out->err;
-  EXPECT_EQ(countOf(out->out, kV2Reply), 20u) << out->out << out->err;
+  // Per request (L7): the route's exact 10% abort takes 10 of the 100 requests before routing,
+  // and the other 90 split 80/20 as exactly as 90 allow.
+  EXPECT_EQ(countOf(out->out, "fault filter abort"), 10u) << out->out << out->err;
+  EXPECT_EQ(countOf(out->out, kV1Reply), 72u) << out->out << out->err;
+  EXPECT_EQ(countOf(out->out, kV2Reply), 18u) << out->out << out->err;
   // The TCP route on the tcp-admin port sends everything to v2.
   out = world_->exec(
       front_,
@@ -179,14 +189,12 @@ TEST_F(ConfigFidelityE2e, BookinfoSplitsExactly80To20OverRealConnections) {
 
   // The running proxy shows the same findings in /config_dump, and counts them.
   std::string dump = curl("http://127.0.0.1:15000/config_dump");
-  EXPECT_NE(dump.find("matching on headers is not applied yet"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("skipped 1 object of kind Deployment"), std::string::npos) << dump;
   std::string metrics = curl("http://127.0.0.1:15000/stats/prometheus");
-  EXPECT_NE(metrics.find("remora_config_findings{severity=\"warning\"}"), std::string::npos)
+  EXPECT_NE(metrics.find("remora_config_findings{severity=\"info\"}"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("remora_config_findings{severity=\"error\"} 0"), std::string::npos)
       << metrics;
-  EXPECT_TRUE(proxy_->waitForLine("matching on headers is not applied yet", 2000))
-      << proxy_->output();
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 
 #include "config/field_table.h"
 #include "config/loader.h"
+#include "config_test_support.h"
 #include "routing/route_table.h"
+#include "security/security_policy.h"
 
 namespace remora::config {
 namespace {
@@ -19,34 +21,16 @@ namespace {
 using routing::RouteTable;
 using routing::ServicePort;
 
-SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
-
-std::string fixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  EXPECT_TRUE(in) << name;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::addr;
+using testing::fixture;
 
 std::shared_ptr<const RouteTable> load(Loader& loader, const std::string& text) {
-  auto table = loader.load(text, 1);
-  EXPECT_TRUE(table.ok()) << table.error().message;
-  return table.ok() ? *table : nullptr;
+  return testing::mustLoad(text, {}, &loader);
 }
 
-std::shared_ptr<const RouteTable> load(const std::string& text) {
-  Loader loader;
-  return load(loader, text);
-}
+std::shared_ptr<const RouteTable> load(const std::string& text) { return testing::mustLoad(text); }
 
-// Every finding's severity and text, one per line, for matching.
-std::string all(const RouteTable& table) {
-  std::string out;
-  for (const auto& f : table.findings())
-    out += fmt::format("{}: {}\n", toString(f.severity), f.text);
-  return out;
-}
+std::string all(const RouteTable& table) { return testing::allFindings(table); }
 
 void expectFinding(const RouteTable& table, Severity severity,
                    const std::vector<std::string>& parts) {
@@ -107,17 +91,15 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(all(*table).find("sessionAffinity"), std::string::npos) << all(*table);
   expectFinding(*table, Severity::kInfo, {"skipped 1 object of kind Deployment (apps/v1)"});
   expectFinding(*table, Severity::kInfo, {"ServiceAccount (v1)"});
-  // The jason route is skipped and says where its requests go instead.
-  expectFinding(*table, Severity::kWarning,
-                {"(VirtualService bookinfo/reviews)", "spec.http[0]", afterBookinfo(9),
-                 "matching on headers is not applied yet", "follow spec.http[1]"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1].fault", "fault injection is not applied yet"});
-  expectFinding(*table, Severity::kWarning,
-                {"spec.http[1]", "applied per connection", "reviews.bookinfo port 9080"});
-  expectFinding(
-      *table, Severity::kWarning,
-      {"(DestinationRule bookinfo/reviews)", "spec.trafficPolicy.tls", "connects in plaintext"});
+  // The jason route and the fault are applied per request now: no finding about them.
+  EXPECT_EQ(all(*table).find("spec.http"), std::string::npos) << all(*table);
+  // tls.mode ISTIO_MUTUAL is applied since the mTLS issue: no finding, and the security table
+  // records it for the reviews service (docs/TLS.md).
+  for (const auto& f : table->findings()) {
+    EXPECT_EQ(f.text.find("spec.trafficPolicy.tls"), std::string::npos) << f.text;
+  }
+  ASSERT_NE(table->security, nullptr);
+  EXPECT_EQ(table->security->destination_tls.count({"reviews.bookinfo", 0}), 1U);
   // The HTTP port gets the http route (80/20), the tcp-admin port the tcp route.
   const ServicePort* http = table->find(addr("10.1.122.241:9080"));
   ASSERT_NE(http, nullptr);
@@ -126,6 +108,7 @@ TEST(Fidelity, BookinfoLoadsAndHeaderMatchIsReportedNotSilent) {
   EXPECT_EQ(http->subsets[http->route[0].subset_index].name, "v1");
   EXPECT_EQ(http->route[0].weight, 80u);
   EXPECT_EQ(http->route[1].weight, 20u);
+  ASSERT_EQ(http->http_routes.size(), 2u);  // the model itself: http_route_test
   const ServicePort* tcp = table->find(addr("10.1.122.241:9999"));
   ASSERT_NE(tcp, nullptr);
   EXPECT_EQ(tcp->protocol, "TCP");

@@ -10,6 +10,7 @@
 #include "config/duration.h"
 #include "config/loader.h"
 #include "config/yaml_split.h"
+#include "config_test_support.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -20,26 +21,12 @@ using routing::RouteDecision;
 using routing::RouteTable;
 using routing::ServicePort;
 
-SocketAddress addr(const char* text) { return *SocketAddress::parse(text); }
-
-std::string readFixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  EXPECT_TRUE(in) << name;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::addr;
+using testing::mustLoad;
+std::string readFixture(const std::string& name) { return testing::fixture(name); }
 
 // Raw strings in this file start with a newline for readability; line 1 is the one after it.
 std::string yaml(const char* text) { return std::string(text).substr(1); }
-
-std::shared_ptr<const RouteTable> mustLoad(const std::string& text,
-                                           const routing::ProxySettings& base = {}) {
-  Loader loader;
-  auto table = loader.load(text, 1, base);
-  EXPECT_TRUE(table.ok()) << table.error().message;
-  return table.ok() ? *table : nullptr;
-}
 
 // The texts of a loaded table's findings at `severity` or above, one per line.
 std::string findingsText(const RouteTable& table, Severity severity) {
@@ -472,9 +459,12 @@ spec:
 )") + kSubsets));
   ASSERT_TRUE(table);
   const ServicePort* port = table->find(addr("10.1.122.241:9999"));
-  ASSERT_EQ(port->subsets.size(), 1u);
-  EXPECT_EQ(port->subsets[0].name, "v1");
+  // Per connection (the fallback when a connection is not parsed as HTTP/1.1) only the
+  // catch-all can apply; per request both routes do, in order (http_route_test checks them).
+  ASSERT_EQ(port->route.size(), 1u);
+  EXPECT_EQ(port->subsets[port->route[0].subset_index].name, "v1");
   EXPECT_EQ(port->route[0].weight, 100u);
+  EXPECT_EQ(port->http_routes.size(), 2u);
 }
 
 TEST(Istio, HttpRouteMatchedByPortOnAnHttpPort) {

@@ -34,3 +34,13 @@ add_executable(remora-endpoint-scale-bench ${CMAKE_CURRENT_LIST_DIR}/../bench/en
 target_link_libraries(remora-endpoint-scale-bench PRIVATE remora_config remora_routing fmt::fmt)
 add_test(NAME routing_test.endpoint_scale COMMAND remora-endpoint-scale-bench 100 10000 50 3000)
 set_tests_properties(routing_test.endpoint_scale PROPERTIES LABELS unit TIMEOUT 120)
+
+# L7 routing model (issue 10): matching, exact percentages, per-request picks, and the
+# VirtualService http[] / DestinationRule trafficPolicy parsing on the Istio samples.
+add_executable(http_route_test ${CMAKE_CURRENT_LIST_DIR}/http_route_test.cc)
+target_link_libraries(http_route_test PRIVATE remora_config remora_routing fmt::fmt
+  GTest::gtest GTest::gtest_main)
+target_compile_definitions(http_route_test PRIVATE
+  REMORA_FIXTURES_DIR="${CMAKE_CURRENT_LIST_DIR}/../fixtures")
+gtest_discover_tests(http_route_test TEST_PREFIX "http_route_test."
+  PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)

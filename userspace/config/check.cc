@@ -9,6 +9,70 @@
 #include "config/loader.h"
 
 namespace remora::config {
+namespace {
+
+// "uri prefix /api and headers end-user exact jason", from one httpRoutes[].match[] entry.
+std::string matchText(const nlohmann::json& m) {
+  std::vector<std::string> parts;
+  auto add = [&](const std::string& what, const nlohmann::json& sm) {
+    for (const auto& [kind, value] : sm.items()) {
+      if (kind == "ignoreCase") continue;
+      std::string text = value.get<std::string>();
+      parts.push_back(kind == "present" ? what + " present"
+                                        : fmt::format("{} {} {}", what, kind, text));
+    }
+  };
+  for (const char* key : {"uri", "scheme", "method", "authority"}) {
+    if (m.contains(key)) add(key, m[key]);
+  }
+  for (const char* key : {"headers", "withoutHeaders", "queryParams"}) {
+    if (!m.contains(key)) continue;
+    for (const auto& [name, sm] : m[key].items()) add(fmt::format("{} {}", key, name), sm);
+  }
+  if (m.contains("port")) parts.push_back(fmt::format("port {}", m["port"].get<int>()));
+  if (m.contains("sourceLabels")) parts.push_back("sourceLabels " + m["sourceLabels"].dump());
+  return parts.empty() ? "anything" : fmt::format("{}", fmt::join(parts, " and "));
+}
+
+// One line per http route: what it matches, then where it sends the request.
+std::string httpRouteText(const nlohmann::json& r) {
+  std::vector<std::string> matches;
+  for (const auto& m : r.value("match", nlohmann::json::array())) {
+    matches.push_back(matchText(m));
+  }
+  std::string out = fmt::format("  http {}: {} ->", r.value("field", ""),
+                                matches.empty() ? std::string("every request")
+                                                : fmt::format("{}", fmt::join(matches, " | ")));
+  uint64_t total = 0;
+  for (const auto& d : r.value("route", nlohmann::json::array())) total += d.value("weight", 0u);
+  for (const auto& d : r.value("route", nlohmann::json::array())) {
+    std::string subset = d.value("subset", "");
+    out += fmt::format(" {} {:.3g}%", subset.empty() ? "(all endpoints)" : subset,
+                       total == 0 ? 0.0 : 100.0 * d.value("weight", 0u) / total);
+  }
+  if (r.contains("redirect")) out += fmt::format(" redirect {}", r["redirect"].value("code", 301));
+  if (r.contains("directResponse")) {
+    out += fmt::format(" direct response {}", r["directResponse"].value("status", 200));
+  }
+  if (r.contains("fault")) {
+    const auto& f = r["fault"];
+    if (f.contains("delay")) {
+      out += fmt::format(" delay {}ms {:.3g}%", f["delay"].value("fixedDelayMs", 0),
+                         f["delay"].value("percent", 0.0));
+    }
+    if (f.contains("abort")) {
+      out += fmt::format(" abort {} {:.3g}%", f["abort"].value("httpStatus", 0),
+                         f["abort"].value("percent", 0.0));
+    }
+  }
+  if (r.contains("mirror")) {
+    out += fmt::format(" mirror {} {:.3g}%", r["mirror"].value("subset", ""),
+                       r["mirror"].value("percent", 0.0));
+  }
+  return out + "\n";
+}
+
+}  // namespace
 
 std::string renderCheck(const nlohmann::json& dump) {
   std::string out;
@@ -36,6 +100,9 @@ std::string renderCheck(const nlohmann::json& dump) {
       out += fmt::format("  route {:>7.3f}%  {}{}\n", total == 0 ? 0.0 : 100.0 * weight / total,
                          name.empty() ? "(all endpoints)" : name,
                          endpoints == 0 ? "  [no endpoints: its share goes to the others]" : "");
+    }
+    for (const auto& r : s.value("httpRoutes", nlohmann::json::array())) {
+      out += httpRouteText(r);
     }
     for (const auto& sub : subsets) {
       std::string name = sub.value("name", "");

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <initializer_list>
 
 #include "config/duration.h"
 #include "config/field_table.h"
+#include "config/security_parser.h"
 
 namespace remora::config {
 namespace {
@@ -30,8 +32,13 @@ struct Context {
   Error error(std::string_view field, int line, std::string_view what) const {
     last_field = field;
     last_line = line;
+    if (bare) return makeError(std::string(what));
     return makeError(describeError(placement, item, kind, namespace_name, name, field, line, what));
   }
+
+  // The error text is just `what`: for an error that becomes a note on an object that is kept
+  // (an http route rejected alone), which the table builder words in full.
+  bool bare = false;
 
   mutable std::string last_field;
   mutable int last_line = 0;
@@ -268,6 +275,212 @@ Result<std::optional<LbPolicy>> readLoadBalancer(const Context& ctx, const YAML:
                                *name));
 }
 
+// ---- DestinationRule trafficPolicy: connectionPool, outlierDetection, portLevelSettings ----
+
+Result<uint32_t> readBounded(const Context& ctx, const YAML::Node& node, const std::string& field,
+                             int line, int64_t low, int64_t high) {
+  auto value = readInt(ctx, node, field, line);
+  if (!value) return value.error();
+  if (*value < low || *value > high) {
+    return ctx.error(field, lineOf(node, line),
+                     fmt::format("must be in {}..{}, got {}", low, high, *value));
+  }
+  return static_cast<uint32_t>(*value);
+}
+
+// A duration such as "250ms" or "1m30s"; "0s" (or "0") only where `zero_ok`.
+Result<std::chrono::milliseconds> readDurationValue(const Context& ctx, const YAML::Node& node,
+                                                    const std::string& field, int line,
+                                                    bool zero_ok) {
+  auto text = readString(ctx, node, field, line, true);
+  if (!text) return text.error();
+  if (zero_ok && (*text == "0" || *text == "0s")) return std::chrono::milliseconds(0);
+  auto value = parseDuration(*text);
+  if (!value) return ctx.error(field, lineOf(node, line), value.error().message);
+  return *value;
+}
+
+// Reads the optional key `key` of `f` into `target` with `read`; absent leaves `target` alone.
+template <typename T, typename Read>
+Result<void> readOptional(const Fields& f, const char* key, const std::string& prefix, int line,
+                          T& target, Read read) {
+  YAML::Node node = f.get(key);
+  if (!present(node)) return {};
+  auto value = read(node, fmt::format("{}.{}", prefix, key), line);
+  if (!value) return value.error();
+  target = *value;
+  return {};
+}
+
+constexpr int64_t kUint32Max = UINT32_MAX;
+
+Result<routing::ConnectionPoolSettings> readConnectionPool(const Context& ctx,
+                                                           const YAML::Node& node,
+                                                           const std::string& field, int line) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  routing::ConnectionPoolSettings pool;
+  Fields f(node);
+  int pool_line = lineOf(node, line);
+  auto count = [&](const YAML::Node& n, const std::string& fld, int l) {
+    return readBounded(ctx, n, fld, l, 0, kUint32Max);
+  };
+  auto duration = [&](bool zero_ok) {
+    return [&ctx, zero_ok](const YAML::Node& n, const std::string& fld, int l) {
+      return readDurationValue(ctx, n, fld, l, zero_ok);
+    };
+  };
+  // Istio: a count of 0 leaves the default (no limit).
+  auto limit = [](uint32_t& target) {
+    return [&target](uint32_t v) {
+      if (v != 0) target = v;
+    };
+  };
+  if (YAML::Node tcp = f.get("tcp"); present(tcp)) {
+    std::string tfield = field + ".tcp";
+    if (auto r = requireMap(ctx, tcp, tfield, pool_line); !r) return r.error();
+    Fields tf(tcp);
+    int tline = lineOf(tcp, pool_line);
+    uint32_t max_connections = 0;
+    if (auto r = readOptional(tf, "maxConnections", tfield, tline, max_connections, count); !r) {
+      return r.error();
+    }
+    limit(pool.max_connections)(max_connections);
+    if (auto r = readOptional(tf, "connectTimeout", tfield, tline, pool.connect_timeout,
+                              duration(false));
+        !r) {
+      return r.error();
+    }
+    if (YAML::Node ka = tf.get("tcpKeepalive"); present(ka)) {
+      std::string kfield = tfield + ".tcpKeepalive";
+      if (auto r = requireMap(ctx, ka, kfield, tline); !r) return r.error();
+      Fields kf(ka);
+      int kline = lineOf(ka, tline);
+      routing::ConnectionPoolSettings::Keepalive keepalive;
+      for (const auto& r :
+           {readOptional(kf, "probes", kfield, kline, keepalive.probes, count),
+            readOptional(kf, "time", kfield, kline, keepalive.time, duration(false)),
+            readOptional(kf, "interval", kfield, kline, keepalive.interval, duration(false))}) {
+        if (!r) return r.error();
+      }
+      pool.tcp_keepalive = keepalive;
+    }
+  }
+  if (YAML::Node http = f.get("http"); present(http)) {
+    std::string hfield = field + ".http";
+    if (auto r = requireMap(ctx, http, hfield, pool_line); !r) return r.error();
+    Fields hf(http);
+    int hline = lineOf(http, pool_line);
+    uint32_t pending = 0;
+    uint32_t retries = 0;
+    for (const auto& r :
+         {readOptional(hf, "http1MaxPendingRequests", hfield, hline, pending, count),
+          readOptional(hf, "maxRequestsPerConnection", hfield, hline,
+                       pool.max_requests_per_connection, count),
+          readOptional(hf, "maxRetries", hfield, hline, retries, count),
+          readOptional(hf, "idleTimeout", hfield, hline, pool.idle_timeout, duration(true))}) {
+      if (!r) return r.error();
+    }
+    limit(pool.http1_max_pending_requests)(pending);
+    limit(pool.max_retries)(retries);
+  }
+  return pool;
+}
+
+Result<routing::OutlierDetectionSettings> readOutlierDetection(const Context& ctx,
+                                                               const YAML::Node& node,
+                                                               const std::string& field, int line) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  routing::OutlierDetectionSettings out;
+  out.enabled = true;
+  Fields f(node);
+  int oline = lineOf(node, line);
+  auto count = [&](const YAML::Node& n, const std::string& fld, int l) {
+    return readBounded(ctx, n, fld, l, 0, kUint32Max);
+  };
+  auto duration = [&](const YAML::Node& n, const std::string& fld, int l) {
+    return readDurationValue(ctx, n, fld, l, false);
+  };
+  // The deprecated consecutiveErrors counts gateway errors only, as Istio translates it.
+  std::optional<uint32_t> legacy;
+  if (auto r = readOptional(f, "consecutiveErrors", field, oline, legacy, count); !r) {
+    return r.error();
+  }
+  if (legacy) {
+    out.consecutive_gateway_errors = *legacy;
+    out.consecutive_5xx_errors = 0;
+  }
+  auto percent = [&](const YAML::Node& n, const std::string& fld, int l) {
+    return readBounded(ctx, n, fld, l, 0, 100);
+  };
+  for (const auto& r :
+       {readOptional(f, "consecutiveGatewayErrors", field, oline, out.consecutive_gateway_errors,
+                     count),
+        readOptional(f, "consecutive5xxErrors", field, oline, out.consecutive_5xx_errors, count),
+        readOptional(f, "interval", field, oline, out.interval, duration),
+        readOptional(f, "baseEjectionTime", field, oline, out.base_ejection_time, duration),
+        readOptional(f, "maxEjectionPercent", field, oline, out.max_ejection_percent, percent)}) {
+    if (!r) return r.error();
+  }
+  return out;
+}
+
+// The blocks one trafficPolicy level sets (a trafficPolicy, or a portLevelSettings entry).
+Result<PolicyLevel> readPolicyLevel(const Context& ctx, const YAML::Node& node,
+                                    const std::string& field, int line) {
+  PolicyLevel level;
+  auto lb = readLoadBalancer(ctx, node, field, line);
+  if (!lb) return lb.error();
+  level.lb = *lb;
+  Fields f(node);
+  int l = lineOf(node, line);
+  if (YAML::Node pool = f.get("connectionPool"); present(pool)) {
+    auto value = readConnectionPool(ctx, pool, field + ".connectionPool", l);
+    if (!value) return value.error();
+    level.pool = *value;
+  }
+  if (YAML::Node outlier = f.get("outlierDetection"); present(outlier)) {
+    auto value = readOutlierDetection(ctx, outlier, field + ".outlierDetection", l);
+    if (!value) return value.error();
+    level.outlier = *value;
+  }
+  return level;
+}
+
+Result<TrafficPolicySpec> readTrafficPolicy(const Context& ctx, const YAML::Node& node,
+                                            const std::string& field, int line) {
+  TrafficPolicySpec spec;
+  if (!present(node)) return spec;
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  auto level = readPolicyLevel(ctx, node, field, line);
+  if (!level) return level.error();
+  spec.level = *level;
+  int l = lineOf(node, line);
+  YAML::Node ports = Fields(node).get("portLevelSettings");
+  if (auto r = optionalSequence(ctx, ports, field + ".portLevelSettings", l); !r) {
+    return r.error();
+  }
+  size_t i = 0;
+  for (const auto& entry : present(ports) ? ports : YAML::Node()) {
+    std::string efield = fmt::format("{}.portLevelSettings[{}]", field, i++);
+    if (auto r = requireMap(ctx, entry, efield, l); !r) return r.error();
+    int eline = lineOf(entry, l);
+    YAML::Node port = Fields(entry).get("port");
+    if (auto r = requireMap(ctx, port, efield + ".port", eline); !r) return r.error();
+    auto number = readPort(ctx, Fields(port).get("number"), efield + ".port.number", eline);
+    if (!number) return number.error();
+    for (const auto& [other, unused] : spec.ports) {
+      if (other == *number) {
+        return ctx.error(efield + ".port.number", eline,
+                         fmt::format("port {} has settings already", *number));
+      }
+    }
+    auto entry_level = readPolicyLevel(ctx, entry, efield, eline);
+    if (!entry_level) return entry_level.error();
+    spec.ports.emplace_back(*number, *entry_level);
+  }
+  return spec;
+}
+
 Result<void> parseService(const Context& ctx, const Fields& top, int line, Object& out) {
   ServiceSpec spec;
   YAML::Node spec_node = top.get("spec");
@@ -391,6 +604,10 @@ Result<void> parsePod(const Context& ctx, const Fields& top, int line, Object& o
   if (present(spec_node)) {
     if (auto r = requireMap(ctx, spec_node, "spec", line); !r) return r.error();
     int spec_line = lineOf(spec_node, line);
+    auto account = readString(ctx, Fields(spec_node).get("serviceAccountName"),
+                              "spec.serviceAccountName", spec_line, false);
+    if (!account) return account.error();
+    spec.service_account = std::move(*account);
     YAML::Node containers = Fields(spec_node).get("containers");
     if (auto r = optionalSequence(ctx, containers, "spec.containers", spec_line); !r)
       return r.error();
@@ -604,29 +821,17 @@ Result<void> readMatches(const Context& ctx, const YAML::Node& match, const std:
   return {};
 }
 
+Result<RouteDestination> readDestination(const Context& ctx, const YAML::Node& node,
+                                         const std::string& field, int line);
+
 Result<RouteDestination> readRouteDestination(const Context& ctx, const YAML::Node& dnode,
                                               const std::string& dfield, int route_line) {
   if (auto r = requireMap(ctx, dnode, dfield, route_line); !r) return r.error();
   int dline = lineOf(dnode, route_line);
   Fields df(dnode);
-  RouteDestination dest;
-  dest.line = dline;
-  YAML::Node destination = df.get("destination");
-  if (auto r = requireMap(ctx, destination, dfield + ".destination", dline); !r) return r.error();
-  Fields dsf(destination);
-  auto host = readString(ctx, dsf.get("host"), dfield + ".destination.host", dline, true);
-  if (!host) return host.error();
-  dest.host = std::move(*host);
-  auto subset = readString(ctx, dsf.get("subset"), dfield + ".destination.subset", dline, false);
-  if (!subset) return subset.error();
-  dest.subset = std::move(*subset);
-  if (YAML::Node port = dsf.get("port"); present(port)) {
-    if (auto r = requireMap(ctx, port, dfield + ".destination.port", dline); !r) return r.error();
-    auto number = readPort(ctx, Fields(port).get("number"), dfield + ".destination.port.number",
-                           lineOf(port, dline));
-    if (!number) return number.error();
-    dest.port = *number;
-  }
+  auto parsed = readDestination(ctx, df.get("destination"), dfield + ".destination", dline);
+  if (!parsed) return parsed.error();
+  RouteDestination dest = std::move(*parsed);
   if (YAML::Node weight = df.get("weight"); present(weight)) {
     auto value = readInt(ctx, weight, dfield + ".weight", dline);
     if (!value) return value.error();
@@ -639,6 +844,617 @@ Result<RouteDestination> readRouteDestination(const Context& ctx, const YAML::No
     dest.weight = static_cast<uint32_t>(*value);
   }
   return dest;
+}
+
+// ---- VirtualService http[]: the per-request model (routing/http_route.h) ----
+
+// Istio's StringMatch: one of exact, prefix or regex (RE2). `{}` (or no value) means "present"
+// where `presence_ok` (headers, withoutHeaders, queryParams).
+Result<routing::StringMatch> readStringMatch(const Context& ctx, const YAML::Node& node,
+                                             const std::string& field, int line, bool presence_ok) {
+  int l = lineOf(node, line);
+  if (!present(node) || (node.IsMap() && node.size() == 0)) {
+    if (presence_ok) return routing::StringMatch{};
+    return ctx.error(field, l, "needs one of exact, prefix or regex");
+  }
+  if (!node.IsMap()) {
+    return ctx.error(
+        field, l,
+        fmt::format("must be a mapping with exact, prefix or regex, got {}", shown(node)));
+  }
+  Fields f(node);
+  std::optional<routing::StringMatch> out;
+  for (std::string_view key : {"exact", "prefix", "regex"}) {
+    YAML::Node value = f.get(key);
+    if (!present(value)) continue;
+    std::string kfield = fmt::format("{}.{}", field, key);
+    int vline = lineOf(value, l);
+    if (out) return ctx.error(kfield, vline, "only one of exact, prefix or regex may be set");
+    auto text = readString(ctx, value, kfield, l, false);
+    if (!text) return text.error();
+    if (key == "regex") {
+      auto re = routing::StringMatch::makeRegex(*text);
+      if (!re) return ctx.error(kfield, vline, re.error().message);
+      out = std::move(*re);
+      continue;
+    }
+    routing::StringMatch m;
+    m.kind =
+        key == "exact" ? routing::StringMatch::Kind::kExact : routing::StringMatch::Kind::kPrefix;
+    m.value = std::move(*text);
+    out = std::move(m);
+  }
+  if (!out) return ctx.error(field, l, "needs one of exact, prefix or regex");
+  return std::move(*out);
+}
+
+std::string lowerAscii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+// `headers`, `withoutHeaders` or `queryParams`: name → StringMatch.
+template <typename Add>
+Result<void> readMatchMap(const Context& ctx, const YAML::Node& node, const std::string& field,
+                          int line, Add add) {
+  if (!present(node)) return {};
+  if (!node.IsMap()) {
+    return ctx.error(field, lineOf(node, line),
+                     fmt::format("must be a mapping, got {}", shown(node)));
+  }
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string& name = it->first.Scalar();
+    std::string efield = fmt::format("{}.{}", field, name);
+    if (name.empty()) return ctx.error(field, lineOf(node, line), "a name is empty");
+    auto m = readStringMatch(ctx, it->second, efield, lineOf(it->first, line), true);
+    if (!m) return m.error();
+    add(name, std::move(*m));
+  }
+  return {};
+}
+
+// One match entry; nullopt when it cannot hold for a sidecar (bound to gateways only, or on
+// the client's namespace, which the proxy does not know).
+Result<std::optional<routing::HttpMatch>> readHttpMatch(const Context& ctx, const YAML::Node& node,
+                                                        const std::string& field, int line) {
+  using Out = Result<std::optional<routing::HttpMatch>>;
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  routing::HttpMatch m;
+  m.line = l;
+  auto name = readString(ctx, f.get("name"), field + ".name", l, false);
+  if (!name) return name.error();
+  m.name = std::move(*name);
+  const std::pair<const char*, std::optional<routing::StringMatch>*> singles[] = {
+      {"uri", &m.uri}, {"scheme", &m.scheme}, {"method", &m.method}, {"authority", &m.authority}};
+  for (const auto& [key, target] : singles) {
+    YAML::Node value = f.get(key);
+    if (!present(value)) continue;
+    auto sm = readStringMatch(ctx, value, fmt::format("{}.{}", field, key), l, false);
+    if (!sm) return sm.error();
+    *target = std::move(*sm);
+  }
+  if (YAML::Node v = f.get("ignoreUriCase"); present(v)) {
+    auto value = readBool(ctx, v, field + ".ignoreUriCase", l);
+    if (!value) return value.error();
+    m.ignore_uri_case = *value;
+    // Envoy's case_sensitive: false covers exact and prefix path matches, not regexes.
+    if (m.uri && m.uri->kind != routing::StringMatch::Kind::kRegex) m.uri->ignore_case = *value;
+  }
+  for (bool invert : {false, true}) {
+    const char* key = invert ? "withoutHeaders" : "headers";
+    auto r = readMatchMap(ctx, f.get(key), fmt::format("{}.{}", field, key), l,
+                          [&](const std::string& header, routing::StringMatch value) {
+                            m.headers.push_back({lowerAscii(header), std::move(value), invert});
+                          });
+    if (!r) return r.error();
+  }
+  auto qr = readMatchMap(ctx, f.get("queryParams"), field + ".queryParams", l,
+                         [&](const std::string& param, routing::StringMatch value) {
+                           m.query_params.push_back({param, std::move(value)});
+                         });
+  if (!qr) return qr.error();
+  if (YAML::Node v = f.get("port"); present(v)) {
+    auto port = readPort(ctx, v, field + ".port", l);
+    if (!port) return port.error();
+    m.port = *port;
+  }
+  auto labels = readLabels(ctx, f.get("sourceLabels"), field + ".sourceLabels", l);
+  if (!labels) return labels.error();
+  m.source_labels = std::move(*labels);
+  YAML::Node gateways = f.get("gateways");
+  if (auto r = optionalSequence(ctx, gateways, field + ".gateways", l); !r) return r.error();
+  if (present(gateways) && gateways.size() > 0) {
+    bool mesh = false;
+    for (const auto& g : gateways) mesh = mesh || (g.IsScalar() && g.Scalar() == "mesh");
+    if (!mesh) return Out(std::nullopt);
+  }
+  if (present(f.get("sourceNamespace"))) return Out(std::nullopt);
+  return Out(std::move(m));
+}
+
+Result<routing::HeaderOpsPair> readHeaderOps(const Context& ctx, const YAML::Node& node,
+                                             const std::string& field, int line) {
+  routing::HeaderOpsPair out;
+  if (!present(node)) return out;
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  for (bool request : {true, false}) {
+    std::string sfield = fmt::format("{}.{}", field, request ? "request" : "response");
+    YAML::Node side = f.get(request ? "request" : "response");
+    if (!present(side)) continue;
+    if (auto r = requireMap(ctx, side, sfield, l); !r) return r.error();
+    int sline = lineOf(side, l);
+    Fields sf(side);
+    routing::HeaderOps& ops = request ? out.request : out.response;
+    for (bool set : {true, false}) {
+      std::string key = set ? "set" : "add";
+      YAML::Node map = sf.get(key);
+      if (!present(map)) continue;
+      std::string mfield = fmt::format("{}.{}", sfield, key);
+      if (!map.IsMap()) {
+        return ctx.error(mfield, lineOf(map, sline),
+                         fmt::format("must be a mapping, got {}", shown(map)));
+      }
+      auto& target = set ? ops.set : ops.add;
+      for (auto it = map.begin(); it != map.end(); ++it) {
+        auto value = readString(ctx, it->second, fmt::format("{}.{}", mfield, it->first.Scalar()),
+                                lineOf(it->first, sline), false);
+        if (!value) return value.error();
+        target.emplace_back(lowerAscii(it->first.Scalar()), std::move(*value));
+      }
+    }
+    YAML::Node remove = sf.get("remove");
+    if (auto r = optionalSequence(ctx, remove, sfield + ".remove", sline); !r) return r.error();
+    size_t i = 0;
+    for (const auto& name : present(remove) ? remove : YAML::Node()) {
+      auto text = readString(ctx, name, fmt::format("{}.remove[{}]", sfield, i++), sline, true);
+      if (!text) return text.error();
+      ops.remove.push_back(lowerAscii(*text));
+    }
+  }
+  return out;
+}
+
+// Istio's Percent: {value: 0..100}, a double; kept exactly in parts per million.
+Result<routing::Percentage> readPercentage(const Context& ctx, const YAML::Node& node,
+                                           const std::string& field, int line) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  YAML::Node value = Fields(node).get("value");
+  auto text = readString(ctx, value, field + ".value", l, true);
+  if (!text) return text.error();
+  double v = -1;
+  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+  if (ec != std::errc() || end != text->data() + text->size() || !(v >= 0 && v <= 100)) {
+    return ctx.error(field + ".value", lineOf(value, l),
+                     fmt::format("must be a number in 0..100, got '{}'", *text));
+  }
+  return routing::Percentage{static_cast<uint32_t>(std::llround(v * 10'000))};
+}
+
+// The deprecated integer percent fields (fault.delay.percent, mirrorPercent).
+Result<routing::Percentage> readIntegerPercent(const Context& ctx, const YAML::Node& node,
+                                               const std::string& field, int line) {
+  auto value = readBounded(ctx, node, field, line, 0, 100);
+  if (!value) return value.error();
+  return routing::Percentage{*value * 10'000};
+}
+
+std::optional<std::string> decodeBase64(std::string_view text) {
+  std::string out;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : text) {
+    int v = -1;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    if (c >= '0' && c <= '9') v = c - '0' + 52;
+    if (c == '+' || c == '-') v = 62;
+    if (c == '/' || c == '_') v = 63;
+    if (c == '=' || c == '\n' || c == ' ') continue;
+    if (v < 0) return std::nullopt;
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out.push_back(static_cast<char>((bits >> count) & 0xff));
+    }
+  }
+  return out;
+}
+
+// A mirror's or a route's Destination: {host, subset, port.number}.
+Result<RouteDestination> readDestination(const Context& ctx, const YAML::Node& node,
+                                         const std::string& field, int line) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = line;
+  Fields f(node);
+  RouteDestination dest;
+  dest.line = l;
+  auto host = readString(ctx, f.get("host"), field + ".host", l, true);
+  if (!host) return host.error();
+  dest.host = std::move(*host);
+  auto subset = readString(ctx, f.get("subset"), field + ".subset", l, false);
+  if (!subset) return subset.error();
+  dest.subset = std::move(*subset);
+  if (YAML::Node port = f.get("port"); present(port)) {
+    if (auto r = requireMap(ctx, port, field + ".port", l); !r) return r.error();
+    auto number =
+        readPort(ctx, Fields(port).get("number"), field + ".port.number", lineOf(port, l));
+    if (!number) return number.error();
+    dest.port = *number;
+  }
+  return dest;
+}
+
+Result<void> readRewrite(const Context& ctx, const YAML::Node& node, const std::string& field,
+                         int line, routing::HttpRoute& out) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  routing::HttpRewrite rewrite;
+  auto uri = readString(ctx, f.get("uri"), field + ".uri", l, false);
+  if (!uri) return uri.error();
+  rewrite.uri = std::move(*uri);
+  auto authority = readString(ctx, f.get("authority"), field + ".authority", l, false);
+  if (!authority) return authority.error();
+  rewrite.authority = std::move(*authority);
+  if (YAML::Node re = f.get("uriRegexRewrite"); present(re)) {
+    std::string rfield = field + ".uriRegexRewrite";
+    if (!rewrite.uri.empty()) {
+      return ctx.error(rfield, lineOf(re, l), "cannot be set together with rewrite.uri");
+    }
+    if (auto r = requireMap(ctx, re, rfield, l); !r) return r.error();
+    Fields rf(re);
+    int rline = lineOf(re, l);
+    auto pattern = readString(ctx, rf.get("match"), rfield + ".match", rline, true);
+    if (!pattern) return pattern.error();
+    auto with = readString(ctx, rf.get("rewrite"), rfield + ".rewrite", rline, false);
+    if (!with) return with.error();
+    if (auto r = routing::setUriRegexRewrite(rewrite, *pattern, *with); !r) {
+      return ctx.error(rfield, rline, r.error().message);
+    }
+  }
+  out.rewrite = std::move(rewrite);
+  return {};
+}
+
+Result<void> readRedirect(const Context& ctx, const YAML::Node& node, const std::string& field,
+                          int line, routing::HttpRoute& out) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  routing::HttpRedirect redirect;
+  const std::pair<const char*, std::string*> texts[] = {
+      {"uri", &redirect.uri}, {"authority", &redirect.authority}, {"scheme", &redirect.scheme}};
+  for (const auto& [key, target] : texts) {
+    auto text = readString(ctx, f.get(key), fmt::format("{}.{}", field, key), l, false);
+    if (!text) return text.error();
+    *target = std::move(*text);
+  }
+  if (YAML::Node port = f.get("port"); present(port)) {
+    auto number = readPort(ctx, port, field + ".port", l);
+    if (!number) return number.error();
+    redirect.port = *number;
+  }
+  if (YAML::Node derive = f.get("derivePort"); present(derive)) {
+    auto text = readString(ctx, derive, field + ".derivePort", l, true);
+    if (!text) return text.error();
+    if (*text == "FROM_REQUEST_PORT") {
+      redirect.derive_from_request_port = true;
+    } else if (*text != "FROM_PROTOCOL_DEFAULT") {
+      return ctx.error(
+          field + ".derivePort", lineOf(derive, l),
+          fmt::format("must be FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT, got '{}'", *text));
+    }
+    if (redirect.port != 0) {
+      return ctx.error(field + ".derivePort", lineOf(derive, l),
+                       "cannot be set together with redirect.port");
+    }
+  }
+  if (YAML::Node code = f.get("redirectCode"); present(code)) {
+    auto value = readInt(ctx, code, field + ".redirectCode", l);
+    if (!value) return value.error();
+    if (*value != 301 && *value != 302 && *value != 303 && *value != 307 && *value != 308) {
+      return ctx.error(field + ".redirectCode", lineOf(code, l),
+                       fmt::format("must be 301, 302, 303, 307 or 308, got {}", *value));
+    }
+    redirect.code = static_cast<uint16_t>(*value);
+  }
+  out.redirect = std::move(redirect);
+  return {};
+}
+
+Result<void> readDirectResponse(const Context& ctx, const YAML::Node& node,
+                                const std::string& field, int line, routing::HttpRoute& out) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  routing::HttpDirectResponse response;
+  auto status = readBounded(ctx, f.get("status"), field + ".status", l, 200, 599);
+  if (!status) return status.error();
+  response.status = static_cast<uint16_t>(*status);
+  if (YAML::Node body = f.get("body"); present(body)) {
+    std::string bfield = field + ".body";
+    if (auto r = requireMap(ctx, body, bfield, l); !r) return r.error();
+    Fields bf(body);
+    int bline = lineOf(body, l);
+    YAML::Node string = bf.get("string");
+    YAML::Node bytes = bf.get("bytes");
+    if (present(string) && present(bytes)) {
+      return ctx.error(bfield, bline, "only one of string or bytes may be set");
+    }
+    if (present(string)) {
+      auto text = readString(ctx, string, bfield + ".string", bline, false);
+      if (!text) return text.error();
+      response.body = std::move(*text);
+    } else if (present(bytes)) {
+      auto text = readString(ctx, bytes, bfield + ".bytes", bline, false);
+      if (!text) return text.error();
+      auto decoded = decodeBase64(*text);
+      if (!decoded) {
+        return ctx.error(bfield + ".bytes", lineOf(bytes, bline), "is not valid base64");
+      }
+      response.body = std::move(*decoded);
+    }
+  }
+  out.direct_response = std::move(response);
+  return {};
+}
+
+// gRPC conditions and the other names Istio accepts: valid, but they never hold for an
+// HTTP/1.1 response, as in Envoy.
+bool inertRetryOn(std::string_view name) {
+  for (std::string_view n :
+       {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+        "retriable-headers", "envoy-ratelimited", "http3-post-connect-failure"}) {
+    if (n == name) return true;
+  }
+  return false;
+}
+
+Result<void> readRetries(const Context& ctx, const YAML::Node& node, const std::string& field,
+                         int line, routing::HttpRoute& out) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  routing::RetryPolicy retries = routing::RetryPolicy::istioDefault();
+  retries.attempts = 0;  // Istio: no attempts, no retries
+  if (YAML::Node v = f.get("attempts"); present(v)) {
+    auto attempts = readBounded(ctx, v, field + ".attempts", l, 0, INT32_MAX);
+    if (!attempts) return attempts.error();
+    retries.attempts = *attempts;
+  }
+  if (YAML::Node v = f.get("perTryTimeout"); present(v)) {
+    auto value = readDurationValue(ctx, v, field + ".perTryTimeout", l, false);
+    if (!value) return value.error();
+    retries.per_try_timeout = *value;
+  }
+  if (YAML::Node v = f.get("retryOn"); present(v)) {
+    auto text = readString(ctx, v, field + ".retryOn", l, false);
+    if (!text) return text.error();
+    routing::ParsedRetryOn parsed = routing::parseRetryOn(*text);
+    for (const auto& name : parsed.unknown) {
+      if (inertRetryOn(name)) continue;
+      return ctx.error(field + ".retryOn", lineOf(v, l),
+                       fmt::format("'{}' is not a retryOn condition (5xx, gateway-error, reset, "
+                                   "connect-failure, retriable-4xx, refused-stream, "
+                                   "retriable-status-codes, a status code, or a gRPC one)",
+                                   name));
+    }
+    retries.retry_on = parsed.bits;
+    retries.retriable_status_codes = std::move(parsed.codes);
+  }
+  if (retries.attempts == 0) retries = routing::RetryPolicy{};
+  out.retries = std::move(retries);
+  return {};
+}
+
+Result<void> readFault(const Context& ctx, const YAML::Node& node, const std::string& field,
+                       int line, routing::HttpRoute& out, std::vector<Note>& notes) {
+  if (auto r = requireMap(ctx, node, field, line); !r) return r.error();
+  int l = lineOf(node, line);
+  Fields f(node);
+  // Istio: a fault without a percentage applies to no request.
+  auto percentage = [&](const Fields& ff, const std::string& ffield, int fline,
+                        bool integer_ok) -> Result<routing::Percentage> {
+    if (YAML::Node p = ff.get("percentage"); present(p)) {
+      return readPercentage(ctx, p, ffield + ".percentage", fline);
+    }
+    if (YAML::Node p = ff.get("percent"); integer_ok && present(p)) {
+      return readIntegerPercent(ctx, p, ffield + ".percent", fline);
+    }
+    notes.push_back({Severity::kWarning, ffield, fline,
+                     "has no percentage, so it applies to no request (as in Istio); add "
+                     "percentage.value: 100 to apply it to every request"});
+    return routing::Percentage{0};
+  };
+  if (YAML::Node delay = f.get("delay"); present(delay)) {
+    std::string dfield = field + ".delay";
+    if (auto r = requireMap(ctx, delay, dfield, l); !r) return r.error();
+    Fields df(delay);
+    int dline = lineOf(delay, l);
+    if (YAML::Node fixed = df.get("fixedDelay"); present(fixed)) {
+      auto value = readDurationValue(ctx, fixed, dfield + ".fixedDelay", dline, false);
+      if (!value) return value.error();
+      out.fault.delay = *value;
+      auto p = percentage(df, dfield, dline, true);
+      if (!p) return p.error();
+      out.fault.delay_percentage = *p;
+    } else if (!present(df.get("exponentialDelay"))) {
+      return ctx.error(dfield + ".fixedDelay", dline, "is required");
+    }
+  }
+  if (YAML::Node abort = f.get("abort"); present(abort)) {
+    std::string afield = field + ".abort";
+    if (auto r = requireMap(ctx, abort, afield, l); !r) return r.error();
+    Fields af(abort);
+    int aline = lineOf(abort, l);
+    if (YAML::Node status = af.get("httpStatus"); present(status)) {
+      auto value = readBounded(ctx, status, afield + ".httpStatus", aline, 200, 599);
+      if (!value) return value.error();
+      out.fault.abort_status = static_cast<uint16_t>(*value);
+      auto p = percentage(af, afield, aline, false);
+      if (!p) return p.error();
+      out.fault.abort_percentage = *p;
+    } else if (!present(af.get("grpcStatus")) && !present(af.get("http2Error"))) {
+      return ctx.error(afield + ".httpStatus", aline, "is required");
+    }
+  }
+  return {};
+}
+
+Result<void> readMirror(const Context& ctx, const Fields& rf, const std::string& field, int line,
+                        routing::HttpRoute& out, VsRoute& route, std::vector<Note>& notes) {
+  YAML::Node mirror = rf.get("mirror");
+  YAML::Node mirrors = rf.get("mirrors");
+  if (present(mirror) && present(mirrors)) {
+    return ctx.error(field + ".mirrors", lineOf(mirrors, line),
+                     "cannot be set together with mirror");
+  }
+  routing::Percentage percentage{routing::Percentage::kMillion};
+  if (present(mirror)) {
+    auto dest = readDestination(ctx, mirror, field + ".mirror", lineOf(mirror, line));
+    if (!dest) return dest.error();
+    route.mirror = std::move(*dest);
+    route.mirror_field = field + ".mirror";
+    if (YAML::Node p = rf.get("mirrorPercentage"); present(p)) {
+      auto value = readPercentage(ctx, p, field + ".mirrorPercentage", line);
+      if (!value) return value.error();
+      percentage = *value;
+    } else {
+      for (const char* key : {"mirrorPercent", "mirror_percent"}) {
+        if (YAML::Node p = rf.get(key); present(p)) {
+          auto value = readIntegerPercent(ctx, p, fmt::format("{}.{}", field, key), line);
+          if (!value) return value.error();
+          percentage = *value;
+        }
+      }
+    }
+  } else if (present(mirrors)) {
+    std::string mfield = field + ".mirrors";
+    if (auto r = optionalSequence(ctx, mirrors, mfield, line); !r) return r.error();
+    if (mirrors.size() == 0) return {};
+    YAML::Node first = mirrors[0];
+    std::string efield = mfield + "[0]";
+    if (auto r = requireMap(ctx, first, efield, line); !r) return r.error();
+    int eline = lineOf(first, line);
+    Fields ef(first);
+    auto dest = readDestination(ctx, ef.get("destination"), efield + ".destination",
+                                lineOf(ef.get("destination"), eline));
+    if (!dest) return dest.error();
+    route.mirror = std::move(*dest);
+    route.mirror_field = efield + ".destination";
+    if (YAML::Node p = ef.get("percentage"); present(p)) {
+      auto value = readPercentage(ctx, p, efield + ".percentage", eline);
+      if (!value) return value.error();
+      percentage = *value;
+    }
+    if (mirrors.size() > 1) {
+      notes.push_back({Severity::kWarning, mfield, lineOf(mirrors[1], line),
+                       fmt::format("only the first of {} mirrors is applied; the others get no "
+                                   "copies",
+                                   mirrors.size())});
+    }
+  }
+  if (route.mirror) {
+    out.mirror = routing::HttpDestination{route.mirror->host, route.mirror->subset, 0};
+    out.mirror_percentage = percentage;
+  }
+  return {};
+}
+
+// The per-request model of one spec.http[] entry. Destinations keep their place in
+// `route.destinations`; the builder fills their weights and subset indexes.
+Result<routing::HttpRoute> readHttpRoute(const Context& ctx, const YAML::Node& node,
+                                         const std::string& field, int line, VsRoute& route,
+                                         std::vector<Note>& notes) {
+  Fields rf(node);
+  routing::HttpRoute out;
+  out.field = field;
+  out.line = line;
+  auto name = readString(ctx, rf.get("name"), field + ".name", line, false);
+  if (!name) return name.error();
+  out.name = std::move(*name);
+  YAML::Node match = rf.get("match");
+  if (present(match) && match.IsSequence() && match.size() > 0) {
+    size_t i = 0;
+    for (const auto& entry : match) {
+      auto m = readHttpMatch(ctx, entry, fmt::format("{}.match[{}]", field, i++), line);
+      if (!m) return m.error();
+      if (*m) out.matches.push_back(std::move(**m));
+    }
+    // Every entry is for gateways (or another namespace's clients): not a sidecar route.
+    route.sidecar = !out.matches.empty();
+  }
+  YAML::Node destinations = rf.get("route");
+  bool has_route = present(destinations);
+  size_t d = 0;
+  for (const auto& dnode : has_route&& destinations.IsSequence() ? destinations : YAML::Node()) {
+    std::string dfield = fmt::format("{}.route[{}]", field, d++);
+    routing::HttpRouteDestination dest;
+    if (dnode.IsMap()) {
+      Fields df(dnode);
+      auto headers =
+          readHeaderOps(ctx, df.get("headers"), dfield + ".headers", lineOf(dnode, line));
+      if (!headers) return headers.error();
+      dest.headers = std::move(*headers);
+    }
+    out.destinations.push_back(std::move(dest));
+  }
+  auto headers = readHeaderOps(ctx, rf.get("headers"), field + ".headers", line);
+  if (!headers) return headers.error();
+  out.headers = std::move(*headers);
+  YAML::Node redirect = rf.get("redirect");
+  YAML::Node direct = rf.get("directResponse");
+  if (present(redirect)) {
+    if (has_route) {
+      return ctx.error(field + ".redirect", lineOf(redirect, line),
+                       "cannot be set together with route");
+    }
+    if (present(direct)) {
+      return ctx.error(field + ".directResponse", lineOf(direct, line),
+                       "cannot be set together with redirect");
+    }
+    if (auto r = readRedirect(ctx, redirect, field + ".redirect", line, out); !r) {
+      return r.error();
+    }
+  }
+  if (present(direct)) {
+    if (has_route) {
+      return ctx.error(field + ".directResponse", lineOf(direct, line),
+                       "cannot be set together with route");
+    }
+    if (auto r = readDirectResponse(ctx, direct, field + ".directResponse", line, out); !r) {
+      return r.error();
+    }
+  }
+  if (YAML::Node rewrite = rf.get("rewrite"); present(rewrite)) {
+    if (present(redirect)) {
+      return ctx.error(field + ".rewrite", lineOf(rewrite, line),
+                       "cannot be set together with redirect");
+    }
+    if (auto r = readRewrite(ctx, rewrite, field + ".rewrite", line, out); !r) return r.error();
+  }
+  if (YAML::Node timeout = rf.get("timeout"); present(timeout)) {
+    auto value = readDurationValue(ctx, timeout, field + ".timeout", line, true);
+    if (!value) return value.error();
+    out.timeout = *value;
+  }
+  if (YAML::Node retries = rf.get("retries"); present(retries)) {
+    if (auto r = readRetries(ctx, retries, field + ".retries", line, out); !r) return r.error();
+  }
+  if (YAML::Node fault = rf.get("fault"); present(fault)) {
+    if (auto r = readFault(ctx, fault, field + ".fault", line, out, notes); !r) return r.error();
+  }
+  if (auto r = readMirror(ctx, rf, field, line, out, route, notes); !r) return r.error();
+  return out;
 }
 
 Result<void> parseVirtualService(const Context& ctx, const Fields& top, int line, Object& out) {
@@ -689,6 +1505,19 @@ Result<void> parseVirtualService(const Context& ctx, const Fields& top, int line
       if (kind != RouteSection::kTls) {
         if (auto r = readMatches(ctx, rf.get("match"), field + ".match", route_line, route); !r) {
           return r.error();
+        }
+      }
+      if (kind == RouteSection::kHttp) {
+        // An invalid value here leaves this route out alone, with an error naming it.
+        Context l7(ctx);
+        l7.bare = true;
+        auto http = readHttpRoute(l7, node, field, route_line, route, out.notes);
+        if (http) {
+          route.http = std::make_shared<const routing::HttpRoute>(std::move(*http));
+        } else {
+          route.rejected = true;
+          out.notes.push_back({Severity::kError, l7.last_field, l7.last_line,
+                               http.error().message + "; this route is left out"});
         }
       }
       YAML::Node destinations = rf.get("route");
@@ -744,9 +1573,11 @@ Result<void> parseDestinationRule(const Context& ctx, const Fields& top, int lin
   auto host = readString(ctx, host_node, "spec.host", spec_line, true);
   if (!host) return host.error();
   spec.host = {std::move(*host), lineOf(host_node, spec_line)};
-  auto policy = readLoadBalancer(ctx, f.get("trafficPolicy"), "spec.trafficPolicy", spec_line);
-  if (!policy) return policy.error();
-  spec.policy = *policy;
+  auto traffic = readTrafficPolicy(ctx, f.get("trafficPolicy"), "spec.trafficPolicy", spec_line);
+  if (!traffic) return traffic.error();
+  spec.traffic = std::move(*traffic);
+  spec.policy = spec.traffic.level.lb;
+  spec.has_traffic_policy = present(f.get("trafficPolicy"));
 
   YAML::Node subsets = f.get("subsets");
   if (auto r = optionalSequence(ctx, subsets, "spec.subsets", spec_line); !r) return r.error();
@@ -770,12 +1601,18 @@ Result<void> parseDestinationRule(const Context& ctx, const Fields& top, int lin
     auto labels = readLabels(ctx, sf.get("labels"), field + ".labels", subset_line);
     if (!labels) return labels.error();
     subset.labels = std::move(*labels);
-    auto subset_policy =
-        readLoadBalancer(ctx, sf.get("trafficPolicy"), field + ".trafficPolicy", subset_line);
-    if (!subset_policy) return subset_policy.error();
-    subset.policy = *subset_policy;
+    auto subset_traffic =
+        readTrafficPolicy(ctx, sf.get("trafficPolicy"), field + ".trafficPolicy", subset_line);
+    if (!subset_traffic) return subset_traffic.error();
+    subset.traffic = std::move(*subset_traffic);
+    subset.policy = subset.traffic.level.lb;
     spec.subsets.push_back(std::move(subset));
   }
+  auto tls = readDestinationTls(
+      spec_node, spec_line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+  if (!tls) return tls.error();
+  spec.tls = std::move(*tls);
   out.spec = std::move(spec);
   return {};
 }
@@ -1155,6 +1992,20 @@ Result<void> parseNamespace(const Context&, const Fields&, int, Object& out) {
   return {};
 }
 
+// The security kinds parse in security_parser.cc; these adapt them to the table below.
+Result<void> parsePeerAuthenticationKind(const Context& ctx, const Fields& top, int line,
+                                         Object& out) {
+  return parsePeerAuthentication(
+      top.get("spec"), line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+}
+Result<void> parseAuthorizationPolicyKind(const Context& ctx, const Fields& top, int line,
+                                          Object& out) {
+  return parseAuthorizationPolicy(
+      top.get("spec"), line, out,
+      [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
+}
+
 const KindInfo kKinds[] = {
     {"Service", Kind::kService, {"v1"}, parseService},
     {"Pod", Kind::kPod, {"v1"}, parsePod},
@@ -1178,6 +2029,14 @@ const KindInfo kKinds[] = {
      Kind::kWorkloadEntry,
      {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"},
      parseWorkloadEntry},
+    {"PeerAuthentication",
+     Kind::kPeerAuthentication,
+     {"security.istio.io/v1", "security.istio.io/v1beta1"},
+     parsePeerAuthenticationKind},
+    {"AuthorizationPolicy",
+     Kind::kAuthorizationPolicy,
+     {"security.istio.io/v1", "security.istio.io/v1beta1"},
+     parseAuthorizationPolicyKind},
 };
 
 Result<void> parseObject(Context& ctx, const YAML::Node& node, int fallback_line,

@@ -35,6 +35,10 @@ const char* toString(Kind kind) {
       return "ServiceEntry";
     case Kind::kWorkloadEntry:
       return "WorkloadEntry";
+    case Kind::kPeerAuthentication:
+      return "PeerAuthentication";
+    case Kind::kAuthorizationPolicy:
+      return "AuthorizationPolicy";
   }
   return "?";
 }

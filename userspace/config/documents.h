@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -17,6 +18,7 @@
 
 #include "common/finding.h"
 #include "common/ip_address.h"
+#include "config/security_documents.h"
 #include "routing/route_table.h"
 
 namespace remora::config {
@@ -48,6 +50,7 @@ struct PodSpec {
   std::vector<IpAddress> ips;  // status.podIP first, then the rest of status.podIPs
   bool ready = false;
   std::vector<std::pair<std::string, uint16_t>> named_ports;  // TCP container ports
+  std::string service_account;  // spec.serviceAccountName: the SPIFFE identity's last part
 };
 
 struct SliceEndpoint {
@@ -91,6 +94,18 @@ struct VsRoute {
   std::string action;  // "redirect", "directResponse" or "delegate" when there is no route
   std::vector<RouteDestination> destinations;
   int line = 0;
+  // spec.http only: the per-request model. Its destinations are `destinations` in order (and
+  // its mirror is `mirror`), with subset indexes left for the table builder to resolve per
+  // port. nullptr when the route was rejected (`rejected`) or is not an http route.
+  std::shared_ptr<const routing::HttpRoute> http;
+  std::optional<RouteDestination> mirror;
+  std::string mirror_field;  // "spec.http[0].mirror" or "spec.http[0].mirrors[0].destination"
+  // An invalid value in the route (a bad regex, an out-of-range status): reported as an error
+  // note, and this route alone is left out.
+  bool rejected = false;
+  // False when every match entry is bound to gateways only (or needs what a sidecar cannot
+  // know): the route does not apply to sidecars.
+  bool sidecar = true;
 };
 
 struct HostRef {
@@ -104,17 +119,34 @@ struct VirtualServiceSpec {
   bool mesh = true;             // false when bound to gateways only: not for sidecars
 };
 
+// One level of a DestinationRule trafficPolicy (the top, a subset's, or one portLevelSettings
+// entry): the blocks it sets. Istio merges levels block by block (docs/CONFIG.md).
+struct PolicyLevel {
+  std::optional<routing::LbPolicy> lb;
+  std::optional<routing::ConnectionPoolSettings> pool;
+  std::optional<routing::OutlierDetectionSettings> outlier;
+};
+
+struct TrafficPolicySpec {
+  PolicyLevel level;
+  std::vector<std::pair<uint16_t, PolicyLevel>> ports;  // portLevelSettings by port number
+};
+
 struct SubsetSpec {
   std::string name;
   Labels labels;
-  std::optional<routing::LbPolicy> policy;
+  std::optional<routing::LbPolicy> policy;  // traffic.level.lb
+  TrafficPolicySpec traffic;
   int line = 0;
 };
 
 struct DestinationRuleSpec {
   HostRef host;
-  std::optional<routing::LbPolicy> policy;
+  std::optional<routing::LbPolicy> policy;  // traffic.level.lb
+  TrafficPolicySpec traffic;
+  bool has_traffic_policy = false;
   std::vector<SubsetSpec> subsets;
+  DestinationTls tls;  // trafficPolicy.tls (security_parser.cc)
 };
 
 struct ProxyConfigSpec {
@@ -185,6 +217,8 @@ enum class Kind {
   kEndpoints,  // core/v1 Endpoints, read into an EndpointSliceSpec
   kServiceEntry,
   kWorkloadEntry,
+  kPeerAuthentication,   // security_parser.cc
+  kAuthorizationPolicy,  // security_parser.cc
 };
 
 const char* toString(Kind kind);
@@ -206,7 +240,8 @@ struct Object {
   std::string created;  // metadata.creationTimestamp (RFC 3339 sorts as text), may be empty
   Labels labels;
   std::variant<ServiceSpec, PodSpec, EndpointSliceSpec, VirtualServiceSpec, DestinationRuleSpec,
-               NamespaceSpec, ProxyConfigSpec, ServiceEntrySpec, WorkloadEntrySpec>
+               NamespaceSpec, ProxyConfigSpec, ServiceEntrySpec, WorkloadEntrySpec,
+               PeerAuthenticationSpec, AuthorizationPolicySpec>
       spec;
   std::vector<Note> notes;  // fields not applied, unknown fields
 };

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "config/field_table.h"
+#include "config/security_parser.h"
 #include "routing/static_route_table.h"
 
 namespace remora::config {
@@ -254,6 +255,9 @@ class Builder {
     auto table = routing::StaticRouteTable::create(settings_, generation, std::move(entries),
                                                    std::move(findings_));
     if (!table) return table.error();
+    // Not shared with anyone yet, so the one field set after construction is still safe.
+    std::const_pointer_cast<routing::StaticRouteTable>(*table)->security =
+        buildSecurityTable(documents_);
     return std::shared_ptr<const routing::RouteTable>(std::move(*table));
   }
 
@@ -312,6 +316,8 @@ class Builder {
             workload_entries_.push_back(ref);
             break;
           case Kind::kNamespace:
+          case Kind::kPeerAuthentication:  // buildSecurityTable reads these
+          case Kind::kAuthorizationPolicy:
             break;
         }
       }
@@ -786,7 +792,7 @@ class Builder {
       }
       if (!service->destination_rules.empty()) {
         const Ref& first = service->destination_rules.front();
-        if (dr.policy) {
+        if (dr.has_traffic_policy) {
           note(ref, Severity::kWarning, "spec.trafficPolicy", dr.host.line,
                fmt::format("{} already has DestinationRule {} ({}), which is older; as in "
                            "Istio, the rules' subsets are merged and only the first one's "
@@ -816,10 +822,13 @@ class Builder {
   bool validVirtualService(const Ref& ref) {
     const auto& vs = std::get<VirtualServiceSpec>(ref.object->spec);
     for (const auto& route : vs.routes) {
-      if (route.section == RouteSection::kTls) continue;
-      for (size_t d = 0; d < route.destinations.size(); ++d) {
-        const RouteDestination& dest = route.destinations[d];
-        std::string field = fmt::format("{}.route[{}].destination", route.field, d);
+      if (route.section == RouteSection::kTls || route.rejected) continue;
+      for (size_t d = 0; d <= route.destinations.size(); ++d) {
+        bool mirror = d == route.destinations.size();
+        if (mirror && !route.mirror) break;
+        const RouteDestination& dest = mirror ? *route.mirror : route.destinations[d];
+        std::string field =
+            mirror ? route.mirror_field : fmt::format("{}.route[{}].destination", route.field, d);
         ServiceInfo* target = resolveHost(dest.host, ref.object->namespace_name);
         if (target == nullptr) {
           note(ref, Severity::kError, field + ".host", dest.line,
@@ -894,9 +903,38 @@ class Builder {
     return nullptr;
   }
 
-  static std::optional<LbPolicy> rulePolicy(const ServiceInfo& service) {
-    if (service.destination_rules.empty()) return std::nullopt;
-    return std::get<DestinationRuleSpec>(service.destination_rules.front().object->spec).policy;
+  // Istio's merge of DestinationRule traffic policies for one subset (nullptr: the whole
+  // service) on one port: the top level, replaced block by block by the subset's level; at
+  // each of the two, a portLevelSettings entry for the port replaces all its blocks.
+  static PolicyLevel effectivePolicy(const ServiceInfo& service, const SubsetSpec* subset,
+                                     uint16_t port) {
+    auto forPort = [port](const TrafficPolicySpec& t) -> const PolicyLevel* {
+      for (const auto& [number, level] : t.ports) {
+        if (number == port) return &level;
+      }
+      return nullptr;
+    };
+    PolicyLevel merged;
+    if (!service.destination_rules.empty()) {
+      const auto& dr =
+          std::get<DestinationRuleSpec>(service.destination_rules.front().object->spec);
+      const PolicyLevel* p = forPort(dr.traffic);
+      merged = p != nullptr ? *p : dr.traffic.level;
+    }
+    if (subset != nullptr) {
+      const PolicyLevel& level = subset->traffic.level;
+      if (level.lb) merged.lb = level.lb;
+      if (level.pool) merged.pool = level.pool;
+      if (level.outlier) merged.outlier = level.outlier;
+      if (const PolicyLevel* p = forPort(subset->traffic)) merged = *p;
+    }
+    return merged;
+  }
+
+  static void applyPolicy(const PolicyLevel& policy, routing::Subset& subset) {
+    subset.policy = policy.lb.value_or(LbPolicy::kRoundRobin);
+    subset.connection_pool = policy.pool.value_or(routing::ConnectionPoolSettings{});
+    subset.outlier_detection = policy.outlier.value_or(routing::OutlierDetectionSettings{});
   }
 
   // Whether a route's L4-decidable matches take connections to `port`.
@@ -919,18 +957,20 @@ class Builder {
                          [&](const VsRoute& r) { return r.section == s; });
     };
     RouteSection section = RouteSection::kTcp;
+    // On HTTP/1.1 ports (and sniffed ones) spec.http applies per request (buildHttpRoutes);
+    // the route picked here is then only the per-connection fallback, and says nothing.
+    bool per_request = perRequestProtocol(protocol);
     if (isHttpProtocol(protocol)) {
       section = RouteSection::kHttp;
     } else if (isTlsProtocol(protocol)) {
       section = RouteSection::kTls;
     } else if (protocol.empty() && has(RouteSection::kHttp)) {
-      section = RouteSection::kHttp;
-      note(vs_ref, Severity::kWarning, "spec.http", vs_ref.object->line,
+      note(vs_ref, Severity::kInfo, "spec.http", vs_ref.object->line,
            fmt::format("{} declares no protocol (no port name like 'http-*' and no "
-                       "appProtocol): Istio sniffs it and applies spec.http to HTTP traffic and "
-                       "spec.tcp to the rest; Remora does not sniff yet and applies spec.http "
-                       "to every connection",
-                       where));
+                       "appProtocol): as in Istio, its connections are sniffed; spec.http "
+                       "applies per request to those that start with an HTTP/1.x request "
+                       "line, and {} to the rest",
+                       where, has(RouteSection::kTcp) ? "spec.tcp" : "the Service's endpoints"));
     }
     if (section == RouteSection::kTls) {
       if (has(RouteSection::kTcp) || has(RouteSection::kHttp)) {
@@ -942,7 +982,7 @@ class Builder {
       return nullptr;
     }
     RouteSection other = section == RouteSection::kHttp ? RouteSection::kTcp : RouteSection::kHttp;
-    if (has(other) && !has(section)) {
+    if (has(other) && !has(section) && !protocol.empty()) {
       note(vs_ref, Severity::kInfo, fmt::format("spec.{}", sectionName(other)), vs_ref.object->line,
            fmt::format("{} is {} ({}): as in Istio, spec.{} routes do not apply to it, so its "
                        "connections go to the Service's own endpoints",
@@ -951,8 +991,9 @@ class Builder {
     }
     const VsRoute* skipped = nullptr;
     std::string skipped_why;
+    bool quiet = section == RouteSection::kHttp && per_request;
     for (const auto& route : vs.routes) {
-      if (route.section != section) continue;
+      if (route.section != section || route.rejected || !route.sidecar) continue;
       if (!route.action.empty()) {
         if (skipped == nullptr) {
           skipped = &route;
@@ -961,6 +1002,7 @@ class Builder {
         continue;
       }
       if (matchesPort(route, port.port)) {
+        if (quiet) return &route;
         if (skipped != nullptr) {
           note(vs_ref, Severity::kWarning, skipped->field, skipped->line,
                fmt::format("{}: this route is skipped for {}, so requests it would take follow "
@@ -971,8 +1013,8 @@ class Builder {
           note(vs_ref, Severity::kWarning, route.field, route.line,
                fmt::format("is applied per connection on {}, not per request: a client that "
                            "keeps its connection open sends every request to the subset picked "
-                           "for that connection",
-                           where));
+                           "for that connection ({} is not parsed per request)",
+                           where, protocol));
         }
         return &route;
       }
@@ -981,7 +1023,7 @@ class Builder {
         skipped_why = fmt::format("matching on {} is not applied yet", route.l7_match);
       }
     }
-    if (skipped != nullptr) {
+    if (skipped != nullptr && !quiet) {
       note(vs_ref, Severity::kWarning, skipped->field, skipped->line,
            fmt::format("{}: this route is skipped for {}, so requests it would take go to the "
                        "Service's own endpoints",
@@ -1002,44 +1044,98 @@ class Builder {
     entry.cluster_ips = service.spec->cluster_ips;
     entry.endpoints = service.lists[p];
 
+    SubsetKeys keys;
     const VsRoute* route = routeFor(service, port, protocol);
     if (route == nullptr) {
       routing::Subset all;
-      all.policy = rulePolicy(service).value_or(LbPolicy::kRoundRobin);
+      applyPolicy(effectivePolicy(service, nullptr, port.port), all);
       all.endpoints = service.lists[p];
       entry.port.subsets.push_back(std::move(all));
       entry.port.route.push_back({0, 100});
-      return entry;
+      keys.push_back({&service, p, ""});
+    } else {
+      uint64_t total = 0;
+      for (const auto& dest : route->destinations) total += dest.weight;
+      for (size_t d = 0; d < route->destinations.size(); ++d) {
+        const RouteDestination& dest = route->destinations[d];
+        std::string field = fmt::format("{}.route[{}].destination", route->field, d);
+        uint32_t index = subsetFor(service, port, dest, field, dest.weight, total, keys, entry);
+        if (dest.weight > 0) entry.port.route.push_back({index, dest.weight});
+      }
     }
-
-    const Ref& vs = service.virtual_service;
-    struct SubsetKey {
-      const ServiceInfo* service;
-      size_t port;
-      std::string subset;
-    };
-    std::vector<SubsetKey> keys;
-    uint64_t total = 0;
-    for (const auto& dest : route->destinations) total += dest.weight;
-    for (size_t d = 0; d < route->destinations.size(); ++d) {
-      const RouteDestination& dest = route->destinations[d];
-      std::string field = fmt::format("{}.route[{}].destination", route->field, d);
-      const ServiceInfo* target = resolveHost(dest.host, vs.object->namespace_name);
-      size_t target_port = destinationPort(service, port, *target, dest);
-      auto existing = std::find_if(keys.begin(), keys.end(), [&](const SubsetKey& k) {
-        return k.service == target && k.port == target_port && k.subset == dest.subset;
-      });
-      if (existing == keys.end()) {
-        entry.port.subsets.push_back(
-            buildSubset(service, *target, target_port, dest, field, dest.weight, total));
-        keys.push_back({target, target_port, dest.subset});
-        existing = keys.end() - 1;
-      }
-      if (dest.weight > 0) {
-        entry.port.route.push_back({static_cast<uint32_t>(existing - keys.begin()), dest.weight});
-      }
+    if (service.virtual_service && perRequestProtocol(protocol)) {
+      buildHttpRoutes(service, port, keys, entry);
     }
     return entry;
+  }
+
+  // The subsets a ServicePort holds, by what they stand for, so that routes naming the same
+  // destination share one subset.
+  struct SubsetKey {
+    const ServiceInfo* service;
+    size_t port;
+    std::string subset;
+  };
+  using SubsetKeys = std::vector<SubsetKey>;
+
+  // The index in entry.port.subsets of a route's (or mirror's) destination, adding it first.
+  uint32_t subsetFor(const ServiceInfo& service, const ServicePortSpec& port,
+                     const RouteDestination& dest, const std::string& field, uint32_t weight,
+                     uint64_t total, SubsetKeys& keys, routing::ServicePortEntry& entry) {
+    const ServiceInfo* target =
+        resolveHost(dest.host, service.virtual_service.object->namespace_name);
+    size_t target_port = destinationPort(service, port, *target, dest);
+    auto existing = std::find_if(keys.begin(), keys.end(), [&](const SubsetKey& k) {
+      return k.service == target && k.port == target_port && k.subset == dest.subset;
+    });
+    if (existing != keys.end()) return static_cast<uint32_t>(existing - keys.begin());
+    entry.port.subsets.push_back(
+        buildSubset(service, *target, target_port, dest, field, weight, total));
+    keys.push_back({target, target_port, dest.subset});
+    return static_cast<uint32_t>(keys.size() - 1);
+  }
+
+  // spec.http[] as per-request routes for an HTTP/1.1 (or sniffed) port, in order: the
+  // routes whose matches can hold on this port, with their destinations resolved to subsets.
+  void buildHttpRoutes(const ServiceInfo& service, const ServicePortSpec& port, SubsetKeys& keys,
+                       routing::ServicePortEntry& entry) {
+    const Ref& vs_ref = service.virtual_service;
+    const auto& vs = std::get<VirtualServiceSpec>(vs_ref.object->spec);
+    int first_line = vs_ref.placement->first_line;
+    for (const VsRoute& r : vs.routes) {
+      if (r.section != RouteSection::kHttp || r.rejected || !r.sidecar || r.http == nullptr) {
+        continue;
+      }
+      // The field table reports delegation as not applied, once per VirtualService.
+      if (r.action == "delegate") continue;
+      routing::HttpRoute route = *r.http;
+      route.line = first_line + r.line + 1;
+      if (!route.matches.empty()) {
+        // Istio drops match entries for another port; a route left with none is not on it.
+        std::erase_if(route.matches, [&](const routing::HttpMatch& m) {
+          return m.port != 0 && m.port != port.port;
+        });
+        if (route.matches.empty()) continue;
+        for (auto& m : route.matches) m.line = first_line + m.line + 1;
+      }
+      uint64_t total = 0;
+      for (const auto& dest : r.destinations) total += dest.weight;
+      for (size_t d = 0; d < r.destinations.size() && d < route.destinations.size(); ++d) {
+        const RouteDestination& dest = r.destinations[d];
+        std::string field = fmt::format("{}.route[{}].destination", r.field, d);
+        routing::HttpRouteDestination& out = route.destinations[d];
+        out.destination.host = dest.host;
+        out.destination.subset_name = dest.subset;
+        out.destination.subset_index =
+            subsetFor(service, port, dest, field, dest.weight, total, keys, entry);
+        out.weight = dest.weight;
+      }
+      if (r.mirror && route.mirror) {
+        route.mirror->subset_index =
+            subsetFor(service, port, *r.mirror, r.mirror_field, 0, 0, keys, entry);
+      }
+      entry.port.http_routes.push_back(std::move(route));
+    }
   }
 
   // Which of the target's ports a destination means: its port.number, else the same port
@@ -1066,14 +1162,15 @@ class Builder {
              : (dest.subset.empty() ? target.key : fmt::format("{}/{}", target.key, dest.subset));
     const routing::EndpointList endpoints =
         target.lists.empty() ? routing::EndpointList{} : target.lists[target_port];
+    uint16_t port_number = target.spec->ports.empty() ? 0 : target.spec->ports[target_port].port;
     if (dest.subset.empty()) {
-      subset.policy = rulePolicy(target).value_or(LbPolicy::kRoundRobin);
+      applyPolicy(effectivePolicy(target, nullptr, port_number), subset);
       subset.endpoints = endpoints;
       return subset;
     }
     const MergedSubset& merged = *findSubset(target, dest.subset);
     const SubsetSpec* spec = merged.spec;
-    subset.policy = spec->policy.value_or(rulePolicy(target).value_or(LbPolicy::kRoundRobin));
+    applyPolicy(effectivePolicy(target, spec, port_number), subset);
     subset.endpoints = target.pool.subset(endpoints, *spec);
     if (!subset.endpoints.empty() || weight == 0) return subset;
     std::string share = fmt::format(
@@ -1121,6 +1218,10 @@ class Builder {
 };
 
 }  // namespace
+
+bool perRequestProtocol(std::string_view protocol) {
+  return protocol == "HTTP" || protocol.empty();
+}
 
 std::string portProtocol(std::string_view name, std::string_view app_protocol) {
   static const std::map<std::string, std::string, std::less<>> kByName = {

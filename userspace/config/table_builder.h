@@ -27,6 +27,10 @@ using HostResolver = std::function<Result<std::vector<IpAddress>>(const std::str
 std::string portProtocol(std::string_view name, std::string_view app_protocol);
 bool isHttpProtocol(std::string_view protocol);
 bool isTlsProtocol(std::string_view protocol);
+// Whether spec.http applies per request on a port of this protocol: HTTP (HTTP/1.1), and ""
+// (sniffed: connections that start with an HTTP/1.x request line). HTTP/2 and gRPC ports are
+// routed per connection.
+bool perRequestProtocol(std::string_view protocol);
 
 // Relates the parsed objects to each other and builds the table: Services' (and
 // ServiceEntries') endpoints from ready Pods, WorkloadEntries, EndpointSlices or Endpoints,

@@ -11,6 +11,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "tls/spiffe.h"
+
 namespace remora::proxy {
 
 Result<std::chrono::milliseconds> parseDuration(std::string_view text) {
@@ -156,6 +158,12 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--buffer-count", options.ring.buffer_count,
                  "provided receive buffers per worker (power of two)");
   app.add_option("--buffer-size", options.ring.buffer_size, "bytes per receive buffer");
+  std::string tls_dir;
+  std::string trust_domain = tls::kDefaultTrustDomain;
+  app.add_option("--tls-dir", tls_dir,
+                 "mTLS credentials: cert-chain.pem, key.pem, root-cert.pem (watched; rotation "
+                 "swaps them for new handshakes)");
+  app.add_option("--trust-domain", trust_domain, "SPIFFE trust domain of the mesh (cluster.local)");
   app.set_version_flag("--version", "remora-proxy 0.1.0");
   try {
     app.parse(argc, argv);
@@ -224,6 +232,13 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   }
   if (access_log) o.access_log = true;
   options.ipv6 = !no_ipv6;
+  if (!tls_dir.empty()) {
+    // A missing or expired certificate is logged and counted, never fatal: the watcher picks
+    // up fixed files, and until then mTLS connections fail with a clear reason.
+    options.identity = std::make_shared<tls::IdentityStore>(tls_dir, trust_domain);
+    (void)options.identity->reload();
+    options.identity->watch(std::chrono::milliseconds(500));
+  }
   return runProxy(options, std::move(loader), std::move(routers));
 }
 

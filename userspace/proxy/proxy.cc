@@ -215,6 +215,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
   worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
+  worker.setIdentity(start.options->identity);
   struct Spec {
     SocketAddress at;
     ListenerKind kind;
@@ -427,7 +428,9 @@ int Control::run() {
   }
   AdminHooks hooks;
   hooks.ready = [this] { return ready(); };
-  hooks.prometheus = [this] { return renderPrometheus(snapshot()) + admin_->renderPrometheus(); };
+  hooks.prometheus = [this] {
+    return renderPrometheus(snapshot()) + admin_->renderPrometheus() + renderTlsPrometheus();
+  };
   hooks.config_dump = [this] { return configDump(); };
   hooks.clusters = [this] { return clusters(); };
   hooks.drain = [this] { beginDrain(false); };
@@ -870,9 +873,11 @@ std::string Control::clusters() const {
         fmt::format("{}|{}|{}", key.service, key.subset, key.endpoint.empty() ? "-" : key.endpoint);
     fmt::format_to(std::back_inserter(out),
                    "{0}::cx_total::{1}\n{0}::cx_active::{2}\n{0}::cx_connect_fail::{3}\n"
-                   "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n",
+                   "{0}::rx_bytes::{4}\n{0}::tx_bytes::{5}\n{0}::rq_total::{6}\n"
+                   "{0}::outlier_ejections::{7}\n{0}::health_flags::{8}\n",
                    prefix, t.opened, t.opened - std::min(t.opened, t.closed), t.connect_failures,
-                   t.received_bytes, t.sent_bytes);
+                   t.received_bytes, t.sent_bytes, t.requests, t.ejections,
+                   t.ejected > 0 ? "/failed_outlier_check" : "healthy");
   }
   return out;
 }

@@ -50,6 +50,8 @@ struct ProxyOptions {
   bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
   std::string relay_pin_dir = "/sys/fs/bpf/remora/relay";  // kernel relay pins (kernel_relay.h)
+  // mTLS: the workload identity from --tls-dir (nullptr without it), watched for rotation.
+  std::shared_ptr<tls::IdentityStore> identity;
 };
 
 // Flags over the ProxyConfig's settings (which already sit over the defaults).

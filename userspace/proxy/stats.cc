@@ -46,25 +46,55 @@ void single(std::string& out, const char* name, const char* type, const char* he
   fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
 }
 
-}  // namespace
-
-WorkerStats::~WorkerStats() {
-  Node* n = head_.load(std::memory_order_acquire);
-  while (n != nullptr) {
-    Node* next = n->next;
-    delete n;
-    n = next;
+void renderHttp(std::string& out, const StatsSnapshot& s) {
+  header(out, "remora_requests_total", "counter",
+         "HTTP requests answered, by destination and response (L7 ports).");
+  for (const auto& [key, n] : s.requests) {
+    fmt::format_to(std::back_inserter(out),
+                   "remora_requests_total{{destination_service=\"{}\",destination_subset=\"{}\","
+                   "response_code=\"{}\",response_flags=\"{}\"}} {}\n",
+                   escapeLabel(key.service), escapeLabel(key.subset), key.code,
+                   escapeLabel(key.flags), n);
   }
+  header(out, "remora_request_duration_milliseconds", "histogram",
+         "HTTP request duration, from the request's first byte to the response's last.");
+  for (const auto& [key, t] : s.durations) {
+    const std::string l = fmt::format("destination_service=\"{}\",destination_subset=\"{}\"",
+                                      escapeLabel(key.service), escapeLabel(key.subset));
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < t.buckets.size(); ++i) {
+      cumulative += t.buckets[i];
+      fmt::format_to(std::back_inserter(out),
+                     "remora_request_duration_milliseconds_bucket{{{},le=\"{}\"}} {}\n", l,
+                     kDurationBucketsMs[i], cumulative);
+    }
+    fmt::format_to(std::back_inserter(out),
+                   "remora_request_duration_milliseconds_bucket{{{0},le=\"+Inf\"}} {1}\n"
+                   "remora_request_duration_milliseconds_sum{{{0}}} {2}\n"
+                   "remora_request_duration_milliseconds_count{{{0}}} {1}\n",
+                   l, t.count, t.sum_ms);
+  }
+  perEndpoint(out, s, "remora_outlier_ejections_total", "counter",
+              "Times an endpoint was ejected by outlier detection (DestinationRule).",
+              [](const EndpointTotals& t) { return t.ejections; });
+  perEndpoint(out, s, "remora_outlier_ejected", "gauge",
+              "Workers that hold the endpoint ejected now.",
+              [](const EndpointTotals& t) { return t.ejected; });
+  single(out, "remora_http_sessions_total", "counter", "Client connections handled as HTTP.",
+         s.workers.http_sessions);
+  single(out, "remora_http_bad_requests_total", "counter",
+         "Requests refused by the HTTP codec (400/431) and their connections closed.",
+         s.workers.http_bad_requests);
+  single(out, "remora_http_upstream_reused_total", "counter",
+         "Requests sent on a kept-alive pooled upstream connection.", s.workers.http_pool_reused);
+  single(out, "remora_http_reset_race_retries_total", "counter",
+         "Requests retried on a fresh connection after a reused one reset before any byte.",
+         s.workers.http_reset_race_retry);
+  single(out, "remora_http_retries_total", "counter", "Retry attempts (VirtualService retries).",
+         s.workers.http_retries);
 }
 
-EndpointCounters& WorkerStats::endpoint(const EndpointKey& key) {
-  auto it = index_.find(key);
-  if (it != index_.end()) return it->second->counters;
-  auto* node = new Node{key, {}, head_.load(std::memory_order_relaxed)};
-  head_.store(node, std::memory_order_release);
-  index_.emplace(key, node);
-  return node->counters;
-}
+}  // namespace
 
 StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
                         const ProcessSample& process) {
@@ -78,6 +108,16 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
       t.sent_bytes += c.sent_bytes.get();
       t.received_bytes += c.received_bytes.get();
       t.connect_failures += c.connect_failures.get();
+      t.requests += c.requests.get();
+      t.ejections += c.ejections.get();
+      t.ejected += c.ejected.get();
+    });
+    w->forEachRequest([&](const RequestKey& key, const Counter& c) { s.requests[key] += c.get(); });
+    w->forEachDuration([&](const EndpointKey& key, const DurationHistogram& h) {
+      auto& t = s.durations[key];
+      for (size_t i = 0; i < t.buckets.size(); ++i) t.buckets[i] += h.buckets[i].get();
+      t.count += h.count.get();
+      t.sum_ms += h.sum_ms.get();
     });
     const WorkerCounters& c = w->counters();
     s.workers.accepted += c.accepted.get();
@@ -101,6 +141,11 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.access_log_dropped += c.access_log_dropped.get();
     s.workers.relay_kernel += c.relay_kernel.get();
     s.workers.relay_attach_failures += c.relay_attach_failures.get();
+    s.workers.http_sessions += c.http_sessions.get();
+    s.workers.http_bad_requests += c.http_bad_requests.get();
+    s.workers.http_pool_reused += c.http_pool_reused.get();
+    s.workers.http_reset_race_retry += c.http_reset_race_retry.get();
+    s.workers.http_retries += c.http_retries.get();
   }
   return s;
 }
@@ -124,6 +169,7 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   perEndpoint(out, s, "remora_tcp_connect_failures_total", "counter",
               "Upstream connect attempts that failed or timed out.",
               [](const EndpointTotals& t) { return t.connect_failures; });
+  renderHttp(out, s);
   single(out, "remora_tcp_accepted_total", "counter", "Downstream connections accepted.",
          s.workers.accepted);
   single(out, "remora_tcp_passthrough_total", "counter",

@@ -4,6 +4,7 @@
 // it renders /stats/prometheus and /clusters. Each counter has a single writer, so an update is a
 // relaxed load + store (no lock prefix); readers see a value at most one update old.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -21,6 +22,8 @@ class Counter {
     value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
   void inc() { add(1); }
+  // For a gauge with a single writer.
+  void set(uint64_t v) { value_.store(v, std::memory_order_relaxed); }
   uint64_t get() const { return value_.load(std::memory_order_relaxed); }
 
  private:
@@ -48,6 +51,41 @@ struct EndpointCounters {
   Counter sent_bytes;        // to the downstream client (the response direction)
   Counter received_bytes;    // from the downstream client (the request direction)
   Counter connect_failures;  // connect errors and timeouts to this endpoint
+  // L7 (http_proxy.h): requests sent to this endpoint, outlier ejections, and whether the
+  // endpoint is ejected now (a 0/1 gauge of this worker).
+  Counter requests;
+  Counter ejections;
+  Counter ejected;
+};
+
+// Labels of remora_requests_total.
+struct RequestKey {
+  std::string service;
+  std::string subset;
+  uint16_t code = 0;
+  std::string flags;  // Envoy's response flags ("UO", "UT", "UF,URX"), "-" when none
+  bool operator<(const RequestKey& o) const {
+    return std::tie(service, subset, code, flags) < std::tie(o.service, o.subset, o.code, o.flags);
+  }
+};
+
+// remora_request_duration_milliseconds, per destination_service and destination_subset.
+inline constexpr std::array<uint64_t, 12> kDurationBucketsMs = {1,   5,   10,   25,   50,   100,
+                                                                250, 500, 1000, 2500, 5000, 10000};
+struct DurationHistogram {
+  std::array<Counter, kDurationBucketsMs.size()> buckets;  // non-cumulative; +Inf = count
+  Counter count;
+  Counter sum_ms;
+  void observe(uint64_t ms) {
+    for (size_t i = 0; i < kDurationBucketsMs.size(); ++i) {
+      if (ms <= kDurationBucketsMs[i]) {
+        buckets[i].inc();
+        break;
+      }
+    }
+    count.inc();
+    sum_ms.add(ms);
+  }
 };
 
 // Worker-wide counters without destination labels.
@@ -76,37 +114,91 @@ struct WorkerCounters {
   // Kernel relay (kernel_relay.h).
   Counter relay_kernel;           // connections handed to the kernel relay
   Counter relay_attach_failures;  // hand-overs the kernel refused: relayed in user space
+  // L7 (http_proxy.h).
+  Counter http_sessions;          // client connections handled as HTTP
+  Counter http_bad_requests;      // answered 400/431 (and closed) by the codec's verdict
+  Counter http_pool_reused;       // requests sent on a kept-alive upstream connection
+  Counter http_reset_race_retry;  // reused connection reset before any byte: retried once
+  Counter http_retries;           // retry attempts (retries policy)
+};
+
+// Entries the owner thread appends and any thread may read: a published list (append at head,
+// never removed until destruction) plus the owner's index.
+template <typename Key, typename Value>
+class PublishedMap {
+ public:
+  PublishedMap() = default;
+  ~PublishedMap() {
+    Node* n = head_.load(std::memory_order_acquire);
+    while (n != nullptr) {
+      Node* next = n->next;
+      delete n;
+      n = next;
+    }
+  }
+  PublishedMap(const PublishedMap&) = delete;
+  PublishedMap& operator=(const PublishedMap&) = delete;
+
+  // Owner thread only. The returned reference lives as long as this object.
+  Value& get(const Key& key) {
+    auto it = index_.find(key);
+    if (it != index_.end()) return it->second->value;
+    auto* node = new Node{key, {}, head_.load(std::memory_order_relaxed)};
+    head_.store(node, std::memory_order_release);
+    index_.emplace(key, node);
+    return node->value;
+  }
+  // Any thread: visits every entry published so far.
+  template <typename Fn>
+  void forEach(Fn&& fn) const {
+    for (const Node* n = head_.load(std::memory_order_acquire); n != nullptr; n = n->next) {
+      fn(n->key, n->value);
+    }
+  }
+
+ private:
+  struct Node {
+    Key key;
+    Value value;
+    Node* next = nullptr;
+  };
+  std::atomic<Node*> head_{nullptr};
+  std::map<Key, Node*> index_;
 };
 
 class WorkerStats {
  public:
   WorkerStats() = default;
-  ~WorkerStats();
+  ~WorkerStats() = default;
   WorkerStats(const WorkerStats&) = delete;
   WorkerStats& operator=(const WorkerStats&) = delete;
 
   // Owner thread only. The returned reference lives as long as this object.
-  EndpointCounters& endpoint(const EndpointKey& key);
+  EndpointCounters& endpoint(const EndpointKey& key) { return endpoints_.get(key); }
+  Counter& requests(const RequestKey& key) { return requests_.get(key); }
+  // Keyed by {service, subset, ""}.
+  DurationHistogram& durations(const EndpointKey& key) { return durations_.get(key); }
   WorkerCounters& counters() { return counters_; }
   const WorkerCounters& counters() const { return counters_; }
 
   // Any thread: visits every endpoint entry published so far.
   template <typename Fn>
   void forEach(Fn&& fn) const {
-    for (const Node* n = head_.load(std::memory_order_acquire); n != nullptr; n = n->next) {
-      fn(n->key, n->counters);
-    }
+    endpoints_.forEach(fn);
+  }
+  template <typename Fn>
+  void forEachRequest(Fn&& fn) const {
+    requests_.forEach(fn);
+  }
+  template <typename Fn>
+  void forEachDuration(Fn&& fn) const {
+    durations_.forEach(fn);
   }
 
  private:
-  struct Node {
-    EndpointKey key;
-    EndpointCounters counters;
-    Node* next = nullptr;
-  };
-  // Published list (append at head, never removed until destruction) + the owner's index.
-  std::atomic<Node*> head_{nullptr};
-  std::map<EndpointKey, Node*> index_;
+  PublishedMap<EndpointKey, EndpointCounters> endpoints_;
+  PublishedMap<RequestKey, Counter> requests_;
+  PublishedMap<EndpointKey, DurationHistogram> durations_;
   WorkerCounters counters_;
 };
 
@@ -129,6 +221,11 @@ struct ProcessSample {
 // Sums of the per-worker counters.
 struct EndpointTotals {
   uint64_t opened = 0, closed = 0, sent_bytes = 0, received_bytes = 0, connect_failures = 0;
+  uint64_t requests = 0, ejections = 0, ejected = 0;  // ejected: workers ejecting it now
+};
+struct DurationTotals {
+  std::array<uint64_t, kDurationBucketsMs.size()> buckets{};
+  uint64_t count = 0, sum_ms = 0;
 };
 struct WorkerTotals {
   uint64_t accepted = 0, passthrough = 0, refused_registry = 0, refused_no_upstream = 0,
@@ -137,9 +234,13 @@ struct WorkerTotals {
            timeout_half_close = 0, timeout_max_duration = 0, resets_from_client = 0,
            resets_from_upstream = 0, resets_sent = 0, accept_paused = 0, access_log_dropped = 0;
   uint64_t relay_kernel = 0, relay_attach_failures = 0;
+  uint64_t http_sessions = 0, http_bad_requests = 0, http_pool_reused = 0,
+           http_reset_race_retry = 0, http_retries = 0;
 };
 struct StatsSnapshot {
   std::map<EndpointKey, EndpointTotals> endpoints;
+  std::map<RequestKey, uint64_t> requests;
+  std::map<EndpointKey, DurationTotals> durations;
   WorkerTotals workers;
   ProcessSample process;
 };

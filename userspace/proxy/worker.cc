@@ -26,7 +26,8 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       sockets_(sockets),
       stats_(stats),
       router_factory_(std::move(router_factory)),
-      settings_(std::move(settings)) {
+      settings_(std::move(settings)),
+      http_(ring, sockets, stats) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -97,18 +98,32 @@ void Worker::setTable(std::shared_ptr<const routing::RouteTable> table,
   }
   counters_cache_.clear();
   table_ = std::move(table);
-  if (!table_) return;
-  if (router_) {
-    router_->setTable(table_);
-  } else {
-    router_ = router_factory_(table_);
+  if (table_) {
+    if (router_) {
+      router_->setTable(table_);
+    } else {
+      router_ = router_factory_(table_);
+    }
   }
+  http_.configure(router_.get(), httpSettings());
+}
+
+HttpProxySettings Worker::httpSettings() const {
+  HttpProxySettings h;
+  h.connect_timeout = settings_.connect_timeout;
+  h.client_idle_timeout = settings_.idle_timeout;
+  h.buffer_limit = settings_.buffer_limit;
+  h.inbound_source_v4 = settings_.inbound_source_v4;
+  h.inbound_source_v6 = settings_.inbound_source_v6;
+  h.access_log = settings_.access_log;
+  return h;
 }
 
 void Worker::stopAccepting() {
   stopAccepting(ListenerKind::kOutbound);
   stopAccepting(ListenerKind::kInbound);
   accepting_ = false;
+  http_.drain();
 }
 
 void Worker::stopAccepting(ListenerKind kind) {
@@ -126,6 +141,7 @@ void Worker::stopAccepting(ListenerKind kind) {
 }
 
 void Worker::abortAll() {
+  http_.abortAll();
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     State s = slots_[slot].state;
     if (s == State::kConnecting || s == State::kRelaying || s == State::kFlushing ||
@@ -168,6 +184,7 @@ void Worker::onTick() {
       continue;
     }
     if (conn.state != State::kRelaying && conn.state != State::kKernel) continue;
+    if (conn.tls) tlsTick(slot);
     auto quiet = now_ - conn.last_activity;
     // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
     if (conn.state == State::kKernel && quiet >= kernel_check && kernelRelayMoved(slot)) {
@@ -187,6 +204,7 @@ void Worker::onTick() {
       closeConnection(slot, "idle_timeout");
     }
   }
+  http_.onTick(now_);
   armTick();
 }
 
@@ -194,6 +212,10 @@ void Worker::onTick() {
 void Worker::onCompletion(const Completion& c) {
   if (c.user_data == loop::kIgnoredUserData) return;
   const UserData ud = UserData::decode(c.user_data);
+  if (HttpProxy::owns(ud.op)) {
+    http_.onCompletion(c);
+    return;
+  }
   const Op op = static_cast<Op>(ud.op);
   switch (op) {
     case Op::kAccept:
@@ -269,6 +291,8 @@ void Worker::onCompletion(const Completion& c) {
 
 void Worker::afterBatch() {
   now_ = std::chrono::steady_clock::now();
+  http_.afterBatch(now_);
+  if (accept_paused_ && activeConnections() < settings_.max_connections) resumeAccepting();
   if (starved_.empty() || ring_.buffersAvailable() == 0) return;
   std::vector<Starved> waiting;
   waiting.swap(starved_);
@@ -316,12 +340,20 @@ uint32_t Worker::allocateSlot() {
 
 void Worker::startConnection(uint32_t listener, int fd) {
   stats_.counters().accepted.inc();
+  const Listener& l = listeners_[listener];
+  auto original = sockets_.originalDestination(fd, l.family);
+  auto local = sockets_.localAddress(fd);
+  // Not redirected when the original destination is this listener itself. eBPF mode's
+  // sk_lookup steers inbound without NAT, so there the original destination is the local
+  // address, on the app's port rather than the listener's.
+  const bool redirected =
+      original && !(local && *local == *original && (l.port == 0 || local->port == l.port));
+  if (redirected && startHttp(l, fd, *original)) return;
   if (slots_.size() >= UserData::kMaxSlots && free_slots_.empty()) {
     ::close(fd);  // 16M open connections on one worker: nothing sensible left to do
     stats_.counters().accept_errors.inc();
     return;
   }
-  const Listener& l = listeners_[listener];
   const uint32_t slot = allocateSlot();
   Connection& conn = slots_[slot];
   conn.state = State::kConnecting;
@@ -345,20 +377,18 @@ void Worker::startConnection(uint32_t listener, int fd) {
   conn.last_activity = now_;
   conn.half_closed = {};
   conn.outcome = "ok";
+  conn.tls.reset();
   ++active_;
-  if (settings_.max_connections > 0 && active_ >= settings_.max_connections && !accept_paused_) {
+  if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
+      !accept_paused_) {
     pauseAccepting();
   }
   if (access_log_ && settings_.access_log) {
     if (auto peer = sockets_.peerAddress(fd)) conn.peer = *peer;
   }
 
-  auto original = sockets_.originalDestination(fd, l.family);
-  auto local = sockets_.localAddress(fd);
   // Not redirected (someone dialled the proxy port itself): relaying would loop into ourselves.
-  // eBPF mode's sk_lookup steers inbound without NAT, so there the original destination is the
-  // local address, on the app's port rather than the listener's.
-  if (!original || (local && *local == *original && (l.port == 0 || local->port == l.port))) {
+  if (!redirected) {
     stats_.counters().no_original_dst.inc();
     closeConnection(slot, "no_original_dst");
     return;
@@ -367,10 +397,44 @@ void Worker::startConnection(uint32_t listener, int fd) {
   if (conn.kind == ListenerKind::kInbound) {
     conn.decision.kind = RouteDecision::Kind::kPassthrough;
     conn.decision.upstream = conn.original_dst;
+    if (!secureInbound(slot)) return;
   } else if (!routeOutbound(slot)) {
     return;
   }
   connectUpstream(slot);
+}
+
+bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_dst) {
+  if (!table_ || !router_) return false;
+  const routing::RouteMatch match = table_->match(original_dst);
+  // HTTP/1.1 ports only (h2 and gRPC stay L4), and not a pod address dialled directly: Istio
+  // sends those to the pod as they are.
+  if (match.service == nullptr || match.service->protocol != "HTTP") return false;
+  if (l.kind == ListenerKind::kOutbound && match.endpoint) return false;
+  if (l.kind == ListenerKind::kInbound && !match.endpoint) return false;
+  // mTLS and AuthorizationPolicy are applied on the L4 path only (docs/TLS.md): inbound, any
+  // security document keeps the connection there; outbound, so does a certificate of our own,
+  // since the endpoint chosen may want mTLS. Such HTTP ports are routed per connection.
+  if (table_->security && (l.kind == ListenerKind::kInbound || identity_)) {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      spdlog::warn(
+          "HTTP port {} routed per connection: L7 routing does not combine with mTLS or "
+          "AuthorizationPolicy yet",
+          original_dst.toString());
+    }
+    return false;
+  }
+  SocketAddress peer;
+  if (settings_.access_log) {
+    if (auto p = sockets_.peerAddress(fd)) peer = *p;
+  }
+  http_.adopt(fd, l.kind, peer, original_dst);
+  if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
+      !accept_paused_) {
+    pauseAccepting();
+  }
+  return true;
 }
 
 bool Worker::routeOutbound(uint32_t slot) {
@@ -408,6 +472,7 @@ void Worker::connectUpstream(uint32_t slot) {
   Connection& conn = slots_[slot];
   const SocketAddress& upstream = conn.decision.upstream;
   conn.tried.push_back(upstream);
+  if (conn.kind == ListenerKind::kOutbound) secureOutbound(slot);
   std::optional<IpAddress> source;
   if (conn.kind == ListenerKind::kInbound) {
     source = upstream.ip.family == Family::kIpv6 ? settings_.inbound_source_v6
@@ -438,6 +503,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     if (handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
+    if (conn.tls) tlsConnected(slot);
     return;
   }
   counters->connect_failures.inc();
@@ -466,6 +532,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
   if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved || d.paused) return;
+  if (tlsHoldsReceive(conn, from_client)) return;
   // One-shot: each receive is a decision, so a direction never holds more than its limit plus
   // one buffer, and backpressure needs no cancel.
   ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,
@@ -524,6 +591,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
       ring_.recycleBuffer(c.bufferId());
       return;
     }
+    if (conn.tls && tlsReceive(slot, from_client, c)) return;
     takeChunk(d, c);
     conn.last_activity = now_;
     if (from_client) {
@@ -545,6 +613,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
     d.eof = true;
     conn.last_activity = now_;
     if (conn.half_closed == std::chrono::steady_clock::time_point{}) conn.half_closed = now_;
+    if (conn.tls) tlsEndOfFile(slot, from_client);
     pump(slot, from_client);  // half-close the other side once the queue is flushed
   } else if (c.res == -ENOBUFS) {
     // Replenish and re-arm: afterBatch re-arms once buffers have come back.
@@ -735,6 +804,7 @@ void Worker::maybeFree(uint32_t slot) {
   conn.state = State::kFree;
   ++conn.generation;
   conn.table.reset();
+  conn.tls.reset();
   conn.decision = RouteDecision{};
   free_slots_.push_back(slot);
   --slots_in_use_;

@@ -20,9 +20,11 @@
 #include "common/ip_address.h"
 #include "loop/ring.h"
 #include "loop/user_data.h"
+#include "proxy/http_proxy.h"
 #include "proxy/kernel_relay.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
+#include "proxy/tls_connection.h"
 #include "routing/route_table.h"
 
 namespace remora::proxy {
@@ -56,7 +58,8 @@ using RouterFactory =
 // dropped (a full queue). Must not block.
 using AccessLogSink = std::function<bool(std::string)>;
 
-// The op byte of every user_data this worker tags.
+// The op byte of every user_data this worker tags. Values from HttpOp::kFirst (64) up belong to
+// the L7 path (http_proxy.h), which the worker hands those completions to.
 enum class Op : uint8_t {
   kIgnore = 0,
   kAccept,         // slot = listener index
@@ -114,12 +117,21 @@ class Worker final : public loop::CompletionHandler {
   // Resets every open connection (drain deadline or shutdown): the peers see ECONNRESET, not a
   // clean end of a cut transfer.
   void abortAll();
-  void setAccessLog(AccessLogSink sink) { access_log_ = std::move(sink); }
+  void setAccessLog(AccessLogSink sink) {
+    access_log_ = sink;
+    http_.setAccessLog(std::move(sink));
+  }
+  // The workload identity for mTLS (nullptr: no --tls-dir, every connection stays plaintext).
+  void setIdentity(std::shared_ptr<tls::IdentityStore> identity) {
+    identity_ = std::move(identity);
+  }
 
-  size_t activeConnections() const { return active_; }
+  // L4 connections and HTTP sessions.
+  size_t activeConnections() const { return active_ + http_.activeSessions(); }
   // No connection slot in use and no listener left.
   bool quiescent() const {
-    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0;
+    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0 &&
+           http_.quiescent();
   }
   bool acceptPaused() const { return accept_paused_; }
 
@@ -192,7 +204,8 @@ class Worker final : public loop::CompletionHandler {
     bool relay_poll[2] = {false, false};  // [0] client, [1] upstream
     bool relay_drain_armed = false;
     std::chrono::milliseconds relay_drain_wait{0};
-    uint64_t relay_seen_bytes = 0;  // both directions' redirected bytes at the last idle check
+    uint64_t relay_seen_bytes = 0;       // both directions' redirected bytes at the last idle check
+    std::unique_ptr<TlsConnection> tls;  // mTLS and authorization state (tls_worker.cc)
   };
   struct Listener {
     int fd = -1;
@@ -210,6 +223,9 @@ class Worker final : public loop::CompletionHandler {
   void onAccept(uint32_t listener, const loop::Completion& c);
   void armAccept(uint32_t listener);
   void startConnection(uint32_t listener, int fd);
+  // Hands an accepted connection to the L7 path when its destination is an HTTP port.
+  bool startHttp(const Listener& l, int fd, const SocketAddress& original_dst);
+  HttpProxySettings httpSettings() const;
   bool routeOutbound(uint32_t slot);
   void connectUpstream(uint32_t slot);
   void onConnect(uint32_t slot, const loop::Completion& c);
@@ -250,6 +266,26 @@ class Worker final : public loop::CompletionHandler {
   // The idle check of a kernel-relayed connection: true when bytes moved since the last one.
   bool kernelRelayMoved(uint32_t slot);
 
+  // mTLS and AuthorizationPolicy (tls_worker.cc, docs/TLS.md).
+  // Inbound, at accept: the PeerAuthentication mode and, for plaintext, the authorization.
+  // False when the connection was closed.
+  bool secureInbound(uint32_t slot);
+  // Outbound, before each connect attempt: originate TLS or not toward the chosen endpoint.
+  void secureOutbound(uint32_t slot);
+  // After the upstream connect: a client stream sends its ClientHello.
+  void tlsConnected(uint32_t slot);
+  // Received bytes of a connection with TLS state; false when TLS is not involved and the plain
+  // relay takes them.
+  bool tlsReceive(uint32_t slot, bool from_client, const loop::Completion& c);
+  // End of file from one side: close_notify toward the TLS side.
+  void tlsEndOfFile(uint32_t slot, bool from_client);
+  // PERMISSIVE detection deadline.
+  void tlsTick(uint32_t slot);
+  // While PERMISSIVE detection runs, the app's bytes wait (they may have to be encrypted).
+  bool tlsHoldsReceive(const Connection& conn, bool from_client) const;
+  void tlsQueue(Direction& d, const std::string& bytes);
+  bool authorizeInbound(uint32_t slot, const std::string& peer_identity);
+
   loop::Ring& ring_;
   SocketOps& sockets_;
   WorkerStats& stats_;
@@ -278,6 +314,7 @@ class Worker final : public loop::CompletionHandler {
     bool from_client;
   };
   std::vector<Starved> starved_;  // directions waiting for provided buffers
+  HttpProxy http_;
 
   struct CacheKey {
     const void* service;
@@ -293,6 +330,9 @@ class Worker final : public loop::CompletionHandler {
   // Counters by decision, so the data path does not build label strings per connection.
   // Cleared with each table, whose ServicePort addresses it holds.
   std::unordered_map<CacheKey, EndpointCounters*, CacheKeyHash> counters_cache_;
+
+  std::shared_ptr<tls::IdentityStore> identity_;
+  tls::SessionCache session_cache_;
 
   int control_fd_ = -1;
   uint64_t control_value_ = 0;

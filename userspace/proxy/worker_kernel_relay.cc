@@ -30,10 +30,15 @@ bool Worker::handToKernel(uint32_t slot) {
   Connection& conn = slots_[slot];
   const std::shared_ptr<const RelayMaps>& maps = settings_.kernel_relay;
   if (!maps) return false;
+  // TLS (origination, termination or the authorization that waits for the handshake) needs the
+  // bytes in user space.
+  if (conn.tls) return false;
   // Pure L4 only: a port Istio serves as HTTP (or gRPC, TLS...) stays in user space, where the
   // L7 engine reads it.
+  // "auto" (no protocol declared) is L4 too while it has no per-request routes to sniff for.
   if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
-      conn.decision.service != nullptr && conn.decision.service->protocol != "TCP") {
+      conn.decision.service != nullptr && conn.decision.service->protocol != "TCP" &&
+      !(conn.decision.service->protocol == "auto" && conn.decision.service->http_routes.empty())) {
     return false;
   }
   // Nothing has been read from either socket yet (receives are armed after this), so nothing

@@ -18,6 +18,11 @@
 #include "common/finding.h"
 #include "common/ip_address.h"
 #include "common/result.h"
+#include "routing/http_route.h"
+
+namespace remora::security {
+class SecurityTable;
+}
 
 namespace remora::routing {
 
@@ -131,6 +136,10 @@ struct Subset {
   std::string name;  // "" for the whole service
   LbPolicy policy = LbPolicy::kRoundRobin;
   EndpointList endpoints;
+  // DestinationRule trafficPolicy (top level, then subset level, then portLevelSettings for
+  // this port, merged as Istio does).
+  ConnectionPoolSettings connection_pool;
+  OutlierDetectionSettings outlier_detection;
 };
 
 struct WeightedSubset {
@@ -147,6 +156,11 @@ struct ServicePort {
   std::string name;                   // the Service's port name ("http"), may be empty
   std::string app_protocol;           // spec.ports[].appProtocol, empty when unset
   std::string protocol = "TCP";       // as Istio selects it: "HTTP", "HTTP2", "GRPC", "TCP", ...
+  // VirtualService http[] routes for this port, in order (first match wins). Empty: the port is
+  // routed per connection by `route` alone (no VirtualService, tcp routes only, or not an
+  // HTTP/1.1 port). On a port with no declared protocol ("auto") they apply to connections
+  // sniffed as HTTP/1.x, and `route` (spec.tcp, else the Service's endpoints) to the rest.
+  std::vector<HttpRoute> http_routes;
 };
 
 // What an original destination matched. `endpoint` is set when the client dialled a pod
@@ -182,6 +196,10 @@ class RouteTable {
     static const std::vector<Finding> kNone;
     return kNone;
   }
+  // PeerAuthentication, AuthorizationPolicy, DestinationRule TLS and the pods' identities
+  // (security/security_policy.h); set by the builder before the table is shared, nullptr for
+  // tables built in code.
+  std::shared_ptr<const security::SecurityTable> security;
 };
 
 struct RouteDecision {
@@ -194,6 +212,28 @@ struct RouteDecision {
   // The client dialled this pod's address itself: the decision keeps it and retry() never
   // moves the connection to another pod.
   bool pinned = false;
+};
+
+// Endpoints to leave out of a pick (outlier-ejected). Owned by the caller.
+class EndpointHealth {
+ public:
+  virtual ~EndpointHealth() = default;
+  virtual bool ejected(const ServicePort& port, uint32_t subset_index,
+                       uint32_t endpoint_index) const = 0;
+};
+
+// The per-request outcome of an HttpRoute: the weighted destination and an endpoint in it, and
+// whether this request draws the route's delay fault, abort fault and mirror. An aborted
+// request stops at the fault, as with Envoy's fault filter: no destination is picked (so the
+// weights stay exact over the requests that are routed) and nothing is mirrored.
+struct HttpRouteDecision {
+  const HttpRouteDestination* destination = nullptr;  // nullptr: the route has none
+  // kService with an endpoint; kRefused when the picked subset has no endpoint left (no
+  // endpoints, or all ejected or tried): the caller answers 503.
+  RouteDecision upstream;
+  bool delay = false;
+  bool abort = false;
+  std::optional<RouteDecision> mirror;  // set when the mirror is drawn and has an endpoint
 };
 
 // Per-worker routing state (smooth weighted round-robin counters, round-robin cursors,
@@ -215,6 +255,31 @@ class Router {
                                              std::span<const SocketAddress> tried) = 0;
   // Tells LEAST_REQUEST that a connection routed by `decision` has ended.
   virtual void release(const RouteDecision& decision) = 0;
+
+  // Per request on an HTTP port: picks route.destinations by weight (the same exact smooth
+  // weighted round-robin as route(), with counters per HttpRoute), then an endpoint of the
+  // picked subset not ejected by `health`; draws the fault and mirror percentages exactly
+  // (ExactPercentage per route). `port` is the ServicePort that holds `route`; both must come
+  // from the current table. Every RouteDecision returned is release()d by the caller.
+  virtual HttpRouteDecision routeRequest(const ServicePort& port, const HttpRoute& route,
+                                         const EndpointHealth* health = nullptr) {
+    (void)port;
+    (void)route;
+    (void)health;
+    return {};
+  }
+  // An endpoint of `subset_index` in `port` (by the subset's LB policy) that is neither in
+  // `tried` nor ejected by `health`; nullopt when none is left. For retries of a request.
+  virtual std::optional<RouteDecision> pickSubsetEndpoint(const ServicePort& port,
+                                                          uint32_t subset_index,
+                                                          std::span<const SocketAddress> tried,
+                                                          const EndpointHealth* health = nullptr) {
+    (void)port;
+    (void)subset_index;
+    (void)tried;
+    (void)health;
+    return std::nullopt;
+  }
 };
 
 std::unique_ptr<Router> makeRouter(std::shared_ptr<const RouteTable> table);

@@ -25,6 +25,8 @@ class RouterImpl final : public Router {
     // Counters belong to the ServicePorts of one table; the new table starts a fresh cycle.
     index_.clear();
     states_.clear();
+    route_index_.clear();
+    route_states_.clear();
   }
 
   const std::shared_ptr<const RouteTable>& table() const override { return table_; }
@@ -55,13 +57,13 @@ class RouterImpl final : public Router {
     }
     decision.service = port;
     PortState& state = stateFor(*port);
-    if (state.live.empty()) {
+    if (state.weights.live.empty()) {
       decision.kind = RouteDecision::Kind::kRefused;
       return decision;
     }
-    uint32_t subset = port->route[pickWeighted(state)].subset_index;
+    uint32_t subset = port->route[pickWeighted(state.weights)].subset_index;
     // A live subset has endpoints, and nothing is excluded here, so a pick always succeeds.
-    uint32_t endpoint = *pickEndpoint(*port, state, subset, {}, {});
+    uint32_t endpoint = *pickEndpoint(*port, state, subset, {}, {}, nullptr);
     return serviceDecision(*port, state, subset, endpoint);
   }
 
@@ -75,17 +77,55 @@ class RouterImpl final : public Router {
     if (failed.subset_index >= port.subsets.size()) return std::nullopt;
     PortState& state = stateFor(port);
     auto attempt = [&](uint32_t subset) -> std::optional<RouteDecision> {
-      auto endpoint = pickEndpoint(port, state, subset, failed.upstream, tried);
+      auto endpoint = pickEndpoint(port, state, subset, failed.upstream, tried, nullptr);
       if (!endpoint) return std::nullopt;
       return serviceDecision(port, state, subset, *endpoint);
     };
     if (auto d = attempt(failed.subset_index)) return d;
-    for (uint32_t live : state.live) {
+    for (uint32_t live : state.weights.live) {
       uint32_t subset = port.route[live].subset_index;
       if (subset == failed.subset_index) continue;
       if (auto d = attempt(subset)) return d;
     }
     return std::nullopt;
+  }
+
+  HttpRouteDecision routeRequest(const ServicePort& port, const HttpRoute& route,
+                                 const EndpointHealth* health) override {
+    HttpRouteDecision out;
+    RouteState& rs = routeStateFor(port, route);
+    PortState& state = stateFor(port);
+    out.delay = route.fault.delay.has_value() && rs.delay.next();
+    out.abort = route.fault.abort_status.has_value() && rs.abort.next();
+    out.upstream.service = &port;
+    out.upstream.kind = RouteDecision::Kind::kRefused;
+    // An aborted request stops at the fault, before routing: no pick, no mirror (Envoy).
+    if (out.abort) return out;
+    if (route.mirror && rs.mirror.next() && route.mirror->subset_index < port.subsets.size()) {
+      uint32_t subset = route.mirror->subset_index;
+      if (auto e = pickEndpoint(port, state, subset, {}, {}, health)) {
+        out.mirror = serviceDecision(port, state, subset, *e);
+      }
+    }
+    if (rs.weights.live.empty()) return out;
+    const HttpRouteDestination& dest = route.destinations[pickWeighted(rs.weights)];
+    out.destination = &dest;
+    uint32_t subset = dest.destination.subset_index;
+    out.upstream.subset_index = subset;
+    if (auto e = pickEndpoint(port, state, subset, {}, {}, health)) {
+      out.upstream = serviceDecision(port, state, subset, *e);
+    }
+    return out;
+  }
+
+  std::optional<RouteDecision> pickSubsetEndpoint(const ServicePort& port, uint32_t subset_index,
+                                                  std::span<const SocketAddress> tried,
+                                                  const EndpointHealth* health) override {
+    if (subset_index >= port.subsets.size()) return std::nullopt;
+    PortState& state = stateFor(port);
+    auto e = pickEndpoint(port, state, subset_index, {}, tried, health);
+    if (!e) return std::nullopt;
+    return serviceDecision(port, state, subset_index, *e);
   }
 
   void release(const RouteDecision& decision) override {
@@ -102,13 +142,54 @@ class RouterImpl final : public Router {
     std::vector<uint32_t> active;  // open connections per endpoint
   };
 
-  struct PortState {
-    std::vector<uint32_t> live;    // indices into ServicePort::route with weight and endpoints
+  // Smooth weighted round-robin over the entries that can take traffic.
+  struct WeightedState {
+    std::vector<uint32_t> live;    // indices of entries with weight and endpoints
     std::vector<int64_t> weight;   // per live entry
     std::vector<int64_t> current;  // smooth weighted round-robin counter per live entry
     int64_t total = 0;
+
+    // An empty subset's share goes to the others in proportion, which keeps the pick exact
+    // over the subsets that can take traffic.
+    void add(const ServicePort& port, uint32_t entry, uint32_t subset_index, uint32_t w) {
+      if (w == 0 || subset_index >= port.subsets.size() ||
+          port.subsets[subset_index].endpoints.empty()) {
+        return;
+      }
+      live.push_back(entry);
+      weight.push_back(w);
+      total += w;
+      current.push_back(0);
+    }
+  };
+
+  struct PortState {
+    WeightedState weights;  // over ServicePort::route
     std::vector<SubsetState> subsets;
   };
+
+  // Per HttpRoute: its weighted destinations and its exact fault and mirror counters.
+  struct RouteState {
+    WeightedState weights;  // over HttpRoute::destinations
+    ExactPercentage delay;
+    ExactPercentage abort;
+    ExactPercentage mirror;
+  };
+
+  RouteState& routeStateFor(const ServicePort& port, const HttpRoute& route) {
+    auto [it, inserted] =
+        route_index_.try_emplace(&route, static_cast<uint32_t>(route_states_.size()));
+    if (!inserted) return route_states_[it->second];
+    RouteState& rs = route_states_.emplace_back();
+    for (uint32_t d = 0; d < route.destinations.size(); ++d) {
+      const HttpRouteDestination& dest = route.destinations[d];
+      rs.weights.add(port, d, dest.destination.subset_index, dest.weight);
+    }
+    rs.delay = ExactPercentage(route.fault.delay_percentage);
+    rs.abort = ExactPercentage(route.fault.abort_percentage);
+    rs.mirror = ExactPercentage(route.mirror_percentage);
+    return rs;
+  }
 
   PortState& stateFor(const ServicePort& port) {
     auto [it, inserted] = index_.try_emplace(&port, static_cast<uint32_t>(states_.size()));
@@ -118,25 +199,15 @@ class RouterImpl final : public Router {
     for (size_t s = 0; s < port.subsets.size(); ++s) {
       state.subsets[s].active.assign(port.subsets[s].endpoints.size(), 0);
     }
-    // An empty subset's share goes to the others in proportion, which keeps the pick exact
-    // over the subsets that can take traffic.
     for (uint32_t r = 0; r < port.route.size(); ++r) {
-      const WeightedSubset& ws = port.route[r];
-      if (ws.weight == 0 || ws.subset_index >= port.subsets.size() ||
-          port.subsets[ws.subset_index].endpoints.empty()) {
-        continue;
-      }
-      state.live.push_back(r);
-      state.weight.push_back(ws.weight);
-      state.total += ws.weight;
+      state.weights.add(port, r, port.route[r].subset_index, port.route[r].weight);
     }
-    state.current.assign(state.live.size(), 0);
     return state;
   }
 
   // nginx's smooth weighted round-robin: every entry gains its weight, the largest wins and
   // pays back the total. Each cycle of Σw picks holds every entry exactly w times, spread out.
-  uint32_t pickWeighted(PortState& state) {
+  static uint32_t pickWeighted(WeightedState& state) {
     size_t best = 0;
     int64_t best_value = std::numeric_limits<int64_t>::min();
     for (size_t i = 0; i < state.live.size(); ++i) {
@@ -152,14 +223,16 @@ class RouterImpl final : public Router {
 
   std::optional<uint32_t> pickEndpoint(const ServicePort& port, PortState& state, uint32_t subset,
                                        std::optional<SocketAddress> exclude,
-                                       std::span<const SocketAddress> tried) {
+                                       std::span<const SocketAddress> tried,
+                                       const EndpointHealth* health) {
     const auto& endpoints = port.subsets[subset].endpoints;
     SubsetState& ss = state.subsets[subset];
     auto n = static_cast<uint32_t>(endpoints.size());
     if (n == 0) return std::nullopt;
-    bool filtering = exclude.has_value() || !tried.empty();
+    bool filtering = exclude.has_value() || !tried.empty() || health != nullptr;
     auto allowed = [&](uint32_t i) {
       if (!filtering) return true;
+      if (health != nullptr && health->ejected(port, subset, i)) return false;
       SocketAddress a = endpoints.address(i);
       if (exclude && a == *exclude) return false;
       return std::find(tried.begin(), tried.end(), a) == tried.end();
@@ -232,6 +305,8 @@ class RouterImpl final : public Router {
   std::shared_ptr<const RouteTable> table_;
   std::unordered_map<const ServicePort*, uint32_t> index_;
   std::vector<PortState> states_;
+  std::unordered_map<const HttpRoute*, uint32_t> route_index_;
+  std::vector<RouteState> route_states_;
   uint64_t rng_;
 };
 

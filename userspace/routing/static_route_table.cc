@@ -18,6 +18,144 @@ uint64_t mix(uint64_t x) {
   return x;
 }
 
+const char* kindName(StringMatch::Kind kind) {
+  switch (kind) {
+    case StringMatch::Kind::kExact:
+      return "exact";
+    case StringMatch::Kind::kPrefix:
+      return "prefix";
+    case StringMatch::Kind::kRegex:
+      return "regex";
+    case StringMatch::Kind::kPresent:
+      return "present";
+  }
+  return "?";
+}
+
+nlohmann::json toJson(const StringMatch& m) {
+  nlohmann::json j = {{kindName(m.kind), m.value}};
+  if (m.ignore_case) j["ignoreCase"] = true;
+  return j;
+}
+
+nlohmann::json toJson(const HttpMatch& m) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!m.name.empty()) j["name"] = m.name;
+  const std::pair<const char*, const std::optional<StringMatch>*> singles[] = {
+      {"uri", &m.uri}, {"scheme", &m.scheme}, {"method", &m.method}, {"authority", &m.authority}};
+  for (const auto& [key, value] : singles) {
+    if (*value) j[key] = toJson(**value);
+  }
+  for (const auto& h : m.headers) {
+    j[h.invert ? "withoutHeaders" : "headers"][h.name] = toJson(h.value);
+  }
+  for (const auto& q : m.query_params) j["queryParams"][q.name] = toJson(q.value);
+  if (m.port != 0) j["port"] = m.port;
+  for (const auto& [k, v] : m.source_labels) j["sourceLabels"][k] = v;
+  if (m.line > 0) j["line"] = m.line;
+  return j;
+}
+
+nlohmann::json toJson(const HeaderOps& ops) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : ops.set) j["set"][k] = v;
+  for (const auto& [k, v] : ops.add) j["add"][k] = v;
+  if (!ops.remove.empty()) j["remove"] = ops.remove;
+  return j;
+}
+
+void addHeaders(nlohmann::json& j, const HeaderOpsPair& headers) {
+  if (!headers.request.empty()) j["headers"]["request"] = toJson(headers.request);
+  if (!headers.response.empty()) j["headers"]["response"] = toJson(headers.response);
+}
+
+double percent(Percentage p) { return p.per_million / 10'000.0; }
+
+nlohmann::json httpRouteJson(const HttpRoute& route, const ServicePort& port) {
+  auto subsetName = [&](uint32_t index) {
+    return index < port.subsets.size() ? port.subsets[index].name : std::string("?");
+  };
+  nlohmann::json j = {{"field", route.field}};
+  if (!route.name.empty()) j["name"] = route.name;
+  if (route.line > 0) j["line"] = route.line;
+  auto matches = nlohmann::json::array();
+  for (const auto& m : route.matches) matches.push_back(toJson(m));
+  j["match"] = std::move(matches);
+  auto destinations = nlohmann::json::array();
+  for (const auto& d : route.destinations) {
+    nlohmann::json dj = {{"host", d.destination.host},
+                         {"subset", subsetName(d.destination.subset_index)},
+                         {"weight", d.weight}};
+    addHeaders(dj, d.headers);
+    destinations.push_back(std::move(dj));
+  }
+  if (!destinations.empty()) j["route"] = std::move(destinations);
+  addHeaders(j, route.headers);
+  if (route.rewrite) {
+    auto& r = j["rewrite"];
+    r = nlohmann::json::object();
+    if (!route.rewrite->uri.empty()) r["uri"] = route.rewrite->uri;
+    if (!route.rewrite->authority.empty()) r["authority"] = route.rewrite->authority;
+    if (route.rewrite->uri_regex) r["uriRegexRewrite"] = route.rewrite->uri_regex_rewrite;
+  }
+  if (route.redirect) {
+    const HttpRedirect& r = *route.redirect;
+    j["redirect"] = {{"uri", r.uri},       {"authority", r.authority},
+                     {"scheme", r.scheme}, {"port", r.port},
+                     {"code", r.code},     {"derivePort", r.derive_from_request_port}};
+  }
+  if (route.direct_response) {
+    j["directResponse"] = {{"status", route.direct_response->status},
+                           {"bodyBytes", route.direct_response->body.size()}};
+  }
+  if (route.mirror) {
+    j["mirror"] = {{"host", route.mirror->host},
+                   {"subset", subsetName(route.mirror->subset_index)},
+                   {"percent", percent(route.mirror_percentage)}};
+  }
+  if (route.timeout.count() > 0) j["timeoutMs"] = route.timeout.count();
+  const RetryPolicy& retries = route.retries;
+  j["retries"] = {{"attempts", retries.attempts},
+                  {"perTryTimeoutMs", retries.per_try_timeout.count()},
+                  {"retryOn", retries.retry_on},
+                  {"retriableStatusCodes", retries.retriable_status_codes}};
+  if (route.fault.delay) {
+    j["fault"]["delay"] = {{"fixedDelayMs", route.fault.delay->count()},
+                           {"percent", percent(route.fault.delay_percentage)}};
+  }
+  if (route.fault.abort_status) {
+    j["fault"]["abort"] = {{"httpStatus", *route.fault.abort_status},
+                           {"percent", percent(route.fault.abort_percentage)}};
+  }
+  return j;
+}
+
+// DestinationRule settings, shown only where they differ from the defaults.
+void addPolicies(nlohmann::json& j, const Subset& subset) {
+  const ConnectionPoolSettings& p = subset.connection_pool;
+  if (p != ConnectionPoolSettings{}) {
+    j["connectionPool"] = {{"maxConnections", p.max_connections},
+                           {"connectTimeoutMs", p.connect_timeout.count()},
+                           {"http1MaxPendingRequests", p.http1_max_pending_requests},
+                           {"maxRequestsPerConnection", p.max_requests_per_connection},
+                           {"idleTimeoutMs", p.idle_timeout.count()},
+                           {"maxRetries", p.max_retries}};
+    if (p.tcp_keepalive) {
+      j["connectionPool"]["tcpKeepalive"] = {{"probes", p.tcp_keepalive->probes},
+                                             {"timeMs", p.tcp_keepalive->time.count()},
+                                             {"intervalMs", p.tcp_keepalive->interval.count()}};
+    }
+  }
+  const OutlierDetectionSettings& o = subset.outlier_detection;
+  if (o.enabled) {
+    j["outlierDetection"] = {{"consecutive5xxErrors", o.consecutive_5xx_errors},
+                             {"consecutiveGatewayErrors", o.consecutive_gateway_errors},
+                             {"intervalMs", o.interval.count()},
+                             {"baseEjectionTimeMs", o.base_ejection_time.count()},
+                             {"maxEjectionPercent", o.max_ejection_percent}};
+  }
+}
+
 }  // namespace
 
 size_t IpAddressHash::operator()(const IpAddress& ip) const noexcept {
@@ -309,9 +447,11 @@ nlohmann::json StaticRouteTable::toJson() const {
         endpoints.push_back({{"address", subset.endpoints.address(e).toString()},
                              {"pod", subset.endpoints.pod(e)}});
       }
-      subsets.push_back({{"name", subset.name},
-                         {"policy", routing::toString(subset.policy)},
-                         {"endpoints", std::move(endpoints)}});
+      nlohmann::json sj = {{"name", subset.name},
+                           {"policy", routing::toString(subset.policy)},
+                           {"endpoints", std::move(endpoints)}};
+      addPolicies(sj, subset);
+      subsets.push_back(std::move(sj));
     }
     nlohmann::json service = {{"service", port.service},
                               {"port", port.port},
@@ -321,6 +461,11 @@ nlohmann::json StaticRouteTable::toJson() const {
     if (!port.name.empty()) service["name"] = port.name;
     if (!port.app_protocol.empty()) service["appProtocol"] = port.app_protocol;
     service["protocol"] = port.protocol;
+    if (!port.http_routes.empty()) {
+      auto http = nlohmann::json::array();
+      for (const auto& r : port.http_routes) http.push_back(httpRouteJson(r, port));
+      service["httpRoutes"] = std::move(http);
+    }
     services.push_back(std::move(service));
   }
   return {{"generation", generation_},

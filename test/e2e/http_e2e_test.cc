@@ -1,0 +1,544 @@
+// remora-proxy's L7 path (issue 10) in the seed world: the front pod's outbound HTTP to
+// bill-service:9999 is parsed and routed per request. Backends are small Python http.server
+// processes on the seed pod IPs that answer with their own name; the client is Python's
+// http.client holding ONE keep-alive connection, so every split below is per request.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kV1Reply = "this is bill-service-v1";
+constexpr const char* kV2Reply = "hello, this is bill-service-v2";
+constexpr uint32_t kProxyUid = 1337;
+constexpr const char* kPython = "/usr/bin/python3";
+
+// name port [sick]: answers every request with its name (a sick one with a 500); /delay/MS sleeps
+// first, /status/N answers N, /flaky/KEY answers 503 the first time KEY is asked, an Upgrade:
+// websocket request gets a 101 and then every byte echoed upper-cased.
+constexpr const char* kBackend = R"PY(
+import sys, time, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+name, port = sys.argv[1], int(sys.argv[2])
+sick = len(sys.argv) > 3 and sys.argv[3] == "sick"
+hits, lock = {}, threading.Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, code, body, extra=()):
+        b = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(b)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(b)
+    def do_GET(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        if n:
+            self.rfile.read(n)
+        p = self.path
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                d = self.connection.recv(4096)
+                if not d:
+                    break
+                self.connection.sendall(d.upper())
+            self.close_connection = True
+            return
+        if sick:
+            return self.reply(500, "sick " + name + "\n")
+        if p.startswith("/delay/"):
+            time.sleep(int(p.split("/")[2]) / 1000.0)
+        if p.startswith("/status/"):
+            return self.reply(int(p.split("/")[2]), name + "\n")
+        if p.startswith("/flaky/"):
+            with lock:
+                k = hits.get(p, 0)
+                hits[p] = k + 1
+            if k == 0:
+                return self.reply(503, "flaky " + name + "\n")
+        self.reply(200, name + "\n", [("x-seen-request-id", self.headers.get("x-request-id", "-")),
+                                      ("x-seen-path", p)])
+    do_POST = do_GET
+    do_HEAD = do_GET
+ThreadingHTTPServer.daemon_threads = True
+srv = ThreadingHTTPServer(("0.0.0.0", port), H)
+print("ready", flush=True)
+srv.serve_forever()
+)PY";
+
+// One JSON spec as argv[1]. mode "seq": n requests on ONE connection, a JSON line each;
+// "parallel": n connections at once, one request each; "raw": bytes sent as they are, the
+// answer printed until the proxy closes; "upgrade": a websocket-style upgrade, then a message.
+constexpr const char* kClient = R"PY(
+import sys, json, time, http.client, socket, threading
+spec = json.loads(sys.argv[1])
+host, port = spec.get("host", "bill-service"), spec.get("port", 9999)
+def one(c, hdrs):
+    t = time.monotonic()
+    c.request(spec.get("method", "GET"), spec.get("path", "/"), body=spec.get("body"), headers=hdrs)
+    r = c.getresponse()
+    body = r.read().decode().strip()
+    return {"status": r.status, "body": body, "ms": int((time.monotonic() - t) * 1000),
+            "overloaded": r.getheader("x-envoy-overloaded", ""),
+            "rid": r.getheader("x-seen-request-id", ""), "path": r.getheader("x-seen-path", "")}
+mode = spec.get("mode", "seq")
+if mode == "seq":
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    for i in range(spec["n"]):
+        print(json.dumps(one(c, spec.get("headers", {}))), flush=True)
+elif mode == "parallel":
+    out, threads = [], []
+    def run():
+        c = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            out.append(one(c, {}))
+        except Exception as e:
+            out.append({"status": 0, "body": str(e)})
+    for i in range(spec["n"]):
+        threads.append(threading.Thread(target=run))
+        threads[-1].start()
+        time.sleep(spec.get("stagger_ms", 50) / 1000.0)
+    for t in threads:
+        t.join()
+    for o in out:
+        print(json.dumps(o))
+elif mode == "raw":
+    s = socket.create_connection((host, port), timeout=5)
+    s.sendall(spec["data"].encode())
+    got = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except socket.timeout:
+        got += b"<timeout>"
+    print(got.decode(errors="replace"))
+elif mode == "upgrade":
+    s = socket.create_connection((host, port), timeout=5)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: bill-service\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = s.recv(1)
+        if not d:
+            break
+        head += d
+    print(head.decode().splitlines()[0] if head else "no head")
+    s.sendall(b"hello tunnel")
+    got = b""
+    while len(got) < 12:
+        d = s.recv(100)
+        if not d:
+            break
+        got += d
+    print("echo:" + got.decode())
+)PY";
+
+// The seed's VirtualService routes, in their own documents (with the DestinationRule's subsets).
+std::string destinationRule(const std::string& traffic_policy = {}) {
+  return fmt::format(R"(
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: bill-service
+  namespace: istio-demo
+spec:
+  host: bill-service
+{}  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+)",
+                     traffic_policy);
+}
+
+std::string virtualService(const std::string& http_routes) {
+  return R"(
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bill-service
+  namespace: istio-demo
+spec:
+  hosts:
+  - bill-service
+  http:
+)" + http_routes;
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+size_t countOf(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// JSON lines of the client, one per response.
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.front() == '{') out.push_back(line);
+  }
+  return out;
+}
+
+int field(const std::string& line, const std::string& name) {
+  std::smatch m;
+  if (std::regex_search(line, m, std::regex("\"" + name + "\": (\\d+)"))) return std::stoi(m[1]);
+  return -1;
+}
+
+class HttpE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
+    if (access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is missing";
+    world_ = std::make_unique<NetnsWorld>();
+    front_ = *world_->addPod("front-tomcat", kFrontIp);
+    v1_ = *world_->addPod("bill-service-v1", kBillV1);
+    v2_ = *world_->addPod("bill-service-v2", kBillV2);
+    char tmpl[] = "/tmp/remora-http-e2e-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    chmod(dir_.c_str(), 0755);
+    config_ = dir_ + "/mesh.yaml";
+    std::ofstream(dir_ + "/backend.py") << kBackend;
+    std::ofstream(dir_ + "/client.py") << kClient;
+    hosts_dir_ = "/etc/netns/" + front_.netns;
+    fs::create_directories(hosts_dir_);
+    std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
+    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
+    ASSERT_TRUE(install.ok() && install->exit_code == 0)
+        << (install ? install->err + install->out : install.error().message);
+    backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/backend.py", kV1Reply, "80"}));
+    backends_.push_back(world_->spawn(v2_, {kPython, dir_ + "/backend.py", kV2Reply, "80"}));
+    for (auto& b : backends_) ASSERT_TRUE(b->waitForLine("ready", 10000)) << b->output();
+  }
+
+  void TearDown() override {
+    proxy_.reset();
+    backends_.clear();
+    world_.reset();
+    if (!hosts_dir_.empty()) fs::remove_all(hosts_dir_);
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  void startProxy(const std::string& mesh) {
+    std::string tmp = dir_ + "/.mesh.yaml.tmp";
+    std::ofstream(tmp) << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << mesh;
+    chmod(tmp.c_str(), 0644);
+    fs::rename(tmp, config_);
+    proxy_ = world_->spawn(
+        front_,
+        {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"},
+        kProxyUid, kProxyUid);
+    ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
+    ASSERT_TRUE(waitFor([&] { return admin("/ready") == "LIVE\n"; })) << proxy_->output();
+  }
+
+  std::string client(const std::string& spec_json) {
+    auto out = world_->exec(front_, {kPython, dir_ + "/client.py", spec_json});
+    if (!out) return "FAILED " + out.error().message;
+    return out->out + out->err;
+  }
+
+  std::string admin(const std::string& path) {
+    auto out = world_->exec(front_, {"curl", "-sS", "-m", "3", "http://127.0.0.1:15000" + path});
+    return out && out->exit_code == 0 ? out->out : "FAILED";
+  }
+
+  template <typename Pred>
+  bool waitFor(Pred pred, int timeout_ms = 5000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return pred();
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  Pod front_, v1_, v2_;
+  std::string dir_, config_, hosts_dir_;
+  std::vector<std::unique_ptr<Process>> backends_;
+  std::unique_ptr<Process> proxy_;
+};
+
+constexpr const char* kRoutes9010 = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+      weight: 90
+    - destination:
+        host: bill-service
+        subset: v2
+      weight: 10
+)";
+
+TEST_F(HttpE2e, NinetyTenIsExactPerRequestOverOneKeepAliveConnection) {
+  startProxy(virtualService(kRoutes9010) + destinationRule());
+  const std::string out = client(R"({"mode": "seq", "n": 100})");
+  EXPECT_EQ(lines(out).size(), 100u) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 90u) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV2Reply + "\""), 10u) << out;
+  // x-request-id is generated when the client sent none.
+  EXPECT_EQ(countOf(out, "\"rid\": \"-\""), 0u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_requests_total{destination_service=\"bill-service.istio-demo\","
+                   "destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"} 90"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("remora_request_duration_milliseconds_count{destination_service=\"bill-"
+                   "service.istio-demo\",destination_subset=\"v2\"} 10"),
+            std::string::npos)
+      << m;
+  // Keep-alive toward the backends too: one upstream connection each for 100 requests.
+  const std::string clusters = admin("/clusters");
+  EXPECT_NE(clusters.find("10.244.1.168:80::cx_total::1\n"), std::string::npos) << clusters;
+  EXPECT_NE(clusters.find("10.244.1.168:80::rq_total::90\n"), std::string::npos) << clusters;
+  EXPECT_TRUE(proxy_->waitForLine("http outbound", 2000)) << proxy_->output();
+}
+
+TEST_F(HttpE2e, JasonGoesToV2AndEveryoneElseToV1) {
+  startProxy(virtualService(R"(  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: bill-service
+        subset: v2
+  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  std::string out = client(R"({"mode": "seq", "n": 20, "headers": {"end-user": "jason"}})");
+  EXPECT_EQ(countOf(out, kV2Reply), 20u) << out;
+  out = client(R"({"mode": "seq", "n": 20, "headers": {"end-user": "mary"}})");
+  EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
+  out = client(R"({"mode": "seq", "n": 5})");
+  EXPECT_EQ(countOf(out, kV1Reply), 5u) << out;
+}
+
+TEST_F(HttpE2e, FaultAbortHitsAnExactShare) {
+  startProxy(virtualService(R"(  - fault:
+      abort:
+        httpStatus: 500
+        percentage:
+          value: 5
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  const std::string out = client(R"({"mode": "seq", "n": 100})");
+  EXPECT_EQ(countOf(out, "\"status\": 500"), 5u) << out;
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 95u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("response_code=\"500\",response_flags=\"FI\"} 5"), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, FaultDelayHoldsAnExactShareForItsDuration) {
+  startProxy(virtualService(R"(  - fault:
+      delay:
+        fixedDelay: 300ms
+        percentage:
+          value: 10
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  const std::string out = client(R"({"mode": "seq", "n": 20})");
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), 20u) << out;
+  int slow = 0;
+  for (const auto& l : all) {
+    const int ms = field(l, "ms");
+    if (ms >= 300) ++slow;
+    EXPECT_LT(ms, 1000) << l;
+  }
+  EXPECT_EQ(slow, 2) << out;
+  EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
+}
+
+TEST_F(HttpE2e, ARetryRescuesABackendFailingItsFirstAttempt) {
+  startProxy(virtualService(R"(  - retries:
+      attempts: 2
+      retryOn: 5xx
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  const std::string out = client(R"({"mode": "seq", "n": 3, "path": "/flaky/a"})");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 3u) << out;
+  EXPECT_EQ(countOf(out, "\"status\": 503"), 0u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_http_retries_total 1"), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, RouteTimeoutAnswers504) {
+  startProxy(virtualService(R"(  - timeout: 300ms
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  std::string out = client(R"({"mode": "seq", "n": 1, "path": "/delay/3000"})");
+  ASSERT_EQ(lines(out).size(), 1u) << out;
+  EXPECT_EQ(field(lines(out)[0], "status"), 504) << out;
+  EXPECT_LT(field(lines(out)[0], "ms"), 1500) << out;
+  out = client(R"({"mode": "seq", "n": 2, "path": "/"})");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 2u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("response_code=\"504\",response_flags=\"UT\"} 1"), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, PoolOverflowAnswers503WithFlagUO) {
+  startProxy(virtualService(R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule(R"(  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+)"));
+  // One request holds the only connection, one waits for it, the third overflows.
+  const std::string out =
+      client(R"({"mode": "parallel", "n": 3, "path": "/delay/1000", "stagger_ms": 150})");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 2u) << out;
+  EXPECT_EQ(countOf(out, "\"status\": 503"), 1u) << out;
+  EXPECT_EQ(countOf(out, "\"overloaded\": \"true\""), 1u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("response_code=\"503\",response_flags=\"UO\"} 1"), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, OutlierDetectionEjectsAFailingEndpointAndLetsItBack) {
+  // v2 answers 500 to everything; both pods serve the whole service (no subset).
+  backends_[1].reset();
+  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/backend.py", kV2Reply, "80", "sick"});
+  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  startProxy(virtualService(R"(  - route:
+    - destination:
+        host: bill-service
+)") + destinationRule(R"(  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 2s
+      maxEjectionPercent: 100
+)"));
+  std::string out = client(R"({"mode": "seq", "n": 20})");
+  // Round robin until v2's second consecutive 500 ejects it; then v1 alone.
+  EXPECT_EQ(countOf(out, "\"status\": 500"), 2u) << out;
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 18u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_outlier_ejections_total{destination_service=\"bill-service.istio-demo\","
+                   "destination_subset=\"\",destination_endpoint=\"10.244.2.74:80\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(admin("/clusters").find("10.244.2.74:80::health_flags::/failed_outlier_check"),
+            std::string::npos);
+  // After baseEjectionTime it takes traffic again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  out = client(R"({"mode": "seq", "n": 4})");
+  EXPECT_GE(countOf(out, "\"status\": 500"), 1u) << out;
+}
+
+TEST_F(HttpE2e, SmugglingVectorsGet400AndAClose) {
+  startProxy(virtualService(kRoutes9010) + destinationRule());
+  const std::vector<std::string> vectors = {
+      // CL + TE
+      "POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "0\r\n\r\n",
+      // TE obfuscation
+      "POST / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+      // duplicate, differing Content-Length
+      "POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+  };
+  for (const std::string& v : vectors) {
+    std::string data;
+    for (char c : v) {
+      if (c == '\r') {
+        data += "\\r";
+      } else if (c == '\n') {
+        data += "\\n";
+      } else {
+        data += c;
+      }
+    }
+    const std::string out = client(R"({"mode": "raw", "data": ")" + data + R"("})");
+    EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << v << "\n--\n" << out;
+    EXPECT_EQ(out.find("<timeout>"), std::string::npos) << "not closed: " << out;
+    EXPECT_EQ(out.find("bill-service"), std::string::npos) << "reached a backend: " << out;
+  }
+}
+
+TEST_F(HttpE2e, SigtermDrainsKeptAliveConnectionsQuickly) {
+  startProxy(virtualService(kRoutes9010) + destinationRule());
+  // A connection per request (curl), then one kept alive and idle while the proxy drains.
+  auto out = world_->exec(
+      front_,
+      {"bash", "-c", "for i in $(seq 10); do curl -sS -m 3 http://bill-service:9999/; done"});
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(countOf(out->out, "bill-service"), 10u) << out->out << out->err;
+  EXPECT_EQ(lines(client(R"({"mode": "seq", "n": 3})")).size(), 3u);
+  const auto started = std::chrono::steady_clock::now();
+  ::kill(proxy_->pid(), SIGTERM);
+  EXPECT_EQ(proxy_->stop(0, 8000).value_or(-1), 0) << proxy_->output();
+  // The inbound grace (2 s) and no more: nothing idle holds the drain open.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(4500))
+      << proxy_->output();
+}
+
+TEST_F(HttpE2e, UpgradeBecomesATunnelAfter101) {
+  startProxy(virtualService(kRoutes9010) + destinationRule());
+  const std::string out = client(R"({"mode": "upgrade"})");
+  EXPECT_NE(out.find("HTTP/1.1 101"), std::string::npos) << out;
+  EXPECT_NE(out.find("echo:HELLO TUNNEL"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace remora::test

@@ -1,0 +1,337 @@
+// mTLS between two sidecars (docs/TLS.md): the front pod and the bill pod each run remora-init's
+// rules and their own remora-proxy as uid 1337, with certificates the test makes with the
+// openssl CLI from a test CA (EC P-256). A third pod without a proxy plays the plaintext client.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "netns_world.h"
+
+namespace remora::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kBillIp = "10.244.1.168";
+constexpr const char* kLegacyIp = "10.244.0.20";
+constexpr const char* kReply = "this is bill-service-v1";
+constexpr const char* kVipUrl = "http://10.1.122.241:9999/";
+constexpr const char* kDirectUrl = "http://10.244.1.168:80/";
+constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
+constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
+constexpr uint32_t kProxyUid = 1337;
+
+constexpr const char* kWorld = R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: front-tomcat
+  namespace: istio-demo
+  labels: {app: front-tomcat, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: front
+  containers: [{name: app, image: x}]
+status: {podIP: 10.244.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bill-service-v1
+  namespace: istio-demo
+  labels: {app: bill-service, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bill
+  containers: [{name: app, image: x, ports: [{name: http, containerPort: 80}]}]
+status: {podIP: 10.244.1.168}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bill-service, namespace: istio-demo}
+spec:
+  clusterIP: 10.1.122.241
+  selector: {app: bill-service}
+  ports: [{name: tcp-bill, port: 9999, targetPort: 80}]
+)";
+
+std::string peerAuthentication(const std::string& mode) {
+  return fmt::format(R"(---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-demo}}
+spec:
+  mtls: {{mode: {}}}
+)",
+                     mode);
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+size_t countOf(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+class TlsE2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
+    world_ = std::make_unique<NetnsWorld>();
+    front_ = *world_->addPod("front", kFrontIp);
+    bill_ = *world_->addPod("bill", kBillIp);
+    legacy_ = *world_->addPod("legacy", kLegacyIp);
+    char tmpl[] = "/tmp/remora-tls-e2e-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    chmod(dir_.c_str(), 0755);
+    ASSERT_TRUE(
+        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir_ + "/ca.key"}));
+    ASSERT_TRUE(openssl({"req", "-x509", "-new", "-key", dir_ + "/ca.key", "-subj",
+                         "/CN=remora-test-ca", "-days", "2", "-out", dir_ + "/ca.pem"}));
+    issue("front", kFrontId);
+    issue("bill", kBillId);
+    for (const Pod* pod : {&front_, &bill_}) {
+      auto install = world_->exec(*pod, {binaryPath("remora-init"), "install"});
+      ASSERT_TRUE(install.ok() && install->exit_code == 0)
+          << (install ? install->err + install->out : install.error().message);
+    }
+    app_ = world_->serveProbe(bill_, "0.0.0.0:80", kReply, true);
+  }
+
+  void TearDown() override {
+    front_proxy_.reset();
+    bill_proxy_.reset();
+    app_.reset();
+    world_.reset();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  bool openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    auto out = world_->exec(front_, args);
+    return out.ok() && out->exit_code == 0;
+  }
+
+  // Writes cert-chain.pem, key.pem and root-cert.pem for `id` into dir_/name, each replaced by
+  // rename as a kubelet projected volume would. days 0 makes a certificate that is already
+  // expired by the time it is read.
+  void issue(const std::string& name, const std::string& id, int days = 1) {
+    const std::string d = dir_ + "/" + name;
+    fs::create_directories(d);
+    chmod(d.c_str(), 0755);
+    const std::string work = dir_ + "/work-" + name;
+    ASSERT_TRUE(
+        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + ".key"}));
+    ASSERT_TRUE(openssl(
+        {"req", "-new", "-key", work + ".key", "-subj", "/CN=" + name, "-out", work + ".csr"}));
+    std::ofstream(work + ".ext") << "subjectAltName=URI:" << id
+                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
+    ASSERT_TRUE(openssl({"x509", "-req", "-in", work + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
+                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
+                         "-extfile", work + ".ext", "-out", work + ".pem"}));
+    for (auto [from, to] : {std::pair{work + ".key", std::string("key.pem")},
+                            std::pair{dir_ + "/ca.pem", std::string("root-cert.pem")},
+                            std::pair{work + ".pem", std::string("cert-chain.pem")}}) {
+      const std::string tmp = d + "/." + to + ".tmp";
+      fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
+      chmod(tmp.c_str(), 0644);
+      fs::rename(tmp, d + "/" + to);
+    }
+  }
+
+  void writeConfig(const std::string& text) {
+    const std::string tmp = dir_ + "/.mesh.yaml.tmp";
+    std::ofstream(tmp) << text;
+    chmod(tmp.c_str(), 0644);
+    fs::rename(tmp, dir_ + "/mesh.yaml");
+  }
+
+  std::unique_ptr<Process> startProxy(const Pod& pod, const std::string& certs) {
+    auto p = world_->spawn(pod,
+                           {binaryPath("remora-proxy"), "--config", dir_ + "/mesh.yaml",
+                            "--tls-dir", dir_ + "/" + certs, "--log-level", "debug"},
+                           kProxyUid, kProxyUid);
+    EXPECT_TRUE(p->waitForLine("remora-proxy started", 10000)) << p->output();
+    EXPECT_TRUE(waitFor([&] { return curl(pod, "http://127.0.0.1:15000/ready") == "LIVE\n"; }));
+    return p;
+  }
+
+  void startBoth(const std::string& config) {
+    writeConfig(config);
+    bill_proxy_ = startProxy(bill_, "bill");
+    front_proxy_ = startProxy(front_, "front");
+  }
+
+  std::string curl(const Pod& pod, const std::string& url) {
+    auto out = world_->exec(pod, {"curl", "-sS", "-m", "3", url});
+    if (!out || out->exit_code != 0) return "FAILED";
+    return out->out;
+  }
+
+  std::string metrics(const Pod& pod) {
+    return curl(pod, "http://127.0.0.1:15000/stats/prometheus");
+  }
+
+  template <typename Pred>
+  bool waitFor(Pred pred, int timeout_ms = 5000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return pred();
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  Pod front_, bill_, legacy_;
+  std::string dir_;
+  std::unique_ptr<Process> app_, front_proxy_, bill_proxy_;
+};
+
+TEST_F(TlsE2e, StrictServesMutualTlsRefusesPlaintextAndHidesThePayload) {
+  startBoth(std::string(kWorld) + peerAuthentication("STRICT"));
+  // Capture on the bill pod's veth while the front pod's request crosses it.
+  const std::string pcap = dir_ + "/veth.pcap";
+  auto dump = world_->spawn(
+      bill_, {"tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-w", pcap, "tcp", "port", "80"});
+  ASSERT_TRUE(waitFor([&] { return fs::exists(pcap); }, 3000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  dump->stop(SIGINT, 3000);
+  const std::string wire = readFile(pcap);
+  EXPECT_GT(wire.size(), 1000U) << "the capture saw no traffic";
+  EXPECT_EQ(wire.find(kReply), std::string::npos) << "the reply crossed the veth in plaintext";
+  EXPECT_EQ(wire.find("GET / HTTP"), std::string::npos);
+
+  // A plaintext client, straight to the pod: refused.
+  EXPECT_EQ(curl(legacy_, kDirectUrl), "FAILED");
+  const std::string m = metrics(bill_);
+  EXPECT_NE(m.find("remora_inbound_connections_total{source_principal=\"cluster.local/ns/"
+                   "istio-demo/sa/front\",connection_security_policy=\"mutual_tls\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("remora_tls_handshake_failures_total{reason=\"plaintext_refused\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(metrics(front_).find("remora_tls_originated_total 1"), std::string::npos);
+}
+
+TEST_F(TlsE2e, PermissiveServesBothTlsAndPlaintext) {
+  startBoth(std::string(kWorld) + peerAuthentication("PERMISSIVE"));
+  EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
+  EXPECT_EQ(curl(legacy_, kDirectUrl), std::string(kReply) + "\n");
+  const std::string m = metrics(bill_);
+  EXPECT_NE(m.find("remora_tls_permissive_total{detected=\"tls\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("remora_tls_permissive_total{detected=\"plaintext\"} 1"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("source_principal=\"unknown\",connection_security_policy=\"none\"} 1"),
+            std::string::npos)
+      << m;
+}
+
+TEST_F(TlsE2e, AuthorizationAllowsAPrincipalDeniesANamespaceAndAPort) {
+  const std::string allow_front = R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-front, namespace: istio-demo}
+spec:
+  selector: {matchLabels: {app: bill-service}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/istio-demo/sa/front"]}}]
+    to: [{operation: {ports: ["80"]}}]
+)";
+  startBoth(std::string(kWorld) + peerAuthentication("PERMISSIVE") + allow_front);
+  EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
+  EXPECT_EQ(curl(legacy_, kDirectUrl), "FAILED");  // no principal: no ALLOW rule matches
+  std::string m = metrics(bill_);
+  EXPECT_NE(m.find("remora_authz_policy_total{policy=\"istio-demo/allow-front\",result=\"allow\"} "
+                   "1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("remora_authz_decisions_total{decision=\"deny\"} 1"), std::string::npos) << m;
+
+  // Deny the client's namespace: DENY comes before the ALLOW that still matches.
+  const std::string deny_ns = R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-demo, namespace: istio-demo}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: ["istio-demo"]}}]
+)";
+  writeConfig(std::string(kWorld) + peerAuthentication("PERMISSIVE") + allow_front + deny_ns);
+  ASSERT_TRUE(waitFor([&] { return curl(front_, kVipUrl) == "FAILED"; }, 5000));
+  m = metrics(bill_);
+  EXPECT_NE(m.find("remora_authz_policy_total{policy=\"istio-demo/deny-demo\",result=\"deny\"}"),
+            std::string::npos)
+      << m;
+
+  // Only port 8080 allowed: port 80 is refused even to the right principal.
+  std::string port_only = allow_front;
+  port_only.replace(port_only.find("[\"80\"]"), 6, "[\"8080\"]");
+  writeConfig(std::string(kWorld) + peerAuthentication("PERMISSIVE") + port_only);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  ASSERT_TRUE(waitFor([&] {
+    return curl(bill_, "http://127.0.0.1:15000/config_dump").find("deny-demo") == std::string::npos;
+  }));
+  EXPECT_EQ(curl(front_, kVipUrl), "FAILED");
+}
+
+TEST_F(TlsE2e, RotationUnderLoadFailsNoConnection) {
+  startBoth(std::string(kWorld) + peerAuthentication("STRICT"));
+  constexpr int kRequests = 80;
+  auto load = world_->spawn(
+      front_, {"bash", "-c",
+               fmt::format("for i in $(seq {}); do curl -sS -m 3 {} || echo FAILED; done; "
+                           "echo LOAD-DONE",
+                           kRequests, kVipUrl)});
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    issue("bill", kBillId);
+    issue("front", kFrontId);
+  }
+  ASSERT_TRUE(load->waitForLine("LOAD-DONE", 60000)) << load->output();
+  const std::string out = load->output();
+  EXPECT_EQ(countOf(out, kReply), static_cast<size_t>(kRequests)) << out;
+  EXPECT_EQ(countOf(out, "FAILED"), 0U) << out;
+  // Both proxies swapped their certificates at least once while the load ran.
+  for (const Pod* pod : {&bill_, &front_}) {
+    const std::string m = metrics(*pod);
+    const std::string key = "remora_tls_credential_events_total{event=\"rotation\"} ";
+    const size_t at = m.find(key);
+    ASSERT_NE(at, std::string::npos) << m;
+    EXPECT_GE(std::stoi(m.substr(at + key.size())), 1) << m;
+  }
+}
+
+TEST_F(TlsE2e, ExpiredCertificateIsAnErrorAndAMetric) {
+  issue("front", kFrontId, 0);  // notAfter = now: expired once read
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  startBoth(std::string(kWorld) + peerAuthentication("STRICT"));
+  EXPECT_EQ(curl(front_, kVipUrl), "FAILED");
+  const std::string m = metrics(front_);
+  EXPECT_NE(m.find("remora_tls_credential_events_total{event=\"own_cert_expired\"} 1"),
+            std::string::npos)
+      << m;
+  front_proxy_->drain();
+  EXPECT_NE(front_proxy_->output().find("expired"), std::string::npos) << front_proxy_->output();
+}
+
+}  // namespace
+}  // namespace remora::test

@@ -1,0 +1,278 @@
+// PeerAuthentication resolution and AuthorizationPolicy evaluation at L4, as pure functions.
+
+#include "security/security_policy.h"
+
+#include <gtest/gtest.h>
+
+namespace remora::security {
+namespace {
+
+IpAddress ip(const char* text) { return *IpAddress::parse(text); }
+Cidr cidr(const char* text) { return *Cidr::parse(text); }
+
+ConnectionAttributes from(const std::string& principal, const char* source = "10.0.0.5",
+                          uint16_t port = 80) {
+  ConnectionAttributes a;
+  a.source_ip = a.remote_ip = ip(source);
+  a.destination_ip = ip("10.0.1.1");
+  a.destination_port = port;
+  a.principal = principal;
+  const std::string marker = "/ns/";
+  if (auto at = principal.find(marker); at != std::string::npos) {
+    const auto start = at + marker.size();
+    a.source_namespace = principal.substr(start, principal.find('/', start) - start);
+  }
+  return a;
+}
+
+AuthorizationPolicyRule policy(const char* name, Action action, std::vector<Rule> rules) {
+  AuthorizationPolicyRule p;
+  p.namespace_name = "demo";
+  p.name = name;
+  p.action = action;
+  p.rules = std::move(rules);
+  p.counters = policyCounters("demo", name);
+  return p;
+}
+
+Rule principals(std::vector<std::string> list) {
+  Rule r;
+  r.from.push_back(Source{});
+  r.from.back().principals = std::move(list);
+  return r;
+}
+
+bool allowed(const std::vector<const AuthorizationPolicyRule*>& ps, const ConnectionAttributes& a) {
+  return evaluate(ps, a).allowed;
+}
+
+constexpr const char* kSleep = "cluster.local/ns/demo/sa/sleep";
+constexpr const char* kOther = "cluster.local/ns/other/sa/curl";
+
+TEST(MatchValue, IstioStringForms) {
+  EXPECT_TRUE(matchValue("abc", "abc"));
+  EXPECT_FALSE(matchValue("abc", "abcd"));
+  EXPECT_TRUE(matchValue("cluster.local/ns/demo/*", kSleep));
+  EXPECT_TRUE(matchValue("*/sa/sleep", kSleep));
+  EXPECT_FALSE(matchValue("*/sa/other", kSleep));
+  EXPECT_TRUE(matchValue("*", "x"));
+  EXPECT_FALSE(matchValue("*", ""));  // "*" means "any authenticated" for principals
+}
+
+TEST(Authz, NoPolicyAllows) { EXPECT_TRUE(allowed({}, from(""))); }
+
+TEST(Authz, EmptyAllowPolicyDeniesAll) {
+  auto allow_nothing = policy("allow-nothing", Action::kAllow, {});
+  auto d = evaluate({&allow_nothing}, from(kSleep));
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.reason, "denied: no ALLOW policy matched");
+}
+
+TEST(Authz, AllowRuleWithNothingAllowsAll) {
+  auto allow_all = policy("allow-all", Action::kAllow, {Rule{}});
+  EXPECT_TRUE(allowed({&allow_all}, from("")));
+}
+
+TEST(Authz, AllowByPrincipal) {
+  auto p = policy("allow-sleep", Action::kAllow, {principals({kSleep})});
+  EXPECT_TRUE(allowed({&p}, from(kSleep)));
+  EXPECT_FALSE(allowed({&p}, from(kOther)));
+  EXPECT_FALSE(allowed({&p}, from("")));  // plaintext: no principal
+}
+
+TEST(Authz, DenyComesFirst) {
+  auto allow = policy("allow-all", Action::kAllow, {Rule{}});
+  Rule other_ns;
+  other_ns.from.push_back(Source{});
+  other_ns.from.back().namespaces = {"other"};
+  auto deny = policy("deny-other", Action::kDeny, {other_ns});
+  auto d = evaluate({&allow, &deny}, from(kOther));
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.policy, &deny);
+  EXPECT_EQ(d.reason, "denied by DENY policy demo/deny-other");
+  EXPECT_TRUE(allowed({&allow, &deny}, from(kSleep)));
+}
+
+TEST(Authz, NotPrincipalsAndNotNamespaces) {
+  Rule r;
+  r.from.push_back(Source{});
+  r.from.back().not_principals = {kSleep};
+  auto deny = policy("deny-not-sleep", Action::kDeny, {r});
+  EXPECT_TRUE(allowed({&deny}, from(kSleep)));
+  EXPECT_FALSE(allowed({&deny}, from(kOther)));
+  Rule n;
+  n.from.push_back(Source{});
+  n.from.back().not_namespaces = {"demo"};
+  auto allow = policy("allow-not-demo", Action::kAllow, {n});
+  EXPECT_FALSE(allowed({&allow}, from(kSleep)));
+  EXPECT_TRUE(allowed({&allow}, from(kOther)));
+}
+
+TEST(Authz, IpBlocksAndRemoteIpBlocks) {
+  Rule r;
+  r.from.push_back(Source{});
+  r.from.back().ip_blocks = {cidr("10.0.0.0/24")};
+  r.from.back().not_ip_blocks = {cidr("10.0.0.9")};
+  auto allow = policy("allow-subnet", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, from("", "10.0.0.5")));
+  EXPECT_FALSE(allowed({&allow}, from("", "10.0.0.9")));
+  EXPECT_FALSE(allowed({&allow}, from("", "10.0.2.5")));
+  Rule remote;
+  remote.from.push_back(Source{});
+  remote.from.back().remote_ip_blocks = {cidr("192.168.0.0/16")};
+  auto deny = policy("deny-remote", Action::kDeny, {remote});
+  EXPECT_FALSE(allowed({&deny}, from("", "192.168.3.4")));
+  EXPECT_TRUE(allowed({&deny}, from("", "10.0.0.5")));
+}
+
+TEST(Authz, PortsInOperation) {
+  Rule r;
+  r.to.push_back(Operation{});
+  r.to.back().ports = {8080};
+  auto allow = policy("allow-8080", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, from(kSleep, "10.0.0.5", 8080)));
+  EXPECT_FALSE(allowed({&allow}, from(kSleep, "10.0.0.5", 80)));
+  Rule not_port;
+  not_port.to.push_back(Operation{});
+  not_port.to.back().not_ports = {22};
+  auto deny = policy("deny-not-22", Action::kDeny, {not_port});
+  EXPECT_TRUE(allowed({&deny}, from(kSleep, "10.0.0.5", 22)));
+  EXPECT_FALSE(allowed({&deny}, from(kSleep, "10.0.0.5", 80)));
+}
+
+TEST(Authz, FromAndToAreAndedEntriesOred) {
+  Rule r = principals({kSleep});
+  r.from.push_back(Source{});
+  r.from.back().namespaces = {"other"};
+  r.to.push_back(Operation{});
+  r.to.back().ports = {80};
+  auto allow = policy("allow", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, from(kSleep)));
+  EXPECT_TRUE(allowed({&allow}, from(kOther)));
+  EXPECT_FALSE(allowed({&allow}, from(kOther, "10.0.0.5", 81)));
+  EXPECT_FALSE(allowed({&allow}, from("cluster.local/ns/third/sa/x")));
+}
+
+TEST(Authz, WhenConditionsAtL4) {
+  Rule r;
+  r.when.push_back(Condition{"source.namespace", {"demo"}, {}, false});
+  r.when.push_back(Condition{"destination.port", {"80", "443"}, {}, false});
+  r.when.push_back(Condition{"source.ip", {"10.0.0.0/8"}, {"10.0.0.7"}, false});
+  auto allow = policy("allow-when", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, from(kSleep)));
+  EXPECT_FALSE(allowed({&allow}, from(kOther)));
+  EXPECT_FALSE(allowed({&allow}, from(kSleep, "10.0.0.7")));
+  EXPECT_FALSE(allowed({&allow}, from(kSleep, "10.0.0.5", 8080)));
+  Rule unknown;
+  unknown.when.push_back(Condition{"experimental.envoy.filters.x", {"y"}, {}, false});
+  auto allow_unknown = policy("allow-unknown", Action::kAllow, {unknown});
+  EXPECT_FALSE(allowed({&allow_unknown}, from(kSleep)));
+}
+
+TEST(Authz, HttpOnlyFieldsAtL4FollowIstio) {
+  // ALLOW with methods: never matches a TCP connection.
+  Rule http = principals({kSleep});
+  http.to.push_back(Operation{});
+  http.to.back().l7 = true;
+  auto allow = policy("allow-get", Action::kAllow, {http});
+  EXPECT_FALSE(allowed({&allow}, from(kSleep)));
+  // DENY with methods: the HTTP part is dropped, the rest still denies.
+  auto deny = policy("deny-get", Action::kDeny, {http});
+  EXPECT_FALSE(allowed({&deny}, from(kSleep)));
+  EXPECT_TRUE(allowed({&deny}, from(kOther)));
+}
+
+TEST(Authz, AuditNeverDecidesAndIsCounted) {
+  auto audit = policy("audit-all", Action::kAudit, {Rule{}});
+  auto allow = policy("allow-sleep", Action::kAllow, {principals({kSleep})});
+  const uint64_t audited = audit.counters->audited.load();
+  const uint64_t allowed_before = allow.counters->allowed.load();
+  const uint64_t denied_before = allow.counters->denied.load();
+  auto d = evaluate({&audit, &allow}, from(kSleep));
+  EXPECT_TRUE(d.allowed);
+  ASSERT_EQ(d.audited.size(), 1U);
+  count(d);
+  EXPECT_EQ(audit.counters->audited.load(), audited + 1);
+  EXPECT_EQ(allow.counters->allowed.load(), allowed_before + 1);
+  auto denied = evaluate({&audit, &allow}, from(kOther));
+  EXPECT_FALSE(denied.allowed);
+  count(denied);  // no policy decided it: only the audit counter moves
+  EXPECT_EQ(allow.counters->denied.load(), denied_before);
+  EXPECT_EQ(audit.counters->audited.load(), audited + 2);
+  // The audit policy alone allows: it is no ALLOW policy.
+  EXPECT_TRUE(allowed({&audit}, from(kOther)));
+}
+
+TEST(PeerAuthentication, WorkloadThenNamespaceThenMesh) {
+  std::vector<PeerAuthenticationRule> rules;
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {}, 80), MtlsMode::kPermissive);
+  rules.push_back({"istio-system", "default", "", std::nullopt, MtlsMode::kStrict, {}});
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {}, 80), MtlsMode::kStrict);
+  rules.push_back({"demo", "ns", "", std::nullopt, MtlsMode::kPermissive, {}});
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {}, 80), MtlsMode::kPermissive);
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "prod", {}, 80), MtlsMode::kStrict);
+  Labels app{{"app", "bill"}};
+  rules.push_back({"demo",
+                   "bill",
+                   "",
+                   Labels{{"app", "bill"}},
+                   MtlsMode::kUnset,
+                   {{9000, MtlsMode::kDisable}}});
+  // UNSET at workload level inherits the namespace's; the port level wins on its port.
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", app, 80), MtlsMode::kPermissive);
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", app, 9000), MtlsMode::kDisable);
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {{"app", "x"}}, 9000),
+            MtlsMode::kPermissive);
+  // Port-level on a namespace-wide policy is ignored, as in Istio.
+  rules[1].port_modes[80] = MtlsMode::kDisable;
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {}, 80), MtlsMode::kPermissive);
+  // Two namespace policies: the oldest wins.
+  rules.push_back({"demo", "newer", "2030-01-01T00:00:00Z", std::nullopt, MtlsMode::kStrict, {}});
+  rules[1].created = "2020-01-01T00:00:00Z";
+  EXPECT_EQ(resolveMtls(rules, "istio-system", "demo", {}, 80), MtlsMode::kPermissive);
+}
+
+TEST(SecurityTable, PoliciesForAWorkload) {
+  SecurityTable t;
+  t.workloads["10.0.1.1"] = Workload{"demo", "bill", {{"app", "bill"}}, "", true};
+  t.authorization_policies.push_back(policy("ns-wide", Action::kAllow, {}));
+  auto selected = policy("bill-only", Action::kDeny, {});
+  selected.selector = Labels{{"app", "bill"}};
+  t.authorization_policies.push_back(selected);
+  auto elsewhere = policy("other-app", Action::kDeny, {});
+  elsewhere.selector = Labels{{"app", "x"}};
+  t.authorization_policies.push_back(elsewhere);
+  auto mesh = policy("mesh", Action::kAudit, {});
+  mesh.namespace_name = "istio-system";
+  t.authorization_policies.push_back(mesh);
+  auto other_ns = policy("other-ns", Action::kAllow, {});
+  other_ns.namespace_name = "other";
+  t.authorization_policies.push_back(other_ns);
+  auto ps = t.policiesFor(ip("10.0.1.1"));
+  ASSERT_EQ(ps.size(), 3U);
+  EXPECT_EQ(ps[0]->name, "ns-wide");
+  EXPECT_EQ(ps[1]->name, "bill-only");
+  EXPECT_EQ(ps[2]->name, "mesh");
+  EXPECT_EQ(t.policiesFor(ip("10.9.9.9")).size(), 1U);  // an unknown pod: mesh-wide only
+}
+
+TEST(SecurityTable, AutoMtlsAndDestinationRuleModes) {
+  SecurityTable t;
+  t.workloads["10.0.1.1"] =
+      Workload{"demo", "bill", {}, "spiffe://cluster.local/ns/demo/sa/bill", true};
+  t.workloads["10.0.1.2"] =
+      Workload{"demo", "legacy", {}, "spiffe://cluster.local/ns/demo/sa/x", false};
+  auto meshed = t.outbound("bill.demo", 80, ip("10.0.1.1"));
+  EXPECT_TRUE(meshed.tls);
+  EXPECT_EQ(meshed.expected_peer, "spiffe://cluster.local/ns/demo/sa/bill");
+  EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.2")).tls);
+  EXPECT_FALSE(t.outbound("", 80, ip("10.9.9.9")).tls);
+  t.destination_tls[{"bill.demo", 0}] = TlsMode::kDisable;
+  EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.1")).tls);
+  t.destination_tls[{"bill.demo", 8443}] = TlsMode::kIstioMutual;
+  EXPECT_TRUE(t.outbound("bill.demo", 8443, ip("10.0.1.2")).tls);
+  EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.2")).tls);
+}
+
+}  // namespace
+}  // namespace remora::security

@@ -1,0 +1,110 @@
+#pragma once
+
+// Upstream bookkeeping of the L7 path, per worker and per cluster (a Service port's subset):
+// the DestinationRule connectionPool limits, the idle keep-alive connections per endpoint, the
+// requests waiting for a connection, and outlier detection. Pure logic: the engine
+// (http_proxy.h) owns the sockets; this only counts and decides.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/ip_address.h"
+#include "routing/http_route.h"
+
+namespace remora::proxy {
+
+struct EndpointCounters;
+
+using Clock = std::chrono::steady_clock;
+
+struct Waiter {
+  uint32_t slot = 0;
+  uint32_t generation = 0;
+  bool operator==(const Waiter&) const = default;
+};
+
+class ClusterPool {
+ public:
+  ClusterPool(std::string service, std::string subset)
+      : service_(std::move(service)), subset_(std::move(subset)) {}
+
+  const std::string& service() const { return service_; }
+  const std::string& subset() const { return subset_; }
+  // From the subset's DestinationRule; refreshed with each table.
+  routing::ConnectionPoolSettings limits;
+  routing::OutlierDetectionSettings outlier;
+
+  // Connections: open or opening, idle or busy.
+  bool canOpen() const { return connections_ < limits.max_connections; }
+  void opened() { ++connections_; }
+  void closed() {
+    if (connections_ > 0) --connections_;
+  }
+  size_t connections() const { return connections_; }
+
+  // Idle kept-alive connections (engine's upstream slots) per endpoint, most recent last.
+  std::optional<uint32_t> takeIdle(const SocketAddress& endpoint);
+  // Any idle connection, for a waiter that may go to any endpoint.
+  std::optional<uint32_t> takeAnyIdle(const std::vector<SocketAddress>& allowed);
+  void putIdle(const SocketAddress& endpoint, uint32_t upstream);
+  void removeIdle(const SocketAddress& endpoint, uint32_t upstream);
+
+  // Requests waiting for a connection (http1MaxPendingRequests).
+  bool enqueue(Waiter w);
+  std::optional<Waiter> dequeue();
+  void forget(Waiter w);
+  size_t pending() const { return pending_.size(); }
+
+  // Outlier detection. `total` is the number of endpoints of the cluster. Returns true when
+  // this result ejected the endpoint.
+  enum class Result : uint8_t { kSuccess, k5xx, kGatewayError };
+  bool record(const SocketAddress& endpoint, Result result, size_t total, Clock::time_point now);
+  bool ejected(const SocketAddress& endpoint, Clock::time_point now);
+  // Endpoints ejected now (their ejection time not yet over).
+  std::vector<SocketAddress> ejectedEndpoints(Clock::time_point now);
+  // The per-endpoint counters the engine publishes ejections through (may be null).
+  void bindCounters(const SocketAddress& endpoint, EndpointCounters* counters);
+
+ private:
+  struct Health {
+    SocketAddress endpoint;
+    uint32_t consecutive_5xx = 0;
+    uint32_t consecutive_gateway = 0;
+    uint32_t ejections = 0;
+    Clock::time_point ejected_until{};
+    bool is_ejected = false;
+    EndpointCounters* counters = nullptr;
+  };
+  Health& health(const SocketAddress& endpoint);
+  void refresh(Health& h, Clock::time_point now);
+
+  std::string service_;
+  std::string subset_;
+  size_t connections_ = 0;
+  std::vector<std::pair<SocketAddress, std::vector<uint32_t>>> idle_;
+  std::deque<Waiter> pending_;
+  std::vector<Health> health_;
+};
+
+// Every cluster pool of a worker, by "service|subset"; they outlive table swaps (connections
+// in them do not belong to a table).
+class Pools {
+ public:
+  ClusterPool& get(const std::string& service, const std::string& subset);
+  template <typename Fn>
+  void forEach(Fn&& fn) {
+    for (auto& [key, pool] : pools_) fn(*pool);
+  }
+
+ private:
+  std::map<std::string, std::unique_ptr<ClusterPool>> pools_;
+};
+
+}  // namespace remora::proxy

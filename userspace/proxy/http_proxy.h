@@ -1,0 +1,228 @@
+#pragma once
+
+// The L7 data path of one worker (issue 10): client connections to an HTTP ServicePort are
+// parsed request by request; each request is routed on its own (VirtualService http[] matches,
+// per-request exact weights, faults, timeouts, retries) and sent on a pooled keep-alive upstream
+// connection. Runs on the worker's thread and ring; its operations carry HttpOp values in the op
+// byte of user_data (the worker hands every completion with such an op to onCompletion).
+//
+// Sessions (client connections) and upstream connections live in two slot tables, so a pooled
+// upstream connection outlives the session that opened it. Requests are handled one at a time
+// per session, which answers pipelined requests in order. A request body is buffered whole
+// (bounded by kMaxRequestBody, 413 beyond), so every retry can resend it.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <queue>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/ip_address.h"
+#include "loop/ring.h"
+#include "loop/slot_table.h"
+#include "loop/user_data.h"
+#include "proxy/http_pool.h"
+#include "proxy/socket_ops.h"
+#include "proxy/stats.h"
+#include "routing/http_route.h"
+#include "routing/route_table.h"
+
+namespace remora::http {
+class MessageHead;
+}  // namespace remora::http
+
+namespace remora::proxy {
+
+enum class ListenerKind : uint8_t;
+
+// Op bytes of the L7 path; the worker's own ops stay below kFirst.
+enum class HttpOp : uint8_t {
+  kFirst = 64,
+  kClientRead = kFirst,
+  kClientSend,
+  kClientShut,
+  kClientClose,
+  kUpstreamConnect,
+  kUpstreamRead,
+  kUpstreamSend,
+  kUpstreamShut,
+  kUpstreamClose,
+  kTimer,
+  kLast = kTimer,
+};
+
+struct HttpProxySettings {
+  std::chrono::milliseconds connect_timeout{1000};
+  // A kept-alive client connection with no request in progress closes after this (0: never).
+  std::chrono::milliseconds client_idle_timeout{std::chrono::hours(1)};
+  size_t buffer_limit = size_t{1} << 20;  // response bytes queued toward a client at most
+  IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);
+  IpAddress inbound_source_v6 = *IpAddress::parse("::6");
+  bool access_log = false;
+};
+
+class HttpProxy {
+ public:
+  static constexpr size_t kReadSize = 16384;
+  static constexpr size_t kMaxRequestBody = size_t{1} << 20;
+  // Client bytes read ahead of the request being served (pipelining) before reading pauses.
+  static constexpr size_t kMaxReadAhead = 64 * 1024;
+
+  using LogSink = std::function<bool(std::string)>;
+
+  HttpProxy(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats);
+  ~HttpProxy();
+  HttpProxy(const HttpProxy&) = delete;
+  HttpProxy& operator=(const HttpProxy&) = delete;
+
+  // The router (owned by the worker, outliving this) and settings for requests from now on.
+  void configure(routing::Router* router, const HttpProxySettings& settings);
+  void setAccessLog(LogSink sink) { access_log_ = std::move(sink); }
+
+  // Takes over an accepted client connection (the fd is this object's from now on).
+  void adopt(int fd, ListenerKind kind, const SocketAddress& peer,
+             const SocketAddress& original_dst);
+
+  void onCompletion(const loop::Completion& c);
+  // Called by the worker once per batch with the batch's time.
+  void afterBatch(std::chrono::steady_clock::time_point now);
+  // Periodic sweep: idle pooled connections, idle client connections.
+  void onTick(std::chrono::steady_clock::time_point now);
+  // Drain: idle pooled connections and kept-alive clients between requests close now, the
+  // others after their current response; nothing goes back to a pool any more.
+  void drain();
+  // Resets every session and upstream connection (drain deadline, shutdown).
+  void abortAll();
+
+  size_t activeSessions() const { return active_sessions_; }
+  bool quiescent() const { return sessions_.inUse() == 0 && upstreams_.inUse() == 0; }
+
+  static bool owns(uint8_t op) {
+    return op >= static_cast<uint8_t>(HttpOp::kFirst) && op <= static_cast<uint8_t>(HttpOp::kLast);
+  }
+
+ private:
+  struct Session;
+  struct Upstream;
+  struct Request;
+  // One socket's I/O: a read buffer of its own and a two-stage send queue (the string being
+  // sent stays untouched until its send completes; new bytes go to `pending`).
+  struct Pipe {
+    int fd = -1;
+    std::unique_ptr<char[]> rbuf;
+    bool reading = false;
+    bool eof = false;
+    bool failed = false;
+    std::string sending;
+    size_t sent = 0;
+    bool send_in_flight = false;
+    std::string pending;
+    bool shut_sent = false;
+    size_t queued() const { return (sending.size() - sent) + pending.size(); }
+  };
+  enum class TimerKind : uint8_t { kDelay, kRequest, kTry, kCount };
+  struct TimerEntry {
+    std::chrono::steady_clock::time_point when;
+    uint32_t slot;
+    uint32_t generation;
+    TimerKind kind;
+    uint64_t seq;
+    bool operator>(const TimerEntry& o) const { return when > o.when; }
+  };
+
+  // Session flow.
+  void readClient(uint32_t slot);
+  void onClientRead(uint32_t slot, const loop::Completion& c);
+  void onClientSend(uint32_t slot, const loop::Completion& c);
+  void nextRequest(uint32_t slot);
+  void handleRequest(uint32_t slot);
+  void beginRequest(Session& s);
+  static std::string redirectLocation(const routing::HttpRoute& route,
+                                      const http::MessageHead& request);
+  std::optional<routing::RouteDecision> pickFirst(uint32_t slot);
+  void releaseDecision(Session& s);
+  ClusterPool& poolFor(const routing::RouteDecision& d);
+  size_t endpointCount(const Session& s) const;
+  void proceed(uint32_t slot);
+  void startAttempt(uint32_t slot);
+  void sendOnUpstream(uint32_t slot, uint32_t up);
+  void localReply(uint32_t slot, int status, std::string_view body, std::string_view flags,
+                  const std::vector<std::pair<std::string, std::string>>& extra_headers = {});
+  void finishRequest(uint32_t slot);
+  void closeSession(uint32_t slot, bool reset);
+  // Closes cleanly once every queued byte reached the client.
+  void closeWhenFlushed(uint32_t slot);
+  void maybeFreeSession(uint32_t slot);
+  // A failed attempt: retry when the policy allows, else answer with `status` and `flags`.
+  void attemptFailed(uint32_t slot, const char* reason, int status, const char* flags);
+  void onTimer(uint32_t slot, TimerKind kind);
+  void setTimer(uint32_t slot, TimerKind kind, std::chrono::milliseconds after);
+  void clearTimer(uint32_t slot, TimerKind kind);
+  void fireTimers();
+
+  // Upstream flow.
+  std::optional<uint32_t> openUpstream(uint32_t slot, const SocketAddress& endpoint,
+                                       ClusterPool* pool);
+  void onUpstreamConnect(uint32_t up, const loop::Completion& c);
+  void onUpstreamRead(uint32_t up, const loop::Completion& c);
+  void onUpstreamSend(uint32_t up, const loop::Completion& c);
+  void readUpstream(uint32_t up);
+  void processResponse(uint32_t slot, uint32_t up);
+  void responseDone(uint32_t slot, uint32_t up, bool reusable);
+  void releaseUpstream(uint32_t up, bool reusable);
+  void closeUpstream(uint32_t up, bool reset);
+  void maybeFreeUpstream(uint32_t up);
+  void servePending(ClusterPool& pool);
+
+  // Tunnel (after a 101).
+  void startTunnel(uint32_t slot, uint32_t up);
+  void pumpTunnel(uint32_t slot);
+
+  // Pipes.
+  void queueSend(Pipe& p, std::string_view data);
+  void flush(Pipe& p, uint64_t user_data);
+  bool flushClient(uint32_t slot);
+  bool flushUpstream(uint32_t up);
+
+  Session* session(uint32_t slot, uint32_t generation);
+  void recordRequest(const Session& s);
+  void logRequest(const Session& s);
+
+  // Outlier ejections as the Router's picks see them.
+  struct Health final : routing::EndpointHealth {
+    explicit Health(HttpProxy* o) : owner(o) {}
+    bool ejected(const routing::ServicePort& port, uint32_t subset_index,
+                 uint32_t endpoint_index) const override;
+    HttpProxy* owner;
+  };
+
+  loop::Ring& ring_;
+  SocketOps& sockets_;
+  WorkerStats& stats_;
+  routing::Router* router_ = nullptr;
+  HttpProxySettings settings_;
+  LogSink access_log_;
+  std::chrono::steady_clock::time_point now_;
+
+  loop::SlotTable<std::unique_ptr<Session>> sessions_;
+  loop::SlotTable<std::unique_ptr<Upstream>> upstreams_;
+  size_t active_sessions_ = 0;
+  Pools pools_;
+
+  Health health_{this};
+  bool draining_ = false;
+  uint64_t request_counter_ = 0;
+
+  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
+  std::multiset<std::chrono::steady_clock::time_point> armed_;  // engine timers in the ring
+  uint64_t timer_seq_ = 0;
+};
+
+}  // namespace remora::proxy

@@ -1,0 +1,377 @@
+// The worker's mTLS and AuthorizationPolicy steps (declared in worker.h). TLS runs over the same
+// io_uring receives and sends as plaintext: received bytes of the TLS side go through the
+// connection's TlsStream (memory BIOs), and everything bound for the TLS side is encrypted when
+// it is queued, so the relay, its watermarks and its teardown stay unchanged.
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "proxy/worker.h"
+#include "tls/spiffe.h"
+
+namespace remora::proxy {
+namespace {
+
+// The first byte of a TLS handshake record (a ClientHello); no plaintext protocol a sidecar
+// carries starts with it.
+constexpr char kHandshakeRecord = 0x16;
+
+struct InboundKey {
+  std::string principal;
+  bool tls;
+  bool operator<(const InboundKey& o) const {
+    return std::tie(principal, tls) < std::tie(o.principal, o.tls);
+  }
+};
+struct Registry {
+  std::mutex mutex;
+  std::map<InboundKey, uint64_t> inbound;
+  std::atomic<uint64_t> authz_denied{0};
+  std::atomic<uint64_t> authz_allowed{0};
+  std::atomic<uint64_t> no_identity{0};
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+const char* outcomeOf(tls::Failure failure) {
+  switch (failure) {
+    case tls::Failure::kPeerIdentity:
+      return "tls_peer_identity";
+    case tls::Failure::kCertExpired:
+      return "tls_cert_expired";
+    case tls::Failure::kUnknownCa:
+      return "tls_unknown_ca";
+    default:
+      return "tls_handshake_failed";
+  }
+}
+
+// At most one line per second per thread: a peer failing every handshake must not flood the log.
+bool logAllowed() {
+  thread_local std::chrono::steady_clock::time_point last;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last < std::chrono::seconds(1)) return false;
+  last = now;
+  return true;
+}
+
+}  // namespace
+
+void countInbound(const std::string& source_principal, bool tls) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  ++r.inbound[InboundKey{source_principal.empty() ? "unknown" : source_principal, tls}];
+}
+
+std::string renderTlsPrometheus() {
+  const tls::TlsCounters& c = tls::counters();
+  auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  std::string out;
+  out += "# TYPE remora_tls_handshakes_total counter\n";
+  out += fmt::format("remora_tls_handshakes_total{{side=\"client\"}} {}\n", v(c.handshakes_client));
+  out += fmt::format("remora_tls_handshakes_total{{side=\"server\"}} {}\n", v(c.handshakes_server));
+  out += fmt::format("# TYPE remora_tls_resumed_total counter\nremora_tls_resumed_total {}\n",
+                     v(c.resumed));
+  out += "# TYPE remora_tls_handshake_failures_total counter\n";
+  for (auto [reason, value] : {std::pair{"handshake", v(c.failed_handshake)},
+                               std::pair{"peer_identity", v(c.failed_peer_identity)},
+                               std::pair{"cert_expired", v(c.failed_cert_expired)},
+                               std::pair{"unknown_ca", v(c.failed_unknown_ca)},
+                               std::pair{"plaintext_refused", v(c.plaintext_refused)}}) {
+    out += fmt::format("remora_tls_handshake_failures_total{{reason=\"{}\"}} {}\n", reason, value);
+  }
+  out += "# TYPE remora_tls_credential_events_total counter\n";
+  for (auto [event, value] : {std::pair{"load_error", v(c.load_errors)},
+                              std::pair{"own_cert_expired", v(c.own_cert_expired)},
+                              std::pair{"rotation", v(c.rotations)}}) {
+    out += fmt::format("remora_tls_credential_events_total{{event=\"{}\"}} {}\n", event, value);
+  }
+  Registry& r = registry();
+  out += "# TYPE remora_tls_permissive_total counter\n";
+  out += fmt::format("remora_tls_permissive_total{{detected=\"tls\"}} {}\n", v(c.permissive_tls));
+  out += fmt::format("remora_tls_permissive_total{{detected=\"plaintext\"}} {}\n",
+                     v(c.permissive_plaintext));
+  out += fmt::format("# TYPE remora_tls_originated_total counter\nremora_tls_originated_total {}\n",
+                     v(c.originated));
+  out +=
+      fmt::format("# TYPE remora_tls_no_identity_total counter\nremora_tls_no_identity_total {}\n",
+                  v(r.no_identity));
+  out += "# TYPE remora_inbound_connections_total counter\n";
+  {
+    std::lock_guard lock(r.mutex);
+    for (const auto& [key, n] : r.inbound) {
+      out += fmt::format(
+          "remora_inbound_connections_total{{source_principal=\"{}\",connection_security_policy="
+          "\"{}\"}} {}\n",
+          key.principal, key.tls ? "mutual_tls" : "none", n);
+    }
+  }
+  out += "# TYPE remora_authz_decisions_total counter\n";
+  out += fmt::format("remora_authz_decisions_total{{decision=\"allow\"}} {}\n", v(r.authz_allowed));
+  out += fmt::format("remora_authz_decisions_total{{decision=\"deny\"}} {}\n", v(r.authz_denied));
+  out += "# TYPE remora_authz_policy_total counter\n";
+  for (const auto& [name, pc] : security::allPolicyCounters()) {
+    for (auto [action, value] :
+         {std::pair{"allow", v(pc->allowed)}, std::pair{"deny", v(pc->denied)},
+          std::pair{"audit", v(pc->audited)}}) {
+      out += fmt::format("remora_authz_policy_total{{policy=\"{}\",result=\"{}\"}} {}\n", name,
+                         action, value);
+    }
+  }
+  return out;
+}
+
+void Worker::tlsQueue(Direction& d, const std::string& bytes) {
+  if (bytes.empty()) return;
+  Chunk ch;
+  ch.length = static_cast<uint32_t>(bytes.size());
+  ch.owned = std::make_unique<char[]>(bytes.size());
+  std::memcpy(ch.owned.get(), bytes.data(), bytes.size());
+  d.queued_bytes += bytes.size();
+  d.queue.push_back(std::move(ch));
+}
+
+bool Worker::authorizeInbound(uint32_t slot, const std::string& peer_identity) {
+  Connection& conn = slots_[slot];
+  TlsConnection& t = *conn.tls;
+  std::string principal;
+  std::string source_namespace;
+  if (auto id = tls::parseSpiffeId(peer_identity)) {
+    principal = id->principal();
+    source_namespace = id->namespace_name;
+  }
+  countInbound(principal, !peer_identity.empty());
+  const security::SecurityTable* sec = conn.table ? conn.table->security.get() : nullptr;
+  auto policies = sec ? sec->policiesFor(conn.original_dst.ip)
+                      : std::vector<const security::AuthorizationPolicyRule*>{};
+  security::ConnectionAttributes a;
+  a.source_ip = a.remote_ip = conn.peer.ip;
+  a.destination_ip = conn.original_dst.ip;
+  a.destination_port = conn.original_dst.port;
+  a.principal = principal;
+  a.source_namespace = source_namespace;
+  security::AuthzDecision d = security::evaluate(policies, a);
+  security::count(d);
+  Registry& r = registry();
+  if (!d.allowed) {
+    r.authz_denied.fetch_add(1, std::memory_order_relaxed);
+    SPDLOG_DEBUG("inbound {} from {} ({}): {}", conn.original_dst.toString(), conn.peer.toString(),
+                 principal.empty() ? "no identity" : principal, d.reason);
+    // Closed at once: a TCP connection has no 403 to send.
+    closeConnection(slot, "authz_denied", /*reset=*/true);
+    return false;
+  }
+  r.authz_allowed.fetch_add(1, std::memory_order_relaxed);
+  t.authorized = true;
+  return true;
+}
+
+bool Worker::secureInbound(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  conn.tls.reset();
+  if (!table_ || !table_->security) return true;  // no security documents: plaintext, no policy
+  conn.table = table_;                            // keeps the policies alive until the decision
+  if (auto peer = sockets_.peerAddress(conn.client_fd)) conn.peer = *peer;
+  auto t = std::make_unique<TlsConnection>();
+  t->terminate = true;
+  t->mode = table_->security->inboundMode(conn.original_dst.ip, conn.original_dst.port);
+  conn.tls = std::move(t);
+  switch (conn.tls->mode) {
+    case security::MtlsMode::kStrict: {
+      auto ctx = identity_ ? identity_->current() : nullptr;
+      if (!ctx) {
+        registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+        if (logAllowed()) spdlog::warn("STRICT mTLS inbound but no certificate (--tls-dir)");
+        closeConnection(slot, "tls_no_identity", /*reset=*/true);
+        return false;
+      }
+      auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kServer);
+      if (!stream) {
+        spdlog::error("TLS: {}", stream.error().message);
+        closeConnection(slot, "tls_error", /*reset=*/true);
+        return false;
+      }
+      conn.tls->stream = std::move(*stream);
+      return true;
+    }
+    case security::MtlsMode::kPermissive:
+      conn.tls->detecting = true;
+      conn.tls->detect_deadline = now_ + kDetectTimeout;
+      return true;
+    default:  // DISABLE: plaintext, decided now, before the app sees a connection
+      return authorizeInbound(slot, "");
+  }
+}
+
+void Worker::secureOutbound(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  conn.tls.reset();
+  const auto& table = conn.table ? conn.table : table_;
+  if (!table || !table->security) return;
+  std::string service;
+  uint16_t port = conn.original_dst.port;
+  if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
+      conn.decision.service != nullptr) {
+    service = conn.decision.service->service;
+    port = conn.decision.service->port;
+  }
+  auto o = table->security->outbound(service, port, conn.decision.upstream.ip);
+  if (!o.tls) return;
+  auto ctx = identity_ ? identity_->current() : nullptr;
+  if (!ctx) {
+    registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+    if (logAllowed()) {
+      spdlog::warn(
+          "mTLS wanted toward {} but this proxy has no certificate (--tls-dir): sent "
+          "plaintext",
+          conn.decision.upstream.toString());
+    }
+    return;
+  }
+  // The table names pods in the default trust domain; the proxy's own (--trust-domain) rules.
+  const std::string table_prefix = "spiffe://" + table->security->trust_domain + "/";
+  if (ctx->trustDomain() != table->security->trust_domain &&
+      o.expected_peer.rfind(table_prefix, 0) == 0) {
+    o.expected_peer =
+        "spiffe://" + ctx->trustDomain() + "/" + o.expected_peer.substr(table_prefix.size());
+  }
+  auto stream = tls::TlsStream::create(
+      std::move(ctx), tls::Role::kClient,
+      tls::StreamOptions{o.expected_peer, &session_cache_, conn.decision.upstream.toString()});
+  if (!stream) {
+    spdlog::error("TLS: {}", stream.error().message);
+    return;
+  }
+  conn.tls = std::make_unique<TlsConnection>();
+  conn.tls->stream = std::move(*stream);
+}
+
+void Worker::tlsConnected(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  TlsConnection& t = *conn.tls;
+  if (t.terminate || !t.stream) return;
+  tls::TlsCounters::inc(tls::counters().originated);
+  if (auto started = t.stream->start(); !started) {
+    closeConnection(slot, outcomeOf(t.stream->failure()), /*reset=*/true);
+    return;
+  }
+  std::string hello;
+  t.stream->takeCiphertext(hello);
+  tlsQueue(conn.request, hello);
+  pump(slot, true);
+}
+
+bool Worker::tlsHoldsReceive(const Connection& conn, bool from_client) const {
+  return conn.tls && conn.tls->detecting && !from_client;
+}
+
+bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion& c) {
+  Connection& conn = slots_[slot];
+  TlsConnection& t = *conn.tls;
+  if (t.detecting && from_client) {
+    t.detecting = false;
+    if (ring_.buffer(c.bufferId()).data()[0] != kHandshakeRecord) {
+      tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+      if (!authorizeInbound(slot, "")) {
+        ring_.recycleBuffer(c.bufferId());
+        return true;
+      }
+      maybeArmRecv(slot, false);  // the app's bytes flow again
+      return false;
+    }
+    tls::TlsCounters::inc(tls::counters().permissive_tls);
+    auto ctx = identity_ ? identity_->current() : nullptr;
+    auto stream = ctx ? tls::TlsStream::create(std::move(ctx), tls::Role::kServer)
+                      : Result<std::unique_ptr<tls::TlsStream>>(makeError("no certificate"));
+    if (!stream) {
+      registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+      ring_.recycleBuffer(c.bufferId());
+      closeConnection(slot, "tls_no_identity", /*reset=*/true);
+      return true;
+    }
+    t.stream = std::move(*stream);
+    maybeArmRecv(slot, false);
+  }
+  if (!t.stream) return false;
+  const auto n = static_cast<size_t>(c.res);
+  const bool from_tls_side = from_client == t.terminate;
+  Direction& d = from_client ? conn.request : conn.response;
+  Direction& to_tls = t.terminate ? conn.response : conn.request;
+  std::span<const char> bytes(ring_.buffer(c.bufferId()).data(), n);
+  std::string plain;
+  if (from_tls_side && t.terminate && t.mode == security::MtlsMode::kStrict &&
+      !t.stream->established() && conn.request_bytes == 0 && n > 0 &&
+      bytes[0] != kHandshakeRecord) {
+    tls::TlsCounters::inc(tls::counters().plaintext_refused);
+  }
+  Result<void> r = from_tls_side ? t.stream->receive(bytes, plain) : t.stream->send(bytes);
+  ring_.recycleBuffer(c.bufferId());
+  conn.last_activity = now_;
+  if (from_client) {
+    conn.request_bytes += n;
+    conn.counters->received_bytes.add(n);
+  }
+  if (!r) {
+    if (logAllowed()) {
+      spdlog::warn("{} {} ({})", conn.kind == ListenerKind::kInbound ? "inbound" : "outbound",
+                   r.error().message,
+                   conn.kind == ListenerKind::kInbound ? conn.peer.toString()
+                                                       : conn.decision.upstream.toString());
+    }
+    closeConnection(slot, outcomeOf(t.stream->failure()), /*reset=*/true);
+    return true;
+  }
+  if (t.stream->established() && t.peer_identity.empty()) {
+    t.peer_identity = t.stream->peerIdentity();
+    if (t.terminate && !authorizeInbound(slot, t.peer_identity)) return true;
+  }
+  tlsQueue(d, plain);
+  std::string wire;
+  t.stream->takeCiphertext(wire);
+  tlsQueue(to_tls, wire);
+  if (d.queued_bytes >= settings_.buffer_limit) {
+    d.paused = true;
+    stats_.counters().watermark_pauses.inc();
+  }
+  pump(slot, true);
+  pump(slot, false);
+  maybeArmRecv(slot, from_client);
+  return true;
+}
+
+void Worker::tlsEndOfFile(uint32_t slot, bool from_client) {
+  Connection& conn = slots_[slot];
+  TlsConnection& t = *conn.tls;
+  if (t.detecting && from_client) {
+    // Closed before saying anything: plaintext as far as PERMISSIVE can tell.
+    t.detecting = false;
+    tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+    if (authorizeInbound(slot, "")) maybeArmRecv(slot, false);
+    return;
+  }
+  if (!t.stream || t.close_notify || from_client == t.terminate) return;
+  // The plaintext side is done: close_notify goes out before the TCP half-close.
+  t.close_notify = true;
+  t.stream->close();
+  std::string wire;
+  t.stream->takeCiphertext(wire);
+  tlsQueue(t.terminate ? conn.response : conn.request, wire);
+}
+
+void Worker::tlsTick(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  TlsConnection& t = *conn.tls;
+  if (!t.detecting || conn.state != State::kRelaying || now_ < t.detect_deadline) return;
+  // The client said nothing in time: the app may speak first, so this is plaintext.
+  t.detecting = false;
+  tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+  if (authorizeInbound(slot, "")) maybeArmRecv(slot, false);
+}
+
+}  // namespace remora::proxy

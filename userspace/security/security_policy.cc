@@ -1,0 +1,312 @@
+#include "security/security_policy.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace remora::security {
+namespace {
+
+bool selects(const std::optional<Labels>& selector, const Labels& labels) {
+  if (!selector) return true;
+  return std::all_of(selector->begin(), selector->end(), [&labels](const auto& kv) {
+    return std::find(labels.begin(), labels.end(), kv) != labels.end();
+  });
+}
+
+bool anyValue(const std::vector<std::string>& patterns, const std::string& value) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [&value](const std::string& p) { return matchValue(p, value); });
+}
+
+bool anyCidr(const std::vector<Cidr>& blocks, const IpAddress& ip) {
+  return std::any_of(blocks.begin(), blocks.end(), [&ip](const Cidr& c) { return c.contains(ip); });
+}
+
+// A positive list must match when given; a negative one must not.
+bool positive(bool given, bool matched) { return !given || matched; }
+
+bool sourceMatches(const Source& s, const ConnectionAttributes& a) {
+  return positive(!s.principals.empty(), anyValue(s.principals, a.principal)) &&
+         !(!s.not_principals.empty() && anyValue(s.not_principals, a.principal)) &&
+         positive(!s.namespaces.empty(), anyValue(s.namespaces, a.source_namespace)) &&
+         !(!s.not_namespaces.empty() && anyValue(s.not_namespaces, a.source_namespace)) &&
+         positive(!s.ip_blocks.empty(), anyCidr(s.ip_blocks, a.source_ip)) &&
+         !anyCidr(s.not_ip_blocks, a.source_ip) &&
+         positive(!s.remote_ip_blocks.empty(), anyCidr(s.remote_ip_blocks, a.remote_ip)) &&
+         !anyCidr(s.not_remote_ip_blocks, a.remote_ip);
+}
+
+bool operationMatches(const Operation& o, const ConnectionAttributes& a) {
+  auto has = [&a](const std::vector<uint16_t>& ports) {
+    return std::find(ports.begin(), ports.end(), a.destination_port) != ports.end();
+  };
+  return positive(!o.ports.empty(), has(o.ports)) && !has(o.not_ports);
+}
+
+// The value of an L4 `when` key, or nullopt for a key with no L4 meaning.
+std::optional<std::string> attribute(const std::string& key, const ConnectionAttributes& a) {
+  if (key == "source.ip") return a.source_ip.toString();
+  if (key == "remote.ip") return a.remote_ip.toString();
+  if (key == "source.namespace") return a.source_namespace;
+  if (key == "source.principal") return a.principal;
+  if (key == "destination.ip") return a.destination_ip.toString();
+  if (key == "destination.port") return std::to_string(a.destination_port);
+  if (key == "connection.sni") return a.sni;
+  return std::nullopt;
+}
+
+bool valueMatches(const std::string& key, const std::string& pattern, const std::string& value,
+                  const ConnectionAttributes& a) {
+  if (key == "source.ip" || key == "remote.ip" || key == "destination.ip") {
+    auto cidr = Cidr::parse(pattern);
+    const IpAddress& ip = key == "source.ip"   ? a.source_ip
+                          : key == "remote.ip" ? a.remote_ip
+                                               : a.destination_ip;
+    return cidr.ok() && cidr->contains(ip);
+  }
+  return matchValue(pattern, value);
+}
+
+bool conditionMatches(const Condition& c, const ConnectionAttributes& a) {
+  auto value = attribute(c.key, a);
+  if (!value) return false;
+  auto any = [&](const std::vector<std::string>& patterns) {
+    return std::any_of(patterns.begin(), patterns.end(),
+                       [&](const std::string& p) { return valueMatches(c.key, p, *value, a); });
+  };
+  return positive(!c.values.empty(), any(c.values)) &&
+         !(!c.not_values.empty() && any(c.not_values));
+}
+
+bool ruleMatches(const Rule& rule, Action action, const ConnectionAttributes& a) {
+  // ALLOW: a rule that needs HTTP never matches a TCP connection. DENY: its HTTP-only parts
+  // are dropped, so it matches on what remains (more connections denied, never fewer).
+  if (action == Action::kAllow && rule.hasL7()) return false;
+  const bool from =
+      rule.from.empty() || std::any_of(rule.from.begin(), rule.from.end(),
+                                       [&a](const Source& s) { return sourceMatches(s, a); });
+  const bool to =
+      rule.to.empty() || std::any_of(rule.to.begin(), rule.to.end(),
+                                     [&a](const Operation& o) { return operationMatches(o, a); });
+  const bool when = std::all_of(rule.when.begin(), rule.when.end(), [&a](const Condition& c) {
+    return c.l7 || conditionMatches(c, a);
+  });
+  return from && to && when;
+}
+
+bool policyMatches(const AuthorizationPolicyRule& p, const ConnectionAttributes& a) {
+  return std::any_of(p.rules.begin(), p.rules.end(),
+                     [&](const Rule& r) { return ruleMatches(r, p.action, a); });
+}
+
+struct CounterRegistry {
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<PolicyCounters>> by_policy;
+};
+CounterRegistry& registry() {
+  static CounterRegistry r;
+  return r;
+}
+
+}  // namespace
+
+const char* toString(MtlsMode mode) {
+  switch (mode) {
+    case MtlsMode::kUnset:
+      return "UNSET";
+    case MtlsMode::kDisable:
+      return "DISABLE";
+    case MtlsMode::kPermissive:
+      return "PERMISSIVE";
+    case MtlsMode::kStrict:
+      return "STRICT";
+  }
+  return "?";
+}
+
+const char* toString(Action action) {
+  switch (action) {
+    case Action::kAllow:
+      return "ALLOW";
+    case Action::kDeny:
+      return "DENY";
+    case Action::kAudit:
+      return "AUDIT";
+  }
+  return "?";
+}
+
+const char* toString(TlsMode mode) {
+  switch (mode) {
+    case TlsMode::kUnset:
+      return "UNSET";
+    case TlsMode::kDisable:
+      return "DISABLE";
+    case TlsMode::kSimple:
+      return "SIMPLE";
+    case TlsMode::kMutual:
+      return "MUTUAL";
+    case TlsMode::kIstioMutual:
+      return "ISTIO_MUTUAL";
+  }
+  return "?";
+}
+
+bool matchValue(const std::string& pattern, const std::string& value) {
+  if (pattern == "*") return !value.empty();
+  if (!pattern.empty() && pattern.back() == '*') {
+    return value.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
+  }
+  if (!pattern.empty() && pattern.front() == '*') {
+    const size_t n = pattern.size() - 1;
+    return value.size() >= n && value.compare(value.size() - n, n, pattern, 1, n) == 0;
+  }
+  return pattern == value;
+}
+
+bool Rule::hasL7() const {
+  return std::any_of(from.begin(), from.end(), [](const Source& s) { return s.l7; }) ||
+         std::any_of(to.begin(), to.end(), [](const Operation& o) { return o.l7; }) ||
+         std::any_of(when.begin(), when.end(), [](const Condition& c) { return c.l7; });
+}
+
+MtlsMode resolveMtls(const std::vector<PeerAuthenticationRule>& rules,
+                     const std::string& root_namespace, const std::string& workload_namespace,
+                     const Labels& workload_labels, uint16_t port) {
+  // The oldest policy of each level wins (Istio's tie rule), so pick per level first.
+  const PeerAuthenticationRule* workload = nullptr;
+  const PeerAuthenticationRule* ns = nullptr;
+  const PeerAuthenticationRule* mesh = nullptr;
+  auto older = [](const PeerAuthenticationRule* current, const PeerAuthenticationRule& candidate) {
+    return current == nullptr ||
+           std::tie(candidate.created, candidate.name) < std::tie(current->created, current->name);
+  };
+  for (const PeerAuthenticationRule& r : rules) {
+    if (r.selector) {
+      if (r.namespace_name == workload_namespace && selects(r.selector, workload_labels) &&
+          older(workload, r)) {
+        workload = &r;
+      }
+    } else if (r.namespace_name == workload_namespace && r.namespace_name != root_namespace) {
+      if (older(ns, r)) ns = &r;
+    } else if (r.namespace_name == root_namespace && older(mesh, r)) {
+      mesh = &r;
+    }
+  }
+  if (workload != nullptr) {
+    auto it = workload->port_modes.find(port);
+    if (it != workload->port_modes.end() && it->second != MtlsMode::kUnset) return it->second;
+    if (workload->mode != MtlsMode::kUnset) return workload->mode;
+  }
+  if (ns != nullptr && ns->mode != MtlsMode::kUnset) return ns->mode;
+  if (mesh != nullptr && mesh->mode != MtlsMode::kUnset) return mesh->mode;
+  return MtlsMode::kPermissive;
+}
+
+std::shared_ptr<PolicyCounters> policyCounters(const std::string& namespace_name,
+                                               const std::string& name) {
+  CounterRegistry& r = registry();
+  std::lock_guard lock(r.mutex);
+  auto& slot = r.by_policy[namespace_name + "/" + name];
+  if (!slot) slot = std::make_shared<PolicyCounters>();
+  return slot;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCounters() {
+  CounterRegistry& r = registry();
+  std::lock_guard lock(r.mutex);
+  return {r.by_policy.begin(), r.by_policy.end()};
+}
+
+AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
+                       const ConnectionAttributes& attributes) {
+  AuthzDecision d;
+  for (const AuthorizationPolicyRule* p : policies) {
+    if (p->action == Action::kAudit && policyMatches(*p, attributes)) d.audited.push_back(p);
+  }
+  for (const AuthorizationPolicyRule* p : policies) {
+    if (p->action == Action::kDeny && policyMatches(*p, attributes)) {
+      d.allowed = false;
+      d.policy = p;
+      d.reason = fmt::format("denied by DENY policy {}/{}", p->namespace_name, p->name);
+      return d;
+    }
+  }
+  bool any_allow = false;
+  for (const AuthorizationPolicyRule* p : policies) {
+    if (p->action != Action::kAllow) continue;
+    any_allow = true;
+    if (policyMatches(*p, attributes)) {
+      d.policy = p;
+      d.reason = fmt::format("allowed by ALLOW policy {}/{}", p->namespace_name, p->name);
+      return d;
+    }
+  }
+  if (any_allow) {
+    d.allowed = false;
+    d.reason = "denied: no ALLOW policy matched";
+  }
+  return d;
+}
+
+void count(const AuthzDecision& decision) {
+  if (decision.policy != nullptr && decision.policy->counters) {
+    (decision.allowed ? decision.policy->counters->allowed : decision.policy->counters->denied)
+        .fetch_add(1, std::memory_order_relaxed);
+  }
+  for (const AuthorizationPolicyRule* p : decision.audited) {
+    if (p->counters) p->counters->audited.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+const Workload* SecurityTable::workload(const IpAddress& ip) const {
+  auto it = workloads.find(ip.toString());
+  return it == workloads.end() ? nullptr : &it->second;
+}
+
+MtlsMode SecurityTable::inboundMode(const IpAddress& ip, uint16_t port) const {
+  const Workload* w = workload(ip);
+  static const Labels kNoLabels;
+  return resolveMtls(peer_authentications, root_namespace, w ? w->namespace_name : "",
+                     w ? w->labels : kNoLabels, port);
+}
+
+std::vector<const AuthorizationPolicyRule*> SecurityTable::policiesFor(const IpAddress& ip) const {
+  std::vector<const AuthorizationPolicyRule*> out;
+  const Workload* w = workload(ip);
+  for (const AuthorizationPolicyRule& p : authorization_policies) {
+    const bool mesh_wide = p.namespace_name == root_namespace;
+    if (!mesh_wide && (w == nullptr || p.namespace_name != w->namespace_name)) continue;
+    if (p.selector && (w == nullptr || !selects(p.selector, w->labels))) continue;
+    out.push_back(&p);
+  }
+  return out;
+}
+
+SecurityTable::Origination SecurityTable::outbound(const std::string& service,
+                                                   uint16_t service_port,
+                                                   const IpAddress& endpoint) const {
+  Origination o;
+  auto it = destination_tls.find({service, service_port});
+  if (it == destination_tls.end()) it = destination_tls.find({service, 0});
+  if (it != destination_tls.end()) o.mode = it->second;
+  const Workload* w = workload(endpoint);
+  switch (o.mode) {
+    case TlsMode::kDisable:
+    case TlsMode::kSimple:  // reported by the config check: not originated yet
+    case TlsMode::kMutual:
+      return o;
+    case TlsMode::kIstioMutual:
+      o.tls = true;
+      break;
+    case TlsMode::kUnset:
+      o.tls = w != nullptr && w->meshed;  // auto mTLS
+      break;
+  }
+  if (o.tls && w != nullptr) o.expected_peer = w->spiffe_id;
+  return o;
+}
+
+}  // namespace remora::security

@@ -1,0 +1,170 @@
+#pragma once
+
+// Istio's security.istio.io/v1 PeerAuthentication and AuthorizationPolicy, and the workload
+// facts they need, as an immutable table the config library builds and every worker reads.
+// Everything here is pure: evaluation takes the connection's attributes and returns a decision.
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "common/ip_address.h"
+
+namespace remora::security {
+
+using Labels = std::vector<std::pair<std::string, std::string>>;  // sorted by key
+
+// PeerAuthentication mtls.mode. kUnset inherits from the next wider policy.
+enum class MtlsMode : uint8_t { kUnset, kDisable, kPermissive, kStrict };
+const char* toString(MtlsMode mode);
+
+struct PeerAuthenticationRule {
+  std::string namespace_name;
+  std::string name;
+  std::string created;                      // metadata.creationTimestamp: the oldest wins a tie
+  std::optional<Labels> selector;           // spec.selector.matchLabels; nullopt: namespace-wide
+  MtlsMode mode = MtlsMode::kUnset;         // spec.mtls.mode
+  std::map<uint16_t, MtlsMode> port_modes;  // spec.portLevelMtls (applies with a selector only)
+};
+
+// The mode for one inbound port of a workload: the workload policy (its port level first),
+// then the namespace policy, then the mesh-wide one in the root namespace; PERMISSIVE when none
+// sets it, as in Istio.
+MtlsMode resolveMtls(const std::vector<PeerAuthenticationRule>& rules,
+                     const std::string& root_namespace, const std::string& workload_namespace,
+                     const Labels& workload_labels, uint16_t port);
+
+enum class Action : uint8_t { kAllow, kDeny, kAudit };
+const char* toString(Action action);
+
+// A string condition in Istio's forms: exact, "prefix*", "*suffix", or "*" (any non-empty).
+bool matchValue(const std::string& pattern, const std::string& value);
+
+struct Source {
+  std::vector<std::string> principals, not_principals;
+  std::vector<std::string> namespaces, not_namespaces;
+  std::vector<Cidr> ip_blocks, not_ip_blocks;
+  std::vector<Cidr> remote_ip_blocks, not_remote_ip_blocks;
+  // requestPrincipals (JWT): HTTP-only.
+  bool l7 = false;
+};
+
+struct Operation {
+  std::vector<uint16_t> ports, not_ports;
+  // hosts, methods or paths (or their not* forms): HTTP-only, not evaluated at L4.
+  bool l7 = false;
+};
+
+struct Condition {
+  std::string key;  // source.ip, source.namespace, source.principal, destination.ip, ...
+  std::vector<std::string> values, not_values;
+  bool l7 = false;  // request.* and other HTTP-only keys
+};
+
+struct Rule {
+  std::vector<Source> from;  // ORed; empty matches any source
+  std::vector<Operation> to;
+  std::vector<Condition> when;  // ANDed
+  bool hasL7() const;
+};
+
+// Per policy and action: how many connections the policy decided (or, for AUDIT, marked).
+struct PolicyCounters {
+  std::atomic<uint64_t> allowed{0};
+  std::atomic<uint64_t> denied{0};
+  std::atomic<uint64_t> audited{0};
+};
+
+struct AuthorizationPolicyRule {
+  std::string namespace_name;
+  std::string name;
+  std::optional<Labels> selector;  // nullopt: every workload of the namespace (or mesh)
+  Action action = Action::kAllow;
+  std::vector<Rule> rules;  // empty: matches nothing (an empty ALLOW policy denies all)
+  std::shared_ptr<PolicyCounters> counters;  // stable across reloads (policyCounters())
+};
+
+// The counters of policy `ns/name`, created on first use and kept for the process lifetime so
+// they survive reloads. Any thread.
+std::shared_ptr<PolicyCounters> policyCounters(const std::string& namespace_name,
+                                               const std::string& name);
+// Every policy's counters, "ns/name" → counters, for /stats/prometheus.
+std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCounters();
+
+// What an inbound connection looks like to the policies at L4.
+struct ConnectionAttributes {
+  IpAddress source_ip;  // the direct peer
+  IpAddress remote_ip;  // the original client; at L4 the same as source_ip
+  IpAddress destination_ip;
+  uint16_t destination_port = 0;
+  std::string principal;         // "cluster.local/ns/x/sa/y" from the peer certificate; "" if none
+  std::string source_namespace;  // from the principal; "" when not mTLS
+  std::string sni;
+};
+
+struct AuthzDecision {
+  bool allowed = true;
+  const AuthorizationPolicyRule* policy = nullptr;  // the policy that decided, if any
+  std::string reason;                               // "denied by DENY policy ns/name", ...
+  std::vector<const AuthorizationPolicyRule*> audited;
+};
+
+// Istio's order over the policies that select the workload: a matching DENY denies; then, when
+// ALLOW policies exist, one of them must match; with none, allow. AUDIT policies that match are
+// listed and never change the decision. Rules with HTTP-only fields: in ALLOW they never match,
+// in DENY their HTTP-only parts are ignored (so they match more), as Istio does for TCP.
+AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
+                       const ConnectionAttributes& attributes);
+// Counts the decision in the deciding (and auditing) policies' counters.
+void count(const AuthzDecision& decision);
+
+// A pod the proxy knows, by IP: for inbound (which policies select it) and outbound (is it
+// meshed, who should answer).
+struct Workload {
+  std::string namespace_name;
+  std::string name;
+  Labels labels;
+  std::string spiffe_id;  // spiffe://<td>/ns/<ns>/sa/<serviceAccountName>
+  bool meshed = false;    // label security.istio.io/tlsMode: istio
+};
+
+// DestinationRule trafficPolicy.tls.mode.
+enum class TlsMode : uint8_t { kUnset, kDisable, kSimple, kMutual, kIstioMutual };
+const char* toString(TlsMode mode);
+
+// Everything the data path asks of the security configuration. Immutable once built.
+class SecurityTable {
+ public:
+  std::string trust_domain = "cluster.local";
+  std::string root_namespace = "istio-system";
+  std::vector<PeerAuthenticationRule> peer_authentications;
+  std::vector<AuthorizationPolicyRule> authorization_policies;
+  std::unordered_map<std::string, Workload> workloads;  // by IP text
+  // DestinationRule tls.mode by "service.namespace" and port (0: every port).
+  std::map<std::pair<std::string, uint16_t>, TlsMode> destination_tls;
+
+  const Workload* workload(const IpAddress& ip) const;
+  // The inbound mode for a connection to `ip:port` (PERMISSIVE for an unknown workload).
+  MtlsMode inboundMode(const IpAddress& ip, uint16_t port) const;
+  // The AuthorizationPolicies that select the workload at `ip`: the root namespace's, the
+  // workload namespace's, by selector.
+  std::vector<const AuthorizationPolicyRule*> policiesFor(const IpAddress& ip) const;
+  // Whether to originate mTLS toward `endpoint` of `service` ("name.namespace", may be empty),
+  // and the SPIFFE ID to expect ("" for any in the trust domain). DestinationRule DISABLE wins,
+  // ISTIO_MUTUAL forces it, otherwise auto mTLS: only toward meshed pods.
+  struct Origination {
+    bool tls = false;
+    std::string expected_peer;
+    TlsMode mode = TlsMode::kUnset;
+  };
+  Origination outbound(const std::string& service, uint16_t service_port,
+                       const IpAddress& endpoint) const;
+};
+
+}  // namespace remora::security

@@ -1,0 +1,250 @@
+#include "tls/tls_context.h"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "tls/spiffe.h"
+#include "tls/tls_stream.h"
+
+namespace remora::tls {
+namespace {
+
+std::atomic<uint64_t> next_generation{1};
+
+// The first OpenSSL error queued, as text; clears the queue.
+std::string sslError() {
+  const unsigned long code = ERR_get_error();  // NOLINT(google-runtime-int): OpenSSL's type
+  ERR_clear_error();
+  if (code == 0) return "unknown OpenSSL error";
+  char text[256];
+  ERR_error_string_n(code, text, sizeof(text));
+  return text;
+}
+
+Result<std::string> readFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return errnoError(fmt::format("read {}", path.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct BioDeleter {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+using BioPtr = std::unique_ptr<BIO, BioDeleter>;
+
+BioPtr memoryBio(const std::string& pem) {
+  return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+}
+
+std::chrono::system_clock::time_point notAfterOf(X509* cert) {
+  const ASN1_TIME* t = X509_get0_notAfter(cert);
+  tm parsed{};
+  if (ASN1_TIME_to_tm(t, &parsed) != 1) return {};
+  return std::chrono::system_clock::from_time_t(timegm(&parsed));
+}
+
+}  // namespace
+
+std::string spiffeUriOf(X509* cert) {
+  std::string found;
+  auto* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return found;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names) && found.empty(); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type != GEN_URI) continue;
+    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+    std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                     static_cast<size_t>(ASN1_STRING_length(uri)));
+    if (parseSpiffeId(text)) found = text;
+  }
+  GENERAL_NAMES_free(names);
+  return found;
+}
+
+TlsCounters& counters() {
+  static TlsCounters instance;
+  return instance;
+}
+
+Result<Credentials> readCredentials(const std::filesystem::path& dir) {
+  Credentials c;
+  for (auto [name, into] : {std::pair{kCertChainFile, &c.cert_chain}, std::pair{kKeyFile, &c.key},
+                            std::pair{kRootCertFile, &c.roots}}) {
+    auto text = readFile(dir / name);
+    if (!text) return text.error();
+    *into = std::move(*text);
+  }
+  return c;
+}
+
+TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
+
+Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& credentials,
+                                                             std::string trust_domain) {
+  std::shared_ptr<TlsContext> self(new TlsContext());
+  self->trust_domain_ = std::move(trust_domain);
+  self->generation_ = next_generation.fetch_add(1);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_method());
+  if (ctx == nullptr) return makeError("SSL_CTX_new: " + sslError());
+  self->ctx_ = ctx;
+  // Only TLS 1.3 between sidecars.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+
+  // The chain: leaf first, the rest as intermediates.
+  BioPtr chain = memoryBio(credentials.cert_chain);
+  X509* leaf = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr);
+  if (leaf == nullptr) return makeError("cert-chain.pem: no certificate: " + sslError());
+  if (SSL_CTX_use_certificate(ctx, leaf) != 1) {
+    X509_free(leaf);
+    return makeError("cert-chain.pem: " + sslError());
+  }
+  self->identity_ = spiffeUriOf(leaf);
+  self->not_after_ = notAfterOf(leaf);
+  X509_free(leaf);
+  while (X509* extra = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr)) {
+    if (SSL_CTX_add_extra_chain_cert(ctx, extra) != 1) {
+      X509_free(extra);
+      return makeError("cert-chain.pem: " + sslError());
+    }
+  }
+  ERR_clear_error();  // the loop ends on "no start line"
+  if (self->identity_.empty()) {
+    return makeError("cert-chain.pem: the leaf certificate has no spiffe:// URI SAN");
+  }
+  if (auto id = parseSpiffeId(self->identity_); id && id->trust_domain != self->trust_domain_) {
+    return makeError(fmt::format("cert-chain.pem: identity {} is outside trust domain {}",
+                                 self->identity_, self->trust_domain_));
+  }
+  if (self->not_after_ <= std::chrono::system_clock::now()) {
+    TlsCounters::inc(counters().own_cert_expired);
+    return makeError(
+        fmt::format("cert-chain.pem: certificate of {} expired at {:%FT%TZ}", self->identity_,
+                    fmt::gmtime(std::chrono::system_clock::to_time_t(self->not_after_))));
+  }
+
+  BioPtr key_bio = memoryBio(credentials.key);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr);
+  if (key == nullptr) return makeError("key.pem: no private key: " + sslError());
+  const int used = SSL_CTX_use_PrivateKey(ctx, key);
+  EVP_PKEY_free(key);
+  if (used != 1) {
+    return makeError("key.pem does not match the leaf of cert-chain.pem or is unusable: " +
+                     sslError());
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return makeError("key.pem does not match the leaf of cert-chain.pem");
+  }
+
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  BioPtr roots = memoryBio(credentials.roots);
+  int added = 0;
+  while (X509* root = PEM_read_bio_X509(roots.get(), nullptr, nullptr, nullptr)) {
+    if (X509_STORE_add_cert(store, root) == 1) ++added;
+    X509_free(root);
+  }
+  ERR_clear_error();
+  if (added == 0) return makeError("root-cert.pem: no certificate");
+
+  // Mutual: both sides present a certificate that chains to the roots.
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  // Resumption with client certificates needs a session id context on the server side.
+  static constexpr unsigned char kSessionContext[] = "remora-mtls";
+  SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
+  // Client side: sessions go to the caller's per-worker cache (TlsStream's callback).
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, &TlsStream::onNewSession);
+  return std::shared_ptr<const TlsContext>(std::move(self));
+}
+
+IdentityStore::IdentityStore(std::filesystem::path dir, std::string trust_domain)
+    : dir_(std::move(dir)), trust_domain_(std::move(trust_domain)) {}
+
+IdentityStore::~IdentityStore() {
+  stop_ = true;
+  if (watcher_.joinable()) watcher_.join();
+}
+
+std::string IdentityStore::fingerprint() const {
+  std::string out;
+  for (const char* name : {kCertChainFile, kKeyFile, kRootCertFile}) {
+    struct stat st {};
+    if (::stat((dir_ / name).c_str(), &st) != 0) {
+      out += "missing;";
+      continue;
+    }
+    out +=
+        fmt::format("{}:{}:{}.{};", st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  }
+  return out;
+}
+
+Result<void> IdentityStore::reload() {
+  const std::string print = fingerprint();
+  auto loaded = [&]() -> Result<std::shared_ptr<const TlsContext>> {
+    auto creds = readCredentials(dir_);
+    if (!creds) return creds.error();
+    return TlsContext::create(*creds, trust_domain_);
+  }();
+  std::lock_guard lock(mutex_);
+  last_fingerprint_ = print;
+  if (!loaded) {
+    TlsCounters::inc(counters().load_errors);
+    last_error_ = fmt::format("TLS credentials in {}: {}", dir_.string(), loaded.error().message);
+    spdlog::error("{}{}", last_error_, current_ ? " (the previous certificate stays in use)" : "");
+    return makeError(last_error_);
+  }
+  if (current_) TlsCounters::inc(counters().rotations);
+  current_ = std::move(*loaded);
+  last_error_.clear();
+  spdlog::info("TLS identity {} loaded from {} (valid until {:%FT%TZ})", current_->identity(),
+               dir_.string(),
+               fmt::gmtime(std::chrono::system_clock::to_time_t(current_->notAfter())));
+  return {};
+}
+
+bool IdentityStore::reloadIfChanged() {
+  {
+    std::lock_guard lock(mutex_);
+    if (fingerprint() == last_fingerprint_) return false;
+  }
+  return reload().ok();
+}
+
+void IdentityStore::watch(std::chrono::milliseconds interval) {
+  if (watcher_.joinable()) return;
+  watcher_ = std::thread([this, interval] {
+    while (!stop_) {
+      // Short naps so destruction never waits a whole interval.
+      for (auto slept = std::chrono::milliseconds(0); slept < interval && !stop_;
+           slept += std::chrono::milliseconds(20)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (!stop_) reloadIfChanged();
+    }
+  });
+}
+
+std::shared_ptr<const TlsContext> IdentityStore::current() const {
+  std::lock_guard lock(mutex_);
+  return current_;
+}
+
+std::string IdentityStore::lastError() const {
+  std::lock_guard lock(mutex_);
+  return last_error_;
+}
+
+}  // namespace remora::tls

@@ -1,0 +1,121 @@
+#pragma once
+
+// One workload identity as OpenSSL sees it: an SSL_CTX holding the certificate chain, the key
+// and the trust bundle, TLS 1.3 only, mutual verification. Every connection of every worker
+// shares the current context of its identity; rotation builds a new one and swaps the pointer,
+// so new handshakes use the new certificate while open connections keep the SSL (and through
+// it the SSL_CTX) they started with.
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/result.h"
+
+namespace remora::tls {
+
+// Process-wide TLS counters (any thread; relaxed atomics). Rendered as remora_tls_* metrics.
+struct TlsCounters {
+  std::atomic<uint64_t> handshakes_client{0};
+  std::atomic<uint64_t> handshakes_server{0};
+  std::atomic<uint64_t> resumed{0};               // client handshakes that resumed a session
+  std::atomic<uint64_t> failed_handshake{0};      // any other handshake or protocol failure
+  std::atomic<uint64_t> failed_peer_identity{0};  // peer SPIFFE ID missing or not the one expected
+  std::atomic<uint64_t> failed_cert_expired{0};   // the peer's certificate (or ours, seen by it)
+  std::atomic<uint64_t> failed_unknown_ca{0};     // the peer's chain does not lead to our roots
+  std::atomic<uint64_t> load_errors{0};           // credential files unreadable or inconsistent
+  std::atomic<uint64_t> own_cert_expired{0};      // our own certificate is expired at load
+  std::atomic<uint64_t> rotations{0};             // new credentials swapped in
+  std::atomic<uint64_t> plaintext_refused{0};     // STRICT inbound got a non-TLS client
+  std::atomic<uint64_t> permissive_plaintext{0};  // PERMISSIVE inbound served plaintext
+  std::atomic<uint64_t> permissive_tls{0};        // PERMISSIVE inbound served TLS
+  std::atomic<uint64_t> originated{0};            // outbound connections we wrapped in TLS
+  static void inc(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+};
+TlsCounters& counters();
+
+// The PEM texts of one identity, in the layout Kubernetes certificate tooling mounts.
+struct Credentials {
+  std::string cert_chain;  // cert-chain.pem: leaf first
+  std::string key;         // key.pem
+  std::string roots;       // root-cert.pem: the trust bundle
+};
+
+inline constexpr const char* kCertChainFile = "cert-chain.pem";
+inline constexpr const char* kKeyFile = "key.pem";
+inline constexpr const char* kRootCertFile = "root-cert.pem";
+
+Result<Credentials> readCredentials(const std::filesystem::path& dir);
+
+// The first well-formed spiffe:// URI SAN of `cert`, or "".
+std::string spiffeUriOf(X509* cert);
+
+class TlsContext {
+ public:
+  // Refuses a key that does not match the leaf, a leaf without a spiffe:// URI SAN, roots that
+  // do not parse, and an expired leaf (counted in own_cert_expired).
+  static Result<std::shared_ptr<const TlsContext>> create(const Credentials& credentials,
+                                                          std::string trust_domain);
+  ~TlsContext();
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+
+  SSL_CTX* native() const { return ctx_; }
+  // Our own SPIFFE ID (the leaf's URI SAN) and the trust domain peers must belong to.
+  const std::string& identity() const { return identity_; }
+  const std::string& trustDomain() const { return trust_domain_; }
+  std::chrono::system_clock::time_point notAfter() const { return not_after_; }
+  // Distinguishes contexts for the client session caches: a rotation starts afresh.
+  uint64_t generation() const { return generation_; }
+
+ private:
+  TlsContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+  std::string identity_;
+  std::string trust_domain_;
+  std::chrono::system_clock::time_point not_after_;
+  uint64_t generation_ = 0;
+};
+
+// The current context of the workload identity read from a directory, reloaded when one of
+// its files changes. current() may be called from any thread.
+class IdentityStore {
+ public:
+  IdentityStore(std::filesystem::path dir, std::string trust_domain);
+  ~IdentityStore();
+  IdentityStore(const IdentityStore&) = delete;
+  IdentityStore& operator=(const IdentityStore&) = delete;
+
+  // Loads the files now; an error leaves the previous context (if any) in place.
+  Result<void> reload();
+  // Reloads when a file's mtime, size or inode changed since the last attempt; true when a new
+  // context was swapped in.
+  bool reloadIfChanged();
+  // Polls every `interval` on a thread of its own until destruction.
+  void watch(std::chrono::milliseconds interval);
+  std::shared_ptr<const TlsContext> current() const;
+  const std::filesystem::path& dir() const { return dir_; }
+  const std::string& trustDomain() const { return trust_domain_; }
+  std::string lastError() const;
+
+ private:
+  std::string fingerprint() const;
+
+  std::filesystem::path dir_;
+  std::string trust_domain_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<const TlsContext> current_;
+  std::string last_fingerprint_;
+  std::string last_error_;
+  std::atomic<bool> stop_{false};
+  std::thread watcher_;
+};
+
+}  // namespace remora::tls

@@ -1,0 +1,261 @@
+#include "tls/tls_stream.h"
+
+#include <fmt/format.h>
+#include <openssl/err.h>
+
+#include "tls/spiffe.h"
+
+namespace remora::tls {
+namespace {
+
+std::string queuedErrors() {
+  std::string text;
+  while (const unsigned long code = ERR_get_error()) {  // NOLINT(google-runtime-int)
+    char buf[256];
+    ERR_error_string_n(code, buf, sizeof(buf));
+    if (!text.empty()) text += "; ";
+    text += buf;
+  }
+  return text.empty() ? "connection closed during the handshake" : text;
+}
+
+}  // namespace
+
+const char* toString(Failure failure) {
+  switch (failure) {
+    case Failure::kNone:
+      return "none";
+    case Failure::kHandshake:
+      return "handshake";
+    case Failure::kPeerIdentity:
+      return "peer_identity";
+    case Failure::kCertExpired:
+      return "cert_expired";
+    case Failure::kUnknownCa:
+      return "unknown_ca";
+  }
+  return "?";
+}
+
+SessionCache::~SessionCache() { clear(); }
+
+void SessionCache::clear() {
+  for (auto& [key, entry] : entries_) SSL_SESSION_free(entry.second);
+  entries_.clear();
+}
+
+SSL_SESSION* SessionCache::find(const std::string& key, uint64_t generation) const {
+  auto it = entries_.find(key);
+  if (it == entries_.end() || it->second.first != generation) return nullptr;
+  return it->second.second;
+}
+
+void SessionCache::store(const std::string& key, uint64_t generation, SSL_SESSION* session) {
+  auto it = entries_.find(key);
+  if (it != entries_.end()) {
+    SSL_SESSION_free(it->second.second);
+    it->second = {generation, session};
+    return;
+  }
+  if (entries_.size() >= kMaxEntries) clear();  // bounded; a full cache starts over
+  entries_.emplace(key, std::pair{generation, session});
+}
+
+int TlsStream::exIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+int TlsStream::onNewSession(SSL* ssl, SSL_SESSION* session) {
+  auto* self = static_cast<TlsStream*>(SSL_get_ex_data(ssl, exIndex()));
+  if (self == nullptr || self->options_.session_cache == nullptr) return 0;
+  self->options_.session_cache->store(self->options_.session_key, self->context_->generation(),
+                                      session);
+  return 1;  // we keep the reference
+}
+
+Result<std::unique_ptr<TlsStream>> TlsStream::create(std::shared_ptr<const TlsContext> context,
+                                                     Role role, StreamOptions options) {
+  std::unique_ptr<TlsStream> s(new TlsStream());
+  s->context_ = std::move(context);
+  s->role_ = role;
+  s->options_ = std::move(options);
+  SSL_CTX* ctx = s->context_->native();
+  s->ssl_ = SSL_new(ctx);
+  if (s->ssl_ == nullptr) return makeError("SSL_new: " + queuedErrors());
+  s->network_in_ = BIO_new(BIO_s_mem());
+  s->network_out_ = BIO_new(BIO_s_mem());
+  if (s->network_in_ == nullptr || s->network_out_ == nullptr) {
+    BIO_free(s->network_in_);
+    BIO_free(s->network_out_);
+    s->network_in_ = s->network_out_ = nullptr;
+    return makeError("BIO_new: out of memory");
+  }
+  // An empty input BIO means "retry later", not end of file.
+  BIO_set_mem_eof_return(s->network_in_, -1);
+  SSL_set_bio(s->ssl_, s->network_in_, s->network_out_);
+  SSL_set_ex_data(s->ssl_, exIndex(), s.get());
+  if (role == Role::kClient) {
+    SSL_set_connect_state(s->ssl_);
+    if (s->options_.session_cache != nullptr) {
+      if (SSL_SESSION* cached =
+              s->options_.session_cache->find(s->options_.session_key, s->context_->generation())) {
+        SSL_set_session(s->ssl_, cached);
+      }
+    }
+  } else {
+    SSL_set_accept_state(s->ssl_);
+  }
+  return s;
+}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+Result<void> TlsStream::fail(Failure failure, std::string message) {
+  if (failure_ == Failure::kNone) {
+    failure_ = failure;
+    error_ = std::move(message);
+    TlsCounters& c = counters();
+    switch (failure) {
+      case Failure::kPeerIdentity:
+        TlsCounters::inc(c.failed_peer_identity);
+        break;
+      case Failure::kCertExpired:
+        TlsCounters::inc(c.failed_cert_expired);
+        break;
+      case Failure::kUnknownCa:
+        TlsCounters::inc(c.failed_unknown_ca);
+        break;
+      default:
+        TlsCounters::inc(c.failed_handshake);
+        break;
+    }
+  }
+  return makeError(error_);
+}
+
+Result<void> TlsStream::classify(int ret) {
+  const int err = SSL_get_error(ssl_, ret);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return {};
+  if (err == SSL_ERROR_ZERO_RETURN) {
+    peer_closed_ = true;
+    return {};
+  }
+  // Our own verification result first: it names the peer's certificate problem exactly.
+  const long verify = SSL_get_verify_result(ssl_);  // NOLINT(google-runtime-int)
+  const std::string what = queuedErrors();
+  const char* side = role_ == Role::kClient ? "upstream" : "downstream";
+  if (verify == X509_V_ERR_CERT_HAS_EXPIRED) {
+    return fail(Failure::kCertExpired, fmt::format("TLS: the {} peer's certificate expired", side));
+  }
+  if (verify != X509_V_OK) {
+    return fail(Failure::kUnknownCa,
+                fmt::format("TLS: the {} peer's certificate does not verify: {}", side,
+                            X509_verify_cert_error_string(verify)));
+  }
+  // Then what the peer told us in its alert.
+  if (what.find("certificate expired") != std::string::npos) {
+    return fail(
+        Failure::kCertExpired,
+        fmt::format("TLS: the {} peer refused our certificate as expired ({})", side, what));
+  }
+  if (what.find("unknown ca") != std::string::npos) {
+    return fail(Failure::kUnknownCa,
+                fmt::format("TLS: the {} peer does not trust our CA ({})", side, what));
+  }
+  return fail(Failure::kHandshake, fmt::format("TLS with the {} peer failed: {}", side, what));
+}
+
+Result<void> TlsStream::checkPeer() {
+  X509* cert = SSL_get0_peer_certificate(ssl_);
+  const std::string uri = cert != nullptr ? spiffeUriOf(cert) : std::string();
+  auto id = parseSpiffeId(uri);
+  if (!id) {
+    return fail(Failure::kPeerIdentity, "TLS: the peer's certificate has no spiffe:// identity");
+  }
+  if (id->trust_domain != context_->trustDomain()) {
+    return fail(Failure::kPeerIdentity,
+                fmt::format("TLS: peer identity {} is outside trust domain {}", uri,
+                            context_->trustDomain()));
+  }
+  if (!options_.expected_peer.empty() && uri != options_.expected_peer) {
+    return fail(Failure::kPeerIdentity, fmt::format("TLS: peer identity {} is not the expected {}",
+                                                    uri, options_.expected_peer));
+  }
+  peer_identity_ = uri;
+  return {};
+}
+
+Result<void> TlsStream::flushHeld() {
+  if (!established_) return {};
+  if (!held_.empty()) {
+    size_t written = 0;
+    const int ret = SSL_write_ex(ssl_, held_.data(), held_.size(), &written);
+    if (ret != 1) return classify(ret);
+    held_.erase(0, written);
+  }
+  if (close_requested_ && held_.empty()) SSL_shutdown(ssl_);
+  return {};
+}
+
+Result<void> TlsStream::start() {
+  if (role_ != Role::kClient) return {};
+  const int ret = SSL_do_handshake(ssl_);
+  if (ret != 1) return classify(ret);
+  return {};
+}
+
+Result<void> TlsStream::advance(std::string& plain) {
+  if (failure_ != Failure::kNone) return makeError(error_);
+  if (!established_) {
+    const int ret = SSL_do_handshake(ssl_);
+    if (ret != 1) return classify(ret);
+    if (auto checked = checkPeer(); !checked) return checked;
+    established_ = true;
+    resumed_ = SSL_session_reused(ssl_) == 1;
+    TlsCounters& c = counters();
+    TlsCounters::inc(role_ == Role::kClient ? c.handshakes_client : c.handshakes_server);
+    if (resumed_ && role_ == Role::kClient) TlsCounters::inc(c.resumed);
+    if (auto flushed = flushHeld(); !flushed) return flushed;
+  }
+  char buf[16384];
+  while (!peer_closed_) {
+    size_t got = 0;
+    const int ret = SSL_read_ex(ssl_, buf, sizeof(buf), &got);
+    if (ret != 1) return classify(ret);
+    plain.append(buf, got);
+  }
+  return {};
+}
+
+Result<void> TlsStream::receive(std::span<const char> bytes, std::string& plain) {
+  if (failure_ != Failure::kNone) return makeError(error_);
+  if (!bytes.empty() && BIO_write(network_in_, bytes.data(), static_cast<int>(bytes.size())) !=
+                            static_cast<int>(bytes.size())) {
+    return fail(Failure::kHandshake, "TLS: out of memory buffering received bytes");
+  }
+  return advance(plain);
+}
+
+Result<void> TlsStream::send(std::span<const char> plain) {
+  if (failure_ != Failure::kNone) return makeError(error_);
+  held_.append(plain.data(), plain.size());
+  return flushHeld();
+}
+
+void TlsStream::close() {
+  close_requested_ = true;
+  if (failure_ == Failure::kNone) (void)flushHeld();
+}
+
+void TlsStream::takeCiphertext(std::string& out) {
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(network_out_, &data);  // NOLINT(google-runtime-int)
+  if (n <= 0) return;
+  out.append(data, static_cast<size_t>(n));
+  (void)BIO_reset(network_out_);
+}
+
+bool TlsStream::hasCiphertext() const { return BIO_ctrl_pending(network_out_) > 0; }
+
+}  // namespace remora::tls
