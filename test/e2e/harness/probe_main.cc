@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -179,6 +180,9 @@ int connectTo(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  // A client (or a proxy denying it) may reset before the reply is written: that write must
+  // fail with EPIPE on its own thread, not end the whole server with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   if (!args.empty() && args[0] == "serve") return serve(args);
   if (!args.empty() && args[0] == "connect") return connectTo(args);
   std::fprintf(stderr,
