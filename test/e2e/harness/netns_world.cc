@@ -80,6 +80,8 @@ std::optional<int> Process::stop(int signal, int timeout_ms) {
       drain();
       return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
+    // Keep reading: a process that logs while it shuts down must not block on a full pipe.
+    drain();
     ::usleep(10000);
   }
   if (signal != SIGKILL) return std::nullopt;
@@ -161,6 +163,9 @@ std::unique_ptr<Process> NetnsWorld::spawn(const Pod& pod, const std::vector<std
   full.insert(full.end(), argv.begin(), argv.end());
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return nullptr;
+  // 1 MiB of room: a test reads stdout only when it looks for a line, and a process logging
+  // every request (--access-log) must not stall on a full pipe in between.
+  ::fcntl(fds[0], F_SETPIPE_SZ, 1 << 20);
   pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fds[0]);
