@@ -20,9 +20,9 @@
 #include <fstream>
 #include <functional>
 #include <regex>
-#include <sstream>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -36,13 +36,6 @@ constexpr uint16_t kAdminPort = 15000;
 constexpr const char* kV1Reply = "this is bill-service-v1";
 constexpr const char* kV2Reply = "hello, this is bill-service-v2";
 constexpr uint32_t kProxyUid = 1337;
-
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Runs `fn` on a thread that entered the namespace at `netns_path`, and returns its result.
 template <typename Fn>
@@ -84,15 +77,6 @@ int connectTo(const char* ip, uint16_t port, int timeout_ms = 3000) {
   return fd;
 }
 
-bool sendAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
 // Everything until EOF, an error or the socket's receive timeout.
 std::string readAll(int fd) {
   std::string out;
@@ -114,21 +98,6 @@ std::string exchange(const char* ip, uint16_t port, std::string_view request) {
   return out;
 }
 
-// CPU seconds (user + system) the process has used, from /proc/PID/stat.
-double cpuSeconds(pid_t pid) {
-  std::string stat = readFile(fmt::format("/proc/{}/stat", pid));
-  auto close_paren = stat.rfind(')');
-  if (close_paren == std::string::npos) return -1;
-  std::istringstream in(stat.substr(close_paren + 2));
-  std::string field;
-  unsigned long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stoul(field);
-    if (i == 15) stime = std::stoul(field);
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 size_t openFds(pid_t pid) {
   size_t n = 0;
   std::error_code ec;
@@ -147,14 +116,10 @@ class ProxyAdminE2e : public ::testing::Test {
     front_ = *world_->addPod("front-tomcat", kFrontIp);
     v1_ = *world_->addPod("bill-service-v1", kBillV1);
     v2_ = *world_->addPod("bill-service-v2", kBillV2);
-    char tmpl[] = "/tmp/remora-proxy-admin-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-proxy-admin-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    ASSERT_TRUE(installCapture(*world_, front_));
     servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", kV1Reply, true));
     servers_.push_back(world_->serveProbe(v2_, "0.0.0.0:80", kV2Reply, true));
   }
@@ -167,17 +132,12 @@ class ProxyAdminE2e : public ::testing::Test {
   }
 
   std::string seed(const std::string& weights_file) {
-    std::string base = readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
+    std::string base = readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
     if (weights_file.empty()) return base;
-    return base + "\n---\n" + readFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
+    return base + "\n---\n" + readWholeFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
   }
 
-  void writeConfig(const std::string& text) {
-    std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, config_);
-  }
+  void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
   // `nofile`: start it under that descriptor limit (prlimit execs it, so the pid stays).
   void startProxy(std::vector<std::string> extra = {}, bool wait_ready = true, int nofile = 0) {
@@ -221,16 +181,6 @@ class ProxyAdminE2e : public ::testing::Test {
     auto code = proxy_->stop(0, 100);  // signal 0: only reaps an exited process
     if (code) ADD_FAILURE() << "the proxy exited with " << *code << "\n" << proxy_->output();
     return !code.has_value();
-  }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
   }
 
   std::unique_ptr<NetnsWorld> world_;

@@ -7,13 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <regex>
-#include <sstream>
-#include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -28,19 +26,6 @@ constexpr const char* kV1Reply = "this is bill-service-v1";
 constexpr const char* kV2Reply = "hello, this is bill-service-v2";
 constexpr uint32_t kProxyUid = 1337;
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 class ProxyE2e : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,18 +36,14 @@ class ProxyE2e : public ::testing::Test {
     v2_ = *world_->addPod("bill-service-v2", kBillV2);
     other_ = *world_->addPod("other", kOtherIp);
     // The config lives in a directory uid 1337 can read; the test replaces the file by rename.
-    char tmpl[] = "/tmp/remora-proxy-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-proxy-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
     // `curl http://bill-service:9999/` resolves through the pod netns' own hosts file.
     hosts_dir_ = "/etc/netns/" + front_.netns;
     fs::create_directories(hosts_dir_);
     std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    ASSERT_TRUE(installCapture(*world_, front_));
   }
 
   void TearDown() override {
@@ -74,18 +55,13 @@ class ProxyE2e : public ::testing::Test {
   }
 
   std::string seed(const std::string& weights_file) {
-    std::string base = readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
+    std::string base = readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
     if (weights_file.empty()) return base;
-    return base + "\n---\n" + readFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
+    return base + "\n---\n" + readWholeFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
   }
 
   // Replaces the config atomically, as an editor or a ConfigMap update does.
-  void writeConfig(const std::string& text) {
-    std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, config_);
-  }
+  void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
   void serveBackends(bool v2_up = true) {
     servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", kV1Reply, true));
@@ -124,16 +100,6 @@ class ProxyE2e : public ::testing::Test {
 
   std::string configDump() { return curl(front_, "http://127.0.0.1:15000/config_dump"); }
   std::string metrics() { return curl(front_, "http://127.0.0.1:15000/stats/prometheus"); }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
-  }
 
   // The generation /config_dump reports, or -1.
   int generation() {
