@@ -239,9 +239,7 @@ TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
   std::ofstream(hosts_dir + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
   const std::string dir = makeScratchDir("remora-ebpf-e2e");
   ASSERT_FALSE(dir.empty());
-  std::ofstream(dir + "/mesh.yaml")
-      << readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << "\n---\n"
-      << readWholeFile(std::string(REMORA_SEED_DIR) + "/istio-90-10.yaml");
+  std::ofstream(dir + "/mesh.yaml") << seedConfig("istio-90-10.yaml");
   ::chmod((dir + "/mesh.yaml").c_str(), 0644);
   install(front_);
   auto proxy = world_->spawn(front_, {binaryPath("remora-proxy"), "--config", dir + "/mesh.yaml"},

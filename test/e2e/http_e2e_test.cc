@@ -243,7 +243,7 @@ class HttpE2e : public ::testing::Test {
   }
 
   void startProxy(const std::string& mesh) {
-    replaceFile(config_, readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") + mesh);
+    replaceFile(config_, seedConfig() + mesh);
     proxy_ = world_->spawn(
         front_,
         {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"},

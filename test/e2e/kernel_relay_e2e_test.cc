@@ -185,7 +185,7 @@ class KernelRelay : public ::testing::Test {
     dir_ = makeScratchDir("remora-relay-e2e");
     ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    replaceFile(config_, readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml"));
+    replaceFile(config_, seedConfig());
     ASSERT_TRUE(installCapture(*world_, front_));
     // A bpffs of the test's own: `ip netns exec` (how the proxy is started) mounts a fresh /sys,
     // which hides /sys/fs/bpf, and a private instance keeps the test's pins apart anyway.

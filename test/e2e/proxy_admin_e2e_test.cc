@@ -131,12 +131,6 @@ class ProxyAdminE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  std::string seed(const std::string& weights_file) {
-    std::string base = readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    if (weights_file.empty()) return base;
-    return base + "\n---\n" + readWholeFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
-  }
-
   void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
   // `nofile`: start it under that descriptor limit (prlimit execs it, so the pid stays).
@@ -193,7 +187,7 @@ class ProxyAdminE2e : public ::testing::Test {
 // Reproduced: 3-4 overlapping connections made the accept path grow a std::vector<AdminConn>
 // while the kernel still had reads pending into the old elements' buffers (SIGSEGV/SIGABRT).
 TEST_F(ProxyAdminE2e, FiftyOverlappingAdminConnectionsAreAllAnswered) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   for (int round = 0; round < 3; ++round) {
     auto answers = inNetns(path(), [] {
@@ -241,7 +235,7 @@ TEST_F(ProxyAdminE2e, ConfigDumpReplacesInvalidUtf8InsteadOfAborting) {
   EXPECT_NE(dump.find("mesh-\xef\xbf\xbd.yaml"), std::string::npos) << dump;  // U+FFFD
   ASSERT_TRUE(proxyAlive());
 
-  std::string text = seed("istio-90-10.yaml");
+  std::string text = seedConfig("istio-90-10.yaml");
   auto at = text.find("  - name: http\n    port: 9999");
   ASSERT_NE(at, std::string::npos);
   text.replace(at, std::string("  - name: http\n").size(), "  - name: http-\xff\n");
@@ -255,7 +249,7 @@ TEST_F(ProxyAdminE2e, ConfigDumpReplacesInvalidUtf8InsteadOfAborting) {
 // Reproduced: under `prlimit --nofile=48` with 40 idle admin connections the control thread
 // re-armed accept at once on EMFILE and used a whole core.
 TEST_F(ProxyAdminE2e, AcceptErrorsBackOffAndServiceResumes) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({}, true, /*nofile=*/48);
   const pid_t pid = proxy_->pid();
   ASSERT_LT(openFds(pid), 40u);
@@ -282,7 +276,7 @@ TEST_F(ProxyAdminE2e, AcceptErrorsBackOffAndServiceResumes) {
 // Reproduced: with a 1,024 descriptor limit, 1,141 idle admin connections stopped the outbound
 // listener. The admin server's connection cap keeps its share of descriptors small.
 TEST_F(ProxyAdminE2e, IdleAdminConnectionsDoNotStarveTheDataPath) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   const size_t limit_fds = 200;
   startProxy({}, true, static_cast<int>(limit_fds));
   const pid_t pid = proxy_->pid();
@@ -307,7 +301,7 @@ TEST_F(ProxyAdminE2e, IdleAdminConnectionsDoNotStarveTheDataPath) {
 // Reproduced: an unfinished request held its admin connection forever, and so did a POST that
 // announced a huge body. The body limit answers 413 at once; the read timeout ends the rest.
 TEST_F(ProxyAdminE2e, UnfinishedRequestsAndHugeBodiesDoNotHoldConnections) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string huge = admin("POST /drain HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\nx");
   EXPECT_EQ(huge.rfind("HTTP/1.1 413", 0), 0u) << huge;
@@ -348,10 +342,10 @@ void writeInPlace(const std::string& path, const std::string& text,
 
 // Reproduced: SIGHUP during a non-atomic write loaded the first half of the file.
 TEST_F(ProxyAdminE2e, SighupDuringANonAtomicWriteLoadsOnlyTheWholeFile) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   ASSERT_EQ(generation(), 1);
-  writeInPlace(config_, seed("istio-50-50.yaml"), [&] { ::kill(proxy_->pid(), SIGHUP); });
+  writeInPlace(config_, seedConfig("istio-50-50.yaml"), [&] { ::kill(proxy_->pid(), SIGHUP); });
   ASSERT_TRUE(waitFor([&] { return generation() >= 2; })) << proxy_->output();
   std::this_thread::sleep_for(std::chrono::seconds(1));
   // One reload, of the whole file: never a generation without the Service.
@@ -362,7 +356,7 @@ TEST_F(ProxyAdminE2e, SighupDuringANonAtomicWriteLoadsOnlyTheWholeFile) {
 
 // Reproduced: an empty file was accepted and passed everything through.
 TEST_F(ProxyAdminE2e, AnEmptyConfigIsRefusedUnlessAllowed) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   { std::ofstream truncate(config_, std::ios::trunc); }
   ASSERT_TRUE(waitFor([&] {
@@ -382,7 +376,7 @@ TEST_F(ProxyAdminE2e, AnEmptyConfigIsRefusedUnlessAllowed) {
 // Issue #9's reload figure: the config rewritten 50 times in place (not atomically) while new
 // connections flow continuously; none may fail.
 TEST_F(ProxyAdminE2e, ConfigRewrittenFiftyTimesInPlaceWhileConnectionsFlow) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::atomic<bool> stop{false};
   std::atomic<int> total{0};
@@ -401,7 +395,7 @@ TEST_F(ProxyAdminE2e, ConfigRewrittenFiftyTimesInPlaceWhileConnectionsFlow) {
     });
   });
   for (int i = 0; i < 50; ++i) {
-    writeInPlace(config_, seed(i % 2 == 0 ? "istio-50-50.yaml" : "istio-90-10.yaml"), [&] {
+    writeInPlace(config_, seedConfig(i % 2 == 0 ? "istio-50-50.yaml" : "istio-90-10.yaml"), [&] {
       if (i % 5 == 0) ::kill(proxy_->pid(), SIGHUP);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(400));

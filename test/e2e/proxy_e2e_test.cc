@@ -54,12 +54,6 @@ class ProxyE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  std::string seed(const std::string& weights_file) {
-    std::string base = readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    if (weights_file.empty()) return base;
-    return base + "\n---\n" + readWholeFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
-  }
-
   // Replaces the config atomically, as an editor or a ConfigMap update does.
   void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
@@ -118,13 +112,13 @@ class ProxyE2e : public ::testing::Test {
 
 TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string out = requests(100);
   EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
   EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
 
-  writeConfig(seed("istio-50-50.yaml"));
+  writeConfig(seedConfig("istio-50-50.yaml"));
   ASSERT_TRUE(waitFor([&] { return generation() == 2; })) << configDump() << proxy_->output();
   out = requests(100);
   EXPECT_EQ(countOf(out, kV1Reply), 50u) << out;
@@ -144,7 +138,7 @@ TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
 
 TEST_F(ProxyE2e, SighupReloadsToo) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   ASSERT_EQ(generation(), 1);
   // A write that inotify does not report to us (a file in another directory, then SIGHUP).
@@ -155,7 +149,7 @@ TEST_F(ProxyE2e, SighupReloadsToo) {
 
 TEST_F(ProxyE2e, UnknownDestinationPassesThroughToTheOriginalAddress) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string url = fmt::format("http://{}:8080/", kOtherIp);
   EXPECT_EQ(curl(front_, url), "other-service\n");
@@ -166,7 +160,7 @@ TEST_F(ProxyE2e, UnknownDestinationPassesThroughToTheOriginalAddress) {
 
 TEST_F(ProxyE2e, RegistryOnlyRefusesUnknownDestinationsButRoutesServices) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--outbound-traffic-policy", "REGISTRY_ONLY"});
   EXPECT_EQ(curl(front_, fmt::format("http://{}:8080/", kOtherIp)), "FAILED");
   EXPECT_NE(curl(front_, kVipUrl).find("bill-service"), std::string::npos);
@@ -176,7 +170,7 @@ TEST_F(ProxyE2e, RegistryOnlyRefusesUnknownDestinationsButRoutesServices) {
 
 TEST_F(ProxyE2e, FallsBackToAnotherEndpointWhenOneIsDown) {
   serveBackends(/*v2_up=*/false);
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string out = requests(20);
   EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
@@ -189,9 +183,9 @@ TEST_F(ProxyE2e, FallsBackToAnotherEndpointWhenOneIsDown) {
 
 TEST_F(ProxyE2e, BadReloadKeepsTheLastGoodConfigAndReportsTheError) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
-  writeConfig(seed("istio-90-10.yaml") + "\n---\nkind: VirtualService\nspec: [unclosed\n");
+  writeConfig(seedConfig("istio-90-10.yaml") + "\n---\nkind: VirtualService\nspec: [unclosed\n");
   ASSERT_TRUE(waitFor([&] {
     return metrics().find("remora_config_reload_failures_total 1") != std::string::npos;
   })) << proxy_->output();
@@ -205,7 +199,7 @@ TEST_F(ProxyE2e, BadReloadKeepsTheLastGoodConfigAndReportsTheError) {
 
 TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--drain-timeout", "10s"});
   // An app connection opened before SIGTERM sends its request only after it.
   auto client =
@@ -225,7 +219,7 @@ TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
 }
 
 TEST_F(ProxyE2e, InboundReachesTheAppFrom127_0_0_6) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "front-app", false));
   auto client = *world_->addPod("client", kClientIp);
   startProxy();
@@ -247,7 +241,7 @@ TEST_F(ProxyE2e, FollowsAConfigMapStyleDataSymlinkSwap) {
   // A ConfigMap volume: mesh.yaml -> ..data/mesh.yaml, ..data -> ..<timestamp>/; an update
   // writes a new timestamped directory and renames a new ..data symlink over the old one.
   fs::create_directory(dir_ + "/..2026_01");
-  std::ofstream(dir_ + "/..2026_01/mesh.yaml") << seed("istio-90-10.yaml");
+  std::ofstream(dir_ + "/..2026_01/mesh.yaml") << seedConfig("istio-90-10.yaml");
   fs::create_directory_symlink("..2026_01", dir_ + "/..data");
   fs::create_symlink("..data/mesh.yaml", config_);
   chmod((dir_ + "/..2026_01").c_str(), 0755);
@@ -257,7 +251,7 @@ TEST_F(ProxyE2e, FollowsAConfigMapStyleDataSymlinkSwap) {
   EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
 
   fs::create_directory(dir_ + "/..2026_02");
-  std::ofstream(dir_ + "/..2026_02/mesh.yaml") << seed("istio-50-50.yaml");
+  std::ofstream(dir_ + "/..2026_02/mesh.yaml") << seedConfig("istio-50-50.yaml");
   chmod((dir_ + "/..2026_02").c_str(), 0755);
   chmod((dir_ + "/..2026_02/mesh.yaml").c_str(), 0644);
   fs::create_directory_symlink("..2026_02", dir_ + "/..data_tmp");
@@ -282,7 +276,7 @@ TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
   EXPECT_NE(dump.find("\"ok\": false"), std::string::npos) << dump;
   EXPECT_NE(dump.find("\"route_table\": null"), std::string::npos) << dump;
 
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   EXPECT_TRUE(waitFor([&] { return curl(front_, "http://127.0.0.1:15000/ready") == "LIVE\n"; }))
       << proxy_->output();
   EXPECT_NE(curl(front_, kVipUrl).find("bill-service"), std::string::npos);
@@ -291,7 +285,7 @@ TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
 TEST_F(ProxyE2e, Ipv6PassthroughUsesIp6tOriginalDst) {
   auto other6 = *world_->addPod("other6", "10.244.3.6", "fd00:244::36");
   servers_.push_back(world_->serveProbe(other6, "[::]:8080", "other-v6", true));
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   EXPECT_EQ(curl(front_, "http://[fd00:244::36]:8080/"), "other-v6\n");
   EXPECT_TRUE(proxy_->waitForLine("original_dst=[fd00:244::36]:8080", 2000)) << proxy_->output();
@@ -299,7 +293,7 @@ TEST_F(ProxyE2e, Ipv6PassthroughUsesIp6tOriginalDst) {
 
 TEST_F(ProxyE2e, SeveralWorkersShareTheListenersWithReusePort) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--concurrency", "2"});
   std::string out = requests(40);
   // Each worker keeps its own exact sequence; together every request is answered.
@@ -309,7 +303,7 @@ TEST_F(ProxyE2e, SeveralWorkersShareTheListenersWithReusePort) {
 }
 
 TEST_F(ProxyE2e, Ipv6InboundReachesTheAppFromColonColon6) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   // Like Istio's init, the pod needs ::6 on lo for replies to the passthrough source to stay
   // local. Added here if remora-init did not.
   auto lo = world_->exec(front_, {"ip", "-6", "addr", "show", "dev", "lo"});

@@ -156,7 +156,7 @@ class ProxyRobustness : public ::testing::Test {
     dir_ = makeScratchDir("remora-robust-e2e");
     ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    replaceFile(config_, readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml"));
+    replaceFile(config_, seedConfig());
     ASSERT_TRUE(installCapture(*world_, front_));
     backend_ = std::make_unique<Backend>(world_->netnsPath(server_));
     ASSERT_TRUE(backend_->ok());

@@ -67,6 +67,13 @@ void replaceFile(const std::string& path, const std::string& text) {
   std::filesystem::rename(tmp, target);
 }
 
+std::string seedConfig(const std::string& weights_file) {
+  const std::string dir = REMORA_HARNESS_SEED_DIR;
+  std::string text = readWholeFile(dir + "/seed.yaml");
+  if (weights_file.empty()) return text;
+  return text + "\n---\n" + readWholeFile(dir + "/" + weights_file);
+}
+
 ::testing::AssertionResult installCapture(NetnsWorld& world, const Pod& pod,
                                           const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {binaryPath("remora-init"), "install"};

@@ -47,6 +47,10 @@ std::string makeScratchDir(const std::string& name);
 // beside it, then renamed over it, as an editor or a ConfigMap update does.
 void replaceFile(const std::string& path, const std::string& text);
 
+// The seed scenario's config (test/fixtures/seed/seed.yaml), with the fixture `weights_file`
+// (e.g. "istio-90-10.yaml") appended as a further YAML document when given.
+std::string seedConfig(const std::string& weights_file = {});
+
 // Runs `remora-init install` (with `extra` flags) in the pod; a failure says why.
 ::testing::AssertionResult installCapture(NetnsWorld& world, const Pod& pod,
                                           const std::vector<std::string>& extra = {});
