@@ -9,9 +9,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <iostream>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -24,26 +25,15 @@ constexpr const char* kV2Reply = "reviews-v2";
 constexpr uint32_t kProxyUid = 1337;
 
 std::string fixture(const std::string& name) {
-  std::ifstream in(std::string(REMORA_FIXTURES_DIR) + "/" + name);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
+  return readWholeFile(std::string(REMORA_FIXTURES_DIR) + "/" + name);
 }
 
 class ConfigFidelityE2e : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
-    char tmpl[] = "/tmp/remora-fidelity-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-fidelity-e2e");
+    ASSERT_FALSE(dir_.empty());
   }
 
   void TearDown() override {
@@ -62,15 +52,12 @@ class ConfigFidelityE2e : public ::testing::Test {
 
   // Runs `remora-proxy check` with `args` on the host; returns {exit code, stdout}.
   std::pair<int, std::string> check(const std::vector<std::string>& args) {
-    std::string command = binaryPath("remora-proxy") + " check";
-    for (const auto& a : args) command += " '" + a + "'";
-    FILE* pipe = ::popen(command.c_str(), "r");
-    std::string out;
-    char buffer[4096];
-    size_t n = 0;
-    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
-    int status = ::pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    std::vector<std::string> argv = {binaryPath("remora-proxy"), "check"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto out = runCommand(argv);
+    if (!out) return {-1, out.error().message};
+    if (!out->err.empty()) std::cerr << out->err;
+    return {out->exit_code, out->out};
   }
 
   std::string curl(const std::string& url) {
@@ -156,9 +143,7 @@ TEST_F(ConfigFidelityE2e, BookinfoSplitsExactly80To20OverRealConnections) {
   Pod v2 = *world_->addPod("reviews-v2", kBillV2);
   servers_.push_back(world_->serveProbe(v1, "0.0.0.0:80", kV1Reply, true));
   servers_.push_back(world_->serveProbe(v2, "0.0.0.0:80", kV2Reply, true));
-  auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-  ASSERT_TRUE(install.ok() && install->exit_code == 0)
-      << (install ? install->err + install->out : install.error().message);
+  ASSERT_TRUE(installCapture(*world_, front_));
   std::string config = write(
       "mesh.yaml", fixture("bookinfo/bookinfo.yaml") + "---\n" + fixture("bookinfo/routing.yaml"));
   proxy_ =

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "common/subprocess.h"
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -26,11 +27,6 @@ namespace {
 
 constexpr const char* kVip = "10.1.122.241:9999";
 constexpr const char* kVip6 = "[fd00:1::241]:9999";
-
-std::string readFile(const std::string& path) {
-  std::ifstream f(path);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 bool writeFile(const std::string& path, const std::string& text) {
   std::ofstream f(path);
@@ -50,7 +46,7 @@ std::string cgroup2Root() {
 // This process's cgroup v2 path relative to the hierarchy root ("/" or "/x/y").
 std::string ownCgroup() {
   std::smatch m;
-  std::string text = readFile("/proc/self/cgroup");
+  std::string text = readWholeFile("/proc/self/cgroup");
   if (std::regex_search(text, m, std::regex("(^|\n)0::([^\n]*)"))) return m[2];
   return "/";
 }
@@ -241,13 +237,9 @@ TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
   const std::string hosts_dir = "/etc/netns/" + front_.netns;
   std::filesystem::create_directories(hosts_dir);
   std::ofstream(hosts_dir + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
-  char tmpl[] = "/tmp/remora-ebpf-e2e-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  ::chmod(dir.c_str(), 0755);
-  std::ofstream(dir + "/mesh.yaml")
-      << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << "\n---\n"
-      << readFile(std::string(REMORA_SEED_DIR) + "/istio-90-10.yaml");
+  const std::string dir = makeScratchDir("remora-ebpf-e2e");
+  ASSERT_FALSE(dir.empty());
+  std::ofstream(dir + "/mesh.yaml") << seedConfig("istio-90-10.yaml");
   ::chmod((dir + "/mesh.yaml").c_str(), 0644);
   install(front_);
   auto proxy = world_->spawn(front_, {binaryPath("remora-proxy"), "--config", dir + "/mesh.yaml"},

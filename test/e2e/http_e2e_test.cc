@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -195,19 +195,6 @@ spec:
 )" + http_routes;
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 // JSON lines of the client, one per response.
 std::vector<std::string> lines(const std::string& text) {
   std::vector<std::string> out;
@@ -233,19 +220,15 @@ class HttpE2e : public ::testing::Test {
     front_ = *world_->addPod("front-tomcat", kFrontIp);
     v1_ = *world_->addPod("bill-service-v1", kBillV1);
     v2_ = *world_->addPod("bill-service-v2", kBillV2);
-    char tmpl[] = "/tmp/remora-http-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-http-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
     std::ofstream(dir_ + "/backend.py") << kBackend;
     std::ofstream(dir_ + "/client.py") << kClient;
     hosts_dir_ = "/etc/netns/" + front_.netns;
     fs::create_directories(hosts_dir_);
     std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    ASSERT_TRUE(installCapture(*world_, front_));
     backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/backend.py", kV1Reply, "80"}));
     backends_.push_back(world_->spawn(v2_, {kPython, dir_ + "/backend.py", kV2Reply, "80"}));
     for (auto& b : backends_) ASSERT_TRUE(b->waitForLine("ready", 10000)) << b->output();
@@ -260,10 +243,7 @@ class HttpE2e : public ::testing::Test {
   }
 
   void startProxy(const std::string& mesh) {
-    std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << mesh;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, config_);
+    replaceFile(config_, seedConfig() + mesh);
     proxy_ = world_->spawn(
         front_,
         {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"},
@@ -281,16 +261,6 @@ class HttpE2e : public ::testing::Test {
   std::string admin(const std::string& path) {
     auto out = world_->exec(front_, {"curl", "-sS", "-m", "3", "http://127.0.0.1:15000" + path});
     return out && out->exit_code == 0 ? out->out : "FAILED";
-  }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
   }
 
   std::unique_ptr<NetnsWorld> world_;

@@ -10,37 +10,20 @@
 #include <iostream>
 #include <regex>
 
+#include "init_world.h"
 #include "netns_world.h"
 
 namespace remora::test {
 namespace {
 
-constexpr const char* kClientIp = "10.244.0.20";
-constexpr const char* kVip = "10.1.122.241:9999";
-constexpr const char* kVip6 = "[fd00:1::241]:9999";
+constexpr const char* kVip = kInitVip;
+constexpr const char* kVip6 = kInitVip6;
 
-class InitE2e : public ::testing::TestWithParam<std::string> {
+class InitE2e : public InitWorld<::testing::TestWithParam<std::string>> {
  protected:
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
-    world_ = std::make_unique<NetnsWorld>();
-    front_ = *world_->addPod("front-tomcat", kFrontIp, kFrontIp6);
-    v1_ = *world_->addPod("bill-service-v1", kBillV1);
-    v2_ = *world_->addPod("bill-service-v2", kBillV2);
-    client_ = *world_->addPod("client", kClientIp);
-    // The proxy's two listeners and the app, each saying who it is and what SO_ORIGINAL_DST is.
-    servers_.push_back(serve(front_, "0.0.0.0:15001", "outbound"));
-    servers_.push_back(serve(front_, "[::]:15001", "outbound6"));
-    servers_.push_back(serve(front_, "0.0.0.0:15006", "inbound"));
-    servers_.push_back(serve(front_, "0.0.0.0:8080", "app"));
-    servers_.push_back(serve(v1_, "0.0.0.0:80", "bill-v1"));
-    servers_.push_back(serve(v2_, "0.0.0.0:80", "bill-v2"));
-    servers_.push_back(serve(v2_, "0.0.0.0:81", "bill-v2-81"));
-  }
-
-  std::unique_ptr<Process> serve(const Pod& pod, const std::string& listen,
-                                 const std::string& reply) {
-    return world_->serveProbe(pod, listen, reply);
+    buildWorld(/*with_v2=*/true);
   }
 
   std::string backend() const { return GetParam(); }
@@ -51,9 +34,7 @@ class InitE2e : public ::testing::TestWithParam<std::string> {
       args.emplace_back("--iptables-backend");
       args.push_back(backend());
     }
-    auto out = world_->exec(pod ? *pod : front_, args);
-    EXPECT_TRUE(out.ok());
-    return out ? *out : CommandOutput{};
+    return run(args, {}, pod);
   }
 
   // The nat table as iptables-save prints it, without comments and counters.
@@ -65,24 +46,10 @@ class InitE2e : public ::testing::TestWithParam<std::string> {
     return std::regex_replace(text, std::regex(" \\[[0-9]+:[0-9]+\\]"), "");
   }
 
-  // Connects from `pod` (as uid/gid when given) and returns what the server said, or "FAILED".
-  std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0,
-                      const std::string& bind = {}) {
-    std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
-    if (!bind.empty()) argv.insert(argv.end(), {"--bind", bind});
-    auto out = uid ? world_->execAs(pod, uid, uid, argv) : world_->exec(pod, argv);
-    if (!out || out->exit_code != 0) return "FAILED";
-    return out->out;
-  }
-
   void restoreInFront(const std::string& rules, const std::string& family = "iptables") {
     auto out = world_->exec(front_, {family + "-" + backend() + "-restore", "--noflush"}, rules);
     ASSERT_TRUE(out.ok() && out->exit_code == 0) << (out ? out->err : out.error().message);
   }
-
-  std::unique_ptr<NetnsWorld> world_;
-  Pod front_, v1_, v2_, client_;
-  std::vector<std::unique_ptr<Process>> servers_;
 };
 
 TEST_P(InitE2e, OutboundToClusterIpLandsOnProxyWithOriginalDestination) {

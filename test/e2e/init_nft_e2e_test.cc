@@ -6,49 +6,27 @@
 #include <chrono>
 #include <iostream>
 
+#include "init_world.h"
 #include "netns_world.h"
 
 namespace remora::test {
 namespace {
 
-constexpr const char* kClientIp = "10.244.0.20";
-constexpr const char* kVip = "10.1.122.241:9999";
-constexpr const char* kVip6 = "[fd00:1::241]:9999";
+constexpr const char* kVip = kInitVip;
+constexpr const char* kVip6 = kInitVip6;
 
-class InitNftE2e : public ::testing::Test {
+class InitNftE2e : public InitWorld<::testing::Test> {
  protected:
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, nftables)";
-    world_ = std::make_unique<NetnsWorld>();
-    front_ = *world_->addPod("front-tomcat", kFrontIp, kFrontIp6);
-    v1_ = *world_->addPod("bill-service-v1", kBillV1);
-    client_ = *world_->addPod("client", kClientIp);
-    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15001", "outbound"));
-    servers_.push_back(world_->serveProbe(front_, "[::]:15001", "outbound6"));
-    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15006", "inbound"));
-    servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "app"));
-    servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "bill-v1"));
+    buildWorld(/*with_v2=*/false);
   }
 
-  CommandOutput run(const std::vector<std::string>& argv, const std::string& input = {}) {
-    auto out = world_->exec(front_, argv, input);
-    EXPECT_TRUE(out.ok());
-    return out ? *out : CommandOutput{};
-  }
   CommandOutput init(std::vector<std::string> args) {
     args.insert(args.begin(), binaryPath("remora-init"));
     return run(args);
   }
   std::string ruleset() { return run({"nft", "list", "ruleset"}).out; }
-
-  std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0,
-                      const std::string& bind = {}) {
-    std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
-    if (!bind.empty()) argv.insert(argv.end(), {"--bind", bind});
-    auto out = uid ? world_->execAs(pod, uid, uid, argv) : world_->exec(pod, argv);
-    if (!out || out->exit_code != 0) return "FAILED";
-    return out->out;
-  }
 
   // What `ip kube-proxy` looks like in kube-proxy's nftables mode (shape only: one service).
   void addKubeProxyTable() {
@@ -59,10 +37,6 @@ class InitNftE2e : public ::testing::Test {
                    "}\n");
     ASSERT_EQ(out.exit_code, 0) << out.err;
   }
-
-  std::unique_ptr<NetnsWorld> world_;
-  Pod front_, v1_, client_;
-  std::vector<std::unique_ptr<Process>> servers_;
 };
 
 TEST_F(InitNftE2e, InstallCapturesAsIptablesModeDoes) {

@@ -4,11 +4,9 @@
 // whose first byte picks its behaviour) are relayed by the kernel. Skipped, with the reason, only
 // when this kernel cannot load the relay.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -21,12 +19,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <mutex>
 #include <sstream>
 #include <thread>
 #include <vector>
 
+#include "e2e_util.h"
 #include "netns_world.h"
+#include "tcp_backend.h"
 
 namespace remora::test {
 namespace {
@@ -56,17 +55,7 @@ int64_t checkPattern(uint64_t offset, const char* in, size_t n) {
   return -1;
 }
 
-bool writeAll(int fd, const char* data, size_t size) {
-  while (size > 0) {
-    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-bool writeU64(int fd, uint64_t v) { return writeAll(fd, reinterpret_cast<const char*>(&v), 8); }
+bool writeU64(int fd, uint64_t v) { return sendAll(fd, {reinterpret_cast<const char*>(&v), 8}); }
 
 bool readExact(int fd, char* into, size_t size) {
   while (size > 0) {
@@ -84,7 +73,7 @@ bool sendPattern(int fd, uint64_t size) {
   for (uint64_t off = 0; off < size;) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(block.size(), size - off));
     fillPattern(off, block.data(), n);
-    if (!writeAll(fd, block.data(), n)) return false;
+    if (!sendAll(fd, {block.data(), n})) return false;
     off += n;
   }
   return true;
@@ -115,48 +104,14 @@ std::string receivePattern(int fd, uint64_t size) {
 //   'E' echo until EOF, then FIN.
 class Backend {
  public:
-  explicit Backend(const std::string& netns_path) {
-    listen_fd_ = tcpSocketIn(netns_path);
-    int one = 1;
-    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(kBackendPort);
-    ok_ = listen_fd_ >= 0 &&
-          ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 &&
-          ::listen(listen_fd_, 64) == 0;
-    if (ok_) acceptor_ = std::thread([this] { acceptLoop(); });
-  }
-  ~Backend() {
-    stop_ = true;
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
-    }
-    if (acceptor_.joinable()) acceptor_.join();
-    for (auto& t : threads_) t.join();
-    for (int fd : fds_) ::close(fd);
-    ::close(listen_fd_);
-  }
-  bool ok() const { return ok_; }
+  explicit Backend(const std::string& netns_path)
+      : server_(netns_path, kBackendPort, 64, [this](int fd) { serve(fd); }) {}
+  bool ok() const { return server_.ok(); }
   std::atomic<int64_t> late_bytes{-1};
   std::atomic<int> last_errno{0};
   std::atomic<uint64_t> streamed{0};
 
  private:
-  void acceptLoop() {
-    while (!stop_) {
-      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) {
-        if (stop_) return;
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(fd);
-      threads_.emplace_back([this, fd] { serve(fd); });
-    }
-  }
   void serve(int fd) {
     char mode = 0;
     if (::recv(fd, &mode, 1, 0) != 1) return;
@@ -167,7 +122,7 @@ class Backend {
         if (!readExact(fd, reinterpret_cast<char*>(&size), 8)) return;
         std::string error = receivePattern(fd, size);
         const bool eof = error.empty() && ::recv(fd, buf, 1, 0) == 0;
-        writeAll(fd, eof ? "OK" : "BAD", eof ? 2 : 3);
+        sendAll(fd, eof ? "OK" : "BAD");
         ::shutdown(fd, SHUT_WR);
         break;
       }
@@ -181,11 +136,11 @@ class Backend {
         break;
       }
       case 'R': {
-        writeAll(fd, "hello", 5);
+        sendAll(fd, "hello");
         std::this_thread::sleep_for(milliseconds(100));
         linger l{1, 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-        abort(fd);
+        server_.release(fd);  // close() with a zero linger: RST
         break;
       }
       case 'W': {
@@ -197,9 +152,9 @@ class Backend {
       }
       case 'S': {
         std::vector<char> block(1 << 16);
-        for (uint64_t off = 0; !stop_; off += block.size()) {
+        for (uint64_t off = 0; !server_.stopping(); off += block.size()) {
           fillPattern(off, block.data(), block.size());
-          if (!writeAll(fd, block.data(), block.size())) break;
+          if (!sendAll(fd, {block.data(), block.size()})) break;
           streamed += block.size();
         }
         break;
@@ -207,7 +162,7 @@ class Backend {
       case 'E': {
         ssize_t n = 0;
         while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
-          if (!writeAll(fd, buf, static_cast<size_t>(n))) break;
+          if (!sendAll(fd, {buf, static_cast<size_t>(n)})) break;
         }
         ::shutdown(fd, SHUT_WR);
         break;
@@ -216,20 +171,8 @@ class Backend {
         break;
     }
   }
-  // Closes fd now (with its zero linger: an RST) and forgets it.
-  void abort(int fd) {
-    std::lock_guard<std::mutex> lock(mu_);
-    fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
-    ::close(fd);
-  }
-
-  int listen_fd_ = -1;
-  bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> fds_;
-  std::vector<std::thread> threads_;
+  // Last: its destructor stops and joins the threads that use the members above.
+  TcpBackend server_;
 };
 
 class KernelRelay : public ::testing::Test {
@@ -239,16 +182,11 @@ class KernelRelay : public ::testing::Test {
     world_ = std::make_unique<NetnsWorld>();
     front_ = *world_->addPod("front", "10.244.0.10");
     server_ = *world_->addPod("server", kBackendIp);
-    char tmpl[] = "/tmp/remora-relay-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-relay-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    std::ofstream(config_) << readWholeFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    chmod(config_.c_str(), 0644);
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    replaceFile(config_, seedConfig());
+    ASSERT_TRUE(installCapture(*world_, front_));
     // A bpffs of the test's own: `ip netns exec` (how the proxy is started) mounts a fresh /sys,
     // which hides /sys/fs/bpf, and a private instance keeps the test's pins apart anyway.
     pin_root_ = dir_ + "/bpffs";
@@ -301,14 +239,7 @@ class KernelRelay : public ::testing::Test {
   }
 
   // A metric's value from /stats/prometheus (the first line that starts with `name`).
-  double metric(const std::string& name) {
-    std::istringstream in(admin("/stats/prometheus"));
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
-    }
-    return -1;
-  }
+  double metric(const std::string& name) { return metricValue(admin("/stats/prometheus"), name); }
 
   // A connection from the front pod (captured by the outbound rules) to the backend, mode sent.
   int dial(char mode) {
@@ -323,7 +254,7 @@ class KernelRelay : public ::testing::Test {
     sa.sin_port = htons(kBackendPort);
     inet_pton(AF_INET, kBackendIp, &sa.sin_addr);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return -1;
-    return writeAll(fd, &mode, 1) ? fd : -1;
+    return sendAll(fd, {&mode, 1}) ? fd : -1;
   }
 
   // Uploads `size` pattern bytes, half-closes, and returns the backend's verdict.
@@ -334,16 +265,6 @@ class KernelRelay : public ::testing::Test {
     char reply[8] = {};
     ssize_t n = ::recv(fd, reply, sizeof(reply), MSG_WAITALL);
     return std::string(reply, n > 0 ? static_cast<size_t>(n) : 0);
-  }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = Clock::now() + milliseconds(timeout_ms);
-    while (Clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(milliseconds(20));
-    }
-    return pred();
   }
 
   long proxyRssKiB() {
@@ -397,7 +318,7 @@ TEST_F(KernelRelay, OneGibDownloadArrivesIntactAndTheClientCanStillSendAfterTheS
   char c = 0;
   EXPECT_EQ(::recv(fd, &c, 1, 0), 0) << "the server's FIN must reach the client after the data";
   // Half-close from the server: the client's direction stays open.
-  ASSERT_TRUE(writeAll(fd, "late", 4));
+  ASSERT_TRUE(sendAll(fd, "late"));
   ::shutdown(fd, SHUT_WR);
   EXPECT_TRUE(waitFor([&] { return backend_->late_bytes.load() >= 0; }));
   EXPECT_EQ(backend_->late_bytes.load(), 4);
@@ -428,7 +349,7 @@ TEST_F(KernelRelay, ClientResetReachesTheUpstreamAsConnectionReset) {
   startProxy("kernel");
   int fd = dial('W');
   ASSERT_GE(fd, 0);
-  ASSERT_TRUE(writeAll(fd, "some", 4));
+  ASSERT_TRUE(sendAll(fd, "some"));
   std::this_thread::sleep_for(milliseconds(100));
   linger l{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
@@ -473,7 +394,7 @@ TEST_F(KernelRelay, ReloadWhileRelayedConnectionsAreOpenKeepsThemAndTheNextOnes)
   }
   auto roundTrip = [](int fd, const std::string& text) {
     char buf[64] = {};
-    return writeAll(fd, text.data(), text.size()) && readExact(fd, buf, text.size()) &&
+    return sendAll(fd, text) && readExact(fd, buf, text.size()) &&
            std::string(buf, text.size()) == text;
   };
   for (int fd : open) EXPECT_TRUE(roundTrip(fd, "before"));
@@ -503,18 +424,7 @@ TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
 
 #else  // REMORA_RELAY_BENCH: the same world, measuring instead of checking (label bench).
 
-// utime + stime of a process, and the machine's busy time (every CPU, softirq included), in s.
-double processCpu(pid_t pid) {
-  const std::string stat = readWholeFile(fmt::format("/proc/{}/stat", pid));
-  std::istringstream in(stat.substr(stat.rfind(')') + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
+// The machine's busy time (every CPU, softirq included), in s.
 double machineBusy() {
   std::istringstream in(readWholeFile("/proc/stat"));
   std::string cpu;
@@ -543,13 +453,13 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
     ASSERT_TRUE(std::all_of(conns.begin(), conns.end(), [](int fd) { return fd >= 0; }));
     std::atomic<uint64_t> round_trips{0};
     std::atomic<bool> stop{false};
-    const double proxy0 = processCpu(proxy_->pid()), busy0 = machineBusy();
+    const double proxy0 = cpuSeconds(proxy_->pid()), busy0 = machineBusy();
     auto t0 = Clock::now();
     std::vector<std::thread> threads;
     for (int fd : conns) {
       threads.emplace_back([&, fd] {
         char buf[64] = {};
-        while (!stop && writeAll(fd, buf, sizeof(buf)) && readExact(fd, buf, sizeof(buf))) {
+        while (!stop && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf))) {
           ++round_trips;
         }
       });
@@ -560,7 +470,7 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double n = static_cast<double>(round_trips.load());
     f.round_trips_per_s = n / seconds;
-    f.proxy_cpu_us_per_rt = (processCpu(proxy_->pid()) - proxy0) * 1e6 / n;
+    f.proxy_cpu_us_per_rt = (cpuSeconds(proxy_->pid()) - proxy0) * 1e6 / n;
     f.machine_cpu_us_per_rt = (machineBusy() - busy0) * 1e6 / n;
     int fd = dial('D');
     ASSERT_GE(fd, 0);

@@ -20,9 +20,9 @@
 #include <fstream>
 #include <functional>
 #include <regex>
-#include <sstream>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -36,13 +36,6 @@ constexpr uint16_t kAdminPort = 15000;
 constexpr const char* kV1Reply = "this is bill-service-v1";
 constexpr const char* kV2Reply = "hello, this is bill-service-v2";
 constexpr uint32_t kProxyUid = 1337;
-
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Runs `fn` on a thread that entered the namespace at `netns_path`, and returns its result.
 template <typename Fn>
@@ -84,15 +77,6 @@ int connectTo(const char* ip, uint16_t port, int timeout_ms = 3000) {
   return fd;
 }
 
-bool sendAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
 // Everything until EOF, an error or the socket's receive timeout.
 std::string readAll(int fd) {
   std::string out;
@@ -114,21 +98,6 @@ std::string exchange(const char* ip, uint16_t port, std::string_view request) {
   return out;
 }
 
-// CPU seconds (user + system) the process has used, from /proc/PID/stat.
-double cpuSeconds(pid_t pid) {
-  std::string stat = readFile(fmt::format("/proc/{}/stat", pid));
-  auto close_paren = stat.rfind(')');
-  if (close_paren == std::string::npos) return -1;
-  std::istringstream in(stat.substr(close_paren + 2));
-  std::string field;
-  unsigned long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stoul(field);
-    if (i == 15) stime = std::stoul(field);
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 size_t openFds(pid_t pid) {
   size_t n = 0;
   std::error_code ec;
@@ -147,14 +116,10 @@ class ProxyAdminE2e : public ::testing::Test {
     front_ = *world_->addPod("front-tomcat", kFrontIp);
     v1_ = *world_->addPod("bill-service-v1", kBillV1);
     v2_ = *world_->addPod("bill-service-v2", kBillV2);
-    char tmpl[] = "/tmp/remora-proxy-admin-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-proxy-admin-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    ASSERT_TRUE(installCapture(*world_, front_));
     servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", kV1Reply, true));
     servers_.push_back(world_->serveProbe(v2_, "0.0.0.0:80", kV2Reply, true));
   }
@@ -166,18 +131,7 @@ class ProxyAdminE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  std::string seed(const std::string& weights_file) {
-    std::string base = readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    if (weights_file.empty()) return base;
-    return base + "\n---\n" + readFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
-  }
-
-  void writeConfig(const std::string& text) {
-    std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, config_);
-  }
+  void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
   // `nofile`: start it under that descriptor limit (prlimit execs it, so the pid stays).
   void startProxy(std::vector<std::string> extra = {}, bool wait_ready = true, int nofile = 0) {
@@ -223,16 +177,6 @@ class ProxyAdminE2e : public ::testing::Test {
     return !code.has_value();
   }
 
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
-  }
-
   std::unique_ptr<NetnsWorld> world_;
   Pod front_, v1_, v2_;
   std::string dir_, config_;
@@ -243,7 +187,7 @@ class ProxyAdminE2e : public ::testing::Test {
 // Reproduced: 3-4 overlapping connections made the accept path grow a std::vector<AdminConn>
 // while the kernel still had reads pending into the old elements' buffers (SIGSEGV/SIGABRT).
 TEST_F(ProxyAdminE2e, FiftyOverlappingAdminConnectionsAreAllAnswered) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   for (int round = 0; round < 3; ++round) {
     auto answers = inNetns(path(), [] {
@@ -291,7 +235,7 @@ TEST_F(ProxyAdminE2e, ConfigDumpReplacesInvalidUtf8InsteadOfAborting) {
   EXPECT_NE(dump.find("mesh-\xef\xbf\xbd.yaml"), std::string::npos) << dump;  // U+FFFD
   ASSERT_TRUE(proxyAlive());
 
-  std::string text = seed("istio-90-10.yaml");
+  std::string text = seedConfig("istio-90-10.yaml");
   auto at = text.find("  - name: http\n    port: 9999");
   ASSERT_NE(at, std::string::npos);
   text.replace(at, std::string("  - name: http\n").size(), "  - name: http-\xff\n");
@@ -305,7 +249,7 @@ TEST_F(ProxyAdminE2e, ConfigDumpReplacesInvalidUtf8InsteadOfAborting) {
 // Reproduced: under `prlimit --nofile=48` with 40 idle admin connections the control thread
 // re-armed accept at once on EMFILE and used a whole core.
 TEST_F(ProxyAdminE2e, AcceptErrorsBackOffAndServiceResumes) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({}, true, /*nofile=*/48);
   const pid_t pid = proxy_->pid();
   ASSERT_LT(openFds(pid), 40u);
@@ -332,7 +276,7 @@ TEST_F(ProxyAdminE2e, AcceptErrorsBackOffAndServiceResumes) {
 // Reproduced: with a 1,024 descriptor limit, 1,141 idle admin connections stopped the outbound
 // listener. The admin server's connection cap keeps its share of descriptors small.
 TEST_F(ProxyAdminE2e, IdleAdminConnectionsDoNotStarveTheDataPath) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   const size_t limit_fds = 200;
   startProxy({}, true, static_cast<int>(limit_fds));
   const pid_t pid = proxy_->pid();
@@ -357,7 +301,7 @@ TEST_F(ProxyAdminE2e, IdleAdminConnectionsDoNotStarveTheDataPath) {
 // Reproduced: an unfinished request held its admin connection forever, and so did a POST that
 // announced a huge body. The body limit answers 413 at once; the read timeout ends the rest.
 TEST_F(ProxyAdminE2e, UnfinishedRequestsAndHugeBodiesDoNotHoldConnections) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string huge = admin("POST /drain HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\nx");
   EXPECT_EQ(huge.rfind("HTTP/1.1 413", 0), 0u) << huge;
@@ -398,10 +342,10 @@ void writeInPlace(const std::string& path, const std::string& text,
 
 // Reproduced: SIGHUP during a non-atomic write loaded the first half of the file.
 TEST_F(ProxyAdminE2e, SighupDuringANonAtomicWriteLoadsOnlyTheWholeFile) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   ASSERT_EQ(generation(), 1);
-  writeInPlace(config_, seed("istio-50-50.yaml"), [&] { ::kill(proxy_->pid(), SIGHUP); });
+  writeInPlace(config_, seedConfig("istio-50-50.yaml"), [&] { ::kill(proxy_->pid(), SIGHUP); });
   ASSERT_TRUE(waitFor([&] { return generation() >= 2; })) << proxy_->output();
   std::this_thread::sleep_for(std::chrono::seconds(1));
   // One reload, of the whole file: never a generation without the Service.
@@ -412,7 +356,7 @@ TEST_F(ProxyAdminE2e, SighupDuringANonAtomicWriteLoadsOnlyTheWholeFile) {
 
 // Reproduced: an empty file was accepted and passed everything through.
 TEST_F(ProxyAdminE2e, AnEmptyConfigIsRefusedUnlessAllowed) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   { std::ofstream truncate(config_, std::ios::trunc); }
   ASSERT_TRUE(waitFor([&] {
@@ -432,7 +376,7 @@ TEST_F(ProxyAdminE2e, AnEmptyConfigIsRefusedUnlessAllowed) {
 // Issue #9's reload figure: the config rewritten 50 times in place (not atomically) while new
 // connections flow continuously; none may fail.
 TEST_F(ProxyAdminE2e, ConfigRewrittenFiftyTimesInPlaceWhileConnectionsFlow) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::atomic<bool> stop{false};
   std::atomic<int> total{0};
@@ -451,7 +395,7 @@ TEST_F(ProxyAdminE2e, ConfigRewrittenFiftyTimesInPlaceWhileConnectionsFlow) {
     });
   });
   for (int i = 0; i < 50; ++i) {
-    writeInPlace(config_, seed(i % 2 == 0 ? "istio-50-50.yaml" : "istio-90-10.yaml"), [&] {
+    writeInPlace(config_, seedConfig(i % 2 == 0 ? "istio-50-50.yaml" : "istio-90-10.yaml"), [&] {
       if (i % 5 == 0) ::kill(proxy_->pid(), SIGHUP);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(400));

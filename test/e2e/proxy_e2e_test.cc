@@ -7,13 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <regex>
-#include <sstream>
-#include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -28,19 +26,6 @@ constexpr const char* kV1Reply = "this is bill-service-v1";
 constexpr const char* kV2Reply = "hello, this is bill-service-v2";
 constexpr uint32_t kProxyUid = 1337;
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 class ProxyE2e : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,18 +36,14 @@ class ProxyE2e : public ::testing::Test {
     v2_ = *world_->addPod("bill-service-v2", kBillV2);
     other_ = *world_->addPod("other", kOtherIp);
     // The config lives in a directory uid 1337 can read; the test replaces the file by rename.
-    char tmpl[] = "/tmp/remora-proxy-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-proxy-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
     // `curl http://bill-service:9999/` resolves through the pod netns' own hosts file.
     hosts_dir_ = "/etc/netns/" + front_.netns;
     fs::create_directories(hosts_dir_);
     std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    ASSERT_TRUE(installCapture(*world_, front_));
   }
 
   void TearDown() override {
@@ -73,19 +54,8 @@ class ProxyE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  std::string seed(const std::string& weights_file) {
-    std::string base = readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    if (weights_file.empty()) return base;
-    return base + "\n---\n" + readFile(std::string(REMORA_SEED_DIR) + "/" + weights_file);
-  }
-
   // Replaces the config atomically, as an editor or a ConfigMap update does.
-  void writeConfig(const std::string& text) {
-    std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, config_);
-  }
+  void writeConfig(const std::string& text) { replaceFile(config_, text); }
 
   void serveBackends(bool v2_up = true) {
     servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", kV1Reply, true));
@@ -125,16 +95,6 @@ class ProxyE2e : public ::testing::Test {
   std::string configDump() { return curl(front_, "http://127.0.0.1:15000/config_dump"); }
   std::string metrics() { return curl(front_, "http://127.0.0.1:15000/stats/prometheus"); }
 
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
-  }
-
   // The generation /config_dump reports, or -1.
   int generation() {
     std::smatch m;
@@ -152,13 +112,13 @@ class ProxyE2e : public ::testing::Test {
 
 TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string out = requests(100);
   EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
   EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
 
-  writeConfig(seed("istio-50-50.yaml"));
+  writeConfig(seedConfig("istio-50-50.yaml"));
   ASSERT_TRUE(waitFor([&] { return generation() == 2; })) << configDump() << proxy_->output();
   out = requests(100);
   EXPECT_EQ(countOf(out, kV1Reply), 50u) << out;
@@ -178,7 +138,7 @@ TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
 
 TEST_F(ProxyE2e, SighupReloadsToo) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   ASSERT_EQ(generation(), 1);
   // A write that inotify does not report to us (a file in another directory, then SIGHUP).
@@ -189,7 +149,7 @@ TEST_F(ProxyE2e, SighupReloadsToo) {
 
 TEST_F(ProxyE2e, UnknownDestinationPassesThroughToTheOriginalAddress) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string url = fmt::format("http://{}:8080/", kOtherIp);
   EXPECT_EQ(curl(front_, url), "other-service\n");
@@ -200,7 +160,7 @@ TEST_F(ProxyE2e, UnknownDestinationPassesThroughToTheOriginalAddress) {
 
 TEST_F(ProxyE2e, RegistryOnlyRefusesUnknownDestinationsButRoutesServices) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--outbound-traffic-policy", "REGISTRY_ONLY"});
   EXPECT_EQ(curl(front_, fmt::format("http://{}:8080/", kOtherIp)), "FAILED");
   EXPECT_NE(curl(front_, kVipUrl).find("bill-service"), std::string::npos);
@@ -210,7 +170,7 @@ TEST_F(ProxyE2e, RegistryOnlyRefusesUnknownDestinationsButRoutesServices) {
 
 TEST_F(ProxyE2e, FallsBackToAnotherEndpointWhenOneIsDown) {
   serveBackends(/*v2_up=*/false);
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   std::string out = requests(20);
   EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
@@ -223,9 +183,9 @@ TEST_F(ProxyE2e, FallsBackToAnotherEndpointWhenOneIsDown) {
 
 TEST_F(ProxyE2e, BadReloadKeepsTheLastGoodConfigAndReportsTheError) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
-  writeConfig(seed("istio-90-10.yaml") + "\n---\nkind: VirtualService\nspec: [unclosed\n");
+  writeConfig(seedConfig("istio-90-10.yaml") + "\n---\nkind: VirtualService\nspec: [unclosed\n");
   ASSERT_TRUE(waitFor([&] {
     return metrics().find("remora_config_reload_failures_total 1") != std::string::npos;
   })) << proxy_->output();
@@ -239,7 +199,7 @@ TEST_F(ProxyE2e, BadReloadKeepsTheLastGoodConfigAndReportsTheError) {
 
 TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--drain-timeout", "10s"});
   // An app connection opened before SIGTERM sends its request only after it.
   auto client =
@@ -259,7 +219,7 @@ TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
 }
 
 TEST_F(ProxyE2e, InboundReachesTheAppFrom127_0_0_6) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "front-app", false));
   auto client = *world_->addPod("client", kClientIp);
   startProxy();
@@ -281,7 +241,7 @@ TEST_F(ProxyE2e, FollowsAConfigMapStyleDataSymlinkSwap) {
   // A ConfigMap volume: mesh.yaml -> ..data/mesh.yaml, ..data -> ..<timestamp>/; an update
   // writes a new timestamped directory and renames a new ..data symlink over the old one.
   fs::create_directory(dir_ + "/..2026_01");
-  std::ofstream(dir_ + "/..2026_01/mesh.yaml") << seed("istio-90-10.yaml");
+  std::ofstream(dir_ + "/..2026_01/mesh.yaml") << seedConfig("istio-90-10.yaml");
   fs::create_directory_symlink("..2026_01", dir_ + "/..data");
   fs::create_symlink("..data/mesh.yaml", config_);
   chmod((dir_ + "/..2026_01").c_str(), 0755);
@@ -291,7 +251,7 @@ TEST_F(ProxyE2e, FollowsAConfigMapStyleDataSymlinkSwap) {
   EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
 
   fs::create_directory(dir_ + "/..2026_02");
-  std::ofstream(dir_ + "/..2026_02/mesh.yaml") << seed("istio-50-50.yaml");
+  std::ofstream(dir_ + "/..2026_02/mesh.yaml") << seedConfig("istio-50-50.yaml");
   chmod((dir_ + "/..2026_02").c_str(), 0755);
   chmod((dir_ + "/..2026_02/mesh.yaml").c_str(), 0644);
   fs::create_directory_symlink("..2026_02", dir_ + "/..data_tmp");
@@ -316,7 +276,7 @@ TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
   EXPECT_NE(dump.find("\"ok\": false"), std::string::npos) << dump;
   EXPECT_NE(dump.find("\"route_table\": null"), std::string::npos) << dump;
 
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   EXPECT_TRUE(waitFor([&] { return curl(front_, "http://127.0.0.1:15000/ready") == "LIVE\n"; }))
       << proxy_->output();
   EXPECT_NE(curl(front_, kVipUrl).find("bill-service"), std::string::npos);
@@ -325,7 +285,7 @@ TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
 TEST_F(ProxyE2e, Ipv6PassthroughUsesIp6tOriginalDst) {
   auto other6 = *world_->addPod("other6", "10.244.3.6", "fd00:244::36");
   servers_.push_back(world_->serveProbe(other6, "[::]:8080", "other-v6", true));
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
   EXPECT_EQ(curl(front_, "http://[fd00:244::36]:8080/"), "other-v6\n");
   EXPECT_TRUE(proxy_->waitForLine("original_dst=[fd00:244::36]:8080", 2000)) << proxy_->output();
@@ -333,7 +293,7 @@ TEST_F(ProxyE2e, Ipv6PassthroughUsesIp6tOriginalDst) {
 
 TEST_F(ProxyE2e, SeveralWorkersShareTheListenersWithReusePort) {
   serveBackends();
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy({"--concurrency", "2"});
   std::string out = requests(40);
   // Each worker keeps its own exact sequence; together every request is answered.
@@ -343,7 +303,7 @@ TEST_F(ProxyE2e, SeveralWorkersShareTheListenersWithReusePort) {
 }
 
 TEST_F(ProxyE2e, Ipv6InboundReachesTheAppFromColonColon6) {
-  writeConfig(seed("istio-90-10.yaml"));
+  writeConfig(seedConfig("istio-90-10.yaml"));
   // Like Istio's init, the pod needs ::6 on lo for replies to the passthrough source to stay
   // local. Added here if remora-init did not.
   auto lo = world_->exec(front_, {"ip", "-6", "addr", "show", "dev", "lo"});

@@ -3,29 +3,25 @@
 // and the drain faults. Clients and servers run in this process: sockets are created on a
 // thread that entered the pod's netns (setns changes only that thread) and used from anywhere.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <mutex>
-#include <sstream>
 #include <thread>
 #include <vector>
 
+#include "e2e_util.h"
 #include "netns_world.h"
+#include "tcp_backend.h"
 
 namespace remora::test {
 namespace {
@@ -39,26 +35,6 @@ constexpr const char* kClientIp = "10.244.0.20";
 constexpr uint16_t kServerPort = 8080;
 constexpr uint32_t kProxyUid = 1337;
 constexpr size_t kBulkBytes = 4u << 20;
-
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A TCP socket created inside the netns at `netns_path` (on a thread of its own).
-int socketIn(const std::string& netns_path) {
-  int fd = -1;
-  std::thread t([&] {
-    int ns = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns < 0) return;
-    if (setns(ns, CLONE_NEWNET) == 0) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ::close(ns);
-  });
-  t.join();
-  return fd;
-}
 
 sockaddr_in addressOf(const char* ip, uint16_t port) {
   sockaddr_in sa{};
@@ -78,7 +54,7 @@ void setTimeouts(int fd, milliseconds t) {
 // Connects from inside the pod; -1 with errno on failure.
 int connectFrom(const std::string& netns_path, const char* ip, uint16_t port,
                 milliseconds timeout = milliseconds(3000), int rcvbuf = 0) {
-  int fd = socketIn(netns_path);
+  int fd = tcpSocketIn(netns_path);
   if (fd < 0) return -1;
   if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
   setTimeouts(fd, timeout);
@@ -90,16 +66,6 @@ int connectFrom(const std::string& netns_path, const char* ip, uint16_t port,
     return -1;
   }
   return fd;
-}
-
-bool sendAll(int fd, const std::string& data) {
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
 }
 
 // Reads until EOF or error. Returns the byte count; `err` gets 0 on a clean EOF, else errno.
@@ -126,45 +92,12 @@ size_t readToEnd(int fd, int* err, std::string* keep = nullptr) {
 //   'H' hold: read to EOF, never write or close until the server stops.
 class Backend {
  public:
-  explicit Backend(const std::string& netns_path) {
-    listen_fd_ = socketIn(netns_path);
-    int one = 1;
-    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in sa = addressOf("0.0.0.0", kServerPort);
-    ok_ = listen_fd_ >= 0 &&
-          ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 &&
-          ::listen(listen_fd_, 1024) == 0;
-    if (ok_) acceptor_ = std::thread([this] { acceptLoop(); });
-  }
-  ~Backend() {
-    stop_ = true;
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
-    }
-    if (acceptor_.joinable()) acceptor_.join();
-    for (auto& t : threads_) t.join();
-    for (int fd : fds_) ::close(fd);
-    ::close(listen_fd_);
-  }
-  bool ok() const { return ok_; }
-  size_t accepted() const { return accepted_.load(); }
+  explicit Backend(const std::string& netns_path)
+      : server_(netns_path, kServerPort, 1024, [this](int fd) { serve(fd); }) {}
+  bool ok() const { return server_.ok(); }
+  size_t accepted() const { return server_.accepted(); }
 
  private:
-  void acceptLoop() {
-    while (!stop_) {
-      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) {
-        if (stop_) return;
-        continue;
-      }
-      ++accepted_;
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(fd);
-      threads_.emplace_back([this, fd] { serve(fd); });
-    }
-  }
   void serve(int fd) {
     char mode = 0;
     if (::recv(fd, &mode, 1, 0) != 1) return;
@@ -175,12 +108,12 @@ class Backend {
         while (true) {
           ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
           if (n <= 0) break;
-          if (!sendAll(fd, std::string(buf, static_cast<size_t>(n)))) break;
+          if (!sendAll(fd, {buf, static_cast<size_t>(n)})) break;
         }
         ::shutdown(fd, SHUT_WR);
         break;
       case 'S':
-        while (!stop_ && sendAll(fd, block)) {
+        while (!server_.stopping() && sendAll(fd, block)) {
         }
         break;
       case 'B':
@@ -196,48 +129,22 @@ class Backend {
         std::this_thread::sleep_for(milliseconds(200));
         linger l{1, 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-        release(fd);  // close() with a zero linger: RST
+        server_.release(fd);  // close() with a zero linger: RST
         break;
       }
       case 'H':
         while (::recv(fd, buf, sizeof(buf), 0) > 0) {
         }
-        while (!stop_) std::this_thread::sleep_for(milliseconds(20));
+        while (!server_.stopping()) std::this_thread::sleep_for(milliseconds(20));
         break;
       default:
         break;
     }
   }
 
-  void release(int fd) {
-    std::lock_guard<std::mutex> lock(mu_);
-    fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
-    ::close(fd);
-  }
-
-  int listen_fd_ = -1;
-  bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::atomic<size_t> accepted_{0};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> fds_;
-  std::vector<std::thread> threads_;
+  // Last: its destructor stops and joins the threads that use the members above.
+  TcpBackend server_;
 };
-
-// utime + stime of a process, in seconds.
-double cpuSeconds(pid_t pid) {
-  std::string stat = readFile(fmt::format("/proc/{}/stat", pid));
-  auto close_paren = stat.rfind(')');
-  if (close_paren == std::string::npos) return -1;
-  std::istringstream in(stat.substr(close_paren + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
 
 class ProxyRobustness : public ::testing::Test {
  protected:
@@ -246,16 +153,11 @@ class ProxyRobustness : public ::testing::Test {
     world_ = std::make_unique<NetnsWorld>();
     front_ = *world_->addPod("front", "10.244.0.10");
     server_ = *world_->addPod("server", kServerIp);
-    char tmpl[] = "/tmp/remora-robust-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-robust-e2e");
+    ASSERT_FALSE(dir_.empty());
     config_ = dir_ + "/mesh.yaml";
-    std::ofstream(config_) << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml");
-    chmod(config_.c_str(), 0644);
-    auto install = world_->exec(front_, {binaryPath("remora-init"), "install"});
-    ASSERT_TRUE(install.ok() && install->exit_code == 0)
-        << (install ? install->err + install->out : install.error().message);
+    replaceFile(config_, seedConfig());
+    ASSERT_TRUE(installCapture(*world_, front_));
     backend_ = std::make_unique<Backend>(world_->netnsPath(server_));
     ASSERT_TRUE(backend_->ok());
   }
@@ -311,16 +213,6 @@ class ProxyRobustness : public ::testing::Test {
       got += static_cast<size_t>(n);
     }
     return std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
-  }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = Clock::now() + milliseconds(timeout_ms);
-    while (Clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(milliseconds(50));
-    }
-    return pred();
   }
 
   std::unique_ptr<NetnsWorld> world_;

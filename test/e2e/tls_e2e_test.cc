@@ -11,9 +11,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -72,19 +72,6 @@ spec:
                      mode);
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 class TlsE2e : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -93,10 +80,8 @@ class TlsE2e : public ::testing::Test {
     front_ = *world_->addPod("front", kFrontIp);
     bill_ = *world_->addPod("bill", kBillIp);
     legacy_ = *world_->addPod("legacy", kLegacyIp);
-    char tmpl[] = "/tmp/remora-tls-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
+    dir_ = makeScratchDir("remora-tls-e2e");
+    ASSERT_FALSE(dir_.empty());
     ASSERT_TRUE(
         openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir_ + "/ca.key"}));
     ASSERT_TRUE(openssl({"req", "-x509", "-new", "-key", dir_ + "/ca.key", "-subj",
@@ -104,9 +89,7 @@ class TlsE2e : public ::testing::Test {
     issue("front", kFrontId);
     issue("bill", kBillId);
     for (const Pod* pod : {&front_, &bill_}) {
-      auto install = world_->exec(*pod, {binaryPath("remora-init"), "install"});
-      ASSERT_TRUE(install.ok() && install->exit_code == 0)
-          << (install ? install->err + install->out : install.error().message);
+      ASSERT_TRUE(installCapture(*world_, *pod));
     }
     app_ = world_->serveProbe(bill_, "0.0.0.0:80", kReply, true);
   }
@@ -152,12 +135,7 @@ class TlsE2e : public ::testing::Test {
     }
   }
 
-  void writeConfig(const std::string& text) {
-    const std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, dir_ + "/mesh.yaml");
-  }
+  void writeConfig(const std::string& text) { replaceFile(dir_ + "/mesh.yaml", text); }
 
   std::unique_ptr<Process> startProxy(const Pod& pod, const std::string& certs) {
     auto p = world_->spawn(pod,
@@ -185,16 +163,6 @@ class TlsE2e : public ::testing::Test {
     return curl(pod, "http://127.0.0.1:15000/stats/prometheus");
   }
 
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
-  }
-
   std::unique_ptr<NetnsWorld> world_;
   Pod front_, bill_, legacy_;
   std::string dir_;
@@ -212,7 +180,7 @@ TEST_F(TlsE2e, StrictServesMutualTlsRefusesPlaintextAndHidesThePayload) {
   EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   dump->stop(SIGINT, 3000);
-  const std::string wire = readFile(pcap);
+  const std::string wire = readWholeFile(pcap);
   EXPECT_GT(wire.size(), 1000U) << "the capture saw no traffic";
   EXPECT_EQ(wire.find(kReply), std::string::npos) << "the reply crossed the veth in plaintext";
   EXPECT_EQ(wire.find("GET / HTTP"), std::string::npos);
