@@ -1,6 +1,7 @@
 #include "intercept/trace.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <pwd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "common/subprocess.h"
 #include "intercept/backend.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 #include "intercept/rule_spec.h"
 
@@ -866,6 +868,38 @@ void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std
   if (!packet.source) notes.emplace_back("'ip route get' named no source address");
 }
 
+// The native nftables tables of `family` in this netns: every table of family inet, and the
+// ip/ip6 tables other than the ones iptables-nft keeps (filter, nat, mangle, raw, security).
+// Their chains see the traced packet too, but the trace reads iptables rules only.
+std::optional<std::vector<std::string>> nativeNftTables(Family family,
+                                                        std::vector<std::string>& notes) {
+  NftContext nft;
+  auto tables = nftTables(nft);
+  if (!tables) {
+    notes.push_back(fmt::format(
+        "cannot list the nftables tables ({}): native nftables rules (Remora's nftables mode, "
+        "kube-proxy's nftables mode) would not be seen",
+        tables.error().message));
+    return std::nullopt;
+  }
+  static const std::string_view kIptablesNft[] = {"filter", "nat", "mangle", "raw", "security"};
+  const std::string_view own = family == Family::kIpv4 ? "ip" : "ip6";
+  std::vector<std::string> native;
+  for (const auto& t : *tables) {
+    const auto space = t.find(' ');
+    const std::string_view fam = std::string_view(t).substr(0, space);
+    const std::string_view name =
+        space == std::string::npos ? std::string_view() : std::string_view(t).substr(space + 1);
+    if (fam != "inet" && fam != own) continue;
+    if (fam == own && std::find(std::begin(kIptablesNft), std::end(kIptablesNft), name) !=
+                          std::end(kIptablesNft)) {
+      continue;
+    }
+    native.push_back(t);
+  }
+  return native;
+}
+
 // The device of the route to `ip` in this netns (`ip route get`), or nullopt.
 std::optional<std::string> routeDevice(const IpAddress& ip) {
   auto out = runCommand(
@@ -1151,6 +1185,8 @@ TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& pack
     const bool translated = n.kind == OutcomeKind::kDnat || n.kind == OutcomeKind::kRedirect;
     auto filtered = traceChain(*filter, after->chain, after->packet, context, translated);
     for (auto& f : filtered.outcomes) {
+      const double probability = n.probability * f.probability;
+      const uint32_t mark = f.mark;
       TraceOutcome out;
       std::vector<TraceStep> path = n.path;
       path.insert(path.end(), std::make_move_iterator(f.path.begin()),
@@ -1170,8 +1206,8 @@ TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& pack
         out = std::move(f);
         if (n.kind != OutcomeKind::kUnchanged) out.translated = describeNat(n);
       }
-      out.probability = n.probability * f.probability;
-      out.mark = f.mark;
+      out.probability = probability;
+      out.mark = mark;
       out.path = std::move(path);
       out.assumptions = std::move(assumptions);
       result.outcomes.push_back(std::move(out));
@@ -1285,6 +1321,14 @@ Result<TraceReport> traceCurrentNetns(const TraceRequest& request) {
     report.notes.push_back(
         fmt::format("{} has no filter table in this netns: nothing rejects or drops connections",
                     report.backend));
+  }
+  if (auto native = nativeNftTables(family, report.notes); native && !native->empty()) {
+    report.notes.push_back(fmt::format(
+        "NOT WALKED: native nftables table{} {} (Remora's nftables mode, kube-proxy's nftables "
+        "mode, ...): {} chains see this packet too, so the outcomes below may not be what "
+        "happens; see 'nft list table {}'",
+        native->size() == 1 ? "" : "s", fmt::join(*native, ", "),
+        native->size() == 1 ? "its" : "their", native->front()));
   }
   return report;
 }

@@ -390,6 +390,34 @@ TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
                   "KUBE-PROXY-FIREWALL");
 }
 
+// The trace reads iptables rules; native nftables tables see the packet too, so it names them.
+TEST(TraceNftE2eTest, NativeNftablesTablesAreNamedAsNotWalked) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  if (!programInPath("nft") || !programInPath("iptables-nft-restore")) {
+    GTEST_SKIP() << "nft or iptables-nft-restore is not installed";
+  }
+  ScratchNetns ns;
+  std::string failed = ns.create();
+  if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
+  auto loaded = ns.exec({"iptables-nft-restore"}, nodeRulesWithoutNfacct());
+  ASSERT_TRUE(loaded.ok() && loaded->exit_code == 0) << (loaded ? loaded->err : "");
+  TraceRequest request;
+  request.destination = *SocketAddress::parse("10.96.60.6:80");
+  request.backend = IptablesBackend::kNft;
+  // iptables-nft's own ip filter/nat tables are not native: no note.
+  auto plain = traceIn(ns.path(), request);
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  EXPECT_EQ(renderTrace(*plain).find("NOT WALKED"), std::string::npos) << renderTrace(*plain);
+  auto added = ns.exec({"nft", "add table inet remora; add table ip kube-proxy"});
+  ASSERT_TRUE(added.ok() && added->exit_code == 0) << (added ? added->err : "");
+  auto report = traceIn(ns.path(), request);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  const std::string text = renderTrace(*report);
+  EXPECT_NE(text.find("Note: NOT WALKED: native nftables tables "), std::string::npos) << text;
+  EXPECT_NE(text.find("inet remora"), std::string::npos) << text;
+  EXPECT_NE(text.find("ip kube-proxy"), std::string::npos) << text;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backends, TraceKubeE2eTest,
     ::testing::Values(BackendCase{IptablesBackend::kNft, "iptables-nft-restore", "iptables-nft"},
