@@ -220,29 +220,25 @@ class MatchEvaluator {
       e.require(interfaceMatches(c.value, "") != c.negated);
       return;
     }
-    if (c.value == "+") {
-      e.require(!c.negated);
-      return;
-    }
-    if (!packet_.in_interface) {
-      e.cannot(
-          fmt::format("{} needs the input interface, which is not known", conditionText("-i", c)));
-      return;
-    }
-    e.require(interfaceMatches(c.value, *packet_.in_interface) != c.negated);
+    interface(e, "-i", c, packet_.in_interface, "input");
   }
 
   void outInterface(RuleEval& e, const RuleCondition& c) const {
+    interface(e, "-o", c, packet_.out_interface, "output");
+  }
+
+  static void interface(RuleEval& e, std::string_view flag, const RuleCondition& c,
+                        const std::optional<std::string>& name, std::string_view which) {
     if (c.value == "+") {
       e.require(!c.negated);
       return;
     }
-    if (!packet_.out_interface) {
-      e.cannot(
-          fmt::format("{} needs the output interface, which is not known", conditionText("-o", c)));
+    if (!name) {
+      e.cannot(fmt::format("{} needs the {} interface, which is not known", conditionText(flag, c),
+                           which));
       return;
     }
-    e.require(interfaceMatches(c.value, *packet_.out_interface) != c.negated);
+    e.require(interfaceMatches(c.value, *name) != c.negated);
   }
 
   void module(RuleEval& e, const RuleModule& m, uint32_t mark) const {
