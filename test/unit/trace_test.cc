@@ -794,6 +794,46 @@ TEST(TraceFilterTest, ConntrackStateOfTheFirstPacket) {
             std::string::npos);
 }
 
+TEST(TraceFilterTest, Ipv6RejectsAndJson) {
+  auto r = parseIptablesSave(
+      "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      ":KUBE-SERVICES - [0:0]\n"
+      "-A FORWARD -m conntrack --ctstate NEW -j KUBE-SERVICES\n"
+      "-A KUBE-SERVICES -d fd00:10:96::6/128 -p tcp -m comment --comment \"shop/cart:http has no "
+      "endpoints\" -m tcp --dport 80 -j REJECT --reject-with icmp6-port-unreachable\n"
+      "-A KUBE-SERVICES -d fd00:10:96::7/128 -j REJECT --reject-with icmp6-adm-prohibited\n"
+      "COMMIT\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  TraceContext context;
+  context.local_networks = std::vector<Cidr>{*Cidr::parse("::1/128")};
+  auto in = arriving("[fd00:10:96::6]:80", "fd00:244:2::9", "eth0");
+  auto cart = traceConnection(*r, in, context);
+  ASSERT_EQ(cart.outcomes.size(), 1u);
+  EXPECT_EQ(cart.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_NE(describeOutcome(cart.outcomes[0], in).find("ECONNREFUSED"), std::string::npos);
+  auto other = arriving("[fd00:10:96::7]:80", "fd00:244:2::9", "eth0");
+  auto adm = traceConnection(*r, other, context);
+  EXPECT_NE(describeOutcome(adm.outcomes[0], other).find("EACCES"), std::string::npos);
+
+  TraceReport report;
+  report.packet = in;
+  report.result = cart;
+  auto j = traceToJson(report);
+  EXPECT_EQ(j["chain"], "PREROUTING");
+  EXPECT_EQ(j["tables"], nlohmann::json::array({"nat", "filter"}));
+  EXPECT_EQ(j["packet"]["origin"], "arriving");
+  EXPECT_EQ(j["packet"]["in_interface"], "eth0");
+  const auto& o = j["outcomes"][0];
+  EXPECT_EQ(o["kind"], "reject");
+  EXPECT_EQ(o["table"], "filter");
+  EXPECT_EQ(o["comment"], "shop/cart:http has no endpoints");
+  EXPECT_EQ(o["path"].back()["table"], "filter");
+  EXPECT_NE(renderTrace(report).find("Trace: tcp to [fd00:10:96::6]:80 arriving from "
+                                     "fd00:244:2::9, in eth0 — nat and filter tables"),
+            std::string::npos)
+      << renderTrace(report);
+}
+
 TEST(TraceFilterTest, ArrivingPacketsNeedTheirInterfaceAndLocalAddresses) {
   // Remora's inbound capture for a packet arriving at the pod.
   auto nat = natFromPlan(InterceptOptions{}, Family::kIpv4);
