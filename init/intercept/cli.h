@@ -41,7 +41,9 @@ struct InitCommand {
   std::string trace;  // "IP:PORT" for dump --trace, else empty
   uint32_t trace_uid = 0;
   std::optional<uint32_t> trace_gid;
-  std::string help;  // set when --help was asked; print it and exit 0
+  std::optional<IpAddress> trace_source;          // --source: trace an arriving packet
+  std::optional<std::string> trace_in_interface;  // --in-interface, with --source
+  std::string help;                               // set when --help was asked; print it and exit 0
   // Interception mode (--mode / REMORA_MODE): "iptables" or "ebpf". eBPF mode's own flags:
   std::string mode = "iptables";
   std::string cgroup;       // --cgroup: cgroup v2 dir to attach to (default: the v2 root)

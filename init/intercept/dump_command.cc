@@ -44,6 +44,8 @@ int runDumpCommand(const InitCommand& command) {
     request.destination = *SocketAddress::parse(command.trace);  // validated when parsed
     request.uid = command.trace_uid;
     request.gid = command.trace_gid;
+    request.source = command.trace_source;
+    request.in_interface = command.trace_in_interface;
     request.backend = command.options.backend;
     auto report = traceCurrentNetns(request);
     if (!report) {

@@ -82,6 +82,8 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   std::map<std::string, std::string> dump_values;
   std::string trace_uid;
   std::string trace_gid;
+  std::string trace_source;
+  std::string trace_in_interface;
 
   auto* install = app.add_subcommand("install", "install the redirect rules (idempotent, atomic)");
   addInterceptOptions(*install, install_values);
@@ -102,9 +104,16 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
   dump->add_flag("--json", command.json, "machine-readable output");
   dump->add_option("--trace", command.trace,
-                   "trace a TCP connection to IP:PORT through nat OUTPUT");
+                   "trace a TCP connection to IP:PORT through nat, then filter (OUTPUT, or "
+                   "PREROUTING then INPUT/FORWARD with --source)");
   dump->add_option("--uid", trace_uid, "uid of the traced connection's owner (default 0)");
   dump->add_option("--gid", trace_gid, "gid of the traced connection's owner");
+  dump->add_option("--source", trace_source,
+                   "trace a connection arriving from this address (a pod or an external "
+                   "client) through PREROUTING instead of one this netns opens");
+  dump->add_option("--in-interface", trace_in_interface,
+                   "with --source: the interface it arrives on (default: the route back to the "
+                   "source)");
   dump->add_option("--iptables-backend", dump_values["iptables-backend"], "auto, legacy or nft")
       ->envname("REMORA_IPTABLES_BACKEND");
   addModeOptions(*dump, command, true);
@@ -166,6 +175,24 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   if (!command.trace.empty()) {
     auto dst = SocketAddress::parse(command.trace);
     if (!dst) return makeError(fmt::format("invalid --trace: {}", dst.error().message));
+  }
+  if (!trace_source.empty()) {
+    if (command.trace.empty()) return makeError("--source needs --trace IP:PORT");
+    auto src = IpAddress::parse(trace_source);
+    if (!src) return makeError(fmt::format("invalid --source '{}'", trace_source));
+    if (src->family != SocketAddress::parse(command.trace)->ip.family) {
+      return makeError("--source and --trace must be of the same address family");
+    }
+    if (!trace_uid.empty() || !trace_gid.empty()) {
+      return makeError(
+          "--uid and --gid describe a connection this netns opens; a packet arriving from "
+          "--source has no local owner");
+    }
+    command.trace_source = *src;
+  }
+  if (!trace_in_interface.empty()) {
+    if (trace_source.empty()) return makeError("--in-interface needs --source IP");
+    command.trace_in_interface = trace_in_interface;
   }
   return command;
 }

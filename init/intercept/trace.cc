@@ -1,6 +1,7 @@
 #include "intercept/trace.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <pwd.h>
 
 #include <algorithm>
@@ -12,13 +13,13 @@
 
 #include "common/subprocess.h"
 #include "intercept/backend.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 #include "intercept/rule_spec.h"
 
 namespace remora::intercept {
 namespace {
 
-constexpr const char* kBaseChain = "OUTPUT";
 // The kernel's own stack is deeper, but no sane ruleset nests this far; past it we stop rather
 // than guess.
 constexpr size_t kMaxJumpDepth = 64;
@@ -32,7 +33,9 @@ constexpr size_t kMaxRuleVisits = 5'000'000;
 // whatever else could not be evaluated.
 struct RuleEval {
   bool mismatch = false;
-  std::string unknown;  // the first match that could not be evaluated, and why
+  std::string unknown;     // the first match that could not be evaluated, and why
+  std::string assumption;  // a match decided by assumption (session affinity), and how
+  std::string assumed;     // the same for this rule's step
   double probability = 1.0;
 
   void require(bool matched) {
@@ -143,10 +146,30 @@ std::optional<uint8_t> parseTcpFlags(std::string_view s) {
   return bits;
 }
 
+// conntrack's state names as -m conntrack --ctstate / -m state --state print them.
+std::optional<std::vector<std::string>> parseStateList(std::string_view s) {
+  static const std::string_view kStates[] = {"INVALID",   "NEW",  "ESTABLISHED", "RELATED",
+                                             "UNTRACKED", "SNAT", "DNAT"};
+  std::vector<std::string> out;
+  while (true) {
+    auto comma = s.find(',');
+    auto name = s.substr(0, comma);
+    if (std::find(std::begin(kStates), std::end(kStates), name) == std::end(kStates)) {
+      return std::nullopt;
+    }
+    out.emplace_back(name);
+    if (comma == std::string_view::npos) return out;
+    s.remove_prefix(comma + 1);
+  }
+}
+
 class MatchEvaluator {
  public:
-  MatchEvaluator(const TracePacket& packet, const TraceContext& context)
-      : packet_(packet), context_(context), protocol_(protocolNumber(packet.protocol)) {}
+  MatchEvaluator(const TracePacket& packet, const TraceContext& context, bool translated)
+      : packet_(packet),
+        context_(context),
+        protocol_(protocolNumber(packet.protocol)),
+        translated_(translated) {}
 
   RuleEval evaluate(const RuleSpec& spec, uint32_t mark) const {
     RuleEval e;
@@ -155,10 +178,7 @@ class MatchEvaluator {
     if (spec.destination) {
       address(e, "-d", *spec.destination, packet_.destination.ip, "the destination address");
     }
-    // Locally generated packets have no input device; the kernel compares against "".
-    if (spec.in_interface) {
-      e.require(interfaceMatches(spec.in_interface->value, "") != spec.in_interface->negated);
-    }
+    if (spec.in_interface) inInterface(e, *spec.in_interface);
     if (spec.out_interface) outInterface(e, *spec.out_interface);
     // The first packet of a TCP connection is never a non-first fragment.
     if (spec.fragment) e.require(!*spec.fragment);
@@ -194,21 +214,38 @@ class MatchEvaluator {
     e.require(net->contains(*ip) != c.negated);
   }
 
+  void inInterface(RuleEval& e, const RuleCondition& c) const {
+    // Locally generated packets have no input device; the kernel compares against "".
+    if (packet_.origin == TraceOrigin::kLocal) {
+      e.require(interfaceMatches(c.value, "") != c.negated);
+      return;
+    }
+    interface(e, "-i", c, packet_.in_interface, "input");
+  }
+
   void outInterface(RuleEval& e, const RuleCondition& c) const {
+    interface(e, "-o", c, packet_.out_interface, "output");
+  }
+
+  static void interface(RuleEval& e, std::string_view flag, const RuleCondition& c,
+                        const std::optional<std::string>& name, std::string_view which) {
     if (c.value == "+") {
       e.require(!c.negated);
       return;
     }
-    if (!packet_.out_interface) {
-      e.cannot(
-          fmt::format("{} needs the output interface, which is not known", conditionText("-o", c)));
+    if (!name) {
+      e.cannot(fmt::format("{} needs the {} interface, which is not known", conditionText(flag, c),
+                           which));
       return;
     }
-    e.require(interfaceMatches(c.value, *packet_.out_interface) != c.negated);
+    e.require(interfaceMatches(c.value, *name) != c.negated);
   }
 
   void module(RuleEval& e, const RuleModule& m, uint32_t mark) const {
-    if (m.name == "comment") return;
+    // comment only labels a rule; nfacct only counts into a named accounting object.
+    if (m.name == "comment" || m.name == "nfacct") return;
+    if (m.name == "conntrack" || m.name == "state") return conntrack(e, m);
+    if (m.name == "recent") return recent(e, m);
     if (m.name == "tcp" || m.name == "udp") return ports(e, m);
     if (m.name == "multiport") return multiport(e, m);
     if (m.name == "owner") return owner(e, m);
@@ -307,6 +344,50 @@ class MatchEvaluator {
     }
   }
 
+  // The first packet of a connection: conntrack state NEW, plus DNAT once nat has translated
+  // the destination. SNAT happens in POSTROUTING, after every chain the trace walks.
+  void conntrack(RuleEval& e, const RuleModule& m) const {
+    for (const auto& o : m.options) {
+      auto states = (o.name == "--ctstate" || o.name == "--state") && o.values.size() == 1
+                        ? parseStateList(o.value())
+                        : std::nullopt;
+      if (!states) {
+        e.cannot(fmt::format("{}: the trace evaluates only the connection state", moduleText(m)));
+        continue;
+      }
+      bool in = std::any_of(states->begin(), states->end(), [&](const std::string& st) {
+        return st == "NEW" || (st == "DNAT" && translated_);
+      });
+      e.require(in != o.negated);
+    }
+  }
+
+  // xt_recent as kube-proxy uses it for session affinity: --rcheck/--update ask whether this
+  // client already has an entry (it pins the client to the endpoint that set it); --set adds
+  // one and always matches. The trace follows a client's first connection, which has no entry,
+  // and says so: every later connection from that client goes where the first one went.
+  void recent(RuleEval& e, const RuleModule& m) const {
+    const RuleOption* name = m.option("--name");
+    const std::string list = name ? name->value() : "DEFAULT";
+    for (const auto& o : m.options) {
+      if (o.name == "--set") {
+        e.require(!o.negated);
+        return;
+      }
+      if (o.name == "--rcheck" || o.name == "--update" || o.name == "--remove") {
+        e.require(o.negated);
+        e.assumption =
+            "session affinity (-m recent): the split is the one of a client's first "
+            "connection, which has no affinity entry yet; that connection sets the entry, and "
+            "the client's later connections go to the same endpoint until the entry expires";
+        e.assumed =
+            fmt::format("no entry for this client in recent list {}: its first connection", list);
+        return;
+      }
+    }
+    e.cannot(fmt::format("{}: no --set, --rcheck, --update or --remove", moduleText(m)));
+  }
+
   void markMatch(RuleEval& e, const RuleModule& m, uint32_t mark) const {
     const RuleOption* o = m.option("--mark");
     auto vm = o ? parseValueMask(o->value()) : std::nullopt;
@@ -367,6 +448,7 @@ class MatchEvaluator {
   const TracePacket& packet_;
   const TraceContext& context_;
   std::optional<int> protocol_;
+  bool translated_ = false;
 };
 
 // ---- the walk --------------------------------------------------------------------------------
@@ -385,6 +467,7 @@ struct Branch {
   uint32_t mark = 0;
   double probability = 1.0;
   std::vector<TraceStep> path;
+  std::vector<std::string> assumptions;
 };
 
 // DNAT's --to-destination: "ip", "ip:port", "[v6]:port", "v6"; ranges give no single address.
@@ -405,20 +488,28 @@ IpAddress loopbackOf(Family family) {
   return *ip;
 }
 
+// The comment of a rule (-m comment --comment TEXT), or "".
+std::string commentOf(const RuleSpec& spec) {
+  const RuleModule* m = spec.module("comment");
+  const RuleOption* c = m ? m->option("--comment") : nullptr;
+  return c ? c->value() : std::string();
+}
+
 class Walker {
  public:
-  Walker(const SavedTable& nat, const TracePacket& packet, const TraceContext& context)
-      : packet_(packet), matches_(packet, context) {
-    for (const auto& c : nat.chains) rules_[c.name];
-    for (const auto& r : nat.rules) rules_[r.chain].push_back(&r);
-    const SavedChain* base = nat.chain(kBaseChain);
-    policy_ = base && base->policy != "-" ? base->policy : "ACCEPT";
+  Walker(const SavedTable& table, std::string_view base, const TracePacket& packet,
+         const TraceContext& context, bool translated)
+      : table_(table.name), base_(base), packet_(packet), matches_(packet, context, translated) {
+    for (const auto& c : table.chains) rules_[c.name];
+    for (const auto& r : table.rules) rules_[r.chain].push_back(&r);
+    const SavedChain* chain = table.chain(base_);
+    policy_ = chain && chain->policy != "-" ? chain->policy : "ACCEPT";
   }
 
   TraceResult run() {
     Branch first;
-    first.chain = kBaseChain;
-    first.active = {kBaseChain};
+    first.chain = base_;
+    first.active = {base_};
     first.mark = packet_.mark;
     pending_.push_back(std::move(first));
     while (!pending_.empty()) {
@@ -451,8 +542,8 @@ class Walker {
       const size_t index = ++b.next;
       const auto& spec = specOf(rule);
       TraceStep step{
-          "nat", b.chain,       index, ruleBody(rule.text, rule.chain), StepVerdict::kContinue,
-          "",    b.stack.size()};
+          table_, b.chain,       index, ruleBody(rule.text, rule.chain), StepVerdict::kContinue,
+          "",     b.stack.size()};
       if (!spec) {
         step.verdict = StepVerdict::kUndetermined;
         b.path.push_back(step);
@@ -461,6 +552,16 @@ class Walker {
         return;
       }
       RuleEval e = matches_.evaluate(*spec, b.mark);
+      if (e.mismatch && !e.assumption.empty() && e.unknown.empty()) {
+        step.verdict = StepVerdict::kAssumedSkip;
+        step.detail = e.assumed;
+        b.path.push_back(std::move(step));
+        if (std::find(b.assumptions.begin(), b.assumptions.end(), e.assumption) ==
+            b.assumptions.end()) {
+          b.assumptions.push_back(e.assumption);
+        }
+        continue;
+      }
       if (e.mismatch) continue;
       if (!e.unknown.empty()) {
         step.verdict = StepVerdict::kUndetermined;
@@ -541,13 +642,16 @@ class Walker {
     out.chain = step.chain;
     out.rule_index = step.rule_index;
     out.target = joinTarget(spec);
+    out.comment = commentOf(spec);
     step.verdict = StepVerdict::kTerminal;
     step.detail = step.detail.empty() ? t : fmt::format("{} ({})", t, step.detail);
     if (t == "ACCEPT") {
       out.kind = OutcomeKind::kUnchanged;
       out.destination = packet_.destination;
-    } else if (t == "DROP" || t == "REJECT") {
+    } else if (t == "DROP") {
       out.kind = OutcomeKind::kDrop;
+    } else if (t == "REJECT") {
+      out.kind = OutcomeKind::kReject;
     } else if (t == "DNAT") {
       out.kind = OutcomeKind::kDnat;
       if (const auto* to = spec.targetOption("--to-destination")) {
@@ -647,13 +751,14 @@ class Walker {
   }
 
   bool endOfChain(Branch& b) {
-    if (b.chain != kBaseChain || !b.stack.empty()) {
-      std::string back_to = b.stack.empty() ? std::string(kBaseChain) : b.stack.back().chain;
-      b.path.push_back(TraceStep{
-          "nat", b.chain, 0, "(end of chain)", StepVerdict::kEndOfChain,
-          b.stack.empty() ? "back to the OUTPUT policy" : "back to " + back_to, b.stack.size()});
+    if (b.chain != base_ || !b.stack.empty()) {
+      std::string back_to = b.stack.empty() ? base_ : b.stack.back().chain;
+      b.path.push_back(
+          TraceStep{table_, b.chain, 0, "(end of chain)", StepVerdict::kEndOfChain,
+                    b.stack.empty() ? "back to the " + base_ + " policy" : "back to " + back_to,
+                    b.stack.size()});
     }
-    if (b.chain == kBaseChain && b.stack.empty()) {
+    if (b.chain == base_ && b.stack.empty()) {
       policy(b);
       return false;
     }
@@ -661,10 +766,9 @@ class Walker {
   }
 
   void policy(Branch& b) {
-    b.path.push_back(
-        TraceStep{"nat", kBaseChain, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
+    b.path.push_back(TraceStep{table_, base_, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
     TraceOutcome out;
-    out.chain = kBaseChain;
+    out.chain = base_;
     out.target = "policy " + policy_;
     if (policy_ == "DROP") {
       out.kind = OutcomeKind::kDrop;
@@ -678,6 +782,7 @@ class Walker {
   void finishUndetermined(Branch& b, std::string reason) {
     TraceOutcome out;
     out.kind = OutcomeKind::kUndetermined;
+    out.table = table_;
     out.chain = b.chain;
     out.rule_index = b.path.empty() ? 0 : b.path.back().rule_index;
     out.reason = std::move(reason);
@@ -685,6 +790,8 @@ class Walker {
   }
 
   void finish(Branch& b, TraceOutcome out) {
+    out.table = table_;
+    out.assumptions = std::move(b.assumptions);
     out.probability = b.probability;
     out.mark = b.mark;
     out.path = std::move(b.path);
@@ -700,6 +807,8 @@ class Walker {
     return *it->second;
   }
 
+  std::string table_;
+  std::string base_;
   const TracePacket& packet_;
   MatchEvaluator matches_;
   std::unordered_map<std::string, std::vector<const SavedRule*>> rules_;
@@ -753,6 +862,48 @@ void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std
   }
   if (!packet.out_interface) notes.emplace_back("'ip route get' named no output interface");
   if (!packet.source) notes.emplace_back("'ip route get' named no source address");
+}
+
+// The native nftables tables of `family` in this netns: every table of family inet, and the
+// ip/ip6 tables other than the ones iptables-nft keeps (filter, nat, mangle, raw, security).
+// Their chains see the traced packet too, but the trace reads iptables rules only.
+std::optional<std::vector<std::string>> nativeNftTables(Family family,
+                                                        std::vector<std::string>& notes) {
+  NftContext nft;
+  auto tables = nftTables(nft);
+  if (!tables) {
+    notes.push_back(fmt::format(
+        "cannot list the nftables tables ({}): native nftables rules (Remora's nftables mode, "
+        "kube-proxy's nftables mode) would not be seen",
+        tables.error().message));
+    return std::nullopt;
+  }
+  static const std::string_view kIptablesNft[] = {"filter", "nat", "mangle", "raw", "security"};
+  const std::string_view own = family == Family::kIpv4 ? "ip" : "ip6";
+  std::vector<std::string> native;
+  for (const auto& t : *tables) {
+    const auto space = t.find(' ');
+    const std::string_view fam = std::string_view(t).substr(0, space);
+    const std::string_view name =
+        space == std::string::npos ? std::string_view() : std::string_view(t).substr(space + 1);
+    if (fam != "inet" && fam != own) continue;
+    if (fam == own && std::find(std::begin(kIptablesNft), std::end(kIptablesNft), name) !=
+                          std::end(kIptablesNft)) {
+      continue;
+    }
+    native.push_back(t);
+  }
+  return native;
+}
+
+// The device of the route to `ip` in this netns (`ip route get`), or nullopt.
+std::optional<std::string> routeDevice(const IpAddress& ip) {
+  auto out = runCommand(
+      {"ip", ip.family == Family::kIpv6 ? "-6" : "-4", "-j", "route", "get", ip.toString()}, {},
+      kDefaultCommandTimeout);
+  if (!out || out->exit_code != 0) return std::nullopt;
+  auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
+  return firstString(j, "dev");
 }
 
 std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
@@ -823,6 +974,8 @@ std::string stepLine(const TraceStep& s) {
     case StepVerdict::kRandomSkip:
     case StepVerdict::kTerminal:
       return fmt::format("{}{} {} → {}", indent, where, s.rule, s.detail);
+    case StepVerdict::kAssumedSkip:
+      return fmt::format("{}{} {} → not matched ({})", indent, where, s.rule, s.detail);
     default:
       verdict = toString(s.verdict);
   }
@@ -832,14 +985,113 @@ std::string stepLine(const TraceStep& s) {
 
 std::string packetLine(const TraceReport& r) {
   const TracePacket& p = r.packet;
-  std::string line =
-      fmt::format("Trace: {} to {} from uid {}", p.protocol, p.destination.toString(), p.uid);
-  line += p.gid ? fmt::format(", gid {}", *p.gid) : ", gid unknown";
-  line += fmt::format(", source {}", p.source ? p.source->toString() : "unknown");
-  line += fmt::format(", out {}", p.out_interface ? *p.out_interface : "unknown");
+  std::string line;
+  if (p.origin == TraceOrigin::kArriving) {
+    line = fmt::format("Trace: {} to {} arriving from {}, in {}", p.protocol,
+                       p.destination.toString(), p.source ? p.source->toString() : "unknown",
+                       p.in_interface ? *p.in_interface : "unknown");
+  } else {
+    line = fmt::format("Trace: {} to {} from uid {}", p.protocol, p.destination.toString(), p.uid);
+    line += p.gid ? fmt::format(", gid {}", *p.gid) : ", gid unknown";
+    line += fmt::format(", source {}", p.source ? p.source->toString() : "unknown");
+    line += fmt::format(", out {}", p.out_interface ? *p.out_interface : "unknown");
+  }
   if (p.mark != 0) line += fmt::format(", mark {:#x}", p.mark);
-  line += fmt::format(" — nat table{}", r.backend.empty() ? "" : " via " + r.backend);
+  const bool filter =
+      std::find(r.result.tables.begin(), r.result.tables.end(), "filter") != r.result.tables.end();
+  line += fmt::format(" — {}{}", filter ? "nat and filter tables" : "nat table",
+                      r.backend.empty() ? "" : " via " + r.backend);
   return line;
+}
+
+// "DNAT 10.244.1.168:80 via KUBE-SEP-X", "REDIRECT to local port 15001", "SNAT ... in CHAIN #n".
+std::string describeNat(const TraceOutcome& o) {
+  switch (o.kind) {
+    case OutcomeKind::kRedirect:
+      return o.destination ? fmt::format("REDIRECT to local port {}", o.destination->port)
+                           : o.target;
+    case OutcomeKind::kDnat:
+      return fmt::format("DNAT {} via {}", o.destination ? o.destination->toString() : o.target,
+                         o.chain);
+    default:
+      return fmt::format("{} in {} #{}", o.target, o.chain, o.rule_index);
+  }
+}
+
+struct FilterEntry {
+  std::string chain;  // OUTPUT, INPUT or FORWARD
+  TracePacket packet;
+};
+
+// Where the packet goes after nat and how the filter table sees it: the translated destination,
+// the mark nat left, and the route's device for the new destination.
+Result<FilterEntry> afterNat(const TracePacket& packet, const TraceOutcome& nat,
+                             const TraceContext& context) {
+  if (!nat.destination) {
+    return makeError(fmt::format(
+        "{} #{}: '{}' translates to a range; the filter table's verdict depends on the address "
+        "the kernel picks",
+        nat.chain, nat.rule_index, nat.target));
+  }
+  FilterEntry entry{"OUTPUT", packet};
+  entry.packet.destination = *nat.destination;
+  entry.packet.mark = nat.mark;
+  const bool moved = !(nat.destination->ip == packet.destination.ip);
+  if (nat.kind == OutcomeKind::kRedirect) {
+    entry.packet.out_interface = "lo";
+  } else if (moved) {
+    entry.packet.out_interface.reset();
+    if (context.route_device)
+      entry.packet.out_interface = context.route_device(nat.destination->ip);
+  }
+  if (packet.origin == TraceOrigin::kLocal) return entry;
+
+  bool local = nat.kind == OutcomeKind::kRedirect;
+  if (!local) {
+    if (!context.local_networks) {
+      return makeError(fmt::format(
+          "whether {} is an address of this netns (filter INPUT) or is forwarded (filter "
+          "FORWARD) depends on the local addresses, which are not known",
+          nat.destination->ip.toString()));
+    }
+    const auto& nets = *context.local_networks;
+    local = std::any_of(nets.begin(), nets.end(),
+                        [&](const Cidr& c) { return c.contains(nat.destination->ip); });
+  }
+  entry.chain = local ? "INPUT" : "FORWARD";
+  if (local) entry.packet.out_interface.reset();
+  if (!local && !moved && context.route_device) {
+    entry.packet.out_interface = context.route_device(nat.destination->ip);
+  }
+  return entry;
+}
+
+// What a TCP connect() sees when the SYN is rejected with `target` ("REJECT --reject-with X"):
+// the kernel turns the ICMP error (or the reset) into this errno in SYN-SENT.
+std::string rejectErrno(const std::string& target) {
+  static const std::pair<std::string_view, std::string_view> kErrnos[] = {
+      {"tcp-reset", "ECONNREFUSED"},
+      {"icmp-net-unreachable", "ENETUNREACH"},
+      {"icmp-host-unreachable", "EHOSTUNREACH"},
+      {"icmp-proto-unreachable", "ENOPROTOOPT"},
+      {"icmp-net-prohibited", "ENETUNREACH"},
+      {"icmp-host-prohibited", "EHOSTUNREACH"},
+      {"icmp-admin-prohibited", "EHOSTUNREACH"},
+      {"icmp6-no-route", "ENETUNREACH"},
+      {"no-route", "ENETUNREACH"},
+      {"icmp6-adm-prohibited", "EACCES"},
+      {"adm-prohibited", "EACCES"},
+      {"icmp6-addr-unreachable", "EHOSTUNREACH"},
+      {"addr-unreach", "EHOSTUNREACH"},
+  };
+  auto at = target.find("--reject-with ");
+  if (at == std::string::npos) return "ECONNREFUSED";  // icmp(6)-port-unreachable by default
+  std::string_view with = std::string_view(target).substr(at + 14);
+  with = with.substr(0, with.find(' '));
+  for (const auto& [name, err] : kErrnos) {
+    if (with == name) return std::string(err);
+  }
+  return "ECONNREFUSED";
 }
 
 }  // namespace
@@ -862,6 +1114,8 @@ const char* toString(StepVerdict verdict) {
       return "terminal";
     case StepVerdict::kPolicy:
       return "policy";
+    case StepVerdict::kAssumedSkip:
+      return "assumed-skip";
     case StepVerdict::kUndetermined:
       return "undetermined";
   }
@@ -878,6 +1132,8 @@ const char* toString(OutcomeKind kind) {
       return "dnat";
     case OutcomeKind::kDrop:
       return "drop";
+    case OutcomeKind::kReject:
+      return "reject";
     case OutcomeKind::kOther:
       return "other";
     case OutcomeKind::kUndetermined:
@@ -886,9 +1142,74 @@ const char* toString(OutcomeKind kind) {
   return "?";
 }
 
+TraceResult traceChain(const SavedTable& table, std::string_view chain, const TracePacket& packet,
+                       const TraceContext& context, bool translated) {
+  return Walker(table, chain, packet, context, translated).run();
+}
+
 TraceResult traceNatOutput(const SavedTable& nat, const TracePacket& packet,
                            const TraceContext& context) {
-  return Walker(nat, packet, context).run();
+  return traceChain(nat, "OUTPUT", packet, context);
+}
+
+TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& packet,
+                            const TraceContext& context) {
+  const bool arriving = packet.origin == TraceOrigin::kArriving;
+  const SavedTable empty_nat{"nat", {}, {}};
+  const SavedTable* nat = ruleset.table("nat");
+  TraceResult nat_result =
+      traceChain(nat ? *nat : empty_nat, arriving ? "PREROUTING" : "OUTPUT", packet, context);
+  nat_result.tables = {"nat"};
+  const SavedTable* filter = ruleset.table("filter");
+  if (filter == nullptr) return nat_result;
+
+  TraceResult result;
+  result.tables = {"nat", "filter"};
+  for (auto& n : nat_result.outcomes) {
+    if (n.kind == OutcomeKind::kUndetermined || n.kind == OutcomeKind::kDrop ||
+        n.kind == OutcomeKind::kReject) {
+      result.outcomes.push_back(std::move(n));
+      continue;
+    }
+    auto after = afterNat(packet, n, context);
+    if (!after) {
+      n.kind = OutcomeKind::kUndetermined;
+      n.reason = after.error().message;
+      result.outcomes.push_back(std::move(n));
+      continue;
+    }
+    const bool translated = n.kind == OutcomeKind::kDnat || n.kind == OutcomeKind::kRedirect;
+    auto filtered = traceChain(*filter, after->chain, after->packet, context, translated);
+    for (auto& f : filtered.outcomes) {
+      const double probability = n.probability * f.probability;
+      const uint32_t mark = f.mark;
+      TraceOutcome out;
+      std::vector<TraceStep> path = n.path;
+      path.insert(path.end(), std::make_move_iterator(f.path.begin()),
+                  std::make_move_iterator(f.path.end()));
+      std::vector<std::string> assumptions = n.assumptions;
+      for (auto& a : f.assumptions) {
+        if (std::find(assumptions.begin(), assumptions.end(), a) == assumptions.end()) {
+          assumptions.push_back(std::move(a));
+        }
+      }
+      if (f.kind == OutcomeKind::kUnchanged) {
+        out = n;
+        out.accepted_by = fmt::format(
+            "filter {}: accepted ({})", after->chain,
+            f.rule_index == 0 ? f.target : fmt::format("ACCEPT in {} #{}", f.chain, f.rule_index));
+      } else {
+        out = std::move(f);
+        if (n.kind != OutcomeKind::kUnchanged) out.translated = describeNat(n);
+      }
+      out.probability = probability;
+      out.mark = mark;
+      out.path = std::move(path);
+      out.assumptions = std::move(assumptions);
+      result.outcomes.push_back(std::move(out));
+    }
+  }
+  return result;
 }
 
 std::string formatProbability(double probability) {
@@ -897,32 +1218,36 @@ std::string formatProbability(double probability) {
 }
 
 std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
-  std::string where = o.rule_index == 0 ? o.chain : fmt::format("{} #{}", o.chain, o.rule_index);
+  const std::string table = o.table == "nat" ? "" : o.table + " ";
+  std::string where =
+      o.rule_index == 0 ? table + o.chain : fmt::format("{}{} #{}", table, o.chain, o.rule_index);
+  // "policy DROP in filter FORWARD" reads worse than "filter FORWARD policy DROP".
+  std::string decided = o.rule_index == 0 ? fmt::format("{}{} {}", table, o.chain, o.target)
+                                          : fmt::format("{} in {}", o.target, where);
+  if (!o.comment.empty()) decided += fmt::format(", \"{}\"", o.comment);
   std::string text;
   switch (o.kind) {
     case OutcomeKind::kRedirect:
-      if (o.destination) {
-        text = fmt::format("REDIRECT to local port {}", o.destination->port);
-      } else {
-        text = o.target;
-      }
+      text = describeNat(o);
       if (o.chain == kRedirectChain) text += " (captured by the proxy's outbound listener)";
       if (o.chain == kInRedirectChain) text += " (captured by the proxy's inbound listener)";
       break;
     case OutcomeKind::kDnat:
-      text = fmt::format("DNAT {} via {}", o.destination ? o.destination->toString() : o.target,
-                         o.chain);
+      text = describeNat(o);
       break;
     case OutcomeKind::kUnchanged:
       text = fmt::format(
           "no translation: the connection goes to the original destination {} "
           "unmodified ({})",
           packet.destination.toString(),
-          o.rule_index == 0 ? "OUTPUT " + o.target : "ACCEPT in " + where);
+          o.rule_index == 0 ? o.chain + " " + o.target : "ACCEPT in " + where);
       break;
     case OutcomeKind::kDrop:
-      text = fmt::format("dropped ({})",
-                         o.rule_index == 0 ? "OUTPUT " + o.target : o.target + " in " + where);
+      text = fmt::format("dropped ({}): the SYN gets no answer, connect() times out", decided);
+      break;
+    case OutcomeKind::kReject:
+      text = fmt::format("rejected ({}): connect() fails at once with {}", decided,
+                         rejectErrno(o.target));
       break;
     case OutcomeKind::kOther:
       text = fmt::format("{} in {}", o.target, where);
@@ -931,9 +1256,11 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
       text = "undetermined: " + o.reason;
       break;
   }
+  if (!o.translated.empty()) text += fmt::format(" (after {})", o.translated);
   if (o.mark != packet.mark && o.kind != OutcomeKind::kUndetermined) {
     text += fmt::format(" (mark {:#x})", o.mark);
   }
+  if (!o.accepted_by.empty()) text += "; " + o.accepted_by;
   return fmt::format("{}, {}", text, formatProbability(o.probability));
 }
 
@@ -952,22 +1279,53 @@ Result<TraceReport> traceCurrentNetns(const TraceRequest& request) {
   if (!ruleset) {
     return makeError(fmt::format("cannot read {} output: {}", tools.save, ruleset.error().message));
   }
-  SavedTable empty{"nat", {}, {}};
-  const SavedTable* nat = ruleset->table("nat");
-  if (nat == nullptr) {
+  if (ruleset->table("nat") == nullptr) {
     report.notes.push_back(
         fmt::format("{} has no nat table in this netns: nothing translates "
                     "connections",
                     report.backend));
-    nat = &empty;
   }
   report.packet.destination = request.destination;
-  report.packet.uid = request.uid;
-  report.packet.gid = request.gid ? *request.gid : primaryGroup(request.uid, report.notes);
-  readRoute(request, report.packet, report.notes);
+  if (request.source) {
+    if (request.source->family != family) {
+      return makeError(fmt::format("--source {} and --trace {} are not of the same family",
+                                   request.source->toString(), request.destination.toString()));
+    }
+    report.packet.origin = TraceOrigin::kArriving;
+    report.packet.source = *request.source;
+    report.packet.in_interface = request.in_interface;
+    if (!report.packet.in_interface) {
+      report.packet.in_interface = routeDevice(*request.source);
+      report.notes.push_back(
+          report.packet.in_interface
+              ? fmt::format("--in-interface not given: assuming {}, the route back to {}",
+                            *report.packet.in_interface, request.source->toString())
+              : fmt::format("--in-interface not given and no route back to {}: '-i' matches "
+                            "stay undetermined",
+                            request.source->toString()));
+    }
+  } else {
+    report.packet.uid = request.uid;
+    report.packet.gid = request.gid ? *request.gid : primaryGroup(request.uid, report.notes);
+    readRoute(request, report.packet, report.notes);
+  }
   TraceContext context;
   context.local_networks = readLocalNetworks(family, report.notes);
-  report.result = traceNatOutput(*nat, report.packet, context);
+  context.route_device = [](const IpAddress& ip) { return routeDevice(ip); };
+  report.result = traceConnection(*ruleset, report.packet, context);
+  if (ruleset->table("filter") == nullptr) {
+    report.notes.push_back(
+        fmt::format("{} has no filter table in this netns: nothing rejects or drops connections",
+                    report.backend));
+  }
+  if (auto native = nativeNftTables(family, report.notes); native && !native->empty()) {
+    report.notes.push_back(fmt::format(
+        "NOT WALKED: native nftables table{} {} (Remora's nftables mode, kube-proxy's nftables "
+        "mode, ...): {} chains see this packet too, so the outcomes below may not be what "
+        "happens; see 'nft list table {}'",
+        native->size() == 1 ? "" : "s", fmt::join(*native, ", "),
+        native->size() == 1 ? "its" : "their", native->front()));
+  }
   return report;
 }
 
@@ -980,10 +1338,24 @@ std::string renderTrace(const TraceReport& report) {
     out += outcomes.size() == 1 ? "\nPath:\n"
                                 : fmt::format("\nPath {} of {} ({}):\n", i + 1, outcomes.size(),
                                               formatProbability(o.probability));
-    for (const auto& s : o.path) out += stepLine(s) + "\n";
+    std::string table = "nat";
+    for (const auto& s : o.path) {
+      if (s.table != table) {
+        table = s.table;
+        out += fmt::format("  then the {} table:\n", table);
+      }
+      out += stepLine(s) + "\n";
+    }
   }
   out += outcomes.size() == 1 ? "\nOutcome:\n" : "\nOutcomes:\n";
-  for (const auto& o : outcomes) out += fmt::format("  → {}\n", describeOutcome(o, report.packet));
+  std::vector<std::string> assumed;
+  for (const auto& o : outcomes) {
+    out += fmt::format("  → {}\n", describeOutcome(o, report.packet));
+    for (const auto& a : o.assumptions) {
+      if (std::find(assumed.begin(), assumed.end(), a) == assumed.end()) assumed.push_back(a);
+    }
+  }
+  for (const auto& a : assumed) out += "Assumed: " + a + "\n";
   return out;
 }
 
@@ -995,6 +1367,8 @@ nlohmann::json traceToJson(const TraceReport& report) {
       {"source", p.source ? nlohmann::json(p.source->toString()) : nlohmann::json(nullptr)},
       {"out_interface",
        p.out_interface ? nlohmann::json(*p.out_interface) : nlohmann::json(nullptr)},
+      {"origin", p.origin == TraceOrigin::kArriving ? "arriving" : "local"},
+      {"in_interface", p.in_interface ? nlohmann::json(*p.in_interface) : nlohmann::json(nullptr)},
       {"uid", p.uid},
       {"gid", p.gid ? nlohmann::json(*p.gid) : nlohmann::json(nullptr)},
       {"mark", p.mark},
@@ -1014,20 +1388,29 @@ nlohmann::json traceToJson(const TraceReport& report) {
     outcomes.push_back({
         {"kind", toString(o.kind)},
         {"probability", o.probability},
+        {"table", o.table},
         {"chain", o.chain},
         {"rule_index", o.rule_index},
         {"target", o.target},
         {"destination",
          o.destination ? nlohmann::json(o.destination->toString()) : nlohmann::json(nullptr)},
         {"reason", o.reason},
+        {"comment", o.comment},
+        {"translated", o.translated},
+        {"accepted_by", o.accepted_by},
+        {"assumptions", o.assumptions},
         {"mark", o.mark},
         {"summary", describeOutcome(o, p)},
         {"path", std::move(path)},
     });
   }
-  return {{"backend", report.backend}, {"table", "nat"},
-          {"chain", kBaseChain},       {"packet", std::move(packet)},
-          {"notes", report.notes},     {"outcomes", std::move(outcomes)}};
+  const bool arriving = p.origin == TraceOrigin::kArriving;
+  nlohmann::json tables = report.result.tables.empty() ? nlohmann::json::array({"nat"})
+                                                       : nlohmann::json(report.result.tables);
+  return {{"backend", report.backend},      {"table", "nat"},
+          {"tables", std::move(tables)},    {"chain", arriving ? "PREROUTING" : "OUTPUT"},
+          {"packet", std::move(packet)},    {"notes", report.notes},
+          {"outcomes", std::move(outcomes)}};
 }
 
 }  // namespace remora::intercept

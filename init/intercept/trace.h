@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -14,14 +15,23 @@
 
 namespace remora::intercept {
 
-// The first packet of a connection the calling netns would send, as nat OUTPUT sees it.
+// Where the first packet of the connection enters the netfilter hooks.
+enum class TraceOrigin {
+  kLocal,     // sent by a socket of this netns: nat OUTPUT, then filter OUTPUT
+  kArriving,  // received from a pod or an external client: nat PREROUTING, then filter INPUT
+              // (a local destination) or FORWARD (any other)
+};
+
+// The first packet of a connection, as the first hook sees it.
 // Unknown fields stay unset: a rule that tests one yields an "undetermined" outcome, never a guess.
 struct TracePacket {
   SocketAddress destination;
   std::string protocol = "tcp";
-  std::optional<IpAddress> source;           // the route's preferred source
-  std::optional<std::string> out_interface;  // the route's device
-  uint32_t uid = 0;
+  TraceOrigin origin = TraceOrigin::kLocal;
+  std::optional<IpAddress> source;           // the route's preferred source, or --source
+  std::optional<std::string> out_interface;  // the route's device (kLocal)
+  std::optional<std::string> in_interface;   // the receiving device (kArriving)
+  uint32_t uid = 0;  // the socket's owner (kLocal only: arriving packets have no local socket)
   std::optional<uint32_t> gid;
   uint32_t mark = 0;
 };
@@ -31,17 +41,21 @@ struct TraceContext {
   // Networks of type "local" in the local routing table (what -m addrtype LOCAL checks), e.g.
   // 127.0.0.0/8 and the pod IP. Unset when unknown.
   std::optional<std::vector<Cidr>> local_networks;
+  // The output device of the route to an address (for -o in FORWARD, after DNAT changed the
+  // destination); unset or returning nullopt when unknown.
+  std::function<std::optional<std::string>(const IpAddress&)> route_device;
 };
 
 enum class StepVerdict {
-  kJump,        // -j CHAIN
-  kGoto,        // -g CHAIN
-  kReturn,      // -j RETURN
-  kEndOfChain,  // fell off the end of a user chain: back to the caller
-  kContinue,    // matched, non-terminating target (MARK, LOG, no target)
-  kRandomSkip,  // a statistic match did not fire on this branch
-  kTerminal,    // ACCEPT, DROP, DNAT, REDIRECT, ...
-  kPolicy,      // end of a built-in chain: its policy
+  kJump,         // -j CHAIN
+  kGoto,         // -g CHAIN
+  kReturn,       // -j RETURN
+  kEndOfChain,   // fell off the end of a user chain: back to the caller
+  kContinue,     // matched, non-terminating target (MARK, LOG, no target)
+  kRandomSkip,   // a statistic match did not fire on this branch
+  kTerminal,     // ACCEPT, DROP, DNAT, REDIRECT, ...
+  kPolicy,       // end of a built-in chain: its policy
+  kAssumedSkip,  // did not match by an assumption the outcome names (session affinity)
   kUndetermined,
 };
 const char* toString(StepVerdict verdict);
@@ -62,7 +76,8 @@ enum class OutcomeKind {
   kUnchanged,     // ACCEPT or the chain policy: no translation
   kRedirect,      // REDIRECT to a local port
   kDnat,          // DNAT
-  kDrop,          // DROP/REJECT or a DROP policy
+  kDrop,          // DROP or a DROP policy: the SYN gets no answer, connect() times out
+  kReject,        // REJECT: an ICMP error or a TCP reset comes back, connect() fails at once
   kOther,         // another terminal target (SNAT, MASQUERADE, NETMAP, ...)
   kUndetermined,  // a match could not be evaluated; see reason
 };
@@ -71,13 +86,24 @@ const char* toString(OutcomeKind kind);
 struct TraceOutcome {
   OutcomeKind kind = OutcomeKind::kUnchanged;
   double probability = 1.0;
-  std::string chain;      // the chain holding the deciding rule, or the built-in for a policy
-  size_t rule_index = 0;  // 1-based; 0 for a policy
-  std::string target;     // "DNAT --to-destination 10.244.1.168:80", "policy ACCEPT", ...
+  std::string table = "nat";  // the table of the deciding rule
+  std::string chain;          // the chain holding the deciding rule, or the built-in for a policy
+  size_t rule_index = 0;      // 1-based; 0 for a policy
+  std::string target;         // "DNAT --to-destination 10.244.1.168:80", "policy ACCEPT", ...
   // Where the connection goes: the translated address when it is one address and port, the
   // original one when unchanged; unset for ranges, drops and undetermined outcomes.
   std::optional<SocketAddress> destination;
-  std::string reason;  // kUndetermined: which rule, which match, and why
+  std::string reason;   // kUndetermined: which rule, which match, and why
+  std::string comment;  // the deciding rule's -m comment, e.g. "ns/svc:p80 has no endpoints"
+  // An outcome decided in the filter table: what nat did before ("DNAT 10.244.1.168:80 via
+  // KUBE-SEP-X"), empty when nat left the packet alone.
+  std::string translated;
+  // For an accepted outcome, the filter chain and rule (or policy) that let it through, e.g.
+  // "filter FORWARD: KUBE-FORWARD #2 ACCEPT"; empty when there is no filter table.
+  std::string accepted_by;
+  // Branches the trace resolved by assumption, e.g. a session-affinity check taken as "this
+  // client has no affinity entry yet".
+  std::vector<std::string> assumptions;
   uint32_t mark = 0;
   std::vector<TraceStep> path;
 };
@@ -86,6 +112,8 @@ struct TraceResult {
   // Every way the walk can end, with its probability (products of the statistic branches);
   // in walk order, the branch where a random match fires first.
   std::vector<TraceOutcome> outcomes;
+  // The tables the walk went through ({"nat"} or {"nat", "filter"}); empty for one chain.
+  std::vector<std::string> tables;
 };
 
 // Walks the nat table's OUTPUT chain for `packet` the way the kernel does: rules in order,
@@ -95,11 +123,27 @@ struct TraceResult {
 TraceResult traceNatOutput(const SavedTable& nat, const TracePacket& packet,
                            const TraceContext& context);
 
+// Walks one built-in chain of one table (nat OUTPUT, filter FORWARD, ...) the same way.
+// `translated` says whether nat already changed the destination (conntrack's DNAT state).
+TraceResult traceChain(const SavedTable& table, std::string_view chain, const TracePacket& packet,
+                       const TraceContext& context, bool translated = false);
+
+// The whole path of a connection's first packet through nat and filter, as the kernel takes it:
+// kLocal packets through nat OUTPUT then filter OUTPUT; kArriving ones through nat PREROUTING,
+// then filter INPUT when the (translated) destination is local, FORWARD otherwise. The filter
+// walk sees the destination and mark nat left. A missing table passes everything.
+TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& packet,
+                            const TraceContext& context);
+
 struct TraceRequest {
   SocketAddress destination;
   uint32_t uid = 0;
   std::optional<uint32_t> gid;  // unset: the uid's primary group (see TraceReport::notes)
   IptablesBackend backend = IptablesBackend::kAuto;
+  // Set: trace a packet arriving from this address (a pod or an external client) through
+  // PREROUTING instead of one this netns sends.
+  std::optional<IpAddress> source;
+  std::optional<std::string> in_interface;  // unset with source: the route back to the source
 };
 
 struct TraceReport {
@@ -109,9 +153,9 @@ struct TraceReport {
   TraceResult result;
 };
 
-// Traces `request` in the calling thread's netns: picks the backend, reads the nat table, asks
+// Traces `request` in the calling thread's netns: picks the backend, reads the tables, asks
 // the kernel for the route's source address and device (`ip route get`) and the local
-// addresses, and runs traceNatOutput. Facts it cannot read stay unknown and are named in notes.
+// addresses, and runs traceConnection. Facts it cannot read stay unknown and are named in notes.
 // Errors when the iptables tools are missing or their output cannot be parsed.
 Result<TraceReport> traceCurrentNetns(const TraceRequest& request);
 

@@ -35,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)ri::dumpToJson(dump).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 
   static const std::vector<ri::TracePacket> kPackets = [] {
-    std::vector<ri::TracePacket> packets(3);
+    std::vector<ri::TracePacket> packets(4);
     packets[0].destination = *remora::SocketAddress::parse("10.1.122.241:9999");
     packets[1].destination = *remora::SocketAddress::parse("10.96.0.10:53");
     packets[1].uid = 1337;
@@ -43,6 +43,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     packets[1].out_interface = "eth0";
     packets[2].destination = *remora::SocketAddress::parse("[fd00::1]:80");
     packets[2].gid = 1337;
+    packets[3].destination = *remora::SocketAddress::parse("198.51.100.7:443");
+    packets[3].origin = ri::TraceOrigin::kArriving;
+    packets[3].source = *remora::IpAddress::parse("203.0.113.9");
+    packets[3].in_interface = "eth0";
     return packets;
   }();
   ri::TraceContext context;
@@ -51,7 +55,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ri::TraceReport report;
     report.backend = "iptables-nft";
     report.packet = packet;
-    report.result = ri::traceNatOutput(*nat, packet, context);
+    // nat and filter, as `remora-init dump --trace` walks them.
+    report.result = ri::traceConnection(*ruleset, packet, context);
     (void)ri::renderTrace(report);
     // As `remora-init dump --trace --json` prints it.
     (void)ri::traceToJson(report).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);

@@ -127,6 +127,28 @@ TEST(Cli, DumpAndTrace) {
   EXPECT_NE(errorOf({"dump", "--uid", "5"}).find("--trace"), std::string::npos);
 }
 
+TEST(Cli, TraceFromASource) {
+  auto t = parse(
+      {"dump", "--trace", "198.51.100.7:443", "--source", "203.0.113.9", "--in-interface", "eth0"});
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  ASSERT_TRUE(t->trace_source.has_value());
+  EXPECT_EQ(t->trace_source->toString(), "203.0.113.9");
+  EXPECT_EQ(t->trace_in_interface.value_or(""), "eth0");
+  auto plain = parse({"dump", "--trace", "198.51.100.7:443"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->trace_source.has_value());
+  EXPECT_NE(errorOf({"dump", "--source", "203.0.113.9"}).find("--trace"), std::string::npos);
+  EXPECT_NE(errorOf({"dump", "--trace", "1.2.3.4:80", "--source", "x"}).find("--source"),
+            std::string::npos);
+  EXPECT_NE(errorOf({"dump", "--trace", "1.2.3.4:80", "--source", "fd00::1"}).find("family"),
+            std::string::npos);
+  EXPECT_NE(errorOf({"dump", "--trace", "1.2.3.4:80", "--source", "10.0.0.1", "--uid", "5"})
+                .find("no local owner"),
+            std::string::npos);
+  EXPECT_NE(errorOf({"dump", "--trace", "1.2.3.4:80", "--in-interface", "eth0"}).find("--source"),
+            std::string::npos);
+}
+
 TEST(Cli, UninstallAndHelp) {
   EXPECT_EQ(parse({"uninstall"})->verb, InitVerb::kUninstall);
   auto h = parse({"--help"});

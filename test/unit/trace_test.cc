@@ -336,18 +336,19 @@ TEST(TraceTest, KubeProxyAheadOfRemoraWinsForServiceAddresses) {
 // ---- matches and targets -------------------------------------------------------------------
 
 TEST(TraceTest, UnknownMatchIsUndeterminedNamingRuleAndMatch) {
-  auto nat = natWith({}, {"-A OUTPUT -p tcp -m conntrack --ctstate NEW -j REDIRECT --to-ports 1"});
+  auto nat =
+      natWith({}, {"-A OUTPUT -p tcp -m connlimit --connlimit-above 2 -j REDIRECT --to-ports 1"});
   auto r = traceNatOutput(nat, packet("10.1.1.1:80"), podContext());
   ASSERT_EQ(r.outcomes.size(), 1u);
   EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kUndetermined);
   EXPECT_EQ(r.outcomes[0].reason,
-            "OUTPUT #1: -m conntrack --ctstate NEW: the trace does not evaluate this match");
+            "OUTPUT #1: -m connlimit --connlimit-above 2: the trace does not evaluate this match");
   EXPECT_EQ(r.outcomes[0].chain, "OUTPUT");
   EXPECT_EQ(r.outcomes[0].rule_index, 1u);
 }
 
 TEST(TraceTest, AnUnknownMatchDoesNotMatterWhenAnotherMatchFails) {
-  auto nat = natWith({}, {"-A OUTPUT -d 10.9.9.9/32 -m conntrack --ctstate NEW -j DROP"});
+  auto nat = natWith({}, {"-A OUTPUT -d 10.9.9.9/32 -m connlimit --connlimit-above 2 -j DROP"});
   auto r = traceNatOutput(nat, packet("10.1.1.1:80"), podContext());
   ASSERT_EQ(r.outcomes.size(), 1u);
   EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kUnchanged);
@@ -473,7 +474,8 @@ TEST(TraceTest, DropPolicy) {
   auto r = traceNatOutput(nat, p, podContext());
   ASSERT_EQ(r.outcomes.size(), 1u);
   EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kDrop);
-  EXPECT_EQ(describeOutcome(r.outcomes[0], p), "dropped (OUTPUT policy DROP), 100%");
+  EXPECT_EQ(describeOutcome(r.outcomes[0], p),
+            "dropped (OUTPUT policy DROP): the SYN gets no answer, connect() times out, 100%");
 }
 
 TEST(TraceTest, RandomBranchesAreBounded) {
@@ -491,6 +493,367 @@ TEST(TraceTest, RandomBranchesAreBounded) {
   EXPECT_TRUE(std::any_of(r.outcomes.begin(), r.outcomes.end(), [](const TraceOutcome& o) {
     return o.kind == OutcomeKind::kUndetermined;
   }));
+}
+
+// ---- nat, then filter: kube-proxy's node rules (test/fixtures/kube_proxy_node.save) --------
+
+SavedRuleset rulesetFromFixture(const std::string& name) {
+  auto r = parseIptablesSave(readFixture(name));
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return r.ok() ? *r : SavedRuleset{};
+}
+
+// The node of the fixture: 172.18.0.3, cni0 at 10.244.0.1, loopback.
+TraceContext nodeContext() {
+  TraceContext c;
+  c.local_networks = std::vector<Cidr>{*Cidr::parse("127.0.0.0/8"), *Cidr::parse("172.18.0.3/32"),
+                                       *Cidr::parse("10.244.0.1/32")};
+  c.route_device = [](const IpAddress& ip) -> std::optional<std::string> {
+    if (Cidr::parse("10.244.0.0/24")->contains(ip)) return "cni0";
+    return "eth0";
+  };
+  return c;
+}
+
+// A packet arriving at the node through PREROUTING.
+TracePacket arriving(const std::string& dst, const std::string& src, const std::string& in) {
+  TracePacket p;
+  p.destination = *SocketAddress::parse(dst);
+  p.origin = TraceOrigin::kArriving;
+  p.source = *IpAddress::parse(src);
+  p.in_interface = in;
+  return p;
+}
+
+bool pathHas(const TraceOutcome& o, const std::string& table, const std::string& chain) {
+  return std::any_of(o.path.begin(), o.path.end(),
+                     [&](const TraceStep& s) { return s.table == table && s.chain == chain; });
+}
+
+TEST(TraceFilterTest, NoEndpointsIsRejectedNotPassedThrough) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto p = packet("10.96.60.6:80");
+  // What the nat-only walk said before: nothing translates it.
+  auto nat_only = traceNatOutput(*rules.table("nat"), p, podContext());
+  ASSERT_EQ(nat_only.outcomes.size(), 1u);
+  EXPECT_EQ(nat_only.outcomes[0].kind, OutcomeKind::kUnchanged);
+
+  auto r = traceConnection(rules, p, podContext());
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  const auto& o = r.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kReject);
+  EXPECT_EQ(o.table, "filter");
+  EXPECT_EQ(o.chain, "KUBE-SERVICES");
+  EXPECT_EQ(o.rule_index, 1u);
+  EXPECT_EQ(o.comment, "shop/cart:http has no endpoints");
+  EXPECT_EQ(o.target, "REJECT --reject-with icmp-port-unreachable");
+  EXPECT_FALSE(o.destination.has_value());
+  EXPECT_DOUBLE_EQ(o.probability, 1.0);
+  EXPECT_EQ(describeOutcome(o, p),
+            "rejected (REJECT --reject-with icmp-port-unreachable in filter KUBE-SERVICES #1, "
+            "\"shop/cart:http has no endpoints\"): connect() fails at once with ECONNREFUSED, "
+            "100%");
+  // The nat walk comes first, then filter OUTPUT's jump into KUBE-SERVICES.
+  ASSERT_GE(o.path.size(), 3u);
+  EXPECT_EQ(o.path.front().table, "nat");
+  const auto& jump = o.path[o.path.size() - 2];
+  EXPECT_EQ(jump.table, "filter");
+  EXPECT_EQ(jump.chain, "OUTPUT");
+  EXPECT_EQ(jump.rule_index, 2u);
+  EXPECT_EQ(o.path.back().verdict, StepVerdict::kTerminal);
+  EXPECT_EQ(r.tables, (std::vector<std::string>{"nat", "filter"}));
+}
+
+TEST(TraceFilterTest, NoEndpointsFromAPodIsRejectedInForward) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto r = traceConnection(rules, arriving("10.96.60.6:80", "10.244.0.9", "cni0"), nodeContext());
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_EQ(r.outcomes[0].chain, "KUBE-SERVICES");
+  EXPECT_TRUE(pathHas(r.outcomes[0], "filter", "FORWARD"));
+  EXPECT_TRUE(pathHas(r.outcomes[0], "filter", "KUBE-FORWARD"));  // passed, not accepted
+  EXPECT_TRUE(pathHas(r.outcomes[0], "nat", "PREROUTING"));
+}
+
+TEST(TraceFilterTest, NoEndpointsNodePortAndExternalIpFromOutside) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  // The node port on the node's address: local, so filter INPUT.
+  auto np =
+      traceConnection(rules, arriving("172.18.0.3:30606", "192.0.2.200", "eth0"), nodeContext());
+  ASSERT_EQ(np.outcomes.size(), 1u);
+  EXPECT_EQ(np.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_EQ(np.outcomes[0].chain, "KUBE-EXTERNAL-SERVICES");
+  EXPECT_EQ(np.outcomes[0].rule_index, 2u);
+  EXPECT_TRUE(pathHas(np.outcomes[0], "filter", "INPUT"));
+  // The external IP: forwarded.
+  auto ext =
+      traceConnection(rules, arriving("192.0.2.66:80", "192.0.2.200", "eth0"), nodeContext());
+  ASSERT_EQ(ext.outcomes.size(), 1u);
+  EXPECT_EQ(ext.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_EQ(ext.outcomes[0].chain, "KUBE-EXTERNAL-SERVICES");
+  EXPECT_EQ(ext.outcomes[0].rule_index, 1u);
+  // From the pod itself, kube-proxy only rejects in KUBE-SERVICES (cluster IPs): the external IP
+  // goes out untouched.
+  auto local = traceConnection(rules, packet("192.0.2.66:80"), podContext());
+  ASSERT_EQ(local.outcomes.size(), 1u);
+  EXPECT_EQ(local.outcomes[0].kind, OutcomeKind::kUnchanged);
+  EXPECT_EQ(local.outcomes[0].accepted_by, "filter OUTPUT: accepted (policy ACCEPT)");
+}
+
+TEST(TraceFilterTest, LoadBalancerSourceRanges) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  // The pod's own address is outside 203.0.113.0/24: KUBE-FW lets it fall through and
+  // KUBE-PROXY-FIREWALL drops it.
+  auto p = packet("198.51.100.7:443");
+  auto local = traceConnection(rules, p, podContext());
+  ASSERT_EQ(local.outcomes.size(), 1u);
+  const auto& d = local.outcomes[0];
+  EXPECT_EQ(d.kind, OutcomeKind::kDrop);
+  EXPECT_EQ(d.table, "filter");
+  EXPECT_EQ(d.chain, "KUBE-PROXY-FIREWALL");
+  EXPECT_EQ(d.rule_index, 1u);
+  EXPECT_TRUE(pathHas(d, "nat", "KUBE-FW-QK4ZP2VJ7H3MXNAT"));
+  EXPECT_EQ(describeOutcome(d, p),
+            "dropped (DROP in filter KUBE-PROXY-FIREWALL #1, \"shop/api:https traffic not "
+            "accepted by KUBE-FW-QK4ZP2VJ7H3MXNAT\"): the SYN gets no answer, connect() times "
+            "out, 100%");
+
+  // An external client outside the ranges: the same drop, in FORWARD.
+  auto outside =
+      traceConnection(rules, arriving("198.51.100.7:443", "198.18.0.1", "eth0"), nodeContext());
+  ASSERT_EQ(outside.outcomes.size(), 1u);
+  EXPECT_EQ(outside.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_TRUE(pathHas(outside.outcomes[0], "filter", "FORWARD"));
+
+  // Inside the ranges: masqueraded, split across both endpoints, accepted by KUBE-FORWARD.
+  auto inside =
+      traceConnection(rules, arriving("198.51.100.7:443", "203.0.113.9", "eth0"), nodeContext());
+  ASSERT_EQ(inside.outcomes.size(), 2u);
+  EXPECT_EQ(dest(inside.outcomes[0]), "10.244.1.30:8443");
+  EXPECT_EQ(dest(inside.outcomes[1]), "10.244.2.31:8443");
+  for (const auto& o : inside.outcomes) {
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat);
+    EXPECT_DOUBLE_EQ(o.probability, 0.5);
+    EXPECT_EQ(o.mark, 0x4000u);
+    EXPECT_EQ(o.accepted_by, "filter FORWARD: accepted (ACCEPT in KUBE-FORWARD #2)");
+  }
+}
+
+TEST(TraceFilterTest, ExternalTrafficPolicyLocalKeepsExternalClientsOnThisNode) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  // An external client on the node port: KUBE-SVL, the local endpoint only, source kept.
+  auto ext =
+      traceConnection(rules, arriving("172.18.0.3:30080", "192.0.2.200", "eth0"), nodeContext());
+  ASSERT_EQ(ext.outcomes.size(), 1u);
+  const auto& o = ext.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kDnat);
+  EXPECT_EQ(dest(o), "10.244.0.7:8080");
+  EXPECT_DOUBLE_EQ(o.probability, 1.0);
+  EXPECT_EQ(o.mark, 0u);
+  EXPECT_TRUE(pathHas(o, "nat", "KUBE-SVL-W3BRT6HUYDQ4LKPE"));
+  EXPECT_EQ(o.accepted_by, "filter FORWARD: accepted (policy ACCEPT)");
+
+  // A pod on the node port: the whole service, unmarked.
+  auto pod =
+      traceConnection(rules, arriving("172.18.0.3:30080", "10.244.2.5", "eth0"), nodeContext());
+  ASSERT_EQ(pod.outcomes.size(), 2u);
+  EXPECT_EQ(dest(pod.outcomes[0]), "10.244.0.7:8080");
+  EXPECT_EQ(dest(pod.outcomes[1]), "10.244.1.9:8080");
+  EXPECT_EQ(pod.outcomes[0].mark, 0u);
+  EXPECT_FALSE(pathHas(pod.outcomes[0], "nat", "KUBE-SVL-W3BRT6HUYDQ4LKPE"));
+
+  // The node itself (OUTPUT, a LOCAL source): masqueraded, the whole service.
+  auto node =
+      traceConnection(rules, packet("172.18.0.3:30080", 0, "172.18.0.3", "lo"), nodeContext());
+  ASSERT_EQ(node.outcomes.size(), 2u);
+  EXPECT_EQ(node.outcomes[0].mark, 0x4000u);
+  EXPECT_DOUBLE_EQ(node.outcomes[0].probability, 0.5);
+}
+
+TEST(TraceFilterTest, ClusterIpOfThreeEndpointsThroughBothTables) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto r = traceConnection(rules, packet("10.96.50.10:8080"), podContext());
+  ASSERT_EQ(r.outcomes.size(), 3u);
+  const char* expected[] = {"10.244.1.20:8080", "10.244.2.21:8080", "10.244.3.22:8080"};
+  const char* chance[] = {"chosen at random, 33.33%", "chosen at random, 50.00%", ""};
+  for (size_t i = 0; i < 3; ++i) {
+    const auto& o = r.outcomes[i];
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat);
+    EXPECT_EQ(dest(o), expected[i]);
+    EXPECT_NEAR(o.probability, 1.0 / 3.0, 1e-9);
+    EXPECT_EQ(o.accepted_by, "filter OUTPUT: accepted (policy ACCEPT)");
+    auto svc = std::find_if(o.path.begin(), o.path.end(), [](const TraceStep& s) {
+      return s.chain == "KUBE-SVC-6M2TQXAKRJ5LZP4W" && s.verdict == StepVerdict::kJump;
+    });
+    ASSERT_NE(svc, o.path.end());
+    EXPECT_EQ(svc->detail, chance[i]);
+  }
+  EXPECT_NEAR(total(r), 1.0, 1e-12);
+  // From outside the cluster CIDR (a node-network client): marked for masquerade.
+  auto off =
+      traceConnection(rules, arriving("10.96.50.10:8080", "172.18.0.9", "eth0"), nodeContext());
+  ASSERT_EQ(off.outcomes.size(), 3u);
+  EXPECT_EQ(off.outcomes[0].mark, 0x4000u);
+  EXPECT_EQ(off.outcomes[0].accepted_by, "filter FORWARD: accepted (ACCEPT in KUBE-FORWARD #2)");
+}
+
+TEST(TraceFilterTest, SessionAffinityReportsTheFirstConnectionSplit) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto p = packet("10.96.90.9:80");
+  auto r = traceConnection(rules, p, podContext());
+  ASSERT_EQ(r.outcomes.size(), 2u);
+  EXPECT_EQ(dest(r.outcomes[0]), "10.244.1.40:80");
+  EXPECT_EQ(dest(r.outcomes[1]), "10.244.2.41:80");
+  for (const auto& o : r.outcomes) {
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat);
+    EXPECT_DOUBLE_EQ(o.probability, 0.5);
+    ASSERT_EQ(o.assumptions.size(), 1u);
+    EXPECT_NE(o.assumptions[0].find("a client's first connection"), std::string::npos);
+    // Both --rcheck rules are shown as not matched, with the list each one checks.
+    ASSERT_GE(o.path.size(), 4u);
+    EXPECT_EQ(o.path[2].verdict, StepVerdict::kAssumedSkip);
+    EXPECT_EQ(o.path[2].detail,
+              "no entry for this client in recent list KUBE-SEP-PB3VXA4LNT6KQZ2M: its first "
+              "connection");
+    EXPECT_EQ(o.path[3].verdict, StepVerdict::kAssumedSkip);
+  }
+  // --set on the DNAT rule always matches: the DNAT is reached.
+  EXPECT_EQ(r.outcomes[0].chain, "KUBE-SEP-PB3VXA4LNT6KQZ2M");
+  EXPECT_EQ(r.outcomes[0].rule_index, 2u);
+
+  TraceReport report;
+  report.packet = p;
+  report.result = r;
+  const std::string text = renderTrace(report);
+  EXPECT_NE(text.find("--rsource -j KUBE-SEP-PB3VXA4LNT6KQZ2M → not matched (no entry for this "
+                      "client in recent list KUBE-SEP-PB3VXA4LNT6KQZ2M: its first connection)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\nAssumed: session affinity (-m recent)"), std::string::npos) << text;
+}
+
+TEST(TraceFilterTest, NfacctOnlyCounts) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  // The node port on localhost: KUBE-NODEPORTS' first rule counts with nfacct and matches.
+  auto r = traceConnection(rules, packet("127.0.0.1:30080", 0, "127.0.0.1", "lo"), nodeContext());
+  ASSERT_EQ(r.outcomes.size(), 2u);
+  for (const auto& o : r.outcomes) {
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat);
+    EXPECT_DOUBLE_EQ(o.probability, 0.5);
+    EXPECT_EQ(o.mark, 0x4000u);
+    auto np = std::find_if(o.path.begin(), o.path.end(),
+                           [](const TraceStep& s) { return s.chain == "KUBE-NODEPORTS"; });
+    ASSERT_NE(np, o.path.end());
+    EXPECT_EQ(np->rule_index, 1u);
+    EXPECT_NE(np->rule.find("-m nfacct --nfacct-name localhost_nps_accepted_pkts"),
+              std::string::npos);
+  }
+  auto nfacct = natWith({}, {"-A OUTPUT -m nfacct --nfacct-name x -j DNAT --to-destination "
+                             "10.0.0.1:80"});
+  auto n = traceNatOutput(nfacct, packet("10.1.1.1:80"), podContext());
+  ASSERT_EQ(n.outcomes.size(), 1u);
+  EXPECT_EQ(n.outcomes[0].kind, OutcomeKind::kDnat);
+}
+
+TEST(TraceFilterTest, ConntrackStateOfTheFirstPacket) {
+  auto ruleset = [](const std::string& filter_rules) {
+    auto r = parseIptablesSave(
+        "*nat\n:OUTPUT ACCEPT [0:0]\n:PREROUTING ACCEPT [0:0]\n"
+        "-A OUTPUT -d 10.9.0.0/16 -p tcp -j DNAT --to-destination 127.0.0.1:9\n"
+        "COMMIT\n*filter\n:OUTPUT ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n" +
+        filter_rules + "COMMIT\n");
+    EXPECT_TRUE(r.ok());
+    return *r;
+  };
+  auto rules = ruleset(
+      "-A OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+      "-A OUTPUT ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate DNAT -j DROP\n"
+      "-A OUTPUT -m state --state NEW -j REJECT --reject-with tcp-reset\n");
+  // Translated by nat: the DNAT state exempts it from the localnet drop; NEW meets the reject.
+  auto dnat = traceConnection(rules, packet("10.9.1.1:80"), podContext());
+  ASSERT_EQ(dnat.outcomes.size(), 1u);
+  EXPECT_EQ(dnat.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_EQ(dnat.outcomes[0].rule_index, 3u);
+  EXPECT_EQ(dnat.outcomes[0].translated, "DNAT 127.0.0.1:9 via OUTPUT");
+  EXPECT_NE(describeOutcome(dnat.outcomes[0], packet("10.9.1.1:80"))
+                .find("connect() fails at once with ECONNREFUSED (after DNAT 127.0.0.1:9 via "
+                      "OUTPUT)"),
+            std::string::npos);
+  // Straight to 127.0.0.2 from the pod address: dropped.
+  auto direct = traceConnection(rules, packet("127.0.0.2:80"), podContext());
+  EXPECT_EQ(direct.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_EQ(direct.outcomes[0].rule_index, 2u);
+  // Other state options are not evaluated.
+  auto other = traceConnection(ruleset("-A OUTPUT -m conntrack --ctorigdstport 80 -j DROP\n"),
+                               packet("10.8.1.1:80"), podContext());
+  EXPECT_EQ(other.outcomes[0].kind, OutcomeKind::kUndetermined);
+  // Reject codes become the errno connect() sees.
+  auto host = traceConnection(ruleset("-A OUTPUT -j REJECT --reject-with icmp-host-prohibited\n"),
+                              packet("10.8.1.1:80"), podContext());
+  EXPECT_NE(describeOutcome(host.outcomes[0], packet("10.8.1.1:80")).find("EHOSTUNREACH"),
+            std::string::npos);
+}
+
+TEST(TraceFilterTest, Ipv6RejectsAndJson) {
+  auto r = parseIptablesSave(
+      "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      ":KUBE-SERVICES - [0:0]\n"
+      "-A FORWARD -m conntrack --ctstate NEW -j KUBE-SERVICES\n"
+      "-A KUBE-SERVICES -d fd00:10:96::6/128 -p tcp -m comment --comment \"shop/cart:http has no "
+      "endpoints\" -m tcp --dport 80 -j REJECT --reject-with icmp6-port-unreachable\n"
+      "-A KUBE-SERVICES -d fd00:10:96::7/128 -j REJECT --reject-with icmp6-adm-prohibited\n"
+      "COMMIT\n");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  TraceContext context;
+  context.local_networks = std::vector<Cidr>{*Cidr::parse("::1/128")};
+  auto in = arriving("[fd00:10:96::6]:80", "fd00:244:2::9", "eth0");
+  auto cart = traceConnection(*r, in, context);
+  ASSERT_EQ(cart.outcomes.size(), 1u);
+  EXPECT_EQ(cart.outcomes[0].kind, OutcomeKind::kReject);
+  EXPECT_NE(describeOutcome(cart.outcomes[0], in).find("ECONNREFUSED"), std::string::npos);
+  auto other = arriving("[fd00:10:96::7]:80", "fd00:244:2::9", "eth0");
+  auto adm = traceConnection(*r, other, context);
+  EXPECT_NE(describeOutcome(adm.outcomes[0], other).find("EACCES"), std::string::npos);
+
+  TraceReport report;
+  report.packet = in;
+  report.result = cart;
+  auto j = traceToJson(report);
+  EXPECT_EQ(j["chain"], "PREROUTING");
+  EXPECT_EQ(j["tables"], nlohmann::json::array({"nat", "filter"}));
+  EXPECT_EQ(j["packet"]["origin"], "arriving");
+  EXPECT_EQ(j["packet"]["in_interface"], "eth0");
+  const auto& o = j["outcomes"][0];
+  EXPECT_EQ(o["kind"], "reject");
+  EXPECT_EQ(o["table"], "filter");
+  EXPECT_EQ(o["comment"], "shop/cart:http has no endpoints");
+  EXPECT_EQ(o["path"].back()["table"], "filter");
+  EXPECT_NE(renderTrace(report).find("Trace: tcp to [fd00:10:96::6]:80 arriving from "
+                                     "fd00:244:2::9, in eth0 — nat and filter tables"),
+            std::string::npos)
+      << renderTrace(report);
+}
+
+TEST(TraceFilterTest, ArrivingPacketsNeedTheirInterfaceAndLocalAddresses) {
+  // Remora's inbound capture for a packet arriving at the pod.
+  auto nat = natFromPlan(InterceptOptions{}, Family::kIpv4);
+  auto in = arriving("10.244.0.5:8080", "10.244.1.3", "eth0");
+  auto r = traceChain(nat, "PREROUTING", in, podContext());
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kRedirect);
+  EXPECT_EQ(r.outcomes[0].chain, kInRedirectChain);
+  // An -i rule with no input interface known.
+  auto iface = natWith({}, {"-A PREROUTING -i eth0 -j DNAT --to-destination 10.0.0.1:80"});
+  in.in_interface.reset();
+  auto u = traceChain(iface, "PREROUTING", in, podContext());
+  EXPECT_EQ(u.outcomes[0].kind, OutcomeKind::kUndetermined);
+  EXPECT_NE(u.outcomes[0].reason.find("input interface"), std::string::npos);
+  // INPUT or FORWARD depends on the local addresses.
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto unknown =
+      traceConnection(rules, arriving("10.1.2.3:80", "192.0.2.200", "eth0"), TraceContext{});
+  ASSERT_EQ(unknown.outcomes.size(), 1u);
+  EXPECT_EQ(unknown.outcomes[0].kind, OutcomeKind::kUndetermined);
 }
 
 // ---- rendering ----------------------------------------------------------------------------
