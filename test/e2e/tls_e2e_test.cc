@@ -14,7 +14,7 @@
 #include <sstream>
 #include <thread>
 
-#include "netns_world.h"
+#include "tls_fixture.h"
 
 namespace remora::test {
 namespace {
@@ -28,7 +28,6 @@ constexpr const char* kVipUrl = "http://10.1.122.241:9999/";
 constexpr const char* kDirectUrl = "http://10.244.1.168:80/";
 constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
 constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
-constexpr uint32_t kProxyUid = 1337;
 
 constexpr const char* kWorld = R"(apiVersion: v1
 kind: Pod
@@ -72,42 +71,18 @@ spec:
                      mode);
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t countOf(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
-class TlsE2e : public ::testing::Test {
+class TlsE2e : public MeshTlsTest {
  protected:
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
-    world_ = std::make_unique<NetnsWorld>();
+    setUpMesh();
     front_ = *world_->addPod("front", kFrontIp);
     bill_ = *world_->addPod("bill", kBillIp);
     legacy_ = *world_->addPod("legacy", kLegacyIp);
-    char tmpl[] = "/tmp/remora-tls-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(dir_.c_str(), 0755);
-    ASSERT_TRUE(
-        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir_ + "/ca.key"}));
-    ASSERT_TRUE(openssl({"req", "-x509", "-new", "-key", dir_ + "/ca.key", "-subj",
-                         "/CN=remora-test-ca", "-days", "2", "-out", dir_ + "/ca.pem"}));
+    makeCa(front_);
     issue("front", kFrontId);
     issue("bill", kBillId);
-    for (const Pod* pod : {&front_, &bill_}) {
-      auto install = world_->exec(*pod, {binaryPath("remora-init"), "install"});
-      ASSERT_TRUE(install.ok() && install->exit_code == 0)
-          << (install ? install->err + install->out : install.error().message);
-    }
+    for (const Pod* pod : {&front_, &bill_}) installInit(*pod);
     app_ = world_->serveProbe(bill_, "0.0.0.0:80", kReply, true);
   }
 
@@ -115,58 +90,7 @@ class TlsE2e : public ::testing::Test {
     front_proxy_.reset();
     bill_proxy_.reset();
     app_.reset();
-    world_.reset();
-    if (!dir_.empty()) fs::remove_all(dir_);
-  }
-
-  bool openssl(std::vector<std::string> args) {
-    args.insert(args.begin(), "openssl");
-    auto out = world_->exec(front_, args);
-    return out.ok() && out->exit_code == 0;
-  }
-
-  // Writes cert-chain.pem, key.pem and root-cert.pem for `id` into dir_/name, each replaced by
-  // rename as a kubelet projected volume would. days 0 makes a certificate that is already
-  // expired by the time it is read.
-  void issue(const std::string& name, const std::string& id, int days = 1) {
-    const std::string d = dir_ + "/" + name;
-    fs::create_directories(d);
-    chmod(d.c_str(), 0755);
-    const std::string work = dir_ + "/work-" + name;
-    ASSERT_TRUE(
-        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + ".key"}));
-    ASSERT_TRUE(openssl(
-        {"req", "-new", "-key", work + ".key", "-subj", "/CN=" + name, "-out", work + ".csr"}));
-    std::ofstream(work + ".ext") << "subjectAltName=URI:" << id
-                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
-    ASSERT_TRUE(openssl({"x509", "-req", "-in", work + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
-                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
-                         "-extfile", work + ".ext", "-out", work + ".pem"}));
-    for (auto [from, to] : {std::pair{work + ".key", std::string("key.pem")},
-                            std::pair{dir_ + "/ca.pem", std::string("root-cert.pem")},
-                            std::pair{work + ".pem", std::string("cert-chain.pem")}}) {
-      const std::string tmp = d + "/." + to + ".tmp";
-      fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
-      chmod(tmp.c_str(), 0644);
-      fs::rename(tmp, d + "/" + to);
-    }
-  }
-
-  void writeConfig(const std::string& text) {
-    const std::string tmp = dir_ + "/.mesh.yaml.tmp";
-    std::ofstream(tmp) << text;
-    chmod(tmp.c_str(), 0644);
-    fs::rename(tmp, dir_ + "/mesh.yaml");
-  }
-
-  std::unique_ptr<Process> startProxy(const Pod& pod, const std::string& certs) {
-    auto p = world_->spawn(pod,
-                           {binaryPath("remora-proxy"), "--config", dir_ + "/mesh.yaml",
-                            "--tls-dir", dir_ + "/" + certs, "--log-level", "debug"},
-                           kProxyUid, kProxyUid);
-    EXPECT_TRUE(p->waitForLine("remora-proxy started", 10000)) << p->output();
-    EXPECT_TRUE(waitFor([&] { return curl(pod, "http://127.0.0.1:15000/ready") == "LIVE\n"; }));
-    return p;
+    tearDownMesh();
   }
 
   void startBoth(const std::string& config) {
@@ -175,32 +99,9 @@ class TlsE2e : public ::testing::Test {
     front_proxy_ = startProxy(front_, "front");
   }
 
-  std::string curl(const Pod& pod, const std::string& url) {
-    auto out = world_->exec(pod, {"curl", "-sS", "-m", "3", url});
-    if (!out || out->exit_code != 0) return "FAILED";
-    return out->out;
-  }
-
-  std::string metrics(const Pod& pod) {
-    return curl(pod, "http://127.0.0.1:15000/stats/prometheus");
-  }
-
-  template <typename Pred>
-  bool waitFor(Pred pred, int timeout_ms = 5000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return pred();
-  }
-
-  std::unique_ptr<NetnsWorld> world_;
   Pod front_, bill_, legacy_;
-  std::string dir_;
   std::unique_ptr<Process> app_, front_proxy_, bill_proxy_;
 };
-
 TEST_F(TlsE2e, StrictServesMutualTlsRefusesPlaintextAndHidesThePayload) {
   startBoth(std::string(kWorld) + peerAuthentication("STRICT"));
   // Capture on the bill pod's veth while the front pod's request crosses it.
@@ -212,7 +113,7 @@ TEST_F(TlsE2e, StrictServesMutualTlsRefusesPlaintextAndHidesThePayload) {
   EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   dump->stop(SIGINT, 3000);
-  const std::string wire = readFile(pcap);
+  const std::string wire = readWholeFile(pcap);
   EXPECT_GT(wire.size(), 1000U) << "the capture saw no traffic";
   EXPECT_EQ(wire.find(kReply), std::string::npos) << "the reply crossed the veth in plaintext";
   EXPECT_EQ(wire.find("GET / HTTP"), std::string::npos);

@@ -1,0 +1,143 @@
+#pragma once
+
+// The fixture of the mTLS e2e tests (tls_e2e_test.cc, tls_http_e2e_test.cc): a temporary
+// directory, a test CA and workload certificates made with the openssl CLI (EC P-256), the
+// mesh file, and each pod's remora-proxy started as uid 1337 with its own --tls-dir.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "netns_world.h"
+
+namespace remora::test {
+
+inline constexpr uint32_t kMeshProxyUid = 1337;
+
+inline std::string readWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline size_t countOf(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+class MeshTlsTest : public ::testing::Test {
+ protected:
+  // The namespaces, the directory and the CA; `tool` is the pod the openssl CLI runs in.
+  void setUpMesh() {
+    world_ = std::make_unique<NetnsWorld>();
+    char tmpl[] = "/tmp/remora-tls-e2e-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    chmod(dir_.c_str(), 0755);
+  }
+
+  void makeCa(const Pod& tool) {
+    tool_ = tool;
+    ASSERT_TRUE(
+        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir_ + "/ca.key"}));
+    ASSERT_TRUE(openssl({"req", "-x509", "-new", "-key", dir_ + "/ca.key", "-subj",
+                         "/CN=remora-test-ca", "-days", "2", "-out", dir_ + "/ca.pem"}));
+  }
+
+  void tearDownMesh() {
+    world_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  void installInit(const Pod& pod) {
+    auto install = world_->exec(pod, {binaryPath("remora-init"), "install"});
+    ASSERT_TRUE(install.ok() && install->exit_code == 0)
+        << (install ? install->err + install->out : install.error().message);
+  }
+
+  bool openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    auto out = world_->exec(tool_, args);
+    return out.ok() && out->exit_code == 0;
+  }
+  // Writes cert-chain.pem, key.pem and root-cert.pem for `id` into dir_/name, each replaced by
+  // rename as a kubelet projected volume would. days 0 makes a certificate that is already
+  // expired by the time it is read.
+  void issue(const std::string& name, const std::string& id, int days = 1) {
+    const std::string d = dir_ + "/" + name;
+    std::filesystem::create_directories(d);
+    chmod(d.c_str(), 0755);
+    const std::string work = dir_ + "/work-" + name;
+    ASSERT_TRUE(
+        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + ".key"}));
+    ASSERT_TRUE(openssl(
+        {"req", "-new", "-key", work + ".key", "-subj", "/CN=" + name, "-out", work + ".csr"}));
+    std::ofstream(work + ".ext") << "subjectAltName=URI:" << id
+                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
+    ASSERT_TRUE(openssl({"x509", "-req", "-in", work + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
+                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
+                         "-extfile", work + ".ext", "-out", work + ".pem"}));
+    for (auto [from, to] : {std::pair{work + ".key", std::string("key.pem")},
+                            std::pair{dir_ + "/ca.pem", std::string("root-cert.pem")},
+                            std::pair{work + ".pem", std::string("cert-chain.pem")}}) {
+      const std::string tmp = d + "/." + to + ".tmp";
+      std::filesystem::copy_file(from, tmp, std::filesystem::copy_options::overwrite_existing);
+      chmod(tmp.c_str(), 0644);
+      std::filesystem::rename(tmp, d + "/" + to);
+    }
+  }
+
+  void writeConfig(const std::string& text) {
+    const std::string tmp = dir_ + "/.mesh.yaml.tmp";
+    std::ofstream(tmp) << text;
+    chmod(tmp.c_str(), 0644);
+    std::filesystem::rename(tmp, dir_ + "/mesh.yaml");
+  }
+
+  std::unique_ptr<Process> startProxy(const Pod& pod, const std::string& certs) {
+    auto p = world_->spawn(pod,
+                           {binaryPath("remora-proxy"), "--config", dir_ + "/mesh.yaml",
+                            "--tls-dir", dir_ + "/" + certs, "--log-level", "debug"},
+                           kMeshProxyUid, kMeshProxyUid);
+    EXPECT_TRUE(p->waitForLine("remora-proxy started", 10000)) << p->output();
+    EXPECT_TRUE(waitFor([&] { return curl(pod, "http://127.0.0.1:15000/ready") == "LIVE\n"; }));
+    return p;
+  }
+
+  std::string curl(const Pod& pod, const std::string& url) {
+    auto out = world_->exec(pod, {"curl", "-sS", "-m", "3", url});
+    if (!out || out->exit_code != 0) return "FAILED";
+    return out->out;
+  }
+
+  std::string metrics(const Pod& pod) {
+    return curl(pod, "http://127.0.0.1:15000/stats/prometheus");
+  }
+
+  template <typename Pred>
+  bool waitFor(Pred pred, int timeout_ms = 5000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return pred();
+  }
+
+  std::unique_ptr<NetnsWorld> world_;
+  Pod tool_;
+  std::string dir_;
+};
+
+}  // namespace remora::test
