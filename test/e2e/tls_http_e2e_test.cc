@@ -68,13 +68,18 @@ spec:
   clusterIP: 10.1.122.241
   selector: {app: bill-service}
   ports: [{name: http, port: 9999, targetPort: 80}]
----
+)";
+
+std::string peerAuthentication(const std::string& mode) {
+  return fmt::format(R"(---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: {name: default, namespace: istio-demo}
+metadata: {{name: default, namespace: istio-demo}}
 spec:
-  mtls: {mode: STRICT}
-)";
+  mtls: {{mode: {}}}
+)",
+                     mode);
+}
 
 constexpr const char* kSplit9010 = R"(---
 apiVersion: networking.istio.io/v1
@@ -145,6 +150,7 @@ class TlsHttpE2e : public MeshTlsTest {
     front_ = *world_->addPod("front", kFrontIp);
     v1_ = *world_->addPod("bill-v1", kBillV1);
     v2_ = *world_->addPod("bill-v2", kBillV2);
+    legacy_ = *world_->addPod("legacy", "10.244.0.20");  // no proxy: a plaintext client
     makeCa(front_);
     issue("front", kFrontId);
     issue("bill", kBillId);
@@ -182,7 +188,7 @@ class TlsHttpE2e : public MeshTlsTest {
     return at == std::string::npos ? -1 : std::stol(m.substr(at + key.size() + 2));
   }
 
-  Pod front_, v1_, v2_;
+  Pod front_, v1_, v2_, legacy_;
   std::vector<std::unique_ptr<Process>> backends_;
   std::vector<std::unique_ptr<Process>> proxies_;
 };
@@ -198,7 +204,7 @@ size_t connections(const std::string& out) {
 }
 
 TEST_F(TlsHttpE2e, NinetyTenPerRequestOverOneConnectionWithStrictMtls) {
-  startAll(std::string(kWorld) + kSplit9010);
+  startAll(std::string(kWorld) + peerAuthentication("STRICT") + kSplit9010);
   const std::string pcap = dir_ + "/veth.pcap";
   auto dump = world_->spawn(
       v1_, {"tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-w", pcap, "tcp", "port", "80"});
@@ -250,7 +256,7 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/istio-demo/sa/front"]}}]
     to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]
 )";
-  startAll(std::string(kWorld) + allow);
+  startAll(std::string(kWorld) + peerAuthentication("STRICT") + allow);
   const std::string out =
       client("GET /public/x,POST /public/x,GET /private,GET /public/y?q=1,DELETE /public/x");
   std::vector<int> statuses;
@@ -271,6 +277,33 @@ spec:
   }
   EXPECT_EQ(allowed, 2);
   EXPECT_EQ(denied, 3);
+}
+
+TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaintext) {
+  startAll(std::string(kWorld) + peerAuthentication("PERMISSIVE"));
+  // Per request across v1 and v2 (the port's own weights): one TLS request reaches each.
+  const std::string out = client("GET /a,GET /b");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 2U) << out;
+  auto plain = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->out, std::string(kV1Reply) + "\n") << plain->err;
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls\"}"), 1) << metrics(v1_);
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"plaintext\"}"), 1) << metrics(v1_);
+  EXPECT_EQ(metric(v1_,
+                   "remora_inbound_connections_total{source_principal=\"unknown\","
+                   "connection_security_policy=\"none\"}"),
+            1)
+      << metrics(v1_);
+
+  // STRICT (after a reload): the plaintext client is refused, the sidecar still served.
+  writeConfig(std::string(kWorld) + peerAuthentication("STRICT"));
+  ASSERT_TRUE(waitFor([&] {
+    auto r = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+    return r.ok() && r->exit_code != 0;
+  }));
+  EXPECT_GE(metric(v1_, "remora_tls_handshake_failures_total{reason=\"plaintext_refused\"}"), 1)
+      << metrics(v1_);
+  EXPECT_EQ(countOf(client("GET /c,GET /d"), "\"status\": 200"), 2U);
 }
 
 }  // namespace
