@@ -26,21 +26,8 @@ constexpr const char* kLegacyIp = "10.244.0.20";
 constexpr const char* kReply = "this is bill-service-v1";
 constexpr const char* kVipUrl = "http://10.1.122.241:9999/";
 constexpr const char* kDirectUrl = "http://10.244.1.168:80/";
-constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
-constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
 
-constexpr const char* kWorld = R"(apiVersion: v1
-kind: Pod
-metadata:
-  name: front-tomcat
-  namespace: istio-demo
-  labels: {app: front-tomcat, security.istio.io/tlsMode: istio}
-spec:
-  serviceAccountName: front
-  containers: [{name: app, image: x}]
-status: {podIP: 10.244.0.10}
----
-apiVersion: v1
+const std::string kWorld = std::string(kFrontPod) + R"(apiVersion: v1
 kind: Pod
 metadata:
   name: bill-service-v1
@@ -59,17 +46,6 @@ spec:
   selector: {app: bill-service}
   ports: [{name: tcp-bill, port: 9999, targetPort: 80}]
 )";
-
-std::string peerAuthentication(const std::string& mode) {
-  return fmt::format(R"(---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-demo}}
-spec:
-  mtls: {{mode: {}}}
-)",
-                     mode);
-}
 
 class TlsE2e : public MeshTlsTest {
  protected:

@@ -22,6 +22,34 @@
 namespace remora::test {
 
 inline constexpr uint32_t kMeshProxyUid = 1337;
+inline constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
+inline constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
+
+// The meshed front pod (service account front) of both test worlds, ending with "---".
+inline constexpr const char* kFrontPod = R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: front-tomcat
+  namespace: istio-demo
+  labels: {app: front-tomcat, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: front
+  containers: [{name: app, image: x}]
+status: {podIP: 10.244.0.10}
+---
+)";
+
+// A namespace-wide PeerAuthentication for istio-demo.
+inline std::string peerAuthentication(const std::string& mode) {
+  return fmt::format(R"(---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-demo}}
+spec:
+  mtls: {{mode: {}}}
+)",
+                     mode);
+}
 
 inline std::string readWholeFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

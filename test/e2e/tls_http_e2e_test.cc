@@ -24,22 +24,9 @@ namespace {
 
 constexpr const char* kV1Reply = "this is bill-service-v1";
 constexpr const char* kV2Reply = "hello, this is bill-service-v2";
-constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
-constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
 constexpr const char* kPython = "/usr/bin/python3";
 
-constexpr const char* kWorld = R"(apiVersion: v1
-kind: Pod
-metadata:
-  name: front-tomcat
-  namespace: istio-demo
-  labels: {app: front-tomcat, security.istio.io/tlsMode: istio}
-spec:
-  serviceAccountName: front
-  containers: [{name: app, image: x}]
-status: {podIP: 10.244.0.10}
----
-apiVersion: v1
+const std::string kWorld = std::string(kFrontPod) + R"(apiVersion: v1
 kind: Pod
 metadata:
   name: bill-service-v1
@@ -69,17 +56,6 @@ spec:
   selector: {app: bill-service}
   ports: [{name: http, port: 9999, targetPort: 80}]
 )";
-
-std::string peerAuthentication(const std::string& mode) {
-  return fmt::format(R"(---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-demo}}
-spec:
-  mtls: {{mode: {}}}
-)",
-                     mode);
-}
 
 constexpr const char* kSplit9010 = R"(---
 apiVersion: networking.istio.io/v1
