@@ -11,10 +11,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
-#include "e2e_util.h"
-#include "netns_world.h"
+#include "tls_fixture.h"
 
 namespace remora::test {
 namespace {
@@ -26,22 +26,8 @@ constexpr const char* kLegacyIp = "10.244.0.20";
 constexpr const char* kReply = "this is bill-service-v1";
 constexpr const char* kVipUrl = "http://10.1.122.241:9999/";
 constexpr const char* kDirectUrl = "http://10.244.1.168:80/";
-constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
-constexpr const char* kBillId = "spiffe://cluster.local/ns/istio-demo/sa/bill";
-constexpr uint32_t kProxyUid = 1337;
 
-constexpr const char* kWorld = R"(apiVersion: v1
-kind: Pod
-metadata:
-  name: front-tomcat
-  namespace: istio-demo
-  labels: {app: front-tomcat, security.istio.io/tlsMode: istio}
-spec:
-  serviceAccountName: front
-  containers: [{name: app, image: x}]
-status: {podIP: 10.244.0.10}
----
-apiVersion: v1
+const std::string kWorld = std::string(kFrontPod) + R"(apiVersion: v1
 kind: Pod
 metadata:
   name: bill-service-v1
@@ -61,36 +47,18 @@ spec:
   ports: [{name: tcp-bill, port: 9999, targetPort: 80}]
 )";
 
-std::string peerAuthentication(const std::string& mode) {
-  return fmt::format(R"(---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-demo}}
-spec:
-  mtls: {{mode: {}}}
-)",
-                     mode);
-}
-
-class TlsE2e : public ::testing::Test {
+class TlsE2e : public MeshTlsTest {
  protected:
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
-    world_ = std::make_unique<NetnsWorld>();
+    setUpMesh();
     front_ = *world_->addPod("front", kFrontIp);
     bill_ = *world_->addPod("bill", kBillIp);
     legacy_ = *world_->addPod("legacy", kLegacyIp);
-    dir_ = makeScratchDir("remora-tls-e2e");
-    ASSERT_FALSE(dir_.empty());
-    ASSERT_TRUE(
-        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir_ + "/ca.key"}));
-    ASSERT_TRUE(openssl({"req", "-x509", "-new", "-key", dir_ + "/ca.key", "-subj",
-                         "/CN=remora-test-ca", "-days", "2", "-out", dir_ + "/ca.pem"}));
+    makeCa(front_);
     issue("front", kFrontId);
     issue("bill", kBillId);
-    for (const Pod* pod : {&front_, &bill_}) {
-      ASSERT_TRUE(installCapture(*world_, *pod));
-    }
+    for (const Pod* pod : {&front_, &bill_}) installInit(*pod);
     app_ = world_->serveProbe(bill_, "0.0.0.0:80", kReply, true);
   }
 
@@ -98,53 +66,7 @@ class TlsE2e : public ::testing::Test {
     front_proxy_.reset();
     bill_proxy_.reset();
     app_.reset();
-    world_.reset();
-    if (!dir_.empty()) fs::remove_all(dir_);
-  }
-
-  bool openssl(std::vector<std::string> args) {
-    args.insert(args.begin(), "openssl");
-    auto out = world_->exec(front_, args);
-    return out.ok() && out->exit_code == 0;
-  }
-
-  // Writes cert-chain.pem, key.pem and root-cert.pem for `id` into dir_/name, each replaced by
-  // rename as a kubelet projected volume would. days 0 makes a certificate that is already
-  // expired by the time it is read.
-  void issue(const std::string& name, const std::string& id, int days = 1) {
-    const std::string d = dir_ + "/" + name;
-    fs::create_directories(d);
-    chmod(d.c_str(), 0755);
-    const std::string work = dir_ + "/work-" + name;
-    ASSERT_TRUE(
-        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + ".key"}));
-    ASSERT_TRUE(openssl(
-        {"req", "-new", "-key", work + ".key", "-subj", "/CN=" + name, "-out", work + ".csr"}));
-    std::ofstream(work + ".ext") << "subjectAltName=URI:" << id
-                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
-    ASSERT_TRUE(openssl({"x509", "-req", "-in", work + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
-                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
-                         "-extfile", work + ".ext", "-out", work + ".pem"}));
-    for (auto [from, to] : {std::pair{work + ".key", std::string("key.pem")},
-                            std::pair{dir_ + "/ca.pem", std::string("root-cert.pem")},
-                            std::pair{work + ".pem", std::string("cert-chain.pem")}}) {
-      const std::string tmp = d + "/." + to + ".tmp";
-      fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
-      chmod(tmp.c_str(), 0644);
-      fs::rename(tmp, d + "/" + to);
-    }
-  }
-
-  void writeConfig(const std::string& text) { replaceFile(dir_ + "/mesh.yaml", text); }
-
-  std::unique_ptr<Process> startProxy(const Pod& pod, const std::string& certs) {
-    auto p = world_->spawn(pod,
-                           {binaryPath("remora-proxy"), "--config", dir_ + "/mesh.yaml",
-                            "--tls-dir", dir_ + "/" + certs, "--log-level", "debug"},
-                           kProxyUid, kProxyUid);
-    EXPECT_TRUE(p->waitForLine("remora-proxy started", 10000)) << p->output();
-    EXPECT_TRUE(waitFor([&] { return curl(pod, "http://127.0.0.1:15000/ready") == "LIVE\n"; }));
-    return p;
+    tearDownMesh();
   }
 
   void startBoth(const std::string& config) {
@@ -153,22 +75,9 @@ class TlsE2e : public ::testing::Test {
     front_proxy_ = startProxy(front_, "front");
   }
 
-  std::string curl(const Pod& pod, const std::string& url) {
-    auto out = world_->exec(pod, {"curl", "-sS", "-m", "3", url});
-    if (!out || out->exit_code != 0) return "FAILED";
-    return out->out;
-  }
-
-  std::string metrics(const Pod& pod) {
-    return curl(pod, "http://127.0.0.1:15000/stats/prometheus");
-  }
-
-  std::unique_ptr<NetnsWorld> world_;
   Pod front_, bill_, legacy_;
-  std::string dir_;
   std::unique_ptr<Process> app_, front_proxy_, bill_proxy_;
 };
-
 TEST_F(TlsE2e, StrictServesMutualTlsRefusesPlaintextAndHidesThePayload) {
   startBoth(std::string(kWorld) + peerAuthentication("STRICT"));
   // Capture on the bill pod's veth while the front pod's request crosses it.

@@ -120,6 +120,8 @@ spec:
     - {key: source.namespace, values: ["demo"]}
     - key: "request.headers[x-user]"
       values: ["a"]
+    - {key: "request.auth.claims[iss]", values: ["x"]}
+    - {key: request.bogus, values: ["x"]}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -151,8 +153,12 @@ spec: {acton: DENY}
   EXPECT_EQ(policies[1].rules.size(), 1U);
   EXPECT_TRUE(policies[2].rules.empty());
   const std::string f = findings(*t);
-  EXPECT_NE(f.find("methods needs L7"), std::string::npos) << f;
-  EXPECT_NE(f.find("request.headers[x-user]' needs L7"), std::string::npos) << f;
+  // HTTP fields are applied on HTTP ports (issue 14 with L7): parsed, no finding.
+  EXPECT_EQ(allow.rules[0].to[0].methods, std::vector<std::string>{"GET"});
+  EXPECT_EQ(f.find("methods"), std::string::npos) << f;
+  EXPECT_EQ(f.find("x-user"), std::string::npos) << f;
+  EXPECT_NE(f.find("'request.auth.claims[iss]' needs JWT authentication"), std::string::npos) << f;
+  EXPECT_NE(f.find("'request.bogus' is unknown"), std::string::npos) << f;
   EXPECT_NE(f.find("CUSTOM (external authorization) is not supported"), std::string::npos) << f;
   EXPECT_NE(f.find("unknown field 'acton'"), std::string::npos) << f;
   EXPECT_EQ(t->security->policiesFor(ip("10.0.1.1")).size(), 3U);

@@ -182,6 +182,141 @@ TEST(Authz, HttpOnlyFieldsAtL4FollowIstio) {
   EXPECT_TRUE(allowed({&deny}, from(kOther)));
 }
 
+// One HTTP request from `principal`, as the L7 path builds it.
+struct Req {
+  RequestAttributes r;
+  ConnectionAttributes a;
+  Req(const std::string& principal, std::string_view method, std::string_view path,
+      std::string_view host = "bill.demo:8080",
+      std::vector<std::pair<std::string_view, std::string_view>> headers = {})
+      : a(from(principal)) {
+    r.method = method;
+    r.path = path;
+    r.host = host;
+    r.headers = std::move(headers);
+    a.request = &r;
+  }
+};
+
+Rule operation(std::vector<std::string> methods, std::vector<std::string> paths) {
+  Rule r;
+  r.to.push_back(Operation{});
+  r.to.back().methods = std::move(methods);
+  r.to.back().paths = std::move(paths);
+  r.to.back().l7 = true;
+  return r;
+}
+
+TEST(AuthzHttp, PathFormsFollowIstio) {
+  // Exact, prefix "/x/*", suffix "*x", presence "*".
+  auto exact = policy("p-exact", Action::kAllow, {operation({}, {"/status"})});
+  EXPECT_TRUE(allowed({&exact}, Req(kSleep, "GET", "/status").a));
+  EXPECT_FALSE(allowed({&exact}, Req(kSleep, "GET", "/status/x").a));
+  auto prefix = policy("p-prefix", Action::kAllow, {operation({}, {"/public/*"})});
+  EXPECT_TRUE(allowed({&prefix}, Req(kSleep, "GET", "/public/x").a));
+  EXPECT_TRUE(allowed({&prefix}, Req(kSleep, "GET", "/public/").a));
+  EXPECT_FALSE(allowed({&prefix}, Req(kSleep, "GET", "/public").a));
+  EXPECT_FALSE(allowed({&prefix}, Req(kSleep, "GET", "/private").a));
+  auto suffix = policy("p-suffix", Action::kAllow, {operation({}, {"*.png"})});
+  EXPECT_TRUE(allowed({&suffix}, Req(kSleep, "GET", "/img/a.png").a));
+  EXPECT_FALSE(allowed({&suffix}, Req(kSleep, "GET", "/img/a.png.txt").a));
+  auto any = policy("p-any", Action::kAllow, {operation({}, {"*"})});
+  EXPECT_TRUE(allowed({&any}, Req(kSleep, "GET", "/").a));
+  // notPaths.
+  Rule not_admin;
+  not_admin.to.push_back(Operation{});
+  not_admin.to.back().not_paths = {"/admin/*"};
+  not_admin.to.back().l7 = true;
+  auto deny_admin_only = policy("p-not", Action::kAllow, {not_admin});
+  EXPECT_TRUE(allowed({&deny_admin_only}, Req(kSleep, "GET", "/x").a));
+  EXPECT_FALSE(allowed({&deny_admin_only}, Req(kSleep, "GET", "/admin/users").a));
+}
+
+TEST(AuthzHttp, MethodsAndPrincipalTogether) {
+  Rule r = operation({"GET"}, {"/public/*"});
+  r.from.push_back(Source{});
+  r.from.back().principals = {kSleep};
+  auto allow = policy("allow-public-get", Action::kAllow, {r});
+  const uint64_t allowed_before = allow.counters->allowed.load();
+  auto d = evaluate({&allow}, Req(kSleep, "GET", "/public/x").a);
+  EXPECT_TRUE(d.allowed);
+  count(d);
+  EXPECT_EQ(allow.counters->allowed.load(), allowed_before + 1);
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "POST", "/public/x").a));
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/private").a));
+  EXPECT_FALSE(allowed({&allow}, Req(kOther, "GET", "/public/x").a));
+  // The same rule on a TCP connection never matches (Istio's rule for HTTP fields at L4).
+  EXPECT_FALSE(allowed({&allow}, from(kSleep)));
+  // notMethods in a DENY policy.
+  Rule writes;
+  writes.to.push_back(Operation{});
+  writes.to.back().not_methods = {"GET", "HEAD"};
+  writes.to.back().l7 = true;
+  auto deny = policy("deny-writes", Action::kDeny, {writes});
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/x").a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "DELETE", "/x").a));
+}
+
+TEST(AuthzHttp, HostsAreCaseInsensitiveWithAnyPort) {
+  Rule r;
+  r.to.push_back(Operation{});
+  r.to.back().hosts = {"bill.demo", "*.example.com"};
+  r.to.back().l7 = true;
+  auto allow = policy("allow-hosts", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/", "bill.demo").a));
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/", "Bill.Demo:8080").a));
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/", "api.EXAMPLE.com").a));
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/", "bill.other").a));
+  Rule nr;
+  nr.to.push_back(Operation{});
+  nr.to.back().not_hosts = {"bill.demo"};
+  nr.to.back().l7 = true;
+  auto deny = policy("deny-not-bill", Action::kDeny, {nr});
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/", "bill.demo:80").a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/", "front.demo").a));
+}
+
+TEST(AuthzHttp, WhenRequestHeaders) {
+  Rule r;
+  r.when.push_back(Condition{"request.headers[X-User]", {"jason", "admin-*"}, {}, true});
+  auto allow = policy("allow-user", Action::kAllow, {r});
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/", "h", {{"x-user", "jason"}}).a));
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/", "h", {{"X-USER", "admin-1"}}).a));
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/", "h", {{"x-user", "bob"}}).a));
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/", "h").a));  // absent: no match
+  // notValues: an absent header does not match them either.
+  Rule nv;
+  nv.when.push_back(Condition{"request.headers[x-user]", {}, {"bob"}, true});
+  auto allow_not_bob = policy("allow-not-bob", Action::kAllow, {nv});
+  EXPECT_TRUE(allowed({&allow_not_bob}, Req(kSleep, "GET", "/", "h", {{"x-user", "ann"}}).a));
+  EXPECT_TRUE(allowed({&allow_not_bob}, Req(kSleep, "GET", "/", "h").a));
+  EXPECT_FALSE(allowed({&allow_not_bob}, Req(kSleep, "GET", "/", "h", {{"x-user", "bob"}}).a));
+  // JWT keys: no request has a request principal or claims.
+  Rule jwt;
+  jwt.when.push_back(Condition{"request.auth.claims[iss]", {"x"}, {}, true});
+  auto allow_jwt = policy("allow-jwt", Action::kAllow, {jwt});
+  EXPECT_FALSE(allowed({&allow_jwt}, Req(kSleep, "GET", "/").a));
+  Rule rp;
+  rp.from.push_back(Source{});
+  rp.from.back().request_principals = {"*"};
+  rp.from.back().l7 = true;
+  auto allow_rp = policy("allow-rp", Action::kAllow, {rp});
+  EXPECT_FALSE(allowed({&allow_rp}, Req(kSleep, "GET", "/").a));
+  // An unknown key at L7 keeps the TCP treatment: ALLOW never matches, DENY drops it.
+  Rule unknown;
+  unknown.when.push_back(Condition{"request.bogus", {"x"}, {}, true});
+  auto allow_unknown = policy("allow-unknown-l7", Action::kAllow, {unknown});
+  EXPECT_FALSE(allowed({&allow_unknown}, Req(kSleep, "GET", "/").a));
+  auto deny_unknown = policy("deny-unknown-l7", Action::kDeny, {unknown});
+  EXPECT_FALSE(allowed({&deny_unknown}, Req(kSleep, "GET", "/").a));
+  // L4 keys still apply per request.
+  Rule l4;
+  l4.when.push_back(Condition{"source.namespace", {"demo"}, {}, false});
+  auto allow_ns = policy("allow-ns-l7", Action::kAllow, {l4});
+  EXPECT_TRUE(allowed({&allow_ns}, Req(kSleep, "GET", "/").a));
+  EXPECT_FALSE(allowed({&allow_ns}, Req(kOther, "GET", "/").a));
+}
+
 TEST(Authz, AuditNeverDecidesAndIsCounted) {
   auto audit = policy("audit-all", Action::kAudit, {Rule{}});
   auto allow = policy("allow-sleep", Action::kAllow, {principals({kSleep})});

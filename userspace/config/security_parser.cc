@@ -252,12 +252,18 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
           if (!v) return v.error();
           *into = std::move(*v);
         }
-        for (const char* key : {"requestPrincipals", "notRequestPrincipals"}) {
+        for (auto [key, into] : {std::pair{"requestPrincipals", &src.request_principals},
+                                 std::pair{"notRequestPrincipals", &src.not_request_principals}}) {
+          auto v = readStrings(child(s, key), field + "." + key, sline, error);
+          if (!v) return v.error();
+          *into = std::move(*v);
           if (present(child(s, key))) {
             src.l7 = true;
             note(out, Severity::kWarning, field + "." + key, lineOf(child(s, key), sline),
-                 "needs L7 (JWT): not evaluated yet; an ALLOW rule with it never matches a TCP "
-                 "connection, a DENY rule matches on its other fields, as Istio does for TCP");
+                 "needs JWT authentication, which Remora does not do: no request has a request "
+                 "principal (requestPrincipals never matches, notRequestPrincipals always does); "
+                 "on a TCP port an ALLOW rule with it never matches, a DENY rule matches on its "
+                 "other fields, as Istio does for TCP");
           }
         }
         rule.from.push_back(std::move(src));
@@ -283,16 +289,16 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
             into->push_back(*port);
           }
         }
-        for (const char* key :
-             {"hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"}) {
-          if (present(child(o, key))) {
-            op.l7 = true;
-            note(out, Severity::kWarning, field + "." + key, lineOf(child(o, key), oline),
-                 fmt::format("{} needs L7: not evaluated yet; an ALLOW rule with it never "
-                             "matches a TCP connection, a DENY rule matches on its other fields, "
-                             "as Istio does for TCP",
-                             key));
-          }
+        // HTTP-only: evaluated per request on HTTP ports; on a TCP port an ALLOW rule with one
+        // never matches and a DENY rule matches on its other fields, as Istio does.
+        for (auto [key, into] :
+             {std::pair{"hosts", &op.hosts}, std::pair{"notHosts", &op.not_hosts},
+              std::pair{"methods", &op.methods}, std::pair{"notMethods", &op.not_methods},
+              std::pair{"paths", &op.paths}, std::pair{"notPaths", &op.not_paths}}) {
+          auto v = readStrings(child(o, key), field + "." + key, oline, error);
+          if (!v) return v.error();
+          *into = std::move(*v);
+          if (present(child(o, key))) op.l7 = true;
         }
         rule.to.push_back(std::move(op));
       }
@@ -316,10 +322,17 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
             "destination.ip", "destination.port", "connection.sni"};
         if (kL4.count(c.key) == 0) {
           c.l7 = true;
-          note(out, Severity::kWarning, field + ".key", wline,
-               fmt::format("condition key '{}' needs L7 (or is unknown): not evaluated yet; an "
-                           "ALLOW rule with it never matches a TCP connection",
-                           c.key));
+          if (c.key.rfind("request.auth.", 0) == 0) {
+            note(out, Severity::kWarning, field + ".key", wline,
+                 fmt::format("condition key '{}' needs JWT authentication, which Remora does not "
+                             "do: no request has it, so its values never match",
+                             c.key));
+          } else if (!security::isHttpConditionKey(c.key)) {
+            note(out, Severity::kWarning, field + ".key", wline,
+                 fmt::format("condition key '{}' is unknown: not evaluated; an ALLOW rule with it "
+                             "never matches, a DENY rule matches on its other fields",
+                             c.key));
+          }
         }
         rule.when.push_back(std::move(c));
       }

@@ -171,7 +171,13 @@ HttpProxy::Session* HttpProxy::session(uint32_t slot, uint32_t generation) {
 // ---------------------------------------------------------------------------------------------
 // Pipes
 
-void HttpProxy::queueSend(Pipe& p, std::string_view data) { p.pending.append(data); }
+void HttpProxy::queueSend(Pipe& p, std::string_view data) {
+  if (p.tls) {
+    tlsSend(p, data);
+    return;
+  }
+  p.pending.append(data);
+}
 
 void HttpProxy::flush(Pipe& p, uint64_t user_data) {
   p.send_in_flight = true;
@@ -236,6 +242,10 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   s.close_after = draining_;
   ++active_sessions_;
   stats_.counters().http_sessions.inc();
+  if (!secureSession(s.client, kind, original_dst)) {
+    closeSession(*slot, true);
+    return;
+  }
   readClient(*slot);
 }
 
@@ -262,14 +272,26 @@ void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
   if (c.res > 0) {
     s.last_activity = now_;
     s.request_bytes += static_cast<uint64_t>(c.res);
+    std::string_view data(s.client.rbuf.get(), static_cast<size_t>(c.res));
+    if (s.client.tls || s.client.detect_tls) {
+      if (tlsReceive(s.client, data, s.kind == ListenerKind::kInbound) == TlsIn::kFailed) {
+        closeSession(slot, true);
+        return;
+      }
+      flushClient(slot);  // handshake answers
+      if (data.empty()) {
+        readClient(slot);
+        return;
+      }
+    }
     if (s.stage == Session::Stage::kTunnel) {
       Upstream& u = *upstreams_[*s.up];
-      queueSend(u.io, {s.client.rbuf.get(), static_cast<size_t>(c.res)});
+      queueSend(u.io, data);
       flushUpstream(*s.up);
       readClient(slot);
       return;
     }
-    s.in.append(s.client.rbuf.get(), static_cast<size_t>(c.res));
+    s.in.append(data);
     if (s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kBody) {
       nextRequest(slot);
     } else {
@@ -404,6 +426,11 @@ void HttpProxy::handleRequest(uint32_t slot) {
   beginRequest(s);
   s.stage = Session::Stage::kUpstream;
   s.table = router_ != nullptr ? router_->table() : nullptr;
+  if (!requestAllowed(s.table.get(), s.kind, h, s.peer, s.original_dst, s.client)) {
+    // Envoy's RBAC filter answer; the connection stays usable for the next request.
+    localReply(slot, 403, "RBAC: access denied", "-");
+    return;
+  }
   if (s.kind == ListenerKind::kOutbound && s.table) {
     s.port = s.table->find(s.original_dst);
   }
@@ -678,6 +705,9 @@ std::optional<uint32_t> HttpProxy::openUpstream(uint32_t slot, const SocketAddre
   pool->bindCounters(endpoint, u.counters);
   pool->opened();
   u.sa_len = endpoint.toSockaddr(u.sa);
+  secureUpstream(u.io, s.kind, s.table.get(),
+                 s.have_decision && s.decision.service != nullptr ? s.decision.service : s.port,
+                 endpoint);
   // A DestinationRule's connectTimeout (Istio's default 10 s) for a Service, the proxy's own
   // --connect-timeout for a passthrough destination.
   const auto timeout = s.port != nullptr ? pool->limits.connect_timeout : settings_.connect_timeout;
@@ -691,7 +721,7 @@ void HttpProxy::onUpstreamConnect(uint32_t up, const Completion& c) {
   if (u.state != Upstream::State::kConnecting) return;
   Session* s = session(u.owner, u.owner_generation);
   const bool wanted = s != nullptr && s->stage == Session::Stage::kUpstream && s->up == up;
-  if (c.res == 0) {
+  if (c.res == 0 && tlsConnected(u.io)) {
     u.state = Upstream::State::kBusy;
     u.counters->opened.inc();
     if (wanted) {
@@ -815,10 +845,26 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
   Upstream& u = *upstreams_[up];
   u.io.reading = false;
   if (u.state == Upstream::State::kClosing) return;
+  int res = c.res;
+  std::string_view data;
+  if (res > 0) {
+    data = {u.io.rbuf.get(), static_cast<size_t>(res)};
+    if (u.io.tls) {
+      if (tlsReceive(u.io, data, false) == TlsIn::kFailed) {
+        res = -ECONNRESET;  // a failed handshake or a bad record: as good as a reset
+      } else {
+        flushUpstream(up);   // the handshake's end and the request held until then
+        if (data.empty()) {  // handshake or session tickets only
+          readUpstream(up);
+          return;
+        }
+      }
+    }
+  }
   if (u.state == Upstream::State::kIdle) {
     // An idle pooled connection: the server closed it (or sent bytes nobody asked for).
     u.pool->removeIdle(u.endpoint, up);
-    closeUpstream(up, c.res > 0);
+    closeUpstream(up, res > 0);
     return;
   }
   Session* s = session(u.owner, u.owner_generation);
@@ -828,8 +874,8 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
     return;
   }
   if (u.state == Upstream::State::kTunnel) {
-    if (c.res > 0) {
-      queueSend(s->client, {u.io.rbuf.get(), static_cast<size_t>(c.res)});
+    if (res > 0) {
+      queueSend(s->client, data);
       flushClient(slot);
       readUpstream(up);
     } else {
@@ -838,19 +884,18 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
     }
     return;
   }
-  if (c.res > 0) {
+  if (res > 0) {
     u.got_bytes = true;
-    u.in.append(u.io.rbuf.get(), static_cast<size_t>(c.res));
+    u.in.append(data);
     processResponse(slot, up);
     return;
   }
-  if (c.res == -EINTR || c.res == -EAGAIN) {
+  if (res == -EINTR || res == -EAGAIN) {
     readUpstream(up);
     return;
   }
   // EOF or an error.
-  if (c.res == 0 && u.parser.head().framing() == http::Framing::kUntilClose &&
-      s->response_started) {
+  if (res == 0 && u.parser.head().framing() == http::Framing::kUntilClose && s->response_started) {
     http::Step step = u.parser.finish();
     if (step.event == http::Event::kMessageComplete) {
       responseDone(slot, up, false);
@@ -1109,6 +1154,7 @@ void HttpProxy::finishRequest(uint32_t slot) {
 
 void HttpProxy::closeWhenFlushed(uint32_t slot) {
   Session& s = *sessions_[slot];
+  if (s.stage != Session::Stage::kClosing) tlsCloseNotify(s.client);
   s.close_pending = true;
   if (s.stage != Session::Stage::kClosing && flushClient(slot) && !s.client.send_in_flight) {
     closeSession(slot, false);

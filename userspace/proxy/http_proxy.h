@@ -33,10 +33,15 @@
 #include "proxy/stats.h"
 #include "routing/http_route.h"
 #include "routing/route_table.h"
+#include "tls/tls_stream.h"
 
 namespace remora::http {
 class MessageHead;
 }  // namespace remora::http
+
+namespace remora::tls {
+class IdentityStore;
+}  // namespace remora::tls
 
 namespace remora::proxy {
 
@@ -85,6 +90,12 @@ class HttpProxy {
   // The router (owned by the worker, outliving this) and settings for requests from now on.
   void configure(routing::Router* router, const HttpProxySettings& settings);
   void setAccessLog(LogSink sink) { access_log_ = std::move(sink); }
+  // mTLS (http_tls.cc): the workload identity (nullptr: none) and the worker's client session
+  // cache, shared with the L4 path.
+  void setTls(std::shared_ptr<tls::IdentityStore> identity, tls::SessionCache* sessions) {
+    identity_ = std::move(identity);
+    session_cache_ = sessions;
+  }
 
   // Takes over an accepted client connection (the fd is this object's from now on).
   void adopt(int fd, ListenerKind kind, const SocketAddress& peer,
@@ -125,6 +136,12 @@ class HttpProxy {
     bool send_in_flight = false;
     std::string pending;
     bool shut_sent = false;
+    // mTLS (http_tls.cc): the TLS side of this socket, if any; queueSend encrypts through it
+    // and received bytes are decrypted before the HTTP code sees them.
+    std::unique_ptr<tls::TlsStream> tls;
+    bool detect_tls = false;  // PERMISSIVE: the first byte decides
+    bool tls_identified = false;
+    bool close_notify = false;
     size_t queued() const { return (sending.size() - sent) + pending.size(); }
   };
   enum class TimerKind : uint8_t { kDelay, kRequest, kTry, kCount };
@@ -191,6 +208,28 @@ class HttpProxy {
   bool flushClient(uint32_t slot);
   bool flushUpstream(uint32_t up);
 
+  // mTLS and AuthorizationPolicy (http_tls.cc, docs/TLS.md).
+  enum class TlsIn : uint8_t { kPlain, kFailed };
+  // Inbound: PeerAuthentication's mode for a new session's client pipe; false: close it.
+  bool secureSession(Pipe& client, ListenerKind kind, const SocketAddress& original_dst);
+  // Outbound: originates TLS on a new upstream connection to `endpoint` when mTLS applies.
+  void secureUpstream(Pipe& io, ListenerKind kind, const routing::RouteTable* table,
+                      const routing::ServicePort* port, const SocketAddress& endpoint);
+  // After the TCP connect: the ClientHello goes first. False when the stream failed.
+  static bool tlsConnected(Pipe& io);
+  // Received bytes of a pipe through its TLS stream (or its PERMISSIVE detection): `bytes`
+  // becomes the plaintext (maybe empty); handshake bytes to answer are queued on the pipe.
+  TlsIn tlsReceive(Pipe& p, std::string_view& bytes, bool inbound_client);
+  // Plaintext to send on a TLS pipe: encrypted (held until the handshake is done) and queued.
+  static void tlsSend(Pipe& p, std::string_view data);
+  // close_notify before a clean close of a TLS pipe.
+  static void tlsCloseNotify(Pipe& p);
+  // The per-request AuthorizationPolicy check of an inbound session (`table` the request's);
+  // false: denied, to be answered 403.
+  static bool requestAllowed(const routing::RouteTable* table, ListenerKind kind,
+                             const http::MessageHead& head, const SocketAddress& peer,
+                             const SocketAddress& original_dst, const Pipe& client);
+
   Session* session(uint32_t slot, uint32_t generation);
   void recordRequest(const Session& s);
   void logRequest(const Session& s);
@@ -209,6 +248,9 @@ class HttpProxy {
   routing::Router* router_ = nullptr;
   HttpProxySettings settings_;
   LogSink access_log_;
+  std::shared_ptr<tls::IdentityStore> identity_;
+  tls::SessionCache* session_cache_ = nullptr;
+  std::string tls_plain_;  // scratch: the plaintext of the receive being handled
   std::chrono::steady_clock::time_point now_;
 
   loop::SlotTable<std::unique_ptr<Session>> sessions_;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "common/ip_address.h"
 #include "security/security_policy.h"
 #include "tls/tls_context.h"
 #include "tls/tls_stream.h"
@@ -31,6 +32,33 @@ struct TlsConnection {
 // How long PERMISSIVE waits for a client's first bytes before treating it as plaintext (the app
 // may speak first). The worker's sweep checks it, so the wait ends within one tick of this.
 inline constexpr std::chrono::milliseconds kDetectTimeout{200};
+
+// The decisions and counters the L4 hooks (tls_worker.cc) and the L7 path (http_tls.cc) share.
+
+// The first byte of a TLS handshake record (a ClientHello): PERMISSIVE's detection.
+inline constexpr char kTlsHandshakeRecord = 0x16;
+
+// Outbound: the client stream for a connection to `endpoint` of `service` ("name.namespace",
+// may be empty) on `service_port`, as DestinationRule tls and auto mTLS decide, expecting the
+// endpoint pod's SPIFFE ID (in the proxy's own trust domain); nullptr: plaintext (no mTLS wanted,
+// or wanted with no certificate loaded: counted and logged).
+std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& security,
+                                             const tls::IdentityStore* identity,
+                                             const std::string& service, uint16_t service_port,
+                                             const SocketAddress& endpoint,
+                                             tls::SessionCache* sessions);
+// Inbound: a server stream with the current certificate; nullptr with none (counted, logged).
+std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity);
+// The peer's principal and namespace from its SPIFFE ID ("" for plaintext) into `a`.
+void identifyPeer(const std::string& peer_identity, security::ConnectionAttributes& a);
+// Evaluates the policies selecting `a.destination_ip` and counts the decision (per policy and in
+// remora_authz_decisions_total).
+security::AuthzDecision authorize(const security::SecurityTable* security,
+                                  const security::ConnectionAttributes& a);
+// The metric outcome of a failed TLS stream ("tls_peer_identity", ...).
+const char* tlsOutcome(tls::Failure failure);
+// At most one log line per second per thread for TLS trouble.
+bool tlsLogAllowed();
 
 // Inbound connections by peer identity (source_principal, "unknown" for plaintext) and the mode
 // they were served in. Any thread.

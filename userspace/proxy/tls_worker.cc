@@ -16,10 +16,6 @@
 namespace remora::proxy {
 namespace {
 
-// The first byte of a TLS handshake record (a ClientHello); no plaintext protocol a sidecar
-// carries starts with it.
-constexpr char kHandshakeRecord = 0x16;
-
 struct InboundKey {
   std::string principal;
   bool tls;
@@ -39,7 +35,9 @@ Registry& registry() {
   return r;
 }
 
-const char* outcomeOf(tls::Failure failure) {
+}  // namespace
+
+const char* tlsOutcome(tls::Failure failure) {
   switch (failure) {
     case tls::Failure::kPeerIdentity:
       return "tls_peer_identity";
@@ -53,7 +51,7 @@ const char* outcomeOf(tls::Failure failure) {
 }
 
 // At most one line per second per thread: a peer failing every handshake must not flood the log.
-bool logAllowed() {
+bool tlsLogAllowed() {
   thread_local std::chrono::steady_clock::time_point last;
   const auto now = std::chrono::steady_clock::now();
   if (now - last < std::chrono::seconds(1)) return false;
@@ -61,7 +59,72 @@ bool logAllowed() {
   return true;
 }
 
-}  // namespace
+std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& security,
+                                             const tls::IdentityStore* identity,
+                                             const std::string& service, uint16_t service_port,
+                                             const SocketAddress& endpoint,
+                                             tls::SessionCache* sessions) {
+  auto o = security.outbound(service, service_port, endpoint.ip);
+  if (!o.tls) return nullptr;
+  auto ctx = identity != nullptr ? identity->current() : nullptr;
+  if (!ctx) {
+    registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+    if (tlsLogAllowed()) {
+      spdlog::warn(
+          "mTLS wanted toward {} but this proxy has no certificate (--tls-dir): sent "
+          "plaintext",
+          endpoint.toString());
+    }
+    return nullptr;
+  }
+  // The table names pods in the default trust domain; the proxy's own (--trust-domain) rules.
+  const std::string table_prefix = "spiffe://" + security.trust_domain + "/";
+  if (ctx->trustDomain() != security.trust_domain && o.expected_peer.rfind(table_prefix, 0) == 0) {
+    o.expected_peer =
+        "spiffe://" + ctx->trustDomain() + "/" + o.expected_peer.substr(table_prefix.size());
+  }
+  auto stream =
+      tls::TlsStream::create(std::move(ctx), tls::Role::kClient,
+                             tls::StreamOptions{o.expected_peer, sessions, endpoint.toString()});
+  if (!stream) {
+    spdlog::error("TLS: {}", stream.error().message);
+    return nullptr;
+  }
+  return std::move(*stream);
+}
+
+std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity) {
+  auto ctx = identity != nullptr ? identity->current() : nullptr;
+  if (!ctx) {
+    registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+    if (tlsLogAllowed()) spdlog::warn("mTLS inbound but no certificate (--tls-dir)");
+    return nullptr;
+  }
+  auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kServer);
+  if (!stream) {
+    spdlog::error("TLS: {}", stream.error().message);
+    return nullptr;
+  }
+  return std::move(*stream);
+}
+
+void identifyPeer(const std::string& peer_identity, security::ConnectionAttributes& a) {
+  if (auto id = tls::parseSpiffeId(peer_identity)) {
+    a.principal = id->principal();
+    a.source_namespace = id->namespace_name;
+  }
+}
+
+security::AuthzDecision authorize(const security::SecurityTable* security,
+                                  const security::ConnectionAttributes& a) {
+  auto policies = security != nullptr ? security->policiesFor(a.destination_ip)
+                                      : std::vector<const security::AuthorizationPolicyRule*>{};
+  security::AuthzDecision d = security::evaluate(policies, a);
+  security::count(d);
+  (d.allowed ? registry().authz_allowed : registry().authz_denied)
+      .fetch_add(1, std::memory_order_relaxed);
+  return d;
+}
 
 void countInbound(const std::string& source_principal, bool tls) {
   Registry& r = registry();
@@ -140,34 +203,20 @@ void Worker::tlsQueue(Direction& d, const std::string& bytes) {
 bool Worker::authorizeInbound(uint32_t slot, const std::string& peer_identity) {
   Connection& conn = slots_[slot];
   TlsConnection& t = *conn.tls;
-  std::string principal;
-  std::string source_namespace;
-  if (auto id = tls::parseSpiffeId(peer_identity)) {
-    principal = id->principal();
-    source_namespace = id->namespace_name;
-  }
-  countInbound(principal, !peer_identity.empty());
-  const security::SecurityTable* sec = conn.table ? conn.table->security.get() : nullptr;
-  auto policies = sec ? sec->policiesFor(conn.original_dst.ip)
-                      : std::vector<const security::AuthorizationPolicyRule*>{};
   security::ConnectionAttributes a;
   a.source_ip = a.remote_ip = conn.peer.ip;
   a.destination_ip = conn.original_dst.ip;
   a.destination_port = conn.original_dst.port;
-  a.principal = principal;
-  a.source_namespace = source_namespace;
-  security::AuthzDecision d = security::evaluate(policies, a);
-  security::count(d);
-  Registry& r = registry();
+  identifyPeer(peer_identity, a);
+  countInbound(a.principal, !peer_identity.empty());
+  const security::AuthzDecision d = authorize(conn.table ? conn.table->security.get() : nullptr, a);
   if (!d.allowed) {
-    r.authz_denied.fetch_add(1, std::memory_order_relaxed);
     SPDLOG_DEBUG("inbound {} from {} ({}): {}", conn.original_dst.toString(), conn.peer.toString(),
-                 principal.empty() ? "no identity" : principal, d.reason);
+                 a.principal.empty() ? "no identity" : a.principal, d.reason);
     // Closed at once: a TCP connection has no 403 to send.
     closeConnection(slot, "authz_denied", /*reset=*/true);
     return false;
   }
-  r.authz_allowed.fetch_add(1, std::memory_order_relaxed);
   t.authorized = true;
   return true;
 }
@@ -184,20 +233,11 @@ bool Worker::secureInbound(uint32_t slot) {
   conn.tls = std::move(t);
   switch (conn.tls->mode) {
     case security::MtlsMode::kStrict: {
-      auto ctx = identity_ ? identity_->current() : nullptr;
-      if (!ctx) {
-        registry().no_identity.fetch_add(1, std::memory_order_relaxed);
-        if (logAllowed()) spdlog::warn("STRICT mTLS inbound but no certificate (--tls-dir)");
+      conn.tls->stream = terminateTls(identity_.get());
+      if (!conn.tls->stream) {
         closeConnection(slot, "tls_no_identity", /*reset=*/true);
         return false;
       }
-      auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kServer);
-      if (!stream) {
-        spdlog::error("TLS: {}", stream.error().message);
-        closeConnection(slot, "tls_error", /*reset=*/true);
-        return false;
-      }
-      conn.tls->stream = std::move(*stream);
       return true;
     }
     case security::MtlsMode::kPermissive:
@@ -221,35 +261,11 @@ void Worker::secureOutbound(uint32_t slot) {
     service = conn.decision.service->service;
     port = conn.decision.service->port;
   }
-  auto o = table->security->outbound(service, port, conn.decision.upstream.ip);
-  if (!o.tls) return;
-  auto ctx = identity_ ? identity_->current() : nullptr;
-  if (!ctx) {
-    registry().no_identity.fetch_add(1, std::memory_order_relaxed);
-    if (logAllowed()) {
-      spdlog::warn(
-          "mTLS wanted toward {} but this proxy has no certificate (--tls-dir): sent "
-          "plaintext",
-          conn.decision.upstream.toString());
-    }
-    return;
-  }
-  // The table names pods in the default trust domain; the proxy's own (--trust-domain) rules.
-  const std::string table_prefix = "spiffe://" + table->security->trust_domain + "/";
-  if (ctx->trustDomain() != table->security->trust_domain &&
-      o.expected_peer.rfind(table_prefix, 0) == 0) {
-    o.expected_peer =
-        "spiffe://" + ctx->trustDomain() + "/" + o.expected_peer.substr(table_prefix.size());
-  }
-  auto stream = tls::TlsStream::create(
-      std::move(ctx), tls::Role::kClient,
-      tls::StreamOptions{o.expected_peer, &session_cache_, conn.decision.upstream.toString()});
-  if (!stream) {
-    spdlog::error("TLS: {}", stream.error().message);
-    return;
-  }
+  auto stream = originateTls(*table->security, identity_.get(), service, port,
+                             conn.decision.upstream, &session_cache_);
+  if (!stream) return;
   conn.tls = std::make_unique<TlsConnection>();
-  conn.tls->stream = std::move(*stream);
+  conn.tls->stream = std::move(stream);
 }
 
 void Worker::tlsConnected(uint32_t slot) {
@@ -258,7 +274,7 @@ void Worker::tlsConnected(uint32_t slot) {
   if (t.terminate || !t.stream) return;
   tls::TlsCounters::inc(tls::counters().originated);
   if (auto started = t.stream->start(); !started) {
-    closeConnection(slot, outcomeOf(t.stream->failure()), /*reset=*/true);
+    closeConnection(slot, tlsOutcome(t.stream->failure()), /*reset=*/true);
     return;
   }
   std::string hello;
@@ -276,7 +292,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
   TlsConnection& t = *conn.tls;
   if (t.detecting && from_client) {
     t.detecting = false;
-    if (ring_.buffer(c.bufferId()).data()[0] != kHandshakeRecord) {
+    if (ring_.buffer(c.bufferId()).data()[0] != kTlsHandshakeRecord) {
       tls::TlsCounters::inc(tls::counters().permissive_plaintext);
       if (!authorizeInbound(slot, "")) {
         ring_.recycleBuffer(c.bufferId());
@@ -286,16 +302,12 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
       return false;
     }
     tls::TlsCounters::inc(tls::counters().permissive_tls);
-    auto ctx = identity_ ? identity_->current() : nullptr;
-    auto stream = ctx ? tls::TlsStream::create(std::move(ctx), tls::Role::kServer)
-                      : Result<std::unique_ptr<tls::TlsStream>>(makeError("no certificate"));
-    if (!stream) {
-      registry().no_identity.fetch_add(1, std::memory_order_relaxed);
+    t.stream = terminateTls(identity_.get());
+    if (!t.stream) {
       ring_.recycleBuffer(c.bufferId());
       closeConnection(slot, "tls_no_identity", /*reset=*/true);
       return true;
     }
-    t.stream = std::move(*stream);
     maybeArmRecv(slot, false);
   }
   if (!t.stream) return false;
@@ -307,7 +319,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
   std::string plain;
   if (from_tls_side && t.terminate && t.mode == security::MtlsMode::kStrict &&
       !t.stream->established() && conn.request_bytes == 0 && n > 0 &&
-      bytes[0] != kHandshakeRecord) {
+      bytes[0] != kTlsHandshakeRecord) {
     tls::TlsCounters::inc(tls::counters().plaintext_refused);
   }
   Result<void> r = from_tls_side ? t.stream->receive(bytes, plain) : t.stream->send(bytes);
@@ -318,13 +330,13 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
     conn.counters->received_bytes.add(n);
   }
   if (!r) {
-    if (logAllowed()) {
+    if (tlsLogAllowed()) {
       spdlog::warn("{} {} ({})", conn.kind == ListenerKind::kInbound ? "inbound" : "outbound",
                    r.error().message,
                    conn.kind == ListenerKind::kInbound ? conn.peer.toString()
                                                        : conn.decision.upstream.toString());
     }
-    closeConnection(slot, outcomeOf(t.stream->failure()), /*reset=*/true);
+    closeConnection(slot, tlsOutcome(t.stream->failure()), /*reset=*/true);
     return true;
   }
   if (t.stream->established() && t.peer_identity.empty()) {

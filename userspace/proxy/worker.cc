@@ -412,21 +412,10 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
   if (match.service == nullptr || match.service->protocol != "HTTP") return false;
   if (l.kind == ListenerKind::kOutbound && match.endpoint) return false;
   if (l.kind == ListenerKind::kInbound && !match.endpoint) return false;
-  // mTLS and AuthorizationPolicy are applied on the L4 path only (docs/TLS.md): inbound, any
-  // security document keeps the connection there; outbound, so does a certificate of our own,
-  // since the endpoint chosen may want mTLS. Such HTTP ports are routed per connection.
-  if (table_->security && (l.kind == ListenerKind::kInbound || identity_)) {
-    static std::atomic<bool> warned{false};
-    if (!warned.exchange(true)) {
-      spdlog::warn(
-          "HTTP port {} routed per connection: L7 routing does not combine with mTLS or "
-          "AuthorizationPolicy yet",
-          original_dst.toString());
-    }
-    return false;
-  }
+  // mTLS and AuthorizationPolicy apply on the L7 path too (http_tls.cc): the session needs
+  // the peer's address for the policies' source.ip.
   SocketAddress peer;
-  if (settings_.access_log) {
+  if (settings_.access_log || table_->security) {
     if (auto p = sockets_.peerAddress(fd)) peer = *p;
   }
   http_.adopt(fd, l.kind, peer, original_dst);

@@ -124,6 +124,7 @@ class Worker final : public loop::CompletionHandler {
   // The workload identity for mTLS (nullptr: no --tls-dir, every connection stays plaintext).
   void setIdentity(std::shared_ptr<tls::IdentityStore> identity) {
     identity_ = std::move(identity);
+    http_.setTls(identity_, &session_cache_);
   }
 
   // L4 connections and HTTP sessions.

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <mutex>
 
 namespace remora::security {
@@ -28,6 +29,8 @@ bool anyCidr(const std::vector<Cidr>& blocks, const IpAddress& ip) {
 bool positive(bool given, bool matched) { return !given || matched; }
 
 bool sourceMatches(const Source& s, const ConnectionAttributes& a) {
+  // No JWT authentication: a request has no request principal.
+  if (a.request != nullptr && !s.request_principals.empty()) return false;
   return positive(!s.principals.empty(), anyValue(s.principals, a.principal)) &&
          !(!s.not_principals.empty() && anyValue(s.not_principals, a.principal)) &&
          positive(!s.namespaces.empty(), anyValue(s.namespaces, a.source_namespace)) &&
@@ -38,11 +41,80 @@ bool sourceMatches(const Source& s, const ConnectionAttributes& a) {
          !anyCidr(s.not_remote_ip_blocks, a.remote_ip);
 }
 
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// Istio's hosts: case-insensitive, and a pattern without a port matches the host with any port.
+bool hostMatches(const std::string& pattern, std::string_view host) {
+  const std::string p = lower(pattern);
+  const std::string h = lower(host);
+  if (matchValue(p, h)) return true;
+  const size_t colon = h.rfind(':');
+  if (colon == std::string::npos || h.find(']', colon) != std::string::npos) return false;
+  return matchValue(p, h.substr(0, colon));
+}
+
+bool anyHost(const std::vector<std::string>& patterns, std::string_view host) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [host](const std::string& p) { return hostMatches(p, host); });
+}
+
+bool httpOperationMatches(const Operation& o, const RequestAttributes& r) {
+  const std::string method(r.method);
+  const std::string path(r.path);
+  return positive(!o.hosts.empty(), anyHost(o.hosts, r.host)) && !anyHost(o.not_hosts, r.host) &&
+         positive(!o.methods.empty(), anyValue(o.methods, method)) &&
+         !(!o.not_methods.empty() && anyValue(o.not_methods, method)) &&
+         positive(!o.paths.empty(), anyValue(o.paths, path)) &&
+         !(!o.not_paths.empty() && anyValue(o.not_paths, path));
+}
+
 bool operationMatches(const Operation& o, const ConnectionAttributes& a) {
   auto has = [&a](const std::vector<uint16_t>& ports) {
     return std::find(ports.begin(), ports.end(), a.destination_port) != ports.end();
   };
-  return positive(!o.ports.empty(), has(o.ports)) && !has(o.not_ports);
+  return positive(!o.ports.empty(), has(o.ports)) && !has(o.not_ports) &&
+         (a.request == nullptr || httpOperationMatches(o, *a.request));
+}
+
+// request.headers[name] → "name", else "".
+std::string_view headerKey(std::string_view key) {
+  constexpr std::string_view kPrefix = "request.headers[";
+  if (key.size() <= kPrefix.size() + 1 || key.substr(0, kPrefix.size()) != kPrefix ||
+      key.back() != ']') {
+    return {};
+  }
+  return key.substr(kPrefix.size(), key.size() - kPrefix.size() - 1);
+}
+
+bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// An HTTP `when` key on a request: the header's value (the first field of that name), or
+// nullopt when the request has none (request.auth.*: there is no JWT authentication). A missing
+// value matches no `values` and no `notValues`, as Envoy's header matchers do.
+bool httpConditionMatches(const Condition& c, const RequestAttributes& r) {
+  std::optional<std::string> value;
+  if (std::string_view name = headerKey(c.key); !name.empty()) {
+    for (const auto& [n, v] : r.headers) {
+      if (equalsIgnoreCase(n, name)) {
+        value = std::string(v);
+        break;
+      }
+    }
+  }
+  auto any = [&value](const std::vector<std::string>& patterns) {
+    return value && anyValue(patterns, *value);
+  };
+  return positive(!c.values.empty(), any(c.values)) && !any(c.not_values);
 }
 
 // The value of an L4 `when` key, or nullopt for a key with no L4 meaning.
@@ -80,19 +152,34 @@ bool conditionMatches(const Condition& c, const ConnectionAttributes& a) {
          !(!c.not_values.empty() && any(c.not_values));
 }
 
+bool conditionHolds(const Condition& c, const ConnectionAttributes& a) {
+  if (!c.l7) return conditionMatches(c, a);
+  if (a.request != nullptr && isHttpConditionKey(c.key)) {
+    return httpConditionMatches(c, *a.request);
+  }
+  return true;  // HTTP-only on a TCP connection (or unknown): dropped, see ruleMatches
+}
+
+// Whether the rule holds a part that cannot be evaluated here: any HTTP-only field on a TCP
+// connection, an unknown `when` key on a request.
+bool hasUnevaluable(const Rule& rule, const ConnectionAttributes& a) {
+  if (a.request == nullptr) return rule.hasL7();
+  return std::any_of(rule.when.begin(), rule.when.end(),
+                     [](const Condition& c) { return c.l7 && !isHttpConditionKey(c.key); });
+}
+
 bool ruleMatches(const Rule& rule, Action action, const ConnectionAttributes& a) {
   // ALLOW: a rule that needs HTTP never matches a TCP connection. DENY: its HTTP-only parts
   // are dropped, so it matches on what remains (more connections denied, never fewer).
-  if (action == Action::kAllow && rule.hasL7()) return false;
+  if (action == Action::kAllow && hasUnevaluable(rule, a)) return false;
   const bool from =
       rule.from.empty() || std::any_of(rule.from.begin(), rule.from.end(),
                                        [&a](const Source& s) { return sourceMatches(s, a); });
   const bool to =
       rule.to.empty() || std::any_of(rule.to.begin(), rule.to.end(),
                                      [&a](const Operation& o) { return operationMatches(o, a); });
-  const bool when = std::all_of(rule.when.begin(), rule.when.end(), [&a](const Condition& c) {
-    return c.l7 || conditionMatches(c, a);
-  });
+  const bool when = std::all_of(rule.when.begin(), rule.when.end(),
+                                [&a](const Condition& c) { return conditionHolds(c, a); });
   return from && to && when;
 }
 
@@ -164,6 +251,12 @@ bool matchValue(const std::string& pattern, const std::string& value) {
     return value.size() >= n && value.compare(value.size() - n, n, pattern, 1, n) == 0;
   }
   return pattern == value;
+}
+
+bool isHttpConditionKey(const std::string& key) {
+  return !headerKey(key).empty() || key == "request.auth.principal" ||
+         key == "request.auth.audiences" || key == "request.auth.presenter" ||
+         (key.rfind("request.auth.claims[", 0) == 0 && key.back() == ']');
 }
 
 bool Rule::hasL7() const {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -51,21 +52,31 @@ struct Source {
   std::vector<std::string> namespaces, not_namespaces;
   std::vector<Cidr> ip_blocks, not_ip_blocks;
   std::vector<Cidr> remote_ip_blocks, not_remote_ip_blocks;
-  // requestPrincipals (JWT): HTTP-only.
+  // requestPrincipals (JWT): HTTP-only. There is no JWT authentication, so at L7 a request has
+  // no request principal: a positive list never matches, a negative one always does.
+  std::vector<std::string> request_principals, not_request_principals;
   bool l7 = false;
 };
 
 struct Operation {
   std::vector<uint16_t> ports, not_ports;
-  // hosts, methods or paths (or their not* forms): HTTP-only, not evaluated at L4.
+  // HTTP-only, evaluated per request on HTTP ports (l7: any of them is set). Hosts match the
+  // Host header case-insensitively, with or without its port; paths match the path without the
+  // query; all in Istio's string forms (matchValue).
+  std::vector<std::string> hosts, not_hosts;
+  std::vector<std::string> methods, not_methods;
+  std::vector<std::string> paths, not_paths;
   bool l7 = false;
 };
 
 struct Condition {
   std::string key;  // source.ip, source.namespace, source.principal, destination.ip, ...
   std::vector<std::string> values, not_values;
-  bool l7 = false;  // request.* and other HTTP-only keys
+  bool l7 = false;  // request.* and other HTTP-only keys (or unknown keys)
 };
+
+// The `when` keys that have a meaning on an HTTP request (request.headers[...], request.auth.*).
+bool isHttpConditionKey(const std::string& key);
 
 struct Rule {
   std::vector<Source> from;  // ORed; empty matches any source
@@ -97,7 +108,17 @@ std::shared_ptr<PolicyCounters> policyCounters(const std::string& namespace_name
 // Every policy's counters, "ns/name" → counters, for /stats/prometheus.
 std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCounters();
 
-// What an inbound connection looks like to the policies at L4.
+// What an HTTP request adds to its connection's attributes (all views into the request head,
+// valid during evaluate()).
+struct RequestAttributes {
+  std::string_view host;    // the Host header (authority)
+  std::string_view method;  // as sent
+  std::string_view path;    // without the query
+  std::vector<std::pair<std::string_view, std::string_view>> headers;  // in order, names as sent
+};
+
+// What an inbound connection looks like to the policies at L4 (request == nullptr), or one HTTP
+// request on it.
 struct ConnectionAttributes {
   IpAddress source_ip;  // the direct peer
   IpAddress remote_ip;  // the original client; at L4 the same as source_ip
@@ -106,6 +127,7 @@ struct ConnectionAttributes {
   std::string principal;         // "cluster.local/ns/x/sa/y" from the peer certificate; "" if none
   std::string source_namespace;  // from the principal; "" when not mTLS
   std::string sni;
+  const RequestAttributes* request = nullptr;  // set on HTTP ports, per request
 };
 
 struct AuthzDecision {
@@ -117,8 +139,10 @@ struct AuthzDecision {
 
 // Istio's order over the policies that select the workload: a matching DENY denies; then, when
 // ALLOW policies exist, one of them must match; with none, allow. AUDIT policies that match are
-// listed and never change the decision. Rules with HTTP-only fields: in ALLOW they never match,
-// in DENY their HTTP-only parts are ignored (so they match more), as Istio does for TCP.
+// listed and never change the decision. Without `request` (a TCP connection), rules with
+// HTTP-only fields: in ALLOW they never match, in DENY their HTTP-only parts are ignored (so they
+// match more), as Istio does for TCP. With `request` every field is evaluated; a `when` key
+// known to neither L4 nor HTTP is treated as on TCP.
 AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
                        const ConnectionAttributes& attributes);
 // Counts the decision in the deciding (and auditing) policies' counters.

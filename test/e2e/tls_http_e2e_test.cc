@@ -1,0 +1,286 @@
+// L7 HTTP over mTLS between sidecars (docs/TLS.md, "HTTP ports"): the front pod's proxy routes
+// each request of ONE client keep-alive connection on its own and originates TLS toward the bill
+// pods; each bill pod's proxy terminates it (STRICT) and applies AuthorizationPolicy per request.
+// Three pods (front, bill v1, bill v2), each with remora-init and its own remora-proxy;
+// certificates from the openssl CLI (tls_fixture.h).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tls_fixture.h"
+
+namespace remora::test {
+namespace {
+
+constexpr const char* kV1Reply = "this is bill-service-v1";
+constexpr const char* kV2Reply = "hello, this is bill-service-v2";
+constexpr const char* kPython = "/usr/bin/python3";
+
+const std::string kWorld = std::string(kFrontPod) + R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: bill-service-v1
+  namespace: istio-demo
+  labels: {app: bill-service, version: v1, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bill
+  containers: [{name: app, image: x, ports: [{name: http, containerPort: 80}]}]
+status: {podIP: 10.244.1.168}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bill-service-v2
+  namespace: istio-demo
+  labels: {app: bill-service, version: v2, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: bill
+  containers: [{name: app, image: x, ports: [{name: http, containerPort: 80}]}]
+status: {podIP: 10.244.2.74}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bill-service, namespace: istio-demo}
+spec:
+  clusterIP: 10.1.122.241
+  selector: {app: bill-service}
+  ports: [{name: http, port: 9999, targetPort: 80}]
+)";
+
+constexpr const char* kSplit9010 = R"(---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bill-service, namespace: istio-demo}
+spec:
+  host: bill-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bill-service, namespace: istio-demo}
+spec:
+  hosts: [bill-service]
+  http:
+  - route:
+    - {destination: {host: bill-service, subset: v1}, weight: 90}
+    - {destination: {host: bill-service, subset: v2}, weight: 10}
+)";
+
+// name port: answers every request with its name.
+constexpr const char* kBackend = R"PY(
+import sys
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+name, port = sys.argv[1], int(sys.argv[2])
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        if n:
+            self.rfile.read(n)
+        b = (name + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    do_POST = do_GET
+ThreadingHTTPServer.daemon_threads = True
+srv = ThreadingHTTPServer(("0.0.0.0", port), H)
+print("ready", flush=True)
+srv.serve_forever()
+)PY";
+
+// argv[1]: "METHOD PATH" requests separated by commas, all on ONE keep-alive connection; a JSON
+// line each with the status, the body and the client's local port (the connection).
+constexpr const char* kClient = R"PY(
+import sys, json, http.client
+c = http.client.HTTPConnection("10.1.122.241", 9999, timeout=10)
+for item in sys.argv[1].split(","):
+    method, path = item.split(" ")
+    c.request(method, path, body="x" if method == "POST" else None)
+    r = c.getresponse()
+    body = r.read().decode().strip()
+    print(json.dumps({"status": r.status, "body": body, "port": c.sock.getsockname()[1]}),
+          flush=True)
+)PY";
+
+class TlsHttpE2e : public MeshTlsTest {
+ protected:
+  void SetUp() override {
+    if (!runningAsRoot()) GTEST_SKIP() << "e2e tests need root (network namespaces, iptables)";
+    if (access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is missing";
+    setUpMesh();
+    front_ = *world_->addPod("front", kFrontIp);
+    v1_ = *world_->addPod("bill-v1", kBillV1);
+    v2_ = *world_->addPod("bill-v2", kBillV2);
+    legacy_ = *world_->addPod("legacy", "10.244.0.20");  // no proxy: a plaintext client
+    makeCa(front_);
+    issue("front", kFrontId);
+    issue("bill", kBillId);
+    for (const Pod* pod : {&front_, &v1_, &v2_}) installInit(*pod);
+    std::ofstream(dir_ + "/backend.py") << kBackend;
+    std::ofstream(dir_ + "/client.py") << kClient;
+    backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/backend.py", kV1Reply, "80"}));
+    backends_.push_back(world_->spawn(v2_, {kPython, dir_ + "/backend.py", kV2Reply, "80"}));
+    for (auto& b : backends_) ASSERT_TRUE(b->waitForLine("ready", 10000)) << b->output();
+  }
+
+  void TearDown() override {
+    proxies_.clear();
+    backends_.clear();
+    tearDownMesh();
+  }
+
+  void startAll(const std::string& config) {
+    writeConfig(config);
+    proxies_.push_back(startProxy(v1_, "bill"));
+    proxies_.push_back(startProxy(v2_, "bill"));
+    proxies_.push_back(startProxy(front_, "front"));
+  }
+
+  std::string client(const std::string& requests) {
+    auto out = world_->exec(front_, {kPython, dir_ + "/client.py", requests});
+    if (!out) return "FAILED " + out.error().message;
+    return out->out + out->err;
+  }
+
+  // The value of one metric line (exact labels) in a pod's /stats/prometheus, or -1.
+  long metric(const Pod& pod, const std::string& key) {
+    const std::string m = "\n" + metrics(pod);
+    const size_t at = m.find("\n" + key + " ");
+    return at == std::string::npos ? -1 : std::stol(m.substr(at + key.size() + 2));
+  }
+
+  Pod front_, v1_, v2_, legacy_;
+  std::vector<std::unique_ptr<Process>> backends_;
+  std::vector<std::unique_ptr<Process>> proxies_;
+};
+
+// The distinct client ports of the JSON lines: 1 means every request used one connection.
+size_t connections(const std::string& out) {
+  std::set<std::string> ports;
+  std::regex re("\"port\": (\\d+)");
+  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
+    ports.insert((*it)[1]);
+  }
+  return ports.size();
+}
+
+TEST_F(TlsHttpE2e, NinetyTenPerRequestOverOneConnectionWithStrictMtls) {
+  startAll(std::string(kWorld) + peerAuthentication("STRICT") + kSplit9010);
+  const std::string pcap = dir_ + "/veth.pcap";
+  auto dump = world_->spawn(
+      v1_, {"tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-w", pcap, "tcp", "port", "80"});
+  ASSERT_TRUE(waitFor([&] { return std::filesystem::exists(pcap); }, 3000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string requests;
+  for (int i = 0; i < 100; ++i) requests += std::string(i ? "," : "") + "GET /hello";
+  const std::string out = client(requests);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  dump->stop(SIGINT, 3000);
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 100U) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 90U) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV2Reply + "\""), 10U) << out;
+  EXPECT_EQ(connections(out), 1U) << out;
+
+  // The bytes on the v1 pod's veth are TLS: neither the request line nor the reply shows.
+  const std::string wire = readWholeFile(pcap);
+  EXPECT_GT(wire.size(), 1000U) << "the capture saw no traffic";
+  EXPECT_EQ(wire.find(kV1Reply), std::string::npos) << "the reply crossed the veth in plaintext";
+  EXPECT_EQ(wire.find("GET /hello"), std::string::npos);
+
+  // The pooled upstream connections kept their TLS streams: one handshake per bill pod, and the
+  // bill proxies saw the front's identity.
+  EXPECT_EQ(metric(front_, "remora_tls_originated_total"), 2) << metrics(front_);
+  for (const Pod* pod : {&v1_, &v2_}) {
+    EXPECT_EQ(metric(*pod, "remora_tls_handshakes_total{side=\"server\"}"), 1) << metrics(*pod);
+    EXPECT_EQ(metric(*pod,
+                     "remora_inbound_connections_total{source_principal=\"cluster.local/ns/"
+                     "istio-demo/sa/front\",connection_security_policy=\"mutual_tls\"}"),
+              1)
+        << metrics(*pod);
+  }
+  EXPECT_EQ(metric(front_,
+                   "remora_requests_total{destination_service=\"bill-service.istio-demo\","
+                   "destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"}"),
+            90)
+      << metrics(front_);
+}
+
+TEST_F(TlsHttpE2e, AllowPathsAndMethodsPerRequestOnOneConnection) {
+  const std::string allow = R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-public, namespace: istio-demo}
+spec:
+  selector: {matchLabels: {app: bill-service}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/istio-demo/sa/front"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]
+)";
+  startAll(std::string(kWorld) + peerAuthentication("STRICT") + allow);
+  const std::string out =
+      client("GET /public/x,POST /public/x,GET /private,GET /public/y?q=1,DELETE /public/x");
+  std::vector<int> statuses;
+  std::regex re("\"status\": (\\d+)");
+  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
+    statuses.push_back(std::stoi((*it)[1]));
+  }
+  EXPECT_EQ(statuses, (std::vector<int>{200, 403, 403, 200, 403})) << out;
+  EXPECT_EQ(countOf(out, "RBAC: access denied"), 3U) << out;
+  EXPECT_EQ(connections(out), 1U) << out;  // a 403 keeps the connection usable
+  long allowed = 0;
+  long denied = 0;
+  for (const Pod* pod : {&v1_, &v2_}) {
+    allowed += std::max(0L, metric(*pod,
+                                   "remora_authz_policy_total{policy=\"istio-demo/allow-public\","
+                                   "result=\"allow\"}"));
+    denied += std::max(0L, metric(*pod, "remora_authz_decisions_total{decision=\"deny\"}"));
+  }
+  EXPECT_EQ(allowed, 2);
+  EXPECT_EQ(denied, 3);
+}
+
+TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaintext) {
+  startAll(std::string(kWorld) + peerAuthentication("PERMISSIVE"));
+  // Per request across v1 and v2 (the port's own weights): one TLS request reaches each.
+  const std::string out = client("GET /a,GET /b");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 2U) << out;
+  auto plain = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->out, std::string(kV1Reply) + "\n") << plain->err;
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls\"}"), 1) << metrics(v1_);
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"plaintext\"}"), 1) << metrics(v1_);
+  EXPECT_EQ(metric(v1_,
+                   "remora_inbound_connections_total{source_principal=\"unknown\","
+                   "connection_security_policy=\"none\"}"),
+            1)
+      << metrics(v1_);
+
+  // STRICT (after a reload): the plaintext client is refused, the sidecar still served.
+  writeConfig(std::string(kWorld) + peerAuthentication("STRICT"));
+  ASSERT_TRUE(waitFor([&] {
+    auto r = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+    return r.ok() && r->exit_code != 0;
+  }));
+  EXPECT_GE(metric(v1_, "remora_tls_handshake_failures_total{reason=\"plaintext_refused\"}"), 1)
+      << metrics(v1_);
+  EXPECT_EQ(countOf(client("GET /c,GET /d"), "\"status\": 200"), 2U);
+}
+
+}  // namespace
+}  // namespace remora::test
