@@ -215,17 +215,18 @@ elif mode == "serverfirst":
 )PY";
 
 // The seed's VirtualService routes, in their own documents (with the DestinationRule's subsets).
-std::string destinationRule(const std::string& traffic_policy = {}) {
+std::string destinationRule(const std::string& traffic_policy = {},
+                            const std::string& host = "bill-service") {
   return fmt::format(R"(
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
-  name: bill-service
+  name: {0}
   namespace: istio-demo
 spec:
-  host: bill-service
-{}  subsets:
+  host: {0}
+{1}  subsets:
   - name: v1
     labels:
       version: v1
@@ -233,22 +234,25 @@ spec:
     labels:
       version: v2
 )",
-                     traffic_policy);
+                     host, traffic_policy);
 }
 
-std::string virtualService(const std::string& http_routes) {
-  return R"(
+std::string virtualService(const std::string& http_routes,
+                           const std::string& host = "bill-service") {
+  return fmt::format(R"(
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
-  name: bill-service
+  name: {0}
   namespace: istio-demo
 spec:
   hosts:
-  - bill-service
+  - {0}
   http:
-)" + http_routes;
+)",
+                     host) +
+         http_routes;
 }
 
 std::string readFile(const std::string& path) {
@@ -665,7 +669,7 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
 // bill-raw: the bill-service pods behind ports that declare no protocol (names without a
 // protocol prefix, no appProtocol), so connections to them are sniffed; 7777 reaches the HTTP
 // backends, 7778 a server-first TCP service. Its VirtualService splits HTTP 90/10.
-constexpr const char* kRawService = R"(
+constexpr const char* kRawServiceYaml = R"(
 ---
 apiVersion: v1
 kind: Service
@@ -686,45 +690,17 @@ spec:
     port: 7778
     targetPort: 81
     protocol: TCP
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: bill-raw
-  namespace: istio-demo
-spec:
-  host: bill-raw
-  subsets:
-  - name: v1
-    labels:
-      version: v1
-  - name: v2
-    labels:
-      version: v2
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: bill-raw
-  namespace: istio-demo
-spec:
-  hosts:
-  - bill-raw
-  http:
-  - route:
-    - destination:
-        host: bill-raw
-        subset: v1
-      weight: 90
-    - destination:
-        host: bill-raw
-        subset: v2
-      weight: 10
 )";
+
+std::string rawService() {
+  return kRawServiceYaml + destinationRule({}, "bill-raw") +
+         virtualService(std::regex_replace(kRoutes9010, std::regex("bill-service"), "bill-raw"),
+                        "bill-raw");
+}
 
 TEST_F(HttpE2e, AnUnnamedPortSniffedAsHttpIsRoutedPerRequest) {
   std::ofstream(hosts_dir_ + "/hosts", std::ios::app) << "10.1.122.242 bill-raw\n";
-  startProxy(kRawService);
+  startProxy(rawService());
   const std::string out = client(R"({"mode": "seq", "n": 100, "host": "bill-raw", "port": 7777})");
   EXPECT_EQ(lines(out).size(), 100u) << out;
   EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 90u) << out;
@@ -744,7 +720,7 @@ TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout
         world_->spawn(*pod, {kPython, dir_ + "/server.py", "81", "greet", pod->name}));
     ASSERT_TRUE(backends_.back()->waitForLine("ready", 10000)) << backends_.back()->output();
   }
-  startProxy(kRawService);
+  startProxy(rawService());
   // The client waits for the server's greeting: the proxy's wait for a first byte ends at the
   // detection timeout (100 ms), then the connection is relayed and the greeting comes.
   std::string out = client(R"({"mode": "serverfirst", "host": "bill-raw", "port": 7778})");
