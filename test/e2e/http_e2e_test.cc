@@ -320,15 +320,15 @@ class HttpE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  void startProxy(const std::string& mesh) {
+  void startProxy(const std::string& mesh, const std::vector<std::string>& extra_args = {}) {
     std::string tmp = dir_ + "/.mesh.yaml.tmp";
     std::ofstream(tmp) << readFile(std::string(REMORA_SEED_DIR) + "/seed.yaml") << mesh;
     chmod(tmp.c_str(), 0644);
     fs::rename(tmp, config_);
-    proxy_ = world_->spawn(
-        front_,
-        {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"},
-        kProxyUid, kProxyUid);
+    std::vector<std::string> args = {
+        binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    proxy_ = world_->spawn(front_, args, kProxyUid, kProxyUid);
     ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
     ASSERT_TRUE(waitFor([&] { return admin("/ready") == "LIVE\n"; })) << proxy_->output();
   }
@@ -720,14 +720,14 @@ TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout
         world_->spawn(*pod, {kPython, dir_ + "/server.py", "81", "greet", pod->name}));
     ASSERT_TRUE(backends_.back()->waitForLine("ready", 10000)) << backends_.back()->output();
   }
-  startProxy(rawService());
+  startProxy(rawService(), {"--protocol-detection-timeout", "300ms"});
   // The client waits for the server's greeting: the proxy's wait for a first byte ends at the
-  // detection timeout (100 ms), then the connection is relayed and the greeting comes.
+  // detection timeout (300 ms here), then the connection is relayed and the greeting comes.
   std::string out = client(R"({"mode": "serverfirst", "host": "bill-raw", "port": 7778})");
   ASSERT_EQ(lines(out).size(), 1u) << out;
   EXPECT_NE(out.find("\"greet\": \"HELLO bill-service-v"), std::string::npos) << out;
   EXPECT_NE(out.find("\"echo\": \"PING\""), std::string::npos) << out;
-  EXPECT_GE(field(lines(out)[0], "ms"), 90) << out;
+  EXPECT_GE(field(lines(out)[0], "ms"), 290) << out;
   EXPECT_LT(field(lines(out)[0], "ms"), 1500) << out;
   // A client that speaks first, not HTTP: relayed at once, its first bytes included.
   out = client(R"({"mode": "serverfirst", "host": "bill-raw", "port": 7778, "first": "PING\n"})");
