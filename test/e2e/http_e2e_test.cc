@@ -89,6 +89,51 @@ print("ready", flush=True)
 srv.serve_forever()
 )PY";
 
+// port mode [name]: a socket server. Mode "answer" and "silent" play a shadow backend that
+// prints one line per request it receives ("shadow PATH host=HOST body=BODY"); "answer"
+// answers each with a 200, "silent" never answers. Mode "greet" is a server-first TCP service
+// (as MySQL is): it greets with "HELLO name" first, then echoes each line upper-cased.
+constexpr const char* kSocketServer = R"PY(
+import sys, socket, threading
+port, mode = int(sys.argv[1]), sys.argv[2]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(256)
+print("ready", flush=True)
+def greet(c):
+    c.sendall(("HELLO " + sys.argv[3] + "\n").encode())
+    for line in c.makefile("rb"):
+        c.sendall(line.upper())
+def serve(c):
+    if mode == "greet":
+        return greet(c)
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        hdr = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        n = int(hdr.get("content-length", "0"))
+        while len(buf) < n:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        body, buf = buf[:n], buf[n:]
+        print("shadow %s host=%s body=%s" % (lines[0].split()[1], hdr.get("host", "-"),
+                                             body.decode()), flush=True)
+        if mode == "answer":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nshadow\n")
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+)PY";
+
 // One JSON spec as argv[1]. mode "seq": n requests on ONE connection, a JSON line each;
 // "parallel": n connections at once, one request each; "raw": bytes sent as they are, the
 // answer printed until the proxy closes; "upgrade": a websocket-style upgrade, then a message.
@@ -156,20 +201,32 @@ elif mode == "upgrade":
             break
         got += d
     print("echo:" + got.decode())
+elif mode == "serverfirst":
+    t = time.monotonic()
+    s = socket.create_connection((host, port), timeout=5)
+    if spec.get("first"):
+        s.sendall(spec["first"].encode())
+    f = s.makefile("rb")
+    greet = f.readline().decode().strip()
+    ms = int((time.monotonic() - t) * 1000)
+    s.sendall(b"ping\n")
+    echo = f.readline().decode().strip()
+    print(json.dumps({"greet": greet, "echo": echo, "ms": ms}))
 )PY";
 
 // The seed's VirtualService routes, in their own documents (with the DestinationRule's subsets).
-std::string destinationRule(const std::string& traffic_policy = {}) {
+std::string destinationRule(const std::string& traffic_policy = {},
+                            const std::string& host = "bill-service") {
   return fmt::format(R"(
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
-  name: bill-service
+  name: {0}
   namespace: istio-demo
 spec:
-  host: bill-service
-{}  subsets:
+  host: {0}
+{1}  subsets:
   - name: v1
     labels:
       version: v1
@@ -177,22 +234,25 @@ spec:
     labels:
       version: v2
 )",
-                     traffic_policy);
+                     host, traffic_policy);
 }
 
-std::string virtualService(const std::string& http_routes) {
-  return R"(
+std::string virtualService(const std::string& http_routes,
+                           const std::string& host = "bill-service") {
+  return fmt::format(R"(
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
-  name: bill-service
+  name: {0}
   namespace: istio-demo
 spec:
   hosts:
-  - bill-service
+  - {0}
   http:
-)" + http_routes;
+)",
+                     host) +
+         http_routes;
 }
 
 // JSON lines of the client, one per response.
@@ -225,6 +285,7 @@ class HttpE2e : public ::testing::Test {
     config_ = dir_ + "/mesh.yaml";
     std::ofstream(dir_ + "/backend.py") << kBackend;
     std::ofstream(dir_ + "/client.py") << kClient;
+    std::ofstream(dir_ + "/server.py") << kSocketServer;
     hosts_dir_ = "/etc/netns/" + front_.netns;
     fs::create_directories(hosts_dir_);
     std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
@@ -242,12 +303,12 @@ class HttpE2e : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  void startProxy(const std::string& mesh) {
+  void startProxy(const std::string& mesh, const std::vector<std::string>& extra_args = {}) {
     replaceFile(config_, seedConfig() + mesh);
-    proxy_ = world_->spawn(
-        front_,
-        {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"},
-        kProxyUid, kProxyUid);
+    std::vector<std::string> args = {
+        binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--access-log"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    proxy_ = world_->spawn(front_, args, kProxyUid, kProxyUid);
     ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
     ASSERT_TRUE(waitFor([&] { return admin("/ready") == "LIVE\n"; })) << proxy_->output();
   }
@@ -450,8 +511,8 @@ TEST_F(HttpE2e, OutlierDetectionEjectsAFailingEndpointAndLetsItBack) {
       << m;
   EXPECT_NE(admin("/clusters").find("10.244.2.74:80::health_flags::/failed_outlier_check"),
             std::string::npos);
-  // After baseEjectionTime it takes traffic again.
-  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  // After baseEjectionTime, at the next interval sweep (1 s apart), it takes traffic again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3200));
   out = client(R"({"mode": "seq", "n": 4})");
   EXPECT_GE(countOf(out, "\"status\": 500"), 1u) << out;
 }
@@ -508,6 +569,143 @@ TEST_F(HttpE2e, UpgradeBecomesATunnelAfter101) {
   const std::string out = client(R"({"mode": "upgrade"})");
   EXPECT_NE(out.find("HTTP/1.1 101"), std::string::npos) << out;
   EXPECT_NE(out.find("echo:HELLO TUNNEL"), std::string::npos) << out;
+}
+
+// Every request goes to v1 and a copy of it to v2, which a shadow backend plays.
+constexpr const char* kRoutesMirror = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+    mirror:
+      host: bill-service
+      subset: v2
+    mirrorPercentage:
+      value: 100.0
+)";
+
+TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
+  backends_[1].reset();
+  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "answer"});
+  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  startProxy(virtualService(kRoutesMirror) + destinationRule());
+  const std::string out =
+      client(R"({"mode": "seq", "n": 20, "method": "POST", "path": "/m", "body": "payload"})");
+  EXPECT_EQ(lines(out).size(), 20u) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 20u) << out;
+  // The copies carry the client's Host with -shadow before the port, and the body.
+  EXPECT_TRUE(waitFor([&] {
+    backends_[1]->drain();
+    return countOf(backends_[1]->output(),
+                   "shadow /m host=bill-service-shadow:9999 body=payload") == 20;
+  })) << backends_[1]->output();
+  ASSERT_TRUE(waitFor([&] {
+    return admin("/stats/prometheus")
+               .find(
+                   "remora_mirror_requests_total{destination_service=\"bill-service.istio-demo\","
+                   "destination_subset=\"v2\",result=\"ok\"} 20") != std::string::npos;
+  })) << admin("/stats/prometheus");
+  // The main responses are counted as v1's alone.
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"} 20"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(m.find("destination_subset=\"v2\",response_code="), std::string::npos) << m;
+}
+
+TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
+  backends_[1].reset();
+  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "silent"});
+  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  startProxy(virtualService(kRoutesMirror) + destinationRule());
+  // One connection, hence one worker: its cap (64 copies in flight) holds the first 64 copies
+  // the shadow never answers; the other 6 are dropped.
+  const std::string out = client(R"({"mode": "seq", "n": 70})");
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), 70u) << out;
+  for (const auto& l : all) {
+    EXPECT_EQ(field(l, "status"), 200) << l;
+    EXPECT_LT(field(l, "ms"), 500) << l;
+  }
+  EXPECT_EQ(countOf(out, kV1Reply), 70u) << out;
+  ASSERT_TRUE(waitFor([&] {
+    backends_[1]->drain();
+    return countOf(backends_[1]->output(), "shadow / ") == 64;
+  })) << backends_[1]->output();
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("destination_subset=\"v2\",result=\"dropped\"} 6"), std::string::npos) << m;
+  EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
+}
+
+// bill-raw: the bill-service pods behind ports that declare no protocol (names without a
+// protocol prefix, no appProtocol), so connections to them are sniffed; 7777 reaches the HTTP
+// backends, 7778 a server-first TCP service. Its VirtualService splits HTTP 90/10.
+constexpr const char* kRawServiceYaml = R"(
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bill-raw
+  namespace: istio-demo
+spec:
+  type: ClusterIP
+  clusterIP: 10.1.122.242
+  selector:
+    app: bill-service
+  ports:
+  - name: web
+    port: 7777
+    targetPort: 80
+    protocol: TCP
+  - name: greet
+    port: 7778
+    targetPort: 81
+    protocol: TCP
+)";
+
+std::string rawService() {
+  return kRawServiceYaml + destinationRule({}, "bill-raw") +
+         virtualService(std::regex_replace(kRoutes9010, std::regex("bill-service"), "bill-raw"),
+                        "bill-raw");
+}
+
+TEST_F(HttpE2e, AnUnnamedPortSniffedAsHttpIsRoutedPerRequest) {
+  std::ofstream(hosts_dir_ + "/hosts", std::ios::app) << "10.1.122.242 bill-raw\n";
+  startProxy(rawService());
+  const std::string out = client(R"({"mode": "seq", "n": 100, "host": "bill-raw", "port": 7777})");
+  EXPECT_EQ(lines(out).size(), 100u) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 90u) << out;
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV2Reply + "\""), 10u) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"http\"} 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("destination_service=\"bill-raw.istio-demo\",destination_subset=\"v1\","
+                   "response_code=\"200\",response_flags=\"-\"} 90"),
+            std::string::npos)
+      << m;
+}
+
+TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout) {
+  std::ofstream(hosts_dir_ + "/hosts", std::ios::app) << "10.1.122.242 bill-raw\n";
+  for (Pod* pod : {&v1_, &v2_}) {
+    backends_.push_back(
+        world_->spawn(*pod, {kPython, dir_ + "/server.py", "81", "greet", pod->name}));
+    ASSERT_TRUE(backends_.back()->waitForLine("ready", 10000)) << backends_.back()->output();
+  }
+  startProxy(rawService(), {"--protocol-detection-timeout", "300ms"});
+  // The client waits for the server's greeting: the proxy's wait for a first byte ends at the
+  // detection timeout (300 ms here), then the connection is relayed and the greeting comes.
+  std::string out = client(R"({"mode": "serverfirst", "host": "bill-raw", "port": 7778})");
+  ASSERT_EQ(lines(out).size(), 1u) << out;
+  EXPECT_NE(out.find("\"greet\": \"HELLO bill-service-v"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"echo\": \"PING\""), std::string::npos) << out;
+  EXPECT_GE(field(lines(out)[0], "ms"), 290) << out;
+  EXPECT_LT(field(lines(out)[0], "ms"), 1500) << out;
+  // A client that speaks first, not HTTP: relayed at once, its first bytes included.
+  out = client(R"({"mode": "serverfirst", "host": "bill-raw", "port": 7778, "first": "PING\n"})");
+  EXPECT_NE(out.find("\"greet\": \"HELLO bill-service-v"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"echo\": \"PING\""), std::string::npos) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"timeout\"} 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"tcp\"} 1\n"), std::string::npos) << m;
 }
 
 }  // namespace

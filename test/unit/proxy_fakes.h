@@ -43,6 +43,7 @@ struct RecordedOp {
   uint64_t target = 0;    // cancel target
   int how = 0;            // shutdown
   std::chrono::milliseconds timeout{0};
+  std::span<char> into;  // read: where the bytes go
 };
 
 class FakeRing final : public loop::Ring {
@@ -56,8 +57,10 @@ class FakeRing final : public loop::Ring {
   }
   void recvMultishot(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
   void recv(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
-  void read(int fd, std::span<char>, uint64_t ud) override {
-    ops.push_back({RecordedOp::kRead, fd, ud});
+  void read(int fd, std::span<char> into, uint64_t ud) override {
+    RecordedOp op{RecordedOp::kRead, fd, ud};
+    op.into = into;
+    ops.push_back(op);
   }
   void send(int fd, std::span<const char> data, uint64_t ud) override {
     RecordedOp op{RecordedOp::kSend, fd, ud};

@@ -136,6 +136,10 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
                  "TCP keepalive idle time on both sides; 0 disables (5m)");
   app.add_option("--inbound-drain-grace", inbound_grace,
                  "after SIGTERM, how long inbound keeps accepting (2s)");
+  std::string detection_timeout;
+  app.add_option("--protocol-detection-timeout", detection_timeout,
+                 "how long a connection to a port with no declared protocol waits for an "
+                 "HTTP/1.x request line before it is relayed as TCP (100ms)");
   app.add_option("--access-log-queue", options.access_log_queue,
                  "access-log lines waiting for the writer before new ones are dropped (8192)")
       ->check(CLI::Range(size_t{1}, size_t{1} << 24));
@@ -225,6 +229,14 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     o.buffer_limit_bytes = *b;
   }
   if (max_connections_set) o.max_connections = max_connections;
+  if (!detection_timeout.empty()) {
+    auto d = parseDuration(detection_timeout);
+    if (!d) return fail("--protocol-detection-timeout", d.error());
+    if (d->count() <= 0) {
+      return fail("--protocol-detection-timeout", Error{0, "must be more than 0"});
+    }
+    options.protocol_detection_timeout = *d;
+  }
   if (!relay.empty()) {
     auto mode = parseRelayMode(relay);
     if (!mode) return fail("--relay", mode.error());

@@ -68,29 +68,52 @@ void ClusterPool::bindCounters(const SocketAddress& endpoint, EndpointCounters* 
   health(endpoint).counters = counters;
 }
 
-void ClusterPool::refresh(Health& h, Clock::time_point now) {
-  if (h.is_ejected && now >= h.ejected_until) {
-    h.is_ejected = false;
-    h.consecutive_5xx = 0;
-    h.consecutive_gateway = 0;
-    if (h.counters != nullptr) h.counters->ejected.set(0);
+void ClusterPool::sweepAt(Clock::time_point boundary) {
+  for (Health& h : health_) {
+    if (h.is_ejected) {
+      if (boundary < h.ejected_until) continue;
+      h.is_ejected = false;
+      h.consecutive_5xx = 0;
+      h.consecutive_gateway = 0;
+      if (h.counters != nullptr) h.counters->ejected.set(0);
+    } else if (h.ejections > 0) {
+      --h.ejections;
+    }
+  }
+}
+
+void ClusterPool::sweep(Clock::time_point now) {
+  if (!outlier.enabled) return;
+  const auto interval = std::max<Clock::duration>(outlier.interval, std::chrono::milliseconds(1));
+  if (next_sweep_ == Clock::time_point{}) {
+    next_sweep_ = now + interval;
+    return;
+  }
+  // Every boundary passed, in order; after a long quiet spell (more than 64 boundaries) the
+  // rest are skipped: ejected endpoints come back at once and the counts drop by 64 at most.
+  for (int i = 0; now >= next_sweep_; ++i) {
+    if (i == 64) {
+      sweepAt(now);
+      next_sweep_ = now + interval;
+      break;
+    }
+    sweepAt(next_sweep_);
+    next_sweep_ += interval;
   }
 }
 
 bool ClusterPool::ejected(const SocketAddress& endpoint, Clock::time_point now) {
-  for (Health& h : health_) {
-    if (h.endpoint == endpoint) {
-      refresh(h, now);
-      return h.is_ejected;
-    }
+  sweep(now);
+  for (const Health& h : health_) {
+    if (h.endpoint == endpoint) return h.is_ejected;
   }
   return false;
 }
 
 std::vector<SocketAddress> ClusterPool::ejectedEndpoints(Clock::time_point now) {
+  sweep(now);
   std::vector<SocketAddress> out;
-  for (Health& h : health_) {
-    refresh(h, now);
+  for (const Health& h : health_) {
     if (h.is_ejected) out.push_back(h.endpoint);
   }
   return out;
@@ -99,8 +122,8 @@ std::vector<SocketAddress> ClusterPool::ejectedEndpoints(Clock::time_point now) 
 bool ClusterPool::record(const SocketAddress& endpoint, Result result, size_t total,
                          Clock::time_point now) {
   if (!outlier.enabled) return false;
+  sweep(now);
   Health& h = health(endpoint);
-  refresh(h, now);
   if (h.is_ejected) return false;
   switch (result) {
     case Result::kSuccess:
@@ -122,8 +145,7 @@ bool ClusterPool::record(const SocketAddress& endpoint, Result result, size_t to
        h.consecutive_gateway >= outlier.consecutive_gateway_errors);
   if (!trip) return false;
   size_t ejected_now = 0;
-  for (Health& other : health_) {
-    refresh(other, now);
+  for (const Health& other : health_) {
     if (other.is_ejected) ++ejected_now;
   }
   // As Envoy: eject while the ejected share is below maxEjectionPercent.

@@ -48,6 +48,15 @@ class ClusterPool {
     if (connections_ > 0) --connections_;
   }
   size_t connections() const { return connections_; }
+  // Whether a connection that has carried `requests` requests may carry another
+  // (http.maxRequestsPerConnection; 0: unlimited).
+  bool reusable(uint32_t requests) const {
+    return limits.max_requests_per_connection == 0 || requests < limits.max_requests_per_connection;
+  }
+  // Whether a connection idle since `idle_since` is past http.idleTimeout (0: never).
+  bool idleExpired(Clock::time_point idle_since, Clock::time_point now) const {
+    return limits.idle_timeout.count() > 0 && now - idle_since >= limits.idle_timeout;
+  }
 
   // Idle kept-alive connections (engine's upstream slots) per endpoint, most recent last.
   std::optional<uint32_t> takeIdle(const SocketAddress& endpoint);
@@ -67,8 +76,15 @@ class ClusterPool {
   enum class Result : uint8_t { kSuccess, k5xx, kGatewayError };
   bool record(const SocketAddress& endpoint, Result result, size_t total, Clock::time_point now);
   bool ejected(const SocketAddress& endpoint, Clock::time_point now);
-  // Endpoints ejected now (their ejection time not yet over).
+  // Endpoints ejected now.
   std::vector<SocketAddress> ejectedEndpoints(Clock::time_point now);
+  // Outlier detection's `interval` sweeps, as Envoy's interval timer runs them: at each
+  // interval boundary an ejected endpoint whose ejection time (baseEjectionTime × times
+  // ejected) is over comes back, and an endpoint not ejected has its ejection count lowered by
+  // one. So an ejection lasts until the first boundary after its time. The boundaries run from
+  // the pool's first sweep; a sweep catches up on every boundary passed since the last one (the
+  // engine calls it on its tick, and every outlier query calls it first).
+  void sweep(Clock::time_point now);
   // The per-endpoint counters the engine publishes ejections through (may be null).
   void bindCounters(const SocketAddress& endpoint, EndpointCounters* counters);
 
@@ -83,7 +99,7 @@ class ClusterPool {
     EndpointCounters* counters = nullptr;
   };
   Health& health(const SocketAddress& endpoint);
-  void refresh(Health& h, Clock::time_point now);
+  void sweepAt(Clock::time_point boundary);
 
   std::string service_;
   std::string subset_;
@@ -91,6 +107,7 @@ class ClusterPool {
   std::vector<std::pair<SocketAddress, std::vector<uint32_t>>> idle_;
   std::deque<Waiter> pending_;
   std::vector<Health> health_;
+  Clock::time_point next_sweep_{};
 };
 
 // Every cluster pool of a worker, by "service|subset"; they outlive table swaps (connections

@@ -94,6 +94,7 @@ struct HttpProxy::Session {
   routing::RetryPolicy retries;
   RouteDecision decision;
   bool have_decision = false;
+  std::optional<RouteDecision> mirror;  // drawn by the route, sent when the request proceeds
   ClusterPool* pool = nullptr;
   std::string service_name;
   std::string subset_name;
@@ -138,7 +139,11 @@ struct HttpProxy::Upstream {
 };
 
 HttpProxy::HttpProxy(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats)
-    : ring_(ring), sockets_(sockets), stats_(stats), now_(Clock::now()) {}
+    : ring_(ring),
+      sockets_(sockets),
+      stats_(stats),
+      now_(Clock::now()),
+      mirror_(ring, sockets, stats) {}
 
 HttpProxy::~HttpProxy() {
   for (size_t i = 0; i < sessions_.size(); ++i) {
@@ -158,6 +163,7 @@ HttpProxy::~HttpProxy() {
 void HttpProxy::configure(routing::Router* router, const HttpProxySettings& settings) {
   router_ = router;
   settings_ = settings;
+  mirror_.setMaxInFlight(settings.mirror_max_in_flight);
 }
 
 HttpProxy::Session* HttpProxy::session(uint32_t slot, uint32_t generation) {
@@ -218,7 +224,7 @@ bool HttpProxy::flushUpstream(uint32_t up) {
 // Sessions
 
 void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
-                      const SocketAddress& original_dst) {
+                      const SocketAddress& original_dst, std::string_view first_bytes) {
   auto slot = sessions_.acquire();
   if (!slot) {
     ::close(fd);
@@ -244,6 +250,12 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   stats_.counters().http_sessions.inc();
   if (!secureSession(s.client, kind, original_dst)) {
     closeSession(*slot, true);
+    return;
+  }
+  if (!first_bytes.empty()) {
+    // Sniffed (outbound, plaintext from the app): the bytes already read start the first request.
+    s.in.assign(first_bytes);
+    nextRequest(*slot);  // reads on when it needs more
     return;
   }
   readClient(*slot);
@@ -542,6 +554,7 @@ void HttpProxy::proceed(uint32_t slot) {
              std::max(std::chrono::milliseconds(1), s.route->timeout - elapsed));
   }
   s.retries_left = s.retries.attempts;
+  sendMirror(s);
   startAttempt(slot);
 }
 
@@ -620,7 +633,7 @@ std::optional<RouteDecision> HttpProxy::pickFirst(uint32_t slot) {
     s.destination = hd.destination;
     s.abort_drawn = hd.abort && s.route->fault.abort_status.has_value();
     s.delay_drawn = hd.delay && s.route->fault.delay.has_value();
-    if (hd.mirror) router_->release(*hd.mirror);  // mirroring is not done yet
+    s.mirror = hd.mirror;
     return hd.upstream;
   }
   RouteDecision d = router_->route(s.original_dst);
@@ -640,10 +653,32 @@ std::optional<RouteDecision> HttpProxy::pickFirst(uint32_t slot) {
 }
 
 void HttpProxy::releaseDecision(Session& s) {
-  if (s.have_decision && router_ != nullptr && s.table == router_->table()) {
-    router_->release(s.decision);
-  }
+  const bool current = router_ != nullptr && s.table == router_->table();
+  if (s.have_decision && current) router_->release(s.decision);
   s.have_decision = false;
+  if (s.mirror && current) router_->release(*s.mirror);
+  s.mirror.reset();
+}
+
+void HttpProxy::sendMirror(Session& s) {
+  if (!s.mirror || s.mirror->service == nullptr ||
+      s.mirror->subset_index >= s.mirror->service->subsets.size()) {
+    return;
+  }
+  const routing::Subset& sub = s.mirror->service->subsets[s.mirror->subset_index];
+  MirrorCopy copy;
+  copy.endpoint = s.mirror->upstream;
+  copy.service = s.mirror->service->service;
+  copy.subset = sub.name;
+  copy.method = std::string(s.parser.head().method());
+  writeUpstreamHead(s, /*shadow=*/true, copy.request);
+  copy.request += s.body;
+  copy.connect_timeout = sub.connection_pool.connect_timeout;
+  copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
+                                                                    : settings_.mirror_timeout;
+  mirror_.send(std::move(copy), now_);
+  if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
+  s.mirror.reset();
 }
 
 ClusterPool& HttpProxy::poolFor(const RouteDecision& d) {
@@ -767,28 +802,7 @@ void HttpProxy::sendOnUpstream(uint32_t slot, uint32_t up) {
   u.counters->requests.inc();
   const http::MessageHead& h = s.parser.head();
   u.parser.respondingTo(h.method());
-  if (s.upstream_head.empty()) {
-    http::HeaderEdits edits;
-    std::string path;
-    std::string authority;
-    if (s.route != nullptr) {
-      edits = toEdits(s.route->headers.request,
-                      s.destination != nullptr ? &s.destination->headers.request : nullptr);
-      if (s.route->rewrite) {
-        if (!s.route->rewrite->uri.empty() || s.route->rewrite->uri_regex) {
-          path = routing::rewritePath(*s.route->rewrite, s.match, h.path());
-          if (!h.query().empty()) path += "?" + std::string(h.query());
-        }
-        authority = s.route->rewrite->authority;
-      }
-    }
-    http::RequestHeadOptions options;
-    options.target = path;
-    options.authority = authority;
-    options.request_id = s.request_id;
-    options.edits = edits.empty() ? nullptr : &edits;
-    http::writeRequestHead(h, options, s.upstream_head);
-  }
+  if (s.upstream_head.empty()) writeUpstreamHead(s, /*shadow=*/false, s.upstream_head);
   if (s.retries.per_try_timeout.count() > 0) {
     setTimer(slot, TimerKind::kTry, s.retries.per_try_timeout);
   }
@@ -796,6 +810,31 @@ void HttpProxy::sendOnUpstream(uint32_t slot, uint32_t up) {
   queueSend(u.io, s.body);
   flushUpstream(up);
   readUpstream(up);
+}
+
+void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& out) const {
+  const http::MessageHead& h = s.parser.head();
+  http::HeaderEdits edits;
+  std::string path;
+  std::string authority;
+  if (s.route != nullptr) {
+    edits = toEdits(s.route->headers.request,
+                    s.destination != nullptr ? &s.destination->headers.request : nullptr);
+    if (s.route->rewrite) {
+      if (!s.route->rewrite->uri.empty() || s.route->rewrite->uri_regex) {
+        path = routing::rewritePath(*s.route->rewrite, s.match, h.path());
+        if (!h.query().empty()) path += "?" + std::string(h.query());
+      }
+      authority = s.route->rewrite->authority;
+    }
+  }
+  if (shadow) authority = shadowAuthority(authority.empty() ? h.authority() : authority);
+  http::RequestHeadOptions options;
+  options.target = path;
+  options.authority = authority;
+  options.request_id = s.request_id;
+  options.edits = edits.empty() ? nullptr : &edits;
+  http::writeRequestHead(h, options, out);
 }
 
 void HttpProxy::readUpstream(uint32_t up) {
@@ -1026,8 +1065,7 @@ void HttpProxy::responseDone(uint32_t slot, uint32_t up, bool reusable) {
   Session& s = *sessions_[slot];
   Upstream& u = *upstreams_[up];
   s.up.reset();
-  const uint32_t max = u.pool->limits.max_requests_per_connection;
-  releaseUpstream(up, reusable && (max == 0 || u.requests < max));
+  releaseUpstream(up, reusable && u.pool->reusable(u.requests));
   finishRequest(slot);
 }
 
@@ -1366,6 +1404,10 @@ void HttpProxy::onTimer(uint32_t slot, TimerKind kind) {
 
 void HttpProxy::onCompletion(const Completion& c) {
   const UserData ud = UserData::decode(c.user_data);
+  if (HttpMirror::owns(ud.op)) {
+    mirror_.onCompletion(c);
+    return;
+  }
   const auto op = static_cast<HttpOp>(ud.op);
   if (op == HttpOp::kTimer) {
     fireTimers();
@@ -1425,12 +1467,13 @@ void HttpProxy::afterBatch(Clock::time_point now) { now_ = now; }
 
 void HttpProxy::onTick(Clock::time_point now) {
   now_ = now;
+  mirror_.onTick(now);
+  pools_.forEach([now](ClusterPool& pool) { pool.sweep(now); });
   for (size_t i = 0; i < upstreams_.size(); ++i) {
     const auto up = static_cast<uint32_t>(i);
     if (!upstreams_.inUse(up) || upstreams_.released(up)) continue;
     Upstream& u = *upstreams_[up];
-    if (u.state == Upstream::State::kIdle && u.pool->limits.idle_timeout.count() > 0 &&
-        now - u.idle_since >= u.pool->limits.idle_timeout) {
+    if (u.state == Upstream::State::kIdle && u.pool->idleExpired(u.idle_since, now)) {
       closeUpstream(up, false);
     }
   }
@@ -1478,6 +1521,7 @@ void HttpProxy::abortAll() {
     const auto up = static_cast<uint32_t>(i);
     if (upstreams_.inUse(up) && !upstreams_.released(up)) closeUpstream(up, true);
   }
+  mirror_.abortAll();
 }
 
 void HttpProxy::logRequest(const Session& s) {

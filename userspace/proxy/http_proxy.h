@@ -28,6 +28,7 @@
 #include "loop/ring.h"
 #include "loop/slot_table.h"
 #include "loop/user_data.h"
+#include "proxy/http_mirror.h"
 #include "proxy/http_pool.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
@@ -71,6 +72,10 @@ struct HttpProxySettings {
   IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);
   IpAddress inbound_source_v6 = *IpAddress::parse("::6");
   bool access_log = false;
+  // Mirroring: copies in flight per worker (over it a copy is dropped), and how long a copy
+  // may take when its route sets no timeout.
+  uint32_t mirror_max_in_flight = HttpMirror::kDefaultMaxInFlight;
+  std::chrono::milliseconds mirror_timeout{10000};
 };
 
 class HttpProxy {
@@ -98,8 +103,9 @@ class HttpProxy {
   }
 
   // Takes over an accepted client connection (the fd is this object's from now on).
+  // `first_bytes`: what was read from it already (protocol sniffing), parsed first.
   void adopt(int fd, ListenerKind kind, const SocketAddress& peer,
-             const SocketAddress& original_dst);
+             const SocketAddress& original_dst, std::string_view first_bytes = {});
 
   void onCompletion(const loop::Completion& c);
   // Called by the worker once per batch with the batch's time.
@@ -116,8 +122,11 @@ class HttpProxy {
   bool quiescent() const { return sessions_.inUse() == 0 && upstreams_.inUse() == 0; }
 
   static bool owns(uint8_t op) {
-    return op >= static_cast<uint8_t>(HttpOp::kFirst) && op <= static_cast<uint8_t>(HttpOp::kLast);
+    return (op >= static_cast<uint8_t>(HttpOp::kFirst) &&
+            op <= static_cast<uint8_t>(HttpOp::kLast)) ||
+           HttpMirror::owns(op);
   }
+  const HttpMirror& mirror() const { return mirror_; }
 
  private:
   struct Session;
@@ -165,6 +174,11 @@ class HttpProxy {
                                       const http::MessageHead& request);
   std::optional<routing::RouteDecision> pickFirst(uint32_t slot);
   void releaseDecision(Session& s);
+  // Mirroring (http_mirror.h): sends the drawn copy of the current request, once per request.
+  void sendMirror(Session& s);
+  // The request head for the upstream (route and destination edits, rewrites); with `shadow`,
+  // the mirror's, whose authority ends in "-shadow".
+  void writeUpstreamHead(const Session& s, bool shadow, std::string& out) const;
   ClusterPool& poolFor(const routing::RouteDecision& d);
   size_t endpointCount(const Session& s) const;
   void proceed(uint32_t slot);
@@ -257,6 +271,7 @@ class HttpProxy {
   loop::SlotTable<std::unique_ptr<Upstream>> upstreams_;
   size_t active_sessions_ = 0;
   Pools pools_;
+  HttpMirror mirror_;
 
   Health health_{this};
   bool draining_ = false;

@@ -211,6 +211,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   SystemSocketOps sockets(keepalive);
   WorkerSettings settings = workerSettings(start.settings);
   settings.kernel_relay = start.kernel_relay;
+  settings.protocol_detection_timeout = start.options->protocol_detection_timeout;
   Worker worker(**ring, sockets, wt.stats, start.routers, settings);
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
@@ -598,6 +599,7 @@ bool Control::load(const ConfigRead& read, bool force) {
     }
     settings_ = next;
     WorkerSettings ws = workerSettings(settings_);
+    ws.protocol_detection_timeout = options_.protocol_detection_timeout;
     // An unavailable kernel relay asked for by the new config is logged; the proxy keeps going.
     auto relay = resolveRelay();
     if (relay) ws.kernel_relay = *relay;

@@ -92,6 +92,23 @@ void renderHttp(std::string& out, const StatsSnapshot& s) {
          s.workers.http_reset_race_retry);
   single(out, "remora_http_retries_total", "counter", "Retry attempts (VirtualService retries).",
          s.workers.http_retries);
+  header(out, "remora_protocol_sniff_total", "counter",
+         "Connections to ports with no declared protocol, by what sniffing their first bytes "
+         "found: http (L7 path), tcp (L4 relay), timeout (no byte in time: L4 relay).");
+  fmt::format_to(std::back_inserter(out),
+                 "remora_protocol_sniff_total{{result=\"http\"}} {}\n"
+                 "remora_protocol_sniff_total{{result=\"tcp\"}} {}\n"
+                 "remora_protocol_sniff_total{{result=\"timeout\"}} {}\n",
+                 s.workers.sniff_http, s.workers.sniff_tcp, s.workers.sniff_timeout);
+  header(out, "remora_mirror_requests_total", "counter",
+         "Mirrored request copies (VirtualService mirror), by outcome: ok, failed, timeout, "
+         "dropped (over the per-worker cap).");
+  for (const auto& [key, n] : s.mirrors) {
+    fmt::format_to(std::back_inserter(out),
+                   "remora_mirror_requests_total{{destination_service=\"{}\",destination_subset="
+                   "\"{}\",result=\"{}\"}} {}\n",
+                   escapeLabel(key.service), escapeLabel(key.subset), escapeLabel(key.endpoint), n);
+  }
 }
 
 }  // namespace
@@ -113,6 +130,7 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
       t.ejected += c.ejected.get();
     });
     w->forEachRequest([&](const RequestKey& key, const Counter& c) { s.requests[key] += c.get(); });
+    w->forEachMirror([&](const EndpointKey& key, const Counter& c) { s.mirrors[key] += c.get(); });
     w->forEachDuration([&](const EndpointKey& key, const DurationHistogram& h) {
       auto& t = s.durations[key];
       for (size_t i = 0; i < t.buckets.size(); ++i) t.buckets[i] += h.buckets[i].get();
@@ -146,6 +164,9 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.http_pool_reused += c.http_pool_reused.get();
     s.workers.http_reset_race_retry += c.http_reset_race_retry.get();
     s.workers.http_retries += c.http_retries.get();
+    s.workers.sniff_http += c.sniff_http.get();
+    s.workers.sniff_tcp += c.sniff_tcp.get();
+    s.workers.sniff_timeout += c.sniff_timeout.get();
   }
   return s;
 }

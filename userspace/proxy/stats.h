@@ -120,6 +120,10 @@ struct WorkerCounters {
   Counter http_pool_reused;       // requests sent on a kept-alive upstream connection
   Counter http_reset_race_retry;  // reused connection reset before any byte: retried once
   Counter http_retries;           // retry attempts (retries policy)
+  // Protocol sniffing of ports with no declared protocol (sniffer.h): the verdicts.
+  Counter sniff_http;
+  Counter sniff_tcp;
+  Counter sniff_timeout;
 };
 
 // Entries the owner thread appends and any thread may read: a published list (append at head,
@@ -178,6 +182,8 @@ class WorkerStats {
   Counter& requests(const RequestKey& key) { return requests_.get(key); }
   // Keyed by {service, subset, ""}.
   DurationHistogram& durations(const EndpointKey& key) { return durations_.get(key); }
+  // Mirrored request copies, keyed by {service, subset, result} (http_mirror.h).
+  Counter& mirrors(const EndpointKey& key) { return mirrors_.get(key); }
   WorkerCounters& counters() { return counters_; }
   const WorkerCounters& counters() const { return counters_; }
 
@@ -194,11 +200,16 @@ class WorkerStats {
   void forEachDuration(Fn&& fn) const {
     durations_.forEach(fn);
   }
+  template <typename Fn>
+  void forEachMirror(Fn&& fn) const {
+    mirrors_.forEach(fn);
+  }
 
  private:
   PublishedMap<EndpointKey, EndpointCounters> endpoints_;
   PublishedMap<RequestKey, Counter> requests_;
   PublishedMap<EndpointKey, DurationHistogram> durations_;
+  PublishedMap<EndpointKey, Counter> mirrors_;
   WorkerCounters counters_;
 };
 
@@ -236,11 +247,13 @@ struct WorkerTotals {
   uint64_t relay_kernel = 0, relay_attach_failures = 0;
   uint64_t http_sessions = 0, http_bad_requests = 0, http_pool_reused = 0,
            http_reset_race_retry = 0, http_retries = 0;
+  uint64_t sniff_http = 0, sniff_tcp = 0, sniff_timeout = 0;
 };
 struct StatsSnapshot {
   std::map<EndpointKey, EndpointTotals> endpoints;
   std::map<RequestKey, uint64_t> requests;
   std::map<EndpointKey, DurationTotals> durations;
+  std::map<EndpointKey, uint64_t> mirrors;  // endpoint: the result
   WorkerTotals workers;
   ProcessSample process;
 };

@@ -27,7 +27,8 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       stats_(stats),
       router_factory_(std::move(router_factory)),
       settings_(std::move(settings)),
-      http_(ring, sockets, stats) {
+      http_(ring, sockets, stats),
+      sniffer_(ring, stats, [this](Sniffed sniffed) { onSniffed(std::move(sniffed)); }) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -142,6 +143,7 @@ void Worker::stopAccepting(ListenerKind kind) {
 
 void Worker::abortAll() {
   http_.abortAll();
+  sniffer_.abortAll();
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     State s = slots_[slot].state;
     if (s == State::kConnecting || s == State::kRelaying || s == State::kFlushing ||
@@ -214,6 +216,10 @@ void Worker::onCompletion(const Completion& c) {
   const UserData ud = UserData::decode(c.user_data);
   if (HttpProxy::owns(ud.op)) {
     http_.onCompletion(c);
+    return;
+  }
+  if (Sniffer::owns(ud.op)) {
+    sniffer_.onCompletion(c);
     return;
   }
   const Op op = static_cast<Op>(ud.op);
@@ -349,6 +355,14 @@ void Worker::startConnection(uint32_t listener, int fd) {
   const bool redirected =
       original && !(local && *local == *original && (l.port == 0 || local->port == l.port));
   if (redirected && startHttp(l, fd, *original)) return;
+  if (redirected && startSniff(listener, fd, *original)) return;
+  startTcp(listener, fd, redirected ? std::optional<SocketAddress>(*original) : std::nullopt);
+}
+
+void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
+                      std::string first_bytes) {
+  const Listener& l = listeners_[listener];
+  const bool redirected = original.has_value();
   if (slots_.size() >= UserData::kMaxSlots && free_slots_.empty()) {
     ::close(fd);  // 16M open connections on one worker: nothing sensible left to do
     stats_.counters().accept_errors.inc();
@@ -394,6 +408,16 @@ void Worker::startConnection(uint32_t listener, int fd) {
     return;
   }
   conn.original_dst = *original;
+  if (!first_bytes.empty()) {
+    // What the sniffer read goes upstream before anything read from now on.
+    Chunk ch;
+    ch.length = static_cast<uint32_t>(first_bytes.size());
+    ch.owned = std::make_unique<char[]>(first_bytes.size());
+    std::memcpy(ch.owned.get(), first_bytes.data(), first_bytes.size());
+    conn.request.queued_bytes += ch.length;
+    conn.request_bytes += ch.length;
+    conn.request.queue.push_back(std::move(ch));
+  }
   if (conn.kind == ListenerKind::kInbound) {
     conn.decision.kind = RouteDecision::Kind::kPassthrough;
     conn.decision.upstream = conn.original_dst;
@@ -424,6 +448,32 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
     pauseAccepting();
   }
   return true;
+}
+
+bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original_dst) {
+  const Listener& l = listeners_[listener];
+  if (!table_ || !router_ || l.kind != ListenerKind::kOutbound) return false;
+  const routing::RouteMatch match = table_->match(original_dst);
+  // Ports with no declared protocol that have per-request routes; without them the L7 path
+  // would change nothing, and Istio's per-connection routing is what the L4 relay does.
+  if (match.service == nullptr || match.endpoint || match.service->protocol != "auto" ||
+      match.service->http_routes.empty()) {
+    return false;
+  }
+  sniffer_.start(fd, listener, original_dst, settings_.protocol_detection_timeout);
+  return true;
+}
+
+void Worker::onSniffed(Sniffed sniffed) {
+  if (sniffed.verdict == Sniffed::Verdict::kHttp) {
+    SocketAddress peer;
+    if (settings_.access_log || (table_ && table_->security)) {
+      if (auto p = sockets_.peerAddress(sniffed.fd)) peer = *p;
+    }
+    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peer, sniffed.original_dst, sniffed.bytes);
+    return;
+  }
+  startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));
 }
 
 bool Worker::routeOutbound(uint32_t slot) {
@@ -489,9 +539,10 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     conn.counters = counters;
     counters->opened.inc();
     conn.counted_open = true;
-    if (handToKernel(slot)) return;
+    if (conn.request.queued() == 0 && handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
+    if (conn.request.queued() > 0) pump(slot, true);  // the sniffed bytes
     if (conn.tls) tlsConnected(slot);
     return;
   }

@@ -22,6 +22,7 @@
 #include "loop/user_data.h"
 #include "proxy/http_proxy.h"
 #include "proxy/kernel_relay.h"
+#include "proxy/sniffer.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 #include "proxy/tls_connection.h"
@@ -50,6 +51,9 @@ struct WorkerSettings {
   size_t max_connections = 0;
   // The kernel relay (kernel_relay.h) for connected TCP routes; null: the io_uring relay.
   std::shared_ptr<const RelayMaps> kernel_relay;
+  // How long a connection to a port with no declared protocol waits for the client's first
+  // bytes before it is relayed as TCP (Istio's protocolDetectionTimeout).
+  std::chrono::milliseconds protocol_detection_timeout = Sniffer::kDefaultTimeout;
 };
 
 using RouterFactory =
@@ -132,7 +136,7 @@ class Worker final : public loop::CompletionHandler {
   // No connection slot in use and no listener left.
   bool quiescent() const {
     return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0 &&
-           http_.quiescent();
+           http_.quiescent() && sniffer_.inUse() == 0;
   }
   bool acceptPaused() const { return accept_paused_; }
 
@@ -226,6 +230,14 @@ class Worker final : public loop::CompletionHandler {
   void startConnection(uint32_t listener, int fd);
   // Hands an accepted connection to the L7 path when its destination is an HTTP port.
   bool startHttp(const Listener& l, int fd, const SocketAddress& original_dst);
+  // The L4 relay of an accepted connection; `first_bytes` (read by the sniffer) go upstream
+  // first.
+  void startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
+                std::string first_bytes = {});
+  // Protocol sniffing (sniffer.h) of a connection to a port with no declared protocol and
+  // per-request routes; false when it does not apply.
+  bool startSniff(uint32_t listener, int fd, const SocketAddress& original_dst);
+  void onSniffed(Sniffed sniffed);
   HttpProxySettings httpSettings() const;
   bool routeOutbound(uint32_t slot);
   void connectUpstream(uint32_t slot);
@@ -316,6 +328,7 @@ class Worker final : public loop::CompletionHandler {
   };
   std::vector<Starved> starved_;  // directions waiting for provided buffers
   HttpProxy http_;
+  Sniffer sniffer_;
 
   struct CacheKey {
     const void* service;

@@ -1,0 +1,193 @@
+// The pure parts of the L7 upstream pools (proxy/http_pool.h): the DestinationRule
+// connectionPool limits and outlier detection with its interval sweeps, and the mirror's shadow
+// authority (proxy/http_mirror.h).
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "proxy/http_mirror.h"
+#include "proxy/http_pool.h"
+#include "proxy/stats.h"
+
+namespace remora::proxy {
+namespace {
+
+using std::chrono::milliseconds;
+
+SocketAddress ep(uint8_t last) { return SocketAddress{IpAddress::v4(0x0a000000U | last), 80}; }
+
+TEST(ClusterPool, MaxConnectionsBoundsOpenAndOpeningConnections) {
+  ClusterPool pool("svc", "v1");
+  pool.limits.max_connections = 2;
+  EXPECT_TRUE(pool.canOpen());
+  pool.opened();
+  EXPECT_TRUE(pool.canOpen());
+  pool.opened();
+  EXPECT_FALSE(pool.canOpen());
+  EXPECT_EQ(pool.connections(), 2u);
+  pool.closed();
+  EXPECT_TRUE(pool.canOpen());
+  pool.closed();
+  pool.closed();  // never below zero
+  EXPECT_EQ(pool.connections(), 0u);
+}
+
+TEST(ClusterPool, PendingRequestsOverflowBeyondHttp1MaxPendingRequests) {
+  ClusterPool pool("svc", "");
+  pool.limits.http1_max_pending_requests = 2;
+  EXPECT_TRUE(pool.enqueue({1, 1}));
+  EXPECT_TRUE(pool.enqueue({2, 1}));
+  // The third waiter overflows: the engine answers it 503 UO.
+  EXPECT_FALSE(pool.enqueue({3, 1}));
+  EXPECT_EQ(pool.pending(), 2u);
+  // A waiter that went away frees its place; the others keep their order.
+  pool.forget({1, 1});
+  EXPECT_TRUE(pool.enqueue({4, 1}));
+  EXPECT_EQ(pool.dequeue(), (Waiter{2, 1}));
+  EXPECT_EQ(pool.dequeue(), (Waiter{4, 1}));
+  EXPECT_FALSE(pool.dequeue().has_value());
+}
+
+TEST(ClusterPool, ZeroPendingRequestsRefusesEveryWaiter) {
+  ClusterPool pool("svc", "");
+  pool.limits.http1_max_pending_requests = 0;
+  EXPECT_FALSE(pool.enqueue({1, 1}));
+}
+
+TEST(ClusterPool, MaxRequestsPerConnection) {
+  ClusterPool pool("svc", "");
+  EXPECT_TRUE(pool.reusable(1000000));  // 0: unlimited
+  pool.limits.max_requests_per_connection = 3;
+  EXPECT_TRUE(pool.reusable(1));
+  EXPECT_TRUE(pool.reusable(2));
+  EXPECT_FALSE(pool.reusable(3));
+  pool.limits.max_requests_per_connection = 1;
+  EXPECT_FALSE(pool.reusable(1));
+}
+
+TEST(ClusterPool, IdleTimeout) {
+  ClusterPool pool("svc", "");
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  pool.limits.idle_timeout = milliseconds(500);
+  EXPECT_FALSE(pool.idleExpired(t0, t0 + milliseconds(499)));
+  EXPECT_TRUE(pool.idleExpired(t0, t0 + milliseconds(500)));
+  pool.limits.idle_timeout = milliseconds(0);
+  EXPECT_FALSE(pool.idleExpired(t0, t0 + std::chrono::hours(100)));
+}
+
+TEST(ClusterPool, IdleConnectionsPerEndpointMostRecentFirst) {
+  ClusterPool pool("svc", "");
+  pool.putIdle(ep(1), 10);
+  pool.putIdle(ep(1), 11);
+  pool.putIdle(ep(2), 20);
+  EXPECT_EQ(pool.takeIdle(ep(1)), 11u);
+  pool.removeIdle(ep(1), 10);
+  EXPECT_FALSE(pool.takeIdle(ep(1)).has_value());
+  EXPECT_FALSE(pool.takeAnyIdle({ep(1), ep(3)}).has_value());
+  EXPECT_EQ(pool.takeAnyIdle({ep(1), ep(2)}), 20u);
+}
+
+ClusterPool outlierPool() {
+  ClusterPool pool("svc", "");
+  pool.outlier.enabled = true;
+  pool.outlier.consecutive_5xx_errors = 2;
+  pool.outlier.interval = milliseconds(1000);
+  pool.outlier.base_ejection_time = milliseconds(2000);
+  pool.outlier.max_ejection_percent = 100;
+  return pool;
+}
+
+TEST(ClusterPoolOutlier, ConsecutiveErrorsEjectAtOnce) {
+  ClusterPool pool = outlierPool();
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  EXPECT_FALSE(pool.record(ep(1), ClusterPool::Result::k5xx, 2, t0));
+  EXPECT_FALSE(pool.record(ep(1), ClusterPool::Result::kSuccess, 2, t0));  // resets the run
+  EXPECT_FALSE(pool.record(ep(1), ClusterPool::Result::k5xx, 2, t0));
+  EXPECT_TRUE(pool.record(ep(1), ClusterPool::Result::kGatewayError, 2, t0));
+  EXPECT_TRUE(pool.ejected(ep(1), t0));
+  EXPECT_FALSE(pool.ejected(ep(2), t0));
+}
+
+TEST(ClusterPoolOutlier, MaxEjectionPercentKeepsTheLastEndpoints) {
+  ClusterPool pool = outlierPool();
+  pool.outlier.max_ejection_percent = 50;
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  for (int i = 0; i < 2; ++i) pool.record(ep(1), ClusterPool::Result::k5xx, 2, t0);
+  EXPECT_TRUE(pool.ejected(ep(1), t0));
+  // 1 of 2 ejected is 50 %: no more.
+  for (int i = 0; i < 2; ++i) pool.record(ep(2), ClusterPool::Result::k5xx, 2, t0);
+  EXPECT_FALSE(pool.ejected(ep(2), t0));
+}
+
+TEST(ClusterPoolOutlier, AnEjectionEndsAtTheFirstIntervalSweepAfterItsTime) {
+  ClusterPool pool = outlierPool();
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  pool.sweep(t0);  // the interval timer starts: boundaries at t0 + 1 s, + 2 s, ...
+  const Clock::time_point te = t0 + milliseconds(300);
+  pool.record(ep(1), ClusterPool::Result::k5xx, 2, te);
+  ASSERT_TRUE(pool.record(ep(1), ClusterPool::Result::k5xx, 2, te));
+  // Its time is over at te + 2 s = t0 + 2.3 s, but the sweep that sees it runs at t0 + 3 s.
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(2300)));
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(2999)));
+  EXPECT_FALSE(pool.ejected(ep(1), t0 + milliseconds(3000)));
+  EXPECT_TRUE(pool.ejectedEndpoints(t0 + milliseconds(3000)).empty());
+}
+
+TEST(ClusterPoolOutlier, TheEjectionCountDecaysOneStepPerHealthyInterval) {
+  ClusterPool pool = outlierPool();
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  pool.sweep(t0);
+  auto eject = [&](Clock::time_point at) {
+    pool.record(ep(1), ClusterPool::Result::k5xx, 2, at);
+    return pool.record(ep(1), ClusterPool::Result::k5xx, 2, at);
+  };
+  // First ejection: 2 s, back at the t0 + 2 s sweep.
+  ASSERT_TRUE(eject(t0));
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(1999)));
+  EXPECT_FALSE(pool.ejected(ep(1), t0 + milliseconds(2000)));
+  // Ejected again at 2.1 s: the second ejection lasts 2 × 2 s, until 6.1 s, so the 7 s sweep
+  // ends it.
+  ASSERT_TRUE(eject(t0 + milliseconds(2100)));
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(6000)));
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(6999)));
+  EXPECT_FALSE(pool.ejected(ep(1), t0 + milliseconds(7000)));
+  // Healthy through the sweeps at 8 s and 9 s: the count drops from 2 to 0, so the next
+  // ejection lasts the base time again (until 11.5 s, back at the 12 s sweep, not 16 s).
+  pool.sweep(t0 + milliseconds(9500));
+  ASSERT_TRUE(eject(t0 + milliseconds(9500)));
+  EXPECT_TRUE(pool.ejected(ep(1), t0 + milliseconds(11999)));
+  EXPECT_FALSE(pool.ejected(ep(1), t0 + milliseconds(12000)));
+}
+
+TEST(ClusterPoolOutlier, DisabledRecordsNothing) {
+  ClusterPool pool("svc", "");
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(pool.record(ep(1), ClusterPool::Result::k5xx, 1, t0));
+  EXPECT_FALSE(pool.ejected(ep(1), t0));
+}
+
+TEST(ClusterPoolOutlier, CountersFollowEjections) {
+  ClusterPool pool = outlierPool();
+  EndpointCounters counters;
+  pool.bindCounters(ep(1), &counters);
+  const Clock::time_point t0{std::chrono::seconds(100)};
+  pool.sweep(t0);
+  pool.record(ep(1), ClusterPool::Result::k5xx, 2, t0);
+  pool.record(ep(1), ClusterPool::Result::k5xx, 2, t0);
+  EXPECT_EQ(counters.ejections.get(), 1u);
+  EXPECT_EQ(counters.ejected.get(), 1u);
+  pool.sweep(t0 + milliseconds(2000));
+  EXPECT_EQ(counters.ejected.get(), 0u);
+}
+
+TEST(ShadowAuthority, AppendsShadowToTheHostBeforeAnyPort) {
+  EXPECT_EQ(shadowAuthority("reviews"), "reviews-shadow");
+  EXPECT_EQ(shadowAuthority("reviews:9080"), "reviews-shadow:9080");
+  EXPECT_EQ(shadowAuthority("10.0.0.1:80"), "10.0.0.1-shadow:80");
+  EXPECT_EQ(shadowAuthority("[::1]:80"), "[::1]-shadow:80");
+  EXPECT_EQ(shadowAuthority("[::1]"), "[::1]-shadow");
+  EXPECT_EQ(shadowAuthority(""), "-shadow");
+}
+
+}  // namespace
+}  // namespace remora::proxy

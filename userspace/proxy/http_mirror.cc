@@ -1,0 +1,228 @@
+#include "proxy/http_mirror.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "http/codec.h"
+#include "loop/user_data.h"
+
+namespace remora::proxy {
+namespace {
+
+uint8_t opByte(MirrorOp op) { return static_cast<uint8_t>(op); }
+
+}  // namespace
+
+std::string shadowAuthority(std::string_view authority) {
+  // A port is the digits after the last colon, unless that colon is inside an IPv6 literal.
+  size_t host_end = authority.size();
+  const size_t colon = authority.rfind(':');
+  if (colon != std::string_view::npos && authority.find(']', colon) == std::string_view::npos &&
+      (authority.front() == '[' || authority.find(':') == colon)) {
+    host_end = colon;
+  }
+  std::string out(authority.substr(0, host_end));
+  out += "-shadow";
+  out += authority.substr(host_end);
+  return out;
+}
+
+struct HttpMirror::Copy {
+  int fd = -1;
+  std::string service;
+  std::string subset;
+  std::string out;
+  size_t sent = 0;
+  std::unique_ptr<char[]> rbuf;
+  http::Parser parser{http::Parser::Kind::kResponse};
+  Clock::time_point deadline;
+  sockaddr_storage sa{};
+  socklen_t sa_len = 0;
+  bool connected = false;
+  bool ended = false;
+};
+
+HttpMirror::HttpMirror(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats)
+    : ring_(ring), sockets_(sockets), stats_(stats) {}
+
+HttpMirror::~HttpMirror() {
+  for (size_t i = 0; i < copies_.size(); ++i) {
+    const auto slot = static_cast<uint32_t>(i);
+    if (copies_.inUse(slot) && copies_[slot] && copies_[slot]->fd >= 0) ::close(copies_[slot]->fd);
+  }
+}
+
+void HttpMirror::count(const std::string& service, const std::string& subset, const char* result) {
+  stats_.mirrors(EndpointKey{service, subset, result}).inc();
+}
+
+void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
+  // Slots still closing count too: the cap bounds sockets as well as copies.
+  if (copies_.inUse() >= max_in_flight_) {
+    count(copy.service, copy.subset, "dropped");
+    return;
+  }
+  auto fd = sockets_.upstreamSocket(copy.endpoint.ip.family, std::nullopt);
+  if (!fd) {
+    spdlog::warn("mirror socket for {}: {}", copy.endpoint.toString(), fd.error().message);
+    count(copy.service, copy.subset, "dropped");
+    return;
+  }
+  auto slot = copies_.acquire();
+  if (!slot) {
+    ::close(*fd);
+    count(copy.service, copy.subset, "dropped");
+    return;
+  }
+  auto& ptr = copies_[*slot];
+  if (!ptr) ptr = std::make_unique<Copy>();
+  Copy& c = *ptr;
+  auto rbuf = std::move(c.rbuf);
+  c = Copy{};
+  c.rbuf = rbuf ? std::move(rbuf) : std::make_unique<char[]>(kReadSize);
+  c.fd = *fd;
+  c.service = std::move(copy.service);
+  c.subset = std::move(copy.subset);
+  c.out = std::move(copy.request);
+  c.parser.respondingTo(copy.method);
+  c.deadline = now + copy.timeout;
+  c.sa_len = copy.endpoint.toSockaddr(c.sa);
+  ++active_;
+  ring_.connect(c.fd, reinterpret_cast<const sockaddr*>(&c.sa), c.sa_len, copy.connect_timeout,
+                copies_.track(opByte(MirrorOp::kConnect), *slot));
+}
+
+void HttpMirror::onCompletion(const loop::Completion& c) {
+  const loop::UserData ud = loop::UserData::decode(c.user_data);
+  auto slot = copies_.resolve(ud, !c.more());
+  if (!slot) {
+    stats_.counters().stale_completions.inc();
+    return;
+  }
+  switch (static_cast<MirrorOp>(ud.op)) {
+    case MirrorOp::kConnect:
+      onConnect(*slot, c);
+      break;
+    case MirrorOp::kSend:
+      onSend(*slot, c);
+      break;
+    case MirrorOp::kRead:
+      onRead(*slot, c);
+      break;
+    case MirrorOp::kClose:
+      break;
+  }
+  copies_.settle(*slot);
+}
+
+void HttpMirror::onConnect(uint32_t slot, const loop::Completion& c) {
+  Copy& m = *copies_[slot];
+  if (m.ended) return;
+  if (c.res != 0) {
+    SPDLOG_DEBUG("mirror connect: {}", c.res == -ECANCELED ? "timed out" : std::strerror(-c.res));
+    end(slot, "failed", false);
+    return;
+  }
+  m.connected = true;
+  ring_.send(m.fd, {m.out.data(), m.out.size()}, copies_.track(opByte(MirrorOp::kSend), slot));
+  readMore(slot);  // the server may answer (and close) before the body is all sent
+}
+
+void HttpMirror::onSend(uint32_t slot, const loop::Completion& c) {
+  Copy& m = *copies_[slot];
+  if (m.ended) return;
+  if (c.res <= 0) {
+    end(slot, "failed", true);
+    return;
+  }
+  m.sent += static_cast<size_t>(c.res);
+  if (m.sent < m.out.size()) {
+    ring_.send(m.fd, {m.out.data() + m.sent, m.out.size() - m.sent},
+               copies_.track(opByte(MirrorOp::kSend), slot));
+  }
+}
+
+void HttpMirror::readMore(uint32_t slot) {
+  Copy& m = *copies_[slot];
+  ring_.read(m.fd, {m.rbuf.get(), kReadSize}, copies_.track(opByte(MirrorOp::kRead), slot));
+}
+
+// The response is parsed only to know where it ends; its bytes are dropped.
+void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
+  Copy& m = *copies_[slot];
+  if (m.ended) return;
+  if (c.res == -EINTR || c.res == -EAGAIN) {
+    readMore(slot);
+    return;
+  }
+  if (c.res <= 0) {
+    const bool complete = c.res == 0 && m.parser.finish().event == http::Event::kMessageComplete;
+    end(slot, complete ? "ok" : "failed", c.res < 0);
+    return;
+  }
+  std::string_view rest(m.rbuf.get(), static_cast<size_t>(c.res));
+  while (true) {
+    const http::Step step = m.parser.feed(rest);
+    rest.remove_prefix(step.consumed);
+    switch (step.event) {
+      case http::Event::kNeedMore:
+        readMore(slot);
+        return;
+      case http::Event::kHead:
+      case http::Event::kBody:
+        continue;
+      case http::Event::kMessageComplete:
+        // An interim 1xx ends its own message; the final response follows on the same parser.
+        if (m.parser.head().status() >= 200 || m.parser.head().status() == 101) {
+          end(slot, "ok", false);
+          return;
+        }
+        continue;
+      case http::Event::kError:
+        end(slot, "failed", true);
+        return;
+    }
+  }
+}
+
+void HttpMirror::end(uint32_t slot, const char* result, bool reset) {
+  Copy& m = *copies_[slot];
+  if (m.ended) return;
+  m.ended = true;
+  --active_;
+  if (result != nullptr) count(m.service, m.subset, result);
+  if (m.fd >= 0) {
+    // Pending reads and sends end with the close: shutdown wakes them.
+    if (reset || !m.connected || m.sent < m.out.size()) sockets_.setResetOnClose(m.fd);
+    if (m.connected) {
+      ring_.shutdownAndClose(m.fd, copies_.track(opByte(MirrorOp::kClose), slot, 2));
+    } else {
+      ring_.cancel(copies_.userData(opByte(MirrorOp::kConnect), slot),
+                   copies_.track(opByte(MirrorOp::kClose), slot));
+      ring_.close(m.fd, copies_.track(opByte(MirrorOp::kClose), slot));
+    }
+    m.fd = -1;
+  }
+  copies_.release(slot);
+}
+
+void HttpMirror::onTick(Clock::time_point now) {
+  for (size_t i = 0; i < copies_.size(); ++i) {
+    const auto slot = static_cast<uint32_t>(i);
+    if (!copies_.inUse(slot) || copies_.released(slot)) continue;
+    if (now >= copies_[slot]->deadline) end(slot, "timeout", true);
+  }
+}
+
+void HttpMirror::abortAll() {
+  for (size_t i = 0; i < copies_.size(); ++i) {
+    const auto slot = static_cast<uint32_t>(i);
+    if (copies_.inUse(slot) && !copies_.released(slot)) end(slot, nullptr, true);
+  }
+}
+
+}  // namespace remora::proxy

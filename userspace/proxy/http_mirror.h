@@ -1,0 +1,100 @@
+#pragma once
+
+// Request mirroring of the L7 path (VirtualService `mirror` / `mirrors`, `mirrorPercentage`):
+// a copy of a routed request goes to the mirror destination's endpoint, fire and forget. The
+// copy's response is read and discarded; nothing about it (slowness, failure, silence) reaches
+// the client or the main request. Each copy has a connection of its own (no pooling), closed
+// once its response has ended, after a deadline, or on any error.
+//
+// Bounded per worker: at most `max_in_flight` copies at once; a copy over the cap is dropped and
+// counted. Outcomes are counted in remora_mirror_requests_total{destination_service,
+// destination_subset,result} with result ok (a response came), failed (connect failure, reset,
+// invalid response), timeout (no complete response before the deadline) or dropped.
+//
+// Runs on the worker's thread and ring, with op bytes of its own (MirrorOp), which the HttpProxy
+// hands over.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/ip_address.h"
+#include "loop/ring.h"
+#include "loop/slot_table.h"
+#include "proxy/socket_ops.h"
+#include "proxy/stats.h"
+
+namespace remora::proxy {
+
+enum class MirrorOp : uint8_t {
+  kFirst = 112,
+  kConnect = kFirst,
+  kSend,
+  kRead,
+  kClose,
+  kLast = kClose,
+};
+
+// The Host / :authority a mirrored request carries: "-shadow" appended to the host, before any
+// port, as Envoy does ("reviews:9080" → "reviews-shadow:9080").
+std::string shadowAuthority(std::string_view authority);
+
+// One copy to send: the head already written for the mirror (shadow authority) and the body as
+// the client framed it.
+struct MirrorCopy {
+  SocketAddress endpoint;
+  std::string service;
+  std::string subset;
+  std::string method;   // so the response parser knows a HEAD answer has no body
+  std::string request;  // head then body
+  std::chrono::milliseconds connect_timeout{1000};
+  std::chrono::milliseconds timeout{10000};  // the whole exchange
+};
+
+class HttpMirror {
+ public:
+  static constexpr uint32_t kDefaultMaxInFlight = 64;
+  static constexpr size_t kReadSize = 16384;
+  using Clock = std::chrono::steady_clock;
+
+  HttpMirror(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats);
+  ~HttpMirror();
+  HttpMirror(const HttpMirror&) = delete;
+  HttpMirror& operator=(const HttpMirror&) = delete;
+
+  static bool owns(uint8_t op) {
+    return op >= static_cast<uint8_t>(MirrorOp::kFirst) &&
+           op <= static_cast<uint8_t>(MirrorOp::kLast);
+  }
+
+  void setMaxInFlight(uint32_t n) { max_in_flight_ = n; }
+  // Starts a copy, or drops it (counted) over the cap or when no socket can be had.
+  void send(MirrorCopy copy, Clock::time_point now);
+  void onCompletion(const loop::Completion& c);
+  // Ends the copies past their deadline (result timeout).
+  void onTick(Clock::time_point now);
+  // Resets every copy in flight (drain deadline, shutdown); nothing is counted for them.
+  void abortAll();
+  // Copies started and not yet ended.
+  size_t inFlight() const { return active_; }
+
+ private:
+  struct Copy;
+  void onConnect(uint32_t slot, const loop::Completion& c);
+  void onSend(uint32_t slot, const loop::Completion& c);
+  void onRead(uint32_t slot, const loop::Completion& c);
+  void readMore(uint32_t slot);
+  void end(uint32_t slot, const char* result, bool reset);
+  void count(const std::string& service, const std::string& subset, const char* result);
+
+  loop::Ring& ring_;
+  SocketOps& sockets_;
+  WorkerStats& stats_;
+  uint32_t max_in_flight_ = kDefaultMaxInFlight;
+  size_t active_ = 0;
+  loop::SlotTable<std::unique_ptr<Copy>> copies_;
+};
+
+}  // namespace remora::proxy
