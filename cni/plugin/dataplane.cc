@@ -27,10 +27,7 @@ CniResult<T> inNetns(const std::string& netns, const intercept::InterceptOptions
                            mode.error().message});
       return {};
     }
-    std::unique_ptr<intercept::Applier> applier =
-        mode->mode == intercept::InterceptMode::kEbpf
-            ? intercept::makeEbpfApplier(ebpf)
-            : intercept::makeApplier(mode->mode, options.command_timeout);
+    auto applier = intercept::makeApplier(mode->mode, options.command_timeout, ebpf);
     out.emplace(fn(*applier));
     return {};
   });

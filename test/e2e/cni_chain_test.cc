@@ -502,6 +502,15 @@ class CniEbpfE2e : public CniChainE2e {
     return total;
   }
 
+  // ADD through the whole chain: remora-cni must print the bridge's result back. That result,
+  // or null when a plugin failed.
+  json addPod(const json& list, const Pod& pod, const std::string& id) {
+    auto runs = addChain(list, pod, id);
+    if (runs.size() != 2 || runs[1].exit_code != 0) return json();
+    EXPECT_EQ(runs[1].result(), runs[0].result());
+    return runs[0].result();
+  }
+
   static std::string podIp(const json& result) {
     std::string address = result["ips"][0]["address"];
     return address.substr(0, address.find('/'));
@@ -514,13 +523,11 @@ class CniEbpfE2e : public CniChainE2e {
 TEST_F(CniEbpfE2e, AddSteersBothWaysCheckVerifiesDelRemovesExactlyThatPod) {
   Pod pod = newPod("app");
   json list = conflist(ebpfEntry());
-  auto runs = addChain(list, pod, "e-app");
-  ASSERT_EQ(runs.size(), 2u);
-  json result = runs[1].result();
-  EXPECT_EQ(result, runs[0].result());
+  const json result = addPod(list, pod, "e-app");
+  ASSERT_FALSE(result.is_null());
   const std::string ip = podIp(result);
   // ADD again: idempotent.
-  auto again = exec("ADD", list, list["plugins"][1], &pod, "e-app", runs[0].result());
+  auto again = exec("ADD", list, list["plugins"][1], &pod, "e-app", result);
   ASSERT_EQ(again.exit_code, 0) << again.out;
   EXPECT_EQ(cgroupPrograms(), 4u);
   json j = dump(pod);
@@ -555,12 +562,12 @@ TEST_F(CniEbpfE2e, AddSteersBothWaysCheckVerifiesDelRemovesExactlyThatPod) {
   auto check = exec("CHECK", list, list["plugins"][1], &pod, "e-app", result);
   EXPECT_EQ(check.result()["code"], 102) << check.out;
   EXPECT_NE(check.out.find("link_sk_lookup_"), std::string::npos) << check.out;
-  ASSERT_EQ(exec("ADD", list, list["plugins"][1], &pod, "e-app", runs[0].result()).exit_code, 0);
+  ASSERT_EQ(exec("ADD", list, list["plugins"][1], &pod, "e-app", result).exit_code, 0);
   EXPECT_TRUE(fs::exists(link));
 
   // A second pod, then DEL of the first: only the first's entry and link go.
   Pod other = newPod("other");
-  ASSERT_EQ(addChain(list, other, "e-other").size(), 2u);
+  ASSERT_FALSE(addPod(list, other, "e-other").is_null());
   ASSERT_EQ(dump(pod)["netns"].size(), 2u);
   auto del = exec("DEL", list, list["plugins"][1], &pod, "e-app", result);
   EXPECT_EQ(del.exit_code, 0) << del.out;
