@@ -87,7 +87,16 @@ class NetnsDataplane : public Dataplane {
     });
   }
 
-  CniResult<void> status() override {
+  CniResult<void> status(const intercept::InterceptOptions& options,
+                         const intercept::EbpfConfig& ebpf) override {
+    if (options.mode == intercept::InterceptMode::kEbpf) {
+      auto probed = intercept::probeEbpf(ebpf);
+      if (!probed) {
+        return CniError{ErrorCode::kStatusNotAvailable, "eBPF mode cannot work on this node",
+                        probed.error().message};
+      }
+      return {};
+    }
     // Either backend will do; detection picks one per namespace at ADD time.
     for (const char* tool : {"iptables-nft-restore", "iptables-legacy-restore"}) {
       if (programInPath(tool)) return {};

@@ -30,8 +30,10 @@ class Dataplane {
   virtual CniResult<void> check(const std::string& netns,
                                 const intercept::InterceptOptions& options,
                                 const intercept::EbpfConfig& ebpf) = 0;
-  // Whether ADD could work on this node now (the kernel tools are installed); code 50 if not.
-  virtual CniResult<void> status() = 0;
+  // Whether ADD could work on this node now, code 50 if not: the iptables tools are installed,
+  // or in eBPF mode, the kernel has BTF and the cgroup is cgroup v2.
+  virtual CniResult<void> status(const intercept::InterceptOptions& options,
+                                 const intercept::EbpfConfig& ebpf) = 0;
 };
 
 // Enters the namespace on a dedicated thread (runInNetns) and applies the same planner and

@@ -244,7 +244,7 @@ class Invocation {
   }
 
   CniResult<std::string> status() {
-    if (auto ready = dataplane_.status(); !ready) return ready.error();
+    if (auto ready = dataplane_.status(config_.options, config_.ebpf); !ready) return ready.error();
     if (auto writable = state_.ensureWritable(); !writable) {
       return CniError{ErrorCode::kStatusNotAvailable, "remora-cni cannot record attachments",
                       writable.error().message};

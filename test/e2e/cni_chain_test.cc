@@ -607,6 +607,13 @@ TEST_F(CniEbpfE2e, ACgroupThatIsNotCgroupV2IsNamedAndNothingIsLeft) {
   EXPECT_NE(add.out.find("/proc is not a cgroup v2 directory"), std::string::npos) << add.out;
   EXPECT_FALSE(fs::exists(pin_dir_));
   EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
+  // STATUS (spec 1.1.0) says the same before any ADD, and passes with the test's own cgroup.
+  json v11 = list;
+  v11["cniVersion"] = "1.1.0";
+  auto status = exec("STATUS", v11, entry, nullptr, "", json());
+  EXPECT_EQ(status.result()["code"], 50) << status.out;
+  EXPECT_NE(status.out.find("/proc is not a cgroup v2 directory"), std::string::npos) << status.out;
+  EXPECT_EQ(exec("STATUS", v11, ebpfEntry(), nullptr, "", json()).exit_code, 0);
   // A key eBPF mode cannot apply is refused before anything is touched, and named.
   entry = ebpfEntry();
   entry["exclude-interfaces"] = "eth1";

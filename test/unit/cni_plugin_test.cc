@@ -51,7 +51,8 @@ class FakeDataplane : public Dataplane {
     }
     return {};
   }
-  CniResult<void> status() override {
+  CniResult<void> status(const intercept::InterceptOptions&,
+                         const intercept::EbpfConfig&) override {
     if (status_error) return *status_error;
     return {};
   }
