@@ -220,6 +220,48 @@ CniResult<void> validatePrevResult(const json& result) {
   return {};
 }
 
+constexpr const char* kCgroupKey = "cgroup";
+constexpr const char* kPinDirKey = "bpf-pin-dir";
+
+// eBPF mode's node-wide keys. Each needs "mode": "ebpf" (a key Remora would not apply is an
+// error, never ignored) and an absolute path; the options must be ones eBPF mode applies, so a
+// bad entry fails on every ADD with the option named rather than after attaching anything.
+CniResult<intercept::EbpfConfig> parseEbpfConfig(const json& root,
+                                                 const intercept::InterceptOptions& options) {
+  intercept::EbpfConfig ebpf;
+  const bool on = options.mode == intercept::InterceptMode::kEbpf;
+  for (const char* key : {kCgroupKey, kPinDirKey}) {
+    auto it = root.find(key);
+    if (it == root.end()) continue;
+    auto path = stringField(*it, key);
+    if (!path) return path.error();
+    if (!on) {
+      return invalid(fmt::format("{} applies only with \"mode\": \"ebpf\" (mode is {})", key,
+                                 intercept::toString(options.mode)),
+                     fmt::format("remora-cni's conflist entry, key \"{}\": {}", key, it->dump()));
+    }
+    if (path->empty() || (*path)[0] != '/') {
+      return invalid(fmt::format("{} '{}' must be an absolute path", key, *path));
+    }
+    (std::string(key) == kCgroupKey ? ebpf.cgroup : ebpf.pin_dir) = *path;
+  }
+  if (on) {
+    auto settings = intercept::netnsSettings(options, options.ipv6 != intercept::Ipv6Mode::kOff);
+    if (!settings) {
+      return invalid(settings.error().message,
+                     "remora-cni's conflist entry has \"mode\": \"ebpf\"");
+    }
+  }
+  return ebpf;
+}
+
+// eBPF mode is the node's (its programs sit on the node's cgroup, and DEL unregisters with the
+// config's mode), so a pod may not switch into or out of it.
+bool crossesEbpf(intercept::InterceptMode node, intercept::InterceptMode pod) {
+  return node != pod &&
+         (node == intercept::InterceptMode::kEbpf || pod == intercept::InterceptMode::kEbpf);
+}
+
 bool contains(const std::vector<std::string>& list, const std::string& value) {
   return std::find(list.begin(), list.end(), value) != list.end();
 }
@@ -300,6 +342,7 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
   }
 
   for (const auto& [key, value] : root.items()) {
+    if (key == kCgroupKey || key == kPinDirKey) continue;  // parseEbpfConfig
     if (const auto* spec = findOption(key)) {
       auto value_text = optionValueText(value);
       if (!value_text) {
@@ -318,6 +361,10 @@ CniResult<PluginConfig> parseConfig(std::string_view text, Command command) {
                       "option keys are remora-init's flag names, for example \"proxy-uid\""};
     }
   }
+
+  auto ebpf = parseEbpfConfig(root, config.options);
+  if (!ebpf) return ebpf.error();
+  config.ebpf = std::move(*ebpf);
 
   if (root.contains("includeNamespaces")) {
     auto list = stringList(root["includeNamespaces"], "includeNamespaces");
@@ -418,6 +465,12 @@ CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& ar
         return CniError{ErrorCode::kInvalidEnvironment,
                         fmt::format("CNI_ARGS {}: {}", key, set.error().message)};
       }
+      if (crossesEbpf(config.options.mode, decision.options.mode)) {
+        return CniError{ErrorCode::kInvalidEnvironment,
+                        fmt::format("CNI_ARGS {}={}: the node's mode is {}; eBPF mode is chosen "
+                                    "per node, in the conflist entry",
+                                    key, value, intercept::toString(config.options.mode))};
+      }
     }
   }
 
@@ -442,6 +495,12 @@ CniResult<MeshDecision> decideMesh(const PluginConfig& config, const CniArgs& ar
     if (findOption(flag) == nullptr) continue;
     auto set = intercept::setOption(decision.options, flag, text);
     if (!set) return invalid(fmt::format("pod annotation {}: {}", key, set.error().message));
+    if (crossesEbpf(config.options.mode, decision.options.mode)) {
+      return invalid(
+          fmt::format("pod annotation {}='{}': the node's mode is {}; eBPF mode is "
+                      "chosen per node, in the conflist entry",
+                      key, text, intercept::toString(config.options.mode)));
+    }
   }
   return decision;
 }

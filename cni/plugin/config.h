@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "intercept/ebpf_applier.h"
 #include "intercept/options.h"
 #include "plugin/cni_args.h"
 #include "plugin/environment.h"
@@ -39,6 +40,10 @@ struct PluginConfig {
   std::string type;
   // Interception options, set from keys named like remora-init's flags ("proxy-uid": 1337).
   intercept::InterceptOptions options;
+  // "mode": "ebpf" only: the node's cgroup v2 directory the programs attach to ("cgroup"; empty:
+  // the cgroup v2 root) and their pin dir ("bpf-pin-dir"), remora-init's --cgroup and
+  // --bpf-pin-dir. Node-wide, so pods cannot override them.
+  intercept::EbpfConfig ebpf;
   std::vector<std::string> include_namespaces;  // empty: every namespace not excluded
   std::vector<std::string> exclude_namespaces;
   std::string log_file;            // empty: warnings and errors go to stderr

@@ -14,15 +14,11 @@ namespace {
 
 // Runs `fn` with a fresh applier inside `netns`. `fn`'s own failure is returned as is; failing
 // to enter the namespace becomes kNetnsUnavailable.
-// The applier is the one of options.mode, resolved inside the netns ("auto" looks at its tables).
+// The applier is the one of options.mode, resolved inside the netns ("auto" looks at its tables);
+// in eBPF mode it works on the node's programs in `ebpf`'s cgroup and pin dir.
 template <typename T, typename Fn>
 CniResult<T> inNetns(const std::string& netns, const intercept::InterceptOptions& options,
-                     Fn&& fn) {
-  if (options.mode == intercept::InterceptMode::kEbpf) {
-    // remora-init has the eBPF mode; registering pods from the CNI plugin is not built yet.
-    return CniError{ErrorCode::kInvalidConfig, "\"mode\": \"ebpf\" is not supported by remora-cni",
-                    "use iptables, nftables or auto, or remora-init install --mode ebpf"};
-  }
+                     const intercept::EbpfConfig& ebpf, Fn&& fn) {
   std::optional<CniResult<T>> out;
   auto entered = runInNetns(netns, [&]() -> Result<void> {
     auto mode = intercept::resolveMode(options.mode);
@@ -31,7 +27,7 @@ CniResult<T> inNetns(const std::string& netns, const intercept::InterceptOptions
                            mode.error().message});
       return {};
     }
-    auto applier = intercept::makeApplier(mode->mode, options.command_timeout);
+    auto applier = intercept::makeApplier(mode->mode, options.command_timeout, ebpf);
     out.emplace(fn(*applier));
     return {};
   });
@@ -46,9 +42,11 @@ CniResult<T> inNetns(const std::string& netns, const intercept::InterceptOptions
 class NetnsDataplane : public Dataplane {
  public:
   CniResult<intercept::ApplyReport> install(const std::string& netns,
-                                            const intercept::InterceptOptions& options) override {
+                                            const intercept::InterceptOptions& options,
+                                            const intercept::EbpfConfig& ebpf) override {
     return inNetns<intercept::ApplyReport>(
-        netns, options, [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+        netns, options, ebpf,
+        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
           auto report = applier.install(options);
           if (!report) {
             return CniError{ErrorCode::kInstallFailed, "installing interception rules failed",
@@ -59,11 +57,16 @@ class NetnsDataplane : public Dataplane {
   }
 
   CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
-                                              const intercept::InterceptOptions& options) override {
+                                              const intercept::InterceptOptions& options,
+                                              const intercept::EbpfConfig& ebpf) override {
     return inNetns<intercept::ApplyReport>(
-        netns, options, [&](intercept::Applier&) -> CniResult<intercept::ApplyReport> {
-          // Whatever mode installed it: each removal is exact.
-          auto report = intercept::uninstallAll(options.command_timeout);
+        netns, options, ebpf,
+        [&](intercept::Applier& applier) -> CniResult<intercept::ApplyReport> {
+          // eBPF mode unregisters this netns (and detaches the node's programs after the last
+          // one). Otherwise, whatever rule mode installed it: each removal is exact.
+          auto report = options.mode == intercept::InterceptMode::kEbpf
+                            ? applier.uninstall()
+                            : intercept::uninstallAll(options.command_timeout);
           if (!report) {
             return CniError{ErrorCode::kUninstallFailed, "removing interception rules failed",
                             report.error().message};
@@ -72,9 +75,9 @@ class NetnsDataplane : public Dataplane {
         });
   }
 
-  CniResult<void> check(const std::string& netns,
-                        const intercept::InterceptOptions& options) override {
-    return inNetns<void>(netns, options, [&](intercept::Applier& applier) -> CniResult<void> {
+  CniResult<void> check(const std::string& netns, const intercept::InterceptOptions& options,
+                        const intercept::EbpfConfig& ebpf) override {
+    return inNetns<void>(netns, options, ebpf, [&](intercept::Applier& applier) -> CniResult<void> {
       auto checked = applier.check(options);
       if (!checked) {
         return CniError{ErrorCode::kRulesNotIntact, "interception rules are missing or modified",
@@ -84,7 +87,16 @@ class NetnsDataplane : public Dataplane {
     });
   }
 
-  CniResult<void> status() override {
+  CniResult<void> status(const intercept::InterceptOptions& options,
+                         const intercept::EbpfConfig& ebpf) override {
+    if (options.mode == intercept::InterceptMode::kEbpf) {
+      auto probed = intercept::probeEbpf(ebpf);
+      if (!probed) {
+        return CniError{ErrorCode::kStatusNotAvailable, "eBPF mode cannot work on this node",
+                        probed.error().message};
+      }
+      return {};
+    }
     // Either backend will do; detection picks one per namespace at ADD time.
     for (const char* tool : {"iptables-nft-restore", "iptables-legacy-restore"}) {
       if (programInPath(tool)) return {};

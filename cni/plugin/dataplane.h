@@ -4,6 +4,7 @@
 #include <string>
 
 #include "intercept/applier.h"
+#include "intercept/ebpf_applier.h"
 #include "intercept/options.h"
 #include "plugin/error.h"
 
@@ -13,23 +14,32 @@ namespace remora::cni {
 // drives the interception library; tests of the CNI protocol substitute a fake.
 // Errors carry CNI codes: kNetnsUnavailable when the namespace cannot be opened or entered,
 // otherwise kInstallFailed, kUninstallFailed or kRulesNotIntact.
+// `ebpf` (the node's cgroup and pin dir, from the conflist entry) is used only when
+// options.mode is kEbpf.
 class Dataplane {
  public:
   virtual ~Dataplane() = default;
   virtual CniResult<intercept::ApplyReport> install(const std::string& netns,
-                                                    const intercept::InterceptOptions& options) = 0;
-  // Removes only Remora's state; succeeds when there is none. Only options.command_timeout is
-  // used (every tool is killed after it).
-  virtual CniResult<intercept::ApplyReport> uninstall(
-      const std::string& netns, const intercept::InterceptOptions& options) = 0;
+                                                    const intercept::InterceptOptions& options,
+                                                    const intercept::EbpfConfig& ebpf) = 0;
+  // Removes only Remora's state; succeeds when there is none. Only options.mode (eBPF or not)
+  // and options.command_timeout (every tool is killed after it) are used.
+  virtual CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
+                                                      const intercept::InterceptOptions& options,
+                                                      const intercept::EbpfConfig& ebpf) = 0;
   virtual CniResult<void> check(const std::string& netns,
-                                const intercept::InterceptOptions& options) = 0;
-  // Whether ADD could work on this node now (the kernel tools are installed); code 50 if not.
-  virtual CniResult<void> status() = 0;
+                                const intercept::InterceptOptions& options,
+                                const intercept::EbpfConfig& ebpf) = 0;
+  // Whether ADD could work on this node now, code 50 if not: the iptables tools are installed,
+  // or in eBPF mode, the kernel has BTF and the cgroup is cgroup v2.
+  virtual CniResult<void> status(const intercept::InterceptOptions& options,
+                                 const intercept::EbpfConfig& ebpf) = 0;
 };
 
 // Enters the namespace on a dedicated thread (runInNetns) and applies the same planner and
-// iptables backend remora-init uses. No remora-init process is involved.
+// backends remora-init uses (iptables, nftables, or the eBPF applier, which attaches the
+// programs to the node's cgroup on the first ADD and registers the pod's netns). No remora-init
+// process is involved.
 std::unique_ptr<Dataplane> makeNetnsDataplane();
 
 }  // namespace remora::cni

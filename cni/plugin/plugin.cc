@@ -120,8 +120,8 @@ class Invocation {
     if (auto saved = state_.save(record); !saved) {
       return CniError{ErrorCode::kIoFailure, "cannot record the attachment", saved.error().message};
     }
-    auto report =
-        dataplane_.install(env_.netns, optionsForPod(decision->options, config_.prev_result));
+    auto report = dataplane_.install(
+        env_.netns, optionsForPod(decision->options, config_.prev_result), config_.ebpf);
     if (!report) {
       if (auto removed = state_.remove(env_.container_id, env_.ifname); !removed) {
         log_->warn("{}: record left behind for DEL or GC: {}", who(), removed.error().message);
@@ -160,7 +160,7 @@ class Invocation {
       // ADD never installs there, so there is nothing of remora-cni's to remove.
       log_->warn("{}: {}; nothing removed", who(), ownNetnsError(netns).msg);
     } else if ((recorded || meshed) && !netns.empty()) {
-      auto report = dataplane_.uninstall(netns, config_.options);
+      auto report = dataplane_.uninstall(netns, config_.options, config_.ebpf);
       if (!report && report.error().code != ErrorCode::kNetnsUnavailable) return report.error();
       if (report) {
         log_->info("{}: interception removed{}", who(), report->changed ? "" : " (none was left)");
@@ -188,8 +188,8 @@ class Invocation {
     auto decision = decide(*args);
     if (!decision) return decision.error();
     if (!decision->meshed) return std::string();
-    auto checked =
-        dataplane_.check(env_.netns, optionsForPod(decision->options, config_.prev_result));
+    auto checked = dataplane_.check(
+        env_.netns, optionsForPod(decision->options, config_.prev_result), config_.ebpf);
     if (!checked) return checked.error();
     log_->debug("{}: interception intact", who());
     return std::string();
@@ -220,7 +220,7 @@ class Invocation {
       // Only a namespace that is still the one recorded at ADD may be touched.
       auto id = netnsIdentity(r.netns);
       if (id && id->first == r.netns_dev && id->second == r.netns_ino && !isOwnNetns(r.netns)) {
-        auto report = dataplane_.uninstall(r.netns, config_.options);
+        auto report = dataplane_.uninstall(r.netns, config_.options, config_.ebpf);
         if (!report && report.error().code != ErrorCode::kNetnsUnavailable) {
           failures.push_back(fmt::format("{}:{}: {}: {}", r.container_id, r.ifname,
                                          report.error().msg, report.error().details));
@@ -244,7 +244,7 @@ class Invocation {
   }
 
   CniResult<std::string> status() {
-    if (auto ready = dataplane_.status(); !ready) return ready.error();
+    if (auto ready = dataplane_.status(config_.options, config_.ebpf); !ready) return ready.error();
     if (auto writable = state_.ensureWritable(); !writable) {
       return CniError{ErrorCode::kStatusNotAvailable, "remora-cni cannot record attachments",
                       writable.error().message};

@@ -153,8 +153,9 @@ Result<std::vector<std::string>> parseInterfaces(std::string_view flag, std::str
 const std::vector<OptionSpec>& optionSpecs() {
   static const std::vector<OptionSpec> specs = {
       {"mode", "REMORA_MODE",
-       "interception mechanism: iptables, nftables (one 'inet remora' table), or auto (nftables "
-       "when the netns has kube-proxy's nftables table or no iptables rules)",
+       "interception mechanism: iptables, nftables (one 'inet remora' table), auto (nftables "
+       "when the netns has kube-proxy's nftables table or no iptables rules), or ebpf (cgroup "
+       "connect4/6 + getsockopt, sk_lookup inbound; no rules)",
        "iptables"},
       {"proxy-uid", "REMORA_PROXY_UID",
        "UID(s) the proxy runs as (comma-separated); their traffic is never captured", "1337"},

@@ -8,6 +8,7 @@
 
 #include "common/result.h"
 #include "intercept/applier.h"
+#include "intercept/ebpf_applier.h"
 #include "intercept/options.h"
 
 namespace remora::intercept {
@@ -35,6 +36,8 @@ enum class InitVerb { kInstall, kUninstall, kDump };
 // A parsed remora-init command line.
 struct InitCommand {
   InitVerb verb = InitVerb::kInstall;
+  // options.mode is the interception mode (--mode / REMORA_MODE) of install, uninstall and dump
+  // alike, parsed by parseInterceptMode.
   InterceptOptions options;
   bool dry_run = false;
   bool json = false;
@@ -44,18 +47,20 @@ struct InitCommand {
   std::optional<IpAddress> trace_source;          // --source: trace an arriving packet
   std::optional<std::string> trace_in_interface;  // --in-interface, with --source
   std::string help;                               // set when --help was asked; print it and exit 0
-  // Interception mode (--mode / REMORA_MODE): "iptables" or "ebpf". eBPF mode's own flags:
-  std::string mode = "iptables";
+  // eBPF mode's own flags (ebpfConfig() turns them into the applier's config):
   std::string cgroup;       // --cgroup: cgroup v2 dir to attach to (default: the v2 root)
   std::string bpf_pin_dir;  // --bpf-pin-dir (default /sys/fs/bpf/remora)
+  EbpfConfig ebpfConfig() const {
+    EbpfConfig config;
+    config.cgroup = cgroup;
+    if (!bpf_pin_dir.empty()) config.pin_dir = bpf_pin_dir;
+    return config;
+  }
 };
 
 // Parses remora-init's arguments (argv[0] excluded). Flags not given fall back to their REMORA_*
 // environment variables. Errors name the flag and the problem.
 Result<InitCommand> parseInitCommand(const std::vector<std::string>& args);
-
-// The applier command.mode selects.
-std::unique_ptr<Applier> makeApplier(const InitCommand& command);
 
 // Runs remora-init: parses, checks privileges, executes, prints. Returns the exit code.
 int runInit(const std::vector<std::string>& args);

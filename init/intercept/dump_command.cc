@@ -38,7 +38,7 @@ int runEbpfDump(const InitCommand& command) {
 }  // namespace
 
 int runDumpCommand(const InitCommand& command) {
-  if (command.mode == "ebpf") return runEbpfDump(command);
+  if (command.options.mode == InterceptMode::kEbpf) return runEbpfDump(command);
   if (!command.trace.empty()) {
     TraceRequest request;
     request.destination = *SocketAddress::parse(command.trace);  // validated when parsed

@@ -599,6 +599,12 @@ Result<std::string> defaultCgroupRoot() {
       "to cgroup v2 (pass --cgroup PATH)");
 }
 
+Result<void> probeEbpf(const EbpfConfig& config) {
+  auto cgroup = config.cgroup.empty() ? defaultCgroupRoot() : Result<std::string>(config.cgroup);
+  if (!cgroup) return cgroup.error();
+  return probeKernel(*cgroup);
+}
+
 std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config) {
   return std::make_unique<EbpfApplier>(std::move(config));
 }

@@ -28,6 +28,10 @@ Result<uint64_t> currentNetnsCookie();
 // /sys/fs/cgroup when it is cgroup v2, else /sys/fs/cgroup/unified on hybrid hosts.
 Result<std::string> defaultCgroupRoot();
 
+// What eBPF mode needs from the node before anything is loaded: kernel BTF, and cgroup v2 at
+// config.cgroup (or a detected cgroup v2 root). The error names the missing piece.
+Result<void> probeEbpf(const EbpfConfig& config);
+
 // The eBPF applier: the first install in a node loads and attaches the programs to the cgroup
 // and pins links and maps under the pin dir; every install registers the calling thread's netns
 // (an update of one map entry), uninstall unregisters it, and the last uninstall unpins and so

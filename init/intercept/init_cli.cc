@@ -3,8 +3,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
+#include <map>
+#include <string_view>
 
 #include "intercept/applier.h"
 #include "intercept/cli.h"
@@ -40,16 +44,8 @@ void addInterceptOptions(CLI::App& cmd, std::map<std::string, std::string>& valu
   }
 }
 
-// eBPF mode's flags on install, uninstall and dump alike; and --mode on uninstall and dump
-// (install reads it with the other interception options).
-void addModeOptions(CLI::App& cmd, InitCommand& command, bool with_mode) {
-  if (with_mode) {
-    cmd.add_option("--mode", command.mode,
-                   "interception mode: iptables, nftables, auto or ebpf (default iptables; "
-                   "uninstall removes iptables and nftables installs whatever the mode)")
-        ->envname("REMORA_MODE")
-        ->check(CLI::IsMember({"iptables", "nftables", "auto", "ebpf"}));
-  }
+// eBPF mode's flags on install, uninstall and dump alike.
+void addEbpfOptions(CLI::App& cmd, InitCommand& command) {
   cmd.add_option("--cgroup", command.cgroup,
                  "ebpf mode: cgroup v2 directory the programs attach to (default: the cgroup v2 "
                  "root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
@@ -59,17 +55,20 @@ void addModeOptions(CLI::App& cmd, InitCommand& command, bool with_mode) {
       ->envname("REMORA_BPF_PIN_DIR");
 }
 
-}  // namespace
-
-std::unique_ptr<Applier> makeApplier(const InitCommand& command) {
-  if (command.mode == "ebpf") {
-    EbpfConfig config;
-    config.cgroup = command.cgroup;
-    if (!command.bpf_pin_dir.empty()) config.pin_dir = command.bpf_pin_dir;
-    return makeEbpfApplier(std::move(config));
+// The options of optionSpecs() named in `flags`, for uninstall and dump, which take only a few.
+void addSomeInterceptOptions(CLI::App& cmd, std::map<std::string, std::string>& values,
+                             std::initializer_list<std::string_view> flags,
+                             std::string_view mode_help) {
+  for (const auto& spec : optionSpecs()) {
+    if (std::find(flags.begin(), flags.end(), spec.flag) == flags.end()) continue;
+    std::string help = spec.flag == "mode" ? std::string(mode_help) : spec.help;
+    cmd.add_option("--" + spec.flag, values[spec.flag],
+                   fmt::format("{} (default {})", help, spec.default_text))
+        ->envname(spec.env);
   }
-  return makeIptablesApplier(command.options.command_timeout);
 }
+
+}  // namespace
 
 Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   CLI::App app{
@@ -89,17 +88,13 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   addInterceptOptions(*install, install_values);
   install->add_flag("--dry-run", command.dry_run, "print the exact iptables-restore input only")
       ->envname("REMORA_DRY_RUN");
-  addModeOptions(*install, command, false);
+  addEbpfOptions(*install, command);
 
   auto* uninstall = app.add_subcommand("uninstall", "remove exactly Remora's chains and jumps");
-  for (const auto& spec : optionSpecs()) {
-    if (spec.flag != "command-timeout") continue;
-    uninstall
-        ->add_option("--" + spec.flag, uninstall_values[spec.flag],
-                     fmt::format("{} (default {})", spec.help, spec.default_text))
-        ->envname(spec.env);
-  }
-  addModeOptions(*uninstall, command, true);
+  addSomeInterceptOptions(*uninstall, uninstall_values, {"command-timeout", "mode"},
+                          "interception mode: ebpf unregisters this netns; any other removes the "
+                          "iptables and nftables installs whatever their mode");
+  addEbpfOptions(*uninstall, command);
 
   auto* dump = app.add_subcommand("dump", "show what is installed, or trace a connection");
   dump->add_flag("--json", command.json, "machine-readable output");
@@ -114,9 +109,10 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
   dump->add_option("--in-interface", trace_in_interface,
                    "with --source: the interface it arrives on (default: the route back to the "
                    "source)");
-  dump->add_option("--iptables-backend", dump_values["iptables-backend"], "auto, legacy or nft")
-      ->envname("REMORA_IPTABLES_BACKEND");
-  addModeOptions(*dump, command, true);
+  addSomeInterceptOptions(*dump, dump_values, {"iptables-backend", "mode"},
+                          "interception mode: ebpf shows the programs and maps; any other the "
+                          "rules");
+  addEbpfOptions(*dump, command);
 
   std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
   try {
@@ -153,7 +149,6 @@ Result<InitCommand> parseInitCommand(const std::vector<std::string>& args) {
       if (!set) return set.error();
     }
   }
-  if (install->parsed()) command.mode = toString(command.options.mode);
   if (!trace_uid.empty() || !trace_gid.empty()) {
     InterceptOptions ids;
     if (!trace_uid.empty()) {
@@ -221,9 +216,8 @@ int runInit(const std::vector<std::string>& args) {
         std::cerr << "remora-init: " << mode.error().message << "\n";
         return 1;
       }
-      auto applier = mode->mode == InterceptMode::kEbpf
-                         ? makeApplier(*command)
-                         : makeApplier(mode->mode, command->options.command_timeout);
+      auto applier =
+          makeApplier(mode->mode, command->options.command_timeout, command->ebpfConfig());
       if (command->dry_run) {
         auto text = applier->dryRun(command->options);
         if (!text) {
@@ -243,8 +237,11 @@ int runInit(const std::vector<std::string>& args) {
       return 0;
     }
     case InitVerb::kUninstall: {
-      auto report = command->mode == "ebpf" ? makeApplier(*command)->uninstall()
-                                            : uninstallAll(command->options.command_timeout);
+      auto report = command->options.mode == InterceptMode::kEbpf
+                        ? makeApplier(InterceptMode::kEbpf, command->options.command_timeout,
+                                      command->ebpfConfig())
+                              ->uninstall()
+                        : uninstallAll(command->options.command_timeout);
       if (!report) {
         std::cerr << "remora-init: uninstall failed: " << report.error().message << "\n";
         return 1;

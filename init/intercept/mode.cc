@@ -6,7 +6,6 @@
 #include <algorithm>
 
 #include "intercept/backend.h"
-#include "intercept/ebpf_applier.h"
 #include "intercept/nftables_applier.h"
 
 namespace remora::intercept {
@@ -42,14 +41,13 @@ Result<ModeChoice> resolveMode(InterceptMode requested) {
       fmt::format("auto: this netns has iptables tables ({})", fmt::join(iptables, ", "))};
 }
 
-std::unique_ptr<Applier> makeApplier(InterceptMode mode, std::chrono::milliseconds timeout) {
+std::unique_ptr<Applier> makeApplier(InterceptMode mode, std::chrono::milliseconds timeout,
+                                     const EbpfConfig& ebpf) {
   switch (mode) {
     case InterceptMode::kNftables:
       return makeNftablesApplier(timeout);
     case InterceptMode::kEbpf:
-      // The default cgroup v2 root and pin directory (remora-init's --cgroup/--bpf-pin-dir
-      // choose others through its own makeApplier).
-      return makeEbpfApplier(EbpfConfig{});
+      return makeEbpfApplier(ebpf);
     case InterceptMode::kIptables:
     case InterceptMode::kAuto:
       break;
@@ -60,7 +58,7 @@ std::unique_ptr<Applier> makeApplier(InterceptMode mode, std::chrono::millisecon
 Result<ApplyReport> uninstallAll(std::chrono::milliseconds timeout) {
   ApplyReport all;
   for (auto mode : {InterceptMode::kIptables, InterceptMode::kNftables}) {
-    auto report = makeApplier(mode, timeout)->uninstall();
+    auto report = makeApplier(mode, timeout, EbpfConfig{})->uninstall();
     if (!report) return report.error();
     all.changed = all.changed || report->changed;
     if (report->changed || all.lines.empty()) all.backend = report->backend;

@@ -6,6 +6,7 @@
 
 #include "common/result.h"
 #include "intercept/applier.h"
+#include "intercept/ebpf_applier.h"
 #include "intercept/options.h"
 
 namespace remora::intercept {
@@ -21,11 +22,14 @@ struct ModeChoice {
 // iptables-nft's ip/ip6 tables nor legacy ones); iptables otherwise.
 Result<ModeChoice> resolveMode(InterceptMode requested);
 
-// The applier of a resolved mode (not kAuto). The eBPF mode adds its case here.
-std::unique_ptr<Applier> makeApplier(InterceptMode mode, std::chrono::milliseconds timeout);
+// The applier of a resolved mode (not kAuto): every tool the rule appliers run is killed after
+// `timeout`; `ebpf` (cgroup, pin dir) is used only by kEbpf. remora-init and remora-cni both
+// build their applier here.
+std::unique_ptr<Applier> makeApplier(InterceptMode mode, std::chrono::milliseconds timeout,
+                                     const EbpfConfig& ebpf);
 
-// Removes Remora from every mechanism (each removal exact: iptables chains and jumps, the inet
-// remora table), so an uninstall needs no --mode.
+// Removes Remora from every rule mechanism (each removal exact: iptables chains and jumps, the
+// inet remora table), so an uninstall needs no --mode. eBPF mode's uninstall is its applier's.
 Result<ApplyReport> uninstallAll(std::chrono::milliseconds timeout);
 
 }  // namespace remora::intercept

@@ -1,15 +1,16 @@
 # remora-cni under real runtimes. Root only; every test builds and removes its own namespaces,
 # podman storage, networks and images, by name.
 #   cni_chain_test     the reference bridge + host-local plugins, then remora-cni (ADD, CHECK,
-#                      DEL, GC, STATUS, errors), asserted inside the pod's namespace.
+#                      DEL, GC, STATUS, errors), asserted inside the pod's namespace; and the
+#                      same chain in "mode": "ebpf" (CniEbpfE2e), on a cgroup the test makes.
 #   cni.podman_*       podman (libcni) runs a container on an --internal network chained with
 #                      remora-cni; the node installer against podman's conflist; podman kube
 #                      play of the sidecar-injected Pod from deploy/.
 include(GoogleTest)
 add_executable(cni_chain_test ${CMAKE_CURRENT_LIST_DIR}/cni_chain_test.cc)
-target_link_libraries(cni_chain_test PRIVATE remora_netns_world nlohmann_json::nlohmann_json
-                      fmt::fmt GTest::gtest GTest::gtest_main)
-add_dependencies(cni_chain_test remora-cni remora-probe)
+target_link_libraries(cni_chain_test PRIVATE remora_netns_world remora_bpf
+                      nlohmann_json::nlohmann_json fmt::fmt GTest::gtest GTest::gtest_main)
+add_dependencies(cni_chain_test remora-cni remora-init remora-probe)
 gtest_discover_tests(cni_chain_test TEST_PREFIX "cni." PROPERTIES LABELS e2e TIMEOUT 60
                      DISCOVERY_TIMEOUT 30)
 

@@ -3,12 +3,23 @@
 // bridge they make never touches the machine's network), then remora-cni with their result as
 // prevResult. Assertions are made inside the pod's own namespace: iptables-save, and a real TCP
 // connection to a service VIP that only interception can answer.
+// CniEbpfE2e runs the same chain with "mode": "ebpf": the programs attach to a cgroup v2
+// directory the test creates (never the machine's root cgroup), which the test process joins
+// first, so every process it starts (the plugins, probes, clients) is in it.
+#include <bpf/bpf.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "netns_world.h"
 
@@ -400,6 +411,217 @@ TEST_F(CniChainE2e, PathologicalStdinGetsErrorJsonNotACrash) {
   auto big = run(std::string((size_t{8} << 20), ' '));
   EXPECT_EQ(json::parse(big.out, nullptr, false)["code"], 6) << big.out;
   EXPECT_FALSE(hasRemora(natRules(pod)));
+}
+
+// ---- "mode": "ebpf" ---------------------------------------------------------------------------
+
+class CniEbpfE2e : public CniChainE2e {
+ protected:
+  void SetUp() override {
+    CniChainE2e::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+      GTEST_SKIP() << "kernel has no BTF (/sys/kernel/btf/vmlinux): eBPF mode cannot load";
+    }
+    for (const char* root : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+      struct statfs fs {};
+      if (::statfs(root, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) root_ = root;
+      if (!root_.empty()) break;
+    }
+    if (root_.empty()) GTEST_SKIP() << "no cgroup v2 hierarchy to attach to";
+    // Where this process was ("0::/x/y" in /proc/self/cgroup), to go back there afterwards.
+    std::ifstream self("/proc/self/cgroup");
+    for (std::string line; std::getline(self, line);) {
+      if (line.rfind("0::", 0) == 0) home_ = root_ + line.substr(3);
+    }
+    const std::string id = std::to_string(::getpid());
+    cgroup_ = root_ + "/remora-cni-ebpf-test-" + id;
+    pin_dir_ = "/sys/fs/bpf/remora-cni-test-" + id;
+    ASSERT_EQ(::mkdir(cgroup_.c_str(), 0755), 0) << cgroup_ << ": " << std::strerror(errno);
+    ASSERT_TRUE(joinCgroup(cgroup_));
+  }
+
+  void TearDown() override {
+    servers_.clear();
+    CniChainE2e::TearDown();
+    std::error_code ec;
+    fs::remove_all(pin_dir_, ec);  // whatever a failed test left: unpinning detaches
+    if (!home_.empty()) joinCgroup(home_);
+    if (!cgroup_.empty()) ::rmdir(cgroup_.c_str());
+  }
+
+  static bool joinCgroup(const std::string& dir) {
+    std::ofstream procs(dir + "/cgroup.procs");
+    procs << ::getpid() << std::flush;
+    return static_cast<bool>(procs);
+  }
+
+  json ebpfEntry() const {
+    json entry = remoraEntry();
+    entry["mode"] = "ebpf";
+    entry["cgroup"] = cgroup_;
+    entry["bpf-pin-dir"] = pin_dir_;
+    return entry;
+  }
+
+  // remora-init dump --mode ebpf --json in the pod's netns (nsenter keeps /sys/fs/bpf visible).
+  json dump(const Pod& pod) {
+    auto out = runCommand({"nsenter", "--net=" + netnsPath(pod), binaryPath("remora-init"), "dump",
+                           "--mode", "ebpf", "--json", "--bpf-pin-dir", pin_dir_});
+    EXPECT_TRUE(out && out->exit_code == 0) << (out ? out->err : out.error().message);
+    return out ? json::parse(out->out, nullptr, false) : json();
+  }
+
+  // What the server at the other end said, or "FAILED".
+  std::string connect(const Pod& pod, const std::string& target) {
+    auto out = world_->exec(pod, {probePath(), "connect", target, "--timeout-ms", "1500"});
+    return out && out->exit_code == 0 ? out->out : "FAILED";
+  }
+
+  size_t skLookupPins() const {
+    size_t n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(pin_dir_, ec)) {
+      n += e.path().filename().string().rfind("link_sk_lookup_", 0) == 0;
+    }
+    return n;
+  }
+
+  // Programs attached to the test's cgroup, of the four attach types eBPF mode uses.
+  uint32_t cgroupPrograms() const {
+    int cg = ::open(cgroup_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    EXPECT_GE(cg, 0);
+    uint32_t total = 0;
+    for (auto type : {BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT, BPF_CGROUP_GETSOCKOPT,
+                      BPF_CGROUP_SOCK_OPS}) {
+      __u32 count = 0;
+      EXPECT_EQ(bpf_prog_query(cg, type, 0, nullptr, nullptr, &count), 0);
+      total += count;
+    }
+    ::close(cg);
+    return total;
+  }
+
+  // ADD through the whole chain: remora-cni must print the bridge's result back. That result,
+  // or null when a plugin failed.
+  json addPod(const json& list, const Pod& pod, const std::string& id) {
+    auto runs = addChain(list, pod, id);
+    if (runs.size() != 2 || runs[1].exit_code != 0) return json();
+    EXPECT_EQ(runs[1].result(), runs[0].result());
+    return runs[0].result();
+  }
+
+  static std::string podIp(const json& result) {
+    std::string address = result["ips"][0]["address"];
+    return address.substr(0, address.find('/'));
+  }
+
+  std::string root_, home_, cgroup_, pin_dir_;
+  std::vector<std::unique_ptr<Process>> servers_;
+};
+
+TEST_F(CniEbpfE2e, AddSteersBothWaysCheckVerifiesDelRemovesExactlyThatPod) {
+  Pod pod = newPod("app");
+  json list = conflist(ebpfEntry());
+  const json result = addPod(list, pod, "e-app");
+  ASSERT_FALSE(result.is_null());
+  const std::string ip = podIp(result);
+  // ADD again: idempotent.
+  auto again = exec("ADD", list, list["plugins"][1], &pod, "e-app", result);
+  ASSERT_EQ(again.exit_code, 0) << again.out;
+  EXPECT_EQ(cgroupPrograms(), 4u);
+  json j = dump(pod);
+  ASSERT_EQ(j["netns"].size(), 1u) << j.dump();
+  EXPECT_TRUE(j["netns"][0]["current"].get<bool>());
+  EXPECT_EQ(j["programs"].size(), 5u) << j.dump();  // 4 on the cgroup, sk_lookup on the pod
+  EXPECT_EQ(skLookupPins(), 1u);
+
+  // The "proxy" (uid 1337) listens after ADD, as in a pod: its 15006 listener joins the sockhash.
+  servers_.push_back(world_->serveProbe(pod, "0.0.0.0:15001", "proxy", false, 1337));
+  servers_.push_back(world_->serveProbe(pod, "0.0.0.0:15006", "inbound", false, 1337));
+  EXPECT_NE(connect(pod, kVip).find(std::string("proxy orig=") + kVip + " local=127.0.0.1:15001"),
+            std::string::npos);
+  // Inbound from the node (the bridge's gateway address) to the pod's port 8080, where nothing
+  // listens: sk_lookup hands it to the proxy's listener with no NAT.
+  Pod node{"node", world_->nodeNetns(), "", ""};
+  std::string inbound = connect(node, ip + ":8080");
+  EXPECT_NE(inbound.find("inbound orig=none local=" + ip + ":8080"), std::string::npos) << inbound;
+  EXPECT_FALSE(hasRemora(natRules(pod)));
+  j = dump(pod);
+  EXPECT_GE(j["counters"]["redirected"].get<uint64_t>(), 1u) << j.dump();
+  EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 1u) << j.dump();
+
+  for (const auto& plugin : list["plugins"]) {
+    auto check = exec("CHECK", list, plugin, &pod, "e-app", result);
+    EXPECT_EQ(check.exit_code, 0) << plugin["type"] << ": " << check.out;
+  }
+  // Someone unpins the pod's sk_lookup link: CHECK says so; ADD puts it back.
+  const uint64_t cookie = j["netns"][0]["cookie"];
+  const std::string link = pin_dir_ + "/link_sk_lookup_" + std::to_string(cookie);
+  ASSERT_TRUE(fs::remove(link)) << link;
+  auto check = exec("CHECK", list, list["plugins"][1], &pod, "e-app", result);
+  EXPECT_EQ(check.result()["code"], 102) << check.out;
+  EXPECT_NE(check.out.find("link_sk_lookup_"), std::string::npos) << check.out;
+  ASSERT_EQ(exec("ADD", list, list["plugins"][1], &pod, "e-app", result).exit_code, 0);
+  EXPECT_TRUE(fs::exists(link));
+
+  // A second pod, then DEL of the first: only the first's entry and link go.
+  Pod other = newPod("other");
+  ASSERT_FALSE(addPod(list, other, "e-other").is_null());
+  ASSERT_EQ(dump(pod)["netns"].size(), 2u);
+  auto del = exec("DEL", list, list["plugins"][1], &pod, "e-app", result);
+  EXPECT_EQ(del.exit_code, 0) << del.out;
+  EXPECT_TRUE(del.out.empty()) << del.out;
+  j = dump(other);
+  ASSERT_EQ(j["netns"].size(), 1u) << j.dump();
+  EXPECT_TRUE(j["netns"][0]["current"].get<bool>()) << j.dump();
+  EXPECT_FALSE(fs::exists(link));
+  EXPECT_EQ(skLookupPins(), 1u);
+  for (const auto& a : j["inbound_addrs"]) EXPECT_NE(a["address"], ip) << j.dump();
+  EXPECT_EQ(connect(pod, kVip), "FAILED");
+  EXPECT_EQ(connect(node, ip + ":8080"), "FAILED");
+  // A repeated DEL, and a DEL of a pod remora-cni never saw, succeed.
+  EXPECT_EQ(exec("DEL", list, list["plugins"][1], &pod, "e-app", result).exit_code, 0);
+  EXPECT_EQ(exec("DEL", list, list["plugins"][1], &pod, "e-never", json()).exit_code, 0);
+  EXPECT_EQ(cgroupPrograms(), 4u);
+  // The last pod's DEL detaches the node's programs and removes every pin.
+  EXPECT_EQ(exec("DEL", list, list["plugins"][1], &other, "e-other", json()).exit_code, 0);
+  EXPECT_FALSE(fs::exists(pin_dir_));
+  // The kernel releases an unpinned link's last reference from a deferred work item.
+  for (int i = 0; i < 100 && cgroupPrograms() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  EXPECT_EQ(cgroupPrograms(), 0u);
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
+}
+
+TEST_F(CniEbpfE2e, ACgroupThatIsNotCgroupV2IsNamedAndNothingIsLeft) {
+  Pod pod = newPod("badcg");
+  json entry = ebpfEntry();
+  entry["cgroup"] = "/proc";
+  json list = conflist(entry);
+  json prev = exec("ADD", list, list["plugins"][0], &pod, "e-bad", json()).result();
+  auto add = exec("ADD", list, entry, &pod, "e-bad", prev);
+  EXPECT_EQ(add.exit_code, 1);
+  EXPECT_EQ(add.result()["code"], 101) << add.out;
+  EXPECT_NE(add.out.find("/proc is not a cgroup v2 directory"), std::string::npos) << add.out;
+  EXPECT_FALSE(fs::exists(pin_dir_));
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
+  // STATUS (spec 1.1.0) says the same before any ADD, and passes with the test's own cgroup.
+  json v11 = list;
+  v11["cniVersion"] = "1.1.0";
+  auto status = exec("STATUS", v11, entry, nullptr, "", json());
+  EXPECT_EQ(status.result()["code"], 50) << status.out;
+  EXPECT_NE(status.out.find("/proc is not a cgroup v2 directory"), std::string::npos) << status.out;
+  EXPECT_EQ(exec("STATUS", v11, ebpfEntry(), nullptr, "", json()).exit_code, 0);
+  // A key eBPF mode cannot apply is refused before anything is touched, and named.
+  entry = ebpfEntry();
+  entry["exclude-interfaces"] = "eth1";
+  add = exec("ADD", list, entry, &pod, "e-bad", prev);
+  EXPECT_EQ(add.result()["code"], 7) << add.out;
+  EXPECT_NE(add.out.find("--exclude-interfaces"), std::string::npos) << add.out;
+  EXPECT_FALSE(fs::exists(pin_dir_));
+  EXPECT_EQ(cgroupPrograms(), 0u);
 }
 
 }  // namespace

@@ -23,15 +23,18 @@ using nlohmann::json;
 class FakeDataplane : public Dataplane {
  public:
   CniResult<intercept::ApplyReport> install(const std::string& netns,
-                                            const intercept::InterceptOptions& options) override {
+                                            const intercept::InterceptOptions& options,
+                                            const intercept::EbpfConfig& ebpf) override {
     installs.push_back(netns);
     last_options = options;
+    last_ebpf = ebpf;
     if (install_error) return *install_error;
     installed.insert(netns);
     return intercept::ApplyReport{"fake", {"installed"}, true};
   }
   CniResult<intercept::ApplyReport> uninstall(const std::string& netns,
-                                              const intercept::InterceptOptions&) override {
+                                              const intercept::InterceptOptions&,
+                                              const intercept::EbpfConfig&) override {
     uninstalls.push_back(netns);
     if (!fs::exists(netns)) {
       return CniError{ErrorCode::kNetnsUnavailable, "cannot enter network namespace", netns};
@@ -39,8 +42,8 @@ class FakeDataplane : public Dataplane {
     bool had = installed.erase(netns) > 0;
     return intercept::ApplyReport{"fake", {}, had};
   }
-  CniResult<void> check(const std::string& netns,
-                        const intercept::InterceptOptions& options) override {
+  CniResult<void> check(const std::string& netns, const intercept::InterceptOptions& options,
+                        const intercept::EbpfConfig&) override {
     checks.push_back(netns);
     if (!installed.count(netns) || options != last_options) {
       return CniError{ErrorCode::kRulesNotIntact, "interception rules are missing or modified",
@@ -48,7 +51,8 @@ class FakeDataplane : public Dataplane {
     }
     return {};
   }
-  CniResult<void> status() override {
+  CniResult<void> status(const intercept::InterceptOptions&,
+                         const intercept::EbpfConfig&) override {
     if (status_error) return *status_error;
     return {};
   }
@@ -56,6 +60,7 @@ class FakeDataplane : public Dataplane {
   std::vector<std::string> installs, uninstalls, checks;
   std::set<std::string> installed;
   intercept::InterceptOptions last_options;
+  intercept::EbpfConfig last_ebpf;
   std::optional<CniError> install_error;
   std::optional<CniError> status_error;
 };
@@ -141,6 +146,58 @@ TEST_F(CniPluginTest, AddInstallsAndPrintsPrevResultUnchanged) {
   ASSERT_TRUE(record->has_value());
   EXPECT_EQ((*record)->netns, netns_);
   EXPECT_NE((*record)->netns_ino, 0u);
+}
+
+TEST_F(CniPluginTest, EbpfModePassesTheNodesCgroupAndPinDir) {
+  auto out = run(env("ADD"), config(R"("mode":"ebpf","cgroup":"/sys/fs/cgroup/unified/k8s",)"
+                                    R"("bpf-pin-dir":"/sys/fs/bpf/remora-node")"));
+  ASSERT_EQ(out.exit_code, 0) << out.stdout_text;
+  EXPECT_EQ(dataplane_.last_options.mode, intercept::InterceptMode::kEbpf);
+  EXPECT_EQ(dataplane_.last_ebpf.cgroup, "/sys/fs/cgroup/unified/k8s");
+  EXPECT_EQ(dataplane_.last_ebpf.pin_dir, "/sys/fs/bpf/remora-node");
+  // Without the keys: the cgroup v2 root (detected at ADD) and the default pin dir.
+  ASSERT_EQ(run(env("ADD", "c2"), config(R"("mode":"ebpf")")).exit_code, 0);
+  EXPECT_EQ(dataplane_.last_ebpf.cgroup, "");
+  EXPECT_EQ(dataplane_.last_ebpf.pin_dir, intercept::kDefaultBpfPinDir);
+}
+
+TEST_F(CniPluginTest, BadEbpfConfigIsAnErrorNamingTheField) {
+  struct Case {
+    std::string extra;
+    int code;
+    std::string needle;
+  };
+  const Case cases[] = {
+      {R"("mode":"ebpf","cgroup":"sys/fs/cgroup")", 7,
+       "cgroup 'sys/fs/cgroup' must be an absolute"},
+      {R"("mode":"ebpf","bpf-pin-dir":"")", 7, "bpf-pin-dir '' must be an absolute path"},
+      {R"("mode":"ebpf","cgroup":42)", 6, "cgroup must be a string"},
+      {R"("cgroup":"/sys/fs/cgroup")", 7, "cgroup applies only with \"mode\": \"ebpf\""},
+      {R"("mode":"nftables","bpf-pin-dir":"/sys/fs/bpf/x")", 7, "bpf-pin-dir applies only"},
+      {R"("mode":"ebpf","exclude-interfaces":"eth1")", 7, "--exclude-interfaces"},
+      {R"("mode":"ebpf","proxy-uid":"1337,1338")", 7, "one --proxy-uid"},
+      {R"("mode":"bpf")", 7, "invalid --mode 'bpf'"},
+  };
+  for (const auto& c : cases) {
+    json e = errorOf(run(env("ADD"), config(c.extra)));
+    EXPECT_EQ(e["code"], c.code) << c.extra << ": " << e.dump();
+    EXPECT_NE(e["msg"].get<std::string>().find(c.needle), std::string::npos)
+        << c.extra << ": " << e.dump();
+  }
+  EXPECT_TRUE(dataplane_.installs.empty());
+}
+
+TEST_F(CniPluginTest, PodsCannotSwitchIntoOrOutOfEbpfMode) {
+  json e = errorOf(run(env("ADD", "c1", std::nullopt, "REMORA_MODE=ebpf"), config()));
+  EXPECT_EQ(e["code"], 4) << e.dump();
+  EXPECT_NE(e["msg"].get<std::string>().find("chosen per node"), std::string::npos) << e.dump();
+  e = errorOf(run(env("ADD"),
+                  config(R"("mode":"ebpf","runtimeConfig":{"io.kubernetes.cri.pod-annotations":)"
+                         R"({"remora.dev/mode":"iptables"}})")));
+  EXPECT_EQ(e["code"], 7) << e.dump();
+  EXPECT_TRUE(dataplane_.installs.empty());
+  // Between the rule modes a pod may still choose.
+  EXPECT_EQ(run(env("ADD", "c1", std::nullopt, "REMORA_MODE=nftables"), config()).exit_code, 0);
 }
 
 TEST_F(CniPluginTest, AddRecordsThePodIdentity) {

@@ -6,6 +6,7 @@
 
 #include "intercept/cli.h"
 #include "intercept/ebpf_applier.h"
+#include "intercept/mode.h"
 #include "remora_decide.h"
 
 namespace remora::intercept {
@@ -106,14 +107,42 @@ TEST(EbpfCli, ModeFlags) {
   auto c = parseInitCommand({"install", "--mode", "ebpf", "--cgroup", "/sys/fs/cgroup/x",
                              "--bpf-pin-dir", "/sys/fs/bpf/y"});
   ASSERT_TRUE(c.ok()) << c.error().message;
-  EXPECT_EQ(c->mode, "ebpf");
+  EXPECT_EQ(c->options.mode, InterceptMode::kEbpf);
   EXPECT_EQ(c->cgroup, "/sys/fs/cgroup/x");
   EXPECT_EQ(c->bpf_pin_dir, "/sys/fs/bpf/y");
-  EXPECT_EQ(makeApplier(*c)->name(), "ebpf");
+  EXPECT_EQ(c->ebpfConfig().cgroup, "/sys/fs/cgroup/x");
+  EXPECT_EQ(c->ebpfConfig().pin_dir, "/sys/fs/bpf/y");
+  EXPECT_EQ(makeApplier(c->options.mode, c->options.command_timeout, c->ebpfConfig())->name(),
+            "ebpf");
   auto d = parseInitCommand({"dump"});
   ASSERT_TRUE(d.ok());
-  EXPECT_EQ(d->mode, "iptables");
+  EXPECT_EQ(d->options.mode, InterceptMode::kIptables);
+  EXPECT_EQ(d->ebpfConfig().pin_dir, kDefaultBpfPinDir);
   EXPECT_FALSE(parseInitCommand({"install", "--mode", "bogus"}).ok());
+}
+
+// install, uninstall and dump read --mode through the same parser, into options.mode.
+TEST(EbpfCli, EveryVerbParsesModeTheSameWay) {
+  for (const char* verb : {"install", "uninstall", "dump"}) {
+    for (auto mode : {InterceptMode::kIptables, InterceptMode::kNftables, InterceptMode::kAuto,
+                      InterceptMode::kEbpf}) {
+      auto c = parseInitCommand({verb, "--mode", toString(mode)});
+      ASSERT_TRUE(c.ok()) << verb << " " << toString(mode) << ": " << c.error().message;
+      EXPECT_EQ(c->options.mode, mode) << verb;
+    }
+    auto bad = parseInitCommand({verb, "--mode", "bpf"});
+    ASSERT_FALSE(bad.ok()) << verb;
+    EXPECT_NE(bad.error().message.find("invalid --mode 'bpf': must be iptables, nftables, auto or "
+                                       "ebpf"),
+              std::string::npos)
+        << verb << ": " << bad.error().message;
+    auto pin = parseInitCommand({verb, "--mode", "ebpf", "--bpf-pin-dir", "/sys/fs/bpf/z"});
+    ASSERT_TRUE(pin.ok()) << verb;
+    EXPECT_EQ(pin->ebpfConfig().pin_dir, "/sys/fs/bpf/z") << verb;
+  }
+  // The rule modes get their appliers from the same function.
+  EXPECT_EQ(makeApplier(InterceptMode::kNftables, kDefaultCommandTimeout, EbpfConfig{})->name(),
+            "nftables");
 }
 
 }  // namespace
