@@ -514,6 +514,11 @@ class MtlsPair(ProxySetup):
         self.procs = {}
         self.side_cgroups = {}
 
+    def unavailable(self):
+        if not shutil.which("openssl"):
+            return "the openssl CLI is missing (it makes the certificates)"
+        return None
+
     def probe(self):
         try:
             self.env.prepare_mtls()
@@ -590,9 +595,7 @@ class RemoraMtls(MtlsPair):
         self.env.remora_flags()  # reads and keeps `remora-proxy --help`
         if "--tls-dir" not in self.env.remora_help:
             return "remora-proxy has no --tls-dir (issue 14)"
-        if not shutil.which("openssl"):
-            return "the openssl CLI is missing (it makes the certificates)"
-        return None
+        return super().unavailable()
 
     def config_path(self):
         path = os.path.join(self.env.prepare_mtls(), "mesh.yaml")
@@ -612,11 +615,6 @@ class HaproxyMtls(MtlsPair):
     note = ("front-mtls: REDIRECT → HAProxy 2.6 `server … ssl verify required crt … ca-file …` "
             "→ bill-mtls: inbound REDIRECT → HAProxy `bind … ssl crt … verify required "
             "ca-file …` → nginx; nbthread 1 each")
-
-    def unavailable(self):
-        if not shutil.which("openssl"):
-            return "the openssl CLI is missing (it makes the certificates)"
-        return None
 
     def side_env(self):
         return {"MTLS_DIR": self.env.prepare_mtls()}
