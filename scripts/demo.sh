@@ -3,7 +3,8 @@
 # its own: remora-init installs the rules in the front-tomcat pod, remora-proxy (uid 1337)
 # routes bill-service by the VirtualService's weights, the weights change live, and
 # `remora-init dump` / `dump --trace` explain where connections go. At the end the proxy gets
-# SIGTERM, drains and exits; the demo waits for it and removes its namespaces.
+# SIGTERM, drains and exits; the demo waits for it and removes its namespaces. One more step
+# shows STRICT mTLS between two sidecars (certificates made here with the openssl CLI).
 #
 #   scripts/demo.sh                  set up, build (in build/) and run
 #   scripts/demo.sh --no-build       run with the binaries already in build/bin
@@ -17,7 +18,7 @@ build=1
 bin=$root/build/bin
 while (($#)); do
   case "$1" in
-    -h|--help) sed -n '2,12p' "$root/scripts/demo.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$root/scripts/demo.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --no-build) build=0 ;;
     --bin-dir) [[ $# -ge 2 ]] || { echo "demo: --bin-dir wants a directory" >&2; exit 2; }
                bin=$(realpath "$2"); build=0; shift ;;
@@ -188,6 +189,107 @@ in_front "$bin/remora-init" dump --trace $vip
 
 step "remora-init dump --trace 10.244.1.168:80 --uid 1337 (the proxy's own upstream connection)"
 in_front "$bin/remora-init" dump --trace 10.244.1.168:80 --uid 1337 --gid 1337
+
+step "mTLS between two sidecars: a sleep pod calls ratings, whose namespace is STRICT"
+# Two more meshed pods (label security.istio.io/tlsMode: istio), each with remora-init's rules
+# and its own remora-proxy holding a certificate for its service account, issued here from a
+# throwaway CA with the openssl CLI (the layout of --tls-dir: cert-chain.pem, key.pem,
+# root-cert.pem).
+world_add_pod sleep 10.244.5.10
+world_add_pod ratings 10.244.5.20
+sleep_ns=$(world_ns sleep) ratings_ns=$(world_ns ratings)
+ossl() { openssl "$@" 2>>"$work/openssl.log" || fail "openssl $1 failed (see $work/openssl.log)"; }
+ossl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key"
+ossl req -x509 -new -key "$work/ca.key" -subj /CN=remora-demo-ca -days 1 -out "$work/ca.pem"
+for sa in sleep ratings; do
+  mkdir -m 755 "$work/certs-$sa"
+  ossl ecparam -name prime256v1 -genkey -noout -out "$work/certs-$sa/key.pem"
+  ossl req -new -key "$work/certs-$sa/key.pem" -subj "/CN=$sa" -out "$work/$sa.csr"
+  printf 'subjectAltName=URI:spiffe://cluster.local/ns/istio-demo/sa/%s\nextendedKeyUsage=serverAuth,clientAuth\n' \
+    "$sa" > "$work/$sa.ext"
+  ossl x509 -req -in "$work/$sa.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 1 -extfile "$work/$sa.ext" -out "$work/certs-$sa/cert-chain.pem"
+  cp "$work/ca.pem" "$work/certs-$sa/root-cert.pem"
+  chmod 644 "$work/certs-$sa"/*.pem
+done
+echo "certificates: spiffe://cluster.local/ns/istio-demo/sa/sleep and .../sa/ratings, one test CA"
+cat > "$work/mtls.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sleep
+  namespace: istio-demo
+  labels: {app: sleep, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: sleep, containers: [{name: sleep, image: curl}]}
+status: {podIP: 10.244.5.10}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ratings
+  namespace: istio-demo
+  labels: {app: ratings, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: ratings, containers: [{name: ratings, image: ratings}]}
+status: {podIP: 10.244.5.20}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: istio-demo}
+spec:
+  clusterIP: 10.1.122.250
+  selector: {app: ratings}
+  ports: [{name: tcp-ratings, port: 9080, targetPort: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-demo}
+spec:
+  mtls: {mode: STRICT}
+YAML
+chmod 644 "$work/mtls.yaml"
+sed -n '/kind: PeerAuthentication/,$p' "$work/mtls.yaml" | sed 's/^/  /'
+ip netns exec "$ratings_ns" "$bin/remora-probe" serve --listen 10.244.5.20:80 --http \
+  --reply "this is ratings, reached over mTLS" > "$work/ratings.log" &
+track "remora-probe ratings"
+mtls_proxies=()
+for sa in ratings sleep; do
+  ns=$(world_ns "$sa")
+  ip netns exec "$ns" "$bin/remora-init" install >/dev/null
+  ip netns exec "$ns" setpriv --reuid=1337 --regid=1337 --clear-groups \
+    "$bin/remora-proxy" --config "$work/mtls.yaml" --tls-dir "$work/certs-$sa" \
+    > "$work/proxy-$sa.log" 2>&1 &
+  track "remora-proxy ($sa)"
+  mtls_proxies+=($((${#pids[@]} - 1)))
+  for _ in $(seq 100); do
+    ip netns exec "$ns" curl -sf -m 1 http://127.0.0.1:15000/ready >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  ip netns exec "$ns" curl -sf -m 1 http://127.0.0.1:15000/ready >/dev/null ||
+    { cat "$work/proxy-$sa.log"; fail "the $sa sidecar is not ready"; }
+done
+echo "sleep (10.244.5.10) and ratings (10.244.5.20:80, Service 10.1.122.250:9080), a sidecar each"
+reply=$(ip netns exec "$sleep_ns" curl -s -m 3 http://10.1.122.250:9080/ || true)
+echo "sleep: curl http://10.1.122.250:9080/ -> ${reply:-FAILED}"
+[[ $reply == "this is ratings, reached over mTLS" ]] || fail "the mTLS request was not served"
+echo "mTLS: served (sleep's sidecar originated TLS 1.3, ratings' sidecar verified its certificate)"
+if ip netns exec "$(world_ns bill-service-v1)" curl -s -m 2 http://10.244.5.20:80/; then
+  fail "ratings answered a plaintext client under STRICT"
+fi
+echo "bill-service-v1 (no sidecar): plaintext curl http://10.244.5.20:80/ -> refused, as STRICT wants"
+echo "ratings' sidecar, /stats/prometheus:"
+stats=$(ip netns exec "$ratings_ns" curl -s -m 2 http://127.0.0.1:15000/stats/prometheus)
+grep -E '^remora_inbound_connections_total|^remora_tls_handshake_failures_total' <<<"$stats" | sed 's/^/  /'
+grep -q 'remora_inbound_connections_total{source_principal="cluster.local/ns/istio-demo/sa/sleep",connection_security_policy="mutual_tls"} 1' <<<"$stats" ||
+  fail "the sleep pod's principal is not in ratings' metrics"
+grep -q 'remora_tls_handshake_failures_total{reason="plaintext_refused"} 1' <<<"$stats" ||
+  fail "the refused plaintext client is not counted"
+echo "mTLS: the source principal cluster.local/ns/istio-demo/sa/sleep is in the metrics"
+for i in "${mtls_proxies[@]}"; do
+  rc=0
+  stop_pid "$i" 10 || rc=$?
+  pids[i]=""
+  ((rc == 0)) || fail "${names[$i]} exited with status $rc after SIGTERM"
+done
 
 step "stop remora-proxy with SIGTERM (what the kubelet sends): it drains, then exits"
 proxy_rc=0

@@ -56,6 +56,11 @@ TUNING = [
     "pods without looking at the original destination; for iperf3 they are restarted with a "
     "config pointing at the iperf3 server (…-iperf.cfg/.conf). Remora routes both by original "
     "destination from one config.",
+    "mTLS rows (test/bench/remora-mtls.yaml, haproxy-mtls-client.cfg, haproxy-mtls-server.cfg): "
+    "their own two pods (front-mtls 10.244.3.14, bill-mtls 10.244.4.10 with nginx), remora-init's "
+    "rules in both; each pod's sidecar pinned like the other proxies, in a cgroup of its own "
+    "(capped runs: a quarter CPU each). TLS 1.3 only on both pairs, default ciphersuites and "
+    "session resumption; Remora also checks the peer's SPIFFE ID, HAProxy the chain only.",
     "Every proxy runs as uid 1337 (the loop breaker of the REDIRECT rules) with "
     "RLIMIT_NOFILE = the machine's hard limit.",
 ]

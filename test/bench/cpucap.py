@@ -193,3 +193,33 @@ def remove_all(root, prefix):
             CpuCgroup(None, root, name).remove()
         except BenchError:
             pass
+
+
+class CgroupSet:
+    """Several CpuCgroups seen as one, for a setup with a proxy on each side (the mTLS rows: a
+    client sidecar and a server sidecar, each with its own quarter CPU, as two pods with
+    `limits.cpu: 250m` would have). stat() adds up the members' counters."""
+
+    def __init__(self, members):
+        self.members = list(members)
+
+    def set_cap(self, on):
+        for m in self.members:
+            m.set_cap(on)
+
+    def pids(self):
+        out = set()
+        for m in self.members:
+            out |= m.pids()
+        return out
+
+    def stat(self):
+        out = {"periods": 0, "throttled": 0, "throttled_s": 0.0}
+        for m in self.members:
+            for k, v in m.stat().items():
+                out[k] += v
+        return out
+
+    def remove(self):
+        for m in self.members:
+            m.remove()

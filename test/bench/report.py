@@ -10,6 +10,8 @@ PROXIES_FOR_RATIOS = ["haproxy-tcp", "nginx-stream", "nginx-http", "direct"]
 L4_ROWS, L4_REF = ["remora", "remora-ebpf", "nginx-stream", "haproxy-tcp"], "haproxy-tcp"
 L7_ROWS, L7_REF = ["remora-l7", "nginx-http", "haproxy-http"], "haproxy-http"
 L7_SECOND_REF = "nginx-http"
+MTLS_A, MTLS_B = "remora-mtls", "haproxy-mtls"  # setups.MTLS_PROXIES
+MTLS_GOAL = 1.2
 CAP_KA, CAP_CL = ("cap_keepalive", "rps"), ("cap_close", "rps")
 MACHINE_KA, MACHINE_CL = ("keepalive", "machine_per_1k"), ("close", "machine_per_1k")
 
@@ -304,6 +306,51 @@ def ratio_table(res, markdown=False):
     return table(["Remora ÷"] + [res.label(p) for p in peers], rows, markdown)
 
 
+def mtls_rows(res):
+    """Issue 14 §7: Remora's two sidecars against HAProxy's two, side by side. Each row:
+    [figure, Remora, HAProxy, Remora ÷ HAProxy (median of per-run ratios), goal, verdict]. For
+    CPU the goal ≥ 1.2 × better is Remora ÷ HAProxy ≤ 1/1.2. None when either did not run."""
+    if not (_avail(res, MTLS_A) and _avail(res, MTLS_B)):
+        return None
+    rows = []
+    figures = [("capped keep-alive req/s (¼ CPU per sidecar)", CAP_KA, 0, "ratio", True),
+               ("capped new TLS handshakes/s (Connection: close, ¼ CPU per sidecar)", CAP_CL, 0,
+                "ratio", True),
+               ("machine CPU s/1k keep-alive req, − direct", MACHINE_KA, 4, "added", True),
+               ("machine CPU s/1k keep-alive req", MACHINE_KA, 4, "ratio", False),
+               ("machine CPU s/1k close req (a handshake each), − direct", MACHINE_CL, 4, "added",
+                False),
+               ("keep-alive req/s (uncapped)", ("keepalive", "rps"), 0, "ratio", False),
+               ("new TLS handshakes/s (Connection: close, uncapped)", ("close", "rps"), 0, "ratio",
+                False),
+               ("both sidecars' CPU s/1k keep-alive req", ("keepalive", "cpu_per_1k"), 4, "ratio",
+                False),
+               ("both sidecars' CPU s/1k close req", ("close", "cpu_per_1k"), 4, "ratio", False)]
+    for title, path, digits, kind, goal in figures:
+        cpu = "cpu" in path[-1] or "machine" in path[-1]
+        if kind == "added":
+            a, b = res.added(MTLS_A, path), res.added(MTLS_B, path)
+            v = res.added_ratio(MTLS_A, MTLS_B, path)
+        else:
+            a, b = res.median(MTLS_A, path), res.median(MTLS_B, path)
+            v = res.ratio(MTLS_A, MTLS_B, path)
+        want, verdict = "", ""
+        if goal:
+            want = f"≤ {1 / MTLS_GOAL:.2f}×" if cpu else f"≥ {MTLS_GOAL:.2f}×"
+            ok = v is not None and (v <= 1 / MTLS_GOAL if cpu else v >= MTLS_GOAL)
+            verdict = "not measured" if v is None else ("met" if ok else "NOT met")
+        rows.append([title, fmt(a, digits), fmt(b, digits), fmt(v, 2, "×"), want, verdict])
+    return rows
+
+
+def mtls_table(res, markdown=False):
+    rows = mtls_rows(res)
+    if rows is None:
+        return None
+    return table(["figure", res.label(MTLS_A), res.label(MTLS_B), "Remora ÷ HAProxy", "goal",
+                  "verdict"], rows, markdown)
+
+
 def _avail(res, name):
     return any(s["name"] == name and s["available"] for s in res.setups)
 
@@ -430,6 +477,10 @@ def goals(res):
     for key, what in (("iperf1_gbps", "one stream"), ("iperfN_gbps", "parallel streams")):
         v = r("direct", (key,))
         add(f"bulk throughput ({what}) ≥ 0.8 × direct", v, v is not None and v >= 0.8, fmt(v, 2, "×"))
+    for row in mtls_rows(res) or []:
+        if row[4]:
+            out.append((f"mTLS: {row[0]} {row[4]} HAProxy mTLS's (issue 14 §7)", row[3],
+                        row[5]))
     w = (res.data.get("weights") or {}).get("remora")
     if isinstance(w, list):
         v = med([x["10000"]["dev_pp"] for x in w if "10000" in x])
@@ -524,6 +575,9 @@ def summary_text(res):
         parts += ["", title, t]
     if not perf:
         parts += ["", "Throughput and latency: not measured"]
+    t = mtls_table(res)
+    if t:
+        parts += ["", "mTLS between two sidecars (issue 14 §7): Remora ÷ HAProxy", t]
     rt = ratio_table(res)
     parts += ["", "Ratios (Remora ÷ peer, median of per-run ratios)", rt or
               "Remora: not available — " + _reason(res, "remora")]
@@ -751,6 +805,18 @@ def markdown(res, plot_names, plot_rel="bench"):
                       ("throughput.png", "Bulk throughput")):
         if name in plot_names:
             md += [f"![{cap}]({plot_rel}/{name})", ""]
+    t = mtls_table(res, True)
+    if t:
+        md += ["### mTLS between two sidecars (issue 14 §7)", "",
+               "A client pod and a server pod, each with interception and its own sidecar: "
+               "Remora's pair (auto mTLS out, PeerAuthentication STRICT in) against HAProxy's "
+               "pair (`server … ssl verify required crt … ca-file …` out, `bind … ssl crt … "
+               "verify required ca-file …` in), TLS 1.3 on both, certificates made with the "
+               "openssl CLI from a test CA at setup (EC P-256). Each sidecar has its own "
+               "quarter-CPU cgroup. A `Connection: close` request is one new client "
+               "connection, so one new TLS connection between the sidecars: its req/s is the "
+               "handshake rate (both pairs resume TLS sessions, as they do by default). Ratios "
+               "are within each run, median over runs.", "", t, ""]
     rt = ratio_table(res, True)
     md += ["### Ratios (Remora ÷ peer)", "", rt or
            f"Remora: not available — {_reason(res, 'remora')}.", ""]

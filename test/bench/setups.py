@@ -22,6 +22,13 @@ V1_IP, V2_IP = "10.244.1.168", "10.244.2.74"
 # refused locally (see Env.prepare_mesh), so a probe fails fast until the reload lands.
 RELOAD_VIP = ("10.3.0.1", 9999)
 ROOT = os.path.dirname(os.path.dirname(BENCH_DIR))
+# The mTLS rows (issue 14 §7) have two pods of their own, both with interception: the client
+# pod's sidecar originates mTLS, the server pod's sidecar terminates it (STRICT) and hands the
+# request to the pod's nginx. The other setups never touch them.
+MTLS_VIP = ("10.1.122.244", 9999)
+MTLS_PODS = {"front-mtls": "10.244.3.14", "bill-mtls": "10.244.4.10"}
+MTLS_IDS = {"front": "spiffe://cluster.local/ns/istio-demo/sa/front",
+            "bill": "spiffe://cluster.local/ns/istio-demo/sa/bill"}
 # remora-proxy's config: the seed scenario unchanged, at 90/10, plus the iperf3 Service.
 REMORA_CONFIG_PARTS = [os.path.join(ROOT, "test", "fixtures", "seed", "seed.yaml"),
                        os.path.join(ROOT, "test", "fixtures", "seed", "istio-90-10.yaml"),
@@ -96,6 +103,7 @@ class Env:
         # The CPU cap's cgroup hierarchy (cpucap.probe): kind "v1"/"v2" and its root, or the
         # reason there is none (then the capped figures are not measured, and the page says so).
         self.cap_kind, self.cap_root, self.cap_reason = None, None, "not probed"
+        self.mtls_dir = None  # certificates of the mTLS rows, once prepare_mtls() ran
 
     def probe_cap(self):
         self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe(
@@ -144,33 +152,59 @@ class Env:
         for pod in ("front-kube", "front-weights"):
             self.world.ns_exec(self.ns(pod), ["iptables-restore", "--noflush"], input_text=rules)
 
-    def prepare_mesh(self):
-        ns = self.ns("front-mesh")
+    def install_interception(self, ns):
+        """remora-init's default rules in ns (test/bench/default_plan.sh's copy of them when
+        remora-init is missing or fails); returns how they were installed."""
         init = self.bin("remora-init")
         reason = None
         if os.access(init, os.X_OK):
             cp = self.world.ns_exec(ns, [init, "install"], check=False)
             saved = self.world.ns_exec(ns, ["iptables-save", "-t", "nat"]).stdout
             if cp.returncode == 0 and "REMORA_OUTPUT" in saved and "--to-ports 15001" in saved:
-                self.interception = "remora-init install (default flags)"
-            else:
-                reason = (f"`remora-init install` exited {cp.returncode} and left "
-                          f"{'no ' if 'REMORA_OUTPUT' not in saved else 'incomplete '}rules")
-                self.world.ns_exec(ns, ["iptables", "-t", "nat", "-F"], check=False)
-                self.world.ns_exec(ns, ["iptables", "-t", "nat", "-X"], check=False)
+                return "remora-init install (default flags)"
+            reason = (f"`remora-init install` exited {cp.returncode} and left "
+                      f"{'no ' if 'REMORA_OUTPUT' not in saved else 'incomplete '}rules")
+            self.world.ns_exec(ns, ["iptables", "-t", "nat", "-F"], check=False)
+            self.world.ns_exec(ns, ["iptables", "-t", "nat", "-X"], check=False)
         else:
             reason = f"{init} not built"
-        if self.interception is None:
-            plan = run(["bash", os.path.join(BENCH_DIR, "default_plan.sh"), "restore", "4"]).stdout
-            self.world.ns_exec(ns, ["iptables-restore", "--noflush"], input_text=plan)
-            self.interception = ("test/bench/default_plan.sh (the same rules remora-init plans; "
-                                 f"fallback because {reason})")
+        plan = run(["bash", os.path.join(BENCH_DIR, "default_plan.sh"), "restore", "4"]).stdout
+        self.world.ns_exec(ns, ["iptables-restore", "--noflush"], input_text=plan)
+        return ("test/bench/default_plan.sh (the same rules remora-init plans; "
+                f"fallback because {reason})")
+
+    def prepare_mesh(self):
+        ns = self.ns("front-mesh")
+        self.interception = self.install_interception(ns)
         # The proxy's passthrough to RELOAD_VIP fails at once (EHOSTUNREACH) instead of timing
         # out, for the proxy's uid only; the app's packets still route normally and get captured.
         self.world.ns_exec(ns, ["ip", "route", "add", "unreachable", "10.3.0.0/16", "table",
                                 str(PROXY_UID)])
         self.world.ns_exec(ns, ["ip", "rule", "add", "uidrange", f"{PROXY_UID}-{PROXY_UID}",
                                 "lookup", str(PROXY_UID), "pref", "100"])
+
+    def prepare_mtls(self):
+        """The mTLS rows' world, made once (by the first mTLS setup's probe): the two pods, the
+        server pod's nginx, interception in both, and the certificates, made with the openssl
+        CLI from a fresh test CA (EC P-256): for each pod the layout of `--tls-dir`
+        (cert-chain.pem, key.pem, root-cert.pem) plus haproxy.pem (certificate + key, HAProxy's
+        `crt`). Returns the certificate directory."""
+        if self.mtls_dir:
+            return self.mtls_dir
+        for name, ip in MTLS_PODS.items():
+            self.world.add_pod(name, ip)
+        bill = self.ns("bill-mtls")
+        prefix = self.private_dir("nginx-bill-mtls", owner=None)
+        self.world.spawn("bill-mtls", bill,
+                         ["nginx", "-p", prefix + "/", "-e", "stderr", "-c",
+                          os.path.join(BENCH_DIR, "nginx-backend.conf")],
+                         cpu=self.pin["backends"])
+        if not self.wait_listener(bill, 80):
+            raise BenchError(f"the bill-mtls nginx did not listen; see {self.run_dir}/bill-mtls.log")
+        for pod in MTLS_PODS:
+            self.install_interception(self.ns(pod))
+        self.mtls_dir = make_mtls_certs(os.path.join(self.run_dir, "mtls"))
+        return self.mtls_dir
 
     def remora_flags(self):
         if self.remora_help is None:
@@ -189,6 +223,40 @@ class Env:
             out = self.world.ns_exec(ns, ["ss", "-Hltn", f"( sport = :{port} )"], check=False).stdout
             return out.strip() != ""
         return wait_until(listening, timeout, interval=0.02)
+
+
+def make_mtls_certs(base):
+    """A test CA and one certificate per MTLS_IDS entry (URI SAN = the SPIFFE ID, client and
+    server auth), with the openssl CLI; readable by the proxies' uid."""
+    def openssl(*args):
+        run(["openssl"] + list(args))
+    os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o755)
+    ca_key, ca = os.path.join(base, "ca.key"), os.path.join(base, "ca.pem")
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", ca_key)
+    openssl("req", "-x509", "-new", "-key", ca_key, "-subj", "/CN=remora-bench-ca", "-days", "2",
+            "-out", ca)
+    for name, ident in MTLS_IDS.items():
+        d = os.path.join(base, name)
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        key, csr, ext = (os.path.join(base, f"{name}.{x}") for x in ("key", "csr", "ext"))
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+        openssl("req", "-new", "-key", key, "-subj", f"/CN={name}", "-out", csr)
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=URI:{ident}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        cert = os.path.join(d, "cert-chain.pem")
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                "-days", "1", "-extfile", ext, "-out", cert)
+        shutil.copy(key, os.path.join(d, "key.pem"))
+        shutil.copy(ca, os.path.join(d, "root-cert.pem"))
+        with open(os.path.join(d, "haproxy.pem"), "w") as f:
+            for part in (cert, key):
+                with open(part) as src:
+                    f.write(src.read())
+        for fname in ("cert-chain.pem", "key.pem", "root-cert.pem", "haproxy.pem"):
+            os.chmod(os.path.join(d, fname), 0o644)
+    return base
 
 
 class Setup:
@@ -428,14 +496,142 @@ class NginxHttp(ProxySetup):
                 os.path.join(BENCH_DIR, "nginx-http.conf")]
 
 
+class MtlsPair(ProxySetup):
+    """A proxy in each of two pods, mTLS between them (issue 14 §7): the client sidecar in
+    front-mtls originates TLS 1.3 with a client certificate toward bill-mtls, whose sidecar
+    terminates it (client certificate required) and forwards to nginx. Each sidecar runs in a
+    cgroup of its own with the same quarter-CPU cap as the other setups, pinned like them."""
+    pod = "front-mtls"
+    http_target = MTLS_VIP
+    supports_iperf = False
+    memory = False
+    restart_for_iperf = False
+    # (side, pod, port it listens on before it can serve); the server starts first.
+    SIDES = (("server", "bill-mtls", 15006), ("client", "front-mtls", 15001))
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.procs = {}
+        self.side_cgroups = {}
+
+    def unavailable(self):
+        if not shutil.which("openssl"):
+            return "the openssl CLI is missing (it makes the certificates)"
+        return None
+
+    def probe(self):
+        try:
+            self.env.prepare_mtls()
+        except BenchError as e:
+            return f"the mTLS pods could not be set up ({e})"
+        return None
+
+    def side_argv(self, side):
+        raise NotImplementedError
+
+    def side_env(self):
+        return None
+
+    def start(self, phase="http"):
+        env = self.env
+        self.stop()
+        for side, pod, port in self.SIDES:
+            procs = None
+            if env.cap_kind:
+                cg = cpucap.CpuCgroup(env.cap_kind, env.cap_root,
+                                      f"{env.world.prefix}-{self.name}-{side}").create()
+                self.side_cgroups[side] = cg
+                self.cgroup = cpucap.CgroupSet(self.side_cgroups.values())
+                procs = cg.procs_file()
+            ns = env.ns(pod)
+            proc = env.world.spawn(f"{self.name}-{side}", ns, self.side_argv(side),
+                                   cpu=env.pin["proxy"], uid=PROXY_UID, env=self.side_env(),
+                                   cgroup_procs=procs)
+            self.procs[side] = proc
+            if not env.wait_listener(ns, port) or not proc.alive():
+                tail = proc.log_tail()
+                self.stop()
+                raise BenchError(f"{self.name}: the {side} sidecar has no listener on {port} "
+                                 f"(log: {tail or 'empty'})")
+        ok = wait_until(lambda: measure.served_by(
+            measure.http_get(env.world, self.ns, *self.http_target, timeout=1)), 10, 0.05)
+        if not ok:
+            tails = "; ".join(f"{s}: {p.log_tail() or 'empty'}" for s, p in self.procs.items())
+            self.stop()
+            raise BenchError(f"{self.name}: GET {self.url()} through both sidecars did not "
+                             f"reach the backend (logs: {tails})")
+
+    def stop(self):
+        for proc in self.procs.values():
+            self.env.world.stop(proc)
+        self.procs = {}
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        self.cgroup = None
+        self.side_cgroups = {}
+
+    def pids(self):
+        return [pid for proc in self.procs.values() for pid in proc.tree()]
+
+    def set_cap(self, on):
+        if not self.side_cgroups:
+            return False
+        for side, cg in self.side_cgroups.items():
+            cg.adopt(self.procs[side].tree())
+            cg.set_cap(on)
+        return True
+
+
+class RemoraMtls(MtlsPair):
+    name, label = "remora-mtls", "Remora mTLS"
+    note = ("front-mtls: REDIRECT → remora-proxy originating mTLS (auto mTLS, TLS 1.3) → "
+            "bill-mtls: inbound REDIRECT → remora-proxy terminating (PeerAuthentication STRICT) "
+            "→ nginx; one worker each")
+
+    def unavailable(self):
+        b = self.env.bin("remora-proxy")
+        if not os.access(b, os.X_OK):
+            return f"{b} does not exist"
+        self.env.remora_flags()  # reads and keeps `remora-proxy --help`
+        if "--tls-dir" not in self.env.remora_help:
+            return "remora-proxy has no --tls-dir (issue 14)"
+        return super().unavailable()
+
+    def config_path(self):
+        path = os.path.join(self.env.prepare_mtls(), "mesh.yaml")
+        if not os.path.exists(path):
+            shutil.copy(os.path.join(BENCH_DIR, "remora-mtls.yaml"), path)
+            os.chmod(path, 0o644)
+        return path
+
+    def side_argv(self, side):
+        certs = os.path.join(self.env.prepare_mtls(), "front" if side == "client" else "bill")
+        return [self.env.bin("remora-proxy"), "--config", self.config_path(), "--tls-dir",
+                certs] + self.env.remora_flags()
+
+
+class HaproxyMtls(MtlsPair):
+    name, label = "haproxy-mtls", "HAProxy mTLS"
+    note = ("front-mtls: REDIRECT → HAProxy 2.6 `server … ssl verify required crt … ca-file …` "
+            "→ bill-mtls: inbound REDIRECT → HAProxy `bind … ssl crt … verify required "
+            "ca-file …` → nginx; nbthread 1 each")
+
+    def side_env(self):
+        return {"MTLS_DIR": self.env.prepare_mtls()}
+
+    def side_argv(self, side):
+        return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, f"haproxy-mtls-{side}.cfg")]
+
+
 ALL = [Direct, KubeProxy, Remora, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
-       HaproxyHttp]
+       HaproxyHttp, RemoraMtls, HaproxyMtls]
 DEFAULT = ["direct", "kube-proxy", "remora", "remora-ebpf", "remora-l7", "haproxy-tcp",
-           "nginx-stream", "nginx-http", "haproxy-http"]
+           "nginx-stream", "nginx-http", "haproxy-http", "remora-mtls", "haproxy-mtls"]
 # The L4 proxies of the headline (all compared with HAProxy tcp) and the L7 ones (with HAProxy
 # http and nginx http).
 L4_PROXIES = ["remora", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
 L7_PROXIES = ["remora-l7", "nginx-http", "haproxy-http"]
+MTLS_PROXIES = ["remora-mtls", "haproxy-mtls"]  # two sidecars each, compared with each other
 
 
 def make(env, names):

@@ -4,7 +4,8 @@
 #   - no process whose command line names the demo's work directory is still running (the old
 #     demo left remora-proxy running as uid 1337, reparented to PID 1);
 #   - the demo exited 0 and reported remora-proxy's exit status after SIGTERM (0: it drained);
-#   - its namespaces (rmdemo<PID>-*), /etc/netns entry and work directory are gone.
+#   - its namespaces (rmdemo<PID>-*), /etc/netns entry and work directory are gone;
+#   - its mTLS step printed its three results (served, plaintext refused, principal in metrics).
 # Processes the demo left behind are listed and then killed by PID (only those: they carry the
 # work directory of the demo this test started, and did not exist before it).
 #
@@ -113,6 +114,13 @@ fi
 check "demo_rc == 0" "the demo exited 0 (exit $demo_rc)"
 grep -Eq '^remora-proxy \(pid [0-9]+\) exited with status 0$' "$log"
 check "$? == 0" "the demo reported remora-proxy's exit status 0 after SIGTERM"
+# The mTLS step (issue 14): STRICT served the sidecar's request, refused plaintext, and the
+# caller's principal reached the server sidecar's metrics (the demo fails otherwise, too).
+for line in "mTLS: served" "refused, as STRICT wants" \
+            "mTLS: the source principal cluster.local/ns/istio-demo/sa/sleep is in the metrics"; do
+  grep -qF "$line" "$log"
+  check "$? == 0" "the demo printed '$line'"
+done
 ns_left=$(ip netns list | awk '{print $1}' | grep "^rmdemo${demo_pid}-" || true)
 check "$([[ -z $ns_left ]] && echo 1 || echo 0)" "no rmdemo${demo_pid}-* namespace left ${ns_left//$'\n'/ }"
 check "$(compgen -G "/etc/netns/rmdemo${demo_pid}-*" >/dev/null && echo 0 || echo 1)" \

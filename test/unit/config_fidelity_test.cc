@@ -567,6 +567,49 @@ spec:
   expectFinding(*bad, Severity::kError, {"spec.bufferLimit", "64Ki or 1Mi", "'1Ti'"});
 }
 
+TEST(Fidelity, ProxyConfigTlsDirAndTrustDomain) {
+  auto table = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  tlsDir: /var/run/secrets/remora
+  trustDomain: mesh-1.example_org
+)");
+  ASSERT_TRUE(table);
+  EXPECT_EQ(table->settings().tls_dir, "/var/run/secrets/remora");
+  EXPECT_EQ(table->settings().trust_domain, "mesh-1.example_org");
+  auto defaults = load("apiVersion: remora.dev/v1alpha1\nkind: ProxyConfig\nspec: {}\n");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults->settings().tls_dir, "");
+  EXPECT_EQ(defaults->settings().trust_domain, "cluster.local");
+  auto relative = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  accessLog: true
+  tlsDir: certs
+)");
+  expectFinding(*relative, Severity::kError,
+                {"spec.tlsDir", "line 5", "absolute directory path", "'certs'"});
+  auto upper = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  trustDomain: Cluster.Local
+)");
+  expectFinding(*upper, Severity::kError,
+                {"spec.trustDomain", "line 4", "'Cluster.Local' is not a trust domain"});
+  auto slash = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  trustDomain: "spiffe://cluster.local"
+)");
+  expectFinding(*slash, Severity::kError, {"spec.trustDomain", "line 4", "not a trust domain"});
+  auto empty = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  trustDomain: ""
+)");
+  expectFinding(*empty, Severity::kError, {"spec.trustDomain", "line 4"});
+}
+
 TEST(Protocol, AsIstioSelectsIt) {
   EXPECT_EQ(portProtocol("http", ""), "HTTP");
   EXPECT_EQ(portProtocol("http-web", ""), "HTTP");

@@ -109,6 +109,23 @@ TEST(SettingsTest, DataPathSettingsHaveTheirDefaultsAndFlagsOverrideThem) {
   EXPECT_EQ(effectiveSettings(from_config, {}).inbound_drain_grace, std::chrono::seconds(2));
 }
 
+TEST(SettingsTest, TlsDirAndTrustDomainFlagsWinOverTheProxyConfig) {
+  routing::ProxySettings from_config;
+  EXPECT_EQ(effectiveSettings(from_config, {}).tls_dir, "");
+  EXPECT_EQ(effectiveSettings(from_config, {}).trust_domain, "cluster.local");
+  from_config.tls_dir = "/etc/certs";
+  from_config.trust_domain = "mesh.example";
+  auto s = effectiveSettings(from_config, {});
+  EXPECT_EQ(s.tls_dir, "/etc/certs");  // from the config
+  EXPECT_EQ(s.trust_domain, "mesh.example");
+  SettingOverrides flags;
+  flags.tls_dir = "/var/run/secrets/remora";
+  flags.trust_domain = "flag.example";
+  s = effectiveSettings(from_config, flags);
+  EXPECT_EQ(s.tls_dir, "/var/run/secrets/remora");  // the flag wins
+  EXPECT_EQ(s.trust_domain, "flag.example");
+}
+
 TEST(ConfigWatchTest, ReactsToTheFileAndToConfigMapDataSwaps) {
   EXPECT_TRUE(isConfigEvent("mesh.yaml", "mesh.yaml"));
   EXPECT_TRUE(isConfigEvent("..data", "mesh.yaml"));

@@ -273,5 +273,57 @@ TEST(IdentityStore, RotationSwapsForNewHandshakesOnly) {
   std::filesystem::remove_all(dir);
 }
 
+// The watcher follows the directory with inotify: a kubelet projected volume's `..data`
+// symlink swap reaches new handshakes long before the fallback polling period (one minute
+// here) would; a broken set swapped in the same way keeps the previous context.
+TEST(IdentityStore, WatchFollowsAKubeletDataSymlinkSwapAndKeepsTheOldContextOnABadSet) {
+  namespace fs = std::filesystem;
+  TestCa ca("test-ca");
+  const auto dir = fs::temp_directory_path() / ("remora-tls-watch-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  int version = 0;
+  // Writes a timestamped directory and swaps `..data` to it by rename, as kubelet's
+  // AtomicWriter does; the visible names are symlinks through `..data`.
+  auto publish = [&](const std::string& chain, const std::string& key, const std::string& roots) {
+    const std::string ts = "..v" + std::to_string(++version);
+    fs::create_directories(dir / ts);
+    std::ofstream(dir / ts / kCertChainFile) << chain;
+    std::ofstream(dir / ts / kKeyFile) << key;
+    std::ofstream(dir / ts / kRootCertFile) << roots;
+    fs::create_directory_symlink(ts, dir / "..data_tmp");
+    fs::rename(dir / "..data_tmp", dir / "..data");
+    for (const char* name : {kCertChainFile, kKeyFile, kRootCertFile}) {
+      if (!fs::is_symlink(dir / name)) fs::create_symlink(fs::path("..data") / name, dir / name);
+    }
+  };
+  auto waitFor = [](auto pred) {
+    for (int i = 0; i < 300 && !pred(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return pred();
+  };
+  const Credentials first = ca.issue(kServerId);
+  publish(first.cert_chain, first.key, first.roots);
+  {
+    IdentityStore store(dir, "cluster.local");
+    ASSERT_TRUE(store.reload().ok());
+    ASSERT_TRUE(store.watch(std::chrono::minutes(1))) << "inotify unavailable";
+    const std::string next_id = "spiffe://cluster.local/ns/istio-demo/sa/bill-v3";
+    const Credentials next = ca.issue(next_id);
+    publish(next.cert_chain, next.key, next.roots);
+    EXPECT_TRUE(waitFor([&] { return store.current()->identity() == next_id; }))
+        << "the ..data swap was not seen within 3 s";
+
+    const uint64_t events = store.watchEvents();
+    publish(next.cert_chain, "not a key", next.roots);
+    EXPECT_TRUE(waitFor([&] { return !store.lastError().empty(); }));
+    EXPECT_GT(store.watchEvents(), events);
+    EXPECT_NE(store.lastError().find("key.pem"), std::string::npos) << store.lastError();
+    EXPECT_EQ(store.current()->identity(), next_id);  // the old context stays
+  }  // destruction stops the watcher at once (no hang on a blocking poll)
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace remora::tls

@@ -11,6 +11,7 @@
 #include "config/duration.h"
 #include "config/field_table.h"
 #include "config/security_parser.h"
+#include "security/security_policy.h"
 
 namespace remora::config {
 namespace {
@@ -1747,6 +1748,23 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
                        fmt::format("must be auto, kernel or uring, got '{}'", *relay));
     }
     spec.relay = *relay;
+  }
+  if (YAML::Node node = f.get("tlsDir"); present(node)) {
+    auto dir = readString(ctx, node, "spec.tlsDir", spec_line, true);
+    if (!dir) return dir.error();
+    if (dir->empty() || dir->front() != '/') {
+      return ctx.error("spec.tlsDir", lineOf(node, spec_line),
+                       fmt::format("must be an absolute directory path, got '{}'", *dir));
+    }
+    spec.tls_dir = *dir;
+  }
+  if (YAML::Node node = f.get("trustDomain"); present(node)) {
+    auto domain = readString(ctx, node, "spec.trustDomain", spec_line, true);
+    if (!domain) return domain.error();
+    if (auto valid = security::checkTrustDomain(*domain); !valid) {
+      return ctx.error("spec.trustDomain", lineOf(node, spec_line), valid.error().message);
+    }
+    spec.trust_domain = *domain;
   }
   if (YAML::Node node = f.get("accessLog"); present(node)) {
     auto value = readBool(ctx, node, "spec.accessLog", spec_line);

@@ -561,6 +561,8 @@ Rows proxyConfigRows() {
                 {"spec.maxConnectAttempts", A},
                 {"spec.accessLog", A},
                 {"spec.relay", A},
+                {"spec.tlsDir", A},
+                {"spec.trustDomain", A},
                 {"spec.bufferLimit", A},
                 {"spec.idleTimeout", A},
                 {"spec.halfCloseTimeout", A},

@@ -11,7 +11,7 @@
 #include <charconv>
 #include <cstdio>
 
-#include "tls/spiffe.h"
+#include "security/security_policy.h"
 
 namespace remora::proxy {
 
@@ -163,11 +163,13 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
                  "provided receive buffers per worker (power of two)");
   app.add_option("--buffer-size", options.ring.buffer_size, "bytes per receive buffer");
   std::string tls_dir;
-  std::string trust_domain = tls::kDefaultTrustDomain;
+  std::string trust_domain;
   app.add_option("--tls-dir", tls_dir,
                  "mTLS credentials: cert-chain.pem, key.pem, root-cert.pem (watched; rotation "
-                 "swaps them for new handshakes)");
-  app.add_option("--trust-domain", trust_domain, "SPIFFE trust domain of the mesh (cluster.local)");
+                 "swaps them for new handshakes); over ProxyConfig spec.tlsDir");
+  app.add_option("--trust-domain", trust_domain,
+                 "SPIFFE trust domain of the mesh (cluster.local); over ProxyConfig "
+                 "spec.trustDomain");
   app.set_version_flag("--version", "remora-proxy 0.1.0");
   try {
     app.parse(argc, argv);
@@ -244,12 +246,14 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   }
   if (access_log) o.access_log = true;
   options.ipv6 = !no_ipv6;
-  if (!tls_dir.empty()) {
-    // A missing or expired certificate is logged and counted, never fatal: the watcher picks
-    // up fixed files, and until then mTLS connections fail with a clear reason.
-    options.identity = std::make_shared<tls::IdentityStore>(tls_dir, trust_domain);
-    (void)options.identity->reload();
-    options.identity->watch(std::chrono::milliseconds(500));
+  // The identity itself is made at start (proxy.cc, startIdentity) from these over the
+  // ProxyConfig's spec.tlsDir / spec.trustDomain.
+  if (!tls_dir.empty()) o.tls_dir = tls_dir;
+  if (!trust_domain.empty()) {
+    if (auto valid = security::checkTrustDomain(trust_domain); !valid) {
+      return fail("--trust-domain", valid.error());
+    }
+    o.trust_domain = trust_domain;
   }
   return runProxy(options, std::move(loader), std::move(routers));
 }

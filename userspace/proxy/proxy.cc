@@ -48,6 +48,8 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.tcp_keepalive) s.tcp_keepalive = *o.tcp_keepalive;
   if (o.inbound_drain_grace) s.inbound_drain_grace = *o.inbound_drain_grace;
   if (o.relay) s.relay = *o.relay;
+  if (o.tls_dir) s.tls_dir = *o.tls_dir;
+  if (o.trust_domain) s.trust_domain = *o.trust_domain;
   return s;
 }
 
@@ -195,6 +197,7 @@ struct WorkerStart {
   unsigned index;
   AccessLogQueue* access_log;
   std::shared_ptr<const RelayMaps> kernel_relay;
+  std::shared_ptr<tls::IdentityStore> identity;
 };
 
 // A worker's whole life, on its own thread: its ring must be created here (SINGLE_ISSUER).
@@ -216,7 +219,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
   worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
-  worker.setIdentity(start.options->identity);
+  worker.setIdentity(start.identity);
   struct Spec {
     SocketAddress at;
     ListenerKind kind;
@@ -337,6 +340,20 @@ class Control final : public loop::CompletionHandler {
   uint64_t setup_fallbacks_ = 0;
   // The relay of pure L4 routes (kernel_relay.h): the pinned maps once opened, what is in use
   // and why the kernel relay is not, and how often `auto` fell back to the io_uring relay.
+  // The workload identity: ProxyOptions::identity when the embedder gave one, else made at
+  // start from the effective tls_dir (--tls-dir over ProxyConfig spec.tlsDir). A missing or
+  // expired certificate is logged and counted, never fatal: the watcher picks up fixed files,
+  // and until then mTLS connections fail with a clear reason.
+  std::shared_ptr<tls::IdentityStore> identity_;
+  void startIdentity() {
+    identity_ = options_.identity;
+    if (identity_ || settings_.tls_dir.empty()) return;
+    identity_ = std::make_shared<tls::IdentityStore>(settings_.tls_dir, settings_.trust_domain);
+    (void)identity_->reload();
+    identity_->watch(std::chrono::milliseconds(500));
+    spdlog::info("mTLS credentials from {} (trust domain {})", settings_.tls_dir,
+                 settings_.trust_domain);
+  }
   std::shared_ptr<const RelayMaps> relay_maps_;
   std::string relay_in_use_;
   std::string relay_error_;
@@ -420,6 +437,7 @@ int Control::run() {
   }
   settings_ =
       effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{}, options_.overrides);
+  startIdentity();
 
   const AdminLimits admin_limits;
   auto admin = openListener(settings_.admin_listen, static_cast<int>(admin_limits.max_connections));
@@ -496,7 +514,7 @@ int Control::startWorkers() {
     std::promise<Result<void>> promise;
     auto started = promise.get_future();
     WorkerStart start{&options_, settings_,         table_, routers_, done_fd_,
-                      i,         access_log_.get(), *relay};
+                      i,         access_log_.get(), *relay, identity_};
     WorkerThread& ref = *wt;
     wt->thread = std::thread(workerMain, std::ref(ref), std::move(start), std::move(promise));
     workers_.push_back(std::move(wt));
@@ -596,6 +614,11 @@ bool Control::load(const ConfigRead& read, bool force) {
       next.outbound_listen = settings_.outbound_listen;
       next.inbound_listen = settings_.inbound_listen;
       next.admin_listen = settings_.admin_listen;
+    }
+    if (next.tls_dir != settings_.tls_dir || next.trust_domain != settings_.trust_domain) {
+      spdlog::warn("tlsDir or trustDomain changed in the config; they take effect on restart");
+      next.tls_dir = settings_.tls_dir;
+      next.trust_domain = settings_.trust_domain;
     }
     settings_ = next;
     WorkerSettings ws = workerSettings(settings_);

@@ -38,6 +38,8 @@ struct SettingOverrides {
   std::optional<std::chrono::milliseconds> tcp_keepalive;
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
   std::optional<std::string> relay;
+  std::optional<std::string> tls_dir;
+  std::optional<std::string> trust_domain;
 };
 
 struct ProxyOptions {

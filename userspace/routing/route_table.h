@@ -55,6 +55,10 @@ struct ProxySettings {
   // TCP backpressure (docs/PROXY.md, "Kernel relay"), so the kernel relay is opt-in until that
   // is fixed.
   std::string relay = "uring";
+  // mTLS (docs/TLS.md): the credential directory (empty: no identity, plaintext only) and the
+  // SPIFFE trust domain. Read once at start; a reload that changes them is logged.
+  std::string tls_dir;
+  std::string trust_domain = "cluster.local";
 };
 
 // One endpoint as tables built in code describe it (EndpointList::append).

@@ -402,4 +402,22 @@ SecurityTable::Origination SecurityTable::outbound(const std::string& service,
   return o;
 }
 
+Result<void> checkTrustDomain(std::string_view domain) {
+  if (domain.empty() || domain.size() > 255) {
+    return makeError(
+        fmt::format("must be a trust domain of 1 to 255 characters, got {}", domain.size()));
+  }
+  for (char c : domain) {
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_';
+    if (!ok) {
+      return makeError(fmt::format(
+          "'{}' is not a trust domain: only lowercase letters, digits, '.', '-' and '_' are "
+          "allowed (as in cluster.local)",
+          domain));
+    }
+  }
+  return {};
+}
+
 }  // namespace remora::security

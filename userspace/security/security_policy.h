@@ -16,8 +16,14 @@
 #include <vector>
 
 #include "common/ip_address.h"
+#include "common/result.h"
 
 namespace remora::security {
+
+// A SPIFFE trust domain as the SPIFFE ID standard allows it: 1..255 characters, each a lowercase
+// letter, a digit, '.', '-' or '_' ("cluster.local"). For --trust-domain and the ProxyConfig's
+// spec.trustDomain; the error says what is wrong.
+Result<void> checkTrustDomain(std::string_view domain);
 
 using Labels = std::vector<std::pair<std::string, std::string>>;  // sorted by key
 

@@ -5,9 +5,16 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <array>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -174,7 +181,12 @@ IdentityStore::IdentityStore(std::filesystem::path dir, std::string trust_domain
 
 IdentityStore::~IdentityStore() {
   stop_ = true;
+  if (stop_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)::write(stop_fd_, &one, sizeof(one));
+  }
   if (watcher_.joinable()) watcher_.join();
+  if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
 std::string IdentityStore::fingerprint() const {
@@ -223,18 +235,69 @@ bool IdentityStore::reloadIfChanged() {
   return reload().ok();
 }
 
-void IdentityStore::watch(std::chrono::milliseconds interval) {
-  if (watcher_.joinable()) return;
-  watcher_ = std::thread([this, interval] {
-    while (!stop_) {
-      // Short naps so destruction never waits a whole interval.
-      for (auto slept = std::chrono::milliseconds(0); slept < interval && !stop_;
-           slept += std::chrono::milliseconds(20)) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      if (!stop_) reloadIfChanged();
-    }
+bool IdentityStore::watch(std::chrono::milliseconds interval) {
+  if (watcher_.joinable()) return stop_fd_ >= 0;
+  const int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  stop_fd_ = fd < 0 ? -1 : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  // IN_MOVED_TO / IN_CREATE: a rename into place or the `..data` symlink swap; IN_CLOSE_WRITE /
+  // IN_MODIFY: a file rewritten in place; IN_ATTRIB: a touch or a chmod; IN_DELETE: a file gone.
+  constexpr uint32_t kMask =
+      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_DELETE;
+  if (fd < 0 || stop_fd_ < 0 || inotify_add_watch(fd, dir_.c_str(), kMask) < 0) {
+    spdlog::warn("cannot watch {} with inotify ({}); polling it every {} ms", dir_.string(),
+                 std::strerror(errno), interval.count());
+    if (fd >= 0) ::close(fd);
+    if (stop_fd_ >= 0) ::close(stop_fd_);
+    stop_fd_ = -1;
+    watcher_ = std::thread([this, interval] { watchPolling(interval); });
+    return false;
+  }
+  watcher_ = std::thread([this, fd] {
+    watchInotify(fd);
+    ::close(fd);
   });
+  return true;
+}
+
+void IdentityStore::watchInotify(int inotify_fd) {
+  // After the first event, events keep coming while the writer writes the other files; the
+  // reload waits until the directory has been quiet this long.
+  constexpr int kSettleMs = 50;
+  std::array<pollfd, 2> fds{pollfd{inotify_fd, POLLIN, 0}, pollfd{stop_fd_, POLLIN, 0}};
+  alignas(inotify_event) std::array<char, 4096> buf{};
+  bool pending = false;
+  while (!stop_) {
+    const int n = ::poll(fds.data(), fds.size(), pending ? kSettleMs : -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("watching {}: poll: {}", dir_.string(), std::strerror(errno));
+      return;
+    }
+    if (stop_ || (fds[1].revents & POLLIN) != 0) return;
+    if (n == 0) {  // quiet for kSettleMs after an event
+      pending = false;
+      watch_events_.fetch_add(1);
+      reloadIfChanged();
+      continue;
+    }
+    if ((fds[0].revents & POLLIN) != 0) {
+      // The names do not matter: the fingerprint decides whether anything we read changed.
+      while (::read(inotify_fd, buf.data(), buf.size()) > 0) {
+      }
+      pending = true;
+    }
+  }
+}
+
+void IdentityStore::watchPolling(std::chrono::milliseconds interval) {
+  while (!stop_) {
+    // Short naps so destruction never waits a whole interval.
+    for (auto slept = std::chrono::milliseconds(0); slept < interval && !stop_;
+         slept += std::chrono::milliseconds(20)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!stop_) reloadIfChanged();
+  }
 }
 
 std::shared_ptr<const TlsContext> IdentityStore::current() const {

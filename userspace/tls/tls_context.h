@@ -86,6 +86,13 @@ class TlsContext {
 
 // The current context of the workload identity read from a directory, reloaded when one of
 // its files changes. current() may be called from any thread.
+//
+// watch() follows the directory with inotify, not the files: a kubelet projected volume (or
+// any atomic writer) swaps a `..data` symlink or renames files into place, which a watch on
+// the old inodes would never see. Any event in the directory starts a short settling wait
+// (the three files are written one after another), then a reload when the files' inode, size
+// or mtime changed. A broken or half-written set keeps the previous context. Without inotify
+// (init or add_watch failing) it falls back to polling every `interval`.
 class IdentityStore {
  public:
   IdentityStore(std::filesystem::path dir, std::string trust_domain);
@@ -98,8 +105,11 @@ class IdentityStore {
   // Reloads when a file's mtime, size or inode changed since the last attempt; true when a new
   // context was swapped in.
   bool reloadIfChanged();
-  // Polls every `interval` on a thread of its own until destruction.
-  void watch(std::chrono::milliseconds interval);
+  // Watches the directory on a thread of its own until destruction (see above); `interval` is
+  // the polling period of the fallback. True when inotify is in use.
+  bool watch(std::chrono::milliseconds interval);
+  // Times a reload was tried because of a directory event (for tests and the log).
+  uint64_t watchEvents() const { return watch_events_.load(); }
   std::shared_ptr<const TlsContext> current() const;
   const std::filesystem::path& dir() const { return dir_; }
   const std::string& trustDomain() const { return trust_domain_; }
@@ -114,7 +124,12 @@ class IdentityStore {
   std::shared_ptr<const TlsContext> current_;
   std::string last_fingerprint_;
   std::string last_error_;
+  void watchInotify(int inotify_fd);
+  void watchPolling(std::chrono::milliseconds interval);
+
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> watch_events_{0};
+  int stop_fd_ = -1;  // eventfd: wakes the inotify watcher for destruction
   std::thread watcher_;
 };
 
