@@ -430,10 +430,12 @@ AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& polici
       d.reason = "denied: the path holds %00 (Istio rejects such requests)";
       return d;
     }
-    path = std::move(*normalized);
-    request = *connection.request;
-    request.path = path;
-    attributes.request = &request;
+    if (*normalized != connection.request->path) {  // copied only when normalization changed it
+      path = std::move(*normalized);
+      request = *connection.request;
+      request.path = path;
+      attributes.request = &request;
+    }
   }
   for (const AuthorizationPolicyRule* p : policies) {
     if (p->action == Action::kAudit && policyMatches(*p, attributes)) d.audited.push_back(p);
