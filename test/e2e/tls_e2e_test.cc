@@ -120,8 +120,8 @@ TEST_F(TlsE2e, PermissiveServesBothTlsAndPlaintext) {
       << m;
 }
 
-TEST_F(TlsE2e, AuthorizationAllowsAPrincipalDeniesANamespaceAndAPort) {
-  const std::string allow_front = R"(---
+// Only the front's principal, only port 80, into the bill pod.
+constexpr const char* kAllowFront = R"(---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-front, namespace: istio-demo}
@@ -132,6 +132,9 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/istio-demo/sa/front"]}}]
     to: [{operation: {ports: ["80"]}}]
 )";
+
+TEST_F(TlsE2e, AuthorizationAllowsAPrincipalDeniesANamespaceAndAPort) {
+  const std::string allow_front = kAllowFront;
   startBoth(std::string(kWorld) + peerAuthentication("PERMISSIVE") + allow_front);
   EXPECT_EQ(curl(front_, kVipUrl), std::string(kReply) + "\n");
   EXPECT_EQ(curl(legacy_, kDirectUrl), "FAILED");  // no principal: no ALLOW rule matches
@@ -168,6 +171,60 @@ spec:
     return curl(bill_, "http://127.0.0.1:15000/config_dump").find("deny-demo") == std::string::npos;
   }));
   EXPECT_EQ(curl(front_, kVipUrl), "FAILED");
+}
+
+// An HTTP server on ports 8080 and 8081 that prints "accept <port>" for every connection it
+// accepts: a denied client must not even open a connection to the app.
+constexpr const char* kCountingServer = R"(def serve(port):
+    ls = listener(port)
+    while True:
+        s, _ = ls.accept()
+        print('accept %d' % port, flush=True)
+        try:
+            read_head(s)
+            answer(s, 'ok\n')
+        except OSError:
+            pass
+        s.close()
+for port in (8080, 8081):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+print('ready', flush=True)
+threading.Event().wait()
+)";
+
+TEST_F(TlsE2e, DeniedClientsNeverReachTheAppAndTcpMetricsCarryThePrincipal) {
+  std::ofstream(dir_ + "/counting.py") << kPythonPrelude << kCountingServer;
+  auto app = world_->spawn(bill_, {"python3", dir_ + "/counting.py"});
+  ASSERT_TRUE(app->waitForLine("ready", 10000)) << app->output();
+  std::string allow = kAllowFront;
+  allow.replace(allow.find("[\"80\"]"), 6, "[\"8081\"]");
+  startBoth(std::string(kWorld) + peerAuthentication("PERMISSIVE") + allow);
+  // Allowed (mTLS, the right principal and port): the app sees one connection.
+  EXPECT_EQ(curl(front_, "http://10.244.1.168:8081/"), "ok\n");
+  // Denied after the handshake (port 8080 is not allowed), and denied in plaintext (no
+  // principal): the app never accepts a connection on 8080.
+  EXPECT_EQ(curl(front_, "http://10.244.1.168:8080/"), "FAILED");
+  EXPECT_EQ(curl(legacy_, "http://10.244.1.168:8080/"), "FAILED");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  app->drain();
+  EXPECT_EQ(countOf(app->output(), "accept 8081"), 1U) << app->output();
+  EXPECT_EQ(countOf(app->output(), "accept 8080"), 0U)
+      << "a denied client opened a connection to the app: " << app->output();
+  const std::string m = metrics(bill_);
+  EXPECT_NE(m.find("remora_authz_decisions_total{decision=\"deny\"} 2"), std::string::npos) << m;
+  // The inbound TCP families carry the peer's identity.
+  EXPECT_NE(m.find("remora_tcp_connections_opened_total{destination_service="
+                   "\"InboundPassthroughCluster\",destination_subset=\"\",destination_endpoint="
+                   "\"10.244.1.168:8081\",source_principal=\"cluster.local/ns/istio-demo/sa/"
+                   "front\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("remora_tcp_received_bytes_total{destination_service="
+                   "\"InboundPassthroughCluster\",destination_subset=\"\",destination_endpoint="
+                   "\"10.244.1.168:8081\",source_principal=\"cluster.local/ns/istio-demo/sa/"
+                   "front\"} "),
+            std::string::npos)
+      << m;
 }
 
 TEST_F(TlsE2e, RotationUnderLoadFailsNoConnection) {

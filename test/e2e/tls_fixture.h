@@ -51,6 +51,28 @@ spec:
                      mode);
 }
 
+// The start of the Python servers the tests run (python3 from Debian, stdlib only):
+// listener(port) binds 0.0.0.0:port, read_head(sock) reads up to the end of a request head, and
+// answer(sock, body) sends a 200 with that body.
+inline constexpr const char* kPythonPrelude = R"(import socket, ssl, sys, threading
+def listener(port):
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(('0.0.0.0', port))
+    ls.listen(16)
+    return ls
+def read_head(s):
+    data = b''
+    while b'\r\n\r\n' not in data:
+        more = s.recv(4096)
+        if not more:
+            break
+        data += more
+def answer(s, body):
+    s.sendall(('HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s'
+               % (len(body), body)).encode())
+)";
+
 class MeshTlsTest : public ::testing::Test {
  protected:
   // The namespaces, the directory and the CA; `tool` is the pod the openssl CLI runs in.
@@ -88,15 +110,7 @@ class MeshTlsTest : public ::testing::Test {
     std::filesystem::create_directories(d);
     chmod(d.c_str(), 0755);
     const std::string work = dir_ + "/work-" + name;
-    ASSERT_TRUE(
-        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + ".key"}));
-    ASSERT_TRUE(openssl(
-        {"req", "-new", "-key", work + ".key", "-subj", "/CN=" + name, "-out", work + ".csr"}));
-    std::ofstream(work + ".ext") << "subjectAltName=URI:" << id
-                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
-    ASSERT_TRUE(openssl({"x509", "-req", "-in", work + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
-                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
-                         "-extfile", work + ".ext", "-out", work + ".pem"}));
+    sign(work, name, "URI:" + id, days);
     for (auto [from, to] : {std::pair{work + ".key", std::string("key.pem")},
                             std::pair{dir_ + "/ca.pem", std::string("root-cert.pem")},
                             std::pair{work + ".pem", std::string("cert-chain.pem")}}) {
@@ -104,6 +118,23 @@ class MeshTlsTest : public ::testing::Test {
       std::filesystem::copy_file(from, tmp, std::filesystem::copy_options::overwrite_existing);
       chmod(tmp.c_str(), 0644);
       std::filesystem::rename(tmp, d + "/" + to);
+    }
+  }
+
+  // A key `base`.key and a certificate `base`.pem from the test CA for subject CN `cn` with the
+  // subjectAltName `san` ("URI:spiffe://...", "DNS:name"), both readable by the proxy's uid.
+  void sign(const std::string& base, const std::string& cn, const std::string& san, int days = 1) {
+    ASSERT_TRUE(
+        openssl({"ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", base + ".key"}));
+    ASSERT_TRUE(openssl(
+        {"req", "-new", "-key", base + ".key", "-subj", "/CN=" + cn, "-out", base + ".csr"}));
+    std::ofstream(base + ".ext") << "subjectAltName=" << san
+                                 << "\nextendedKeyUsage=serverAuth,clientAuth\n";
+    ASSERT_TRUE(openssl({"x509", "-req", "-in", base + ".csr", "-CA", dir_ + "/ca.pem", "-CAkey",
+                         dir_ + "/ca.key", "-CAcreateserial", "-days", std::to_string(days),
+                         "-extfile", base + ".ext", "-out", base + ".pem"}));
+    for (const std::string& f : {base + ".key", base + ".pem", dir_ + "/ca.pem"}) {
+      chmod(f.c_str(), 0644);
     }
   }
 

@@ -50,6 +50,23 @@ TEST(StatsTest, AggregatesWorkersAndRendersIstioLikeMetrics) {
   }
 }
 
+TEST(StatsTest, InboundSeriesCarryTheSourcePrincipal) {
+  WorkerStats w;
+  w.endpoint({kInboundCluster, "", "10.0.0.1:80", "cluster.local/ns/a/sa/b"}).opened.inc();
+  w.endpoint({kInboundCluster, "", "10.0.0.1:80", "unknown"}).opened.add(2);
+  w.endpoint({kInboundCluster, "", "10.0.0.1:81"}).opened.add(3);
+  const std::string text = renderPrometheus(aggregate({&w}, ProcessSample{}));
+  const std::string base =
+      "remora_tcp_connections_opened_total{destination_service=\"InboundPassthroughCluster\","
+      "destination_subset=\"\",destination_endpoint=";
+  EXPECT_NE(text.find(base + "\"10.0.0.1:80\",source_principal=\"cluster.local/ns/a/sa/b\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(base + "\"10.0.0.1:80\",source_principal=\"unknown\"} 2"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find(base + "\"10.0.0.1:81\"} 3"), std::string::npos) << text;
+}
+
 TEST(StatsTest, LabelValuesAreEscaped) {
   WorkerStats a;
   a.endpoint({"we\"ird\\", "", "x"}).opened.inc();

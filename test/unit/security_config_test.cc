@@ -48,6 +48,15 @@ std::string findings(const routing::RouteTable& t) {
 
 IpAddress ip(const char* text) { return *IpAddress::parse(text); }
 
+// The pods, then a DestinationRule bill/demo whose spec is `spec` (indented by two).
+std::string destinationRule(const std::string& spec) {
+  return std::string(kPods) + R"(---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bill, namespace: demo}
+spec:)" + spec;
+}
+
 TEST(SecurityConfig, NothingSecurityRelatedLeavesNoTable) {
   auto t = load(R"(apiVersion: v1
 kind: Pod
@@ -160,17 +169,65 @@ spec: {acton: DENY}
   EXPECT_NE(f.find("'request.auth.claims[iss]' needs JWT authentication"), std::string::npos) << f;
   EXPECT_NE(f.find("'request.bogus' is unknown"), std::string::npos) << f;
   EXPECT_NE(f.find("CUSTOM (external authorization) is not supported"), std::string::npos) << f;
-  EXPECT_NE(f.find("unknown field 'acton'"), std::string::npos) << f;
+  // Unknown keys come from the field table, as for every other kind, with a suggestion.
+  EXPECT_NE(f.find("did you mean 'action'"), std::string::npos) << f;
   EXPECT_EQ(t->security->policiesFor(ip("10.0.1.1")).size(), 3U);
   EXPECT_EQ(t->security->policiesFor(ip("10.0.1.2")).size(), 2U);
 }
 
-TEST(SecurityConfig, DestinationRuleTlsModesPerPort) {
+TEST(SecurityConfig, SecurityFieldsAreCheckedByTheFieldTableAndJwtIsReported) {
   auto t = load(std::string(kPods) + R"(---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: bill, namespace: demo}
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: demo}
 spec:
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["issuer/subject"]
+        principal: ["typo"]
+    to:
+    - operation: {pathz: ["/x"]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: demo}
+spec:
+  mtls: {mode: STRICT, extra: 1}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: demo}
+spec:
+  jwtRules: [{issuer: x}]
+)");
+  ASSERT_TRUE(t && t->security);
+  std::string jwt, typo, pathz, extra, request_auth;
+  for (const auto& f : t->findings()) {
+    if (f.text.find("spec.rules[0].from[0].source.requestPrincipals") != std::string::npos) {
+      jwt = f.text;
+      EXPECT_EQ(f.severity, Severity::kWarning);
+    }
+    if (f.text.find("source.principal,") != std::string::npos) typo = f.text;
+    if (f.text.find("operation.pathz") != std::string::npos) pathz = f.text;
+    if (f.text.find("spec.mtls.extra") != std::string::npos) extra = f.text;
+    if (f.text.find("RequestAuthentication") != std::string::npos) {
+      request_auth = f.text;
+      EXPECT_EQ(f.severity, Severity::kWarning);
+    }
+  }
+  EXPECT_NE(jwt.find("needs JWT authentication"), std::string::npos) << findings(*t);
+  EXPECT_NE(typo.find("did you mean 'principals'"), std::string::npos) << findings(*t);
+  EXPECT_NE(pathz.find("did you mean 'paths'"), std::string::npos) << findings(*t);
+  EXPECT_NE(extra.find("is not a field Remora knows"), std::string::npos) << findings(*t);
+  EXPECT_NE(request_auth.find("not applied"), std::string::npos) << findings(*t);
+  // Document, field and line, as for every other kind.
+  EXPECT_NE(jwt.find("document "), std::string::npos) << jwt;
+  EXPECT_NE(jwt.find(", line "), std::string::npos) << jwt;
+}
+
+TEST(SecurityConfig, DestinationRuleTlsModesPerPort) {
+  auto t = load(destinationRule(R"(
   host: bill
   trafficPolicy:
     tls: {mode: DISABLE}
@@ -179,14 +236,88 @@ spec:
       tls: {mode: ISTIO_MUTUAL}
     - port: {number: 9443}
       tls: {mode: SIMPLE, sni: x}
-)");
+)"));
   ASSERT_TRUE(t && t->security);
   EXPECT_FALSE(t->security->outbound("bill.demo", 80, ip("10.0.1.1")).tls);
   EXPECT_TRUE(t->security->outbound("bill.demo", 8443, ip("10.0.1.2")).tls);
-  EXPECT_FALSE(t->security->outbound("bill.demo", 9443, ip("10.0.1.1")).tls);
+  auto simple = t->security->outbound("bill.demo", 9443, ip("10.0.1.1"));
+  EXPECT_TRUE(simple.tls);
+  EXPECT_EQ(simple.mode, security::TlsMode::kSimple);
+  ASSERT_NE(simple.settings, nullptr);
+  EXPECT_EQ(simple.settings->sni, "x");
+  EXPECT_EQ(findings(*t).find("spec.trafficPolicy"), std::string::npos) << findings(*t);
+}
+
+TEST(SecurityConfig, DestinationRuleSimpleAndMutualSettings) {
+  auto t = load(destinationRule(R"(
+  host: bill.demo.svc.cluster.local
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      clientCertificate: /etc/certs/client.pem
+      privateKey: /etc/certs/client.key
+      caCertificates: /etc/certs/ca.pem
+      sni: bill.example.com
+      subjectAltNames: [bill.example.com, spiffe://x/y]
+      credentialName: bill-secret
+      caCrl: /etc/certs/crl.pem
+    portLevelSettings:
+    - port: {number: 8443}
+      tls:
+        mode: SIMPLE
+        insecureSkipVerify: true
+        clientCertificate: /etc/certs/client.pem
+    - port: {number: 8444}
+      tls:
+        mode: ISTIO_MUTUAL
+        sni: ignored.example.com
+)"));
+  ASSERT_TRUE(t && t->security);
+  auto mutual = t->security->outbound("bill.demo", 80, ip("10.0.1.2"));
+  ASSERT_TRUE(mutual.tls);
+  ASSERT_NE(mutual.settings, nullptr);
+  EXPECT_EQ(mutual.mode, security::TlsMode::kMutual);
+  EXPECT_EQ(mutual.settings->client_certificate, "/etc/certs/client.pem");
+  EXPECT_EQ(mutual.settings->private_key, "/etc/certs/client.key");
+  EXPECT_EQ(mutual.settings->ca_certificates, "/etc/certs/ca.pem");
+  EXPECT_EQ(mutual.settings->sni, "bill.example.com");
+  EXPECT_EQ(mutual.settings->subject_alt_names,
+            (std::vector<std::string>{"bill.example.com", "spiffe://x/y"}));
+  EXPECT_FALSE(mutual.settings->insecure_skip_verify);
+  auto simple = t->security->outbound("bill.demo", 8443, ip("10.0.1.2"));
+  ASSERT_NE(simple.settings, nullptr);
+  EXPECT_EQ(simple.mode, security::TlsMode::kSimple);
+  EXPECT_TRUE(simple.settings->insecure_skip_verify);
+  EXPECT_EQ(t->security->outbound("bill.demo", 8444, ip("10.0.1.2")).mode,
+            security::TlsMode::kIstioMutual);
   const std::string f = findings(*t);
-  EXPECT_NE(f.find("tls.mode SIMPLE is not applied yet"), std::string::npos) << f;
-  EXPECT_NE(f.find("only tls.mode is applied"), std::string::npos) << f;
+  // Each finding names the field: credentialName needs a secret store, caCrl is not checked,
+  // SIMPLE presents no client certificate, ISTIO_MUTUAL uses none of the file fields.
+  EXPECT_NE(f.find("spec.trafficPolicy.tls.credentialName"), std::string::npos) << f;
+  EXPECT_NE(f.find("no Kubernetes secret store"), std::string::npos) << f;
+  EXPECT_NE(f.find("spec.trafficPolicy.tls.caCrl"), std::string::npos) << f;
+  EXPECT_NE(f.find("not presented in mode SIMPLE"), std::string::npos) << f;
+  EXPECT_NE(f.find("portLevelSettings[1].tls.sni"), std::string::npos) << f;
+  EXPECT_EQ(f.find("subjectAltNames"), std::string::npos) << f;
+  EXPECT_EQ(f.find("tls.mode"), std::string::npos) << f;
+}
+
+TEST(SecurityConfig, DestinationRuleMutualWithoutFilesIsAnError) {
+  // The object is refused (an error finding), as every object with an error is.
+  auto t = load(destinationRule(R"(
+  host: bill
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: bill-secret}
+)"));
+  ASSERT_TRUE(t);
+  bool refused = false;
+  for (const auto& f : t->findings()) {
+    refused = refused ||
+              (f.severity == Severity::kError &&
+               f.text.find("MUTUAL needs clientCertificate and privateKey") != std::string::npos);
+  }
+  EXPECT_TRUE(refused) << findings(*t);
+  EXPECT_TRUE(t->security == nullptr || t->security->destination_tls.empty());
 }
 
 }  // namespace

@@ -257,6 +257,42 @@ TEST(AuthzHttp, MethodsAndPrincipalTogether) {
   EXPECT_FALSE(allowed({&deny}, Req(kSleep, "DELETE", "/x").a));
 }
 
+TEST(AuthzHttp, PathsAreNormalizedAsIstioBaseDoes) {
+  EXPECT_EQ(normalizePath("/a/../b"), "/b");
+  EXPECT_EQ(normalizePath("/public/./data/abc/../xyz"), "/public/data/xyz");
+  EXPECT_EQ(normalizePath("/some\\data"), "/some/data");
+  EXPECT_EQ(normalizePath("/%61%62%63/%2E%2e/x%2d%5F%7e"), "/x-_~");
+  EXPECT_EQ(normalizePath("/some%2fdata%5C"), "/some%2fdata%5C");  // slashes stay encoded
+  EXPECT_EQ(normalizePath("/a/b/..?q=/../x"), "/a/");
+  EXPECT_EQ(normalizePath("/../../x"), "/x");
+  EXPECT_EQ(normalizePath("/a/."), "/a/");
+  EXPECT_EQ(normalizePath("/a//b"), "/a//b");  // MERGE_SLASHES is not the default
+  EXPECT_EQ(normalizePath("/%zz%4"), "/%zz%4");
+  EXPECT_EQ(normalizePath("/x%00y"), std::nullopt);
+  // A DENY on /admin/* catches the dot-segment and encoded forms of the same path.
+  auto deny = policy("deny-admin", Action::kDeny, {operation({}, {"/admin/*"})});
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/public/../admin/x").a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/%61dmin/x").a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/public\\..\\admin/x").a));
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/public/admin/x").a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/x%00").a)) << "%00 is refused";
+}
+
+TEST(AuthzHttp, PathTemplates) {
+  EXPECT_TRUE(matchPath("/users/{*}/orders", "/users/7/orders"));
+  EXPECT_FALSE(matchPath("/users/{*}/orders", "/users/7/8/orders"));
+  EXPECT_FALSE(matchPath("/users/{*}/orders", "/users//orders"));
+  EXPECT_TRUE(matchPath("/files/{**}", "/files/a"));
+  EXPECT_TRUE(matchPath("/files/{**}", "/files/a/b/c"));
+  EXPECT_FALSE(matchPath("/files/{**}", "/files"));
+  EXPECT_FALSE(matchPath("/files/{**}", "/other/a"));
+  EXPECT_TRUE(matchPath("/{*}/x/{**}", "/a/x/b/c"));
+  EXPECT_TRUE(matchPath("/plain*", "/plain/x"));  // not a template: Istio's prefix form
+  auto allow = policy("allow-orders", Action::kAllow, {operation({"GET"}, {"/users/{*}/orders"})});
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/users/42/orders?x=1").a));
+  EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/users/42/orders/9").a));
+}
+
 TEST(AuthzHttp, HostsAreCaseInsensitiveWithAnyPort) {
   Rule r;
   r.to.push_back(Operation{});
@@ -402,11 +438,24 @@ TEST(SecurityTable, AutoMtlsAndDestinationRuleModes) {
   EXPECT_EQ(meshed.expected_peer, "spiffe://cluster.local/ns/demo/sa/bill");
   EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.2")).tls);
   EXPECT_FALSE(t.outbound("", 80, ip("10.9.9.9")).tls);
-  t.destination_tls[{"bill.demo", 0}] = TlsMode::kDisable;
+  t.destination_tls[{"bill.demo", 0}].mode = TlsMode::kDisable;
   EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.1")).tls);
-  t.destination_tls[{"bill.demo", 8443}] = TlsMode::kIstioMutual;
+  t.destination_tls[{"bill.demo", 8443}].mode = TlsMode::kIstioMutual;
   EXPECT_TRUE(t.outbound("bill.demo", 8443, ip("10.0.1.2")).tls);
   EXPECT_FALSE(t.outbound("bill.demo", 80, ip("10.0.1.2")).tls);
+  // SIMPLE and MUTUAL originate toward any endpoint with the rule's settings, no SPIFFE peer.
+  t.destination_tls[{"bill.demo", 9443}].mode = TlsMode::kSimple;
+  t.destination_tls[{"bill.demo", 9443}].sni = "bill.example";
+  auto simple = t.outbound("bill.demo", 9443, ip("10.0.1.2"));
+  EXPECT_TRUE(simple.tls);
+  EXPECT_EQ(simple.mode, TlsMode::kSimple);
+  ASSERT_NE(simple.settings, nullptr);
+  EXPECT_EQ(simple.settings->sni, "bill.example");
+  EXPECT_EQ(simple.expected_peer, "");
+  t.destination_tls[{"bill.demo", 9444}].mode = TlsMode::kMutual;
+  auto mutual = t.outbound("bill.demo", 9444, ip("10.0.1.1"));
+  EXPECT_TRUE(mutual.tls);
+  EXPECT_EQ(mutual.expected_peer, "") << "MUTUAL's server is not checked as a SPIFFE peer";
 }
 
 }  // namespace

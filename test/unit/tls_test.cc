@@ -186,6 +186,93 @@ TEST(TlsStream, WrongCaIsRejected) {
   EXPECT_GE(counters().failed_unknown_ca.load(), before + 1);
 }
 
+// DestinationRule SIMPLE / MUTUAL: a client context made from the rule's files, TLS 1.2+, no
+// SPIFFE check; the subjectAltNames decide. The server here is a mesh context (it requires a
+// client certificate), which is what tells MUTUAL from SIMPLE.
+std::shared_ptr<const TlsContext> clientContext(const ClientCredentials& c) {
+  auto ctx = TlsContext::createClient(c);
+  EXPECT_TRUE(ctx.ok()) << (ctx.ok() ? "" : ctx.error().message);
+  return ctx.ok() ? *ctx : nullptr;
+}
+
+StreamOptions sans(std::vector<std::string> names) {
+  StreamOptions o;
+  o.sni = "bill.example.com";
+  o.subject_alt_names = std::move(names);
+  return o;
+}
+
+TEST(TlsStream, MutualOriginationPresentsTheRuleCertificateAndChecksSans) {
+  TestCa ca("test-ca");
+  const Credentials own = ca.issue(kClientId);
+  auto client = clientContext({own.cert_chain, own.key, ca.pem(), true});
+  ASSERT_TRUE(client);
+  EXPECT_FALSE(client->mesh());
+  auto p = connect(client, context(ca.issue(kServerId)), sans({"x", kServerId}));
+  ASSERT_TRUE(p.client_ok && p.server_ok) << p.client->error() << p.server->error();
+  EXPECT_TRUE(p.client->established());
+  EXPECT_EQ(p.server->peerIdentity(), kClientId);
+  ASSERT_TRUE(p.client->send(std::string_view("hello")).ok());
+  p.run();
+  EXPECT_EQ(p.server_plain, "hello");
+}
+
+TEST(TlsStream, OriginationWithAWrongSubjectAltNameFails) {
+  TestCa ca("test-ca");
+  const Credentials own = ca.issue(kClientId);
+  const uint64_t before = counters().failed_subject_alt_name.load();
+  auto p = connect(clientContext({own.cert_chain, own.key, ca.pem(), true}),
+                   context(ca.issue(kServerId)), sans({"other.example.com"}));
+  EXPECT_FALSE(p.client_ok);
+  EXPECT_EQ(p.client->failure(), Failure::kSubjectAltName);
+  EXPECT_NE(p.client->error().find("SANs [" + std::string(kServerId) +
+                                   "] match none of the DestinationRule's subjectAltNames "
+                                   "[other.example.com]"),
+            std::string::npos)
+      << p.client->error();
+  EXPECT_EQ(counters().failed_subject_alt_name.load(), before + 1);
+}
+
+TEST(TlsStream, SimpleOriginationToAServerRequiringACertificateFails) {
+  TestCa ca("test-ca");
+  auto p = connect(clientContext({"", "", ca.pem(), true}), context(ca.issue(kServerId)), sans({}));
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_FALSE(p.client_ok) << "the client must see the server's alert";
+}
+
+TEST(TlsStream, InsecureSkipVerifyAcceptsAnyChainAndIgnoresSans) {
+  TestCa ca("test-ca");
+  TestCa rogue("rogue-ca");
+  const Credentials own = ca.issue(kClientId);
+  auto p = connect(clientContext({own.cert_chain, own.key, rogue.pem(), false}),
+                   context(ca.issue(kServerId)), sans({"nothing-matches"}));
+  EXPECT_TRUE(p.client_ok && p.server_ok) << p.client->error();
+  EXPECT_TRUE(p.client->established());
+  // The same with verification: the chain does not lead to the rule's roots.
+  auto q = connect(clientContext({own.cert_chain, own.key, rogue.pem(), true}),
+                   context(ca.issue(kServerId)), sans({}));
+  EXPECT_EQ(q.client->failure(), Failure::kUnknownCa);
+}
+
+TEST(TlsStream, SetupErrorFailsTheStartNeverPlaintext) {
+  auto ctx = clientContextFor("", "", "", false);
+  ASSERT_TRUE(ctx.ok());
+  StreamOptions o;
+  o.setup_error = "DestinationRule files: /x/key.pem: no such file";
+  const uint64_t before = counters().failed_config.load();
+  auto s = TlsStream::create(*ctx, Role::kClient, o);
+  ASSERT_TRUE(s.ok());
+  auto started = (*s)->start();
+  EXPECT_FALSE(started.ok());
+  EXPECT_EQ((*s)->failure(), Failure::kConfig);
+  EXPECT_EQ(counters().failed_config.load(), before + 1);
+  // A missing file is an error naming it.
+  auto missing = clientContextFor("/nonexistent/c.pem", "/nonexistent/k.pem", "", true);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("/nonexistent/c.pem"), std::string::npos)
+      << missing.error().message;
+}
+
 TEST(TlsStream, ExpiredPeerCertificateIsAClearError) {
   TestCa ca("test-ca");
   // Valid when loaded, expired at the handshake: the way a missed rotation looks.

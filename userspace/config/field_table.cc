@@ -148,12 +148,21 @@ void addTrafficPolicy(Rows& rows, std::string_view prefix, bool port_level) {
            "local-origin errors (connect failures, resets) are not counted apart", "false"},
           {"outlierDetection.consecutiveLocalOriginFailures", N,
            "local-origin errors (connect failures, resets) are not counted apart"},
-          // tls.mode: docs/TLS.md; SIMPLE and MUTUAL are reported by security_parser.cc.
-          {"tls", P},
+          // tls: docs/TLS.md; security_parser.cc reads it and reports credentialName and the
+          // fields a mode does not use.
+          {"tls", A},
           {"tls.mode", A},
-          {"tls.*", N,
-           "only tls.mode is applied (ISTIO_MUTUAL with the proxy's own certificate); "
-           "certificates, SNI and subjectAltNames given here are not used"},
+          {"tls.clientCertificate", A},
+          {"tls.privateKey", A},
+          {"tls.caCertificates", A},
+          {"tls.sni", A},
+          {"tls.subjectAltNames", A},
+          {"tls.subjectAltNames[]", A},
+          {"tls.insecureSkipVerify", A},
+          {"tls.credentialName", P},
+          {"tls.caCrl", N,
+           "certificate revocation lists are not checked; a revoked server certificate is "
+           "accepted"},
           {"tunnel", N, "tunnelling is not applied; connections go straight to the endpoint"},
           {"tunnel.*", N},
           {"proxyProtocol", N, "the PROXY protocol header is not sent"},
@@ -574,6 +583,83 @@ Rows proxyConfigRows() {
   return r;
 }
 
+// security.istio.io/v1 (docs/TLS.md); security_parser.cc reads the values and reports what a
+// row marks P.
+Rows peerAuthenticationRows() {
+  Rows r;
+  addMetadata(r, true, false);  // the oldest policy of a level wins
+  r.add("", {
+                {"spec", A},
+                {"spec.selector", A},
+                {"spec.selector.matchLabels", A},
+                {"spec.selector.matchLabels.*", A},
+                {"spec.mtls", A},
+                {"spec.mtls.mode", A},
+                // Without a selector Istio ignores it, and so does Remora (a finding says so).
+                {"spec.portLevelMtls", P},
+                {"spec.portLevelMtls.*", A},
+                {"spec.portLevelMtls.*.mode", A},
+            });
+  return r;
+}
+
+Rows authorizationPolicyRows() {
+  Rows r;
+  addMetadata(r, false, false);
+  constexpr std::string_view kJwt =
+      "needs JWT authentication, which Remora does not do: no request has a request principal "
+      "(requestPrincipals never matches, notRequestPrincipals always does); on a TCP port an "
+      "ALLOW rule with it never matches, a DENY rule matches on its other fields, as Istio does "
+      "for TCP";
+  r.add("", {
+                {"spec", A},
+                {"spec.selector", A},
+                {"spec.selector.matchLabels", A},
+                {"spec.selector.matchLabels.*", A},
+                {"spec.action", P},  // CUSTOM is refused
+                {"spec.provider", N, "CUSTOM (external authorization) providers are not supported"},
+                {"spec.provider.*", N},
+                {"spec.targetRef", P},  // refused: the policy is for a gateway or a waypoint
+                {"spec.targetRef.*", P},
+                {"spec.targetRefs", P},
+                {"spec.targetRefs[]", P},
+                {"spec.targetRefs[].*", P},
+                {"spec.rules", A},
+                {"spec.rules[]", A},
+                {"spec.rules[].from", A},
+                {"spec.rules[].from[]", A},
+                {"spec.rules[].from[].source", A},
+                {"spec.rules[].to", A},
+                {"spec.rules[].to[]", A},
+                {"spec.rules[].to[].operation", A},
+                {"spec.rules[].when", A},
+                {"spec.rules[].when[]", A},
+                // request.auth.* keys need JWT, unknown keys are not evaluated: reported.
+                {"spec.rules[].when[].key", P},
+                {"spec.rules[].when[].values", A},
+                {"spec.rules[].when[].values[]", A},
+                {"spec.rules[].when[].notValues", A},
+                {"spec.rules[].when[].notValues[]", A},
+            });
+  for (std::string_view key : {"principals", "notPrincipals", "namespaces", "notNamespaces",
+                               "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"}) {
+    const std::string item = fmt::format("{}[]", key);  // add() copies the path
+    r.add("spec.rules[].from[].source", {{key, A}, {item, A}});
+  }
+  for (std::string_view key : {"requestPrincipals", "notRequestPrincipals"}) {
+    const std::string item = fmt::format("{}[]", key);
+    r.add("spec.rules[].from[].source", {{key, N, kJwt}, {item, N}});
+  }
+  // hosts, methods and paths are evaluated per request on HTTP ports; on a TCP port they
+  // behave as Istio documents (docs/TLS.md).
+  for (std::string_view key :
+       {"ports", "notPorts", "hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"}) {
+    const std::string item = fmt::format("{}[]", key);
+    r.add("spec.rules[].to[].operation", {{key, A}, {item, A}});
+  }
+  return r;
+}
+
 Rows namespaceRows() {
   Rows r;
   addMetadata(r, false, false);
@@ -613,6 +699,8 @@ const std::map<std::string_view, Table>& tables() {
     t.emplace("WorkloadEntry", Table(workloadEntryRows()));
     t.emplace("ProxyConfig", Table(proxyConfigRows()));
     t.emplace("Namespace", Table(namespaceRows()));
+    t.emplace("PeerAuthentication", Table(peerAuthenticationRows()));
+    t.emplace("AuthorizationPolicy", Table(authorizationPolicyRows()));
     return t;
   }());
   return *all;

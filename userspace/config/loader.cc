@@ -161,6 +161,15 @@ Result<std::shared_ptr<const routing::RouteTable>> Loader::load(
     return *first_error;
   }
   for (const auto& [kind, count] : skipped) {
+    if (kind.rfind("RequestAuthentication ", 0) == 0) {
+      // Not a kind to skip quietly: AuthorizationPolicies may count on it (docs/TLS.md).
+      findings.push_back(
+          {Severity::kWarning, "", "", "", "", 0,
+           fmt::format("{} object{} of kind {} not applied: Remora does no JWT authentication, "
+                       "so no request has a request principal or request.auth claims",
+                       count, count == 1 ? "" : "s", kind)});
+      continue;
+    }
     findings.push_back({Severity::kInfo, "", "", "", "", 0,
                         fmt::format("skipped {} object{} of kind {}: the proxy does not read it",
                                     count, count == 1 ? "" : "s", kind)});

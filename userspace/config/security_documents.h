@@ -21,10 +21,10 @@ struct AuthorizationPolicySpec {
   security::AuthorizationPolicyRule rule;  // counters are attached by the builder
 };
 
-// trafficPolicy.tls.mode and portLevelSettings[].tls.mode of a DestinationRule.
+// trafficPolicy.tls and portLevelSettings[].tls of a DestinationRule.
 struct DestinationTls {
-  std::optional<security::TlsMode> mode;
-  std::vector<std::pair<uint16_t, security::TlsMode>> ports;
+  std::optional<security::ClientTlsSettings> settings;
+  std::vector<std::pair<uint16_t, security::ClientTlsSettings>> ports;
 };
 
 }  // namespace remora::config

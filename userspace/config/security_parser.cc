@@ -34,19 +34,6 @@ void note(Object& out, Severity severity, std::string field, int line, std::stri
   out.notes.push_back(Note{severity, std::move(field), line, std::move(message)});
 }
 
-// Unknown keys of a mapping are warnings (a typo until shown otherwise).
-void checkKeys(const YAML::Node& map, const std::string& field,
-               std::initializer_list<const char*> known, Object& out) {
-  if (!map.IsMap()) return;
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    const std::string key = it->first.Scalar();
-    if (std::none_of(known.begin(), known.end(), [&key](const char* k) { return key == k; })) {
-      note(out, Severity::kWarning, field.empty() ? key : fmt::format("{}.{}", field, key),
-           lineOf(it->first, 0), fmt::format("unknown field '{}': not applied", key));
-    }
-  }
-}
-
 Result<std::vector<std::string>> readStrings(const YAML::Node& node, const std::string& field,
                                              int line, const ErrorFn& error) {
   std::vector<std::string> out;
@@ -116,23 +103,81 @@ Result<std::vector<Cidr>> readCidrs(const YAML::Node& node, const std::string& f
   return out;
 }
 
-Result<TlsMode> readTlsMode(const YAML::Node& tls, const std::string& field, int line, Object& out,
-                            const ErrorFn& error) {
-  YAML::Node mode = tls.IsMap() ? child(tls, "mode") : YAML::Node();
-  if (!present(mode)) return TlsMode::kUnset;
-  const std::string text = mode.IsScalar() ? mode.Scalar() : "";
-  if (text == "DISABLE") return TlsMode::kDisable;
-  if (text == "ISTIO_MUTUAL") return TlsMode::kIstioMutual;
-  if (text == "SIMPLE" || text == "MUTUAL") {
-    note(out, Severity::kWarning, field + ".mode", lineOf(mode, line),
-         fmt::format("tls.mode {} is not applied yet: Remora originates only ISTIO_MUTUAL, so "
-                     "these connections go out as auto mTLS decides (plaintext toward an "
-                     "unmeshed endpoint)",
-                     text));
-    return text == "SIMPLE" ? TlsMode::kSimple : TlsMode::kMutual;
+// Istio's ClientTLSSettings: the mode, and for SIMPLE and MUTUAL the files, SNI, SANs and
+// insecureSkipVerify the origination uses (docs/TLS.md). Key checking is the field table's.
+Result<security::ClientTlsSettings> readClientTls(const YAML::Node& tls, const std::string& field,
+                                                  int line, Object& out, const ErrorFn& error) {
+  security::ClientTlsSettings s;
+  if (!tls.IsMap()) return error(field, lineOf(tls, line), "expected a mapping");
+  YAML::Node mode = child(tls, "mode");
+  const int mline = lineOf(mode, lineOf(tls, line));
+  const std::string text = mode.IsScalar() ? mode.Scalar() : "DISABLE";
+  if (text == "DISABLE") {
+    s.mode = TlsMode::kDisable;
+  } else if (text == "ISTIO_MUTUAL") {
+    s.mode = TlsMode::kIstioMutual;
+  } else if (text == "SIMPLE") {
+    s.mode = TlsMode::kSimple;
+  } else if (text == "MUTUAL") {
+    s.mode = TlsMode::kMutual;
+  } else {
+    return error(
+        field + ".mode", mline,
+        fmt::format("mode '{}' is not one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL", text));
   }
-  return error(field + ".mode", lineOf(mode, line),
-               fmt::format("mode '{}' is not one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL", text));
+  auto scalar = [&](const char* key, std::string& into) -> Result<void> {
+    YAML::Node n = child(tls, key);
+    if (!present(n)) return {};
+    if (!n.IsScalar()) return error(field + "." + key, lineOf(n, mline), "expected a string");
+    into = n.Scalar();
+    return {};
+  };
+  for (auto [key, into] :
+       {std::pair{"clientCertificate", &s.client_certificate},
+        std::pair{"privateKey", &s.private_key}, std::pair{"caCertificates", &s.ca_certificates},
+        std::pair{"sni", &s.sni}}) {
+    if (auto r = scalar(key, *into); !r) return r.error();
+  }
+  YAML::Node sans = child(tls, "subjectAltNames");
+  auto names = readStrings(sans, field + ".subjectAltNames", mline, error);
+  if (!names) return names.error();
+  s.subject_alt_names = std::move(*names);
+  if (YAML::Node skip = child(tls, "insecureSkipVerify"); present(skip)) {
+    const std::string v = skip.IsScalar() ? skip.Scalar() : "";
+    if (v != "true" && v != "false") {
+      return error(field + ".insecureSkipVerify", lineOf(skip, mline), "expected true or false");
+    }
+    s.insecure_skip_verify = v == "true";
+  }
+  YAML::Node credential = child(tls, "credentialName");
+  const bool external = s.mode == TlsMode::kSimple || s.mode == TlsMode::kMutual;
+  if (present(credential)) {
+    note(out, Severity::kWarning, field + ".credentialName", lineOf(credential, mline),
+         external ? "credentialName is not applied: Remora has no Kubernetes secret store; give "
+                    "the files as clientCertificate, privateKey and caCertificates"
+                  : "credentialName is not applied: Remora has no Kubernetes secret store");
+  }
+  if (s.mode == TlsMode::kMutual && (s.client_certificate.empty() || s.private_key.empty())) {
+    return error(field, mline,
+                 "mode MUTUAL needs clientCertificate and privateKey (credentialName is not "
+                 "applied)");
+  }
+  if (s.mode == TlsMode::kSimple && (!s.client_certificate.empty() || !s.private_key.empty())) {
+    note(out, Severity::kWarning, field, mline,
+         "clientCertificate and privateKey are not presented in mode SIMPLE (only MUTUAL does)");
+  }
+  if (!external) {
+    // ISTIO_MUTUAL uses the proxy's own certificate; DISABLE originates nothing.
+    for (const char* key : {"clientCertificate", "privateKey", "caCertificates", "subjectAltNames",
+                            "sni", "insecureSkipVerify"}) {
+      if (YAML::Node n = child(tls, key); present(n)) {
+        note(out, Severity::kWarning, field + "." + key, lineOf(n, mline),
+             fmt::format("{} is not applied with mode {}: only SIMPLE and MUTUAL use it", key,
+                         text));
+      }
+    }
+  }
+  return s;
 }
 
 }  // namespace
@@ -147,7 +192,6 @@ Result<void> parsePeerAuthentication(const YAML::Node& spec, int line, Object& o
   if (present(spec)) {
     if (!spec.IsMap()) return error("spec", lineOf(spec, line), "expected a mapping");
     const int spec_line = lineOf(spec, line);
-    checkKeys(spec, "spec", {"selector", "mtls", "portLevelMtls"}, out);
     auto selector = readSelector(spec, spec_line, error);
     if (!selector) return selector.error();
     r.selector = std::move(*selector);
@@ -185,8 +229,6 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
   if (present(spec)) {
     if (!spec.IsMap()) return error("spec", lineOf(spec, line), "expected a mapping");
     const int spec_line = lineOf(spec, line);
-    checkKeys(spec, "spec", {"selector", "action", "rules", "provider", "targetRef", "targetRefs"},
-              out);
     for (const char* key : {"targetRef", "targetRefs"}) {
       if (present(child(spec, key))) {
         return error(std::string("spec.") + key, lineOf(child(spec, key), spec_line),
@@ -223,18 +265,12 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
       const int rline = lineOf(rn, spec_line);
       security::Rule rule;
       if (!rn.IsMap() && present(rn)) return error(rfield, rline, "expected a mapping");
-      if (rn.IsMap()) checkKeys(rn, rfield, {"from", "to", "when"}, out);
       size_t fi = 0;
       for (const auto& fn :
            rn.IsMap() && child(rn, "from").IsSequence() ? child(rn, "from") : YAML::Node()) {
         const std::string field = fmt::format("{}.from[{}].source", rfield, fi++);
         YAML::Node s = fn.IsMap() ? child(fn, "source") : YAML::Node();
         const int sline = lineOf(s, rline);
-        checkKeys(s, field,
-                  {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
-                   "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
-                   "notRemoteIpBlocks"},
-                  out);
         security::Source src;
         for (auto [key, into] : {std::pair{"principals", &src.principals},
                                  std::pair{"notPrincipals", &src.not_principals},
@@ -257,14 +293,8 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
           auto v = readStrings(child(s, key), field + "." + key, sline, error);
           if (!v) return v.error();
           *into = std::move(*v);
-          if (present(child(s, key))) {
-            src.l7 = true;
-            note(out, Severity::kWarning, field + "." + key, lineOf(child(s, key), sline),
-                 "needs JWT authentication, which Remora does not do: no request has a request "
-                 "principal (requestPrincipals never matches, notRequestPrincipals always does); "
-                 "on a TCP port an ALLOW rule with it never matches, a DENY rule matches on its "
-                 "other fields, as Istio does for TCP");
-          }
+          // The field table reports it: no JWT authentication (docs/TLS.md).
+          if (present(child(s, key))) src.l7 = true;
         }
         rule.from.push_back(std::move(src));
       }
@@ -274,10 +304,6 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         const std::string field = fmt::format("{}.to[{}].operation", rfield, ti++);
         YAML::Node o = tn.IsMap() ? child(tn, "operation") : YAML::Node();
         const int oline = lineOf(o, rline);
-        checkKeys(o, field,
-                  {"ports", "notPorts", "hosts", "notHosts", "methods", "notMethods", "paths",
-                   "notPaths"},
-                  out);
         security::Operation op;
         for (auto [key, into] :
              {std::pair{"ports", &op.ports}, std::pair{"notPorts", &op.not_ports}}) {
@@ -307,7 +333,6 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
            rn.IsMap() && child(rn, "when").IsSequence() ? child(rn, "when") : YAML::Node()) {
         const std::string field = fmt::format("{}.when[{}]", rfield, wi++);
         const int wline = lineOf(wn, rline);
-        checkKeys(wn, field, {"key", "values", "notValues"}, out);
         security::Condition c;
         c.key = wn.IsMap() && child(wn, "key").IsScalar() ? child(wn, "key").Scalar() : "";
         if (c.key.empty()) return error(field + ".key", wline, "a condition needs a key");
@@ -350,9 +375,9 @@ Result<DestinationTls> readDestinationTls(const YAML::Node& spec, int line, Obje
   if (traffic.IsMap()) {
     const int tline = lineOf(traffic, line);
     if (YAML::Node t = child(traffic, "tls"); present(t)) {
-      auto mode = readTlsMode(t, "spec.trafficPolicy.tls", tline, out, error);
-      if (!mode) return mode.error();
-      tls.mode = *mode;
+      auto settings = readClientTls(t, "spec.trafficPolicy.tls", tline, out, error);
+      if (!settings) return settings.error();
+      tls.settings = std::move(*settings);
     }
     YAML::Node ports = child(traffic, "portLevelSettings");
     size_t i = 0;
@@ -366,9 +391,9 @@ Result<DestinationTls> readDestinationTls(const YAML::Node& spec, int line, Obje
         return error(field + ".port.number", pline, "a port number is needed");
       auto port = readPort(number.Scalar(), field + ".port.number", pline, error);
       if (!port) return port.error();
-      auto mode = readTlsMode(child(pn, "tls"), field + ".tls", pline, out, error);
-      if (!mode) return mode.error();
-      tls.ports.emplace_back(*port, *mode);
+      auto settings = readClientTls(child(pn, "tls"), field + ".tls", pline, out, error);
+      if (!settings) return settings.error();
+      tls.ports.emplace_back(*port, std::move(*settings));
     }
   }
   YAML::Node subsets = spec.IsMap() ? child(spec, "subsets") : YAML::Node();
@@ -437,12 +462,12 @@ std::shared_ptr<const security::SecurityTable> buildSecurityTable(
         case Kind::kDestinationRule: {
           const auto& dr = std::get<DestinationRuleSpec>(object.spec);
           const std::string key = serviceKey(dr.host.host, object.namespace_name);
-          if (dr.tls.mode) {
-            table->destination_tls[{key, 0}] = *dr.tls.mode;
+          if (dr.tls.settings) {
+            table->destination_tls[{key, 0}] = *dr.tls.settings;
             wanted = true;
           }
-          for (const auto& [port, mode] : dr.tls.ports) {
-            table->destination_tls[{key, port}] = mode;
+          for (const auto& [port, settings] : dr.tls.ports) {
+            table->destination_tls[{key, port}] = settings;
             wanted = true;
           }
           break;

@@ -43,7 +43,10 @@ void HttpProxy::secureUpstream(Pipe& io, ListenerKind kind, const routing::Route
 bool HttpProxy::tlsConnected(Pipe& io) {
   if (!io.tls) return true;
   tls::TlsCounters::inc(tls::counters().originated);
-  if (auto started = io.tls->start(); !started) return false;
+  if (auto started = io.tls->start(); !started) {
+    if (tlsLogAllowed()) spdlog::error("http outbound {}", started.error().message);
+    return false;
+  }
   io.tls->takeCiphertext(io.pending);
   return true;
 }

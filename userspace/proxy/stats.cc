@@ -22,9 +22,13 @@ std::string escapeLabel(const std::string& value) {
 }
 
 std::string labels(const EndpointKey& key) {
+  std::string principal;
+  if (!key.source_principal.empty()) {
+    principal = fmt::format(",source_principal=\"{}\"", escapeLabel(key.source_principal));
+  }
   return fmt::format(
-      "{{destination_service=\"{}\",destination_subset=\"{}\",destination_endpoint=\"{}\"}}",
-      escapeLabel(key.service), escapeLabel(key.subset), escapeLabel(key.endpoint));
+      "{{destination_service=\"{}\",destination_subset=\"{}\",destination_endpoint=\"{}\"{}}}",
+      escapeLabel(key.service), escapeLabel(key.subset), escapeLabel(key.endpoint), principal);
 }
 
 void header(std::string& out, const char* name, const char* type, const char* help) {

@@ -35,9 +35,13 @@ struct EndpointKey {
   std::string service;   // destination_service: "name.namespace", PassthroughCluster, ...
   std::string subset;    // destination_subset
   std::string endpoint;  // destination_endpoint: "ip:port"
+  // Inbound connections under a security configuration (docs/TLS.md): the peer's principal,
+  // "unknown" for plaintext; "" renders no source_principal label.
+  std::string source_principal = {};
   bool operator==(const EndpointKey&) const = default;
   bool operator<(const EndpointKey& o) const {
-    return std::tie(service, subset, endpoint) < std::tie(o.service, o.subset, o.endpoint);
+    return std::tie(service, subset, endpoint, source_principal) <
+           std::tie(o.service, o.subset, o.endpoint, o.source_principal);
   }
 };
 

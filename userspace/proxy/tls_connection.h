@@ -24,6 +24,10 @@ struct TlsConnection {
   bool detecting = false;
   std::chrono::steady_clock::time_point detect_deadline;
   bool authorized = false;  // inbound: the AuthorizationPolicies allowed it
+  // Inbound STRICT / PERMISSIVE: the connection to the app waits for the authorization, so a
+  // denied client never opens one. Until then only the client side is read and written.
+  bool connect_deferred = false;
+  uint64_t uncounted_received = 0;  // client bytes read before there were endpoint counters
   bool close_notify = false;
   std::string peer_identity;  // the peer's SPIFFE ID once the handshake is done
   security::MtlsMode mode = security::MtlsMode::kUnset;
@@ -59,6 +63,11 @@ security::AuthzDecision authorize(const security::SecurityTable* security,
 const char* tlsOutcome(tls::Failure failure);
 // At most one log line per second per thread for TLS trouble.
 bool tlsLogAllowed();
+
+// The source_principal label of an inbound connection's remora_tcp_* series: "" (no label) when
+// no security configuration applies, "unknown" for plaintext, else the peer's principal
+// ("cluster.local/ns/x/sa/y", as in remora_inbound_connections_total).
+std::string sourcePrincipalLabel(const TlsConnection* t);
 
 // Inbound connections by peer identity (source_principal, "unknown" for plaintext) and the mode
 // they were served in. Any thread.

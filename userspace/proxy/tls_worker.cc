@@ -45,6 +45,10 @@ const char* tlsOutcome(tls::Failure failure) {
       return "tls_cert_expired";
     case tls::Failure::kUnknownCa:
       return "tls_unknown_ca";
+    case tls::Failure::kSubjectAltName:
+      return "tls_subject_alt_name";
+    case tls::Failure::kConfig:
+      return "tls_config";
     default:
       return "tls_handshake_failed";
   }
@@ -59,6 +63,40 @@ bool tlsLogAllowed() {
   return true;
 }
 
+namespace {
+
+// DestinationRule SIMPLE / MUTUAL: TLS with the rule's files toward a server outside the mesh.
+// Files that cannot be used give a stream whose start() fails (logged, counted as
+// reason="config"), so the connection is closed rather than sent in plaintext.
+std::unique_ptr<tls::TlsStream> originateExternalTls(const security::ClientTlsSettings& s,
+                                                     const SocketAddress& endpoint,
+                                                     tls::SessionCache* sessions) {
+  const bool mutual = s.mode == security::TlsMode::kMutual;
+  tls::StreamOptions options{"", sessions, endpoint.toString()};
+  options.sni = s.sni;
+  options.subject_alt_names = s.subject_alt_names;
+  // The session key names the settings too: a session made with one SNI is not offered under
+  // another.
+  options.session_key += "|" + s.sni + (mutual ? "|m" : "|s");
+  auto ctx = tls::clientContextFor(mutual ? s.client_certificate : "", mutual ? s.private_key : "",
+                                   s.ca_certificates, !s.insecure_skip_verify);
+  if (!ctx) {
+    // Any context carries the failure: an unverifying one without files always builds.
+    options.setup_error = fmt::format("TLS toward {}: DestinationRule files: {}",
+                                      endpoint.toString(), ctx.error().message);
+    ctx = tls::clientContextFor("", "", "", false);
+    if (!ctx) return nullptr;
+  }
+  auto stream = tls::TlsStream::create(std::move(*ctx), tls::Role::kClient, std::move(options));
+  if (!stream) {
+    spdlog::error("TLS: {}", stream.error().message);
+    return nullptr;
+  }
+  return std::move(*stream);
+}
+
+}  // namespace
+
 std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& security,
                                              const tls::IdentityStore* identity,
                                              const std::string& service, uint16_t service_port,
@@ -66,6 +104,10 @@ std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& secu
                                              tls::SessionCache* sessions) {
   auto o = security.outbound(service, service_port, endpoint.ip);
   if (!o.tls) return nullptr;
+  if (o.settings != nullptr &&
+      (o.mode == security::TlsMode::kSimple || o.mode == security::TlsMode::kMutual)) {
+    return originateExternalTls(*o.settings, endpoint, sessions);
+  }
   auto ctx = identity != nullptr ? identity->current() : nullptr;
   if (!ctx) {
     registry().no_identity.fetch_add(1, std::memory_order_relaxed);
@@ -126,6 +168,13 @@ security::AuthzDecision authorize(const security::SecurityTable* security,
   return d;
 }
 
+std::string sourcePrincipalLabel(const TlsConnection* t) {
+  if (t == nullptr || !t->terminate) return "";
+  security::ConnectionAttributes a;
+  identifyPeer(t->peer_identity, a);
+  return a.principal.empty() ? "unknown" : a.principal;
+}
+
 void countInbound(const std::string& source_principal, bool tls) {
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
@@ -146,6 +195,8 @@ std::string renderTlsPrometheus() {
                                std::pair{"peer_identity", v(c.failed_peer_identity)},
                                std::pair{"cert_expired", v(c.failed_cert_expired)},
                                std::pair{"unknown_ca", v(c.failed_unknown_ca)},
+                               std::pair{"subject_alt_name", v(c.failed_subject_alt_name)},
+                               std::pair{"config", v(c.failed_config)},
                                std::pair{"plaintext_refused", v(c.plaintext_refused)}}) {
     out += fmt::format("remora_tls_handshake_failures_total{{reason=\"{}\"}} {}\n", reason, value);
   }
@@ -218,6 +269,13 @@ bool Worker::authorizeInbound(uint32_t slot, const std::string& peer_identity) {
     return false;
   }
   t.authorized = true;
+  if (t.connect_deferred) {
+    // Now the app sees a connection (connectUpstream may close the slot on a socket error).
+    t.connect_deferred = false;
+    conn.state = State::kConnecting;
+    connectUpstream(slot);
+    return conn.state == State::kConnecting;
+  }
   return true;
 }
 
@@ -238,15 +296,21 @@ bool Worker::secureInbound(uint32_t slot) {
         closeConnection(slot, "tls_no_identity", /*reset=*/true);
         return false;
       }
-      return true;
+      break;
     }
     case security::MtlsMode::kPermissive:
       conn.tls->detecting = true;
       conn.tls->detect_deadline = now_ + kDetectTimeout;
-      return true;
+      break;
     default:  // DISABLE: plaintext, decided now, before the app sees a connection
       return authorizeInbound(slot, "");
   }
+  // The handshake (or PERMISSIVE's look at the first byte) and the authorization come first:
+  // the client side relays alone until authorizeInbound opens the connection to the app.
+  conn.tls->connect_deferred = true;
+  conn.state = State::kRelaying;
+  maybeArmRecv(slot, true);
+  return false;
 }
 
 void Worker::secureOutbound(uint32_t slot) {
@@ -271,9 +335,19 @@ void Worker::secureOutbound(uint32_t slot) {
 void Worker::tlsConnected(uint32_t slot) {
   Connection& conn = slots_[slot];
   TlsConnection& t = *conn.tls;
-  if (t.terminate || !t.stream) return;
+  if (t.terminate) {
+    // The app is connected after the authorization: what the client sent meanwhile is counted
+    // now, and the handshake's last bytes (session tickets) go out.
+    conn.counters->received_bytes.add(t.uncounted_received);
+    t.uncounted_received = 0;
+    pump(slot, true);  // also the half-close of a client that already ended
+    pump(slot, false);
+    return;
+  }
+  if (!t.stream) return;
   tls::TlsCounters::inc(tls::counters().originated);
   if (auto started = t.stream->start(); !started) {
+    if (tlsLogAllowed()) spdlog::error("outbound {}", started.error().message);
     closeConnection(slot, tlsOutcome(t.stream->failure()), /*reset=*/true);
     return;
   }
@@ -284,7 +358,7 @@ void Worker::tlsConnected(uint32_t slot) {
 }
 
 bool Worker::tlsHoldsReceive(const Connection& conn, bool from_client) const {
-  return conn.tls && conn.tls->detecting && !from_client;
+  return conn.tls && (conn.tls->detecting || conn.tls->connect_deferred) && !from_client;
 }
 
 bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion& c) {
@@ -294,10 +368,21 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
     t.detecting = false;
     if (ring_.buffer(c.bufferId()).data()[0] != kTlsHandshakeRecord) {
       tls::TlsCounters::inc(tls::counters().permissive_plaintext);
-      if (!authorizeInbound(slot, "")) {
+      const auto n = static_cast<size_t>(c.res);
+      const bool deferred = t.connect_deferred;
+      if (deferred) {
+        // These bytes wait in the request queue for the connection to the app.
+        tlsQueue(conn.request, std::string(ring_.buffer(c.bufferId()).data(), n));
         ring_.recycleBuffer(c.bufferId());
+        conn.request_bytes += n;
+        t.uncounted_received += n;
+        conn.last_activity = now_;
+      }
+      if (!authorizeInbound(slot, "")) {
+        if (!deferred) ring_.recycleBuffer(c.bufferId());
         return true;
       }
+      if (deferred) return true;  // onConnect sends them and arms both receives
       maybeArmRecv(slot, false);  // the app's bytes flow again
       return false;
     }
@@ -327,7 +412,11 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
   conn.last_activity = now_;
   if (from_client) {
     conn.request_bytes += n;
-    conn.counters->received_bytes.add(n);
+    if (conn.counters != nullptr) {
+      conn.counters->received_bytes.add(n);
+    } else {
+      t.uncounted_received += n;
+    }
   }
   if (!r) {
     if (tlsLogAllowed()) {
@@ -365,6 +454,11 @@ void Worker::tlsEndOfFile(uint32_t slot, bool from_client) {
     t.detecting = false;
     tls::TlsCounters::inc(tls::counters().permissive_plaintext);
     if (authorizeInbound(slot, "")) maybeArmRecv(slot, false);
+    return;
+  }
+  if (t.connect_deferred && from_client) {
+    // Gone before the handshake and the authorization were done: the app never hears of it.
+    closeConnection(slot, "tls_handshake_incomplete", /*reset=*/true);
     return;
   }
   if (!t.stream || t.close_notify || from_client == t.terminate) return;

@@ -732,7 +732,8 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
   conn.last_activity = now_;
   if (to_client) {
     conn.response_bytes += sent;
-    conn.counters->sent_bytes.add(sent);
+    // No counters yet while an inbound handshake waits for the authorization (tls_worker.cc).
+    if (conn.counters != nullptr) conn.counters->sent_bytes.add(sent);
   }
   // A short send leaves the rest in place; it goes out from the same buffers.
   uint32_t left = sent;
@@ -852,7 +853,8 @@ void Worker::maybeFree(uint32_t slot) {
 
 EndpointCounters* Worker::countersFor(const Connection& conn) {
   if (conn.kind == ListenerKind::kInbound) {
-    return &stats_.endpoint(EndpointKey{kInboundCluster, "", conn.original_dst.toString()});
+    return &stats_.endpoint(EndpointKey{kInboundCluster, "", conn.original_dst.toString(),
+                                        sourcePrincipalLabel(conn.tls.get())});
   }
   const RouteDecision& d = conn.decision;
   if (d.kind != RouteDecision::Kind::kService || d.service == nullptr) {

@@ -281,11 +281,13 @@ class Worker final : public loop::CompletionHandler {
 
   // mTLS and AuthorizationPolicy (tls_worker.cc, docs/TLS.md).
   // Inbound, at accept: the PeerAuthentication mode and, for plaintext, the authorization.
-  // False when the connection was closed.
+  // False when the connection was closed, or when the connect to the app waits for the
+  // handshake and the authorization (STRICT, PERMISSIVE: authorizeInbound connects).
   bool secureInbound(uint32_t slot);
   // Outbound, before each connect attempt: originate TLS or not toward the chosen endpoint.
   void secureOutbound(uint32_t slot);
-  // After the upstream connect: a client stream sends its ClientHello.
+  // After the upstream connect: a client stream sends its ClientHello; an inbound one flushes
+  // what waited for the app.
   void tlsConnected(uint32_t slot);
   // Received bytes of a connection with TLS state; false when TLS is not involved and the plain
   // relay takes them.

@@ -63,15 +63,118 @@ bool anyHost(const std::vector<std::string>& patterns, std::string_view host) {
                      [host](const std::string& p) { return hostMatches(p, host); });
 }
 
+bool anyPath(const std::vector<std::string>& patterns, std::string_view path) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [path](const std::string& p) { return matchPath(p, path); });
+}
+
+// `r.path` is normalized already (evaluate()).
 bool httpOperationMatches(const Operation& o, const RequestAttributes& r) {
   const std::string method(r.method);
-  const std::string path(r.path);
   return positive(!o.hosts.empty(), anyHost(o.hosts, r.host)) && !anyHost(o.not_hosts, r.host) &&
          positive(!o.methods.empty(), anyValue(o.methods, method)) &&
          !(!o.not_methods.empty() && anyValue(o.not_methods, method)) &&
-         positive(!o.paths.empty(), anyValue(o.paths, path)) &&
-         !(!o.not_paths.empty() && anyValue(o.not_paths, path));
+         positive(!o.paths.empty(), anyPath(o.paths, r.path)) &&
+         !(!o.not_paths.empty() && anyPath(o.not_paths, r.path));
 }
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool unreserved(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+// RFC 3986 section 5.2.4 over a path that starts with '/'.
+std::string removeDotSegments(std::string_view in) {
+  std::vector<std::string_view> out;
+  size_t at = 0;
+  bool trailing = false;  // the path ends in a directory ("/a/." → "/a/")
+  while (at < in.size()) {
+    const size_t next = std::min(in.find('/', at + 1), in.size());
+    const std::string_view segment = in.substr(at + 1, next - at - 1);
+    const bool last = next == in.size();
+    if (segment == ".") {
+      trailing = last;
+    } else if (segment == "..") {
+      if (!out.empty()) out.pop_back();
+      trailing = last;
+    } else {
+      out.push_back(segment);
+      trailing = false;
+    }
+    at = next;
+  }
+  std::string path;
+  for (auto segment : out) {
+    path += '/';
+    path += segment;
+  }
+  if (trailing || path.empty()) path += '/';
+  return path;
+}
+
+}  // namespace
+
+std::optional<std::string> normalizePath(std::string_view path) {
+  path = path.substr(0, std::min(path.find('?'), path.size()));
+  std::string decoded;
+  decoded.reserve(path.size());
+  for (size_t i = 0; i < path.size(); ++i) {
+    char c = path[i];
+    if (c == '%' && i + 2 < path.size()) {
+      const int hi = hexValue(path[i + 1]);
+      const int lo = hexValue(path[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        const char value = static_cast<char>(hi * 16 + lo);
+        if (value == 0) return std::nullopt;
+        if (unreserved(value)) {
+          decoded += value;
+          i += 2;
+          continue;
+        }
+      }
+    }
+    decoded += c == '\\' ? '/' : c;
+  }
+  if (decoded.empty() || decoded[0] != '/') return decoded;  // "*" (OPTIONS) or an absolute URI
+  return removeDotSegments(decoded);
+}
+
+bool matchPath(const std::string& pattern, std::string_view path) {
+  if (pattern.find("{*}") == std::string::npos && pattern.find("{**}") == std::string::npos) {
+    return matchValue(pattern, std::string(path));
+  }
+  // Segment by segment: "{*}" takes exactly one non-empty segment, "{**}" (last) one or more.
+  std::string_view t = pattern;
+  size_t ti = 0;
+  size_t pi = 0;
+  while (true) {
+    const bool t_done = ti >= t.size();
+    const bool p_done = pi >= path.size();
+    if (t_done || p_done) return t_done && p_done;
+    if (t[ti] != '/' || path[pi] != '/') return false;
+    const size_t t_end = std::min(t.find('/', ti + 1), t.size());
+    const size_t p_end = std::min(path.find('/', pi + 1), path.size());
+    const std::string_view ts = t.substr(ti + 1, t_end - ti - 1);
+    const std::string_view ps = path.substr(pi + 1, p_end - pi - 1);
+    if (ts == "{**}") return t_end == t.size() && !ps.empty();
+    if (ts == "{*}") {
+      if (ps.empty()) return false;
+    } else if (ts != ps) {
+      return false;
+    }
+    ti = t_end;
+    pi = p_end;
+  }
+}
+
+namespace {
 
 bool operationMatches(const Operation& o, const ConnectionAttributes& a) {
   auto has = [&a](const std::vector<uint16_t>& ports) {
@@ -314,8 +417,26 @@ std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCo
 }
 
 AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
-                       const ConnectionAttributes& attributes) {
+                       const ConnectionAttributes& connection) {
   AuthzDecision d;
+  // Paths are matched normalized (Istio's BASE); the attributes then point at that copy.
+  ConnectionAttributes attributes = connection;
+  RequestAttributes request;
+  std::string path;
+  if (connection.request != nullptr && !policies.empty()) {
+    auto normalized = normalizePath(connection.request->path);
+    if (!normalized) {
+      d.allowed = false;
+      d.reason = "denied: the path holds %00 (Istio rejects such requests)";
+      return d;
+    }
+    if (*normalized != connection.request->path) {  // copied only when normalization changed it
+      path = std::move(*normalized);
+      request = *connection.request;
+      request.path = path;
+      attributes.request = &request;
+    }
+  }
   for (const AuthorizationPolicyRule* p : policies) {
     if (p->action == Action::kAudit && policyMatches(*p, attributes)) d.audited.push_back(p);
   }
@@ -384,12 +505,17 @@ SecurityTable::Origination SecurityTable::outbound(const std::string& service,
   Origination o;
   auto it = destination_tls.find({service, service_port});
   if (it == destination_tls.end()) it = destination_tls.find({service, 0});
-  if (it != destination_tls.end()) o.mode = it->second;
+  if (it != destination_tls.end()) {
+    o.mode = it->second.mode;
+    o.settings = &it->second;
+  }
   const Workload* w = workload(endpoint);
   switch (o.mode) {
     case TlsMode::kDisable:
-    case TlsMode::kSimple:  // reported by the config check: not originated yet
+      return o;
+    case TlsMode::kSimple:  // TLS with the rule's own files; the server is not a SPIFFE peer
     case TlsMode::kMutual:
+      o.tls = true;
       return o;
     case TlsMode::kIstioMutual:
       o.tls = true;

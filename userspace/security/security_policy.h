@@ -53,6 +53,18 @@ const char* toString(Action action);
 // A string condition in Istio's forms: exact, "prefix*", "*suffix", or "*" (any non-empty).
 bool matchValue(const std::string& pattern, const std::string& value);
 
+// Istio's BASE path normalization (meshConfig pathNormalization, the default), applied to a
+// request's path before paths / notPaths are matched: the query is cut; the percent-encoded
+// unreserved characters (%2D %2E %30-%39 %41-%5A %5F %61-%7A %7E, any case) are decoded once
+// (%2F and %5C stay encoded); backslashes become '/'; "." and ".." segments are removed as
+// RFC 3986 section 5.2.4 says. nullopt for a path holding %00, which Istio rejects.
+std::optional<std::string> normalizePath(std::string_view path);
+
+// A paths / notPaths entry against a normalized path: an Istio path template when the entry
+// holds `{*}` (exactly one segment) or `{**}` (one or more segments, the last operator), else
+// matchValue's forms.
+bool matchPath(const std::string& pattern, std::string_view path);
+
 struct Source {
   std::vector<std::string> principals, not_principals;
   std::vector<std::string> namespaces, not_namespaces;
@@ -168,6 +180,19 @@ struct Workload {
 enum class TlsMode : uint8_t { kUnset, kDisable, kSimple, kMutual, kIstioMutual };
 const char* toString(TlsMode mode);
 
+// A DestinationRule's trafficPolicy.tls (or a portLevelSettings entry's): Istio's
+// ClientTLSSettings. The files are paths on the proxy's host, read when a connection needs them
+// (SIMPLE and MUTUAL only; ISTIO_MUTUAL uses the proxy's own certificate).
+struct ClientTlsSettings {
+  TlsMode mode = TlsMode::kUnset;
+  std::string client_certificate;  // MUTUAL: the chain we present (PEM file)
+  std::string private_key;         // MUTUAL: its key (PEM file)
+  std::string ca_certificates;     // the roots the server's chain must lead to; "": the system's
+  std::string sni;                 // the server name sent in the ClientHello; "": none
+  std::vector<std::string> subject_alt_names;  // one must be a SAN of the server's certificate
+  bool insecure_skip_verify = false;           // no chain or SAN verification
+};
+
 // Everything the data path asks of the security configuration. Immutable once built.
 class SecurityTable {
  public:
@@ -176,8 +201,8 @@ class SecurityTable {
   std::vector<PeerAuthenticationRule> peer_authentications;
   std::vector<AuthorizationPolicyRule> authorization_policies;
   std::unordered_map<std::string, Workload> workloads;  // by IP text
-  // DestinationRule tls.mode by "service.namespace" and port (0: every port).
-  std::map<std::pair<std::string, uint16_t>, TlsMode> destination_tls;
+  // DestinationRule tls by "service.namespace" and port (0: every port).
+  std::map<std::pair<std::string, uint16_t>, ClientTlsSettings> destination_tls;
 
   const Workload* workload(const IpAddress& ip) const;
   // The inbound mode for a connection to `ip:port` (PERMISSIVE for an unknown workload).
@@ -187,11 +212,13 @@ class SecurityTable {
   std::vector<const AuthorizationPolicyRule*> policiesFor(const IpAddress& ip) const;
   // Whether to originate mTLS toward `endpoint` of `service` ("name.namespace", may be empty),
   // and the SPIFFE ID to expect ("" for any in the trust domain). DestinationRule DISABLE wins,
-  // ISTIO_MUTUAL forces it, otherwise auto mTLS: only toward meshed pods.
+  // ISTIO_MUTUAL forces it, SIMPLE and MUTUAL originate TLS with the rule's own files
+  // (`settings`), otherwise auto mTLS: only toward meshed pods.
   struct Origination {
     bool tls = false;
     std::string expected_peer;
     TlsMode mode = TlsMode::kUnset;
+    const ClientTlsSettings* settings = nullptr;  // the DestinationRule's tls, if one applies
   };
   Origination outbound(const std::string& service, uint16_t service_port,
                        const IpAddress& endpoint) const;

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "tls/spiffe.h"
@@ -58,6 +59,33 @@ std::chrono::system_clock::time_point notAfterOf(X509* cert) {
   tm parsed{};
   if (ASN1_TIME_to_tm(t, &parsed) != 1) return {};
   return std::chrono::system_clock::from_time_t(timegm(&parsed));
+}
+
+std::string filesFingerprint(std::initializer_list<const std::string*> paths) {
+  std::string out;
+  for (const std::string* path : paths) {
+    struct stat st {};
+    if (path->empty() || ::stat(path->c_str(), &st) != 0) {
+      out += "-;";
+      continue;
+    }
+    out +=
+        fmt::format("{}:{}:{}.{};", st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  }
+  return out;
+}
+
+// Adds every certificate of `pem` to the context's trust store; how many were added.
+int addRoots(SSL_CTX* ctx, const std::string& pem) {
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  BioPtr roots = memoryBio(pem);
+  int added = 0;
+  while (X509* root = PEM_read_bio_X509(roots.get(), nullptr, nullptr, nullptr)) {
+    if (X509_STORE_add_cert(store, root) == 1) ++added;
+    X509_free(root);
+  }
+  ERR_clear_error();
+  return added;
 }
 
 }  // namespace
@@ -110,24 +138,14 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 
-  // The chain: leaf first, the rest as intermediates.
-  BioPtr chain = memoryBio(credentials.cert_chain);
-  X509* leaf = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr);
-  if (leaf == nullptr) return makeError("cert-chain.pem: no certificate: " + sslError());
-  if (SSL_CTX_use_certificate(ctx, leaf) != 1) {
+  X509* leaf = nullptr;
+  auto used = self->useChain(credentials.cert_chain, credentials.key, &leaf);
+  if (leaf != nullptr) {
+    self->identity_ = spiffeUriOf(leaf);
+    self->not_after_ = notAfterOf(leaf);
     X509_free(leaf);
-    return makeError("cert-chain.pem: " + sslError());
   }
-  self->identity_ = spiffeUriOf(leaf);
-  self->not_after_ = notAfterOf(leaf);
-  X509_free(leaf);
-  while (X509* extra = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr)) {
-    if (SSL_CTX_add_extra_chain_cert(ctx, extra) != 1) {
-      X509_free(extra);
-      return makeError("cert-chain.pem: " + sslError());
-    }
-  }
-  ERR_clear_error();  // the loop ends on "no start line"
+  if (!used) return used.error();
   if (self->identity_.empty()) {
     return makeError("cert-chain.pem: the leaf certificate has no spiffe:// URI SAN");
   }
@@ -142,28 +160,7 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
                     fmt::gmtime(std::chrono::system_clock::to_time_t(self->not_after_))));
   }
 
-  BioPtr key_bio = memoryBio(credentials.key);
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr);
-  if (key == nullptr) return makeError("key.pem: no private key: " + sslError());
-  const int used = SSL_CTX_use_PrivateKey(ctx, key);
-  EVP_PKEY_free(key);
-  if (used != 1) {
-    return makeError("key.pem does not match the leaf of cert-chain.pem or is unusable: " +
-                     sslError());
-  }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    return makeError("key.pem does not match the leaf of cert-chain.pem");
-  }
-
-  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
-  BioPtr roots = memoryBio(credentials.roots);
-  int added = 0;
-  while (X509* root = PEM_read_bio_X509(roots.get(), nullptr, nullptr, nullptr)) {
-    if (X509_STORE_add_cert(store, root) == 1) ++added;
-    X509_free(root);
-  }
-  ERR_clear_error();
-  if (added == 0) return makeError("root-cert.pem: no certificate");
+  if (addRoots(ctx, credentials.roots) == 0) return makeError("root-cert.pem: no certificate");
 
   // Mutual: both sides present a certificate that chains to the roots.
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
@@ -174,6 +171,139 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_new_cb(ctx, &TlsStream::onNewSession);
   return std::shared_ptr<const TlsContext>(std::move(self));
+}
+
+// The chain (leaf first, the rest as intermediates) and its key into ctx_; the leaf (a reference
+// the caller frees) into `leaf_out`.
+Result<void> TlsContext::useChain(const std::string& pem, const std::string& key_pem,
+                                  X509** leaf_out) {
+  BioPtr chain = memoryBio(pem);
+  X509* leaf = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr);
+  if (leaf == nullptr) return makeError("cert-chain.pem: no certificate: " + sslError());
+  if (SSL_CTX_use_certificate(ctx_, leaf) != 1) {
+    X509_free(leaf);
+    return makeError("cert-chain.pem: " + sslError());
+  }
+  *leaf_out = leaf;
+  while (X509* extra = PEM_read_bio_X509(chain.get(), nullptr, nullptr, nullptr)) {
+    if (SSL_CTX_add_extra_chain_cert(ctx_, extra) != 1) {
+      X509_free(extra);
+      return makeError("cert-chain.pem: " + sslError());
+    }
+  }
+  ERR_clear_error();  // the loop ends on "no start line"
+  BioPtr key_bio = memoryBio(key_pem);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr);
+  if (key == nullptr) return makeError("key.pem: no private key: " + sslError());
+  const int used = SSL_CTX_use_PrivateKey(ctx_, key);
+  EVP_PKEY_free(key);
+  if (used != 1) {
+    return makeError("key.pem does not match the leaf of cert-chain.pem or is unusable: " +
+                     sslError());
+  }
+  if (SSL_CTX_check_private_key(ctx_) != 1) {
+    return makeError("key.pem does not match the leaf of cert-chain.pem");
+  }
+  return {};
+}
+
+Result<std::shared_ptr<const TlsContext>> TlsContext::createClient(const ClientCredentials& c) {
+  std::shared_ptr<TlsContext> self(new TlsContext());
+  self->mesh_ = false;
+  self->generation_ = next_generation.fetch_add(1);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == nullptr) return makeError("SSL_CTX_new: " + sslError());
+  self->ctx_ = ctx;
+  // A server outside the mesh may speak TLS 1.2; only sidecars are held to 1.3.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  if (!c.cert_chain.empty()) {
+    X509* leaf = nullptr;
+    auto used = self->useChain(c.cert_chain, c.key, &leaf);
+    if (leaf != nullptr) {
+      self->not_after_ = notAfterOf(leaf);
+      X509_free(leaf);
+    }
+    if (!used) return used.error();
+  }
+  if (c.verify) {
+    if (c.roots.empty()) {
+      if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        return makeError("the system trust store: " + sslError());
+      }
+    } else {
+      if (addRoots(ctx, c.roots) == 0) return makeError("caCertificates: no certificate");
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+  }
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, &TlsStream::onNewSession);
+  return std::shared_ptr<const TlsContext>(std::move(self));
+}
+
+namespace {
+
+struct ClientContextEntry {
+  std::shared_ptr<const TlsContext> context;
+  std::string error;
+  std::string fingerprint;
+  std::chrono::steady_clock::time_point checked;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<const TlsContext>> clientContextFor(const std::string& cert_file,
+                                                           const std::string& key_file,
+                                                           const std::string& ca_file,
+                                                           bool verify) {
+  static std::mutex mutex;
+  static std::map<std::string, ClientContextEntry> entries;
+  const std::string key =
+      fmt::format("{}\n{}\n{}\n{}", cert_file, key_file, ca_file, verify ? "verify" : "skip");
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex);
+  ClientContextEntry& e = entries[key];
+  if (e.checked.time_since_epoch().count() != 0 && now - e.checked < std::chrono::seconds(1)) {
+    if (e.context) return e.context;
+    return makeError(e.error);
+  }
+  e.checked = now;
+  const std::string print = filesFingerprint({&cert_file, &key_file, &ca_file});
+  if (print == e.fingerprint && e.context) return e.context;
+  e.fingerprint = print;
+  auto built = [&]() -> Result<std::shared_ptr<const TlsContext>> {
+    ClientCredentials c;
+    c.verify = verify;
+    for (auto [path, into] : {std::pair{&cert_file, &c.cert_chain}, std::pair{&key_file, &c.key},
+                              std::pair{&ca_file, &c.roots}}) {
+      if (path->empty() || (into == &c.roots && !verify)) continue;
+      auto text = readFile(*path);
+      if (!text) return text.error();
+      *into = std::move(*text);
+    }
+    auto ctx = TlsContext::createClient(c);
+    if (!ctx) {
+      return makeError(fmt::format("{} / {} / {}: {}", cert_file.empty() ? "-" : cert_file,
+                                   key_file.empty() ? "-" : key_file,
+                                   ca_file.empty() ? "system roots" : ca_file,
+                                   ctx.error().message));
+    }
+    return ctx;
+  }();
+  if (!built) {
+    // A set that worked before stays in use while the files are being replaced.
+    TlsCounters::inc(counters().load_errors);
+    e.error = built.error().message;
+    spdlog::error("DestinationRule TLS files: {}{}", e.error,
+                  e.context ? " (the previous context stays in use)" : "");
+    if (e.context) return e.context;
+    return makeError(e.error);
+  }
+  e.context = std::move(*built);
+  e.error.clear();
+  return e.context;
 }
 
 IdentityStore::IdentityStore(std::filesystem::path dir, std::string trust_domain)
@@ -190,17 +320,10 @@ IdentityStore::~IdentityStore() {
 }
 
 std::string IdentityStore::fingerprint() const {
-  std::string out;
-  for (const char* name : {kCertChainFile, kKeyFile, kRootCertFile}) {
-    struct stat st {};
-    if (::stat((dir_ / name).c_str(), &st) != 0) {
-      out += "missing;";
-      continue;
-    }
-    out +=
-        fmt::format("{}:{}:{}.{};", st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-  }
-  return out;
+  const std::string chain = (dir_ / kCertChainFile).string();
+  const std::string key = (dir_ / kKeyFile).string();
+  const std::string roots = (dir_ / kRootCertFile).string();
+  return filesFingerprint({&chain, &key, &roots});
 }
 
 Result<void> IdentityStore::reload() {

@@ -37,6 +37,8 @@ struct TlsCounters {
   std::atomic<uint64_t> permissive_plaintext{0};  // PERMISSIVE inbound served plaintext
   std::atomic<uint64_t> permissive_tls{0};        // PERMISSIVE inbound served TLS
   std::atomic<uint64_t> originated{0};            // outbound connections we wrapped in TLS
+  std::atomic<uint64_t> failed_subject_alt_name{0};  // SIMPLE/MUTUAL: no SAN the rule names
+  std::atomic<uint64_t> failed_config{0};            // SIMPLE/MUTUAL: the rule's files unusable
   static void inc(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 };
 TlsCounters& counters();
@@ -57,12 +59,24 @@ Result<Credentials> readCredentials(const std::filesystem::path& dir);
 // The first well-formed spiffe:// URI SAN of `cert`, or "".
 std::string spiffeUriOf(X509* cert);
 
+// The files of a DestinationRule's SIMPLE or MUTUAL origination, read: TLS toward a server that
+// is not a mesh sidecar.
+struct ClientCredentials {
+  std::string cert_chain;  // MUTUAL: presented to the server (leaf first); "" for SIMPLE
+  std::string key;
+  std::string roots;   // the server's chain must lead here; "": the system's trust store
+  bool verify = true;  // false: insecureSkipVerify
+};
+
 class TlsContext {
  public:
   // Refuses a key that does not match the leaf, a leaf without a spiffe:// URI SAN, roots that
   // do not parse, and an expired leaf (counted in own_cert_expired).
   static Result<std::shared_ptr<const TlsContext>> create(const Credentials& credentials,
                                                           std::string trust_domain);
+  // A client context for DestinationRule SIMPLE / MUTUAL: TLS 1.2 or 1.3 (the server is not a
+  // sidecar), no SPIFFE identity on either side (mesh() is false).
+  static Result<std::shared_ptr<const TlsContext>> createClient(const ClientCredentials& c);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
@@ -74,15 +88,27 @@ class TlsContext {
   std::chrono::system_clock::time_point notAfter() const { return not_after_; }
   // Distinguishes contexts for the client session caches: a rotation starts afresh.
   uint64_t generation() const { return generation_; }
+  // True for the workload identity (SPIFFE peers); false for a SIMPLE / MUTUAL client context.
+  bool mesh() const { return mesh_; }
 
  private:
   TlsContext() = default;
+  Result<void> useChain(const std::string& pem, const std::string& key_pem, X509** leaf_out);
+  bool mesh_ = true;
   SSL_CTX* ctx_ = nullptr;
   std::string identity_;
   std::string trust_domain_;
   std::chrono::system_clock::time_point not_after_;
   uint64_t generation_ = 0;
 };
+
+// The client context of a DestinationRule SIMPLE / MUTUAL origination with these files (paths;
+// cert_file "" for SIMPLE, ca_file "" for the system's trust store), shared by every thread:
+// built at first use, rebuilt when one of the files changes (looked at once a second at most).
+// An unreadable or inconsistent set is an error naming the file; a later call tries again.
+Result<std::shared_ptr<const TlsContext>> clientContextFor(const std::string& cert_file,
+                                                           const std::string& key_file,
+                                                           const std::string& ca_file, bool verify);
 
 // The current context of the workload identity read from a directory, reloaded when one of
 // its files changes. current() may be called from any thread.

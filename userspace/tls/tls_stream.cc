@@ -1,7 +1,9 @@
 #include "tls/tls_stream.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "tls/spiffe.h"
 
@@ -19,7 +21,49 @@ std::string queuedErrors() {
   return text.empty() ? "connection closed during the handshake" : text;
 }
 
+// "*.example.com" covers "a.example.com", not "example.com" nor "a.b.example.com".
+bool dnsMatches(const std::string& san, const std::string& name) {
+  if (san.size() > 2 && san[0] == '*' && san[1] == '.') {
+    const size_t dot = name.find('.');
+    return dot != std::string::npos && dot > 0 && name.compare(dot, std::string::npos, san, 1) == 0;
+  }
+  return san == name;
+}
+
 }  // namespace
+
+bool matchSubjectAltNames(X509* cert, const std::vector<std::string>& wanted, std::string& seen) {
+  auto* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return false;
+  bool found = false;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    std::string text;
+    bool dns = false;
+    if (name->type == GEN_DNS || name->type == GEN_URI || name->type == GEN_EMAIL) {
+      const ASN1_IA5STRING* v = name->d.ia5;
+      text.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+                  static_cast<size_t>(ASN1_STRING_length(v)));
+      dns = name->type == GEN_DNS;
+    } else if (name->type == GEN_IPADD) {
+      const ASN1_OCTET_STRING* v = name->d.iPAddress;
+      char buf[INET6_ADDRSTRLEN] = {};
+      const int length = ASN1_STRING_length(v);
+      if (length != 4 && length != 16) continue;
+      const int family = length == 4 ? AF_INET : AF_INET6;
+      if (inet_ntop(family, ASN1_STRING_get0_data(v), buf, sizeof(buf)) == nullptr) continue;
+      text = buf;
+    } else {
+      continue;
+    }
+    if (!seen.empty()) seen += ", ";
+    seen += text;
+    for (const auto& w : wanted) found = found || (dns ? dnsMatches(text, w) : text == w);
+  }
+  GENERAL_NAMES_free(names);
+  return found;
+}
 
 const char* toString(Failure failure) {
   switch (failure) {
@@ -33,6 +77,10 @@ const char* toString(Failure failure) {
       return "cert_expired";
     case Failure::kUnknownCa:
       return "unknown_ca";
+    case Failure::kSubjectAltName:
+      return "subject_alt_name";
+    case Failure::kConfig:
+      return "config";
   }
   return "?";
 }
@@ -97,6 +145,10 @@ Result<std::unique_ptr<TlsStream>> TlsStream::create(std::shared_ptr<const TlsCo
   SSL_set_ex_data(s->ssl_, exIndex(), s.get());
   if (role == Role::kClient) {
     SSL_set_connect_state(s->ssl_);
+    if (!s->options_.sni.empty() &&
+        SSL_set_tlsext_host_name(s->ssl_, s->options_.sni.c_str()) != 1) {
+      return makeError(fmt::format("TLS: SNI '{}': {}", s->options_.sni, queuedErrors()));
+    }
     if (s->options_.session_cache != nullptr) {
       if (SSL_SESSION* cached =
               s->options_.session_cache->find(s->options_.session_key, s->context_->generation())) {
@@ -125,6 +177,12 @@ Result<void> TlsStream::fail(Failure failure, std::string message) {
         break;
       case Failure::kUnknownCa:
         TlsCounters::inc(c.failed_unknown_ca);
+        break;
+      case Failure::kSubjectAltName:
+        TlsCounters::inc(c.failed_subject_alt_name);
+        break;
+      case Failure::kConfig:
+        TlsCounters::inc(c.failed_config);
         break;
       default:
         TlsCounters::inc(c.failed_handshake);
@@ -168,6 +226,24 @@ Result<void> TlsStream::classify(int ret) {
 
 Result<void> TlsStream::checkPeer() {
   X509* cert = SSL_get0_peer_certificate(ssl_);
+  if (!context_->mesh()) {
+    // A server outside the mesh: OpenSSL verified its chain (unless insecureSkipVerify); the
+    // names are the DestinationRule's subjectAltNames.
+    if (options_.subject_alt_names.empty() ||
+        SSL_CTX_get_verify_mode(context_->native()) == SSL_VERIFY_NONE) {
+      return {};
+    }
+    std::string seen;
+    if (cert == nullptr || !matchSubjectAltNames(cert, options_.subject_alt_names, seen)) {
+      std::string wanted;
+      for (const auto& n : options_.subject_alt_names) wanted += (wanted.empty() ? "" : ", ") + n;
+      return fail(Failure::kSubjectAltName,
+                  fmt::format("TLS: the upstream certificate's SANs [{}] match none of the "
+                              "DestinationRule's subjectAltNames [{}]",
+                              seen, wanted));
+    }
+    return {};
+  }
   const std::string uri = cert != nullptr ? spiffeUriOf(cert) : std::string();
   auto id = parseSpiffeId(uri);
   if (!id) {
@@ -199,6 +275,7 @@ Result<void> TlsStream::flushHeld() {
 }
 
 Result<void> TlsStream::start() {
+  if (!options_.setup_error.empty()) return fail(Failure::kConfig, options_.setup_error);
   if (role_ != Role::kClient) return {};
   const int ret = SSL_do_handshake(ssl_);
   if (ret != 1) return classify(ret);

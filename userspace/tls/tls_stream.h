@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "common/result.h"
 #include "tls/tls_context.h"
@@ -26,10 +27,12 @@ enum class Role { kClient, kServer };
 
 enum class Failure : uint8_t {
   kNone,
-  kHandshake,     // protocol error, version mismatch, peer sent an alert we do not single out
-  kPeerIdentity,  // the peer's SPIFFE ID is missing, outside the trust domain, or unexpected
-  kCertExpired,   // the peer's certificate expired (or the peer says ours did)
-  kUnknownCa,     // the peer's chain does not verify against our roots (or the peer's)
+  kHandshake,       // protocol error, version mismatch, peer sent an alert we do not single out
+  kPeerIdentity,    // the peer's SPIFFE ID is missing, outside the trust domain, or unexpected
+  kCertExpired,     // the peer's certificate expired (or the peer says ours did)
+  kUnknownCa,       // the peer's chain does not verify against our roots (or the peer's)
+  kSubjectAltName,  // SIMPLE / MUTUAL: the server's certificate has none of the names wanted
+  kConfig,          // SIMPLE / MUTUAL: the DestinationRule's files could not be used
 };
 const char* toString(Failure failure);
 
@@ -58,7 +61,19 @@ struct StreamOptions {
   // Client only: where resumable sessions live, and under which key (the upstream address).
   SessionCache* session_cache = nullptr;
   std::string session_key;
+  // Client toward a server outside the mesh (a context whose mesh() is false): the SNI to send,
+  // and the names one of which must be a SAN of the server's certificate (none: any), unless
+  // the context does not verify (insecureSkipVerify).
+  std::string sni = {};
+  std::vector<std::string> subject_alt_names = {};
+  // Non-empty: the stream cannot be used (the DestinationRule's files failed to load); start()
+  // fails with kConfig and this message, so the connection is closed, never sent in plaintext.
+  std::string setup_error = {};
 };
+
+// Whether one of `wanted` names a SAN of `cert` (DNS, URI, IP or email, exactly; a DNS SAN
+// "*.example.com" covers one label); the SANs seen, for the error, into `seen`.
+bool matchSubjectAltNames(X509* cert, const std::vector<std::string>& wanted, std::string& seen);
 
 class TlsStream {
  public:
