@@ -226,6 +226,51 @@ spec:
   EXPECT_NE(jwt.find(", line "), std::string::npos) << jwt;
 }
 
+// A typo inside a rule (`principal` for `principals`) must never widen access: Kubernetes prunes
+// such a key, which turns `from: [{source: {principal: [x]}}]` into "any source". Remora reports
+// the key and the rule, and the ALLOW rule then matches nobody; a DENY rule keeps denying on
+// its other fields.
+TEST(SecurityConfig, ATypoInARuleNeverWidensAccess) {
+  auto t = load(std::string(kPods) + R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-typo, namespace: demo}
+spec:
+  selector: {matchLabels: {app: bill}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principal: ["cluster.local/ns/demo/sa/sleep"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-typo, namespace: demo}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {ports: ["80"], methodz: ["GET"]}
+)");
+  ASSERT_TRUE(t && t->security);
+  security::ConnectionAttributes a;
+  a.source_ip = a.remote_ip = ip("10.0.0.5");
+  a.destination_port = 80;
+  a.principal = "cluster.local/ns/other/sa/curl";
+  a.source_namespace = "other";
+  a.destination_ip = ip("10.0.1.1");
+  EXPECT_FALSE(security::evaluate(t->security->policiesFor(a.destination_ip), a).allowed)
+      << "an ALLOW rule with a typo let an unlisted principal in";
+  a.destination_ip = ip("10.0.1.2");
+  EXPECT_FALSE(security::evaluate(t->security->policiesFor(a.destination_ip), a).allowed)
+      << "a DENY rule with a typo stopped denying";
+  a.destination_port = 81;
+  EXPECT_TRUE(security::evaluate(t->security->policiesFor(a.destination_ip), a).allowed);
+  const std::string f = findings(*t);
+  EXPECT_NE(f.find("did you mean 'principals'"), std::string::npos) << f;
+  EXPECT_NE(f.find("an ALLOW rule with it never matches"), std::string::npos) << f;
+}
+
 TEST(SecurityConfig, DestinationRuleTlsModesPerPort) {
   auto t = load(destinationRule(R"(
   host: bill

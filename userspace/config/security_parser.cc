@@ -34,6 +34,18 @@ void note(Object& out, Severity severity, std::string field, int line, std::stri
   out.notes.push_back(Note{severity, std::move(field), line, std::move(message)});
 }
 
+// Whether a mapping inside an AuthorizationPolicy rule holds a key outside `known` (a typo such
+// as `principal`). The field table reports the key itself; the rule is marked so that the typo
+// can only make the policy stricter, never broader (Rule::unknown_field).
+bool hasUnknownKey(const YAML::Node& map, std::initializer_list<std::string_view> known) {
+  if (!map.IsMap()) return false;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string key = it->first.IsScalar() ? it->first.Scalar() : "";
+    if (std::find(known.begin(), known.end(), key) == known.end()) return true;
+  }
+  return false;
+}
+
 Result<std::vector<std::string>> readStrings(const YAML::Node& node, const std::string& field,
                                              int line, const ErrorFn& error) {
   std::vector<std::string> out;
@@ -265,6 +277,7 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
       const int rline = lineOf(rn, spec_line);
       security::Rule rule;
       if (!rn.IsMap() && present(rn)) return error(rfield, rline, "expected a mapping");
+      rule.unknown_field = hasUnknownKey(rn, {"from", "to", "when"});
       size_t fi = 0;
       for (const auto& fn :
            rn.IsMap() && child(rn, "from").IsSequence() ? child(rn, "from") : YAML::Node()) {
@@ -272,6 +285,11 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         YAML::Node s = fn.IsMap() ? child(fn, "source") : YAML::Node();
         const int sline = lineOf(s, rline);
         security::Source src;
+        rule.unknown_field =
+            rule.unknown_field || hasUnknownKey(fn, {"source"}) ||
+            hasUnknownKey(s, {"principals", "notPrincipals", "namespaces", "notNamespaces",
+                              "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
+                              "requestPrincipals", "notRequestPrincipals"});
         for (auto [key, into] : {std::pair{"principals", &src.principals},
                                  std::pair{"notPrincipals", &src.not_principals},
                                  std::pair{"namespaces", &src.namespaces},
@@ -305,6 +323,9 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         YAML::Node o = tn.IsMap() ? child(tn, "operation") : YAML::Node();
         const int oline = lineOf(o, rline);
         security::Operation op;
+        rule.unknown_field = rule.unknown_field || hasUnknownKey(tn, {"operation"}) ||
+                             hasUnknownKey(o, {"ports", "notPorts", "hosts", "notHosts", "methods",
+                                               "notMethods", "paths", "notPaths"});
         for (auto [key, into] :
              {std::pair{"ports", &op.ports}, std::pair{"notPorts", &op.not_ports}}) {
           auto v = readStrings(child(o, key), field + "." + key, oline, error);
@@ -334,6 +355,8 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         const std::string field = fmt::format("{}.when[{}]", rfield, wi++);
         const int wline = lineOf(wn, rline);
         security::Condition c;
+        rule.unknown_field =
+            rule.unknown_field || hasUnknownKey(wn, {"key", "values", "notValues"});
         c.key = wn.IsMap() && child(wn, "key").IsScalar() ? child(wn, "key").Scalar() : "";
         if (c.key.empty()) return error(field + ".key", wline, "a condition needs a key");
         auto values = readStrings(child(wn, "values"), field + ".values", wline, error);
@@ -360,6 +383,12 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
           }
         }
         rule.when.push_back(std::move(c));
+      }
+      if (rule.unknown_field) {
+        note(out, Severity::kWarning, rfield, rline,
+             "holds a field Remora does not know (reported on its own line): an ALLOW rule "
+             "with it never matches, a DENY rule matches on its other fields, so a typo never "
+             "lets more connections through");
       }
       p.rules.push_back(std::move(rule));
     }

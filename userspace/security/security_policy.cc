@@ -275,6 +275,7 @@ bool ruleMatches(const Rule& rule, Action action, const ConnectionAttributes& a)
   // ALLOW: a rule that needs HTTP never matches a TCP connection. DENY: its HTTP-only parts
   // are dropped, so it matches on what remains (more connections denied, never fewer).
   if (action == Action::kAllow && hasUnevaluable(rule, a)) return false;
+  if (action == Action::kAllow && rule.unknown_field) return false;
   const bool from =
       rule.from.empty() || std::any_of(rule.from.begin(), rule.from.end(),
                                        [&a](const Source& s) { return sourceMatches(s, a); });

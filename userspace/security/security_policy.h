@@ -100,6 +100,9 @@ struct Rule {
   std::vector<Source> from;  // ORed; empty matches any source
   std::vector<Operation> to;
   std::vector<Condition> when;  // ANDed
+  // A key Remora does not know sat somewhere in the rule (a typo such as `principal`): an
+  // ALLOW rule never matches, a DENY or AUDIT rule matches on its other fields. Fail closed.
+  bool unknown_field = false;
   bool hasL7() const;
 };
 
