@@ -419,16 +419,20 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
   if (l.kind == ListenerKind::kInbound && !match.endpoint) return false;
   // mTLS and AuthorizationPolicy apply on the L7 path too (http_tls.cc): the session needs
   // the peer's address for the policies' source.ip.
-  SocketAddress peer;
-  if (settings_.access_log || table_->security) {
-    if (auto p = sockets_.peerAddress(fd)) peer = *p;
-  }
-  http_.adopt(fd, l.kind, peer, original_dst);
+  http_.adopt(fd, l.kind, peerIfNeeded(fd), original_dst);
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
     pauseAccepting();
   }
   return true;
+}
+
+SocketAddress Worker::peerIfNeeded(int fd) {
+  SocketAddress peer;
+  if (settings_.access_log || (table_ && table_->security)) {
+    if (auto p = sockets_.peerAddress(fd)) peer = *p;
+  }
+  return peer;
 }
 
 bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original_dst) {
@@ -447,11 +451,8 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
 
 void Worker::onSniffed(Sniffed sniffed) {
   if (sniffed.verdict == Sniffed::Verdict::kHttp) {
-    SocketAddress peer;
-    if (settings_.access_log || (table_ && table_->security)) {
-      if (auto p = sockets_.peerAddress(sniffed.fd)) peer = *p;
-    }
-    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peer, sniffed.original_dst, sniffed.bytes);
+    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peerIfNeeded(sniffed.fd), sniffed.original_dst,
+                sniffed.bytes);
     return;
   }
   startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));
