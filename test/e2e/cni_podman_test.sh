@@ -20,7 +20,8 @@
 #
 # Everything lives in a temp dir of its own: containers.conf (runc, CNI backend, cgroupfs),
 # storage root, network config dir and CNI bin dir; the machine's /etc/containers is never
-# read for these. Names carry this shell's PID; cleanup removes exactly those, even on failure.
+# read for these. Names carry this shell's PID; cleanup removes exactly those, even on failure,
+# on SIGTERM/SIGINT, and (at the next run's start) after a SIGKILL.
 # Exit 77 = skipped (the reason is printed).
 set -euo pipefail
 
@@ -43,8 +44,56 @@ for b in remora-cni remora-init remora-probe; do
   [[ -x "$bin_dir/$b" ]] || skip "$bin_dir/$b is not built"
 done
 
+# An earlier run killed without its cleanup (ctest's TIMEOUT kills with SIGKILL, which no trap
+# sees) leaves its containers running, the kube_play pod holding hostPort 8080, its network,
+# mounts and work dir. Each run's work dir names its owner (the file `owner`, or for runs older
+# than that file the PID in its network's name); the dir of an owner that is gone is swept with
+# that run's own podman configuration, so only what that run made is removed. A live owner (a
+# run in parallel) is left alone, and so is a dir with no known owner younger than 10 minutes.
+old_pm() {
+  CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf" \
+    timeout 60 podman "$@"
+}
+sweep_leftovers() {
+  local owner conflist n b
+  for dir in /tmp/remora-cni-podman.*; do  # `dir` is global: old_pm reads it
+    [[ -d "$dir" ]] || continue
+    owner=$(cat "$dir/owner" 2>/dev/null || true)
+    if [[ -z "$owner" ]]; then
+      conflist=$(find "$dir/net" -maxdepth 1 -name 'rcni-*.conflist' 2>/dev/null | head -n 1 || true)
+      owner=${conflist##*/rcni-}
+      owner=${owner%.conflist}
+    fi
+    if [[ "$owner" =~ ^[0-9]+$ ]]; then
+      grep -qs cni_podman_test "/proc/$owner/cmdline" && continue
+    elif [[ -z $(find "$dir" -maxdepth 0 -mmin +10) ]]; then
+      continue
+    fi
+    say "removing the leftovers of an earlier run that was killed: $dir"
+    if [[ -f "$dir/containers.conf" && -f "$dir/storage.conf" ]]; then
+      {
+        old_pm pod rm -a -f -t 0
+        old_pm rm -a -f -t 0
+        for n in "$dir"/net/*.conflist; do
+          [[ -f "$n" ]] || continue
+          b=$(grep -o '"bridge": *"[^"]*"' "$n" | cut -d'"' -f4)
+          n=$(basename "$n" .conflist)
+          old_pm network rm -f "$n"
+          [[ -n "$b" ]] && ip link show "$b" && ip link delete "$b"
+          rm -rf "/var/lib/cni/networks/$n"
+        done
+        old_pm rmi -a -f
+      } >/dev/null 2>&1 || true
+    fi
+    awk -v w="$dir" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+    rm -rf "$dir"
+  done
+}
+sweep_leftovers
+
 id=$$
 work=$(mktemp -d /tmp/remora-cni-podman.XXXXXX)
+echo "$id" >"$work/owner"
 net="rcni-$id"
 image="localhost/remora-cni-e2e:$id"
 sub="10.89.$((id % 150 + 50))"  # the --internal network's /24; VIPs live inside it

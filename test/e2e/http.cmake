@@ -4,8 +4,6 @@ include(GoogleTest)
 add_executable(http_e2e_test ${CMAKE_CURRENT_LIST_DIR}/http_e2e_test.cc)
 target_link_libraries(http_e2e_test PRIVATE remora_netns_world fmt::fmt GTest::gtest
                       GTest::gtest_main)
-target_compile_definitions(http_e2e_test PRIVATE
-  REMORA_SEED_DIR="${PROJECT_SOURCE_DIR}/test/fixtures/seed")
 add_dependencies(http_e2e_test remora-proxy remora-init)
 gtest_discover_tests(http_e2e_test TEST_PREFIX "http." PROPERTIES LABELS e2e RUN_SERIAL TRUE
                      TIMEOUT 60 DISCOVERY_TIMEOUT 30)

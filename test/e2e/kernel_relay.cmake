@@ -4,8 +4,6 @@ include(GoogleTest)
 add_executable(kernel_relay_e2e_test ${CMAKE_CURRENT_LIST_DIR}/kernel_relay_e2e_test.cc)
 target_link_libraries(kernel_relay_e2e_test PRIVATE remora_netns_world fmt::fmt GTest::gtest
                       GTest::gtest_main Threads::Threads)
-target_compile_definitions(kernel_relay_e2e_test PRIVATE
-  REMORA_SEED_DIR="${PROJECT_SOURCE_DIR}/test/fixtures/seed")
 add_dependencies(kernel_relay_e2e_test remora-proxy remora-init remora-probe)
 gtest_discover_tests(kernel_relay_e2e_test TEST_PREFIX "relay." PROPERTIES LABELS e2e
                      RUN_SERIAL TRUE TIMEOUT 120 DISCOVERY_TIMEOUT 30)
@@ -15,8 +13,7 @@ gtest_discover_tests(kernel_relay_e2e_test TEST_PREFIX "relay." PROPERTIES LABEL
 add_executable(kernel_relay_bench ${CMAKE_CURRENT_LIST_DIR}/kernel_relay_e2e_test.cc)
 target_link_libraries(kernel_relay_bench PRIVATE remora_netns_world fmt::fmt GTest::gtest
                       GTest::gtest_main Threads::Threads)
-target_compile_definitions(kernel_relay_bench PRIVATE REMORA_RELAY_BENCH
-  REMORA_SEED_DIR="${PROJECT_SOURCE_DIR}/test/fixtures/seed")
+target_compile_definitions(kernel_relay_bench PRIVATE REMORA_RELAY_BENCH)
 add_dependencies(kernel_relay_bench remora-proxy remora-init remora-probe)
 gtest_discover_tests(kernel_relay_bench TEST_PREFIX "relay_bench." PROPERTIES LABELS bench
                      RUN_SERIAL TRUE TIMEOUT 120 DISCOVERY_TIMEOUT 30)

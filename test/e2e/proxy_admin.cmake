@@ -4,8 +4,6 @@ include(GoogleTest)
 add_executable(proxy_admin_e2e_test ${CMAKE_CURRENT_LIST_DIR}/proxy_admin_e2e_test.cc)
 target_link_libraries(proxy_admin_e2e_test PRIVATE remora_netns_world fmt::fmt GTest::gtest
                       GTest::gtest_main Threads::Threads)
-target_compile_definitions(proxy_admin_e2e_test PRIVATE
-  REMORA_SEED_DIR="${PROJECT_SOURCE_DIR}/test/fixtures/seed")
 add_dependencies(proxy_admin_e2e_test remora-proxy remora-init remora-probe)
 # One at a time: each test builds its own namespaces, but they share the machine's two cores.
 gtest_discover_tests(proxy_admin_e2e_test TEST_PREFIX "proxy_admin." PROPERTIES LABELS e2e

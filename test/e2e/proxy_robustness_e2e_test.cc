@@ -3,6 +3,7 @@
 // and the drain faults. Clients and servers run in this process: sockets are created on a
 // thread that entered the pod's netns (setns changes only that thread) and used from anywhere.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 #include <vector>
@@ -377,6 +379,30 @@ TEST_F(ProxyRobustness, DescriptorExhaustionOnBothListenersDoesNotSpinAndService
       },
       10000))
       << proxy_->output();
+}
+
+// Nobody reads the proxy's stdout while the access log fills the pipe (a stuck log collector):
+// SIGTERM still drains and exits promptly. It used to hang: the access-log writer blocked in
+// write() holding the console sink's lock, and the control thread waited for that lock to log
+// "SIGTERM: draining".
+TEST_F(ProxyRobustness, SigtermExitsPromptlyWhileStdoutIsFull) {
+  startProxy({"--access-log", "--drain-timeout", "2s"});
+  // The harness gives the pipe 1 MiB; one page fills with a few dozen access-log lines (about
+  // 150 bytes each).
+  ASSERT_GE(::fcntl(proxy_->stdoutFd(), F_SETPIPE_SZ, 4096), 0) << std::strerror(errno);
+  int served = 0;
+  for (int i = 0; i < 300; ++i) {
+    int fd = app('E', milliseconds(1000));
+    if (fd >= 0 && echo(fd, 1)) ++served;
+    if (fd >= 0) closeFd(fd);
+  }
+  EXPECT_EQ(served, 300);
+  auto t0 = Clock::now();
+  std::optional<int> code = proxy_->stop(SIGTERM, 5000, /*keep_reading=*/false);
+  auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+  ASSERT_TRUE(code.has_value()) << "still running 5 s after SIGTERM with its stdout full";
+  EXPECT_EQ(*code, 0);
+  EXPECT_LT(took.count(), 3000);
 }
 
 // POST /drain on a proxy with no connection: the listeners really close, so a new connection

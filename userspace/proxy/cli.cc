@@ -1,7 +1,6 @@
 #include "proxy/cli.h"
 
 #include <fmt/format.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -11,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 
+#include "proxy/log_sink.h"
 #include "security/security_policy.h"
 
 namespace remora::proxy {
@@ -177,9 +177,8 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     return app.exit(e);
   }
 
-  auto logger = spdlog::stdout_logger_mt("remora");
-  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
-  spdlog::set_default_logger(logger);
+  // Through a bounded queue: no thread of the proxy ever waits for stdout (log_sink.h).
+  installQueuedLogger("remora", "[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
   spdlog::level::level_enum level = spdlog::level::from_str(log_level);
   if (level == spdlog::level::off && log_level != "off") {
     spdlog::critical("--log-level: unknown level '{}'", log_level);
@@ -255,7 +254,10 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     }
     o.trust_domain = trust_domain;
   }
-  return runProxy(options, std::move(loader), std::move(routers));
+  const int code = runProxy(options, std::move(loader), std::move(routers));
+  // What stdout has not taken within half a second is dropped: the exit does not wait on it.
+  stopQueuedLogger(std::chrono::milliseconds(500));
+  return code;
 }
 
 }  // namespace remora::proxy

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "proxy/log_sink.h"
+
 namespace remora::proxy {
 namespace {
 
@@ -246,6 +248,9 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   single(out, "remora_access_log_dropped_total", "counter",
          "Access-log lines dropped because the writer's queue was full.",
          s.workers.access_log_dropped);
+  single(out, "remora_log_lines_dropped_total", "counter",
+         "Log lines dropped because stdout did not take them (queue full, or at exit).",
+         droppedLogLines());
   single(out, "remora_config_generation", "gauge", "Generation of the configuration in force.",
          s.process.config_generation);
   single(out, "remora_config_reloads_total", "counter", "Successful configuration loads.",

@@ -39,7 +39,8 @@ Worker::~Worker() {
   for (auto& l : listeners_) {
     if (l.open) ::close(l.fd);
   }
-  for (auto& c : slots_) {
+  for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
+    const Connection& c = slots_[slot];
     if (c.client_fd >= 0) ::close(c.client_fd);
     if (c.upstream_fd >= 0) ::close(c.upstream_fd);
   }
@@ -61,12 +62,6 @@ void Worker::armTick() {
 
 uint64_t Worker::tag(Op op, uint32_t slot, uint32_t generation) const {
   return UserData{static_cast<uint8_t>(op), slot, generation}.encode();
-}
-
-uint64_t Worker::tag(Op op, uint32_t slot) {
-  Connection& conn = slots_[slot];
-  ++conn.inflight;
-  return tag(op, slot, conn.generation);
 }
 
 void Worker::addListener(int fd, ListenerKind kind, Family family) {
@@ -249,16 +244,15 @@ void Worker::onCompletion(const Completion& c) {
     default:
       break;
   }
-  if (ud.slot >= slots_.size() || slots_[ud.slot].generation != ud.generation ||
-      slots_[ud.slot].state == State::kFree) {
+  const auto resolved = slots_.resolve(ud, /*final=*/!c.more());
+  if (!resolved) {
     // A late completion for a slot reused since: its buffer still has to go back.
     if (c.hasBuffer()) ring_.recycleBuffer(c.bufferId());
     stats_.counters().stale_completions.inc();
     return;
   }
-  const uint32_t slot = ud.slot;
+  const uint32_t slot = *resolved;
   Connection& conn = slots_[slot];
-  if (!c.more() && conn.inflight > 0) --conn.inflight;
   switch (op) {
     case Op::kConnect:
       onConnect(slot, c);
@@ -303,7 +297,7 @@ void Worker::afterBatch() {
   std::vector<Starved> waiting;
   waiting.swap(starved_);
   for (const Starved& s : waiting) {
-    if (s.slot >= slots_.size() || slots_[s.slot].generation != s.generation) continue;
+    if (!slots_.inUse(s.slot) || slots_.generation(s.slot) != s.generation) continue;
     Connection& conn = slots_[s.slot];
     (s.from_client ? conn.request : conn.response).starved = false;
     maybeArmRecv(s.slot, s.from_client);
@@ -331,19 +325,6 @@ void Worker::onAccept(uint32_t index, const Completion& c) {
   }
 }
 
-uint32_t Worker::allocateSlot() {
-  uint32_t slot;
-  if (!free_slots_.empty()) {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    slots_.emplace_back();
-    slot = static_cast<uint32_t>(slots_.size() - 1);
-  }
-  ++slots_in_use_;
-  return slot;
-}
-
 void Worker::startConnection(uint32_t listener, int fd) {
   stats_.counters().accepted.inc();
   const Listener& l = listeners_[listener];
@@ -363,19 +344,19 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
                       std::string first_bytes) {
   const Listener& l = listeners_[listener];
   const bool redirected = original.has_value();
-  if (slots_.size() >= UserData::kMaxSlots && free_slots_.empty()) {
+  const auto acquired = slots_.acquire();
+  if (!acquired) {
     ::close(fd);  // 16M open connections on one worker: nothing sensible left to do
     stats_.counters().accept_errors.inc();
     return;
   }
-  const uint32_t slot = allocateSlot();
+  const uint32_t slot = *acquired;
   Connection& conn = slots_[slot];
   conn.state = State::kConnecting;
   conn.kind = l.kind;
   conn.family = l.family;
   conn.client_fd = fd;
   conn.upstream_fd = -1;
-  conn.inflight = 0;
   conn.decision = RouteDecision{};
   conn.table.reset();
   conn.tried.clear();
@@ -438,16 +419,20 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
   if (l.kind == ListenerKind::kInbound && !match.endpoint) return false;
   // mTLS and AuthorizationPolicy apply on the L7 path too (http_tls.cc): the session needs
   // the peer's address for the policies' source.ip.
-  SocketAddress peer;
-  if (settings_.access_log || table_->security) {
-    if (auto p = sockets_.peerAddress(fd)) peer = *p;
-  }
-  http_.adopt(fd, l.kind, peer, original_dst);
+  http_.adopt(fd, l.kind, peerIfNeeded(fd), original_dst);
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
     pauseAccepting();
   }
   return true;
+}
+
+SocketAddress Worker::peerIfNeeded(int fd) {
+  SocketAddress peer;
+  if (settings_.access_log || (table_ && table_->security)) {
+    if (auto p = sockets_.peerAddress(fd)) peer = *p;
+  }
+  return peer;
 }
 
 bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original_dst) {
@@ -466,11 +451,8 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
 
 void Worker::onSniffed(Sniffed sniffed) {
   if (sniffed.verdict == Sniffed::Verdict::kHttp) {
-    SocketAddress peer;
-    if (settings_.access_log || (table_ && table_->security)) {
-      if (auto p = sockets_.peerAddress(sniffed.fd)) peer = *p;
-    }
-    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peer, sniffed.original_dst, sniffed.bytes);
+    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peerIfNeeded(sniffed.fd), sniffed.original_dst,
+                sniffed.bytes);
     return;
   }
   startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));
@@ -526,7 +508,7 @@ void Worker::connectUpstream(uint32_t slot) {
   conn.upstream_fd = *fd;
   conn.upstream_sa_len = upstream.toSockaddr(conn.upstream_sa);
   ring_.connect(conn.upstream_fd, reinterpret_cast<const sockaddr*>(&conn.upstream_sa),
-                conn.upstream_sa_len, settings_.connect_timeout, tag(Op::kConnect, slot));
+                conn.upstream_sa_len, settings_.connect_timeout, track(Op::kConnect, slot));
 }
 
 void Worker::onConnect(uint32_t slot, const Completion& c) {
@@ -550,7 +532,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
   const bool timed_out = c.res == -ECANCELED;
   SPDLOG_DEBUG("connect {}: {}", conn.decision.upstream.toString(),
                timed_out ? "timed out" : std::strerror(-c.res));
-  ring_.close(conn.upstream_fd, tag(Op::kCloseFailed, slot));
+  ring_.close(conn.upstream_fd, track(Op::kCloseFailed, slot));
   conn.upstream_fd = -1;
   if (conn.decision.kind == RouteDecision::Kind::kService) {
     // Retry only against the table that made the decision, within the attempt bound.
@@ -576,7 +558,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   // One-shot: each receive is a decision, so a direction never holds more than its limit plus
   // one buffer, and backpressure needs no cancel.
   ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,
-             tag(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot));
+             track(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot));
   d.recv_armed = true;
 }
 
@@ -659,7 +641,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
     // Replenish and re-arm: afterBatch re-arms once buffers have come back.
     stats_.counters().buffer_exhausted.inc();
     d.starved = true;
-    starved_.push_back(Starved{slot, conn.generation, from_client});
+    starved_.push_back(Starved{slot, slots_.generation(slot), from_client});
   } else if (c.res == -ECANCELED || c.res == -EINTR || c.res == -EAGAIN) {
     maybeArmRecv(slot, from_client);
   } else {
@@ -678,7 +660,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
   const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
   if (d.send_in_flight) return;
   if (d.queued() > 0) {
-    const uint64_t ud = tag(from_client ? Op::kSendUpstream : Op::kSendClient, slot);
+    const uint64_t ud = track(from_client ? Op::kSendUpstream : Op::kSendClient, slot);
     const size_t n = std::min(d.queued(), kMaxGather);
     if (n == 1) {
       const Chunk& ch = d.queue[d.head];
@@ -699,7 +681,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
     // Everything the resetting side sent is out: now the other side learns of the reset.
     closeConnection(slot, conn.outcome, /*reset=*/true);
   } else if (d.eof && !d.shut_sent) {
-    ring_.shutdown(to_fd, SHUT_WR, tag(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
+    ring_.shutdown(to_fd, SHUT_WR, track(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
     d.shut_sent = true;
   }
 }
@@ -791,8 +773,7 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
   if (fd < 0) return;
   if (!reset) {
     // shutdown wakes a pending receive (it completes with 0) before the close.
-    ring_.shutdownAndClose(fd, tag(Op::kTeardown, slot));
-    ++conn.inflight;  // two completions under one tag
+    ring_.shutdownAndClose(fd, track(Op::kTeardown, slot, 2));  // two completions, one tag
     fd = -1;
     return;
   }
@@ -801,17 +782,17 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
   const Direction& in = client_side ? conn.request : conn.response;
   const Direction& out = client_side ? conn.response : conn.request;
   if (in.recv_armed) {
-    ring_.cancel(tag(client_side ? Op::kRecvClient : Op::kRecvUpstream, slot, conn.generation),
-                 tag(Op::kTeardown, slot));
+    ring_.cancel(target(client_side ? Op::kRecvClient : Op::kRecvUpstream, slot),
+                 track(Op::kTeardown, slot));
   }
   if (out.send_in_flight) {
-    ring_.cancel(tag(client_side ? Op::kSendClient : Op::kSendUpstream, slot, conn.generation),
-                 tag(Op::kTeardown, slot));
+    ring_.cancel(target(client_side ? Op::kSendClient : Op::kSendUpstream, slot),
+                 track(Op::kTeardown, slot));
   }
   if (!client_side && conn.state == State::kConnecting) {
-    ring_.cancel(tag(Op::kConnect, slot, conn.generation), tag(Op::kTeardown, slot));
+    ring_.cancel(target(Op::kConnect, slot), track(Op::kTeardown, slot));
   }
-  ring_.close(fd, tag(Op::kTeardown, slot));
+  ring_.close(fd, track(Op::kTeardown, slot));
   fd = -1;
 }
 
@@ -841,14 +822,11 @@ void Worker::closeConnection(uint32_t slot, const char* outcome, bool reset) {
 
 void Worker::maybeFree(uint32_t slot) {
   Connection& conn = slots_[slot];
-  if (conn.state != State::kClosing || conn.inflight != 0) return;
+  if (conn.state != State::kClosing || !slots_.release(slot)) return;
   conn.state = State::kFree;
-  ++conn.generation;
   conn.table.reset();
   conn.tls.reset();
   conn.decision = RouteDecision{};
-  free_slots_.push_back(slot);
-  --slots_in_use_;
 }
 
 EndpointCounters* Worker::countersFor(const Connection& conn) {

@@ -19,6 +19,7 @@
 
 #include "common/ip_address.h"
 #include "loop/ring.h"
+#include "loop/slot_table.h"
 #include "loop/user_data.h"
 #include "proxy/http_proxy.h"
 #include "proxy/kernel_relay.h"
@@ -135,7 +136,7 @@ class Worker final : public loop::CompletionHandler {
   size_t activeConnections() const { return active_ + http_.activeSessions(); }
   // No connection slot in use and no listener left.
   bool quiescent() const {
-    return active_ == 0 && slots_in_use_ == 0 && listeners_open_ == 0 && listener_ops_ == 0 &&
+    return active_ == 0 && slots_.inUse() == 0 && listeners_open_ == 0 && listener_ops_ == 0 &&
            http_.quiescent() && sniffer_.inUse() == 0;
   }
   bool acceptPaused() const { return accept_paused_; }
@@ -176,14 +177,13 @@ class Worker final : public loop::CompletionHandler {
   // which is reset once they are out (or after kResetFlushLimit).
   // kKernel: the kernel relays the bytes (worker_kernel_relay.cc); the worker watches for FIN/RST.
   enum class State : uint8_t { kFree, kConnecting, kRelaying, kFlushing, kClosing, kKernel };
+  // The slot, generation and in-flight bookkeeping is slots_' (loop::SlotTable).
   struct Connection {
-    uint32_t generation = 1;
     State state = State::kFree;
     ListenerKind kind = ListenerKind::kOutbound;
     Family family = Family::kIpv4;
     int client_fd = -1;
     int upstream_fd = -1;
-    uint32_t inflight = 0;
     SocketAddress peer;
     SocketAddress original_dst;
     routing::RouteDecision decision;
@@ -221,15 +221,26 @@ class Worker final : public loop::CompletionHandler {
     uint16_t port = 0;  // the port it listens on; 0 when unknown
   };
 
+  // The user_data of a listener, control or timer operation (not a connection's).
   uint64_t tag(Op op, uint32_t slot, uint32_t generation) const;
-  uint64_t tag(Op op,
-               uint32_t slot);  // for a connection slot: uses its generation, counts inflight
+  // The user_data of a new operation on connection `slot`, counted in flight until its
+  // `completions` final completions (loop::SlotTable::track).
+  uint64_t track(Op op, uint32_t slot, uint32_t completions = 1) {
+    return slots_.track(static_cast<uint8_t>(op), slot, completions);
+  }
+  // The user_data an operation on connection `slot` carries, counting nothing: a cancel target.
+  uint64_t target(Op op, uint32_t slot) const {
+    return slots_.userData(static_cast<uint8_t>(op), slot);
+  }
 
   void onAccept(uint32_t listener, const loop::Completion& c);
   void armAccept(uint32_t listener);
   void startConnection(uint32_t listener, int fd);
   // Hands an accepted connection to the L7 path when its destination is an HTTP port.
   bool startHttp(const Listener& l, int fd, const SocketAddress& original_dst);
+  // The client's address for the L7 path, looked up only when something reads it: the access
+  // log, or the source.ip of mTLS and authorization policies. Unset otherwise.
+  SocketAddress peerIfNeeded(int fd);
   // The L4 relay of an accepted connection; `first_bytes` (read by the sniffer) go upstream
   // first.
   void startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
@@ -264,7 +275,6 @@ class Worker final : public loop::CompletionHandler {
   void pauseAccepting();
   void resumeAccepting();
   void maybeFree(uint32_t slot);
-  uint32_t allocateSlot();
   EndpointCounters* countersFor(const Connection& conn);
   void logAccess(const Connection& conn);
   // Kernel relay (worker_kernel_relay.cc). handToKernel: true when the pair went to the kernel.
@@ -319,9 +329,8 @@ class Worker final : public loop::CompletionHandler {
   std::chrono::steady_clock::time_point now_;  // refreshed once per batch
   std::chrono::milliseconds tick_{1000};
   bool tick_armed_ = false;
-  std::deque<Connection> slots_;  // a deque: references stay valid as it grows
-  std::vector<uint32_t> free_slots_;
-  size_t slots_in_use_ = 0;
+  // Entries never move: references stay valid as it grows.
+  loop::SlotTable<Connection> slots_;
   size_t active_ = 0;  // accepted connections not yet closed
   struct Starved {
     uint32_t slot;

@@ -72,7 +72,7 @@ void Worker::armRelayPoll(uint32_t slot, bool client_side) {
   const Direction& from = client_side ? conn.request : conn.response;
   const uint32_t events = from.eof ? 0 : POLLRDHUP;
   ring_.poll(client_side ? conn.client_fd : conn.upstream_fd, events,
-             tag(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot));
+             track(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot));
   conn.relay_poll[client_side ? 0 : 1] = true;
 }
 
@@ -130,7 +130,7 @@ void Worker::relayProgress(uint32_t slot) {
   }
   if (waiting && !conn.relay_drain_armed) {
     conn.relay_drain_wait = std::clamp(conn.relay_drain_wait * 2, kFirstDrainWait, kMaxDrainWait);
-    ring_.timeout(conn.relay_drain_wait, tag(Op::kRelayDrain, slot));
+    ring_.timeout(conn.relay_drain_wait, track(Op::kRelayDrain, slot));
     conn.relay_drain_armed = true;
   }
 }
@@ -140,9 +140,8 @@ void Worker::finishKernelRelay(uint32_t slot) {
   for (bool client_side : {true, false}) {
     if (!conn.relay_poll[client_side ? 0 : 1]) continue;
     // A pending poll holds the file: without the cancel, a reset close would not reset.
-    ring_.cancel(
-        tag(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot, conn.generation),
-        tag(Op::kTeardown, slot));
+    ring_.cancel(target(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot),
+                 track(Op::kTeardown, slot));
   }
   const RelayBytes bytes = conn.relay_maps->detach(conn.relay);
   conn.request_bytes += bytes.from_client;

@@ -67,7 +67,7 @@ bool Process::waitForLine(const std::string& marker, int timeout_ms) {
   return true;
 }
 
-std::optional<int> Process::stop(int signal, int timeout_ms) {
+std::optional<int> Process::stop(int signal, int timeout_ms, bool keep_reading) {
   // pid_ <= 0 would signal a process group or every process (kill(-1, ...)).
   if (reaped_ || pid_ <= 0) return std::nullopt;
   ::kill(pid_, signal);
@@ -81,7 +81,7 @@ std::optional<int> Process::stop(int signal, int timeout_ms) {
       return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
     // Keep reading: a process that logs while it shuts down must not block on a full pipe.
-    drain();
+    if (keep_reading) drain();
     ::usleep(10000);
   }
   if (signal != SIGKILL) return std::nullopt;

@@ -21,13 +21,16 @@ class Process {
   Process& operator=(const Process&) = delete;
 
   pid_t pid() const { return pid_; }
+  // The read end of its stdout pipe (a test may shrink it with F_SETPIPE_SZ).
+  int stdoutFd() const { return stdout_fd_; }
   // Reads stdout until a line containing `marker` shows up or the timeout passes.
   bool waitForLine(const std::string& marker, int timeout_ms = 5000);
   // Everything read from stdout so far.
   const std::string& output() const { return output_; }
   // Sends `signal` and waits up to timeout_ms; returns the exit code (128+sig when signalled),
-  // or nullopt when it did not exit in time.
-  std::optional<int> stop(int signal, int timeout_ms = 5000);
+  // or nullopt when it did not exit in time. Reads stdout meanwhile unless `keep_reading` is
+  // false (a test of a process whose stdout nobody reads).
+  std::optional<int> stop(int signal, int timeout_ms = 5000, bool keep_reading = true);
   // Reads whatever stdout has now without blocking.
   void drain();
 
