@@ -488,6 +488,44 @@ IpAddress loopbackOf(Family family) {
   return *ip;
 }
 
+struct RedirectAddress {
+  std::optional<IpAddress> ip;
+  bool known = true;  // false: the address depends on facts the trace does not have
+  std::string why;    // unset ip: why
+};
+
+// Where REDIRECT sends the packet, as nf_nat_redirect does: loopback for a packet this netns
+// sends; the receiving interface's first address of the family for an arriving one (IPv6: the
+// first of the destination's scope, link-local or not), and a drop when it has none.
+RedirectAddress redirectAddress(const TracePacket& packet, const TraceContext& context) {
+  const Family family = packet.destination.ip.family;
+  if (packet.origin == TraceOrigin::kLocal) return {loopbackOf(family), true, {}};
+  if (!packet.in_interface) {
+    return {std::nullopt, false,
+            "REDIRECT in PREROUTING goes to the receiving interface's first address, and the "
+            "receiving interface is not known"};
+  }
+  auto addresses = context.interface_addresses ? context.interface_addresses(*packet.in_interface)
+                                               : std::nullopt;
+  if (!addresses) {
+    return {std::nullopt, false,
+            fmt::format("REDIRECT in PREROUTING goes to the first address of {}, whose "
+                        "addresses are not known",
+                        *packet.in_interface)};
+  }
+  const auto link_local = Cidr::parse("fe80::/10");
+  const bool want_link = family == Family::kIpv6 && link_local->contains(packet.destination.ip);
+  for (const auto& ip : *addresses) {
+    if (ip.family != family) continue;
+    if (family == Family::kIpv6 && link_local->contains(ip) != want_link) continue;
+    return {ip, true, {}};
+  }
+  return {std::nullopt, true,
+          fmt::format("{} has no {} address to redirect to: the kernel drops the packet",
+                      *packet.in_interface,
+                      family == Family::kIpv4 ? "IPv4" : (want_link ? "link-local" : "IPv6"))};
+}
+
 // The comment of a rule (-m comment --comment TEXT), or "".
 std::string commentOf(const RuleSpec& spec) {
   const RuleModule* m = spec.module("comment");
@@ -499,7 +537,11 @@ class Walker {
  public:
   Walker(const SavedTable& table, std::string_view base, const TracePacket& packet,
          const TraceContext& context, bool translated)
-      : table_(table.name), base_(base), packet_(packet), matches_(packet, context, translated) {
+      : table_(table.name),
+        base_(base),
+        packet_(packet),
+        context_(context),
+        matches_(packet, context, translated) {
     for (const auto& c : table.chains) rules_[c.name];
     for (const auto& r : table.rules) rules_[r.chain].push_back(&r);
     const SavedChain* chain = table.chain(base_);
@@ -660,12 +702,23 @@ class Walker {
     } else if (t == "REDIRECT") {
       out.kind = OutcomeKind::kRedirect;
       const auto* to = spec.targetOption("--to-ports");
+      std::optional<uint16_t> port;
       if (to == nullptr) {
-        out.destination =
-            SocketAddress{loopbackOf(packet_.destination.ip.family), packet_.destination.port};
-      } else if (auto port = parseIptablesPortRange(to->value());
-                 port && port->first == port->last && to->value().find('-') == std::string::npos) {
-        out.destination = SocketAddress{loopbackOf(packet_.destination.ip.family), port->first};
+        port = packet_.destination.port;
+      } else if (auto range = parseIptablesPortRange(to->value());
+                 range && range->first == range->last &&
+                 to->value().find('-') == std::string::npos) {
+        port = range->first;
+      }
+      auto address = redirectAddress(packet_, context_);
+      if (!address.ip && address.known) {
+        // The kernel drops what it cannot redirect (no address on the receiving interface).
+        out.kind = OutcomeKind::kDrop;
+        out.reason = address.why;
+      } else if (address.ip && port) {
+        out.destination = SocketAddress{*address.ip, *port};
+      } else if (!address.ip) {
+        out.reason = address.why;
       }
     } else if (t == "SNAT" || t == "MASQUERADE" || t == "NETMAP") {
       out.kind = OutcomeKind::kOther;
@@ -810,6 +863,7 @@ class Walker {
   std::string table_;
   std::string base_;
   const TracePacket& packet_;
+  const TraceContext& context_;
   MatchEvaluator matches_;
   std::unordered_map<std::string, std::vector<const SavedRule*>> rules_;
   std::unordered_map<const SavedRule*, std::unique_ptr<Result<RuleSpec>>> specs_;
@@ -904,6 +958,23 @@ std::optional<std::string> routeDevice(const IpAddress& ip) {
   if (!out || out->exit_code != 0) return std::nullopt;
   auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
   return firstString(j, "dev");
+}
+
+// The addresses of `interface` in the kernel's order (`ip -j addr show dev`), or nullopt.
+std::optional<std::vector<IpAddress>> interfaceAddresses(const std::string& interface) {
+  auto out = runCommand({"ip", "-j", "addr", "show", "dev", interface}, {}, kDefaultCommandTimeout);
+  if (!out || out->exit_code != 0) return std::nullopt;
+  auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array() || j.empty() || !j[0].is_object()) return std::nullopt;
+  auto info = j[0].find("addr_info");
+  if (info == j[0].end() || !info->is_array()) return std::vector<IpAddress>{};
+  std::vector<IpAddress> addresses;
+  for (const auto& a : *info) {
+    auto local = a.is_object() ? a.find("local") : a.end();
+    if (local == a.end() || !local->is_string()) continue;
+    if (auto ip = IpAddress::parse(local->get<std::string>())) addresses.push_back(*ip);
+  }
+  return addresses;
 }
 
 std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
@@ -1008,8 +1079,12 @@ std::string packetLine(const TraceReport& r) {
 std::string describeNat(const TraceOutcome& o) {
   switch (o.kind) {
     case OutcomeKind::kRedirect:
-      return o.destination ? fmt::format("REDIRECT to local port {}", o.destination->port)
-                           : o.target;
+      if (!o.destination) return o.target;
+      // In PREROUTING the port is on the receiving interface's address, not loopback.
+      return o.destination->ip == loopbackOf(o.destination->ip.family)
+                 ? fmt::format("REDIRECT to local port {}", o.destination->port)
+                 : fmt::format("REDIRECT to local port {} on {}", o.destination->port,
+                               o.destination->ip.toString());
     case OutcomeKind::kDnat:
       return fmt::format("DNAT {} via {}", o.destination ? o.destination->toString() : o.target,
                          o.chain);
@@ -1027,6 +1102,9 @@ struct FilterEntry {
 // the mark nat left, and the route's device for the new destination.
 Result<FilterEntry> afterNat(const TracePacket& packet, const TraceOutcome& nat,
                              const TraceContext& context) {
+  if (!nat.destination && nat.kind == OutcomeKind::kRedirect && !nat.reason.empty()) {
+    return makeError(fmt::format("{} #{}: {}", nat.chain, nat.rule_index, nat.reason));
+  }
   if (!nat.destination) {
     return makeError(fmt::format(
         "{} #{}: '{}' translates to a range; the filter table's verdict depends on the address "
@@ -1243,7 +1321,8 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
           o.rule_index == 0 ? o.chain + " " + o.target : "ACCEPT in " + where);
       break;
     case OutcomeKind::kDrop:
-      text = fmt::format("dropped ({}): the SYN gets no answer, connect() times out", decided);
+      text = fmt::format("dropped ({}): {}the SYN gets no answer, connect() times out", decided,
+                         o.reason.empty() ? "" : o.reason + "; ");
       break;
     case OutcomeKind::kReject:
       text = fmt::format("rejected ({}): connect() fails at once with {}", decided,
@@ -1312,6 +1391,7 @@ Result<TraceReport> traceCurrentNetns(const TraceRequest& request) {
   TraceContext context;
   context.local_networks = readLocalNetworks(family, report.notes);
   context.route_device = [](const IpAddress& ip) { return routeDevice(ip); };
+  context.interface_addresses = [](const std::string& name) { return interfaceAddresses(name); };
   report.result = traceConnection(*ruleset, report.packet, context);
   if (ruleset->table("filter") == nullptr) {
     report.notes.push_back(

@@ -44,6 +44,11 @@ struct TraceContext {
   // The output device of the route to an address (for -o in FORWARD, after DNAT changed the
   // destination); unset or returning nullopt when unknown.
   std::function<std::optional<std::string>(const IpAddress&)> route_device;
+  // The addresses of an interface in the kernel's order (primary addresses first), for a
+  // REDIRECT in PREROUTING: the kernel sends the packet to the receiving interface's first
+  // address of the family (IPv6: of the destination's scope), not to loopback. Unset or
+  // returning nullopt when unknown.
+  std::function<std::optional<std::vector<IpAddress>>(const std::string&)> interface_addresses;
 };
 
 enum class StepVerdict {

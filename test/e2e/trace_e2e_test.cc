@@ -291,6 +291,41 @@ void expectAgreement(const TraceReport& report, const ConnectResult& real, Outco
   }
 }
 
+// A client at 192.0.2.200 in a netns of its own, whose only link is peer0, the other end of the
+// node netns's eth0 (which has no link out either). Its default route goes through 10.244.0.5.
+struct ClientNetns {
+  ScratchNetns ns{"rmtracecl"};
+  bool added = false;
+  ClientNetns() = default;
+  ClientNetns(const ClientNetns&) = delete;
+  ClientNetns& operator=(const ClientNetns&) = delete;
+  ~ClientNetns() {
+    if (added) (void)runCommand({"ip", "netns", "del", ns.name()});
+  }
+
+  // Returns an empty string on success, else what failed.
+  std::string attach(ScratchNetns& node) {
+    auto add = runCommand({"ip", "netns", "add", ns.name()});
+    if (!add || add->exit_code != 0) return "ip netns add failed: " + (add ? add->err : "");
+    added = true;
+    const std::vector<std::pair<ScratchNetns*, std::vector<std::string>>> steps = {
+        {&node, {"ip", "link", "set", "peer0", "netns", ns.name()}},
+        {&node, {"ip", "route", "add", "192.0.2.200/32", "dev", "eth0"}},
+        {&ns, {"ip", "link", "set", "lo", "up"}},
+        {&ns, {"ip", "link", "set", "peer0", "up"}},
+        {&ns, {"ip", "addr", "add", "192.0.2.200/32", "dev", "peer0"}},
+        {&ns, {"ip", "route", "add", "10.244.0.5/32", "dev", "peer0"}},
+        {&ns, {"ip", "route", "add", "default", "via", "10.244.0.5", "dev", "peer0"}}};
+    for (const auto& [where, argv] : steps) {
+      auto r = where->exec(argv);
+      if (!r || r->exit_code != 0) {
+        return fmt::format("'{}' failed: {}", fmt::join(argv, " "), r ? r->err : r.error().message);
+      }
+    }
+    return {};
+  }
+};
+
 class TraceKubeE2eTest : public ::testing::TestWithParam<BackendCase> {
  protected:
   void SetUp() override {
@@ -335,19 +370,10 @@ TEST_P(TraceKubeE2eTest, LocalConnectionsMeetTheVerdictTheTraceGives) {
 // A client in a netns of its own, routed through the node netns that holds the rules: nat
 // PREROUTING, then filter FORWARD, traced with --source.
 TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
-  ScratchNetns client("rmtracecl");
-  auto added = runCommand({"ip", "netns", "add", client.name()});
-  ASSERT_TRUE(added.ok() && added->exit_code == 0) << (added ? added->err : "");
-  // Removed by name when `client` goes out of scope; its only link is peer0, whose other end
-  // (eth0) is in the node netns, which has no link out either.
-  struct Remove {
-    std::string name;
-    ~Remove() { (void)runCommand({"ip", "netns", "del", name}); }
-  } remove{client.name()};
+  ClientNetns client;
+  ASSERT_EQ(client.attach(node_), "");
   for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
-           {"ip", "link", "set", "peer0", "netns", client.name()},
            {"sysctl", "-qw", "net.ipv4.ip_forward=1"},
-           {"ip", "route", "add", "192.0.2.200/32", "dev", "eth0"},
            // Service addresses route to a second veth pair, both ends in the node netns:
            // forwarded out of the interface they came in on, they would draw an ICMP redirect
            // first, which uses up the per-host ICMP rate limit and swallows REJECT's error.
@@ -358,16 +384,6 @@ TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
            {"ip", "route", "add", "10.96.0.0/12", "dev", "kube0"},
            {"ip", "route", "add", "198.51.100.0/24", "dev", "kube0"}}) {
     auto r = node_.exec(argv);
-    ASSERT_TRUE(r.ok() && r->exit_code == 0)
-        << fmt::format("{}", fmt::join(argv, " ")) << ": " << (r ? r->err : r.error().message);
-  }
-  for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
-           {"ip", "link", "set", "lo", "up"},
-           {"ip", "link", "set", "peer0", "up"},
-           {"ip", "addr", "add", "192.0.2.200/32", "dev", "peer0"},
-           {"ip", "route", "add", "10.244.0.5/32", "dev", "peer0"},
-           {"ip", "route", "add", "default", "via", "10.244.0.5", "dev", "peer0"}}) {
-    auto r = client.exec(argv);
     ASSERT_TRUE(r.ok() && r->exit_code == 0)
         << fmt::format("{}", fmt::join(argv, " ")) << ": " << (r ? r->err : r.error().message);
   }
@@ -382,12 +398,80 @@ TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
   EXPECT_EQ(cart->packet.in_interface.value_or(""), "eth0");  // the route back to the client
   EXPECT_NE(renderTrace(*cart).find("then the filter table:\n  FORWARD #1"), std::string::npos)
       << renderTrace(*cart);
-  expectAgreement(*cart, connectIn(client.path(), "10.96.60.6:80"), OutcomeKind::kReject,
+  expectAgreement(*cart, connectIn(client.ns.path(), "10.96.60.6:80"), OutcomeKind::kReject,
                   "KUBE-SERVICES");
   auto api = from_client("198.51.100.7:443");
   ASSERT_TRUE(api.ok()) << api.error().message;
-  expectAgreement(*api, connectIn(client.path(), "198.51.100.7:443"), OutcomeKind::kDrop,
+  expectAgreement(*api, connectIn(client.ns.path(), "198.51.100.7:443"), OutcomeKind::kDrop,
                   "KUBE-PROXY-FIREWALL");
+}
+
+// A REDIRECT in nat PREROUTING: the kernel sends the connection to the receiving interface's
+// primary address (10.244.0.5, not the 10.244.0.9 the client dialled, and not 127.0.0.1), so a
+// filter INPUT rule rejecting port 15006 on 127.0.0.1 or on 10.244.0.9 does not see it. The trace
+// must name the address the listener's accepted socket reports.
+TEST_P(TraceKubeE2eTest, RedirectInPreroutingLandsOnTheReceivingInterfacesPrimaryAddress) {
+  ClientNetns client;
+  ASSERT_EQ(client.attach(node_), "");
+  auto secondary = node_.exec({"ip", "addr", "add", "10.244.0.9/24", "dev", "eth0"});
+  ASSERT_TRUE(secondary.ok() && secondary->exit_code == 0) << (secondary ? secondary->err : "");
+  auto loaded =
+      node_.exec({GetParam().restore},
+                 "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                 ":POSTROUTING ACCEPT [0:0]\n"
+                 "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15006\nCOMMIT\n"
+                 "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                 "-A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+                 "-A INPUT -d 10.244.0.9/32 -p tcp -m tcp --dport 15006 -j REJECT\nCOMMIT\n");
+  ASSERT_TRUE(loaded.ok() && loaded->exit_code == 0) << (loaded ? loaded->err : "");
+
+  int listener = -1;
+  ASSERT_TRUE(runInNetns(node_.path(), [&]() -> Result<void> {
+                listener = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                sockaddr_in any{};
+                any.sin_family = AF_INET;
+                any.sin_port = htons(15006);
+                if (listener < 0 ||
+                    ::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 ||
+                    ::listen(listener, 4) != 0) {
+                  return makeError(fmt::format("listener: {}", std::strerror(errno)));
+                }
+                return {};
+              }).ok());
+  struct Close {
+    int fd;
+    ~Close() {
+      if (fd >= 0) ::close(fd);
+    }
+  } close_listener{listener};
+
+  TraceRequest r = request("10.244.0.9:8080");
+  r.source = *IpAddress::parse("192.0.2.200");
+  auto report = traceIn(node_.path(), r);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  const std::string text = renderTrace(*report);
+  ASSERT_EQ(report->result.outcomes.size(), 1u) << text;
+  const auto& o = report->result.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kRedirect) << text;
+  EXPECT_EQ(o.accepted_by, "filter INPUT: accepted (policy ACCEPT)") << text;
+  ASSERT_TRUE(o.destination.has_value()) << text;
+
+  auto real = connectIn(client.ns.path(), "10.244.0.9:8080");
+  EXPECT_FALSE(real.timed_out) << text;
+  EXPECT_EQ(real.error, 0) << std::strerror(real.error) << "\n" << text;
+  pollfd p{listener, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 1000), 1) << "nothing reached the listener on 15006\n" << text;
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(accepted, 0) << std::strerror(errno);
+  ASSERT_EQ(::getsockname(accepted, reinterpret_cast<sockaddr*>(&local), &len), 0);
+  ::close(accepted);
+  auto landed = SocketAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&local));
+  ASSERT_TRUE(landed.has_value());
+  EXPECT_EQ(landed->toString(), "10.244.0.5:15006");
+  EXPECT_EQ(o.destination->toString(), landed->toString()) << text;
+  EXPECT_NE(text.find("REDIRECT to local port 15006 on 10.244.0.5"), std::string::npos) << text;
 }
 
 // The trace reads iptables rules; native nftables tables see the packet too, so it names them.

@@ -856,6 +856,66 @@ TEST(TraceFilterTest, ArrivingPacketsNeedTheirInterfaceAndLocalAddresses) {
   EXPECT_EQ(unknown.outcomes[0].kind, OutcomeKind::kUndetermined);
 }
 
+// A REDIRECT in PREROUTING sends the packet to the receiving interface's first address, not to
+// loopback: a filter INPUT rule on 127.0.0.1 does not see it, one on that address does.
+TEST(TraceFilterTest, RedirectInPreroutingGoesToTheReceivingInterfacesFirstAddress) {
+  auto rules = parseIptablesSave(
+      "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15006\n"
+      "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+      "-A INPUT -d 10.244.0.9/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+      "COMMIT\n");
+  ASSERT_TRUE(rules.ok()) << rules.error().message;
+  TraceContext context = podContext();
+  context.interface_addresses =
+      [](const std::string& name) -> std::optional<std::vector<IpAddress>> {
+    if (name == "eth0") {
+      return std::vector<IpAddress>{*IpAddress::parse("fe80::1"), *IpAddress::parse("10.244.0.5"),
+                                    *IpAddress::parse("10.244.0.9"),
+                                    *IpAddress::parse("fd00:244::5")};
+    }
+    if (name == "bare") return std::vector<IpAddress>{};
+    return std::nullopt;
+  };
+  auto p = arriving("10.244.0.9:8080", "192.0.2.200", "eth0");
+  auto r = traceConnection(*rules, p, context);
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  const auto& o = r.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kRedirect);
+  EXPECT_EQ(dest(o), "10.244.0.5:15006");
+  EXPECT_EQ(o.accepted_by, "filter INPUT: accepted (policy ACCEPT)");
+  EXPECT_EQ(describeOutcome(o, p),
+            "REDIRECT to local port 15006 on 10.244.0.5; filter INPUT: accepted (policy ACCEPT), "
+            "100%");
+
+  // An interface with no IPv4 address: the kernel drops the packet.
+  auto bare = traceConnection(*rules, arriving("10.244.0.9:8080", "192.0.2.200", "bare"), context);
+  ASSERT_EQ(bare.outcomes.size(), 1u);
+  EXPECT_EQ(bare.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_NE(describeOutcome(bare.outcomes[0], p).find("bare has no IPv4 address"),
+            std::string::npos);
+  // Unknown addresses: undetermined, never loopback by default.
+  auto unknown =
+      traceConnection(*rules, arriving("10.244.0.9:8080", "192.0.2.200", "eth9"), context);
+  ASSERT_EQ(unknown.outcomes.size(), 1u);
+  EXPECT_EQ(unknown.outcomes[0].kind, OutcomeKind::kUndetermined);
+  EXPECT_NE(unknown.outcomes[0].reason.find("first address of eth9"), std::string::npos)
+      << unknown.outcomes[0].reason;
+  // A packet this netns sends is still redirected to loopback.
+  auto out =
+      traceChain(natWith({}, {"-A OUTPUT -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15001"}),
+                 "OUTPUT", packet("10.1.2.3:8080"), context);
+  EXPECT_EQ(dest(out.outcomes[0]), "127.0.0.1:15001");
+  // IPv6: the first address of the destination's scope.
+  auto v6 = traceChain(natWith({}, {"-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"}),
+                       "PREROUTING", arriving("[fd00:244::9]:80", "fd00:1::2", "eth0"), context);
+  EXPECT_EQ(dest(v6.outcomes[0]), "[fd00:244::5]:15006");
+  auto ll = traceChain(natWith({}, {"-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"}),
+                       "PREROUTING", arriving("[fe80::9]:80", "fe80::2", "eth0"), context);
+  EXPECT_EQ(dest(ll.outcomes[0]), "[fe80::1]:15006");
+}
+
 // ---- rendering ----------------------------------------------------------------------------
 
 TEST(TraceTest, RendersPathAndOutcomesForTheSeed) {
