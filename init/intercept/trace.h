@@ -15,6 +15,8 @@
 
 namespace remora::intercept {
 
+struct NftRuleset;  // trace_nft.h
+
 // Where the first packet of the connection enters the netfilter hooks.
 enum class TraceOrigin {
   kLocal,     // sent by a socket of this netns: nat OUTPUT, then filter OUTPUT
@@ -121,6 +123,17 @@ struct TraceResult {
   std::vector<std::string> tables;
 };
 
+// Where REDIRECT sends the packet, as nf_nat_redirect does: loopback for a packet this netns
+// sends; the receiving interface's first address of the family for an arriving one (IPv6: the
+// first of the destination's scope, link-local or not), and nowhere (the kernel drops it) when
+// the interface has none.
+struct RedirectAddress {
+  std::optional<IpAddress> ip;
+  bool known = true;  // false: the address depends on facts the trace does not have
+  std::string why;    // unset ip: why
+};
+RedirectAddress redirectAddress(const TracePacket& packet, const TraceContext& context);
+
 // Walks the nat table's OUTPUT chain for `packet` the way the kernel does: rules in order,
 // jumps and gotos, RETURN, policies, MARK, and a branch per `-m statistic --mode random`.
 // Pure. The walk is bounded (jump depth 64, loop detection, a branch and step budget); hitting a
@@ -137,8 +150,10 @@ TraceResult traceChain(const SavedTable& table, std::string_view chain, const Tr
 // kLocal packets through nat OUTPUT then filter OUTPUT; kArriving ones through nat PREROUTING,
 // then filter INPUT when the (translated) destination is local, FORWARD otherwise. The filter
 // walk sees the destination and mark nat left. A missing table passes everything.
+// `nft` (optional): native nftables tables, whose base chains on each hook are walked in
+// priority order with the iptables ones (nat chains once no nat chain has translated yet).
 TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& packet,
-                            const TraceContext& context);
+                            const TraceContext& context, const NftRuleset* nft = nullptr);
 
 struct TraceRequest {
   SocketAddress destination;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "../unit/iptables_fixtures.h"
@@ -18,6 +19,7 @@
 #include "common/subprocess.h"
 #include "intercept/backend.h"
 #include "intercept/dump.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 #include "intercept/trace.h"
 
@@ -474,32 +476,145 @@ TEST_P(TraceKubeE2eTest, RedirectInPreroutingLandsOnTheReceivingInterfacesPrimar
   EXPECT_NE(text.find("REDIRECT to local port 15006 on 10.244.0.5"), std::string::npos) << text;
 }
 
-// The trace reads iptables rules; native nftables tables see the packet too, so it names them.
-TEST(TraceNftE2eTest, NativeNftablesTablesAreNamedAsNotWalked) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
-  if (!programInPath("nft") || !programInPath("iptables-nft-restore")) {
-    GTEST_SKIP() << "nft or iptables-nft-restore is not installed";
+// A listening socket in a netns, closed with the test.
+class Listener {
+ public:
+  Listener(const std::string& netns, uint16_t port) {
+    auto made = runInNetns(netns, [&]() -> Result<void> {
+      fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      const int one = 1;
+      ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in any{};
+      any.sin_family = AF_INET;
+      any.sin_port = htons(port);
+      if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 ||
+          ::listen(fd_, 64) != 0) {
+        return makeError(fmt::format("listener: {}", std::strerror(errno)));
+      }
+      return {};
+    });
+    EXPECT_TRUE(made.ok()) << made.error().message;
   }
+  ~Listener() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // The local address of the next accepted connection ("" when none came within a second).
+  std::string acceptedOn() const {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 1000) != 1) return "";
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return "";
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    ::getsockname(c, reinterpret_cast<sockaddr*>(&local), &len);
+    ::close(c);
+    auto sa = SocketAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&local));
+    return sa ? sa->toString() : "";
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// kube-proxy's nftables mode (test/fixtures/kube_proxy_nft.nft, table ip kube-proxy) loaded into a
+// netns with no iptables rules: dump --trace walks its base chains, and real connections meet
+// what it says: the no-endpoint map rejects, the source-range firewall drops, and the numgen map
+// spreads a Service over its two endpoints (here the netns's own addresses, so the accepted
+// socket shows which one).
+TEST(TraceNftE2eTest, KubeProxyNftablesModeMeetsTheVerdictTheTraceGives) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  if (!programInPath("nft")) GTEST_SKIP() << "nft is not installed";
   ScratchNetns ns;
   std::string failed = ns.create();
   if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
-  auto loaded = ns.exec({"iptables-nft-restore"}, nodeRulesWithoutNfacct());
-  ASSERT_TRUE(loaded.ok() && loaded->exit_code == 0) << (loaded ? loaded->err : "");
+  auto extra = ns.exec({"ip", "addr", "add", "10.244.0.6/24", "dev", "eth0"});
+  ASSERT_TRUE(extra.ok() && extra->exit_code == 0) << (extra ? extra->err : "");
+  auto loaded = ns.exec({"nft", "-f", std::string(REMORA_FIXTURES_DIR) + "/kube_proxy_nft.nft"});
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  if (loaded->exit_code != 0) GTEST_SKIP() << "nft cannot load the fixture here: " << loaded->err;
   TraceRequest request;
-  request.destination = *SocketAddress::parse("10.96.60.6:80");
   request.backend = IptablesBackend::kNft;
-  // iptables-nft's own ip filter/nat tables are not native: no note.
-  auto plain = traceIn(ns.path(), request);
-  ASSERT_TRUE(plain.ok()) << plain.error().message;
-  EXPECT_EQ(renderTrace(*plain).find("NOT WALKED"), std::string::npos) << renderTrace(*plain);
-  auto added = ns.exec({"nft", "add table inet remora; add table ip kube-proxy"});
-  ASSERT_TRUE(added.ok() && added->exit_code == 0) << (added ? added->err : "");
-  auto report = traceIn(ns.path(), request);
-  ASSERT_TRUE(report.ok()) << report.error().message;
-  const std::string text = renderTrace(*report);
-  EXPECT_NE(text.find("Note: NOT WALKED: native nftables tables "), std::string::npos) << text;
-  EXPECT_NE(text.find("inet remora"), std::string::npos) << text;
-  EXPECT_NE(text.find("ip kube-proxy"), std::string::npos) << text;
+
+  request.destination = *SocketAddress::parse("10.96.60.6:80");
+  auto cart = traceIn(ns.path(), request);
+  ASSERT_TRUE(cart.ok()) << cart.error().message;
+  EXPECT_EQ(renderTrace(*cart).find("NOT WALKED"), std::string::npos) << renderTrace(*cart);
+  EXPECT_NE(renderTrace(*cart).find("and nftables ip kube-proxy"), std::string::npos)
+      << renderTrace(*cart);
+  auto real = connectIn(ns.path(), "10.96.60.6:80");
+  ASSERT_EQ(cart->result.outcomes.size(), 1u) << renderTrace(*cart);
+  EXPECT_EQ(cart->result.outcomes[0].kind, OutcomeKind::kReject) << renderTrace(*cart);
+  EXPECT_EQ(real.error, ECONNREFUSED) << std::strerror(real.error);
+  EXPECT_FALSE(real.timed_out);
+
+  request.destination = *SocketAddress::parse("198.51.100.7:443");
+  auto api = traceIn(ns.path(), request);
+  ASSERT_TRUE(api.ok()) << api.error().message;
+  ASSERT_EQ(api->result.outcomes.size(), 1u) << renderTrace(*api);
+  EXPECT_EQ(api->result.outcomes[0].kind, OutcomeKind::kDrop) << renderTrace(*api);
+  EXPECT_TRUE(connectIn(ns.path(), "198.51.100.7:443").timed_out);
+
+  Listener listener(ns.path(), 8080);
+  request.destination = *SocketAddress::parse("10.96.0.20:80");
+  auto local = traceIn(ns.path(), request);
+  ASSERT_TRUE(local.ok()) << local.error().message;
+  const std::string text = renderTrace(*local);
+  ASSERT_EQ(local->result.outcomes.size(), 2u) << text;
+  std::set<std::string> traced;
+  for (const auto& o : local->result.outcomes) {
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat) << text;
+    EXPECT_DOUBLE_EQ(o.probability, 0.5) << text;
+    if (o.destination) traced.insert(o.destination->toString());
+  }
+  EXPECT_EQ(traced, (std::set<std::string>{"10.244.0.5:8080", "10.244.0.6:8080"})) << text;
+  std::set<std::string> landed;
+  for (int i = 0; i < 24; ++i) {
+    auto c = connectIn(ns.path(), "10.96.0.20:80");
+    ASSERT_EQ(c.error, 0) << std::strerror(c.error) << "\n" << text;
+    landed.insert(listener.acceptedOn());
+  }
+  // 24 connections all on one endpoint would happen with probability 2^-23.
+  EXPECT_EQ(landed, traced) << text;
+}
+
+// Remora's own nftables mode: the inet remora table is walked, so the app's connection is
+// traced to the outbound listener and lands there, and the proxy's own (uid 1337) is not.
+TEST(TraceNftE2eTest, RemorasNftablesModeIsWalked) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  ScratchNetns ns;
+  std::string failed = ns.create();
+  if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
+  auto installed = runInNetns(ns.path(), [&]() -> Result<void> {
+    auto r = makeNftablesApplier()->install(InterceptOptions{});
+    if (!r) return r.error();
+    return {};
+  });
+  if (!installed)
+    GTEST_SKIP() << "cannot install the inet remora table: " << installed.error().message;
+  Listener listener(ns.path(), 15001);
+  TraceRequest request;
+  request.destination = *SocketAddress::parse("10.1.2.3:80");
+  request.backend = IptablesBackend::kNft;
+  auto app = traceIn(ns.path(), request);
+  ASSERT_TRUE(app.ok()) << app.error().message;
+  const std::string text = renderTrace(*app);
+  ASSERT_EQ(app->result.outcomes.size(), 1u) << text;
+  EXPECT_EQ(app->result.outcomes[0].kind, OutcomeKind::kRedirect) << text;
+  EXPECT_EQ(app->result.outcomes[0].table, "inet remora") << text;
+  EXPECT_NE(text.find("(captured by the proxy's outbound listener)"), std::string::npos) << text;
+  auto real = connectIn(ns.path(), "10.1.2.3:80");
+  EXPECT_EQ(real.error, 0) << std::strerror(real.error);
+  EXPECT_EQ(listener.acceptedOn(), app->result.outcomes[0].destination->toString()) << text;
+
+  request.uid = 1337;
+  request.gid = 1337;
+  auto proxy = traceIn(ns.path(), request);
+  ASSERT_TRUE(proxy.ok()) << proxy.error().message;
+  ASSERT_EQ(proxy->result.outcomes.size(), 1u) << renderTrace(*proxy);
+  EXPECT_EQ(proxy->result.outcomes[0].kind, OutcomeKind::kUnchanged) << renderTrace(*proxy);
 }
 
 INSTANTIATE_TEST_SUITE_P(
