@@ -1036,7 +1036,7 @@ std::string packetLine(const TraceReport& r) {
       std::find(r.result.tables.begin(), r.result.tables.end(), "filter") != r.result.tables.end();
   std::vector<std::string> nft;
   for (const auto& t : r.result.tables) {
-    if (t != "nat" && t != "filter") nft.push_back(t);
+    if (t != "nat" && t != "filter" && t != "raw" && t != "mangle") nft.push_back(t);
   }
   line += fmt::format(" — {}{}", filter ? "nat and filter tables" : "nat table",
                       r.backend.empty() ? "" : " via " + r.backend);
@@ -1106,6 +1106,8 @@ struct Carry {
   std::vector<TraceStep> path;
   std::vector<std::string> assumptions;
   std::vector<std::string> accepted;
+  std::string source_nat;  // "MASQUERADE in KUBE-POSTROUTING #3", once a source NAT applied
+  std::optional<uint32_t> routed_mark;  // the mark when POSTROUTING began
 };
 
 class StageWalk {
@@ -1117,7 +1119,9 @@ class StageWalk {
   TraceResult run() {
     const bool arriving = packet_.origin == TraceOrigin::kArriving;
     result_.tables = {"nat"};
-    if (ruleset_.table("filter") != nullptr) result_.tables.emplace_back("filter");
+    for (const char* t : {"filter", "raw", "mangle"}) {
+      if (ruleset_.table(t) != nullptr) result_.tables.emplace_back(t);
+    }
     if (nft_ != nullptr) {
       for (const auto& t : nft_->tables) {
         if (t.sees(packet_.destination.ip.family) &&
@@ -1129,7 +1133,8 @@ class StageWalk {
     }
     Carry c;
     c.packet = packet_;
-    walk(stages(arriving ? "prerouting" : "output"), 0, std::move(c), arriving);
+    const std::string_view hook = arriving ? "prerouting" : "output";
+    walk(stages(hook), 0, std::move(c), hook);
     return std::move(result_);
   }
 
@@ -1143,15 +1148,36 @@ class StageWalk {
                             return traceChain(*table, chain, p, context_, translated);
                           }});
     };
-    const SavedTable* nat = ruleset_.table("nat");
-    const SavedTable* filter = ruleset_.table("filter");
-    if (hook == "prerouting") iptables(nat ? nat : &empty_nat_, "nat", "PREROUTING", -100, true);
-    if (hook == "output") iptables(nat ? nat : &empty_nat_, "nat", "OUTPUT", -100, true);
-    if (filter != nullptr) {
-      if (hook == "output") iptables(filter, "filter", "OUTPUT", 0, false);
-      if (hook == "input") iptables(filter, "filter", "INPUT", 0, false);
-      if (hook == "forward") iptables(filter, "filter", "FORWARD", 0, false);
+    std::string chain(hook);
+    std::transform(chain.begin(), chain.end(), chain.begin(),
+                   [](char ch) { return static_cast<char>(std::toupper(ch)); });
+    // iptables' tables and their priorities on each hook (raw -300, mangle -150, nat dstnat
+    // -100 / srcnat 100, filter 0); nat PREROUTING and OUTPUT are walked even when empty, as
+    // the outcome of "no translation".
+    static const struct {
+      const char* table;
+      int priority;
+      const char* hooks[5];
+    } kTables[] = {
+        {"raw", -300, {"prerouting", "output"}},
+        {"mangle", -150, {"prerouting", "input", "forward", "output", "postrouting"}},
+        {"nat", -100, {"prerouting", "output"}},
+        {"filter", 0, {"input", "forward", "output"}},
+        {"nat", 100, {"input", "postrouting"}},
+    };
+    for (const auto& t : kTables) {
+      if (std::none_of(std::begin(t.hooks), std::end(t.hooks),
+                       [&](const char* h) { return h != nullptr && hook == h; })) {
+        continue;
+      }
+      const SavedTable* table = ruleset_.table(t.table);
+      const bool is_nat = std::string_view(t.table) == "nat";
+      if (table == nullptr && is_nat && t.priority < 0) table = &empty_nat_;
+      const bool always = is_nat && t.priority < 0;  // nat PREROUTING / OUTPUT
+      if (table == nullptr || (table->chain(chain) == nullptr && !always)) continue;
+      iptables(table, t.table, chain, t.priority, is_nat);
     }
+
     if (nft_ != nullptr) {
       for (const auto& base : nftBaseChains(*nft_, packet_.destination.ip.family, hook)) {
         out.push_back(Stage{base.chain->priority, base.chain->type == "nat", base.table->label(),
@@ -1166,14 +1192,24 @@ class StageWalk {
     return out;
   }
 
-  void walk(const std::vector<Stage>& stages, size_t i, Carry c, bool prerouting) {
+  void walk(const std::vector<Stage>& stages, size_t i, Carry c, std::string_view hook) {
     if (i == stages.size()) {
-      if (prerouting) return arrive(std::move(c));
+      if (hook == "prerouting") return arrive(std::move(c));
+      if (hook == "output" || hook == "forward") {
+        // The outcome reports the mark the routing decision saw (kube-proxy's masquerade chain
+        // clears its bit again before MASQUERADE).
+        c.routed_mark = c.packet.mark;
+        return walk(this->stages("postrouting"), 0, std::move(c), "postrouting");
+      }
       return done(std::move(c));
     }
     const Stage& stage = stages[i];
-    // Once a nat chain has bound the connection, later nat chains on the hook are skipped.
-    if (stage.nat && c.nat) return walk(stages, i + 1, std::move(c), prerouting);
+    // Once a nat chain has bound the connection, later nat chains of the same kind (destination
+    // NAT before routing, source NAT after) are skipped.
+    const bool source_nat = hook == "postrouting" || hook == "input";
+    if (stage.nat && (source_nat ? !c.source_nat.empty() : c.nat.has_value())) {
+      return walk(stages, i + 1, std::move(c), hook);
+    }
     TraceResult r = stage.walk(c.packet, c.nat.has_value());
     for (auto& f : r.outcomes) {
       Carry next = c;
@@ -1197,7 +1233,7 @@ class StageWalk {
                   : fmt::format("{} in {} #{}", stage.table == "filter" ? "ACCEPT" : f.target,
                                 f.chain, f.rule_index)));
         }
-        walk(stages, i + 1, std::move(next), prerouting);
+        walk(stages, i + 1, std::move(next), hook);
         continue;
       }
       if (f.kind == OutcomeKind::kDnat || f.kind == OutcomeKind::kRedirect) {
@@ -1210,7 +1246,15 @@ class StageWalk {
         }
         next.packet = std::move(*moved);
         next.nat = std::move(f);
-        walk(stages, i + 1, std::move(next), prerouting);
+        walk(stages, i + 1, std::move(next), hook);
+        continue;
+      }
+      if (f.kind == OutcomeKind::kOther && stage.nat && source_nat) {
+        // SNAT/MASQUERADE: the connection goes on, from another source address.
+        next.source_nat =
+            fmt::format("{} in {}{} #{}", f.target, stage.table == "nat" ? "" : stage.table + " ",
+                        f.chain, f.rule_index);
+        walk(stages, i + 1, std::move(next), hook);
         continue;
       }
       finish(std::move(next), std::move(f));
@@ -1242,7 +1286,8 @@ class StageWalk {
     } else if (!moved && context_.route_device) {
       c.packet.out_interface = context_.route_device(c.packet.destination.ip);
     }
-    walk(stages(local ? "input" : "forward"), 0, std::move(c), false);
+    const std::string_view hook = local ? "input" : "forward";
+    walk(stages(hook), 0, std::move(c), hook);
   }
 
   // Every stage let the packet through.
@@ -1270,8 +1315,9 @@ class StageWalk {
         !c.accepted.empty()) {
       out.accepted_by = fmt::format("{}", fmt::join(c.accepted, "; "));
     }
+    out.source_nat = c.source_nat;
     out.probability = c.probability;
-    out.mark = c.packet.mark;
+    out.mark = c.routed_mark.value_or(c.packet.mark);
     out.path = std::move(c.path);
     out.assumptions = std::move(c.assumptions);
     result_.outcomes.push_back(std::move(out));
@@ -1446,6 +1492,7 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
     text += fmt::format(" (mark {:#x})", o.mark);
   }
   if (!o.accepted_by.empty()) text += "; " + o.accepted_by;
+  if (!o.source_nat.empty()) text += "; source NAT: " + o.source_nat;
   return fmt::format("{}, {}", text, formatProbability(o.probability));
 }
 
@@ -1588,6 +1635,7 @@ nlohmann::json traceToJson(const TraceReport& report) {
         {"comment", o.comment},
         {"translated", o.translated},
         {"accepted_by", o.accepted_by},
+        {"source_nat", o.source_nat},
         {"assumptions", o.assumptions},
         {"mark", o.mark},
         {"summary", describeOutcome(o, p)},

@@ -108,6 +108,9 @@ struct TraceOutcome {
   // For an accepted outcome, the filter chain and rule (or policy) that let it through, e.g.
   // "filter FORWARD: KUBE-FORWARD #2 ACCEPT"; empty when there is no filter table.
   std::string accepted_by;
+  // The source NAT nat POSTROUTING (or INPUT) applied on the way, e.g. "MASQUERADE
+  // --random-fully in KUBE-POSTROUTING #3"; empty when none.
+  std::string source_nat;
   // Branches the trace resolved by assumption, e.g. a session-affinity check taken as "this
   // client has no affinity entry yet".
   std::vector<std::string> assumptions;

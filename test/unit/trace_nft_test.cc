@@ -168,6 +168,7 @@ TEST(TraceNftTest, LoadBalancerSourceRangesDropOthersAndLetTheRangeThrough) {
               std::string::npos)
         << o.accepted_by;
   }
+  EXPECT_EQ(in.outcomes[0].source_nat, "masquerade in ip kube-proxy masquerading #3");
   EXPECT_EQ(dest(in.outcomes[0]), "10.244.1.7:8443");
   EXPECT_EQ(dest(in.outcomes[1]), "10.244.2.7:8443");
 }

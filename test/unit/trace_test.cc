@@ -916,6 +916,60 @@ TEST(TraceFilterTest, RedirectInPreroutingGoesToTheReceivingInterfacesFirstAddre
   EXPECT_EQ(dest(ll.outcomes[0]), "[fe80::1]:15006");
 }
 
+// raw and mangle come before nat, so a DROP there is the outcome; nat POSTROUTING's source NAT
+// comes after the filter verdict and is shown with it.
+TEST(TraceFilterTest, RawAndMangleDropsAndPostroutingSourceNat) {
+  auto rules = parseIptablesSave(
+      "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A OUTPUT -d 10.9.9.9/32 -j DROP\nCOMMIT\n"
+      "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+      ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+      "-A PREROUTING -s 192.0.2.0/24 -j DROP\nCOMMIT\n"
+      "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+      "-A OUTPUT -d 10.9.9.9/32 -j DNAT --to-destination 10.1.1.1:80\n"
+      "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n");
+  ASSERT_TRUE(rules.ok()) << rules.error().message;
+  auto raw = traceConnection(*rules, packet("10.9.9.9:80"), nodeContext());
+  ASSERT_EQ(raw.outcomes.size(), 1u);
+  EXPECT_EQ(raw.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_EQ(raw.outcomes[0].table, "raw");
+  EXPECT_EQ(raw.outcomes[0].path.front().table, "raw");
+  auto mangle =
+      traceConnection(*rules, arriving("10.244.0.5:80", "192.0.2.9", "eth0"), nodeContext());
+  ASSERT_EQ(mangle.outcomes.size(), 1u);
+  EXPECT_EQ(mangle.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_EQ(mangle.outcomes[0].table, "mangle");
+  EXPECT_EQ(mangle.outcomes[0].chain, "PREROUTING");
+  auto p = packet("10.1.2.3:80");
+  auto masq = traceConnection(*rules, p, nodeContext());
+  ASSERT_EQ(masq.outcomes.size(), 1u);
+  EXPECT_EQ(masq.outcomes[0].source_nat, "MASQUERADE in POSTROUTING #1");
+  EXPECT_NE(describeOutcome(masq.outcomes[0], p).find("; source NAT: MASQUERADE in POSTROUTING #1"),
+            std::string::npos)
+      << describeOutcome(masq.outcomes[0], p);
+  EXPECT_TRUE(pathHas(masq.outcomes[0], "nat", "POSTROUTING"));
+  EXPECT_EQ(masq.tables, (std::vector<std::string>{"nat", "raw", "mangle"}));
+}
+
+// kube-proxy masquerades what it marked (an external client's NodePort connection), not a
+// pod's connection to a ClusterIP.
+TEST(TraceFilterTest, KubeProxyMasqueradesMarkedConnectionsInPostrouting) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto cluster = traceConnection(rules, packet("10.96.50.10:8080"), nodeContext());
+  ASSERT_EQ(cluster.outcomes.size(), 3u);
+  for (const auto& o : cluster.outcomes) EXPECT_EQ(o.source_nat, "") << o.source_nat;
+  auto external =
+      traceConnection(rules, arriving("198.51.100.7:443", "203.0.113.9", "eth0"), nodeContext());
+  bool masqueraded = false;
+  for (const auto& o : external.outcomes) {
+    if (o.kind == OutcomeKind::kDnat && o.mark == 0x4000u) {
+      EXPECT_EQ(o.source_nat, "MASQUERADE --random-fully in KUBE-POSTROUTING #3");
+      masqueraded = true;
+    }
+  }
+  EXPECT_TRUE(masqueraded);
+}
+
 // ---- rendering ----------------------------------------------------------------------------
 
 TEST(TraceTest, RendersPathAndOutcomesForTheSeed) {
