@@ -816,26 +816,11 @@ class Walker {
 
   void policy(Branch& b) {
     b.path.push_back(TraceStep{table_, base_, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
-    TraceOutcome out;
-    out.chain = base_;
-    out.target = "policy " + policy_;
-    if (policy_ == "DROP") {
-      out.kind = OutcomeKind::kDrop;
-    } else {
-      out.kind = OutcomeKind::kUnchanged;
-      out.destination = packet_.destination;
-    }
-    finish(b, std::move(out));
+    finish(b, policyOutcome(base_, policy_, policy_ == "DROP", packet_.destination));
   }
 
   void finishUndetermined(Branch& b, std::string reason) {
-    TraceOutcome out;
-    out.kind = OutcomeKind::kUndetermined;
-    out.table = table_;
-    out.chain = b.chain;
-    out.rule_index = b.path.empty() ? 0 : b.path.back().rule_index;
-    out.reason = std::move(reason);
-    finish(b, std::move(out));
+    finish(b, undeterminedOutcome(b.chain, b.path, std::move(reason)));
   }
 
   void finish(Branch& b, TraceOutcome out) {
@@ -1141,8 +1126,8 @@ class StageWalk {
  private:
   std::vector<Stage> stages(std::string_view hook) const {
     std::vector<Stage> out;
-    auto iptables = [&](const SavedTable* table, const char* name, std::string chain, int prio,
-                        bool nat) {
+    auto iptables = [&](const SavedTable* table, const char* name, const std::string& chain,
+                        int prio, bool nat) {
       out.push_back(Stage{prio, nat, name, chain,
                           [this, table, chain](const TracePacket& p, bool translated) {
                             return traceChain(*table, chain, p, context_, translated);
@@ -1419,6 +1404,30 @@ const char* toString(OutcomeKind kind) {
       return "undetermined";
   }
   return "?";
+}
+
+TraceOutcome policyOutcome(const std::string& chain, const std::string& policy, bool drop,
+                           const SocketAddress& destination) {
+  TraceOutcome out;
+  out.chain = chain;
+  out.target = "policy " + policy;
+  if (drop) {
+    out.kind = OutcomeKind::kDrop;
+  } else {
+    out.kind = OutcomeKind::kUnchanged;
+    out.destination = destination;
+  }
+  return out;
+}
+
+TraceOutcome undeterminedOutcome(const std::string& chain, const std::vector<TraceStep>& path,
+                                 std::string reason) {
+  TraceOutcome out;
+  out.kind = OutcomeKind::kUndetermined;
+  out.chain = chain;
+  out.rule_index = path.empty() ? 0 : path.back().rule_index;
+  out.reason = std::move(reason);
+  return out;
 }
 
 TraceResult traceChain(const SavedTable& table, std::string_view chain, const TracePacket& packet,

@@ -137,6 +137,13 @@ struct RedirectAddress {
 };
 RedirectAddress redirectAddress(const TracePacket& packet, const TraceContext& context);
 
+// Outcomes both walkers (iptables, nftables) end a branch with: a base chain's policy
+// (`drop`: the policy drops), and a rule or match the walk cannot evaluate.
+TraceOutcome policyOutcome(const std::string& chain, const std::string& policy, bool drop,
+                           const SocketAddress& destination);
+TraceOutcome undeterminedOutcome(const std::string& chain, const std::vector<TraceStep>& path,
+                                 std::string reason);
+
 // Walks the nat table's OUTPUT chain for `packet` the way the kernel does: rules in order,
 // jumps and gotos, RETURN, policies, MARK, and a branch per `-m statistic --mode random`.
 // Pure. The walk is bounded (jump depth 64, loop detection, a branch and step budget); hitting a

@@ -484,25 +484,11 @@ class NftWalker {
 
   void policy(NftBranch& b) {
     b.path.push_back(TraceStep{label_, base_, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
-    TraceOutcome out;
-    out.chain = base_;
-    out.target = "policy " + policy_;
-    if (policy_ == "drop") {
-      out.kind = OutcomeKind::kDrop;
-    } else {
-      out.kind = OutcomeKind::kUnchanged;
-      out.destination = packet_.destination;
-    }
-    finish(b, std::move(out));
+    finish(b, policyOutcome(base_, policy_, policy_ == "drop", packet_.destination));
   }
 
   void undetermined(NftBranch& b, std::string reason) {
-    TraceOutcome out;
-    out.kind = OutcomeKind::kUndetermined;
-    out.chain = b.chain;
-    out.rule_index = b.path.empty() ? 0 : b.path.back().rule_index;
-    out.reason = std::move(reason);
-    finish(b, std::move(out));
+    finish(b, undeterminedOutcome(b.chain, b.path, std::move(reason)));
   }
 
   void finish(NftBranch& b, TraceOutcome out) {

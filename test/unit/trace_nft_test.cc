@@ -6,10 +6,12 @@
 #include <numeric>
 
 #include "iptables_fixtures.h"
+#include "trace_fixtures.h"
 
 namespace remora::intercept {
 namespace {
 
+using fixtures::arriving;
 using fixtures::readFixture;
 
 // test/fixtures/kube_proxy_nft.nft as libnftables lists it (JSON and `nft -a` text).
@@ -36,15 +38,6 @@ TracePacket local(const std::string& dst) {
   p.source = *IpAddress::parse("10.244.0.5");
   p.out_interface = "eth0";
   p.gid = 0;
-  return p;
-}
-
-TracePacket arriving(const std::string& dst, const std::string& src, const std::string& in) {
-  TracePacket p;
-  p.destination = *SocketAddress::parse(dst);
-  p.origin = TraceOrigin::kArriving;
-  p.source = *IpAddress::parse(src);
-  p.in_interface = in;
   return p;
 }
 

@@ -10,10 +10,12 @@
 
 #include "intercept/plan.h"
 #include "iptables_fixtures.h"
+#include "trace_fixtures.h"
 
 namespace remora::intercept {
 namespace {
 
+using fixtures::arriving;
 using fixtures::natFromFixture;
 using fixtures::natFromText;
 using fixtures::readFixture;
@@ -513,16 +515,6 @@ TraceContext nodeContext() {
     return "eth0";
   };
   return c;
-}
-
-// A packet arriving at the node through PREROUTING.
-TracePacket arriving(const std::string& dst, const std::string& src, const std::string& in) {
-  TracePacket p;
-  p.destination = *SocketAddress::parse(dst);
-  p.origin = TraceOrigin::kArriving;
-  p.source = *IpAddress::parse(src);
-  p.in_interface = in;
-  return p;
 }
 
 bool pathHas(const TraceOutcome& o, const std::string& table, const std::string& chain) {
