@@ -406,11 +406,13 @@ NftContext::~NftContext() {
   if (ctx_ != nullptr) nft_ctx_free(ctx_);
 }
 
-Result<std::string> NftContext::run(const std::string& commands, bool json) {
+Result<std::string> NftContext::run(const std::string& commands, bool json, bool handles) {
   if (ctx_ == nullptr) return makeError("libnftables: cannot create a context");
-  unsigned flags = nft_ctx_output_get_flags(ctx_);
-  nft_ctx_output_set_flags(ctx_, json ? (flags | NFT_CTX_OUTPUT_JSON)
-                                      : (flags & ~static_cast<unsigned>(NFT_CTX_OUTPUT_JSON)));
+  unsigned flags = nft_ctx_output_get_flags(ctx_) &
+                   ~static_cast<unsigned>(NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE);
+  if (json) flags |= NFT_CTX_OUTPUT_JSON;
+  if (handles) flags |= NFT_CTX_OUTPUT_HANDLE;
+  nft_ctx_output_set_flags(ctx_, flags);
   int rc = nft_run_cmd_from_buffer(ctx_, commands.c_str());
   std::string out = nft_ctx_get_output_buffer(ctx_);
   std::string err = nft_ctx_get_error_buffer(ctx_);
@@ -425,9 +427,10 @@ Result<std::string> NftContext::run(const std::string& commands, bool json) {
 NftContext::NftContext() : ctx_(nullptr) {}
 NftContext::~NftContext() = default;
 
-Result<std::string> NftContext::run(const std::string& commands, bool json) {
+Result<std::string> NftContext::run(const std::string& commands, bool json, bool handles) {
   std::vector<std::string> argv = {"nft"};
   if (json) argv.emplace_back("-j");
+  if (handles) argv.emplace_back("-a");
   argv.insert(argv.end(), {"-f", "-"});
   auto out = runCommand(argv, commands, kDefaultCommandTimeout);
   if (!out) return makeError(fmt::format("{} (install the nftables package)", out.error().message));

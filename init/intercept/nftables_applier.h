@@ -35,7 +35,8 @@ class NftContext {
   ~NftContext();  // NOLINT(performance-trivially-destructible)
   NftContext(const NftContext&) = delete;
   NftContext& operator=(const NftContext&) = delete;
-  Result<std::string> run(const std::string& commands, bool json = false);
+  // `handles`: listings print each rule's handle (`nft -a`).
+  Result<std::string> run(const std::string& commands, bool json = false, bool handles = false);
 
  private:
   ::nft_ctx* ctx_;

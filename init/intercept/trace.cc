@@ -16,6 +16,7 @@
 #include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 #include "intercept/rule_spec.h"
+#include "intercept/trace_nft.h"
 
 namespace remora::intercept {
 namespace {
@@ -488,6 +489,39 @@ IpAddress loopbackOf(Family family) {
   return *ip;
 }
 
+}  // namespace
+
+RedirectAddress redirectAddress(const TracePacket& packet, const TraceContext& context) {
+  const Family family = packet.destination.ip.family;
+  if (packet.origin == TraceOrigin::kLocal) return {loopbackOf(family), true, {}};
+  if (!packet.in_interface) {
+    return {std::nullopt, false,
+            "REDIRECT in PREROUTING goes to the receiving interface's first address, and the "
+            "receiving interface is not known"};
+  }
+  auto addresses = context.interface_addresses ? context.interface_addresses(*packet.in_interface)
+                                               : std::nullopt;
+  if (!addresses) {
+    return {std::nullopt, false,
+            fmt::format("REDIRECT in PREROUTING goes to the first address of {}, whose "
+                        "addresses are not known",
+                        *packet.in_interface)};
+  }
+  const auto link_local = Cidr::parse("fe80::/10");
+  const bool want_link = family == Family::kIpv6 && link_local->contains(packet.destination.ip);
+  for (const auto& ip : *addresses) {
+    if (ip.family != family) continue;
+    if (family == Family::kIpv6 && link_local->contains(ip) != want_link) continue;
+    return {ip, true, {}};
+  }
+  return {std::nullopt, true,
+          fmt::format("{} has no {} address to redirect to: the kernel drops the packet",
+                      *packet.in_interface,
+                      family == Family::kIpv4 ? "IPv4" : (want_link ? "link-local" : "IPv6"))};
+}
+
+namespace {
+
 // The comment of a rule (-m comment --comment TEXT), or "".
 std::string commentOf(const RuleSpec& spec) {
   const RuleModule* m = spec.module("comment");
@@ -499,7 +533,11 @@ class Walker {
  public:
   Walker(const SavedTable& table, std::string_view base, const TracePacket& packet,
          const TraceContext& context, bool translated)
-      : table_(table.name), base_(base), packet_(packet), matches_(packet, context, translated) {
+      : table_(table.name),
+        base_(base),
+        packet_(packet),
+        context_(context),
+        matches_(packet, context, translated) {
     for (const auto& c : table.chains) rules_[c.name];
     for (const auto& r : table.rules) rules_[r.chain].push_back(&r);
     const SavedChain* chain = table.chain(base_);
@@ -660,12 +698,23 @@ class Walker {
     } else if (t == "REDIRECT") {
       out.kind = OutcomeKind::kRedirect;
       const auto* to = spec.targetOption("--to-ports");
+      std::optional<uint16_t> port;
       if (to == nullptr) {
-        out.destination =
-            SocketAddress{loopbackOf(packet_.destination.ip.family), packet_.destination.port};
-      } else if (auto port = parseIptablesPortRange(to->value());
-                 port && port->first == port->last && to->value().find('-') == std::string::npos) {
-        out.destination = SocketAddress{loopbackOf(packet_.destination.ip.family), port->first};
+        port = packet_.destination.port;
+      } else if (auto range = parseIptablesPortRange(to->value());
+                 range && range->first == range->last &&
+                 to->value().find('-') == std::string::npos) {
+        port = range->first;
+      }
+      auto address = redirectAddress(packet_, context_);
+      if (!address.ip && address.known) {
+        // The kernel drops what it cannot redirect (no address on the receiving interface).
+        out.kind = OutcomeKind::kDrop;
+        out.reason = address.why;
+      } else if (address.ip && port) {
+        out.destination = SocketAddress{*address.ip, *port};
+      } else if (!address.ip) {
+        out.reason = address.why;
       }
     } else if (t == "SNAT" || t == "MASQUERADE" || t == "NETMAP") {
       out.kind = OutcomeKind::kOther;
@@ -767,26 +816,11 @@ class Walker {
 
   void policy(Branch& b) {
     b.path.push_back(TraceStep{table_, base_, 0, "policy " + policy_, StepVerdict::kPolicy, "", 0});
-    TraceOutcome out;
-    out.chain = base_;
-    out.target = "policy " + policy_;
-    if (policy_ == "DROP") {
-      out.kind = OutcomeKind::kDrop;
-    } else {
-      out.kind = OutcomeKind::kUnchanged;
-      out.destination = packet_.destination;
-    }
-    finish(b, std::move(out));
+    finish(b, policyOutcome(base_, policy_, policy_ == "DROP", packet_.destination));
   }
 
   void finishUndetermined(Branch& b, std::string reason) {
-    TraceOutcome out;
-    out.kind = OutcomeKind::kUndetermined;
-    out.table = table_;
-    out.chain = b.chain;
-    out.rule_index = b.path.empty() ? 0 : b.path.back().rule_index;
-    out.reason = std::move(reason);
-    finish(b, std::move(out));
+    finish(b, undeterminedOutcome(b.chain, b.path, std::move(reason)));
   }
 
   void finish(Branch& b, TraceOutcome out) {
@@ -810,6 +844,7 @@ class Walker {
   std::string table_;
   std::string base_;
   const TracePacket& packet_;
+  const TraceContext& context_;
   MatchEvaluator matches_;
   std::unordered_map<std::string, std::vector<const SavedRule*>> rules_;
   std::unordered_map<const SavedRule*, std::unique_ptr<Result<RuleSpec>>> specs_;
@@ -864,38 +899,6 @@ void readRoute(const TraceRequest& request, TracePacket& packet, std::vector<std
   if (!packet.source) notes.emplace_back("'ip route get' named no source address");
 }
 
-// The native nftables tables of `family` in this netns: every table of family inet, and the
-// ip/ip6 tables other than the ones iptables-nft keeps (filter, nat, mangle, raw, security).
-// Their chains see the traced packet too, but the trace reads iptables rules only.
-std::optional<std::vector<std::string>> nativeNftTables(Family family,
-                                                        std::vector<std::string>& notes) {
-  NftContext nft;
-  auto tables = nftTables(nft);
-  if (!tables) {
-    notes.push_back(fmt::format(
-        "cannot list the nftables tables ({}): native nftables rules (Remora's nftables mode, "
-        "kube-proxy's nftables mode) would not be seen",
-        tables.error().message));
-    return std::nullopt;
-  }
-  static const std::string_view kIptablesNft[] = {"filter", "nat", "mangle", "raw", "security"};
-  const std::string_view own = family == Family::kIpv4 ? "ip" : "ip6";
-  std::vector<std::string> native;
-  for (const auto& t : *tables) {
-    const auto space = t.find(' ');
-    const std::string_view fam = std::string_view(t).substr(0, space);
-    const std::string_view name =
-        space == std::string::npos ? std::string_view() : std::string_view(t).substr(space + 1);
-    if (fam != "inet" && fam != own) continue;
-    if (fam == own && std::find(std::begin(kIptablesNft), std::end(kIptablesNft), name) !=
-                          std::end(kIptablesNft)) {
-      continue;
-    }
-    native.push_back(t);
-  }
-  return native;
-}
-
 // The device of the route to `ip` in this netns (`ip route get`), or nullopt.
 std::optional<std::string> routeDevice(const IpAddress& ip) {
   auto out = runCommand(
@@ -904,6 +907,23 @@ std::optional<std::string> routeDevice(const IpAddress& ip) {
   if (!out || out->exit_code != 0) return std::nullopt;
   auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
   return firstString(j, "dev");
+}
+
+// The addresses of `interface` in the kernel's order (`ip -j addr show dev`), or nullopt.
+std::optional<std::vector<IpAddress>> interfaceAddresses(const std::string& interface) {
+  auto out = runCommand({"ip", "-j", "addr", "show", "dev", interface}, {}, kDefaultCommandTimeout);
+  if (!out || out->exit_code != 0) return std::nullopt;
+  auto j = nlohmann::json::parse(out->out, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array() || j.empty() || !j[0].is_object()) return std::nullopt;
+  auto info = j[0].find("addr_info");
+  if (info == j[0].end() || !info->is_array()) return std::vector<IpAddress>{};
+  std::vector<IpAddress> addresses;
+  for (const auto& a : *info) {
+    auto local = a.is_object() ? a.find("local") : a.end();
+    if (local == a.end() || !local->is_string()) continue;
+    if (auto ip = IpAddress::parse(local->get<std::string>())) addresses.push_back(*ip);
+  }
+  return addresses;
 }
 
 std::optional<std::vector<Cidr>> readLocalNetworks(Family family, std::vector<std::string>& notes) {
@@ -999,8 +1019,13 @@ std::string packetLine(const TraceReport& r) {
   if (p.mark != 0) line += fmt::format(", mark {:#x}", p.mark);
   const bool filter =
       std::find(r.result.tables.begin(), r.result.tables.end(), "filter") != r.result.tables.end();
+  std::vector<std::string> nft;
+  for (const auto& t : r.result.tables) {
+    if (t != "nat" && t != "filter" && t != "raw" && t != "mangle") nft.push_back(t);
+  }
   line += fmt::format(" — {}{}", filter ? "nat and filter tables" : "nat table",
                       r.backend.empty() ? "" : " via " + r.backend);
+  if (!nft.empty()) line += fmt::format(", and nftables {}", fmt::join(nft, ", "));
   return line;
 }
 
@@ -1008,8 +1033,12 @@ std::string packetLine(const TraceReport& r) {
 std::string describeNat(const TraceOutcome& o) {
   switch (o.kind) {
     case OutcomeKind::kRedirect:
-      return o.destination ? fmt::format("REDIRECT to local port {}", o.destination->port)
-                           : o.target;
+      if (!o.destination) return o.target;
+      // In PREROUTING the port is on the receiving interface's address, not loopback.
+      return o.destination->ip == loopbackOf(o.destination->ip.family)
+                 ? fmt::format("REDIRECT to local port {}", o.destination->port)
+                 : fmt::format("REDIRECT to local port {} on {}", o.destination->port,
+                               o.destination->ip.toString());
     case OutcomeKind::kDnat:
       return fmt::format("DNAT {} via {}", o.destination ? o.destination->toString() : o.target,
                          o.chain);
@@ -1018,53 +1047,274 @@ std::string describeNat(const TraceOutcome& o) {
   }
 }
 
-struct FilterEntry {
-  std::string chain;  // OUTPUT, INPUT or FORWARD
-  TracePacket packet;
-};
-
-// Where the packet goes after nat and how the filter table sees it: the translated destination,
-// the mark nat left, and the route's device for the new destination.
-Result<FilterEntry> afterNat(const TracePacket& packet, const TraceOutcome& nat,
+// The packet after a nat translation: the new destination, the mark nat left, and the device
+// of the route to the new destination (lo for a REDIRECT).
+Result<TracePacket> afterNat(const TracePacket& packet, const TraceOutcome& nat,
                              const TraceContext& context) {
+  if (!nat.destination && nat.kind == OutcomeKind::kRedirect && !nat.reason.empty()) {
+    return makeError(fmt::format("{} #{}: {}", nat.chain, nat.rule_index, nat.reason));
+  }
   if (!nat.destination) {
     return makeError(fmt::format(
         "{} #{}: '{}' translates to a range; the filter table's verdict depends on the address "
         "the kernel picks",
         nat.chain, nat.rule_index, nat.target));
   }
-  FilterEntry entry{"OUTPUT", packet};
-  entry.packet.destination = *nat.destination;
-  entry.packet.mark = nat.mark;
-  const bool moved = !(nat.destination->ip == packet.destination.ip);
+  TracePacket next = packet;
+  next.destination = *nat.destination;
+  next.mark = nat.mark;
   if (nat.kind == OutcomeKind::kRedirect) {
-    entry.packet.out_interface = "lo";
-  } else if (moved) {
-    entry.packet.out_interface.reset();
-    if (context.route_device)
-      entry.packet.out_interface = context.route_device(nat.destination->ip);
+    next.out_interface = "lo";
+  } else if (!(nat.destination->ip == packet.destination.ip)) {
+    next.out_interface.reset();
+    if (context.route_device) next.out_interface = context.route_device(nat.destination->ip);
   }
-  if (packet.origin == TraceOrigin::kLocal) return entry;
-
-  bool local = nat.kind == OutcomeKind::kRedirect;
-  if (!local) {
-    if (!context.local_networks) {
-      return makeError(fmt::format(
-          "whether {} is an address of this netns (filter INPUT) or is forwarded (filter "
-          "FORWARD) depends on the local addresses, which are not known",
-          nat.destination->ip.toString()));
-    }
-    const auto& nets = *context.local_networks;
-    local = std::any_of(nets.begin(), nets.end(),
-                        [&](const Cidr& c) { return c.contains(nat.destination->ip); });
-  }
-  entry.chain = local ? "INPUT" : "FORWARD";
-  if (local) entry.packet.out_interface.reset();
-  if (!local && !moved && context.route_device) {
-    entry.packet.out_interface = context.route_device(nat.destination->ip);
-  }
-  return entry;
+  return next;
 }
+
+// One base chain on a hook, in the kernel's priority order: an iptables built-in chain or an
+// nftables base chain.
+struct Stage {
+  int priority = 0;
+  bool nat = false;
+  std::string table;  // "nat", "filter", "ip kube-proxy"
+  std::string chain;  // "OUTPUT", "filter-output", ...
+  std::function<TraceResult(const TracePacket&, bool translated)> walk;
+};
+
+// What a branch carries from one stage to the next.
+struct Carry {
+  TracePacket packet;
+  std::optional<TraceOutcome> nat;    // the translation, once a nat chain made one
+  std::optional<TraceOutcome> first;  // the first nat chain's "no translation" outcome
+  double probability = 1.0;
+  std::vector<TraceStep> path;
+  std::vector<std::string> assumptions;
+  std::vector<std::string> accepted;
+  std::string source_nat;  // "MASQUERADE in KUBE-POSTROUTING #3", once a source NAT applied
+  std::optional<uint32_t> routed_mark;  // the mark when POSTROUTING began
+};
+
+class StageWalk {
+ public:
+  StageWalk(const SavedRuleset& ruleset, const NftRuleset* nft, const TracePacket& packet,
+            const TraceContext& context)
+      : ruleset_(ruleset), nft_(nft), packet_(packet), context_(context) {}
+
+  TraceResult run() {
+    const bool arriving = packet_.origin == TraceOrigin::kArriving;
+    result_.tables = {"nat"};
+    for (const char* t : {"filter", "raw", "mangle"}) {
+      if (ruleset_.table(t) != nullptr) result_.tables.emplace_back(t);
+    }
+    if (nft_ != nullptr) {
+      for (const auto& t : nft_->tables) {
+        if (t.sees(packet_.destination.ip.family) &&
+            std::any_of(t.chains.begin(), t.chains.end(),
+                        [](const auto& c) { return !c.second.hook.empty(); })) {
+          result_.tables.push_back(t.label());
+        }
+      }
+    }
+    Carry c;
+    c.packet = packet_;
+    const std::string_view hook = arriving ? "prerouting" : "output";
+    walk(stages(hook), 0, std::move(c), hook);
+    return std::move(result_);
+  }
+
+ private:
+  std::vector<Stage> stages(std::string_view hook) const {
+    std::vector<Stage> out;
+    auto iptables = [&](const SavedTable* table, const char* name, const std::string& chain,
+                        int prio, bool nat) {
+      out.push_back(Stage{prio, nat, name, chain,
+                          [this, table, chain](const TracePacket& p, bool translated) {
+                            return traceChain(*table, chain, p, context_, translated);
+                          }});
+    };
+    std::string chain(hook);
+    std::transform(chain.begin(), chain.end(), chain.begin(),
+                   [](char ch) { return static_cast<char>(std::toupper(ch)); });
+    // iptables' tables and their priorities on each hook (raw -300, mangle -150, nat dstnat
+    // -100 / srcnat 100, filter 0); nat PREROUTING and OUTPUT are walked even when empty, as
+    // the outcome of "no translation".
+    static const struct {
+      const char* table;
+      int priority;
+      const char* hooks[5];
+    } kTables[] = {
+        {"raw", -300, {"prerouting", "output"}},
+        {"mangle", -150, {"prerouting", "input", "forward", "output", "postrouting"}},
+        {"nat", -100, {"prerouting", "output"}},
+        {"filter", 0, {"input", "forward", "output"}},
+        {"nat", 100, {"input", "postrouting"}},
+    };
+    for (const auto& t : kTables) {
+      if (std::none_of(std::begin(t.hooks), std::end(t.hooks),
+                       [&](const char* h) { return h != nullptr && hook == h; })) {
+        continue;
+      }
+      const SavedTable* table = ruleset_.table(t.table);
+      const bool is_nat = std::string_view(t.table) == "nat";
+      if (table == nullptr && is_nat && t.priority < 0) table = &empty_nat_;
+      const bool always = is_nat && t.priority < 0;  // nat PREROUTING / OUTPUT
+      if (table == nullptr || (table->chain(chain) == nullptr && !always)) continue;
+      iptables(table, t.table, chain, t.priority, is_nat);
+    }
+
+    if (nft_ != nullptr) {
+      for (const auto& base : nftBaseChains(*nft_, packet_.destination.ip.family, hook)) {
+        out.push_back(Stage{base.chain->priority, base.chain->type == "nat", base.table->label(),
+                            base.chain->name, [this, base](const TracePacket& p, bool translated) {
+                              return traceNftChain(*base.table, base.chain->name, p, context_,
+                                                   translated);
+                            }});
+      }
+    }
+    std::stable_sort(out.begin(), out.end(),
+                     [](const Stage& a, const Stage& b) { return a.priority < b.priority; });
+    return out;
+  }
+
+  void walk(const std::vector<Stage>& stages, size_t i, Carry c, std::string_view hook) {
+    if (i == stages.size()) {
+      if (hook == "prerouting") return arrive(std::move(c));
+      if (hook == "output" || hook == "forward") {
+        // The outcome reports the mark the routing decision saw (kube-proxy's masquerade chain
+        // clears its bit again before MASQUERADE).
+        c.routed_mark = c.packet.mark;
+        return walk(this->stages("postrouting"), 0, std::move(c), "postrouting");
+      }
+      return done(std::move(c));
+    }
+    const Stage& stage = stages[i];
+    // Once a nat chain has bound the connection, later nat chains of the same kind (destination
+    // NAT before routing, source NAT after) are skipped.
+    const bool source_nat = hook == "postrouting" || hook == "input";
+    if (stage.nat && (source_nat ? !c.source_nat.empty() : c.nat.has_value())) {
+      return walk(stages, i + 1, std::move(c), hook);
+    }
+    TraceResult r = stage.walk(c.packet, c.nat.has_value());
+    for (auto& f : r.outcomes) {
+      Carry next = c;
+      next.probability *= f.probability;
+      next.path.insert(next.path.end(), std::make_move_iterator(f.path.begin()),
+                       std::make_move_iterator(f.path.end()));
+      for (auto& a : f.assumptions) {
+        if (std::find(next.assumptions.begin(), next.assumptions.end(), a) ==
+            next.assumptions.end()) {
+          next.assumptions.push_back(std::move(a));
+        }
+      }
+      next.packet.mark = f.mark;
+      if (f.kind == OutcomeKind::kUnchanged) {
+        if (stage.nat && !next.first) next.first = f;
+        if (!stage.nat) {
+          next.accepted.push_back(fmt::format(
+              "{} {}: accepted ({})", stage.table, stage.chain,
+              f.rule_index == 0
+                  ? f.target
+                  : fmt::format("{} in {} #{}", stage.table == "filter" ? "ACCEPT" : f.target,
+                                f.chain, f.rule_index)));
+        }
+        walk(stages, i + 1, std::move(next), hook);
+        continue;
+      }
+      if (f.kind == OutcomeKind::kDnat || f.kind == OutcomeKind::kRedirect) {
+        auto moved = afterNat(next.packet, f, context_);
+        if (!moved) {
+          f.kind = OutcomeKind::kUndetermined;
+          f.reason = moved.error().message;
+          finish(std::move(next), std::move(f));
+          continue;
+        }
+        next.packet = std::move(*moved);
+        next.nat = std::move(f);
+        walk(stages, i + 1, std::move(next), hook);
+        continue;
+      }
+      if (f.kind == OutcomeKind::kOther && stage.nat && source_nat) {
+        // SNAT/MASQUERADE: the connection goes on, from another source address.
+        next.source_nat =
+            fmt::format("{} in {}{} #{}", f.target, stage.table == "nat" ? "" : stage.table + " ",
+                        f.chain, f.rule_index);
+        walk(stages, i + 1, std::move(next), hook);
+        continue;
+      }
+      finish(std::move(next), std::move(f));
+    }
+  }
+
+  // After PREROUTING: filter INPUT when the (translated) destination is local, FORWARD
+  // otherwise.
+  void arrive(Carry c) {
+    if (stages("input").empty() && stages("forward").empty()) return done(std::move(c));
+    const bool moved = c.nat && !(c.packet.destination.ip == packet_.destination.ip);
+    bool local = c.nat && c.nat->kind == OutcomeKind::kRedirect;
+    if (!local) {
+      if (!context_.local_networks) {
+        TraceOutcome out = c.nat ? *c.nat : c.first.value_or(TraceOutcome{});
+        out.kind = OutcomeKind::kUndetermined;
+        out.reason = fmt::format(
+            "whether {} is an address of this netns (filter INPUT) or is forwarded (filter "
+            "FORWARD) depends on the local addresses, which are not known",
+            c.packet.destination.ip.toString());
+        return finish(std::move(c), std::move(out));
+      }
+      const auto& nets = *context_.local_networks;
+      local = std::any_of(nets.begin(), nets.end(),
+                          [&](const Cidr& n) { return n.contains(c.packet.destination.ip); });
+    }
+    if (local) {
+      c.packet.out_interface.reset();
+    } else if (!moved && context_.route_device) {
+      c.packet.out_interface = context_.route_device(c.packet.destination.ip);
+    }
+    const std::string_view hook = local ? "input" : "forward";
+    walk(stages(hook), 0, std::move(c), hook);
+  }
+
+  // Every stage let the packet through.
+  void done(Carry c) {
+    TraceOutcome out;
+    if (c.nat) {
+      out = *c.nat;
+    } else if (c.first) {
+      out = *c.first;
+    } else {
+      out.chain = packet_.origin == TraceOrigin::kArriving ? "PREROUTING" : "OUTPUT";
+      out.target = "policy ACCEPT";
+      out.destination = packet_.destination;
+    }
+    out.translated.clear();
+    out.accepted_by = fmt::format("{}", fmt::join(c.accepted, "; "));
+    finish(std::move(c), std::move(out));
+  }
+
+  void finish(Carry c, TraceOutcome out) {
+    if (c.nat && out.kind != OutcomeKind::kDnat && out.kind != OutcomeKind::kRedirect) {
+      out.translated = describeNat(*c.nat);
+    }
+    if (c.nat && (out.kind == OutcomeKind::kDnat || out.kind == OutcomeKind::kRedirect) &&
+        !c.accepted.empty()) {
+      out.accepted_by = fmt::format("{}", fmt::join(c.accepted, "; "));
+    }
+    out.source_nat = c.source_nat;
+    out.probability = c.probability;
+    out.mark = c.routed_mark.value_or(c.packet.mark);
+    out.path = std::move(c.path);
+    out.assumptions = std::move(c.assumptions);
+    result_.outcomes.push_back(std::move(out));
+  }
+
+  const SavedRuleset& ruleset_;
+  const NftRuleset* nft_;
+  const TracePacket& packet_;
+  const TraceContext& context_;
+  const SavedTable empty_nat_{"nat", {}, {}};
+  TraceResult result_;
+};
 
 // What a TCP connect() sees when the SYN is rejected with `target` ("REJECT --reject-with X"):
 // the kernel turns the ICMP error (or the reset) into this errno in SYN-SENT.
@@ -1084,6 +1334,20 @@ std::string rejectErrno(const std::string& target) {
       {"icmp6-addr-unreachable", "EHOSTUNREACH"},
       {"addr-unreach", "EHOSTUNREACH"},
   };
+  // nftables: "reject with icmp host-unreachable", "reject with icmpv6 admin-prohibited".
+  if (target.starts_with("reject with ")) {
+    static const std::pair<std::string_view, std::string_view> kNft[] = {
+        {"tcp reset", "ECONNREFUSED"},         {"net-unreachable", "ENETUNREACH"},
+        {"host-unreachable", "EHOSTUNREACH"},  {"prot-unreachable", "ENOPROTOOPT"},
+        {"net-prohibited", "ENETUNREACH"},     {"host-prohibited", "EHOSTUNREACH"},
+        {"no-route", "ENETUNREACH"},           {"addr-unreachable", "EHOSTUNREACH"},
+        {"icmpv6 admin-prohibited", "EACCES"}, {"admin-prohibited", "EHOSTUNREACH"},
+    };
+    for (const auto& [name, err] : kNft) {
+      if (target.find(name) != std::string::npos) return std::string(err);
+    }
+    return "ECONNREFUSED";
+  }
   auto at = target.find("--reject-with ");
   if (at == std::string::npos) return "ECONNREFUSED";  // icmp(6)-port-unreachable by default
   std::string_view with = std::string_view(target).substr(at + 14);
@@ -1142,6 +1406,30 @@ const char* toString(OutcomeKind kind) {
   return "?";
 }
 
+TraceOutcome policyOutcome(const std::string& chain, const std::string& policy, bool drop,
+                           const SocketAddress& destination) {
+  TraceOutcome out;
+  out.chain = chain;
+  out.target = "policy " + policy;
+  if (drop) {
+    out.kind = OutcomeKind::kDrop;
+  } else {
+    out.kind = OutcomeKind::kUnchanged;
+    out.destination = destination;
+  }
+  return out;
+}
+
+TraceOutcome undeterminedOutcome(const std::string& chain, const std::vector<TraceStep>& path,
+                                 std::string reason) {
+  TraceOutcome out;
+  out.kind = OutcomeKind::kUndetermined;
+  out.chain = chain;
+  out.rule_index = path.empty() ? 0 : path.back().rule_index;
+  out.reason = std::move(reason);
+  return out;
+}
+
 TraceResult traceChain(const SavedTable& table, std::string_view chain, const TracePacket& packet,
                        const TraceContext& context, bool translated) {
   return Walker(table, chain, packet, context, translated).run();
@@ -1153,63 +1441,8 @@ TraceResult traceNatOutput(const SavedTable& nat, const TracePacket& packet,
 }
 
 TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& packet,
-                            const TraceContext& context) {
-  const bool arriving = packet.origin == TraceOrigin::kArriving;
-  const SavedTable empty_nat{"nat", {}, {}};
-  const SavedTable* nat = ruleset.table("nat");
-  TraceResult nat_result =
-      traceChain(nat ? *nat : empty_nat, arriving ? "PREROUTING" : "OUTPUT", packet, context);
-  nat_result.tables = {"nat"};
-  const SavedTable* filter = ruleset.table("filter");
-  if (filter == nullptr) return nat_result;
-
-  TraceResult result;
-  result.tables = {"nat", "filter"};
-  for (auto& n : nat_result.outcomes) {
-    if (n.kind == OutcomeKind::kUndetermined || n.kind == OutcomeKind::kDrop ||
-        n.kind == OutcomeKind::kReject) {
-      result.outcomes.push_back(std::move(n));
-      continue;
-    }
-    auto after = afterNat(packet, n, context);
-    if (!after) {
-      n.kind = OutcomeKind::kUndetermined;
-      n.reason = after.error().message;
-      result.outcomes.push_back(std::move(n));
-      continue;
-    }
-    const bool translated = n.kind == OutcomeKind::kDnat || n.kind == OutcomeKind::kRedirect;
-    auto filtered = traceChain(*filter, after->chain, after->packet, context, translated);
-    for (auto& f : filtered.outcomes) {
-      const double probability = n.probability * f.probability;
-      const uint32_t mark = f.mark;
-      TraceOutcome out;
-      std::vector<TraceStep> path = n.path;
-      path.insert(path.end(), std::make_move_iterator(f.path.begin()),
-                  std::make_move_iterator(f.path.end()));
-      std::vector<std::string> assumptions = n.assumptions;
-      for (auto& a : f.assumptions) {
-        if (std::find(assumptions.begin(), assumptions.end(), a) == assumptions.end()) {
-          assumptions.push_back(std::move(a));
-        }
-      }
-      if (f.kind == OutcomeKind::kUnchanged) {
-        out = n;
-        out.accepted_by = fmt::format(
-            "filter {}: accepted ({})", after->chain,
-            f.rule_index == 0 ? f.target : fmt::format("ACCEPT in {} #{}", f.chain, f.rule_index));
-      } else {
-        out = std::move(f);
-        if (n.kind != OutcomeKind::kUnchanged) out.translated = describeNat(n);
-      }
-      out.probability = probability;
-      out.mark = mark;
-      out.path = std::move(path);
-      out.assumptions = std::move(assumptions);
-      result.outcomes.push_back(std::move(out));
-    }
-  }
-  return result;
+                            const TraceContext& context, const NftRuleset* nft) {
+  return StageWalk(ruleset, nft, packet, context).run();
 }
 
 std::string formatProbability(double probability) {
@@ -1229,8 +1462,14 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
   switch (o.kind) {
     case OutcomeKind::kRedirect:
       text = describeNat(o);
-      if (o.chain == kRedirectChain) text += " (captured by the proxy's outbound listener)";
-      if (o.chain == kInRedirectChain) text += " (captured by the proxy's inbound listener)";
+      // nftables mode names the chains per family: REMORA_REDIRECT_v4.
+      if (o.chain == kRedirectChain || o.chain.starts_with(std::string(kRedirectChain) + "_v")) {
+        text += " (captured by the proxy's outbound listener)";
+      }
+      if (o.chain == kInRedirectChain ||
+          o.chain.starts_with(std::string(kInRedirectChain) + "_v")) {
+        text += " (captured by the proxy's inbound listener)";
+      }
       break;
     case OutcomeKind::kDnat:
       text = describeNat(o);
@@ -1243,7 +1482,8 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
           o.rule_index == 0 ? o.chain + " " + o.target : "ACCEPT in " + where);
       break;
     case OutcomeKind::kDrop:
-      text = fmt::format("dropped ({}): the SYN gets no answer, connect() times out", decided);
+      text = fmt::format("dropped ({}): {}the SYN gets no answer, connect() times out", decided,
+                         o.reason.empty() ? "" : o.reason + "; ");
       break;
     case OutcomeKind::kReject:
       text = fmt::format("rejected ({}): connect() fails at once with {}", decided,
@@ -1261,6 +1501,7 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
     text += fmt::format(" (mark {:#x})", o.mark);
   }
   if (!o.accepted_by.empty()) text += "; " + o.accepted_by;
+  if (!o.source_nat.empty()) text += "; source NAT: " + o.source_nat;
   return fmt::format("{}, {}", text, formatProbability(o.probability));
 }
 
@@ -1312,19 +1553,24 @@ Result<TraceReport> traceCurrentNetns(const TraceRequest& request) {
   TraceContext context;
   context.local_networks = readLocalNetworks(family, report.notes);
   context.route_device = [](const IpAddress& ip) { return routeDevice(ip); };
-  report.result = traceConnection(*ruleset, report.packet, context);
-  if (ruleset->table("filter") == nullptr) {
+  context.interface_addresses = [](const std::string& name) { return interfaceAddresses(name); };
+  // Native nftables tables (Remora's inet remora, kube-proxy's ip kube-proxy) see the packet
+  // too: their base chains are walked with the iptables ones, in priority order.
+  auto nft = readNftRuleset();
+  if (!nft) {
+    report.notes.push_back(fmt::format(
+        "NOT WALKED: cannot read the nftables ruleset ({}): native nftables rules (Remora's "
+        "nftables mode, kube-proxy's nftables mode) would see this packet too, so the outcomes "
+        "below may not be what happens",
+        nft.error().message));
+  }
+  report.result = traceConnection(*ruleset, report.packet, context, nft ? &*nft : nullptr);
+  const bool has_nft = report.result.tables.size() > 2 ||
+                       (report.result.tables.size() == 2 && report.result.tables[1] != "filter");
+  if (ruleset->table("filter") == nullptr && !has_nft) {
     report.notes.push_back(
         fmt::format("{} has no filter table in this netns: nothing rejects or drops connections",
                     report.backend));
-  }
-  if (auto native = nativeNftTables(family, report.notes); native && !native->empty()) {
-    report.notes.push_back(fmt::format(
-        "NOT WALKED: native nftables table{} {} (Remora's nftables mode, kube-proxy's nftables "
-        "mode, ...): {} chains see this packet too, so the outcomes below may not be what "
-        "happens; see 'nft list table {}'",
-        native->size() == 1 ? "" : "s", fmt::join(*native, ", "),
-        native->size() == 1 ? "its" : "their", native->front()));
   }
   return report;
 }
@@ -1398,6 +1644,7 @@ nlohmann::json traceToJson(const TraceReport& report) {
         {"comment", o.comment},
         {"translated", o.translated},
         {"accepted_by", o.accepted_by},
+        {"source_nat", o.source_nat},
         {"assumptions", o.assumptions},
         {"mark", o.mark},
         {"summary", describeOutcome(o, p)},

@@ -15,6 +15,8 @@
 
 namespace remora::intercept {
 
+struct NftRuleset;  // trace_nft.h
+
 // Where the first packet of the connection enters the netfilter hooks.
 enum class TraceOrigin {
   kLocal,     // sent by a socket of this netns: nat OUTPUT, then filter OUTPUT
@@ -44,6 +46,11 @@ struct TraceContext {
   // The output device of the route to an address (for -o in FORWARD, after DNAT changed the
   // destination); unset or returning nullopt when unknown.
   std::function<std::optional<std::string>(const IpAddress&)> route_device;
+  // The addresses of an interface in the kernel's order (primary addresses first), for a
+  // REDIRECT in PREROUTING: the kernel sends the packet to the receiving interface's first
+  // address of the family (IPv6: of the destination's scope), not to loopback. Unset or
+  // returning nullopt when unknown.
+  std::function<std::optional<std::vector<IpAddress>>(const std::string&)> interface_addresses;
 };
 
 enum class StepVerdict {
@@ -101,6 +108,9 @@ struct TraceOutcome {
   // For an accepted outcome, the filter chain and rule (or policy) that let it through, e.g.
   // "filter FORWARD: KUBE-FORWARD #2 ACCEPT"; empty when there is no filter table.
   std::string accepted_by;
+  // The source NAT nat POSTROUTING (or INPUT) applied on the way, e.g. "MASQUERADE
+  // --random-fully in KUBE-POSTROUTING #3"; empty when none.
+  std::string source_nat;
   // Branches the trace resolved by assumption, e.g. a session-affinity check taken as "this
   // client has no affinity entry yet".
   std::vector<std::string> assumptions;
@@ -115,6 +125,24 @@ struct TraceResult {
   // The tables the walk went through ({"nat"} or {"nat", "filter"}); empty for one chain.
   std::vector<std::string> tables;
 };
+
+// Where REDIRECT sends the packet, as nf_nat_redirect does: loopback for a packet this netns
+// sends; the receiving interface's first address of the family for an arriving one (IPv6: the
+// first of the destination's scope, link-local or not), and nowhere (the kernel drops it) when
+// the interface has none.
+struct RedirectAddress {
+  std::optional<IpAddress> ip;
+  bool known = true;  // false: the address depends on facts the trace does not have
+  std::string why;    // unset ip: why
+};
+RedirectAddress redirectAddress(const TracePacket& packet, const TraceContext& context);
+
+// Outcomes both walkers (iptables, nftables) end a branch with: a base chain's policy
+// (`drop`: the policy drops), and a rule or match the walk cannot evaluate.
+TraceOutcome policyOutcome(const std::string& chain, const std::string& policy, bool drop,
+                           const SocketAddress& destination);
+TraceOutcome undeterminedOutcome(const std::string& chain, const std::vector<TraceStep>& path,
+                                 std::string reason);
 
 // Walks the nat table's OUTPUT chain for `packet` the way the kernel does: rules in order,
 // jumps and gotos, RETURN, policies, MARK, and a branch per `-m statistic --mode random`.
@@ -132,8 +160,10 @@ TraceResult traceChain(const SavedTable& table, std::string_view chain, const Tr
 // kLocal packets through nat OUTPUT then filter OUTPUT; kArriving ones through nat PREROUTING,
 // then filter INPUT when the (translated) destination is local, FORWARD otherwise. The filter
 // walk sees the destination and mark nat left. A missing table passes everything.
+// `nft` (optional): native nftables tables, whose base chains on each hook are walked in
+// priority order with the iptables ones (nat chains once no nat chain has translated yet).
 TraceResult traceConnection(const SavedRuleset& ruleset, const TracePacket& packet,
-                            const TraceContext& context);
+                            const TraceContext& context, const NftRuleset* nft = nullptr);
 
 struct TraceRequest {
   SocketAddress destination;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "../unit/iptables_fixtures.h"
@@ -18,6 +19,7 @@
 #include "common/subprocess.h"
 #include "intercept/backend.h"
 #include "intercept/dump.h"
+#include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
 #include "intercept/trace.h"
 
@@ -291,6 +293,41 @@ void expectAgreement(const TraceReport& report, const ConnectResult& real, Outco
   }
 }
 
+// A client at 192.0.2.200 in a netns of its own, whose only link is peer0, the other end of the
+// node netns's eth0 (which has no link out either). Its default route goes through 10.244.0.5.
+struct ClientNetns {
+  ScratchNetns ns{"rmtracecl"};
+  bool added = false;
+  ClientNetns() = default;
+  ClientNetns(const ClientNetns&) = delete;
+  ClientNetns& operator=(const ClientNetns&) = delete;
+  ~ClientNetns() {
+    if (added) (void)runCommand({"ip", "netns", "del", ns.name()});
+  }
+
+  // Returns an empty string on success, else what failed.
+  std::string attach(ScratchNetns& node) {
+    auto add = runCommand({"ip", "netns", "add", ns.name()});
+    if (!add || add->exit_code != 0) return "ip netns add failed: " + (add ? add->err : "");
+    added = true;
+    const std::vector<std::pair<ScratchNetns*, std::vector<std::string>>> steps = {
+        {&node, {"ip", "link", "set", "peer0", "netns", ns.name()}},
+        {&node, {"ip", "route", "add", "192.0.2.200/32", "dev", "eth0"}},
+        {&ns, {"ip", "link", "set", "lo", "up"}},
+        {&ns, {"ip", "link", "set", "peer0", "up"}},
+        {&ns, {"ip", "addr", "add", "192.0.2.200/32", "dev", "peer0"}},
+        {&ns, {"ip", "route", "add", "10.244.0.5/32", "dev", "peer0"}},
+        {&ns, {"ip", "route", "add", "default", "via", "10.244.0.5", "dev", "peer0"}}};
+    for (const auto& [where, argv] : steps) {
+      auto r = where->exec(argv);
+      if (!r || r->exit_code != 0) {
+        return fmt::format("'{}' failed: {}", fmt::join(argv, " "), r ? r->err : r.error().message);
+      }
+    }
+    return {};
+  }
+};
+
 class TraceKubeE2eTest : public ::testing::TestWithParam<BackendCase> {
  protected:
   void SetUp() override {
@@ -335,19 +372,10 @@ TEST_P(TraceKubeE2eTest, LocalConnectionsMeetTheVerdictTheTraceGives) {
 // A client in a netns of its own, routed through the node netns that holds the rules: nat
 // PREROUTING, then filter FORWARD, traced with --source.
 TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
-  ScratchNetns client("rmtracecl");
-  auto added = runCommand({"ip", "netns", "add", client.name()});
-  ASSERT_TRUE(added.ok() && added->exit_code == 0) << (added ? added->err : "");
-  // Removed by name when `client` goes out of scope; its only link is peer0, whose other end
-  // (eth0) is in the node netns, which has no link out either.
-  struct Remove {
-    std::string name;
-    ~Remove() { (void)runCommand({"ip", "netns", "del", name}); }
-  } remove{client.name()};
+  ClientNetns client;
+  ASSERT_EQ(client.attach(node_), "");
   for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
-           {"ip", "link", "set", "peer0", "netns", client.name()},
            {"sysctl", "-qw", "net.ipv4.ip_forward=1"},
-           {"ip", "route", "add", "192.0.2.200/32", "dev", "eth0"},
            // Service addresses route to a second veth pair, both ends in the node netns:
            // forwarded out of the interface they came in on, they would draw an ICMP redirect
            // first, which uses up the per-host ICMP rate limit and swallows REJECT's error.
@@ -358,16 +386,6 @@ TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
            {"ip", "route", "add", "10.96.0.0/12", "dev", "kube0"},
            {"ip", "route", "add", "198.51.100.0/24", "dev", "kube0"}}) {
     auto r = node_.exec(argv);
-    ASSERT_TRUE(r.ok() && r->exit_code == 0)
-        << fmt::format("{}", fmt::join(argv, " ")) << ": " << (r ? r->err : r.error().message);
-  }
-  for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
-           {"ip", "link", "set", "lo", "up"},
-           {"ip", "link", "set", "peer0", "up"},
-           {"ip", "addr", "add", "192.0.2.200/32", "dev", "peer0"},
-           {"ip", "route", "add", "10.244.0.5/32", "dev", "peer0"},
-           {"ip", "route", "add", "default", "via", "10.244.0.5", "dev", "peer0"}}) {
-    auto r = client.exec(argv);
     ASSERT_TRUE(r.ok() && r->exit_code == 0)
         << fmt::format("{}", fmt::join(argv, " ")) << ": " << (r ? r->err : r.error().message);
   }
@@ -382,40 +400,221 @@ TEST_P(TraceKubeE2eTest, ForwardedConnectionsMeetTheVerdictTheTraceGives) {
   EXPECT_EQ(cart->packet.in_interface.value_or(""), "eth0");  // the route back to the client
   EXPECT_NE(renderTrace(*cart).find("then the filter table:\n  FORWARD #1"), std::string::npos)
       << renderTrace(*cart);
-  expectAgreement(*cart, connectIn(client.path(), "10.96.60.6:80"), OutcomeKind::kReject,
+  expectAgreement(*cart, connectIn(client.ns.path(), "10.96.60.6:80"), OutcomeKind::kReject,
                   "KUBE-SERVICES");
   auto api = from_client("198.51.100.7:443");
   ASSERT_TRUE(api.ok()) << api.error().message;
-  expectAgreement(*api, connectIn(client.path(), "198.51.100.7:443"), OutcomeKind::kDrop,
+  expectAgreement(*api, connectIn(client.ns.path(), "198.51.100.7:443"), OutcomeKind::kDrop,
                   "KUBE-PROXY-FIREWALL");
 }
 
-// The trace reads iptables rules; native nftables tables see the packet too, so it names them.
-TEST(TraceNftE2eTest, NativeNftablesTablesAreNamedAsNotWalked) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
-  if (!programInPath("nft") || !programInPath("iptables-nft-restore")) {
-    GTEST_SKIP() << "nft or iptables-nft-restore is not installed";
+// A REDIRECT in nat PREROUTING: the kernel sends the connection to the receiving interface's
+// primary address (10.244.0.5, not the 10.244.0.9 the client dialled, and not 127.0.0.1), so a
+// filter INPUT rule rejecting port 15006 on 127.0.0.1 or on 10.244.0.9 does not see it. The trace
+// must name the address the listener's accepted socket reports.
+TEST_P(TraceKubeE2eTest, RedirectInPreroutingLandsOnTheReceivingInterfacesPrimaryAddress) {
+  ClientNetns client;
+  ASSERT_EQ(client.attach(node_), "");
+  auto secondary = node_.exec({"ip", "addr", "add", "10.244.0.9/24", "dev", "eth0"});
+  ASSERT_TRUE(secondary.ok() && secondary->exit_code == 0) << (secondary ? secondary->err : "");
+  auto loaded =
+      node_.exec({GetParam().restore},
+                 "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                 ":POSTROUTING ACCEPT [0:0]\n"
+                 "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15006\nCOMMIT\n"
+                 "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                 "-A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+                 "-A INPUT -d 10.244.0.9/32 -p tcp -m tcp --dport 15006 -j REJECT\nCOMMIT\n");
+  ASSERT_TRUE(loaded.ok() && loaded->exit_code == 0) << (loaded ? loaded->err : "");
+
+  int listener = -1;
+  ASSERT_TRUE(runInNetns(node_.path(), [&]() -> Result<void> {
+                listener = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                sockaddr_in any{};
+                any.sin_family = AF_INET;
+                any.sin_port = htons(15006);
+                if (listener < 0 ||
+                    ::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 ||
+                    ::listen(listener, 4) != 0) {
+                  return makeError(fmt::format("listener: {}", std::strerror(errno)));
+                }
+                return {};
+              }).ok());
+  struct Close {
+    int fd;
+    ~Close() {
+      if (fd >= 0) ::close(fd);
+    }
+  } close_listener{listener};
+
+  TraceRequest r = request("10.244.0.9:8080");
+  r.source = *IpAddress::parse("192.0.2.200");
+  auto report = traceIn(node_.path(), r);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  const std::string text = renderTrace(*report);
+  ASSERT_EQ(report->result.outcomes.size(), 1u) << text;
+  const auto& o = report->result.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kRedirect) << text;
+  EXPECT_EQ(o.accepted_by, "filter INPUT: accepted (policy ACCEPT)") << text;
+  ASSERT_TRUE(o.destination.has_value()) << text;
+
+  auto real = connectIn(client.ns.path(), "10.244.0.9:8080");
+  EXPECT_FALSE(real.timed_out) << text;
+  EXPECT_EQ(real.error, 0) << std::strerror(real.error) << "\n" << text;
+  pollfd p{listener, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 1000), 1) << "nothing reached the listener on 15006\n" << text;
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(accepted, 0) << std::strerror(errno);
+  ASSERT_EQ(::getsockname(accepted, reinterpret_cast<sockaddr*>(&local), &len), 0);
+  ::close(accepted);
+  auto landed = SocketAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&local));
+  ASSERT_TRUE(landed.has_value());
+  EXPECT_EQ(landed->toString(), "10.244.0.5:15006");
+  EXPECT_EQ(o.destination->toString(), landed->toString()) << text;
+  EXPECT_NE(text.find("REDIRECT to local port 15006 on 10.244.0.5"), std::string::npos) << text;
+}
+
+// A listening socket in a netns, closed with the test.
+class Listener {
+ public:
+  Listener(const std::string& netns, uint16_t port) {
+    auto made = runInNetns(netns, [&]() -> Result<void> {
+      fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      const int one = 1;
+      ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in any{};
+      any.sin_family = AF_INET;
+      any.sin_port = htons(port);
+      if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 ||
+          ::listen(fd_, 64) != 0) {
+        return makeError(fmt::format("listener: {}", std::strerror(errno)));
+      }
+      return {};
+    });
+    EXPECT_TRUE(made.ok()) << made.error().message;
   }
+  ~Listener() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // The local address of the next accepted connection ("" when none came within a second).
+  std::string acceptedOn() const {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 1000) != 1) return "";
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return "";
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    ::getsockname(c, reinterpret_cast<sockaddr*>(&local), &len);
+    ::close(c);
+    auto sa = SocketAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&local));
+    return sa ? sa->toString() : "";
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// kube-proxy's nftables mode (test/fixtures/kube_proxy_nft.nft, table ip kube-proxy) loaded into a
+// netns with no iptables rules: dump --trace walks its base chains, and real connections meet
+// what it says: the no-endpoint map rejects, the source-range firewall drops, and the numgen map
+// spreads a Service over its two endpoints (here the netns's own addresses, so the accepted
+// socket shows which one).
+TEST(TraceNftE2eTest, KubeProxyNftablesModeMeetsTheVerdictTheTraceGives) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  if (!programInPath("nft")) GTEST_SKIP() << "nft is not installed";
   ScratchNetns ns;
   std::string failed = ns.create();
   if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
-  auto loaded = ns.exec({"iptables-nft-restore"}, nodeRulesWithoutNfacct());
-  ASSERT_TRUE(loaded.ok() && loaded->exit_code == 0) << (loaded ? loaded->err : "");
+  auto extra = ns.exec({"ip", "addr", "add", "10.244.0.6/24", "dev", "eth0"});
+  ASSERT_TRUE(extra.ok() && extra->exit_code == 0) << (extra ? extra->err : "");
+  auto loaded = ns.exec({"nft", "-f", std::string(REMORA_FIXTURES_DIR) + "/kube_proxy_nft.nft"});
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  if (loaded->exit_code != 0) GTEST_SKIP() << "nft cannot load the fixture here: " << loaded->err;
   TraceRequest request;
-  request.destination = *SocketAddress::parse("10.96.60.6:80");
   request.backend = IptablesBackend::kNft;
-  // iptables-nft's own ip filter/nat tables are not native: no note.
-  auto plain = traceIn(ns.path(), request);
-  ASSERT_TRUE(plain.ok()) << plain.error().message;
-  EXPECT_EQ(renderTrace(*plain).find("NOT WALKED"), std::string::npos) << renderTrace(*plain);
-  auto added = ns.exec({"nft", "add table inet remora; add table ip kube-proxy"});
-  ASSERT_TRUE(added.ok() && added->exit_code == 0) << (added ? added->err : "");
-  auto report = traceIn(ns.path(), request);
-  ASSERT_TRUE(report.ok()) << report.error().message;
-  const std::string text = renderTrace(*report);
-  EXPECT_NE(text.find("Note: NOT WALKED: native nftables tables "), std::string::npos) << text;
-  EXPECT_NE(text.find("inet remora"), std::string::npos) << text;
-  EXPECT_NE(text.find("ip kube-proxy"), std::string::npos) << text;
+
+  request.destination = *SocketAddress::parse("10.96.60.6:80");
+  auto cart = traceIn(ns.path(), request);
+  ASSERT_TRUE(cart.ok()) << cart.error().message;
+  EXPECT_EQ(renderTrace(*cart).find("NOT WALKED"), std::string::npos) << renderTrace(*cart);
+  EXPECT_NE(renderTrace(*cart).find("and nftables ip kube-proxy"), std::string::npos)
+      << renderTrace(*cart);
+  auto real = connectIn(ns.path(), "10.96.60.6:80");
+  ASSERT_EQ(cart->result.outcomes.size(), 1u) << renderTrace(*cart);
+  EXPECT_EQ(cart->result.outcomes[0].kind, OutcomeKind::kReject) << renderTrace(*cart);
+  EXPECT_EQ(real.error, ECONNREFUSED) << std::strerror(real.error);
+  EXPECT_FALSE(real.timed_out);
+
+  request.destination = *SocketAddress::parse("198.51.100.7:443");
+  auto api = traceIn(ns.path(), request);
+  ASSERT_TRUE(api.ok()) << api.error().message;
+  ASSERT_EQ(api->result.outcomes.size(), 1u) << renderTrace(*api);
+  EXPECT_EQ(api->result.outcomes[0].kind, OutcomeKind::kDrop) << renderTrace(*api);
+  EXPECT_TRUE(connectIn(ns.path(), "198.51.100.7:443").timed_out);
+
+  Listener listener(ns.path(), 8080);
+  request.destination = *SocketAddress::parse("10.96.0.20:80");
+  auto local = traceIn(ns.path(), request);
+  ASSERT_TRUE(local.ok()) << local.error().message;
+  const std::string text = renderTrace(*local);
+  ASSERT_EQ(local->result.outcomes.size(), 2u) << text;
+  std::set<std::string> traced;
+  for (const auto& o : local->result.outcomes) {
+    EXPECT_EQ(o.kind, OutcomeKind::kDnat) << text;
+    EXPECT_DOUBLE_EQ(o.probability, 0.5) << text;
+    if (o.destination) traced.insert(o.destination->toString());
+  }
+  EXPECT_EQ(traced, (std::set<std::string>{"10.244.0.5:8080", "10.244.0.6:8080"})) << text;
+  std::set<std::string> landed;
+  for (int i = 0; i < 24; ++i) {
+    auto c = connectIn(ns.path(), "10.96.0.20:80");
+    ASSERT_EQ(c.error, 0) << std::strerror(c.error) << "\n" << text;
+    landed.insert(listener.acceptedOn());
+  }
+  // 24 connections all on one endpoint would happen with probability 2^-23.
+  EXPECT_EQ(landed, traced) << text;
+}
+
+// Remora's own nftables mode: the inet remora table is walked, so the app's connection is
+// traced to the outbound listener and lands there, and the proxy's own (uid 1337) is not.
+TEST(TraceNftE2eTest, RemorasNftablesModeIsWalked) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  ScratchNetns ns;
+  std::string failed = ns.create();
+  if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
+  auto installed = runInNetns(ns.path(), [&]() -> Result<void> {
+    auto r = makeNftablesApplier()->install(InterceptOptions{});
+    if (!r) return r.error();
+    return {};
+  });
+  if (!installed)
+    GTEST_SKIP() << "cannot install the inet remora table: " << installed.error().message;
+  Listener listener(ns.path(), 15001);
+  TraceRequest request;
+  request.destination = *SocketAddress::parse("10.1.2.3:80");
+  request.backend = IptablesBackend::kNft;
+  auto app = traceIn(ns.path(), request);
+  ASSERT_TRUE(app.ok()) << app.error().message;
+  const std::string text = renderTrace(*app);
+  ASSERT_EQ(app->result.outcomes.size(), 1u) << text;
+  EXPECT_EQ(app->result.outcomes[0].kind, OutcomeKind::kRedirect) << text;
+  EXPECT_EQ(app->result.outcomes[0].table, "inet remora") << text;
+  EXPECT_NE(text.find("(captured by the proxy's outbound listener)"), std::string::npos) << text;
+  auto real = connectIn(ns.path(), "10.1.2.3:80");
+  EXPECT_EQ(real.error, 0) << std::strerror(real.error);
+  EXPECT_EQ(listener.acceptedOn(), app->result.outcomes[0].destination->toString()) << text;
+
+  request.uid = 1337;
+  request.gid = 1337;
+  auto proxy = traceIn(ns.path(), request);
+  ASSERT_TRUE(proxy.ok()) << proxy.error().message;
+  ASSERT_EQ(proxy->result.outcomes.size(), 1u) << renderTrace(*proxy);
+  EXPECT_EQ(proxy->result.outcomes[0].kind, OutcomeKind::kUnchanged) << renderTrace(*proxy);
 }
 
 INSTANTIATE_TEST_SUITE_P(

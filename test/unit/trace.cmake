@@ -3,7 +3,7 @@
 # Same as remora_add_gtest, plus a TEST_PREFIX naming the binary: discovered names are otherwise
 # "Suite.Case", which `ctest -R 'iptables_save|trace|dump'` (case-sensitive) would not select.
 include(GoogleTest)
-foreach(_name iptables_save_test trace_test dump_test)
+foreach(_name iptables_save_test trace_test trace_nft_test dump_test)
   add_executable(${_name} ${CMAKE_CURRENT_LIST_DIR}/${_name}.cc)
   target_link_libraries(${_name} PRIVATE GTest::gtest GTest::gtest_main GTest::gmock
                                          remora_intercept)

@@ -10,10 +10,12 @@
 
 #include "intercept/plan.h"
 #include "iptables_fixtures.h"
+#include "trace_fixtures.h"
 
 namespace remora::intercept {
 namespace {
 
+using fixtures::arriving;
 using fixtures::natFromFixture;
 using fixtures::natFromText;
 using fixtures::readFixture;
@@ -515,16 +517,6 @@ TraceContext nodeContext() {
   return c;
 }
 
-// A packet arriving at the node through PREROUTING.
-TracePacket arriving(const std::string& dst, const std::string& src, const std::string& in) {
-  TracePacket p;
-  p.destination = *SocketAddress::parse(dst);
-  p.origin = TraceOrigin::kArriving;
-  p.source = *IpAddress::parse(src);
-  p.in_interface = in;
-  return p;
-}
-
 bool pathHas(const TraceOutcome& o, const std::string& table, const std::string& chain) {
   return std::any_of(o.path.begin(), o.path.end(),
                      [&](const TraceStep& s) { return s.table == table && s.chain == chain; });
@@ -854,6 +846,120 @@ TEST(TraceFilterTest, ArrivingPacketsNeedTheirInterfaceAndLocalAddresses) {
       traceConnection(rules, arriving("10.1.2.3:80", "192.0.2.200", "eth0"), TraceContext{});
   ASSERT_EQ(unknown.outcomes.size(), 1u);
   EXPECT_EQ(unknown.outcomes[0].kind, OutcomeKind::kUndetermined);
+}
+
+// A REDIRECT in PREROUTING sends the packet to the receiving interface's first address, not to
+// loopback: a filter INPUT rule on 127.0.0.1 does not see it, one on that address does.
+TEST(TraceFilterTest, RedirectInPreroutingGoesToTheReceivingInterfacesFirstAddress) {
+  auto rules = parseIptablesSave(
+      "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15006\n"
+      "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+      "-A INPUT -d 10.244.0.9/32 -p tcp -m tcp --dport 15006 -j REJECT\n"
+      "COMMIT\n");
+  ASSERT_TRUE(rules.ok()) << rules.error().message;
+  TraceContext context = podContext();
+  context.interface_addresses =
+      [](const std::string& name) -> std::optional<std::vector<IpAddress>> {
+    if (name == "eth0") {
+      return std::vector<IpAddress>{*IpAddress::parse("fe80::1"), *IpAddress::parse("10.244.0.5"),
+                                    *IpAddress::parse("10.244.0.9"),
+                                    *IpAddress::parse("fd00:244::5")};
+    }
+    if (name == "bare") return std::vector<IpAddress>{};
+    return std::nullopt;
+  };
+  auto p = arriving("10.244.0.9:8080", "192.0.2.200", "eth0");
+  auto r = traceConnection(*rules, p, context);
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  const auto& o = r.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kRedirect);
+  EXPECT_EQ(dest(o), "10.244.0.5:15006");
+  EXPECT_EQ(o.accepted_by, "filter INPUT: accepted (policy ACCEPT)");
+  EXPECT_EQ(describeOutcome(o, p),
+            "REDIRECT to local port 15006 on 10.244.0.5; filter INPUT: accepted (policy ACCEPT), "
+            "100%");
+
+  // An interface with no IPv4 address: the kernel drops the packet.
+  auto bare = traceConnection(*rules, arriving("10.244.0.9:8080", "192.0.2.200", "bare"), context);
+  ASSERT_EQ(bare.outcomes.size(), 1u);
+  EXPECT_EQ(bare.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_NE(describeOutcome(bare.outcomes[0], p).find("bare has no IPv4 address"),
+            std::string::npos);
+  // Unknown addresses: undetermined, never loopback by default.
+  auto unknown =
+      traceConnection(*rules, arriving("10.244.0.9:8080", "192.0.2.200", "eth9"), context);
+  ASSERT_EQ(unknown.outcomes.size(), 1u);
+  EXPECT_EQ(unknown.outcomes[0].kind, OutcomeKind::kUndetermined);
+  EXPECT_NE(unknown.outcomes[0].reason.find("first address of eth9"), std::string::npos)
+      << unknown.outcomes[0].reason;
+  // A packet this netns sends is still redirected to loopback.
+  auto out =
+      traceChain(natWith({}, {"-A OUTPUT -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 15001"}),
+                 "OUTPUT", packet("10.1.2.3:8080"), context);
+  EXPECT_EQ(dest(out.outcomes[0]), "127.0.0.1:15001");
+  // IPv6: the first address of the destination's scope.
+  auto v6 = traceChain(natWith({}, {"-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"}),
+                       "PREROUTING", arriving("[fd00:244::9]:80", "fd00:1::2", "eth0"), context);
+  EXPECT_EQ(dest(v6.outcomes[0]), "[fd00:244::5]:15006");
+  auto ll = traceChain(natWith({}, {"-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"}),
+                       "PREROUTING", arriving("[fe80::9]:80", "fe80::2", "eth0"), context);
+  EXPECT_EQ(dest(ll.outcomes[0]), "[fe80::1]:15006");
+}
+
+// raw and mangle come before nat, so a DROP there is the outcome; nat POSTROUTING's source NAT
+// comes after the filter verdict and is shown with it.
+TEST(TraceFilterTest, RawAndMangleDropsAndPostroutingSourceNat) {
+  auto rules = parseIptablesSave(
+      "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+      "-A OUTPUT -d 10.9.9.9/32 -j DROP\nCOMMIT\n"
+      "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+      ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+      "-A PREROUTING -s 192.0.2.0/24 -j DROP\nCOMMIT\n"
+      "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+      "-A OUTPUT -d 10.9.9.9/32 -j DNAT --to-destination 10.1.1.1:80\n"
+      "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n");
+  ASSERT_TRUE(rules.ok()) << rules.error().message;
+  auto raw = traceConnection(*rules, packet("10.9.9.9:80"), nodeContext());
+  ASSERT_EQ(raw.outcomes.size(), 1u);
+  EXPECT_EQ(raw.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_EQ(raw.outcomes[0].table, "raw");
+  EXPECT_EQ(raw.outcomes[0].path.front().table, "raw");
+  auto mangle =
+      traceConnection(*rules, arriving("10.244.0.5:80", "192.0.2.9", "eth0"), nodeContext());
+  ASSERT_EQ(mangle.outcomes.size(), 1u);
+  EXPECT_EQ(mangle.outcomes[0].kind, OutcomeKind::kDrop);
+  EXPECT_EQ(mangle.outcomes[0].table, "mangle");
+  EXPECT_EQ(mangle.outcomes[0].chain, "PREROUTING");
+  auto p = packet("10.1.2.3:80");
+  auto masq = traceConnection(*rules, p, nodeContext());
+  ASSERT_EQ(masq.outcomes.size(), 1u);
+  EXPECT_EQ(masq.outcomes[0].source_nat, "MASQUERADE in POSTROUTING #1");
+  EXPECT_NE(describeOutcome(masq.outcomes[0], p).find("; source NAT: MASQUERADE in POSTROUTING #1"),
+            std::string::npos)
+      << describeOutcome(masq.outcomes[0], p);
+  EXPECT_TRUE(pathHas(masq.outcomes[0], "nat", "POSTROUTING"));
+  EXPECT_EQ(masq.tables, (std::vector<std::string>{"nat", "raw", "mangle"}));
+}
+
+// kube-proxy masquerades what it marked (an external client's NodePort connection), not a
+// pod's connection to a ClusterIP.
+TEST(TraceFilterTest, KubeProxyMasqueradesMarkedConnectionsInPostrouting) {
+  auto rules = rulesetFromFixture("kube_proxy_node.save");
+  auto cluster = traceConnection(rules, packet("10.96.50.10:8080"), nodeContext());
+  ASSERT_EQ(cluster.outcomes.size(), 3u);
+  for (const auto& o : cluster.outcomes) EXPECT_EQ(o.source_nat, "") << o.source_nat;
+  auto external =
+      traceConnection(rules, arriving("198.51.100.7:443", "203.0.113.9", "eth0"), nodeContext());
+  bool masqueraded = false;
+  for (const auto& o : external.outcomes) {
+    if (o.kind == OutcomeKind::kDnat && o.mark == 0x4000u) {
+      EXPECT_EQ(o.source_nat, "MASQUERADE --random-fully in KUBE-POSTROUTING #3");
+      masqueraded = true;
+    }
+  }
+  EXPECT_TRUE(masqueraded);
 }
 
 // ---- rendering ----------------------------------------------------------------------------
