@@ -406,6 +406,13 @@ class HttpE2e : public ::testing::Test {
   std::unique_ptr<Process> proxy_;
 };
 
+// Everything to v1.
+constexpr const char* kRoutesV1 = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)";
+
 constexpr const char* kRoutes9010 = R"(  - route:
     - destination:
         host: bill-service
@@ -505,15 +512,18 @@ TEST_F(HttpE2e, FaultDelayHoldsAnExactShareForItsDuration) {
   EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
 }
 
-TEST_F(HttpE2e, ARetryRescuesABackendFailingItsFirstAttempt) {
-  startProxy(virtualService(R"(  - retries:
+// Everything to v1, 5xx retried twice.
+constexpr const char* kRoutesRetryV1 = R"(  - retries:
       attempts: 2
       retryOn: 5xx
     route:
     - destination:
         host: bill-service
         subset: v1
-)") + destinationRule());
+)";
+
+TEST_F(HttpE2e, ARetryRescuesABackendFailingItsFirstAttempt) {
+  startProxy(virtualService(kRoutesRetryV1) + destinationRule());
   const std::string out = client(R"({"mode": "seq", "n": 3, "path": "/flaky/a"})");
   EXPECT_EQ(countOf(out, "\"status\": 200"), 3u) << out;
   EXPECT_EQ(countOf(out, "\"status\": 503"), 0u) << out;
@@ -539,11 +549,7 @@ TEST_F(HttpE2e, RouteTimeoutAnswers504) {
 }
 
 TEST_F(HttpE2e, PoolOverflowAnswers503WithFlagUO) {
-  startProxy(virtualService(R"(  - route:
-    - destination:
-        host: bill-service
-        subset: v1
-)") + destinationRule(R"(  trafficPolicy:
+  startProxy(virtualService(kRoutesV1) + destinationRule(R"(  trafficPolicy:
     connectionPool:
       tcp:
         maxConnections: 1
@@ -711,34 +717,34 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
   EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
 }
 
-// bill-raw: the bill-service pods behind ports that declare no protocol (names without a
-// protocol prefix, no appProtocol), so connections to them are sniffed; 7777 reaches the HTTP
-// backends, 7778 a server-first TCP service. Its VirtualService splits HTTP 90/10.
-constexpr const char* kRawServiceYaml = R"(
+// A Service of the bill pods with ports that declare no protocol (names without a protocol
+// prefix, no appProtocol), so connections to them are sniffed.
+std::string unnamedPortsService(const std::string& name, const std::string& cluster_ip,
+                                const std::string& ports) {
+  return fmt::format(R"(
 ---
 apiVersion: v1
 kind: Service
 metadata:
-  name: bill-raw
+  name: {}
   namespace: istio-demo
 spec:
   type: ClusterIP
-  clusterIP: 10.1.122.242
+  clusterIP: {}
   selector:
     app: bill-service
-  ports:
-  - name: web
-    port: 7777
-    targetPort: 80
-    protocol: TCP
-  - name: greet
-    port: 7778
-    targetPort: 81
-    protocol: TCP
-)";
+  ports: {}
+)",
+                     name, cluster_ip, ports);
+}
 
+// bill-raw: 7777 reaches the HTTP backends, 7778 a server-first TCP service. Its
+// VirtualService splits HTTP 90/10.
 std::string rawService() {
-  return kRawServiceYaml + destinationRule({}, "bill-raw") +
+  return unnamedPortsService("bill-raw", "10.1.122.242",
+                             "[{name: web, port: 7777, targetPort: 80, protocol: TCP}, "
+                             "{name: greet, port: 7778, targetPort: 81, protocol: TCP}]") +
+         destinationRule({}, "bill-raw") +
          virtualService(std::regex_replace(kRoutes9010, std::regex("bill-service"), "bill-raw"),
                         "bill-raw");
 }
@@ -786,11 +792,7 @@ TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout
 // Request and response bodies larger than the buffer limit (1 MiB) stream through, chunked
 // and with a Content-Length, byte for byte.
 TEST_F(HttpE2e, EightMiBUploadsAndDownloadsStreamThroughWithTheirChecksums) {
-  startProxy(virtualService(R"(  - route:
-    - destination:
-        host: bill-service
-        subset: v1
-)") + destinationRule());
+  startProxy(virtualService(kRoutesV1) + destinationRule());
   const int mib8 = 8 << 20;
   std::string out = client(fmt::format(R"({{"mode": "upload", "size": {}}})", mib8));
   EXPECT_NE(out.find(R"("status": 200, "match": 1)"), std::string::npos) << out;
@@ -810,11 +812,7 @@ TEST_F(HttpE2e, EightMiBUploadsAndDownloadsStreamThroughWithTheirChecksums) {
 // buffer limit is queued, so its resident memory stays put (the bound is generous: the kernel's
 // socket buffers hold a few MiB more, outside the proxy's RSS).
 TEST_F(HttpE2e, ASlowReaderDoesNotGrowTheProxysMemory) {
-  startProxy(virtualService(R"(  - route:
-    - destination:
-        host: bill-service
-        subset: v1
-)") + destinationRule());
+  startProxy(virtualService(kRoutesV1) + destinationRule());
   const int size = 48 << 20;
   const std::string out = client(fmt::format(
       R"({{"mode": "download", "size": {}, "stall_ms": 1500, "pid": {}}})", size, proxy_->pid()));
@@ -831,14 +829,7 @@ TEST_F(HttpE2e, ASlowReaderDoesNotGrowTheProxysMemory) {
 // Retries resend a body that fits the buffer; a request whose larger body already went upstream
 // in part is not retried (the backend's first 503 reaches the client).
 TEST_F(HttpE2e, ARetryResendsASmallBodyButNotAStreamedOne) {
-  startProxy(virtualService(R"(  - retries:
-      attempts: 2
-      retryOn: 5xx
-    route:
-    - destination:
-        host: bill-service
-        subset: v1
-)") + destinationRule());
+  startProxy(virtualService(kRoutesRetryV1) + destinationRule());
   std::string out =
       client(R"({"mode": "seq", "n": 1, "method": "POST", "path": "/flaky/s", "body": "small"})");
   EXPECT_EQ(countOf(out, "\"status\": 200"), 1u) << out;
@@ -848,31 +839,6 @@ TEST_F(HttpE2e, ARetryResendsASmallBodyButNotAStreamedOne) {
   EXPECT_NE(m.find("remora_http_retries_total 1\n"), std::string::npos) << m;
   EXPECT_NE(m.find("remora_http_streamed_requests_total 1\n"), std::string::npos) << m;
 }
-
-// bill-in: unnamed ports of the bill pods (targetPorts 83 and 84). The client dials the v1 pod
-// itself, so the front's proxy relays it as it is (L4) and v1's own proxy meets it on inbound.
-constexpr const char* kInboundServiceYaml = R"(
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: bill-in
-  namespace: istio-demo
-spec:
-  type: ClusterIP
-  clusterIP: 10.1.122.243
-  selector:
-    app: bill-service
-  ports:
-  - name: web
-    port: 7779
-    targetPort: 83
-    protocol: TCP
-  - name: greet
-    port: 7780
-    targetPort: 84
-    protocol: TCP
-)";
 
 // The metric line holding every one of `parts`, or "".
 std::string metricLine(const std::string& metrics, const std::vector<std::string>& parts) {
@@ -885,6 +851,8 @@ std::string metricLine(const std::string& metrics, const std::vector<std::string
   return "";
 }
 
+// bill-in: unnamed ports of the bill pods (targetPorts 83 and 84). The client dials the v1 pod
+// itself, so the front's proxy relays it as it is (L4) and v1's own proxy meets it on inbound.
 TEST_F(HttpE2e, InboundSniffsAnUnnamedPortAndHandlesItsRequestsAsHttp) {
   backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/backend.py", kV1Reply, "83"}));
   backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/server.py", "84", "greet", "v1"}));
@@ -892,7 +860,9 @@ TEST_F(HttpE2e, InboundSniffsAnUnnamedPortAndHandlesItsRequestsAsHttp) {
     ASSERT_TRUE(backends_[i]->waitForLine("ready", 10000)) << backends_[i]->output();
   }
   ASSERT_TRUE(installCapture(*world_, v1_));
-  startProxy(kInboundServiceYaml);
+  startProxy(unnamedPortsService("bill-in", "10.1.122.243",
+                                 "[{name: web, port: 7779, targetPort: 83, protocol: TCP}, "
+                                 "{name: greet, port: 7780, targetPort: 84, protocol: TCP}]"));
   auto inbound = world_->spawn(v1_,
                                {binaryPath("remora-proxy"), "--config", config_, "--log-level",
                                 "info", "--protocol-detection-timeout", "300ms"},

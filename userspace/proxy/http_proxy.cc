@@ -53,6 +53,18 @@ bool retriableStatus(const routing::RetryPolicy& policy, int status) {
   return false;
 }
 
+// Drops the parsed prefix of a session's read-ahead: all of it when everything was parsed, else
+// once it is longer than a read (so the copy stays rare).
+void compactReadAhead(std::string& in, size_t& off) {
+  if (off == in.size()) {
+    in.clear();
+    off = 0;
+  } else if (off > HttpProxy::kReadSize) {
+    in.erase(0, off);
+    off = 0;
+  }
+}
+
 http::HeaderEdits toEdits(const routing::HeaderOps& a, const routing::HeaderOps* b) {
   http::HeaderEdits e;
   e.set = a.set;
@@ -435,13 +447,7 @@ void HttpProxy::nextRequest(uint32_t slot) {
       }
     }
     // kNeedMore: compact and read on.
-    if (s.in_off == s.in.size()) {
-      s.in.clear();
-      s.in_off = 0;
-    } else if (s.in_off > kReadSize) {
-      s.in.erase(0, s.in_off);
-      s.in_off = 0;
-    }
+    compactReadAhead(s.in, s.in_off);
     readClient(slot);
     return;
   }
@@ -478,13 +484,7 @@ void HttpProxy::pumpRequestBody(uint32_t slot) {
     queueSend(u.io, rest.substr(0, step.consumed));
     if (step.event == http::Event::kMessageComplete) s.body_done = true;
   }
-  if (s.in_off == s.in.size()) {
-    s.in.clear();
-    s.in_off = 0;
-  } else if (s.in_off > kReadSize) {
-    s.in.erase(0, s.in_off);
-    s.in_off = 0;
-  }
+  compactReadAhead(s.in, s.in_off);
   flushUpstream(up);
   if (!s.body_done && s.client.eof && s.in_off == s.in.size()) {
     closeSession(slot, true);  // the client closed in the middle of the body
