@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -28,10 +29,12 @@ constexpr uint32_t kProxyUid = 1337;
 constexpr const char* kPython = "/usr/bin/python3";
 
 // name port [sick]: answers every request with its name (a sick one with a 500); /delay/MS sleeps
-// first, /status/N answers N, /flaky/KEY answers 503 the first time KEY is asked, an Upgrade:
-// websocket request gets a 101 and then every byte echoed upper-cased.
+// first, /status/N answers N, /flaky/KEY answers 503 the first time KEY is asked, /sha answers
+// the SHA-256 and length of the request body (Content-Length or chunked), /bytes/N sends N bytes
+// of a fixed pattern, an Upgrade: websocket request gets a 101 and then every byte echoed
+// upper-cased.
 constexpr const char* kBackend = R"PY(
-import sys, time, threading
+import sys, time, threading, hashlib
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 name, port = sys.argv[1], int(sys.argv[2])
 sick = len(sys.argv) > 3 and sys.argv[3] == "sick"
@@ -49,11 +52,34 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(b)
-    def do_GET(self):
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return b"".join(out)
+                out.append(self.rfile.read(size))
+                self.rfile.readline()
         n = int(self.headers.get("Content-Length", "0"))
-        if n:
-            self.rfile.read(n)
+        return self.rfile.read(n) if n else b""
+    def do_GET(self):
+        data = self.body()
         p = self.path
+        if p == "/sha":
+            return self.reply(200, "%s %d" % (hashlib.sha256(data).hexdigest(), len(data)))
+        if p.startswith("/bytes/"):
+            n = int(p.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = bytes(range(256)) * 256
+            while n > 0:
+                self.wfile.write(block[:min(n, len(block))])
+                n -= min(n, len(block))
+            return
         if self.headers.get("Upgrade", "").lower() == "websocket":
             self.send_response(101)
             self.send_header("Upgrade", "websocket")
@@ -201,6 +227,55 @@ elif mode == "upgrade":
             break
         got += d
     print("echo:" + got.decode())
+elif mode == "upload":
+    # A body of spec["size"] random bytes to /sha (chunked when asked): the backend's checksum
+    # must be the client's.
+    import hashlib, random
+    data = random.Random(7).randbytes(spec["size"])
+    c = http.client.HTTPConnection(host, port, timeout=20)
+    if spec.get("chunked"):
+        pieces = (data[i:i + 65536] for i in range(0, len(data), 65536))
+        c.request("POST", spec.get("path", "/sha"), body=pieces, encode_chunked=True)
+    else:
+        c.request("POST", spec.get("path", "/sha"), body=data)
+    r = c.getresponse()
+    got = r.read().decode().strip()
+    want = "%s %d" % (hashlib.sha256(data).hexdigest(), len(data))
+    print(json.dumps({"status": r.status, "match": int(got == want), "body": got[:80]}))
+elif mode == "download":
+    # GET /bytes/N; with "stall_ms" the client reads nothing that long after the head and reports
+    # the proxy's resident memory before and after the stall (spec["pid"]).
+    import hashlib
+    def rss():
+        for l in open("/proc/%d/status" % spec["pid"]):
+            if l.startswith("VmRSS:"):
+                return int(l.split()[1])
+        return -1
+    n = spec["size"]
+    block = bytes(range(256)) * 256
+    want = hashlib.sha256()
+    left = n
+    while left > 0:
+        want.update(block[:min(left, len(block))])
+        left -= min(left, len(block))
+    c = http.client.HTTPConnection(host, port, timeout=20)
+    before = rss() if "pid" in spec else 0
+    c.request("GET", "/bytes/%d" % n)
+    r = c.getresponse()
+    stalled = 0
+    if spec.get("stall_ms"):
+        time.sleep(spec["stall_ms"] / 1000.0)
+        stalled = rss()
+    got = hashlib.sha256()
+    size = 0
+    while True:
+        d = r.read(1 << 16)
+        if not d:
+            break
+        got.update(d)
+        size += len(d)
+    print(json.dumps({"status": r.status, "match": int(got.digest() == want.digest()),
+                      "size": size, "rss_before_kb": before, "rss_stalled_kb": stalled}))
 elif mode == "serverfirst":
     t = time.monotonic()
     s = socket.create_connection((host, port), timeout=5)
@@ -331,6 +406,13 @@ class HttpE2e : public ::testing::Test {
   std::unique_ptr<Process> proxy_;
 };
 
+// Everything to v1.
+constexpr const char* kRoutesV1 = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)";
+
 constexpr const char* kRoutes9010 = R"(  - route:
     - destination:
         host: bill-service
@@ -430,15 +512,18 @@ TEST_F(HttpE2e, FaultDelayHoldsAnExactShareForItsDuration) {
   EXPECT_EQ(countOf(out, kV1Reply), 20u) << out;
 }
 
-TEST_F(HttpE2e, ARetryRescuesABackendFailingItsFirstAttempt) {
-  startProxy(virtualService(R"(  - retries:
+// Everything to v1, 5xx retried twice.
+constexpr const char* kRoutesRetryV1 = R"(  - retries:
       attempts: 2
       retryOn: 5xx
     route:
     - destination:
         host: bill-service
         subset: v1
-)") + destinationRule());
+)";
+
+TEST_F(HttpE2e, ARetryRescuesABackendFailingItsFirstAttempt) {
+  startProxy(virtualService(kRoutesRetryV1) + destinationRule());
   const std::string out = client(R"({"mode": "seq", "n": 3, "path": "/flaky/a"})");
   EXPECT_EQ(countOf(out, "\"status\": 200"), 3u) << out;
   EXPECT_EQ(countOf(out, "\"status\": 503"), 0u) << out;
@@ -464,11 +549,7 @@ TEST_F(HttpE2e, RouteTimeoutAnswers504) {
 }
 
 TEST_F(HttpE2e, PoolOverflowAnswers503WithFlagUO) {
-  startProxy(virtualService(R"(  - route:
-    - destination:
-        host: bill-service
-        subset: v1
-)") + destinationRule(R"(  trafficPolicy:
+  startProxy(virtualService(kRoutesV1) + destinationRule(R"(  trafficPolicy:
     connectionPool:
       tcp:
         maxConnections: 1
@@ -636,34 +717,34 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
   EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
 }
 
-// bill-raw: the bill-service pods behind ports that declare no protocol (names without a
-// protocol prefix, no appProtocol), so connections to them are sniffed; 7777 reaches the HTTP
-// backends, 7778 a server-first TCP service. Its VirtualService splits HTTP 90/10.
-constexpr const char* kRawServiceYaml = R"(
+// A Service of the bill pods with ports that declare no protocol (names without a protocol
+// prefix, no appProtocol), so connections to them are sniffed.
+std::string unnamedPortsService(const std::string& name, const std::string& cluster_ip,
+                                const std::string& ports) {
+  return fmt::format(R"(
 ---
 apiVersion: v1
 kind: Service
 metadata:
-  name: bill-raw
+  name: {}
   namespace: istio-demo
 spec:
   type: ClusterIP
-  clusterIP: 10.1.122.242
+  clusterIP: {}
   selector:
     app: bill-service
-  ports:
-  - name: web
-    port: 7777
-    targetPort: 80
-    protocol: TCP
-  - name: greet
-    port: 7778
-    targetPort: 81
-    protocol: TCP
-)";
+  ports: {}
+)",
+                     name, cluster_ip, ports);
+}
 
+// bill-raw: 7777 reaches the HTTP backends, 7778 a server-first TCP service. Its
+// VirtualService splits HTTP 90/10.
 std::string rawService() {
-  return kRawServiceYaml + destinationRule({}, "bill-raw") +
+  return unnamedPortsService("bill-raw", "10.1.122.242",
+                             "[{name: web, port: 7777, targetPort: 80, protocol: TCP}, "
+                             "{name: greet, port: 7778, targetPort: 81, protocol: TCP}]") +
+         destinationRule({}, "bill-raw") +
          virtualService(std::regex_replace(kRoutes9010, std::regex("bill-service"), "bill-raw"),
                         "bill-raw");
 }
@@ -706,6 +787,109 @@ TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"timeout\"} 1\n"), std::string::npos) << m;
   EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"tcp\"} 1\n"), std::string::npos) << m;
+}
+
+// Request and response bodies larger than the buffer limit (1 MiB) stream through, chunked
+// and with a Content-Length, byte for byte.
+TEST_F(HttpE2e, EightMiBUploadsAndDownloadsStreamThroughWithTheirChecksums) {
+  startProxy(virtualService(kRoutesV1) + destinationRule());
+  const int mib8 = 8 << 20;
+  std::string out = client(fmt::format(R"({{"mode": "upload", "size": {}}})", mib8));
+  EXPECT_NE(out.find(R"("status": 200, "match": 1)"), std::string::npos) << out;
+  out = client(fmt::format(R"({{"mode": "upload", "size": {}, "chunked": true}})", mib8));
+  EXPECT_NE(out.find(R"("status": 200, "match": 1)"), std::string::npos) << out;
+  out = client(fmt::format(R"({{"mode": "download", "size": {}}})", mib8));
+  EXPECT_NE(out.find(R"("status": 200, "match": 1)"), std::string::npos) << out;
+  EXPECT_EQ(field(out, "size"), mib8) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_http_streamed_requests_total 2\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"} 3"),
+            std::string::npos)
+      << m;
+}
+
+// A client that stops reading a 48 MiB response: the proxy stops reading the backend once the
+// buffer limit is queued, so its resident memory stays put (the bound is generous: the kernel's
+// socket buffers hold a few MiB more, outside the proxy's RSS).
+TEST_F(HttpE2e, ASlowReaderDoesNotGrowTheProxysMemory) {
+  startProxy(virtualService(kRoutesV1) + destinationRule());
+  const int size = 48 << 20;
+  const std::string out = client(fmt::format(
+      R"({{"mode": "download", "size": {}, "stall_ms": 1500, "pid": {}}})", size, proxy_->pid()));
+  ASSERT_EQ(lines(out).size(), 1u) << out;
+  EXPECT_NE(out.find(R"("status": 200, "match": 1)"), std::string::npos) << out;
+  const int before = field(out, "rss_before_kb");
+  const int stalled = field(out, "rss_stalled_kb");
+  ASSERT_GT(before, 0) << out;
+  std::cout << "proxy RSS before " << before << " kB, while the client stalled " << stalled
+            << " kB\n";
+  EXPECT_LT(stalled - before, 12 * 1024) << out;
+}
+
+// Retries resend a body that fits the buffer; a request whose larger body already went upstream
+// in part is not retried (the backend's first 503 reaches the client).
+TEST_F(HttpE2e, ARetryResendsASmallBodyButNotAStreamedOne) {
+  startProxy(virtualService(kRoutesRetryV1) + destinationRule());
+  std::string out =
+      client(R"({"mode": "seq", "n": 1, "method": "POST", "path": "/flaky/s", "body": "small"})");
+  EXPECT_EQ(countOf(out, "\"status\": 200"), 1u) << out;
+  out = client(fmt::format(R"({{"mode": "upload", "size": {}, "path": "/flaky/big"}})", 2 << 20));
+  EXPECT_NE(out.find(R"("status": 503)"), std::string::npos) << out;
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_http_retries_total 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("remora_http_streamed_requests_total 1\n"), std::string::npos) << m;
+}
+
+// The metric line holding every one of `parts`, or "".
+std::string metricLine(const std::string& metrics, const std::vector<std::string>& parts) {
+  std::istringstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    bool all = true;
+    for (const auto& p : parts) all = all && line.find(p) != std::string::npos;
+    if (all) return line;
+  }
+  return "";
+}
+
+// bill-in: unnamed ports of the bill pods (targetPorts 83 and 84). The client dials the v1 pod
+// itself, so the front's proxy relays it as it is (L4) and v1's own proxy meets it on inbound.
+TEST_F(HttpE2e, InboundSniffsAnUnnamedPortAndHandlesItsRequestsAsHttp) {
+  backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/backend.py", kV1Reply, "83"}));
+  backends_.push_back(world_->spawn(v1_, {kPython, dir_ + "/server.py", "84", "greet", "v1"}));
+  for (size_t i = backends_.size() - 2; i < backends_.size(); ++i) {
+    ASSERT_TRUE(backends_[i]->waitForLine("ready", 10000)) << backends_[i]->output();
+  }
+  ASSERT_TRUE(installCapture(*world_, v1_));
+  startProxy(unnamedPortsService("bill-in", "10.1.122.243",
+                                 "[{name: web, port: 7779, targetPort: 83, protocol: TCP}, "
+                                 "{name: greet, port: 7780, targetPort: 84, protocol: TCP}]"));
+  auto inbound = world_->spawn(v1_,
+                               {binaryPath("remora-proxy"), "--config", config_, "--log-level",
+                                "info", "--protocol-detection-timeout", "300ms"},
+                               kProxyUid, kProxyUid);
+  ASSERT_TRUE(inbound->waitForLine("remora-proxy started", 10000)) << inbound->output();
+  auto v1Admin = [&](const std::string& path) {
+    auto out = world_->exec(v1_, {"curl", "-sS", "-m", "3", "http://127.0.0.1:15000" + path});
+    return out && out->exit_code == 0 ? out->out : std::string("FAILED");
+  };
+  ASSERT_TRUE(waitFor([&] { return v1Admin("/ready") == "LIVE\n"; })) << inbound->output();
+
+  std::string out =
+      client(fmt::format(R"({{"mode": "seq", "n": 5, "host": "{}", "port": 83}})", kBillV1));
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 5u) << out;
+  // A server-first protocol on an unnamed inbound port: relayed after the bounded wait.
+  out = client(fmt::format(R"({{"mode": "serverfirst", "host": "{}", "port": 84}})", kBillV1));
+  EXPECT_NE(out.find("\"greet\": \"HELLO v1\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"echo\": \"PING\""), std::string::npos) << out;
+  EXPECT_GE(field(out, "ms"), 290) << out;
+
+  const std::string m = v1Admin("/stats/prometheus");
+  EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"http\"} 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"timeout\"} 1\n"), std::string::npos) << m;
+  // The five requests went through v1's L7 path, counted per request.
+  const std::string line = metricLine(
+      m, {"remora_requests_total{", "InboundPassthroughCluster", "response_code=\"200\""});
+  EXPECT_NE(line.find("} 5"), std::string::npos) << m;
 }
 
 }  // namespace

@@ -282,5 +282,25 @@ TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaint
   EXPECT_EQ(countOf(client("GET /c,GET /d"), "\"status\": 200"), 2U);
 }
 
+// The bill pods accept plaintext only (DISABLE) while the DestinationRule asks for ISTIO_MUTUAL:
+// the front's TLS handshake gets a plaintext 400 back and fails. Envoy flags that an upstream
+// connection failure (UF), not a reset (UC).
+TEST_F(TlsHttpE2e, AFailedUpstreamHandshakeIsFlaggedUF) {
+  const std::string mutual = R"(---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bill-service, namespace: istio-demo}
+spec:
+  host: bill-service
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+)";
+  startAll(std::string(kWorld) + peerAuthentication("DISABLE") + mutual);
+  const std::string out = client("GET /a");
+  EXPECT_EQ(countOf(out, "\"status\": 503"), 1U) << out;
+  const std::string m = metrics(front_);
+  EXPECT_NE(m.find("response_code=\"503\",response_flags=\"UF"), std::string::npos) << m;
+  EXPECT_EQ(m.find("response_flags=\"UC"), std::string::npos) << m;
+}
+
 }  // namespace
 }  // namespace remora::test

@@ -567,6 +567,31 @@ spec:
   expectFinding(*bad, Severity::kError, {"spec.bufferLimit", "64Ki or 1Mi", "'1Ti'"});
 }
 
+TEST(Fidelity, ProxyConfigProtocolDetectionTimeout) {
+  auto table = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  protocolDetectionTimeout: 250ms
+)");
+  ASSERT_TRUE(table);
+  EXPECT_EQ(table->settings().protocol_detection_timeout, std::chrono::milliseconds(250));
+  auto defaults = load("apiVersion: remora.dev/v1alpha1\nkind: ProxyConfig\nspec: {}\n");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults->settings().protocol_detection_timeout, std::chrono::milliseconds(100));
+  for (const char* value : {"0s", "soon", "-5ms"}) {
+    auto bad = load(fmt::format(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  accessLog: true
+  protocolDetectionTimeout: {}
+)",
+                                value));
+    expectFinding(
+        *bad, Severity::kError,
+        {"spec.protocolDetectionTimeout", "line 5", "more than 0", fmt::format("'{}'", value)});
+  }
+}
+
 TEST(Fidelity, ProxyConfigTlsDirAndTrustDomain) {
   auto table = load(R"(apiVersion: remora.dev/v1alpha1
 kind: ProxyConfig

@@ -109,6 +109,19 @@ TEST(SettingsTest, DataPathSettingsHaveTheirDefaultsAndFlagsOverrideThem) {
   EXPECT_EQ(effectiveSettings(from_config, {}).inbound_drain_grace, std::chrono::seconds(2));
 }
 
+TEST(SettingsTest, ProtocolDetectionTimeoutFlagWinsOverTheProxyConfig) {
+  routing::ProxySettings from_config;
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, {})).protocol_detection_timeout,
+            milliseconds(100));
+  from_config.protocol_detection_timeout = milliseconds(250);  // spec.protocolDetectionTimeout
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, {})).protocol_detection_timeout,
+            milliseconds(250));
+  SettingOverrides flags;
+  flags.protocol_detection_timeout = milliseconds(40);
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, flags)).protocol_detection_timeout,
+            milliseconds(40));
+}
+
 TEST(SettingsTest, TlsDirAndTrustDomainFlagsWinOverTheProxyConfig) {
   routing::ProxySettings from_config;
   EXPECT_EQ(effectiveSettings(from_config, {}).tls_dir, "");

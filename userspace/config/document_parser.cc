@@ -1678,6 +1678,18 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
         duration("inboundDrainGrace", spec.inbound_drain_grace)}) {
     if (!r) return r.error();
   }
+  if (YAML::Node node = f.get("protocolDetectionTimeout"); present(node)) {
+    // No "0 turns it off" here: an unnamed port always has its sniff bounded.
+    auto text = readString(ctx, node, "spec.protocolDetectionTimeout", spec_line, true);
+    if (!text) return text.error();
+    auto value = parseDuration(*text);
+    if (!value || value->count() <= 0) {
+      return ctx.error(
+          "spec.protocolDetectionTimeout", lineOf(node, spec_line),
+          fmt::format("must be a duration of more than 0 such as 100ms or 1s, got '{}'", *text));
+    }
+    spec.protocol_detection_timeout = *value;
+  }
   if (YAML::Node node = f.get("adminAddress"); present(node)) {
     // Either an address (the port comes from adminPort or the default) or address:port.
     auto text = readString(ctx, node, "spec.adminAddress", spec_line, true);

@@ -169,6 +169,9 @@ struct ProxyConfigSpec {
   std::optional<std::chrono::milliseconds> tcp_keepalive;
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
   std::optional<std::string> relay;  // "auto", "kernel" or "uring"
+  // Istio's meshConfig protocolDetectionTimeout: the first-bytes wait of a port with no declared
+  // protocol (more than 0).
+  std::optional<std::chrono::milliseconds> protocol_detection_timeout;
   // mTLS credentials (docs/TLS.md): the --tls-dir and --trust-domain of the document.
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;

@@ -579,6 +579,7 @@ Rows proxyConfigRows() {
                 {"spec.maxConnections", A},
                 {"spec.tcpKeepalive", A},
                 {"spec.inboundDrainGrace", A},
+                {"spec.protocolDetectionTimeout", A},
             });
   return r;
 }

@@ -236,7 +236,7 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     if (d->count() <= 0) {
       return fail("--protocol-detection-timeout", Error{0, "must be more than 0"});
     }
-    options.protocol_detection_timeout = *d;
+    o.protocol_detection_timeout = *d;
   }
   if (!relay.empty()) {
     auto mode = parseRelayMode(relay);

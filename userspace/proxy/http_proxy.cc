@@ -53,6 +53,18 @@ bool retriableStatus(const routing::RetryPolicy& policy, int status) {
   return false;
 }
 
+// Drops the parsed prefix of a session's read-ahead: all of it when everything was parsed, else
+// once it is longer than a read (so the copy stays rare).
+void compactReadAhead(std::string& in, size_t& off) {
+  if (off == in.size()) {
+    in.clear();
+    off = 0;
+  } else if (off > HttpProxy::kReadSize) {
+    in.erase(0, off);
+    off = 0;
+  }
+}
+
 http::HeaderEdits toEdits(const routing::HeaderOps& a, const routing::HeaderOps* b) {
   http::HeaderEdits e;
   e.set = a.set;
@@ -85,7 +97,13 @@ struct HttpProxy::Session {
 
   // The request in progress.
   Clock::time_point started;
-  std::string body;  // raw, as framed by the client
+  // The request body, raw as the client framed it: the whole of it while it fits the buffer
+  // limit (every retry and the mirror resend it); beyond, the request streams (`streaming`):
+  // it is routed with the first part, the rest goes upstream as it arrives, and once a byte of
+  // it went upstream there is no retry and no mirror.
+  std::string body;
+  bool streaming = false;
+  bool body_done = true;  // the parser saw the request's end
   std::shared_ptr<const routing::RouteTable> table;
   const routing::ServicePort* port = nullptr;
   const routing::HttpRoute* route = nullptr;
@@ -253,7 +271,7 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
     return;
   }
   if (!first_bytes.empty()) {
-    // Sniffed (outbound, plaintext from the app): the bytes already read start the first request.
+    // Sniffed (plaintext): the bytes already read start the first request.
     s.in.assign(first_bytes);
     nextRequest(*slot);  // reads on when it needs more
     return;
@@ -306,6 +324,8 @@ void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
     s.in.append(data);
     if (s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kBody) {
       nextRequest(slot);
+    } else if (s.streaming && !s.body_done) {
+      pumpRequestBody(slot);
     } else {
       readClient(slot);
     }
@@ -320,6 +340,7 @@ void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
     // Requests already received are still answered (a client may half-close after sending
     // them); nextRequest closes once it runs out of complete requests.
     if (s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kBody) nextRequest(slot);
+    if (s.streaming && !s.body_done) pumpRequestBody(slot);
     return;
   }
   if (c.res == -EINTR || c.res == -EAGAIN) {
@@ -361,14 +382,22 @@ void HttpProxy::onClientSend(uint32_t slot, const Completion& c) {
 // needed, or the request is refused.
 void HttpProxy::nextRequest(uint32_t slot) {
   Session& s = *sessions_[slot];
-  while (s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kBody) {
+  // Once a close is due nothing more is parsed (the rest of a refused body included).
+  while (!s.close_pending &&
+         (s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kBody)) {
     std::string_view rest(s.in.data() + s.in_off, s.in.size() - s.in_off);
     http::Step step = s.parser.feed(rest);
     const std::string_view raw = rest.substr(0, step.consumed);
     s.in_off += step.consumed;
     switch (step.event) {
       case http::Event::kNeedMore:
-        if (s.stage == Session::Stage::kBody) s.body.append(raw);
+        if (s.stage == Session::Stage::kBody) {
+          s.body.append(raw);
+          if (s.body.size() > settings_.buffer_limit) {
+            startStreaming(slot);
+            continue;
+          }
+        }
         if (s.client.eof) {
           // Closed between requests, or in the middle of one: nothing (more) to answer.
           closeWhenFlushed(slot);
@@ -379,6 +408,8 @@ void HttpProxy::nextRequest(uint32_t slot) {
         s.stage = Session::Stage::kBody;
         s.started = now_;
         s.body.clear();
+        s.streaming = false;
+        s.body_done = false;
         const http::MessageHead& h = s.parser.head();
         if (!h.keepAlive()) s.close_after = true;
         if (h.expectContinue() && h.framing() != http::Framing::kNone) {
@@ -390,14 +421,11 @@ void HttpProxy::nextRequest(uint32_t slot) {
       }
       case http::Event::kBody:
         s.body.append(raw);
-        if (s.body.size() > kMaxRequestBody) {
-          s.close_after = true;
-          localReply(slot, 413, {}, "-");
-          return;
-        }
+        if (s.body.size() > settings_.buffer_limit) startStreaming(slot);
         continue;
       case http::Event::kMessageComplete:
         s.body.append(raw);
+        s.body_done = true;
         handleRequest(slot);
         continue;
       case http::Event::kError: {
@@ -419,17 +447,50 @@ void HttpProxy::nextRequest(uint32_t slot) {
       }
     }
     // kNeedMore: compact and read on.
-    if (s.in_off == s.in.size()) {
-      s.in.clear();
-      s.in_off = 0;
-    } else if (s.in_off > kReadSize) {
-      s.in.erase(0, s.in_off);
-      s.in_off = 0;
-    }
+    compactReadAhead(s.in, s.in_off);
     readClient(slot);
     return;
   }
   readClient(slot);  // keep watching the client (its close, pipelined bytes)
+}
+
+// The body outgrew the buffer limit: route the request now and stream the rest of its body.
+void HttpProxy::startStreaming(uint32_t slot) {
+  Session& s = *sessions_[slot];
+  s.streaming = true;
+  stats_.counters().http_streamed_requests.inc();
+  handleRequest(slot);
+}
+
+// Moves the client's body bytes of a streaming request to its upstream connection while that
+// connection's queue is under the buffer limit (backpressure: the client is not read while the
+// read-ahead is full, and the read-ahead is not parsed while the upstream queue is full).
+void HttpProxy::pumpRequestBody(uint32_t slot) {
+  Session& s = *sessions_[slot];
+  if (!s.streaming || s.body_done || s.stage != Session::Stage::kUpstream || !s.up) return;
+  const uint32_t up = *s.up;
+  Upstream& u = *upstreams_[up];
+  if (u.state != Upstream::State::kBusy) return;  // connecting: the body waits in s.body
+  while (!s.body_done && u.io.queued() < settings_.buffer_limit && s.in_off < s.in.size()) {
+    std::string_view rest(s.in.data() + s.in_off, s.in.size() - s.in_off);
+    http::Step step = s.parser.feed(rest);
+    s.in_off += step.consumed;
+    if (step.event == http::Event::kError) {
+      // Bad framing in the middle of a body whose start went upstream: both sides are reset.
+      stats_.counters().http_bad_requests.inc();
+      closeSession(slot, true);
+      return;
+    }
+    queueSend(u.io, rest.substr(0, step.consumed));
+    if (step.event == http::Event::kMessageComplete) s.body_done = true;
+  }
+  compactReadAhead(s.in, s.in_off);
+  flushUpstream(up);
+  if (!s.body_done && s.client.eof && s.in_off == s.in.size()) {
+    closeSession(slot, true);  // the client closed in the middle of the body
+    return;
+  }
+  readClient(slot);
 }
 
 void HttpProxy::handleRequest(uint32_t slot) {
@@ -666,6 +727,13 @@ void HttpProxy::sendMirror(Session& s) {
     return;
   }
   const routing::Subset& sub = s.mirror->service->subsets[s.mirror->subset_index];
+  if (s.streaming) {
+    // A body larger than the buffer limit is not copied: counted, as Envoy skips it.
+    stats_.mirrors(EndpointKey{s.mirror->service->service, sub.name, "too_large"}).inc();
+    if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
+    s.mirror.reset();
+    return;
+  }
   MirrorCopy copy;
   copy.endpoint = s.mirror->upstream;
   copy.service = s.mirror->service->service;
@@ -808,8 +876,15 @@ void HttpProxy::sendOnUpstream(uint32_t slot, uint32_t up) {
   }
   queueSend(u.io, s.upstream_head);
   queueSend(u.io, s.body);
+  if (s.streaming) {
+    // Part of a body larger than the buffer went upstream: no retry from here on.
+    s.retries_left = 0;
+    s.race_retry_used = true;
+    std::string().swap(s.body);
+  }
   flushUpstream(up);
   readUpstream(up);
+  pumpRequestBody(slot);
 }
 
 void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& out) const {
@@ -871,6 +946,11 @@ void HttpProxy::onUpstreamSend(uint32_t up, const Completion& c) {
   }
   u.io.sent += static_cast<size_t>(c.res);
   flushUpstream(up);
+  if (u.state == Upstream::State::kBusy) {
+    Session* s = session(u.owner, u.owner_generation);
+    if (s != nullptr && s->up == up && s->streaming && !s->body_done) pumpRequestBody(u.owner);
+    return;
+  }
   if (u.state == Upstream::State::kTunnel) {
     Session* s = session(u.owner, u.owner_generation);
     if (s != nullptr) {
@@ -900,6 +980,8 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
       }
     }
   }
+  // The TLS handshake has not completed (a failure, or the peer closing during it).
+  const bool tls_handshake = u.io.tls && !u.io.tls->established();
   if (u.state == Upstream::State::kIdle) {
     // An idle pooled connection: the server closed it (or sent bytes nobody asked for).
     u.pool->removeIdle(u.endpoint, up);
@@ -956,10 +1038,17 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
       startAttempt(slot);
       return;
     }
-    stats_.counters().resets_from_upstream.inc();
     if (s->pool != nullptr) {
       s->pool->record(u.endpoint, ClusterPool::Result::kGatewayError, endpointCount(*s), now_);
     }
+    if (tls_handshake) {
+      // The TLS handshake failed (or the peer closed during it): Envoy's upstream connection
+      // failure (UF), retried as a connect-failure.
+      u.counters->connect_failures.inc();
+      attemptFailed(slot, "connect-failure", 503, "UF");
+      return;
+    }
+    stats_.counters().resets_from_upstream.inc();
     attemptFailed(slot, "reset", 503, "UC");
     return;
   }
@@ -1065,6 +1154,11 @@ void HttpProxy::responseDone(uint32_t slot, uint32_t up, bool reusable) {
   Session& s = *sessions_[slot];
   Upstream& u = *upstreams_[up];
   s.up.reset();
+  if (!s.body_done) {
+    // Answered before the whole body arrived: neither connection is framed any more.
+    reusable = false;
+    s.close_after = true;
+  }
   releaseUpstream(up, reusable && u.pool->reusable(u.requests));
   finishRequest(slot);
 }
@@ -1154,6 +1248,7 @@ void HttpProxy::localReply(uint32_t slot, int status, std::string_view body, std
   if (s.stage == Session::Stage::kQueued && s.pool != nullptr) {
     s.pool->forget(Waiter{slot, sessions_.generation(slot)});
   }
+  if (!s.body_done) s.close_after = true;  // the rest of the body is not read
   http::LocalReply reply;
   reply.status = status;
   reply.body = body;
@@ -1183,6 +1278,8 @@ void HttpProxy::finishRequest(uint32_t slot) {
   s.port = nullptr;
   s.have_decision = false;
   s.body.clear();
+  if (s.streaming) std::string().swap(s.body);
+  s.streaming = false;
   if (s.close_after) {
     closeWhenFlushed(slot);
     return;

@@ -8,8 +8,10 @@
 //
 // Sessions (client connections) and upstream connections live in two slot tables, so a pooled
 // upstream connection outlives the session that opened it. Requests are handled one at a time
-// per session, which answers pipelined requests in order. A request body is buffered whole
-// (bounded by kMaxRequestBody, 413 beyond), so every retry can resend it.
+// per session, which answers pipelined requests in order. A request body is buffered whole while
+// it fits the buffer limit (--buffer-limit, ProxyConfig bufferLimitBytes; 1 MiB), so every retry
+// and the mirror can resend it; a larger body streams upstream with backpressure in both
+// directions, and such a request is not retried once its first bytes went upstream.
 
 #include <chrono>
 #include <cstdint>
@@ -68,7 +70,9 @@ struct HttpProxySettings {
   std::chrono::milliseconds connect_timeout{1000};
   // A kept-alive client connection with no request in progress closes after this (0: never).
   std::chrono::milliseconds client_idle_timeout{std::chrono::hours(1)};
-  size_t buffer_limit = size_t{1} << 20;  // response bytes queued toward a client at most
+  // Per connection and direction: the request body buffered before it streams, the bytes
+  // queued toward an upstream or a client before reading the other side pauses.
+  size_t buffer_limit = size_t{1} << 20;
   IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);
   IpAddress inbound_source_v6 = *IpAddress::parse("::6");
   bool access_log = false;
@@ -81,7 +85,6 @@ struct HttpProxySettings {
 class HttpProxy {
  public:
   static constexpr size_t kReadSize = 16384;
-  static constexpr size_t kMaxRequestBody = size_t{1} << 20;
   // Client bytes read ahead of the request being served (pipelining) before reading pauses.
   static constexpr size_t kMaxReadAhead = 64 * 1024;
 
@@ -169,6 +172,8 @@ class HttpProxy {
   void onClientSend(uint32_t slot, const loop::Completion& c);
   void nextRequest(uint32_t slot);
   void handleRequest(uint32_t slot);
+  void startStreaming(uint32_t slot);
+  void pumpRequestBody(uint32_t slot);
   void beginRequest(Session& s);
   static std::string redirectLocation(const routing::HttpRoute& route,
                                       const http::MessageHead& request);

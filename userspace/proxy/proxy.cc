@@ -48,6 +48,7 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.tcp_keepalive) s.tcp_keepalive = *o.tcp_keepalive;
   if (o.inbound_drain_grace) s.inbound_drain_grace = *o.inbound_drain_grace;
   if (o.relay) s.relay = *o.relay;
+  if (o.protocol_detection_timeout) s.protocol_detection_timeout = *o.protocol_detection_timeout;
   if (o.tls_dir) s.tls_dir = *o.tls_dir;
   if (o.trust_domain) s.trust_domain = *o.trust_domain;
   return s;
@@ -70,6 +71,7 @@ WorkerSettings workerSettings(const routing::ProxySettings& s) {
   w.half_close_timeout = s.half_close_timeout;
   w.max_connection_duration = s.max_connection_duration;
   w.max_connections = s.max_connections;
+  w.protocol_detection_timeout = s.protocol_detection_timeout;
   return w;
 }
 
@@ -214,7 +216,6 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   SystemSocketOps sockets(keepalive);
   WorkerSettings settings = workerSettings(start.settings);
   settings.kernel_relay = start.kernel_relay;
-  settings.protocol_detection_timeout = start.options->protocol_detection_timeout;
   Worker worker(**ring, sockets, wt.stats, start.routers, settings);
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   AccessLogQueue* queue = start.access_log;
@@ -622,7 +623,6 @@ bool Control::load(const ConfigRead& read, bool force) {
     }
     settings_ = next;
     WorkerSettings ws = workerSettings(settings_);
-    ws.protocol_detection_timeout = options_.protocol_detection_timeout;
     // An unavailable kernel relay asked for by the new config is logged; the proxy keeps going.
     auto relay = resolveRelay();
     if (relay) ws.kernel_relay = *relay;

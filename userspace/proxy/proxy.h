@@ -38,6 +38,7 @@ struct SettingOverrides {
   std::optional<std::chrono::milliseconds> tcp_keepalive;
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
   std::optional<std::string> relay;
+  std::optional<std::chrono::milliseconds> protocol_detection_timeout;
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;
 };
@@ -52,9 +53,6 @@ struct ProxyOptions {
   bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
   std::string relay_pin_dir = "/sys/fs/bpf/remora/relay";  // kernel relay pins (kernel_relay.h)
-  // How long a connection to a port with no declared protocol waits for its first bytes
-  // (sniffer.h; Istio's protocolDetectionTimeout).
-  std::chrono::milliseconds protocol_detection_timeout = Sniffer::kDefaultTimeout;
   // mTLS: the workload identity from --tls-dir (nullptr without it), watched for rotation.
   std::shared_ptr<tls::IdentityStore> identity;
 };

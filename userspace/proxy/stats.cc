@@ -98,6 +98,9 @@ void renderHttp(std::string& out, const StatsSnapshot& s) {
          s.workers.http_reset_race_retry);
   single(out, "remora_http_retries_total", "counter", "Retry attempts (VirtualService retries).",
          s.workers.http_retries);
+  single(out, "remora_http_streamed_requests_total", "counter",
+         "Requests whose body outgrew the buffer limit and streamed upstream (never retried).",
+         s.workers.http_streamed_requests);
   header(out, "remora_protocol_sniff_total", "counter",
          "Connections to ports with no declared protocol, by what sniffing their first bytes "
          "found: http (L7 path), tcp (L4 relay), timeout (no byte in time: L4 relay).");
@@ -170,6 +173,7 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.http_pool_reused += c.http_pool_reused.get();
     s.workers.http_reset_race_retry += c.http_reset_race_retry.get();
     s.workers.http_retries += c.http_retries.get();
+    s.workers.http_streamed_requests += c.http_streamed_requests.get();
     s.workers.sniff_http += c.sniff_http.get();
     s.workers.sniff_tcp += c.sniff_tcp.get();
     s.workers.sniff_timeout += c.sniff_timeout.get();

@@ -437,13 +437,22 @@ SocketAddress Worker::peerIfNeeded(int fd) {
 
 bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original_dst) {
   const Listener& l = listeners_[listener];
-  if (!table_ || !router_ || l.kind != ListenerKind::kOutbound) return false;
+  if (!table_ || !router_) return false;
   const routing::RouteMatch match = table_->match(original_dst);
-  // Ports with no declared protocol that have per-request routes; without them the L7 path
-  // would change nothing, and Istio's per-connection routing is what the L4 relay does.
-  if (match.service == nullptr || match.endpoint || match.service->protocol != "auto" ||
-      match.service->http_routes.empty()) {
-    return false;
+  if (match.service == nullptr || match.service->protocol != "auto") return false;
+  if (l.kind == ListenerKind::kOutbound) {
+    // Ports with per-request routes; without them the L7 path would change nothing, and
+    // Istio's per-connection routing is what the L4 relay does.
+    if (match.endpoint || match.service->http_routes.empty()) return false;
+  } else {
+    // Inbound, toward the local app: the L7 path adds request metrics, timeouts and
+    // authorization. Not where mTLS may apply: the first bytes could be a ClientHello, which
+    // the L4 path terminates (docs/HTTP.md, "sniffed").
+    if (!match.endpoint) return false;
+    if (table_->security && table_->security->inboundMode(original_dst.ip, original_dst.port) !=
+                                security::MtlsMode::kDisable) {
+      return false;
+    }
   }
   sniffer_.start(fd, listener, original_dst, settings_.protocol_detection_timeout);
   return true;
@@ -451,8 +460,8 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
 
 void Worker::onSniffed(Sniffed sniffed) {
   if (sniffed.verdict == Sniffed::Verdict::kHttp) {
-    http_.adopt(sniffed.fd, ListenerKind::kOutbound, peerIfNeeded(sniffed.fd), sniffed.original_dst,
-                sniffed.bytes);
+    http_.adopt(sniffed.fd, listeners_[sniffed.listener].kind, peerIfNeeded(sniffed.fd),
+                sniffed.original_dst, sniffed.bytes);
     return;
   }
   startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));

@@ -55,6 +55,9 @@ struct ProxySettings {
   // TCP backpressure (docs/PROXY.md, "Kernel relay"), so the kernel relay is opt-in until that
   // is fixed.
   std::string relay = "uring";
+  // How long a connection to a port with no declared protocol waits for its first bytes before
+  // it is relayed as TCP (proxy/sniffer.h; Istio's protocolDetectionTimeout).
+  std::chrono::milliseconds protocol_detection_timeout{100};
   // mTLS (docs/TLS.md): the credential directory (empty: no identity, plaintext only) and the
   // SPIFFE trust domain. Read once at start; a reload that changes them is logged.
   std::string tls_dir;
