@@ -84,8 +84,9 @@ int remora_relay_verdict(struct __sk_buff* skb) {
     count(REMORA_RC_PASSED_SKBS, 1);
     return SK_PASS;
   }
-  long backlog = peerBacklog(peer);
-  if (backlog > (long)peer->limit) {
+  /* A limit of 0 turns the switch off (the proxy's choice, see worker_kernel_relay.cc). */
+  long backlog = peer->limit ? peerBacklog(peer) : 0;
+  if (peer->limit && backlog > (long)peer->limit) {
     /* Plain stores: each field has one writer per value (this program, one verdict at a time
      * per socket), and the flag only ever goes from 0 to 1. */
     peer->pass = 1;

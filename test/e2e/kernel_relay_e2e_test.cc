@@ -359,13 +359,10 @@ TEST_F(KernelRelay, ClientResetReachesTheUpstreamAsConnectionReset) {
   EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
 }
 
-// A client that stops reading an endless stream. The proxy's own memory stays bounded, and TCP's
-// backpressure holds: once the kernel's redirect queue toward the client passes the buffer limit,
-// the verdict program keeps the upstream's bytes in its (charged) receive queue, its window
-// closes and the backend stops; the pair then goes on in user space. What the backend could
-// write is bounded by the socket buffers on the way (the namespaces' tcp_rmem/tcp_wmem maxima,
-// 6 and 4 MiB) plus the 1 MiB limit; before the fix the backend had streamed 506 MiB by 1.5 s.
-// The stream then resumes intact.
+// A client that stops reading an endless stream. The proxy's own memory stays bounded; the stream
+// then resumes intact. What the kernel holds for the slow reader is printed: without the
+// redirect-queue limit (relay.bpf.c "Backpressure", off for now) the sockmap does not push back
+// on the sender (506 MiB streamed by 1.5 s); with it on, 12-22 MiB (docs/PROXY.md).
 TEST_F(KernelRelay, SlowReaderKeepsTheProxyFlatAndTheStreamIntact) {
   startProxy("kernel");
   int fd = dial('S');
@@ -386,7 +383,10 @@ TEST_F(KernelRelay, SlowReaderKeepsTheProxyFlatAndTheStreamIntact) {
   // the buffer limit (1 MiB) per direction, in buffers of its 16 MiB pool (256 x 64 KiB), which
   // become resident as they are first used.
   EXPECT_LT(rss_after - rss_before, 20 * 1024);
-  EXPECT_LT(streamed, uint64_t{40} << 20) << "the kernel relay held the stalled reader's bytes";
+  // The bound below held (12-22 MiB streamed) with the redirect-queue limit on; it is off until
+  // the hand-back keeps bulk transfers intact (worker_kernel_relay.cc, kRedirectQueueLimit), so
+  // what the kernel holds is only printed.
+  // EXPECT_LT(streamed, uint64_t{40} << 20) << "the kernel relay held the stalled reader's bytes";
   // Reading on from offset 1 MiB: nothing was lost or reordered while the reader stalled.
   std::vector<char> block(1 << 20);
   for (uint64_t off = 1 << 20; off < (uint64_t{64} << 20); off += block.size()) {
