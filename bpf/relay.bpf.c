@@ -41,6 +41,25 @@ static __always_inline void count(__u32 index, __u64 by) {
   if (value) *value += by;
 }
 
+/* Bytes redirected to the peer that have not reached its socket yet: they wait in the peer's
+ * psock queue, which has no bound of its own. The peer's write_seq moves as its socket takes
+ * them (nothing else writes to a relayed socket). -1: the peer is gone. */
+static __always_inline long peerBacklog(struct remora_relay_peer* peer) {
+  struct bpf_sock* sk = bpf_map_lookup_elem(&relay_socks, &peer->peer_cookie);
+  if (!sk) return -1;
+  struct tcp_sock* tp = bpf_skc_to_tcp_sock(sk);
+  __u32 write_seq = tp ? tp->write_seq : 0;
+  bpf_sk_release(sk);
+  if (!tp) return -1;
+  if (!peer->based) {
+    /* First redirect of this direction: nothing has been written to the peer yet. */
+    peer->seq_base = write_seq;
+    peer->based = 1;
+    return 0;
+  }
+  return (__u32)((__u32)peer->bytes - (write_seq - peer->seq_base));
+}
+
 SEC("sk_skb/stream_verdict")
 int remora_relay_verdict(struct __sk_buff* skb) {
   __u64 cookie = bpf_get_socket_cookie(skb);
@@ -55,6 +74,28 @@ int remora_relay_verdict(struct __sk_buff* skb) {
    * as an empty write after the proxy shut the peer down (EPIPE). The socket has recorded the
    * FIN already, and the proxy propagates it. */
   if (len == 0) return SK_DROP;
+  /* Backpressure. A redirected skb no longer counts against this socket's receive buffer, so
+   * TCP would keep the sender's window open however slowly the peer reads. Once the peer's
+   * queue holds more than the limit, the pair leaves the kernel path for good: every later skb
+   * of either socket stays with it (SK_PASS charges it to the socket, so the window closes),
+   * and the proxy relays the pair itself once the queued bytes have gone out. Both directions
+   * switch at once, so no byte is redirected after a byte of the same direction was kept. */
+  if (peer->pass) {
+    count(REMORA_RC_PASSED_SKBS, 1);
+    return SK_PASS;
+  }
+  /* A limit of 0 turns the switch off (the proxy's choice, see worker_kernel_relay.cc). */
+  long backlog = peer->limit ? peerBacklog(peer) : 0;
+  if (peer->limit && backlog > (long)peer->limit) {
+    /* Plain stores: each field has one writer per value (this program, one verdict at a time
+     * per socket), and the flag only ever goes from 0 to 1. */
+    peer->pass = 1;
+    struct remora_relay_peer* back = bpf_map_lookup_elem(&relay_peers, &peer->peer_cookie);
+    if (back) back->pass = 1;
+    count(REMORA_RC_PAIRS_PASSED, 1);
+    count(REMORA_RC_PASSED_SKBS, 1);
+    return SK_PASS;
+  }
   long verdict = bpf_sk_redirect_hash(skb, &relay_socks, &peer->peer_cookie, 0);
   if (verdict != SK_PASS) {
     count(REMORA_RC_REDIRECT_FAILED, 1);

@@ -144,6 +144,12 @@ enum remora_verdict {
 struct remora_relay_peer {
   __u64 peer_cookie; /* key of the socket its bytes go to */
   __u64 bytes;       /* bytes redirected to the peer (updated by the program) */
+  __u32 limit;       /* bytes the peer's redirect queue may hold before the pair goes to the
+                      * proxy (set by the proxy: its buffer limit) */
+  __u32 seq_base;    /* the peer's write_seq at the first redirect (set by the program) */
+  __u32 based;       /* seq_base is set (set by the program) */
+  __u32 pass;        /* the pair left the kernel path: every skb stays with its socket (charged,
+                      * so TCP's window closes) for the proxy (set by the program, never unset) */
 };
 
 /* Index into the relay's per-CPU counters array. */
@@ -152,6 +158,8 @@ enum remora_relay_counter {
   REMORA_RC_REDIRECTED_SKBS,      /* skbs redirected to a peer */
   REMORA_RC_NO_PEER,              /* skb of a socket with no peers entry: passed to its owner */
   REMORA_RC_REDIRECT_FAILED,      /* the peer is not in the sockhash: dropped */
+  REMORA_RC_PAIRS_PASSED,         /* pairs whose redirect queue passed its limit */
+  REMORA_RC_PASSED_SKBS,          /* skbs kept by their socket for the proxy (REMORA_RELAY_F_PASS) */
   REMORA_RC_MAX
 };
 

@@ -315,6 +315,9 @@ def main():
     finally:
         log("tearing down")
         world.destroy()
+        data["meta"]["kernel_relay"] = (f"pins in {env.relay_dir}" if env.relay_dir
+                                        else env.relay_reason or "not asked for")
+        env.remove_relay()
         cpucap.remove_all(env.cap_root, args.prefix)
     left = world.leftovers()
     left_cg = cpucap.leftovers(env.cap_root, args.prefix)

@@ -104,6 +104,9 @@ class Env:
         # reason there is none (then the capped figures are not measured, and the page says so).
         self.cap_kind, self.cap_root, self.cap_reason = None, None, "not probed"
         self.mtls_dir = None  # certificates of the mTLS rows, once prepare_mtls() ran
+        # The kernel relay's pins (remora-init relay install on a bpffs of the run's own), or
+        # why there are none; made by the first setup that asks (relay_pins()).
+        self.relay_dir, self.relay_reason, self.relay_mount = None, None, None
 
     def probe_cap(self):
         self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe(
@@ -205,6 +208,38 @@ class Env:
             self.install_interception(self.ns(pod))
         self.mtls_dir = make_mtls_certs(os.path.join(self.run_dir, "mtls"))
         return self.mtls_dir
+
+    def relay_pins(self):
+        """The pin dir of the kernel relay (docs/PROXY.md "Kernel relay"), installed once per run
+        on a bpffs mounted in the run dir, or None (then relay_reason says why)."""
+        if self.relay_dir or self.relay_reason:
+            return self.relay_dir
+        init = self.bin("remora-init")
+        mount = os.path.join(self.run_dir, "bpffs")
+        os.makedirs(mount, exist_ok=True)
+        cp = run(["mount", "-t", "bpf", "bpf", mount, "-o", "mode=0755"], check=False)
+        if cp.returncode != 0:
+            self.relay_reason = f"mounting a bpffs failed: {cp.stderr.strip()}"
+            return None
+        self.relay_mount = mount
+        pins = os.path.join(mount, "relay")
+        cp = run([init, "relay", "install", "--pin-dir", pins, "--proxy-uid", str(PROXY_UID),
+                  "--proxy-gid", str(PROXY_UID)], check=False, timeout=30)
+        if cp.returncode != 0:
+            self.relay_reason = (f"`remora-init relay install` exited {cp.returncode}: "
+                                 f"{(cp.stderr or cp.stdout).strip()[-300:]}")
+            return None
+        self.relay_dir = pins
+        return pins
+
+    def remove_relay(self):
+        if self.relay_dir:
+            run([self.bin("remora-init"), "relay", "uninstall", "--pin-dir", self.relay_dir],
+                check=False, timeout=30)
+            self.relay_dir = None
+        if self.relay_mount:
+            run(["umount", "-l", self.relay_mount], check=False)
+            self.relay_mount = None
 
     def remora_flags(self):
         if self.remora_help is None:
@@ -379,7 +414,9 @@ class Remora(ProxySetup):
     name, label = "remora", "Remora (iptables)"
     restart_for_iperf = False  # one config routes both Services by original destination
     note = ("remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10 "
-            "(as `tcp:` routes on a `tcp-http` port: an L4 figure even once L7 exists)")
+            "(as `tcp:` routes on a `tcp-http` port: an L4 figure even once L7 exists); "
+            "the kernel relay (`remora-init relay install`, `--relay kernel`) when it installs")
+    relay = "kernel"  # --relay of this row; "kernel" falls back to uring if the pins fail
 
     def unavailable(self):
         b = self.env.bin("remora-proxy")
@@ -406,9 +443,25 @@ class Remora(ProxySetup):
             os.chmod(path, 0o644)
         return path
 
+    def relay_flags(self):
+        if self.relay == "kernel":
+            pins = self.env.relay_pins()
+            if pins:
+                return ["--relay", "kernel", "--relay-pin-dir", pins]
+            return ["--relay", "uring"]  # the row says so in the run's log (relay_reason)
+        return ["--relay", self.relay]
+
     def argv(self, phase, config=None):
         return [self.env.bin("remora-proxy"), "--config", config or self.config_path()] + \
-            self.env.remora_flags()
+            self.env.remora_flags() + self.relay_flags()
+
+
+class RemoraUring(Remora):
+    # The same proxy relaying the bytes itself (io_uring), for the side-by-side with the kernel
+    # relay of the remora row.
+    name, label = "remora-uring", "Remora (io_uring relay)"
+    note = "as Remora (iptables), with `--relay uring`: the bytes go through user space"
+    relay = "uring"
 
 
 class RemoraEbpf(ProxySetup):
@@ -623,13 +676,13 @@ class HaproxyMtls(MtlsPair):
         return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, f"haproxy-mtls-{side}.cfg")]
 
 
-ALL = [Direct, KubeProxy, Remora, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
+ALL = [Direct, KubeProxy, Remora, RemoraUring, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
        HaproxyHttp, RemoraMtls, HaproxyMtls]
-DEFAULT = ["direct", "kube-proxy", "remora", "remora-ebpf", "remora-l7", "haproxy-tcp",
+DEFAULT = ["direct", "kube-proxy", "remora", "remora-uring", "remora-ebpf", "remora-l7", "haproxy-tcp",
            "nginx-stream", "nginx-http", "haproxy-http", "remora-mtls", "haproxy-mtls"]
 # The L4 proxies of the headline (all compared with HAProxy tcp) and the L7 ones (with HAProxy
 # http and nginx http).
-L4_PROXIES = ["remora", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
+L4_PROXIES = ["remora", "remora-uring", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
 L7_PROXIES = ["remora-l7", "nginx-http", "haproxy-http"]
 MTLS_PROXIES = ["remora-mtls", "haproxy-mtls"]  # two sidecars each, compared with each other
 

@@ -359,23 +359,34 @@ TEST_F(KernelRelay, ClientResetReachesTheUpstreamAsConnectionReset) {
   EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
 }
 
-// A client that stops reading an endless stream. The proxy's own memory stays flat (the bytes
-// never reach it); the stream then resumes intact. What the kernel holds for the slow reader is
-// printed: on 6.18 the sockmap's redirect queue does not push back on the sender (docs/PROXY.md).
+// A client that stops reading an endless stream. The proxy's own memory stays bounded; the stream
+// then resumes intact. What the kernel holds for the slow reader is printed: without the
+// redirect-queue limit (relay.bpf.c "Backpressure", off for now) the sockmap does not push back
+// on the sender (506 MiB streamed by 1.5 s); with it on, 12-22 MiB (docs/PROXY.md).
 TEST_F(KernelRelay, SlowReaderKeepsTheProxyFlatAndTheStreamIntact) {
   startProxy("kernel");
   int fd = dial('S');
   ASSERT_GE(fd, 0);
   ASSERT_EQ(receivePattern(fd, 1 << 20), "");
   const long rss_before = proxyRssKiB();
-  std::this_thread::sleep_for(milliseconds(1500));
+  std::this_thread::sleep_for(milliseconds(1000));
+  const uint64_t streamed_1s = backend_->streamed.load();
+  std::this_thread::sleep_for(milliseconds(500));
   const uint64_t streamed = backend_->streamed.load();
   const long rss_after = proxyRssKiB();
   std::printf(
-      "slow reader: backend streamed %.1f MiB while the client read 1 MiB; proxy RSS "
-      "%ld -> %ld KiB\n",
-      static_cast<double>(streamed) / (1 << 20), rss_before, rss_after);
-  EXPECT_LT(rss_after - rss_before, 8 * 1024);
+      "slow reader: backend streamed %.1f MiB (%.1f MiB at 1 s) while the client read 1 MiB; "
+      "proxy RSS %ld -> %ld KiB\n",
+      static_cast<double>(streamed) / (1 << 20), static_cast<double>(streamed_1s) / (1 << 20),
+      rss_before, rss_after);
+  // Once the pair is back in user space the proxy holds what its io_uring relay holds: at most
+  // the buffer limit (1 MiB) per direction, in buffers of its 16 MiB pool (256 x 64 KiB), which
+  // become resident as they are first used.
+  EXPECT_LT(rss_after - rss_before, 20 * 1024);
+  // The bound below held (12-22 MiB streamed) with the redirect-queue limit on; it is off until
+  // the hand-back keeps bulk transfers intact (worker_kernel_relay.cc, kRedirectQueueLimit), so
+  // what the kernel holds is only printed.
+  // EXPECT_LT(streamed, uint64_t{40} << 20) << "the kernel relay held the stalled reader's bytes";
   // Reading on from offset 1 MiB: nothing was lost or reordered while the reader stalled.
   std::vector<char> block(1 << 20);
   for (uint64_t off = 1 << 20; off < (uint64_t{64} << 20); off += block.size()) {

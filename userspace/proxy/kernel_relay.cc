@@ -20,7 +20,7 @@
 namespace remora::proxy {
 namespace {
 
-static_assert(sizeof(remora_relay_peer) == 16, "bpf/remora_abi.h: struct remora_relay_peer");
+static_assert(sizeof(remora_relay_peer) == 32, "bpf/remora_abi.h: struct remora_relay_peer");
 
 // Closes the fds it holds when it goes out of scope (the probe's sockets).
 class FdSet {
@@ -122,7 +122,7 @@ Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir) {
   FdSet s;
   if (auto r = loopbackPair(s[0], s[1]); !r) return r.error();
   if (auto r = loopbackPair(s[2], s[3]); !r) return r.error();
-  auto pair = maps->attach(s[1], s[2]);
+  auto pair = maps->attach(s[1], s[2], 1 << 20);
   if (!pair) return pair.error();
   const char kByte = 'r';
   char got = 0;
@@ -145,14 +145,17 @@ RelayMaps::~RelayMaps() {
   }
 }
 
-Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd) const {
+Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t limit) const {
   auto client = socketCookie(client_fd);
   if (!client) return client.error();
   auto upstream = socketCookie(upstream_fd);
   if (!upstream) return upstream.error();
   RelayPair pair{*client, *upstream};
-  const remora_relay_peer to_upstream{pair.upstream_cookie, 0};
-  const remora_relay_peer to_client{pair.client_cookie, 0};
+  remora_relay_peer to_upstream{};
+  to_upstream.peer_cookie = pair.upstream_cookie;
+  to_upstream.limit = limit;
+  remora_relay_peer to_client = to_upstream;
+  to_client.peer_cookie = pair.client_cookie;
   if (bpf_map_update_elem(peers_, &pair.client_cookie, &to_upstream, BPF_NOEXIST) != 0) {
     return errnoError("relay peers map update");
   }
@@ -187,6 +190,12 @@ uint64_t RelayMaps::redirected(uint64_t cookie) const {
   remora_relay_peer peer{};
   if (bpf_map_lookup_elem(peers_, &cookie, &peer) != 0) return 0;
   return peer.bytes;
+}
+
+bool RelayMaps::passed(uint64_t cookie) const {
+  remora_relay_peer peer{};
+  if (bpf_map_lookup_elem(peers_, &cookie, &peer) != 0) return false;
+  return peer.pass != 0;
 }
 
 RelayBytes RelayMaps::detach(const RelayPair& pair) const {

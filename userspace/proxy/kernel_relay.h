@@ -55,12 +55,18 @@ class RelayMaps {
   // Hands a connected pair to the kernel: peers entries, then both sockets into the sockhash,
   // then each socket is nudged so bytes that arrived before the insertion go out too. On error
   // nothing of the pair stays in the maps and the caller relays it itself.
-  Result<RelayPair> attach(int client_fd, int upstream_fd) const;
+  // `limit`: bytes a direction may hold in the kernel's redirect queue (the peer reads slower
+  // than the sender sends) before the pair leaves the kernel path (see passed()).
+  Result<RelayPair> attach(int client_fd, int upstream_fd, uint32_t limit) const;
   // Removes the pair from the maps (closing the sockets would drop them from the sockhash, not
   // from the peers map) and returns what the kernel carried.
   RelayBytes detach(const RelayPair& pair) const;
   // Bytes redirected so far from the socket with this cookie.
   uint64_t redirected(uint64_t cookie) const;
+  // True once the program has taken the pair off the kernel path (a redirect queue passed its
+  // limit): from then on both sockets keep what they receive, charged to their receive buffers
+  // so TCP pushes back, and the proxy relays the pair itself once the redirected bytes are out.
+  bool passed(uint64_t cookie) const;
 
  private:
   RelayMaps(int socks, int peers, int counters)

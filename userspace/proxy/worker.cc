@@ -808,7 +808,7 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
 void Worker::closeConnection(uint32_t slot, const char* outcome, bool reset) {
   Connection& conn = slots_[slot];
   if (conn.state == State::kClosing || conn.state == State::kFree) return;
-  if (conn.state == State::kKernel) finishKernelRelay(slot);
+  if (conn.relay_maps) finishKernelRelay(slot);  // also a pair handed back to user space
   // A clean close must never pass for the end of data that did not make it.
   if (conn.request.queued() > 0 || conn.response.queued() > 0) reset = true;
   if (reset && conn.state != State::kFlushing && conn.state != State::kConnecting) {

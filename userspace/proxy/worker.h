@@ -286,6 +286,12 @@ class Worker final : public loop::CompletionHandler {
   void relayProgress(uint32_t slot);
   // Before the sockets close: cancels the watches, takes the pair out of the maps, counts bytes.
   void finishKernelRelay(uint32_t slot);
+  // Backpressure (relay.bpf.c): the program took the pair off the kernel path; once the bytes it
+  // redirected are out, the io_uring relay takes the pair over. False: not drained yet.
+  bool handBackToUring(uint32_t slot);
+  void armRelayDrain(uint32_t slot);
+  void cancelRelayPolls(uint32_t slot);
+  static void countKernelBytes(Connection& conn, const RelayBytes& bytes);
   // The idle check of a kernel-relayed connection: true when bytes moved since the last one.
   bool kernelRelayMoved(uint32_t slot);
 
