@@ -29,6 +29,10 @@
 #define REMORA_F_IPV6 (1u << 1)
 #define REMORA_F_INCLUDE_ALL_INBOUND (1u << 2)
 #define REMORA_F_INBOUND (1u << 3)
+/* sockops + sk_msg carry app<->proxy bytes socket to socket (remora_pair_key). */
+#define REMORA_F_FAST_PATH (1u << 4)
+/* Inbound is captured by iptables rules in the netns, not by sk_lookup (the hybrid fallback). */
+#define REMORA_F_INBOUND_HYBRID (1u << 5)
 
 /* An inclusive port range, host order. */
 struct remora_port_range {
@@ -70,9 +74,13 @@ struct remora_orig_dst {
   __u32 addr[4]; /* network order */
   __u16 port;    /* host order */
   __u8 family;
-  __u8 pad;
+  __u8 state; /* REMORA_ORIG_ANSWERED | REMORA_ORIG_CLOSED */
   __u32 uid;
 };
+/* remora_orig_dst.state: the record goes once the proxy has read it and the app's socket has
+ * closed, whichever comes last. */
+#define REMORA_ORIG_ANSWERED (1u << 0)
+#define REMORA_ORIG_CLOSED (1u << 1)
 
 /* The app's end of a rewritten connection as the proxy's accepted socket sees its peer. */
 struct remora_tuple_key {
@@ -118,6 +126,11 @@ enum remora_counter {
   REMORA_C_INBOUND_EXCLUDED,  /* sk_lookup left an excluded inbound port alone */
   REMORA_C_INBOUND_NO_PROXY,  /* sk_lookup found no proxy listener for the netns */
   REMORA_C_LISTENER_ADDED,    /* sockops put a proxy inbound listener in the sockhash */
+  REMORA_C_ORIG_DST_DELETED,  /* sockops deleted a record when the app's socket closed */
+  REMORA_C_PAIR_ADDED,        /* sockops put an app<->proxy socket in the fast-path sockhash */
+  REMORA_C_MSG_REDIRECTED,    /* sk_msg redirected a send to the peer socket */
+  REMORA_C_MSG_BYTES,         /* bytes sk_msg redirected */
+  REMORA_C_MSG_SLOW,          /* sk_msg found no peer: the send took loopback TCP */
   REMORA_C_MAX
 };
 
@@ -132,6 +145,20 @@ enum remora_verdict {
   REMORA_V_LOOPBACK,
   REMORA_V_IPV6_OFF,
 };
+
+/* ---- sockops + sk_msg fast path (issue 11) ----
+ * One end of an app<->proxy loopback connection inside a meshed netns, as that end sees itself:
+ * the sk_msg program finds the peer by swapping local and remote. Ports in host order. */
+struct remora_pair_key {
+  __u64 netns_cookie;
+  __u32 local_addr[4]; /* network order; IPv4 (v4-mapped too) uses [0] */
+  __u32 remote_addr[4];
+  __u16 local_port;
+  __u16 remote_port;
+  __u32 family;
+};
+/* App<->proxy sockets the fast path holds (two per connection). */
+#define REMORA_MAX_PAIRS 65536
 
 /* ---- Kernel relay (bpf/relay.bpf.c, userspace/proxy/kernel_relay.cc) ----
  * The proxy hands a connected (client, upstream) socket pair to the kernel: both sockets go into

@@ -9,7 +9,12 @@
  *    answered from that record, so the proxy reads it exactly as after an iptables REDIRECT;
  *  - sockops also puts the proxy's inbound listener (listen() on the netns's inbound port) in a
  *    sockhash, and sk_lookup, attached to each meshed netns, steers inbound connections to the
- *    pod's ports to it: no NAT, so the proxy's getsockname() is the original destination. */
+ *    pod's ports to it: no NAT, so the proxy's getsockname() is the original destination;
+ *  - sockops deletes a connection's records when the app's socket closes (STATE_CB to TCP_CLOSE),
+ *    so the original-destination maps hold only live connections;
+ *  - the fast path (REMORA_F_FAST_PATH): sockops puts both sockets of an app<->proxy loopback
+ *    connection in a sockhash, and sk_msg redirects each send straight into the peer socket's
+ *    receive queue, past loopback TCP. */
 // clang-format off
 #include "vmlinux.h"  // first: the kernel types every other header uses
 // clang-format on
@@ -23,6 +28,11 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
+#define REMORA_TCP_CLOSE 7
+
+/* A context field read as one load at its own offset: clang may otherwise merge the reads of two
+ * branches into one load through a computed context pointer, which the verifier refuses. */
+#define CTX_READ(field) (*(volatile __typeof__(field)*)&(field))
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
@@ -59,6 +69,25 @@ struct {
   __type(value, __u64);
 } remora_listeners SEC(".maps");
 
+/* The fast path's sockets, each keyed as it sees itself; sk_msg (attached to this map) looks up
+ * the peer by the swapped key. The kernel removes a socket when it closes. */
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, REMORA_MAX_PAIRS);
+  __type(key, struct remora_pair_key);
+  __type(value, __u64);
+} remora_pairs SEC(".maps");
+
+/* Fast-path sockets that sent through loopback TCP once (their peer was not in the sockhash
+ * yet): they keep doing so, since the peer reads redirected bytes before bytes already waiting
+ * in its TCP receive queue, which would reorder the stream. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, REMORA_MAX_PAIRS);
+  __type(key, struct remora_pair_key);
+  __type(value, __u8);
+} remora_pairs_slow SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
   __uint(max_entries, REMORA_C_MAX);
@@ -66,10 +95,12 @@ struct {
   __type(value, __u64);
 } remora_counters SEC(".maps");
 
-static __always_inline void count(__u32 counter) {
+static __always_inline void count_by(__u32 counter, __u64 by) {
   __u64* value = bpf_map_lookup_elem(&remora_counters, &counter);
-  if (value) *value += 1;
+  if (value) *value += by;
 }
+
+static __always_inline void count(__u32 counter) { count_by(counter, 1); }
 
 /* The counter of each verdict (enum remora_verdict and enum remora_counter list them alike). */
 static __always_inline __u32 verdict_counter(enum remora_verdict v) {
@@ -161,14 +192,14 @@ static __always_inline void tuple_local(struct bpf_sock_ops* skops, struct remor
   key->port = (__u16)skops->local_port;
   if (skops->family == REMORA_AF_INET) {
     key->family = REMORA_AF_INET;
-    key->addr[0] = skops->local_ip4;
+    key->addr[0] = CTX_READ(skops->local_ip4);
     return;
   }
   key->family = REMORA_AF_INET6;
-  key->addr[0] = skops->local_ip6[0];
-  key->addr[1] = skops->local_ip6[1];
-  key->addr[2] = skops->local_ip6[2];
-  key->addr[3] = skops->local_ip6[3];
+  key->addr[0] = CTX_READ(skops->local_ip6[0]);
+  key->addr[1] = CTX_READ(skops->local_ip6[1]);
+  key->addr[2] = CTX_READ(skops->local_ip6[2]);
+  key->addr[3] = CTX_READ(skops->local_ip6[3]);
   if (key->addr[0] == 0 && key->addr[1] == 0 && key->addr[2] == bpf_htonl(0xffff)) {
     key->family = REMORA_AF_INET;
     key->addr[0] = key->addr[3];
@@ -191,13 +222,120 @@ static __always_inline void add_listener(struct bpf_sock_ops* skops) {
   }
 }
 
+/* A rewritten connect: watch the socket's state, so its records go when it closes. */
+static __always_inline void watch_close(struct bpf_sock_ops* skops) {
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  if (!bpf_map_lookup_elem(&remora_orig_by_cookie, &cookie)) return;
+  bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* The app's socket of a rewritten connect reached TCP_CLOSE (TIME_WAIT began, a reset, a failed
+ * connect). A connect that never got established has only its cookie record, which goes. The
+ * established one's record goes if the proxy has read it; if not (an app that wrote and closed
+ * before the proxy's accept: its orphaned socket closes as soon as its FIN is acked), it is
+ * marked closed and the proxy's read deletes it. */
+static __always_inline void forget(struct bpf_sock_ops* skops) {
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  if (bpf_map_delete_elem(&remora_orig_by_cookie, &cookie) == 0) count(REMORA_C_ORIG_DST_DELETED);
+  struct remora_tuple_key key = {};
+  key.netns_cookie = bpf_get_netns_cookie(skops);
+  tuple_local(skops, &key);
+  struct remora_orig_dst* orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
+  if (!orig) return;
+  if (orig->state & REMORA_ORIG_ANSWERED) {
+    if (bpf_map_delete_elem(&remora_orig_by_tuple, &key) == 0) count(REMORA_C_ORIG_DST_DELETED);
+  } else {
+    orig->state |= REMORA_ORIG_CLOSED;
+  }
+}
+
+static __always_inline int is_v4_mapped(const __u32* a) {
+  return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+}
+
+/* Fills the address half of a pair key; a v4-mapped pair is keyed as IPv4, the same way by
+ * sockops and sk_msg. */
+static __always_inline void pair_addrs(struct remora_pair_key* key, __u32 family,
+                                       const __u32* local, const __u32* remote) {
+  key->family = family;
+  if (family == REMORA_AF_INET6 && is_v4_mapped(local) && is_v4_mapped(remote)) {
+    key->family = REMORA_AF_INET;
+    key->local_addr[0] = local[3];
+    key->remote_addr[0] = remote[3];
+    return;
+  }
+  for (int i = 0; i < 4; i++) {
+    key->local_addr[i] = local[i];
+    key->remote_addr[i] = remote[i];
+  }
+}
+
+/* 127.0.0.6 or ::6, the source of the proxy's inbound passthrough to the app. */
+static __always_inline int is_passthrough_source(__u32 family, const __u32* a) {
+  if (family == REMORA_AF_INET) return remora_ntohl(a[0]) == 0x7f000006;
+  return a[0] == 0 && a[1] == 0 && a[2] == 0 && remora_ntohl(a[3]) == 6;
+}
+
+/* Both sockets of an app<->proxy connection inside a netns with the fast path on go in the
+ * sockhash: the app's connect to the proxy's outbound listener (both ends on loopback, one port
+ * the outbound port), and the proxy's inbound passthrough (one end 127.0.0.6 or ::6). */
+static __always_inline void add_pair(struct bpf_sock_ops* skops) {
+  __u64 netns = bpf_get_netns_cookie(skops);
+  const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, &netns);
+  if (!s || !(s->flags & REMORA_F_FAST_PATH)) return;
+  __u32 local[4] = {}, remote[4] = {};
+  if (skops->family == REMORA_AF_INET) {
+    local[0] = CTX_READ(skops->local_ip4);
+    remote[0] = CTX_READ(skops->remote_ip4);
+  } else {
+    local[0] = CTX_READ(skops->local_ip6[0]);
+    local[1] = CTX_READ(skops->local_ip6[1]);
+    local[2] = CTX_READ(skops->local_ip6[2]);
+    local[3] = CTX_READ(skops->local_ip6[3]);
+    remote[0] = CTX_READ(skops->remote_ip6[0]);
+    remote[1] = CTX_READ(skops->remote_ip6[1]);
+    remote[2] = CTX_READ(skops->remote_ip6[2]);
+    remote[3] = CTX_READ(skops->remote_ip6[3]);
+  }
+  struct remora_pair_key key = {};
+  key.netns_cookie = netns;
+  key.local_port = (__u16)skops->local_port;
+  key.remote_port = (__u16)bpf_ntohl(skops->remote_port);
+  pair_addrs(&key, skops->family, local, remote);
+  __u8 f = (__u8)key.family;
+  int outbound_leg = remora_is_loopback(f, key.local_addr) &&
+                     remora_is_loopback(f, key.remote_addr) &&
+                     (key.local_port == s->outbound_port || key.remote_port == s->outbound_port);
+  int passthrough = is_passthrough_source(key.family, key.local_addr) ||
+                    is_passthrough_source(key.family, key.remote_addr);
+  if (!outbound_leg && !passthrough) return;
+  bpf_map_delete_elem(&remora_pairs_slow, &key); /* a reused 4-tuple starts fast again */
+  if (bpf_sock_hash_update(skops, &remora_pairs, &key, BPF_NOEXIST) == 0) {
+    count(REMORA_C_PAIR_ADDED);
+  }
+}
+
 SEC("sockops")
 int remora_sockops(struct bpf_sock_ops* skops) {
-  if (skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
-    add_listener(skops);
-    return 1;
+  switch (skops->op) {
+    case BPF_SOCK_OPS_TCP_LISTEN_CB:
+      add_listener(skops);
+      return 1;
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+      watch_close(skops);
+      return 1;
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+      add_pair(skops);
+      return 1;
+    case BPF_SOCK_OPS_STATE_CB:
+      if (skops->args[1] == REMORA_TCP_CLOSE) forget(skops);
+      return 1;
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+      break;
+    default:
+      return 1;
   }
-  if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
+  add_pair(skops);
   __u64 cookie = bpf_get_socket_cookie(skops);
   struct remora_orig_dst* orig = bpf_map_lookup_elem(&remora_orig_by_cookie, &cookie);
   if (!orig) return 1;
@@ -210,6 +348,55 @@ int remora_sockops(struct bpf_sock_ops* skops) {
   }
   bpf_map_delete_elem(&remora_orig_by_cookie, &cookie);
   return 1;
+}
+
+/* Each send of a fast-path socket goes into its peer's receive queue (BPF_F_INGRESS), as if it
+ * had crossed loopback TCP. A socket whose peer is not (or no longer) in the sockhash sends
+ * through TCP, and keeps doing so (remora_pairs_slow). */
+SEC("sk_msg")
+int remora_msg(struct sk_msg_md* msg) {
+  __u32 local[4] = {}, remote[4] = {};
+  if (msg->family == REMORA_AF_INET) {
+    local[0] = CTX_READ(msg->local_ip4);
+    remote[0] = CTX_READ(msg->remote_ip4);
+  } else {
+    local[0] = CTX_READ(msg->local_ip6[0]);
+    local[1] = CTX_READ(msg->local_ip6[1]);
+    local[2] = CTX_READ(msg->local_ip6[2]);
+    local[3] = CTX_READ(msg->local_ip6[3]);
+    remote[0] = CTX_READ(msg->remote_ip6[0]);
+    remote[1] = CTX_READ(msg->remote_ip6[1]);
+    remote[2] = CTX_READ(msg->remote_ip6[2]);
+    remote[3] = CTX_READ(msg->remote_ip6[3]);
+  }
+  struct remora_pair_key self = {};
+  self.netns_cookie = bpf_get_netns_cookie(msg);
+  self.local_port = (__u16)msg->local_port;
+  self.remote_port = (__u16)bpf_ntohl(msg->remote_port);
+  pair_addrs(&self, msg->family, local, remote);
+  if (bpf_map_lookup_elem(&remora_pairs_slow, &self)) {
+    count(REMORA_C_MSG_SLOW);
+    return SK_PASS;
+  }
+  struct remora_pair_key peer = {};
+  peer.netns_cookie = self.netns_cookie;
+  peer.family = self.family;
+  peer.local_port = self.remote_port;
+  peer.remote_port = self.local_port;
+  for (int i = 0; i < 4; i++) {
+    peer.local_addr[i] = self.remote_addr[i];
+    peer.remote_addr[i] = self.local_addr[i];
+  }
+  __u64 len = msg->size;
+  if (bpf_msg_redirect_hash(msg, &remora_pairs, &peer, BPF_F_INGRESS) == SK_PASS) {
+    count(REMORA_C_MSG_REDIRECTED);
+    count_by(REMORA_C_MSG_BYTES, len);
+    return SK_PASS;
+  }
+  __u8 one = 1;
+  bpf_map_update_elem(&remora_pairs_slow, &self, &one, BPF_ANY);
+  count(REMORA_C_MSG_SLOW);
+  return SK_PASS;
 }
 
 /* Writes a sockaddr_in / sockaddr_in6 for SO_ORIGINAL_DST into the caller's buffer. */
@@ -278,7 +465,16 @@ int remora_sockopt(struct bpf_sockopt* ctx) {
     local.addr[3] = sk->src_ip6[3];
   }
   struct remora_orig_dst* orig = bpf_map_lookup_elem(&remora_orig_by_tuple, &key);
-  if (orig) return answer(ctx, orig->family, orig->addr, orig->port);
+  if (orig) {
+    struct remora_orig_dst copy = *orig;
+    if (copy.state & REMORA_ORIG_CLOSED) {
+      /* The app's socket is gone already: this read is the record's last use. */
+      if (bpf_map_delete_elem(&remora_orig_by_tuple, &key) == 0) count(REMORA_C_ORIG_DST_DELETED);
+    } else {
+      orig->state |= REMORA_ORIG_ANSWERED;
+    }
+    return answer(ctx, copy.family, copy.addr, copy.port);
+  }
   /* An inbound connection sk_lookup steered to the proxy was not NATed: its original destination
    * is its own local address, when that is a pod address and a port inbound capture covers. */
   local.family = key.family;

@@ -87,6 +87,34 @@ class NetnsDataplane : public Dataplane {
     });
   }
 
+  CniResult<uint64_t> netnsCookie(const std::string& netns) override {
+    std::optional<Result<uint64_t>> cookie;
+    auto entered = runInNetns(netns, [&]() -> Result<void> {
+      cookie.emplace(intercept::currentNetnsCookie());
+      return {};
+    });
+    if (!entered) {
+      return CniError{ErrorCode::kNetnsUnavailable,
+                      fmt::format("cannot enter network namespace '{}'", netns),
+                      entered.error().message};
+    }
+    if (!*cookie) {
+      return CniError{ErrorCode::kInstallFailed, "cannot read the namespace's cookie",
+                      cookie->error().message};
+    }
+    return **cookie;
+  }
+
+  CniResult<intercept::ApplyReport> uninstallEbpfCookie(
+      uint64_t cookie, const intercept::EbpfConfig& ebpf) override {
+    auto report = intercept::uninstallEbpfNetns(ebpf, cookie);
+    if (!report) {
+      return CniError{ErrorCode::kUninstallFailed, "removing interception failed",
+                      report.error().message};
+    }
+    return std::move(*report);
+  }
+
   CniResult<void> status(const intercept::InterceptOptions& options,
                          const intercept::EbpfConfig& ebpf) override {
     if (options.mode == intercept::InterceptMode::kEbpf) {

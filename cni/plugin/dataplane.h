@@ -30,6 +30,12 @@ class Dataplane {
   virtual CniResult<void> check(const std::string& netns,
                                 const intercept::InterceptOptions& options,
                                 const intercept::EbpfConfig& ebpf) = 0;
+  // eBPF mode: the cookie of the namespace at `netns` (kNetnsUnavailable when it is gone), and
+  // the unregistration of the namespace with that cookie, which works without the namespace
+  // (DEL and GC after the runtime removed it).
+  virtual CniResult<uint64_t> netnsCookie(const std::string& netns) = 0;
+  virtual CniResult<intercept::ApplyReport> uninstallEbpfCookie(
+      uint64_t cookie, const intercept::EbpfConfig& ebpf) = 0;
   // Whether ADD could work on this node now, code 50 if not: the iptables tools are installed,
   // or in eBPF mode, the kernel has BTF and the cgroup is cgroup v2.
   virtual CniResult<void> status(const intercept::InterceptOptions& options,

@@ -86,6 +86,8 @@ class Invocation {
                        env_.netns.empty() ? "-" : env_.netns);
   }
 
+  bool ebpfMode() const { return config_.options.mode == intercept::InterceptMode::kEbpf; }
+
   CniResult<MeshDecision> decide(const CniArgs& args) {
     auto decision = decideMesh(config_, args);
     if (decision && !decision->meshed) log_->info("{}: not meshed: {}", who(), decision->reason);
@@ -107,14 +109,24 @@ class Invocation {
     if (!decision->meshed) return result;
 
     PodIdentity pod = podIdentity(*args);
-    AttachmentState record{env_.container_id,  env_.ifname, env_.netns, 0, 0,
-                           pod.namespace_name, pod.name};
+    AttachmentState record;
+    record.container_id = env_.container_id;
+    record.ifname = env_.ifname;
+    record.netns = env_.netns;
+    record.pod_namespace = pod.namespace_name;
+    record.pod_name = pod.name;
     if (auto id = netnsIdentity(env_.netns)) {
       record.netns_dev = id->first;
       record.netns_ino = id->second;
     } else {
       return CniError{ErrorCode::kNetnsUnavailable,
                       fmt::format("network namespace '{}' does not exist", env_.netns)};
+    }
+    if (ebpfMode()) {
+      // The cookie is what DEL unregisters, even once the namespace is gone.
+      auto cookie = dataplane_.netnsCookie(env_.netns);
+      if (!cookie) return cookie.error();
+      record.netns_cookie = *cookie;
     }
     // The record goes first, so that whatever the install leaves behind, DEL and GC know of it.
     if (auto saved = state_.save(record); !saved) {
@@ -156,7 +168,24 @@ class Invocation {
       if (id && id->first == s.netns_dev && id->second == s.netns_ino) netns = s.netns;
     }
 
-    if (!netns.empty() && isOwnNetns(netns)) {
+    if (ebpfMode() && recorded && (*record)->netns_cookie != 0) {
+      // In the pod's netns while it is the one recorded (a hybrid's inbound rules live there);
+      // once it is gone, by the netns cookie alone, which is all the node's maps need (the spec
+      // wants DEL to succeed when the runtime has removed the netns already).
+      const AttachmentState& s = **record;
+      auto id = netnsIdentity(netns);
+      CniResult<intercept::ApplyReport> report =
+          CniError{ErrorCode::kNetnsUnavailable, "the recorded netns is gone"};
+      if (id && id->first == s.netns_dev && id->second == s.netns_ino && !isOwnNetns(netns)) {
+        report = dataplane_.uninstall(netns, config_.options, config_.ebpf);
+      }
+      if (!report && report.error().code == ErrorCode::kNetnsUnavailable) {
+        report = dataplane_.uninstallEbpfCookie(s.netns_cookie, config_.ebpf);
+      }
+      if (!report) return report.error();
+      log_->info("{}: netns cookie {} unregistered{}", who(), s.netns_cookie,
+                 report->changed ? "" : " (none was left)");
+    } else if (!netns.empty() && isOwnNetns(netns)) {
       // ADD never installs there, so there is nothing of remora-cni's to remove.
       log_->warn("{}: {}; nothing removed", who(), ownNetnsError(netns).msg);
     } else if ((recorded || meshed) && !netns.empty()) {
@@ -217,9 +246,18 @@ class Invocation {
         }
       }
       if (valid) continue;
-      // Only a namespace that is still the one recorded at ADD may be touched.
+      // Only a namespace that is still the one recorded at ADD may be touched; eBPF mode needs
+      // no namespace, only its cookie.
       auto id = netnsIdentity(r.netns);
-      if (id && id->first == r.netns_dev && id->second == r.netns_ino && !isOwnNetns(r.netns)) {
+      if (ebpfMode() && r.netns_cookie != 0) {
+        auto report = dataplane_.uninstallEbpfCookie(r.netns_cookie, config_.ebpf);
+        if (!report) {
+          failures.push_back(fmt::format("{}:{}: {}: {}", r.container_id, r.ifname,
+                                         report.error().msg, report.error().details));
+          continue;
+        }
+      } else if (id && id->first == r.netns_dev && id->second == r.netns_ino &&
+                 !isOwnNetns(r.netns)) {
         auto report = dataplane_.uninstall(r.netns, config_.options, config_.ebpf);
         if (!report && report.error().code != ErrorCode::kNetnsUnavailable) {
           failures.push_back(fmt::format("{}:{}: {}: {}", r.container_id, r.ifname,

@@ -49,6 +49,7 @@ Result<AttachmentState> decode(const std::string& path, const std::string& text)
     s.netns = j.value("netns", "");
     s.netns_dev = j.value("netnsDev", uint64_t{0});
     s.netns_ino = j.value("netnsIno", uint64_t{0});
+    s.netns_cookie = j.value("netnsCookie", uint64_t{0});
     s.pod_namespace = j.value("podNamespace", "");
     s.pod_name = j.value("podName", "");
   } catch (const json::exception& e) {
@@ -88,6 +89,7 @@ Result<void> StateStore::save(const AttachmentState& state) {
             {"netns", state.netns},
             {"netnsDev", state.netns_dev},
             {"netnsIno", state.netns_ino},
+            {"netnsCookie", state.netns_cookie},
             {"podNamespace", state.pod_namespace},
             {"podName", state.pod_name}};
   std::string path = pathFor(state.container_id, state.ifname);

@@ -21,6 +21,9 @@ struct AttachmentState {
   // namespace, and rules must never be removed from a namespace that is not this pod's.
   uint64_t netns_dev = 0;
   uint64_t netns_ino = 0;
+  // eBPF mode: the netns cookie registered at ADD (0 otherwise), so that DEL and GC can
+  // unregister it after the namespace is gone.
+  uint64_t netns_cookie = 0;
   std::string pod_namespace;
   std::string pod_name;
 

@@ -187,6 +187,11 @@ const std::vector<OptionSpec>& optionSpecs() {
        "KubeVirt VM interfaces: TCP arriving on them is captured as outbound", ""},
       {"drop-invalid", "REMORA_DROP_INVALID",
        "drop conntrack-INVALID TCP in mangle PREROUTING (true or false)", "true"},
+      {"ebpf-fast-path", "REMORA_EBPF_FAST_PATH",
+       "ebpf mode: app<->proxy bytes go socket to socket (sockops + sk_msg) instead of through "
+       "loopback TCP (true or false; experimental, see docs/EBPF.md; not with the proxy's "
+       "--relay kernel)",
+       "false"},
       {"ipv6", "REMORA_IPV6", "IPv6 rules: auto (when the netns has IPv6), on or off", "auto"},
       {"iptables-backend", "REMORA_IPTABLES_BACKEND",
        "auto (legacy if the netns already has legacy rules, else nft), legacy or nft", "auto"},
@@ -246,13 +251,14 @@ Result<void> setOption(InterceptOptions& options, std::string_view flag, std::st
     auto names = parseInterfaces(flag, value);
     if (!names) return names.error();
     (flag == "exclude-interfaces" ? o.exclude_interfaces : o.kube_virt_interfaces) = *names;
-  } else if (flag == "drop-invalid") {
+  } else if (flag == "drop-invalid" || flag == "ebpf-fast-path") {
+    bool& field = flag == "drop-invalid" ? o.drop_invalid : o.ebpf_fast_path;
     if (value == "true" || value == "on" || value == "1") {
-      o.drop_invalid = true;
+      field = true;
     } else if (value == "false" || value == "off" || value == "0") {
-      o.drop_invalid = false;
+      field = false;
     } else {
-      return makeError(fmt::format("invalid --drop-invalid '{}': must be true or false", value));
+      return makeError(fmt::format("invalid --{} '{}': must be true or false", flag, value));
     }
   } else if (flag == "ipv6") {
     if (value == "auto") {

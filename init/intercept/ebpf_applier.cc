@@ -19,13 +19,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "intercept/backend.h"
 #include "intercept/ebpf_pins.h"
 #include "intercept/ebpf_skeleton.h"
+#include "intercept/mode.h"
 #include "remora_intercept.skel.h"
 
 namespace remora::intercept {
@@ -37,6 +40,7 @@ static_assert(sizeof(remora_orig_dst) == 32);
 static_assert(sizeof(remora_tuple_key) == 32);
 static_assert(sizeof(remora_addr_key) == 20);
 static_assert(sizeof(remora_listener_key) == 16);
+static_assert(sizeof(remora_pair_key) == 48);
 static_assert(std::size(ebpf::kCounterNames) == REMORA_C_MAX);
 
 namespace {
@@ -156,6 +160,37 @@ uint64_t attachedCgroupId(const std::string& pin_dir) {
 
 bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
+// REMORA_EBPF_FORCE_HYBRID pretends sk_lookup is unavailable, so the hybrid fallback can be
+// tested (and chosen) on a kernel that has it.
+bool forceHybrid() {
+  const char* v = std::getenv("REMORA_EBPF_FORCE_HYBRID");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+// Whether the kernel has the sk_lookup program type (Linux >= 5.9).
+bool skLookupSupported() {
+  return !forceHybrid() && libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr) == 1;
+}
+
+// The hybrid fallback's rules: iptables mode's inbound capture only (outbound stays eBPF's).
+InterceptOptions inboundOnly(const InterceptOptions& o) {
+  InterceptOptions in = o;
+  in.mode = InterceptMode::kIptables;
+  in.include_all_outbound = false;
+  in.include_outbound_cidrs.clear();
+  in.include_outbound_ports.clear();
+  return in;
+}
+
+// The registered settings of the netns with this cookie, if any.
+std::optional<remora_netns_settings> registeredSettings(const std::string& pin_dir,
+                                                        uint64_t cookie) {
+  Fd map(bpf_obj_get(ebpf::pinPath(pin_dir, ebpf::kNetnsMap).c_str()));
+  remora_netns_settings have{};
+  if (!map.valid() || bpf_map_lookup_elem(map.get(), &cookie, &have) != 0) return std::nullopt;
+  return have;
+}
+
 // The netns's own addresses (not loopback): sk_lookup finds the netns by them.
 Result<std::vector<remora_addr_key>> podAddresses(bool ipv6) {
   ifaddrs* list = nullptr;
@@ -226,7 +261,7 @@ class EbpfApplier : public Applier {
       report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
                                          *cgroup, config_.pin_dir));
     }
-    auto registered = registerNetns(*cookie, *settings, report);
+    auto registered = registerNetns(*cookie, *settings, options, report);
     if (!registered) {
       // The first install undoes its attach too: nothing new is left behind.
       if (first) removeAllPins(nullptr);
@@ -246,6 +281,25 @@ class EbpfApplier : public Applier {
   }
 
   Result<ApplyReport> uninstall() override {
+    auto cookie = currentNetnsCookie();
+    if (!cookie) return cookie.error();
+    std::vector<std::string> hybrid_lines;
+    auto have = registeredSettings(config_.pin_dir, *cookie);
+    if (have && (have->flags & REMORA_F_INBOUND_HYBRID)) {
+      // The hybrid's inbound rules live in this netns; remove them while it is here.
+      auto removed = uninstallAll(kDefaultCommandTimeout);
+      if (!removed) return removed.error();
+      hybrid_lines = removed->lines;
+    }
+    auto report = uninstallCookie(*cookie);
+    if (report)
+      report->lines.insert(report->lines.begin(), hybrid_lines.begin(), hybrid_lines.end());
+    return report;
+  }
+
+  // Unregisters the netns with this cookie (it need not exist any more: nothing here enters it),
+  // and after the last one detaches and unpins everything.
+  Result<ApplyReport> uninstallCookie(uint64_t cookie) {
     ApplyReport report;
     report.backend = name();
     const std::string netns_pin = ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap);
@@ -255,13 +309,11 @@ class EbpfApplier : public Applier {
     }
     auto lock = lockPinDir();
     if (!lock) return lock.error();
-    auto cookie = currentNetnsCookie();
-    if (!cookie) return cookie.error();
     bool empty = true;
     if (exists(netns_pin)) {
       Fd map(bpf_obj_get(netns_pin.c_str()));
       if (!map.valid()) return errnoError("opening " + netns_pin);
-      if (auto r = unregisterNetns(map.get(), *cookie, report); !r) return r.error();
+      if (auto r = unregisterNetns(map.get(), cookie, report); !r) return r.error();
       uint64_t key = 0;
       empty = bpf_map_get_next_key(map.get(), nullptr, &key) != 0;
     }
@@ -291,15 +343,21 @@ class EbpfApplier : public Applier {
     }
     auto cookie = currentNetnsCookie();
     if (!cookie) return cookie.error();
-    if ((settings->flags & REMORA_F_INBOUND) && !exists(skLookupPin(*cookie))) {
-      return makeError(fmt::format("{} is not pinned: inbound is not steered in this netns",
-                                   skLookupPin(*cookie)));
-    }
     Fd map(bpf_obj_get(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap).c_str()));
     if (!map.valid()) return errnoError("opening the pinned netns map");
     remora_netns_settings have{};
     if (bpf_map_lookup_elem(map.get(), &*cookie, &have) != 0) {
       return makeError(fmt::format("netns cookie {} is not registered", *cookie));
+    }
+    if ((settings->flags & REMORA_F_INBOUND) && (have.flags & REMORA_F_INBOUND_HYBRID)) {
+      settings->flags |= REMORA_F_INBOUND_HYBRID;
+      if (auto rules = makeIptablesApplier(options.command_timeout)->check(inboundOnly(options));
+          !rules) {
+        return makeError("the hybrid's inbound iptables rules: " + rules.error().message);
+      }
+    } else if ((settings->flags & REMORA_F_INBOUND) && !exists(skLookupPin(*cookie))) {
+      return makeError(fmt::format("{} is not pinned: inbound is not steered in this netns",
+                                   skLookupPin(*cookie)));
     }
     if (std::memcmp(&have, &*settings, sizeof(have)) != 0) {
       return makeError(fmt::format("netns cookie {} is registered with other settings:\n{}",
@@ -352,35 +410,70 @@ class EbpfApplier : public Applier {
   // Registers the calling thread's netns: its sk_lookup link and pod addresses when inbound is
   // captured, then its settings (what the connect programs look up). Undoes its own steps on
   // failure.
-  Result<void> registerNetns(uint64_t cookie, const remora_netns_settings& settings,
-                             ApplyReport& report) {
+  // Attaches the pinned sk_lookup program to the calling thread's netns and pins the link; the
+  // error says why sk_lookup cannot be used here.
+  Result<void> attachSkLookup(const std::string& link_pin) const {
+    if (forceHybrid()) return makeError("REMORA_EBPF_FORCE_HYBRID is set");
+    Fd prog(bpf_obj_get(pin(ebpf::kSkLookupProg).c_str()));
+    if (!prog.valid()) {
+      return makeError(
+          fmt::format("the kernel has no sk_lookup (Linux >= 5.9; kernel {})", kernelRelease()));
+    }
+    Fd netns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (!netns.valid()) return errnoError("opening /proc/thread-self/ns/net");
+    Fd link(bpf_link_create(prog.get(), netns.get(), BPF_SK_LOOKUP, nullptr));
+    if (!link.valid()) {
+      return errnoError(
+          fmt::format("attaching sk_lookup to this netns (kernel {})", kernelRelease()));
+    }
+    if (bpf_obj_pin(link.get(), link_pin.c_str()) != 0) return errnoError("pinning " + link_pin);
+    return {};
+  }
+
+  // Registers the calling thread's netns: its sk_lookup link and pod addresses when inbound is
+  // captured (or, where sk_lookup cannot be used, iptables mode's inbound rules: the hybrid),
+  // then its settings (what the connect programs look up). Undoes its own steps on failure.
+  Result<void> registerNetns(uint64_t cookie, remora_netns_settings settings,
+                             const InterceptOptions& options, ApplyReport& report) {
     std::vector<std::string> new_pins;
     std::vector<remora_addr_key> new_addrs;
+    bool new_rules = false;
     Fd addrs(bpf_obj_get(pin(ebpf::kInboundAddrsMap).c_str()));
     if (!addrs.valid()) return errnoError("opening " + pin(ebpf::kInboundAddrsMap));
     auto undo = [&](Error error) {
       for (const auto& path : new_pins) ::unlink(path.c_str());
       for (const auto& key : new_addrs) bpf_map_delete_elem(addrs.get(), &key);
+      if (new_rules) (void)uninstallAll(options.command_timeout);
       return error;
     };
+    const auto before = registeredSettings(config_.pin_dir, cookie);
+    const bool was_hybrid = before && (before->flags & REMORA_F_INBOUND_HYBRID);
     const std::string link_pin = skLookupPin(cookie);
-    if (settings.flags & REMORA_F_INBOUND) {
-      if (!exists(link_pin)) {
-        Fd prog(bpf_obj_get(pin(ebpf::kSkLookupProg).c_str()));
-        if (!prog.valid()) return errnoError("opening " + pin(ebpf::kSkLookupProg));
-        Fd netns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-        if (!netns.valid()) return errnoError("opening /proc/thread-self/ns/net");
-        Fd link(bpf_link_create(prog.get(), netns.get(), BPF_SK_LOOKUP, nullptr));
-        if (!link.valid()) {
-          return errnoError(
-              fmt::format("attaching sk_lookup to this netns (needs Linux >= 5.9; kernel {})",
-                          kernelRelease()));
-        }
-        if (bpf_obj_pin(link.get(), link_pin.c_str()) != 0) {
-          return errnoError("pinning " + link_pin);
-        }
+    std::string no_sk_lookup;
+    if ((settings.flags & REMORA_F_INBOUND) && !exists(link_pin)) {
+      if (auto linked = attachSkLookup(link_pin); linked) {
         new_pins.push_back(link_pin);
+      } else {
+        no_sk_lookup = linked.error().message;
       }
+    }
+    if ((settings.flags & REMORA_F_INBOUND) && !no_sk_lookup.empty()) {
+      settings.flags |= REMORA_F_INBOUND_HYBRID;
+      auto rules = makeIptablesApplier(options.command_timeout)->install(inboundOnly(options));
+      if (!rules)
+        return undo(Error{rules.error().code, "hybrid inbound rules: " + rules.error().message});
+      new_rules = !was_hybrid;
+      report.lines.push_back(fmt::format(
+          "ebpf: sk_lookup cannot be used here ({}); inbound is captured by iptables rules to port "
+          "{} instead (hybrid, {})",
+          no_sk_lookup, settings.inbound_port, rules->backend));
+    } else if (was_hybrid) {
+      // The netns was a hybrid and no longer is: its inbound rules go.
+      auto removed = uninstallAll(options.command_timeout);
+      if (!removed) return undo(removed.error());
+      report.lines.emplace_back("ebpf: removed the hybrid's inbound iptables rules");
+    }
+    if ((settings.flags & REMORA_F_INBOUND) && !(settings.flags & REMORA_F_INBOUND_HYBRID)) {
       auto pod = podAddresses((settings.flags & REMORA_F_IPV6) != 0);
       if (!pod) return undo(pod.error());
       for (const auto& key : *pod) {
@@ -440,6 +533,9 @@ class EbpfApplier : public Applier {
     if (!cg.valid()) return errnoError("opening cgroup " + cgroup);
     InterceptSkeleton skel;
     if (auto r = skel.open(); !r) return r.error();
+    // Without sk_lookup the rest still loads; every netns then takes the hybrid fallback.
+    const bool sk_lookup = skLookupSupported();
+    if (!sk_lookup) bpf_program__set_autoload(skel->progs.remora_sk_lookup, false);
     if (auto r = skel.load(); !r) {
       return makeError(fmt::format(
           "{} (kernel {}; eBPF mode needs Linux >= 5.15 and CAP_BPF + CAP_NET_ADMIN, or root)",
@@ -474,13 +570,21 @@ class EbpfApplier : public Applier {
       }
       pinned.push_back(path);
     }
-    if (bpf_program__pin(skel->progs.remora_sk_lookup, pin(ebpf::kSkLookupProg).c_str()) != 0) {
-      return rollback(errnoError("pinning " + pin(ebpf::kSkLookupProg)));
+    if (sk_lookup) {
+      if (bpf_program__pin(skel->progs.remora_sk_lookup, pin(ebpf::kSkLookupProg).c_str()) != 0) {
+        return rollback(errnoError("pinning " + pin(ebpf::kSkLookupProg)));
+      }
+      pinned.push_back(pin(ebpf::kSkLookupProg));
     }
-    pinned.push_back(pin(ebpf::kSkLookupProg));
+    // sk_msg is attached to the fast path's sockhash, and stays attached while the map lives.
+    if (bpf_prog_attach(bpf_program__fd(skel->progs.remora_msg),
+                        bpf_map__fd(skel->maps.remora_pairs), BPF_SK_MSG_VERDICT, 0) != 0) {
+      return rollback(errnoError("attaching sk_msg to the fast path's sockhash"));
+    }
     bpf_map* maps[] = {skel->maps.remora_orig_by_cookie, skel->maps.remora_orig_by_tuple,
                        skel->maps.remora_counters,       skel->maps.remora_inbound_addrs,
-                       skel->maps.remora_listeners,      skel->maps.remora_netns};
+                       skel->maps.remora_listeners,      skel->maps.remora_pairs,
+                       skel->maps.remora_pairs_slow,     skel->maps.remora_netns};
     static_assert(std::size(maps) == std::size(ebpf::kMapPins));
     for (size_t i = 0; i < std::size(maps); ++i) {
       std::string path = ebpf::pinPath(config_.pin_dir, ebpf::kMapPins[i]);
@@ -524,6 +628,7 @@ Result<remora_netns_settings> netnsSettings(const InterceptOptions& o, bool ipv6
   if (ipv6) s.flags |= REMORA_F_IPV6;
   if (o.include_all_inbound) s.flags |= REMORA_F_INCLUDE_ALL_INBOUND;
   if (o.include_all_inbound || !o.include_inbound_ports.empty()) s.flags |= REMORA_F_INBOUND;
+  if (o.ebpf_fast_path) s.flags |= REMORA_F_FAST_PATH;
   if (auto r = copyPorts(mergePortRanges(o.exclude_outbound_ports), s.exclude_outbound_ports,
                          s.n_exclude_outbound_ports, "exclude-outbound-ports");
       !r) {
@@ -568,11 +673,15 @@ std::string describeSettings(const remora_netns_settings& s) {
   text +=
       fmt::format("  exclude outbound cidrs {}\n", cidrsText(s.exclude_cidrs, s.n_exclude_cidrs));
   text += fmt::format("  inbound {}: include ports {}, exclude ports {}\n",
-                      (s.flags & REMORA_F_INBOUND) ? "on" : "off",
+                      !(s.flags & REMORA_F_INBOUND)         ? "off"
+                      : (s.flags & REMORA_F_INBOUND_HYBRID) ? "on (iptables rules: hybrid)"
+                                                            : "on (sk_lookup)",
                       (s.flags & REMORA_F_INCLUDE_ALL_INBOUND)
                           ? std::string("*")
                           : portsText(s.include_inbound_ports, s.n_include_inbound_ports),
                       portsText(s.exclude_inbound_ports, s.n_exclude_inbound_ports));
+  text += fmt::format("  fast path (sockops + sk_msg) {}\n",
+                      (s.flags & REMORA_F_FAST_PATH) ? "on" : "off");
   return text;
 }
 
@@ -607,6 +716,10 @@ Result<void> probeEbpf(const EbpfConfig& config) {
 
 std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config) {
   return std::make_unique<EbpfApplier>(std::move(config));
+}
+
+Result<ApplyReport> uninstallEbpfNetns(const EbpfConfig& config, uint64_t netns_cookie) {
+  return EbpfApplier(config).uninstallCookie(netns_cookie);
 }
 
 }  // namespace remora::intercept

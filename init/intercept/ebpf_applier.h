@@ -37,5 +37,9 @@ Result<void> probeEbpf(const EbpfConfig& config);
 // (an update of one map entry), uninstall unregisters it, and the last uninstall unpins and so
 // detaches everything. A node-wide lock (flock on the pin dir) serialises them.
 std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config);
+// What the applier's uninstall does for the netns with this cookie, from any netns: the netns
+// may be gone (a CNI DEL after the runtime removed it). Cookies are never reused, so this cannot
+// touch another netns's entry.
+Result<ApplyReport> uninstallEbpfNetns(const EbpfConfig& config, uint64_t netns_cookie);
 
 }  // namespace remora::intercept

@@ -197,6 +197,16 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
                                     key.family == REMORA_AF_INET ? Family::kIpv4 : Family::kIpv6);
         prev = &key;
       }
+    } else if (std::strcmp(pin, ebpf::kPairsMap) == 0 ||
+               std::strcmp(pin, ebpf::kPairsSlowMap) == 0) {
+      size_t& n =
+          std::strcmp(pin, ebpf::kPairsMap) == 0 ? dump.fast_path_sockets : dump.fast_path_slow;
+      remora_pair_key key{};
+      remora_pair_key* prev = nullptr;
+      while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
+        ++n;
+        prev = &key;
+      }
     } else if (std::strcmp(pin, ebpf::kCountersMap) == 0) {
       int cpus = libbpf_num_possible_cpus();
       if (cpus <= 0) return makeError("cannot count the possible CPUs");
@@ -243,6 +253,12 @@ std::string renderEbpfDump(const EbpfDump& dump) {
     out +=
         fmt::format("  listener netns {} {}\n", owner, family == Family::kIpv4 ? "ipv4" : "ipv6");
   }
+  size_t fast = 0;
+  for (const auto& n : dump.netns) fast += (n.settings.flags & REMORA_F_FAST_PATH) != 0;
+  out += fmt::format(
+      "fast path (sockops + sk_msg): {} of {} meshed netns; {} socket(s) in the sockhash, {} "
+      "sent through loopback TCP\n",
+      fast, dump.netns.size(), dump.fast_path_sockets, dump.fast_path_slow);
   out += "counters:\n";
   for (const auto& [name, value] : dump.counters) out += fmt::format("  {:<18} {}\n", name, value);
   for (const auto& note : dump.notes) out += "note: " + note + "\n";
@@ -274,6 +290,10 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
                           {"outbound_port", s.outbound_port},
                           {"inbound_port", s.inbound_port},
                           {"ipv6", (s.flags & REMORA_F_IPV6) != 0},
+                          {"fast_path", (s.flags & REMORA_F_FAST_PATH) != 0},
+                          {"inbound", !(s.flags & REMORA_F_INBOUND)         ? "off"
+                                      : (s.flags & REMORA_F_INBOUND_HYBRID) ? "iptables (hybrid)"
+                                                                            : "sk_lookup"},
                           {"settings", describeSettings(s)}});
   }
   j["orig_dst"] = nlohmann::json::array();
@@ -293,6 +313,7 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
     j["listeners"].push_back(
         {{"netns", owner}, {"family", family == Family::kIpv4 ? "ipv4" : "ipv6"}});
   }
+  j["fast_path"] = {{"sockets", dump.fast_path_sockets}, {"slow", dump.fast_path_slow}};
   j["counters"] = nlohmann::json::object();
   for (const auto& [name, value] : dump.counters) j["counters"][name] = value;
   j["notes"] = dump.notes;

@@ -44,6 +44,11 @@ struct EbpfDump {
   // sockhash holds (netns cookie, family).
   std::vector<std::pair<IpAddress, uint64_t>> inbound_addrs;
   std::vector<std::pair<uint64_t, Family>> listeners;
+  // The fast path: sockets in its sockhash now (two per live app<->proxy connection; the kernel
+  // drops a socket when it closes), and sockets sent to loopback TCP because their peer was not
+  // there yet.
+  size_t fast_path_sockets = 0;
+  size_t fast_path_slow = 0;
   std::vector<std::pair<std::string, uint64_t>> counters;
   std::vector<std::string> notes;
 };

@@ -14,9 +14,13 @@ inline constexpr const char* kOrigByTupleMap = "map_orig_by_tuple";
 inline constexpr const char* kCountersMap = "map_counters";
 inline constexpr const char* kInboundAddrsMap = "map_inbound_addrs";
 inline constexpr const char* kListenersMap = "map_listeners";
+// The fast path's sockhash (sk_msg is attached to it) and its slow-socket set.
+inline constexpr const char* kPairsMap = "map_pairs";
+inline constexpr const char* kPairsSlowMap = "map_pairs_slow";
 // In pinning order: the netns map last (ebpf_applier.cc).
 inline constexpr const char* kMapPins[] = {kOrigByCookieMap, kOrigByTupleMap, kCountersMap,
-                                           kInboundAddrsMap, kListenersMap,   kNetnsMap};
+                                           kInboundAddrsMap, kListenersMap,   kPairsMap,
+                                           kPairsSlowMap,    kNetnsMap};
 // The sk_lookup program, pinned so later installs can attach it to their netns.
 inline constexpr const char* kSkLookupProg = "prog_sk_lookup";
 // One sk_lookup link per meshed netns with inbound capture: link_sk_lookup_<netns cookie>.
@@ -48,6 +52,7 @@ inline constexpr const char* kCounterNames[] = {
     "redirected",       "bypassed_uid",      "bypassed_gid",    "excluded_port",
     "excluded_cidr",    "not_included",      "loopback",        "ipv6_off",
     "tuple_recorded",   "orig_dst_answered", "orig_dst_missed", "inbound_steered",
-    "inbound_excluded", "inbound_no_proxy",  "listener_added"};
+    "inbound_excluded", "inbound_no_proxy",  "listener_added",  "orig_dst_deleted",
+    "pair_added",       "msg_redirected",    "msg_bytes",       "msg_slow"};
 
 }  // namespace remora::intercept::ebpf

@@ -60,6 +60,10 @@ struct InterceptOptions {
   // Drop conntrack-INVALID TCP in mangle PREROUTING: an out-of-window packet of a redirected
   // connection would otherwise skip the reverse NAT and reach the socket as is, which answers RST.
   bool drop_invalid = true;
+  // eBPF mode: carry app<->proxy bytes with sockops + sk_msg instead of loopback TCP. Off by
+  // default: a peer that writes and closes at once can leave the reader with EOF and no data
+  // (docs/EBPF.md, "The fast path").
+  bool ebpf_fast_path = false;
   InterceptMode mode = InterceptMode::kIptables;
   Ipv6Mode ipv6 = Ipv6Mode::kAuto;
   IptablesBackend backend = IptablesBackend::kAuto;

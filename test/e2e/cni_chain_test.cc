@@ -595,6 +595,39 @@ TEST_F(CniEbpfE2e, AddSteersBothWaysCheckVerifiesDelRemovesExactlyThatPod) {
   EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
 }
 
+// The runtime removed the netns before DEL (a crashed runtime, a node reboot): DEL must still
+// succeed and unregister exactly that pod, by the netns cookie recorded at ADD, so that the last
+// pod's DEL can detach the node's programs.
+TEST_F(CniEbpfE2e, DelAfterTheNetnsIsGoneUnregistersThatPodByCookie) {
+  json list = conflist(ebpfEntry());
+  Pod gone = newPod("gone");
+  const json result = addPod(list, gone, "e-gone");
+  ASSERT_FALSE(result.is_null());
+  const std::string ip = podIp(result);
+  Pod other = newPod("stays");
+  ASSERT_FALSE(addPod(list, other, "e-stays").is_null());
+  ASSERT_EQ(dump(other)["netns"].size(), 2u);
+  ASSERT_EQ(skLookupPins(), 2u);
+  ASSERT_EQ(runCommand({"ip", "netns", "delete", gone.netns})->exit_code, 0);
+  ASSERT_FALSE(fs::exists(netnsPath(gone)));
+  auto del = exec("DEL", list, list["plugins"][1], &gone, "e-gone", result);
+  EXPECT_EQ(del.exit_code, 0) << del.out;
+  json j = dump(other);
+  ASSERT_EQ(j["netns"].size(), 1u) << j.dump();
+  EXPECT_TRUE(j["netns"][0]["current"].get<bool>()) << j.dump();
+  EXPECT_EQ(skLookupPins(), 1u);
+  for (const auto& a : j["inbound_addrs"]) EXPECT_NE(a["address"], ip) << j.dump();
+  // The last pod's netns goes too, and its DEL comes without CNI_NETNS: the programs detach.
+  ASSERT_EQ(runCommand({"ip", "netns", "delete", other.netns})->exit_code, 0);
+  EXPECT_EQ(exec("DEL", list, list["plugins"][1], nullptr, "e-stays", json()).exit_code, 0);
+  EXPECT_FALSE(fs::exists(pin_dir_));
+  for (int i = 0; i < 100 && cgroupPrograms() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  EXPECT_EQ(cgroupPrograms(), 0u);
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/state/" + network_));
+}
+
 TEST_F(CniEbpfE2e, ACgroupThatIsNotCgroupV2IsNamedAndNothingIsLeft) {
   Pod pod = newPod("badcg");
   json entry = ebpfEntry();

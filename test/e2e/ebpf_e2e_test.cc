@@ -3,10 +3,13 @@
 // NetnsWorld, real TCP through remora-probe. The test process moves itself into its cgroup first,
 // so every process it starts (probes, clients) is in it; remora-init runs under nsenter --net,
 // which (unlike `ip netns exec`) keeps /sys/fs/bpf and /sys/fs/cgroup visible.
+#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/magic.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -14,10 +17,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
+#include "common/netns.h"
+#include "common/original_dst.h"
 #include "common/subprocess.h"
 #include "e2e_util.h"
 #include "netns_world.h"
@@ -155,9 +161,8 @@ TEST_F(EbpfE2e, OutboundV4LandsInProxyWithOriginalDstAndNoRule) {
   EXPECT_TRUE(j["netns"][0]["current"].get<bool>());
   EXPECT_GE(j["counters"]["redirected"].get<uint64_t>(), 1u);
   EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), 1u);
-  bool found = false;
-  for (const auto& e : j["orig_dst"]) found |= e["original"] == "10.1.122.241:9999";
-  EXPECT_TRUE(found) << j.dump();
+  // The connection is closed: its record is gone (the live one shows in the fast path's test).
+  EXPECT_GE(j["counters"]["orig_dst_deleted"].get<uint64_t>(), 1u) << j.dump();
 }
 
 TEST_F(EbpfE2e, OutboundV6LandsInProxyWithOriginalDst) {
@@ -276,6 +281,245 @@ TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
   EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 1u);
 }
 
+// The original-destination records live as long as the connection: sockops deletes them when
+// the app's socket reaches TCP_CLOSE, so after many short connections the maps are empty again.
+TEST_F(EbpfE2e, OrigDstRecordsAreDeletedWhenConnectionsClose) {
+  install(front_);
+  constexpr int kConnections = 30;
+  for (int i = 0; i < kConnections; ++i) {
+    std::string reply = connect(front_, kVip);
+    ASSERT_NE(reply.find("proxy orig=10.1.122.241:9999"), std::string::npos)
+        << "connection " << i << ": " << reply << "\n"
+        << dump(front_).dump();
+  }
+  auto j = dump(front_);
+  for (int i = 0; i < 100; ++i) {
+    if (j["orig_dst"].empty() && j["pending_connects"] == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    j = dump(front_);
+  }
+  EXPECT_TRUE(j["orig_dst"].empty()) << j["orig_dst"].size() << " live: " << j.dump();
+  EXPECT_EQ(j["pending_connects"], 0u) << j.dump();
+  EXPECT_GE(j["counters"]["orig_dst_deleted"].get<uint64_t>(), uint64_t{kConnections});
+  EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), uint64_t{kConnections});
+
+  // An app that writes and closes before the proxy's accept: its orphaned socket closes as soon as
+  // its FIN is acked, yet the proxy still reads the original destination, and that read deletes
+  // the record.
+  servers_.clear();
+  const std::string ns = world_->netnsPath(front_);
+  int listener = -1;
+  ASSERT_TRUE(runInNetns(ns, [&]() -> Result<void> {
+    listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(15001);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+        ::listen(listener, 4) != 0) {
+      return errnoError("listen 15001");
+    }
+    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    a.sin_port = htons(9999);
+    ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
+    if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return errnoError("connect");
+    (void)::send(c, "bye", 3, MSG_NOSIGNAL);
+    ::close(c);
+    return {};
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(accepted, 0);
+  auto orig = originalDestination(accepted, Family::kIpv4);
+  ASSERT_TRUE(orig.ok()) << orig.error().message;
+  EXPECT_EQ(orig->toString(), "10.1.122.241:9999");
+  ::close(accepted);
+  ::close(listener);
+  j = dump(front_);
+  EXPECT_TRUE(j["orig_dst"].empty()) << j.dump();
+}
+
+// Writes all of `data` to `fd`; false on error.
+bool writeAll(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads until EOF (or `limit` bytes); nullopt on error.
+std::optional<std::string> readToEof(int fd, size_t limit = size_t{64} << 20) {
+  std::string got;
+  char buf[65536];
+  while (got.size() < limit) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return std::nullopt;
+    if (n == 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+// sockops + sk_msg: the app's connection to the proxy (here an echo server on the outbound port,
+// in the test process) has both sockets in the fast path's sockhash while it lives, and sk_msg
+// carries every byte both ways: a small exchange, then 4 MiB each way with a half-close. The
+// counters prove the bytes did not cross loopback TCP; the sockhash is empty after close.
+TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
+  install(front_, {"--outbound-port", "15101", "--ebpf-fast-path", "true"});
+  const std::string ns = world_->netnsPath(front_);
+  std::promise<void> listening, accepted;
+  std::string echoed_error;
+  std::thread echo([&] {
+    auto r = runInNetns(ns, [&]() -> Result<void> {
+      int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      ::setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(15101);
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l, 4) != 0) {
+        listening.set_value();
+        return errnoError("echo listen");
+      }
+      listening.set_value();
+      int c = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+      ::close(l);
+      accepted.set_value();
+      if (c < 0) return errnoError("echo accept");
+      char buf[65536];
+      for (;;) {
+        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        if (!writeAll(c, buf, static_cast<size_t>(n))) break;
+      }
+      ::shutdown(c, SHUT_WR);  // the app's half-close, passed on after the last echoed byte
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ::close(c);
+      return {};
+    });
+    if (!r) echoed_error = r.error().message;
+  });
+  listening.get_future().wait();
+  int fd = -1;
+  ASSERT_TRUE(runInNetns(ns, [&]() -> Result<void> {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(9999);
+    ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      return errnoError("connect");
+    }
+    return {};
+  }));
+  accepted.get_future().wait();
+  // Small, both ways.
+  ASSERT_TRUE(writeAll(fd, "hello", 5));
+  char small[5] = {};
+  size_t got_small = 0;
+  while (got_small < 5) {
+    ssize_t n = ::recv(fd, small + got_small, 5 - got_small, 0);
+    ASSERT_GT(n, 0);
+    got_small += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(std::string(small, 5), "hello");
+  auto j = dump(front_);
+  EXPECT_EQ(j["fast_path"]["sockets"], 2u) << j.dump();
+  // The open connection's original destination is live in dump.
+  bool found = false;
+  for (const auto& e : j["orig_dst"]) found |= e["original"] == "10.1.122.241:9999";
+  EXPECT_TRUE(found) << j.dump();
+  EXPECT_TRUE(j["netns"][0]["fast_path"].get<bool>());
+  // 4 MiB each way, written and read at once, then the app's half-close.
+  std::string payload(size_t{4} << 20, '\0');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>((i * 7919) >> 3);
+  std::thread writer([&] {
+    EXPECT_TRUE(writeAll(fd, payload.data(), payload.size()));
+    ::shutdown(fd, SHUT_WR);
+  });
+  auto echoed = readToEof(fd);
+  writer.join();
+  echo.join();
+  ::close(fd);
+  EXPECT_TRUE(echoed_error.empty()) << echoed_error;
+  ASSERT_TRUE(echoed.has_value());
+  EXPECT_EQ(echoed->size(), payload.size());
+  EXPECT_TRUE(*echoed == payload) << "the echoed stream differs";
+  j = dump(front_);
+  const uint64_t carried = 2 * (payload.size() + 5);
+  EXPECT_GE(j["counters"]["msg_bytes"].get<uint64_t>(), carried) << j.dump();
+  EXPECT_EQ(j["counters"]["msg_slow"].get<uint64_t>(), 0u) << j.dump();
+  for (int i = 0; i < 100 && j["fast_path"]["sockets"] != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    j = dump(front_);
+  }
+  EXPECT_EQ(j["fast_path"]["sockets"], 0u) << j.dump();
+  // Off (the default): no socket joins the sockhash.
+  install(front_, {"--outbound-port", "15101"});
+  j = dump(front_);
+  EXPECT_FALSE(j["netns"][0]["fast_path"].get<bool>());
+  const uint64_t added = j["counters"]["pair_added"];
+  servers_.push_back(world_->serveProbe(front_, "127.0.0.1:15101", "proxy-slow"));
+  EXPECT_NE(connect(front_, kVip).find("proxy-slow orig=10.1.122.241:9999"), std::string::npos);
+  EXPECT_EQ(dump(front_)["counters"]["pair_added"], added);
+}
+
+// Where sk_lookup cannot be used (forced here: REMORA_EBPF_FORCE_HYBRID pretends the probe
+// failed), install takes iptables mode's inbound rules instead of failing: outbound stays eBPF's
+// (no REMORA_REDIRECT jump), inbound is REDIRECTed to 15006 (the proxy reads SO_ORIGINAL_DST from
+// conntrack), dump says "iptables (hybrid)", and uninstall removes the rules too.
+TEST_F(EbpfE2e, HybridFallbackTakesIptablesInboundWhereSkLookupIsUnavailable) {
+  const std::vector<std::string> base = {"nsenter", "--net=" + world_->netnsPath(front_), "env",
+                                         "REMORA_EBPF_FORCE_HYBRID=1", binaryPath("remora-init")};
+  auto run = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = base;
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"--mode", "ebpf", "--bpf-pin-dir", pin_dir_});
+    auto out = runCommand(argv, {}, std::chrono::milliseconds(20000));
+    return out ? *out : CommandOutput{};
+  };
+  auto out = run({"install", "--cgroup", cgroup_});
+  ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
+  EXPECT_NE((out.out + out.err).find("hybrid"), std::string::npos) << out.out << out.err;
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:15006", "inbound"));
+  servers_.push_back(world_->serveProbe(front_, "0.0.0.0:8080", "app"));
+  // Inbound through the REDIRECT: the original destination is the pod IP and app port.
+  std::string reply = connect(v1_, std::string(kFrontIp) + ":8080");
+  EXPECT_NE(reply.find("inbound orig=10.244.0.10:8080 local=10.244.0.10:15006"), std::string::npos)
+      << reply;
+  // Outbound is still the connect hook's.
+  EXPECT_NE(connect(front_, kVip).find("proxy orig=10.1.122.241:9999 local=127.0.0.1:15001"),
+            std::string::npos);
+  auto save = world_->exec(front_, {"iptables-save", "-t", "nat"});
+  ASSERT_TRUE(save.ok());
+  EXPECT_NE(save->out.find("-A PREROUTING -p tcp -j REMORA_INBOUND"), std::string::npos)
+      << save->out;
+  EXPECT_EQ(save->out.find("-j REMORA_REDIRECT"), std::string::npos) << save->out;
+  auto j = dump(front_);
+  ASSERT_EQ(j["netns"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["netns"][0]["inbound"], "iptables (hybrid)") << j.dump();
+  EXPECT_EQ(j["programs"].size(), 4u) << j.dump();  // no sk_lookup link
+  EXPECT_EQ(j["counters"]["inbound_steered"], 0u);
+  auto text = init(front_, {"dump"});
+  EXPECT_NE(text.out.find("iptables rules: hybrid"), std::string::npos) << text.out;
+  // Uninstall removes the hybrid's rules with the registration.
+  out = run({"uninstall"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  save = world_->exec(front_, {"iptables-save", "-t", "nat"});
+  ASSERT_TRUE(save.ok());
+  EXPECT_EQ(save->out.find("REMORA_"), std::string::npos) << save->out;
+  EXPECT_FALSE(std::filesystem::exists(pin_dir_));
+  EXPECT_NE(connect(v1_, std::string(kFrontIp) + ":8080").find("app orig=none"), std::string::npos);
+}
+
 TEST_F(EbpfE2e, UnmeshedNetnsIsUntouched) {
   install(front_);
   // Same cgroup, same programs, but v1's netns is not registered.
@@ -299,7 +543,7 @@ TEST_F(EbpfE2e, UninstallIsRefcountedAndLeavesNothing) {
   }
   for (const auto& m : j["map_ids"]) maps.push_back(m);
   ASSERT_EQ(progs.size(), 6u);  // 4 on the cgroup, sk_lookup on each netns
-  ASSERT_EQ(maps.size(), 6u);
+  ASSERT_EQ(maps.size(), 8u);
   // One meshed netns left: everything stays attached and it is still captured.
   auto out = init(v1_, {"uninstall"});
   ASSERT_EQ(out.exit_code, 0) << out.err;

@@ -51,6 +51,17 @@ class FakeDataplane : public Dataplane {
     }
     return {};
   }
+  CniResult<uint64_t> netnsCookie(const std::string& netns) override {
+    if (!fs::exists(netns)) {
+      return CniError{ErrorCode::kNetnsUnavailable, "cannot enter network namespace", netns};
+    }
+    return std::hash<std::string>()(netns) | 1;
+  }
+  CniResult<intercept::ApplyReport> uninstallEbpfCookie(uint64_t cookie,
+                                                        const intercept::EbpfConfig&) override {
+    cookie_uninstalls.push_back(cookie);
+    return intercept::ApplyReport{"fake", {}, true};
+  }
   CniResult<void> status(const intercept::InterceptOptions&,
                          const intercept::EbpfConfig&) override {
     if (status_error) return *status_error;
@@ -58,6 +69,7 @@ class FakeDataplane : public Dataplane {
   }
 
   std::vector<std::string> installs, uninstalls, checks;
+  std::vector<uint64_t> cookie_uninstalls;
   std::set<std::string> installed;
   intercept::InterceptOptions last_options;
   intercept::EbpfConfig last_ebpf;
@@ -315,6 +327,30 @@ TEST_F(CniPluginTest, DelToleratesMissingNetnsAndPrevResult) {
   // No ADD ever happened for this one.
   auto never = run(env("DEL", "c9", dir_ + "/gone"), config("", "1.0.0", false));
   EXPECT_EQ(never.exit_code, 0) << never.stdout_text;
+}
+
+TEST_F(CniPluginTest, EbpfDelAfterTheNetnsIsGoneUnregistersTheRecordedCookie) {
+  const std::string ebpf = R"("mode":"ebpf")";
+  ASSERT_EQ(run(env("ADD"), config(ebpf)).exit_code, 0);
+  auto record = state().load("c1", "eth0");
+  ASSERT_TRUE(record && record->has_value());
+  const uint64_t cookie = (*record)->netns_cookie;
+  EXPECT_NE(cookie, 0u);
+  std::filesystem::remove(netns_);
+  auto del = run(env("DEL"), config(ebpf, "1.0.0", false));
+  EXPECT_EQ(del.exit_code, 0) << del.stdout_text;
+  EXPECT_EQ(dataplane_.cookie_uninstalls, std::vector<uint64_t>{cookie});
+  EXPECT_TRUE(dataplane_.uninstalls.empty());
+  EXPECT_FALSE(state().load("c1", "eth0")->has_value());
+  // GC does the same for a stale attachment.
+  netns_ = makeNetns("pod2");
+  ASSERT_EQ(run(env("ADD", "c2"), config(ebpf)).exit_code, 0);
+  const uint64_t second = (*state().load("c2", "eth0"))->netns_cookie;
+  std::filesystem::remove(netns_);
+  auto gc =
+      run(env("GC", "c2"), config(ebpf + R"(,"cni.dev/valid-attachments":[])", "1.1.0", false));
+  EXPECT_EQ(gc.exit_code, 0) << gc.stdout_text;
+  EXPECT_EQ(dataplane_.cookie_uninstalls, (std::vector<uint64_t>{cookie, second}));
 }
 
 TEST_F(CniPluginTest, DelWithoutNetnsUsesTheRecordedOne) {
