@@ -186,7 +186,7 @@ enum remora_relay_counter {
   REMORA_RC_NO_PEER,              /* skb of a socket with no peers entry: passed to its owner */
   REMORA_RC_REDIRECT_FAILED,      /* the peer is not in the sockhash: dropped */
   REMORA_RC_PAIRS_PASSED,         /* pairs whose redirect queue passed its limit */
-  REMORA_RC_PASSED_SKBS,          /* skbs kept by their socket for the proxy (REMORA_RELAY_F_PASS) */
+  REMORA_RC_PASSED_SKBS, /* skbs kept by their socket for the proxy (REMORA_RELAY_F_PASS) */
   REMORA_RC_MAX
 };
 
