@@ -13,6 +13,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -157,6 +158,18 @@ class TlsHttpE2e : public MeshTlsTest {
     return out->out + out->err;
   }
 
+  // The sum of the remora_requests_total lines of a pod that carry `label`.
+  long requestsWith(const Pod& pod, const std::string& label) {
+    std::istringstream lines(metrics(pod));
+    long sum = 0;
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("remora_requests_total{", 0) != 0) continue;
+      if (line.find(label) == std::string::npos) continue;
+      sum += std::stol(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+  }
+
   // The value of one metric line (exact labels) in a pod's /stats/prometheus, or -1.
   long metric(const Pod& pod, const std::string& key) {
     const std::string m = "\n" + metrics(pod);
@@ -213,6 +226,10 @@ TEST_F(TlsHttpE2e, NinetyTenPerRequestOverOneConnectionWithStrictMtls) {
               1)
         << metrics(*pod);
   }
+  // Each bill proxy counts its inbound requests under the front's identity.
+  const std::string front_principal = "source_principal=\"cluster.local/ns/istio-demo/sa/front\"";
+  EXPECT_EQ(requestsWith(v1_, front_principal), 90) << metrics(v1_);
+  EXPECT_EQ(requestsWith(v2_, front_principal), 10) << metrics(v2_);
   EXPECT_EQ(metric(front_,
                    "remora_requests_total{destination_service=\"bill-service.istio-demo\","
                    "destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"}"),
@@ -269,6 +286,9 @@ TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaint
                    "remora_inbound_connections_total{source_principal=\"unknown\","
                    "connection_security_policy=\"none\"}"),
             1)
+      << metrics(v1_);
+  EXPECT_EQ(requestsWith(v1_, "source_principal=\"unknown\""), 1) << metrics(v1_);
+  EXPECT_EQ(requestsWith(v1_, "source_principal=\"cluster.local/ns/istio-demo/sa/front\""), 1)
       << metrics(v1_);
 
   // STRICT (after a reload): the plaintext client is refused, the sidecar still served.

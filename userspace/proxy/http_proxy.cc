@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "http/codec.h"
+#include "proxy/tls_connection.h"
 #include "proxy/worker.h"
 #include "routing/http_route.h"
 
@@ -1385,9 +1386,18 @@ void HttpProxy::startTunnel(uint32_t slot, uint32_t up) {
 void HttpProxy::recordRequest(const Session& s) {
   const auto ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count());
+  // Inbound under a security configuration: the peer's principal, "unknown" for plaintext, as
+  // the inbound remora_tcp_* series carry it (docs/TLS.md).
+  std::string principal;
+  if (s.kind == ListenerKind::kInbound && s.table && s.table->security) {
+    security::ConnectionAttributes a;
+    identifyPeer(s.client.tls && s.client.tls->established() ? s.client.tls->peerIdentity() : "",
+                 a);
+    principal = a.principal.empty() ? "unknown" : a.principal;
+  }
   stats_
       .requests(RequestKey{s.service_name, s.subset_name, static_cast<uint16_t>(s.status),
-                           s.flags.empty() ? "-" : s.flags})
+                           s.flags.empty() ? "-" : s.flags, std::move(principal)})
       .inc();
   stats_.durations(EndpointKey{s.service_name, s.subset_name, ""}).observe(ms);
   if (access_log_ && settings_.access_log) logRequest(s);

@@ -56,11 +56,15 @@ void renderHttp(std::string& out, const StatsSnapshot& s) {
   header(out, "remora_requests_total", "counter",
          "HTTP requests answered, by destination and response (L7 ports).");
   for (const auto& [key, n] : s.requests) {
+    std::string principal;
+    if (!key.source_principal.empty()) {
+      principal = fmt::format(",source_principal=\"{}\"", escapeLabel(key.source_principal));
+    }
     fmt::format_to(std::back_inserter(out),
                    "remora_requests_total{{destination_service=\"{}\",destination_subset=\"{}\","
-                   "response_code=\"{}\",response_flags=\"{}\"}} {}\n",
+                   "response_code=\"{}\",response_flags=\"{}\"{}}} {}\n",
                    escapeLabel(key.service), escapeLabel(key.subset), key.code,
-                   escapeLabel(key.flags), n);
+                   escapeLabel(key.flags), principal, n);
   }
   header(out, "remora_request_duration_milliseconds", "histogram",
          "HTTP request duration, from the request's first byte to the response's last.");

@@ -68,8 +68,11 @@ struct RequestKey {
   std::string subset;
   uint16_t code = 0;
   std::string flags;  // Envoy's response flags ("UO", "UT", "UF,URX"), "-" when none
+  // Inbound requests under a security configuration: as EndpointKey::source_principal.
+  std::string source_principal = {};
   bool operator<(const RequestKey& o) const {
-    return std::tie(service, subset, code, flags) < std::tie(o.service, o.subset, o.code, o.flags);
+    return std::tie(service, subset, code, flags, source_principal) <
+           std::tie(o.service, o.subset, o.code, o.flags, o.source_principal);
   }
 };
 
