@@ -86,7 +86,12 @@ void roundTrip(rh::Parser::Kind kind, std::string_view bytes) {
     } else {
       rh::writeResponseHead(h, {}, out);
     }
-    rh::Parser again(kind);
+    // The writer may add a `connection` line (an upgrade, a close): the re-parse allows for it,
+    // so a head right at the field-count limit still round-trips.
+    rh::Limits room;
+    room.max_headers += 2;
+    room.max_header_bytes += 64;
+    rh::Parser again(kind, room);
     rh::Step s2 = again.feed(out);
     check(s2.event == rh::Event::kHead && s2.consumed == out.size());
     const rh::MessageHead& g = again.head();
