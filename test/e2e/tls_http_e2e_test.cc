@@ -79,7 +79,7 @@ spec:
     - {destination: {host: bill-service, subset: v2}, weight: 10}
 )";
 
-// name port: answers every request with its name.
+// name port: answers every request with its name, and the path it got in x-seen-path.
 constexpr const char* kBackend = R"PY(
 import sys
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -95,6 +95,7 @@ class H(BaseHTTPRequestHandler):
         b = (name + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(b)))
+        self.send_header("x-seen-path", self.path)
         self.end_headers()
         self.wfile.write(b)
     do_POST = do_GET
@@ -105,7 +106,8 @@ srv.serve_forever()
 )PY";
 
 // argv[1]: "METHOD PATH" requests separated by commas, all on ONE keep-alive connection; a JSON
-// line each with the status, the body and the client's local port (the connection).
+// line each with the status, the body, the path the app saw and the client's local port (the
+// connection).
 constexpr const char* kClient = R"PY(
 import sys, json, http.client
 c = http.client.HTTPConnection("10.1.122.241", 9999, timeout=10)
@@ -114,8 +116,8 @@ for item in sys.argv[1].split(","):
     c.request(method, path, body="x" if method == "POST" else None)
     r = c.getresponse()
     body = r.read().decode().strip()
-    print(json.dumps({"status": r.status, "body": body, "port": c.sock.getsockname()[1]}),
-          flush=True)
+    print(json.dumps({"status": r.status, "body": body, "path": r.getheader("x-seen-path"),
+                      "port": c.sock.getsockname()[1]}), flush=True)
 )PY";
 
 class TlsHttpE2e : public MeshTlsTest {
@@ -158,12 +160,13 @@ class TlsHttpE2e : public MeshTlsTest {
     return out->out + out->err;
   }
 
-  // The sum of the remora_requests_total lines of a pod that carry `label`.
-  long requestsWith(const Pod& pod, const std::string& label) {
+  // The sum of the `series` lines (remora_requests_total unless given) of a pod that carry `label`.
+  long requestsWith(const Pod& pod, const std::string& label,
+                    const std::string& series = "remora_requests_total") {
     std::istringstream lines(metrics(pod));
     long sum = 0;
     for (std::string line; std::getline(lines, line);) {
-      if (line.rfind("remora_requests_total{", 0) != 0) continue;
+      if (line.rfind(series + "{", 0) != 0) continue;
       if (line.find(label) == std::string::npos) continue;
       sum += std::stol(line.substr(line.rfind(' ') + 1));
     }
@@ -230,6 +233,8 @@ TEST_F(TlsHttpE2e, NinetyTenPerRequestOverOneConnectionWithStrictMtls) {
   const std::string front_principal = "source_principal=\"cluster.local/ns/istio-demo/sa/front\"";
   EXPECT_EQ(requestsWith(v1_, front_principal), 90) << metrics(v1_);
   EXPECT_EQ(requestsWith(v2_, front_principal), 10) << metrics(v2_);
+  EXPECT_EQ(requestsWith(v1_, front_principal, "remora_request_duration_milliseconds_count"), 90)
+      << metrics(v1_);
   EXPECT_EQ(metric(front_,
                    "remora_requests_total{destination_service=\"bill-service.istio-demo\","
                    "destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"}"),
@@ -250,15 +255,18 @@ spec:
     to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]
 )";
   startAll(std::string(kWorld) + peerAuthentication("STRICT") + allow);
-  const std::string out =
-      client("GET /public/x,POST /public/x,GET /private,GET /public/y?q=1,DELETE /public/x");
+  // The fifth is matched, and reaches the app, normalized: /public/x-y?q=1.
+  const std::string out = client(
+      "GET /public/x,POST /public/x,GET /private,GET /public/y?q=1,"
+      "GET /public/a/./b/../../x%2Dy?q=1,GET /public/../private,DELETE /public/x");
   std::vector<int> statuses;
   std::regex re("\"status\": (\\d+)");
   for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
     statuses.push_back(std::stoi((*it)[1]));
   }
-  EXPECT_EQ(statuses, (std::vector<int>{200, 403, 403, 200, 403})) << out;
-  EXPECT_EQ(countOf(out, "RBAC: access denied"), 3U) << out;
+  EXPECT_EQ(statuses, (std::vector<int>{200, 403, 403, 200, 200, 403, 403})) << out;
+  EXPECT_EQ(countOf(out, "RBAC: access denied"), 4U) << out;
+  EXPECT_EQ(countOf(out, "\"path\": \"/public/x-y?q=1\""), 1U) << out;
   EXPECT_EQ(connections(out), 1U) << out;  // a 403 keeps the connection usable
   long allowed = 0;
   long denied = 0;
@@ -268,8 +276,8 @@ spec:
                                    "result=\"allow\"}"));
     denied += std::max(0L, metric(*pod, "remora_authz_decisions_total{decision=\"deny\"}"));
   }
-  EXPECT_EQ(allowed, 2);
-  EXPECT_EQ(denied, 3);
+  EXPECT_EQ(allowed, 3);
+  EXPECT_EQ(denied, 4);
 }
 
 TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaintext) {

@@ -6,6 +6,8 @@
 #include <charconv>
 #include <set>
 
+#include "config/field_table.h"
+
 namespace remora::config {
 namespace {
 
@@ -34,14 +36,15 @@ void note(Object& out, Severity severity, std::string field, int line, std::stri
   out.notes.push_back(Note{severity, std::move(field), line, std::move(message)});
 }
 
-// Whether a mapping inside an AuthorizationPolicy rule holds a key outside `known` (a typo such
-// as `principal`). The field table reports the key itself; the rule is marked so that the typo
-// can only make the policy stricter, never broader (Rule::unknown_field).
-bool hasUnknownKey(const YAML::Node& map, std::initializer_list<std::string_view> known) {
+// Whether a mapping inside an AuthorizationPolicy rule holds a key that the field table has no
+// row for under `at` (a typo such as `principal`). The field table reports the key itself; the
+// rule is marked so that the typo can only make the policy stricter, never broader
+// (Rule::unknown_field).
+bool hasUnknownKey(const YAML::Node& map, std::string_view at) {
   if (!map.IsMap()) return false;
   for (auto it = map.begin(); it != map.end(); ++it) {
     const std::string key = it->first.IsScalar() ? it->first.Scalar() : "";
-    if (std::find(known.begin(), known.end(), key) == known.end()) return true;
+    if (!isKnownField("AuthorizationPolicy", fmt::format("{}.{}", at, key))) return true;
   }
   return false;
 }
@@ -277,7 +280,7 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
       const int rline = lineOf(rn, spec_line);
       security::Rule rule;
       if (!rn.IsMap() && present(rn)) return error(rfield, rline, "expected a mapping");
-      rule.unknown_field = hasUnknownKey(rn, {"from", "to", "when"});
+      rule.unknown_field = hasUnknownKey(rn, "spec.rules[]");
       size_t fi = 0;
       for (const auto& fn :
            rn.IsMap() && child(rn, "from").IsSequence() ? child(rn, "from") : YAML::Node()) {
@@ -285,11 +288,8 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         YAML::Node s = fn.IsMap() ? child(fn, "source") : YAML::Node();
         const int sline = lineOf(s, rline);
         security::Source src;
-        rule.unknown_field =
-            rule.unknown_field || hasUnknownKey(fn, {"source"}) ||
-            hasUnknownKey(s, {"principals", "notPrincipals", "namespaces", "notNamespaces",
-                              "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
-                              "requestPrincipals", "notRequestPrincipals"});
+        rule.unknown_field = rule.unknown_field || hasUnknownKey(fn, "spec.rules[].from[]") ||
+                             hasUnknownKey(s, "spec.rules[].from[].source");
         for (auto [key, into] : {std::pair{"principals", &src.principals},
                                  std::pair{"notPrincipals", &src.not_principals},
                                  std::pair{"namespaces", &src.namespaces},
@@ -323,9 +323,8 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         YAML::Node o = tn.IsMap() ? child(tn, "operation") : YAML::Node();
         const int oline = lineOf(o, rline);
         security::Operation op;
-        rule.unknown_field = rule.unknown_field || hasUnknownKey(tn, {"operation"}) ||
-                             hasUnknownKey(o, {"ports", "notPorts", "hosts", "notHosts", "methods",
-                                               "notMethods", "paths", "notPaths"});
+        rule.unknown_field = rule.unknown_field || hasUnknownKey(tn, "spec.rules[].to[]") ||
+                             hasUnknownKey(o, "spec.rules[].to[].operation");
         for (auto [key, into] :
              {std::pair{"ports", &op.ports}, std::pair{"notPorts", &op.not_ports}}) {
           auto v = readStrings(child(o, key), field + "." + key, oline, error);
@@ -355,8 +354,7 @@ Result<void> parseAuthorizationPolicy(const YAML::Node& spec, int line, Object& 
         const std::string field = fmt::format("{}.when[{}]", rfield, wi++);
         const int wline = lineOf(wn, rline);
         security::Condition c;
-        rule.unknown_field =
-            rule.unknown_field || hasUnknownKey(wn, {"key", "values", "notValues"});
+        rule.unknown_field = rule.unknown_field || hasUnknownKey(wn, "spec.rules[].when[]");
         c.key = wn.IsMap() && child(wn, "key").IsScalar() ? child(wn, "key").Scalar() : "";
         if (c.key.empty()) return error(field + ".key", wline, "a condition needs a key");
         auto values = readStrings(child(wn, "values"), field + ".values", wline, error);

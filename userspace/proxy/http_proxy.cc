@@ -14,6 +14,7 @@
 #include "proxy/tls_connection.h"
 #include "proxy/worker.h"
 #include "routing/http_route.h"
+#include "security/security_policy.h"
 
 namespace remora::proxy {
 namespace {
@@ -118,6 +119,9 @@ struct HttpProxy::Session {
   std::string service_name;
   std::string subset_name;
   std::string request_id;
+  // Inbound: the path after Istio's BASE normalization when it differs from the client's; the
+  // app gets it, as Envoy forwards the path its authorization saw (docs/TLS.md).
+  std::string normalized_path;
   std::string upstream_head;
   uint32_t retries_left = 0;
   uint32_t attempts = 0;
@@ -505,6 +509,11 @@ void HttpProxy::handleRequest(uint32_t slot) {
     localReply(slot, 403, "RBAC: access denied", "-");
     return;
   }
+  if (s.kind == ListenerKind::kInbound) {
+    if (auto n = security::normalizePath(h.path()); n && *n != h.path()) {
+      s.normalized_path = std::move(*n);
+    }
+  }
   if (s.kind == ListenerKind::kOutbound && s.table) {
     s.port = s.table->find(s.original_dst);
   }
@@ -586,6 +595,7 @@ void HttpProxy::beginRequest(Session& s) {
   s.flags = "-";
   s.upstream_head.clear();
   s.request_id.clear();
+  s.normalized_path.clear();
   s.retries = routing::RetryPolicy::istioDefault();
   s.service_name = s.kind == ListenerKind::kInbound ? kInboundCluster : kPassthroughCluster;
   s.subset_name.clear();
@@ -903,6 +913,10 @@ void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& ou
       }
       authority = s.route->rewrite->authority;
     }
+  }
+  if (path.empty() && !s.normalized_path.empty()) {
+    path = s.normalized_path;
+    if (!h.query().empty()) path += "?" + std::string(h.query());
   }
   if (shadow) authority = shadowAuthority(authority.empty() ? h.authority() : authority);
   http::RequestHeadOptions options;
@@ -1390,16 +1404,14 @@ void HttpProxy::recordRequest(const Session& s) {
   // the inbound remora_tcp_* series carry it (docs/TLS.md).
   std::string principal;
   if (s.kind == ListenerKind::kInbound && s.table && s.table->security) {
-    security::ConnectionAttributes a;
-    identifyPeer(s.client.tls && s.client.tls->established() ? s.client.tls->peerIdentity() : "",
-                 a);
-    principal = a.principal.empty() ? "unknown" : a.principal;
+    principal = s.client.peer_principal.empty() ? "unknown" : s.client.peer_principal;
   }
   stats_
       .requests(RequestKey{s.service_name, s.subset_name, static_cast<uint16_t>(s.status),
-                           s.flags.empty() ? "-" : s.flags, std::move(principal)})
+                           s.flags.empty() ? "-" : s.flags, principal})
       .inc();
-  stats_.durations(EndpointKey{s.service_name, s.subset_name, ""}).observe(ms);
+  stats_.durations(EndpointKey{s.service_name, s.subset_name, "", std::move(principal)})
+      .observe(ms);
   if (access_log_ && settings_.access_log) logRequest(s);
 }
 

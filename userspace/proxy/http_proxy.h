@@ -153,6 +153,10 @@ class HttpProxy {
     std::unique_ptr<tls::TlsStream> tls;
     bool detect_tls = false;  // PERMISSIVE: the first byte decides
     bool tls_identified = false;
+    // The peer's SPIFFE identity, read once when its handshake completes ("" for plaintext);
+    // authorization and request metrics use it for every request of the connection.
+    std::string peer_principal;
+    std::string peer_namespace;
     bool close_notify = false;
     size_t queued() const { return (sending.size() - sent) + pending.size(); }
   };

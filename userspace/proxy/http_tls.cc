@@ -81,6 +81,8 @@ HttpProxy::TlsIn HttpProxy::tlsReceive(Pipe& p, std::string_view& bytes, bool in
     p.tls_identified = true;
     security::ConnectionAttributes a;
     identifyPeer(p.tls->peerIdentity(), a);
+    p.peer_principal = a.principal;
+    p.peer_namespace = a.source_namespace;
     countInbound(a.principal, true);
   }
   bytes = tls_plain_;
@@ -123,7 +125,8 @@ bool HttpProxy::requestAllowed(const routing::RouteTable* table, ListenerKind ki
   a.destination_ip = original_dst.ip;
   a.destination_port = original_dst.port;
   a.request = &request;
-  identifyPeer(client.tls && client.tls->established() ? client.tls->peerIdentity() : "", a);
+  a.principal = client.peer_principal;
+  a.source_namespace = client.peer_namespace;
   const security::AuthzDecision d = authorize(sec, a);
   if (!d.allowed) {
     SPDLOG_DEBUG("inbound {} {} from {} ({}): {}", h.method(), h.path(), peer.toString(),

@@ -23,11 +23,14 @@ std::string escapeLabel(const std::string& value) {
   return out;
 }
 
+// ",source_principal=\"...\"", or nothing where the series has no principal.
+std::string principalLabel(const std::string& principal) {
+  if (principal.empty()) return "";
+  return fmt::format(",source_principal=\"{}\"", escapeLabel(principal));
+}
+
 std::string labels(const EndpointKey& key) {
-  std::string principal;
-  if (!key.source_principal.empty()) {
-    principal = fmt::format(",source_principal=\"{}\"", escapeLabel(key.source_principal));
-  }
+  const std::string principal = principalLabel(key.source_principal);
   return fmt::format(
       "{{destination_service=\"{}\",destination_subset=\"{}\",destination_endpoint=\"{}\"{}}}",
       escapeLabel(key.service), escapeLabel(key.subset), escapeLabel(key.endpoint), principal);
@@ -56,21 +59,18 @@ void renderHttp(std::string& out, const StatsSnapshot& s) {
   header(out, "remora_requests_total", "counter",
          "HTTP requests answered, by destination and response (L7 ports).");
   for (const auto& [key, n] : s.requests) {
-    std::string principal;
-    if (!key.source_principal.empty()) {
-      principal = fmt::format(",source_principal=\"{}\"", escapeLabel(key.source_principal));
-    }
     fmt::format_to(std::back_inserter(out),
                    "remora_requests_total{{destination_service=\"{}\",destination_subset=\"{}\","
                    "response_code=\"{}\",response_flags=\"{}\"{}}} {}\n",
                    escapeLabel(key.service), escapeLabel(key.subset), key.code,
-                   escapeLabel(key.flags), principal, n);
+                   escapeLabel(key.flags), principalLabel(key.source_principal), n);
   }
   header(out, "remora_request_duration_milliseconds", "histogram",
          "HTTP request duration, from the request's first byte to the response's last.");
   for (const auto& [key, t] : s.durations) {
-    const std::string l = fmt::format("destination_service=\"{}\",destination_subset=\"{}\"",
-                                      escapeLabel(key.service), escapeLabel(key.subset));
+    const std::string l = fmt::format("destination_service=\"{}\",destination_subset=\"{}\"{}",
+                                      escapeLabel(key.service), escapeLabel(key.subset),
+                                      principalLabel(key.source_principal));
     uint64_t cumulative = 0;
     for (size_t i = 0; i < t.buckets.size(); ++i) {
       cumulative += t.buckets[i];
