@@ -317,7 +317,9 @@ def main():
         world.destroy()
         data["meta"]["kernel_relay"] = (f"pins in {env.relay_dir}" if env.relay_dir
                                         else env.relay_reason or "not asked for")
-        env.remove_relay()
+        data["meta"]["ebpf"] = (f"pins in {env.ebpf_pins}, cgroup {env.ebpf_cgroup}"
+                                if env.ebpf_pins else env.ebpf_reason or "not asked for")
+        env.remove_bpf()
         cpucap.remove_all(env.cap_root, args.prefix)
     left = world.leftovers()
     left_cg = cpucap.leftovers(env.cap_root, args.prefix)

@@ -87,6 +87,9 @@ PODS = {  # name -> IPv4 (the seed's backends keep their seed addresses)
     # SYNs and each costs a 1 s retransmit. Real clusters have that too; it is not what this
     # figure measures.
     "front-weights": "10.244.3.13",
+    # The remora-ebpf row's client: eBPF interception (no rules) in a pod of its own, so its
+    # programs and the iptables rules of front-mesh never meet.
+    "front-ebpf": "10.244.3.15",
 }
 
 
@@ -107,6 +110,9 @@ class Env:
         # The kernel relay's pins (remora-init relay install on a bpffs of the run's own), or
         # why there are none; made by the first setup that asks (relay_pins()).
         self.relay_dir, self.relay_reason, self.relay_mount = None, None, None
+        # The remora-ebpf row: its cgroup v2 (the programs attach there, the load generator
+        # runs inside), pin dir and how the install went; made by the row's probe.
+        self.ebpf_cgroup, self.ebpf_pins, self.ebpf_reason = None, None, None
 
     def probe_cap(self):
         self.cap_kind, self.cap_root, self.cap_reason = cpucap.probe(
@@ -209,20 +215,30 @@ class Env:
         self.mtls_dir = make_mtls_certs(os.path.join(self.run_dir, "mtls"))
         return self.mtls_dir
 
-    def relay_pins(self):
-        """The pin dir of the kernel relay (docs/PROXY.md "Kernel relay"), installed once per run
-        on a bpffs mounted in the run dir, or None (then relay_reason says why)."""
-        if self.relay_dir or self.relay_reason:
-            return self.relay_dir
-        init = self.bin("remora-init")
+    def bpffs(self):
+        """A bpffs of the run's own, mounted once in the run dir (pins of the kernel relay and
+        of the eBPF row), or raises BenchError."""
+        if self.relay_mount:
+            return self.relay_mount
         mount = os.path.join(self.run_dir, "bpffs")
         os.makedirs(mount, exist_ok=True)
         cp = run(["mount", "-t", "bpf", "bpf", mount, "-o", "mode=0755"], check=False)
         if cp.returncode != 0:
-            self.relay_reason = f"mounting a bpffs failed: {cp.stderr.strip()}"
-            return None
+            raise BenchError(f"mounting a bpffs failed: {cp.stderr.strip()}")
         self.relay_mount = mount
-        pins = os.path.join(mount, "relay")
+        return mount
+
+    def relay_pins(self):
+        """The pin dir of the kernel relay (docs/PROXY.md "Kernel relay"), installed once per run
+        on the run's bpffs, or None (then relay_reason says why)."""
+        if self.relay_dir or self.relay_reason:
+            return self.relay_dir
+        init = self.bin("remora-init")
+        try:
+            pins = os.path.join(self.bpffs(), "relay")
+        except BenchError as e:
+            self.relay_reason = str(e)
+            return None
         cp = run([init, "relay", "install", "--pin-dir", pins, "--proxy-uid", str(PROXY_UID),
                   "--proxy-gid", str(PROXY_UID)], check=False, timeout=30)
         if cp.returncode != 0:
@@ -232,7 +248,44 @@ class Env:
         self.relay_dir = pins
         return pins
 
-    def remove_relay(self):
+    def install_ebpf(self):
+        """`remora-init install --mode ebpf` in front-ebpf, attached to a cgroup v2 made for the
+        run (named like the cap's cgroups, so bench.sh's trap removes it too) and pinned on the
+        run's bpffs. Returns None, or why the row cannot run."""
+        if self.ebpf_pins or self.ebpf_reason:
+            return self.ebpf_reason
+        root = cgroup2_root()
+        if root is None:
+            self.ebpf_reason = "no cgroup v2 hierarchy to attach the programs to"
+            return self.ebpf_reason
+        try:
+            pins = os.path.join(self.bpffs(), "ebpf")
+        except BenchError as e:
+            self.ebpf_reason = str(e)
+            return self.ebpf_reason
+        cgroup = os.path.join(root, f"{self.world.prefix}-ebpf")
+        os.makedirs(cgroup, exist_ok=True)
+        self.ebpf_cgroup = cgroup
+        cp = self.ebpf_init(["install", "--mode", "ebpf", "--cgroup", cgroup,
+                             "--bpf-pin-dir", pins])
+        if cp.returncode != 0:
+            self.ebpf_reason = (f"`remora-init install --mode ebpf` exited {cp.returncode}: "
+                                f"{(cp.stderr or cp.stdout).strip()[-300:]}")
+            return self.ebpf_reason
+        self.ebpf_pins = pins
+        return None
+
+    def ebpf_init(self, args):
+        # nsenter, not `ip netns exec`: that one mounts a fresh /sys, without the cgroup v2
+        # hierarchy the programs attach to.
+        return run(["nsenter", f"--net=/run/netns/{self.ns('front-ebpf')}",
+                    self.bin("remora-init")] + args, check=False, timeout=30)
+
+    def remove_bpf(self):
+        """Uninstalls the eBPF row and the kernel relay, then unmounts the run's bpffs."""
+        if self.ebpf_pins and "front-ebpf" in self.world.pods:
+            self.ebpf_init(["uninstall", "--mode", "ebpf", "--bpf-pin-dir", self.ebpf_pins])
+        self.ebpf_pins = None
         if self.relay_dir:
             run([self.bin("remora-init"), "relay", "uninstall", "--pin-dir", self.relay_dir],
                 check=False, timeout=30)
@@ -240,6 +293,12 @@ class Env:
         if self.relay_mount:
             run(["umount", "-l", self.relay_mount], check=False)
             self.relay_mount = None
+        if self.ebpf_cgroup:
+            try:
+                os.rmdir(self.ebpf_cgroup)
+            except OSError:
+                pass  # bench.py reports it among the leftovers
+            self.ebpf_cgroup = None
 
     def remora_flags(self):
         if self.remora_help is None:
@@ -258,6 +317,36 @@ class Env:
             out = self.world.ns_exec(ns, ["ss", "-Hltn", f"( sport = :{port} )"], check=False).stdout
             return out.strip() != ""
         return wait_until(listening, timeout, interval=0.02)
+
+
+def cgroup2_root():
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on a hybrid machine),
+    or None."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "cgroup2":
+                return fields[1]
+    return None
+
+
+_home_cgroup = None  # this process's cgroup v2 before enter_cgroup()
+
+
+def enter_cgroup(path):
+    global _home_cgroup
+    if _home_cgroup is None:
+        with open("/proc/self/cgroup") as f:
+            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        _home_cgroup = os.path.join(cgroup2_root(), rel.lstrip("/"))
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def leave_cgroup():
+    if _home_cgroup is not None:
+        with open(os.path.join(_home_cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 def make_mtls_certs(base):
@@ -464,16 +553,46 @@ class RemoraUring(Remora):
     relay = "uring"
 
 
-class RemoraEbpf(ProxySetup):
-    # EBPF-ROW: the eBPF interception mode (cgroup connect4 + sockops/sk_msg, issue on eBPF).
-    # When it lands: install with `remora-init install --mode ebpf` (or whatever its flag is)
-    # in a pod of its own, start remora-proxy the same way as Remora.argv, and drop this
-    # unavailable() override. Everything downstream (tables, ratios, plots) already has its row.
+class RemoraEbpf(Remora):
+    # eBPF interception (docs/EBPF.md): the client's connect is rewritten to 15001 by the
+    # cgroup connect4 program and the proxy reads the original destination through getsockopt;
+    # no iptables rule, no NAT, no conntrack entry. The same proxy and relay as Remora
+    # (iptables), so the ratio between the two rows is the interception's cost.
     name, label = "remora-ebpf", "Remora (eBPF)"
-    note = "eBPF interception → remora-proxy"
+    pod = "front-ebpf"
+    note = ("`remora-init install --mode ebpf` (cgroup connect4 + getsockopt, sk_lookup "
+            "inbound; no rules) → remora-proxy as Remora (iptables), kernel relay; the load "
+            "generator runs in the cgroup the programs attach to")
 
     def unavailable(self):
-        return "the eBPF mode does not exist yet (its issue adds this row)"
+        if not os.path.exists("/sys/kernel/btf/vmlinux"):
+            return "the kernel has no BTF (/sys/kernel/btf/vmlinux): eBPF mode cannot load"
+        if cgroup2_root() is None:
+            return "no cgroup v2 hierarchy to attach the programs to"
+        return super().unavailable()
+
+    def probe(self):
+        return self.env.install_ebpf()
+
+    starting = False
+
+    def start(self, phase="http"):
+        # This process and every client it forks (wrk, iperf3, the probes' sockets) connect
+        # from inside the cgroup, as a meshed pod's app would, until stop().
+        enter_cgroup(self.env.ebpf_cgroup)
+        self.starting = True  # ProxySetup.start stops a previous proxy first: stay inside
+        try:
+            super().start(phase)
+        except BaseException:
+            leave_cgroup()
+            raise
+        finally:
+            self.starting = False
+
+    def stop(self):
+        super().stop()
+        if not self.starting:
+            leave_cgroup()
 
 
 class HaproxyTcp(ProxySetup):
