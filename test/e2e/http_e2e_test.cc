@@ -117,7 +117,8 @@ srv.serve_forever()
 
 // port mode [name]: a socket server. Mode "answer" and "silent" play a shadow backend that
 // prints one line per request it receives ("shadow PATH host=HOST body=BODY"); "answer"
-// answers each with a 200, "silent" never answers. Mode "greet" is a server-first TCP service
+// answers each with a 200, "silent" never answers; each connection accepted prints "accepted".
+// Mode "greet" is a server-first TCP service
 // (as MySQL is): it greets with "HELLO name" first, then echoes each line upper-cased.
 constexpr const char* kSocketServer = R"PY(
 import sys, socket, threading
@@ -157,6 +158,7 @@ def serve(c):
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nshadow\n")
 while True:
     c, _ = srv.accept()
+    print("accepted", flush=True)
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 )PY";
 
@@ -691,6 +693,79 @@ TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
             std::string::npos)
       << m;
   EXPECT_EQ(m.find("destination_subset=\"v2\",response_code="), std::string::npos) << m;
+}
+
+// Two mirrors at different percentages (Istio's mirrors[]): v2 gets half the requests, and
+// bill-shadow (a Service of its own, on the v1 pod's port 82) a tenth, each drawn exactly.
+constexpr const char* kRoutesTwoMirrors = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+    mirrors:
+    - destination:
+        host: bill-service
+        subset: v2
+      percentage:
+        value: 50.0
+    - destination:
+        host: bill-shadow
+        port:
+          number: 7000
+      percentage:
+        value: 10.0
+)";
+
+const char* kShadowService = R"(
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bill-shadow
+  namespace: istio-demo
+spec:
+  clusterIP: 10.1.122.243
+  selector:
+    app: bill-service
+    version: v1
+  ports:
+  - name: http-shadow
+    port: 7000
+    targetPort: 82
+)";
+
+TEST_F(HttpE2e, TwoMirrorsEachGetTheirExactShare) {
+  backends_[1].reset();
+  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "answer"});
+  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  auto shadow = world_->spawn(v1_, {kPython, dir_ + "/server.py", "82", "answer"});
+  ASSERT_TRUE(shadow->waitForLine("ready", 10000)) << shadow->output();
+  startProxy(virtualService(kRoutesTwoMirrors) + destinationRule() + kShadowService);
+  const std::string out =
+      client(R"({"mode": "seq", "n": 40, "method": "POST", "path": "/m", "body": "payload"})");
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 40u) << out;
+  const std::string copy = "shadow /m host=bill-service-shadow:9999 body=payload";
+  EXPECT_TRUE(waitFor([&] {
+    backends_[1]->drain();
+    shadow->drain();
+    return countOf(backends_[1]->output(), copy) == 20 && countOf(shadow->output(), copy) == 4;
+  })) << backends_[1]->output()
+      << "\n--\n"
+      << shadow->output();
+  ASSERT_TRUE(waitFor([&] {
+    const std::string m = admin("/stats/prometheus");
+    return m.find(
+               "remora_mirror_requests_total{destination_service=\"bill-service.istio-demo\","
+               "destination_subset=\"v2\",result=\"ok\"} 20") != std::string::npos &&
+           // Another Service's port is a subset of this ServicePort, named after it.
+           m.find("destination_subset=\"bill-shadow.istio-demo\",result=\"ok\"} 4") !=
+               std::string::npos;
+  })) << admin("/stats/prometheus");
+  // Not one more copy arrives late.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  backends_[1]->drain();
+  shadow->drain();
+  EXPECT_EQ(countOf(backends_[1]->output(), copy), 20u);
+  EXPECT_EQ(countOf(shadow->output(), copy), 4u);
 }
 
 TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {

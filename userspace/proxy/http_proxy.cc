@@ -113,7 +113,7 @@ struct HttpProxy::Session {
   routing::RetryPolicy retries;
   RouteDecision decision;
   bool have_decision = false;
-  std::optional<RouteDecision> mirror;  // drawn by the route, sent when the request proceeds
+  std::vector<RouteDecision> mirrors;  // drawn by the route, sent when the request proceeds
   ClusterPool* pool = nullptr;
   std::string service_name;
   std::string subset_name;
@@ -695,7 +695,7 @@ std::optional<RouteDecision> HttpProxy::pickFirst(uint32_t slot) {
     s.destination = hd.destination;
     s.abort_drawn = hd.abort && s.route->fault.abort_status.has_value();
     s.delay_drawn = hd.delay && s.route->fault.delay.has_value();
-    s.mirror = hd.mirror;
+    s.mirrors = std::move(hd.mirrors);
     return hd.upstream;
   }
   RouteDecision d = router_->route(s.original_dst);
@@ -718,36 +718,42 @@ void HttpProxy::releaseDecision(Session& s) {
   const bool current = router_ != nullptr && s.table == router_->table();
   if (s.have_decision && current) router_->release(s.decision);
   s.have_decision = false;
-  if (s.mirror && current) router_->release(*s.mirror);
-  s.mirror.reset();
+  if (current) {
+    for (const RouteDecision& m : s.mirrors) router_->release(m);
+  }
+  s.mirrors.clear();
 }
 
+// Each mirror drawn gets its own copy, fire and forget: none waits for another or for the
+// main response.
 void HttpProxy::sendMirror(Session& s) {
-  if (!s.mirror || s.mirror->service == nullptr ||
-      s.mirror->subset_index >= s.mirror->service->subsets.size()) {
-    return;
+  if (s.mirrors.empty()) return;
+  const bool current = router_ != nullptr && s.table == router_->table();
+  std::string head;
+  for (const RouteDecision& m : s.mirrors) {
+    if (current) router_->release(m);
+    if (m.service == nullptr || m.subset_index >= m.service->subsets.size()) continue;
+    const routing::Subset& sub = m.service->subsets[m.subset_index];
+    if (s.streaming) {
+      // A body larger than the buffer limit is not copied: counted, as Envoy skips it.
+      stats_.mirrors(EndpointKey{m.service->service, sub.name, "too_large"}).inc();
+      continue;
+    }
+    if (head.empty()) writeUpstreamHead(s, /*shadow=*/true, head);
+    MirrorCopy copy;
+    copy.endpoint = m.upstream;
+    copy.service = m.service->service;
+    copy.subset = sub.name;
+    copy.method = std::string(s.parser.head().method());
+    copy.request.reserve(head.size() + s.body.size());
+    copy.request = head;
+    copy.request += s.body;
+    copy.connect_timeout = sub.connection_pool.connect_timeout;
+    copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
+                                                                      : settings_.mirror_timeout;
+    mirror_.send(std::move(copy), now_);
   }
-  const routing::Subset& sub = s.mirror->service->subsets[s.mirror->subset_index];
-  if (s.streaming) {
-    // A body larger than the buffer limit is not copied: counted, as Envoy skips it.
-    stats_.mirrors(EndpointKey{s.mirror->service->service, sub.name, "too_large"}).inc();
-    if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
-    s.mirror.reset();
-    return;
-  }
-  MirrorCopy copy;
-  copy.endpoint = s.mirror->upstream;
-  copy.service = s.mirror->service->service;
-  copy.subset = sub.name;
-  copy.method = std::string(s.parser.head().method());
-  writeUpstreamHead(s, /*shadow=*/true, copy.request);
-  copy.request += s.body;
-  copy.connect_timeout = sub.connection_pool.connect_timeout;
-  copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
-                                                                    : settings_.mirror_timeout;
-  mirror_.send(std::move(copy), now_);
-  if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
-  s.mirror.reset();
+  s.mirrors.clear();
 }
 
 ClusterPool& HttpProxy::poolFor(const RouteDecision& d) {
