@@ -749,6 +749,7 @@ void HttpProxy::sendMirror(Session& s) {
     copy.request = head;
     copy.request += s.body;
     copy.connect_timeout = sub.connection_pool.connect_timeout;
+    copy.limits = sub.connection_pool;
     copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
                                                                       : settings_.mirror_timeout;
     mirror_.send(std::move(copy), now_);
