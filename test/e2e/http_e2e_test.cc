@@ -118,8 +118,9 @@ srv.serve_forever()
 // port mode [name]: a socket server. Mode "answer" and "silent" play a shadow backend that
 // prints one line per request it receives ("shadow PATH host=HOST body=BODY"); "answer"
 // answers each with a 200, "silent" never answers; each connection accepted prints "accepted".
-// Mode "greet" is a server-first TCP service
-// (as MySQL is): it greets with "HELLO name" first, then echoes each line upper-cased.
+// Mode "early" answers 413 after 64 KiB of a body and closes with the rest unread. Mode "greet" is
+// a server-first TCP service (as MySQL is): it greets with "HELLO name" first, then echoes each
+// line upper-cased.
 constexpr const char* kSocketServer = R"PY(
 import sys, socket, threading
 port, mode = int(sys.argv[1]), sys.argv[2]
@@ -132,9 +133,29 @@ def greet(c):
     c.sendall(("HELLO " + sys.argv[3] + "\n").encode())
     for line in c.makefile("rb"):
         c.sendall(line.upper())
+def early(c):
+    # Reads the head and 64 KiB of the body, answers 413 and closes with the rest unread.
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    body = len(buf.split(b"\r\n\r\n", 1)[1])
+    while body < 65536:
+        d = c.recv(65536 - body)
+        if not d:
+            return
+        body += len(d)
+    reply = b"request body over the limit: %d bytes read\n" % body
+    c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+              % len(reply) + reply)
+    c.close()
 def serve(c):
     if mode == "greet":
         return greet(c)
+    if mode == "early":
+        return early(c)
     buf = b""
     while True:
         while b"\r\n\r\n" not in buf:
@@ -278,6 +299,32 @@ elif mode == "download":
         size += len(d)
     print(json.dumps({"status": r.status, "match": int(got.digest() == want.digest()),
                       "size": size, "rss_before_kb": before, "rss_stalled_kb": stalled}))
+elif mode == "bigupload":
+    # n times, each on a new connection: a body of spec["size"] bytes sent whole (as curl and
+    # http.client do), then the response read to its end. A reset on either side is an error.
+    for i in range(spec["n"]):
+        s = socket.create_connection((host, port), timeout=10)
+        got, err = b"", ""
+        try:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+                      % (host.encode(), spec["size"]))
+            block = b"x" * 65536
+            left = spec["size"]
+            while left > 0:
+                s.sendall(block[:min(left, len(block))])
+                left -= min(left, len(block))
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        except Exception as e:
+            err = type(e).__name__
+        s.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        status = int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else 0
+        print(json.dumps({"status": status, "body": body.decode(errors="replace").strip(),
+                          "error": err}), flush=True)
 elif mode == "serverfirst":
     t = time.monotonic()
     s = socket.create_connection((host, port), timeout=5)
@@ -793,6 +840,31 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("destination_subset=\"v2\",result=\"dropped\"} 6"), std::string::npos) << m;
   EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
+}
+
+// A backend that answers 413 after 64 KiB of an 8 MiB upload and closes: the client, still
+// sending, gets the whole 413 every time (the proxy shuts its write side after the response and
+// drops the rest of the body, a lingering close), never a reset.
+TEST_F(HttpE2e, AnEarlyAnswerToALargeUploadReachesTheClientWhole) {
+  backends_[0].reset();
+  backends_[0] = world_->spawn(v1_, {kPython, dir_ + "/server.py", "80", "early"});
+  ASSERT_TRUE(backends_[0]->waitForLine("ready", 10000)) << backends_[0]->output();
+  startProxy(virtualService(R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  const std::string out = client(R"({"mode": "bigupload", "n": 5, "size": 8388608})");
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), 5u) << out;
+  for (const auto& l : all) {
+    EXPECT_EQ(field(l, "status"), 413) << l;
+    EXPECT_NE(l.find("request body over the limit: 65536 bytes read"), std::string::npos) << l;
+    EXPECT_NE(l.find("\"error\": \"\""), std::string::npos) << l;
+  }
+  EXPECT_NE(admin("/stats/prometheus").find("remora_http_lingering_closes_total 5"),
+            std::string::npos)
+      << admin("/stats/prometheus");
 }
 
 // A Service of the bill pods with ports that declare no protocol (names without a protocol
