@@ -437,6 +437,14 @@ class HttpE2e : public ::testing::Test {
     ASSERT_TRUE(waitFor([&] { return admin("/ready") == "LIVE\n"; })) << proxy_->output();
   }
 
+  // The v2 backend replaced by the socket server in `mode` (a shadow that records copies).
+  ::testing::AssertionResult shadowOnV2(const std::string& mode) {
+    backends_[1].reset();
+    backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", mode});
+    if (backends_[1]->waitForLine("ready", 10000)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << backends_[1]->output();
+  }
+
   std::string client(const std::string& spec_json) {
     auto out = world_->exec(front_, {kPython, dir_ + "/client.py", spec_json});
     if (!out) return "FAILED " + out.error().message;
@@ -714,9 +722,7 @@ constexpr const char* kRoutesMirror = R"(  - route:
 )";
 
 TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
-  backends_[1].reset();
-  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "answer"});
-  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  ASSERT_TRUE(shadowOnV2("answer"));
   startProxy(virtualService(kRoutesMirror) + destinationRule());
   const std::string out =
       client(R"({"mode": "seq", "n": 20, "method": "POST", "path": "/m", "body": "payload"})");
@@ -784,9 +790,7 @@ spec:
 )";
 
 TEST_F(HttpE2e, TwoMirrorsEachGetTheirExactShare) {
-  backends_[1].reset();
-  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "answer"});
-  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  ASSERT_TRUE(shadowOnV2("answer"));
   auto shadow = world_->spawn(v1_, {kPython, dir_ + "/server.py", "82", "answer"});
   ASSERT_TRUE(shadow->waitForLine("ready", 10000)) << shadow->output();
   startProxy(virtualService(kRoutesTwoMirrors) + destinationRule() + kShadowService);
@@ -819,9 +823,7 @@ TEST_F(HttpE2e, TwoMirrorsEachGetTheirExactShare) {
 }
 
 TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
-  backends_[1].reset();
-  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "silent"});
-  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  ASSERT_TRUE(shadowOnV2("silent"));
   startProxy(virtualService(kRoutesMirror) + destinationRule());
   // One connection, hence one worker: its cap (64 copies in flight) holds the first 64 copies
   // the shadow never answers; the other 6 are dropped.

@@ -602,6 +602,13 @@ spec:
   http:
 )";
 
+// The number of lines of `text` before `tail`, which ends it: line k of `tail` is line
+// linesBefore + k of `text`.
+int linesBefore(const std::string& text, const std::string& tail) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n') -
+                          std::count(tail.begin(), tail.end(), '\n'));
+}
+
 std::string bookinfoWith(const std::string& more) {
   return fixture("bookinfo/bookinfo.yaml") + "---\n" + more;
 }
@@ -825,8 +832,7 @@ TEST(HttpConfig, AnInvalidValueRejectsItsRouteAloneWithALocatedError) {
   std::string text = bookinfoWith(vs);
   auto table = load(text);
   ASSERT_TRUE(table);
-  int vs_first = static_cast<int>(std::count(text.begin(), text.end(), '\n') -
-                                  std::count(vs.begin(), vs.end(), '\n'));
+  const int vs_first = linesBefore(text, vs);
   const Finding* re = findFinding(
       *table, Severity::kError,
       {"(VirtualService bookinfo/reviews)", "spec.http[0].match[0].headers.end-user.regex",
@@ -900,8 +906,7 @@ TEST(HttpConfig, EveryMirrorsEntryIsAppliedWithItsPercentage) {
   std::string text = bookinfoWith(vs);
   auto table = load(text);
   ASSERT_TRUE(table);
-  int vs_first = static_cast<int>(std::count(text.begin(), text.end(), '\n') -
-                                  std::count(vs.begin(), vs.end(), '\n'));
+  const int vs_first = linesBefore(text, vs);
   // An unknown key in an entry is reported at its own line.
   const Finding* unknown =
       findFinding(*table, Severity::kWarning, {"spec.http[0].mirrors[1].mirrorTimeout"});
