@@ -117,8 +117,10 @@ srv.serve_forever()
 
 // port mode [name]: a socket server. Mode "answer" and "silent" play a shadow backend that
 // prints one line per request it receives ("shadow PATH host=HOST body=BODY"); "answer"
-// answers each with a 200, "silent" never answers. Mode "greet" is a server-first TCP service
-// (as MySQL is): it greets with "HELLO name" first, then echoes each line upper-cased.
+// answers each with a 200, "silent" never answers; each connection accepted prints "accepted".
+// Mode "early" answers 413 after 64 KiB of a body and closes with the rest unread. Mode "greet" is
+// a server-first TCP service (as MySQL is): it greets with "HELLO name" first, then echoes each
+// line upper-cased.
 constexpr const char* kSocketServer = R"PY(
 import sys, socket, threading
 port, mode = int(sys.argv[1]), sys.argv[2]
@@ -131,9 +133,29 @@ def greet(c):
     c.sendall(("HELLO " + sys.argv[3] + "\n").encode())
     for line in c.makefile("rb"):
         c.sendall(line.upper())
+def early(c):
+    # Reads the head and 64 KiB of the body, answers 413 and closes with the rest unread.
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    body = len(buf.split(b"\r\n\r\n", 1)[1])
+    while body < 65536:
+        d = c.recv(65536 - body)
+        if not d:
+            return
+        body += len(d)
+    reply = b"request body over the limit: %d bytes read\n" % body
+    c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+              % len(reply) + reply)
+    c.close()
 def serve(c):
     if mode == "greet":
         return greet(c)
+    if mode == "early":
+        return early(c)
     buf = b""
     while True:
         while b"\r\n\r\n" not in buf:
@@ -157,6 +179,7 @@ def serve(c):
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nshadow\n")
 while True:
     c, _ = srv.accept()
+    print("accepted", flush=True)
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 )PY";
 
@@ -276,6 +299,32 @@ elif mode == "download":
         size += len(d)
     print(json.dumps({"status": r.status, "match": int(got.digest() == want.digest()),
                       "size": size, "rss_before_kb": before, "rss_stalled_kb": stalled}))
+elif mode == "bigupload":
+    # n times, each on a new connection: a body of spec["size"] bytes sent whole (as curl and
+    # http.client do), then the response read to its end. A reset on either side is an error.
+    for i in range(spec["n"]):
+        s = socket.create_connection((host, port), timeout=10)
+        got, err = b"", ""
+        try:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+                      % (host.encode(), spec["size"]))
+            block = b"x" * 65536
+            left = spec["size"]
+            while left > 0:
+                s.sendall(block[:min(left, len(block))])
+                left -= min(left, len(block))
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        except Exception as e:
+            err = type(e).__name__
+        s.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        status = int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else 0
+        print(json.dumps({"status": status, "body": body.decode(errors="replace").strip(),
+                          "error": err}), flush=True)
 elif mode == "serverfirst":
     t = time.monotonic()
     s = socket.create_connection((host, port), timeout=5)
@@ -386,6 +435,14 @@ class HttpE2e : public ::testing::Test {
     proxy_ = world_->spawn(front_, args, kProxyUid, kProxyUid);
     ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
     ASSERT_TRUE(waitFor([&] { return admin("/ready") == "LIVE\n"; })) << proxy_->output();
+  }
+
+  // The v2 backend replaced by the socket server in `mode` (a shadow that records copies).
+  ::testing::AssertionResult shadowOnV2(const std::string& mode) {
+    backends_[1].reset();
+    backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", mode});
+    if (backends_[1]->waitForLine("ready", 10000)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << backends_[1]->output();
   }
 
   std::string client(const std::string& spec_json) {
@@ -665,9 +722,7 @@ constexpr const char* kRoutesMirror = R"(  - route:
 )";
 
 TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
-  backends_[1].reset();
-  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "answer"});
-  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  ASSERT_TRUE(shadowOnV2("answer"));
   startProxy(virtualService(kRoutesMirror) + destinationRule());
   const std::string out =
       client(R"({"mode": "seq", "n": 20, "method": "POST", "path": "/m", "body": "payload"})");
@@ -679,6 +734,9 @@ TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
     return countOf(backends_[1]->output(),
                    "shadow /m host=bill-service-shadow:9999 body=payload") == 20;
   })) << backends_[1]->output();
+  // The copies reuse kept-alive connections to the shadow (pooled per cluster as the main
+  // route's are): 20 sequential copies open far fewer than 20 connections.
+  EXPECT_LE(countOf(backends_[1]->output(), "accepted"), 3u) << backends_[1]->output();
   ASSERT_TRUE(waitFor([&] {
     return admin("/stats/prometheus")
                .find(
@@ -693,10 +751,79 @@ TEST_F(HttpE2e, MirrorSendsEveryRequestToTheShadowWithAShadowHost) {
   EXPECT_EQ(m.find("destination_subset=\"v2\",response_code="), std::string::npos) << m;
 }
 
+// Two mirrors at different percentages (Istio's mirrors[]): v2 gets half the requests, and
+// bill-shadow (a Service of its own, on the v1 pod's port 82) a tenth, each drawn exactly.
+constexpr const char* kRoutesTwoMirrors = R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+    mirrors:
+    - destination:
+        host: bill-service
+        subset: v2
+      percentage:
+        value: 50.0
+    - destination:
+        host: bill-shadow
+        port:
+          number: 7000
+      percentage:
+        value: 10.0
+)";
+
+const char* kShadowService = R"(
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bill-shadow
+  namespace: istio-demo
+spec:
+  clusterIP: 10.1.122.243
+  selector:
+    app: bill-service
+    version: v1
+  ports:
+  - name: http-shadow
+    port: 7000
+    targetPort: 82
+)";
+
+TEST_F(HttpE2e, TwoMirrorsEachGetTheirExactShare) {
+  ASSERT_TRUE(shadowOnV2("answer"));
+  auto shadow = world_->spawn(v1_, {kPython, dir_ + "/server.py", "82", "answer"});
+  ASSERT_TRUE(shadow->waitForLine("ready", 10000)) << shadow->output();
+  startProxy(virtualService(kRoutesTwoMirrors) + destinationRule() + kShadowService);
+  const std::string out =
+      client(R"({"mode": "seq", "n": 40, "method": "POST", "path": "/m", "body": "payload"})");
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 40u) << out;
+  const std::string copy = "shadow /m host=bill-service-shadow:9999 body=payload";
+  EXPECT_TRUE(waitFor([&] {
+    backends_[1]->drain();
+    shadow->drain();
+    return countOf(backends_[1]->output(), copy) == 20 && countOf(shadow->output(), copy) == 4;
+  })) << backends_[1]->output()
+      << "\n--\n"
+      << shadow->output();
+  ASSERT_TRUE(waitFor([&] {
+    const std::string m = admin("/stats/prometheus");
+    return m.find(
+               "remora_mirror_requests_total{destination_service=\"bill-service.istio-demo\","
+               "destination_subset=\"v2\",result=\"ok\"} 20") != std::string::npos &&
+           // Another Service's port is a subset of this ServicePort, named after it.
+           m.find("destination_subset=\"bill-shadow.istio-demo\",result=\"ok\"} 4") !=
+               std::string::npos;
+  })) << admin("/stats/prometheus");
+  // Not one more copy arrives late.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  backends_[1]->drain();
+  shadow->drain();
+  EXPECT_EQ(countOf(backends_[1]->output(), copy), 20u);
+  EXPECT_EQ(countOf(shadow->output(), copy), 4u);
+}
+
 TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
-  backends_[1].reset();
-  backends_[1] = world_->spawn(v2_, {kPython, dir_ + "/server.py", "80", "silent"});
-  ASSERT_TRUE(backends_[1]->waitForLine("ready", 10000)) << backends_[1]->output();
+  ASSERT_TRUE(shadowOnV2("silent"));
   startProxy(virtualService(kRoutesMirror) + destinationRule());
   // One connection, hence one worker: its cap (64 copies in flight) holds the first 64 copies
   // the shadow never answers; the other 6 are dropped.
@@ -715,6 +842,31 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("destination_subset=\"v2\",result=\"dropped\"} 6"), std::string::npos) << m;
   EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
+}
+
+// A backend that answers 413 after 64 KiB of an 8 MiB upload and closes: the client, still
+// sending, gets the whole 413 every time (the proxy shuts its write side after the response and
+// drops the rest of the body, a lingering close), never a reset.
+TEST_F(HttpE2e, AnEarlyAnswerToALargeUploadReachesTheClientWhole) {
+  backends_[0].reset();
+  backends_[0] = world_->spawn(v1_, {kPython, dir_ + "/server.py", "80", "early"});
+  ASSERT_TRUE(backends_[0]->waitForLine("ready", 10000)) << backends_[0]->output();
+  startProxy(virtualService(R"(  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule());
+  const std::string out = client(R"({"mode": "bigupload", "n": 5, "size": 8388608})");
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), 5u) << out;
+  for (const auto& l : all) {
+    EXPECT_EQ(field(l, "status"), 413) << l;
+    EXPECT_NE(l.find("request body over the limit: 65536 bytes read"), std::string::npos) << l;
+    EXPECT_NE(l.find("\"error\": \"\""), std::string::npos) << l;
+  }
+  EXPECT_NE(admin("/stats/prometheus").find("remora_http_lingering_closes_total 5"),
+            std::string::npos)
+      << admin("/stats/prometheus");
 }
 
 // A Service of the bill pods with ports that declare no protocol (names without a protocol

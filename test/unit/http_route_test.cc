@@ -447,9 +447,8 @@ TEST(RouterRequest, FaultsAndMirrorAreDrawnExactly) {
   route.fault.delay = std::chrono::milliseconds(7000);
   route.fault.delay_percentage = {100'000};  // 10%
   route.fault.abort_status = 500;
-  route.fault.abort_percentage = {50'000};  // 5%
-  route.mirror = HttpDestination{"svc", "shadow", 1};
-  route.mirror_percentage = {250'000};  // 25%
+  route.fault.abort_percentage = {50'000};                                    // 5%
+  route.mirrors.push_back({HttpDestination{"svc", "shadow", 1}, {250'000}});  // 25%
   auto table = routedTable({{"v1", {"10.1.0.1:80"}}, {"shadow", {"10.1.0.9:80"}}}, {route});
   const ServicePort& port = *table->find(addr("10.96.0.1:80"));
   auto router = makeRouter(table, 1);
@@ -462,14 +461,15 @@ TEST(RouterRequest, FaultsAndMirrorAreDrawnExactly) {
     delays += d.delay ? 1 : 0;
     aborts += d.abort ? 1 : 0;
     aborted.push_back(d.abort);
-    if (d.mirror) {
+    ASSERT_LE(d.mirrors.size(), 1U);
+    for (const RouteDecision& m : d.mirrors) {
       ++mirrors;
-      EXPECT_EQ(d.mirror->upstream, addr("10.1.0.9:80"));
-      router->release(*d.mirror);
+      EXPECT_EQ(m.upstream, addr("10.1.0.9:80"));
+      router->release(m);
     }
     if (d.abort) {
       EXPECT_EQ(d.destination, nullptr);
-      EXPECT_FALSE(d.mirror);
+      EXPECT_TRUE(d.mirrors.empty());
       continue;
     }
     EXPECT_EQ(d.upstream.upstream, addr("10.1.0.1:80"));
@@ -482,6 +482,43 @@ TEST(RouterRequest, FaultsAndMirrorAreDrawnExactly) {
     ASSERT_EQ(std::count(aborted.begin() + static_cast<long>(start),
                          aborted.begin() + static_cast<long>(start + 20), true),
               1);
+  }
+}
+
+TEST(RouterRequest, EachMirrorIsDrawnExactlyOnItsOwn) {
+  HttpRoute route = weighted({100});
+  route.mirrors.push_back({HttpDestination{"svc", "shadow", 1}, {250'000}});  // 25%
+  route.mirrors.push_back({HttpDestination{"svc", "dark", 2}, {100'000}});    // 10%
+  auto table = routedTable(
+      {{"v1", {"10.1.0.1:80"}}, {"shadow", {"10.1.0.9:80"}}, {"dark", {"10.1.0.8:80"}}}, {route});
+  const ServicePort& port = *table->find(addr("10.96.0.1:80"));
+  auto router = makeRouter(table, 1);
+  std::vector<int> per_window_shadow;
+  int shadow = 0;
+  int dark = 0;
+  int both = 0;
+  for (int i = 0; i < 1000; ++i) {
+    HttpRouteDecision d = router->routeRequest(port, port.http_routes[0]);
+    bool s = false;
+    bool k = false;
+    for (const RouteDecision& m : d.mirrors) {
+      if (m.upstream == addr("10.1.0.9:80")) s = true;
+      if (m.upstream == addr("10.1.0.8:80")) k = true;
+      router->release(m);
+    }
+    ASSERT_EQ(d.mirrors.size(), (s ? 1U : 0U) + (k ? 1U : 0U));
+    shadow += s ? 1 : 0;
+    dark += k ? 1 : 0;
+    both += s && k ? 1 : 0;
+    if (i % 20 == 19) per_window_shadow.push_back(shadow);
+    EXPECT_EQ(d.upstream.upstream, addr("10.1.0.1:80"));
+  }
+  EXPECT_EQ(shadow, 250);
+  EXPECT_EQ(dark, 100);
+  EXPECT_GT(both, 0);  // independent draws: some requests go to both
+  // Exact over every window, not only the total: 5 of each 20 requests.
+  for (size_t w = 0; w < per_window_shadow.size(); ++w) {
+    EXPECT_EQ(per_window_shadow[w], static_cast<int>(5 * (w + 1)));
   }
 }
 
@@ -564,6 +601,13 @@ spec:
   hosts: [reviews]
   http:
 )";
+
+// The number of lines of `text` before `tail`, which ends it: line k of `tail` is line
+// linesBefore + k of `text`.
+int linesBefore(const std::string& text, const std::string& tail) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n') -
+                          std::count(tail.begin(), tail.end(), '\n'));
+}
 
 std::string bookinfoWith(const std::string& more) {
   return fixture("bookinfo/bookinfo.yaml") + "---\n" + more;
@@ -734,9 +778,9 @@ TEST(HttpConfig, EveryRouteFieldReachesTheModel) {
   EXPECT_EQ(r.retries.retry_on, routing::kRetryOnGatewayError | routing::kRetryOnReset |
                                     routing::kRetryOnRetriableStatusCodes);
   EXPECT_EQ(r.retries.retriable_status_codes, std::vector<uint16_t>{429});
-  ASSERT_TRUE(r.mirror);
-  EXPECT_EQ(subsetOf(*port, r.mirror->subset_index), "v2");
-  EXPECT_EQ(r.mirror_percentage, Percentage{125'000});
+  ASSERT_EQ(r.mirrors.size(), 1U);
+  EXPECT_EQ(subsetOf(*port, r.mirrors[0].destination.subset_index), "v2");
+  EXPECT_EQ(r.mirrors[0].percentage, Percentage{125'000});
   EXPECT_EQ(r.fault.abort_percentage, Percentage{1'000});
   const HttpRoute& redirect = port->http_routes[1];
   ASSERT_TRUE(redirect.redirect);
@@ -788,8 +832,7 @@ TEST(HttpConfig, AnInvalidValueRejectsItsRouteAloneWithALocatedError) {
   std::string text = bookinfoWith(vs);
   auto table = load(text);
   ASSERT_TRUE(table);
-  int vs_first = static_cast<int>(std::count(text.begin(), text.end(), '\n') -
-                                  std::count(vs.begin(), vs.end(), '\n'));
+  const int vs_first = linesBefore(text, vs);
   const Finding* re = findFinding(
       *table, Severity::kError,
       {"(VirtualService bookinfo/reviews)", "spec.http[0].match[0].headers.end-user.regex",
@@ -828,16 +871,70 @@ TEST(HttpConfig, UnappliedFieldsAreReported) {
   findFinding(*table, Severity::kWarning, {"spec.http[0].corsPolicy", "CORS"});
   findFinding(*table, Severity::kWarning, {"spec.http[0].match[0].sourceLabels", "never holds"});
   findFinding(*table, Severity::kWarning, {"spec.http[0].fault.delay", "applies to no request"});
-  findFinding(*table, Severity::kWarning, {"spec.http[0].mirrors", "only the first of 2"});
+  for (const auto& f : table->findings()) EXPECT_EQ(f.field.find("mirrors"), std::string::npos);
   const ServicePort* port = table->find(addr("10.1.122.241:9080"));
   ASSERT_NE(port, nullptr);
   // The gateway-only route is not a sidecar route.
   ASSERT_EQ(port->http_routes.size(), 2U);
   EXPECT_EQ(port->http_routes[0].fault.delay_percentage, Percentage{0});
-  ASSERT_TRUE(port->http_routes[0].mirror);
-  EXPECT_EQ(subsetOf(*port, port->http_routes[0].mirror->subset_index), "v1");
+  ASSERT_EQ(port->http_routes[0].mirrors.size(), 2U);
+  EXPECT_EQ(subsetOf(*port, port->http_routes[0].mirrors[0].destination.subset_index), "v1");
+  EXPECT_EQ(subsetOf(*port, port->http_routes[0].mirrors[1].destination.subset_index), "v3");
   auto router = routing::makeRouter(table, 1);
   EXPECT_EQ(route(*router, *port, "/"), "v1");  // sourceLabels cannot hold
+}
+
+TEST(HttpConfig, EveryMirrorsEntryIsAppliedWithItsPercentage) {
+  const std::string vs = kReviewsHttp + R"(  - match: [{uri: {prefix: /two}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    mirrors:
+    - destination: {host: reviews, subset: v2}
+      percentage: {value: 25}
+    - destination: {host: reviews, subset: v3}
+      percentage: {value: 12.5}
+      mirrorTimeout: 3s
+    - destination: {host: reviews, subset: v1}
+    mirrorPercentage: {value: 50}
+  - match: [{uri: {prefix: /both}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v2}
+    mirrors: [{destination: {host: reviews, subset: v3}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v3}
+    mirrorPercentage: {value: 5}
+)";
+  std::string text = bookinfoWith(vs);
+  auto table = load(text);
+  ASSERT_TRUE(table);
+  const int vs_first = linesBefore(text, vs);
+  // An unknown key in an entry is reported at its own line.
+  const Finding* unknown =
+      findFinding(*table, Severity::kWarning, {"spec.http[0].mirrors[1].mirrorTimeout"});
+  ASSERT_NE(unknown, nullptr);
+  EXPECT_EQ(unknown->line, vs_first + 14);
+  findFinding(*table, Severity::kWarning,
+              {"spec.http[0].mirrorPercentage", "no effect with mirrors[]"});
+  // Istio rejects both forms together; so does Remora, for that route alone.
+  findFinding(*table, Severity::kError,
+              {"spec.http[1].mirrors", "cannot be set together with mirror"});
+  const ServicePort* port = table->find(addr("10.1.122.241:9080"));
+  ASSERT_NE(port, nullptr);
+  ASSERT_EQ(port->http_routes.size(), 2U) << all(*table);
+  const HttpRoute& two = port->http_routes[0];
+  ASSERT_EQ(two.mirrors.size(), 3U);
+  EXPECT_EQ(subsetOf(*port, two.mirrors[0].destination.subset_index), "v2");
+  EXPECT_EQ(two.mirrors[0].percentage, Percentage{250'000});
+  EXPECT_EQ(subsetOf(*port, two.mirrors[1].destination.subset_index), "v3");
+  EXPECT_EQ(two.mirrors[1].percentage, Percentage{125'000});
+  EXPECT_EQ(subsetOf(*port, two.mirrors[2].destination.subset_index), "v1");
+  EXPECT_EQ(two.mirrors[2].percentage, Percentage{Percentage::kMillion});  // absent: 100%
+  const HttpRoute& one = port->http_routes[1];
+  ASSERT_EQ(one.mirrors.size(), 1U);
+  EXPECT_EQ(subsetOf(*port, one.mirrors[0].destination.subset_index), "v3");
+  EXPECT_EQ(one.mirrors[0].percentage, Percentage{50'000});
+  for (const auto& f : table->findings()) {
+    EXPECT_EQ(f.text.find("partly"), std::string::npos) << f.text;
+  }
 }
 
 TEST(HttpConfig, SniffedPortTakesHttpPerRequestAndTcpPerConnection) {

@@ -65,9 +65,10 @@ std::string httpRouteText(const nlohmann::json& r) {
                          f["abort"].value("percent", 0.0));
     }
   }
-  if (r.contains("mirror")) {
-    out += fmt::format(" mirror {} {:.3g}%", r["mirror"].value("subset", ""),
-                       r["mirror"].value("percent", 0.0));
+  if (r.contains("mirrors")) {
+    for (const auto& m : r["mirrors"]) {
+      out += fmt::format(" mirror {} {:.3g}%", m.value("subset", ""), m.value("percent", 0.0));
+    }
   }
   return out + "\n";
 }

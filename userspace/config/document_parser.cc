@@ -1311,20 +1311,26 @@ Result<void> readFault(const Context& ctx, const YAML::Node& node, const std::st
   return {};
 }
 
+// `mirror` (with mirrorPercentage, or the deprecated integer mirrorPercent) or `mirrors[]`
+// (each entry its destination and percentage, 100% when absent): every one is applied. Istio
+// rejects a route with both forms; so does this.
 Result<void> readMirror(const Context& ctx, const Fields& rf, const std::string& field, int line,
                         routing::HttpRoute& out, VsRoute& route, std::vector<Note>& notes) {
   YAML::Node mirror = rf.get("mirror");
   YAML::Node mirrors = rf.get("mirrors");
   if (present(mirror) && present(mirrors)) {
     return ctx.error(field + ".mirrors", lineOf(mirrors, line),
-                     "cannot be set together with mirror");
+                     "cannot be set together with mirror (Istio: \"HTTP route cannot contain both "
+                     "mirror and mirrors\")");
   }
-  routing::Percentage percentage{routing::Percentage::kMillion};
+  auto add = [&](RouteDestination dest, std::string dfield, routing::Percentage percentage) {
+    out.mirrors.push_back({routing::HttpDestination{dest.host, dest.subset, 0}, percentage});
+    route.mirrors.push_back({std::move(dest), std::move(dfield)});
+  };
   if (present(mirror)) {
+    routing::Percentage percentage{routing::Percentage::kMillion};
     auto dest = readDestination(ctx, mirror, field + ".mirror", lineOf(mirror, line));
     if (!dest) return dest.error();
-    route.mirror = std::move(*dest);
-    route.mirror_field = field + ".mirror";
     if (YAML::Node p = rf.get("mirrorPercentage"); present(p)) {
       auto value = readPercentage(ctx, p, field + ".mirrorPercentage", line);
       if (!value) return value.error();
@@ -1338,35 +1344,44 @@ Result<void> readMirror(const Context& ctx, const Fields& rf, const std::string&
         }
       }
     }
-  } else if (present(mirrors)) {
-    std::string mfield = field + ".mirrors";
-    if (auto r = optionalSequence(ctx, mirrors, mfield, line); !r) return r.error();
-    if (mirrors.size() == 0) return {};
-    YAML::Node first = mirrors[0];
-    std::string efield = mfield + "[0]";
-    if (auto r = requireMap(ctx, first, efield, line); !r) return r.error();
-    int eline = lineOf(first, line);
-    Fields ef(first);
-    auto dest = readDestination(ctx, ef.get("destination"), efield + ".destination",
-                                lineOf(ef.get("destination"), eline));
+    add(std::move(*dest), field + ".mirror", percentage);
+    return {};
+  }
+  if (!present(mirrors)) {
+    // mirrorPercentage alone controls nothing (Istio applies it to `mirror` only).
+    for (const char* key : {"mirrorPercentage", "mirrorPercent", "mirror_percent"}) {
+      if (YAML::Node p = rf.get(key); present(p)) {
+        notes.push_back({Severity::kWarning, fmt::format("{}.{}", field, key), lineOf(p, line),
+                         "has no effect without mirror"});
+      }
+    }
+    return {};
+  }
+  std::string mfield = field + ".mirrors";
+  if (auto r = optionalSequence(ctx, mirrors, mfield, line); !r) return r.error();
+  for (const char* key : {"mirrorPercentage", "mirrorPercent", "mirror_percent"}) {
+    if (YAML::Node p = rf.get(key); present(p)) {
+      notes.push_back({Severity::kWarning, fmt::format("{}.{}", field, key), lineOf(p, line),
+                       "has no effect with mirrors[]: each entry has its own percentage"});
+    }
+  }
+  for (size_t i = 0; i < mirrors.size(); ++i) {
+    YAML::Node entry = mirrors[i];
+    std::string efield = fmt::format("{}[{}]", mfield, i);
+    if (auto r = requireMap(ctx, entry, efield, line); !r) return r.error();
+    int eline = lineOf(entry, line);
+    Fields ef(entry);
+    YAML::Node d = ef.get("destination");
+    if (!present(d)) return ctx.error(efield + ".destination", eline, "is required");
+    auto dest = readDestination(ctx, d, efield + ".destination", lineOf(d, eline));
     if (!dest) return dest.error();
-    route.mirror = std::move(*dest);
-    route.mirror_field = efield + ".destination";
+    routing::Percentage percentage{routing::Percentage::kMillion};
     if (YAML::Node p = ef.get("percentage"); present(p)) {
       auto value = readPercentage(ctx, p, efield + ".percentage", eline);
       if (!value) return value.error();
       percentage = *value;
     }
-    if (mirrors.size() > 1) {
-      notes.push_back({Severity::kWarning, mfield, lineOf(mirrors[1], line),
-                       fmt::format("only the first of {} mirrors is applied; the others get no "
-                                   "copies",
-                                   mirrors.size())});
-    }
-  }
-  if (route.mirror) {
-    out.mirror = routing::HttpDestination{route.mirror->host, route.mirror->subset, 0};
-    out.mirror_percentage = percentage;
+    add(std::move(*dest), efield + ".destination", percentage);
   }
   return {};
 }

@@ -95,11 +95,15 @@ struct VsRoute {
   std::vector<RouteDestination> destinations;
   int line = 0;
   // spec.http only: the per-request model. Its destinations are `destinations` in order (and
-  // its mirror is `mirror`), with subset indexes left for the table builder to resolve per
+  // its mirrors are `mirrors`), with subset indexes left for the table builder to resolve per
   // port. nullptr when the route was rejected (`rejected`) or is not an http route.
   std::shared_ptr<const routing::HttpRoute> http;
-  std::optional<RouteDestination> mirror;
-  std::string mirror_field;  // "spec.http[0].mirror" or "spec.http[0].mirrors[0].destination"
+  // Its mirrors, in the order of http_route's: `mirror`, or each entry of `mirrors[]`.
+  struct Mirror {
+    RouteDestination destination;
+    std::string field;  // "spec.http[0].mirror" or "spec.http[0].mirrors[1].destination"
+  };
+  std::vector<Mirror> mirrors;
   // An invalid value in the route (a bad regex, an out-of-range status): reported as an error
   // note, and this route alone is left out.
   bool rejected = false;

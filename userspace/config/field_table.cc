@@ -416,10 +416,10 @@ Rows virtualServiceRows() {
              "gRPC is not parsed; a gRPC-status abort is not injected"},
             {"spec.http[].fault.abort.http2Error", N,
              "HTTP/2 is not parsed; an HTTP/2 error abort is not injected"},
-            {"spec.http[].mirrors", P},
-            {"spec.http[].mirrors[]", P},
-            {"spec.http[].mirrors[].percentage", P},
-            {"spec.http[].mirrors[].percentage.value", P},
+            {"spec.http[].mirrors", A},
+            {"spec.http[].mirrors[]", A},
+            {"spec.http[].mirrors[].percentage", A},
+            {"spec.http[].mirrors[].percentage.value", A},
             {"spec.http[].mirrorPercentage", A},
             {"spec.http[].mirrorPercentage.value", A},
             {"spec.http[].mirror_percent", A},
@@ -464,7 +464,7 @@ Rows virtualServiceRows() {
   addDestination(r, "spec.tcp[].route[].destination", A);
   addDestination(r, "spec.tls[].route[].destination", N);
   addDestination(r, "spec.http[].mirror", A);
-  addDestination(r, "spec.http[].mirrors[].destination", P);
+  addDestination(r, "spec.http[].mirrors[].destination", A);
   addHeaderOps(r, "spec.http[].headers");
   addHeaderOps(r, "spec.http[].route[].headers");
   return r;

@@ -826,12 +826,13 @@ class Builder {
     const auto& vs = std::get<VirtualServiceSpec>(ref.object->spec);
     for (const auto& route : vs.routes) {
       if (route.section == RouteSection::kTls || route.rejected) continue;
-      for (size_t d = 0; d <= route.destinations.size(); ++d) {
-        bool mirror = d == route.destinations.size();
-        if (mirror && !route.mirror) break;
-        const RouteDestination& dest = mirror ? *route.mirror : route.destinations[d];
-        std::string field =
-            mirror ? route.mirror_field : fmt::format("{}.route[{}].destination", route.field, d);
+      const size_t routed = route.destinations.size();
+      for (size_t d = 0; d < routed + route.mirrors.size(); ++d) {
+        bool mirror = d >= routed;
+        const RouteDestination& dest =
+            mirror ? route.mirrors[d - routed].destination : route.destinations[d];
+        std::string field = mirror ? route.mirrors[d - routed].field
+                                   : fmt::format("{}.route[{}].destination", route.field, d);
         ServiceInfo* target = resolveHost(dest.host, ref.object->namespace_name);
         if (target == nullptr) {
           note(ref, Severity::kError, field + ".host", dest.line,
@@ -1133,9 +1134,9 @@ class Builder {
             subsetFor(service, port, dest, field, dest.weight, total, keys, entry);
         out.weight = dest.weight;
       }
-      if (r.mirror && route.mirror) {
-        route.mirror->subset_index =
-            subsetFor(service, port, *r.mirror, r.mirror_field, 0, 0, keys, entry);
+      for (size_t m = 0; m < r.mirrors.size() && m < route.mirrors.size(); ++m) {
+        route.mirrors[m].destination.subset_index = subsetFor(
+            service, port, r.mirrors[m].destination, r.mirrors[m].field, 0, 0, keys, entry);
       }
       entry.port.http_routes.push_back(std::move(route));
     }

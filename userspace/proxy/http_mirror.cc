@@ -44,6 +44,13 @@ struct HttpMirror::Copy {
   socklen_t sa_len = 0;
   bool connected = false;
   bool ended = false;
+  // Pooling: the connection's endpoint and cluster pool, the requests it carried, and whether
+  // it waits in the pool (no copy on it, a read armed).
+  SocketAddress endpoint;
+  ClusterPool* pool = nullptr;
+  uint32_t requests = 0;
+  bool idle = false;
+  Clock::time_point idle_since{};
 };
 
 HttpMirror::HttpMirror(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats)
@@ -61,8 +68,33 @@ void HttpMirror::count(const std::string& service, const std::string& subset, co
 }
 
 void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
-  // Slots still closing count too: the cap bounds sockets as well as copies.
-  if (copies_.inUse() >= max_in_flight_) {
+  now_ = now;
+  // Slots still closing count too (idle ones do not): the cap bounds sockets as well as copies.
+  if (copies_.inUse() - idle_ >= max_in_flight_) {
+    count(copy.service, copy.subset, "dropped");
+    return;
+  }
+  ClusterPool& pool = pools_.get(copy.service, copy.subset);
+  pool.limits = copy.limits;
+  if (auto idle = pool.takeIdle(copy.endpoint)) {
+    // A kept-alive connection: its read is already armed and takes the response.
+    const uint32_t slot = *idle;
+    Copy& c = *copies_[slot];
+    --idle_;
+    c.idle = false;
+    c.service = std::move(copy.service);
+    c.subset = std::move(copy.subset);
+    c.out = std::move(copy.request);
+    c.sent = 0;
+    c.parser = http::Parser(http::Parser::Kind::kResponse);
+    c.parser.respondingTo(copy.method);
+    c.deadline = now + copy.timeout;
+    ++c.requests;
+    ++active_;
+    ring_.send(c.fd, {c.out.data(), c.out.size()}, copies_.track(opByte(MirrorOp::kSend), slot));
+    return;
+  }
+  if (!pool.canOpen()) {
     count(copy.service, copy.subset, "dropped");
     return;
   }
@@ -91,6 +123,10 @@ void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
   c.parser.respondingTo(copy.method);
   c.deadline = now + copy.timeout;
   c.sa_len = copy.endpoint.toSockaddr(c.sa);
+  c.endpoint = copy.endpoint;
+  c.pool = &pool;
+  c.requests = 1;
+  pool.opened();
   ++active_;
   ring_.connect(c.fd, reinterpret_cast<const sockaddr*>(&c.sa), c.sa_len, copy.connect_timeout,
                 copies_.track(opByte(MirrorOp::kConnect), *slot));
@@ -155,6 +191,11 @@ void HttpMirror::readMore(uint32_t slot) {
 void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
   Copy& m = *copies_[slot];
   if (m.ended) return;
+  if (m.idle) {
+    // Nothing is expected on an idle connection: a close, an error or stray bytes end it.
+    closeIdle(slot);
+    return;
+  }
   if (c.res == -EINTR || c.res == -EAGAIN) {
     readMore(slot);
     return;
@@ -178,7 +219,11 @@ void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
       case http::Event::kMessageComplete:
         // An interim 1xx ends its own message; the final response follows on the same parser.
         if (m.parser.head().status() >= 200 || m.parser.head().status() == 101) {
-          end(slot, "ok", false);
+          if (rest.empty() && m.parser.head().status() != 101) {
+            finished(slot);
+          } else {
+            end(slot, "ok", false);
+          }
           return;
         }
         continue;
@@ -189,12 +234,43 @@ void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
   }
 }
 
+void HttpMirror::finished(uint32_t slot) {
+  Copy& m = *copies_[slot];
+  const bool keep = m.pool != nullptr && m.sent == m.out.size() && m.parser.head().keepAlive() &&
+                    m.pool->reusable(m.requests) && idle_ < max_in_flight_;
+  if (!keep) {
+    end(slot, "ok", false);
+    return;
+  }
+  count(m.service, m.subset, "ok");
+  --active_;
+  ++idle_;
+  m.idle = true;
+  m.idle_since = now_;
+  std::string().swap(m.out);
+  m.pool->putIdle(m.endpoint, slot);
+  readMore(slot);
+}
+
+void HttpMirror::closeIdle(uint32_t slot) {
+  Copy& m = *copies_[slot];
+  m.pool->removeIdle(m.endpoint, slot);
+  m.idle = false;
+  --idle_;
+  ++active_;  // end() counts it down again
+  end(slot, nullptr, false);
+}
+
 void HttpMirror::end(uint32_t slot, const char* result, bool reset) {
   Copy& m = *copies_[slot];
   if (m.ended) return;
   m.ended = true;
   --active_;
   if (result != nullptr) count(m.service, m.subset, result);
+  if (m.pool != nullptr) {
+    m.pool->closed();
+    m.pool = nullptr;
+  }
   if (m.fd >= 0) {
     // Pending reads and sends end with the close: shutdown wakes them.
     if (reset || !m.connected || m.sent < m.out.size()) sockets_.setResetOnClose(m.fd);
@@ -211,17 +287,28 @@ void HttpMirror::end(uint32_t slot, const char* result, bool reset) {
 }
 
 void HttpMirror::onTick(Clock::time_point now) {
+  now_ = now;
   for (size_t i = 0; i < copies_.size(); ++i) {
     const auto slot = static_cast<uint32_t>(i);
     if (!copies_.inUse(slot) || copies_.released(slot)) continue;
-    if (now >= copies_[slot]->deadline) end(slot, "timeout", true);
+    Copy& m = *copies_[slot];
+    if (m.idle) {
+      if (m.pool->idleExpired(m.idle_since, now)) closeIdle(slot);
+    } else if (now >= m.deadline) {
+      end(slot, "timeout", true);
+    }
   }
 }
 
 void HttpMirror::abortAll() {
   for (size_t i = 0; i < copies_.size(); ++i) {
     const auto slot = static_cast<uint32_t>(i);
-    if (copies_.inUse(slot) && !copies_.released(slot)) end(slot, nullptr, true);
+    if (!copies_.inUse(slot) || copies_.released(slot)) continue;
+    if (copies_[slot]->idle) {
+      closeIdle(slot);
+    } else {
+      end(slot, nullptr, true);
+    }
   }
 }
 

@@ -3,13 +3,18 @@
 // Request mirroring of the L7 path (VirtualService `mirror` / `mirrors`, `mirrorPercentage`):
 // a copy of a routed request goes to the mirror destination's endpoint, fire and forget. The
 // copy's response is read and discarded; nothing about it (slowness, failure, silence) reaches
-// the client or the main request. Each copy has a connection of its own (no pooling), closed
-// once its response has ended, after a deadline, or on any error.
+// the client or the main request. Copies reuse kept-alive connections to their endpoint, pooled
+// per cluster (service|subset) with the ClusterPool the main route uses: its connectionPool
+// limits apply (tcp.maxConnections, http.maxRequestsPerConnection, idleTimeout). A connection
+// goes back to the pool once its response has ended cleanly and may carry another request; it
+// is closed after a deadline, on any error, or when the response says close. An idle one keeps
+// a read armed, so an upstream's close is seen at once and the connection leaves the pool.
 //
 // Bounded per worker: at most `max_in_flight` copies at once; a copy over the cap is dropped and
-// counted. Outcomes are counted in remora_mirror_requests_total{destination_service,
-// destination_subset,result} with result ok (a response came), failed (connect failure, reset,
-// invalid response), timeout (no complete response before the deadline) or dropped.
+// counted. Idle pooled connections are bounded by the same number. Outcomes are counted in
+// remora_mirror_requests_total{destination_service, destination_subset,result} with result ok (a
+// response came), failed (connect failure, reset, invalid response), timeout (no complete response
+// before the deadline) or dropped.
 //
 // Runs on the worker's thread and ring, with op bytes of its own (MirrorOp), which the HttpProxy
 // hands over.
@@ -23,6 +28,7 @@
 #include "common/ip_address.h"
 #include "loop/ring.h"
 #include "loop/slot_table.h"
+#include "proxy/http_pool.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 
@@ -51,6 +57,7 @@ struct MirrorCopy {
   std::string request;  // head then body
   std::chrono::milliseconds connect_timeout{1000};
   std::chrono::milliseconds timeout{10000};  // the whole exchange
+  routing::ConnectionPoolSettings limits;    // the mirror subset's connectionPool
 };
 
 class HttpMirror {
@@ -79,6 +86,8 @@ class HttpMirror {
   void abortAll();
   // Copies started and not yet ended.
   size_t inFlight() const { return active_; }
+  // Kept-alive connections waiting in the pools.
+  size_t idleConnections() const { return idle_; }
 
  private:
   struct Copy;
@@ -87,6 +96,9 @@ class HttpMirror {
   void onRead(uint32_t slot, const loop::Completion& c);
   void readMore(uint32_t slot);
   void end(uint32_t slot, const char* result, bool reset);
+  // The response ended cleanly: back to the pool when the connection may carry another.
+  void finished(uint32_t slot);
+  void closeIdle(uint32_t slot);
   void count(const std::string& service, const std::string& subset, const char* result);
 
   loop::Ring& ring_;
@@ -94,6 +106,9 @@ class HttpMirror {
   WorkerStats& stats_;
   uint32_t max_in_flight_ = kDefaultMaxInFlight;
   size_t active_ = 0;
+  size_t idle_ = 0;
+  Clock::time_point now_{};
+  Pools pools_;
   loop::SlotTable<std::unique_ptr<Copy>> copies_;
 };
 

@@ -84,7 +84,16 @@ http::HeaderEdits toEdits(const routing::HeaderOps& a, const routing::HeaderOps*
 
 // One client connection.
 struct HttpProxy::Session {
-  enum class Stage : uint8_t { kIdle, kBody, kDelay, kQueued, kUpstream, kTunnel, kClosing };
+  enum class Stage : uint8_t {
+    kIdle,
+    kBody,
+    kDelay,
+    kQueued,
+    kUpstream,
+    kTunnel,
+    kLinger,  // the response is out, the write side shut; the client's bytes are dropped
+    kClosing
+  };
   Pipe client;
   ListenerKind kind = ListenerKind::kOutbound;
   SocketAddress peer;
@@ -95,6 +104,10 @@ struct HttpProxy::Session {
   Stage stage = Stage::kIdle;
   bool close_after = false;    // close once the current response is out
   bool close_pending = false;  // close as soon as the client queue is empty
+  // A response ended before the request body did: the close lingers (kLingerTime).
+  bool linger = false;
+  Clock::time_point linger_until{};
+  uint64_t linger_bytes = 0;
   Clock::time_point last_activity;
 
   // The request in progress.
@@ -114,7 +127,7 @@ struct HttpProxy::Session {
   routing::RetryPolicy retries;
   RouteDecision decision;
   bool have_decision = false;
-  std::optional<RouteDecision> mirror;  // drawn by the route, sent when the request proceeds
+  std::vector<RouteDecision> mirrors;  // drawn by the route, sent when the request proceeds
   ClusterPool* pool = nullptr;
   std::string service_name;
   std::string subset_name;
@@ -304,6 +317,22 @@ void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
   Session& s = *sessions_[slot];
   s.client.reading = false;
   if (s.stage == Session::Stage::kClosing) return;
+  if (s.stage == Session::Stage::kLinger) {
+    if (c.res == -EINTR || c.res == -EAGAIN) {
+      readClient(slot);
+      return;
+    }
+    if (c.res > 0) {
+      s.linger_bytes += static_cast<uint64_t>(c.res);
+      if (s.linger_bytes <= kLingerBytes && now_ < s.linger_until) {
+        readClient(slot);
+        return;
+      }
+    }
+    // The client closed (clean), or failed, or went past the bounds (reset).
+    closeSession(slot, c.res != 0);
+    return;
+  }
   if (c.res > 0) {
     s.last_activity = now_;
     s.request_bytes += static_cast<uint64_t>(c.res);
@@ -705,7 +734,7 @@ std::optional<RouteDecision> HttpProxy::pickFirst(uint32_t slot) {
     s.destination = hd.destination;
     s.abort_drawn = hd.abort && s.route->fault.abort_status.has_value();
     s.delay_drawn = hd.delay && s.route->fault.delay.has_value();
-    s.mirror = hd.mirror;
+    s.mirrors = std::move(hd.mirrors);
     return hd.upstream;
   }
   RouteDecision d = router_->route(s.original_dst);
@@ -728,36 +757,43 @@ void HttpProxy::releaseDecision(Session& s) {
   const bool current = router_ != nullptr && s.table == router_->table();
   if (s.have_decision && current) router_->release(s.decision);
   s.have_decision = false;
-  if (s.mirror && current) router_->release(*s.mirror);
-  s.mirror.reset();
+  if (current) {
+    for (const RouteDecision& m : s.mirrors) router_->release(m);
+  }
+  s.mirrors.clear();
 }
 
+// Each mirror drawn gets its own copy, fire and forget: none waits for another or for the
+// main response.
 void HttpProxy::sendMirror(Session& s) {
-  if (!s.mirror || s.mirror->service == nullptr ||
-      s.mirror->subset_index >= s.mirror->service->subsets.size()) {
-    return;
+  if (s.mirrors.empty()) return;
+  const bool current = router_ != nullptr && s.table == router_->table();
+  std::string head;
+  for (const RouteDecision& m : s.mirrors) {
+    if (current) router_->release(m);
+    if (m.service == nullptr || m.subset_index >= m.service->subsets.size()) continue;
+    const routing::Subset& sub = m.service->subsets[m.subset_index];
+    if (s.streaming) {
+      // A body larger than the buffer limit is not copied: counted, as Envoy skips it.
+      stats_.mirrors(EndpointKey{m.service->service, sub.name, "too_large"}).inc();
+      continue;
+    }
+    if (head.empty()) writeUpstreamHead(s, /*shadow=*/true, head);
+    MirrorCopy copy;
+    copy.endpoint = m.upstream;
+    copy.service = m.service->service;
+    copy.subset = sub.name;
+    copy.method = std::string(s.parser.head().method());
+    copy.request.reserve(head.size() + s.body.size());
+    copy.request = head;
+    copy.request += s.body;
+    copy.connect_timeout = sub.connection_pool.connect_timeout;
+    copy.limits = sub.connection_pool;
+    copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
+                                                                      : settings_.mirror_timeout;
+    mirror_.send(std::move(copy), now_);
   }
-  const routing::Subset& sub = s.mirror->service->subsets[s.mirror->subset_index];
-  if (s.streaming) {
-    // A body larger than the buffer limit is not copied: counted, as Envoy skips it.
-    stats_.mirrors(EndpointKey{s.mirror->service->service, sub.name, "too_large"}).inc();
-    if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
-    s.mirror.reset();
-    return;
-  }
-  MirrorCopy copy;
-  copy.endpoint = s.mirror->upstream;
-  copy.service = s.mirror->service->service;
-  copy.subset = sub.name;
-  copy.method = std::string(s.parser.head().method());
-  writeUpstreamHead(s, /*shadow=*/true, copy.request);
-  copy.request += s.body;
-  copy.connect_timeout = sub.connection_pool.connect_timeout;
-  copy.timeout = s.route != nullptr && s.route->timeout.count() > 0 ? s.route->timeout
-                                                                    : settings_.mirror_timeout;
-  mirror_.send(std::move(copy), now_);
-  if (router_ != nullptr && s.table == router_->table()) router_->release(*s.mirror);
-  s.mirror.reset();
+  s.mirrors.clear();
 }
 
 ClusterPool& HttpProxy::poolFor(const RouteDecision& d) {
@@ -1173,6 +1209,7 @@ void HttpProxy::responseDone(uint32_t slot, uint32_t up, bool reusable) {
     // Answered before the whole body arrived: neither connection is framed any more.
     reusable = false;
     s.close_after = true;
+    s.linger = true;
   }
   releaseUpstream(up, reusable && u.pool->reusable(u.requests));
   finishRequest(slot);
@@ -1263,7 +1300,10 @@ void HttpProxy::localReply(uint32_t slot, int status, std::string_view body, std
   if (s.stage == Session::Stage::kQueued && s.pool != nullptr) {
     s.pool->forget(Waiter{slot, sessions_.generation(slot)});
   }
-  if (!s.body_done) s.close_after = true;  // the rest of the body is not read
+  if (!s.body_done) {
+    s.close_after = true;  // the rest of the body is not read
+    s.linger = true;
+  }
   http::LocalReply reply;
   reply.status = status;
   reply.body = body;
@@ -1328,6 +1368,12 @@ void HttpProxy::attemptFailed(uint32_t slot, const char* reason, int status, con
 void HttpProxy::closeSession(uint32_t slot, bool reset) {
   Session& s = *sessions_[slot];
   if (s.stage == Session::Stage::kClosing) return;
+  Pipe& p = s.client;
+  if (!reset && s.linger && s.stage != Session::Stage::kLinger && !s.up && p.fd >= 0 && !p.eof &&
+      !p.failed && !p.send_in_flight && p.queued() == 0) {
+    startLinger(slot);
+    return;
+  }
   if (s.stage == Session::Stage::kQueued && s.pool != nullptr) {
     s.pool->forget(Waiter{slot, sessions_.generation(slot)});
   }
@@ -1347,7 +1393,6 @@ void HttpProxy::closeSession(uint32_t slot, bool reset) {
     closeUpstream(*s.up, !clean);
     s.up.reset();
   }
-  Pipe& p = s.client;
   if (p.fd >= 0) {
     if (reset || p.send_in_flight || p.queued() > 0) {
       sockets_.setResetOnClose(p.fd);
@@ -1369,6 +1414,21 @@ void HttpProxy::closeSession(uint32_t slot, bool reset) {
   --active_sessions_;
   stats_.counters().closed.inc();
   sessions_.release(slot);
+}
+
+void HttpProxy::startLinger(uint32_t slot) {
+  Session& s = *sessions_[slot];
+  releaseDecision(s);
+  for (size_t k = 0; k < s.timer_seq.size(); ++k) clearTimer(slot, static_cast<TimerKind>(k));
+  s.stage = Session::Stage::kLinger;
+  s.linger_until = now_ + kLingerTime;
+  s.linger_bytes = s.in.size() - s.in_off;
+  s.in.clear();
+  s.in_off = 0;
+  stats_.counters().http_lingering_closes.inc();
+  // The client sees the end of the response (FIN) while it may still send.
+  ring_.shutdown(s.client.fd, SHUT_WR, sessions_.track(opByte(HttpOp::kClientShut), slot));
+  readClient(slot);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1596,11 +1656,15 @@ void HttpProxy::onTick(Clock::time_point now) {
       closeUpstream(up, false);
     }
   }
-  if (settings_.client_idle_timeout.count() <= 0) return;
   for (size_t i = 0; i < sessions_.size(); ++i) {
     const auto slot = static_cast<uint32_t>(i);
     if (!sessions_.inUse(slot) || sessions_.released(slot)) continue;
     Session& s = *sessions_[slot];
+    if (s.stage == Session::Stage::kLinger) {
+      if (now >= s.linger_until) closeSession(slot, true);
+      continue;
+    }
+    if (settings_.client_idle_timeout.count() <= 0) continue;
     if ((s.stage == Session::Stage::kIdle || s.stage == Session::Stage::kTunnel) &&
         now - s.last_activity >= settings_.client_idle_timeout) {
       stats_.counters().timeout_idle.inc();

@@ -87,6 +87,13 @@ class HttpProxy {
   static constexpr size_t kReadSize = 16384;
   // Client bytes read ahead of the request being served (pipelining) before reading pauses.
   static constexpr size_t kMaxReadAhead = 64 * 1024;
+  // Lingering close (nginx's lingering_close, Envoy's delayed close): a client still sending a
+  // body the response did not wait for is read and the bytes dropped after the response, once
+  // the write side is shut, until it closes, for at most this long and this many bytes. Closing
+  // with its bytes unread would reset the connection, and a reset can take the response with
+  // it (the client, busy sending, sees the reset first).
+  static constexpr std::chrono::milliseconds kLingerTime{5000};
+  static constexpr uint64_t kLingerBytes = 64ULL * 1024 * 1024;
 
   using LogSink = std::function<bool(std::string)>;
 
@@ -197,6 +204,8 @@ class HttpProxy {
                   const std::vector<std::pair<std::string, std::string>>& extra_headers = {});
   void finishRequest(uint32_t slot);
   void closeSession(uint32_t slot, bool reset);
+  // Shuts the client's write side and drops what it still sends (see kLingerTime).
+  void startLinger(uint32_t slot);
   // Closes cleanly once every queued byte reached the client.
   void closeWhenFlushed(uint32_t slot);
   void maybeFreeSession(uint32_t slot);

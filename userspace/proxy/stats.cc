@@ -95,6 +95,10 @@ void renderHttp(std::string& out, const StatsSnapshot& s) {
   single(out, "remora_http_bad_requests_total", "counter",
          "Requests refused by the HTTP codec (400/431) and their connections closed.",
          s.workers.http_bad_requests);
+  single(out, "remora_http_lingering_closes_total", "counter",
+         "Client connections whose close lingered: the response went before the request body "
+         "ended, and the rest of the body was read and dropped before closing.",
+         s.workers.http_lingering_closes);
   single(out, "remora_http_upstream_reused_total", "counter",
          "Requests sent on a kept-alive pooled upstream connection.", s.workers.http_pool_reused);
   single(out, "remora_http_reset_race_retries_total", "counter",
@@ -177,6 +181,7 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.http_pool_reused += c.http_pool_reused.get();
     s.workers.http_reset_race_retry += c.http_reset_race_retry.get();
     s.workers.http_retries += c.http_retries.get();
+    s.workers.http_lingering_closes += c.http_lingering_closes.get();
     s.workers.http_streamed_requests += c.http_streamed_requests.get();
     s.workers.sniff_http += c.sniff_http.get();
     s.workers.sniff_tcp += c.sniff_tcp.get();

@@ -127,6 +127,7 @@ struct WorkerCounters {
   Counter http_pool_reused;       // requests sent on a kept-alive upstream connection
   Counter http_reset_race_retry;  // reused connection reset before any byte: retried once
   Counter http_retries;           // retry attempts (retries policy)
+  Counter http_lingering_closes;  // closes that read and dropped a body the response outran
   // Request bodies over the buffer limit, streamed upstream (never retried).
   Counter http_streamed_requests;
   // Protocol sniffing of ports with no declared protocol (sniffer.h): the verdicts.
@@ -255,7 +256,8 @@ struct WorkerTotals {
            resets_from_upstream = 0, resets_sent = 0, accept_paused = 0, access_log_dropped = 0;
   uint64_t relay_kernel = 0, relay_attach_failures = 0;
   uint64_t http_sessions = 0, http_bad_requests = 0, http_pool_reused = 0,
-           http_reset_race_retry = 0, http_retries = 0, http_streamed_requests = 0;
+           http_reset_race_retry = 0, http_retries = 0, http_streamed_requests = 0,
+           http_lingering_closes = 0;
   uint64_t sniff_http = 0, sniff_tcp = 0, sniff_timeout = 0;
 };
 struct StatsSnapshot {

@@ -179,6 +179,13 @@ struct HttpFault {
   Percentage abort_percentage;
 };
 
+// One of a route's mirrors (VirtualService `mirror` + `mirrorPercentage`, or one entry of
+// `mirrors[]`): each is drawn on its own, exactly, so a request may be copied to several.
+struct HttpMirrorPolicy {
+  HttpDestination destination;
+  Percentage percentage{Percentage::kMillion};
+};
+
 struct HttpRoute {
   std::string name;
   std::string field;  // "spec.http[2]", for dumps and findings
@@ -189,9 +196,8 @@ struct HttpRoute {
   std::optional<HttpRewrite> rewrite;
   std::optional<HttpRedirect> redirect;
   std::optional<HttpDirectResponse> direct_response;
-  std::optional<HttpDestination> mirror;
-  Percentage mirror_percentage{Percentage::kMillion};
-  std::chrono::milliseconds timeout{0};  // 0: none (Istio's default for HTTP routes)
+  std::vector<HttpMirrorPolicy> mirrors;  // in the order written
+  std::chrono::milliseconds timeout{0};   // 0: none (Istio's default for HTTP routes)
   RetryPolicy retries = RetryPolicy::istioDefault();
   HttpFault fault;
 };

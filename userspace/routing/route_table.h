@@ -230,9 +230,9 @@ class EndpointHealth {
 };
 
 // The per-request outcome of an HttpRoute: the weighted destination and an endpoint in it, and
-// whether this request draws the route's delay fault, abort fault and mirror. An aborted
-// request stops at the fault, as with Envoy's fault filter: no destination is picked (so the
-// weights stay exact over the requests that are routed) and nothing is mirrored.
+// whether this request draws the route's delay fault, abort fault and each of its mirrors. An
+// aborted request stops at the fault, as with Envoy's fault filter: no destination is picked (so
+// the weights stay exact over the requests that are routed) and nothing is mirrored.
 struct HttpRouteDecision {
   const HttpRouteDestination* destination = nullptr;  // nullptr: the route has none
   // kService with an endpoint; kRefused when the picked subset has no endpoint left (no
@@ -240,7 +240,8 @@ struct HttpRouteDecision {
   RouteDecision upstream;
   bool delay = false;
   bool abort = false;
-  std::optional<RouteDecision> mirror;  // set when the mirror is drawn and has an endpoint
+  // One per mirror drawn that has an endpoint, in the route's order.
+  std::vector<RouteDecision> mirrors;
 };
 
 // Per-worker routing state (smooth weighted round-robin counters, round-robin cursors,

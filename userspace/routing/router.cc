@@ -101,10 +101,11 @@ class RouterImpl final : public Router {
     out.upstream.kind = RouteDecision::Kind::kRefused;
     // An aborted request stops at the fault, before routing: no pick, no mirror (Envoy).
     if (out.abort) return out;
-    if (route.mirror && rs.mirror.next() && route.mirror->subset_index < port.subsets.size()) {
-      uint32_t subset = route.mirror->subset_index;
+    for (size_t m = 0; m < route.mirrors.size() && m < rs.mirrors.size(); ++m) {
+      uint32_t subset = route.mirrors[m].destination.subset_index;
+      if (!rs.mirrors[m].next() || subset >= port.subsets.size()) continue;
       if (auto e = pickEndpoint(port, state, subset, {}, {}, health)) {
-        out.mirror = serviceDecision(port, state, subset, *e);
+        out.mirrors.push_back(serviceDecision(port, state, subset, *e));
       }
     }
     if (rs.weights.live.empty()) return out;
@@ -173,7 +174,7 @@ class RouterImpl final : public Router {
     WeightedState weights;  // over HttpRoute::destinations
     ExactPercentage delay;
     ExactPercentage abort;
-    ExactPercentage mirror;
+    std::vector<ExactPercentage> mirrors;  // per HttpRoute::mirrors entry
   };
 
   RouteState& routeStateFor(const ServicePort& port, const HttpRoute& route) {
@@ -187,7 +188,7 @@ class RouterImpl final : public Router {
     }
     rs.delay = ExactPercentage(route.fault.delay_percentage);
     rs.abort = ExactPercentage(route.fault.abort_percentage);
-    rs.mirror = ExactPercentage(route.mirror_percentage);
+    for (const HttpMirrorPolicy& m : route.mirrors) rs.mirrors.emplace_back(m.percentage);
     return rs;
   }
 

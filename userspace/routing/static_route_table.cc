@@ -108,10 +108,10 @@ nlohmann::json httpRouteJson(const HttpRoute& route, const ServicePort& port) {
     j["directResponse"] = {{"status", route.direct_response->status},
                            {"bodyBytes", route.direct_response->body.size()}};
   }
-  if (route.mirror) {
-    j["mirror"] = {{"host", route.mirror->host},
-                   {"subset", subsetName(route.mirror->subset_index)},
-                   {"percent", percent(route.mirror_percentage)}};
+  for (const HttpMirrorPolicy& m : route.mirrors) {
+    j["mirrors"].push_back(nlohmann::json{{"host", m.destination.host},
+                                          {"subset", subsetName(m.destination.subset_index)},
+                                          {"percent", percent(m.percentage)}});
   }
   if (route.timeout.count() > 0) j["timeoutMs"] = route.timeout.count();
   const RetryPolicy& retries = route.retries;
