@@ -55,6 +55,22 @@ int64_t checkPattern(uint64_t offset, const char* in, size_t n) {
   return -1;
 }
 
+// For a wrong byte at stream offset `at`: which stream offset the bytes that arrived there
+// came from (a duplicated block reads as a negative shift, a lost one as a positive shift).
+std::string describeShift(uint64_t at, const char* got, size_t n) {
+  const size_t probe = std::min<size_t>(n, 64);
+  if (probe < 16) return "too few bytes to tell where they came from";
+  constexpr int64_t kReach = int64_t{8} << 20;
+  for (int64_t shift = -kReach; shift <= kReach; ++shift) {
+    const int64_t from = static_cast<int64_t>(at) + shift;
+    if (from < 0 || shift == 0) continue;
+    if (checkPattern(static_cast<uint64_t>(from), got, probe) < 0) {
+      return fmt::format("the bytes there are stream offset {} (shift {:+})", from, shift);
+    }
+  }
+  return "the bytes there are from no offset within 8 MiB";
+}
+
 bool writeU64(int fd, uint64_t v) { return sendAll(fd, {reinterpret_cast<const char*>(&v), 8}); }
 
 bool readExact(int fd, char* into, size_t size) {
@@ -88,7 +104,11 @@ std::string receivePattern(int fd, uint64_t size) {
     if (n <= 0)
       return fmt::format("stream ended at {} of {} ({})", off, size, std::strerror(errno));
     if (int64_t bad = checkPattern(off, block.data(), static_cast<size_t>(n)); bad >= 0) {
-      return fmt::format("byte {} is wrong", bad);
+      return fmt::format(
+          "byte {} is wrong ({})", bad,
+          describeShift(static_cast<uint64_t>(bad),
+                        block.data() + (static_cast<uint64_t>(bad) - off),
+                        static_cast<size_t>(n) - (static_cast<uint64_t>(bad) - off)));
     }
     off += static_cast<uint64_t>(n);
   }
