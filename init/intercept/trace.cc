@@ -1504,6 +1504,7 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
       break;
     case OutcomeKind::kOther:
       text = fmt::format("{} in {}", o.target, where);
+      if (!o.reason.empty()) text += ": " + o.reason;  // TPROXY says where the packet goes
       break;
     case OutcomeKind::kUndetermined:
       text = "undetermined: " + o.reason;
