@@ -157,6 +157,11 @@ const std::vector<OptionSpec>& optionSpecs() {
        "when the netns has kube-proxy's nftables table or no iptables rules), or ebpf (cgroup "
        "connect4/6 + getsockopt, sk_lookup inbound; no rules)",
        "iptables"},
+      {"inbound-interception-mode", "REMORA_INBOUND_INTERCEPTION_MODE",
+       "how inbound TCP reaches the proxy: REDIRECT (nat; the app sees 127.0.0.6) or TPROXY "
+       "(mangle TPROXY + fwmark 0x539 policy route to table 133; the app sees the real client, "
+       "the proxy needs CAP_NET_ADMIN and --inbound-interception-mode TPROXY too)",
+       "REDIRECT"},
       {"proxy-uid", "REMORA_PROXY_UID",
        "UID(s) the proxy runs as (comma-separated); their traffic is never captured", "1337"},
       {"proxy-gid", "REMORA_PROXY_GID",
@@ -207,6 +212,10 @@ Result<void> setOption(InterceptOptions& options, std::string_view flag, std::st
     auto mode = parseInterceptMode(value);
     if (!mode) return mode.error();
     o.mode = *mode;
+  } else if (flag == "inbound-interception-mode") {
+    auto mode = parseInboundMode(value);
+    if (!mode) return mode.error();
+    o.inbound_mode = *mode;
   } else if (flag == "proxy-uid" || flag == "proxy-gid") {
     auto ids = parseIds(flag, value);
     if (!ids) return ids.error();

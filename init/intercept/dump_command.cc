@@ -4,6 +4,7 @@
 #include "intercept/dump.h"
 #include "intercept/ebpf_applier.h"
 #include "intercept/ebpf_dump.h"
+#include "intercept/policy_route.h"
 #include "intercept/trace.h"
 
 namespace remora::intercept {
@@ -35,6 +36,31 @@ int runEbpfDump(const InitCommand& command) {
   return 0;
 }
 
+// The inbound interception mode as the netns shows it: TPROXY when its policy routing is there
+// (in either family), with each family's rule and route.
+struct InboundState {
+  bool tproxy = false;
+  std::vector<std::string> routes;  // describePolicyRoute per family that has any of it
+};
+
+InboundState readInboundState() {
+  InboundState state;
+  for (auto family : {Family::kIpv4, Family::kIpv6}) {
+    auto route = readPolicyRoute(family, PolicyRoute{});
+    if (!route || !route->any()) continue;
+    state.tproxy = true;
+    state.routes.push_back(describePolicyRoute(family, PolicyRoute{}, *route));
+  }
+  return state;
+}
+
+std::string renderInbound(const InboundState& state) {
+  if (!state.tproxy) return "\nInbound interception: REDIRECT (no TPROXY policy routing)\n";
+  std::string text = "\nInbound interception: TPROXY (mangle REMORA_TP_INBOUND -> REMORA_TPROXY)\n";
+  for (const auto& r : state.routes) text += "  policy route: " + r + "\n";
+  return text;
+}
+
 }  // namespace
 
 int runDumpCommand(const InitCommand& command) {
@@ -63,10 +89,15 @@ int runDumpCommand(const InitCommand& command) {
     std::cerr << "remora-init: dump failed: " << report.error().message << "\n";
     return 1;
   }
-  std::cout << (command.json ? dumpToJson(*report).dump(2, ' ', false,
-                                                        nlohmann::json::error_handler_t::replace) +
-                                   "\n"
-                             : renderDump(*report));
+  auto inbound = readInboundState();
+  if (command.json) {
+    auto j = dumpToJson(*report);
+    j["inbound_interception_mode"] = inbound.tproxy ? "TPROXY" : "REDIRECT";
+    j["policy_routes"] = inbound.routes;
+    std::cout << printJson(j);
+  } else {
+    std::cout << renderDump(*report) << renderInbound(inbound);
+  }
   return 0;
 }
 

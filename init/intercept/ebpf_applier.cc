@@ -216,6 +216,11 @@ class EbpfApplier : public Applier {
   std::string name() const override { return "ebpf"; }
 
   Result<ApplyReport> install(const InterceptOptions& options) override {
+    if (options.inbound_mode == InboundMode::kTproxy) {
+      return makeError(
+          "--inbound-interception-mode TPROXY needs --mode iptables or nftables: eBPF mode steers "
+          "inbound with sk_lookup, which already keeps the client's address");
+    }
     auto settings = netnsSettings(options, wantIpv6(options));
     if (!settings) return settings.error();
     auto cookie = currentNetnsCookie();

@@ -12,6 +12,7 @@
 #include "intercept/loopback.h"
 #include "intercept/nftables_applier.h"
 #include "intercept/plan.h"
+#include "intercept/policy_route.h"
 
 namespace remora::intercept {
 namespace {
@@ -214,12 +215,29 @@ class IptablesApplier : public Applier {
     // Families whose restore ran (ok or not), and whether this install put ::6 on lo.
     std::vector<const FamilyChange*> touched;
     bool added_v6 = false;
+    // TPROXY mode's policy routing goes in first (harmless without the marking rules); what this
+    // call added is taken out again if anything after fails.
+    RoutesAdded routes;
+    for (const auto& change : *changes) {
+      if (!change.plan.policy_route) continue;
+      auto added = addPolicyRoute(change.plan.family, *change.plan.policy_route);
+      if (!added) return makeError(added.error().message + removeRoutes(routes));
+      if (added->any()) {
+        routes.emplace_back(change.plan.family, *added);
+        report.changed = true;
+        report.lines.push_back(fmt::format("{}: added {}", familyName(change.plan.family),
+                                           change.plan.policy_route->toString(change.plan.family)));
+      }
+    }
     for (const auto& change : *changes) {
       report.backend = change.tools.name();
       if (change.plan.family == Family::kIpv6) {
         // The proxy's IPv6 inbound passthrough source must be a local address (see loopback.h).
         auto added = addLoopbackAddress(passthroughSourceV6());
-        if (!added) return makeError(added.error().message + undo(*changes, touched, false));
+        if (!added) {
+          return makeError(added.error().message + undo(*changes, touched, false) +
+                           removeRoutes(routes));
+        }
         added_v6 = *added;
       }
       if (!change.needed) {
@@ -243,7 +261,7 @@ class IptablesApplier : public Applier {
         } else if (touched.empty()) {
           text += "; nothing was applied";
         }
-        return makeError(text + undo(*changes, touched, added_v6));
+        return makeError(text + undo(*changes, touched, added_v6) + removeRoutes(routes));
       }
       touched.push_back(&change);
       report.changed = true;
@@ -251,6 +269,18 @@ class IptablesApplier : public Applier {
           fmt::format("{}: installed {} rules in {} chains", change.tools.name(),
                       change.plan.rules.size() + change.plan.mangle_rules.size(),
                       change.plan.chains.size() + change.plan.mangle_chains.size()));
+    }
+    // REDIRECT mode after a TPROXY install: its policy routing goes with its rules.
+    for (const auto& change : *changes) {
+      if (change.plan.policy_route) continue;
+      auto removed = removePolicyRoute(change.plan.family, PolicyRoute{});
+      if (removed && removed->any()) {
+        report.changed = true;
+        report.lines.push_back(
+            fmt::format("{}: removed the TPROXY policy route of an earlier "
+                        "install",
+                        familyName(change.plan.family)));
+      }
     }
     // A previous install in nftables mode would capture twice; remove its table.
     NftContext nft;
@@ -290,6 +320,10 @@ class IptablesApplier : public Applier {
         text += fmt::format("# and {}/128 is added to lo (the IPv6 inbound passthrough source)\n",
                             passthroughSourceV6().toString());
       }
+      if (change.plan.policy_route) {
+        text += fmt::format("# and the TPROXY policy route: {}\n",
+                            change.plan.policy_route->toString(change.plan.family));
+      }
     }
     return text;
   }
@@ -317,6 +351,8 @@ class IptablesApplier : public Applier {
       auto gone = removeLoopbackAddress(passthroughSourceV6());
       if (!gone) return gone.error();
     }
+    auto routes = uninstallPolicyRoutes(report);
+    if (!routes) return routes.error();
     if (!report.changed) report.lines.emplace_back("nothing installed; nothing changed");
     return report;
   }
@@ -329,6 +365,7 @@ class IptablesApplier : public Applier {
       for (const auto& d : differences(change.before, change.plan)) {
         problems.push_back(fmt::format("{}: {}", change.tools.name(), d));
       }
+      if (auto d = policyRouteDifference(change.plan)) problems.push_back(*d);
     }
     if (!problems.empty()) {
       return makeError(

@@ -14,6 +14,7 @@
 
 #include "intercept/backend.h"
 #include "intercept/loopback.h"
+#include "intercept/policy_route.h"
 #include "intercept/rule_spec.h"
 
 namespace remora::intercept {
@@ -85,6 +86,9 @@ Result<std::string> translate(const PlannedRule& rule, Family family) {
         parts.push_back("meta skuid" + op(option.negated) + value);
       } else if (module.name == "owner" && option.name == "--gid-owner") {
         parts.push_back("meta skgid" + op(option.negated) + value);
+      } else if ((module.name == "mark" || module.name == "connmark") && option.name == "--mark") {
+        parts.push_back((module.name == "mark" ? "meta mark" : "ct mark") + op(option.negated) +
+                        value);
       } else if (module.name == "conntrack" && option.name == "--ctstate") {
         std::transform(value.begin(), value.end(), value.begin(),
                        [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -99,6 +103,30 @@ Result<std::string> translate(const PlannedRule& rule, Family family) {
     parts.emplace_back("return");
   } else if (spec->target == "DROP") {
     parts.emplace_back("drop");
+  } else if (spec->target == "ACCEPT") {
+    parts.emplace_back("accept");
+  } else if (spec->target == "MARK" && spec->targetOption("--set-xmark") != nullptr) {
+    // The planner sets whole marks ("0x539/0xffffffff").
+    const std::string& v = spec->targetOption("--set-xmark")->value();
+    parts.push_back("meta mark set " + v.substr(0, v.find('/')));
+  } else if (spec->target == "CONNMARK" && spec->targetOption("--save-mark") != nullptr) {
+    parts.emplace_back("ct mark set meta mark");
+  } else if (spec->target == "CONNMARK" && spec->targetOption("--restore-mark") != nullptr) {
+    parts.emplace_back("meta mark set ct mark");
+  } else if (spec->target == "TPROXY") {
+    const auto* port = spec->targetOption("--on-port");
+    const auto* mark = spec->targetOption("--tproxy-mark");
+    if (port == nullptr || mark == nullptr) {
+      return makeError(
+          fmt::format("TPROXY without --on-port or --tproxy-mark: {}", rule.toString()));
+    }
+    const std::string& m = mark->value();
+    parts.push_back(fmt::format("tproxy {} to :{} meta mark set {} accept", af, port->value(),
+                                m.substr(0, m.find('/'))));
+    // iptables' TPROXY drops a packet it finds no socket for; nft's statement lets it go on.
+    // The second line is a rule of its own, so a proxy that is down never lets the app be
+    // reached uncaptured.
+    parts.emplace_back("\nmeta l4proto tcp drop");
   } else if (spec->target == "REDIRECT") {
     const auto* to = spec->targetOption("--to-ports");
     if (to == nullptr)
@@ -129,6 +157,8 @@ constexpr BaseChain kBaseChains[] = {
     {"nat", "PREROUTING", "nat_prerouting",
      "type nat hook prerouting priority dstnat; policy accept;"},
     {"nat", "OUTPUT", "nat_output", "type nat hook output priority -100; policy accept;"},
+    // TPROXY mode only (left out when empty): a route chain, so a mark set here re-routes.
+    {"mangle", "OUTPUT", "mangle_output", "type route hook output priority mangle; policy accept;"},
 };
 
 Result<NftRuleset> buildRuleset(const std::vector<FamilyPlan>& plans) {
@@ -150,11 +180,21 @@ Result<NftRuleset> buildRuleset(const std::vector<FamilyPlan>& plans) {
           set.chain(base->name)
               .rules.push_back(fmt::format("meta nfproto {} {}", nfproto(plan.family), *text));
         } else {
-          set.chain(rule.chain + suffix(plan.family)).rules.push_back(*text);
+          // A translation may be more than one nft rule, one per line.
+          auto& chain = set.chain(rule.chain + suffix(plan.family)).rules;
+          size_t start = 0;
+          while (start <= text->size()) {
+            size_t end = text->find(" \n", start);
+            if (end == std::string::npos) end = text->size();
+            chain.push_back(text->substr(start, end - start));
+            start = end + 2;
+          }
         }
       }
     }
   }
+  std::erase_if(set.chains,
+                [](const NftChain& c) { return c.name == "mangle_output" && c.rules.empty(); });
   return set;
 }
 
@@ -275,6 +315,27 @@ class NftablesApplier : public Applier {
       if (!added) return added.error();
       added_v6 = *added;
     }
+    // TPROXY mode's policy routing first (harmless without the marking rules); a failure
+    // after it takes out what this call added.
+    RoutesAdded routes;
+    auto addRoutes = [&]() -> Result<void> {
+      for (const auto& plan : prepared->plans) {
+        if (!plan.policy_route) continue;
+        auto added = addPolicyRoute(plan.family, *plan.policy_route);
+        if (!added) return makeError(added.error().message + removeRoutes(routes));
+        if (added->any()) {
+          routes.emplace_back(plan.family, *added);
+          report.changed = true;
+          report.lines.push_back("nftables: added " + plan.policy_route->toString(plan.family));
+        }
+      }
+      return {};
+    };
+    auto routed = addRoutes();
+    if (!routed) {
+      if (added_v6) (void)removeLoopbackAddress(passthroughSourceV6());
+      return routed.error();
+    }
     if (prepared->needed) {
       auto done = nft_.run(prepared->script);
       if (!done) {
@@ -284,7 +345,7 @@ class NftablesApplier : public Applier {
           auto gone = removeLoopbackAddress(passthroughSourceV6());
           text += gone ? "; removed ::6/128 from lo" : "; REMOVING ::6/128 FROM lo FAILED";
         }
-        return makeError(text);
+        return makeError(text + removeRoutes(routes));
       }
       report.changed = true;
       size_t rules = 0;
@@ -309,11 +370,25 @@ class NftablesApplier : public Applier {
         for (const auto& line : removed->lines) {
           report.lines.push_back("removed an earlier install: " + line);
         }
-        // The iptables uninstall took ::6 off lo with its IPv6 rules; this plan needs it.
+        // The iptables uninstall took ::6 off lo with its IPv6 rules, and any TPROXY policy
+        // routing; this plan needs them.
         if (prepared->v6) {
           auto added = addLoopbackAddress(passthroughSourceV6());
           if (!added) return added.error();
         }
+        routes.clear();
+        auto rerouted = addRoutes();
+        if (!rerouted) return rerouted.error();
+      }
+    }
+    // REDIRECT mode after a TPROXY install: its policy routing goes with its rules.
+    for (const auto& plan : prepared->plans) {
+      if (plan.policy_route) continue;
+      auto removed = removePolicyRoute(plan.family, PolicyRoute{});
+      if (removed && removed->any()) {
+        report.changed = true;
+        report.lines.emplace_back(
+            "nftables: removed the TPROXY policy route of an earlier install");
       }
     }
     return report;
@@ -331,6 +406,11 @@ class NftablesApplier : public Applier {
       text += fmt::format("# and {}/128 is added to lo (the IPv6 inbound passthrough source)\n",
                           passthroughSourceV6().toString());
     }
+    for (const auto& plan : prepared->plans) {
+      if (plan.policy_route) {
+        text += "# and the TPROXY policy route: " + plan.policy_route->toString(plan.family) + "\n";
+      }
+    }
     return text;
   }
 
@@ -344,22 +424,28 @@ class NftablesApplier : public Applier {
       report.lines.push_back(fmt::format("nftables: deleted table inet {}", kNftTable));
       auto gone = removeLoopbackAddress(passthroughSourceV6());
       if (!gone) return gone.error();
-    } else {
-      report.lines.emplace_back("nftables: nothing installed; nothing changed");
     }
+    auto routes = uninstallPolicyRoutes(report);
+    if (!routes) return routes.error();
+    if (!report.changed) report.lines.emplace_back("nftables: nothing installed; nothing changed");
     return report;
   }
 
   Result<void> check(const InterceptOptions& options) override {
     auto prepared = prepare(options);
     if (!prepared) return prepared.error();
-    if (!prepared->needed) return {};
+    auto diffs = prepared->diffs;
+    for (const auto& plan : prepared->plans) {
+      if (auto d = policyRouteDifference(plan)) diffs.push_back(*d);
+    }
+    if (diffs.empty()) return {};
     return makeError(fmt::format("interception rules are not as configured: nftables: {}",
-                                 fmt::join(prepared->diffs, "; ")));
+                                 fmt::join(diffs, "; ")));
   }
 
  private:
   struct Prepared {
+    std::vector<FamilyPlan> plans;
     NftRuleset ruleset;
     std::string script;
     std::vector<std::string> diffs;
@@ -379,6 +465,7 @@ class NftablesApplier : public Applier {
     auto set = buildRuleset(plans);
     if (!set) return set.error();
     p.ruleset = std::move(*set);
+    p.plans = std::move(plans);
     const std::string fingerprint = planFingerprint(renderRuleset(p.ruleset, ""));
     p.script = renderRuleset(p.ruleset, fingerprint);
     auto installed = readInstalled(nft_);

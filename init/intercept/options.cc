@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+#include <string>
+
 namespace remora::intercept {
 
 const char* toString(Ipv6Mode mode) {
@@ -49,6 +52,20 @@ Result<InterceptMode> parseInterceptMode(std::string_view text) {
   }
   return makeError(
       fmt::format("invalid --mode '{}': must be iptables, nftables, auto or ebpf", text));
+}
+
+const char* toString(InboundMode mode) {
+  return mode == InboundMode::kTproxy ? "TPROXY" : "REDIRECT";
+}
+
+Result<InboundMode> parseInboundMode(std::string_view text) {
+  std::string upper(text);
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (auto mode : {InboundMode::kRedirect, InboundMode::kTproxy}) {
+    if (upper == toString(mode)) return mode;
+  }
+  return makeError(
+      fmt::format("invalid --inbound-interception-mode '{}': must be REDIRECT or TPROXY", text));
 }
 
 }  // namespace remora::intercept

@@ -17,6 +17,17 @@ enum class IptablesBackend { kAuto, kLegacy, kNft };
 // Which mechanism installs the plan (--mode). The eBPF applier adds its value here and in
 // parseInterceptMode/toString (options.cc), the only two places that spell the modes.
 enum class InterceptMode { kIptables, kNftables, kAuto, kEbpf };
+// How inbound TCP reaches the proxy's inbound port (--inbound-interception-mode, Istio's -m):
+// REDIRECT (nat; the app sees the proxy's 127.0.0.6) or TPROXY (mangle TPROXY with a policy
+// route; the proxy keeps the original destination and connects to the app from the client's
+// own address, so the app sees the real client). docs/INTERCEPTION.md, "TPROXY inbound".
+enum class InboundMode { kRedirect, kTproxy };
+
+// TPROXY mode's packet mark and routing table (Istio's 1337 and 133): packets with the mark are
+// routed by `ip rule fwmark 0x539 lookup 133` to `local default dev lo table 133`, so they are
+// delivered to a local socket whatever their destination address.
+inline constexpr uint32_t kTproxyMark = 1337;
+inline constexpr uint32_t kTproxyRouteTable = 133;
 
 // Ports the proxy itself serves on; inbound traffic to them is never captured (DESIGN.md).
 // 15008 is the HBONE tunnel port, which Istio also never captures inbound.
@@ -65,6 +76,7 @@ struct InterceptOptions {
   // (docs/EBPF.md, "The fast path").
   bool ebpf_fast_path = false;
   InterceptMode mode = InterceptMode::kIptables;
+  InboundMode inbound_mode = InboundMode::kRedirect;
   Ipv6Mode ipv6 = Ipv6Mode::kAuto;
   IptablesBackend backend = IptablesBackend::kAuto;
   // Not part of the rules: the applier's deadline for each tool it runs (--command-timeout).
@@ -76,6 +88,9 @@ struct InterceptOptions {
 const char* toString(Ipv6Mode mode);
 const char* toString(IptablesBackend backend);
 const char* toString(InterceptMode mode);
+const char* toString(InboundMode mode);  // "REDIRECT" or "TPROXY"
+// "REDIRECT" or "TPROXY" (any case); the error lists the accepted values.
+Result<InboundMode> parseInboundMode(std::string_view text);
 // "iptables", "nftables" or "auto"; the error lists the accepted values.
 Result<InterceptMode> parseInterceptMode(std::string_view text);
 

@@ -47,6 +47,55 @@ bool inboundEnabled(const InterceptOptions& o) {
   return o.include_all_inbound || !o.include_inbound_ports.empty();
 }
 
+// TPROXY inbound, in mangle (Istio's ISTIO_INBOUND / ISTIO_DIVERT / ISTIO_TPROXY layout):
+//  - a new connection's first packet goes to REMORA_TPROXY: TPROXY hands it to the proxy's
+//    transparent inbound listener with the destination untouched and sets the mark, which the
+//    policy route turns into local delivery;
+//  - its later packets (conntrack ESTABLISHED) only get the mark (REMORA_DIVERT);
+//  - loopback is never captured here: the proxy's own connection to the app arrives on lo;
+//  - the proxy marks that connection (SO_MARK); mangle OUTPUT saves the mark in conntrack and
+//    restores it on the app's replies, so they are routed back to the proxy's socket, which
+//    holds the client's address, instead of off the pod.
+// Every rule sits in a Remora chain, so install, check and uninstall see all of them.
+void planTproxy(const InterceptOptions& o, Family family, FamilyPlan& plan) {
+  const std::string mark = fmt::format("{:#x}", kTproxyMark);
+  const std::string mark_mask = mark + "/0xffffffff";
+  for (const char* c : {kTproxyInboundChain, kTproxyOutputChain, kDivertChain, kTproxyChain}) {
+    plan.mangle_chains.emplace_back(c);
+  }
+  auto& rules = plan.mangle_rules;
+  ChainBuilder prerouting(rules, "PREROUTING");
+  prerouting.add({"-p", "tcp", "-j", kTproxyInboundChain});
+  ChainBuilder output(rules, "OUTPUT");
+  output.add({"-p", "tcp", "-j", kTproxyOutputChain});
+  ChainBuilder tp_output(rules, kTproxyOutputChain);
+  tp_output.add({"-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark", "--nfmask",
+                 "0xffffffff", "--ctmask", "0xffffffff"});
+  tp_output.add({"-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark", "--nfmask",
+                 "0xffffffff", "--ctmask", "0xffffffff"});
+  ChainBuilder divert(rules, kDivertChain);
+  divert.add({"-j", "MARK", "--set-xmark", mark_mask});
+  divert.add({"-j", "ACCEPT"});
+  ChainBuilder tproxy(rules, kTproxyChain);
+  tproxy.add({"-p", "tcp", "-j", "TPROXY", "--on-port", std::to_string(o.inbound_port), "--on-ip",
+              family == Family::kIpv4 ? "0.0.0.0" : "::", "--tproxy-mark", mark_mask});
+  ChainBuilder in(rules, kTproxyInboundChain);
+  in.add({"-i", "lo", "-j", "RETURN"});
+  for (const auto& iface : o.exclude_interfaces) in.add({"-i", iface, "-j", "RETURN"});
+  for (const auto& r : inboundExclusions(o)) in.add(concat(dport(r), {"-j", "RETURN"}));
+  const std::vector<std::string> established = {
+      "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", kDivertChain};
+  if (o.include_all_inbound) {
+    in.add(concat({"-p", "tcp"}, established));
+    in.add({"-p", "tcp", "-j", kTproxyChain});
+  } else {
+    // Per port, so the ACCEPT of REMORA_DIVERT never touches connections Remora leaves alone.
+    for (const auto& r : o.include_inbound_ports) in.add(concat(dport(r), established));
+    for (const auto& r : o.include_inbound_ports) in.add(concat(dport(r), {"-j", kTproxyChain}));
+  }
+  plan.policy_route = PolicyRoute{};
+}
+
 }  // namespace
 
 std::string PlannedRule::toString() const {
@@ -56,6 +105,14 @@ std::string PlannedRule::toString() const {
     line += a.find(' ') == std::string::npos ? a : "\"" + a + "\"";
   }
   return line;
+}
+
+std::string PolicyRoute::toString(Family family) const {
+  const char* f = family == Family::kIpv4 ? "-4" : "-6";
+  return fmt::format(
+      "ip {0} rule add fwmark {1:#x} lookup {2}; ip {0} route add local {3} dev lo "
+      "table {2}",
+      f, mark, table, family == Family::kIpv4 ? "0.0.0.0/0" : "::/0");
 }
 
 bool isLoopbackCidr(const Cidr& cidr) {
@@ -87,7 +144,15 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
 
   FamilyPlan plan;
   plan.family = family;
-  plan.chains = {kInboundChain, kInRedirectChain, kOutputChain, kRedirectChain};
+  const bool tproxy = o.inbound_mode == InboundMode::kTproxy;
+  const std::string mark = fmt::format("{:#x}", kTproxyMark);
+  // TPROXY mode captures inbound in mangle (below); nat keeps REMORA_IN_REDIRECT for the proxy's
+  // own connections to its pod IP.
+  if (tproxy) {
+    plan.chains = {kInRedirectChain, kOutputChain, kRedirectChain};
+  } else {
+    plan.chains = {kInboundChain, kInRedirectChain, kOutputChain, kRedirectChain};
+  }
   auto& rules = plan.rules;
 
   ChainBuilder in_redirect(rules, kInRedirectChain);
@@ -112,7 +177,7 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
   }
 
   // Inbound: everything arriving for the pod, minus the proxy's own ports and exclusions.
-  if (inboundEnabled(o)) {
+  if (inboundEnabled(o) && !tproxy) {
     prerouting.add({"-p", "tcp", "-j", kInboundChain});
     ChainBuilder in(rules, kInboundChain);
     for (const auto& iface : o.exclude_interfaces) in.add({"-i", iface, "-j", "RETURN"});
@@ -134,6 +199,9 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
   for (const auto& r : o.exclude_outbound_ports) out.add(concat(dport(r), {"-j", "RETURN"}));
   // The proxy's inbound passthrough connects to the app from 127.0.0.6 (::6); never re-capture.
   out.add({"-s", passthrough_source, "-o", "lo", "-j", "RETURN"});
+  // TPROXY mode: the proxy connects to the app from the client's address with the mark set
+  // (SO_MARK); that connection is the inbound delivery, never to be captured again.
+  if (tproxy) out.add({"-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN"});
   auto owner = [&](const char* flag, const std::vector<uint32_t>& ids) {
     for (uint32_t n : ids) {
       const std::string id = std::to_string(n);
@@ -178,6 +246,7 @@ FamilyPlan planFamily(const InterceptOptions& o, Family family) {
     ChainBuilder drop(plan.mangle_rules, kDropInvalidChain);
     drop.add({"-p", "tcp", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"});
   }
+  if (tproxy && inboundEnabled(o)) planTproxy(o, family, plan);
   return plan;
 }
 

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,7 +15,23 @@ inline constexpr const char* kRedirectChain = "REMORA_REDIRECT";
 inline constexpr const char* kInboundChain = "REMORA_INBOUND";
 inline constexpr const char* kInRedirectChain = "REMORA_IN_REDIRECT";
 inline constexpr const char* kDropInvalidChain = "REMORA_DROP_INVALID";  // mangle table
+// TPROXY inbound (mangle table). Named apart from the nat chains: nftables mode puts both
+// tables' chains in one `inet remora` table.
+inline constexpr const char* kTproxyInboundChain = "REMORA_TP_INBOUND";
+inline constexpr const char* kTproxyOutputChain = "REMORA_TP_OUTPUT";
+inline constexpr const char* kDivertChain = "REMORA_DIVERT";
+inline constexpr const char* kTproxyChain = "REMORA_TPROXY";
 inline constexpr const char* kChainPrefix = "REMORA_";
+
+// TPROXY mode's policy routing for one family: `ip rule add fwmark MARK lookup TABLE` and
+// `ip route add local default dev lo table TABLE`. Installed and removed with the rules.
+struct PolicyRoute {
+  uint32_t mark = kTproxyMark;
+  uint32_t table = kTproxyRouteTable;
+
+  std::string toString(Family family) const;  // "ip -4 rule ... ; ip -4 route ..."
+  bool operator==(const PolicyRoute&) const = default;
+};
 
 // One rule as iptables arguments after "-A CHAIN", e.g. {"-p","tcp","-j","REMORA_OUTPUT"}.
 // The spelling matches what iptables-save prints back, so a plan can be compared with the
@@ -33,6 +51,8 @@ struct FamilyPlan {
   std::vector<PlannedRule> rules;          // in order; jumps from built-in chains included
   std::vector<std::string> mangle_chains;  // empty when nothing goes to mangle
   std::vector<PlannedRule> mangle_rules;
+  // Set in TPROXY inbound mode: the route that delivers marked packets to the local socket.
+  std::optional<PolicyRoute> policy_route;
 
   bool operator==(const FamilyPlan&) const = default;
 };

@@ -716,6 +716,19 @@ class Walker {
       } else if (!address.ip) {
         out.reason = address.why;
       }
+    } else if (t == "TPROXY") {
+      // No address translation: the packet is handed to the listener on --on-port with its
+      // destination kept (the listener reads it with getsockname), and the mark routes it
+      // locally through the policy route.
+      out.kind = OutcomeKind::kOther;
+      out.destination = packet_.destination;
+      const auto* port = spec.targetOption("--on-port");
+      const auto* mark = spec.targetOption("--tproxy-mark");
+      out.reason = fmt::format(
+          "TPROXY: to the proxy's inbound listener on port {} with the original destination {} "
+          "kept (mark {})",
+          port != nullptr ? port->value() : "?", packet_.destination.toString(),
+          mark != nullptr ? mark->value() : "unchanged");
     } else if (t == "SNAT" || t == "MASQUERADE" || t == "NETMAP") {
       out.kind = OutcomeKind::kOther;
     } else {
@@ -1491,6 +1504,7 @@ std::string describeOutcome(const TraceOutcome& o, const TracePacket& packet) {
       break;
     case OutcomeKind::kOther:
       text = fmt::format("{} in {}", o.target, where);
+      if (!o.reason.empty()) text += ": " + o.reason;  // TPROXY says where the packet goes
       break;
     case OutcomeKind::kUndetermined:
       text = "undetermined: " + o.reason;

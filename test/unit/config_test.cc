@@ -560,6 +560,7 @@ spec:
   adminAddress: 0.0.0.0
   adminPort: 16000
   inboundSourceAddress: 127.0.0.7
+  inboundInterceptionMode: TPROXY
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
   connectTimeout: 250ms
   accessLog: true
@@ -571,6 +572,7 @@ spec:
   EXPECT_EQ(s.inbound_listen.toString(), "0.0.0.0:16006");
   EXPECT_EQ(s.admin_listen.toString(), "0.0.0.0:16000");
   EXPECT_EQ(s.inbound_source.toString(), "127.0.0.7");
+  EXPECT_TRUE(s.inbound_transparent);
   EXPECT_EQ(s.outbound_policy, routing::OutboundPolicy::kRegistryOnly);
   EXPECT_EQ(s.connect_timeout.count(), 250);
   EXPECT_EQ(s.drain_timeout.count(), 1234);
@@ -588,6 +590,7 @@ spec: {adminAddress: "127.0.0.1:15999", drainTimeout: 1m30s, maxConnectAttempts:
   EXPECT_EQ(table->settings().admin_listen.toString(), "127.0.0.1:15999");
   EXPECT_EQ(table->settings().drain_timeout.count(), 90000);
   EXPECT_EQ(table->settings().outbound_listen.toString(), "0.0.0.0:15001");
+  EXPECT_FALSE(table->settings().inbound_transparent);  // REDIRECT unless asked
   auto empty = mustLoad("");
   ASSERT_TRUE(empty);
   EXPECT_EQ(empty->settings().connect_timeout.count(), 1000);

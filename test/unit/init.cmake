@@ -8,3 +8,5 @@ remora_add_gtest(plan_istio_test unit ${CMAKE_CURRENT_LIST_DIR}/plan_istio_test.
 target_link_libraries(plan_istio_test PRIVATE remora_intercept)
 remora_add_gtest(nft_render_test unit ${CMAKE_CURRENT_LIST_DIR}/nft_render_test.cc)
 target_link_libraries(nft_render_test PRIVATE remora_intercept)
+remora_add_gtest(plan_tproxy_test unit ${CMAKE_CURRENT_LIST_DIR}/plan_tproxy_test.cc)
+target_link_libraries(plan_tproxy_test PRIVATE remora_intercept)

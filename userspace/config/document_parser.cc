@@ -1716,6 +1716,16 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
       return r.error();
     }
   }
+  if (YAML::Node node = f.get("inboundInterceptionMode"); present(node)) {
+    auto mode = readString(ctx, node, "spec.inboundInterceptionMode", spec_line, true);
+    if (!mode) return mode.error();
+    if (*mode == "REDIRECT" || *mode == "TPROXY") {
+      spec.inbound_transparent = *mode == "TPROXY";
+    } else {
+      return ctx.error("spec.inboundInterceptionMode", lineOf(node, spec_line),
+                       fmt::format("must be REDIRECT or TPROXY, got '{}'", *mode));
+    }
+  }
   if (YAML::Node node = f.get("outboundTrafficPolicy"); present(node)) {
     if (auto r = requireMap(ctx, node, "spec.outboundTrafficPolicy", spec_line); !r)
       return r.error();

@@ -159,6 +159,7 @@ struct ProxyConfigSpec {
   std::optional<IpAddress> admin_address;
   std::optional<uint16_t> admin_port;
   std::optional<IpAddress> inbound_source;
+  std::optional<bool> inbound_transparent;  // inboundInterceptionMode: TPROXY (true) or REDIRECT
   std::optional<routing::OutboundPolicy> outbound_policy;
   std::optional<std::chrono::milliseconds> connect_timeout;
   std::optional<std::chrono::milliseconds> drain_timeout;

@@ -563,6 +563,7 @@ Rows proxyConfigRows() {
                 {"spec.adminAddress", A},
                 {"spec.adminPort", A},
                 {"spec.inboundSourceAddress", A},
+                {"spec.inboundInterceptionMode", A},
                 {"spec.outboundTrafficPolicy", A},
                 {"spec.outboundTrafficPolicy.mode", A},
                 {"spec.connectTimeout", A},

@@ -343,6 +343,7 @@ class Builder {
     if (c.admin_address) s.admin_listen.ip = *c.admin_address;
     if (c.admin_port) s.admin_listen.port = *c.admin_port;
     if (c.inbound_source) s.inbound_source = *c.inbound_source;
+    if (c.inbound_transparent) s.inbound_transparent = *c.inbound_transparent;
     if (c.outbound_policy) s.outbound_policy = *c.outbound_policy;
     if (c.connect_timeout) s.connect_timeout = *c.connect_timeout;
     if (c.drain_timeout) s.drain_timeout = *c.drain_timeout;

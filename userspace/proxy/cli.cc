@@ -114,6 +114,11 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--inbound-source", source,
                  "source address toward the local app on inbound (127.0.0.6)");
   app.add_option("--outbound-traffic-policy", policy, "ALLOW_ANY (default) or REGISTRY_ONLY");
+  std::string interception;
+  app.add_option("--inbound-interception-mode", interception,
+                 "REDIRECT (default: the app sees --inbound-source) or TPROXY (transparent inbound "
+                 "listener; the app sees the real client; needs CAP_NET_ADMIN and remora-init "
+                 "--inbound-interception-mode TPROXY)");
   app.add_option("--connect-timeout", connect_timeout, "upstream connect timeout (1s)");
   app.add_option("--drain-timeout", drain_timeout, "how long SIGTERM waits for connections (5s)");
   app.add_option("--max-connect-attempts", attempts,
@@ -204,6 +209,12 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
     auto ip = IpAddress::parse(source);
     if (!ip) return fail("--inbound-source", ip.error());
     o.inbound_source = *ip;
+  }
+  if (interception == "REDIRECT" || interception == "TPROXY") {
+    o.inbound_transparent = interception == "TPROXY";
+  } else if (!interception.empty()) {
+    return fail("--inbound-interception-mode",
+                makeError(fmt::format("'{}' is not REDIRECT or TPROXY", interception)));
   }
   if (!policy.empty()) {
     auto p = parseOutboundPolicy(policy);

@@ -35,6 +35,7 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.inbound_listen) s.inbound_listen = *o.inbound_listen;
   if (o.admin_listen) s.admin_listen = *o.admin_listen;
   if (o.inbound_source) s.inbound_source = *o.inbound_source;
+  if (o.inbound_transparent) s.inbound_transparent = *o.inbound_transparent;
   if (o.outbound_policy) s.outbound_policy = *o.outbound_policy;
   if (o.connect_timeout) s.connect_timeout = *o.connect_timeout;
   if (o.drain_timeout) s.drain_timeout = *o.drain_timeout;
@@ -64,6 +65,7 @@ WorkerSettings workerSettings(const routing::ProxySettings& s) {
   } else {
     w.inbound_source_v4 = s.inbound_source;
   }
+  w.inbound_transparent = s.inbound_transparent;
   w.access_log = s.access_log;
   // At least one receive buffer's worth, or a direction could never hold a whole chunk.
   w.buffer_limit = std::max<uint64_t>(s.buffer_limit_bytes, 4096);
@@ -233,7 +235,9 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
     specs.push_back({a, ListenerKind::kInbound});
   }
   for (size_t i = 0; i < specs.size(); ++i) {
-    auto fd = openListener(specs[i].at);
+    const bool transparent =
+        specs[i].kind == ListenerKind::kInbound && start.settings.inbound_transparent;
+    auto fd = openListener(specs[i].at, 4096, transparent);
     if (!fd) {
       const bool optional_v6 = specs[i].at.ip.family == Family::kIpv6 && i > 0 &&
                                specs[i - 1].at.ip.family == Family::kIpv4;
@@ -610,8 +614,12 @@ bool Control::load(const ConfigRead& read, bool force) {
     routing::ProxySettings next = effectiveSettings(table_->settings(), options_.overrides);
     if (next.outbound_listen != settings_.outbound_listen ||
         next.inbound_listen != settings_.inbound_listen ||
-        next.admin_listen != settings_.admin_listen) {
-      spdlog::warn("listen addresses changed in the config; they take effect on restart");
+        next.admin_listen != settings_.admin_listen ||
+        next.inbound_transparent != settings_.inbound_transparent) {
+      spdlog::warn(
+          "listen addresses or inboundInterceptionMode changed in the config; they take effect "
+          "on restart");
+      next.inbound_transparent = settings_.inbound_transparent;
       next.outbound_listen = settings_.outbound_listen;
       next.inbound_listen = settings_.inbound_listen;
       next.admin_listen = settings_.admin_listen;
@@ -833,16 +841,18 @@ nlohmann::json Control::configDump() const {
                       {"error", last_error_},
                       {"reloads", reloads_},
                       {"failures", reload_failures_}};
-  j["settings"] = {{"outbound_listen", settings_.outbound_listen.toString()},
-                   {"inbound_listen", settings_.inbound_listen.toString()},
-                   {"admin_listen", settings_.admin_listen.toString()},
-                   {"inbound_source", settings_.inbound_source.toString()},
-                   {"outbound_traffic_policy", policyName(settings_.outbound_policy)},
-                   {"connect_timeout_ms", settings_.connect_timeout.count()},
-                   {"drain_timeout_ms", settings_.drain_timeout.count()},
-                   {"max_connect_attempts", settings_.max_connect_attempts},
-                   {"access_log", settings_.access_log},
-                   {"concurrency", options_.concurrency}};
+  j["settings"] = {
+      {"outbound_listen", settings_.outbound_listen.toString()},
+      {"inbound_listen", settings_.inbound_listen.toString()},
+      {"admin_listen", settings_.admin_listen.toString()},
+      {"inbound_source", settings_.inbound_source.toString()},
+      {"inbound_interception_mode", settings_.inbound_transparent ? "TPROXY" : "REDIRECT"},
+      {"outbound_traffic_policy", policyName(settings_.outbound_policy)},
+      {"connect_timeout_ms", settings_.connect_timeout.count()},
+      {"drain_timeout_ms", settings_.drain_timeout.count()},
+      {"max_connect_attempts", settings_.max_connect_attempts},
+      {"access_log", settings_.access_log},
+      {"concurrency", options_.concurrency}};
   j["relay"] = {{"mode", settings_.relay},
                 {"in_use", relay_in_use_},
                 {"pin_dir", options_.relay_pin_dir},

@@ -25,6 +25,7 @@ struct SettingOverrides {
   std::optional<SocketAddress> inbound_listen;
   std::optional<SocketAddress> admin_listen;
   std::optional<IpAddress> inbound_source;
+  std::optional<bool> inbound_transparent;  // --inbound-interception-mode TPROXY
   std::optional<routing::OutboundPolicy> outbound_policy;
   std::optional<std::chrono::milliseconds> connect_timeout;
   std::optional<std::chrono::milliseconds> drain_timeout;

@@ -90,7 +90,53 @@ std::string raiseFileLimit() {
   return fmt::format("{} -> {}", before, lim.rlim_cur);
 }
 
-Result<int> openListener(const SocketAddress& at, int backlog) {
+Error transparentError(int err, const std::string& what) {
+  if (err == EPERM) {
+    return makeError(fmt::format(
+        "{}: IP_TRANSPARENT needs CAP_NET_ADMIN (--inbound-interception-mode TPROXY; grant the "
+        "proxy CAP_NET_ADMIN or use REDIRECT, see docs/INTERCEPTION.md)",
+        what));
+  }
+  errno = err;
+  return errnoError(what);
+}
+
+// IP_TRANSPARENT (IPV6_TRANSPARENT) on `fd`; 0 or the errno.
+static int setTransparent(int fd, Family family) {
+  int one = 1;
+  int rc = family == Family::kIpv6
+               ? setsockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+               : setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &one, sizeof(one));
+  return rc == 0 ? 0 : errno;
+}
+
+Result<int> SystemSocketOps::transparentUpstreamSocket(const IpAddress& client, uint32_t mark) {
+  int domain = client.family == Family::kIpv6 ? AF_INET6 : AF_INET;
+  int fd = socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errnoError("socket");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setKeepalive(fd, keepalive_);
+  auto fail = [&](Error e) {
+    ::close(fd);
+    return e;
+  };
+  if (int err = setTransparent(fd, client.family); err != 0) {
+    return fail(transparentError(err, "upstream socket toward the app"));
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+    return fail(transparentError(errno, "SO_MARK on the upstream socket toward the app"));
+  }
+  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+  sockaddr_storage ss{};
+  socklen_t len = SocketAddress{client, 0}.toSockaddr(ss);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return fail(errnoError(fmt::format("bind upstream source {} (the client)", client.toString())));
+  }
+  return fd;
+}
+
+Result<int> openListener(const SocketAddress& at, int backlog, bool transparent) {
   bool v6 = at.ip.family == Family::kIpv6;
   int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errnoError("socket");
@@ -99,6 +145,12 @@ Result<int> openListener(const SocketAddress& at, int backlog) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (transparent) {
+    if (int err = setTransparent(fd, at.ip.family); err != 0) {
+      ::close(fd);
+      return transparentError(err, fmt::format("inbound listener {}", at.toString()));
+    }
+  }
   sockaddr_storage ss{};
   socklen_t len = at.toSockaddr(ss);
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, backlog) != 0) {

@@ -21,6 +21,14 @@ class SocketOps {
   // A TCP socket to connect upstream with, bound to `source` (port 0) when given. The caller
   // owns the fd.
   virtual Result<int> upstreamSocket(Family family, const std::optional<IpAddress>& source) = 0;
+  // TPROXY inbound: a TCP socket bound to the client's address `client` (IP_TRANSPARENT, port
+  // left to connect) and marked `mark` (SO_MARK), so the app sees the client and its replies are
+  // routed back here by the connmark rules. Needs CAP_NET_ADMIN. The default (for fakes) is an
+  // ordinary socket bound to `client`.
+  virtual Result<int> transparentUpstreamSocket(const IpAddress& client, uint32_t mark) {
+    (void)mark;
+    return upstreamSocket(client.family, client);
+  }
   // SO_LINGER {1, 0}: the socket's close sends an RST instead of a FIN.
   virtual void setResetOnClose(int fd) = 0;
 };
@@ -34,6 +42,7 @@ class SystemSocketOps final : public SocketOps {
   std::optional<SocketAddress> localAddress(int fd) override;
   std::optional<SocketAddress> peerAddress(int fd) override;
   Result<int> upstreamSocket(Family family, const std::optional<IpAddress>& source) override;
+  Result<int> transparentUpstreamSocket(const IpAddress& client, uint32_t mark) override;
   void setResetOnClose(int fd) override;
 
  private:
@@ -49,8 +58,16 @@ void setKeepalive(int fd, std::chrono::seconds idle);
 // the reason it could not.
 std::string raiseFileLimit();
 
+// TPROXY mode's mark (init's kTproxyMark, Istio's 1337): the proxy's connections to the app
+// carry it, and remora-init's rules and policy route key on it.
+inline constexpr uint32_t kTproxyMark = 1337;
+
 // A listening TCP socket with SO_REUSEPORT (one per worker) and, for IPv6, IPV6_V6ONLY so the
-// IPv4 and IPv6 listeners can share the port.
-Result<int> openListener(const SocketAddress& at, int backlog = 4096);
+// IPv4 and IPv6 listeners can share the port. `transparent`: IP_TRANSPARENT, so TPROXY can hand
+// it connections for any destination; without CAP_NET_ADMIN the error says so.
+Result<int> openListener(const SocketAddress& at, int backlog = 4096, bool transparent = false);
+
+// The error for a TPROXY socket option refused for want of CAP_NET_ADMIN (EPERM), naming what.
+Error transparentError(int err, const std::string& what);
 
 }  // namespace remora::proxy

@@ -378,7 +378,10 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
       !accept_paused_) {
     pauseAccepting();
   }
-  if (access_log_ && settings_.access_log) {
+  conn.peer = SocketAddress{};
+  // The access log names the client; TPROXY inbound connects to the app from its address.
+  if ((access_log_ && settings_.access_log) ||
+      (l.kind == ListenerKind::kInbound && settings_.inbound_transparent)) {
     if (auto peer = sockets_.peerAddress(fd)) conn.peer = *peer;
   }
 
@@ -508,7 +511,12 @@ void Worker::connectUpstream(uint32_t slot) {
     source = upstream.ip.family == Family::kIpv6 ? settings_.inbound_source_v6
                                                  : settings_.inbound_source_v4;
   }
-  auto fd = sockets_.upstreamSocket(upstream.ip.family, source);
+  // TPROXY inbound: the app sees the client itself (a client of the other family, which only a
+  // dual-stack listener could bring, keeps the passthrough source).
+  const bool transparent = conn.kind == ListenerKind::kInbound && settings_.inbound_transparent &&
+                           conn.peer.port != 0 && conn.peer.ip.family == upstream.ip.family;
+  auto fd = transparent ? sockets_.transparentUpstreamSocket(conn.peer.ip, kTproxyMark)
+                        : sockets_.upstreamSocket(upstream.ip.family, source);
   if (!fd) {
     spdlog::warn("upstream socket for {}: {}", upstream.toString(), fd.error().message);
     closeConnection(slot, "upstream_socket_error");

@@ -40,6 +40,9 @@ struct WorkerSettings {
   int max_connect_attempts = 3;
   IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);  // 127.0.0.6
   IpAddress inbound_source_v6 = *IpAddress::parse("::6");
+  // TPROXY inbound: connect to the app from the client's address (SocketOps::
+  // transparentUpstreamSocket) instead of inbound_source.
+  bool inbound_transparent = false;
   bool access_log = false;
   // Bytes queued per connection and direction before the source stops being read (the high
   // watermark); reading resumes at half of it (the low watermark).

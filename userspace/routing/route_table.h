@@ -36,6 +36,11 @@ struct ProxySettings {
   SocketAddress inbound_listen = *SocketAddress::parse("0.0.0.0:15006");
   SocketAddress admin_listen = *SocketAddress::parse("127.0.0.1:15000");
   IpAddress inbound_source = *IpAddress::parse("127.0.0.6");
+  // TPROXY inbound (ProxyConfig spec.inboundInterceptionMode: TPROXY, flag
+  // --inbound-interception-mode): the inbound listener is transparent (IP_TRANSPARENT) and the
+  // connection to the app is made from the client's own address, marked kTproxyMark. Needs
+  // CAP_NET_ADMIN. Off: connections to the app come from inbound_source.
+  bool inbound_transparent = false;
   OutboundPolicy outbound_policy = OutboundPolicy::kAllowAny;
   std::chrono::milliseconds connect_timeout{1000};
   std::chrono::milliseconds drain_timeout{5000};

@@ -240,6 +240,7 @@ nlohmann::json toJson(const ProxySettings& settings) {
       {"inboundListen", settings.inbound_listen.toString()},
       {"adminListen", settings.admin_listen.toString()},
       {"inboundSourceAddress", settings.inbound_source.toString()},
+      {"inboundInterceptionMode", settings.inbound_transparent ? "TPROXY" : "REDIRECT"},
       {"outboundTrafficPolicy", toString(settings.outbound_policy)},
       {"connectTimeoutMs", settings.connect_timeout.count()},
       {"drainTimeoutMs", settings.drain_timeout.count()},

@@ -1,7 +1,8 @@
 // remora-probe: the TCP/HTTP server and client that end-to-end tests run inside pods.
-//   remora-probe serve --listen IP:PORT [--reply TEXT] [--http]
+//   remora-probe serve --listen IP:PORT [--reply TEXT] [--http] [--echo]
 //     Prints "ready" once listening. Answers each connection with
 //     "TEXT orig=ORIGINAL_DST local=LOCAL peer=PEER" (raw) or an HTTP 200 whose body is TEXT.
+//     --echo (raw): first reads until the client's EOF, then appends " echo=BYTES" to the line.
 //     The original destination comes from SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST ("none" when
 //     the connection was not redirected).
 //   remora-probe connect IP:PORT [--timeout-ms N] [--send TEXT] [--bind SOURCE_IP]
@@ -60,9 +61,16 @@ std::string originalDst(int fd, bool v6) {
   return dst->toString();
 }
 
-void serveOne(int fd, bool v6, bool http, const std::string& reply) {
+void serveOne(int fd, bool v6, bool http, bool echo, const std::string& reply) {
   std::string line = reply + " orig=" + originalDst(fd, v6) + " local=" + addressOf(fd, false) +
                      " peer=" + addressOf(fd, true);
+  if (echo && !http) {
+    std::string got;
+    char buf[4096];
+    ssize_t n = 0;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) got.append(buf, static_cast<size_t>(n));
+    line += " echo=" + got;
+  }
   std::string out = line + "\n";
   if (http) {
     std::string request;
@@ -111,6 +119,7 @@ int serve(const std::vector<std::string>& args) {
   fcntl(STDOUT_FILENO, F_SETFL, fcntl(STDOUT_FILENO, F_GETFL) | O_NONBLOCK);
   std::string reply = arg(args, "--reply", "hello");
   bool http = has(args, "--http");
+  bool echo = has(args, "--echo");
   while (true) {
     int c = accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0) continue;
@@ -118,10 +127,10 @@ int serve(const std::vector<std::string>& args) {
     // one connection inline rather than dying, which would fail the test for the harness's
     // sake, not the proxy's.
     try {
-      std::thread(serveOne, c, v6, http, reply).detach();
+      std::thread(serveOne, c, v6, http, echo, reply).detach();
     } catch (const std::system_error& e) {
       std::fprintf(stderr, "serve: no thread (%s); serving inline\n", e.what());
-      serveOne(c, v6, http, reply);
+      serveOne(c, v6, http, echo, reply);
     }
   }
 }
