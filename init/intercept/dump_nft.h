@@ -50,9 +50,9 @@ struct NftDump {
   std::vector<std::string> notes;
 };
 
-// The hooks Remora's chains sit on (iptables' PREROUTING, INPUT, OUTPUT, POSTROUTING): the
-// other tables' base chains on these shape what Remora sees.
-// Pure and deterministic: Remora's table whole, other native tables' base chains on those hooks.
+// Pure and deterministic: Remora's table whole, and the other native tables' base chains on the
+// hooks Remora's chains sit on (prerouting, input, output, postrouting, as iptables' built-ins),
+// which shape what Remora sees.
 NftDump buildNftDump(const NftRuleset& ruleset);
 NftDump nftDumpUnread(std::string why);
 
