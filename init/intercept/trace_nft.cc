@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <regex>
 #include <sstream>
 #include <variant>
@@ -14,6 +15,36 @@ namespace remora::intercept {
 namespace {
 
 using nlohmann::json;
+
+// A member of a JSON object, or `fallback` when `o` is no object or the member is missing or of
+// another type (json::value would throw on the last two).
+std::string strOf(const json& o, const char* key, const char* fallback = "") {
+  if (!o.is_object()) return fallback;
+  auto it = o.find(key);
+  return it != o.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+template <typename T>
+T numOf(const json& o, const char* key, T fallback) {
+  if (!o.is_object()) return fallback;
+  auto it = o.find(key);
+  if (it == o.end() || !it->is_number_integer()) return fallback;
+  if (it->is_number_unsigned()) {
+    const auto n = it->get<uint64_t>();
+    return n > static_cast<uint64_t>(std::numeric_limits<T>::max()) ? fallback : static_cast<T>(n);
+  }
+  const auto n = it->get<int64_t>();
+  if (n < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      (n > 0 && static_cast<uint64_t>(n) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+    return fallback;
+  }
+  return static_cast<T>(n);
+}
+const json& memberOf(const json& o, const char* key) {
+  static const json kNull;
+  if (!o.is_object()) return kNull;
+  auto it = o.find(key);
+  return it != o.end() ? *it : kNull;
+}
 
 constexpr size_t kMaxDepth = 64;
 constexpr size_t kMaxOutcomes = 4096;
@@ -169,7 +200,7 @@ std::optional<Numgen> numgenOf(const json& e, std::string& why) {
     return std::nullopt;
   }
   Numgen g;
-  g.mode = n->value("mode", "");
+  g.mode = strOf(*n, "mode");
   if (g.mode != "random" && g.mode != "inc") {
     why = fmt::format("numgen {}: only 'random' and 'inc' are evaluated", g.mode);
     return std::nullopt;
@@ -217,7 +248,7 @@ std::string choiceText(const Choices& c, const Choice& ch) {
 
 bool isMark(const json& e, const char* kind) {
   return e.is_object() && e.size() == 1 && e.contains(kind) && e[kind].is_object() &&
-         e[kind].value("key", "") == "mark";
+         strOf(e[kind], "key") == "mark";
 }
 
 class NftWalker {
@@ -308,8 +339,8 @@ class NftWalker {
       }
       if (kind == "xt") {
         // iptables-nft's compat expressions: libnftables lists only the match's name.
-        const std::string name = body.is_object() ? body.value("name", "") : "";
-        const std::string type = body.is_object() ? body.value("type", "") : "";
+        const std::string name = strOf(body, "name");
+        const std::string type = strOf(body, "type");
         if (type == "match" && (name == "comment" || name == "nfacct")) continue;  // label, count
         return cannot(b, step,
                       fmt::format("iptables compat {} '{}' (xt): libnftables does not show its "
@@ -619,7 +650,7 @@ class NftWalker {
 
   static std::string rejectText(const json& body) {
     if (!body.is_object()) return "reject";
-    const std::string type = body.value("type", "");
+    const std::string type = strOf(body, "type");
     if (type == "tcp reset") return "reject with tcp reset";
     const std::string expr = body.contains("expr") && body["expr"].is_string()
                                  ? body["expr"].get<std::string>()
@@ -696,8 +727,8 @@ class NftWalker {
     }
     if (e.is_object() && e.contains("payload")) {
       const auto& p = e["payload"];
-      const std::string proto = p.value("protocol", "");
-      const std::string field = p.value("field", "");
+      const std::string proto = strOf(p, "protocol");
+      const std::string field = strOf(p, "field");
       const bool v4 = packet_.destination.ip.family == Family::kIpv4;
       if (proto == "ip" || proto == "ip6") {
         if ((proto == "ip") != v4) {
@@ -731,10 +762,10 @@ class NftWalker {
       return std::nullopt;
     }
     if (e.is_object() && e.contains("meta")) {
-      return meta(e["meta"].value("key", ""), b.mark, why);
+      return meta(strOf(e["meta"], "key"), b.mark, why);
     }
     if (e.is_object() && e.contains("ct")) {
-      const std::string key = e["ct"].value("key", "");
+      const std::string key = strOf(e["ct"], "key");
       if (key == "state") return one(std::string("new"));
       if (key == "status" && translated_) return one(std::string("dnat"));
       if (key == "mark") return one(uint64_t{b.ct_mark});
@@ -805,7 +836,7 @@ class NftWalker {
   std::optional<Value> fib(const json& f, std::string& why) const {
     const bool daddr = f.contains("flags") && f["flags"].dump().find("daddr") != std::string::npos;
     const bool saddr = f.contains("flags") && f["flags"].dump().find("saddr") != std::string::npos;
-    if (f.value("result", "") != "type" || daddr == saddr) {
+    if (strOf(f, "result") != "type" || daddr == saddr) {
       why = "fib: only 'fib daddr type' and 'fib saddr type' can be evaluated";
       return std::nullopt;
     }
@@ -873,7 +904,7 @@ class NftWalker {
       why = "a match without operands";
       return std::nullopt;
     }
-    const std::string op = body.value("op", "==");
+    const std::string op = strOf(body, "op", "==");
     const Value* have = &have_value;
     const json& right = body["right"];
     // ct state and other flag sets: "in" tests whether any named flag is set.
@@ -1010,8 +1041,8 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
   const auto texts = ruleTexts(text);
   NftRuleset ruleset;
   auto tableOf = [&](const json& o) -> NftTable* {
-    const std::string family = o.value("family", "");
-    const std::string name = o.value("table", "");
+    const std::string family = strOf(o, "family");
+    const std::string name = strOf(o, "table");
     for (auto& t : ruleset.tables) {
       if (t.family == family && t.name == name) return &t;
     }
@@ -1023,8 +1054,8 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
     const json& o = item.begin().value();
     if (!o.is_object()) continue;
     if (kind == "table") {
-      const std::string family = o.value("family", "");
-      const std::string name = o.value("name", "");
+      const std::string family = strOf(o, "family");
+      const std::string name = strOf(o, "name");
       if (!iptablesNftTable(family, name)) ruleset.tables.push_back(NftTable{family, name, {}, {}});
       continue;
     }
@@ -1032,11 +1063,11 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
     if (table == nullptr) continue;
     if (kind == "chain") {
       NftChain c;
-      c.name = o.value("name", "");
-      c.type = o.value("type", "");
-      c.hook = o.value("hook", "");
-      c.priority = o.value("prio", 0);
-      c.policy = o.value("policy", "accept");
+      c.name = strOf(o, "name");
+      c.type = strOf(o, "type");
+      c.hook = strOf(o, "hook");
+      c.priority = numOf<int>(o, "prio", 0);
+      c.policy = strOf(o, "policy", "accept");
       table->chains[c.name] = std::move(c);
     } else if (kind == "set" || kind == "map") {
       NftSet s;
@@ -1047,20 +1078,20 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
           if (kind == "map" && e.is_array() && e.size() == 2) el.value = e[1];
           el.key = key;
           if (key.is_object() && key.contains("elem")) {
-            el.key = key["elem"].value("val", json());
-            el.comment = key["elem"].value("comment", "");
+            el.key = memberOf(key["elem"], "val");
+            el.comment = strOf(key["elem"], "comment");
           }
           s.elements.push_back(std::move(el));
         }
       }
-      table->sets[o.value("name", "")] = std::move(s);
+      table->sets[strOf(o, "name")] = std::move(s);
     } else if (kind == "rule") {
-      auto chain = table->chains.find(o.value("chain", ""));
+      auto chain = table->chains.find(strOf(o, "chain"));
       if (chain == table->chains.end()) continue;
       NftRule r;
-      r.handle = o.value("handle", uint64_t{0});
-      r.comment = o.value("comment", "");
-      r.expr = o.value("expr", json::array());
+      r.handle = numOf<uint64_t>(o, "handle", 0);
+      r.comment = strOf(o, "comment");
+      r.expr = o.contains("expr") ? o["expr"] : json::array();
       auto t = texts.find({table->label(), r.handle});
       r.text = t != texts.end() ? t->second : fmt::format("(handle {})", r.handle);
       chain->second.rules.push_back(std::move(r));
