@@ -31,7 +31,7 @@ prefix=${REMORA_BUILD_PREFIX:-build}
 fuzz_seconds=${FUZZ_SECONDS:-60}
 fuzz_rss_mb=${FUZZ_RSS_MB:-2048}
 fuzz_timeout=${FUZZ_TIMEOUT:-10}
-fuzz_targets=(config_loader iptables_save cni_config cni_conflist admin_request http_codec http_match)
+fuzz_targets=(config_loader iptables_save cni_config cni_conflist admin_request http_codec http_match trace_nft)
 
 # The podman tests build an image from the binaries and run them in containers, where the
 # sanitizer runtimes (shared libraries of the build machine) are absent; the bench smoke test

@@ -455,7 +455,26 @@ std::string renderDump(const DumpReport& report) {
     for (const auto& w : f.warnings) out += "  Warning: " + w + "\n";
     for (const auto& n : f.notes) out += "  Note: " + n + "\n";
   }
+  if (report.nftables) out += (out.empty() ? "" : "\n") + renderNftDump(*report.nftables);
   return out;
+}
+
+void attachNftDump(DumpReport& report, NftDump nft) {
+  std::vector<std::string> iptables;
+  for (const auto& f : report.families) {
+    if (f.installed) iptables.push_back(f.backend);
+  }
+  if (nft.installed && iptables.empty()) {
+    report.notes.emplace_back(
+        "Remora is installed in nftables mode (table inet remora, below); the iptables nat "
+        "tables hold none of its chains");
+  } else if (nft.installed) {
+    report.warnings.push_back(
+        fmt::format("Remora is installed twice: in {} and in nftables (table inet remora); the "
+                    "kernel runs both",
+                    fmt::join(iptables, ", ")));
+  }
+  report.nftables = std::move(nft);
 }
 
 nlohmann::json dumpToJson(const DumpReport& report) {
@@ -492,9 +511,11 @@ nlohmann::json dumpToJson(const DumpReport& report) {
                         {"notes", stringsJson(f.notes)},
                         {"warnings", stringsJson(f.warnings)}});
   }
-  return {{"families", std::move(families)},
-          {"notes", stringsJson(report.notes)},
-          {"warnings", stringsJson(report.warnings)}};
+  nlohmann::json out = {{"families", std::move(families)},
+                        {"notes", stringsJson(report.notes)},
+                        {"warnings", stringsJson(report.warnings)}};
+  if (report.nftables) out["nftables"] = nftDumpToJson(*report.nftables);
+  return out;
 }
 
 Result<DumpReport> dumpCurrentNetns(IptablesBackend requested) {
@@ -550,6 +571,8 @@ Result<DumpReport> dumpCurrentNetns(IptablesBackend requested) {
   DumpReport report = buildDump(input);
   report.notes = std::move(notes);
   report.warnings = std::move(warnings);
+  auto nft = readNftRuleset();
+  attachNftDump(report, nft ? buildNftDump(*nft) : nftDumpUnread(nft.error().message));
   return report;
 }
 

@@ -8,6 +8,7 @@
 
 #include "common/ip_address.h"
 #include "common/result.h"
+#include "intercept/dump_nft.h"
 #include "intercept/iptables_save.h"
 #include "intercept/options.h"
 
@@ -60,7 +61,14 @@ struct DumpReport {
   std::vector<FamilyDump> families;
   std::vector<std::string> notes;     // e.g. IPv6 disabled
   std::vector<std::string> warnings;  // e.g. Remora's chains in the other backend too
+  // The native nftables side (Remora's inet remora table, other tables on the same hooks);
+  // unset when not read (the pure buildDump leaves it so).
+  std::optional<NftDump> nftables;
 };
+
+// Sets report.nftables and says how it relates to the iptables side: a note when Remora is
+// installed in nftables mode only, a warning when it is installed in both (the kernel runs both).
+void attachNftDump(DumpReport& report, NftDump nft);
 
 // Explains each family's nat table: Remora's chains and hooks with their counters, in words,
 // and the foreign rules on the same built-in chains. Pure and deterministic.

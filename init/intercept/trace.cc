@@ -841,6 +841,7 @@ class Walker {
     out.assumptions = std::move(b.assumptions);
     out.probability = b.probability;
     out.mark = b.mark;
+    out.ct_mark = packet_.ct_mark;  // no iptables target here sets it
     out.path = std::move(b.path);
     result_.outcomes.push_back(std::move(out));
   }
@@ -1076,6 +1077,7 @@ Result<TracePacket> afterNat(const TracePacket& packet, const TraceOutcome& nat,
   TracePacket next = packet;
   next.destination = *nat.destination;
   next.mark = nat.mark;
+  next.ct_mark = nat.ct_mark;
   if (nat.kind == OutcomeKind::kRedirect) {
     next.out_interface = "lo";
   } else if (!(nat.destination->ip == packet.destination.ip)) {
@@ -1221,6 +1223,7 @@ class StageWalk {
         }
       }
       next.packet.mark = f.mark;
+      next.packet.ct_mark = f.ct_mark;
       if (f.kind == OutcomeKind::kUnchanged) {
         if (stage.nat && !next.first) next.first = f;
         if (!stage.nat) {
@@ -1316,6 +1319,7 @@ class StageWalk {
     out.source_nat = c.source_nat;
     out.probability = c.probability;
     out.mark = c.routed_mark.value_or(c.packet.mark);
+    out.ct_mark = c.packet.ct_mark;
     out.path = std::move(c.path);
     out.assumptions = std::move(c.assumptions);
     result_.outcomes.push_back(std::move(out));

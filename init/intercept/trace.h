@@ -36,6 +36,9 @@ struct TracePacket {
   uint32_t uid = 0;  // the socket's owner (kLocal only: arriving packets have no local socket)
   std::optional<uint32_t> gid;
   uint32_t mark = 0;
+  // The connection's mark (ct mark): 0 for a new connection until a rule sets it (nftables
+  // `ct mark set`); carried from one base chain to the next like the packet mark.
+  uint32_t ct_mark = 0;
 };
 
 // Facts about the netns the evaluator needs, passed in so the evaluator stays pure.
@@ -115,6 +118,7 @@ struct TraceOutcome {
   // client has no affinity entry yet".
   std::vector<std::string> assumptions;
   uint32_t mark = 0;
+  uint32_t ct_mark = 0;  // the connection's mark when the walk ended
   std::vector<TraceStep> path;
 };
 

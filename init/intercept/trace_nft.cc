@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <regex>
 #include <sstream>
 #include <variant>
@@ -13,6 +15,36 @@ namespace remora::intercept {
 namespace {
 
 using nlohmann::json;
+
+// A member of a JSON object, or `fallback` when `o` is no object or the member is missing or of
+// another type (json::value would throw on the last two).
+std::string strOf(const json& o, const char* key, const char* fallback = "") {
+  if (!o.is_object()) return fallback;
+  auto it = o.find(key);
+  return it != o.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+template <typename T>
+T numOf(const json& o, const char* key, T fallback) {
+  if (!o.is_object()) return fallback;
+  auto it = o.find(key);
+  if (it == o.end() || !it->is_number_integer()) return fallback;
+  if (it->is_number_unsigned()) {
+    const auto n = it->get<uint64_t>();
+    return n > static_cast<uint64_t>(std::numeric_limits<T>::max()) ? fallback : static_cast<T>(n);
+  }
+  const auto n = it->get<int64_t>();
+  if (n < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      (n > 0 && static_cast<uint64_t>(n) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+    return fallback;
+  }
+  return static_cast<T>(n);
+}
+const json& memberOf(const json& o, const char* key) {
+  static const json kNull;
+  if (!o.is_object()) return kNull;
+  auto it = o.find(key);
+  return it != o.end() ? *it : kNull;
+}
 
 constexpr size_t kMaxDepth = 64;
 constexpr size_t kMaxOutcomes = 4096;
@@ -112,7 +144,9 @@ struct NftBranch {
   size_t next = 0;
   std::vector<NftFrame> stack;  // callers of jumps (a goto replaces the current frame)
   uint32_t mark = 0;
+  uint32_t ct_mark = 0;
   double probability = 1.0;
+  std::string comment;  // the last matched map element's comment, for the outcome
   std::vector<TraceStep> path;
 };
 
@@ -138,6 +172,85 @@ std::optional<Verdict> verdictOf(const json& v) {
   return std::nullopt;
 }
 
+// `numgen random|inc mod N [offset O]`: the values O..O+N-1, each with a share of 1/N. `inc` is
+// a round robin (each value in turn, so the split is exact over every N connections); `random`
+// is a uniform draw.
+struct Numgen {
+  std::string mode;
+  uint64_t mod = 1;
+  uint64_t offset = 0;
+
+  // "numgen inc (round robin) chose 1: 1 of every 3 connections in turn, 33.33%"
+  std::string share(std::string_view what, uint64_t count) const {
+    const std::string p = formatProbability(static_cast<double>(count) / static_cast<double>(mod));
+    if (mode == "inc") {
+      return fmt::format("numgen inc (round robin) {}: {} of every {} connections in turn, {}",
+                         what, count, mod, p);
+    }
+    return fmt::format("numgen random {}, {}", what, p);
+  }
+};
+
+constexpr uint64_t kMaxNumgenMod = 65536;
+
+std::optional<Numgen> numgenOf(const json& e, std::string& why) {
+  const json* n = e.is_object() && e.contains("numgen") ? &e["numgen"] : nullptr;
+  if (n == nullptr || !n->is_object()) {
+    why = "not a numgen expression";
+    return std::nullopt;
+  }
+  Numgen g;
+  g.mode = strOf(*n, "mode");
+  if (g.mode != "random" && g.mode != "inc") {
+    why = fmt::format("numgen {}: only 'random' and 'inc' are evaluated", g.mode);
+    return std::nullopt;
+  }
+  if (!n->contains("mod") || !(*n)["mod"].is_number_unsigned() ||
+      (*n)["mod"].get<uint64_t>() == 0 || (*n)["mod"].get<uint64_t>() > kMaxNumgenMod) {
+    why = fmt::format("numgen: mod must be 1..{}", kMaxNumgenMod);
+    return std::nullopt;
+  }
+  g.mod = (*n)["mod"].get<uint64_t>();
+  if (n->contains("offset")) {
+    if (!(*n)["offset"].is_number_unsigned() || (*n)["offset"].get<uint64_t>() > UINT32_MAX) {
+      why = "numgen: offset not understood";
+      return std::nullopt;
+    }
+    g.offset = (*n)["offset"].get<uint64_t>();
+  }
+  return g;
+}
+
+// The map elements a lookup can pick, with their share: one element (or none) for a key the
+// packet decides; for a numgen key every element holding some of its values, and `nullptr` for
+// the values no element holds.
+struct Choice {
+  const NftSet::Element* element = nullptr;  // nullptr: no element, the lookup fails
+  uint64_t count = 1;                        // of `Choices::of`
+};
+struct Choices {
+  std::vector<Choice> list;  // never empty
+  uint64_t of = 1;
+  std::optional<Numgen> numgen;
+  std::string key_text;  // the packet's key, when not a numgen
+};
+
+std::string choiceText(const Choices& c, const Choice& ch) {
+  if (c.numgen) {
+    return c.numgen->share(ch.element != nullptr ? fmt::format("chose {}", ch.element->key.dump())
+                                                 : std::string("chose no element (no verdict)"),
+                           ch.count);
+  }
+  if (ch.element == nullptr) return fmt::format("{} is not in the map: no verdict", c.key_text);
+  return fmt::format("{} matched{}", c.key_text,
+                     ch.element->comment.empty() ? "" : " \"" + ch.element->comment + "\"");
+}
+
+bool isMark(const json& e, const char* kind) {
+  return e.is_object() && e.size() == 1 && e.contains(kind) && e[kind].is_object() &&
+         strOf(e[kind], "key") == "mark";
+}
+
 class NftWalker {
  public:
   NftWalker(const NftTable& table, std::string_view base, const TracePacket& packet,
@@ -155,6 +268,7 @@ class NftWalker {
     NftBranch first;
     first.chain = base_;
     first.mark = packet_.mark;
+    first.ct_mark = packet_.ct_mark;
     pending_.push_back(std::move(first));
     while (!pending_.empty()) {
       NftBranch b = std::move(pending_.back());
@@ -200,7 +314,10 @@ class NftWalker {
       const json& body = st.begin().value();
       if (kind == "match") {
         std::string why;
-        auto m = match(body, b.mark, why);
+        auto m = body.is_object() && body.contains("left") && body["left"].is_object() &&
+                         body["left"].contains("numgen")
+                     ? numgenMatch(b, step, body, why)
+                     : match(body, b, why);
         if (!m) return cannot(b, step, why);
         if (!*m) {
           if (acted) b.path.push_back(step);
@@ -212,12 +329,23 @@ class NftWalker {
         continue;
       }
       if (kind == "mangle") {
-        auto mark = mangleMark(body, b.mark);
-        if (!mark) return cannot(b, step, "a mangle statement other than 'meta mark set'");
-        b.mark = *mark;
-        step.detail = fmt::format("mark is now {:#x}", b.mark);
+        if (!mangle(b, step, body)) {
+          return cannot(b, step,
+                        "a mangle statement other than 'meta mark set' or 'ct mark set' (of a "
+                        "number, the packet or connection mark, and | ^ & of those)");
+        }
         acted = true;
         continue;
+      }
+      if (kind == "xt") {
+        // iptables-nft's compat expressions: libnftables lists only the match's name.
+        const std::string name = strOf(body, "name");
+        const std::string type = strOf(body, "type");
+        if (type == "match" && (name == "comment" || name == "nfacct")) continue;  // label, count
+        return cannot(b, step,
+                      fmt::format("iptables compat {} '{}' (xt): libnftables does not show its "
+                                  "options, so the trace cannot evaluate it; see iptables-save",
+                                  type.empty() ? "expression" : type, name));
       }
       if (auto v = verdictOf(st)) return verdict(b, rule, step, *v);
       if (kind == "vmap") return vmap(b, rule, step, body);
@@ -256,7 +384,7 @@ class NftWalker {
       b.path.push_back(step);
       return leave(b) ? Next::kRule : Next::kStop;
     }
-    TraceOutcome out = outcomeOf(rule, step);
+    TraceOutcome out = outcomeOf(b, rule, step);
     out.kind = v.kind == "accept" ? OutcomeKind::kUnchanged : OutcomeKind::kDrop;
     out.target = v.kind;
     if (v.kind == "accept") out.destination = packet_.destination;
@@ -267,108 +395,189 @@ class NftWalker {
     return Next::kStop;
   }
 
-  // `... vmap @map` or `... vmap { k : verdict, ... }`; with `numgen random mod N` as the key,
-  // one branch per element, each with its share of the N values.
+  // A map's elements: a named map (`@name`) or an anonymous one (`{ k : v, ... }`, kept in
+  // `storage`). nullptr with `why` when neither.
+  const std::vector<NftSet::Element>* mapElements(const json& data,
+                                                  std::vector<NftSet::Element>& storage,
+                                                  std::string& why) const {
+    if (data.is_string() && data.get<std::string>().starts_with('@')) {
+      auto set = table_.sets.find(std::string_view(data.get<std::string>()).substr(1));
+      if (set == table_.sets.end()) {
+        why = "map " + data.get<std::string>() + " does not exist";
+        return nullptr;
+      }
+      return &set->second.elements;
+    }
+    if (data.is_object() && data.contains("set") && data["set"].is_array()) {
+      for (const auto& e : data["set"]) {
+        if (!e.is_array() || e.size() != 2) {
+          why = "a map element not understood";
+          return nullptr;
+        }
+        storage.push_back({e[0], e[1], {}});
+      }
+      return &storage;
+    }
+    why = "a map's data not understood";
+    return nullptr;
+  }
+
+  // What a lookup of `key` in `elements` can give (see Choices).
+  std::optional<Choices> choose(const json& key, const std::vector<NftSet::Element>& elements,
+                                const NftBranch& b, std::string& why) const {
+    Choices c;
+    if (key.is_object() && key.contains("numgen")) {
+      auto gen = numgenOf(key, why);
+      if (!gen) return std::nullopt;
+      c.numgen = gen;
+      c.of = gen->mod;
+      uint64_t covered = 0;
+      for (const auto& e : elements) {
+        uint64_t count = 0;
+        for (uint64_t i = 0; i < gen->mod; ++i) {
+          auto in = scalarMatches(Scalar{gen->offset + i}, e.key);
+          if (!in) {
+            why = fmt::format("numgen map key {} not understood", e.key.dump());
+            return std::nullopt;
+          }
+          if (*in) ++count;
+        }
+        if (count != 0) c.list.push_back({&e, count});
+        covered += count;
+      }
+      if (covered < gen->mod) c.list.push_back({nullptr, gen->mod - covered});
+      return c;
+    }
+    auto value = evaluate(key, b, why);
+    if (!value) return std::nullopt;
+    c.key_text = valueText(*value);
+    for (const auto& e : elements) {
+      auto in = elementMatches(*value, e.key, why);
+      if (!in) return std::nullopt;
+      if (*in) {
+        c.list.push_back({&e, 1});
+        return c;
+      }
+    }
+    c.list.push_back({nullptr, 1});
+    return c;
+  }
+
+  // Follows every choice: the first on `b`, the others on copies queued in the map's order.
+  // Each branch gets its share of the probability.
+  template <typename Follow>
+  Next fork(NftBranch& b, TraceStep& step, const Choices& c, Follow&& follow) {
+    // Queued in reverse, so they are walked in the map's order after `b`; the outcomes the
+    // choices end at once (a dnat) are put back in the map's order below.
+    const size_t start = result_.outcomes.size();
+    for (size_t i = c.list.size(); i-- > 1;) {
+      NftBranch other = b;
+      TraceStep s = step;
+      other.probability *= static_cast<double>(c.list[i].count) / static_cast<double>(c.of);
+      if (follow(other, s, c.list[i]) == Next::kRule) pending_.push_back(std::move(other));
+    }
+    b.probability *= static_cast<double>(c.list[0].count) / static_cast<double>(c.of);
+    const Next next = follow(b, step, c.list[0]);
+    std::reverse(result_.outcomes.begin() + static_cast<std::ptrdiff_t>(start),
+                 result_.outcomes.end());
+    return next;
+  }
+
+  // `... vmap @map` or `... vmap { k : verdict, ... }`; with `numgen random|inc mod N` as the
+  // key, one branch per element, each with its share of the N values.
   Next vmap(NftBranch& b, const NftRule& rule, TraceStep& step, const json& body) {
     if (!body.is_object() || !body.contains("key") || !body.contains("data")) {
       return cannot(b, step, "a vmap without key or data");
     }
-    std::vector<NftSet::Element> inline_elements;
-    const std::vector<NftSet::Element>* elements = nullptr;
-    const auto& data = body["data"];
-    if (data.is_string() && data.get<std::string>().starts_with('@')) {
-      auto set = table_.sets.find(std::string_view(data.get<std::string>()).substr(1));
-      if (set == table_.sets.end()) return cannot(b, step, "vmap " + data.dump() + ": no such map");
-      elements = &set->second.elements;
-    } else if (data.is_object() && data.contains("set") && data["set"].is_array()) {
-      for (const auto& e : data["set"]) {
-        if (!e.is_array() || e.size() != 2) return cannot(b, step, "a vmap element not understood");
-        inline_elements.push_back({e[0], e[1], {}});
-      }
-      elements = &inline_elements;
-    } else {
-      return cannot(b, step, "a vmap's data not understood");
-    }
-
-    const auto& key = body["key"];
-    if (key.is_object() && key.contains("numgen")) return numgen(b, rule, step, key, *elements);
+    std::vector<NftSet::Element> storage;
     std::string why;
-    auto value = evaluate(key, b.mark, why);
-    if (!value) return cannot(b, step, why);
-    for (const auto& e : *elements) {
-      auto in = elementMatches(*value, e.key, why);
-      if (!in) return cannot(b, step, why);
-      if (!*in) continue;
-      auto v = verdictOf(e.value);
-      if (!v) return cannot(b, step, "a vmap element's verdict not understood");
-      step.detail = fmt::format("{} matched{}", valueText(*value),
-                                e.comment.empty() ? "" : " \"" + e.comment + "\"");
-      comment_ = e.comment;
-      return verdict(b, rule, step, *v);
-    }
-    // No element: the rule does not match.
-    step.detail = fmt::format("{} is not in the map: no verdict", valueText(*value));
-    b.path.push_back(step);
-    return Next::kRule;
+    const auto* elements = mapElements(body["data"], storage, why);
+    if (elements == nullptr) return cannot(b, step, "vmap: " + why);
+    auto c = choose(body["key"], *elements, b, why);
+    if (!c) return cannot(b, step, why);
+    return fork(b, step, *c, [&](NftBranch& br, TraceStep& s, const Choice& ch) {
+      s.detail = choiceText(*c, ch);
+      if (ch.element == nullptr) {  // no element: the rule does not match
+        br.path.push_back(s);
+        return Next::kRule;
+      }
+      auto v = verdictOf(ch.element->value);
+      if (!v) return cannot(br, s, "a vmap element's verdict not understood");
+      br.comment = ch.element->comment;
+      return verdict(br, rule, s, *v);
+    });
   }
 
-  Next numgen(NftBranch& b, const NftRule& rule, TraceStep& step, const json& key,
-              const std::vector<NftSet::Element>& elements) {
-    const auto& n = key["numgen"];
-    if (!n.is_object() || n.value("mode", "") != "random" || !n.contains("mod") ||
-        !n["mod"].is_number_unsigned() || n["mod"].get<uint64_t>() == 0) {
-      return cannot(b, step, "numgen: only 'numgen random mod N' can be evaluated");
+  // `dnat to KEY map { k : addr, ... }`, `dnat ip addr . port to KEY map @m` (addr . port
+  // values), `snat to ...`, a numgen key included: each element reached is a translation.
+  Next natMap(NftBranch& b, const NftRule& rule, TraceStep& step, const std::string& kind,
+              const json& body) {
+    const json& m = body["addr"]["map"];
+    if (!m.is_object() || !m.contains("key") || !m.contains("data")) {
+      return cannot(b, step, kind + " to a map without key or data");
     }
-    const uint64_t mod = n["mod"].get<uint64_t>();
-    const uint64_t offset = n.value("offset", uint64_t{0});
-    // The share of each element: how many of offset..offset+mod-1 it holds.
-    std::vector<std::pair<const NftSet::Element*, uint64_t>> shares;
-    uint64_t covered = 0;
-    for (const auto& e : elements) {
-      uint64_t count = 0;
-      for (uint64_t i = offset; i < offset + mod && i - offset < 65536; ++i) {
-        auto in = scalarMatches(Scalar{i}, e.key);
-        if (!in) return cannot(b, step, "numgen map key not understood");
-        if (*in) ++count;
+    std::vector<NftSet::Element> storage;
+    std::string why;
+    const auto* elements = mapElements(m["data"], storage, why);
+    if (elements == nullptr) return cannot(b, step, kind + ": " + why);
+    auto c = choose(m["key"], *elements, b, why);
+    if (!c) return cannot(b, step, why);
+    return fork(b, step, *c, [&](NftBranch& br, TraceStep& s, const Choice& ch) {
+      s.detail = choiceText(*c, ch);
+      if (ch.element == nullptr) {  // the lookup fails: the rule does not match
+        br.path.push_back(s);
+        return Next::kRule;
       }
-      if (count != 0) shares.emplace_back(&e, count);
-      covered += count;
-    }
-    if (covered < mod) {
-      NftBranch none = b;
-      TraceStep s = step;
-      s.detail = fmt::format("numgen value in no element, {}: no verdict",
-                             formatProbability(static_cast<double>(mod - covered) / mod));
-      none.probability *= static_cast<double>(mod - covered) / mod;
-      none.path.push_back(std::move(s));
-      pending_.push_back(std::move(none));
-    }
-    // Queued in reverse, so the branches come out in the map's order after this one.
-    for (size_t i = shares.size(); i-- > 1;) {
-      NftBranch other = b;
-      TraceStep s = step;
-      if (share(other, rule, s, *shares[i].first, shares[i].second, mod) == Next::kRule) {
-        pending_.push_back(std::move(other));
+      json resolved = body;
+      const json& v = ch.element->value;
+      if (v.is_object() && v.contains("concat") && v["concat"].is_array() &&
+          v["concat"].size() == 2) {
+        resolved["addr"] = v["concat"][0];
+        resolved["port"] = v["concat"][1];
+      } else {
+        resolved["addr"] = v;
       }
-    }
-    if (shares.empty()) return Next::kStop;
-    return share(b, rule, step, *shares[0].first, shares[0].second, mod);
+      if (resolved["addr"].is_object() && resolved["addr"].contains("map")) {
+        return cannot(br, s, "a map whose value is a map");
+      }
+      br.comment = ch.element->comment;
+      return terminal(br, rule, s, kind, resolved);
+    });
   }
 
-  // Follows one element of a numgen map on `b`, which gets its share of the probability.
-  Next share(NftBranch& b, const NftRule& rule, TraceStep& step, const NftSet::Element& e,
-             uint64_t count, uint64_t mod) {
-    const double p = static_cast<double>(count) / static_cast<double>(mod);
+  // A match on `numgen ... mod N`: the share of the N values that match continues the rule,
+  // the rest (queued) goes on with the next rule. nullopt with `why` when not evaluated.
+  std::optional<bool> numgenMatch(NftBranch& b, TraceStep& step, const json& body,
+                                  std::string& why) {
+    auto gen = numgenOf(body["left"], why);
+    if (!gen) return std::nullopt;
+    uint64_t hits = 0;
+    for (uint64_t i = 0; i < gen->mod; ++i) {
+      auto m = matchValue(Value{{Scalar{gen->offset + i}}}, body, why);
+      if (!m) return std::nullopt;
+      if (*m) ++hits;
+    }
+    if (hits == 0 || hits == gen->mod) return hits != 0;
+    const double p = static_cast<double>(hits) / static_cast<double>(gen->mod);
+    NftBranch other = b;
+    TraceStep s = step;
+    s.verdict = StepVerdict::kRandomSkip;
+    s.detail = gen->share("did not match", gen->mod - hits);
+    other.probability *= 1.0 - p;
+    other.path.push_back(std::move(s));
+    pending_.push_back(std::move(other));
     b.probability *= p;
-    step.detail = fmt::format("numgen random chose {}, {}", e.key.dump(), formatProbability(p));
-    auto v = verdictOf(e.value);
-    if (!v) return cannot(b, step, "a vmap element's verdict not understood");
-    return verdict(b, rule, step, *v);
+    step.detail = gen->share("matched", hits);
+    return true;
   }
 
   Next terminal(NftBranch& b, const NftRule& rule, TraceStep& step, const std::string& kind,
                 const json& body) {
-    TraceOutcome out = outcomeOf(rule, step);
+    if ((kind == "dnat" || kind == "snat") && body.is_object() && body.contains("addr") &&
+        body["addr"].is_object() && body["addr"].contains("map")) {
+      return natMap(b, rule, step, kind, body);
+    }
+    TraceOutcome out = outcomeOf(b, rule, step);
     out.target = kind;
     if (kind == "reject") {
       out.kind = OutcomeKind::kReject;
@@ -406,6 +615,9 @@ class NftWalker {
       }
     } else if (kind == "masquerade" || kind == "snat") {
       out.kind = OutcomeKind::kOther;
+      if (kind == "snat" && body.is_object() && body.contains("addr")) {
+        out.target = "snat to " + natText(body);
+      }
     } else {
       return cannot(b, step, fmt::format("'{}' is a statement the trace does not know", kind));
     }
@@ -417,12 +629,12 @@ class NftWalker {
     return Next::kStop;
   }
 
-  TraceOutcome outcomeOf(const NftRule& rule, const TraceStep& step) {
+  static TraceOutcome outcomeOf(NftBranch& b, const NftRule& rule, const TraceStep& step) {
     TraceOutcome out;
     out.chain = step.chain;
     out.rule_index = step.rule_index;
-    out.comment = !comment_.empty() ? comment_ : rule.comment;
-    comment_.clear();
+    out.comment = !b.comment.empty() ? b.comment : rule.comment;
+    b.comment.clear();
     return out;
   }
 
@@ -438,7 +650,7 @@ class NftWalker {
 
   static std::string rejectText(const json& body) {
     if (!body.is_object()) return "reject";
-    const std::string type = body.value("type", "");
+    const std::string type = strOf(body, "type");
     if (type == "tcp reset") return "reject with tcp reset";
     const std::string expr = body.contains("expr") && body["expr"].is_string()
                                  ? body["expr"].get<std::string>()
@@ -495,18 +707,19 @@ class NftWalker {
     out.table = label_;
     out.probability = b.probability;
     out.mark = b.mark;
+    out.ct_mark = b.ct_mark;
     out.path = std::move(b.path);
     result_.outcomes.push_back(std::move(out));
   }
 
   // ---- expressions ----
 
-  std::optional<Value> evaluate(const json& e, uint32_t mark, std::string& why) const {
+  std::optional<Value> evaluate(const json& e, const NftBranch& b, std::string& why) const {
     auto one = [](Scalar s) { return Value{{std::move(s)}}; };
     if (e.is_object() && e.contains("concat") && e["concat"].is_array()) {
       Value v;
       for (const auto& part : e["concat"]) {
-        auto p = evaluate(part, mark, why);
+        auto p = evaluate(part, b, why);
         if (!p) return std::nullopt;
         v.parts.insert(v.parts.end(), p->parts.begin(), p->parts.end());
       }
@@ -514,8 +727,8 @@ class NftWalker {
     }
     if (e.is_object() && e.contains("payload")) {
       const auto& p = e["payload"];
-      const std::string proto = p.value("protocol", "");
-      const std::string field = p.value("field", "");
+      const std::string proto = strOf(p, "protocol");
+      const std::string field = strOf(p, "field");
       const bool v4 = packet_.destination.ip.family == Family::kIpv4;
       if (proto == "ip" || proto == "ip6") {
         if ((proto == "ip") != v4) {
@@ -548,17 +761,20 @@ class NftWalker {
       why = fmt::format("payload {} {}: the trace does not evaluate this field", proto, field);
       return std::nullopt;
     }
-    if (e.is_object() && e.contains("meta")) return meta(e["meta"].value("key", ""), mark, why);
+    if (e.is_object() && e.contains("meta")) {
+      return meta(strOf(e["meta"], "key"), b.mark, why);
+    }
     if (e.is_object() && e.contains("ct")) {
-      const std::string key = e["ct"].value("key", "");
+      const std::string key = strOf(e["ct"], "key");
       if (key == "state") return one(std::string("new"));
       if (key == "status" && translated_) return one(std::string("dnat"));
-      why = fmt::format("ct {}: the trace evaluates only the connection state", key);
+      if (key == "mark") return one(uint64_t{b.ct_mark});
+      why = fmt::format("ct {}: the trace evaluates only the connection state and mark", key);
       return std::nullopt;
     }
     if (e.is_object() && e.contains("fib")) return fib(e["fib"], why);
     if (e.is_object() && e.contains("&") && e["&"].is_array() && e["&"].size() == 2) {
-      auto left = evaluate(e["&"][0], mark, why);
+      auto left = evaluate(e["&"][0], b, why);
       if (!left) return std::nullopt;
       const auto* n = left->parts.size() == 1 ? std::get_if<uint64_t>(&left->parts[0]) : nullptr;
       if (n == nullptr || !e["&"][1].is_number_unsigned()) {
@@ -620,7 +836,7 @@ class NftWalker {
   std::optional<Value> fib(const json& f, std::string& why) const {
     const bool daddr = f.contains("flags") && f["flags"].dump().find("daddr") != std::string::npos;
     const bool saddr = f.contains("flags") && f["flags"].dump().find("saddr") != std::string::npos;
-    if (f.value("result", "") != "type" || daddr == saddr) {
+    if (strOf(f, "result") != "type" || daddr == saddr) {
       why = "fib: only 'fib daddr type' and 'fib saddr type' can be evaluated";
       return std::nullopt;
     }
@@ -671,14 +887,25 @@ class NftWalker {
   }
 
   // One `match` statement; nullopt with `why` when it cannot be evaluated.
-  std::optional<bool> match(const json& body, uint32_t mark, std::string& why) const {
-    const std::string op = body.value("op", "==");
-    if (!body.contains("left") || !body.contains("right")) {
+  std::optional<bool> match(const json& body, const NftBranch& b, std::string& why) const {
+    if (!body.is_object() || !body.contains("left") || !body.contains("right")) {
       why = "a match without operands";
       return std::nullopt;
     }
-    auto have = evaluate(body["left"], mark, why);
+    auto have = evaluate(body["left"], b, why);
     if (!have) return std::nullopt;
+    return matchValue(*have, body, why);
+  }
+
+  // Whether `have` (the left side's value) meets the match's operator and right side.
+  std::optional<bool> matchValue(const Value& have_value, const json& body,
+                                 std::string& why) const {
+    if (!body.is_object() || !body.contains("right")) {
+      why = "a match without operands";
+      return std::nullopt;
+    }
+    const std::string op = strOf(body, "op", "==");
+    const Value* have = &have_value;
     const json& right = body["right"];
     // ct state and other flag sets: "in" tests whether any named flag is set.
     std::optional<bool> in;
@@ -724,25 +951,40 @@ class NftWalker {
     return std::nullopt;
   }
 
-  static std::optional<uint32_t> mangleMark(const json& body, uint32_t mark) {
-    if (!body.is_object() || !body.contains("key") || !body.contains("value") ||
-        body["key"] != json{{"meta", {{"key", "mark"}}}}) {
-      return std::nullopt;
+  // A mark expression: a number, `meta mark`, `ct mark`, and | ^ & of those.
+  static std::optional<uint32_t> markValue(const json& v, const NftBranch& b, int depth = 0) {
+    if (depth > 8) return std::nullopt;
+    if (v.is_number_unsigned()) {
+      const auto n = v.get<uint64_t>();
+      if (n > UINT32_MAX) return std::nullopt;
+      return static_cast<uint32_t>(n);
     }
-    const auto& v = body["value"];
-    if (v.is_number_unsigned()) return v.get<uint32_t>();
+    if (isMark(v, "meta")) return b.mark;
+    if (isMark(v, "ct")) return b.ct_mark;
     if (!v.is_object() || v.size() != 1) return std::nullopt;
     const std::string& op = v.begin().key();
     const json& args = v.begin().value();
-    if (!args.is_array() || args.size() != 2 || args[0] != json{{"meta", {{"key", "mark"}}}} ||
-        !args[1].is_number_unsigned()) {
-      return std::nullopt;
-    }
-    const auto n = args[1].get<uint32_t>();
-    if (op == "|") return mark | n;
-    if (op == "^") return mark ^ n;
-    if (op == "&") return mark & n;
+    if (!args.is_array() || args.size() != 2) return std::nullopt;
+    auto l = markValue(args[0], b, depth + 1);
+    auto r = markValue(args[1], b, depth + 1);
+    if (!l || !r) return std::nullopt;
+    if (op == "|") return *l | *r;
+    if (op == "^") return *l ^ *r;
+    if (op == "&") return *l & *r;
     return std::nullopt;
+  }
+
+  // `meta mark set ...` / `ct mark set ...`. False when not one of those.
+  static bool mangle(NftBranch& b, TraceStep& step, const json& body) {
+    if (!body.is_object() || !body.contains("key") || !body.contains("value")) return false;
+    const bool is_meta = isMark(body["key"], "meta");
+    if (!is_meta && !isMark(body["key"], "ct")) return false;
+    auto v = markValue(body["value"], b);
+    if (!v) return false;
+    (is_meta ? b.mark : b.ct_mark) = *v;
+    const std::string text = fmt::format("{} is now {:#x}", is_meta ? "mark" : "ct mark", *v);
+    step.detail = step.detail.empty() ? text : step.detail + "; " + text;
+    return true;
   }
 
   const NftTable& table_;
@@ -752,7 +994,6 @@ class NftWalker {
   const TraceContext& context_;
   bool translated_;
   std::string policy_;
-  std::string comment_;  // the matched map element's comment, for the outcome
   std::vector<NftBranch> pending_;
   TraceResult result_;
   size_t visits_ = 0;
@@ -800,8 +1041,8 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
   const auto texts = ruleTexts(text);
   NftRuleset ruleset;
   auto tableOf = [&](const json& o) -> NftTable* {
-    const std::string family = o.value("family", "");
-    const std::string name = o.value("table", "");
+    const std::string family = strOf(o, "family");
+    const std::string name = strOf(o, "table");
     for (auto& t : ruleset.tables) {
       if (t.family == family && t.name == name) return &t;
     }
@@ -813,8 +1054,8 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
     const json& o = item.begin().value();
     if (!o.is_object()) continue;
     if (kind == "table") {
-      const std::string family = o.value("family", "");
-      const std::string name = o.value("name", "");
+      const std::string family = strOf(o, "family");
+      const std::string name = strOf(o, "name");
       if (!iptablesNftTable(family, name)) ruleset.tables.push_back(NftTable{family, name, {}, {}});
       continue;
     }
@@ -822,11 +1063,11 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
     if (table == nullptr) continue;
     if (kind == "chain") {
       NftChain c;
-      c.name = o.value("name", "");
-      c.type = o.value("type", "");
-      c.hook = o.value("hook", "");
-      c.priority = o.value("prio", 0);
-      c.policy = o.value("policy", "accept");
+      c.name = strOf(o, "name");
+      c.type = strOf(o, "type");
+      c.hook = strOf(o, "hook");
+      c.priority = numOf<int>(o, "prio", 0);
+      c.policy = strOf(o, "policy", "accept");
       table->chains[c.name] = std::move(c);
     } else if (kind == "set" || kind == "map") {
       NftSet s;
@@ -837,20 +1078,20 @@ Result<NftRuleset> parseNftRuleset(const std::string& text_json, const std::stri
           if (kind == "map" && e.is_array() && e.size() == 2) el.value = e[1];
           el.key = key;
           if (key.is_object() && key.contains("elem")) {
-            el.key = key["elem"].value("val", json());
-            el.comment = key["elem"].value("comment", "");
+            el.key = memberOf(key["elem"], "val");
+            el.comment = strOf(key["elem"], "comment");
           }
           s.elements.push_back(std::move(el));
         }
       }
-      table->sets[o.value("name", "")] = std::move(s);
+      table->sets[strOf(o, "name")] = std::move(s);
     } else if (kind == "rule") {
-      auto chain = table->chains.find(o.value("chain", ""));
+      auto chain = table->chains.find(strOf(o, "chain"));
       if (chain == table->chains.end()) continue;
       NftRule r;
-      r.handle = o.value("handle", uint64_t{0});
-      r.comment = o.value("comment", "");
-      r.expr = o.value("expr", json::array());
+      r.handle = numOf<uint64_t>(o, "handle", 0);
+      r.comment = strOf(o, "comment");
+      r.expr = o.contains("expr") ? o["expr"] : json::array();
       auto t = texts.find({table->label(), r.handle});
       r.text = t != texts.end() ? t->second : fmt::format("(handle {})", r.handle);
       chain->second.rules.push_back(std::move(r));

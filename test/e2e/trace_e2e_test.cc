@@ -617,6 +617,47 @@ TEST(TraceNftE2eTest, RemorasNftablesModeIsWalked) {
   EXPECT_EQ(proxy->result.outcomes[0].kind, OutcomeKind::kUnchanged) << renderTrace(*proxy);
 }
 
+// dump (without --trace) in nftables mode: Remora's inet remora table is listed rule by rule with
+// kube-proxy's nftables base chains placed against it, in the human and the JSON output.
+TEST(DumpE2eTest, NftablesModeInstallIsListed) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: creates a network namespace";
+  if (!programInPath("nft")) GTEST_SKIP() << "nft is not installed";
+  ScratchNetns ns;
+  std::string failed = ns.create();
+  if (!failed.empty()) GTEST_SKIP() << "cannot build the test netns: " << failed;
+  auto loaded = ns.exec({"nft", "-f", std::string(REMORA_FIXTURES_DIR) + "/kube_proxy_nft.nft"});
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  if (loaded->exit_code != 0) GTEST_SKIP() << "nft cannot load the fixture here: " << loaded->err;
+  Result<DumpReport> report = makeError("not run");
+  auto ran = runInNetns(ns.path(), [&]() -> Result<void> {
+    auto r = makeNftablesApplier()->install(InterceptOptions{});
+    if (!r) return r.error();
+    report = dumpCurrentNetns(IptablesBackend::kAuto);
+    return {};
+  });
+  if (!ran) GTEST_SKIP() << "cannot install the inet remora table: " << ran.error().message;
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  const std::string text = renderDump(*report);
+  ASSERT_TRUE(report->nftables.has_value()) << text;
+  EXPECT_TRUE(report->nftables->installed) << text;
+  EXPECT_FALSE(report->families.empty() || report->families[0].installed) << text;
+  EXPECT_NE(text.find("Note: Remora is installed in nftables mode"), std::string::npos) << text;
+  EXPECT_NE(text.find("nftables: Remora's interception is installed (table inet remora)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("  inet remora REMORA_REDIRECT_v4\n      #1 meta l4proto tcp redirect to "
+                      ":15001\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("    ip kube-proxy nat-output (nat hook output priority -100"),
+            std::string::npos)
+      << text;
+  auto j = dumpToJson(*report);
+  ASSERT_TRUE(j.contains("nftables")) << j.dump(2);
+  EXPECT_EQ(j["nftables"]["tables"][0]["name"], "remora");
+  EXPECT_EQ(j["nftables"]["tables"][1]["name"], "kube-proxy");
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backends, TraceKubeE2eTest,
     ::testing::Values(BackendCase{IptablesBackend::kNft, "iptables-nft-restore", "iptables-nft"},

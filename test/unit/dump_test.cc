@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "intercept/plan.h"
+#include "intercept/trace_nft.h"
 #include "iptables_fixtures.h"
 
 namespace remora::intercept {
@@ -327,6 +328,153 @@ TEST(DumpTest, IsDeterministic) {
   auto input = std::vector<FamilyTables>{fromFixture("kube_proxy_and_remora.save")};
   EXPECT_EQ(renderDump(buildDump(input)), renderDump(buildDump(input)));
   EXPECT_EQ(dumpToJson(buildDump(input)).dump(), dumpToJson(buildDump(input)).dump());
+}
+
+// --- native nftables (dump without --trace) ---
+
+// Remora's --mode nftables install next to kube-proxy's nftables mode, as nft 1.0.6 lists them
+// (test/fixtures/kube_proxy_nft.nft loaded, then `remora-init install --mode nftables`).
+NftDump remoraAndKubeProxyNft() {
+  auto r = parseNftRuleset(readFixture("remora_kube_proxy_nft.json"),
+                           readFixture("remora_kube_proxy_nft.txt"));
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return buildNftDump(r.ok() ? *r : NftRuleset{});
+}
+
+const NftDumpChain* chainNamed(const NftDumpTable& t, const std::string& name) {
+  for (const auto& c : t.chains) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+TEST(DumpNftTest, ListsRemorasTableWholeAndKubeProxysBaseChains) {
+  NftDump nft = remoraAndKubeProxyNft();
+  EXPECT_TRUE(nft.read);
+  EXPECT_TRUE(nft.installed);
+  ASSERT_EQ(nft.tables.size(), 2u);
+  const auto& remora = nft.tables[0];
+  EXPECT_EQ(remora.label(), "inet remora");
+  EXPECT_TRUE(remora.remora);
+  // Base chains first, in hook order, then every user chain.
+  ASSERT_GE(remora.chains.size(), 3u);
+  EXPECT_EQ(remora.chains[0].name, "mangle_prerouting");
+  EXPECT_EQ(remora.chains[1].name, "nat_prerouting");
+  EXPECT_EQ(remora.chains[2].name, "nat_output");
+  EXPECT_EQ(remora.chains[2].priority, -100);
+  const auto* redirect = chainNamed(remora, "REMORA_REDIRECT_v4");
+  ASSERT_NE(redirect, nullptr);
+  ASSERT_EQ(redirect->rules.size(), 1u);
+  EXPECT_EQ(redirect->rules[0].rule, "meta l4proto tcp redirect to :15001");
+  EXPECT_FALSE(redirect->rules[0].counters.has_value());
+
+  const auto& kube = nft.tables[1];
+  EXPECT_EQ(kube.label(), "ip kube-proxy");
+  EXPECT_FALSE(kube.remora);
+  // Only its base chains on Remora's hooks, in priority order per hook.
+  std::vector<std::string> names;
+  for (const auto& c : kube.chains) names.push_back(c.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"filter-prerouting", "nat-prerouting", "filter-input",
+                                             "filter-output", "nat-output",
+                                             "filter-output-post-dnat", "nat-postrouting"}));
+  EXPECT_EQ(chainNamed(kube, "filter-output")->message,
+            "runs before inet remora nat_output (priority -100)");
+  EXPECT_EQ(chainNamed(kube, "nat-output")->message,
+            "runs at the same priority as inet remora nat_output (priority -100): the one "
+            "registered first runs first");
+  EXPECT_EQ(chainNamed(kube, "filter-output-post-dnat")->message,
+            "runs after inet remora nat_output (priority -100)");
+  EXPECT_EQ(chainNamed(kube, "nat-output")->rules[0].rule, "jump services");
+
+  const std::string text = renderNftDump(nft);
+  EXPECT_TRUE(
+      text.starts_with("nftables: Remora's interception is installed (table inet "
+                       "remora)\n  inet remora mangle_prerouting (filter hook prerouting "
+                       "priority -150, policy accept)\n      #1 meta nfproto ipv4 meta "
+                       "l4proto tcp jump REMORA_DROP_INVALID_v4\n"))
+      << text;
+  EXPECT_NE(text.find("  inet remora REMORA_REDIRECT_v4\n      #1 meta l4proto tcp redirect to "
+                      ":15001\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("  Other tables on the same hooks (base chains only):\n    ip kube-proxy "
+                      "filter-prerouting (filter hook prerouting priority -110, policy accept)\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("    ip kube-proxy nat-output (nat hook output priority -100, policy "
+                      "accept)\n      runs at the same priority as inet remora nat_output"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text, renderNftDump(remoraAndKubeProxyNft()));  // deterministic
+}
+
+TEST(DumpNftTest, KubeProxyAloneIsPlacedAgainstIptablesNat) {
+  auto r = parseNftRuleset(readFixture("kube_proxy_nft.json"), readFixture("kube_proxy_nft.txt"));
+  ASSERT_TRUE(r.ok());
+  NftDump nft = buildNftDump(*r);
+  EXPECT_FALSE(nft.installed);
+  ASSERT_EQ(nft.tables.size(), 1u);
+  EXPECT_EQ(chainNamed(nft.tables[0], "filter-output")->message,
+            "runs before iptables' nat table (priority -100)");
+  EXPECT_EQ(chainNamed(nft.tables[0], "filter-input")->message, "");
+  EXPECT_TRUE(renderNftDump(nft).starts_with(
+      "nftables: Remora's table inet remora is not installed\n  Other tables on the same hooks"));
+}
+
+TEST(DumpNftTest, CountersCommentsAndUnreadRulesets) {
+  auto r = parseNftRuleset(R"({"nftables":[
+    {"table":{"family":"inet","name":"remora"}},
+    {"table":{"family":"inet","name":"other"}},
+    {"chain":{"family":"inet","table":"remora","name":"nat_output","type":"nat","hook":"output",
+              "prio":-100,"policy":"accept"}},
+    {"chain":{"family":"inet","table":"other","name":"fwd","type":"filter","hook":"forward",
+              "prio":0,"policy":"drop"}},
+    {"rule":{"family":"inet","table":"remora","chain":"nat_output","handle":4,"comment":"hi",
+             "expr":[{"counter":{"packets":3,"bytes":180}},{"accept":null}]}}]})");
+  ASSERT_TRUE(r.ok());
+  NftDump nft = buildNftDump(*r);
+  ASSERT_EQ(nft.tables.size(), 1u);  // "other" hooks only forward, which Remora does not use
+  const auto& rule = nft.tables[0].chains[0].rules[0];
+  EXPECT_EQ(rule.counters, (Counters{3, 180}));
+  EXPECT_EQ(rule.comment, "hi");
+  EXPECT_NE(renderNftDump(nft).find("#1 (handle 4)  [3 packets, 180 bytes]\n"), std::string::npos)
+      << renderNftDump(nft);
+  auto j = nftDumpToJson(nft);
+  EXPECT_EQ(j["tables"][0]["chains"][0]["rules"][0]["packets"], 3);
+  EXPECT_EQ(j["tables"][0]["chains"][0]["rules"][0]["comment"], "hi");
+  EXPECT_EQ(j["tables"][0]["chains"][0]["hook"], "output");
+
+  NftDump unread = nftDumpUnread("Operation not permitted");
+  EXPECT_EQ(renderNftDump(unread), "nftables: not read: Operation not permitted\n");
+  EXPECT_EQ(nftDumpToJson(unread)["error"], "Operation not permitted");
+  auto empty = buildNftDump(NftRuleset{});
+  EXPECT_EQ(empty.notes, (std::vector<std::string>{"no native nftables tables"}));
+}
+
+TEST(DumpNftTest, TheReportSaysWhichModeIsInstalled) {
+  // nftables mode only: a note, and the nftables section follows the iptables families.
+  DumpReport nft_only = buildDump({fromFixture("kube_proxy_seed.save")});
+  attachNftDump(nft_only, remoraAndKubeProxyNft());
+  ASSERT_EQ(nft_only.notes.size(), 1u);
+  EXPECT_EQ(nft_only.notes[0],
+            "Remora is installed in nftables mode (table inet remora, below); the iptables nat "
+            "tables hold none of its chains");
+  EXPECT_TRUE(nft_only.warnings.empty());
+  const std::string text = renderDump(nft_only);
+  EXPECT_LT(text.find("IPv4 (iptables-nft)"), text.find("\nnftables: Remora's interception"));
+  auto j = dumpToJson(nft_only);
+  EXPECT_EQ(j["nftables"]["installed"], true);
+  EXPECT_EQ(j["nftables"]["tables"][1]["name"], "kube-proxy");
+  // Both modes: a warning, since the kernel runs both.
+  DumpReport both = buildDump({fromFixture("remora_install_nft.save")});
+  attachNftDump(both, remoraAndKubeProxyNft());
+  ASSERT_EQ(both.warnings.size(), 1u);
+  EXPECT_EQ(both.warnings[0],
+            "Remora is installed twice: in iptables-nft and in nftables (table inet remora); the "
+            "kernel runs both");
+  // Not attached (the pure buildDump): no nftables key.
+  EXPECT_FALSE(
+      dumpToJson(buildDump({fromFixture("remora_install_nft.save")})).contains("nftables"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "intercept/trace_nft.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -245,6 +246,184 @@ TEST(TraceNftTest, RemorasOwnTableRedirectsTheAppAndLetsTheProxyThrough) {
   EXPECT_EQ(u.outcomes[0].kind, OutcomeKind::kUndetermined);
   EXPECT_NE(u.outcomes[0].reason.find("REMORA_REDIRECT_v4 #1"), std::string::npos)
       << u.outcomes[0].reason;
+}
+
+// One `ip t` table whose base chain `c` (type nat unless `type`, on `hook` at `prio`) holds
+// `rules` (each the JSON statements of one rule); `extra`: more JSON items (chains, maps, rules).
+NftRuleset oneTable(const std::vector<std::string>& rules, const std::string& extra = "",
+                    const std::string& hook = "output", int prio = -100,
+                    const std::string& type = "nat") {
+  std::string j = R"({"nftables":[{"table":{"family":"ip","name":"t"}},)";
+  j += fmt::format(
+      R"({{"chain":{{"family":"ip","table":"t","name":"c","type":"{}","hook":"{}","prio":{},)"
+      R"("policy":"accept"}}}})",
+      type, hook, prio);
+  uint64_t handle = 100;
+  for (const auto& r : rules) {
+    j += fmt::format(
+        R"(,{{"rule":{{"family":"ip","table":"t","chain":"c","handle":{},"expr":{}}}}})", handle++,
+        r);
+  }
+  if (!extra.empty()) j += "," + extra;
+  j += "]}";
+  auto r = parseNftRuleset(j);
+  EXPECT_TRUE(r.ok()) << r.error().message << "\n" << j;
+  return r.ok() ? *r : NftRuleset{};
+}
+
+const TraceStep* stepWith(const TraceOutcome& o, const std::string& detail) {
+  for (const auto& s : o.path) {
+    if (s.detail.find(detail) != std::string::npos) return &s;
+  }
+  return nullptr;
+}
+
+TEST(TraceNftTest, NumgenIncIsARoundRobinWithExactShares) {
+  // numgen inc mod 3 vmap { 0 : goto a, 1-2 : goto b }; a and b dnat.
+  auto nft = oneTable({R"([{"vmap":{"key":{"numgen":{"mode":"inc","mod":3,"offset":0}},
+            "data":{"set":[[0,{"goto":{"target":"a"}}],[{"range":[1,2]},{"goto":{"target":"b"}}]]}}}])"},
+                      R"({"chain":{"family":"ip","table":"t","name":"a"}},
+         {"chain":{"family":"ip","table":"t","name":"b"}},
+         {"rule":{"family":"ip","table":"t","chain":"a","handle":1,"expr":[
+           {"dnat":{"addr":"10.1.0.1","port":8080}}]}},
+         {"rule":{"family":"ip","table":"t","chain":"b","handle":2,"expr":[
+           {"dnat":{"addr":"10.1.0.2","port":8080}}]}})");
+  auto r = trace(nft, local("10.96.0.1:80"));
+  ASSERT_EQ(r.outcomes.size(), 2u);
+  EXPECT_EQ(dest(r.outcomes[0]), "10.1.0.1:8080");
+  EXPECT_NEAR(r.outcomes[0].probability, 1.0 / 3.0, 1e-12);
+  EXPECT_EQ(dest(r.outcomes[1]), "10.1.0.2:8080");
+  EXPECT_NEAR(r.outcomes[1].probability, 2.0 / 3.0, 1e-12);
+  EXPECT_NE(stepWith(r.outcomes[0],
+                     "numgen inc (round robin) chose 0: 1 of every 3 connections in turn, 33.33%"),
+            nullptr);
+  EXPECT_NE(stepWith(r.outcomes[1],
+                     "numgen inc (round robin) chose {\"range\":[1,2]}: 2 of "
+                     "every 3 connections in turn, 66.67%"),
+            nullptr);
+  for (const auto& o : r.outcomes) EXPECT_NE(o.kind, OutcomeKind::kUndetermined) << o.reason;
+
+  // numgen inc mod 2 0 accept; dnat to 10.1.0.3:80: half accepted unchanged, half translated.
+  auto half = oneTable({R"([{"match":{"op":"==","left":{"numgen":{"mode":"inc","mod":2,"offset":0}},
+                               "right":0}},{"accept":null}])",
+                        R"([{"dnat":{"addr":"10.1.0.3","port":80}}])"});
+  auto h = trace(half, local("10.96.0.1:80"));
+  ASSERT_EQ(h.outcomes.size(), 2u);
+  EXPECT_EQ(h.outcomes[0].kind, OutcomeKind::kUnchanged);
+  EXPECT_DOUBLE_EQ(h.outcomes[0].probability, 0.5);
+  EXPECT_NE(stepWith(h.outcomes[0], "numgen inc (round robin) matched: 1 of every 2"), nullptr);
+  EXPECT_EQ(h.outcomes[1].kind, OutcomeKind::kDnat);
+  EXPECT_DOUBLE_EQ(h.outcomes[1].probability, 0.5);
+  EXPECT_NE(stepWith(h.outcomes[1], "numgen inc (round robin) did not match: 1 of every 2"),
+            nullptr);
+  EXPECT_NEAR(total(h), 1.0, 1e-12);
+  // A mod the walker will not enumerate is named, not guessed.
+  auto huge = oneTable({R"([{"vmap":{"key":{"numgen":{"mode":"inc","mod":100000}},
+                              "data":{"set":[[0,{"accept":null}]]}}}])"});
+  auto u = trace(huge, local("10.96.0.1:80"));
+  ASSERT_EQ(u.outcomes.size(), 1u);
+  EXPECT_EQ(u.outcomes[0].kind, OutcomeKind::kUndetermined);
+  EXPECT_NE(u.outcomes[0].reason.find("numgen: mod must be 1..65536"), std::string::npos)
+      << u.outcomes[0].reason;
+}
+
+TEST(TraceNftTest, CtMarkIsSetMatchedAndCarriedToTheNextBaseChain) {
+  // A mangle-priority chain sets the packet mark and saves it to the connection; the nat chain
+  // (a later base chain) matches ct mark and meta mark.
+  auto nft = oneTable(
+      {R"([{"mangle":{"key":{"meta":{"key":"mark"}},"value":16}},
+           {"mangle":{"key":{"ct":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},4]}}}])"},
+      R"({"chain":{"family":"ip","table":"t","name":"n","type":"nat","hook":"output","prio":-100,
+                   "policy":"accept"}},
+         {"rule":{"family":"ip","table":"t","chain":"n","handle":1,"expr":[
+           {"match":{"op":"==","left":{"ct":{"key":"mark"}},"right":99}},{"drop":null}]}},
+         {"rule":{"family":"ip","table":"t","chain":"n","handle":2,"expr":[
+           {"match":{"op":"==","left":{"&":[{"ct":{"key":"mark"}},4]},"right":4}},
+           {"match":{"op":"==","left":{"meta":{"key":"mark"}},"right":16}},
+           {"mangle":{"key":{"meta":{"key":"mark"}},"value":{"ct":{"key":"mark"}}}},
+           {"dnat":{"addr":"10.1.0.9","port":81}}]}})",
+      "output", -150, "filter");
+  auto r = trace(nft, local("10.96.0.1:80"));
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  const auto& o = r.outcomes[0];
+  EXPECT_EQ(o.kind, OutcomeKind::kDnat) << o.reason;
+  EXPECT_EQ(dest(o), "10.1.0.9:81");
+  EXPECT_EQ(o.ct_mark, 0x14u);
+  EXPECT_EQ(o.mark, 0x14u);  // meta mark set ct mark
+  EXPECT_NE(stepWith(o, "ct mark is now 0x14"), nullptr);
+  // A new connection's ct mark is 0 until a rule sets it.
+  auto fresh = oneTable({R"([{"match":{"op":"==","left":{"ct":{"key":"mark"}},"right":0}},
+                              {"drop":null}])"});
+  auto f = trace(fresh, local("10.96.0.1:80"));
+  ASSERT_EQ(f.outcomes.size(), 1u);
+  EXPECT_EQ(f.outcomes[0].kind, OutcomeKind::kDrop);
+}
+
+TEST(TraceNftTest, DnatAndSnatToMapsTranslateByTheMappedValue) {
+  // The shapes nft 1.0.6 lists for: dnat ip addr . port to ip daddr . tcp dport map @m;
+  // dnat to ip daddr map { ... }; dnat to numgen inc mod 2 map { 0 : A, 1 : B }.
+  auto nft =
+      oneTable({R"([{"dnat":{"family":"ip","addr":{"map":{"key":{"concat":[
+            {"payload":{"protocol":"ip","field":"daddr"}},
+            {"payload":{"protocol":"tcp","field":"dport"}}]},"data":"@m"}}}}])",
+                R"([{"dnat":{"addr":{"map":{"key":{"payload":{"protocol":"ip","field":"daddr"}},
+            "data":{"set":[["10.0.0.3","10.1.0.3"]]}}}}}])",
+                R"([{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"daddr"}},
+                     "right":"10.0.0.4"}},
+           {"dnat":{"addr":{"map":{"key":{"numgen":{"mode":"inc","mod":2,"offset":0}},
+            "data":{"set":[[0,"10.1.0.4"],[1,"10.1.0.5"]]}}}}}])"},
+               R"({"map":{"family":"ip","name":"m","table":"t","type":["ipv4_addr","inet_service"],
+                 "map":"ipv4_addr . inet_service",
+                 "elem":[[{"concat":["10.0.0.1",80]},{"concat":["10.1.0.1",8080]}]]}})");
+  auto named = trace(nft, local("10.0.0.1:80"));
+  ASSERT_EQ(named.outcomes.size(), 1u);
+  EXPECT_EQ(named.outcomes[0].kind, OutcomeKind::kDnat) << named.outcomes[0].reason;
+  EXPECT_EQ(dest(named.outcomes[0]), "10.1.0.1:8080");
+  EXPECT_NE(stepWith(named.outcomes[0], "10.0.0.1 . 80 matched"), nullptr);
+
+  auto inl = trace(nft, local("10.0.0.3:443"));
+  ASSERT_EQ(inl.outcomes.size(), 1u);
+  EXPECT_EQ(dest(inl.outcomes[0]), "10.1.0.3:443");  // the port is kept
+  EXPECT_EQ(inl.outcomes[0].target, "dnat to 10.1.0.3");
+
+  auto rr = trace(nft, local("10.0.0.4:80"));
+  ASSERT_EQ(rr.outcomes.size(), 2u);
+  EXPECT_EQ(dest(rr.outcomes[0]), "10.1.0.4:80");
+  EXPECT_EQ(dest(rr.outcomes[1]), "10.1.0.5:80");
+  for (const auto& o : rr.outcomes) EXPECT_DOUBLE_EQ(o.probability, 0.5);
+
+  // In no map: each lookup fails, so the rules do not match and nothing translates.
+  auto none = trace(nft, local("10.0.0.9:80"));
+  ASSERT_EQ(none.outcomes.size(), 1u);
+  EXPECT_EQ(none.outcomes[0].kind, OutcomeKind::kUnchanged);
+  EXPECT_NE(stepWith(none.outcomes[0], "10.0.0.9 . 80 is not in the map: no verdict"), nullptr);
+
+  // snat to ip saddr map { ... } in postrouting: shown as the source NAT.
+  auto snat = oneTable({R"([{"snat":{"addr":{"map":{"key":{"payload":{"protocol":"ip",
+                             "field":"saddr"}},"data":{"set":[["10.244.0.5","192.0.2.1"]]}}}}}])"},
+                       "", "postrouting", 100);
+  auto s = trace(snat, local("10.0.0.9:80"));
+  ASSERT_EQ(s.outcomes.size(), 1u);
+  EXPECT_EQ(s.outcomes[0].source_nat, "snat to 192.0.2.1 in ip t c #1");
+}
+
+TEST(TraceNftTest, XtCompatMatchesAreUndeterminedByName) {
+  auto nft = oneTable({R"([{"xt":{"type":"match","name":"comment"}},
+                           {"xt":{"type":"match","name":"nfacct"}},
+                           {"xt":{"type":"match","name":"connlimit"}},{"drop":null}])"});
+  auto r = trace(nft, local("10.0.0.9:80"));
+  ASSERT_EQ(r.outcomes.size(), 1u);
+  EXPECT_EQ(r.outcomes[0].kind, OutcomeKind::kUndetermined);
+  EXPECT_NE(r.outcomes[0].reason.find(
+                "c #1: iptables compat match 'connlimit' (xt): libnftables does not show its "
+                "options, so the trace cannot evaluate it"),
+            std::string::npos)
+      << r.outcomes[0].reason;
+  auto target = oneTable({R"([{"xt":{"type":"target","name":"CLASSIFY"}}])"});
+  auto t = trace(target, local("10.0.0.9:80"));
+  ASSERT_EQ(t.outcomes.size(), 1u);
+  EXPECT_NE(t.outcomes[0].reason.find("iptables compat target 'CLASSIFY' (xt)"), std::string::npos)
+      << t.outcomes[0].reason;
 }
 
 }  // namespace
