@@ -2,8 +2,9 @@
 # CI stages after the main build and test run (scripts/test.sh calls this; docs/TESTING.md):
 #
 #   san_build  one clang build (build-fuzz) with ASan+UBSan everywhere and libFuzzer's coverage
-#            instrumentation (-fsanitize=fuzzer-no-link,address,undefined): every target, so the
-#            fuzz targets and the sanitizer tests share the objects. scripts/test.sh runs it in
+#            instrumentation (-fsanitize=fuzzer-no-link,address,undefined), so the fuzz targets
+#            and the sanitizer tests share the objects: every target but the benchmarks and the
+#            e2e tests asan_quick does not run. scripts/test.sh runs it in
 #            the background while the main ctest run waits on the network.
 #   asan_quick  in build-fuzz: every unit test, and the e2e tests of the data path (ASAN_QUICK_E2E:
 #            the proxy with its robustness tests, the admin server, HTTP, the kernel relay) under
@@ -15,8 +16,8 @@
 #   tsan_build  TSan build (build-tsan, GCC) of the proxy, its unit tests and proxy_e2e_test.
 #   tsan     the proxy's unit tests and the ProxyE2e tests under TSan: the control thread and
 #            worker threads of real proxies (--concurrency 2 in one)
-#   release  -DCMAKE_BUILD_TYPE=Release builds every target (build-release). Not run by CI:
-#            scripts/test.sh's main build is Release.
+#   release  -DCMAKE_BUILD_TYPE=Release builds every target (build-release). Not run by CI
+#            (a third full GCC build does not fit; docs/TESTING.md).
 #   asan     GCC ASan+UBSan build (build-asan); every unit and e2e test but the podman and bench
 #            smoke tests (see ASAN_EXCLUDE below). Not run by CI (asan_quick is its subset).
 #
@@ -126,16 +127,40 @@ stage_tsan() {
 # admin server, HTTP, the kernel relay), which exercises the io_uring storage rules with real
 # threads. Left to the full `asan` stage: intercept (remora-init), CNI, eBPF, DNS, TLS, trace.
 ASAN_QUICK_E2E='^proxy\.|^proxy_admin\.|^http\.|^relay\.'
+# Not under the sanitizers: two tests with latency bounds, which ASan's slowdown breaks (a p99
+# under 50 ms with 40 slow readers, measured 608 ms; exit within 3 s of SIGTERM, measured 3.6 s),
+# and the admin accept-error test, whose --nofile=48 leaves the UBSan runtime no descriptor: its
+# vptr check probes memory through a pipe it cannot open, so it reports a live Worker as "not a
+# CompletionHandler" (uring_ring.cc, in submitAndDispatch) and cannot open its log file either.
+ASAN_QUICK_SKIP='FortySlowReadersDoNotStall|SigtermExitsPromptlyWhileStdoutIsFull'
+ASAN_QUICK_SKIP+='|AcceptErrorsBackOffAndServiceResumes'
 
 configure_fuzz_build() {
   CC=clang CXX=clang++ cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREMORA_FUZZ=ON \
     >/dev/null
 }
 
-# Every target of build-fuzz: the libFuzzer binaries and, ASan+UBSan-instrumented like them,
-# the libraries, programs and tests.
+# The e2e binaries of ASAN_QUICK_E2E's tests; the other e2e tests and the benchmarks are not
+# built in build-fuzz.
+ASAN_QUICK_E2E_BINARIES=(
+  proxy_e2e_test
+  proxy_robustness_e2e_test
+  proxy_admin_e2e_test
+  http_e2e_test
+  kernel_relay_e2e_test
+)
+
+# What asan_quick and fuzz need of build-fuzz: the libFuzzer binaries and, ASan+UBSan-
+# instrumented like them, the libraries, programs, unit tests and ASAN_QUICK_E2E_BINARIES (not
+# the benchmarks of label bench; remora-endpoint-scale-bench is a unit test's).
 stage_san_build() {
-  configure_fuzz_build "$prefix-fuzz" && cmake --build "$prefix-fuzz" -j"$jobs"
+  local dir="$prefix-fuzz" targets
+  configure_fuzz_build "$dir" || return 1
+  mapfile -t targets < <(cmake --build "$dir" --target help |
+    sed -n 's/^\.\.\. \([A-Za-z0-9_.+-]*\).*/\1/p' |
+    grep -vxE 'all|clean|depend|edit_cache|rebuild_cache|test|.*_e2e_test|cni_chain_test' |
+    grep -vxE 'http-codec-bench|kernel_relay_bench|proxy_churn_bench|remora-reload-bench')
+  cmake --build "$dir" -j"$jobs" --target "${targets[@]}" "${ASAN_QUICK_E2E_BINARIES[@]}"
 }
 
 stage_asan_quick() {
@@ -145,8 +170,9 @@ stage_asan_quick() {
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
   ctest --test-dir "$dir" -L unit --output-on-failure -j"$jobs" --timeout 900 || status=1
-  ctest --test-dir "$dir" -L e2e -R "$ASAN_QUICK_E2E" --output-on-failure -j"$jobs" \
-    --timeout 900 || status=1
+  echo "asan_quick: the e2e tests matching $ASAN_QUICK_E2E but not $ASAN_QUICK_SKIP"
+  ctest --test-dir "$dir" -L e2e -R "$ASAN_QUICK_E2E" -E "$ASAN_QUICK_SKIP" --output-on-failure \
+    -j"$jobs" --timeout 900 || status=1
   unset ASAN_OPTIONS UBSAN_OPTIONS
   check_sanitizer_logs "$logs" || status=1
   return $status

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up, builds (Release, what packagers build), lints and runs every test (ctest labels unit
+# Sets up, builds (RelWithDebInfo), lints and runs every test (ctest labels unit
 # and e2e), then the sanitizer and fuzz stages of scripts/ci_extra.sh (docs/TESTING.md):
 #   asan_quick  every unit test and the data path's e2e tests under ASan+UBSan (build-fuzz)
 #   fuzz        each libFuzzer target for FUZZ_SECONDS (60), two at a time (build-fuzz)
@@ -65,7 +65,7 @@ has_stage() { [[ " ${stages[*]} " == *" $1 "* ]]; }
 
 stage setup bash scripts/setup.sh
 build() {
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j"$jobs"
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null && cmake --build build -j"$jobs"
 }
 stage build build
 if [[ ${failed[*]} == *build* ]]; then
