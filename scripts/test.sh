@@ -39,10 +39,11 @@ stage() {
 # background NAME COMMAND...   Its result comes with `await NAME`.
 declare -A bg_pid=() bg_start=()
 background() {
-  local name=$1 idle=()
+  local name=$1 idle=(nice -n 19)
   shift
+  # SCHED_IDLE where the machine allows it (a container may not), nice 19 otherwise.
   if chrt --idle 0 true 2>/dev/null; then idle=(chrt --idle 0); fi
-  echo "== stage $name: started in the background${idle:+ at idle priority}"
+  echo "== stage $name: started in the background (${idle[*]})"
   bg_start[$name]=$SECONDS
   "${idle[@]}" "$@" >"$logs/$name.log" 2>&1 &
   bg_pid[$name]=$!
