@@ -472,6 +472,33 @@ TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
   EXPECT_EQ(dump(front_)["counters"]["pair_added"], added);
 }
 
+// The fast path's known bug (docs/EBPF.md, "Known bug"), registered disabled until it is fixed:
+// remora-probe's client connects, half-closes at once and reads; the probe server (on the
+// outbound port, in the proxy's place) writes one short line and closes. Every connection must
+// get its line. With the fast path on, 2 to 3 of 60 fail on 6.18 (EOF with no data; one read
+// ended in EAGAIN at the 1.5 s timeout); with it off, none. Run it with
+// --gtest_also_run_disabled_tests --gtest_filter='*FastPathKeepsAShortReplyFollowedByClose'.
+TEST_F(EbpfE2e, DISABLED_FastPathKeepsAShortReplyFollowedByClose) {
+  install(front_, {"--outbound-port", "15101", "--ebpf-fast-path", "true"});
+  servers_.push_back(world_->serveProbe(front_, "127.0.0.1:15101", "fast"));
+  constexpr int kConnections = 60;
+  std::vector<std::string> lost;
+  for (int i = 0; i < kConnections; ++i) {
+    auto out = world_->exec(front_, {probePath(), "connect", kVip, "--timeout-ms", "1500"});
+    std::string said = out ? out->out + out->err : out.error().message;
+    if (said.find("fast orig=10.1.122.241:9999") == std::string::npos) {
+      lost.push_back(std::to_string(i) + ": \"" + said + "\"");
+    }
+  }
+  auto j = dump(front_);
+  std::string first_lost;
+  for (size_t i = 0; i < lost.size() && i < 5; ++i) first_lost += lost[i] + "; ";
+  EXPECT_TRUE(lost.empty()) << lost.size() << " of " << kConnections
+                            << " connections lost their reply: " << first_lost << "\n"
+                            << j["counters"].dump();
+  EXPECT_GE(j["counters"]["msg_redirected"].get<uint64_t>(), uint64_t{1}) << j["counters"].dump();
+}
+
 // Where sk_lookup cannot be used (forced here: REMORA_EBPF_FORCE_HYBRID pretends the probe
 // failed), install takes iptables mode's inbound rules instead of failing: outbound stays eBPF's
 // (no REMORA_REDIRECT jump), inbound is REDIRECTed to 15006 (the proxy reads SO_ORIGINAL_DST from
