@@ -107,8 +107,16 @@ remora::Result<bool> settleEbpfEntry(NodeEbpf& node, nlohmann::ordered_json& ent
   return true;
 }
 
-void printApplyReport(const remora::intercept::ApplyReport& report) {
-  for (const auto& line : report.lines) spdlog::info("{}", line);
+// installEbpfNode or uninstallEbpfNode, logged under `what`; false on failure.
+bool ebpfNodeStep(bool install, const remora::intercept::EbpfConfig& config, const char* what) {
+  auto report = install ? remora::intercept::installEbpfNode(config)
+                        : remora::intercept::uninstallEbpfNode(config);
+  if (!report) {
+    spdlog::error("{}: eBPF: {}", what, report.error().message);
+    return false;
+  }
+  for (const auto& line : report->lines) spdlog::info("{}", line);
+  return true;
 }
 
 int runNodeCommand(int argc, char** argv) {
@@ -182,14 +190,7 @@ int runNodeCommand(int argc, char** argv) {
       return 1;
     }
     printReport(*report);
-    if (*ebpf) {
-      auto released = remora::intercept::uninstallEbpfNode(node.config);
-      if (!released) {
-        spdlog::error("uninstall-node: eBPF: {}", released.error().message);
-        return 1;
-      }
-      printApplyReport(*released);
-    }
+    if (*ebpf && !ebpfNodeStep(false, node.config, "uninstall-node")) return 1;
     return 0;
   }
 
@@ -213,15 +214,8 @@ int runNodeCommand(int argc, char** argv) {
     spdlog::error("install-node: {}", ebpf.error().message);
     return 1;
   }
-  if (*ebpf) {
-    // The node's programs first: a pod ADD through the new entry finds them attached.
-    auto attached = remora::intercept::installEbpfNode(node.config);
-    if (!attached) {
-      spdlog::error("install-node: eBPF: {}", attached.error().message);
-      return 1;
-    }
-    printApplyReport(*attached);
-  }
+  // The node's programs first: a pod ADD through the new entry finds them attached.
+  if (*ebpf && !ebpfNodeStep(true, node.config, "install-node")) return 1;
   auto report = remora::cni::installNode(layout);
   if (!report && !(watch && report.error().code == ENOENT)) {
     spdlog::error("install-node: {}", report.error().message);
@@ -263,14 +257,7 @@ int runNodeCommand(int argc, char** argv) {
       return 1;
     }
     printReport(*removed);
-    if (*ebpf) {
-      auto released = remora::intercept::uninstallEbpfNode(node.config);
-      if (!released) {
-        spdlog::error("uninstall on exit: eBPF: {}", released.error().message);
-        return 1;
-      }
-      printApplyReport(*released);
-    }
+    if (*ebpf && !ebpfNodeStep(false, node.config, "uninstall on exit")) return 1;
   }
   return 0;
 }
