@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "intercept/ebpf_applier.h"
+#include "intercept/options.h"
 #include "node/installer.h"
 #include "plugin/bounded_json.h"
 #include "plugin/dataplane.h"
@@ -61,6 +63,62 @@ void printReport(const remora::cni::NodeReport& report) {
   if (!report.changed) spdlog::info("nothing to change");
 }
 
+// install-node / uninstall-node --mode ebpf: where the node's programs attach and pin.
+struct NodeEbpf {
+  std::string mode;  // --mode; empty: the entry's "mode", else iptables
+  remora::intercept::EbpfConfig config;
+};
+
+// The mode install-node installs for: --mode, else the entry's "mode". In eBPF mode the entry
+// gets "mode": "ebpf" and the flags' cgroup and pin dir, so every pod's ADD uses the same ones;
+// a flag that contradicts the entry is an error naming both.
+remora::Result<bool> settleEbpfEntry(NodeEbpf& node, nlohmann::ordered_json& entry) {
+  std::string mode = node.mode;
+  if (entry.contains("mode") && entry["mode"].is_string()) {
+    const std::string in_entry = entry["mode"];
+    if (mode.empty()) mode = in_entry;
+    if (mode != in_entry) {
+      return remora::makeError(fmt::format(
+          "--mode {} contradicts the entry's \"mode\": \"{}\" (--plugin-config)", mode, in_entry));
+    }
+  }
+  if (mode.empty()) return false;
+  auto parsed = remora::intercept::parseInterceptMode(mode);
+  if (!parsed) return parsed.error();
+  if (*parsed != remora::intercept::InterceptMode::kEbpf) return false;
+  entry["mode"] = "ebpf";
+  struct Key {
+    const char* name;
+    std::string* value;
+  };
+  for (Key key : {Key{"cgroup", &node.config.cgroup}, Key{"bpf-pin-dir", &node.config.pin_dir}}) {
+    if (entry.contains(key.name) && entry[key.name].is_string()) {
+      const std::string in_entry = entry[key.name];
+      if (key.value->empty()) *key.value = in_entry;
+      if (*key.value != in_entry) {
+        return remora::makeError(fmt::format("--{} {} contradicts the entry's \"{}\": \"{}\"",
+                                             key.name, *key.value, key.name, in_entry));
+      }
+    } else if (!key.value->empty()) {
+      entry[key.name] = *key.value;
+    }
+  }
+  if (node.config.pin_dir.empty()) node.config.pin_dir = remora::intercept::kDefaultBpfPinDir;
+  return true;
+}
+
+// installEbpfNode or uninstallEbpfNode, logged under `what`; false on failure.
+bool ebpfNodeStep(bool install, const remora::intercept::EbpfConfig& config, const char* what) {
+  auto report = install ? remora::intercept::installEbpfNode(config)
+                        : remora::intercept::uninstallEbpfNode(config);
+  if (!report) {
+    spdlog::error("{}: eBPF: {}", what, report.error().message);
+    return false;
+  }
+  for (const auto& line : report->lines) spdlog::info("{}", line);
+  return true;
+}
+
 int runNodeCommand(int argc, char** argv) {
   CLI::App app{
       "remora-cni: chained CNI plugin and node installer.\n"
@@ -71,6 +129,8 @@ int runNodeCommand(int argc, char** argv) {
   bool watch = false;
   bool uninstall_on_exit = false;
   int resync_seconds = 30;
+  NodeEbpf node;
+  node.config.pin_dir.clear();  // empty: the entry's, else the default
 
   auto* install = app.add_subcommand("install-node",
                                      "copy the plugin into the CNI bin dir and chain it into the "
@@ -85,6 +145,18 @@ int runNodeCommand(int argc, char** argv) {
     sub->add_option("--conf-dir", layout.conf_dir, "CNI network config directory")
         ->envname("REMORA_CNI_CONF_DIR")
         ->capture_default_str();
+    sub->add_option("--mode", node.mode,
+                    "interception mode of the entry; ebpf also attaches the node's programs "
+                    "(install-node) or releases them (uninstall-node); default: the entry's")
+        ->envname("REMORA_MODE");
+    sub->add_option("--cgroup", node.config.cgroup,
+                    "--mode ebpf: cgroup v2 directory the programs attach to (default: the "
+                    "cgroup v2 root)")
+        ->envname("REMORA_CGROUP");
+    sub->add_option("--bpf-pin-dir", node.config.pin_dir,
+                    "--mode ebpf: where the programs' links and maps are pinned (default: " +
+                        std::string(remora::intercept::kDefaultBpfPinDir) + ")")
+        ->envname("REMORA_BPF_PIN_DIR");
   }
   install->add_option("--binary", layout.binary, "plugin binary to copy")->capture_default_str();
   install
@@ -106,12 +178,19 @@ int runNodeCommand(int argc, char** argv) {
     return 0;
   }
   if (uninstall->parsed()) {
+    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+    auto ebpf = settleEbpfEntry(node, entry);
+    if (!ebpf) {
+      spdlog::error("uninstall-node: {}", ebpf.error().message);
+      return 1;
+    }
     auto report = remora::cni::uninstallNode(layout);
     if (!report) {
       spdlog::error("uninstall-node: {}", report.error().message);
       return 1;
     }
     printReport(*report);
+    if (*ebpf && !ebpfNodeStep(false, node.config, "uninstall-node")) return 1;
     return 0;
   }
 
@@ -130,6 +209,13 @@ int runNodeCommand(int argc, char** argv) {
   sigaddset(&stop, SIGINT);
   if (watch) ::sigprocmask(SIG_BLOCK, &stop, nullptr);
 
+  auto ebpf = settleEbpfEntry(node, layout.entry);
+  if (!ebpf) {
+    spdlog::error("install-node: {}", ebpf.error().message);
+    return 1;
+  }
+  // The node's programs first: a pod ADD through the new entry finds them attached.
+  if (*ebpf && !ebpfNodeStep(true, node.config, "install-node")) return 1;
   auto report = remora::cni::installNode(layout);
   if (!report && !(watch && report.error().code == ENOENT)) {
     spdlog::error("install-node: {}", report.error().message);
@@ -171,6 +257,7 @@ int runNodeCommand(int argc, char** argv) {
       return 1;
     }
     printReport(*removed);
+    if (*ebpf && !ebpfNodeStep(false, node.config, "uninstall on exit")) return 1;
   }
   return 0;
 }

@@ -225,54 +225,49 @@ class EbpfApplier : public Applier {
     if (!settings) return settings.error();
     auto cookie = currentNetnsCookie();
     if (!cookie) return cookie.error();
-    auto cgroup = cgroupPath();
-    if (!cgroup) return cgroup.error();
-    if (auto probed = probeKernel(*cgroup); !probed) return probed.error();
-    if (auto fs = ensureBpffs(config_.pin_dir); !fs) return fs.error();
-    bool created_dir = false;
-    if (::mkdir(config_.pin_dir.c_str(), 0700) == 0) {
-      created_dir = true;
-    } else if (errno != EEXIST) {
-      return errnoError("creating " + config_.pin_dir);
-    }
-    auto lock = lockPinDir();
-    if (!lock) {
-      if (created_dir) ::rmdir(config_.pin_dir.c_str());
-      return lock.error();
-    }
     ApplyReport report;
     report.backend = name();
     report.changed = true;
-    const bool first = !exists(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap));
-    if (first) {
-      auto attached = attachAndPin(*cgroup);
-      if (!attached) {
-        if (created_dir) ::rmdir(config_.pin_dir.c_str());
-        return attached.error();
-      }
-      report.lines.push_back(
-          fmt::format("ebpf: attached connect4, connect6, sockops, getsockopt to {}; pinned in {}",
-                      *cgroup, config_.pin_dir));
-    } else {
-      auto want = cgroupId(*cgroup);
-      if (!want) return want.error();
-      uint64_t have = attachedCgroupId(config_.pin_dir);
-      if (have != 0 && have != *want) {
-        return makeError(fmt::format(
-            "the programs pinned in {} are attached to cgroup id {}, not {} (id {}); use that "
-            "cgroup or uninstall every meshed netns first",
-            config_.pin_dir, have, *cgroup, *want));
-      }
-      report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
-                                         *cgroup, config_.pin_dir));
-    }
+    auto attached = ensureAttached(report);
+    if (!attached) return attached.error();
     auto registered = registerNetns(*cookie, *settings, options, report);
     if (!registered) {
       // The first install undoes its attach too: nothing new is left behind.
-      if (first) removeAllPins(nullptr);
-      if (created_dir) ::rmdir(config_.pin_dir.c_str());
+      undoAttach(*attached);
       return registered.error();
     }
+    return report;
+  }
+
+  // remora-cni install-node --mode ebpf: the programs attached and pinned (if they are not yet),
+  // and the node hold registered, so they stay attached while no pod is meshed.
+  Result<ApplyReport> installNode() {
+    ApplyReport report;
+    report.backend = name();
+    auto attached = ensureAttached(report);
+    if (!attached) return attached.error();
+    report.changed = attached->first;
+    Fd map(bpf_obj_get(pin(ebpf::kNetnsMap).c_str()));
+    if (!map.valid()) {
+      undoAttach(*attached);
+      return errnoError("opening " + pin(ebpf::kNetnsMap));
+    }
+    const uint64_t key = ebpf::kNodeHoldCookie;
+    remora_netns_settings hold{};
+    if (bpf_map_lookup_elem(map.get(), &key, &hold) == 0) {
+      report.lines.emplace_back("ebpf: the node hold is registered already");
+      return report;
+    }
+    hold = remora_netns_settings{};
+    if (bpf_map_update_elem(map.get(), &key, &hold, BPF_NOEXIST) != 0) {
+      auto error = errnoError("registering the node hold in " + pin(ebpf::kNetnsMap));
+      undoAttach(*attached);
+      return error;
+    }
+    report.changed = true;
+    report.lines.emplace_back(
+        "ebpf: registered the node hold (netns cookie 0): the programs stay attached while no "
+        "pod is meshed");
     return report;
   }
 
@@ -329,11 +324,17 @@ class EbpfApplier : public Applier {
     // The last meshed netns is gone: unpinning the links detaches the programs, and the maps go
     // with the last reference.
     removeAllPins(&report);
-    if (::rmdir(config_.pin_dir.c_str()) != 0 && errno != ENOENT) {
+    report.changed = true;
+    if (::rmdir(config_.pin_dir.c_str()) == 0 || errno == ENOENT) {
+      report.lines.push_back("ebpf: detached the programs and removed " + config_.pin_dir);
+    } else if (errno == ENOTEMPTY) {
+      // A directory in it is someone else's: the proxy's kernel relay pins in <pin dir>/relay by
+      // default (remora-init relay install). Its pins stay, and so does the directory.
+      report.lines.push_back(fmt::format("ebpf: detached the programs; kept {}: it holds {}",
+                                         config_.pin_dir, otherEntries()));
+    } else {
       return errnoError("removing " + config_.pin_dir);
     }
-    report.changed = true;
-    report.lines.push_back("ebpf: detached the programs and removed " + config_.pin_dir);
     return report;
   }
 
@@ -376,6 +377,64 @@ class EbpfApplier : public Applier {
     return options.ipv6 == Ipv6Mode::kOn || (options.ipv6 == Ipv6Mode::kAuto && ipv6Enabled());
   }
 
+  struct Attached {
+    std::shared_ptr<Fd> lock;  // the pin dir's flock, held until the caller is done
+    bool first = false;        // this call attached and pinned the programs
+    bool created_dir = false;  // this call created the pin dir
+  };
+
+  // The node half of an install: probes, bpffs, the pin dir and its lock, then the programs
+  // attached to the cgroup and pinned, unless they are already (then to the same cgroup). On
+  // failure nothing new is left.
+  Result<Attached> ensureAttached(ApplyReport& report) {
+    auto cgroup = cgroupPath();
+    if (!cgroup) return cgroup.error();
+    if (auto probed = probeKernel(*cgroup); !probed) return probed.error();
+    if (auto fs = ensureBpffs(config_.pin_dir); !fs) return fs.error();
+    Attached a;
+    if (::mkdir(config_.pin_dir.c_str(), 0700) == 0) {
+      a.created_dir = true;
+    } else if (errno != EEXIST) {
+      return errnoError("creating " + config_.pin_dir);
+    }
+    auto lock = lockPinDir();
+    if (!lock) {
+      if (a.created_dir) ::rmdir(config_.pin_dir.c_str());
+      return lock.error();
+    }
+    a.lock = *lock;
+    a.first = !exists(ebpf::pinPath(config_.pin_dir, ebpf::kNetnsMap));
+    if (a.first) {
+      auto attached = attachAndPin(*cgroup);
+      if (!attached) {
+        if (a.created_dir) ::rmdir(config_.pin_dir.c_str());
+        return attached.error();
+      }
+      report.lines.push_back(
+          fmt::format("ebpf: attached connect4, connect6, sockops, getsockopt to {}; pinned in {}",
+                      *cgroup, config_.pin_dir));
+      return a;
+    }
+    auto want = cgroupId(*cgroup);
+    if (!want) return want.error();
+    uint64_t have = attachedCgroupId(config_.pin_dir);
+    if (have != 0 && have != *want) {
+      return makeError(fmt::format(
+          "the programs pinned in {} are attached to cgroup id {}, not {} (id {}); use that "
+          "cgroup or uninstall every meshed netns first",
+          config_.pin_dir, have, *cgroup, *want));
+    }
+    report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
+                                       *cgroup, config_.pin_dir));
+    return a;
+  }
+
+  // Undoes what ensureAttached did for a caller that failed after it.
+  void undoAttach(const Attached& a) const {
+    if (a.first) removeAllPins(nullptr);
+    if (a.created_dir) ::rmdir(config_.pin_dir.c_str());
+  }
+
   Result<std::string> cgroupPath() const {
     if (!config_.cgroup.empty()) return config_.cgroup;
     return defaultCgroupRoot();
@@ -396,12 +455,13 @@ class EbpfApplier : public Applier {
 
   std::string pin(const char* name) const { return ebpf::pinPath(config_.pin_dir, name); }
 
-  // Everything in the pin dir is Remora's: unpinning a link detaches its program.
+  // Every pin in the pin dir is eBPF mode's: unpinning a link detaches its program. A directory
+  // (the kernel relay's, "relay") is not, and stays with what it holds.
   void removeAllPins(ApplyReport* report) const {
     std::error_code ec;
     std::vector<std::string> paths;
     for (const auto& entry : std::filesystem::directory_iterator(config_.pin_dir, ec)) {
-      paths.push_back(entry.path().string());
+      if (!entry.is_directory(ec)) paths.push_back(entry.path().string());
     }
     // Links first, so no program runs against a half-removed set of maps.
     std::stable_partition(paths.begin(), paths.end(), [](const std::string& p) {
@@ -412,9 +472,17 @@ class EbpfApplier : public Applier {
     }
   }
 
-  // Registers the calling thread's netns: its sk_lookup link and pod addresses when inbound is
-  // captured, then its settings (what the connect programs look up). Undoes its own steps on
-  // failure.
+  // The names left in the pin dir after removeAllPins, for the report.
+  std::string otherEntries() const {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(config_.pin_dir, ec)) {
+      names.push_back(entry.path().filename().string() + (entry.is_directory(ec) ? "/" : ""));
+    }
+    std::sort(names.begin(), names.end());
+    return fmt::format("{}", fmt::join(names, ", "));
+  }
+
   // Attaches the pinned sk_lookup program to the calling thread's netns and pins the link; the
   // error says why sk_lookup cannot be used here.
   Result<void> attachSkLookup(const std::string& link_pin) const {
@@ -725,6 +793,14 @@ std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config) {
 
 Result<ApplyReport> uninstallEbpfNetns(const EbpfConfig& config, uint64_t netns_cookie) {
   return EbpfApplier(config).uninstallCookie(netns_cookie);
+}
+
+Result<ApplyReport> installEbpfNode(const EbpfConfig& config) {
+  return EbpfApplier(config).installNode();
+}
+
+Result<ApplyReport> uninstallEbpfNode(const EbpfConfig& config) {
+  return EbpfApplier(config).uninstallCookie(ebpf::kNodeHoldCookie);
 }
 
 }  // namespace remora::intercept

@@ -42,4 +42,12 @@ std::unique_ptr<Applier> makeEbpfApplier(EbpfConfig config);
 // touch another netns's entry.
 Result<ApplyReport> uninstallEbpfNetns(const EbpfConfig& config, uint64_t netns_cookie);
 
+// remora-cni install-node --mode ebpf: attaches and pins the programs once for the node (unless
+// they are already) and registers the node hold, a map_netns entry under cookie 0 (no netns has
+// it), so the last pod's DEL leaves them attached. Idempotent; a failure leaves nothing new.
+Result<ApplyReport> installEbpfNode(const EbpfConfig& config);
+// uninstall-node --mode ebpf: removes the node hold; with no pod meshed either, detaches and
+// unpins everything (else the last pod's DEL does).
+Result<ApplyReport> uninstallEbpfNode(const EbpfConfig& config);
+
 }  // namespace remora::intercept

@@ -153,11 +153,15 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
       uint64_t key = 0;
       uint64_t* prev = nullptr;
       while (bpf_map_get_next_key(map.get(), prev, &key) == 0) {
+        prev = &key;
+        if (key == ebpf::kNodeHoldCookie) {
+          dump.node_hold = true;
+          continue;
+        }
         EbpfNetnsEntry entry;
         entry.cookie = key;
         entry.current = cookie && *cookie == key;
         if (bpf_map_lookup_elem(map.get(), &key, &entry.settings) == 0) dump.netns.push_back(entry);
-        prev = &key;
       }
     } else if (std::strcmp(pin, ebpf::kOrigByTupleMap) == 0) {
       remora_tuple_key key{};
@@ -232,6 +236,7 @@ std::string renderEbpfDump(const EbpfDump& dump) {
                        l.netns_ino ? fmt::format("netns inode {}", l.netns_ino)
                                    : fmt::format("cgroup id {}", l.cgroup_id));
   }
+  if (dump.node_hold) out += "node hold: yes (remora-cni install-node --mode ebpf)\n";
   out += fmt::format("meshed netns: {}\n", dump.netns.size());
   for (const auto& n : dump.netns) {
     out += fmt::format("  netns cookie {}{}\n{}", n.cookie, n.current ? " (this netns)" : "",
@@ -280,6 +285,7 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
                              {"netns_ino", l.netns_ino}});
   }
   j["map_ids"] = dump.map_ids;
+  j["node_hold"] = dump.node_hold;
   j["netns"] = nlohmann::json::array();
   for (const auto& n : dump.netns) {
     const auto& s = n.settings;

@@ -38,6 +38,9 @@ struct EbpfDump {
   std::vector<EbpfLinkInfo> links;
   std::vector<uint32_t> map_ids;
   std::vector<EbpfNetnsEntry> netns;
+  // remora-cni install-node --mode ebpf's entry (cookie 0) is in map_netns: the programs stay
+  // attached with no netns meshed. Not counted in `netns`.
+  bool node_hold = false;
   std::vector<EbpfOrigDstEntry> orig_dst;  // live entries, up to kMaxDumpedOrigDst
   size_t pending_connects = 0;             // rewritten, not yet established
   // Inbound: pod addresses sk_lookup knows (address, netns cookie) and the proxy listeners the

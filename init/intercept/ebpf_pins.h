@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <string>
 
 namespace remora::intercept::ebpf {
@@ -27,6 +28,9 @@ inline constexpr const char* kSkLookupProg = "prog_sk_lookup";
 inline constexpr const char* kSkLookupLinkPrefix = "link_sk_lookup_";
 inline constexpr const char* kLinkPins[] = {"link_connect4", "link_connect6", "link_getsockopt",
                                             "link_sockops"};
+// The node hold's key in map_netns (remora-cni install-node --mode ebpf): netns cookies start at
+// 1, so no netns matches it, and it keeps the map non-empty, which keeps the programs attached.
+inline constexpr uint64_t kNodeHoldCookie = 0;
 inline std::string pinPath(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }

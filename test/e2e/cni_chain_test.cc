@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "e2e_util.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -655,6 +656,97 @@ TEST_F(CniEbpfE2e, ACgroupThatIsNotCgroupV2IsNamedAndNothingIsLeft) {
   EXPECT_NE(add.out.find("--exclude-interfaces"), std::string::npos) << add.out;
   EXPECT_FALSE(fs::exists(pin_dir_));
   EXPECT_EQ(cgroupPrograms(), 0u);
+}
+
+// remora-cni install-node --mode ebpf: the node's programs attached and pinned once, the node
+// hold registered, the entry chained with "mode": "ebpf"; idempotent; a pod's ADD and DEL leave
+// the programs attached; uninstall-node --mode ebpf detaches and unpins. The relay's pins in
+// <pin dir>/relay (remora-init relay install) survive eBPF mode's uninstall, and the relay's
+// uninstall leaves eBPF mode's pins.
+TEST_F(CniEbpfE2e, InstallNodeAttachesOnceAndUninstallNodeDetaches) {
+  const std::string scratch = makeScratchDir("remora-cni-node");
+  ASSERT_FALSE(scratch.empty());
+  const std::string bin_dir = scratch + "/bin", conf_dir = scratch + "/net.d";
+  fs::create_directories(bin_dir);
+  fs::create_directories(conf_dir);
+  json primary = conflist(remoraEntry());
+  primary["plugins"].erase(1);  // the node's own chain, without remora-cni
+  std::ofstream(conf_dir + "/10-bridge.conflist") << primary.dump(2);
+  const std::string relay_dir = pin_dir_ + "/relay";
+  auto node = [&](const std::string& verb) {
+    auto out =
+        runCommand({binaryPath("remora-cni"), verb, "--bin-dir", bin_dir, "--conf-dir", conf_dir,
+                    "--mode", "ebpf", "--cgroup", cgroup_, "--bpf-pin-dir", pin_dir_},
+                   {}, std::chrono::milliseconds(20000));
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  };
+  auto relay = [&](const std::string& verb) {
+    auto out = runCommand({binaryPath("remora-init"), "relay", verb, "--pin-dir", relay_dir}, {},
+                          std::chrono::milliseconds(20000));
+    EXPECT_TRUE(out && out->exit_code == 0) << (out ? out->out + out->err : "");
+  };
+  // Detaching follows the last link's unpin once its references drop: poll for it.
+  auto detached = [&] {
+    for (int i = 0; i < 100 && cgroupPrograms() != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+    return cgroupPrograms();
+  };
+  auto installed = node("install-node");
+  ASSERT_EQ(installed.exit_code, 0) << installed.out << installed.err;
+  EXPECT_EQ(cgroupPrograms(), 4u);
+  EXPECT_TRUE(fs::exists(pin_dir_ + "/map_netns"));
+  Pod pod = newPod("app");
+  json j = dump(pod);
+  EXPECT_TRUE(j["node_hold"].get<bool>()) << j.dump();
+  EXPECT_EQ(j["netns"].size(), 0u) << j.dump();
+  // The chained entry says eBPF mode, with the node's cgroup and pin dir.
+  json written = json::parse(std::ifstream(conf_dir + "/10-bridge.conflist"), nullptr, false);
+  ASSERT_EQ(written["plugins"].size(), 2u) << written.dump();
+  EXPECT_EQ(written["plugins"][1]["mode"], "ebpf");
+  EXPECT_EQ(written["plugins"][1]["cgroup"], cgroup_);
+  EXPECT_EQ(written["plugins"][1]["bpf-pin-dir"], pin_dir_);
+  // Idempotent: nothing attached twice.
+  auto again = node("install-node");
+  ASSERT_EQ(again.exit_code, 0) << again.out << again.err;
+  EXPECT_NE((again.out + again.err).find("node hold is registered already"), std::string::npos)
+      << again.out << again.err;
+  EXPECT_EQ(cgroupPrograms(), 4u);
+
+  // A pod's ADD and DEL through that entry: the last DEL leaves the programs attached.
+  json list = conflist(written["plugins"][1]);
+  ASSERT_FALSE(addPod(list, pod, "n-app").is_null());
+  EXPECT_EQ(dump(pod)["netns"].size(), 1u);
+  auto del = exec("DEL", list, list["plugins"][1], &pod, "n-app", json());
+  ASSERT_EQ(del.exit_code, 0) << del.out;
+  EXPECT_EQ(cgroupPrograms(), 4u);
+  EXPECT_TRUE(fs::exists(pin_dir_ + "/map_netns"));
+
+  // The relay pins inside the eBPF pin dir: eBPF mode's uninstall keeps them (and the dir).
+  relay("install");
+  ASSERT_TRUE(fs::exists(relay_dir + "/socks"));
+  auto removed = node("uninstall-node");
+  ASSERT_EQ(removed.exit_code, 0) << removed.out << removed.err;
+  EXPECT_EQ(detached(), 0u);
+  EXPECT_FALSE(fs::exists(pin_dir_ + "/map_netns"));
+  EXPECT_TRUE(fs::exists(relay_dir + "/socks")) << removed.out << removed.err;
+  written = json::parse(std::ifstream(conf_dir + "/10-bridge.conflist"), nullptr, false);
+  EXPECT_EQ(written["plugins"].size(), 1u) << written.dump();
+  // Reversible and repeatable: uninstall again succeeds.
+  EXPECT_EQ(node("uninstall-node").exit_code, 0);
+
+  // And the other way round: eBPF mode installed beside the relay, the relay's uninstall keeps
+  // eBPF mode's pins.
+  ASSERT_EQ(node("install-node").exit_code, 0);
+  relay("uninstall");
+  EXPECT_FALSE(fs::exists(relay_dir));
+  EXPECT_TRUE(fs::exists(pin_dir_ + "/map_netns"));
+  EXPECT_EQ(cgroupPrograms(), 4u);
+  ASSERT_EQ(node("uninstall-node").exit_code, 0);
+  EXPECT_FALSE(fs::exists(pin_dir_));
+  EXPECT_EQ(detached(), 0u);
+  fs::remove_all(scratch);
 }
 
 }  // namespace

@@ -472,6 +472,79 @@ TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
   EXPECT_EQ(dump(front_)["counters"]["pair_added"], added);
 }
 
+// The fast path's known bug (docs/EBPF.md, "Known bug"), registered disabled until it is fixed:
+// remora-probe's client connects, half-closes at once and reads; the probe server (on the
+// outbound port, in the proxy's place) writes one short line and closes. Every connection must
+// get its line. With the fast path on, 2 to 3 of 60 fail on 6.18 (EOF with no data; one read
+// ended in EAGAIN at the 1.5 s timeout); with it off, none. Run it with
+// --gtest_also_run_disabled_tests --gtest_filter='*FastPathKeepsAShortReplyFollowedByClose'.
+TEST_F(EbpfE2e, DISABLED_FastPathKeepsAShortReplyFollowedByClose) {
+  install(front_, {"--outbound-port", "15101", "--ebpf-fast-path", "true"});
+  servers_.push_back(world_->serveProbe(front_, "127.0.0.1:15101", "fast"));
+  constexpr int kConnections = 60;
+  std::vector<std::string> lost;
+  for (int i = 0; i < kConnections; ++i) {
+    auto out = world_->exec(front_, {probePath(), "connect", kVip, "--timeout-ms", "1500"});
+    std::string said = out ? out->out + out->err : out.error().message;
+    if (said.find("fast orig=10.1.122.241:9999") == std::string::npos) {
+      lost.push_back(std::to_string(i) + ": \"" + said + "\"");
+    }
+  }
+  auto j = dump(front_);
+  std::string first_lost;
+  for (size_t i = 0; i < lost.size() && i < 5; ++i) first_lost += lost[i] + "; ";
+  EXPECT_TRUE(lost.empty()) << lost.size() << " of " << kConnections
+                            << " connections lost their reply: " << first_lost << "\n"
+                            << j["counters"].dump();
+  EXPECT_GE(j["counters"]["msg_redirected"].get<uint64_t>(), uint64_t{1}) << j["counters"].dump();
+}
+
+// The fast path and the proxy's kernel relay exclude each other: where the netns is registered
+// with --ebpf-fast-path, remora-proxy --relay kernel refuses to start naming both, and --relay
+// auto takes the io_uring relay and says why in its log and /config_dump.
+TEST_F(EbpfE2e, FastPathAndKernelRelayAreRefusedTogether) {
+  servers_.clear();  // the probes on 15001 make way for the proxy
+  const std::string dir = makeScratchDir("remora-ebpf-relay");
+  ASSERT_FALSE(dir.empty());
+  std::ofstream(dir + "/mesh.yaml") << seedConfig("istio-90-10.yaml");
+  install(front_, {"--ebpf-fast-path", "true"});
+  // nsenter, not `ip netns exec`, which remounts /sys and hides the pins.
+  const std::string proxy = binaryPath("remora-proxy") + " --config " + dir +
+                            "/mesh.yaml --bpf-pin-dir " + pin_dir_ + " --relay";
+  auto inPod = [&](const std::string& script) {
+    auto out = runCommand({"nsenter", "--net=" + world_->netnsPath(front_), "bash", "-c", script},
+                          {}, std::chrono::milliseconds(20000));
+    EXPECT_TRUE(out.ok());
+    return out ? *out : CommandOutput{};
+  };
+  auto refused = inPod(proxy + " kernel 2>&1");
+  EXPECT_EQ(refused.exit_code, 1) << refused.out;
+  EXPECT_NE(refused.out.find("--ebpf-fast-path"), std::string::npos) << refused.out;
+  EXPECT_NE(refused.out.find("--relay kernel"), std::string::npos) << refused.out;
+  const std::string run_auto = proxy + " auto >" + dir +
+                               "/log 2>&1 & for i in $(seq 50); do sleep 0.1; curl -sf -m 2 "
+                               "http://127.0.0.1:15000/config_dump && break; done; kill $!; "
+                               "wait; cat " +
+                               dir + "/log >&2";
+  auto fell_back = inPod(run_auto);
+  EXPECT_NE(fell_back.err.find("relay: io_uring; the kernel relay is unavailable: the eBPF fast "
+                               "path (remora-init --ebpf-fast-path) is on"),
+            std::string::npos)
+      << fell_back.err;
+  auto j = nlohmann::json::parse(fell_back.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << fell_back.out << fell_back.err;
+  EXPECT_EQ(j["relay"]["in_use"], "uring") << j["relay"].dump();
+  EXPECT_NE(j["relay"]["kernel_unavailable"].get<std::string>().find("--ebpf-fast-path"),
+            std::string::npos)
+      << j["relay"].dump();
+  // Without the fast path the check stands aside (auto still falls back here: no relay pins).
+  install(front_);
+  auto plain = inPod(run_auto);
+  EXPECT_EQ(plain.err.find("--ebpf-fast-path"), std::string::npos) << plain.err;
+  EXPECT_NE(plain.err.find("remora-proxy started"), std::string::npos) << plain.err;
+  std::filesystem::remove_all(dir);
+}
+
 // Where sk_lookup cannot be used (forced here: REMORA_EBPF_FORCE_HYBRID pretends the probe
 // failed), install takes iptables mode's inbound rules instead of failing: outbound stays eBPF's
 // (no REMORA_REDIRECT jump), inbound is REDIRECTed to 15006 (the proxy reads SO_ORIGINAL_DST from

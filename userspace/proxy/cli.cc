@@ -158,6 +158,10 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--relay-pin-dir", options.relay_pin_dir,
                  "where remora-init pinned the kernel relay's maps (/sys/fs/bpf/remora/relay)")
       ->envname("REMORA_RELAY_PIN_DIR");
+  app.add_option("--bpf-pin-dir", options.bpf_pin_dir,
+                 "where remora-init's eBPF mode pinned its maps (/sys/fs/bpf/remora): --relay "
+                 "kernel is refused, and auto takes uring, where its fast path is on")
+      ->envname("REMORA_BPF_PIN_DIR");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
   app.add_flag("--no-ipv6", no_ipv6, "do not add [::] listeners beside 0.0.0.0 ones");
   app.add_flag("--allow-empty-config", options.allow_empty_config,

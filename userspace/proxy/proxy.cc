@@ -23,6 +23,7 @@
 #include "loop/user_data.h"
 #include "proxy/access_log.h"
 #include "proxy/admin.h"
+#include "proxy/ebpf_fast_path.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 
@@ -362,6 +363,8 @@ class Control final : public loop::CompletionHandler {
   std::shared_ptr<const RelayMaps> relay_maps_;
   std::string relay_in_use_;
   std::string relay_error_;
+  // eBPF mode's fast path is on in this netns: the kernel relay is never used (checked at start).
+  bool fast_path_excludes_relay_ = false;
   uint64_t relay_fallbacks_ = 0;
   // Resolves settings_.relay for new connections; logs when what is in use changes.
   Result<std::shared_ptr<const RelayMaps>> resolveRelay();
@@ -868,6 +871,17 @@ Result<std::shared_ptr<const RelayMaps>> Control::resolveRelay() {
   const std::string before = relay_in_use_;
   std::shared_ptr<const RelayMaps> maps;
   if (mode != RelayMode::kUring && !relay_maps_) {
+    // eBPF mode's fast path and the kernel relay exclude each other (docs/EBPF.md).
+    auto fast_path = ebpfFastPathOn(options_.bpf_pin_dir);
+    if (!fast_path) {
+      spdlog::warn("relay: cannot tell whether the eBPF fast path is on here: {}",
+                   fast_path.error().message);
+    } else if (*fast_path) {
+      fast_path_excludes_relay_ = true;
+      relay_error_ = kFastPathExcludesKernelRelay;
+    }
+  }
+  if (mode != RelayMode::kUring && !relay_maps_ && !fast_path_excludes_relay_) {
     auto opened = RelayMaps::open(options_.relay_pin_dir);
     if (opened) {
       relay_maps_ = std::move(*opened);

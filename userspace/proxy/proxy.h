@@ -54,6 +54,9 @@ struct ProxyOptions {
   bool allow_empty_config = false;
   size_t access_log_queue = 8192;  // lines waiting for the writer before new ones are dropped
   std::string relay_pin_dir = "/sys/fs/bpf/remora/relay";  // kernel relay pins (kernel_relay.h)
+  // eBPF mode's pins (remora-init --bpf-pin-dir): the kernel relay is refused where its fast
+  // path is on (ebpf_fast_path.h).
+  std::string bpf_pin_dir = "/sys/fs/bpf/remora";
   // mTLS: the workload identity from --tls-dir (nullptr without it), watched for rotation.
   std::shared_ptr<tls::IdentityStore> identity;
 };
