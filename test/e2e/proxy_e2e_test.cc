@@ -43,8 +43,11 @@ class ProxyE2e : public ::testing::Test {
     hosts_dir_ = "/etc/netns/" + front_.netns;
     fs::create_directories(hosts_dir_);
     std::ofstream(hosts_dir_ + "/hosts") << "127.0.0.1 localhost\n10.1.122.241 bill-service\n";
-    ASSERT_TRUE(installCapture(*world_, front_));
+    ASSERT_TRUE(installCapture(*world_, front_, captureFlags()));
   }
+
+  // remora-init install's flags for this fixture: iptables mode.
+  virtual std::vector<std::string> captureFlags() const { return {}; }
 
   void TearDown() override {
     proxy_.reset();
@@ -134,6 +137,40 @@ TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
   EXPECT_NE(curl(front_, "http://127.0.0.1:15000/clusters").find("10.244.2.74:80::cx_total::60"),
             std::string::npos);
   EXPECT_EQ(proxy_->stop(SIGTERM), 0);
+}
+
+// The same world with native nftables rules (issue 13): one `inet remora` table, no iptables rule.
+class ProxyE2eNftables : public ProxyE2e {
+ protected:
+  std::vector<std::string> captureFlags() const override { return {"--mode", "nftables"}; }
+};
+
+TEST_F(ProxyE2eNftables, SeedScenarioSplitsExactly90To10AndDumpTraceAndUninstallAgree) {
+  auto saved = world_->exec(front_, {"iptables-save"});
+  ASSERT_TRUE(saved.ok());
+  EXPECT_EQ(saved->out.find("REMORA"), std::string::npos) << saved->out;
+  serveBackends();
+  writeConfig(seedConfig("istio-90-10.yaml"));
+  startProxy();
+  std::string out = requests(100);
+  EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
+  EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
+
+  const std::string init = binaryPath("remora-init");
+  auto dump = world_->exec(front_, {init, "dump"});
+  ASSERT_TRUE(dump.ok());
+  EXPECT_NE(dump->out.find("inet remora"), std::string::npos) << dump->out << dump->err;
+  auto trace = world_->exec(front_, {init, "dump", "--trace", "10.1.122.241:9999", "--json"});
+  ASSERT_TRUE(trace.ok());
+  EXPECT_NE(trace->out.find("15001"), std::string::npos) << trace->out << trace->err;
+  EXPECT_EQ(proxy_->stop(SIGTERM), 0);
+
+  auto removed = world_->exec(front_, {init, "uninstall"});
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(removed->exit_code, 0) << removed->out << removed->err;
+  auto ruleset = world_->exec(front_, {"nft", "list", "ruleset"});
+  ASSERT_TRUE(ruleset.ok());
+  EXPECT_EQ(ruleset->out.find("remora"), std::string::npos) << ruleset->out;
 }
 
 TEST_F(ProxyE2e, SighupReloadsToo) {
