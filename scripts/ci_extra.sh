@@ -134,8 +134,10 @@ ASAN_QUICK_E2E='^proxy\.|^proxy_admin\.|^http\.|^relay\.'
 # and the admin accept-error test, whose --nofile=48 leaves the UBSan runtime no descriptor: its
 # vptr check probes memory through a pipe it cannot open, so it reports a live Worker as "not a
 # CompletionHandler" (uring_ring.cc, in submitAndDispatch) and cannot open its log file either.
+# Nor the route table's scale test, whose RSS and CPU bounds (50 MB, 3 s) ASan's shadow memory
+# and slowdown break (measured 519 MB and 7.6 s under ASan).
 ASAN_QUICK_SKIP='FortySlowReadersDoNotStall|SigtermExitsPromptlyWhileStdoutIsFull'
-ASAN_QUICK_SKIP+='|AcceptErrorsBackOffAndServiceResumes'
+ASAN_QUICK_SKIP+='|AcceptErrorsBackOffAndServiceResumes|routing_test\.endpoint_scale'
 
 configure_fuzz_build() {
   CC=clang CXX=clang++ cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREMORA_FUZZ=ON \
@@ -171,7 +173,8 @@ stage_asan_quick() {
   logs=$(sanitizer_log_dir fuzz)
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
-  ctest --test-dir "$dir" -L unit --output-on-failure -j"$jobs" --timeout 900 || status=1
+  ctest --test-dir "$dir" -L unit -E "$ASAN_QUICK_SKIP" --output-on-failure -j"$jobs" \
+    --timeout 900 || status=1
   echo "asan_quick: the e2e tests matching $ASAN_QUICK_E2E but not $ASAN_QUICK_SKIP"
   ctest --test-dir "$dir" -L e2e -R "$ASAN_QUICK_E2E" -E "$ASAN_QUICK_SKIP" --output-on-failure \
     -j"$jobs" --timeout 900 || status=1

@@ -117,12 +117,14 @@ HttpRequestParser::~HttpRequestParser() = default;
 HttpRequestParser::Status HttpRequestParser::feed(std::string_view bytes) {
   if (complete_ && error_.empty()) return Status::kComplete;
   if (!error_.empty()) return Status::kError;
+  // Only the first kMaxRequestBytes of a connection are parsed. A request that ends within them
+  // is answered whatever follows it in the same read (one request per connection), so the
+  // answer does not depend on how TCP split the bytes.
+  const size_t room = kMaxRequestBytes - total_;
+  const bool over = bytes.size() > room;
+  if (room == 0) return tooLarge();
+  bytes = bytes.substr(0, room);
   total_ += bytes.size();
-  if (total_ > kMaxRequestBytes) {
-    error_status_ = 413;
-    error_ = fmt::format("request larger than {} bytes", kMaxRequestBytes);
-    return Status::kError;
-  }
   if (!checkLineEndings(bytes)) return Status::kError;
   size_t n = http_parser_execute(&impl_->parser, &impl_->settings, bytes.data(), bytes.size());
   auto err = HTTP_PARSER_ERRNO(&impl_->parser);
@@ -131,7 +133,13 @@ HttpRequestParser::Status HttpRequestParser::feed(std::string_view bytes) {
     if (error_.empty()) error_ = fmt::format("malformed request: {}", http_errno_description(err));
     return Status::kError;
   }
-  return Status::kIncomplete;
+  return over ? tooLarge() : Status::kIncomplete;
+}
+
+HttpRequestParser::Status HttpRequestParser::tooLarge() {
+  error_status_ = 413;
+  error_ = fmt::format("request larger than {} bytes", kMaxRequestBytes);
+  return Status::kError;
 }
 
 bool HttpRequestParser::checkLineEndings(std::string_view bytes) {

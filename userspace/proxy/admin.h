@@ -65,12 +65,14 @@ class HttpRequestParser {
  private:
   // Checks the head's line endings; false (with error_ set) on a bare LF.
   bool checkLineEndings(std::string_view bytes);
+  // Sets the 413 error of a request past kMaxRequestBytes.
+  Status tooLarge();
 
   struct Impl;
   std::unique_ptr<Impl> impl_;
   HttpRequest request_;
   std::string url_;
-  size_t total_ = 0;
+  size_t total_ = 0;  // bytes parsed, at most kMaxRequestBytes
   bool complete_ = false;
   bool head_done_ = false;
   bool line_started_ = false;  // the current head line has bytes besides its CR
