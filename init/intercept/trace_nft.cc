@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <regex>
@@ -1020,7 +1021,13 @@ std::map<std::pair<std::string, uint64_t>, std::string> ruleTexts(const std::str
     if (std::regex_search(line, m, kTable)) {
       table = m[1].str() + " " + m[2].str();
     } else if (std::regex_match(line, m, kRule) && !std::regex_search(line, kDecl)) {
-      out[{table, std::stoull(m[2].str())}] = m[1].str();
+      // A handle past 64 bits is nothing nft prints: the line is not a rule.
+      const std::string digits = m[2].str();
+      uint64_t handle = 0;
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), handle);
+      if (ec == std::errc() && end == digits.data() + digits.size()) {
+        out[{table, handle}] = m[1].str();
+      }
     }
   }
   return out;
