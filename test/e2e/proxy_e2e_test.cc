@@ -88,6 +88,13 @@ class ProxyE2e : public ::testing::Test {
   }
 
   // `n` sequential requests from the front pod, in one process.
+  // `v1 + v2` requests to the ClusterIP, which must land exactly v1 and v2 times on the subsets.
+  void expectSplit(size_t v1, size_t v2) {
+    const std::string out = requests(static_cast<int>(v1 + v2));
+    EXPECT_EQ(countOf(out, kV1Reply), v1) << out;
+    EXPECT_EQ(countOf(out, kV2Reply), v2) << out;
+  }
+
   std::string requests(int n, const std::string& url = kVipUrl) {
     auto out = world_->exec(
         front_,
@@ -117,15 +124,11 @@ TEST_F(ProxyE2e, SeedScenarioSplitsExactly90To10ThenFollowsALiveEditTo50To50) {
   serveBackends();
   writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
-  std::string out = requests(100);
-  EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
-  EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
+  expectSplit(90, 10);
 
   writeConfig(seedConfig("istio-50-50.yaml"));
   ASSERT_TRUE(waitFor([&] { return generation() == 2; })) << configDump() << proxy_->output();
-  out = requests(100);
-  EXPECT_EQ(countOf(out, kV1Reply), 50u) << out;
-  EXPECT_EQ(countOf(out, kV2Reply), 50u) << out;
+  expectSplit(50, 50);
 
   std::string m = metrics();
   EXPECT_NE(m.find("remora_tcp_connections_opened_total{destination_service=\"bill-service.istio-"
@@ -152,9 +155,7 @@ TEST_F(ProxyE2eNftables, SeedScenarioSplitsExactly90To10AndDumpTraceAndUninstall
   serveBackends();
   writeConfig(seedConfig("istio-90-10.yaml"));
   startProxy();
-  std::string out = requests(100);
-  EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
-  EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
+  expectSplit(90, 10);
 
   const std::string init = binaryPath("remora-init");
   auto dump = world_->exec(front_, {init, "dump"});
@@ -229,9 +230,7 @@ TEST_F(ProxyE2e, BadReloadKeepsTheLastGoodConfigAndReportsTheError) {
   std::string dump = configDump();
   EXPECT_NE(dump.find("\"ok\": false"), std::string::npos) << dump;
   EXPECT_EQ(generation(), 1);
-  std::string out = requests(100);
-  EXPECT_EQ(countOf(out, kV1Reply), 90u) << out;
-  EXPECT_EQ(countOf(out, kV2Reply), 10u) << out;
+  expectSplit(90, 10);
 }
 
 TEST_F(ProxyE2e, SigtermDrainsWithoutDroppingAnOpenConnection) {
@@ -294,9 +293,7 @@ TEST_F(ProxyE2e, FollowsAConfigMapStyleDataSymlinkSwap) {
   fs::create_directory_symlink("..2026_02", dir_ + "/..data_tmp");
   fs::rename(dir_ + "/..data_tmp", dir_ + "/..data");
   ASSERT_TRUE(waitFor([&] { return generation() == 2; })) << configDump() << proxy_->output();
-  out = requests(100);
-  EXPECT_EQ(countOf(out, kV1Reply), 50u) << out;
-  EXPECT_EQ(countOf(out, kV2Reply), 50u) << out;
+  expectSplit(50, 50);
 }
 
 TEST_F(ProxyE2e, NotReadyUntilTheFirstGoodConfig) {
