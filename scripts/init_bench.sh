@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 2's figure: how long `remora-init install` takes for the default plan, IPv4 and IPv6,
-# beside the two ways other meshes apply an equivalent ruleset:
+# beside its own nftables mode (issue 13's goal: nftables <= 0.5x iptables mode) and the two ways
+# other meshes apply an equivalent ruleset:
 #   Istio's           one `iptables-restore --noflush` per family (the rules of
 #                     test/bench/default_plan.sh restore 4|6)
 #   linkerd's         one iptables command per rule and per chain (default_plan.sh commands 4|6)
@@ -74,6 +75,7 @@ ipt4="iptables-$backend" ipt6="ip6tables-$backend"
 approach_cmd() {
   case "$1" in
     remora) printf '%q install --iptables-backend %q >/dev/null' "$init" "$backend" ;;
+    remora-nft) printf '%q install --mode nftables >/dev/null' "$init" ;;
     istio) printf '%q-restore --noflush <%q && %q-restore --noflush <%q' \
              "$ipt4" "$work/restore.v4" "$ipt6" "$work/restore.v6" ;;
     linkerd) printf 'while read -r l; do %q $l || exit 1; done <%q && while read -r l; do %q $l || exit 1; done <%q' \
@@ -90,7 +92,12 @@ sample() {
   local out
   out=$(ip netns exec "$ns" bash -c "s=\$EPOCHREALTIME; $(approach_cmd "$approach") || exit 1; e=\$EPOCHREALTIME; echo \$s \$e" 2>"$work/err") || out=fail
   # A sample counts only if both families really hold the rules afterwards.
-  if [[ $out != fail ]]; then
+  if [[ $out != fail && $approach == remora-nft ]]; then
+    # One inet table: one outbound redirect chain per family.
+    local chains
+    chains=$(ip netns exec "$ns" nft list table inet remora 2>/dev/null | grep -c "redirect to :15001" || true)
+    ((chains >= 2)) || out=fail
+  elif [[ $out != fail ]]; then
     local v4 v6
     v4=$(ip netns exec "$ns" "$ipt4-save" -t nat 2>/dev/null | grep -c -- "--to-ports 15001" || true)
     v6=$(ip netns exec "$ns" "$ipt6-save" -t nat 2>/dev/null | grep -c -- "--to-ports 15001" || true)
@@ -106,10 +113,11 @@ sample() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-approaches=(remora istio linkerd)
+approaches=(remora remora-nft istio linkerd)
 declare -A failed=() note=()
 if [[ ! -x $init ]]; then
   note[remora]="not available: $init is not built"
+  note[remora-nft]=${note[remora]}
   approaches=(istio linkerd)
 fi
 
@@ -124,11 +132,11 @@ for ((r = 0; r < runs; r++)); do
     ms=$(sample "$a" "$n")
     if [[ $ms == fail ]]; then
       failed[$a]=$((${failed[$a]:-0} + 1))
-      if [[ $a == remora ]]; then
+      if [[ $a == remora* ]]; then
         if [[ -s $work/err ]]; then
-          note[remora]="install failed: $(head -c 300 "$work/err" | tr "\n" " ")"
+          note[$a]="install failed: $(head -c 300 "$work/err" | tr "\n" " ")"
         else
-          note[remora]="remora-init install left no REDIRECT rules in one of the families"
+          note[$a]="remora-init install left no REDIRECT rules in one of the families"
         fi
       fi
     else
@@ -138,7 +146,7 @@ for ((r = 0; r < runs; r++)); do
 done
 
 declare -A med=()
-for a in remora istio linkerd; do
+for a in remora remora-nft istio linkerd; do
   if [[ -s $work/$a.ms ]]; then
     med[$a]=$(median <"$work/$a.ms")
   fi
@@ -146,14 +154,15 @@ done
 
 label() {
   case "$1" in
-    remora) echo "remora-init install" ;;
+    remora) echo "remora-init install (iptables mode)" ;;
+    remora-nft) echo "remora-init install --mode nftables" ;;
     istio) echo "Istio's way: 1 iptables-restore per family" ;;
     linkerd) echo "linkerd's way: 1 iptables command per rule" ;;
   esac
 }
 echo
 printf '%-45s %12s %10s\n' "approach" "median ms" "samples"
-for a in remora istio linkerd; do
+for a in remora remora-nft istio linkerd; do
   ok=0
   [[ -f $work/$a.ms ]] && ok=$(wc -l <"$work/$a.ms")
   if [[ -n ${med[$a]:-} ]]; then
@@ -170,6 +179,13 @@ if [[ -n ${med[remora]:-} ]]; then
       'BEGIN { printf "remora-init / %-8s = %.2f×\n", n, a / b }'
   done
   awk -v a="${med[remora]}" 'BEGIN { printf "goal: remora-init install ≤ 50 ms median: %s (%.1f ms)\n", (a <= 50 ? "met" : "NOT met"), a }'
+  if [[ -n ${med[remora-nft]:-} ]]; then
+    awk -v a="${med[remora-nft]}" -v b="${med[remora]}" \
+      'BEGIN { r = a / b; printf "remora-init nftables / iptables mode = %.2f×; goal ≤ 0.5×: %s\n", r, (r <= 0.5 ? "met" : "NOT met") }'
+  else
+    echo "remora-init --mode nftables: ${note[remora-nft]:-every sample failed}"
+    status=1
+  fi
 else
   echo "remora-init: ${note[remora]:-every sample failed}"
   [[ -x $init ]] && status=1

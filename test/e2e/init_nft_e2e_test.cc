@@ -3,7 +3,6 @@
 // rules in one `inet remora` table written through libnftables.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <iostream>
 
 #include "init_world.h"
@@ -145,39 +144,6 @@ TEST_F(InitNftE2e, AutoSaysWhyAndSwitchingModesNeverCapturesTwice) {
       << out.out;
   EXPECT_NE(connect(front_, kVip).find("outbound orig=10.1.122.241:9999"), std::string::npos);
   EXPECT_NE(connect(front_, kVip6).find("outbound6 orig=[fd00:1::241]:9999"), std::string::npos);
-}
-
-// Install time of each mode, printed side by side (the goal: nftables <= 0.5x).
-TEST_F(InitNftE2e, InstallTimeNftablesAgainstIptables) {
-  auto time = [&](const std::vector<std::string>& args) {
-    EXPECT_EQ(init({"uninstall"}).exit_code, 0);
-    auto start = std::chrono::steady_clock::now();
-    auto out = init(args);
-    auto took = std::chrono::steady_clock::now() - start;
-    EXPECT_EQ(out.exit_code, 0) << out.err;
-    return std::chrono::duration<double, std::milli>(took).count();
-  };
-  constexpr int kRuns = 5;
-  double ipt = 0;
-  double nft = 0;
-  double base = 0;
-  for (int i = 0; i < kRuns; ++i) {
-    ipt += time({"install", "--mode", "iptables", "--iptables-backend", "nft"});
-    nft += time({"install", "--mode", "nftables"});
-    // What starting remora-init in the pod costs whatever it does (exec, dynamic loading).
-    auto start = std::chrono::steady_clock::now();
-    init({"--help"});
-    base +=
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  }
-  ipt /= kRuns;
-  nft /= kRuns;
-  base /= kRuns;
-  std::cout << "install time (mean of " << kRuns << ", IPv4+IPv6, from no install): iptables-nft "
-            << ipt << " ms, nftables " << nft << " ms, ratio " << nft / ipt
-            << "; remora-init --help " << base << " ms; net of it: iptables-nft " << ipt - base
-            << " ms, nftables " << nft - base << " ms, ratio " << (nft - base) / (ipt - base)
-            << "\n";
 }
 
 }  // namespace
