@@ -412,6 +412,19 @@ TEST(DumpNftTest, ListsRemorasTableWholeAndKubeProxysBaseChains) {
   EXPECT_EQ(text, renderNftDump(remoraAndKubeProxyNft()));  // deterministic
 }
 
+// The words of each rule of the named chains, one "  #N words" line each under the chain's name.
+std::string wordsOf(const NftDumpTable& table, std::initializer_list<const char*> names) {
+  std::string listing;
+  for (const char* name : names) {
+    const auto* c = chainNamed(table, name);
+    listing += std::string(name) + (c == nullptr ? " (missing)\n" : "\n");
+    for (size_t i = 0; c != nullptr && i < c->rules.size(); ++i) {
+      listing += fmt::format("  #{} {}\n", i + 1, c->rules[i].words);
+    }
+  }
+  return listing;
+}
+
 // Each per-family chain of `remora` rule by rule against the plan of `options`: the words are
 // describeRule's of the planned rule, the chain names aside (the table's are per family).
 void expectThePlansWords(const NftDumpTable& remora, const InterceptOptions& options,
@@ -455,18 +468,10 @@ TEST(DumpNftTest, RemorasRulesReadAsTheIptablesDumpSaysThem) {
   ASSERT_EQ(nft.tables.size(), 2u);
   const auto& remora = nft.tables[0];
   // The same words as the iptables dump's for the same rules (DumpTest.RendersARealInstall).
-  std::string listing;
-  for (const char* name :
-       {"nat_prerouting", "nat_output", "REMORA_INBOUND_v4", "REMORA_IN_REDIRECT_v4",
-        "REMORA_OUTPUT_v4", "REMORA_REDIRECT_v4", "REMORA_DROP_INVALID_v4"}) {
-    const auto* c = chainNamed(remora, name);
-    ASSERT_NE(c, nullptr) << name;
-    listing += std::string(name) + "\n";
-    for (size_t i = 0; i < c->rules.size(); ++i) {
-      listing += fmt::format("  #{} {}\n", i + 1, c->rules[i].words);
-    }
-  }
-  EXPECT_EQ(listing, R"(nat_prerouting
+  EXPECT_EQ(
+      wordsOf(remora, {"nat_prerouting", "nat_output", "REMORA_INBOUND_v4", "REMORA_IN_REDIRECT_v4",
+                       "REMORA_OUTPUT_v4", "REMORA_REDIRECT_v4", "REMORA_DROP_INVALID_v4"}),
+      R"(nat_prerouting
   #1 IPv4: all TCP arriving at the pod enters REMORA_INBOUND_v4
   #2 IPv6: all TCP arriving at the pod enters REMORA_INBOUND_v6
 nat_output
@@ -527,6 +532,41 @@ REMORA_DROP_INVALID_v4
   EXPECT_EQ(redirect["rules"][0]["words"],
             "redirect to local port 15001 (the proxy's outbound listener)");
   EXPECT_FALSE(j["tables"][1]["chains"][0]["rules"][0].contains("words"));
+}
+
+// A TPROXY install (`remora-init install --mode nftables --ipv6 on --inbound-interception-mode
+// TPROXY`, as nft 1.0.6 lists it): the mangle chains, the tproxy statement and the drop after it.
+TEST(DumpNftTest, TproxyRulesReadAsTheIptablesDumpSaysThem) {
+  auto r =
+      parseNftRuleset(readFixture("remora_tproxy_nft.json"), readFixture("remora_tproxy_nft.txt"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  NftDump nft = buildNftDump(*r);
+  ASSERT_EQ(nft.tables.size(), 1u);
+  const auto& remora = nft.tables[0];
+  InterceptOptions tproxy;
+  tproxy.inbound_mode = InboundMode::kTproxy;
+  // nat: REMORA_IN_REDIRECT, REMORA_OUTPUT, REMORA_REDIRECT; mangle: the drop of INVALID and
+  // the four TPROXY chains.
+  expectThePlansWords(remora, tproxy, {Family::kIpv4, Family::kIpv6}, 8);
+  EXPECT_EQ(wordsOf(remora, {"mangle_output", "REMORA_TPROXY_v6", "REMORA_TP_OUTPUT_v4"}),
+            R"(mangle_output
+  #1 IPv4: all TCP leaving the pod enters REMORA_TP_OUTPUT_v4
+  #2 IPv6: all TCP leaving the pod enters REMORA_TP_OUTPUT_v6
+REMORA_TPROXY_v6
+  #1 TPROXY to local port 15006, destination kept, mark 0x539/0xffffffff (the proxy's transparent inbound listener)
+  #2 no proxy socket took it: dropped (iptables' TPROXY drops such a packet itself; nft's tproxy lets it go on)
+REMORA_TP_OUTPUT_v4
+  #1 mark 0x539 (the proxy's connection to the app): saved on the connection
+  #2 connection mark 0x539: restored on the packet, so the app's replies return to the proxy
+)");
+  const auto* inbound = chainNamed(remora, "REMORA_TP_INBOUND_v4");
+  ASSERT_NE(inbound, nullptr);
+  ASSERT_EQ(inbound->rules.size(), 8u);
+  EXPECT_EQ(
+      inbound->rules[6].words,
+      "conntrack state RELATED,ESTABLISHED: deliver to the proxy's socket (REMORA_DIVERT_v4)");
+  EXPECT_EQ(inbound->rules[7].words,
+            "everything else: hand to the proxy's transparent listener (REMORA_TPROXY_v4)");
 }
 
 TEST(DumpNftTest, KubeProxyAloneIsPlacedAgainstIptablesNat) {
