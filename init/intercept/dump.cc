@@ -106,8 +106,11 @@ Conditions conditionsOf(const RuleSpec& spec, bool in_remora_chain) {
         module_words.push_back(
             fmt::format("{}{} {}", no, o.name == "--uid-owner" ? "uid" : "gid", o.value()));
         c.owner = o;
-      } else if (m.name == "mark" && o.name == "--mark") {
-        module_words.push_back(fmt::format("mark {}{}", no, o.value()));
+      } else if ((m.name == "mark" || m.name == "connmark") && o.name == "--mark") {
+        module_words.push_back(
+            fmt::format("{}mark {}{}", m.name == "connmark" ? "connection " : "", no, o.value()));
+      } else if (m.name == "conntrack" && o.name == "--ctstate") {
+        module_words.push_back(fmt::format("conntrack state {}{}", no, o.value()));
       } else if (m.name == "addrtype" && (o.name == "--dst-type" || o.name == "--src-type")) {
         module_words.push_back(fmt::format(
             "{} type {}{}", o.name == "--dst-type" ? "destination" : "source", no, o.value()));
@@ -145,6 +148,14 @@ std::string action(const std::string& chain, const RuleSpec& spec) {
   if (t == "RETURN") return isRemoraChain(chain) ? "not captured" : "return";
   if (t == kRedirectChain) return fmt::format("redirect to the proxy ({})", t);
   if (t == kInRedirectChain) return fmt::format("redirect to the proxy's inbound side ({})", t);
+  if (t == kTproxyChain) return fmt::format("hand to the proxy's transparent listener ({})", t);
+  if (t == kDivertChain) return fmt::format("deliver to the proxy's socket ({})", t);
+  if (t == "TPROXY") {
+    const auto* port = spec.targetOption("--on-port");
+    const auto* mark = spec.targetOption("--tproxy-mark");
+    return fmt::format("TPROXY to local port {}, destination kept{}", port ? port->value() : "?",
+                       mark ? ", mark " + mark->value() : "");
+  }
   if (t == "REDIRECT") {
     const auto* to = spec.targetOption("--to-ports");
     return to ? fmt::format("redirect to local port {}", ports(to->value()))
@@ -181,16 +192,32 @@ std::optional<std::string> remoraShape(const std::string& chain, const RuleSpec&
   const std::string& t = spec.target;
   const bool only_tcp = c.tcp && !spec.source && !spec.destination && !spec.in_interface &&
                         !spec.out_interface && !spec.fragment && spec.modules.empty();
-  if (chain == "OUTPUT" && t == kOutputChain && only_tcp) {
-    return fmt::format("all TCP leaving the pod enters {}", kOutputChain);
+  // nat's REMORA_OUTPUT and REMORA_INBOUND, and mangle's chains in TPROXY and --drop-invalid.
+  if (chain == "OUTPUT" && isRemoraChain(t) && only_tcp) {
+    return fmt::format("all TCP leaving the pod enters {}", t);
   }
-  if (chain == "PREROUTING" && t == kInboundChain && only_tcp) {
-    return fmt::format("all TCP arriving at the pod enters {}", kInboundChain);
+  if (chain == "PREROUTING" && isRemoraChain(t) && only_tcp) {
+    return fmt::format("all TCP arriving at the pod enters {}", t);
   }
   if (t == "REDIRECT" && (chain == kRedirectChain || chain == kInRedirectChain) && only_tcp) {
     if (const auto* to = spec.targetOption("--to-ports")) {
       return fmt::format("redirect to local port {} (the proxy's {} listener)", to->value(),
                          chain == kRedirectChain ? "outbound" : "inbound");
+    }
+  }
+  if (t == "TPROXY" && chain == kTproxyChain && only_tcp) {
+    return fmt::format("{} (the proxy's transparent inbound listener)", action(chain, spec));
+  }
+  // TPROXY mode: the proxy's connection to the app carries the mark; conntrack keeps it so the
+  // app's replies are routed back to the proxy's socket.
+  if (t == "CONNMARK" && chain == kTproxyOutputChain && c.words.size() == 1) {
+    if (spec.targetOption("--save-mark") != nullptr) {
+      return fmt::format("{} (the proxy's connection to the app): saved on the connection",
+                         c.words[0]);
+    }
+    if (spec.targetOption("--restore-mark") != nullptr) {
+      return fmt::format("{}: restored on the packet, so the app's replies return to the proxy",
+                         c.words[0]);
     }
   }
   if (!isRemoraChain(chain)) return std::nullopt;

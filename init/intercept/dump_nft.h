@@ -20,6 +20,10 @@ struct NftDumpRule {
   std::string rule;                  // as `nft -a list ruleset` prints it
   std::string comment;               // "" when none
   std::optional<Counters> counters;  // set when the rule has a `counter` statement
+  // Remora's table only: the rule in words, as the iptables dump says the planned rule it was
+  // translated from (describeRule), e.g. "redirect to local port 15001 (the proxy's outbound
+  // listener)"; "" in other tables.
+  std::string words;
 };
 
 struct NftDumpChain {

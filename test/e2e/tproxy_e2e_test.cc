@@ -16,6 +16,7 @@ namespace remora::test {
 namespace {
 
 constexpr const char* kClientIp = "10.244.0.20";
+constexpr const char* kClientIp6 = "fd00:244::20";
 constexpr uint32_t kProxyUid = 1337;
 
 class TproxyE2eTest : public ::testing::TestWithParam<std::string> {
@@ -23,8 +24,8 @@ class TproxyE2eTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (!runningAsRoot()) GTEST_SKIP() << "needs root for network namespaces";
     world_ = std::make_unique<NetnsWorld>();
-    front_ = *world_->addPod("front", kFrontIp);
-    client_ = *world_->addPod("client", kClientIp);
+    front_ = *world_->addPod("front", kFrontIp, kFrontIp6);
+    client_ = *world_->addPod("client", kClientIp, kClientIp6);
     // The app: says who its peer is and echoes what it got.
     app_ = world_->spawn(
         front_, {probePath(), "serve", "--listen", "0.0.0.0:8080", "--reply", "app", "--echo"});
@@ -37,14 +38,15 @@ class TproxyE2eTest : public ::testing::TestWithParam<std::string> {
     return out ? *out : CommandOutput{};
   }
 
-  void install(const std::string& inbound_mode) {
+  void install(const std::string& inbound_mode, const std::string& ipv6 = "off") {
     auto out = run(front_, {binaryPath("remora-init"), "install", "--mode", GetParam(), "--ipv6",
-                            "off", "--inbound-interception-mode", inbound_mode});
+                            ipv6, "--inbound-interception-mode", inbound_mode});
     ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
   }
 
   // remora-proxy as uid 1337 holding CAP_NET_ADMIN only (the TPROXY permission model).
-  std::unique_ptr<Process> startProxy(const std::string& inbound_mode, bool with_cap = true) {
+  std::unique_ptr<Process> startProxy(const std::string& inbound_mode, bool with_cap = true,
+                                      bool ipv6 = false) {
     std::vector<std::string> argv = {"setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"};
     if (with_cap) {
       argv.insert(argv.end(), {"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
@@ -52,19 +54,21 @@ class TproxyE2eTest : public ::testing::TestWithParam<std::string> {
     } else {
       argv.insert(argv.end(), {"--inh-caps=-all", "--bounding-set=-all"});
     }
+    argv.push_back(binaryPath("remora-proxy"));
+    if (!ipv6) argv.emplace_back("--no-ipv6");  // else [::] listeners beside the 0.0.0.0 ones
     argv.insert(argv.end(),
-                {binaryPath("remora-proxy"), "--no-ipv6", "--inbound-listen", "0.0.0.0:15006",
-                 "--outbound-listen", "0.0.0.0:15001", "--admin-listen", "127.0.0.1:15000",
-                 "--inbound-interception-mode", inbound_mode});
+                {"--inbound-listen", "0.0.0.0:15006", "--outbound-listen", "0.0.0.0:15001",
+                 "--admin-listen", "127.0.0.1:15000", "--inbound-interception-mode", inbound_mode});
     // Through sh so stderr lands in the output the test reads too.
     std::string command = "exec";
     for (const auto& a : argv) command += " " + a;
     return world_->spawn(front_, {"sh", "-c", command + " 2>&1"});
   }
 
-  std::string connect(const std::string& payload) {
-    auto out = world_->exec(client_, {probePath(), "connect", std::string(kFrontIp) + ":8080",
-                                      "--timeout-ms", "1500", "--send", payload});
+  std::string connect(const std::string& payload, const std::string& to = kFrontIp) {
+    const std::string at = to.find(':') != std::string::npos ? "[" + to + "]" : to;
+    auto out = world_->exec(
+        client_, {probePath(), "connect", at + ":8080", "--timeout-ms", "1500", "--send", payload});
     if (!out || out->exit_code != 0) return "FAILED";
     return out->out;
   }
@@ -77,10 +81,14 @@ class TproxyE2eTest : public ::testing::TestWithParam<std::string> {
       if (out && out->out.find("REMORA") != std::string::npos)
         found += tool + std::string(": ") + out->out;
     }
-    auto rules = run(front_, {"ip", "-4", "rule", "show"});
-    if (rules.out.find("lookup 133") != std::string::npos) found += "ip rule: " + rules.out;
-    auto routes = run(front_, {"ip", "-4", "route", "show", "table", "133"});
-    if (!routes.out.empty()) found += "table 133: " + routes.out;
+    for (const char* family : {"-4", "-6"}) {
+      auto rules = run(front_, {"ip", family, "rule", "show"});
+      if (rules.out.find("lookup 133") != std::string::npos) found += "ip rule: " + rules.out;
+      auto routes = run(front_, {"ip", family, "route", "show", "table", "133"});
+      if (!routes.out.empty()) found += "table 133: " + routes.out;
+    }
+    auto ip6 = world_->exec(front_, {"ip6tables-save"});
+    if (ip6 && ip6->out.find("REMORA") != std::string::npos) found += "ip6tables-save: " + ip6->out;
     auto tables = run(front_, {"nft", "list", "tables"});
     if (tables.out.find("remora") != std::string::npos) found += "nft: " + tables.out;
     return found;
@@ -137,6 +145,47 @@ TEST_P(TproxyE2eTest, AppSeesTheRealClientUnderTproxyAnd127006UnderRedirect) {
   }
 
   install("TPROXY");
+  auto out = run(front_, {binaryPath("remora-init"), "uninstall"});
+  EXPECT_EQ(out.exit_code, 0) << out.out << out.err;
+  EXPECT_EQ(leftovers(), "");
+}
+
+// IPv6: ip6tables' TPROXY (nftables' `tproxy ip6`), the IPv6 policy route and the proxy's
+// transparent [::]:15006 listener; the app sees the client pod's IPv6 address.
+TEST_P(TproxyE2eTest, Ipv6AppSeesTheRealClientUnderTproxy) {
+  auto app6 = world_->spawn(
+      front_, {probePath(), "serve", "--listen", "[::]:8080", "--reply", "app6", "--echo"});
+  ASSERT_TRUE(app6 && app6->waitForLine("ready", 5000));
+  install("TPROXY", "on");
+  auto rules = run(front_, {"ip", "-6", "rule", "show"});
+  EXPECT_NE(rules.out.find("fwmark 0x539 lookup 133"), std::string::npos) << rules.out;
+  auto route = run(front_, {"ip", "-6", "route", "show", "table", "133"});
+  EXPECT_NE(route.out.find("local"), std::string::npos) << route.out;
+  {
+    auto proxy = startProxy("TPROXY", /*with_cap=*/true, /*ipv6=*/true);
+    ASSERT_TRUE(proxy->waitForLine("remora-proxy started", 10000)) << proxy->output();
+    auto got = connect("ping-tproxy6", kFrontIp6);
+    EXPECT_NE(got.find(std::string("peer=[") + kClientIp6 + "]:"), std::string::npos)
+        << got << "\n---\n"
+        << proxy->output();
+    EXPECT_NE(got.find(std::string("local=[") + kFrontIp6 + "]:8080"), std::string::npos) << got;
+    EXPECT_NE(got.find("echo=ping-tproxy6"), std::string::npos) << got;
+    EXPECT_NE(connect("again6", kFrontIp6).find("echo=again6"), std::string::npos);
+    // IPv4 still goes through the same proxy.
+    EXPECT_NE(connect("ping-tproxy4").find(std::string("peer=") + kClientIp + ":"),
+              std::string::npos);
+  }
+  // The proxy is gone: dropped, never delivered to the app uncaptured.
+  EXPECT_EQ(connect("no-proxy6", kFrontIp6), "FAILED");
+  // REDIRECT mode over IPv6: the app sees the proxy's IPv6 passthrough source instead.
+  install("REDIRECT", "on");
+  {
+    auto proxy = startProxy("REDIRECT", /*with_cap=*/true, /*ipv6=*/true);
+    ASSERT_TRUE(proxy->waitForLine("remora-proxy started", 10000)) << proxy->output();
+    auto got = connect("ping-redirect6", kFrontIp6);
+    EXPECT_NE(got.find("peer=[::6]:"), std::string::npos) << got;
+  }
+  install("TPROXY", "on");
   auto out = run(front_, {binaryPath("remora-init"), "uninstall"});
   EXPECT_EQ(out.exit_code, 0) << out.out << out.err;
   EXPECT_EQ(leftovers(), "");

@@ -645,10 +645,33 @@ TEST(DumpE2eTest, NftablesModeInstallIsListed) {
   EXPECT_NE(text.find("nftables: Remora's interception is installed (table inet remora)"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("  inet remora REMORA_REDIRECT_v4\n      #1 meta l4proto tcp redirect to "
-                      ":15001\n"),
-            std::string::npos)
-      << text;
+  // Each of Remora's rules in the iptables dump's words, then as nft lists it.
+  for (const char* rule : {
+           "  inet remora nat_output (nat hook output priority -100, policy accept)\n"
+           "      #1 IPv4: all TCP leaving the pod enters REMORA_OUTPUT_v4\n"
+           "         meta nfproto ipv4 meta l4proto tcp jump REMORA_OUTPUT_v4\n",
+           "  inet remora REMORA_REDIRECT_v4\n"
+           "      #1 redirect to local port 15001 (the proxy's outbound listener)\n"
+           "         meta l4proto tcp redirect to :15001\n",
+           "      #4 proxy's own traffic (uid 1337): not captured\n"
+           "         meta skuid 1337 return\n",
+           "      #3 app traffic on loopback (not uid 1337): not captured\n"
+           "         oifname \"lo\" meta skuid != 1337 return\n",
+           "      #2 proxy to a local non-loopback address (uid 1337): back through the inbound "
+           "redirect\n"
+           "         oifname \"lo\" ip daddr != 127.0.0.1 meta skuid 1337 jump "
+           "REMORA_IN_REDIRECT_v4\n",
+           "      #8 to 127.0.0.1/32: not captured\n",
+           "      #9 everything else: redirect to the proxy (REMORA_REDIRECT_v4)\n",
+           "      #6 everything else: redirect to the proxy (REMORA_IN_REDIRECT_v4)\n",
+           "  inet remora REMORA_IN_REDIRECT_v4\n"
+           "      #1 redirect to local port 15006 (the proxy's inbound listener)\n"
+           "         meta l4proto tcp redirect to :15006\n",
+       }) {
+    EXPECT_NE(text.find(rule), std::string::npos) << rule << "\n---\n" << text;
+  }
+  EXPECT_EQ(text.find("not one of Remora's planned rules"), std::string::npos) << text;
+  // kube-proxy's rules keep their nft text.
   EXPECT_NE(text.find("    ip kube-proxy nat-output (nat hook output priority -100"),
             std::string::npos)
       << text;
@@ -656,6 +679,18 @@ TEST(DumpE2eTest, NftablesModeInstallIsListed) {
   ASSERT_TRUE(j.contains("nftables")) << j.dump(2);
   EXPECT_EQ(j["nftables"]["tables"][0]["name"], "remora");
   EXPECT_EQ(j["nftables"]["tables"][1]["name"], "kube-proxy");
+  for (const auto& c : j["nftables"]["tables"][0]["chains"]) {
+    for (const auto& r : c["rules"]) {
+      EXPECT_TRUE(r.contains("words") && r["words"].is_string() && !r["words"].empty()) << r;
+    }
+    if (c["name"] == "REMORA_OUTPUT_v4") {
+      ASSERT_GE(c["rules"].size(), 4u) << c;
+      EXPECT_EQ(c["rules"][3]["words"], "proxy's own traffic (uid 1337): not captured");
+    }
+  }
+  for (const auto& c : j["nftables"]["tables"][1]["chains"]) {
+    for (const auto& r : c["rules"]) EXPECT_FALSE(r.contains("words")) << r;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -1,8 +1,10 @@
 #include "intercept/dump.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "intercept/plan.h"
@@ -92,7 +94,7 @@ TEST(DumpTest, DescribesOtherRulesFromTheirMatches) {
   EXPECT_EQ(describe("X", "-m addrtype --dst-type LOCAL -g KUBE-NODEPORTS"),
             "destination type LOCAL: go to KUBE-NODEPORTS");
   EXPECT_EQ(describe("X", "-p tcp -m conntrack --ctstate NEW -j ACCEPT"),
-            "TCP, -m conntrack --ctstate NEW: accepted (no translation)");
+            "TCP, conntrack state NEW: accepted (no translation)");
   EXPECT_EQ(describe("X", "-j DNAT --to-destination 10.244.1.168:80"),
             "everything: DNAT to 10.244.1.168:80");
   EXPECT_EQ(describe("X", "-o lo", true), "leaving on lo: counted only");
@@ -390,12 +392,14 @@ TEST(DumpNftTest, ListsRemorasTableWholeAndKubeProxysBaseChains) {
   EXPECT_TRUE(
       text.starts_with("nftables: Remora's interception is installed (table inet "
                        "remora)\n  inet remora mangle_prerouting (filter hook prerouting "
-                       "priority -150, policy accept)\n      #1 meta nfproto ipv4 meta "
+                       "priority -150, policy accept)\n      #1 IPv4: all TCP arriving at the "
+                       "pod enters REMORA_DROP_INVALID_v4\n         meta nfproto ipv4 meta "
                        "l4proto tcp jump REMORA_DROP_INVALID_v4\n"))
       << text;
-  EXPECT_NE(text.find("  inet remora REMORA_REDIRECT_v4\n      #1 meta l4proto tcp redirect to "
-                      ":15001\n"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find("  inet remora REMORA_REDIRECT_v4\n      #1 redirect to local port 15001 (the "
+                "proxy's outbound listener)\n         meta l4proto tcp redirect to :15001\n"),
+      std::string::npos)
       << text;
   EXPECT_NE(text.find("  Other tables on the same hooks (base chains only):\n    ip kube-proxy "
                       "filter-prerouting (filter hook prerouting priority -110, policy accept)\n"),
@@ -406,6 +410,163 @@ TEST(DumpNftTest, ListsRemorasTableWholeAndKubeProxysBaseChains) {
             std::string::npos)
       << text;
   EXPECT_EQ(text, renderNftDump(remoraAndKubeProxyNft()));  // deterministic
+}
+
+// The words of each rule of the named chains, one "  #N words" line each under the chain's name.
+std::string wordsOf(const NftDumpTable& table, std::initializer_list<const char*> names) {
+  std::string listing;
+  for (const char* name : names) {
+    const auto* c = chainNamed(table, name);
+    listing += std::string(name) + (c == nullptr ? " (missing)\n" : "\n");
+    for (size_t i = 0; c != nullptr && i < c->rules.size(); ++i) {
+      listing += fmt::format("  #{} {}\n", i + 1, c->rules[i].words);
+    }
+  }
+  return listing;
+}
+
+// Each per-family chain of `remora` rule by rule against the plan of `options`: the words are
+// describeRule's of the planned rule, the chain names aside (the table's are per family).
+void expectThePlansWords(const NftDumpTable& remora, const InterceptOptions& options,
+                         const std::vector<Family>& families, size_t chains) {
+  for (Family family : families) {
+    const FamilyPlan plan = planFamily(options, family);
+    const std::string suffix = family == Family::kIpv4 ? "_v4" : "_v6";
+    std::map<std::string, std::vector<const PlannedRule*>> by_chain;
+    for (const auto* rules : {&plan.rules, &plan.mangle_rules}) {
+      for (const auto& r : *rules) {
+        if (r.chain.starts_with(kChainPrefix)) by_chain[r.chain].push_back(&r);
+      }
+    }
+    ASSERT_EQ(by_chain.size(), chains);
+    for (const auto& [chain, planned] : by_chain) {
+      const auto* c = chainNamed(remora, chain + suffix);
+      ASSERT_NE(c, nullptr) << chain << suffix;
+      // nft's tproxy lets a packet with no socket go on: the translation adds a drop after it.
+      const bool tproxy = chain == kTproxyChain;
+      ASSERT_EQ(c->rules.size(), planned.size() + (tproxy ? 1 : 0)) << chain << suffix;
+      for (size_t i = 0; i < planned.size(); ++i) {
+        std::string got = c->rules[i].words;
+        for (size_t at = 0; (at = got.find(suffix, at)) != std::string::npos;) {
+          got.erase(at, suffix.size());
+        }
+        EXPECT_EQ(got, describeRule(chain, planned[i]->args, i + 1 == planned.size()))
+            << chain << suffix << " #" << i + 1 << ": " << c->rules[i].rule;
+      }
+      if (tproxy) {
+        EXPECT_TRUE(c->rules.back().words.starts_with("no proxy socket took it: dropped"))
+            << c->rules.back().words;
+      }
+    }
+  }
+}
+
+// Each rule of Remora's table says what the iptables dump says of the planned rule it was
+// translated from; kube-proxy's rules keep their nft text only.
+TEST(DumpNftTest, RemorasRulesReadAsTheIptablesDumpSaysThem) {
+  NftDump nft = remoraAndKubeProxyNft();
+  ASSERT_EQ(nft.tables.size(), 2u);
+  const auto& remora = nft.tables[0];
+  // The same words as the iptables dump's for the same rules (DumpTest.RendersARealInstall).
+  EXPECT_EQ(
+      wordsOf(remora, {"nat_prerouting", "nat_output", "REMORA_INBOUND_v4", "REMORA_IN_REDIRECT_v4",
+                       "REMORA_OUTPUT_v4", "REMORA_REDIRECT_v4", "REMORA_DROP_INVALID_v4"}),
+      R"(nat_prerouting
+  #1 IPv4: all TCP arriving at the pod enters REMORA_INBOUND_v4
+  #2 IPv6: all TCP arriving at the pod enters REMORA_INBOUND_v6
+nat_output
+  #1 IPv4: all TCP leaving the pod enters REMORA_OUTPUT_v4
+  #2 IPv6: all TCP leaving the pod enters REMORA_OUTPUT_v6
+REMORA_INBOUND_v4
+  #1 tcp ports 15000-15001 excluded: not captured
+  #2 tcp port 15006 excluded: not captured
+  #3 tcp port 15008 excluded: not captured
+  #4 tcp ports 15020-15021 excluded: not captured
+  #5 tcp port 15090 excluded: not captured
+  #6 everything else: redirect to the proxy (REMORA_IN_REDIRECT_v4)
+REMORA_IN_REDIRECT_v4
+  #1 redirect to local port 15006 (the proxy's inbound listener)
+REMORA_OUTPUT_v4
+  #1 inbound passthrough source 127.0.0.6 on lo: not captured
+  #2 proxy to a local non-loopback address (uid 1337): back through the inbound redirect
+  #3 app traffic on loopback (not uid 1337): not captured
+  #4 proxy's own traffic (uid 1337): not captured
+  #5 proxy to a local non-loopback address (gid 1337): back through the inbound redirect
+  #6 app traffic on loopback (not gid 1337): not captured
+  #7 proxy's own traffic (gid 1337): not captured
+  #8 to 127.0.0.1/32: not captured
+  #9 everything else: redirect to the proxy (REMORA_REDIRECT_v4)
+REMORA_REDIRECT_v4
+  #1 redirect to local port 15001 (the proxy's outbound listener)
+REMORA_DROP_INVALID_v4
+  #1 conntrack state INVALID: dropped
+)");
+
+  const auto* output6 = chainNamed(remora, "REMORA_OUTPUT_v6");
+  ASSERT_NE(output6, nullptr);
+  ASSERT_EQ(output6->rules.size(), 9u);
+  EXPECT_EQ(output6->rules[0].words, "inbound passthrough source ::6 on lo: not captured");
+  EXPECT_EQ(output6->rules[7].words, "to ::1/128: not captured");
+
+  // Every rule of every per-family chain against the planner's rule (the fixture is a default
+  // install).
+  expectThePlansWords(remora, InterceptOptions{}, {Family::kIpv4, Family::kIpv6}, 5);
+
+  // Remora's rules: the words, then the nft text; kube-proxy's: the nft text, as before.
+  const std::string text = renderNftDump(nft);
+  for (const char* fragment : {
+           "  inet remora REMORA_OUTPUT_v4\n      #1 inbound passthrough source 127.0.0.6 on lo: "
+           "not captured\n         oifname \"lo\" ip saddr 127.0.0.6 return\n",
+           "    ip kube-proxy nat-output (nat hook output priority -100, policy accept)\n      "
+           "runs at the same priority as inet remora nat_output (priority -100): the one "
+           "registered first runs first\n        #1 jump services\n",
+       }) {
+    EXPECT_NE(text.find(fragment), std::string::npos) << fragment << "\n---\n" << text;
+  }
+  auto j = nftDumpToJson(nft);
+  nlohmann::json redirect;
+  for (const auto& c : j["tables"][0]["chains"]) {
+    if (c["name"] == "REMORA_REDIRECT_v4") redirect = c;
+  }
+  ASSERT_TRUE(redirect.is_object()) << j.dump(2);
+  EXPECT_EQ(redirect["rules"][0]["words"],
+            "redirect to local port 15001 (the proxy's outbound listener)");
+  EXPECT_FALSE(j["tables"][1]["chains"][0]["rules"][0].contains("words"));
+}
+
+// A TPROXY install (`remora-init install --mode nftables --ipv6 on --inbound-interception-mode
+// TPROXY`, as nft 1.0.6 lists it): the mangle chains, the tproxy statement and the drop after it.
+TEST(DumpNftTest, TproxyRulesReadAsTheIptablesDumpSaysThem) {
+  auto r =
+      parseNftRuleset(readFixture("remora_tproxy_nft.json"), readFixture("remora_tproxy_nft.txt"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  NftDump nft = buildNftDump(*r);
+  ASSERT_EQ(nft.tables.size(), 1u);
+  const auto& remora = nft.tables[0];
+  InterceptOptions tproxy;
+  tproxy.inbound_mode = InboundMode::kTproxy;
+  // nat: REMORA_IN_REDIRECT, REMORA_OUTPUT, REMORA_REDIRECT; mangle: the drop of INVALID and
+  // the four TPROXY chains.
+  expectThePlansWords(remora, tproxy, {Family::kIpv4, Family::kIpv6}, 8);
+  EXPECT_EQ(wordsOf(remora, {"mangle_output", "REMORA_TPROXY_v6", "REMORA_TP_OUTPUT_v4"}),
+            R"(mangle_output
+  #1 IPv4: all TCP leaving the pod enters REMORA_TP_OUTPUT_v4
+  #2 IPv6: all TCP leaving the pod enters REMORA_TP_OUTPUT_v6
+REMORA_TPROXY_v6
+  #1 TPROXY to local port 15006, destination kept, mark 0x539/0xffffffff (the proxy's transparent inbound listener)
+  #2 no proxy socket took it: dropped (iptables' TPROXY drops such a packet itself; nft's tproxy lets it go on)
+REMORA_TP_OUTPUT_v4
+  #1 mark 0x539 (the proxy's connection to the app): saved on the connection
+  #2 connection mark 0x539: restored on the packet, so the app's replies return to the proxy
+)");
+  const auto* inbound = chainNamed(remora, "REMORA_TP_INBOUND_v4");
+  ASSERT_NE(inbound, nullptr);
+  ASSERT_EQ(inbound->rules.size(), 8u);
+  EXPECT_EQ(
+      inbound->rules[6].words,
+      "conntrack state RELATED,ESTABLISHED: deliver to the proxy's socket (REMORA_DIVERT_v4)");
+  EXPECT_EQ(inbound->rules[7].words,
+            "everything else: hand to the proxy's transparent listener (REMORA_TPROXY_v4)");
 }
 
 TEST(DumpNftTest, KubeProxyAloneIsPlacedAgainstIptablesNat) {
@@ -437,7 +598,11 @@ TEST(DumpNftTest, CountersCommentsAndUnreadRulesets) {
   const auto& rule = nft.tables[0].chains[0].rules[0];
   EXPECT_EQ(rule.counters, (Counters{3, 180}));
   EXPECT_EQ(rule.comment, "hi");
-  EXPECT_NE(renderNftDump(nft).find("#1 (handle 4)  [3 packets, 180 bytes]\n"), std::string::npos)
+  // Not a translation of a planned rule (no meta nfproto in a base chain): said so.
+  EXPECT_EQ(rule.words, "(not one of Remora's planned rules: no family (meta nfproto))");
+  EXPECT_NE(renderNftDump(nft).find("#1 (not one of Remora's planned rules: no family (meta "
+                                    "nfproto))  [3 packets, 180 bytes]\n         (handle 4)\n"),
+            std::string::npos)
       << renderNftDump(nft);
   auto j = nftDumpToJson(nft);
   EXPECT_EQ(j["tables"][0]["chains"][0]["rules"][0]["packets"], 3);
