@@ -11,8 +11,11 @@
 
 #include <malloc.h>
 
+#include <algorithm>
+#include <array>
+#include <charconv>
 #include <map>
-#include <nlohmann/json.hpp>
+#include <set>
 
 #include "intercept/backend.h"
 #include "intercept/loopback.h"
@@ -58,7 +61,56 @@ std::string interfaceName(const std::string& name) {
 
 std::string op(bool negated) { return negated ? " != " : " "; }
 
-// The nft statement of one planned rule. `chainName` renames Remora's chains per family.
+// The translation writes each rule the way libnftables lists it back (nft 1.0.6), so install
+// can compare the installed table with the plan rule by rule (readInstalled, differences).
+
+// An address or network as nft lists it: a host without its full-length prefix ("127.0.0.6",
+// not "127.0.0.6/32"), IPv6 compressed ("fd00::/8").
+std::string address(const std::string& text) {
+  auto cidr = Cidr::parse(text);
+  if (!cidr) return text;
+  const int full = cidr->address.family == Family::kIpv4 ? 32 : 128;
+  return cidr->prefix == full ? cidr->address.toString() : cidr->toString();
+}
+
+// A mark as nft lists it: eight hex digits ("0x00000539").
+Result<std::string> mark(const std::string& text) {
+  const std::string value = text.substr(0, text.find('/'));
+  uint32_t number = 0;
+  const bool hex = value.starts_with("0x") || value.starts_with("0X");
+  const char* begin = value.data() + (hex ? 2 : 0);
+  auto [end, ec] = std::from_chars(begin, value.data() + value.size(), number, hex ? 16 : 10);
+  if (ec != std::errc() || end != value.data() + value.size() || begin == end) {
+    return makeError(fmt::format("mark '{}' is not a number", text));
+  }
+  return fmt::format("0x{:08x}", number);
+}
+
+// `--ctstate RELATED,ESTABLISHED` as nft lists it: lower case, in nft's bit order.
+Result<std::string> ctState(const std::string& text) {
+  constexpr std::array<std::string_view, 5> kOrder = {"invalid", "established", "related", "new",
+                                                      "untracked"};
+  std::string lower = text;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::vector<bool> wanted(kOrder.size(), false);
+  size_t start = 0;
+  while (start <= lower.size()) {
+    size_t end = std::min(lower.find(',', start), lower.size());
+    auto word = std::string_view(lower).substr(start, end - start);
+    auto at = std::find(kOrder.begin(), kOrder.end(), word);
+    if (at == kOrder.end()) return makeError(fmt::format("unknown --ctstate '{}'", text));
+    wanted[static_cast<size_t>(at - kOrder.begin())] = true;
+    start = end + 1;
+  }
+  std::string out;
+  for (size_t i = 0; i < kOrder.size(); ++i) {
+    if (wanted[i]) out += (out.empty() ? "" : ",") + std::string(kOrder[i]);
+  }
+  return out;
+}
+
+// The nft statement of one planned rule; Remora's chains get the family's suffix.
 Result<std::string> translate(const PlannedRule& rule, Family family) {
   auto spec = parseRuleSpec(rule.args);
   if (!spec) return spec.error();
@@ -73,12 +125,17 @@ Result<std::string> translate(const PlannedRule& rule, Family family) {
                     interfaceName(spec->out_interface->value));
   }
   if (spec->source) {
-    parts.push_back(af + " saddr" + op(spec->source->negated) + spec->source->value);
+    parts.push_back(af + " saddr" + op(spec->source->negated) + address(spec->source->value));
   }
   if (spec->destination) {
-    parts.push_back(af + " daddr" + op(spec->destination->negated) + spec->destination->value);
+    parts.push_back(af + " daddr" + op(spec->destination->negated) +
+                    address(spec->destination->value));
   }
-  if (spec->protocol) {
+  // `tcp dport` implies `meta l4proto tcp`, and nft lists the rule without it.
+  const RuleModule* tcp = spec->module("tcp");
+  const bool implied = tcp != nullptr && !tcp->options.empty() && spec->protocol &&
+                       !spec->protocol->negated && spec->protocol->value == "tcp";
+  if (spec->protocol && !implied) {
     parts.push_back("meta l4proto" + op(spec->protocol->negated) + spec->protocol->value);
   }
   for (const auto& module : spec->modules) {
@@ -92,12 +149,14 @@ Result<std::string> translate(const PlannedRule& rule, Family family) {
       } else if (module.name == "owner" && option.name == "--gid-owner") {
         parts.push_back("meta skgid" + op(option.negated) + value);
       } else if ((module.name == "mark" || module.name == "connmark") && option.name == "--mark") {
+        auto m = mark(value);
+        if (!m) return m.error();
         parts.push_back((module.name == "mark" ? "meta mark" : "ct mark") + op(option.negated) +
-                        value);
+                        *m);
       } else if (module.name == "conntrack" && option.name == "--ctstate") {
-        std::transform(value.begin(), value.end(), value.begin(),
-                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        parts.push_back("ct state" + op(option.negated) + value);
+        auto state = ctState(value);
+        if (!state) return state.error();
+        parts.push_back("ct state" + op(option.negated) + *state);
       } else {
         return makeError(fmt::format("no nftables form for '-m {} {}' in '{}'", module.name,
                                      option.name, rule.toString()));
@@ -112,22 +171,23 @@ Result<std::string> translate(const PlannedRule& rule, Family family) {
     parts.emplace_back("accept");
   } else if (spec->target == "MARK" && spec->targetOption("--set-xmark") != nullptr) {
     // The planner sets whole marks ("0x539/0xffffffff").
-    const std::string& v = spec->targetOption("--set-xmark")->value();
-    parts.push_back("meta mark set " + v.substr(0, v.find('/')));
+    auto m = mark(spec->targetOption("--set-xmark")->value());
+    if (!m) return m.error();
+    parts.push_back("meta mark set " + *m);
   } else if (spec->target == "CONNMARK" && spec->targetOption("--save-mark") != nullptr) {
     parts.emplace_back("ct mark set meta mark");
   } else if (spec->target == "CONNMARK" && spec->targetOption("--restore-mark") != nullptr) {
     parts.emplace_back("meta mark set ct mark");
   } else if (spec->target == "TPROXY") {
     const auto* port = spec->targetOption("--on-port");
-    const auto* mark = spec->targetOption("--tproxy-mark");
-    if (port == nullptr || mark == nullptr) {
+    const auto* tproxy_mark = spec->targetOption("--tproxy-mark");
+    if (port == nullptr || tproxy_mark == nullptr) {
       return makeError(
           fmt::format("TPROXY without --on-port or --tproxy-mark: {}", rule.toString()));
     }
-    const std::string& m = mark->value();
-    parts.push_back(fmt::format("tproxy {} to :{} meta mark set {} accept", af, port->value(),
-                                m.substr(0, m.find('/'))));
+    auto m = mark(tproxy_mark->value());
+    if (!m) return m.error();
+    parts.push_back(fmt::format("tproxy {} to :{} meta mark set {} accept", af, port->value(), *m));
     // iptables' TPROXY drops a packet it finds no socket for; nft's statement lets it go on.
     // The second line is a rule of its own, so a proxy that is down never lets the app be
     // reached uncaptured.
@@ -182,8 +242,13 @@ Result<NftRuleset> buildRuleset(const std::vector<FamilyPlan>& plans) {
           if (std::string_view(b.table) == table && rule.chain == b.builtin) base = &b;
         }
         if (base != nullptr) {
+          // An address match implies the family, and nft lists the rule without the nfproto.
+          const std::string af = addressFamily(plan.family);
+          const bool implied = text->find(af + " saddr ") != std::string::npos ||
+                               text->find(af + " daddr ") != std::string::npos;
           set.chain(base->name)
-              .rules.push_back(fmt::format("meta nfproto {} {}", nfproto(plan.family), *text));
+              .rules.push_back(
+                  implied ? *text : fmt::format("meta nfproto {} {}", nfproto(plan.family), *text));
         } else {
           // A translation may be more than one nft rule, one per line.
           auto& chain = set.chain(rule.chain + suffix(plan.family)).rules;
@@ -217,38 +282,102 @@ std::string renderRuleset(const NftRuleset& set, const std::string& fingerprint)
   return text;
 }
 
-// What is installed: the table comment and the rule count of each chain, from JSON.
+// One chain as libnftables lists it: its declaration lines (a base chain's "type ... policy
+// accept;") and its rules, each one line.
+struct NftListedChain {
+  std::vector<std::string> declaration;
+  std::vector<std::string> rules;
+};
+
+// What is installed, read from the text listing of the table (`list table inet remora`).
 struct NftInstalled {
   bool exists = false;
   std::string comment;
-  std::map<std::string, size_t> rules_per_chain;
+  std::map<std::string, NftListedChain> chains;
+  std::vector<std::string> other;  // table lines that are neither a chain nor the comment
 };
 
-Result<NftInstalled> readInstalled(NftContext& nft) {
+// Parses libnftables' text listing of one table: one item per line, indented by tabs (depth 1
+// for the table's chains, sets and comment, depth 2 for a chain's declaration and rules). A
+// "# handle N" ending (an `-a` listing) is dropped.
+NftInstalled parseListing(const std::string& listing) {
   NftInstalled out;
-  auto text = listNftTable(nft, fmt::format("inet {}", kNftTable), /*json=*/true);
-  if (!text) return text.error();
-  if (!*text) return out;
-  auto json = nlohmann::json::parse(**text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.contains("nftables")) {
-    return makeError("cannot parse libnftables' JSON listing of inet remora");
-  }
   out.exists = true;
-  // libnftables 1.0.6's JSON leaves out table comments; the text listing has it on its own line.
-  auto listing = nft.run(fmt::format("list table inet {}", kNftTable));
-  if (!listing) return listing.error();
-  if (auto at = listing->find("\tcomment \""); at != std::string::npos) {
-    at += 10;
-    out.comment = listing->substr(at, listing->find('"', at) - at);
-  }
-  for (const auto& item : json["nftables"]) {
-    if (item.contains("table") && item["table"].contains("comment")) {
-      out.comment = item["table"].value("comment", "");
+  NftListedChain* chain = nullptr;
+  bool in_other = false;  // inside a table item that is not a chain (a set, a map, ...)
+  size_t start = 0;
+  while (start < listing.size()) {
+    size_t end = listing.find('\n', start);
+    if (end == std::string::npos) end = listing.size();
+    std::string_view line(listing.data() + start, end - start);
+    start = end + 1;
+    size_t depth = 0;
+    while (depth < line.size() && line[depth] == '\t') ++depth;
+    line.remove_prefix(depth);
+    if (auto handle = line.find(" # handle "); handle != std::string_view::npos) {
+      line = line.substr(0, handle);
     }
-    if (item.contains("chain")) out.rules_per_chain[item["chain"].value("name", "")];
-    if (item.contains("rule")) ++out.rules_per_chain[item["rule"].value("chain", "")];
+    if (line.empty() || depth == 0) continue;  // "table inet remora {", "}", blank lines
+    if (depth == 1) {
+      chain = nullptr;
+      in_other = false;
+      if (line == "}") continue;
+      if (line.starts_with("chain ") && line.ends_with(" {")) {
+        chain = &out.chains[std::string(line.substr(6, line.size() - 8))];
+      } else if (line.starts_with("comment \"") && line.size() >= 10 && line.back() == '"') {
+        out.comment = std::string(line.substr(9, line.size() - 10));
+      } else {
+        out.other.emplace_back(line);
+        in_other = line.ends_with("{");
+      }
+      continue;
+    }
+    if (chain == nullptr) {
+      if (!in_other) out.other.emplace_back(line);
+      continue;
+    }
+    if (depth > 2 && !chain->rules.empty()) {
+      chain->rules.back() += " " + std::string(line);  // a rule continued on the next line
+    } else if (chain->rules.empty() &&
+               (line.starts_with("type ") || line.starts_with("policy ") ||
+                line.starts_with("comment ") || line.starts_with("flags ") ||
+                line.starts_with("devices "))) {
+      chain->declaration.emplace_back(line);
+    } else {
+      chain->rules.emplace_back(line);
+    }
   }
   return out;
+}
+
+Result<NftInstalled> readInstalled(NftContext& nft) {
+  auto text = listNftTable(nft, fmt::format("inet {}", kNftTable));
+  if (!text) return text.error();
+  if (!*text) return NftInstalled{};
+  return parseListing(**text);
+}
+
+// A chain's installed rules against the planned ones. The common beginning and end are the
+// same; what lies between is reported: rules installed that the plan does not have, and planned
+// rules missing, each with its position (1-based) and text.
+void ruleDifferences(const std::string& chain, const std::vector<std::string>& installed,
+                     const std::vector<std::string>& planned, std::vector<std::string>& diffs) {
+  size_t head = 0;
+  while (head < installed.size() && head < planned.size() && installed[head] == planned[head]) {
+    ++head;
+  }
+  size_t tail = 0;
+  while (tail < installed.size() - head && tail < planned.size() - head &&
+         installed[installed.size() - 1 - tail] == planned[planned.size() - 1 - tail]) {
+    ++tail;
+  }
+  for (size_t i = head; i < installed.size() - tail; ++i) {
+    diffs.push_back(
+        fmt::format("chain {} rule #{} '{}' is not in the plan", chain, i + 1, installed[i]));
+  }
+  for (size_t i = head; i < planned.size() - tail; ++i) {
+    diffs.push_back(fmt::format("chain {} lacks planned rule #{} '{}'", chain, i + 1, planned[i]));
+  }
 }
 
 std::vector<std::string> differences(const NftInstalled& installed, const NftRuleset& planned,
@@ -259,18 +388,26 @@ std::vector<std::string> differences(const NftInstalled& installed, const NftRul
     diffs.push_back(fmt::format("table comment is '{}', expected 'remora {}' (another plan)",
                                 installed.comment, fingerprint));
   }
-  std::map<std::string, size_t> want;
-  for (const auto& c : planned.chains) want[c.name] = c.rules.size();
-  for (const auto& [name, count] : want) {
-    auto it = installed.rules_per_chain.find(name);
-    if (it == installed.rules_per_chain.end()) {
-      diffs.push_back(fmt::format("chain {} is missing", name));
-    } else if (it->second != count) {
-      diffs.push_back(fmt::format("chain {} has {} rules, expected {}", name, it->second, count));
-    }
+  for (const auto& line : installed.other) {
+    diffs.push_back(fmt::format("table inet {} has '{}', not in the plan", kNftTable, line));
   }
-  for (const auto& [name, count] : installed.rules_per_chain) {
-    if (!want.contains(name)) diffs.push_back(fmt::format("unexpected chain {}", name));
+  std::set<std::string> planned_names;
+  for (const auto& c : planned.chains) {
+    planned_names.insert(c.name);
+    auto it = installed.chains.find(c.name);
+    if (it == installed.chains.end()) {
+      diffs.push_back(fmt::format("chain {} is missing", c.name));
+      continue;
+    }
+    const std::string declared = fmt::format("{}", fmt::join(it->second.declaration, " "));
+    if (declared != c.hook) {
+      diffs.push_back(
+          fmt::format("chain {} is declared '{}', expected '{}'", c.name, declared, c.hook));
+    }
+    ruleDifferences(c.name, it->second.rules, c.rules, diffs);
+  }
+  for (const auto& [name, chain] : installed.chains) {
+    if (!planned_names.contains(name)) diffs.push_back(fmt::format("unexpected chain {}", name));
   }
   return diffs;
 }
@@ -341,6 +478,16 @@ class NftablesApplier : public Applier {
         return makeError(text + removeRoutes(routes));
       }
       report.changed = true;
+      if (prepared->existed) {
+        // Say why an existing table was replaced (the first differences; check lists them all).
+        constexpr size_t kShown = 3;
+        const auto& diffs = prepared->diffs;
+        const size_t shown = std::min(diffs.size(), kShown);
+        report.lines.push_back(fmt::format(
+            "nftables: table inet {} differs from the plan: {}{}", kNftTable,
+            fmt::join(diffs.begin(), diffs.begin() + static_cast<std::ptrdiff_t>(shown), "; "),
+            diffs.size() > shown ? fmt::format(" (and {} more)", diffs.size() - shown) : ""));
+      }
       size_t rules = 0;
       for (const auto& c : prepared->ruleset.chains) rules += c.rules.size();
       report.lines.push_back(
@@ -443,6 +590,7 @@ class NftablesApplier : public Applier {
     std::string script;
     std::vector<std::string> diffs;
     bool needed = true;
+    bool existed = false;  // the table was there (maybe with other rules)
     bool v6 = false;
   };
 
@@ -463,6 +611,7 @@ class NftablesApplier : public Applier {
     p.script = renderRuleset(p.ruleset, fingerprint);
     auto installed = readInstalled(nft_);
     if (!installed) return installed.error();
+    p.existed = installed->exists;
     p.diffs = differences(*installed, p.ruleset, fingerprint);
     p.needed = !p.diffs.empty();
     return p;
@@ -542,7 +691,8 @@ Result<std::optional<std::string>> listNftTable(NftContext& nft, const std::stri
                                                 bool json) {
   auto text = nft.run("list table " + table, json);
   if (text) return std::optional<std::string>(std::move(*text));
-  if (text.error().message.find(kNoSuchObject) != std::string::npos) return std::optional<std::string>();
+  if (text.error().message.find(kNoSuchObject) != std::string::npos)
+    return std::optional<std::string>();
   return text.error();
 }
 
@@ -587,6 +737,14 @@ Result<std::string> renderNftables(const std::vector<FamilyPlan>& plans,
   auto set = buildRuleset(plans);
   if (!set) return set.error();
   return renderRuleset(*set, fingerprint);
+}
+
+Result<std::vector<std::string>> nftDifferences(const std::optional<std::string>& listing,
+                                                const std::vector<FamilyPlan>& plans) {
+  auto set = buildRuleset(plans);
+  if (!set) return set.error();
+  return differences(listing ? parseListing(*listing) : NftInstalled{}, *set,
+                     planFingerprint(renderRuleset(*set, "")));
 }
 
 std::unique_ptr<Applier> makeNftablesApplier(std::chrono::milliseconds command_timeout) {

@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <iostream>
+#include <utility>
 
+#include "common/netns.h"
 #include "init_world.h"
+#include "intercept/cli.h"
+#include "intercept/nftables_applier.h"
 #include "netns_world.h"
 
 namespace remora::test {
@@ -26,6 +30,36 @@ class InitNftE2e : public InitWorld<::testing::Test> {
     return run(args);
   }
   std::string ruleset() { return run({"nft", "list", "ruleset"}).out; }
+  // With rule handles: a table written anew gets new handles, so an unchanged listing proves
+  // that nothing was rewritten.
+  std::string handles() { return run({"nft", "-a", "list", "table", "inet", "remora"}).out; }
+
+  // The nftables applier's check (what remora-cni's CHECK runs) in front's netns, for the
+  // options the flags give; "" when the table is exactly the plan, else the error.
+  std::string check(const std::vector<std::pair<std::string, std::string>>& flags = {}) {
+    intercept::InterceptOptions options;
+    for (const auto& [flag, value] : flags) {
+      auto set = intercept::setOption(options, flag, value);
+      EXPECT_TRUE(set.ok()) << flag << ": " << set.error().message;
+    }
+    std::string error;
+    auto ran = runInNetns(world_->netnsPath(front_), [&]() -> Result<void> {
+      auto checked = intercept::makeNftablesApplier()->check(options);
+      if (!checked) error = checked.error().message;
+      return {};
+    });
+    EXPECT_TRUE(ran.ok()) << ran.error().message;
+    return error;
+  }
+
+  // The handle nft gave `rule` (its exact listed text) in `chain` of inet remora, or "".
+  std::string handleOf(const std::string& chain, const std::string& rule) {
+    auto text = run({"nft", "-a", "list", "chain", "inet", "remora", chain}).out;
+    auto at = text.find("\t" + rule + " # handle ");
+    if (at == std::string::npos) return "";
+    at += rule.size() + 11;
+    return text.substr(at, text.find('\n', at) - at);
+  }
 
   // What `ip kube-proxy` looks like in kube-proxy's nftables mode (shape only: one service).
   void addKubeProxyTable() {
@@ -86,6 +120,105 @@ TEST_F(InitNftE2e, ReinstallIsANoOpAndNewFlagsReplaceInOneTransaction) {
   auto fixed = init({"install", "--mode", "nftables", "--outbound-port", "15999"});
   EXPECT_NE(fixed.out.find("nftables: installed"), std::string::npos) << fixed.out;
   EXPECT_EQ(ruleset(), replaced);
+}
+
+// A rule edited in place (same chain, same rule count) is noticed: install puts the planned rule
+// back, and the check names the chain and both rules. Without tampering, a second install
+// rewrites nothing (same handles) and the check passes.
+TEST_F(InitNftE2e, RuleReplacedInPlaceIsNoticedByInstallAndCheck) {
+  ASSERT_EQ(init({"install", "--mode", "nftables"}).exit_code, 0);
+  const auto installed = handles();
+  auto again = init({"install", "--mode", "nftables"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("already installed, nothing changed"), std::string::npos) << again.out;
+  EXPECT_EQ(handles(), installed);
+  EXPECT_EQ(check(), "");
+
+  // `meta skuid 1337 return` (the proxy's own traffic leaves uncaptured) becomes 1338.
+  const std::string handle = handleOf("REMORA_OUTPUT_v4", "meta skuid 1337 return");
+  ASSERT_NE(handle, "") << installed;
+  auto replaced = run({"nft", "replace", "rule", "inet", "remora", "REMORA_OUTPUT_v4", "handle",
+                       handle, "meta", "skuid", "1338", "return"});
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.err;
+  ASSERT_NE(ruleset().find("meta skuid 1338 return"), std::string::npos) << ruleset();
+
+  auto checked = check();
+  EXPECT_NE(checked.find("chain REMORA_OUTPUT_v4 rule #4 'meta skuid 1338 return' is not in the "
+                         "plan"),
+            std::string::npos)
+      << checked;
+  EXPECT_NE(checked.find("chain REMORA_OUTPUT_v4 lacks planned rule #4 'meta skuid 1337 return'"),
+            std::string::npos)
+      << checked;
+
+  auto fixed = init({"install", "--mode", "nftables"});
+  ASSERT_EQ(fixed.exit_code, 0) << fixed.err;
+  EXPECT_EQ(fixed.out.find("nothing changed"), std::string::npos) << fixed.out;
+  EXPECT_NE(fixed.out.find("nftables: table inet remora differs from the plan: chain "
+                           "REMORA_OUTPUT_v4 rule #4 'meta skuid 1338 return' is not in the plan"),
+            std::string::npos)
+      << fixed.out;
+  EXPECT_NE(fixed.out.find("nftables: installed table inet remora"), std::string::npos)
+      << fixed.out;
+  EXPECT_EQ(ruleset().find("meta skuid 1338"), std::string::npos) << ruleset();
+  EXPECT_NE(handleOf("REMORA_OUTPUT_v4", "meta skuid 1337 return"), "") << handles();
+  EXPECT_EQ(check(), "");
+}
+
+// Every rule shape the planner makes, installed for real: an immediate second install must find
+// the table exactly as planned. A rule whose translation is not written the way libnftables lists
+// it back would make the second install rewrite the table (and the check fail).
+TEST_F(InitNftE2e, EveryPlanVariantIsListedBackAsPlanned) {
+  using Flags = std::vector<std::pair<std::string, std::string>>;
+  const std::vector<Flags> variants = {
+      {},
+      {{"ipv6", "off"}},
+      {{"ipv6", "on"}},  // the same plan as the default here, but after the IPv4-only one
+      {{"drop-invalid", "false"}},
+      {{"inbound-interception-mode", "TPROXY"}},
+      {{"inbound-interception-mode", "TPROXY"},
+       {"include-inbound-ports", "8080,9000:9010"},
+       {"exclude-inbound-ports", "7000"},
+       {"drop-invalid", "false"}},
+      {{"include-inbound-ports", "8080,9000:9010"}, {"exclude-inbound-ports", "7000,7100:7200"}},
+      {{"include-inbound-ports", ""}},
+      {{"exclude-outbound-cidrs", "10.96.0.0/12,192.168.1.1/32,fd00:1::/64,fd00:2::7"},
+       {"include-outbound-cidrs", "10.0.0.0/8,fd00::/16"}},
+      {{"exclude-outbound-cidrs", "0.0.0.0/0,::/0"}},
+      {{"include-outbound-cidrs", "127.1.2.3/32"}},
+      {{"proxy-uid", "3,4"}, {"proxy-gid", "5,6,"}},
+      {{"include-outbound-owner-groups", "101,102"}, {"exclude-outbound-owner-groups", "103"}},
+      {{"kube-virt-interfaces", "k6t-eth0,k6t-net1"},
+       {"exclude-outbound-cidrs", "10.96.0.0/12,fd00:1::/64"},
+       {"include-outbound-cidrs", "10.0.0.0/8,fd00::/16"}},
+      {{"kube-virt-interfaces", "k6t-eth0"}},
+      {{"include-outbound-ports", "443,8000:8100"}, {"exclude-outbound-ports", "22,9000:9100"}},
+      {{"exclude-interfaces", "veth+,eth9"}, {"outbound-port", "15999"}, {"inbound-port", "15998"}},
+  };
+  for (const auto& flags : variants) {
+    std::vector<std::string> args = {"install", "--mode", "nftables"};
+    std::string label = "--mode nftables";
+    for (const auto& [flag, value] : flags) {
+      args.push_back("--" + flag);
+      args.push_back(value);
+      label += " --" + flag + " '" + value + "'";
+    }
+    SCOPED_TRACE(label);
+    auto first = init(args);
+    ASSERT_EQ(first.exit_code, 0) << first.err;
+    EXPECT_NE(first.out.find("nftables: installed table inet remora"), std::string::npos)
+        << first.out;
+    const auto installed = handles();
+    auto second = init(args);
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_NE(second.out.find("already installed, nothing changed"), std::string::npos)
+        << second.out << "\n"
+        << installed;
+    EXPECT_EQ(handles(), installed);
+    auto with_mode = flags;
+    with_mode.emplace_back("mode", "nftables");
+    EXPECT_EQ(check(with_mode), "");
+  }
 }
 
 TEST_F(InitNftE2e, UninstallDeletesOnlyTheTableAndCoexistsWithKubeProxyAndIptables) {

@@ -10,3 +10,5 @@ remora_add_gtest(nft_render_test unit ${CMAKE_CURRENT_LIST_DIR}/nft_render_test.
 target_link_libraries(nft_render_test PRIVATE remora_intercept)
 remora_add_gtest(plan_tproxy_test unit ${CMAKE_CURRENT_LIST_DIR}/plan_tproxy_test.cc)
 target_link_libraries(plan_tproxy_test PRIVATE remora_intercept)
+target_compile_definitions(nft_render_test PRIVATE
+  REMORA_FIXTURES_DIR="${PROJECT_SOURCE_DIR}/test/fixtures")

@@ -153,17 +153,17 @@ TEST(PlanTproxy, NftablesTranslation) {
            "type route hook output priority mangle; policy accept;",
            "meta nfproto ipv4 meta l4proto tcp jump REMORA_TP_OUTPUT_v4",
            "meta nfproto ipv6 meta l4proto tcp jump REMORA_TP_INBOUND_v6",
-           "meta mark 0x539 ct mark set meta mark",
-           "ct mark 0x539 meta mark set ct mark",
-           "meta mark set 0x539",
+           "meta mark 0x00000539 ct mark set meta mark",
+           "ct mark 0x00000539 meta mark set ct mark",
+           "meta mark set 0x00000539",
            "accept",
            "iifname \"lo\" return",
-           "meta l4proto tcp ct state related,established jump REMORA_DIVERT_v4",
-           "meta l4proto tcp tproxy ip to :15006 meta mark set 0x539 accept",
-           "meta l4proto tcp tproxy ip6 to :15006 meta mark set 0x539 accept",
+           "meta l4proto tcp ct state established,related jump REMORA_DIVERT_v4",
+           "meta l4proto tcp tproxy ip to :15006 meta mark set 0x00000539 accept",
+           "meta l4proto tcp tproxy ip6 to :15006 meta mark set 0x00000539 accept",
            // nft's tproxy lets a packet with no listener go on; iptables' TPROXY drops it.
            "meta l4proto tcp drop",
-           "oifname \"lo\" meta mark 0x539 return",
+           "oifname \"lo\" meta mark 0x00000539 return",
        }) {
     EXPECT_NE(text->find("    " + std::string(rule) + "\n"), std::string::npos) << rule << "\n"
                                                                                 << *text;
