@@ -118,6 +118,9 @@ srv.serve_forever()
 // port mode [name]: a socket server. Mode "answer" and "silent" play a shadow backend that
 // prints one line per request it receives ("shadow PATH host=HOST body=BODY"); "answer"
 // answers each with a 200, "silent" never answers; each connection accepted prints "accepted".
+// Mode "oneshot" answers the first request of a connection (keep-alive) and closes the
+// connection, unanswered, when a second one arrives on it ("closed PATH"), as a server whose
+// idle timeout closes a kept-alive connection just as it is reused.
 // Mode "early" answers 413 after 64 KiB of a body and closes with the rest unread. Mode "greet" is
 // a server-first TCP service (as MySQL is): it greets with "HELLO name" first, then echoes each
 // line upper-cased.
@@ -157,6 +160,7 @@ def serve(c):
     if mode == "early":
         return early(c)
     buf = b""
+    answered = False
     while True:
         while b"\r\n\r\n" not in buf:
             d = c.recv(4096)
@@ -173,26 +177,33 @@ def serve(c):
                 return
             buf += d
         body, buf = buf[:n], buf[n:]
+        if mode == "oneshot" and answered:
+            print("closed %s" % lines[0].split()[1], flush=True)
+            c.close()
+            return
         print("shadow %s host=%s body=%s" % (lines[0].split()[1], hdr.get("host", "-"),
                                              body.decode()), flush=True)
-        if mode == "answer":
+        if mode in ("answer", "oneshot"):
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nshadow\n")
+            answered = True
 while True:
     c, _ = srv.accept()
     print("accepted", flush=True)
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 )PY";
 
-// One JSON spec as argv[1]. mode "seq": n requests on ONE connection, a JSON line each;
+// One JSON spec as argv[1]. mode "seq": n requests (or one per entry of "paths") on ONE
+// connection, a JSON line each;
 // "parallel": n connections at once, one request each; "raw": bytes sent as they are, the
 // answer printed until the proxy closes; "upgrade": a websocket-style upgrade, then a message.
 constexpr const char* kClient = R"PY(
 import sys, json, time, http.client, socket, threading
 spec = json.loads(sys.argv[1])
 host, port = spec.get("host", "bill-service"), spec.get("port", 9999)
-def one(c, hdrs):
+def one(c, hdrs, path=None):
     t = time.monotonic()
-    c.request(spec.get("method", "GET"), spec.get("path", "/"), body=spec.get("body"), headers=hdrs)
+    c.request(spec.get("method", "GET"), path or spec.get("path", "/"), body=spec.get("body"),
+              headers=hdrs)
     r = c.getresponse()
     body = r.read().decode().strip()
     return {"status": r.status, "body": body, "ms": int((time.monotonic() - t) * 1000),
@@ -201,8 +212,8 @@ def one(c, hdrs):
 mode = spec.get("mode", "seq")
 if mode == "seq":
     c = http.client.HTTPConnection(host, port, timeout=10)
-    for i in range(spec["n"]):
-        print(json.dumps(one(c, spec.get("headers", {}))), flush=True)
+    for p in spec.get("paths") or [None] * spec["n"]:
+        print(json.dumps(one(c, spec.get("headers", {}), p)), flush=True)
 elif mode == "parallel":
     out, threads = [], []
     def run():
@@ -842,6 +853,81 @@ TEST_F(HttpE2e, ASilentShadowNeitherDelaysResponsesNorGrowsPastTheCap) {
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("destination_subset=\"v2\",result=\"dropped\"} 6"), std::string::npos) << m;
   EXPECT_EQ(m.find("result=\"ok\""), std::string::npos) << m;
+}
+
+// The 503 race on the mirror's pooled connections: the shadow closes each kept-alive connection
+// when a second copy arrives on it, unanswered. Every such copy is sent again on a fresh
+// connection, so every copy arrives and none is counted failed.
+TEST_F(HttpE2e, AMirrorCopyOnAConnectionTheShadowClosesIsRetriedOnAFreshOne) {
+  ASSERT_TRUE(shadowOnV2("oneshot"));
+  startProxy(virtualService(kRoutesMirror) + destinationRule());
+  constexpr size_t kCopies = 20;
+  const std::string out =
+      client(R"({"mode": "seq", "n": 20, "method": "POST", "path": "/m", "body": "payload"})");
+  EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), kCopies) << out;
+  const std::string copy = "shadow /m host=bill-service-shadow:9999 body=payload";
+  EXPECT_TRUE(waitFor([&] {
+    backends_[1]->drain();
+    return countOf(backends_[1]->output(), copy) == kCopies;
+  })) << backends_[1]->output();
+  const std::string ok =
+      "remora_mirror_requests_total{destination_service=\"bill-service.istio-demo\","
+      "destination_subset=\"v2\",result=\"ok\"} 20";
+  ASSERT_TRUE(waitFor([&] { return admin("/stats/prometheus").find(ok) != std::string::npos; }))
+      << admin("/stats/prometheus") << backends_[1]->output();
+  const std::string m = admin("/stats/prometheus");
+  EXPECT_EQ(m.find("result=\"failed\""), std::string::npos) << m;
+  // The race happened (copies met connections the shadow closed), and each time the copy was
+  // resent: one race retry per copy the shadow closed unanswered.
+  const size_t closed = countOf(backends_[1]->output(), "closed /m");
+  EXPECT_GE(closed, 1u) << backends_[1]->output();
+  std::smatch retries;
+  ASSERT_TRUE(
+      std::regex_search(m, retries, std::regex("remora_http_reset_race_retries_total (\\d+)")))
+      << m;
+  EXPECT_EQ(std::stoul(retries[1]), closed) << m;
+}
+
+// Istio's sidecar outbound HTTP listeners normalize the path (BASE) before routing, as inbound
+// ones do: the VirtualService `uri` matches the normalized path, the upstream gets it (with the
+// client's query), and a path that fails normalization gets Envoy's 400.
+constexpr const char* kRoutesByPrefix = R"(  - match:
+    - uri:
+        prefix: /public/
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+  - route:
+    - destination:
+        host: bill-service
+        subset: v2
+)";
+
+TEST_F(HttpE2e, OutboundPathsAreNormalizedBeforeRouteMatchAndForwarded) {
+  startProxy(virtualService(kRoutesByPrefix) + destinationRule());
+  const std::string out =
+      client(R"({"mode": "seq", "paths": ["/public/a", "/x/../public/a?q=1", "/%70ublic/b",)"
+             R"( "/public/%2e%2E/private", "/public/./c/", "/x%00y", "/public/d"]})");
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), 7u) << out;
+  struct Want {
+    int status;
+    const char* body;
+    const char* path;
+  };
+  const Want want[] = {
+      {200, kV1Reply, "/public/a"}, {200, kV1Reply, "/public/a?q=1"}, {200, kV1Reply, "/public/b"},
+      {200, kV2Reply, "/private"},  {200, kV1Reply, "/public/c/"},    {400, "bad request", ""},
+      {200, kV1Reply, "/public/d"},
+  };
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(field(all[i], "status"), want[i].status) << all[i];
+    EXPECT_NE(all[i].find(std::string("\"body\": \"") + want[i].body + "\""), std::string::npos)
+        << all[i];
+    EXPECT_NE(all[i].find(std::string("\"path\": \"") + want[i].path + "\""), std::string::npos)
+        << all[i];
+  }
 }
 
 // A backend that answers 413 after 64 KiB of an 8 MiB upload and closes: the client, still

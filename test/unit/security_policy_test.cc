@@ -182,14 +182,16 @@ TEST(Authz, HttpOnlyFieldsAtL4FollowIstio) {
   EXPECT_TRUE(allowed({&deny}, from(kOther)));
 }
 
-// One HTTP request from `principal`, as the L7 path builds it.
+// One HTTP request from `principal`, as the L7 path builds it; `path` is handed to evaluate() as
+// given (the caller normalizes it first: norm()).
 struct Req {
+  std::string path;
   RequestAttributes r;
   ConnectionAttributes a;
-  Req(const std::string& principal, std::string_view method, std::string_view path,
+  Req(const std::string& principal, std::string_view method, std::string path_,
       std::string_view host = "bill.demo:8080",
       std::vector<std::pair<std::string_view, std::string_view>> headers = {})
-      : a(from(principal)) {
+      : path(std::move(path_)), a(from(principal)) {
     r.method = method;
     r.path = path;
     r.host = host;
@@ -257,6 +259,10 @@ TEST(AuthzHttp, MethodsAndPrincipalTogether) {
   EXPECT_FALSE(allowed({&deny}, Req(kSleep, "DELETE", "/x").a));
 }
 
+// The proxy's half of evaluate()'s contract: the path normalized once, before evaluation (a path
+// that fails is answered 400 and never evaluated).
+std::string norm(std::string_view raw) { return normalizePath(raw).value_or("<refused: 400>"); }
+
 TEST(AuthzHttp, PathsAreNormalizedAsIstioBaseDoes) {
   EXPECT_EQ(normalizePath("/a/../b"), "/b");
   EXPECT_EQ(normalizePath("/public/./data/abc/../xyz"), "/public/data/xyz");
@@ -268,14 +274,47 @@ TEST(AuthzHttp, PathsAreNormalizedAsIstioBaseDoes) {
   EXPECT_EQ(normalizePath("/a/."), "/a/");
   EXPECT_EQ(normalizePath("/a//b"), "/a//b");  // MERGE_SLASHES is not the default
   EXPECT_EQ(normalizePath("/%zz%4"), "/%zz%4");
-  EXPECT_EQ(normalizePath("/x%00y"), std::nullopt);
-  // A DENY on /admin/* catches the dot-segment and encoded forms of the same path.
+  EXPECT_EQ(normalizePath("/x%00y"), std::nullopt);  // the proxy answers 400
+  // A DENY on /admin/* catches the dot-segment and encoded forms of the same path once the
+  // caller normalized them.
   auto deny = policy("deny-admin", Action::kDeny, {operation({}, {"/admin/*"})});
-  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/public/../admin/x").a));
-  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/%61dmin/x").a));
-  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/public\\..\\admin/x").a));
-  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/public/admin/x").a));
-  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", "/x%00").a)) << "%00 is refused";
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", norm("/public/../admin/x")).a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", norm("/%61dmin/x")).a));
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", norm("/public\\..\\admin/x")).a));
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", norm("/public/admin/x")).a));
+}
+
+TEST(AuthzHttp, NormalizationIsIdempotentAndSkippedOnlyWhereItChangesNothing) {
+  for (const char* raw : {"/a/../b", "/%61%62%63/%2E%2e/x%2d", "/some\\data", "/a/b/..?q=/../x",
+                          "/a/.", "/%2525/x", "/x/%2E%2E/y"}) {
+    const std::string once = norm(raw);
+    EXPECT_EQ(norm(once), once) << raw;
+    EXPECT_TRUE(needsNormalization(raw)) << raw;
+  }
+  // needsNormalization false: normalizePath would return the path unchanged.
+  for (const char* plain :
+       {"/", "/a/b", "/a//b", "/a/", "/.well-known/x", "/a..b/...", "/a/b.", "*", "/x-y_z~"}) {
+    EXPECT_FALSE(needsNormalization(plain)) << plain;
+    EXPECT_EQ(normalizePath(plain), plain) << plain;
+  }
+  for (const char* dotted : {"/.", "/..", "/a/./b", "/a/../b", "/a/.."}) {
+    EXPECT_TRUE(needsNormalization(dotted)) << dotted;
+  }
+}
+
+// evaluate() takes the path as the proxy normalized it and never normalizes it again: given a
+// raw path it matches the raw text. (It used to normalize its input a second time, so the
+// dot-segment form below was denied here as well as in the proxy.)
+TEST(AuthzHttp, EvaluateMatchesThePathAsGivenWithoutNormalizingAgain) {
+  auto deny = policy("deny-admin-raw", Action::kDeny, {operation({}, {"/admin/*"})});
+  EXPECT_FALSE(allowed({&deny}, Req(kSleep, "GET", norm("/public/../admin/x")).a));
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/public/../admin/x").a));
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/%61dmin/x").a));
+  // %00 is the caller's to refuse (400) before evaluation; evaluate() does not look for it.
+  EXPECT_TRUE(allowed({&deny}, Req(kSleep, "GET", "/x%00").a));
+  auto exact = policy("allow-exact", Action::kAllow, {operation({}, {"/a/b"})});
+  EXPECT_TRUE(allowed({&exact}, Req(kSleep, "GET", "/a/b").a));
+  EXPECT_FALSE(allowed({&exact}, Req(kSleep, "GET", "/a/./b").a));
 }
 
 TEST(AuthzHttp, PathTemplates) {
@@ -289,7 +328,7 @@ TEST(AuthzHttp, PathTemplates) {
   EXPECT_TRUE(matchPath("/{*}/x/{**}", "/a/x/b/c"));
   EXPECT_TRUE(matchPath("/plain*", "/plain/x"));  // not a template: Istio's prefix form
   auto allow = policy("allow-orders", Action::kAllow, {operation({"GET"}, {"/users/{*}/orders"})});
-  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", "/users/42/orders?x=1").a));
+  EXPECT_TRUE(allowed({&allow}, Req(kSleep, "GET", norm("/users/42/orders?x=1")).a));
   EXPECT_FALSE(allowed({&allow}, Req(kSleep, "GET", "/users/42/orders/9").a));
 }
 

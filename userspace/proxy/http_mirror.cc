@@ -51,6 +51,12 @@ struct HttpMirror::Copy {
   uint32_t requests = 0;
   bool idle = false;
   Clock::time_point idle_since{};
+  // The race retry: the copy went on a kept-alive connection, whether a byte of its response
+  // came, and what a fresh attempt needs.
+  bool reused = false;
+  bool got_bytes = false;
+  std::string method;
+  std::chrono::milliseconds connect_timeout{1000};
 };
 
 HttpMirror::HttpMirror(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats)
@@ -89,25 +95,35 @@ void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
     c.parser = http::Parser(http::Parser::Kind::kResponse);
     c.parser.respondingTo(copy.method);
     c.deadline = now + copy.timeout;
+    c.reused = true;
+    c.got_bytes = false;
+    c.method = std::move(copy.method);
+    c.connect_timeout = copy.connect_timeout;
     ++c.requests;
     ++active_;
     ring_.send(c.fd, {c.out.data(), c.out.size()}, copies_.track(opByte(MirrorOp::kSend), slot));
     return;
   }
+  const Clock::time_point deadline = now + copy.timeout;
+  open(std::move(copy), deadline, "dropped");
+}
+
+void HttpMirror::open(MirrorCopy copy, Clock::time_point deadline, const char* refused) {
+  ClusterPool& pool = pools_.get(copy.service, copy.subset);
   if (!pool.canOpen()) {
-    count(copy.service, copy.subset, "dropped");
+    count(copy.service, copy.subset, refused);
     return;
   }
   auto fd = sockets_.upstreamSocket(copy.endpoint.ip.family, std::nullopt);
   if (!fd) {
     spdlog::warn("mirror socket for {}: {}", copy.endpoint.toString(), fd.error().message);
-    count(copy.service, copy.subset, "dropped");
+    count(copy.service, copy.subset, refused);
     return;
   }
   auto slot = copies_.acquire();
   if (!slot) {
     ::close(*fd);
-    count(copy.service, copy.subset, "dropped");
+    count(copy.service, copy.subset, refused);
     return;
   }
   auto& ptr = copies_[*slot];
@@ -121,7 +137,9 @@ void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
   c.subset = std::move(copy.subset);
   c.out = std::move(copy.request);
   c.parser.respondingTo(copy.method);
-  c.deadline = now + copy.timeout;
+  c.method = std::move(copy.method);
+  c.connect_timeout = copy.connect_timeout;
+  c.deadline = deadline;
   c.sa_len = copy.endpoint.toSockaddr(c.sa);
   c.endpoint = copy.endpoint;
   c.pool = &pool;
@@ -172,7 +190,7 @@ void HttpMirror::onSend(uint32_t slot, const loop::Completion& c) {
   Copy& m = *copies_[slot];
   if (m.ended) return;
   if (c.res <= 0) {
-    end(slot, "failed", true);
+    if (!retryFresh(slot)) end(slot, "failed", true);
     return;
   }
   m.sent += static_cast<size_t>(c.res);
@@ -202,9 +220,11 @@ void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
   }
   if (c.res <= 0) {
     const bool complete = c.res == 0 && m.parser.finish().event == http::Event::kMessageComplete;
+    if (!complete && retryFresh(slot)) return;
     end(slot, complete ? "ok" : "failed", c.res < 0);
     return;
   }
+  m.got_bytes = true;
   std::string_view rest(m.rbuf.get(), static_cast<size_t>(c.res));
   while (true) {
     const http::Step step = m.parser.feed(rest);
@@ -232,6 +252,27 @@ void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
         return;
     }
   }
+}
+
+bool HttpMirror::retryFresh(uint32_t slot) {
+  Copy& m = *copies_[slot];
+  if (!m.reused || m.got_bytes || m.pool == nullptr) return false;
+  MirrorCopy copy;
+  copy.endpoint = m.endpoint;
+  copy.service = m.service;
+  copy.subset = m.subset;
+  copy.method = m.method;
+  copy.request = m.out;  // copied: a send still in flight may read the old buffer
+  copy.connect_timeout = m.connect_timeout;
+  const Clock::time_point deadline = m.deadline;
+  stats_.counters().http_reset_race_retry.inc();
+  SPDLOG_DEBUG(
+      "mirror copy to {}: kept-alive connection closed before any response byte, "
+      "sent again on a fresh one",
+      m.endpoint.toString());
+  end(slot, nullptr, true);
+  open(std::move(copy), deadline, "failed");
+  return true;
 }
 
 void HttpMirror::finished(uint32_t slot) {

@@ -8,7 +8,11 @@
 // limits apply (tcp.maxConnections, http.maxRequestsPerConnection, idleTimeout). A connection
 // goes back to the pool once its response has ended cleanly and may carry another request; it
 // is closed after a deadline, on any error, or when the response says close. An idle one keeps
-// a read armed, so an upstream's close is seen at once and the connection leaves the pool.
+// a read armed, so an upstream's close is seen at once and the connection leaves the pool. A copy
+// sent on a kept-alive connection that ends (closed, reset) before any byte of its response came
+// is the main route's 503 race (the shadow closed the idle connection as it was reused): it is
+// sent once more on a fresh connection, counted in remora_http_reset_race_retries_total, and
+// only that second attempt's outcome is counted.
 //
 // Bounded per worker: at most `max_in_flight` copies at once; a copy over the cap is dropped and
 // counted. Idle pooled connections are bounded by the same number. Outcomes are counted in
@@ -95,6 +99,12 @@ class HttpMirror {
   void onSend(uint32_t slot, const loop::Completion& c);
   void onRead(uint32_t slot, const loop::Completion& c);
   void readMore(uint32_t slot);
+  // Connects a new connection for `copy`, due by `deadline`; when none can be had, the copy is
+  // counted as `refused` (dropped for a new copy, failed for a retried one).
+  void open(MirrorCopy copy, Clock::time_point deadline, const char* refused);
+  // The race above: true when the copy in `slot` was sent again on a fresh connection (its old
+  // connection is then closed, nothing counted).
+  bool retryFresh(uint32_t slot);
   void end(uint32_t slot, const char* result, bool reset);
   // The response ended cleanly: back to the pool when the connection may carry another.
   void finished(uint32_t slot);

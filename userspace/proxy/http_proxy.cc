@@ -132,8 +132,10 @@ struct HttpProxy::Session {
   std::string service_name;
   std::string subset_name;
   std::string request_id;
-  // Inbound: the path after Istio's BASE normalization when it differs from the client's; the
-  // app gets it, as Envoy forwards the path its authorization saw (docs/TLS.md).
+  // The path after Istio's BASE normalization when it differs from the client's ("" when the
+  // client's is normal), computed once per request on both listeners: authorization, route
+  // matching, rewrites, redirects and the head sent upstream (and to mirrors) all use it, as
+  // Envoy's connection manager rewrites :path before its filters and router (docs/HTTP.md).
   std::string normalized_path;
   std::string upstream_head;
   uint32_t retries_left = 0;
@@ -151,6 +153,11 @@ struct HttpProxy::Session {
   std::array<uint64_t, static_cast<size_t>(TimerKind::kCount)> timer_seq{};
   uint64_t request_bytes = 0;
   uint64_t response_bytes = 0;
+
+  // The current request's path, normalized, without the query.
+  std::string_view path() const {
+    return normalized_path.empty() ? parser.head().path() : std::string_view(normalized_path);
+  }
 };
 
 // One upstream connection: bound to a session while it carries a request, else idle in its
@@ -533,15 +540,22 @@ void HttpProxy::handleRequest(uint32_t slot) {
   beginRequest(s);
   s.stage = Session::Stage::kUpstream;
   s.table = router_ != nullptr ? router_->table() : nullptr;
-  if (!requestAllowed(s.table.get(), s.kind, h, s.peer, s.original_dst, s.client)) {
+  // Istio's BASE path normalization, once per request, inbound and outbound alike: Istio builds
+  // every sidecar HTTP connection manager with normalize_path (docs/HTTP.md).
+  if (security::needsNormalization(h.path())) {
+    std::optional<std::string> normalized = security::normalizePath(h.path());
+    if (!normalized) {
+      // Envoy's answer to a path that fails normalization (path_normalization_failed); the
+      // connection stays usable.
+      localReply(slot, 400, {}, "-");
+      return;
+    }
+    if (*normalized != h.path()) s.normalized_path = std::move(*normalized);
+  }
+  if (!requestAllowed(s.table.get(), s.kind, h, s.path(), s.peer, s.original_dst, s.client)) {
     // Envoy's RBAC filter answer; the connection stays usable for the next request.
     localReply(slot, 403, "RBAC: access denied", "-");
     return;
-  }
-  if (s.kind == ListenerKind::kInbound) {
-    if (auto n = security::normalizePath(h.path()); n && *n != h.path()) {
-      s.normalized_path = std::move(*n);
-    }
   }
   if (s.kind == ListenerKind::kOutbound && s.table) {
     s.port = s.table->find(s.original_dst);
@@ -564,7 +578,7 @@ void HttpProxy::handleRequest(uint32_t slot) {
     }
     routing::RequestView view;
     view.method = h.method();
-    view.path = h.path();
+    view.path = s.path();
     view.query = h.query();
     view.authority = h.authority();
     view.headers = fields;
@@ -584,7 +598,8 @@ void HttpProxy::handleRequest(uint32_t slot) {
         return;
       }
       if (r.redirect) {
-        localReply(slot, r.redirect->code, "", "-", {{"location", redirectLocation(r, h)}});
+        localReply(slot, r.redirect->code, "", "-",
+                   {{"location", redirectLocation(r, h, requestTarget(s))}});
         return;
       }
     }
@@ -632,7 +647,16 @@ void HttpProxy::beginRequest(Session& s) {
   s.delay_drawn = false;
 }
 
-std::string HttpProxy::redirectLocation(const routing::HttpRoute& r, const http::MessageHead& h) {
+std::string HttpProxy::requestTarget(const Session& s) {
+  const http::MessageHead& h = s.parser.head();
+  if (s.normalized_path.empty()) return std::string(h.target());
+  std::string target = s.normalized_path;
+  if (!h.query().empty()) target.append("?").append(h.query());
+  return target;
+}
+
+std::string HttpProxy::redirectLocation(const routing::HttpRoute& r, const http::MessageHead& h,
+                                        std::string_view target) {
   const routing::HttpRedirect& rd = *r.redirect;
   std::string authority(rd.authority.empty() ? h.authority() : rd.authority);
   if (rd.port != 0) {
@@ -643,7 +667,7 @@ std::string HttpProxy::redirectLocation(const routing::HttpRoute& r, const http:
     authority += ":" + std::to_string(rd.port);
   }
   return fmt::format("{}://{}{}", rd.scheme.empty() ? "http" : rd.scheme, authority,
-                     rd.uri.empty() ? h.target() : std::string_view(rd.uri));
+                     rd.uri.empty() ? target : std::string_view(rd.uri));
 }
 
 void HttpProxy::proceed(uint32_t slot) {
@@ -944,16 +968,13 @@ void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& ou
                     s.destination != nullptr ? &s.destination->headers.request : nullptr);
     if (s.route->rewrite) {
       if (!s.route->rewrite->uri.empty() || s.route->rewrite->uri_regex) {
-        path = routing::rewritePath(*s.route->rewrite, s.match, h.path());
+        path = routing::rewritePath(*s.route->rewrite, s.match, s.path());
         if (!h.query().empty()) path += "?" + std::string(h.query());
       }
       authority = s.route->rewrite->authority;
     }
   }
-  if (path.empty() && !s.normalized_path.empty()) {
-    path = s.normalized_path;
-    if (!h.query().empty()) path += "?" + std::string(h.query());
-  }
+  if (path.empty() && !s.normalized_path.empty()) path = requestTarget(s);
   if (shadow) authority = shadowAuthority(authority.empty() ? h.authority() : authority);
   http::RequestHeadOptions options;
   options.target = path;

@@ -186,8 +186,11 @@ class HttpProxy {
   void startStreaming(uint32_t slot);
   void pumpRequestBody(uint32_t slot);
   void beginRequest(Session& s);
+  // The request-target to forward: the normalized path and the client's query (the client's
+  // target when normalization changed nothing).
+  static std::string requestTarget(const Session& s);
   static std::string redirectLocation(const routing::HttpRoute& route,
-                                      const http::MessageHead& request);
+                                      const http::MessageHead& request, std::string_view target);
   std::optional<routing::RouteDecision> pickFirst(uint32_t slot);
   void releaseDecision(Session& s);
   // Mirroring (http_mirror.h): sends the drawn copy of the current request, once per request.
@@ -256,11 +259,13 @@ class HttpProxy {
   static void tlsSend(Pipe& p, std::string_view data);
   // close_notify before a clean close of a TLS pipe.
   static void tlsCloseNotify(Pipe& p);
-  // The per-request AuthorizationPolicy check of an inbound session (`table` the request's);
-  // false: denied, to be answered 403.
+  // The per-request AuthorizationPolicy check of an inbound session (`table` the request's,
+  // `path` the request's path normalized once by handleRequest, as security::evaluate()
+  // expects); false: denied, to be answered 403.
   static bool requestAllowed(const routing::RouteTable* table, ListenerKind kind,
-                             const http::MessageHead& head, const SocketAddress& peer,
-                             const SocketAddress& original_dst, const Pipe& client);
+                             const http::MessageHead& head, std::string_view path,
+                             const SocketAddress& peer, const SocketAddress& original_dst,
+                             const Pipe& client);
 
   Session* session(uint32_t slot, uint32_t generation);
   void recordRequest(const Session& s);

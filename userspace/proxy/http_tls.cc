@@ -107,14 +107,15 @@ void HttpProxy::tlsCloseNotify(Pipe& p) {
 }
 
 bool HttpProxy::requestAllowed(const routing::RouteTable* table, ListenerKind kind,
-                               const http::MessageHead& h, const SocketAddress& peer,
-                               const SocketAddress& original_dst, const Pipe& client) {
+                               const http::MessageHead& h, std::string_view path,
+                               const SocketAddress& peer, const SocketAddress& original_dst,
+                               const Pipe& client) {
   const security::SecurityTable* sec = table != nullptr ? table->security.get() : nullptr;
   if (kind != ListenerKind::kInbound || sec == nullptr) return true;
   security::RequestAttributes request;
   request.host = h.authority();
   request.method = h.method();
-  request.path = h.path();
+  request.path = path;  // normalized once by handleRequest (evaluate()'s contract)
   request.headers.reserve(h.headerCount());
   for (size_t i = 0; i < h.headerCount(); ++i) {
     const http::HeaderField f = h.header(i);
@@ -129,7 +130,7 @@ bool HttpProxy::requestAllowed(const routing::RouteTable* table, ListenerKind ki
   a.source_namespace = client.peer_namespace;
   const security::AuthzDecision d = authorize(sec, a);
   if (!d.allowed) {
-    SPDLOG_DEBUG("inbound {} {} from {} ({}): {}", h.method(), h.path(), peer.toString(),
+    SPDLOG_DEBUG("inbound {} {} from {} ({}): {}", h.method(), path, peer.toString(),
                  a.principal.empty() ? "no identity" : a.principal, d.reason);
   }
   return d.allowed;

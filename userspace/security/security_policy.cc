@@ -68,7 +68,7 @@ bool anyPath(const std::vector<std::string>& patterns, std::string_view path) {
                      [path](const std::string& p) { return matchPath(p, path); });
 }
 
-// `r.path` is normalized already (evaluate()).
+// `r.path` is normalized already (evaluate()'s contract).
 bool httpOperationMatches(const Operation& o, const RequestAttributes& r) {
   const std::string method(r.method);
   return positive(!o.hosts.empty(), anyHost(o.hosts, r.host)) && !anyHost(o.not_hosts, r.host) &&
@@ -144,6 +144,20 @@ std::optional<std::string> normalizePath(std::string_view path) {
   }
   if (decoded.empty() || decoded[0] != '/') return decoded;  // "*" (OPTIONS) or an absolute URI
   return removeDotSegments(decoded);
+}
+
+bool needsNormalization(std::string_view path) {
+  for (size_t i = 0; i < path.size(); ++i) {
+    const char c = path[i];
+    if (c == '%' || c == '\\' || c == '?') return true;
+    if (c != '/') continue;
+    // A "." or ".." segment after this slash.
+    size_t dots = 0;
+    while (dots < 2 && i + 1 + dots < path.size() && path[i + 1 + dots] == '.') ++dots;
+    const size_t after = i + 1 + dots;
+    if (dots > 0 && (after == path.size() || path[after] == '/')) return true;
+  }
+  return false;
 }
 
 bool matchPath(const std::string& pattern, std::string_view path) {
@@ -420,24 +434,7 @@ std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCo
 AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
                        const ConnectionAttributes& connection) {
   AuthzDecision d;
-  // Paths are matched normalized (Istio's BASE); the attributes then point at that copy.
-  ConnectionAttributes attributes = connection;
-  RequestAttributes request;
-  std::string path;
-  if (connection.request != nullptr && !policies.empty()) {
-    auto normalized = normalizePath(connection.request->path);
-    if (!normalized) {
-      d.allowed = false;
-      d.reason = "denied: the path holds %00 (Istio rejects such requests)";
-      return d;
-    }
-    if (*normalized != connection.request->path) {  // copied only when normalization changed it
-      path = std::move(*normalized);
-      request = *connection.request;
-      request.path = path;
-      attributes.request = &request;
-    }
-  }
+  const ConnectionAttributes& attributes = connection;  // the path is normalized (contract)
   for (const AuthorizationPolicyRule* p : policies) {
     if (p->action == Action::kAudit && policyMatches(*p, attributes)) d.audited.push_back(p);
   }

@@ -53,12 +53,16 @@ const char* toString(Action action);
 // A string condition in Istio's forms: exact, "prefix*", "*suffix", or "*" (any non-empty).
 bool matchValue(const std::string& pattern, const std::string& value);
 
-// Istio's BASE path normalization (meshConfig pathNormalization, the default), applied to a
-// request's path before paths / notPaths are matched: the query is cut; the percent-encoded
-// unreserved characters (%2D %2E %30-%39 %41-%5A %5F %61-%7A %7E, any case) are decoded once
-// (%2F and %5C stay encoded); backslashes become '/'; "." and ".." segments are removed as
-// RFC 3986 section 5.2.4 says. nullopt for a path holding %00, which Istio rejects.
+// Istio's BASE path normalization (meshConfig pathNormalization, the default), which Istio's
+// HTTP connection manager applies to every request on sidecar inbound and outbound listeners,
+// before authorization and routing: the query is cut; the percent-encoded unreserved characters
+// (%2D %2E %30-%39 %41-%5A %5F %61-%7A %7E, any case) are decoded once (%2F and %5C stay
+// encoded); backslashes become '/'; "." and ".." segments are removed as RFC 3986 section 5.2.4
+// says. nullopt for a path holding %00, which Envoy refuses (400). Idempotent.
 std::optional<std::string> normalizePath(std::string_view path);
+// False when normalizePath(path) is certainly `path` itself (no '%', '\\', '?' and no "." or
+// ".." segment), so the common request needs no copy; true: run normalizePath.
+bool needsNormalization(std::string_view path);
 
 // A paths / notPaths entry against a normalized path: an Istio path template when the entry
 // holds `{*}` (exactly one segment) or `{**}` (one or more segments, the last operator), else
@@ -129,12 +133,12 @@ std::shared_ptr<PolicyCounters> policyCounters(const std::string& namespace_name
 // Every policy's counters, "ns/name" → counters, for /stats/prometheus.
 std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCounters();
 
-// What an HTTP request adds to its connection's attributes (all views into the request head,
-// valid during evaluate()).
+// What an HTTP request adds to its connection's attributes (all views, valid during
+// evaluate()).
 struct RequestAttributes {
   std::string_view host;    // the Host header (authority)
   std::string_view method;  // as sent
-  std::string_view path;    // without the query
+  std::string_view path;    // normalized by the caller (normalizePath), without the query
   std::vector<std::pair<std::string_view, std::string_view>> headers;  // in order, names as sent
 };
 
@@ -164,6 +168,10 @@ struct AuthzDecision {
 // HTTP-only fields: in ALLOW they never match, in DENY their HTTP-only parts are ignored (so they
 // match more), as Istio does for TCP. With `request` every field is evaluated; a `when` key
 // known to neither L4 nor HTTP is treated as on TCP.
+// Contract: `request->path` is already normalized. The proxy normalizes each request's path once
+// (normalizePath), refuses one that fails with a 400 before any policy, and hands the result to
+// evaluate(), which matches paths / notPaths on it as given and never normalizes it again (a raw
+// "/a/../b" is matched as "/a/../b").
 AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
                        const ConnectionAttributes& attributes);
 // Counts the decision in the deciding (and auditing) policies' counters.
