@@ -10,11 +10,14 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -529,6 +532,182 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
       "machine CPU us per round trip", u.machine_cpu_us_per_rt, k.machine_cpu_us_per_rt,
       k.machine_cpu_us_per_rt / u.machine_cpu_us_per_rt, "bulk MiB/s", u.bulk_mib_per_s,
       k.bulk_mib_per_s, k.bulk_mib_per_s / u.bulk_mib_per_s);
+}
+
+// Counts the proxy's syscalls and io_uring completions with `perf stat -p` (tracepoints: a count,
+// not a time, so the machine's load does not move it) while it runs.
+class PerfCount {
+ public:
+  explicit PerfCount(pid_t pid) : out_(fmt::format("/tmp/remora-perf-{}.csv", ::getpid())) {
+    const std::string target = std::to_string(pid);
+    child_ = ::fork();
+    if (child_ == 0) {
+      ::execlp("perf", "perf", "stat", "-x", ",", "-o", out_.c_str(), "-e",
+               "raw_syscalls:sys_enter,io_uring:io_uring_complete", "-p", target.c_str(),
+               static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    std::this_thread::sleep_for(milliseconds(300));  // attached
+  }
+  // Stops perf; `event` -> count.
+  std::map<std::string, double> stop() {
+    ::kill(child_, SIGINT);
+    int status = 0;
+    ::waitpid(child_, &status, 0);
+    std::map<std::string, double> counts;
+    std::istringstream in(readWholeFile(out_));
+    std::string line;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f;
+      std::istringstream fields(line);
+      for (std::string x; std::getline(fields, x, ',');) f.push_back(x);
+      if (f.size() > 2 && !f[0].empty() && std::isdigit(static_cast<unsigned char>(f[0][0]))) {
+        counts[f[2]] = std::stod(f[0]);
+      }
+    }
+    ::unlink(out_.c_str());
+    return counts;
+  }
+
+ private:
+  std::string out_;
+  pid_t child_ = -1;
+};
+
+struct PathFigures {
+  double rt_per_s = 0, syscalls_per_rt = 0, cqes_per_rt = 0, cpu_us_per_rt = 0;
+  double conns_per_s = 0, syscalls_per_conn = 0;
+  double bulk_mib_per_s = 0, syscalls_per_mib = 0, cqes_per_mib = 0;
+};
+
+// Issue 12 item 3 (docs/PROXY.md, "io_uring path"): the io_uring relay with each change
+// switched off in turn through REMORA_URING_AB, in one world, twice in alternating order.
+// Per variant: 8 ping-pong connections of 64 B for 2 s, then new connections one at a time
+// (connect, 64 B echo, close) for 1.5 s, then a 128 MiB download.
+TEST_F(KernelRelay, UringPathSwitchesSideBySide) {
+  // Churn leaves TIME_WAIT sockets in the front pod: let connects reuse them.
+  ASSERT_TRUE(world_->exec(front_, {"sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"}).ok());
+  const std::vector<std::string> variants = {"", "ring-fd-off", "waitall-off", "getsockname"};
+  std::map<std::string, std::vector<PathFigures> > runs;
+  std::vector<std::string> order = variants;
+  for (int round = 0; round < 2; ++round) {
+    for (const std::string& v : order) {
+      ::setenv("REMORA_URING_AB", v.c_str(), 1);
+      startProxy("uring");
+      ::unsetenv("REMORA_URING_AB");
+      PathFigures f;
+      const pid_t pid = proxy_->pid();
+      // Ping-pong.
+      std::vector<int> conns;
+      for (int i = 0; i < 8; ++i) conns.push_back(dial('E'));
+      ASSERT_TRUE(std::all_of(conns.begin(), conns.end(), [](int fd) { return fd >= 0; }));
+      std::atomic<uint64_t> round_trips{0};
+      std::atomic<bool> stop{false};
+      std::vector<std::thread> threads;
+      for (int fd : conns) {
+        threads.emplace_back([&, fd] {
+          char buf[64] = {};
+          while (!stop && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf))) {
+            ++round_trips;
+          }
+        });
+      }
+      {
+        PerfCount perf(pid);
+        const uint64_t n0 = round_trips.load();
+        const double cpu0 = cpuSeconds(pid);
+        const auto t0 = Clock::now();
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        const double n = static_cast<double>(round_trips.load() - n0);
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double cpu = cpuSeconds(pid) - cpu0;
+        auto counts = perf.stop();
+        f.rt_per_s = n / secs;
+        f.cpu_us_per_rt = cpu * 1e6 / n;
+        f.syscalls_per_rt = counts["raw_syscalls:sys_enter"] / n;
+        f.cqes_per_rt = counts["io_uring:io_uring_complete"] / n;
+      }
+      stop = true;
+      for (auto& t : threads) t.join();
+      for (int c : conns) ::shutdown(c, SHUT_RDWR);
+      // Churn: one new connection per echo.
+      {
+        PerfCount perf(pid);
+        uint64_t made = 0;
+        const auto t0 = Clock::now();
+        while (Clock::now() - t0 < milliseconds(1500)) {
+          int fd = dial('E');
+          char buf[64] = {};
+          const bool ok =
+              fd >= 0 && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf));
+          if (fd >= 0) {
+            ::close(fd);
+            fds_.pop_back();
+          }
+          ASSERT_TRUE(ok);
+          ++made;
+        }
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        auto counts = perf.stop();
+        f.conns_per_s = static_cast<double>(made) / secs;
+        f.syscalls_per_conn = counts["raw_syscalls:sys_enter"] / static_cast<double>(made);
+      }
+      // Bulk.
+      {
+        constexpr uint64_t kBulk = uint64_t{128} << 20;
+        int fd = dial('D');
+        ASSERT_GE(fd, 0);
+        PerfCount perf(pid);
+        ASSERT_TRUE(writeU64(fd, kBulk));
+        std::vector<char> block(1 << 20);
+        uint64_t got = 0;
+        const auto b0 = Clock::now();
+        for (ssize_t r = 0; got < kBulk && (r = ::recv(fd, block.data(), block.size(), 0)) > 0;) {
+          got += static_cast<uint64_t>(r);
+        }
+        const double secs = std::chrono::duration<double>(Clock::now() - b0).count();
+        auto counts = perf.stop();
+        ASSERT_EQ(got, kBulk);
+        f.bulk_mib_per_s = 128 / secs;
+        f.syscalls_per_mib = counts["raw_syscalls:sys_enter"] / 128;
+        f.cqes_per_mib = counts["io_uring:io_uring_complete"] / 128;
+      }
+      runs[v].push_back(f);
+      proxy_.reset();
+    }
+    std::reverse(order.begin(), order.end());
+  }
+  auto mean = [&](const std::string& v, double PathFigures::*field) {
+    double sum = 0;
+    for (const auto& f : runs[v]) sum += f.*field;
+    return sum / static_cast<double>(runs[v].size());
+  };
+  std::printf(
+      "io_uring path switches (REMORA_URING_AB; mean of 2 runs each, alternating order; "
+      "client, backend and proxy share the machine; measured under contention)\n  %-26s",
+      "");
+  for (const auto& v : variants) std::printf(" %18s", v.empty() ? "all on" : v.c_str());
+  std::printf("\n");
+  const std::pair<const char*, double PathFigures::*> rows[] = {
+      {"round trips/s", &PathFigures::rt_per_s},
+      {"syscalls per round trip", &PathFigures::syscalls_per_rt},
+      {"CQEs per round trip", &PathFigures::cqes_per_rt},
+      {"proxy CPU us/round trip", &PathFigures::cpu_us_per_rt},
+      {"connections/s", &PathFigures::conns_per_s},
+      {"syscalls per connection", &PathFigures::syscalls_per_conn},
+      {"bulk MiB/s", &PathFigures::bulk_mib_per_s},
+      {"syscalls per MiB", &PathFigures::syscalls_per_mib},
+      {"CQEs per MiB", &PathFigures::cqes_per_mib},
+  };
+  for (const auto& [name, field] : rows) {
+    const double base = mean("", field);
+    std::printf("  %-26s", name);
+    for (const auto& v : variants) {
+      const double x = mean(v, field);
+      std::printf(" %10.2f (%4.2fx)", x, base > 0 ? x / base : 0.0);
+    }
+    std::printf("\n");
+  }
 }
 
 #endif  // REMORA_RELAY_BENCH

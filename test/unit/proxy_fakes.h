@@ -158,6 +158,7 @@ class FakeSockets final : public SocketOps {
     return it->second;
   }
   std::optional<SocketAddress> localAddress(int fd) override {
+    ++local_calls;
     auto it = local.find(fd);
     if (it == local.end()) return *SocketAddress::parse("10.244.0.5:15001");
     return it->second;
@@ -170,10 +171,17 @@ class FakeSockets final : public SocketOps {
     return next_fd++;
   }
   void setResetOnClose(int fd) override { resets.push_back(fd); }
+  std::optional<uint64_t> bytesWritten(int fd) override {
+    auto it = written.find(fd);
+    if (it == written.end()) return std::nullopt;
+    return it->second;
+  }
   std::vector<int> resets;  // sockets given SO_LINGER {1,0}
+  std::map<int, uint64_t> written;  // bytesWritten; absent: unknown
 
   std::map<int, SocketAddress> original;
   std::map<int, SocketAddress> local;
+  size_t local_calls = 0;  // getsockname calls
   std::vector<std::optional<IpAddress>> sources;
   int next_fd = 300;
 };

@@ -241,6 +241,59 @@ TEST_F(WorkerTest, ConnectionsNotRedirectedAreRefusedInsteadOfLooping) {
   EXPECT_EQ(stats_.counters().no_original_dst.get(), 2u);
 }
 
+// Issue 12: the loop check asks for the connection's local address (getsockname) only when the
+// original destination is on the listener's port; the usual connection costs no syscall there.
+TEST_F(WorkerTest, TheLoopCheckCallsGetsocknameOnlyForADestinationOnTheListenersPort) {
+  const size_t calls = sockets_.local_calls;  // addListener read the listener's port
+  establish(kClientFd);                       // to 10.1.122.241:9999
+  EXPECT_EQ(sockets_.local_calls, calls);
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+  // Someone elsewhere dialled 10.244.9.9:15001 and was redirected here: the port alone cannot
+  // tell, the local address does (10.244.0.5:15001, not the original destination).
+  accept(kClientFd + 1, "10.244.9.9:15001");
+  EXPECT_EQ(sockets_.local_calls, calls + 1);
+  auto c = ring_.last(RecordedOp::kConnect);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->address.toString(), "10.244.9.9:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+}
+
+// Nothing about local addresses is cached: an address the pod gains after the first connection
+// is the local address of the next one, and that connection is refused as a loop.
+TEST_F(WorkerTest, TheLoopCheckSeesALocalAddressAddedSinceTheLastConnection) {
+  accept(kClientFd, "10.244.0.77:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+  sockets_.local[kClientFd + 1] = *SocketAddress::parse("10.244.0.77:15001");
+  accept(kClientFd + 1, "10.244.0.77:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 1u);
+}
+
+TEST(WasRedirectedTest, AsksForTheLocalAddressOnlyWhenThePortsMatch) {
+  int asked = 0;
+  auto local = [&](const char* text) {
+    return [&asked, text] {
+      ++asked;
+      return std::optional<SocketAddress>(*SocketAddress::parse(text));
+    };
+  };
+  // eBPF sk_lookup or TPROXY: no NAT, the destination is the local address on the app's port.
+  EXPECT_TRUE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 15006, local("10.244.0.5:8080")));
+  EXPECT_EQ(asked, 0);
+  EXPECT_FALSE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:15006"), 15006, local("10.244.0.5:15006")));
+  EXPECT_EQ(asked, 1);
+  // The listener's port unknown: the addresses decide.
+  EXPECT_TRUE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 0, local("10.244.0.5:15006")));
+  EXPECT_FALSE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 0, local("10.244.0.5:8080")));
+  // No local address (getsockname failed): redirected, as before.
+  EXPECT_TRUE(wasRedirected(*SocketAddress::parse("10.244.0.5:15006"), 15006,
+                            [] { return std::optional<SocketAddress>(); }));
+  EXPECT_EQ(asked, 3);
+}
+
 TEST_F(WorkerTest, InboundConnectsToTheOriginalDestinationFrom127_0_0_6) {
   worker_->addListener(101, ListenerKind::kInbound, Family::kIpv4);
   sockets_.original[kClientFd] = *SocketAddress::parse("10.244.0.5:8080");
@@ -370,6 +423,30 @@ TEST_F(WorkerTest, IdleAndHalfCloseTimeoutsCloseAndCountByCause) {
   tickAfter(std::chrono::milliseconds(5));
   EXPECT_EQ(worker_->activeConnections(), 0u);
   EXPECT_EQ(stats_.counters().timeout_half_close.get(), 1u);
+}
+
+// Issue 12: relay sends are sendAll (MSG_WAITALL), which complete only when all is out, so a
+// slow reader draining a long send shows no completion. The idle sweep asks the socket whether
+// it took more bytes; a send that moves keeps the connection, one that stalls times out.
+TEST_F(WorkerTest, APendingSendThatMovesIsNotIdleAndOneThatStallsTimesOut) {
+  settings_.idle_timeout = std::chrono::milliseconds(60);
+  settings_.half_close_timeout = std::chrono::milliseconds(0);
+  worker_->setTable(table_, settings_);
+  int up = establish(kClientFd);
+  worker_->onCompletion(
+      ring_.recvCompletion(ring_.last(RecordedOp::kRecv, kClientFd)->user_data, "request"));
+  ASSERT_TRUE(ring_.last(RecordedOp::kSend, up));  // pending: the upstream reads slowly
+  worker_->afterBatch();
+  for (uint64_t written : {100, 200, 300}) {
+    sockets_.written[up] = written;
+    tickAfter(std::chrono::milliseconds(40));
+    EXPECT_EQ(worker_->activeConnections(), 1u) << "closed although bytes moved";
+  }
+  // Stalled: no more bytes taken.
+  tickAfter(std::chrono::milliseconds(40));
+  tickAfter(std::chrono::milliseconds(40));
+  EXPECT_EQ(worker_->activeConnections(), 0u);
+  EXPECT_EQ(stats_.counters().timeout_idle.get(), 1u);
 }
 
 TEST_F(WorkerTest, MaxConnectionsPausesAcceptingAndResumesBelowIt) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -21,6 +22,14 @@ std::optional<long> readLongFile(const char* path) {
   return value;
 }
 
+// sendAll's flags: MSG_WAITALL makes io_uring (5.19+) finish a send the socket's buffer took only
+// in part (it waits for room and goes on) instead of completing short; an older kernel passes
+// the flag to TCP, which ignores it on a send, and completes short as before.
+int waitAllFlags() {
+  static const int flags = MSG_NOSIGNAL | (uringAbSwitch("waitall-off") ? 0 : MSG_WAITALL);
+  return flags;
+}
+
 __kernel_timespec toTimespec(std::chrono::milliseconds d) {
   __kernel_timespec ts{};
   ts.tv_sec = d.count() / 1000;
@@ -29,6 +38,14 @@ __kernel_timespec toTimespec(std::chrono::milliseconds d) {
 }
 
 }  // namespace
+
+bool uringAbSwitch(std::string_view name) {
+  static const std::string switches = [] {
+    const char* env = std::getenv("REMORA_URING_AB");
+    return env == nullptr ? std::string() : "," + std::string(env) + ",";
+  }();
+  return switches.find("," + std::string(name) + ",") != std::string::npos;
+}
 
 bool Completion::more() const { return (flags & IORING_CQE_F_MORE) != 0; }
 bool Completion::hasBuffer() const { return (flags & IORING_CQE_F_BUFFER) != 0; }
@@ -157,6 +174,11 @@ Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options)
   }
   ring->fallback_note_ = std::move(choice.fallback_note);
   ring->ring_ready_ = true;
+  // 1 on success; a kernel before 5.18 (EINVAL) or a thread with all 16 slots taken (EBUSY)
+  // leaves the ring on its plain fd, which works the same.
+  if (options.register_ring_fd && !uringAbSwitch("ring-fd-off")) {
+    ring->ring_fd_registered_ = io_uring_register_ring_fd(&ring->ring_) == 1;
+  }
   if (options.buffer_count > 0) {
     if (auto r = ring->setupBuffers(options); !r) return r.error();
   }
@@ -202,6 +224,8 @@ Result<void> UringRing::setupBuffers(const RingOptions& options) {
 UringRing::~UringRing() {
   if (ring_ready_) {
     if (buf_ring_ != nullptr) io_uring_unregister_buf_ring(&ring_, kBufferGroup);
+    // Frees the thread's slot (io_uring_queue_exit does not in every liburing version).
+    if (ring_fd_registered_) io_uring_unregister_ring_fd(&ring_);
     io_uring_queue_exit(&ring_);
   }
   if (buf_ring_ != nullptr) munmap(buf_ring_, buf_ring_bytes_);
@@ -293,6 +317,18 @@ void UringRing::send(int fd, std::span<const char> data, uint64_t user_data) {
 void UringRing::sendMessage(int fd, const msghdr* message, uint64_t user_data) {
   io_uring_sqe* s = sqe();
   io_uring_prep_sendmsg(s, fd, message, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::sendAll(int fd, std::span<const char> data, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_send(s, fd, data.data(), data.size(), waitAllFlags());
+  io_uring_sqe_set_data64(s, user_data);
+}
+
+void UringRing::sendMessageAll(int fd, const msghdr* message, uint64_t user_data) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_sendmsg(s, fd, message, waitAllFlags());
   io_uring_sqe_set_data64(s, user_data);
 }
 

@@ -167,12 +167,13 @@ void Worker::onTick() {
   tick_armed_ = false;
   now_ = std::chrono::steady_clock::now();
   const WorkerSettings& s = settings_;
-  // A kernel-relayed pair is asked whether bytes moved once it has looked quiet for half of
-  // the shortest quiet timeout: a few map lookups per pair and period, not per tick.
-  auto kernel_check = std::chrono::steady_clock::duration::max();
+  // A kernel-relayed pair, or one with a send pending, is asked whether bytes moved once it has
+  // looked quiet for half of the shortest quiet timeout: a few lookups or getsockopts per pair
+  // and period, not per tick.
+  auto quiet_check = std::chrono::steady_clock::duration::max();
   for (auto t : {s.idle_timeout, s.half_close_timeout}) {
     if (t.count() > 0)
-      kernel_check = std::min<std::chrono::steady_clock::duration>(kernel_check, t / 2);
+      quiet_check = std::min<std::chrono::steady_clock::duration>(quiet_check, t / 2);
   }
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     Connection& conn = slots_[slot];
@@ -184,7 +185,12 @@ void Worker::onTick() {
     if (conn.tls) tlsTick(slot);
     auto quiet = now_ - conn.last_activity;
     // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
-    if (conn.state == State::kKernel && quiet >= kernel_check && kernelRelayMoved(slot)) {
+    if (conn.state == State::kKernel && quiet >= quiet_check && kernelRelayMoved(slot)) {
+      conn.last_activity = now_;
+      quiet = {};
+    }
+    // So does a pending sendAll to a slow reader: a completion comes only when all is out.
+    if (conn.state == State::kRelaying && quiet >= quiet_check && pendingSendMoved(conn)) {
       conn.last_activity = now_;
       quiet = {};
     }
@@ -203,6 +209,20 @@ void Worker::onTick() {
   }
   http_.onTick(now_);
   armTick();
+}
+
+bool Worker::pendingSendMoved(Connection& conn) {
+  bool moved = false;
+  for (Direction* d : {&conn.request, &conn.response}) {
+    if (!d->send_in_flight) continue;
+    const int to_fd = d == &conn.request ? conn.upstream_fd : conn.client_fd;
+    const auto written = sockets_.bytesWritten(to_fd);
+    if (written && *written != d->written_seen) {
+      d->written_seen = *written;
+      moved = true;
+    }
+  }
+  return moved;
 }
 
 // The one dispatch point for this worker's completions.
@@ -329,12 +349,8 @@ void Worker::startConnection(uint32_t listener, int fd) {
   stats_.counters().accepted.inc();
   const Listener& l = listeners_[listener];
   auto original = sockets_.originalDestination(fd, l.family);
-  auto local = sockets_.localAddress(fd);
-  // Not redirected when the original destination is this listener itself. eBPF mode's
-  // sk_lookup steers inbound without NAT, so there the original destination is the local
-  // address, on the app's port rather than the listener's.
   const bool redirected =
-      original && !(local && *local == *original && (l.port == 0 || local->port == l.port));
+      original && wasRedirected(*original, l.port, [&] { return sockets_.localAddress(fd); });
   if (redirected && startHttp(l, fd, *original)) return;
   if (redirected && startSniff(listener, fd, *original)) return;
   startTcp(listener, fd, redirected ? std::optional<SocketAddress>(*original) : std::nullopt);
@@ -681,7 +697,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
     const size_t n = std::min(d.queued(), kMaxGather);
     if (n == 1) {
       const Chunk& ch = d.queue[d.head];
-      ring_.send(to_fd, {chunkData(ch), ch.length}, ud);
+      ring_.sendAll(to_fd, {chunkData(ch), ch.length}, ud);
     } else {
       for (size_t i = 0; i < n; ++i) {
         const Chunk& ch = d.queue[d.head + i];
@@ -690,7 +706,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
       d.message = msghdr{};
       d.message.msg_iov = d.iov.data();
       d.message.msg_iovlen = n;
-      ring_.sendMessage(to_fd, &d.message, ud);
+      ring_.sendMessageAll(to_fd, &d.message, ud);
     }
     d.chunks_in_flight = static_cast<uint32_t>(n);
     d.send_in_flight = true;
