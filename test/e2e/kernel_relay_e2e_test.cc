@@ -624,7 +624,7 @@ TEST_F(KernelRelay, UringPathSwitchesSideBySide) {
   // Churn leaves TIME_WAIT sockets in the front pod: let connects reuse them.
   ASSERT_TRUE(world_->exec(front_, {"sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"}).ok());
   // REMORA_BENCH_VARIANTS (a ;-separated list, "" = all on) narrows the comparison.
-  std::vector<std::string> variants = {"", "ring-fd-off", "waitall-off", "getsockname"};
+  std::vector<std::string> variants = {"", "ring-fd-off", "getsockname"};
   if (const char* only = std::getenv("REMORA_BENCH_VARIANTS")) {
     variants.clear();
     std::istringstream list(only);

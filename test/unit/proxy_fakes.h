@@ -171,13 +171,7 @@ class FakeSockets final : public SocketOps {
     return next_fd++;
   }
   void setResetOnClose(int fd) override { resets.push_back(fd); }
-  std::optional<uint64_t> bytesWritten(int fd) override {
-    auto it = written.find(fd);
-    if (it == written.end()) return std::nullopt;
-    return it->second;
-  }
   std::vector<int> resets;  // sockets given SO_LINGER {1,0}
-  std::map<int, uint64_t> written;  // bytesWritten; absent: unknown
 
   std::map<int, SocketAddress> original;
   std::map<int, SocketAddress> local;

@@ -425,30 +425,6 @@ TEST_F(WorkerTest, IdleAndHalfCloseTimeoutsCloseAndCountByCause) {
   EXPECT_EQ(stats_.counters().timeout_half_close.get(), 1u);
 }
 
-// Issue 12: relay sends are sendAll (MSG_WAITALL), which complete only when all is out, so a
-// slow reader draining a long send shows no completion. The idle sweep asks the socket whether
-// it took more bytes; a send that moves keeps the connection, one that stalls times out.
-TEST_F(WorkerTest, APendingSendThatMovesIsNotIdleAndOneThatStallsTimesOut) {
-  settings_.idle_timeout = std::chrono::milliseconds(60);
-  settings_.half_close_timeout = std::chrono::milliseconds(0);
-  worker_->setTable(table_, settings_);
-  int up = establish(kClientFd);
-  worker_->onCompletion(
-      ring_.recvCompletion(ring_.last(RecordedOp::kRecv, kClientFd)->user_data, "request"));
-  ASSERT_TRUE(ring_.last(RecordedOp::kSend, up));  // pending: the upstream reads slowly
-  worker_->afterBatch();
-  for (uint64_t written : {100, 200, 300}) {
-    sockets_.written[up] = written;
-    tickAfter(std::chrono::milliseconds(40));
-    EXPECT_EQ(worker_->activeConnections(), 1u) << "closed although bytes moved";
-  }
-  // Stalled: no more bytes taken.
-  tickAfter(std::chrono::milliseconds(40));
-  tickAfter(std::chrono::milliseconds(40));
-  EXPECT_EQ(worker_->activeConnections(), 0u);
-  EXPECT_EQ(stats_.counters().timeout_idle.get(), 1u);
-}
-
 TEST_F(WorkerTest, MaxConnectionsPausesAcceptingAndResumesBelowIt) {
   settings_.max_connections = 1;
   worker_->setTable(table_, settings_);

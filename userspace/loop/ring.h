@@ -19,8 +19,8 @@ namespace remora::loop {
 
 // REMORA_URING_AB: a comma-separated list of switches the benchmarks use to turn the io_uring
 // path's issue-12 changes off, one at a time, in the same build (docs/PROXY.md, "io_uring path
-// (issue 12 item 3)"): `ring-fd-off`, `waitall-off`, `getsockname`. Not a user setting; read
-// once per process.
+// (issue 12 item 3)"): `ring-fd-off`, `getsockname`. Not a user setting; read once per
+// process.
 bool uringAbSwitch(std::string_view name);
 
 struct Completion {
@@ -60,23 +60,10 @@ class Ring {
   virtual void recv(int fd, uint64_t user_data) = 0;
   // One-shot read or recv into caller memory.
   virtual void read(int fd, std::span<char> into, uint64_t user_data) = 0;
-  // res = bytes sent, possibly fewer than asked (the socket's buffer took only a part).
   virtual void send(int fd, std::span<const char> data, uint64_t user_data) = 0;
-  // One send gathering several buffers (sendmsg); res as for send. `message` and the iovecs it
-  // points at must stay valid until the completion.
+  // One send gathering several buffers (sendmsg); res = bytes sent, possibly fewer than the
+  // total. `message` and the iovecs it points at must stay valid until the completion.
   virtual void sendMessage(int fd, const msghdr* message, uint64_t user_data) = 0;
-  // The same sends with MSG_WAITALL: a send the socket takes only in part is finished by the
-  // kernel (io_uring waits for room and goes on), not completed short. Fewer bytes than asked
-  // then mean an error or a cancel ended it after those, so callers still handle a short send
-  // (as they must for an older kernel, or a ring without it: the default is the plain send).
-  // Bytes move while such a send is pending with no completion to show it: a caller timing
-  // idleness asks the socket (the proxy's SocketOps::bytesWritten). Off with REMORA_URING_AB=waitall-off.
-  virtual void sendAll(int fd, std::span<const char> data, uint64_t user_data) {
-    send(fd, data, user_data);
-  }
-  virtual void sendMessageAll(int fd, const msghdr* message, uint64_t user_data) {
-    sendMessage(fd, message, user_data);
-  }
   // Connect with a linked timeout: res = -ECANCELED when the timeout fired first.
   virtual void connect(int fd, const sockaddr* address, socklen_t length,
                        std::chrono::milliseconds timeout, uint64_t user_data) = 0;

@@ -22,14 +22,6 @@ std::optional<long> readLongFile(const char* path) {
   return value;
 }
 
-// sendAll's flags: MSG_WAITALL makes io_uring (5.19+) finish a send the socket's buffer took only
-// in part (it waits for room and goes on) instead of completing short; an older kernel passes
-// the flag to TCP, which ignores it on a send, and completes short as before.
-int waitAllFlags() {
-  static const int flags = MSG_NOSIGNAL | (uringAbSwitch("waitall-off") ? 0 : MSG_WAITALL);
-  return flags;
-}
-
 __kernel_timespec toTimespec(std::chrono::milliseconds d) {
   __kernel_timespec ts{};
   ts.tv_sec = d.count() / 1000;
@@ -317,18 +309,6 @@ void UringRing::send(int fd, std::span<const char> data, uint64_t user_data) {
 void UringRing::sendMessage(int fd, const msghdr* message, uint64_t user_data) {
   io_uring_sqe* s = sqe();
   io_uring_prep_sendmsg(s, fd, message, MSG_NOSIGNAL);
-  io_uring_sqe_set_data64(s, user_data);
-}
-
-void UringRing::sendAll(int fd, std::span<const char> data, uint64_t user_data) {
-  io_uring_sqe* s = sqe();
-  io_uring_prep_send(s, fd, data.data(), data.size(), waitAllFlags());
-  io_uring_sqe_set_data64(s, user_data);
-}
-
-void UringRing::sendMessageAll(int fd, const msghdr* message, uint64_t user_data) {
-  io_uring_sqe* s = sqe();
-  io_uring_prep_sendmsg(s, fd, message, waitAllFlags());
   io_uring_sqe_set_data64(s, user_data);
 }
 

@@ -79,8 +79,6 @@ class UringRing final : public Ring {
   void read(int fd, std::span<char> into, uint64_t user_data) override;
   void send(int fd, std::span<const char> data, uint64_t user_data) override;
   void sendMessage(int fd, const msghdr* message, uint64_t user_data) override;
-  void sendAll(int fd, std::span<const char> data, uint64_t user_data) override;
-  void sendMessageAll(int fd, const msghdr* message, uint64_t user_data) override;
   void connect(int fd, const sockaddr* address, socklen_t length, std::chrono::milliseconds timeout,
                uint64_t user_data) override;
   void timeout(std::chrono::milliseconds after, uint64_t user_data) override;

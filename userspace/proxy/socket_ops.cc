@@ -13,7 +13,6 @@
 
 #include "common/original_dst.h"
 #include "loop/ring.h"
-#include "proxy/kernel_relay.h"
 
 namespace remora::proxy {
 namespace {
@@ -71,10 +70,6 @@ Result<int> SystemSocketOps::upstreamSocket(Family family, const std::optional<I
     }
   }
   return fd;
-}
-
-std::optional<uint64_t> SystemSocketOps::bytesWritten(int fd) {
-  return tcpBytesWritten(fd, /*connected=*/false);
 }
 
 void SystemSocketOps::setResetOnClose(int fd) {

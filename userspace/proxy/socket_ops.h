@@ -1,7 +1,6 @@
 #pragma once
 
 #include <chrono>
-#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -33,9 +32,6 @@ class SocketOps {
   }
   // SO_LINGER {1, 0}: the socket's close sends an RST instead of a FIN.
   virtual void setResetOnClose(int fd) = 0;
-  // The bytes this TCP socket has taken for sending so far, acknowledged or still queued
-  // (tcpBytesWritten); nullopt when unknown (the default, for fakes).
-  virtual std::optional<uint64_t> bytesWritten(int /*fd*/) { return std::nullopt; }
 };
 
 class SystemSocketOps final : public SocketOps {
@@ -49,7 +45,6 @@ class SystemSocketOps final : public SocketOps {
   Result<int> upstreamSocket(Family family, const std::optional<IpAddress>& source) override;
   Result<int> transparentUpstreamSocket(const IpAddress& client, uint32_t mark) override;
   void setResetOnClose(int fd) override;
-  std::optional<uint64_t> bytesWritten(int fd) override;
 
  private:
   std::chrono::seconds keepalive_;

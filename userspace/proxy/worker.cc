@@ -167,13 +167,12 @@ void Worker::onTick() {
   tick_armed_ = false;
   now_ = std::chrono::steady_clock::now();
   const WorkerSettings& s = settings_;
-  // A kernel-relayed pair, or one with a send pending, is asked whether bytes moved once it has
-  // looked quiet for half of the shortest quiet timeout: a few lookups or getsockopts per pair
-  // and period, not per tick.
-  auto quiet_check = std::chrono::steady_clock::duration::max();
+  // A kernel-relayed pair is asked whether bytes moved once it has looked quiet for half of
+  // the shortest quiet timeout: a few map lookups per pair and period, not per tick.
+  auto kernel_check = std::chrono::steady_clock::duration::max();
   for (auto t : {s.idle_timeout, s.half_close_timeout}) {
     if (t.count() > 0)
-      quiet_check = std::min<std::chrono::steady_clock::duration>(quiet_check, t / 2);
+      kernel_check = std::min<std::chrono::steady_clock::duration>(kernel_check, t / 2);
   }
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     Connection& conn = slots_[slot];
@@ -185,12 +184,7 @@ void Worker::onTick() {
     if (conn.tls) tlsTick(slot);
     auto quiet = now_ - conn.last_activity;
     // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
-    if (conn.state == State::kKernel && quiet >= quiet_check && kernelRelayMoved(slot)) {
-      conn.last_activity = now_;
-      quiet = {};
-    }
-    // So does a pending sendAll to a slow reader: a completion comes only when all is out.
-    if (conn.state == State::kRelaying && quiet >= quiet_check && pendingSendMoved(conn)) {
+    if (conn.state == State::kKernel && quiet >= kernel_check && kernelRelayMoved(slot)) {
       conn.last_activity = now_;
       quiet = {};
     }
@@ -209,20 +203,6 @@ void Worker::onTick() {
   }
   http_.onTick(now_);
   armTick();
-}
-
-bool Worker::pendingSendMoved(Connection& conn) {
-  bool moved = false;
-  for (Direction* d : {&conn.request, &conn.response}) {
-    if (!d->send_in_flight) continue;
-    const int to_fd = d == &conn.request ? conn.upstream_fd : conn.client_fd;
-    const auto written = sockets_.bytesWritten(to_fd);
-    if (written && *written != d->written_seen) {
-      d->written_seen = *written;
-      moved = true;
-    }
-  }
-  return moved;
 }
 
 // The one dispatch point for this worker's completions.
@@ -697,7 +677,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
     const size_t n = std::min(d.queued(), kMaxGather);
     if (n == 1) {
       const Chunk& ch = d.queue[d.head];
-      ring_.sendAll(to_fd, {chunkData(ch), ch.length}, ud);
+      ring_.send(to_fd, {chunkData(ch), ch.length}, ud);
     } else {
       for (size_t i = 0; i < n; ++i) {
         const Chunk& ch = d.queue[d.head + i];
@@ -706,7 +686,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
       d.message = msghdr{};
       d.message.msg_iov = d.iov.data();
       d.message.msg_iovlen = n;
-      ring_.sendMessageAll(to_fd, &d.message, ud);
+      ring_.sendMessage(to_fd, &d.message, ud);
     }
     d.chunks_in_flight = static_cast<uint32_t>(n);
     d.send_in_flight = true;

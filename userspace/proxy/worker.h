@@ -171,8 +171,6 @@ class Worker final : public loop::CompletionHandler {
     uint32_t chunks_in_flight = 0;  // queue[head, head + chunks_in_flight) are being sent
     bool shut_sent = false;
     bool shut_done = false;
-    // The destination socket's bytes written when the idle sweep last saw a send pending.
-    uint64_t written_seen = 0;
     size_t queued() const { return queue.size() - head; }
     // The gathered send in flight; read by the kernel until its completion.
     std::array<iovec, kMaxGather> iov{};
@@ -286,10 +284,6 @@ class Worker final : public loop::CompletionHandler {
   bool handToKernel(uint32_t slot);
   void armRelayPoll(uint32_t slot, bool client_side);
   void onRelayPoll(uint32_t slot, bool client_side, const loop::Completion& c);
-  // Whether a pending sendAll (which completes only when all of it is out) moved bytes since
-  // the sweep last asked: the destination socket's bytes written (TCP_INFO + SIOCOUTQ), asked
-  // only for connections that look idle with a send in flight.
-  bool pendingSendMoved(Connection& conn);
   // Shuts the write side of a socket whose peer sent FIN once every redirected byte reached
   // it; closes the connection when both directions are done.
   void relayProgress(uint32_t slot);
