@@ -10,11 +10,14 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -463,6 +466,36 @@ double machineBusy() {
   return (user + nice + system + irq + softirq) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// 64 B round trips on every connection, a thread each, until stopped.
+class PingPong {
+ public:
+  explicit PingPong(const std::vector<int>& conns) {
+    for (int fd : conns) {
+      threads_.emplace_back([this, fd] {
+        char buf[64] = {};
+        while (!stop_ && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf))) {
+          ++round_trips_;
+        }
+      });
+    }
+  }
+  ~PingPong() { stop(); }
+  PingPong(const PingPong&) = delete;
+  PingPong& operator=(const PingPong&) = delete;
+  void stop() {
+    stop_ = true;
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  uint64_t roundTrips() const { return round_trips_.load(); }
+
+ private:
+  std::atomic<uint64_t> round_trips_{0};
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
 struct RelayFigures {
   double round_trips_per_s = 0;
   double proxy_cpu_us_per_rt = 0;
@@ -481,24 +514,13 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
     std::vector<int> conns;
     for (int i = 0; i < kConnections; ++i) conns.push_back(dial('E'));
     ASSERT_TRUE(std::all_of(conns.begin(), conns.end(), [](int fd) { return fd >= 0; }));
-    std::atomic<uint64_t> round_trips{0};
-    std::atomic<bool> stop{false};
     const double proxy0 = cpuSeconds(proxy_->pid()), busy0 = machineBusy();
     auto t0 = Clock::now();
-    std::vector<std::thread> threads;
-    for (int fd : conns) {
-      threads.emplace_back([&, fd] {
-        char buf[64] = {};
-        while (!stop && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf))) {
-          ++round_trips;
-        }
-      });
-    }
+    PingPong ping_pong(conns);
     std::this_thread::sleep_for(kRun);
-    stop = true;
-    for (auto& t : threads) t.join();
+    ping_pong.stop();
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double n = static_cast<double>(round_trips.load());
+    const double n = static_cast<double>(ping_pong.roundTrips());
     f.round_trips_per_s = n / seconds;
     f.proxy_cpu_us_per_rt = (cpuSeconds(proxy_->pid()) - proxy0) * 1e6 / n;
     f.machine_cpu_us_per_rt = (machineBusy() - busy0) * 1e6 / n;
@@ -529,6 +551,220 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
       "machine CPU us per round trip", u.machine_cpu_us_per_rt, k.machine_cpu_us_per_rt,
       k.machine_cpu_us_per_rt / u.machine_cpu_us_per_rt, "bulk MiB/s", u.bulk_mib_per_s,
       k.bulk_mib_per_s, k.bulk_mib_per_s / u.bulk_mib_per_s);
+}
+
+// Counts the proxy's syscalls and io_uring completions with `perf stat -p` (tracepoints: a count,
+// not a time, so the machine's load does not move it) while it runs.
+class PerfCount {
+ public:
+  explicit PerfCount(pid_t pid) : out_(fmt::format("/tmp/remora-perf-{}.csv", ::getpid())) {
+    const std::string target = std::to_string(pid);
+    child_ = ::fork();
+    if (child_ == 0) {
+      ::execlp("perf", "perf", "stat", "-x", ",", "-o", out_.c_str(), "-e",
+               "raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,"
+               "syscalls:sys_enter_getsockname,io_uring:io_uring_submit_req",
+               "-p", target.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Counting starts once perf holds its counters (it can take a second on a loaded machine).
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (!attached() && Clock::now() < deadline) std::this_thread::sleep_for(milliseconds(20));
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  bool attached() const {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fmt::format("/proc/{}/fd", child_), ec)) {
+      if (fs::read_symlink(e.path(), ec).string().find("perf_event") != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  }
+  // Stops perf; `event` -> count.
+  std::map<std::string, double> stop() {
+    ::kill(child_, SIGINT);
+    int status = 0;
+    ::waitpid(child_, &status, 0);
+    std::map<std::string, double> counts;
+    std::istringstream in(readWholeFile(out_));
+    std::string line;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f;
+      std::istringstream fields(line);
+      for (std::string x; std::getline(fields, x, ',');) f.push_back(x);
+      if (f.size() > 2 && !f[0].empty() && std::isdigit(static_cast<unsigned char>(f[0][0]))) {
+        counts[f[2]] = std::stod(f[0]);
+      }
+    }
+    ::unlink(out_.c_str());
+    return counts;
+  }
+
+ private:
+  std::string out_;
+  pid_t child_ = -1;
+};
+
+struct PathFigures {
+  double rt_per_s = 0, syscalls_per_rt = 0, enters_per_rt = 0, cpu_us_per_rt = 0;
+  double conns_per_s = 0, syscalls_per_conn = 0, getsockname_per_conn = 0, cpu_us_per_conn = 0;
+  double bulk_mib_per_s = 0, syscalls_per_mib = 0, sqes_per_mib = 0, cpu_us_per_mib = 0;
+  double slow_mib_per_s = 0, slow_syscalls_per_mib = 0, slow_sqes_per_mib = 0;
+  double slow_cpu_us_per_mib = 0;
+};
+
+// Issue 12 item 3 (docs/PROXY.md, "io_uring path"): the io_uring relay with each change
+// switched off in turn through REMORA_URING_AB, in one world, twice in alternating order.
+// Per variant: 8 ping-pong connections of 64 B for 2 s, then new connections one at a time
+// (connect, 64 B echo, close) for 1.5 s, then a 128 MiB download read fast and a 32 MiB one read
+// slowly. REMORA_BENCH_ROUNDS sets the number of rounds (2).
+// Ratios are to the first variant (put "" first in REMORA_BENCH_VARIANTS).
+TEST_F(KernelRelay, UringPathSwitchesSideBySide) {
+  // Churn leaves TIME_WAIT sockets in the front pod: let connects reuse them.
+  ASSERT_TRUE(world_->exec(front_, {"sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"}).ok());
+  // REMORA_BENCH_VARIANTS (a ;-separated list, "" = all on) narrows the comparison.
+  std::vector<std::string> variants = {"", "ring-fd-off", "getsockname"};
+  if (const char* only = std::getenv("REMORA_BENCH_VARIANTS")) {
+    variants.clear();
+    std::istringstream list(only);
+    for (std::string v; std::getline(list, v, ';');) variants.push_back(v);
+  }
+  std::map<std::string, std::vector<PathFigures> > runs;
+  std::vector<std::string> order = variants;
+  const int rounds = std::getenv("REMORA_BENCH_ROUNDS") != nullptr
+                         ? std::max(1, std::atoi(std::getenv("REMORA_BENCH_ROUNDS")))
+                         : 2;
+  for (int round = 0; round < rounds; ++round) {
+    for (const std::string& v : order) {
+      ::setenv("REMORA_URING_AB", v.c_str(), 1);
+      startProxy("uring");
+      ::unsetenv("REMORA_URING_AB");
+      PathFigures f;
+      const pid_t pid = proxy_->pid();
+      // Ping-pong.
+      std::vector<int> conns;
+      for (int i = 0; i < 8; ++i) conns.push_back(dial('E'));
+      ASSERT_TRUE(std::all_of(conns.begin(), conns.end(), [](int fd) { return fd >= 0; }));
+      PingPong ping_pong(conns);
+      {
+        PerfCount perf(pid);
+        const uint64_t n0 = ping_pong.roundTrips();
+        const double cpu0 = cpuSeconds(pid);
+        const auto t0 = Clock::now();
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        const double n = static_cast<double>(ping_pong.roundTrips() - n0);
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double cpu = cpuSeconds(pid) - cpu0;
+        auto counts = perf.stop();
+        f.rt_per_s = n / secs;
+        f.cpu_us_per_rt = cpu * 1e6 / n;
+        f.syscalls_per_rt = counts["raw_syscalls:sys_enter"] / n;
+        f.enters_per_rt = counts["syscalls:sys_enter_io_uring_enter"] / n;
+      }
+      ping_pong.stop();
+      for (int c : conns) ::shutdown(c, SHUT_RDWR);
+      // Churn: one new connection per echo.
+      {
+        PerfCount perf(pid);
+        uint64_t made = 0;
+        const double cpu0 = cpuSeconds(pid);
+        const auto t0 = Clock::now();
+        while (Clock::now() - t0 < milliseconds(1500)) {
+          int fd = dial('E');
+          char buf[64] = {};
+          const bool ok =
+              fd >= 0 && sendAll(fd, {buf, sizeof(buf)}) && readExact(fd, buf, sizeof(buf));
+          if (fd >= 0) {
+            ::close(fd);
+            fds_.pop_back();
+          }
+          ASSERT_TRUE(ok);
+          ++made;
+        }
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double cpu = cpuSeconds(pid) - cpu0;
+        auto counts = perf.stop();
+        const auto m = static_cast<double>(made);
+        f.conns_per_s = m / secs;
+        f.syscalls_per_conn = counts["raw_syscalls:sys_enter"] / m;
+        f.getsockname_per_conn = counts["syscalls:sys_enter_getsockname"] / m;
+        f.cpu_us_per_conn = cpu * 1e6 / m;
+      }
+      // Bulk: a fast reader (1 MiB reads), then a slow one (64 KiB receive buffer, 16 KiB reads),
+      // whose socket fills, so the proxy's sends to it find no room for all they carry.
+      for (const bool slow : {false, true}) {
+        const uint64_t mib = slow ? 32 : 128;
+        int fd = dial('D');
+        ASSERT_GE(fd, 0);
+        if (slow) {
+          int small = 65536;
+          setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+        }
+        PerfCount perf(pid);
+        const double cpu0 = cpuSeconds(pid);
+        ASSERT_TRUE(writeU64(fd, mib << 20));
+        std::vector<char> block(slow ? 16384 : 1 << 20);
+        uint64_t got = 0;
+        const auto b0 = Clock::now();
+        for (ssize_t r = 0;
+             got < (mib << 20) && (r = ::recv(fd, block.data(), block.size(), 0)) > 0;) {
+          got += static_cast<uint64_t>(r);
+        }
+        const double secs = std::chrono::duration<double>(Clock::now() - b0).count();
+        const double cpu = cpuSeconds(pid) - cpu0;
+        auto counts = perf.stop();
+        ASSERT_EQ(got, mib << 20);
+        const auto m = static_cast<double>(mib);
+        (slow ? f.slow_mib_per_s : f.bulk_mib_per_s) = m / secs;
+        (slow ? f.slow_syscalls_per_mib : f.syscalls_per_mib) =
+            counts["raw_syscalls:sys_enter"] / m;
+        (slow ? f.slow_sqes_per_mib : f.sqes_per_mib) = counts["io_uring:io_uring_submit_req"] / m;
+        (slow ? f.slow_cpu_us_per_mib : f.cpu_us_per_mib) = cpu * 1e6 / m;
+      }
+      runs[v].push_back(f);
+      proxy_.reset();
+    }
+    std::reverse(order.begin(), order.end());
+  }
+  auto mean = [&](const std::string& v, double PathFigures::*field) {
+    double sum = 0;
+    for (const auto& f : runs[v]) sum += f.*field;
+    return sum / static_cast<double>(runs[v].size());
+  };
+  std::printf(
+      "io_uring path switches (REMORA_URING_AB; mean of %d runs each, alternating order; "
+      "client, backend and proxy share the machine; measured under contention)\n  %-26s",
+      rounds, "");
+  for (const auto& v : variants) std::printf(" %18s", v.empty() ? "all on" : v.c_str());
+  std::printf("\n");
+  const std::pair<const char*, double PathFigures::*> rows[] = {
+      {"round trips/s", &PathFigures::rt_per_s},
+      {"syscalls per round trip", &PathFigures::syscalls_per_rt},
+      {"io_uring_enter per rt", &PathFigures::enters_per_rt},
+      {"proxy CPU us/round trip", &PathFigures::cpu_us_per_rt},
+      {"connections/s", &PathFigures::conns_per_s},
+      {"syscalls per connection", &PathFigures::syscalls_per_conn},
+      {"getsockname per conn", &PathFigures::getsockname_per_conn},
+      {"proxy CPU us/connection", &PathFigures::cpu_us_per_conn},
+      {"bulk MiB/s", &PathFigures::bulk_mib_per_s},
+      {"syscalls per MiB", &PathFigures::syscalls_per_mib},
+      {"SQEs per MiB", &PathFigures::sqes_per_mib},
+      {"proxy CPU us/MiB", &PathFigures::cpu_us_per_mib},
+      {"slow reader MiB/s", &PathFigures::slow_mib_per_s},
+      {"slow: syscalls per MiB", &PathFigures::slow_syscalls_per_mib},
+      {"slow: SQEs per MiB", &PathFigures::slow_sqes_per_mib},
+      {"slow: proxy CPU us/MiB", &PathFigures::slow_cpu_us_per_mib},
+  };
+  for (const auto& [name, field] : rows) {
+    const double base = mean(variants.front(), field);
+    std::printf("  %-26s", name);
+    for (const auto& v : variants) {
+      const double x = mean(v, field);
+      std::printf(" %10.2f (%4.2fx)", x, base > 0 ? x / base : 0.0);
+    }
+    std::printf("\n");
+  }
 }
 
 #endif  // REMORA_RELAY_BENCH

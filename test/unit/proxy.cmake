@@ -15,3 +15,10 @@ add_executable(proxy_churn_bench ${PROJECT_SOURCE_DIR}/test/bench/proxy_churn_be
 target_link_libraries(proxy_churn_bench PRIVATE remora_proxy_lib)
 add_test(NAME bench.proxy_churn COMMAND proxy_churn_bench --idle 10,9000,10,9000 --seconds 3)
 set_tests_properties(bench.proxy_churn PROPERTIES LABELS bench RUN_SERIAL TRUE TIMEOUT 300)
+
+# What a registered ring fd saves per io_uring_enter (issue 12 item 3); label bench:
+# ctest --test-dir BUILD -L bench -R ring_enter -V, or BUILD/bin/ring_enter_bench [blocks]
+add_executable(ring_enter_bench ${PROJECT_SOURCE_DIR}/test/bench/ring_enter_bench.cc)
+target_link_libraries(ring_enter_bench PRIVATE remora_loop Threads::Threads)
+add_test(NAME bench.ring_enter COMMAND ring_enter_bench 21)
+set_tests_properties(bench.ring_enter PROPERTIES LABELS bench RUN_SERIAL TRUE TIMEOUT 120)

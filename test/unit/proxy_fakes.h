@@ -158,6 +158,7 @@ class FakeSockets final : public SocketOps {
     return it->second;
   }
   std::optional<SocketAddress> localAddress(int fd) override {
+    ++local_calls;
     auto it = local.find(fd);
     if (it == local.end()) return *SocketAddress::parse("10.244.0.5:15001");
     return it->second;
@@ -174,6 +175,7 @@ class FakeSockets final : public SocketOps {
 
   std::map<int, SocketAddress> original;
   std::map<int, SocketAddress> local;
+  size_t local_calls = 0;  // getsockname calls
   std::vector<std::optional<IpAddress>> sources;
   int next_fd = 300;
 };

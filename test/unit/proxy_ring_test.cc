@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <cstring>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "loop/uring_ring.h"
@@ -206,6 +208,40 @@ TEST(UringRingTest, OneShotRecvThenShutdownAndCloseWakesThePendingRecv) {
   EXPECT_EQ(by_op[3], 2);
   char buf[4];
   EXPECT_EQ(read(sv[1], buf, sizeof(buf)), 0);
+  close(sv[1]);
+}
+
+// Issue 12: every ring registers its fd with its thread, and works through it.
+TEST(UringRingTest, RegistersItsRingFdAndWorksThroughIt) {
+  {
+    // Probe: a kernel before 5.18 refuses the registration; only then is this skipped.
+    io_uring probe{};
+    if (io_uring_queue_init(4, &probe, 0) != 0) GTEST_SKIP() << "io_uring unavailable here";
+    const int rc = io_uring_register_ring_fd(&probe);
+    io_uring_queue_exit(&probe);
+    if (rc != 1) GTEST_SKIP() << "this kernel cannot register a ring fd: " << std::strerror(-rc);
+  }
+  RingOptions opts;
+  opts.buffer_count = 4;
+  opts.buffer_size = 4096;
+  auto ring = UringRing::create(opts);
+  ASSERT_TRUE(ring) << ring.error().message;
+  EXPECT_TRUE((*ring)->ringFdRegistered());
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  (*ring)->send(sv[1], {"ping", 4}, UserData{5, 1, 1}.encode());
+  (*ring)->recv(sv[0], UserData{2, 1, 1}.encode());
+  Collect c;
+  for (int i = 0; i < 5 && c.got.size() < 2; ++i) {
+    ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(1000)));
+  }
+  ASSERT_EQ(c.got.size(), 2u);
+  for (const auto& x : c.got) EXPECT_EQ(x.res, 4);
+  opts.register_ring_fd = false;
+  auto plain = UringRing::create(opts);
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE((*plain)->ringFdRegistered());
+  close(sv[0]);
   close(sv[1]);
 }
 

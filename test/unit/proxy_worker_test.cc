@@ -241,6 +241,59 @@ TEST_F(WorkerTest, ConnectionsNotRedirectedAreRefusedInsteadOfLooping) {
   EXPECT_EQ(stats_.counters().no_original_dst.get(), 2u);
 }
 
+// Issue 12: the loop check asks for the connection's local address (getsockname) only when the
+// original destination is on the listener's port; the usual connection costs no syscall there.
+TEST_F(WorkerTest, TheLoopCheckCallsGetsocknameOnlyForADestinationOnTheListenersPort) {
+  const size_t calls = sockets_.local_calls;  // addListener read the listener's port
+  establish(kClientFd);                       // to 10.1.122.241:9999
+  EXPECT_EQ(sockets_.local_calls, calls);
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+  // Someone elsewhere dialled 10.244.9.9:15001 and was redirected here: the port alone cannot
+  // tell, the local address does (10.244.0.5:15001, not the original destination).
+  accept(kClientFd + 1, "10.244.9.9:15001");
+  EXPECT_EQ(sockets_.local_calls, calls + 1);
+  auto c = ring_.last(RecordedOp::kConnect);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->address.toString(), "10.244.9.9:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+}
+
+// Nothing about local addresses is cached: an address the pod gains after the first connection
+// is the local address of the next one, and that connection is refused as a loop.
+TEST_F(WorkerTest, TheLoopCheckSeesALocalAddressAddedSinceTheLastConnection) {
+  accept(kClientFd, "10.244.0.77:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 0u);
+  sockets_.local[kClientFd + 1] = *SocketAddress::parse("10.244.0.77:15001");
+  accept(kClientFd + 1, "10.244.0.77:15001");
+  EXPECT_EQ(stats_.counters().no_original_dst.get(), 1u);
+}
+
+TEST(WasRedirectedTest, AsksForTheLocalAddressOnlyWhenThePortsMatch) {
+  int asked = 0;
+  auto local = [&](const char* text) {
+    return [&asked, text] {
+      ++asked;
+      return std::optional<SocketAddress>(*SocketAddress::parse(text));
+    };
+  };
+  // eBPF sk_lookup or TPROXY: no NAT, the destination is the local address on the app's port.
+  EXPECT_TRUE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 15006, local("10.244.0.5:8080")));
+  EXPECT_EQ(asked, 0);
+  EXPECT_FALSE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:15006"), 15006, local("10.244.0.5:15006")));
+  EXPECT_EQ(asked, 1);
+  // The listener's port unknown: the addresses decide.
+  EXPECT_TRUE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 0, local("10.244.0.5:15006")));
+  EXPECT_FALSE(
+      wasRedirected(*SocketAddress::parse("10.244.0.5:8080"), 0, local("10.244.0.5:8080")));
+  // No local address (getsockname failed): redirected, as before.
+  EXPECT_TRUE(wasRedirected(*SocketAddress::parse("10.244.0.5:15006"), 15006,
+                            [] { return std::optional<SocketAddress>(); }));
+  EXPECT_EQ(asked, 3);
+}
+
 TEST_F(WorkerTest, InboundConnectsToTheOriginalDestinationFrom127_0_0_6) {
   worker_->addListener(101, ListenerKind::kInbound, Family::kIpv4);
   sockets_.original[kClientFd] = *SocketAddress::parse("10.244.0.5:8080");

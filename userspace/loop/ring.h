@@ -11,10 +11,17 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 #include "common/result.h"
 
 namespace remora::loop {
+
+// REMORA_URING_AB: a comma-separated list of switches the benchmarks use to turn the io_uring
+// path's issue-12 changes off, one at a time, in the same build (docs/PROXY.md, "io_uring path
+// (issue 12 item 3)"): `ring-fd-off`, `getsockname`. Not a user setting; read once per
+// process.
+bool uringAbSwitch(std::string_view name);
 
 struct Completion {
   uint64_t user_data = 0;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -29,6 +30,14 @@ __kernel_timespec toTimespec(std::chrono::milliseconds d) {
 }
 
 }  // namespace
+
+bool uringAbSwitch(std::string_view name) {
+  static const std::string switches = [] {
+    const char* env = std::getenv("REMORA_URING_AB");
+    return env == nullptr ? std::string() : "," + std::string(env) + ",";
+  }();
+  return switches.find("," + std::string(name) + ",") != std::string::npos;
+}
 
 bool Completion::more() const { return (flags & IORING_CQE_F_MORE) != 0; }
 bool Completion::hasBuffer() const { return (flags & IORING_CQE_F_BUFFER) != 0; }
@@ -157,6 +166,11 @@ Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options)
   }
   ring->fallback_note_ = std::move(choice.fallback_note);
   ring->ring_ready_ = true;
+  // 1 on success; a kernel before 5.18 (EINVAL) or a thread with all 16 slots taken (EBUSY)
+  // leaves the ring on its plain fd, which works the same.
+  if (options.register_ring_fd && !uringAbSwitch("ring-fd-off")) {
+    ring->ring_fd_registered_ = io_uring_register_ring_fd(&ring->ring_) == 1;
+  }
   if (options.buffer_count > 0) {
     if (auto r = ring->setupBuffers(options); !r) return r.error();
   }
@@ -202,6 +216,8 @@ Result<void> UringRing::setupBuffers(const RingOptions& options) {
 UringRing::~UringRing() {
   if (ring_ready_) {
     if (buf_ring_ != nullptr) io_uring_unregister_buf_ring(&ring_, kBufferGroup);
+    // Frees the thread's slot (io_uring_queue_exit does not in every liburing version).
+    if (ring_fd_registered_) io_uring_unregister_ring_fd(&ring_);
     io_uring_queue_exit(&ring_);
   }
   if (buf_ring_ != nullptr) munmap(buf_ring_, buf_ring_bytes_);

@@ -25,6 +25,11 @@ struct RingOptions {
   // touched only as the kernel fills buffers.
   unsigned buffer_count = 256;
   unsigned buffer_size = 65536;
+  // Registers the ring's fd with the creating thread (io_uring_register_ring_fd, Linux 5.18):
+  // every io_uring_enter then names the ring by its slot in the thread's table and skips the
+  // fd lookup and its reference count, an atomic on the shared file of a multi-threaded
+  // process. Where the kernel refuses, the ring works as before.
+  bool register_ring_fd = true;
 };
 
 // What the host says about io_uring, read from /proc; the input to explainSetupFailure.
@@ -65,6 +70,8 @@ class UringRing final : public Ring {
   // Empty when the preferred setup flags were accepted.
   const std::string& fallbackNote() const { return fallback_note_; }
   int ringFd() const { return ring_.ring_fd; }
+  // Whether io_uring_enter goes through the registered ring fd (RingOptions::register_ring_fd).
+  bool ringFdRegistered() const { return ring_fd_registered_; }
 
   void acceptMultishot(int listen_fd, uint64_t user_data) override;
   void recvMultishot(int fd, uint64_t user_data) override;
@@ -102,6 +109,7 @@ class UringRing final : public Ring {
 
   io_uring ring_{};
   bool ring_ready_ = false;
+  bool ring_fd_registered_ = false;
   std::string fallback_note_;
   io_uring_buf_ring* buf_ring_ = nullptr;
   size_t buf_ring_bytes_ = 0;

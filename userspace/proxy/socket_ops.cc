@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "common/original_dst.h"
+#include "loop/ring.h"
 
 namespace remora::proxy {
 namespace {
@@ -26,6 +27,19 @@ std::optional<SocketAddress> nameOf(int fd, bool peer) {
 }
 
 }  // namespace
+
+bool wasRedirected(const SocketAddress& original, uint16_t listener_port,
+                   const std::function<std::optional<SocketAddress>()>& local_address) {
+  // Not redirected needs local == original on the listener's port: a destination on any other
+  // port is redirected whatever the local address is, so getsockname is needed only for a
+  // destination on the listener's port (someone dialled 15001 or 15006 directly, or an
+  // upstream listens on that port). The benchmark switch `getsockname` asks every time, as
+  // before issue 12.
+  static const bool always_ask = loop::uringAbSwitch("getsockname");
+  if (listener_port != 0 && original.port != listener_port && !always_ask) return true;
+  const auto local = local_address();
+  return !(local && *local == original && (listener_port == 0 || local->port == listener_port));
+}
 
 Result<SocketAddress> SystemSocketOps::originalDestination(int fd, Family family) {
   return remora::originalDestination(fd, family);

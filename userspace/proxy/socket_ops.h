@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -48,6 +49,17 @@ class SystemSocketOps final : public SocketOps {
  private:
   std::chrono::seconds keepalive_;
 };
+
+// The loop check: whether a connection accepted on a listener bound to port `listener_port`
+// (0: unknown) was redirected there, or dialled at the listener itself (relaying it would loop
+// into the proxy). `original` is its SO_ORIGINAL_DST. Not redirected means the original
+// destination is the connection's local address on the listener's port; eBPF mode's sk_lookup
+// and TPROXY steer inbound without NAT, so there the original destination is the local address
+// on the app's port, which counts as redirected. `local_address` (getsockname) is called only
+// when the original destination is on the listener's port: nothing is cached, so a pod address
+// added or removed at any time is seen as it is.
+bool wasRedirected(const SocketAddress& original, uint16_t listener_port,
+                   const std::function<std::optional<SocketAddress>()>& local_address);
 
 // SO_KEEPALIVE with TCP_KEEPIDLE = idle, TCP_KEEPINTVL = idle / 10 (at least 1 s) and
 // TCP_KEEPCNT = 5: a vanished peer is noticed within 1.5 x idle. On a listener, accepted

@@ -329,12 +329,8 @@ void Worker::startConnection(uint32_t listener, int fd) {
   stats_.counters().accepted.inc();
   const Listener& l = listeners_[listener];
   auto original = sockets_.originalDestination(fd, l.family);
-  auto local = sockets_.localAddress(fd);
-  // Not redirected when the original destination is this listener itself. eBPF mode's
-  // sk_lookup steers inbound without NAT, so there the original destination is the local
-  // address, on the app's port rather than the listener's.
   const bool redirected =
-      original && !(local && *local == *original && (l.port == 0 || local->port == l.port));
+      original && wasRedirected(*original, l.port, [&] { return sockets_.localAddress(fd); });
   if (redirected && startHttp(l, fd, *original)) return;
   if (redirected && startSniff(listener, fd, *original)) return;
   startTcp(listener, fd, redirected ? std::optional<SocketAddress>(*original) : std::nullopt);
