@@ -5,6 +5,7 @@
 #   cni_podman_test.sh libcni          BIN_DIR
 #   cni_podman_test.sh node_installer  BIN_DIR
 #   cni_podman_test.sh kube_play       BIN_DIR
+#   cni_podman_test.sh kube_play_ebpf  BIN_DIR
 #
 # libcni: a container on an --internal network whose podman-written conflist (bridge +
 #   host-local, portmap, firewall, tuning) is chained with remora-cni. While it runs, its netns
@@ -17,6 +18,12 @@
 # kube_play: `podman kube play` of deploy/podman/bill-demo.yaml (remora-init initContainer, the
 #   app, the remora-proxy sidecar as UID 1337 reading a ConfigMap); from the app, curl to the
 #   bill-service VIP is split by the VirtualService's 90/10 weights.
+# kube_play_ebpf: the same seed with no iptables at all. install-node --mode ebpf attaches the
+#   programs to a cgroup v2 directory the test makes and pins them in a bpffs of its own, and
+#   chains remora-cni ("mode": "ebpf") into the network's conflist; the pod (bill-demo.yaml
+#   without its init container) runs below that cgroup. No REMORA rule in iptables-save, the
+#   netns registered in `remora-init dump`, exactly 90/10; after the pod's removal (CNI DEL) and
+#   uninstall-node, no program, link, pin or map of the test is left.
 #
 # Everything lives in a temp dir of its own: containers.conf (runc, CNI backend, cgroupfs),
 # storage root, network config dir and CNI bin dir; the machine's /etc/containers is never
@@ -25,7 +32,7 @@
 # Exit 77 = skipped (the reason is printed).
 set -euo pipefail
 
-case_name=${1:?usage: cni_podman_test.sh libcni|node_installer|kube_play BIN_DIR}
+case_name=${1:?usage: cni_podman_test.sh libcni|node_installer|kube_play|kube_play_ebpf BIN_DIR}
 bin_dir=$(cd "${2:?BIN_DIR}" && pwd)
 src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 plugin_dir=${REMORA_CNI_PLUGIN_DIR:-/usr/lib/cni}
@@ -43,6 +50,16 @@ done
 for b in remora-cni remora-init remora-probe; do
   [[ -x "$bin_dir/$b" ]] || skip "$bin_dir/$b is not built"
 done
+
+# rmdir, deepest first, the cgroup directories named $1 in every hierarchy: kube_play_ebpf's
+# cgroup v2 directory, and what runc made below its pod's cgroup parent in the v1 hierarchies.
+remove_cgroups() {
+  local h
+  for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    [[ -d "$h/$1" ]] && find "$h/$1" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  return 0
+}
 
 # An earlier run killed without its cleanup (ctest's TIMEOUT kills with SIGKILL, which no trap
 # sees) leaves its containers running, the kube_play pod holding hostPort 8080, its network,
@@ -85,7 +102,9 @@ sweep_leftovers() {
         old_pm rmi -a -f
       } >/dev/null 2>&1 || true
     fi
+    # Its bpffs (kube_play_ebpf) goes with the mounts: the pins vanish and their programs detach.
     awk -v w="$dir" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+    [[ "$owner" =~ ^[0-9]+$ ]] && remove_cgroups "remora-cni-podman-$owner"
     rm -rf "$dir"
   done
 }
@@ -102,6 +121,12 @@ containers=()
 pods=()
 watcher_pid=""
 bridge=""
+# kube_play_ebpf: the programs attach to a cgroup v2 directory the test makes ($ebpf_cgroup,
+# under the cgroup v2 root), whose name is also its pod's cgroup parent; the pins go to a bpffs
+# of the test's own, mounted in its work dir. Cleanup (or the next run's sweep) removes both.
+ebpf_cgroup_name="remora-cni-podman-$id"
+ebpf_cgroup=""
+ebpf_pins=""
 
 # On failure: what podman knows about this run's containers, and their last log lines.
 diagnose() {
@@ -127,8 +152,10 @@ cleanup() {
   # podman network rm deletes the bridge; make sure, by the name the conflist gave it.
   [[ -n "$bridge" ]] && ip link show "$bridge" >/dev/null 2>&1 && ip link delete "$bridge"
   rm -rf "/var/lib/cni/networks/$net"
-  # Storage mounts of this run's own storage root, deepest first.
+  # Storage mounts of this run's own storage root, and kube_play_ebpf's bpffs (its pins go, so
+  # its programs detach), deepest first.
   awk -v w="$work" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  [[ -n "$ebpf_cgroup" ]] && remove_cgroups "$ebpf_cgroup_name"
   rm -rf "$work"
   if ((rc != 0 && rc != 77)); then echo "[$case_name] FAILED (exit $rc)" >&2; fi
   exit $rc
@@ -331,12 +358,11 @@ case_node_installer() {
   say "a container started after uninstall gets no rules"
 }
 
-case_kube_play() {
-  [[ -x "$bin_dir/remora-proxy" ]] || skip "remora-proxy is not built"
-  build_image --require-proxy
-  create_network
-  # The app and the sidecar share the pod; the backends are plain containers at fixed IPs.
-  local v1="$sub.168" v2="$sub.74"
+# The seed's two backends as plain containers at fixed IPs, and the seed's ConfigMap with its
+# addresses moved into this network (the front pod at $sub.10, the VIP at $vip); the proxy's
+# seccomp profile.
+start_seed_backends() {
+  v1="$sub.168" v2="$sub.74" front="$sub.10"
   containers+=("$net-bill-v1" "$net-bill-v2")
   pm run -d --name "$net-bill-v1" --network "$net" --ip "$v1" "$image" \
     remora-probe serve --listen 0.0.0.0:80 --http --reply "this is bill-service-v1" >/dev/null
@@ -344,31 +370,39 @@ case_kube_play() {
     remora-probe serve --listen 0.0.0.0:80 --http --reply "hello, this is bill-service-v2" >/dev/null
   wait_for "bill-service-v1" logs_ready "$net-bill-v1"
   wait_for "bill-service-v2" logs_ready "$net-bill-v2"
-
-  # The seed scenario with its addresses moved into this network: the ConfigMap the proxy reads.
-  local front="$sub.10"
   sed -e "s/10\.244\.1\.168/$v1/g" -e "s/10\.244\.2\.74/$v2/g" \
     -e "s/10\.1\.122\.241/$vip/g" -e "s/10\.244\.0\.10/$front/g" \
     "$src_dir/deploy/sidecar/remora-proxy-config.yaml" >"$work/config.yaml"
-  sed -e "s#localhost/remora:latest#$image#g" -e "s/^  name: front-tomcat\$/  name: $net-front/" \
-    "$src_dir/deploy/podman/bill-demo.yaml" >"$work/pod.yaml"
   # podman's default seccomp profile plus io_uring, for the proxy (docs/PROXY.md).
   local default_profile=/usr/share/containers/seccomp.json
   [[ -f "$default_profile" ]] || skip "no default seccomp profile at $default_profile to extend"
   mkdir -p "$work/seccomp"
   sed '0,/"syscalls": *\[/s//"syscalls": [ {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ALLOW"},/' \
     "$default_profile" >"$work/seccomp/remora-proxy.json"
-  pods+=("$net-front")
-  pm kube play --network "$net" --ip "$front" --configmap "$work/config.yaml" \
-    --seccomp-profile-root "$work/seccomp" "$work/pod.yaml" >"$work/play.log" 2>&1 ||
-    fail "podman kube play: $(cat "$work/play.log")"
-  local app="$net-front-app" proxy="$net-front-remora-proxy"
-  wait_for "the proxy's admin endpoint" pm exec "$app" curl -sf http://127.0.0.1:15000/ready
-  assert_rules "$app"
+}
 
+# deploy/podman/bill-demo.yaml with the test image and the pod named $1, written to $2; any
+# further arguments are more sed expressions.
+write_pod_yaml() {
+  local name=$1 out=$2
+  shift 2
+  local edits=(-e "s#localhost/remora:latest#$image#g"
+    -e "s/^  name: front-tomcat\$/  name: $name/")
+  for e in "$@"; do edits+=(-e "$e"); done
+  sed "${edits[@]}" "$src_dir/deploy/podman/bill-demo.yaml" >"$out"
+}
+
+kube_play() {
+  pm kube play --network "$net" --ip "$front" --configmap "$work/config.yaml" \
+    --seccomp-profile-root "$work/seccomp" "$@" >"$work/play.log" 2>&1 ||
+    fail "podman kube play: $(cat "$work/play.log")"
+}
+
+# 100 curls from container $1 to the bill-service VIP: exactly the VirtualService's 90/10.
+expect_seed_split() {
   local v1n=0 v2n=0 body
   for _ in $(seq 1 100); do
-    body=$(pm exec "$app" curl -s --max-time 3 "http://$vip:9999/") || fail "curl to the VIP failed"
+    body=$(pm exec "$1" curl -s --max-time 3 "http://$vip:9999/") || fail "curl to the VIP failed"
     case "$body" in
       *"hello, this is bill-service-v2"*) v2n=$((v2n + 1)) ;;
       *"this is bill-service-v1"*) v1n=$((v1n + 1)) ;;
@@ -377,13 +411,197 @@ case_kube_play() {
   done
   say "100 x curl http://$vip:9999/ from the app: v1=$v1n v2=$v2n"
   [[ $v1n -eq 90 && $v2n -eq 10 ]] || fail "expected exactly 90/10 (VirtualService weights)"
-  pm logs "$proxy" >/dev/null 2>&1 || true
+}
+
+case_kube_play() {
+  [[ -x "$bin_dir/remora-proxy" ]] || skip "remora-proxy is not built"
+  build_image --require-proxy
+  create_network
+  # The app and the sidecar share the pod; the backends are plain containers at fixed IPs.
+  start_seed_backends
+  write_pod_yaml "$net-front" "$work/pod.yaml"
+  pods+=("$net-front")
+  kube_play "$work/pod.yaml"
+  local app="$net-front-app"
+  wait_for "the proxy's admin endpoint" pm exec "$app" curl -sf http://127.0.0.1:15000/ready
+  assert_rules "$app"
+  expect_seed_split "$app"
+}
+
+# --- eBPF mode ---------------------------------------------------------------------------
+
+# From now on podman creates containers through a runc wrapper that puts them below the cgroup
+# parent $1 instead of podman's /libpod_parent.
+use_cgroup_parent() {
+  cat >"$work/runc-cgroup-parent" <<WRAPPER
+#!/bin/sh
+bundle=""
+prev=""
+for a in "\$@"; do
+  [ "\$prev" = "--bundle" ] && bundle=\$a
+  prev=\$a
+done
+if [ -n "\$bundle" ] && [ -f "\$bundle/config.json" ]; then
+  sed -i 's#\\("cgroupsPath": *"\\)/libpod_parent/#\\1$1/#' "\$bundle/config.json"
+fi
+exec $(command -v runc) "\$@"
+WRAPPER
+  chmod +x "$work/runc-cgroup-parent"
+  sed -i 's/^runtime = "runc"$/runtime = "remora-runc"/' "$work/containers.conf"
+  printf '[engine.runtimes]\nremora-runc = ["%s"]\n' "$work/runc-cgroup-parent" \
+    >>"$work/containers.conf"
+}
+
+# Probes what eBPF mode needs from the kernel; a missing piece skips, naming it.
+probe_ebpf() {
+  local root
+  for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+    if [[ $(stat -f -c %T "$root" 2>/dev/null) == cgroup2fs ]]; then
+      ebpf_cgroup="$root/$ebpf_cgroup_name"
+      break
+    fi
+  done
+  [[ -n "$ebpf_cgroup" ]] ||
+    skip "no cgroup v2 hierarchy (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified is cgroup2)"
+  [[ -r /sys/kernel/btf/vmlinux ]] || skip "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+  mkdir -p "$work/bpffs"
+  mount -t bpf bpf "$work/bpffs" 2>/dev/null || skip "cannot mount a bpffs (CONFIG_BPF_SYSCALL)"
+  ebpf_pins="$work/bpffs/remora"
+  mkdir "$ebpf_cgroup"
+}
+
+# remora-init dump in eBPF mode inside container $1's netns (nsenter keeps the host's mounts, so
+# the pin dir is visible; `ip netns exec` would remount /sys).
+ebpf_dump() {
+  local c=$1
+  shift
+  nsenter -t "$(pid_of "$c")" -n "$bin_dir/remora-init" dump --mode ebpf \
+    --bpf-pin-dir "$ebpf_pins" "$@"
+}
+
+# Every BPF object of `dump --json` ($1), one "prog N", "link N" or "map N" a line.
+ebpf_object_ids() {
+  local flat
+  flat=$(tr -d ' \n' <<<"$1")
+  { grep -o '"\(prog\|link\)_id":[0-9]*' <<<"$flat" || true; } | sed 's/"\(prog\|link\)_id":/\1 /'
+  { grep -o '"map_ids":\[[0-9,]*\]' <<<"$flat" || true; } | { grep -o '[0-9]\+' || true; } |
+    sed 's/^/map /'
+}
+
+# The objects of $1 (ebpf_object_ids's lines) that are still alive, and any program still
+# attached to the test's cgroup.
+ebpf_live_objects() {
+  local kind obj_id
+  while read -r kind obj_id; do
+    bpftool "$kind" show id "$obj_id" >/dev/null 2>&1 && echo "$kind $obj_id"
+  done <<<"$1"
+  bpftool cgroup show "$ebpf_cgroup" 2>/dev/null | grep -v '^ID' || true
+}
+
+case_kube_play_ebpf() {
+  [[ -x "$bin_dir/remora-proxy" ]] || skip "remora-proxy is not built"
+  command -v bpftool >/dev/null || skip "bpftool is not installed (scripts/setup.sh installs it)"
+  probe_ebpf
+  build_image --require-proxy
+  create_network
+  # The backends start before remora-cni is chained, so only the front pod is meshed.
+  start_seed_backends
+  write_entry  # install-node --mode ebpf adds "mode", "cgroup" and "bpf-pin-dir" to it
+  cp -p "$work/net/$net.conflist" "$work/original.conflist"
+  "$bin_dir/remora-cni" install-node --mode ebpf --cgroup "$ebpf_cgroup" \
+    --bpf-pin-dir "$ebpf_pins" --conf-dir "$work/net" --bin-dir "$work/bin" \
+    --plugin-config "$work/entry.json" >"$work/install.log" 2>&1 ||
+    fail "install-node --mode ebpf: $(cat "$work/install.log")"
+  grep -q '"mode": *"ebpf"' "$work/net/$net.conflist" || fail "the chained entry is not eBPF mode"
+  say "install-node --mode ebpf: programs on $ebpf_cgroup, pins in $ebpf_pins"
+
+  # The pod without its iptables init container.
+  write_pod_yaml "$net-front" "$work/pod.yaml" \
+    '/^  initContainers:$/,/^  containers:$/{/^  containers:$/!d}'
+  if grep -q 'initContainers\|remora-init install' "$work/pod.yaml"; then
+    fail "the pod variant still has its init container"
+  fi
+  # podman 4's kube play has no --cgroup-parent (and pod clone, which has one, loses the proxy's
+  # seccomp profile): the pod's containers are created through runc_cgroup_parent, which moves
+  # each one's cgroupsPath from podman's /libpod_parent to the test's parent. runc makes that
+  # path in every hierarchy, the cgroup2 one included, and `podman exec` joins the same.
+  use_cgroup_parent "/$ebpf_cgroup_name"
+  pods+=("$net-front")
+  kube_play "$work/pod.yaml"
+  local app="$net-front-app" proxy="$net-front-remora-proxy" c where
+  for c in "$app" "$proxy"; do
+    where=$(grep '^0::' "/proc/$(pid_of "$c")/cgroup" | cut -d: -f3) ||
+      fail "$c is not running: $(pm ps -a --pod)"
+    [[ "$where" == "/$ebpf_cgroup_name/"* ]] ||
+      fail "$c runs in cgroup2 $where, not below the test's /$ebpf_cgroup_name"
+  done
+  say "the pod's containers run below $ebpf_cgroup"
+  wait_for "the proxy's admin endpoint" pm exec "$app" curl -sf http://127.0.0.1:15000/ready
+
+  # No rule: interception is the cgroup's programs and the pod's registration.
+  local rules dump
+  rules=$(nsenter -t "$(pid_of "$app")" -n iptables-save 2>&1)
+  if grep -q REMORA <<<"$rules"; then fail "iptables-save in the pod's netns shows Remora's rules:
+$rules"; fi
+  dump=$(ebpf_dump "$app") || fail "remora-init dump --mode ebpf: $dump"
+  grep -q '(this netns)' <<<"$dump" || fail "the pod's netns is not registered:
+$dump"
+  grep -q '^node hold: yes' <<<"$dump" || fail "no node hold after install-node --mode ebpf:
+$dump"
+  grep -q '^inbound (sk_lookup): 1 pod address(es), [1-9][0-9]* proxy listener' <<<"$dump" ||
+    fail "the proxy's inbound listener is not in the sockhash: $dump"
+  say "no REMORA rule in iptables-save; dump --mode ebpf shows the pod's netns registered"
+
+  expect_seed_split "$app"
+  dump=$(ebpf_dump "$app")
+  local redirected json ids
+  redirected=$(awk '$1 == "redirected" {print $2}' <<<"$dump")
+  ((${redirected:-0} >= 100)) || fail "connect4 redirected ${redirected:-0} connects, not 100:
+$dump"
+  json=$(ebpf_dump "$app" --json) || fail "dump --json: $json"
+  ids=$(ebpf_object_ids "$json")
+  grep -q '^map' <<<"$ids" || fail "no map id in dump --json: $json"
+  [[ $(grep -c '^prog' <<<"$ids") -eq 5 ]] ||
+    fail "expected 5 programs (4 on the cgroup, sk_lookup on the pod): $json"
+
+  # CNI DEL: the pod's registration and sk_lookup link go; the node hold keeps the programs.
+  # Stop first: a SIGKILL sent by rm to a container that exits by itself makes rm fail.
+  pm pod stop -t 0 "$net-front" >/dev/null 2>&1 || true
+  pm pod rm -f "$net-front" >/dev/null
+  grep -q 'netns cookie [0-9]* unregistered' "$work/remora-cni.log" || fail "no DEL logged:
+$(cat "$work/remora-cni.log")"
+  [[ $(state_files) -eq 0 ]] || fail "attachment record left after DEL"
+  dump=$("$bin_dir/remora-init" dump --mode ebpf --bpf-pin-dir "$ebpf_pins")
+  grep -q '^meshed netns: 0' <<<"$dump" || fail "the pod is still registered after DEL:
+$dump"
+  if find "$ebpf_pins" -name 'link_sk_lookup_*' | grep -q .; then
+    fail "the pod's sk_lookup pin survived DEL"
+  fi
+  say "podman pod rm (CNI DEL): the pod is unregistered; the node hold keeps the programs"
+
+  "$bin_dir/remora-cni" uninstall-node --mode ebpf --bpf-pin-dir "$ebpf_pins" \
+    --conf-dir "$work/net" --bin-dir "$work/bin" >"$work/uninstall.log" 2>&1 ||
+    fail "uninstall-node --mode ebpf: $(cat "$work/uninstall.log")"
+  cmp -s "$work/net/$net.conflist" "$work/original.conflist" ||
+    fail "the conflist differs from podman's original"
+  # A new bpffs holds only the kernel's own maps.debug and progs.debug.
+  [[ -z $(find "$work/bpffs" -mindepth 1 ! -name maps.debug ! -name progs.debug) ]] ||
+    fail "pins left after uninstall-node: $(ls -AR "$work/bpffs")"
+  # The kernel frees an unpinned link's last reference from deferred work: poll.
+  wait_for "every program, link and map of the test to be freed" \
+    test -z "$(ebpf_live_objects "$ids")"
+  say "uninstall-node --mode ebpf: no program, link, pin or map of the test is left"
+  if grep -qi ' error:' "$work/remora-cni.log"; then
+    fail "remora-cni logged errors:
+$(grep -i ' error:' "$work/remora-cni.log")"
+  fi
 }
 
 case "$case_name" in
   libcni) case_libcni ;;
   node_installer) case_node_installer ;;
   kube_play) case_kube_play ;;
+  kube_play_ebpf) case_kube_play_ebpf ;;
   *) fail "unknown case '$case_name'" ;;
 esac
 say "PASS"
