@@ -1,6 +1,8 @@
 // The worker's side of the kernel relay (kernel_relay.h, docs/PROXY.md "Kernel relay"): handing
 // a connected pair to the kernel, then watching both sockets for FIN and RST until it closes.
 // Kept apart from worker.cc, which only calls in at connect, completion, tick and close.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -16,6 +18,14 @@ namespace {
 
 constexpr std::chrono::milliseconds kFirstDrainWait{1};
 constexpr std::chrono::milliseconds kMaxDrainWait{50};
+
+// Whether a TCP socket is still ESTABLISHED (a sockhash only takes established sockets).
+bool established(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+  return info.tcpi_state == TCP_ESTABLISHED;
+}
 
 int socketError(int fd) {
   int error = 0;
@@ -52,6 +62,9 @@ bool Worker::handToKernel(uint32_t slot) {
   constexpr uint32_t kRedirectQueueLimit = 0;
   auto pair = maps->attach(conn.client_fd, conn.upstream_fd, kRedirectQueueLimit);
   if (!pair) {
+    // A client that sent a few bytes and its FIN before the handover (a tiny upload) has left
+    // ESTABLISHED, so the sockhash refuses it: not a failure, the io_uring relay carries it.
+    if (!established(conn.client_fd) || !established(conn.upstream_fd)) return false;
     stats_.counters().relay_attach_failures.inc();
     static std::atomic<bool> warned{false};
     if (!warned.exchange(true)) {
