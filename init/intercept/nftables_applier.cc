@@ -687,9 +687,8 @@ Result<std::vector<std::string>> nftTables(NftContext& nft) {
   return tables;
 }
 
-Result<std::optional<std::string>> listNftTable(NftContext& nft, const std::string& table,
-                                                bool json) {
-  auto text = nft.run("list table " + table, json);
+Result<std::optional<std::string>> listNftTable(NftContext& nft, const std::string& table) {
+  auto text = nft.run("list table " + table);
   if (text) return std::optional<std::string>(std::move(*text));
   if (text.error().message.find(kNoSuchObject) != std::string::npos)
     return std::optional<std::string>();

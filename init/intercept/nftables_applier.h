@@ -62,12 +62,10 @@ Result<std::vector<std::string>> nftTables(NftContext& nft);
 // time").
 void reuseFreedMemory();
 
-// Lists one table (`family name`, "inet remora"), in JSON when asked; nullopt when it does not
-// exist. This fills libnftables' cache for that table only, while `list tables` builds every
-// table's cache: about 12 ms against 3 ms (0.1 ms for a missing table) with iptables-nft's four
-// tables present.
-Result<std::optional<std::string>> listNftTable(NftContext& nft, const std::string& table,
-                                                bool json = false);
+// Lists one table (`family name`, "inet remora") as text; nullopt when it does not exist. This
+// fills libnftables' cache for that table only, while `list tables` builds every table's cache:
+// about 12 ms against 3 ms (0.1 ms for a missing table) with iptables-nft's four tables present.
+Result<std::optional<std::string>> listNftTable(NftContext& nft, const std::string& table);
 
 // Whether libnftables runs in this process. The static CNI plugin runs `nft` instead, so a
 // listing there costs a process.

@@ -432,9 +432,8 @@ std::vector<std::pair<std::string, std::shared_ptr<PolicyCounters>>> allPolicyCo
 }
 
 AuthzDecision evaluate(const std::vector<const AuthorizationPolicyRule*>& policies,
-                       const ConnectionAttributes& connection) {
+                       const ConnectionAttributes& attributes) {
   AuthzDecision d;
-  const ConnectionAttributes& attributes = connection;  // the path is normalized (contract)
   for (const AuthorizationPolicyRule* p : policies) {
     if (p->action == Action::kAudit && policyMatches(*p, attributes)) d.audited.push_back(p);
   }
