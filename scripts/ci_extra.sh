@@ -48,6 +48,7 @@ fuzz_targets=(
   http_codec
   http_match
   trace_nft
+  nft_listing
 )
 
 # The podman tests build an image from the binaries and run them in containers, where the
