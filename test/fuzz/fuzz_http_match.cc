@@ -13,10 +13,13 @@
 //   "retry <retryOn>".
 // - The request: "<method> <target>" on its first line, then "name: value" headers.
 // Checks: matchHttpRoute picks the first route one of whose entries matches() the request (or
-// the first route with none); the router's pick stays inside the port's subsets.
+// the first route with none); the router's pick stays inside the port's subsets; the request
+// path's BASE normalization is idempotent, and skipped (needsNormalization) only where it
+// changes nothing.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +28,7 @@
 #include "routing/http_route.h"
 #include "routing/route_table.h"
 #include "routing/static_route_table.h"
+#include "security/security_policy.h"
 
 namespace rr = remora::routing;
 
@@ -161,6 +165,15 @@ void check(const rr::RouteTable& table, const rr::ServicePort& port, std::string
   }
   view.headers = headers;
   if (auto host = view.header("host")) view.authority = *host;
+
+  // The proxy matches on the BASE-normalized path, normalized once per request, and skips the
+  // work where needsNormalization says it would change nothing: both must hold for any path.
+  const std::optional<std::string> normalized = remora::security::normalizePath(view.path);
+  if (!remora::security::needsNormalization(view.path) &&
+      (!normalized || *normalized != view.path)) {
+    std::abort();
+  }
+  if (normalized && remora::security::normalizePath(*normalized) != normalized) std::abort();
 
   rr::HttpRouteMatch got = rr::matchHttpRoute(port, view);
   const rr::HttpRoute* expected = nullptr;
