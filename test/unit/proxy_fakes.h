@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "loop/ring.h"
@@ -170,8 +171,13 @@ class FakeSockets final : public SocketOps {
     sources.push_back(source);
     return next_fd++;
   }
+  Result<int> transparentUpstreamSocket(const IpAddress& client, uint32_t mark) override {
+    transparent.emplace_back(client, mark);
+    return next_fd++;
+  }
   void setResetOnClose(int fd) override { resets.push_back(fd); }
-  std::vector<int> resets;  // sockets given SO_LINGER {1,0}
+  std::vector<int> resets;                                  // sockets given SO_LINGER {1,0}
+  std::vector<std::pair<IpAddress, uint32_t>> transparent;  // TPROXY: (client, mark)
 
   std::map<int, SocketAddress> original;
   std::map<int, SocketAddress> local;

@@ -3,7 +3,9 @@
 // authority (proxy/http_mirror.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "proxy/http_mirror.h"
 #include "proxy/http_pool.h"
@@ -85,6 +87,90 @@ TEST(ClusterPool, IdleConnectionsPerEndpointMostRecentFirst) {
   EXPECT_FALSE(pool.takeIdle(ep(1)).has_value());
   EXPECT_FALSE(pool.takeAnyIdle({ep(1), ep(3)}).has_value());
   EXPECT_EQ(pool.takeAnyIdle({ep(1), ep(2)}), 20u);
+}
+
+IpAddress client(uint8_t last) { return IpAddress::v4(0x0af40000U | last); }
+
+// TPROXY: the idle lists are keyed by (endpoint, client address); the shared source (nullopt,
+// REDIRECT and outbound) is a key of its own, so REDIRECT keeps one pool per endpoint.
+TEST(ClusterPool, IdleConnectionsAreKeyedByEndpointAndSourceAddress) {
+  ClusterPool pool("svc", "");
+  pool.putIdle(ep(1), 10, client(20));
+  pool.putIdle(ep(1), 11, client(30));
+  pool.putIdle(ep(1), 12);
+  pool.putIdle(ep(2), 13, client(20));
+  EXPECT_EQ(pool.idleKeys(), 4u);
+  // Another client's connection, or a shared one, never serves this client; nor the reverse.
+  EXPECT_FALSE(pool.takeIdle(ep(1), client(40)).has_value());
+  EXPECT_EQ(pool.takeIdle(ep(1), client(30)), 11u);
+  EXPECT_FALSE(pool.takeIdle(ep(1), client(30)).has_value());
+  EXPECT_EQ(pool.takeIdle(ep(1)), 12u);
+  EXPECT_FALSE(pool.takeIdle(ep(1)).has_value());
+  EXPECT_EQ(pool.takeIdle(ep(1), client(20)), 10u);
+  EXPECT_EQ(pool.takeAnyIdle({ep(1), ep(2)}, client(20)), 13u);
+  // Emptied keys are dropped: nothing is left behind per client.
+  EXPECT_EQ(pool.idleKeys(), 0u);
+  EXPECT_EQ(pool.idleConnections(), 0u);
+  pool.putIdle(ep(1), 14, client(20));
+  pool.removeIdle(ep(1), 14, client(30));  // not under that key: nothing changes
+  EXPECT_EQ(pool.idleConnections(), 1u);
+  pool.removeIdle(ep(1), 14, client(20));
+  EXPECT_EQ(pool.idleKeys(), 0u);
+}
+
+TEST(ClusterPool, IPv6ClientsAreKeysOfTheirOwn) {
+  ClusterPool pool("svc", "");
+  const SocketAddress app6 = *SocketAddress::parse("[fd00:244::10]:8080");
+  const IpAddress a = *IpAddress::parse("fd00:244::20");
+  const IpAddress b = *IpAddress::parse("fd00:244::30");
+  pool.putIdle(app6, 1, a);
+  EXPECT_FALSE(pool.takeIdle(app6, b).has_value());
+  EXPECT_FALSE(pool.takeIdle(app6).has_value());
+  EXPECT_EQ(pool.takeIdle(app6, a), 1u);
+}
+
+TEST(ClusterPool, ALeavingClientsIdleConnectionsAreTakenTogether) {
+  ClusterPool pool("svc", "");
+  pool.putIdle(ep(1), 10, client(20));
+  pool.putIdle(ep(2), 11, client(20));
+  pool.putIdle(ep(1), 12, client(30));
+  pool.putIdle(ep(1), 13);
+  auto gone = pool.takeAllIdleFrom(client(20));
+  std::sort(gone.begin(), gone.end());
+  EXPECT_EQ(gone, (std::vector<uint32_t>{10, 11}));
+  EXPECT_TRUE(pool.takeAllIdleFrom(client(20)).empty());
+  EXPECT_EQ(pool.idleKeys(), 2u);
+  EXPECT_EQ(pool.takeIdle(ep(1), client(30)), 12u);
+  EXPECT_EQ(pool.takeIdle(ep(1)), 13u);
+}
+
+// At the cap, an idle connection of another client makes room; the shared pool's connections
+// and the asking client's own are never evicted (its own would have been taken instead).
+TEST(ClusterPool, EvictionTakesOnlyAnotherClientsIdleConnection) {
+  ClusterPool pool("svc", "");
+  pool.putIdle(ep(1), 10);
+  pool.putIdle(ep(2), 11, client(20));
+  EXPECT_FALSE(pool.takeIdleToEvict(client(20)).has_value());
+  pool.putIdle(ep(1), 12, client(30));
+  pool.putIdle(ep(1), 13, client(30));
+  // The longest idle of that client's list goes first.
+  EXPECT_EQ(pool.takeIdleToEvict(client(20)), 12u);
+  EXPECT_EQ(pool.takeIdleToEvict(client(20)), 13u);
+  EXPECT_FALSE(pool.takeIdleToEvict(client(20)).has_value());
+  EXPECT_EQ(pool.takeIdleToEvict(client(40)), 11u);
+  EXPECT_FALSE(pool.takeIdleToEvict(std::nullopt).has_value());
+  EXPECT_EQ(pool.takeIdle(ep(1)), 10u);
+}
+
+TEST(ClusterPool, ARequeuedWaiterKeepsItsTurn) {
+  ClusterPool pool("svc", "");
+  EXPECT_TRUE(pool.enqueue({1, 1}));
+  EXPECT_TRUE(pool.enqueue({2, 1}));
+  auto w = pool.dequeue();
+  ASSERT_TRUE(w.has_value());
+  pool.requeueFront(*w);
+  EXPECT_EQ(pool.dequeue(), (Waiter{1, 1}));
+  EXPECT_EQ(pool.dequeue(), (Waiter{2, 1}));
 }
 
 ClusterPool outlierPool() {

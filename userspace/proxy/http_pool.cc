@@ -6,38 +6,75 @@
 
 namespace remora::proxy {
 
-std::optional<uint32_t> ClusterPool::takeIdle(const SocketAddress& endpoint) {
-  for (auto& [address, list] : idle_) {
-    if (address == endpoint && !list.empty()) {
-      uint32_t up = list.back();
-      list.pop_back();
-      return up;
-    }
-  }
-  return std::nullopt;
+// By source first (the shared one, nullopt, before every client address), so one client's
+// keys are adjacent: takeAllIdleFrom and takeIdleToEvict start at a lower_bound instead of
+// walking every client's.
+bool ClusterPool::IdleKeyLess::operator()(const IdleKey& a, const IdleKey& b) const {
+  if (a.source.has_value() != b.source.has_value()) return !a.source.has_value();
+  const IpAddressLess less;
+  if (a.source && !(*a.source == *b.source)) return less(*a.source, *b.source);
+  if (!(a.endpoint.ip == b.endpoint.ip)) return less(a.endpoint.ip, b.endpoint.ip);
+  return a.endpoint.port < b.endpoint.port;
 }
 
-std::optional<uint32_t> ClusterPool::takeAnyIdle(const std::vector<SocketAddress>& allowed) {
+std::optional<uint32_t> ClusterPool::takeIdle(const SocketAddress& endpoint,
+                                              const std::optional<IpAddress>& source) {
+  auto it = idle_.find(IdleKey{endpoint, source});
+  if (it == idle_.end()) return std::nullopt;
+  const uint32_t up = it->second.back();
+  it->second.pop_back();
+  if (it->second.empty()) idle_.erase(it);
+  return up;
+}
+
+std::optional<uint32_t> ClusterPool::takeAnyIdle(const std::vector<SocketAddress>& allowed,
+                                                 const std::optional<IpAddress>& source) {
   for (const SocketAddress& a : allowed) {
-    if (auto up = takeIdle(a)) return up;
+    if (auto up = takeIdle(a, source)) return up;
   }
   return std::nullopt;
 }
 
-void ClusterPool::putIdle(const SocketAddress& endpoint, uint32_t upstream) {
-  for (auto& [address, list] : idle_) {
-    if (address == endpoint) {
-      list.push_back(upstream);
-      return;
-    }
-  }
-  idle_.emplace_back(endpoint, std::vector<uint32_t>{upstream});
+void ClusterPool::putIdle(const SocketAddress& endpoint, uint32_t upstream,
+                          const std::optional<IpAddress>& source) {
+  idle_[IdleKey{endpoint, source}].push_back(upstream);
 }
 
-void ClusterPool::removeIdle(const SocketAddress& endpoint, uint32_t upstream) {
-  for (auto& [address, list] : idle_) {
-    if (address == endpoint) std::erase(list, upstream);
+void ClusterPool::removeIdle(const SocketAddress& endpoint, uint32_t upstream,
+                             const std::optional<IpAddress>& source) {
+  auto it = idle_.find(IdleKey{endpoint, source});
+  if (it == idle_.end()) return;
+  std::erase(it->second, upstream);
+  if (it->second.empty()) idle_.erase(it);
+}
+
+std::optional<uint32_t> ClusterPool::takeIdleToEvict(const std::optional<IpAddress>& except) {
+  // The lowest key with a source (an address and endpoint of all zeros orders first).
+  for (auto it = idle_.lower_bound(IdleKey{SocketAddress{}, IpAddress{}}); it != idle_.end();
+       ++it) {
+    if (it->first.source == except) continue;
+    const uint32_t up = it->second.front();  // the longest idle of its list
+    it->second.erase(it->second.begin());
+    if (it->second.empty()) idle_.erase(it);
+    return up;
   }
+  return std::nullopt;
+}
+
+std::vector<uint32_t> ClusterPool::takeAllIdleFrom(const IpAddress& source) {
+  std::vector<uint32_t> out;
+  auto it = idle_.lower_bound(IdleKey{SocketAddress{}, source});
+  while (it != idle_.end() && it->first.source == source) {
+    out.insert(out.end(), it->second.begin(), it->second.end());
+    it = idle_.erase(it);
+  }
+  return out;
+}
+
+size_t ClusterPool::idleConnections() const {
+  size_t n = 0;
+  for (const auto& [key, list] : idle_) n += list.size();
+  return n;
 }
 
 bool ClusterPool::enqueue(Waiter w) {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/ip_address.h"
@@ -28,6 +29,13 @@ struct Waiter {
   uint32_t slot = 0;
   uint32_t generation = 0;
   bool operator==(const Waiter&) const = default;
+};
+
+// A strict order on addresses (family, then bytes), for maps keyed by a client address.
+struct IpAddressLess {
+  bool operator()(const IpAddress& a, const IpAddress& b) const {
+    return std::tie(a.family, a.bytes) < std::tie(b.family, b.bytes);
+  }
 };
 
 class ClusterPool {
@@ -58,16 +66,38 @@ class ClusterPool {
     return limits.idle_timeout.count() > 0 && now - idle_since >= limits.idle_timeout;
   }
 
-  // Idle kept-alive connections (engine's upstream slots) per endpoint, most recent last.
-  std::optional<uint32_t> takeIdle(const SocketAddress& endpoint);
+  // Idle kept-alive connections (engine's upstream slots) per (endpoint, source), most recent
+  // last. `source` is the client address a TPROXY inbound connection is bound to (Envoy's
+  // original_src partitions its pools the same way); nullopt is the shared source (REDIRECT
+  // inbound, outbound). A connection bound to one client's address is only ever handed to a
+  // request with the same source. Limits (canOpen, the pending queue) stay per pool, across
+  // every source: DestinationRule caps count the whole cluster, not one client.
+  std::optional<uint32_t> takeIdle(const SocketAddress& endpoint,
+                                   const std::optional<IpAddress>& source = std::nullopt);
   // Any idle connection, for a waiter that may go to any endpoint.
-  std::optional<uint32_t> takeAnyIdle(const std::vector<SocketAddress>& allowed);
-  void putIdle(const SocketAddress& endpoint, uint32_t upstream);
-  void removeIdle(const SocketAddress& endpoint, uint32_t upstream);
+  std::optional<uint32_t> takeAnyIdle(const std::vector<SocketAddress>& allowed,
+                                      const std::optional<IpAddress>& source = std::nullopt);
+  void putIdle(const SocketAddress& endpoint, uint32_t upstream,
+               const std::optional<IpAddress>& source = std::nullopt);
+  void removeIdle(const SocketAddress& endpoint, uint32_t upstream,
+                  const std::optional<IpAddress>& source = std::nullopt);
+  // An idle connection bound to a client address other than `except` (the oldest of its
+  // list), for the engine to close when the cap leaves no room for a connection from another
+  // client; nullopt when there is none. Unsourced connections are never taken.
+  std::optional<uint32_t> takeIdleToEvict(const std::optional<IpAddress>& except);
+  // Every idle connection bound to `source`: that client's last connection to the proxy closed,
+  // so no later request may use them.
+  std::vector<uint32_t> takeAllIdleFrom(const IpAddress& source);
+  // (endpoint, source) keys holding idle connections; an emptied key is dropped at once, so
+  // this stays bounded by the idle connections however many clients came and went.
+  size_t idleKeys() const { return idle_.size(); }
+  size_t idleConnections() const;
 
   // Requests waiting for a connection (http1MaxPendingRequests).
   bool enqueue(Waiter w);
   std::optional<Waiter> dequeue();
+  // Puts a dequeued waiter back at the head of the queue (it keeps its turn).
+  void requeueFront(Waiter w) { pending_.push_front(w); }
   void forget(Waiter w);
   size_t pending() const { return pending_.size(); }
 
@@ -104,7 +134,14 @@ class ClusterPool {
   std::string service_;
   std::string subset_;
   size_t connections_ = 0;
-  std::vector<std::pair<SocketAddress, std::vector<uint32_t>>> idle_;
+  struct IdleKey {
+    SocketAddress endpoint;
+    std::optional<IpAddress> source;
+  };
+  struct IdleKeyLess {
+    bool operator()(const IdleKey& a, const IdleKey& b) const;
+  };
+  std::map<IdleKey, std::vector<uint32_t>, IdleKeyLess> idle_;
   std::deque<Waiter> pending_;
   std::vector<Health> health_;
   Clock::time_point next_sweep_{};

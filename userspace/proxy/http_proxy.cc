@@ -98,6 +98,9 @@ struct HttpProxy::Session {
   ListenerKind kind = ListenerKind::kOutbound;
   SocketAddress peer;
   SocketAddress original_dst;
+  // TPROXY inbound: the client's address, which this session's upstream connections are bound
+  // to and pooled under (counted in source_sessions_ while the session is open).
+  std::optional<IpAddress> client_source;
   http::Parser parser{http::Parser::Kind::kRequest};
   std::string in;
   size_t in_off = 0;
@@ -166,6 +169,9 @@ struct HttpProxy::Upstream {
   enum class State : uint8_t { kConnecting, kBusy, kIdle, kTunnel, kClosing };
   Pipe io;
   SocketAddress endpoint;
+  // The client address this connection is bound to (TPROXY inbound); its pool key with
+  // `endpoint`. nullopt: the shared source.
+  std::optional<IpAddress> source;
   ClusterPool* pool = nullptr;
   EndpointCounters* counters = nullptr;
   State state = State::kConnecting;
@@ -289,6 +295,10 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   s.original_dst = original_dst;
   s.last_activity = now_;
   s.close_after = draining_;
+  if (kind == ListenerKind::kInbound && settings_.inbound_transparent && peer.port != 0) {
+    s.client_source = peer.ip;
+    ++source_sessions_[peer.ip];
+  }
   ++active_sessions_;
   stats_.counters().http_sessions.inc();
   if (!secureSession(s.client, kind, original_dst)) {
@@ -722,13 +732,20 @@ void HttpProxy::startAttempt(uint32_t slot) {
   s.subset_name = pool.subset();
   if (!fresh) s.tried.push_back(endpoint);
   ++s.attempts;
+  const std::optional<IpAddress> source = upstreamSource(s, endpoint);
   std::optional<uint32_t> up;
-  if (!fresh) up = pool.takeIdle(endpoint);
+  if (!fresh) up = pool.takeIdle(endpoint, source);
   if (up) {
     stats_.counters().http_pool_reused.inc();
     upstreams_[*up]->reused = true;
     sendOnUpstream(slot, *up);
     return;
+  }
+  if (!pool.canOpen() && source) {
+    // TPROXY: idle connections bound to other clients count toward the cap but can never
+    // carry this request; one of them closes to make room (a waiter queued earlier gets the
+    // room first, through servePending).
+    if (auto victim = pool.takeIdleToEvict(source)) closeUpstream(*victim, false);
   }
   if (pool.canOpen()) {
     if (auto opened = openUpstream(slot, endpoint, &pool)) {
@@ -853,7 +870,10 @@ std::optional<uint32_t> HttpProxy::openUpstream(uint32_t slot, const SocketAddre
     source = endpoint.ip.family == Family::kIpv6 ? settings_.inbound_source_v6
                                                  : settings_.inbound_source_v4;
   }
-  auto fd = sockets_.upstreamSocket(endpoint.ip.family, source);
+  // TPROXY inbound: from the client's own address, as the L4 path (Worker::connectUpstream).
+  const std::optional<IpAddress> client = upstreamSource(s, endpoint);
+  auto fd = client ? sockets_.transparentUpstreamSocket(*client, kTproxyMark)
+                   : sockets_.upstreamSocket(endpoint.ip.family, source);
   if (!fd) {
     spdlog::warn("upstream socket for {}: {}", endpoint.toString(), fd.error().message);
     return std::nullopt;
@@ -871,6 +891,7 @@ std::optional<uint32_t> HttpProxy::openUpstream(uint32_t slot, const SocketAddre
   u.io.rbuf = rbuf ? std::move(rbuf) : std::make_unique<char[]>(kReadSize);
   u.io.fd = *fd;
   u.endpoint = endpoint;
+  u.source = client;
   u.pool = pool;
   u.state = Upstream::State::kConnecting;
   u.owner = slot;
@@ -1056,7 +1077,7 @@ void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
   const bool tls_handshake = u.io.tls && !u.io.tls->established();
   if (u.state == Upstream::State::kIdle) {
     // An idle pooled connection: the server closed it (or sent bytes nobody asked for).
-    u.pool->removeIdle(u.endpoint, up);
+    u.pool->removeIdle(u.endpoint, up, u.source);
     closeUpstream(up, res > 0);
     return;
   }
@@ -1251,6 +1272,13 @@ void HttpProxy::releaseUpstream(uint32_t up, bool reusable) {
   while (auto w = pool.dequeue()) {
     Session* s = session(w->slot, w->generation);
     if (s == nullptr || s->stage != Session::Stage::kQueued) continue;
+    if (upstreamSource(*s, u.endpoint) != u.source) {
+      // TPROXY: bound to another client's address, so not this waiter's to take; closing it
+      // makes room for a connection of the waiter's own (servePending opens it).
+      pool.requeueFront(*w);
+      closeUpstream(up, false);
+      return;
+    }
     // The waiter takes this connection, wherever its pick would have gone.
     s->tried.back() = u.endpoint;
     stats_.counters().http_pool_reused.inc();
@@ -1258,8 +1286,21 @@ void HttpProxy::releaseUpstream(uint32_t up, bool reusable) {
     sendOnUpstream(w->slot, up);
     return;
   }
-  pool.putIdle(u.endpoint, up);
+  if (u.source && !source_sessions_.contains(*u.source)) {
+    // Its client has no connection open any more (it closed while this one was connecting).
+    closeUpstream(up, false);
+    return;
+  }
+  pool.putIdle(u.endpoint, up, u.source);
   readUpstream(up);  // notices the server closing it
+}
+
+std::optional<IpAddress> HttpProxy::upstreamSource(const Session& s,
+                                                   const SocketAddress& endpoint) const {
+  // A client of the other family (only a dual-stack listener could bring one) keeps the
+  // passthrough source, as the L4 path does.
+  if (!s.client_source || s.client_source->family != endpoint.ip.family) return std::nullopt;
+  return s.client_source;
 }
 
 void HttpProxy::servePending(ClusterPool& pool) {
@@ -1278,7 +1319,7 @@ void HttpProxy::closeUpstream(uint32_t up, bool reset) {
   Upstream& u = *upstreams_[up];
   if (u.state == Upstream::State::kClosing) return;
   const bool was_connected = u.state != Upstream::State::kConnecting;
-  if (u.state == Upstream::State::kIdle) u.pool->removeIdle(u.endpoint, up);
+  if (u.state == Upstream::State::kIdle) u.pool->removeIdle(u.endpoint, up, u.source);
   u.state = Upstream::State::kClosing;
   if (was_connected && u.counters != nullptr) u.counters->closed.inc();
   if (u.io.fd >= 0) {
@@ -1434,7 +1475,20 @@ void HttpProxy::closeSession(uint32_t slot, bool reset) {
   s.table.reset();
   --active_sessions_;
   stats_.counters().closed.inc();
+  const std::optional<IpAddress> source = s.client_source;
   sessions_.release(slot);
+  if (source) sourceSessionClosed(*source);
+}
+
+void HttpProxy::sourceSessionClosed(const IpAddress& source) {
+  auto it = source_sessions_.find(source);
+  if (it == source_sessions_.end() || --it->second > 0) return;
+  source_sessions_.erase(it);
+  // Pools outlive tables and are few (one per cluster); closing may open a waiter's
+  // connection, which never adds a pool while this walks them (map nodes stay put anyway).
+  pools_.forEach([&](ClusterPool& pool) {
+    for (const uint32_t up : pool.takeAllIdleFrom(source)) closeUpstream(up, false);
+  });
 }
 
 void HttpProxy::startLinger(uint32_t slot) {

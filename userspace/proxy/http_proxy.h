@@ -75,6 +75,9 @@ struct HttpProxySettings {
   size_t buffer_limit = size_t{1} << 20;
   IpAddress inbound_source_v4 = IpAddress::v4(0x7f000006);
   IpAddress inbound_source_v6 = *IpAddress::parse("::6");
+  // TPROXY inbound: connections to the app are bound to the client's own address
+  // (SocketOps::transparentUpstreamSocket) and pooled per client address (ClusterPool keys).
+  bool inbound_transparent = false;
   bool access_log = false;
   // Mirroring: copies in flight per worker (over it a copy is dropped), and how long a copy
   // may take when its route sets no timeout.
@@ -232,6 +235,13 @@ class HttpProxy {
   void closeUpstream(uint32_t up, bool reset);
   void maybeFreeUpstream(uint32_t up);
   void servePending(ClusterPool& pool);
+  // TPROXY: the address a connection of this session to `endpoint` is bound to (the client's,
+  // when of the endpoint's family); nullopt: the shared inbound_source / no binding, pooled
+  // with every other session's.
+  std::optional<IpAddress> upstreamSource(const Session& s, const SocketAddress& endpoint) const;
+  // A TPROXY session from `source` ended: with none left from that address, its idle
+  // connections close (only a request from that address could use them).
+  void sourceSessionClosed(const IpAddress& source);
 
   // Tunnel (after a 101).
   void startTunnel(uint32_t slot, uint32_t up);
@@ -294,6 +304,9 @@ class HttpProxy {
   loop::SlotTable<std::unique_ptr<Upstream>> upstreams_;
   size_t active_sessions_ = 0;
   Pools pools_;
+  // TPROXY: open sessions per client address (the idle connections bound to an address are
+  // kept only while this is above zero).
+  std::map<IpAddress, uint32_t, IpAddressLess> source_sessions_;
   HttpMirror mirror_;
 
   Health health_{this};

@@ -111,6 +111,7 @@ HttpProxySettings Worker::httpSettings() const {
   h.buffer_limit = settings_.buffer_limit;
   h.inbound_source_v4 = settings_.inbound_source_v4;
   h.inbound_source_v6 = settings_.inbound_source_v6;
+  h.inbound_transparent = settings_.inbound_transparent;
   h.access_log = settings_.access_log;
   return h;
 }
@@ -418,7 +419,7 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
   if (l.kind == ListenerKind::kInbound && !match.endpoint) return false;
   // mTLS and AuthorizationPolicy apply on the L7 path too (http_tls.cc): the session needs
   // the peer's address for the policies' source.ip.
-  http_.adopt(fd, l.kind, peerIfNeeded(fd), original_dst);
+  http_.adopt(fd, l.kind, peerIfNeeded(fd, l.kind), original_dst);
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
     pauseAccepting();
@@ -426,9 +427,11 @@ bool Worker::startHttp(const Listener& l, int fd, const SocketAddress& original_
   return true;
 }
 
-SocketAddress Worker::peerIfNeeded(int fd) {
+SocketAddress Worker::peerIfNeeded(int fd, ListenerKind kind) {
   SocketAddress peer;
-  if (settings_.access_log || (table_ && table_->security)) {
+  // TPROXY inbound: the L7 path binds its connections to the app to the client's address.
+  if (settings_.access_log || (table_ && table_->security) ||
+      (kind == ListenerKind::kInbound && settings_.inbound_transparent)) {
     if (auto p = sockets_.peerAddress(fd)) peer = *p;
   }
   return peer;
@@ -459,8 +462,9 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
 
 void Worker::onSniffed(Sniffed sniffed) {
   if (sniffed.verdict == Sniffed::Verdict::kHttp) {
-    http_.adopt(sniffed.fd, listeners_[sniffed.listener].kind, peerIfNeeded(sniffed.fd),
-                sniffed.original_dst, sniffed.bytes);
+    const ListenerKind kind = listeners_[sniffed.listener].kind;
+    http_.adopt(sniffed.fd, kind, peerIfNeeded(sniffed.fd, kind), sniffed.original_dst,
+                sniffed.bytes);
     return;
   }
   startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));

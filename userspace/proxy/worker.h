@@ -242,8 +242,9 @@ class Worker final : public loop::CompletionHandler {
   // Hands an accepted connection to the L7 path when its destination is an HTTP port.
   bool startHttp(const Listener& l, int fd, const SocketAddress& original_dst);
   // The client's address for the L7 path, looked up only when something reads it: the access
-  // log, or the source.ip of mTLS and authorization policies. Unset otherwise.
-  SocketAddress peerIfNeeded(int fd);
+  // log, the source.ip of mTLS and authorization policies, or TPROXY inbound (the connection
+  // to the app is bound to it). Unset otherwise.
+  SocketAddress peerIfNeeded(int fd, ListenerKind kind);
   // The L4 relay of an accepted connection; `first_bytes` (read by the sniffer) go upstream
   // first.
   void startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
