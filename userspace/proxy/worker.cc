@@ -112,6 +112,7 @@ HttpProxySettings Worker::httpSettings() const {
   h.inbound_source_v4 = settings_.inbound_source_v4;
   h.inbound_source_v6 = settings_.inbound_source_v6;
   h.access_log = settings_.access_log;
+  h.path_normalization = settings_.path_normalization;
   return h;
 }
 
