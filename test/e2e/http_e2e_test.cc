@@ -930,6 +930,100 @@ TEST_F(HttpE2e, OutboundPathsAreNormalizedBeforeRouteMatchAndForwarded) {
   }
 }
 
+// Istio's other meshConfig pathNormalization modes, from the ProxyConfig document (in Istio's
+// shape) or the flag, change what the route matches and what the backend gets: an exact match
+// on /public/a goes to v1, everything else to v2.
+constexpr const char* kRoutesByExactPath = R"(  - match:
+    - uri:
+        exact: /public/a
+    route:
+    - destination:
+        host: bill-service
+        subset: v1
+  - route:
+    - destination:
+        host: bill-service
+        subset: v2
+)";
+
+std::string pathNormalizationConfig(const std::string& mode) {
+  return fmt::format(R"(
+---
+apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+metadata:
+  name: proxy
+spec:
+  pathNormalization:
+    normalization: {}
+)",
+                     mode);
+}
+
+struct PathWant {
+  const char* body;
+  const char* path;  // as the backend got it
+};
+
+void expectPaths(const std::string& out, const std::vector<PathWant>& want) {
+  const auto all = lines(out);
+  ASSERT_EQ(all.size(), want.size()) << out;
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(field(all[i], "status"), 200) << all[i];
+    EXPECT_NE(all[i].find(std::string("\"body\": \"") + want[i].body + "\""), std::string::npos)
+        << all[i];
+    EXPECT_NE(all[i].find(std::string("\"path\": \"") + want[i].path + "\""), std::string::npos)
+        << all[i];
+  }
+}
+
+TEST_F(HttpE2e, MergeSlashesAndDecodeModesChangeTheRouteAndTheForwardedPath) {
+  const std::string mesh = virtualService(kRoutesByExactPath) + destinationRule();
+  startProxy(mesh + pathNormalizationConfig("MERGE_SLASHES"));
+  // Runs of slashes are merged (BASE would send /public//a to v2 as sent); the query is not
+  // touched; %2F is not a slash in this mode.
+  expectPaths(client(R"({"mode": "seq", "paths": ["/public//a", "/public///a?q=a//b%2F",)"
+                     R"( "/public%2Fa", "/x//../public/a"]})"),
+              {{kV1Reply, "/public/a"},
+               {kV1Reply, "/public/a?q=a//b%2F"},
+               {kV2Reply, "/public%2Fa"},
+               {kV2Reply, "/x/public/a"}});
+  // The access log shows the path after normalization, as Envoy's :path, with the query.
+  EXPECT_TRUE(proxy_->waitForLine("path=/public/a?q=a//b%2F ", 2000)) << proxy_->output();
+  EXPECT_EQ(proxy_->output().find("path=/public//a"), std::string::npos) << proxy_->output();
+
+  // A reload to DECODE_AND_MERGE_SLASHES applies to the next request: %2F and %5C are slashes.
+  replaceFile(config_, seedConfig() + mesh + pathNormalizationConfig("DECODE_AND_MERGE_SLASHES"));
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return admin("/config_dump").find(R"("path_normalization": "DECODE_AND_MERGE_SLASHES")") !=
+               std::string::npos;
+      },
+      10000))
+      << admin("/config_dump");
+  expectPaths(
+      client(R"({"mode": "seq", "paths": ["/public%2Fa", "/public%5c%5Ca?x=%2F",)"
+             R"( "/public%252Fa"]})"),
+      {{kV1Reply, "/public/a"}, {kV1Reply, "/public/a?x=%2F"}, {kV2Reply, "/public%252Fa"}});
+}
+
+TEST_F(HttpE2e, NoneMatchesAndForwardsThePathAsSent) {
+  // The flag wins over the ProxyConfig's MERGE_SLASHES.
+  startProxy(virtualService(kRoutesByExactPath) + destinationRule() +
+                 pathNormalizationConfig("MERGE_SLASHES"),
+             {"--path-normalization", "NONE"});
+  ASSERT_NE(admin("/config_dump").find(R"("path_normalization": "NONE")"), std::string::npos)
+      << admin("/config_dump");
+  expectPaths(client(R"({"mode": "seq", "paths": ["/public/a", "/x/../public/a", "/public//a",)"
+                     R"( "/%70ublic/a", "/x%00y"]})"),
+              {{kV1Reply, "/public/a"},
+               {kV2Reply, "/x/../public/a"},
+               {kV2Reply, "/public//a"},
+               {kV2Reply, "/%70ublic/a"},
+               {kV2Reply, "/x%00y"}});
+  EXPECT_TRUE(proxy_->waitForLine("path=/x/../public/a ", 2000)) << proxy_->output();
+}
+
 // A backend that answers 413 after 64 KiB of an 8 MiB upload and closes: the client, still
 // sending, gets the whole 413 every time (the proxy shuts its write side after the response and
 // drops the rest of the body, a lingering close), never a reset.

@@ -13,9 +13,13 @@
 //   "retry <retryOn>".
 // - The request: "<method> <target>" on its first line, then "name: value" headers.
 // Checks: matchHttpRoute picks the first route one of whose entries matches() the request (or
-// the first route with none); the router's pick stays inside the port's subsets; the request
-// path's BASE normalization is idempotent, and skipped (needsNormalization) only where it
-// changes nothing.
+// the first route with none); the router's pick stays inside the port's subsets; in each
+// pathNormalization mode (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES) the request
+// path's normalization is skipped (needsNormalization) only where it changes nothing, leaves no
+// backslash, dot segment or (merging modes) doubled slash, and is idempotent unless its one
+// decode made a new escape the mode decodes ("%%32%65" is "%2e", as in Envoy).
+#include <algorithm>
+#include <cctype>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -145,6 +149,77 @@ void buildDirect(std::string_view text, rr::ServicePort& port) {
   }
 }
 
+int hexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Whether `path` holds an escape that `mode` would decode (or refuse, %00): only the one decode
+// of an invalid escape next to an encoded hex digit can leave one in a normalized path.
+bool holdsDecodableEscape(std::string_view path, remora::security::PathNormalization mode) {
+  for (size_t i = 0; i + 2 < path.size(); ++i) {
+    if (path[i] != '%') continue;
+    const int hi = hexDigit(path[i + 1]);
+    const int lo = hexDigit(path[i + 2]);
+    if (hi < 0 || lo < 0) continue;
+    const char c = static_cast<char>(hi * 16 + lo);
+    if (c == 0 || std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '.' ||
+        c == '_' || c == '~') {
+      return true;
+    }
+    if (mode == remora::security::PathNormalization::kDecodeAndMergeSlashes &&
+        (c == '/' || c == '\\')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool hasDotSegment(std::string_view path) {
+  size_t at = 0;
+  while (at < path.size()) {
+    const size_t next = std::min(path.find('/', at + 1), path.size());
+    const std::string_view segment = path.substr(at + 1, next - at - 1);
+    if (segment == "." || segment == "..") return true;
+    at = next;
+  }
+  return false;
+}
+
+// The proxy normalizes each request's path once, in the configured mode, and skips the work
+// where needsNormalization says it would change nothing.
+void checkNormalization(std::string_view path) {
+  using remora::security::PathNormalization;
+  for (PathNormalization mode :
+       {PathNormalization::kNone, PathNormalization::kBase, PathNormalization::kMergeSlashes,
+        PathNormalization::kDecodeAndMergeSlashes}) {
+    const std::optional<std::string> normalized = remora::security::normalizePath(path, mode);
+    if (!remora::security::needsNormalization(path, mode) && (!normalized || *normalized != path)) {
+      std::abort();
+    }
+    if (!normalized) {
+      if (mode == PathNormalization::kNone) std::abort();  // NONE never refuses
+      continue;
+    }
+    const std::string& out = *normalized;
+    if (out.find('?') != std::string::npos) std::abort();  // the query is cut
+    if (mode == PathNormalization::kNone) {
+      if (out != path.substr(0, std::min(path.find('?'), path.size()))) std::abort();
+      continue;
+    }
+    if (out.find('\\') != std::string::npos) std::abort();
+    if (!out.empty() && out[0] == '/' && hasDotSegment(out)) std::abort();
+    if (mode != PathNormalization::kBase && out != "//" && out.find("//") != std::string::npos) {
+      std::abort();
+    }
+    if (!holdsDecodableEscape(out, mode) && remora::security::normalizePath(out, mode) != out) {
+      std::abort();
+    }
+  }
+}
+
 void check(const rr::RouteTable& table, const rr::ServicePort& port, std::string_view request) {
   std::vector<std::string_view> ls = lines(request);
   std::vector<rr::HeaderField> headers;
@@ -166,14 +241,7 @@ void check(const rr::RouteTable& table, const rr::ServicePort& port, std::string
   view.headers = headers;
   if (auto host = view.header("host")) view.authority = *host;
 
-  // The proxy matches on the BASE-normalized path, normalized once per request, and skips the
-  // work where needsNormalization says it would change nothing: both must hold for any path.
-  const std::optional<std::string> normalized = remora::security::normalizePath(view.path);
-  if (!remora::security::needsNormalization(view.path) &&
-      (!normalized || *normalized != view.path)) {
-    std::abort();
-  }
-  if (normalized && remora::security::normalizePath(*normalized) != normalized) std::abort();
+  checkNormalization(view.path);
 
   rr::HttpRouteMatch got = rr::matchHttpRoute(port, view);
   const rr::HttpRoute* expected = nullptr;

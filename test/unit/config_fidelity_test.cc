@@ -592,6 +592,87 @@ spec:
   }
 }
 
+// Istio's meshConfig pathNormalization, in the same shape: the four modes (and DEFAULT, which
+// Istio reads as BASE); BASE when unset.
+TEST(Fidelity, ProxyConfigPathNormalization) {
+  using security::PathNormalization;
+  auto defaults = load("apiVersion: remora.dev/v1alpha1\nkind: ProxyConfig\nspec: {}\n");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults->settings().path_normalization, PathNormalization::kBase);
+  EXPECT_EQ(defaults->toJson()["settings"]["pathNormalization"], "BASE");
+  for (auto [text, mode] :
+       {std::pair{"NONE", PathNormalization::kNone}, std::pair{"BASE", PathNormalization::kBase},
+        std::pair{"DEFAULT", PathNormalization::kBase},
+        std::pair{"MERGE_SLASHES", PathNormalization::kMergeSlashes},
+        std::pair{"DECODE_AND_MERGE_SLASHES", PathNormalization::kDecodeAndMergeSlashes}}) {
+    auto table = load(fmt::format(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  pathNormalization:
+    normalization: {}
+)",
+                                  text));
+    ASSERT_TRUE(table);
+    EXPECT_EQ(table->settings().path_normalization, mode) << text;
+    EXPECT_EQ(all(*table), "") << text;
+  }
+  auto unset = load(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+spec:
+  pathNormalization: {}
+)");
+  ASSERT_TRUE(unset);
+  EXPECT_EQ(unset->settings().path_normalization, PathNormalization::kBase);
+  EXPECT_EQ(all(*unset), "");
+  for (const char* value : {"merge_slashes", "MERGE", "'1'", "''"}) {
+    auto bad = load(fmt::format(R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: proxy}}
+spec:
+  accessLog: true
+  pathNormalization:
+    normalization: {}
+)",
+                                value));
+    ASSERT_TRUE(bad);
+    expectFinding(*bad, Severity::kError,
+                  {"(ProxyConfig default/proxy)", "spec.pathNormalization.normalization", "line 7",
+                   std::string_view(value) == "''" ? "is empty" : "MERGE_SLASHES"});
+    EXPECT_EQ(bad->settings().path_normalization, PathNormalization::kBase) << value;
+    EXPECT_FALSE(bad->settings().access_log) << "the whole ProxyConfig is left out";
+  }
+  const std::string head = "apiVersion: remora.dev/v1alpha1\nkind: ProxyConfig\nspec:\n";
+  auto scalar = load(head + "  pathNormalization: MERGE_SLASHES\n");
+  ASSERT_TRUE(scalar);
+  expectFinding(*scalar, Severity::kError, {"spec.pathNormalization", "line 4", "mapping"});
+  auto typo = load(head + "  pathNormalization:\n    normalisation: NONE\n");
+  ASSERT_TRUE(typo);
+  expectFinding(*typo, Severity::kError,
+                {"spec.pathNormalization.normalisation", "line 5", "unknown field"});
+}
+
+// A reload whose ProxyConfig has a bad mode keeps the last good ProxyConfig, mode and all.
+TEST(Fidelity, ABadPathNormalizationOnReloadKeepsTheLastGoodOne) {
+  Loader loader;
+  const std::string good = R"(apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: proxy, namespace: istio-system}
+spec:
+  pathNormalization: {normalization: MERGE_SLASHES}
+)";
+  auto first = load(loader, good);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->settings().path_normalization, security::PathNormalization::kMergeSlashes);
+  std::string bad = good;
+  bad.replace(bad.find("MERGE_SLASHES"), 13, "MERGE_SLASH");
+  auto second = load(loader, bad);
+  ASSERT_TRUE(second);
+  expectFinding(*second, Severity::kError,
+                {"(ProxyConfig istio-system/proxy)", "spec.pathNormalization.normalization",
+                 "line 5", "'MERGE_SLASH'", "its last good version keeps serving"});
+  EXPECT_EQ(second->settings().path_normalization, security::PathNormalization::kMergeSlashes);
+}
+
 TEST(Fidelity, ProxyConfigTlsDirAndTrustDomain) {
   auto table = load(R"(apiVersion: remora.dev/v1alpha1
 kind: ProxyConfig

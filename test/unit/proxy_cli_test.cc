@@ -122,6 +122,21 @@ TEST(SettingsTest, ProtocolDetectionTimeoutFlagWinsOverTheProxyConfig) {
             milliseconds(40));
 }
 
+TEST(SettingsTest, PathNormalizationFlagWinsOverTheProxyConfig) {
+  using security::PathNormalization;
+  routing::ProxySettings from_config;
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, {})).path_normalization,
+            PathNormalization::kBase);
+  // spec.pathNormalization.normalization
+  from_config.path_normalization = PathNormalization::kMergeSlashes;
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, {})).path_normalization,
+            PathNormalization::kMergeSlashes);
+  SettingOverrides flags;
+  flags.path_normalization = PathNormalization::kNone;  // --path-normalization NONE
+  EXPECT_EQ(workerSettings(effectiveSettings(from_config, flags)).path_normalization,
+            PathNormalization::kNone);
+}
+
 TEST(SettingsTest, TlsDirAndTrustDomainFlagsWinOverTheProxyConfig) {
   routing::ProxySettings from_config;
   EXPECT_EQ(effectiveSettings(from_config, {}).tls_dir, "");

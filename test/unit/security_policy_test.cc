@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cctype>
+#include <cstdio>
+
 namespace remora::security {
 namespace {
 
@@ -300,6 +304,190 @@ TEST(AuthzHttp, NormalizationIsIdempotentAndSkippedOnlyWhereItChangesNothing) {
   for (const char* dotted : {"/.", "/..", "/a/./b", "/a/../b", "/a/.."}) {
     EXPECT_TRUE(needsNormalization(dotted)) << dotted;
   }
+}
+
+// Istio's four meshConfig pathNormalization modes, with the expectations of Istio's own
+// normalization integration test (tests/integration/security/normalization_test.go): what the
+// backend receives for each path the client sends.
+struct ModeCase {
+  const char* in;
+  const char* none;
+  const char* base;
+  const char* merge;
+  const char* decode;
+};
+constexpr ModeCase kModeCases[] = {
+    {"/", "/", "/", "/", "/"},
+    {"/app/", "/app/", "/app/", "/app/", "/app/"},
+    {"/app/../admin", "/app/../admin", "/admin", "/admin", "/admin"},
+    {"/app//", "/app//", "/app//", "/app/", "/app/"},
+    {"/app/%2f", "/app/%2f", "/app/%2f", "/app/%2f", "/app/"},
+    {"/app%2f/", "/app%2f/", "/app%2f/", "/app%2f/", "/app/"},
+    {"/xyz%30..//abc", "/xyz%30..//abc", "/xyz0..//abc", "/xyz0../abc", "/xyz0../abc"},
+    {"/app/%2E./admin", "/app/%2E./admin", "/admin", "/admin", "/admin"},
+    {"/app\\admin", "/app\\admin", "/app/admin", "/app/admin", "/app/admin"},
+    {"/app/\\/\\/\\admin", "/app/\\/\\/\\admin", "/app//////admin", "/app/admin", "/app/admin"},
+    {"/%2Fapp%5cadmin%5Cabc", "/%2Fapp%5cadmin%5Cabc", "/%2Fapp%5cadmin%5Cabc",
+     "/%2Fapp%5cadmin%5Cabc", "/app/admin/abc"},
+    {"/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\\abc", "/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\\abc",
+     "/%5Capp%2f%5c%2F..%2fadmin%5c/abc", "/%5Capp%2f%5c%2F..%2fadmin%5c/abc", "/app/admin/abc"},
+    {"/app//../admin", "/app//../admin", "/app/admin", "/app/admin", "/app/admin"},
+    {"/app//../../admin", "/app//../../admin", "/admin", "/admin", "/admin"},
+    {"/%c0%2e%c0%2e/admin", "/%c0%2e%c0%2e/admin", "/%c0.%c0./admin", "/%c0.%c0./admin",
+     "/%c0.%c0./admin"},
+    {"/%c0%2fadmin", "/%c0%2fadmin", "/%c0%2fadmin", "/%c0%2fadmin", "/%c0/admin"},
+    {"/%252e%252e%252fadmin", "/%252e%252e%252fadmin", "/%252e%252e%252fadmin",
+     "/%252e%252e%252fadmin", "/%252e%252e%252fadmin"},
+    {"/..;/admin", "/..;/admin", "/..;/admin", "/..;/admin", "/..;/admin"},
+};
+
+TEST(PathNormalization, EachModeGivesWhatIstioForwards) {
+  for (const ModeCase& c : kModeCases) {
+    EXPECT_EQ(normalizePath(c.in, PathNormalization::kNone), c.none) << c.in;
+    EXPECT_EQ(normalizePath(c.in, PathNormalization::kBase), c.base) << c.in;
+    EXPECT_EQ(normalizePath(c.in, PathNormalization::kMergeSlashes), c.merge) << c.in;
+    EXPECT_EQ(normalizePath(c.in, PathNormalization::kDecodeAndMergeSlashes), c.decode) << c.in;
+  }
+}
+
+// Istio's PercentEncoded case: under DECODE_AND_MERGE_SLASHES, /admin%XX reaches the app with
+// the unreserved characters, '/' and '\' (as '/') decoded, every other escape as sent.
+std::string adminEscaped(int byte, bool upper) {
+  std::array<char, 16> text{};
+  std::snprintf(text.data(), text.size(), upper ? "/admin%%%02X" : "/admin%%%02x", byte);
+  return text.data();
+}
+
+TEST(PathNormalization, DecodeAndMergeSlashesDecodesUnreservedAndSlashesOnly) {
+  for (int i = 1; i <= 0xff; ++i) {
+    const std::string in = adminEscaped(i, false);
+    const char c = static_cast<char>(i);
+    std::string want = in;
+    if (std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '.' || c == '_' ||
+        c == '~') {
+      want = std::string("/admin") + c;
+    } else if (c == '/' || c == '\\') {
+      want = "/admin/";
+    }
+    EXPECT_EQ(normalizePath(in, PathNormalization::kDecodeAndMergeSlashes), want) << in;
+    // Upper-case hex digits too.
+    const std::string upper = adminEscaped(i, true);
+    if (want == in) want = upper;
+    EXPECT_EQ(normalizePath(upper, PathNormalization::kDecodeAndMergeSlashes), want) << upper;
+  }
+  EXPECT_EQ(normalizePath("/admin%00", PathNormalization::kDecodeAndMergeSlashes), std::nullopt);
+}
+
+TEST(PathNormalization, MergeSlashesFollowsEnvoy) {
+  constexpr auto kMerge = PathNormalization::kMergeSlashes;
+  constexpr auto kDecode = PathNormalization::kDecodeAndMergeSlashes;
+  EXPECT_EQ(normalizePath("/a//b///c////", kMerge), "/a/b/c/");
+  EXPECT_EQ(normalizePath("/a/b", kMerge), "/a/b");
+  // Merged after the dot segments are removed: "/a//.." drops the empty segment only.
+  EXPECT_EQ(normalizePath("/a//..", kMerge), "/a/");
+  EXPECT_EQ(normalizePath("/a/.//./b", kMerge), "/a/b");
+  // Envoy keeps the leading and the trailing slash of a path of slashes only.
+  EXPECT_EQ(normalizePath("//", kMerge), "//");
+  EXPECT_EQ(normalizePath("/////", kMerge), "//");
+  // Decoded slashes are merged too; %252F is not a slash (one decode only).
+  EXPECT_EQ(normalizePath("/a%2F%2f%5C%5cb", kDecode), "/a/b");
+  EXPECT_EQ(normalizePath("/a%252Fb", kDecode), "/a%252Fb");
+  EXPECT_EQ(normalizePath("/a%2F..%2Fb", kDecode), "/b");
+  EXPECT_EQ(normalizePath("/a%2F%00", kDecode), std::nullopt);
+}
+
+TEST(PathNormalization, TheQueryIsCutAndNeverNormalized) {
+  for (auto mode : {PathNormalization::kNone, PathNormalization::kBase,
+                    PathNormalization::kMergeSlashes, PathNormalization::kDecodeAndMergeSlashes}) {
+    // The proxy appends the client's query to the result untouched.
+    const char* want = mode == PathNormalization::kNone   ? "/a//./b"
+                       : mode == PathNormalization::kBase ? "/a//b"
+                                                          : "/a/b";
+    EXPECT_EQ(normalizePath("/a//./b?x=//y/../%2F%00", mode), want) << toString(mode);
+  }
+  // NONE never refuses: %00 is forwarded as sent, as Envoy does without normalize_path.
+  EXPECT_EQ(normalizePath("/x%00y", PathNormalization::kNone), "/x%00y");
+}
+
+TEST(PathNormalization, ModesAreParsedByTheirMeshConfigNames) {
+  EXPECT_EQ(parsePathNormalization("NONE"), PathNormalization::kNone);
+  EXPECT_EQ(parsePathNormalization("BASE"), PathNormalization::kBase);
+  EXPECT_EQ(parsePathNormalization("DEFAULT"), PathNormalization::kBase);
+  EXPECT_EQ(parsePathNormalization("MERGE_SLASHES"), PathNormalization::kMergeSlashes);
+  EXPECT_EQ(parsePathNormalization("DECODE_AND_MERGE_SLASHES"),
+            PathNormalization::kDecodeAndMergeSlashes);
+  for (const char* bad : {"", "base", "MERGE", "DECODE_AND_MERGE_SLASHES ", "UNESCAPE"}) {
+    EXPECT_EQ(parsePathNormalization(bad), std::nullopt) << bad;
+  }
+  for (auto mode : {PathNormalization::kNone, PathNormalization::kBase,
+                    PathNormalization::kMergeSlashes, PathNormalization::kDecodeAndMergeSlashes}) {
+    EXPECT_EQ(parsePathNormalization(toString(mode)), mode);
+  }
+}
+
+// The proxy skips normalizePath where needsNormalization is false; for each mode that must mean
+// the path would come back unchanged, and the cases each mode changes must count.
+TEST(PathNormalization, ThePreCheckSkipsOnlyWhatTheModeLeavesUnchanged) {
+  constexpr PathNormalization kModes[] = {PathNormalization::kNone, PathNormalization::kBase,
+                                          PathNormalization::kMergeSlashes,
+                                          PathNormalization::kDecodeAndMergeSlashes};
+  for (auto mode : kModes) {
+    for (const ModeCase& c : kModeCases) {
+      if (!needsNormalization(c.in, mode)) {
+        EXPECT_EQ(normalizePath(c.in, mode), c.in) << c.in << " " << toString(mode);
+      }
+    }
+  }
+  for (const char* raw : {"/a/../b", "/x%2e", "/a\\b", "/a/.", "/a%2Fb"}) {
+    EXPECT_FALSE(needsNormalization(raw, PathNormalization::kNone)) << raw;
+    EXPECT_TRUE(needsNormalization(raw, PathNormalization::kBase)) << raw;
+  }
+  for (const char* doubled : {"/a//b", "//", "/a//"}) {
+    EXPECT_FALSE(needsNormalization(doubled, PathNormalization::kBase)) << doubled;
+    EXPECT_TRUE(needsNormalization(doubled, PathNormalization::kMergeSlashes)) << doubled;
+    EXPECT_TRUE(needsNormalization(doubled, PathNormalization::kDecodeAndMergeSlashes)) << doubled;
+  }
+  for (const char* escaped : {"/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb"}) {
+    EXPECT_TRUE(needsNormalization(escaped, PathNormalization::kDecodeAndMergeSlashes)) << escaped;
+    EXPECT_NE(normalizePath(escaped, PathNormalization::kDecodeAndMergeSlashes), escaped);
+  }
+}
+
+// Normalizing twice gives what normalizing once gave, in every mode, except where the one decode
+// Envoy does turns an invalid escape and an encoded digit into a new escape ("%%32%65" is
+// "%2e"): Envoy forwards that as is, and so does Remora.
+TEST(PathNormalization, EveryModeIsIdempotentButForEscapesItsDecodeMakes) {
+  for (auto mode : {PathNormalization::kNone, PathNormalization::kBase,
+                    PathNormalization::kMergeSlashes, PathNormalization::kDecodeAndMergeSlashes}) {
+    for (const ModeCase& c : kModeCases) {
+      const auto once = normalizePath(c.in, mode);
+      ASSERT_TRUE(once) << c.in;
+      EXPECT_EQ(normalizePath(*once, mode), once) << c.in << " " << toString(mode);
+    }
+  }
+  EXPECT_EQ(normalizePath("/%%32%65"), "/%2e");
+  EXPECT_EQ(normalizePath("/%2%46", PathNormalization::kDecodeAndMergeSlashes), "/%2F");
+}
+
+// What a DENY on /admin/* catches depends on the mode the proxy normalized with (the reason
+// Istio points at MERGE_SLASHES and DECODE_AND_MERGE_SLASHES for CVE-2021-31920).
+TEST(PathNormalization, ADenyOnAdminCatchesWhatEachModeMergesAndDecodes) {
+  auto deny = policy("deny-admin", Action::kDeny, {operation({}, {"/admin/*"})});
+  auto denied = [&](const char* raw, PathNormalization mode) {
+    const std::string path = normalizePath(raw, mode).value_or("<refused: 400>");
+    return !allowed({&deny}, Req(kSleep, "GET", path).a);
+  };
+  for (auto mode : {PathNormalization::kNone, PathNormalization::kBase,
+                    PathNormalization::kMergeSlashes, PathNormalization::kDecodeAndMergeSlashes}) {
+    EXPECT_TRUE(denied("/admin/x", mode)) << toString(mode);
+  }
+  EXPECT_FALSE(denied("/public/../admin/x", PathNormalization::kNone));
+  EXPECT_TRUE(denied("/public/../admin/x", PathNormalization::kBase));
+  EXPECT_FALSE(denied("//admin//x", PathNormalization::kBase));
+  EXPECT_TRUE(denied("//admin//x", PathNormalization::kMergeSlashes));
+  EXPECT_FALSE(denied("/admin%2Fx", PathNormalization::kMergeSlashes));
+  EXPECT_TRUE(denied("/admin%2Fx", PathNormalization::kDecodeAndMergeSlashes));
+  EXPECT_TRUE(denied("/public%2F..%5Cadmin%5cx", PathNormalization::kDecodeAndMergeSlashes));
 }
 
 // evaluate() takes the path as the proxy normalized it and never normalizes it again: given a

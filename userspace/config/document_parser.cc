@@ -1705,6 +1705,30 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
     }
     spec.protocol_detection_timeout = *value;
   }
+  if (YAML::Node node = f.get("pathNormalization"); present(node)) {
+    // Istio's meshConfig shape. An unset normalization is meshConfig's DEFAULT, i.e. BASE.
+    if (auto r = requireMap(ctx, node, "spec.pathNormalization", spec_line); !r) return r.error();
+    const int norm_line = lineOf(node, spec_line);
+    Fields fields(node);
+    if (auto unknown = fields.unknownKey([](std::string_view key) {
+          return isKnownField("ProxyConfig", fmt::format("spec.pathNormalization.{}", key));
+        })) {
+      return ctx.error(fmt::format("spec.pathNormalization.{}", unknown->first),
+                       lineOf(unknown->second, norm_line), "unknown field");
+    }
+    if (YAML::Node mode_node = fields.get("normalization"); present(mode_node)) {
+      auto mode =
+          readString(ctx, mode_node, "spec.pathNormalization.normalization", norm_line, true);
+      if (!mode) return mode.error();
+      auto parsed = security::parsePathNormalization(*mode);
+      if (!parsed) {
+        return ctx.error("spec.pathNormalization.normalization", lineOf(mode_node, norm_line),
+                         fmt::format("must be {} (or DEFAULT, which is BASE), got '{}'",
+                                     security::kPathNormalizationNames, *mode));
+      }
+      spec.path_normalization = *parsed;
+    }
+  }
   if (YAML::Node node = f.get("adminAddress"); present(node)) {
     // Either an address (the port comes from adminPort or the default) or address:port.
     auto text = readString(ctx, node, "spec.adminAddress", spec_line, true);

@@ -20,6 +20,7 @@
 #include "common/ip_address.h"
 #include "config/security_documents.h"
 #include "routing/route_table.h"
+#include "security/path_normalization.h"
 
 namespace remora::config {
 
@@ -177,6 +178,8 @@ struct ProxyConfigSpec {
   // Istio's meshConfig protocolDetectionTimeout: the first-bytes wait of a port with no declared
   // protocol (more than 0).
   std::optional<std::chrono::milliseconds> protocol_detection_timeout;
+  // Istio's meshConfig pathNormalization.normalization (spec.pathNormalization.normalization).
+  std::optional<security::PathNormalization> path_normalization;
   // mTLS credentials (docs/TLS.md): the --tls-dir and --trust-domain of the document.
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;

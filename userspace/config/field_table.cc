@@ -581,6 +581,11 @@ Rows proxyConfigRows() {
                 {"spec.tcpKeepalive", A},
                 {"spec.inboundDrainGrace", A},
                 {"spec.protocolDetectionTimeout", A},
+                {"spec.pathNormalization", A, "Istio's meshConfig `pathNormalization`"},
+                {"spec.pathNormalization.normalization", A,
+                 "NONE, BASE (the default; DEFAULT is BASE), MERGE_SLASHES or "
+                 "DECODE_AND_MERGE_SLASHES, as Istio sets Envoy for each; every HTTP request on "
+                 "both listeners, live on reload (docs/HTTP.md); `--path-normalization` wins"},
             });
   return r;
 }

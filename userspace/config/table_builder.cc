@@ -358,6 +358,7 @@ class Builder {
     if (c.inbound_drain_grace) s.inbound_drain_grace = *c.inbound_drain_grace;
     if (c.relay) s.relay = *c.relay;
     if (c.protocol_detection_timeout) s.protocol_detection_timeout = *c.protocol_detection_timeout;
+    if (c.path_normalization) s.path_normalization = *c.path_normalization;
     if (c.tls_dir) s.tls_dir = *c.tls_dir;
     if (c.trust_domain) s.trust_domain = *c.trust_domain;
     if (s.outbound_listen.port == s.inbound_listen.port) {

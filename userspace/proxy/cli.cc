@@ -11,6 +11,7 @@
 #include <cstdio>
 
 #include "proxy/log_sink.h"
+#include "security/path_normalization.h"
 #include "security/security_policy.h"
 
 namespace remora::proxy {
@@ -145,6 +146,11 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--protocol-detection-timeout", detection_timeout,
                  "how long a connection to a port with no declared protocol waits for an "
                  "HTTP/1.x request line before it is relayed as TCP (100ms)");
+  std::string path_normalization;
+  app.add_option("--path-normalization", path_normalization,
+                 "how each HTTP request's path is normalized before authorization, routing and "
+                 "forwarding, as Istio's meshConfig pathNormalization: NONE, BASE (default), "
+                 "MERGE_SLASHES or DECODE_AND_MERGE_SLASHES");
   app.add_option("--access-log-queue", options.access_log_queue,
                  "access-log lines waiting for the writer before new ones are dropped (8192)")
       ->check(CLI::Range(size_t{1}, size_t{1} << 24));
@@ -252,6 +258,15 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
       return fail("--protocol-detection-timeout", Error{0, "must be more than 0"});
     }
     o.protocol_detection_timeout = *d;
+  }
+  if (!path_normalization.empty()) {
+    auto mode = security::parsePathNormalization(path_normalization);
+    if (!mode) {
+      return fail("--path-normalization",
+                  makeError(fmt::format("'{}' is not {} (or DEFAULT, which is BASE)",
+                                        path_normalization, security::kPathNormalizationNames)));
+    }
+    o.path_normalization = *mode;
   }
   if (!relay.empty()) {
     auto mode = parseRelayMode(relay);

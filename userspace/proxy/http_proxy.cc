@@ -135,10 +135,11 @@ struct HttpProxy::Session {
   std::string service_name;
   std::string subset_name;
   std::string request_id;
-  // The path after Istio's BASE normalization when it differs from the client's ("" when the
-  // client's is normal), computed once per request on both listeners: authorization, route
-  // matching, rewrites, redirects and the head sent upstream (and to mirrors) all use it, as
-  // Envoy's connection manager rewrites :path before its filters and router (docs/HTTP.md).
+  // The path after Istio's path normalization (settings' mode) when it differs from the
+  // client's ("" when the client's is normal, or the mode is NONE), computed once per request on
+  // both listeners: authorization, route matching, rewrites, redirects, the head sent upstream
+  // (and to mirrors) and the access log all use it, as Envoy's connection manager rewrites
+  // :path before its filters, router and access log (docs/HTTP.md).
   std::string normalized_path;
   std::string upstream_head;
   uint32_t retries_left = 0;
@@ -550,10 +551,12 @@ void HttpProxy::handleRequest(uint32_t slot) {
   beginRequest(s);
   s.stage = Session::Stage::kUpstream;
   s.table = router_ != nullptr ? router_->table() : nullptr;
-  // Istio's BASE path normalization, once per request, inbound and outbound alike: Istio builds
-  // every sidecar HTTP connection manager with normalize_path (docs/HTTP.md).
-  if (security::needsNormalization(h.path())) {
-    std::optional<std::string> normalized = security::normalizePath(h.path());
+  // Istio's path normalization (meshConfig pathNormalization), once per request, inbound and
+  // outbound alike: Istio builds every sidecar HTTP connection manager with the mode's
+  // normalize_path / merge_slashes / escaped-slashes settings (docs/HTTP.md).
+  const security::PathNormalization mode = settings_.path_normalization;
+  if (security::needsNormalization(h.path(), mode)) {
+    std::optional<std::string> normalized = security::normalizePath(h.path(), mode);
     if (!normalized) {
       // Envoy's answer to a path that fails normalization (path_normalization_failed); the
       // connection stays usable.
@@ -1782,6 +1785,13 @@ void HttpProxy::abortAll() {
   mirror_.abortAll();
 }
 
+std::string HttpProxy::loggedPath(const Session& s) {
+  const http::MessageHead& h = s.parser.head();
+  std::string path(s.path());
+  if (!h.query().empty()) path.append("?").append(h.query());
+  return path;
+}
+
 void HttpProxy::logRequest(const Session& s) {
   const http::MessageHead& h = s.parser.head();
   const auto ms =
@@ -1790,7 +1800,7 @@ void HttpProxy::logRequest(const Session& s) {
           "http {} downstream={} original_dst={} method={} path={} authority={} status={} "
           "flags={} service={} subset={} upstream={} attempts={} request_id={} duration_ms={}",
           s.kind == ListenerKind::kInbound ? "inbound" : "outbound", s.peer.toString(),
-          s.original_dst.toString(), h.method(), h.target(), h.authority(), s.status,
+          s.original_dst.toString(), h.method(), loggedPath(s), h.authority(), s.status,
           s.flags.empty() ? "-" : s.flags, s.service_name,
           s.subset_name.empty() ? "-" : s.subset_name,
           s.tried.empty() ? "-" : s.tried.back().toString(), s.attempts,

@@ -36,6 +36,7 @@
 #include "proxy/stats.h"
 #include "routing/http_route.h"
 #include "routing/route_table.h"
+#include "security/path_normalization.h"
 #include "tls/tls_stream.h"
 
 namespace remora::http {
@@ -83,6 +84,9 @@ struct HttpProxySettings {
   // may take when its route sets no timeout.
   uint32_t mirror_max_in_flight = HttpMirror::kDefaultMaxInFlight;
   std::chrono::milliseconds mirror_timeout{10000};
+  // Istio's meshConfig pathNormalization, applied to each request's path once, on both
+  // listeners (docs/HTTP.md, "Path normalization").
+  security::PathNormalization path_normalization = security::PathNormalization::kBase;
 };
 
 class HttpProxy {
@@ -192,6 +196,9 @@ class HttpProxy {
   // The request-target to forward: the normalized path and the client's query (the client's
   // target when normalization changed nothing).
   static std::string requestTarget(const Session& s);
+  // The access log's path: Envoy's :path after normalization (before any rewrite), with the
+  // client's query; the path as sent when the mode is NONE or normalization refused it.
+  static std::string loggedPath(const Session& s);
   static std::string redirectLocation(const routing::HttpRoute& route,
                                       const http::MessageHead& request, std::string_view target);
   std::optional<routing::RouteDecision> pickFirst(uint32_t slot);

@@ -51,6 +51,7 @@ routing::ProxySettings effectiveSettings(const routing::ProxySettings& from_conf
   if (o.inbound_drain_grace) s.inbound_drain_grace = *o.inbound_drain_grace;
   if (o.relay) s.relay = *o.relay;
   if (o.protocol_detection_timeout) s.protocol_detection_timeout = *o.protocol_detection_timeout;
+  if (o.path_normalization) s.path_normalization = *o.path_normalization;
   if (o.tls_dir) s.tls_dir = *o.tls_dir;
   if (o.trust_domain) s.trust_domain = *o.trust_domain;
   return s;
@@ -75,6 +76,7 @@ WorkerSettings workerSettings(const routing::ProxySettings& s) {
   w.max_connection_duration = s.max_connection_duration;
   w.max_connections = s.max_connections;
   w.protocol_detection_timeout = s.protocol_detection_timeout;
+  w.path_normalization = s.path_normalization;
   return w;
 }
 
@@ -855,6 +857,7 @@ nlohmann::json Control::configDump() const {
       {"drain_timeout_ms", settings_.drain_timeout.count()},
       {"max_connect_attempts", settings_.max_connect_attempts},
       {"access_log", settings_.access_log},
+      {"path_normalization", security::toString(settings_.path_normalization)},
       {"concurrency", options_.concurrency}};
   j["relay"] = {{"mode", settings_.relay},
                 {"in_use", relay_in_use_},

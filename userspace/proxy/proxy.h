@@ -16,6 +16,7 @@
 #include "loop/uring_ring.h"
 #include "proxy/worker.h"
 #include "routing/route_table.h"
+#include "security/path_normalization.h"
 
 namespace remora::proxy {
 
@@ -40,6 +41,7 @@ struct SettingOverrides {
   std::optional<std::chrono::milliseconds> inbound_drain_grace;
   std::optional<std::string> relay;
   std::optional<std::chrono::milliseconds> protocol_detection_timeout;
+  std::optional<security::PathNormalization> path_normalization;
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;
 };

@@ -113,6 +113,7 @@ HttpProxySettings Worker::httpSettings() const {
   h.inbound_source_v6 = settings_.inbound_source_v6;
   h.inbound_transparent = settings_.inbound_transparent;
   h.access_log = settings_.access_log;
+  h.path_normalization = settings_.path_normalization;
   return h;
 }
 

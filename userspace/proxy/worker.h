@@ -28,6 +28,7 @@
 #include "proxy/stats.h"
 #include "proxy/tls_connection.h"
 #include "routing/route_table.h"
+#include "security/path_normalization.h"
 
 namespace remora::proxy {
 
@@ -58,6 +59,8 @@ struct WorkerSettings {
   // How long a connection to a port with no declared protocol waits for the client's first
   // bytes before it is relayed as TCP (Istio's protocolDetectionTimeout).
   std::chrono::milliseconds protocol_detection_timeout = Sniffer::kDefaultTimeout;
+  // Istio's meshConfig pathNormalization, for the L7 path's requests.
+  security::PathNormalization path_normalization = security::PathNormalization::kBase;
 };
 
 using RouterFactory =

@@ -19,6 +19,7 @@
 #include "common/ip_address.h"
 #include "common/result.h"
 #include "routing/http_route.h"
+#include "security/path_normalization.h"
 
 namespace remora::security {
 class SecurityTable;
@@ -63,6 +64,9 @@ struct ProxySettings {
   // How long a connection to a port with no declared protocol waits for its first bytes before
   // it is relayed as TCP (proxy/sniffer.h; Istio's protocolDetectionTimeout).
   std::chrono::milliseconds protocol_detection_timeout{100};
+  // Istio's meshConfig pathNormalization: how each HTTP request's path is normalized before
+  // authorization, route matching and forwarding, on both listeners (docs/HTTP.md).
+  security::PathNormalization path_normalization = security::PathNormalization::kBase;
   // mTLS (docs/TLS.md): the credential directory (empty: no identity, plaintext only) and the
   // SPIFFE trust domain. Read once at start; a reload that changes them is logged.
   std::string tls_dir;

@@ -246,6 +246,7 @@ nlohmann::json toJson(const ProxySettings& settings) {
       {"drainTimeoutMs", settings.drain_timeout.count()},
       {"maxConnectAttempts", settings.max_connect_attempts},
       {"accessLog", settings.access_log},
+      {"pathNormalization", security::toString(settings.path_normalization)},
   };
 }
 

@@ -119,10 +119,33 @@ std::string removeDotSegments(std::string_view in) {
   return path;
 }
 
-}  // namespace
+// Envoy's UNESCAPE_AND_FORWARD step: %2F / %2f to '/', %5C / %5c to a backslash, in one pass (the
+// four sequences cannot overlap, so this equals Envoy's replacement of each in turn).
+std::string unescapeSlashes(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '%' && i + 2 < path.size()) {
+      const char hi = path[i + 1];
+      const char lo = static_cast<char>(path[i + 2] | 0x20);
+      if (hi == '2' && lo == 'f') {
+        out += '/';
+        i += 2;
+        continue;
+      }
+      if (hi == '5' && lo == 'c') {
+        out += '\\';
+        i += 2;
+        continue;
+      }
+    }
+    out += path[i];
+  }
+  return out;
+}
 
-std::optional<std::string> normalizePath(std::string_view path) {
-  path = path.substr(0, std::min(path.find('?'), path.size()));
+// RFC 3986 plus backslash to '/' (Envoy's normalize_path); nullopt on %00.
+std::optional<std::string> normalizeBase(std::string_view path) {
   std::string decoded;
   decoded.reserve(path.size());
   for (size_t i = 0; i < path.size(); ++i) {
@@ -146,11 +169,51 @@ std::optional<std::string> normalizePath(std::string_view path) {
   return removeDotSegments(decoded);
 }
 
-bool needsNormalization(std::string_view path) {
+// Envoy's merge_slashes: the non-empty segments joined by '/', with the leading and the
+// trailing '/' kept. Like Envoy's, a path of slashes only gives "//" (both kept).
+std::string mergeSlashes(std::string path) {
+  if (path.find("//") == std::string::npos) return path;
+  std::string out;
+  out.reserve(path.size());
+  if (path.front() == '/') out += '/';
+  bool first = true;
+  size_t at = 0;
+  while (at < path.size()) {
+    const size_t next = std::min(path.find('/', at), path.size());
+    if (next > at) {
+      if (!first) out += '/';
+      out.append(path, at, next - at);
+      first = false;
+    }
+    at = next + 1;
+  }
+  if (path.back() == '/') out += '/';
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> normalizePath(std::string_view path, PathNormalization mode) {
+  path = path.substr(0, std::min(path.find('?'), path.size()));
+  if (mode == PathNormalization::kNone) return std::string(path);
+  std::optional<std::string> out;
+  if (mode == PathNormalization::kDecodeAndMergeSlashes) {
+    out = normalizeBase(unescapeSlashes(path));
+  } else {
+    out = normalizeBase(path);
+  }
+  if (!out || mode == PathNormalization::kBase) return out;
+  return mergeSlashes(std::move(*out));
+}
+
+bool needsNormalization(std::string_view path, PathNormalization mode) {
+  if (mode == PathNormalization::kNone) return false;
+  const bool merging = mode != PathNormalization::kBase;
   for (size_t i = 0; i < path.size(); ++i) {
     const char c = path[i];
     if (c == '%' || c == '\\' || c == '?') return true;
     if (c != '/') continue;
+    if (merging && i + 1 < path.size() && path[i + 1] == '/') return true;
     // A "." or ".." segment after this slash.
     size_t dots = 0;
     while (dots < 2 && i + 1 + dots < path.size() && path[i + 1 + dots] == '.') ++dots;

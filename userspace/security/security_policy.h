@@ -17,6 +17,7 @@
 
 #include "common/ip_address.h"
 #include "common/result.h"
+#include "security/path_normalization.h"
 
 namespace remora::security {
 
@@ -53,16 +54,26 @@ const char* toString(Action action);
 // A string condition in Istio's forms: exact, "prefix*", "*suffix", or "*" (any non-empty).
 bool matchValue(const std::string& pattern, const std::string& value);
 
-// Istio's BASE path normalization (meshConfig pathNormalization, the default), which Istio's
-// HTTP connection manager applies to every request on sidecar inbound and outbound listeners,
-// before authorization and routing: the query is cut; the percent-encoded unreserved characters
-// (%2D %2E %30-%39 %41-%5A %5F %61-%7A %7E, any case) are decoded once (%2F and %5C stay
-// encoded); backslashes become '/'; "." and ".." segments are removed as RFC 3986 section 5.2.4
-// says. nullopt for a path holding %00, which Envoy refuses (400). Idempotent.
-std::optional<std::string> normalizePath(std::string_view path);
-// False when normalizePath(path) is certainly `path` itself (no '%', '\\', '?' and no "." or
-// ".." segment), so the common request needs no copy; true: run normalizePath.
-bool needsNormalization(std::string_view path);
+// Istio's path normalization (meshConfig pathNormalization; path_normalization.h says what
+// each mode sets in Envoy), which Istio's HTTP connection manager applies to every request on
+// sidecar inbound and outbound listeners, before authorization and routing. The query is cut
+// first and never touched. In Envoy's order:
+// 1. kDecodeAndMergeSlashes only: %2F and %2f become '/', %5C and %5c '\' (one pass, so
+//    %252F stays);
+// 2. every mode but kNone (kBase's RFC 3986 step): the percent-encoded unreserved characters
+//    (%2D %2E %30-%39 %41-%5A %5F %61-%7A %7E, any case) are decoded once (%2F and %5C stay
+//    encoded), backslashes become '/', "." and ".." segments are removed (RFC 3986 section
+//    5.2.4); nullopt for a path holding %00, which Envoy refuses (400);
+// 3. kMergeSlashes and kDecodeAndMergeSlashes: runs of '/' become one, as Envoy's merge_slashes
+//    does (a path of slashes only keeps two: "///" gives "//").
+// kNone returns the path as sent. Idempotent, except where step 2's single decode makes a new
+// escape from an invalid one ("%%32%65" gives "%2e"), which Envoy forwards as is too.
+std::optional<std::string> normalizePath(std::string_view path,
+                                         PathNormalization mode = PathNormalization::kBase);
+// False when normalizePath(path, mode) is certainly `path` itself, so the common request needs
+// no copy: always for kNone; else no '%', '\', '?' and no "." or ".." segment, and for the
+// merging modes no "//" either. True: run normalizePath.
+bool needsNormalization(std::string_view path, PathNormalization mode = PathNormalization::kBase);
 
 // A paths / notPaths entry against a normalized path: an Istio path template when the entry
 // holds `{*}` (exactly one segment) or `{**}` (one or more segments, the last operator), else
