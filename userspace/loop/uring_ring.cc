@@ -34,9 +34,17 @@ __kernel_timespec toTimespec(std::chrono::milliseconds d) {
 bool uringAbSwitch(std::string_view name) {
   static const std::string switches = [] {
     const char* env = std::getenv("REMORA_URING_AB");
-    return env == nullptr ? std::string() : "," + std::string(env) + ",";
+    return env == nullptr ? std::string() : std::string(env);
   }();
-  return switches.find("," + std::string(name) + ",") != std::string::npos;
+  // A comma-separated list; `name` must be one whole item.
+  std::string_view rest = switches;
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    if (rest.substr(0, comma) == name) return true;
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return false;
 }
 
 bool Completion::more() const { return (flags & IORING_CQE_F_MORE) != 0; }
