@@ -1,5 +1,6 @@
 // DnsCache's refresh schedule (TTL clamp, stale answers, nextRefresh) with an injected clock
 // and a scripted resolve function, and the parts of Resolver that need no server.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -235,7 +236,7 @@ TEST_F(DnsCacheTest, ConcurrentLookupsAreSafe) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 200; ++i) {
-        std::string host = "h" + std::to_string((i + t) % 7);
+        const std::string host = fmt::format("h{}", (i + t) % 7);
         auto answer = cache.lookup(i % 10 == 0 ? "bad" : host);
         if (i % 10 == 0 ? answer.ok() : !answer.ok()) ++wrong;
         (void)cache.nextRefresh();

@@ -1,5 +1,6 @@
 #include "e2e_util.h"
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,7 +62,7 @@ std::string makeScratchDir(const std::string& name) {
 
 void replaceFile(const std::string& path, const std::string& text) {
   const std::filesystem::path target(path);
-  const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp"));
+  const std::string tmp = target.parent_path() / fmt::format(".{}.tmp", target.filename().string());
   std::ofstream(tmp) << text;
   ::chmod(tmp.c_str(), 0644);
   std::filesystem::rename(tmp, target);
