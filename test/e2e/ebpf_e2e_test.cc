@@ -120,6 +120,8 @@ class EbpfE2e : public ::testing::Test {
     return nlohmann::json::parse(out.out, nullptr, false);
   }
 
+  void seedScenario(bool fast_path);
+
   // What the server at the other end said, or "FAILED".
   std::string connect(const Pod& pod, const std::string& target, uint32_t uid = 0) {
     std::vector<std::string> argv = {probePath(), "connect", target, "--timeout-ms", "1500"};
@@ -237,7 +239,10 @@ TEST_F(EbpfE2e, InboundSteeredBySkLookupWithoutNat) {
 
 // The seed scenario with the real remora-proxy (uid 1337, unchanged outbound code): 90/10 exact
 // through connect4 + getsockopt, and inbound through sk_lookup to the proxy's passthrough.
-TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
+// The seed scenario (90/10 split over 20 curls, inbound through the passthrough) with the real
+// remora-proxy; `fast_path` registers the netns with --ebpf-fast-path (the proxy then takes the
+// io_uring relay).
+void EbpfE2e::seedScenario(bool fast_path) {
   servers_.clear();  // the probes on 15001 make way for the proxy
   Pod v2 = *world_->addPod("bill-service-v2", kBillV2);
   servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:80", "this is bill-service-v1", true));
@@ -250,7 +255,11 @@ TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
   ASSERT_FALSE(dir.empty());
   std::ofstream(dir + "/mesh.yaml") << seedConfig("istio-90-10.yaml");
   ::chmod((dir + "/mesh.yaml").c_str(), 0644);
-  install(front_);
+  if (fast_path) {
+    install(front_, {"--ebpf-fast-path", "true"});
+  } else {
+    install(front_);
+  }
   auto proxy = world_->spawn(front_, {binaryPath("remora-proxy"), "--config", dir + "/mesh.yaml"},
                              1337, 1337);
   bool started = proxy->waitForLine("remora-proxy started", 10000);
@@ -283,7 +292,22 @@ TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) {
       << inbound;
   EXPECT_GE(j["counters"]["orig_dst_answered"].get<uint64_t>(), 21u) << j.dump();
   EXPECT_GE(j["counters"]["inbound_steered"].get<uint64_t>(), 1u);
+  if (fast_path) {
+    // Each curl's request went into the proxy's socket through sk_msg (or TCP, when the proxy's
+    // end was not in the sockhash yet), and so did the inbound app's reply; the proxy's 20
+    // responses took TCP.
+    const auto& c = j["counters"];
+    EXPECT_GE(c["msg_redirected"].get<uint64_t>() + c["msg_slow"].get<uint64_t>(), 21u) << c;
+    EXPECT_GE(c["msg_redirected"].get<uint64_t>(), 1u) << c;
+    EXPECT_GE(c["msg_to_app"].get<uint64_t>(), 20u) << c;
+  } else {
+    EXPECT_EQ(j["counters"]["pair_added"].get<uint64_t>(), 0u);
+  }
 }
+
+TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxy) { seedScenario(false); }
+
+TEST_F(EbpfE2e, SeedScenarioThroughTheRealProxyWithTheFastPath) { seedScenario(true); }
 
 // The original-destination records live as long as the connection: sockops deletes them when
 // the app's socket reaches TCP_CLOSE, so after many short connections the maps are empty again.
