@@ -539,32 +539,37 @@ TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
 // "Close") 1 to 6 of 60 failed on 6.18, their read ending in EAGAIN long before the timeout (the
 // ACK of the app's FIN woke tcp_bpf_recvmsg with nothing queued); with the fast path off, none.
 TEST_F(EbpfE2e, FastPathKeepsAShortReplyFollowedByClose) {
-  install(front_, {"--outbound-port", "15101", "--ebpf-fast-path", "true"});
+  install(front_, {"--outbound-port", "15101", "--ebpf-fast-path", "true", "--ipv6", "on"});
   servers_.push_back(world_->serveProbe(front_, "127.0.0.1:15101", "fast"));
+  servers_.push_back(world_->serveProbe(front_, "[::1]:15101", "fast6"));
+  // 60 over IPv4, then 20 over IPv6 (the v6 pair keys and the app's end found by ::1).
   constexpr int kConnections = 60;
+  constexpr int kConnections6 = 20;
   std::vector<std::string> lost;
-  for (int i = 0; i < kConnections; ++i) {
-    auto out = world_->exec(
-        front_, {probePath(), "connect", kVip, "--send", "ping", "--timeout-ms", "1500"});
+  for (int i = 0; i < kConnections + kConnections6; ++i) {
+    const bool v6 = i >= kConnections;
+    auto out = world_->exec(front_, {probePath(), "connect", v6 ? kVip6 : kVip, "--send", "ping",
+                                     "--timeout-ms", "1500"});
     std::string said = out ? out->out + out->err : out.error().message;
-    if (said.find("fast orig=10.1.122.241:9999") == std::string::npos) {
+    if (said.find(v6 ? "fast6 orig=[fd00:1::241]:9999" : "fast orig=10.1.122.241:9999") ==
+        std::string::npos) {
       lost.push_back(std::to_string(i) + ": \"" + said + "\"");
     }
   }
   auto j = dump(front_);
   std::string first_lost;
   for (size_t i = 0; i < lost.size() && i < 5; ++i) first_lost += lost[i] + "; ";
-  EXPECT_TRUE(lost.empty()) << lost.size() << " of " << kConnections
+  EXPECT_TRUE(lost.empty()) << lost.size() << " of " << kConnections + kConnections6
                             << " connections lost their reply: " << first_lost << "\n"
                             << j["counters"].dump();
   // Each app sent once: through the fast path, or through TCP when the proxy's end was not in the
   // sockhash yet (ordering); every reply took TCP.
   const auto& c = j["counters"];
+  const uint64_t all = kConnections + kConnections6;
   EXPECT_GE(c["msg_redirected"].get<uint64_t>(), uint64_t{1}) << c.dump();
-  EXPECT_EQ(c["msg_redirected"].get<uint64_t>() + c["msg_slow"].get<uint64_t>(),
-            uint64_t{kConnections})
-      << c.dump();
-  EXPECT_EQ(c["msg_to_app"].get<uint64_t>(), uint64_t{kConnections}) << c.dump();
+  EXPECT_EQ(c["msg_redirected"].get<uint64_t>() + c["msg_slow"].get<uint64_t>(), all) << c.dump();
+  EXPECT_EQ(c["msg_to_app"].get<uint64_t>(), all) << c.dump();
+  EXPECT_EQ(c["pair_added"].get<uint64_t>(), 2 * all) << c.dump();
 }
 
 // The fast path's remaining limit at close (docs/EBPF.md, "Close"), registered disabled: it fails
