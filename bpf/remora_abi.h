@@ -131,6 +131,8 @@ enum remora_counter {
   REMORA_C_MSG_REDIRECTED,    /* sk_msg redirected a send to the peer socket */
   REMORA_C_MSG_BYTES,         /* bytes sk_msg redirected */
   REMORA_C_MSG_SLOW,          /* sk_msg found no peer: the send took loopback TCP */
+  REMORA_C_PAIR_RELEASED,     /* sockops took an app's socket out of the sockhash at its FIN */
+  REMORA_C_MSG_TO_APP,        /* sk_msg passed a send of the proxy's end to loopback TCP */
   REMORA_C_MAX
 };
 

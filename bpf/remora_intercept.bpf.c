@@ -28,6 +28,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
+#define REMORA_TCP_ESTABLISHED 1
+#define REMORA_TCP_FIN_WAIT1 4
 #define REMORA_TCP_CLOSE 7
 
 /* A context field read as one load at its own offset: clang may otherwise merge the reads of two
@@ -276,13 +278,32 @@ static __always_inline int is_passthrough_source(__u32 family, const __u32* a) {
   return a[0] == 0 && a[1] == 0 && a[2] == 0 && remora_ntohl(a[3]) == 6;
 }
 
-/* Both sockets of an app<->proxy connection inside a netns with the fast path on go in the
- * sockhash: the app's connect to the proxy's outbound listener (both ends on loopback, one port
- * the outbound port), and the proxy's inbound passthrough (one end 127.0.0.6 or ::6). */
-static __always_inline void add_pair(struct bpf_sock_ops* skops) {
+/* Which end of a fast-path connection a socket is (pair_key). The proxy's end: accepted on the
+ * outbound port, or connected from 127.0.0.6. The app's end: connected to the outbound port, or
+ * accepted from 127.0.0.6. */
+#define PAIR_NONE 0
+#define PAIR_PROXY_END 1
+#define PAIR_APP_END 2
+
+/* The fast-path key of a socket inside a netns with the fast path on, as the socket sees itself,
+ * and which end it is. Both sockets of an app<->proxy connection qualify: the app's connect to
+ * the proxy's outbound listener (both ends on loopback, one port the outbound port), and the
+ * proxy's inbound passthrough to the app (one end 127.0.0.6 or ::6). */
+static __always_inline int pair_end(struct remora_pair_key* key, __u16 outbound_port) {
+  __u8 f = (__u8)key->family;
+  if (remora_is_loopback(f, key->local_addr) && remora_is_loopback(f, key->remote_addr)) {
+    if (key->remote_port == outbound_port) return PAIR_APP_END;
+    if (key->local_port == outbound_port) return PAIR_PROXY_END;
+  }
+  if (is_passthrough_source(key->family, key->remote_addr)) return PAIR_APP_END;
+  if (is_passthrough_source(key->family, key->local_addr)) return PAIR_PROXY_END;
+  return PAIR_NONE;
+}
+
+static __always_inline int pair_key(struct bpf_sock_ops* skops, struct remora_pair_key* key) {
   __u64 netns = bpf_get_netns_cookie(skops);
   const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, &netns);
-  if (!s || !(s->flags & REMORA_F_FAST_PATH)) return;
+  if (!s || !(s->flags & REMORA_F_FAST_PATH)) return PAIR_NONE;
   __u32 local[4] = {}, remote[4] = {};
   if (skops->family == REMORA_AF_INET) {
     local[0] = CTX_READ(skops->local_ip4);
@@ -297,22 +318,51 @@ static __always_inline void add_pair(struct bpf_sock_ops* skops) {
     remote[2] = CTX_READ(skops->remote_ip6[2]);
     remote[3] = CTX_READ(skops->remote_ip6[3]);
   }
+  key->netns_cookie = netns;
+  key->local_port = (__u16)skops->local_port;
+  key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+  pair_addrs(key, skops->family, local, remote);
+  return pair_end(key, s->outbound_port);
+}
+
+/* The other end's key: local and remote swapped. */
+static __always_inline void peer_key(const struct remora_pair_key* self,
+                                     struct remora_pair_key* peer) {
+  peer->netns_cookie = self->netns_cookie;
+  peer->family = self->family;
+  peer->local_port = self->remote_port;
+  peer->remote_port = self->local_port;
+  for (int i = 0; i < 4; i++) {
+    peer->local_addr[i] = self->remote_addr[i];
+    peer->remote_addr[i] = self->local_addr[i];
+  }
+}
+
+static __always_inline void add_pair(struct bpf_sock_ops* skops) {
   struct remora_pair_key key = {};
-  key.netns_cookie = netns;
-  key.local_port = (__u16)skops->local_port;
-  key.remote_port = (__u16)bpf_ntohl(skops->remote_port);
-  pair_addrs(&key, skops->family, local, remote);
-  __u8 f = (__u8)key.family;
-  int outbound_leg = remora_is_loopback(f, key.local_addr) &&
-                     remora_is_loopback(f, key.remote_addr) &&
-                     (key.local_port == s->outbound_port || key.remote_port == s->outbound_port);
-  int passthrough = is_passthrough_source(key.family, key.local_addr) ||
-                    is_passthrough_source(key.family, key.remote_addr);
-  if (!outbound_leg && !passthrough) return;
+  int end = pair_key(skops, &key);
+  if (end == PAIR_NONE) return;
   bpf_map_delete_elem(&remora_pairs_slow, &key); /* a reused 4-tuple starts fast again */
   if (bpf_sock_hash_update(skops, &remora_pairs, &key, BPF_NOEXIST) == 0) {
     count(REMORA_C_PAIR_ADDED);
+    /* The app's end leaves at its first FIN (release_app_end). */
+    if (end == PAIR_APP_END) {
+      bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    }
   }
+}
+
+/* The app's end of a fast-path connection sent the connection's first FIN (shutdown(SHUT_WR);
+ * a close() has taken it out of the sockhash already). It leaves the sockhash now, which gives
+ * its psock up and its reads back to TCP's own recvmsg, before the app can block in a read
+ * waiting for the reply: tcp_bpf_recvmsg (the recvmsg of a socket with a psock) returns EAGAIN
+ * to a blocking reader woken with nothing queued, and the ACK of this FIN, arriving on its own,
+ * is such a wakeup (docs/EBPF.md, "Close"). Nothing is lost: the fast path never queues bytes in
+ * an app socket's psock (remora_msg), and the app cannot send after its FIN. */
+static __always_inline void release_app_end(struct bpf_sock_ops* skops) {
+  struct remora_pair_key self = {};
+  if (pair_key(skops, &self) != PAIR_APP_END) return;
+  if (bpf_map_delete_elem(&remora_pairs, &self) == 0) count(REMORA_C_PAIR_RELEASED);
 }
 
 SEC("sockops")
@@ -328,6 +378,9 @@ int remora_sockops(struct bpf_sock_ops* skops) {
       add_pair(skops);
       return 1;
     case BPF_SOCK_OPS_STATE_CB:
+      if (skops->args[0] == REMORA_TCP_ESTABLISHED && skops->args[1] == REMORA_TCP_FIN_WAIT1) {
+        release_app_end(skops);
+      }
       if (skops->args[1] == REMORA_TCP_CLOSE) forget(skops);
       return 1;
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
@@ -374,19 +427,20 @@ int remora_msg(struct sk_msg_md* msg) {
   self.local_port = (__u16)msg->local_port;
   self.remote_port = (__u16)bpf_ntohl(msg->remote_port);
   pair_addrs(&self, msg->family, local, remote);
+  /* Only the app's sends are redirected. The proxy's go through loopback TCP, so an app socket's
+   * psock never holds bytes: the app reads through TCP, and its socket can leave the sockhash at
+   * any time without losing any (release_app_end). */
+  const struct remora_netns_settings* s = bpf_map_lookup_elem(&remora_netns, &self.netns_cookie);
+  if (!s || pair_end(&self, s->outbound_port) != PAIR_APP_END) {
+    count(REMORA_C_MSG_TO_APP);
+    return SK_PASS;
+  }
   if (bpf_map_lookup_elem(&remora_pairs_slow, &self)) {
     count(REMORA_C_MSG_SLOW);
     return SK_PASS;
   }
   struct remora_pair_key peer = {};
-  peer.netns_cookie = self.netns_cookie;
-  peer.family = self.family;
-  peer.local_port = self.remote_port;
-  peer.remote_port = self.local_port;
-  for (int i = 0; i < 4; i++) {
-    peer.local_addr[i] = self.remote_addr[i];
-    peer.remote_addr[i] = self.local_addr[i];
-  }
+  peer_key(&self, &peer);
   __u64 len = msg->size;
   if (bpf_msg_redirect_hash(msg, &remora_pairs, &peer, BPF_F_INGRESS) == SK_PASS) {
     count(REMORA_C_MSG_REDIRECTED);

@@ -57,6 +57,7 @@ inline constexpr const char* kCounterNames[] = {
     "excluded_cidr",    "not_included",      "loopback",        "ipv6_off",
     "tuple_recorded",   "orig_dst_answered", "orig_dst_missed", "inbound_steered",
     "inbound_excluded", "inbound_no_proxy",  "listener_added",  "orig_dst_deleted",
-    "pair_added",       "msg_redirected",    "msg_bytes",       "msg_slow"};
+    "pair_added",       "msg_redirected",    "msg_bytes",       "msg_slow",
+    "pair_released",    "msg_to_app"};
 
 }  // namespace remora::intercept::ebpf
