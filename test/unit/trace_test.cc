@@ -410,8 +410,8 @@ TEST(TraceTest, LoopsAndDeepNestingStopTheWalk) {
   std::vector<std::string> chains;
   std::vector<std::string> rules = {"-A OUTPUT -j C0"};
   for (int i = 0; i < 70; ++i) {
-    chains.push_back("C" + std::to_string(i));
-    rules.push_back("-A C" + std::to_string(i) + " -j C" + std::to_string(i + 1));
+    chains.push_back(fmt::format("C{}", i));
+    rules.push_back(fmt::format("-A C{} -j C{}", i, i + 1));
   }
   chains.push_back("C70");
   auto deep = traceNatOutput(natWith(chains, rules), packet("10.1.1.1:80"), podContext());
