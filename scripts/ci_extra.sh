@@ -16,8 +16,8 @@
 #   tsan_build  TSan build (build-tsan, GCC) of the proxy, its unit tests and proxy_e2e_test.
 #   tsan     the proxy's unit tests and the ProxyE2e tests under TSan: the control thread and
 #            worker threads of real proxies (--concurrency 2 in one)
-#   release  -DCMAKE_BUILD_TYPE=Release builds every target (build-release). Not run by CI
-#            (a third full GCC build does not fit; docs/TESTING.md).
+#   release  -DCMAKE_BUILD_TYPE=Release builds every target (build-release). CI needs no
+#            separate stage: test.sh's main build is Release (docs/TESTING.md).
 #   asan     GCC ASan+UBSan build (build-asan); every unit and e2e test but the podman and bench
 #            smoke tests (see ASAN_EXCLUDE below). Not run by CI (asan_quick is its subset).
 #

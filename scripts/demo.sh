@@ -34,7 +34,7 @@ fail() { echo "demo: $*" >&2; exit 1; }
 if ((build)); then
   step "setup and build"
   bash scripts/setup.sh
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build -j"$(nproc)" --target remora-init remora-proxy remora-probe >/dev/null
 fi
 for b in remora-init remora-proxy remora-probe; do

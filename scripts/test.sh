@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up, builds (RelWithDebInfo), lints and runs every test (ctest labels unit and e2e), then
+# Sets up, builds (Release, as shipped), lints and runs every test (ctest labels unit and e2e), then
 # the extra stages of scripts/ci_extra.sh (docs/TESTING.md). By default only:
 #   fuzz        each libFuzzer target for FUZZ_SECONDS (30), two at a time (build-fuzz)
 # CI's 60 minutes on two cores do not hold these too, so they are run on request:
@@ -68,7 +68,7 @@ has_stage() { [[ " ${stages[*]} " == *" $1 "* ]]; }
 
 stage setup bash scripts/setup.sh
 build() {
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null && cmake --build build -j"$jobs"
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j"$jobs"
 }
 stage build build
 if [[ ${failed[*]} == *build* ]]; then

@@ -175,8 +175,8 @@ class TlsHttpE2e : public MeshTlsTest {
 
   // The value of one metric line (exact labels) in a pod's /stats/prometheus, or -1.
   long metric(const Pod& pod, const std::string& key) {
-    const std::string m = "\n" + metrics(pod);
-    const size_t at = m.find("\n" + key + " ");
+    const std::string m = fmt::format("\n{}", metrics(pod));
+    const size_t at = m.find(fmt::format("\n{} ", key));
     return at == std::string::npos ? -1 : std::stol(m.substr(at + key.size() + 2));
   }
 

@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -51,7 +52,7 @@ std::shared_ptr<const RouteTable> makeTable(std::vector<ServicePortEntry> entrie
 std::shared_ptr<const RouteTable> weightedTable(const std::vector<uint32_t>& weights) {
   std::vector<SubsetDef> defs(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
-    defs[i] = {"s" + std::to_string(i), {"10.1.0." + std::to_string(i + 1) + ":80"}, weights[i]};
+    defs[i] = {fmt::format("s{}", i), {fmt::format("10.1.0.{}:80", i + 1)}, weights[i]};
   }
   return makeTable({makeEntry(defs)});
 }
