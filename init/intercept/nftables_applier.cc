@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #ifndef REMORA_NFT_CLI
 #include <nftables/libnftables.h>
+#include <nss.h>
 #else
 #include "common/subprocess.h"
 #endif
@@ -15,6 +16,7 @@
 #include <array>
 #include <charconv>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "intercept/backend.h"
@@ -268,10 +270,31 @@ Result<NftRuleset> buildRuleset(const std::vector<FamilyPlan>& plans) {
   return set;
 }
 
-std::string renderRuleset(const NftRuleset& set, const std::string& fingerprint) {
-  std::string text =
-      fmt::format("add table inet {0}\ndelete table inet {0}\ntable inet {0} {{\n", kNftTable);
-  if (!fingerprint.empty()) text += fmt::format("  comment \"remora {}\"\n", fingerprint);
+// How the script puts the table in place, in one transaction either way.
+enum class TableWrite {
+  // `add table; delete table; table { ... }`: replaces whatever is there.
+  kReplace,
+  // `create table { comment }; table { ... }`: only where there is no table (the transaction
+  // fails on EEXIST and changes nothing). A transaction that deletes nothing leaves the kernel
+  // nothing to free after an RCU grace period, so closing the netlink socket does not wait for
+  // one (nf_tables flushes its pending destroy work on NETLINK_URELEASE): 5-14 ms saved per
+  // fresh install on this machine. `create table { ... }` keeps only the table's own
+  // attributes, so the chains follow in a second block.
+  kCreate,
+};
+
+std::string renderRuleset(const NftRuleset& set, const std::string& fingerprint,
+                          TableWrite write = TableWrite::kReplace) {
+  const std::string comment =
+      fingerprint.empty() ? "" : fmt::format("comment \"remora {}\"", fingerprint);
+  std::string text;
+  if (write == TableWrite::kCreate) {
+    text = fmt::format("create table inet {} {{ {}{}}}\ntable inet {} {{\n", kNftTable, comment,
+                       comment.empty() ? "" : "; ", kNftTable);
+  } else {
+    text = fmt::format("add table inet {0}\ndelete table inet {0}\ntable inet {0} {{\n", kNftTable);
+    if (!comment.empty()) text += "  " + comment + "\n";
+  }
   for (const auto& c : set.chains) {
     text += fmt::format("  chain {} {{\n", c.name);
     if (!c.hook.empty()) text += "    " + c.hook + "\n";
@@ -468,6 +491,10 @@ class NftablesApplier : public Applier {
     }
     if (prepared->needed) {
       auto done = nft_.run(prepared->script);
+      if (!done && !prepared->existed) {
+        // The table appeared since it was read (another installer): replace it instead.
+        done = nft_.run(prepared->replace_script);
+      }
       if (!done) {
         std::string text = fmt::format("nftables transaction failed, nothing was applied: {}",
                                        done.error().message);
@@ -587,7 +614,8 @@ class NftablesApplier : public Applier {
   struct Prepared {
     std::vector<FamilyPlan> plans;
     NftRuleset ruleset;
-    std::string script;
+    std::string script;          // what install runs: kCreate where there is no table
+    std::string replace_script;  // the kReplace script
     std::vector<std::string> diffs;
     bool needed = true;
     bool existed = false;  // the table was there (maybe with other rules)
@@ -608,10 +636,12 @@ class NftablesApplier : public Applier {
     p.ruleset = std::move(*set);
     p.plans = std::move(plans);
     const std::string fingerprint = planFingerprint(renderRuleset(p.ruleset, ""));
-    p.script = renderRuleset(p.ruleset, fingerprint);
+    p.replace_script = renderRuleset(p.ruleset, fingerprint);
     auto installed = readInstalled(nft_);
     if (!installed) return installed.error();
     p.existed = installed->exists;
+    p.script =
+        p.existed ? p.replace_script : renderRuleset(p.ruleset, fingerprint, TableWrite::kCreate);
     p.diffs = differences(*installed, p.ruleset, fingerprint);
     p.needed = !p.diffs.empty();
     return p;
@@ -625,6 +655,16 @@ class NftablesApplier : public Applier {
 
 #ifndef REMORA_NFT_CLI
 NftContext::NftContext() : ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
+  // nft looks every `meta skuid`/`skgid` value up by name first (getpwnam/getgrnam), even a
+  // number. The plan holds numbers only (group names are resolved when the options are read),
+  // so those lookups can only fail; with a node's `passwd: files systemd` each one loads and asks
+  // libnss_systemd, 1.3 ms of CPU per install here. This process asks /etc/passwd and
+  // /etc/group only.
+  static std::once_flag files_only;
+  std::call_once(files_only, [] {
+    (void)__nss_configure_lookup("passwd", "files");
+    (void)__nss_configure_lookup("group", "files");
+  });
   if (ctx_ != nullptr) {
     nft_ctx_buffer_output(ctx_);
     nft_ctx_buffer_error(ctx_);

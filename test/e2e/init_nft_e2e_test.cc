@@ -1,8 +1,12 @@
 // remora-init --mode nftables (and auto) in namespaces of the test's own: the scenario of
 // init_e2e_test.cc (capture proven with real TCP, idempotent re-install, exact uninstall) with the
 // rules in one `inet remora` table written through libnftables.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <utility>
 
@@ -120,6 +124,28 @@ TEST_F(InitNftE2e, ReinstallIsANoOpAndNewFlagsReplaceInOneTransaction) {
   auto fixed = init({"install", "--mode", "nftables", "--outbound-port", "15999"});
   EXPECT_NE(fixed.out.find("nftables: installed"), std::string::npos) << fixed.out;
   EXPECT_EQ(ruleset(), replaced);
+}
+
+// A fresh install writes `create table` (no delete, so closing libnftables' socket does not wait
+// for an RCU grace period). The same script run once the table exists, as by a second installer
+// racing this one, is refused whole: nothing is doubled, nothing changes.
+TEST_F(InitNftE2e, AFreshInstallOnlyCreatesTheTableSoARacingOneChangesNothing) {
+  auto dry = init({"install", "--mode", "nftables", "--dry-run"});
+  ASSERT_EQ(dry.exit_code, 0) << dry.err;
+  ASSERT_NE(dry.out.find("create table inet remora {"), std::string::npos) << dry.out;
+  EXPECT_EQ(dry.out.find("delete table"), std::string::npos) << dry.out;
+  ASSERT_EQ(init({"install", "--mode", "nftables"}).exit_code, 0);
+  const std::string installed = handles();
+  const std::string script = fmt::format("/tmp/remora-nft-create-{}.nft", ::getpid());
+  std::ofstream(script) << dry.out;
+  auto racing = run({"nft", "-f", script});
+  std::remove(script.c_str());
+  EXPECT_NE(racing.exit_code, 0) << racing.out;
+  EXPECT_NE(racing.err.find("File exists"), std::string::npos) << racing.err;
+  EXPECT_EQ(handles(), installed);
+  // And the installer, finding the table there, replaces nothing it does not have to.
+  auto again = init({"install", "--mode", "nftables"});
+  EXPECT_NE(again.out.find("already installed, nothing changed"), std::string::npos) << again.out;
 }
 
 // A rule edited in place (same chain, same rule count) is noticed: install puts the planned rule
@@ -252,8 +278,8 @@ TEST_F(InitNftE2e, AutoSaysWhyAndSwitchingModesNeverCapturesTwice) {
   // Empty netns: nftables, because there is no iptables table at all.
   auto out = init({"install", "--mode", "auto", "--dry-run"});
   ASSERT_EQ(out.exit_code, 0) << out.err;
-  EXPECT_NE(out.out.find("add table inet remora\ndelete table inet remora\ntable inet remora {"),
-            std::string::npos)
+  // No table yet: the transaction creates it (and would fail, changing nothing, if one appeared).
+  EXPECT_NE(out.out.find("create table inet remora { comment \"remora "), std::string::npos)
       << out.out;
   ASSERT_EQ(init({"install", "--mode", "iptables", "--iptables-backend", "nft"}).exit_code, 0);
   // The iptables install is there now: auto keeps to iptables and says why.
