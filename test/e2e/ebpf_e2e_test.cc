@@ -38,6 +38,43 @@ namespace {
 constexpr const char* kVip = "10.1.122.241:9999";
 constexpr const char* kVip6 = "[fd00:1::241]:9999";
 
+// A TCP listener on 127.0.0.1:`port` (SO_REUSEADDR, backlog 4) in the calling thread's netns,
+// or -1 with errno set.
+int listenOnLoopback(uint16_t port) {
+  int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (l < 0) return -1;
+  int one = 1;
+  ::setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l, 4) != 0) {
+    const int err = errno;
+    ::close(l);
+    errno = err;
+    return -1;
+  }
+  return l;
+}
+
+// A TCP connection to kVip from the calling thread's netns, or -1 with errno set.
+int connectToVip() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(9999);
+  ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
 bool writeFile(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
@@ -336,21 +373,10 @@ TEST_F(EbpfE2e, OrigDstRecordsAreDeletedWhenConnectionsClose) {
   const std::string ns = world_->netnsPath(front_);
   int listener = -1;
   ASSERT_TRUE(runInNetns(ns, [&]() -> Result<void> {
-    listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(15001);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-        ::listen(listener, 4) != 0) {
-      return errnoError("listen 15001");
-    }
-    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    a.sin_port = htons(9999);
-    ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
-    if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return errnoError("connect");
+    listener = listenOnLoopback(15001);
+    if (listener < 0) return errnoError("listen 15001");
+    int c = connectToVip();
+    if (c < 0) return errnoError("connect");
     (void)::send(c, "bye", 3, MSG_NOSIGNAL);
     ::close(c);
     return {};
@@ -428,14 +454,8 @@ TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
   std::string echoed_error;
   std::thread echo([&] {
     auto r = runInNetns(ns, [&]() -> Result<void> {
-      int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      int one = 1;
-      ::setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(15101);
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l, 4) != 0) {
+      int l = listenOnLoopback(15101);
+      if (l < 0) {
         listening.set_value();
         return errnoError("echo listen");
       }
@@ -461,14 +481,8 @@ TEST_F(EbpfE2e, FastPathCarriesAppProxyBytesBothWaysAndForgetsClosedSockets) {
   listening.get_future().wait();
   int fd = -1;
   ASSERT_TRUE(runInNetns(ns, [&]() -> Result<void> {
-    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(9999);
-    ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      return errnoError("connect");
-    }
+    fd = connectToVip();
+    if (fd < 0) return errnoError("connect");
     return {};
   }));
   accepted.get_future().wait();
@@ -590,14 +604,8 @@ TEST_F(EbpfE2e, DISABLED_FastPathReaderBlockedBeforeItsOwnHalfCloseGetsTheReply)
     std::string server_error;
     std::thread server([&] {
       auto r = runInNetns(ns, [&]() -> Result<void> {
-        int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int one = 1;
-        ::setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(15101);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        bool ok = ::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 && ::listen(l, 4) == 0;
+        int l = listenOnLoopback(15101);
+        const bool ok = l >= 0;
         listen_fd = l;
         listening.set_value();
         if (!ok) return errnoError("listen");
@@ -625,14 +633,8 @@ TEST_F(EbpfE2e, DISABLED_FastPathReaderBlockedBeforeItsOwnHalfCloseGetsTheReply)
     listening.get_future().wait();
     int fd = -1;
     auto connected = runInNetns(ns, [&]() -> Result<void> {
-      fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(9999);
-      ::inet_pton(AF_INET, "10.1.122.241", &a.sin_addr);
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-        return errnoError("connect");
-      }
+      fd = connectToVip();
+      if (fd < 0) return errnoError("connect");
       return {};
     });
     if (!connected) {

@@ -891,9 +891,12 @@ TEST_F(HttpE2e, AMirrorCopyOnAConnectionTheShadowClosesIsRetriedOnAFreshOne) {
 // Istio's sidecar outbound HTTP listeners normalize the path (BASE) before routing, as inbound
 // ones do: the VirtualService `uri` matches the normalized path, the upstream gets it (with the
 // client's query), and a path that fails normalization gets Envoy's 400.
-constexpr const char* kRoutesByPrefix = R"(  - match:
+// http routes: requests whose uri matches `uri_match` (e.g. "prefix: /public/") go to v1,
+// everything else to v2.
+std::string routesByUri(const std::string& uri_match) {
+  return fmt::format(R"(  - match:
     - uri:
-        prefix: /public/
+        {}
     route:
     - destination:
         host: bill-service
@@ -902,10 +905,12 @@ constexpr const char* kRoutesByPrefix = R"(  - match:
     - destination:
         host: bill-service
         subset: v2
-)";
+)",
+                     uri_match);
+}
 
 TEST_F(HttpE2e, OutboundPathsAreNormalizedBeforeRouteMatchAndForwarded) {
-  startProxy(virtualService(kRoutesByPrefix) + destinationRule());
+  startProxy(virtualService(routesByUri("prefix: /public/")) + destinationRule());
   const std::string out =
       client(R"({"mode": "seq", "paths": ["/public/a", "/x/../public/a?q=1", "/%70ublic/b",)"
              R"( "/public/%2e%2E/private", "/public/./c/", "/x%00y", "/public/d"]})");
@@ -933,19 +938,6 @@ TEST_F(HttpE2e, OutboundPathsAreNormalizedBeforeRouteMatchAndForwarded) {
 // Istio's other meshConfig pathNormalization modes, from the ProxyConfig document (in Istio's
 // shape) or the flag, change what the route matches and what the backend gets: an exact match
 // on /public/a goes to v1, everything else to v2.
-constexpr const char* kRoutesByExactPath = R"(  - match:
-    - uri:
-        exact: /public/a
-    route:
-    - destination:
-        host: bill-service
-        subset: v1
-  - route:
-    - destination:
-        host: bill-service
-        subset: v2
-)";
-
 std::string pathNormalizationConfig(const std::string& mode) {
   return fmt::format(R"(
 ---
@@ -978,7 +970,7 @@ void expectPaths(const std::string& out, const std::vector<PathWant>& want) {
 }
 
 TEST_F(HttpE2e, MergeSlashesAndDecodeModesChangeTheRouteAndTheForwardedPath) {
-  const std::string mesh = virtualService(kRoutesByExactPath) + destinationRule();
+  const std::string mesh = virtualService(routesByUri("exact: /public/a")) + destinationRule();
   startProxy(mesh + pathNormalizationConfig("MERGE_SLASHES"));
   // Runs of slashes are merged (BASE would send /public//a to v2 as sent); the query is not
   // touched; %2F is not a slash in this mode.
@@ -1009,7 +1001,7 @@ TEST_F(HttpE2e, MergeSlashesAndDecodeModesChangeTheRouteAndTheForwardedPath) {
 
 TEST_F(HttpE2e, NoneMatchesAndForwardsThePathAsSent) {
   // The flag wins over the ProxyConfig's MERGE_SLASHES.
-  startProxy(virtualService(kRoutesByExactPath) + destinationRule() +
+  startProxy(virtualService(routesByUri("exact: /public/a")) + destinationRule() +
                  pathNormalizationConfig("MERGE_SLASHES"),
              {"--path-normalization", "NONE"});
   ASSERT_NE(admin("/config_dump").find(R"("path_normalization": "NONE")"), std::string::npos)
