@@ -280,10 +280,18 @@ class KernelRelay : public ::testing::Test {
     return sendAll(fd, {&mode, 1}) ? fd : -1;
   }
 
-  // Uploads `size` pattern bytes, half-closes, and returns the backend's verdict.
-  std::string upload(uint64_t size) {
+  // Uploads `size` pattern bytes, half-closes, and returns the backend's verdict. With
+  // `after_handover`, the half-close waits (up to 5 s) until the proxy has handed the connection
+  // to the kernel: a FIN that arrives first leaves the client's socket in CLOSE_WAIT, which the
+  // sockhash refuses, so the io_uring relay carries that connection instead (a race a CI run
+  // lost on a loaded machine).
+  std::string upload(uint64_t size, bool after_handover = false) {
+    const double handed = after_handover ? metric("remora_relay_kernel_connections_total") : 0;
     int fd = dial('U');
     if (fd < 0 || !writeU64(fd, size) || !sendPattern(fd, size)) return "send failed";
+    if (after_handover) {
+      (void)waitFor([&] { return metric("remora_relay_kernel_connections_total") > handed; });
+    }
     ::shutdown(fd, SHUT_WR);
     char reply[8] = {};
     ssize_t n = ::recv(fd, reply, sizeof(reply), MSG_WAITALL);
@@ -312,8 +320,8 @@ class KernelRelay : public ::testing::Test {
 TEST_F(KernelRelay, SmallUploadArrivesIntactAndTheReplyFollowsTheClientsHalfClose) {
   startProxy("kernel");
   EXPECT_NE(proxy_->output().find("relay: kernel"), std::string::npos) << proxy_->output();
-  EXPECT_EQ(upload(1000), "OK");
-  EXPECT_EQ(upload(1), "OK");
+  EXPECT_EQ(upload(1000, /*after_handover=*/true), "OK");
+  EXPECT_EQ(upload(1, /*after_handover=*/true), "OK");
   EXPECT_GE(metric("remora_relay_kernel_connections_total"), 2);
   EXPECT_EQ(metric("remora_relay_attach_failures_total"), 0);
   // The bytes the kernel carried are counted at close, from the program's counters.
