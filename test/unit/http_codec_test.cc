@@ -204,6 +204,15 @@ std::vector<Case> requestCases() {
       {"connect with path", "CONNECT h:1/x HTTP/1.1\r\nHost: h\r\n\r\n",
        ParseError::kBadRequestLine},
       {"tab in target", "GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::kBadRequestLine},
+      // A fragment is never part of a request-target (RFC 9112 3.2); Envoy refuses it by
+      // default, since a route or policy matched on a path with "#..." could be bypassed.
+      {"fragment in path", "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::kBadRequestLine},
+      {"fragment after query", "GET /a?x=1#b HTTP/1.1\r\nHost: a\r\n\r\n",
+       ParseError::kBadRequestLine},
+      {"fragment in absolute-form", "GET http://h/a#b HTTP/1.1\r\nHost: h\r\n\r\n",
+       ParseError::kBadRequestLine},
+      {"fragment after authority", "GET http://h#b HTTP/1.1\r\nHost: h\r\n\r\n",
+       ParseError::kBadRequestLine},
       // Host.
       {"missing host", "GET / HTTP/1.1\r\n\r\n", ParseError::kMissingHost},
       {"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", ParseError::kConflictingHost},

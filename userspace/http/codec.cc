@@ -412,7 +412,9 @@ ParseError Parser::parseRequestLine(std::string_view line) {
   if (!isToken(method) || target.empty()) return ParseError::kBadRequestLine;
   for (char c : target) {
     auto u = static_cast<uint8_t>(c);
-    if (u <= 0x20 || u == 0x7f) return ParseError::kBadRequestLine;
+    // '#': a fragment never belongs in a request-target (RFC 9112 3.2). Refused as Envoy does
+    // by default: kept, it would take part in route and policy matches on the path.
+    if (u <= 0x20 || u == 0x7f || c == '#') return ParseError::kBadRequestLine;
   }
   int minor = parseVersion(version);
   if (minor == -1) return ParseError::kBadRequestLine;
