@@ -1,15 +1,20 @@
 // The pure parts of the L7 upstream pools (proxy/http_pool.h): the DestinationRule
-// connectionPool limits and outlier detection with its interval sweeps, and the mirror's shadow
-// authority (proxy/http_mirror.h).
+// connectionPool limits and outlier detection with its interval sweeps; and the mirror
+// (proxy/http_mirror.h): its shadow authority, and its cap on a recorded ring.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <iterator>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "proxy/http_mirror.h"
 #include "proxy/http_pool.h"
 #include "proxy/stats.h"
+#include "proxy_fakes.h"
 
 namespace remora::proxy {
 namespace {
@@ -273,6 +278,65 @@ TEST(ShadowAuthority, AppendsShadowToTheHostBeforeAnyPort) {
   EXPECT_EQ(shadowAuthority("[::1]:80"), "[::1]-shadow:80");
   EXPECT_EQ(shadowAuthority("[::1]"), "[::1]-shadow");
   EXPECT_EQ(shadowAuthority(""), "-shadow");
+}
+
+// A copy sent on a kept-alive connection that closes before any response byte is sent again on
+// a fresh connection, but only within the per-worker cap: the old connection, still closing,
+// counts against it, as it does for a new copy (HttpMirror::send). With the cap at 1 the retry
+// is refused and counted as failed; it used to open a second socket.
+TEST(HttpMirror, ARetryOnAFreshConnectionStaysWithinTheCap) {
+  testing::FakeRing ring;
+  testing::FakeSockets sockets;
+  WorkerStats stats;
+  HttpMirror mirror(ring, sockets, stats);
+  mirror.setMaxInFlight(1);
+  const auto now = std::chrono::steady_clock::now();
+  const std::string request = "GET / HTTP/1.1\r\nHost: svc-shadow\r\n\r\n";
+  const std::string response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  auto copy = [&] {
+    MirrorCopy c;
+    c.endpoint = ep(7);
+    c.service = "svc";
+    c.subset = "v1";
+    c.method = "GET";
+    c.request = request;
+    return c;
+  };
+  // Completes the last recorded op of `kind` with `res`, copying `bytes` into a read's buffer.
+  auto complete = [&](testing::RecordedOp::Kind kind, int32_t res, const std::string& bytes = "") {
+    auto it = std::find_if(ring.ops.rbegin(), ring.ops.rend(),
+                           [&](const testing::RecordedOp& op) { return op.kind == kind; });
+    ASSERT_NE(it, ring.ops.rend()) << "no op of kind " << kind;
+    testing::RecordedOp op = *it;
+    ring.ops.erase(std::next(it).base());
+    if (!bytes.empty()) std::memcpy(op.into.data(), bytes.data(), bytes.size());
+    mirror.onCompletion({op.user_data, res, 0});
+  };
+  auto count = [&](const char* result) { return stats.mirrors({"svc", "v1", result}).get(); };
+  auto connects = [&] {
+    return std::count_if(ring.ops.begin(), ring.ops.end(), [](const testing::RecordedOp& op) {
+      return op.kind == testing::RecordedOp::kConnect;
+    });
+  };
+
+  mirror.send(copy(), now);
+  ASSERT_EQ(connects(), 1);
+  complete(testing::RecordedOp::kConnect, 0);
+  complete(testing::RecordedOp::kSend, static_cast<int32_t>(request.size()));
+  complete(testing::RecordedOp::kRead, static_cast<int32_t>(response.size()), response);
+  ASSERT_EQ(count("ok"), 1u);
+  ASSERT_EQ(mirror.idleConnections(), 1u);
+
+  mirror.send(copy(), now);  // takes the kept-alive connection
+  EXPECT_EQ(connects(), 0);
+  complete(testing::RecordedOp::kSend, static_cast<int32_t>(request.size()));
+  complete(testing::RecordedOp::kRead, 0);  // the shadow closed it: no response byte
+
+  EXPECT_EQ(connects(), 0) << "the retry opened a second connection past the cap of 1";
+  EXPECT_EQ(sockets.next_fd - testing::FakeSockets{}.next_fd, 1);
+  EXPECT_EQ(count("failed"), 1u);
+  EXPECT_EQ(stats.counters().http_reset_race_retry.get(), 0u);
+  EXPECT_EQ(mirror.inFlight(), 0u);
 }
 
 }  // namespace

@@ -75,8 +75,7 @@ void HttpMirror::count(const std::string& service, const std::string& subset, co
 
 void HttpMirror::send(MirrorCopy copy, Clock::time_point now) {
   now_ = now;
-  // Slots still closing count too (idle ones do not): the cap bounds sockets as well as copies.
-  if (copies_.inUse() - idle_ >= max_in_flight_) {
+  if (atCap()) {
     count(copy.service, copy.subset, "dropped");
     return;
   }
@@ -257,6 +256,9 @@ void HttpMirror::onRead(uint32_t slot, const loop::Completion& c) {
 bool HttpMirror::retryFresh(uint32_t slot) {
   Copy& m = *copies_[slot];
   if (!m.reused || m.got_bytes || m.pool == nullptr) return false;
+  // The old connection keeps its slot until its close completes, so the new one would be one
+  // past the cap.
+  if (atCap()) return false;
   MirrorCopy copy;
   copy.endpoint = m.endpoint;
   copy.service = m.service;

@@ -14,8 +14,9 @@
 // sent once more on a fresh connection, counted in remora_http_reset_race_retries_total, and
 // only that second attempt's outcome is counted.
 //
-// Bounded per worker: at most `max_in_flight` copies at once; a copy over the cap is dropped and
-// counted. Idle pooled connections are bounded by the same number. Outcomes are counted in
+// Bounded per worker: at most `max_in_flight` copies at once, a connection still closing counted
+// as one; a copy over the cap is dropped and counted, and so is a retry of the race above
+// (as failed). Idle pooled connections are bounded by the same number. Outcomes are counted in
 // remora_mirror_requests_total{destination_service, destination_subset,result} with result ok (a
 // response came), failed (connect failure, reset, invalid response), timeout (no complete response
 // before the deadline) or dropped.
@@ -110,6 +111,9 @@ class HttpMirror {
   void finished(uint32_t slot);
   void closeIdle(uint32_t slot);
   void count(const std::string& service, const std::string& subset, const char* result);
+  // No new connection may be opened. Slots still closing count too (idle ones do not): the cap
+  // bounds sockets as well as copies.
+  bool atCap() const { return copies_.inUse() - idle_ >= max_in_flight_; }
 
   loop::Ring& ring_;
   SocketOps& sockets_;
