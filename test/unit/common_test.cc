@@ -1,5 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <compare>
+#include <string>
+#include <vector>
+
 #include "common/ip_address.h"
 #include "common/port_range.h"
 
@@ -30,6 +35,23 @@ TEST(SocketAddress, ParsesBothFamilies) {
   EXPECT_FALSE(SocketAddress::parse("10.0.0.1").ok());
   EXPECT_FALSE(SocketAddress::parse("10.0.0.1:0").ok());
   EXPECT_FALSE(SocketAddress::parse("10.0.0.1:70000").ok());
+}
+
+// One order for every map and sorted list of addresses (the DNS answers, the L7 pools): IPv4
+// before IPv6, then by bytes in network order; a socket address then by port.
+TEST(SocketAddress, OrdersByFamilyThenBytesThenPort) {
+  auto ip = [](const char* text) { return *IpAddress::parse(text); };
+  auto sa = [](const char* text) { return *SocketAddress::parse(text); };
+  std::vector<IpAddress> ips{ip("::1"), ip("10.0.0.2"), ip("9.255.255.255"), ip("10.0.0.10")};
+  std::sort(ips.begin(), ips.end());
+  std::vector<std::string> texts;
+  texts.reserve(ips.size());
+  for (const IpAddress& a : ips) texts.push_back(a.toString());
+  EXPECT_EQ(texts, (std::vector<std::string>{"9.255.255.255", "10.0.0.2", "10.0.0.10", "::1"}));
+  EXPECT_LT(sa("10.0.0.1:443"), sa("10.0.0.2:80"));
+  EXPECT_LT(sa("10.0.0.1:80"), sa("10.0.0.1:443"));
+  EXPECT_LT(sa("255.255.255.255:65535"), sa("[::]:1"));
+  EXPECT_EQ(sa("[fd00::1]:80") <=> sa("[fd00::1]:80"), std::strong_ordering::equal);
 }
 
 TEST(PortList, ParsesRangesAndMerges) {

@@ -1,12 +1,18 @@
 // The connection state machine, driven by a fake ring: the test plays the kernel's completions.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spdlog/logger.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
-#include "proxy/access_log.h"
+#include "proxy/log_sink.h"
 #include "proxy/worker.h"
 #include "proxy_fakes.h"
 
@@ -541,26 +547,50 @@ TEST_F(WorkerTest, AFullAccessLogQueueDropsAndCounts) {
   EXPECT_EQ(stats_.counters().access_log_dropped.get(), 1u);
 }
 
-// The writer thread is stuck (a full stdout pipe): pushes never wait, and past the capacity they
-// are refused, which the worker counts as dropped lines.
-TEST(AccessLogQueueTest, NeverBlocksAndRefusesLinesPastItsCapacity) {
-  std::atomic<bool> writing{false};
-  std::atomic<bool> release{false};
-  std::vector<std::string> written;
+// The log writer is stuck (a full stdout pipe): access lines are still taken without waiting, up
+// to their own bound, then refused (the worker counts those as dropped); the proxy's own lines
+// have their bound beside it. Once the pipe drains, every accepted line comes out in order, access
+// lines formatted with the logger's pattern.
+TEST(QueuedLogSinkTest, AccessLinesNeverWaitAndHaveTheirOwnBound) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  const int pipe_size = ::fcntl(fds[1], F_GETPIPE_SZ);
+  ASSERT_GT(pipe_size, 0);
+  const std::string filler(static_cast<size_t>(pipe_size), 'x');
+  ASSERT_EQ(::write(fds[1], filler.data(), filler.size()), pipe_size);  // nothing more fits
+  std::vector<std::string> accepted;
+  std::thread reader;  // reads to EOF: every description of the pipe's write end closed
   {
-    AccessLogQueue queue(2, [&](const std::string& line) {
-      writing = true;
-      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      written.push_back(line);
+    auto sink = std::make_shared<QueuedLogSink>(fds[1], 4);
+    sink->setAccessCapacity(2);
+    sink->setLoggerName("test");
+    spdlog::logger logger("test", sink);
+    logger.set_pattern("[%n] [%l] %v");
+    // The writer takes what is queued once and then waits on the full pipe, so of ten lines at
+    // most 2 + 2 are taken: those it took, and two waiting.
+    for (int i = 0; i < 10; ++i) {
+      const std::string line = "a" + std::to_string(i);
+      if (sink->pushAccess(line)) accepted.push_back(line);
+    }
+    logger.info("own line");  // the access lines' bound leaves the proxy's lines room
+    EXPECT_EQ(sink->dropped(), 0u);
+    EXPECT_GE(accepted.size(), 2u);
+    EXPECT_LE(accepted.size(), 4u) << "the access lines' bound of 2 did not hold";
+    reader = std::thread([&] {
+      std::string all;
+      char buf[4096];
+      ssize_t n = 0;
+      while ((n = ::read(fds[0], buf, sizeof buf)) > 0) all.append(buf, static_cast<size_t>(n));
+      std::string expected = filler;
+      for (const std::string& line : accepted) expected += "[test] [info] access " + line + "\n";
+      expected += "[test] [info] own line\n";
+      EXPECT_EQ(all, expected);
     });
-    EXPECT_TRUE(queue.push("first"));
-    while (!writing) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    EXPECT_TRUE(queue.push("second"));
-    EXPECT_TRUE(queue.push("third"));
-    EXPECT_FALSE(queue.push("fourth"));  // full: dropped at once
-    release = true;
-  }  // the destructor writes what is queued
-  EXPECT_EQ(written, (std::vector<std::string>{"first", "second", "third"}));
+    sink->stop(std::chrono::seconds(10));
+    ::close(fds[1]);
+  }  // the sink closes its own description of the pipe
+  reader.join();
+  ::close(fds[0]);
 }
 
 TEST(UserDataTest, RoundTripsOpSlotAndGeneration) {

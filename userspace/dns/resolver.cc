@@ -85,11 +85,6 @@ void onAddrinfo(void* arg, int status, int /*timeouts*/, ares_addrinfo* result) 
   pending->result = result;
 }
 
-bool addressLess(const IpAddress& a, const IpAddress& b) {
-  if (a.family != b.family) return a.family == Family::kIpv4;
-  return a.bytes < b.bytes;
-}
-
 Result<Resolved> literal(const IpAddress& ip, std::string_view host, AddressFamilies families) {
   bool wanted = families == AddressFamilies::kBoth ||
                 (families == AddressFamilies::kIpv4) == (ip.family == Family::kIpv4);
@@ -126,7 +121,7 @@ Result<Resolved> collect(const ares_addrinfo* info, std::string_view host) {
   for (const ares_addrinfo_cname* cname = info->cnames; cname != nullptr; cname = cname->next) {
     min_ttl = std::min(min_ttl, cname->ttl);
   }
-  std::sort(out.addresses.begin(), out.addresses.end(), addressLess);
+  std::sort(out.addresses.begin(), out.addresses.end());  // IPv4 first
   out.addresses.erase(std::unique(out.addresses.begin(), out.addresses.end()), out.addresses.end());
   out.ttl = std::chrono::seconds(std::max(min_ttl, 0));
   return out;

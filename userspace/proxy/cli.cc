@@ -193,7 +193,7 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   }
 
   // Through a bounded queue: no thread of the proxy ever waits for stdout (log_sink.h).
-  installQueuedLogger("remora", "[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
+  installQueuedLogger("remora", "[%Y-%m-%d %H:%M:%S.%e] [%l] %v", options.access_log_queue);
   spdlog::level::level_enum level = spdlog::level::from_str(log_level);
   if (level == spdlog::level::off && log_level != "off") {
     spdlog::critical("--log-level: unknown level '{}'", log_level);

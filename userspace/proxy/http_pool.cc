@@ -6,20 +6,9 @@
 
 namespace remora::proxy {
 
-// By source first (the shared one, nullopt, before every client address), so one client's
-// keys are adjacent: takeAllIdleFrom and takeIdleToEvict start at a lower_bound instead of
-// walking every client's.
-bool ClusterPool::IdleKeyLess::operator()(const IdleKey& a, const IdleKey& b) const {
-  if (a.source.has_value() != b.source.has_value()) return !a.source.has_value();
-  const IpAddressLess less;
-  if (a.source && !(*a.source == *b.source)) return less(*a.source, *b.source);
-  if (!(a.endpoint.ip == b.endpoint.ip)) return less(a.endpoint.ip, b.endpoint.ip);
-  return a.endpoint.port < b.endpoint.port;
-}
-
 std::optional<uint32_t> ClusterPool::takeIdle(const SocketAddress& endpoint,
                                               const std::optional<IpAddress>& source) {
-  auto it = idle_.find(IdleKey{endpoint, source});
+  auto it = idle_.find(IdleKey{source, endpoint});
   if (it == idle_.end()) return std::nullopt;
   const uint32_t up = it->second.back();
   it->second.pop_back();
@@ -37,12 +26,12 @@ std::optional<uint32_t> ClusterPool::takeAnyIdle(const std::vector<SocketAddress
 
 void ClusterPool::putIdle(const SocketAddress& endpoint, uint32_t upstream,
                           const std::optional<IpAddress>& source) {
-  idle_[IdleKey{endpoint, source}].push_back(upstream);
+  idle_[IdleKey{source, endpoint}].push_back(upstream);
 }
 
 void ClusterPool::removeIdle(const SocketAddress& endpoint, uint32_t upstream,
                              const std::optional<IpAddress>& source) {
-  auto it = idle_.find(IdleKey{endpoint, source});
+  auto it = idle_.find(IdleKey{source, endpoint});
   if (it == idle_.end()) return;
   std::erase(it->second, upstream);
   if (it->second.empty()) idle_.erase(it);
@@ -50,7 +39,7 @@ void ClusterPool::removeIdle(const SocketAddress& endpoint, uint32_t upstream,
 
 std::optional<uint32_t> ClusterPool::takeIdleToEvict(const std::optional<IpAddress>& except) {
   // The lowest key with a source (an address and endpoint of all zeros orders first).
-  for (auto it = idle_.lower_bound(IdleKey{SocketAddress{}, IpAddress{}}); it != idle_.end();
+  for (auto it = idle_.lower_bound(IdleKey{IpAddress{}, SocketAddress{}}); it != idle_.end();
        ++it) {
     if (it->first.source == except) continue;
     const uint32_t up = it->second.front();  // the longest idle of its list
@@ -63,7 +52,7 @@ std::optional<uint32_t> ClusterPool::takeIdleToEvict(const std::optional<IpAddre
 
 std::vector<uint32_t> ClusterPool::takeAllIdleFrom(const IpAddress& source) {
   std::vector<uint32_t> out;
-  auto it = idle_.lower_bound(IdleKey{SocketAddress{}, source});
+  auto it = idle_.lower_bound(IdleKey{source, SocketAddress{}});
   while (it != idle_.end() && it->first.source == source) {
     out.insert(out.end(), it->second.begin(), it->second.end());
     it = idle_.erase(it);

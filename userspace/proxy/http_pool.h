@@ -13,7 +13,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "common/ip_address.h"
@@ -29,13 +28,6 @@ struct Waiter {
   uint32_t slot = 0;
   uint32_t generation = 0;
   bool operator==(const Waiter&) const = default;
-};
-
-// A strict order on addresses (family, then bytes), for maps keyed by a client address.
-struct IpAddressLess {
-  bool operator()(const IpAddress& a, const IpAddress& b) const {
-    return std::tie(a.family, a.bytes) < std::tie(b.family, b.bytes);
-  }
 };
 
 class ClusterPool {
@@ -88,7 +80,7 @@ class ClusterPool {
   // Every idle connection bound to `source`: that client's last connection to the proxy closed,
   // so no later request may use them.
   std::vector<uint32_t> takeAllIdleFrom(const IpAddress& source);
-  // (endpoint, source) keys holding idle connections; an emptied key is dropped at once, so
+  // (source, endpoint) keys holding idle connections; an emptied key is dropped at once, so
   // this stays bounded by the idle connections however many clients came and went.
   size_t idleKeys() const { return idle_.size(); }
   size_t idleConnections() const;
@@ -134,14 +126,16 @@ class ClusterPool {
   std::string service_;
   std::string subset_;
   size_t connections_ = 0;
+  // Ordered by source first (the shared one, nullopt, before every client address), so one
+  // client's keys are adjacent: takeAllIdleFrom and takeIdleToEvict start at a lower_bound
+  // instead of walking every client's.
   struct IdleKey {
-    SocketAddress endpoint;
     std::optional<IpAddress> source;
+    SocketAddress endpoint;
+    // NOLINTNEXTLINE(modernize-use-nullptr): see IpAddress
+    auto operator<=>(const IdleKey&) const = default;
   };
-  struct IdleKeyLess {
-    bool operator()(const IdleKey& a, const IdleKey& b) const;
-  };
-  std::map<IdleKey, std::vector<uint32_t>, IdleKeyLess> idle_;
+  std::map<IdleKey, std::vector<uint32_t>> idle_;
   std::deque<Waiter> pending_;
   std::vector<Health> health_;
   Clock::time_point next_sweep_{};

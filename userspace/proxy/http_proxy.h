@@ -313,7 +313,7 @@ class HttpProxy {
   Pools pools_;
   // TPROXY: open sessions per client address (the idle connections bound to an address are
   // kept only while this is above zero).
-  std::map<IpAddress, uint32_t, IpAddressLess> source_sessions_;
+  std::map<IpAddress, uint32_t> source_sessions_;
   HttpMirror mirror_;
 
   Health health_{this};

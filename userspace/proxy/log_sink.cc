@@ -40,7 +40,7 @@ QueuedLogSink::QueuedLogSink(int fd, size_t capacity) : fd_(fd), capacity_(capac
     own_fd_ = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
     if (own_fd_ >= 0) fd_ = own_fd_;
   }
-  pending_.reserve(capacity_);
+  pending_.reserve(capacity_ + access_capacity_);
   // The writer takes no signal: the proxy reads SIGTERM/SIGHUP through a signalfd, which works
   // only while every thread blocks them, and this thread is made before the control thread
   // blocks them.
@@ -75,13 +75,42 @@ void QueuedLogSink::sink_it_(const spdlog::details::log_msg& msg) {
   std::string line(formatted.data(), formatted.size());
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (stopping_ || pending_.size() >= capacity_) {
+    if (stopping_ || pending_.size() - pending_access_ >= capacity_) {
       dropped_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    pending_.push_back(std::move(line));
+    pending_.push_back({std::move(line)});
   }
   wake_.notify_one();
+}
+
+bool QueuedLogSink::pushAccess(std::string line) {
+  const auto at = spdlog::log_clock::now();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (stopping_ || pending_access_ >= access_capacity_) return false;
+    pending_.push_back({std::move(line), at, true});
+    ++pending_access_;
+  }
+  wake_.notify_one();
+  return true;
+}
+
+void QueuedLogSink::setAccessCapacity(size_t n) {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  access_capacity_ = n;
+  pending_.reserve(capacity_ + access_capacity_);
+}
+
+void QueuedLogSink::formatAccess(const Entry& entry, std::string& scratch,
+                                 spdlog::memory_buf_t& out) {
+  scratch.assign("access ");
+  scratch.append(entry.text);
+  const spdlog::details::log_msg msg(entry.at, spdlog::source_loc{}, logger_name_,
+                                     spdlog::level::info, scratch);
+  out.clear();
+  std::lock_guard<std::mutex> lock(mutex_);
+  formatter_->format(msg, out);
 }
 
 bool QueuedLogSink::expired() const {
@@ -89,7 +118,7 @@ bool QueuedLogSink::expired() const {
   return deadline != 0 && nowNs() >= deadline;
 }
 
-bool QueuedLogSink::writeLine(const std::string& line) {
+bool QueuedLogSink::writeLine(std::string_view line) {
   size_t done = 0;
   while (done < line.size()) {
     if (expired()) return false;
@@ -110,15 +139,23 @@ bool QueuedLogSink::writeLine(const std::string& line) {
 }
 
 void QueuedLogSink::run() {
-  std::vector<std::string> batch;
-  batch.reserve(capacity_);
+  std::vector<Entry> batch;
+  std::string scratch;
+  spdlog::memory_buf_t formatted;
   std::unique_lock<std::mutex> lock(queue_mu_);
+  batch.reserve(pending_.capacity());
   while (true) {
     wake_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
     if (pending_.empty()) return;  // stopping, and everything written
     batch.swap(pending_);
+    pending_access_ = 0;
     lock.unlock();
-    for (const std::string& line : batch) {
+    for (const Entry& entry : batch) {
+      std::string_view line = entry.text;
+      if (entry.access) {
+        formatAccess(entry, scratch, formatted);
+        line = std::string_view(formatted.data(), formatted.size());
+      }
       if (!writeLine(line)) dropped_.fetch_add(1, std::memory_order_relaxed);
     }
     batch.clear();
@@ -126,6 +163,7 @@ void QueuedLogSink::run() {
     if (expired()) {
       dropped_.fetch_add(pending_.size(), std::memory_order_relaxed);
       pending_.clear();
+      pending_access_ = 0;
       return;
     }
   }
@@ -136,12 +174,21 @@ uint64_t droppedLogLines() {
   return sink ? sink->dropped() : 0;
 }
 
-void installQueuedLogger(const std::string& name, const std::string& pattern) {
+void installQueuedLogger(const std::string& name, const std::string& pattern,
+                         size_t access_capacity) {
   auto sink = std::make_shared<QueuedLogSink>(STDOUT_FILENO, 8192);
+  sink->setAccessCapacity(access_capacity);
+  sink->setLoggerName(name);
   installedSink() = sink;
   auto logger = std::make_shared<spdlog::logger>(name, sink);
   logger->set_pattern(pattern);
   spdlog::set_default_logger(logger);
+}
+
+bool pushAccessLine(std::string line) {
+  if (const auto& sink = installedSink()) return sink->pushAccess(std::move(line));
+  spdlog::info("access {}", line);
+  return true;
 }
 
 void stopQueuedLogger(std::chrono::milliseconds grace) {

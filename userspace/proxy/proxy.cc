@@ -21,9 +21,9 @@
 #include <thread>
 
 #include "loop/user_data.h"
-#include "proxy/access_log.h"
 #include "proxy/admin.h"
 #include "proxy/ebpf_fast_path.h"
+#include "proxy/log_sink.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
 
@@ -202,7 +202,6 @@ struct WorkerStart {
   RouterFactory routers;
   int done_fd;
   unsigned index;
-  AccessLogQueue* access_log;
   std::shared_ptr<const RelayMaps> kernel_relay;
   std::shared_ptr<tls::IdentityStore> identity;
 };
@@ -223,8 +222,8 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   settings.kernel_relay = start.kernel_relay;
   Worker worker(**ring, sockets, wt.stats, start.routers, settings);
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
-  AccessLogQueue* queue = start.access_log;
-  worker.setAccessLog([queue](std::string line) { return queue->push(std::move(line)); });
+  // The lines go through the log sink's queue (log_sink.h); the worker never waits for stdout.
+  worker.setAccessLog([](std::string line) { return pushAccessLine(std::move(line)); });
   worker.setIdentity(start.identity);
   struct Spec {
     SocketAddress at;
@@ -372,7 +371,6 @@ class Control final : public loop::CompletionHandler {
   Result<std::shared_ptr<const RelayMaps>> resolveRelay();
 
   // Declared before workers_: it outlives the workers that push into it.
-  std::unique_ptr<AccessLogQueue> access_log_;
   std::vector<std::unique_ptr<WorkerThread>> workers_;
   bool workers_started_ = false;
   int done_fd_ = -1;
@@ -501,8 +499,6 @@ int Control::run() {
 }
 
 int Control::startWorkers() {
-  access_log_ = std::make_unique<AccessLogQueue>(
-      options_.access_log_queue, [](const std::string& line) { spdlog::info("access {}", line); });
   done_fd_ = eventfd(0, EFD_CLOEXEC);
   if (done_fd_ < 0) {
     spdlog::critical("eventfd: {}", std::strerror(errno));
@@ -523,8 +519,7 @@ int Control::startWorkers() {
     }
     std::promise<Result<void>> promise;
     auto started = promise.get_future();
-    WorkerStart start{&options_, settings_,         table_, routers_, done_fd_,
-                      i,         access_log_.get(), *relay, identity_};
+    WorkerStart start{&options_, settings_, table_, routers_, done_fd_, i, *relay, identity_};
     WorkerThread& ref = *wt;
     wt->thread = std::thread(workerMain, std::ref(ref), std::move(start), std::move(promise));
     workers_.push_back(std::move(wt));
