@@ -55,6 +55,30 @@ bool retriableStatus(const routing::RetryPolicy& policy, int status) {
   return false;
 }
 
+// The generated x-request-id: UUID-shaped, the version and variant nibbles fixed (4, 8), from a
+// per-worker counter `a` and the clock `b`. Written by hand rather than with fmt::format: it is
+// made for nearly every request.
+void writeRequestId(uint64_t a, uint64_t b, std::string& out) {
+  static constexpr std::string_view kHex = "0123456789abcdef";
+  std::array<char, 36> buf{};
+  size_t at = 0;
+  auto hex = [&](uint64_t v, int digits) {
+    for (int i = digits - 1; i >= 0; --i) buf[at++] = kHex[(v >> (4 * i)) & 0xf];
+  };
+  hex(b >> 32, 8);
+  buf[at++] = '-';
+  hex(b >> 16, 4);
+  buf[at++] = '-';
+  buf[at++] = '4';
+  hex(b, 3);
+  buf[at++] = '-';
+  buf[at++] = '8';
+  hex(a >> 48, 3);
+  buf[at++] = '-';
+  hex(a, 12);
+  out.assign(buf.data(), at);
+}
+
 // Drops the parsed prefix of a session's read-ahead: all of it when everything was parsed, else
 // once it is longer than a read (so the copy stays rare).
 void compactReadAhead(std::string& in, size_t& off) {
@@ -577,14 +601,13 @@ void HttpProxy::handleRequest(uint32_t slot) {
     // Unique per worker and request; not a secret, only a correlation id.
     const uint64_t a = ++request_counter_ ^ (reinterpret_cast<uintptr_t>(this) << 16);
     const auto b = static_cast<uint64_t>(now_.time_since_epoch().count());
-    s.request_id =
-        fmt::format("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (b >> 32) & 0xffffffff,
-                    (b >> 16) & 0xffff, b & 0xfff, (a >> 48) & 0xfff, a & 0xffffffffffffULL);
+    writeRequestId(a, b, s.request_id);
   }
   if (s.port != nullptr) {
     s.service_name = s.port->service;
-    std::vector<routing::HeaderField> fields;
-    fields.reserve(h.headerCount());
+    // Reused across requests: no allocation once it has grown to the usual field count.
+    std::vector<routing::HeaderField>& fields = match_fields_;
+    fields.clear();
     for (size_t i = 0; i < h.headerCount(); ++i) {
       const http::HeaderField f = h.header(i);
       fields.push_back({f.name, f.value});
@@ -1205,9 +1228,14 @@ void HttpProxy::processResponse(uint32_t slot, uint32_t up) {
         http::ResponseHeadOptions options;
         options.edits = edits.empty() ? nullptr : &edits;
         options.close = s.close_after && !h.upgrade();
-        std::string head;
-        http::writeResponseHead(h, options, head);
-        queueSend(s.client, head);
+        if (s.client.tls) {
+          std::string head;
+          http::writeResponseHead(h, options, head);
+          queueSend(s.client, head);
+        } else {
+          // Plaintext: written straight into the send queue (what queueSend would copy it to).
+          http::writeResponseHead(h, options, s.client.pending);
+        }
         if (h.upgrade() && h.framing() == http::Framing::kTunnel) {
           u.in.erase(0, off);
           startTunnel(slot, up);

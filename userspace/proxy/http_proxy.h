@@ -319,6 +319,8 @@ class HttpProxy {
   Health health_{this};
   bool draining_ = false;
   uint64_t request_counter_ = 0;
+  // Scratch of handleRequest: the request's fields as the route matcher takes them.
+  std::vector<routing::HeaderField> match_fields_;
 
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
   std::multiset<std::chrono::steady_clock::time_point> armed_;  // engine timers in the ring
