@@ -10,7 +10,6 @@ namespace remora::http {
 using detail::isOws;
 using detail::isTchar;
 using detail::isToken;
-using detail::lower;
 using detail::trimOws;
 
 namespace {
