@@ -1568,16 +1568,30 @@ void HttpProxy::recordRequest(const Session& s) {
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count());
   // Inbound under a security configuration: the peer's principal, "unknown" for plaintext, as
   // the inbound remora_tcp_* series carry it (docs/TLS.md).
-  std::string principal;
+  std::string_view principal;
   if (s.kind == ListenerKind::kInbound && s.table && s.table->security) {
-    principal = s.client.peer_principal.empty() ? "unknown" : s.client.peer_principal;
+    principal = s.client.peer_principal.empty() ? std::string_view("unknown")
+                                                : std::string_view(s.client.peer_principal);
   }
-  stats_
-      .requests(RequestKey{s.service_name, s.subset_name, static_cast<uint16_t>(s.status),
-                           s.flags.empty() ? "-" : s.flags, principal})
-      .inc();
-  stats_.durations(EndpointKey{s.service_name, s.subset_name, "", std::move(principal)})
-      .observe(ms);
+  const std::string_view flags = s.flags.empty() ? std::string_view("-") : s.flags;
+  const auto code = static_cast<uint16_t>(s.status);
+  // Consecutive requests nearly always share their labels: the series of the last one are
+  // reused without building the keys (their strings) and looking them up again.
+  RecordedSeries& last = last_series_;
+  if (last.requests == nullptr || last.code != code || last.service != s.service_name ||
+      last.subset != s.subset_name || last.flags != flags || last.principal != principal) {
+    last.service = s.service_name;
+    last.subset = s.subset_name;
+    last.code = code;
+    last.flags = flags;
+    last.principal = principal;
+    last.requests = &stats_.requests(RequestKey{s.service_name, s.subset_name, code,
+                                                std::string(flags), std::string(principal)});
+    last.durations =
+        &stats_.durations(EndpointKey{s.service_name, s.subset_name, "", std::string(principal)});
+  }
+  last.requests->inc();
+  last.durations->observe(ms);
   if (access_log_ && settings_.access_log) logRequest(s);
 }
 
