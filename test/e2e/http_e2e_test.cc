@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -498,8 +499,17 @@ TEST_F(HttpE2e, NinetyTenIsExactPerRequestOverOneKeepAliveConnection) {
   EXPECT_EQ(lines(out).size(), 100u) << out;
   EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV1Reply + "\""), 90u) << out;
   EXPECT_EQ(countOf(out, std::string("\"body\": \"") + kV2Reply + "\""), 10u) << out;
-  // x-request-id is generated when the client sent none.
+  // x-request-id is generated when the client sent none: UUID-shaped (version 4, variant 8),
+  // and a different one for each request.
   EXPECT_EQ(countOf(out, "\"rid\": \"-\""), 0u) << out;
+  const std::regex rid_re(
+      "\"rid\": \"([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-8[0-9a-f]{3}-[0-9a-f]{12})\"");
+  std::set<std::string> rids;
+  for (const std::string& line : lines(out)) {
+    std::smatch m;
+    if (std::regex_search(line, m, rid_re)) rids.insert(m[1]);
+  }
+  EXPECT_EQ(rids.size(), 100u) << out;
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("remora_requests_total{destination_service=\"bill-service.istio-demo\","
                    "destination_subset=\"v1\",response_code=\"200\",response_flags=\"-\"} 90"),

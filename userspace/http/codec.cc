@@ -10,7 +10,6 @@ namespace remora::http {
 using detail::isOws;
 using detail::isTchar;
 using detail::isToken;
-using detail::lower;
 using detail::trimOws;
 
 namespace {
@@ -67,14 +66,6 @@ bool isValidAuthority(std::string_view s) {
 }
 
 }  // namespace
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
 
 int httpStatus(ParseError e) {
   switch (e) {

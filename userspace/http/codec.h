@@ -252,8 +252,18 @@ class Parser {
   bool responding_to_connect_ = false;
 };
 
-// Case-insensitive ASCII comparison for field names and tokens.
-bool equalsIgnoreCase(std::string_view a, std::string_view b);
+// Case-insensitive ASCII comparison for field names and tokens. Inline: the parser and the
+// serializers call it for every field against several names, and most calls end at the size
+// check.
+inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const char x = (a[i] >= 'A' && a[i] <= 'Z') ? static_cast<char>(a[i] + 32) : a[i];
+    const char y = (b[i] >= 'A' && b[i] <= 'Z') ? static_cast<char>(b[i] + 32) : b[i];
+    if (x != y) return false;
+  }
+  return true;
+}
 
 // Heuristic for unnamed ports: do the first bytes look like an HTTP/1.x request line? kNeedMore
 // until a verdict is possible (at most one line; the caller bounds the wait).

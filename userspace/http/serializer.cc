@@ -2,6 +2,8 @@
 // and the replies the proxy makes itself.
 #include <array>
 #include <charconv>
+#include <string_view>
+#include <vector>
 
 #include "http/chars.h"
 #include "http/codec.h"
@@ -45,21 +47,47 @@ bool isProtected(std::string_view name) {
          equalsIgnoreCase(name, "host");
 }
 
-bool namedByConnection(const MessageHead& head, std::string_view name) {
-  if (isProtected(name)) return false;
-  for (size_t i = 0; i < head.headerCount(); ++i) {
-    HeaderField f = head.header(i);
-    if (!equalsIgnoreCase(f.name, "connection")) continue;
-    std::string_view v = f.value;
-    while (!v.empty()) {
-      size_t comma = v.find(',');
-      if (equalsIgnoreCase(trimOws(v.substr(0, comma)), name)) return true;
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
+// The field names the Connection fields of a head list (RFC 9110 7.6.1), gathered once per head
+// so that each forwarded field is checked against a short list instead of every field again.
+// Protected names are left out: they are never dropped.
+class ConnectionOptions {
+ public:
+  explicit ConnectionOptions(const MessageHead& head) {
+    for (size_t i = 0; i < head.headerCount(); ++i) {
+      HeaderField f = head.header(i);
+      if (!equalsIgnoreCase(f.name, "connection")) continue;
+      std::string_view v = f.value;
+      while (!v.empty()) {
+        size_t comma = v.find(',');
+        std::string_view token = trimOws(v.substr(0, comma));
+        if (!token.empty() && !isProtected(token)) add(token);
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+      }
     }
   }
-  return false;
-}
+  bool names(std::string_view name) const {
+    for (size_t i = 0; i < inline_count_; ++i) {
+      if (equalsIgnoreCase(inline_[i], name)) return true;
+    }
+    for (std::string_view t : more_) {
+      if (equalsIgnoreCase(t, name)) return true;
+    }
+    return false;
+  }
+
+ private:
+  void add(std::string_view token) {
+    if (inline_count_ < inline_.size()) {
+      inline_[inline_count_++] = token;
+    } else {
+      more_.push_back(token);
+    }
+  }
+  std::array<std::string_view, 8> inline_{};
+  size_t inline_count_ = 0;
+  std::vector<std::string_view> more_;  // a Connection field with more than 8 options
+};
 
 bool editedAway(const HeaderEdits* edits, std::string_view name) {
   if (edits == nullptr) return false;
@@ -91,14 +119,14 @@ void appendEditsAndExtra(std::string& out, const HeaderEdits* edits,
 template <typename Skip>
 void appendForwardedFields(std::string& out, const MessageHead& head, bool keep_upgrade,
                            const HeaderEdits* edits, Skip&& skip) {
-  bool has_connection = head.has("connection");
+  const ConnectionOptions connection_options(head);
   for (size_t i = 0; i < head.headerCount(); ++i) {
     HeaderField f = head.header(i);
     if (keep_upgrade && equalsIgnoreCase(f.name, "upgrade")) {
       appendField(out, f.name, f.value);
       continue;
     }
-    if (isHopByHop(f.name) || (has_connection && namedByConnection(head, f.name))) continue;
+    if (isHopByHop(f.name) || connection_options.names(f.name)) continue;
     if (head.framing() == Framing::kContentLength && equalsIgnoreCase(f.name, "content-length")) {
       continue;
     }

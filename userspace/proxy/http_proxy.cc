@@ -55,6 +55,30 @@ bool retriableStatus(const routing::RetryPolicy& policy, int status) {
   return false;
 }
 
+// The generated x-request-id: UUID-shaped, the version and variant nibbles fixed (4, 8), from a
+// per-worker counter `a` and the clock `b`. Written by hand rather than with fmt::format: it is
+// made for nearly every request.
+void writeRequestId(uint64_t a, uint64_t b, std::string& out) {
+  static constexpr std::string_view kHex = "0123456789abcdef";
+  std::array<char, 36> buf{};
+  size_t at = 0;
+  auto hex = [&](uint64_t v, int digits) {
+    for (int i = digits - 1; i >= 0; --i) buf[at++] = kHex[(v >> (4 * i)) & 0xf];
+  };
+  hex(b >> 32, 8);
+  buf[at++] = '-';
+  hex(b >> 16, 4);
+  buf[at++] = '-';
+  buf[at++] = '4';
+  hex(b, 3);
+  buf[at++] = '-';
+  buf[at++] = '8';
+  hex(a >> 48, 3);
+  buf[at++] = '-';
+  hex(a, 12);
+  out.assign(buf.data(), at);
+}
+
 // Drops the parsed prefix of a session's read-ahead: all of it when everything was parsed, else
 // once it is longer than a read (so the copy stays rare).
 void compactReadAhead(std::string& in, size_t& off) {
@@ -577,14 +601,13 @@ void HttpProxy::handleRequest(uint32_t slot) {
     // Unique per worker and request; not a secret, only a correlation id.
     const uint64_t a = ++request_counter_ ^ (reinterpret_cast<uintptr_t>(this) << 16);
     const auto b = static_cast<uint64_t>(now_.time_since_epoch().count());
-    s.request_id =
-        fmt::format("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (b >> 32) & 0xffffffff,
-                    (b >> 16) & 0xffff, b & 0xfff, (a >> 48) & 0xfff, a & 0xffffffffffffULL);
+    writeRequestId(a, b, s.request_id);
   }
   if (s.port != nullptr) {
     s.service_name = s.port->service;
-    std::vector<routing::HeaderField> fields;
-    fields.reserve(h.headerCount());
+    // Reused across requests: no allocation once it has grown to the usual field count.
+    std::vector<routing::HeaderField>& fields = match_fields_;
+    fields.clear();
     for (size_t i = 0; i < h.headerCount(); ++i) {
       const http::HeaderField f = h.header(i);
       fields.push_back({f.name, f.value});
@@ -1205,9 +1228,14 @@ void HttpProxy::processResponse(uint32_t slot, uint32_t up) {
         http::ResponseHeadOptions options;
         options.edits = edits.empty() ? nullptr : &edits;
         options.close = s.close_after && !h.upgrade();
-        std::string head;
-        http::writeResponseHead(h, options, head);
-        queueSend(s.client, head);
+        if (s.client.tls) {
+          std::string head;
+          http::writeResponseHead(h, options, head);
+          queueSend(s.client, head);
+        } else {
+          // Plaintext: written straight into the send queue (what queueSend would copy it to).
+          http::writeResponseHead(h, options, s.client.pending);
+        }
         if (h.upgrade() && h.framing() == http::Framing::kTunnel) {
           u.in.erase(0, off);
           startTunnel(slot, up);
@@ -1540,16 +1568,30 @@ void HttpProxy::recordRequest(const Session& s) {
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count());
   // Inbound under a security configuration: the peer's principal, "unknown" for plaintext, as
   // the inbound remora_tcp_* series carry it (docs/TLS.md).
-  std::string principal;
+  std::string_view principal;
   if (s.kind == ListenerKind::kInbound && s.table && s.table->security) {
-    principal = s.client.peer_principal.empty() ? "unknown" : s.client.peer_principal;
+    principal = s.client.peer_principal.empty() ? std::string_view("unknown")
+                                                : std::string_view(s.client.peer_principal);
   }
-  stats_
-      .requests(RequestKey{s.service_name, s.subset_name, static_cast<uint16_t>(s.status),
-                           s.flags.empty() ? "-" : s.flags, principal})
-      .inc();
-  stats_.durations(EndpointKey{s.service_name, s.subset_name, "", std::move(principal)})
-      .observe(ms);
+  const std::string_view flags = s.flags.empty() ? std::string_view("-") : s.flags;
+  const auto code = static_cast<uint16_t>(s.status);
+  // Consecutive requests nearly always share their labels: the series of the last one are
+  // reused without building the keys (their strings) and looking them up again.
+  RecordedSeries& last = last_series_;
+  if (last.requests == nullptr || last.code != code || last.service != s.service_name ||
+      last.subset != s.subset_name || last.flags != flags || last.principal != principal) {
+    last.service = s.service_name;
+    last.subset = s.subset_name;
+    last.code = code;
+    last.flags = flags;
+    last.principal = principal;
+    last.requests = &stats_.requests(RequestKey{s.service_name, s.subset_name, code,
+                                                std::string(flags), std::string(principal)});
+    last.durations =
+        &stats_.durations(EndpointKey{s.service_name, s.subset_name, "", std::string(principal)});
+  }
+  last.requests->inc();
+  last.durations->observe(ms);
   if (access_log_ && settings_.access_log) logRequest(s);
 }
 

@@ -319,6 +319,20 @@ class HttpProxy {
   Health health_{this};
   bool draining_ = false;
   uint64_t request_counter_ = 0;
+  // The metric series of the last request recorded, with their labels (recordRequest).
+  // WorkerStats never removes a series, so the pointers stay valid.
+  struct RecordedSeries {
+    std::string service;
+    std::string subset;
+    uint16_t code = 0;
+    std::string flags;
+    std::string principal;
+    Counter* requests = nullptr;
+    DurationHistogram* durations = nullptr;
+  };
+  RecordedSeries last_series_;
+  // Scratch of handleRequest: the request's fields as the route matcher takes them.
+  std::vector<routing::HeaderField> match_fields_;
 
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
   std::multiset<std::chrono::steady_clock::time_point> armed_;  // engine timers in the ring
