@@ -310,6 +310,171 @@ TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaint
   EXPECT_EQ(countOf(client("GET /c,GET /d"), "\"status\": 200"), 2U);
 }
 
+// The world with the Service's ports unnamed (no appProtocol): "auto", sniffed. 9999 → the HTTP
+// backends, 7777 → an echo server on 7000.
+std::string autoWorld() {
+  std::string w = kWorld;
+  const std::string named = "ports: [{name: http, port: 9999, targetPort: 80}]";
+  w.replace(w.find(named), named.size(),
+            "ports: [{name: web, port: 9999, targetPort: 80}, {name: echo, port: 7777, "
+            "targetPort: 7000}]");
+  return w;
+}
+
+constexpr const char* kDenyAdmin = R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: istio-demo}
+spec:
+  selector: {matchLabels: {app: bill-service}}
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ["80"], paths: ["/admin/*"]}}]
+)";
+
+// port: echoes what each connection sends.
+constexpr const char* kEcho = R"PY(
+import sys
+port = int(sys.argv[1])
+ls = listener(port)
+print("ready", flush=True)
+def serve(c):
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+)PY";
+
+// A client-first, non-HTTP protocol to the echo Service: prints what came back.
+constexpr const char* kRawClient = R"PY(
+import socket
+s = socket.create_connection(("10.1.122.241", 7777), timeout=10)
+msg = b"\x01raw-bytes\n"
+s.sendall(msg)
+got = b""
+while len(got) < len(msg):
+    d = s.recv(4096)
+    if not d:
+        break
+    got += d
+print("echo ok" if got == msg else "echo wrong: %r" % got, flush=True)
+)PY";
+
+class TlsSniffE2e : public TlsHttpE2e {
+ protected:
+  void SetUp() override {
+    TlsHttpE2e::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    std::ofstream(dir_ + "/echo.py") << kPythonPrelude << kEcho;
+    std::ofstream(dir_ + "/raw.py") << kRawClient;
+    for (const Pod* pod : {&v1_, &v2_}) {
+      backends_.push_back(world_->spawn(*pod, {kPython, dir_ + "/echo.py", "7000"}));
+      ASSERT_TRUE(backends_.back()->waitForLine("ready", 10000)) << backends_.back()->output();
+    }
+  }
+  std::vector<int> statuses(const std::string& out) {
+    std::vector<int> got;
+    std::regex re("\"status\": (\\d+)");
+    for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
+      got.push_back(std::stoi((*it)[1]));
+    }
+    return got;
+  }
+  // The sum over both bill pods of requestsWith(label).
+  long billRequestsWith(const std::string& label) {
+    return requestsWith(v1_, label) + requestsWith(v2_, label);
+  }
+  long billMetric(const std::string& key) {
+    return std::max(0L, metric(v1_, key)) + std::max(0L, metric(v2_, key));
+  }
+  static constexpr const char* kFrontPrincipal =
+      "source_principal=\"cluster.local/ns/istio-demo/sa/front\"";
+};
+
+// An unnamed port under PERMISSIVE mTLS, with per-request routes at the front (so the front's
+// proxy sniffs, and its L7 path originates mTLS offering Istio's HTTP ALPN): the bill proxies
+// terminate the mTLS, see HTTP by the ALPN and serve each request on the L7 path (metrics, a
+// DENY on a path per request); a raw TCP client over mTLS is still relayed; a plaintext HTTP
+// client without a sidecar still gets the L7 path.
+TEST_F(TlsSniffE2e, UnnamedPortOverPermissiveMtlsGetsL7PerRequest) {
+  startAll(autoWorld() + peerAuthentication("PERMISSIVE") + kSplit9010 + kDenyAdmin);
+  const std::string out = client("GET /a,GET /admin/x,GET /b,GET /c");
+  EXPECT_EQ(statuses(out), (std::vector<int>{200, 403, 200, 200})) << out;
+  EXPECT_EQ(countOf(out, "RBAC: access denied"), 1U) << out;
+  EXPECT_EQ(connections(out), 1U) << out;
+  // Per request, under the front's identity, on whichever bill pod each went to.
+  long served = 0;
+  for (const Pod* pod : {&v1_, &v2_}) {
+    std::istringstream lines(metrics(*pod));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("remora_requests_total{", 0) == 0 &&
+          line.find(kFrontPrincipal) != std::string::npos &&
+          line.find("response_code=\"200\"") != std::string::npos) {
+        served += std::stol(line.substr(line.rfind(' ') + 1));
+      }
+    }
+  }
+  EXPECT_EQ(served, 3) << metrics(v1_) << metrics(v2_);
+  EXPECT_EQ(billMetric("remora_authz_decisions_total{decision=\"deny\"}"), 1);
+  EXPECT_GE(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), 1);
+  EXPECT_GE(billMetric("remora_protocol_sniff_total{result=\"http\"}"), 1);
+
+  // Raw TCP over mTLS: the front finds no HTTP and relays with Istio's TCP ALPN; the bill proxy
+  // terminates the mTLS and relays it to the echo server.
+  const long tcp_before = billMetric("remora_protocol_sniff_total{result=\"tcp\"}");
+  const long tls_before = billMetric("remora_tls_permissive_total{detected=\"tls\"}");
+  auto raw = world_->exec(front_, {kPython, dir_ + "/raw.py"});
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->out, "echo ok\n") << raw->err;
+  EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"tcp\"}"), tcp_before + 1);
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), tls_before + 1);
+
+  // Plaintext HTTP from a pod without a sidecar: PERMISSIVE allows it, sniffed as before.
+  auto plain = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->out, std::string(kV1Reply) + "\n") << plain->err;
+  auto denied = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "-o", "/dev/null", "-w",
+                                       "%{http_code}", "http://10.244.1.168:80/admin/y"});
+  ASSERT_TRUE(denied.ok());
+  EXPECT_EQ(denied->out, "403") << denied->err;
+  EXPECT_EQ(requestsWith(v1_, "source_principal=\"unknown\""), 2) << metrics(v1_);
+}
+
+// Without per-request routes the front relays the unnamed port at L4 and its mTLS offers no
+// ALPN (it did not look at the bytes): the bill proxies sniff the decrypted stream and still
+// serve each request on the L7 path.
+TEST_F(TlsSniffE2e, UnnamedPortWithoutAnAlpnIsSniffedOnTheDecryptedStream) {
+  startAll(autoWorld() + peerAuthentication("PERMISSIVE") + kDenyAdmin);
+  const std::string out = client("GET /a,GET /admin/x,GET /b");
+  EXPECT_EQ(statuses(out), (std::vector<int>{200, 403, 200})) << out;
+  EXPECT_EQ(connections(out), 1U) << out;
+  EXPECT_EQ(billRequestsWith(kFrontPrincipal), 3) << metrics(v1_) << metrics(v2_);
+  EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"http\"}"), 1);
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), 1);
+  // The raw TCP client: no HTTP in the decrypted bytes, relayed.
+  auto raw = world_->exec(front_, {kPython, dir_ + "/raw.py"});
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->out, "echo ok\n") << raw->err;
+  EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"tcp\"}"), 1);
+
+  // STRICT (after a reload): a plaintext client of the unnamed port is refused at its first
+  // byte; the sidecar's mTLS requests are still served and authorized one by one.
+  writeConfig(autoWorld() + peerAuthentication("STRICT") + kDenyAdmin);
+  ASSERT_TRUE(waitFor([&] {
+    auto r = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
+    return r.ok() && r->exit_code != 0;
+  }));
+  EXPECT_GE(metric(v1_, "remora_tls_handshake_failures_total{reason=\"plaintext_refused\"}"), 1)
+      << metrics(v1_);
+  const std::string strict = client("GET /admin/z,GET /d");
+  EXPECT_EQ(statuses(strict), (std::vector<int>{403, 200})) << strict;
+}
+
 // The bill pods accept plaintext only (DISABLE) while the DestinationRule asks for ISTIO_MUTUAL:
 // the front's TLS handshake gets a plaintext 400 back and fails. Envoy flags that an upstream
 // connection failure (UF), not a reset (UC).

@@ -10,7 +10,10 @@
 #include <optional>
 
 #include "proxy/sniffer.h"
+#include "proxy/tls_connection.h"
 #include "proxy_fakes.h"
+#include "tls/tls_context.h"
+#include "tls_test_certs.h"
 
 namespace remora::proxy {
 namespace {
@@ -20,16 +23,64 @@ using testing::RecordedOp;
 
 class SnifferTest : public ::testing::Test {
  protected:
-  SnifferTest() : sniffer_(ring_, stats_, [this](Sniffed s) { verdict_ = std::move(s); }) {}
+  SnifferTest()
+      : sniffer_(
+            ring_, stats_, [this](Sniffed s) { verdict_ = std::move(s); },
+            [this] { return serverStream(); }) {}
   ~SnifferTest() override {
     if (verdict_ && verdict_->fd >= 0) ::close(verdict_->fd);
   }
 
-  void start() {
+  void start(security::MtlsMode mtls = security::MtlsMode::kDisable) {
     fd_ = ::eventfd(0, 0);
     ASSERT_GE(fd_, 0);
-    sniffer_.start(fd_, 3, dst_, std::chrono::milliseconds(100));
+    sniffer_.start(fd_, 3, dst_, std::chrono::milliseconds(100), mtls);
   }
+  // The sniffer's server streams (a workload "bill"), as terminateTls makes them.
+  std::unique_ptr<tls::TlsStream> serverStream() {
+    if (!server_ctx_) return nullptr;
+    auto s = tls::TlsStream::create(server_ctx_, tls::Role::kServer);
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  // A meshed client ("front") offering `alpn`, its ClientHello sent to the sniffer; then the
+  // handshake runs over the fake ring until the sniffer's sends are answered.
+  void tlsClient(std::vector<std::string> alpn, std::string_view request = {}) {
+    server_ctx_ = context(ca_.issue("spiffe://cluster.local/ns/istio-demo/sa/bill"));
+    tls::StreamOptions o;
+    o.alpn = std::move(alpn);
+    auto c = tls::TlsStream::create(context(ca_.issue(kFrontId)), tls::Role::kClient, o);
+    ASSERT_TRUE(c.ok());
+    client_ = std::move(*c);
+    if (!request.empty()) {
+      ASSERT_TRUE(client_->send({request.data(), request.size()}).ok());
+    }
+    ASSERT_TRUE(client_->start().ok());
+    std::string hello;
+    client_->takeCiphertext(hello);
+    clientSends(hello);
+    // ServerHello .. Finished: one send; the client answers with its Finished (and the request).
+    RecordedOp flight = last(RecordedOp::kSend);
+    std::string plain;
+    ASSERT_TRUE(client_->receive(flight.data, plain).ok());
+    ASSERT_TRUE(client_->established());
+    complete(flight.user_data, static_cast<int32_t>(flight.data.size()));
+    std::string finished;
+    client_->takeCiphertext(finished);
+    clientSends(finished);
+    // The session tickets go out before any verdict is handed on.
+    const size_t sends = count(RecordedOp::kSend);
+    ASSERT_EQ(sends, 2u);
+    RecordedOp tickets = last(RecordedOp::kSend);
+    ASSERT_TRUE(client_->receive(tickets.data, plain).ok());
+    EXPECT_FALSE(verdict_.has_value()) << "a verdict before the handshake's bytes were sent";
+    complete(tickets.user_data, static_cast<int32_t>(tickets.data.size()));
+  }
+  static std::shared_ptr<const tls::TlsContext> context(const tls::Credentials& c) {
+    auto ctx = tls::TlsContext::create(c, "cluster.local");
+    EXPECT_TRUE(ctx.ok());
+    return ctx.ok() ? *ctx : nullptr;
+  }
+  static constexpr const char* kFrontId = "spiffe://cluster.local/ns/istio-demo/sa/front";
   // The last operation of `kind` recorded.
   RecordedOp last(RecordedOp::Kind kind) {
     auto it = std::find_if(ring_.ops.rbegin(), ring_.ops.rend(),
@@ -57,6 +108,9 @@ class SnifferTest : public ::testing::Test {
 
   FakeRing ring_;
   WorkerStats stats_;
+  tls::testing::TestCa ca_{"sniffer-ca"};
+  std::shared_ptr<const tls::TlsContext> server_ctx_;
+  std::unique_ptr<tls::TlsStream> client_;
   std::optional<Sniffed> verdict_;
   Sniffer sniffer_;
   int fd_ = -1;
@@ -145,6 +199,129 @@ TEST_F(SnifferTest, AbortAllClosesWhatIsBeingSniffed) {
   EXPECT_FALSE(verdict_.has_value());
   EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
   ::close(fd_);  // the fake ring closes nothing
+}
+
+TEST(MeshAlpn, TheFirstOfIstiosProtocolsOfferedDecides) {
+  EXPECT_EQ(meshAlpnVerdict({"istio-http/1.1", "istio", "http/1.1"}), AlpnVerdict::kHttp);
+  EXPECT_EQ(meshAlpnVerdict({"istio-http/1.0", "istio", "http/1.0"}), AlpnVerdict::kHttp);
+  EXPECT_EQ(meshAlpnVerdict({"istio-peer-exchange", "istio"}), AlpnVerdict::kTcp);
+  EXPECT_EQ(meshAlpnVerdict({"istio"}), AlpnVerdict::kTcp);
+  // HTTP/2 is not spoken by the L7 path: relayed, as declared http2 ports are.
+  EXPECT_EQ(meshAlpnVerdict({"istio-h2", "istio", "h2"}), AlpnVerdict::kTcp);
+  EXPECT_EQ(meshAlpnVerdict({"h2", "http/1.1"}), AlpnVerdict::kUnknown);
+  EXPECT_EQ(meshAlpnVerdict({"http/1.1", "istio-http/1.1"}), AlpnVerdict::kHttp);
+  EXPECT_EQ(meshAlpnVerdict({}), AlpnVerdict::kUnknown);
+  // What Remora's own clients offer.
+  EXPECT_EQ(meshAlpnVerdict(kMeshHttpAlpn), AlpnVerdict::kHttp);
+  EXPECT_EQ(meshAlpnVerdict(kMeshTcpAlpn), AlpnVerdict::kTcp);
+}
+
+TEST_F(SnifferTest, PermissiveTlsWithAnIstioHttpAlpnIsHttpOverTheStream) {
+  const uint64_t tls_before = tls::counters().permissive_tls.load();
+  start(security::MtlsMode::kPermissive);
+  tlsClient(kMeshHttpAlpn);
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kHttp);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
+  ASSERT_TRUE(verdict_->tls);
+  EXPECT_TRUE(verdict_->tls->established());
+  EXPECT_EQ(verdict_->tls->peerIdentity(), kFrontId);
+  EXPECT_TRUE(verdict_->bytes.empty());  // decided by the ALPN, before any request
+  EXPECT_EQ(tls::counters().permissive_tls.load(), tls_before + 1);
+  EXPECT_EQ(stats_.counters().sniff_http.get(), 1u);
+  // The stream carries on: a request the client sends now is decrypted by the new owner.
+  ASSERT_TRUE(client_->send(std::string_view("GET / HTTP/1.1\r\n")).ok());
+  std::string wire, plain;
+  client_->takeCiphertext(wire);
+  ASSERT_TRUE(verdict_->tls->receive(wire, plain).ok());
+  EXPECT_EQ(plain, "GET / HTTP/1.1\r\n");
+}
+
+TEST_F(SnifferTest, StrictTlsWithTheTcpAlpnIsTcpWithoutWaiting) {
+  start(security::MtlsMode::kStrict);
+  tlsClient(kMeshTcpAlpn);
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTcp);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
+  ASSERT_TRUE(verdict_->tls);
+  EXPECT_EQ(stats_.counters().sniff_tcp.get(), 1u);
+}
+
+TEST_F(SnifferTest, TlsWithoutAnIstioAlpnIsSniffedOnTheDecryptedBytes) {
+  start(security::MtlsMode::kPermissive);
+  // The request rides with the client's Finished.
+  tlsClient({}, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kHttp);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
+  EXPECT_EQ(verdict_->bytes, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+}
+
+TEST_F(SnifferTest, TlsWithoutAnAlpnAndNoRequestWaitsTheTimeoutAgainThenRelays) {
+  start(security::MtlsMode::kPermissive);
+  tlsClient({});
+  EXPECT_FALSE(verdict_.has_value());
+  // The first timer (armed at accept) ends; the handshake moved the deadline, so it re-arms
+  // for the decrypted bytes' own wait, at most the detection timeout.
+  const RecordedOp first = ring_.ops[0];
+  ASSERT_EQ(first.kind, RecordedOp::kTimeout);
+  complete(first.user_data, -ETIME);
+  ASSERT_EQ(count(RecordedOp::kTimeout), 2u);
+  const RecordedOp again = last(RecordedOp::kTimeout);
+  EXPECT_LE(again.timeout, std::chrono::milliseconds(100));
+  EXPECT_FALSE(verdict_.has_value());
+  complete(again.user_data, -ETIME);
+  complete(last(RecordedOp::kRead).user_data, -ECANCELED);
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTimeout);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
+  EXPECT_TRUE(verdict_->tls);
+}
+
+TEST_F(SnifferTest, StrictRefusesAPlaintextClientAtItsFirstByte) {
+  const uint64_t refused = tls::counters().plaintext_refused.load();
+  start(security::MtlsMode::kStrict);
+  clientSends("GET / HTTP/1.1\r\n");
+  EXPECT_FALSE(verdict_.has_value());
+  EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
+  EXPECT_EQ(tls::counters().plaintext_refused.load(), refused + 1);
+  EXPECT_EQ(stats_.counters().resets_sent.get(), 1u);
+  ::close(fd_);  // the fake ring closes nothing
+}
+
+TEST_F(SnifferTest, PermissivePlaintextIsSniffedAsBeforeAndSaysSo) {
+  const uint64_t plain = tls::counters().permissive_plaintext.load();
+  start(security::MtlsMode::kPermissive);
+  clientSends("GET / HTTP/1.1\r\n");
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kHttp);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kPlaintext);
+  EXPECT_FALSE(verdict_->tls);
+  EXPECT_EQ(tls::counters().permissive_plaintext.load(), plain + 1);
+}
+
+TEST_F(SnifferTest, PermissiveSilenceIsPlaintextForTheApp) {
+  start(security::MtlsMode::kPermissive);
+  complete(last(RecordedOp::kTimeout).user_data, -ETIME);
+  complete(last(RecordedOp::kRead).user_data, -ECANCELED);
+  ASSERT_TRUE(verdict_.has_value());
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTimeout);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kPlaintext);
+}
+
+TEST_F(SnifferTest, AHandshakeThatStallsIsResetAfterItsBound) {
+  server_ctx_ = context(ca_.issue("spiffe://cluster.local/ns/istio-demo/sa/bill"));
+  start(security::MtlsMode::kStrict);
+  clientSends(std::string_view("\x16\x03\x01\x00\x05", 5));  // a hello that never ends
+  complete(ring_.ops[0].user_data, -ETIME);
+  ASSERT_EQ(count(RecordedOp::kTimeout), 2u);
+  const RecordedOp bound = last(RecordedOp::kTimeout);
+  EXPECT_GT(bound.timeout, std::chrono::milliseconds(5000));
+  EXPECT_FALSE(verdict_.has_value());
+  complete(bound.user_data, -ETIME);
+  EXPECT_FALSE(verdict_.has_value());
+  EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
+  ::close(fd_);
 }
 
 }  // namespace

@@ -138,6 +138,26 @@ TEST(TlsStream, MutualHandshakeCarriesDataBothWays) {
   EXPECT_TRUE(p.server->peerClosed());
 }
 
+TEST(TlsStream, TheServerSeesTheClientsAlpnOfferAndSelectsNothing) {
+  TestCa ca("test-ca");
+  auto c = context(ca.issue(kClientId));
+  auto s = context(ca.issue(kServerId));
+  StreamOptions offer{kServerId, nullptr, ""};
+  offer.alpn = {"istio-http/1.1", "istio", "http/1.1"};
+  Pipe p = connect(c, s, offer);
+  ASSERT_TRUE(p.client_ok && p.server_ok);
+  ASSERT_TRUE(p.server->established());
+  EXPECT_EQ(p.server->offeredAlpn(), offer.alpn);
+  // Without an offer there is nothing to see.
+  Pipe none = connect(c, s, {kServerId, nullptr, ""});
+  ASSERT_TRUE(none.server->established());
+  EXPECT_TRUE(none.server->offeredAlpn().empty());
+  // A name ALPN cannot carry is refused when the stream is made, never sent cut short.
+  StreamOptions bad{kServerId, nullptr, ""};
+  bad.alpn = {""};
+  EXPECT_FALSE(TlsStream::create(c, Role::kClient, bad).ok());
+}
+
 TEST(TlsStream, LargeTransferSurvivesSplitRecords) {
   TestCa ca("test-ca");
   auto p = connect(context(ca.issue(kClientId)), context(ca.issue(kServerId)));

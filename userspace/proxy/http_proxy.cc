@@ -298,7 +298,8 @@ bool HttpProxy::flushUpstream(uint32_t up) {
 // Sessions
 
 void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
-                      const SocketAddress& original_dst, std::string_view first_bytes) {
+                      const SocketAddress& original_dst, std::string_view first_bytes,
+                      std::unique_ptr<tls::TlsStream> client_tls) {
   auto slot = sessions_.acquire();
   if (!slot) {
     ::close(fd);
@@ -326,12 +327,13 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   }
   ++active_sessions_;
   stats_.counters().http_sessions.inc();
-  if (!secureSession(s.client, kind, original_dst)) {
+  if ((!client_tls && !secureSession(s.client, kind, original_dst)) ||
+      !secureSniffed(s.client, !first_bytes.empty(), std::move(client_tls))) {
     closeSession(*slot, true);
     return;
   }
   if (!first_bytes.empty()) {
-    // Sniffed (plaintext): the bytes already read start the first request.
+    // Sniffed: the bytes already read (decrypted over TLS) start the first request.
     s.in.assign(first_bytes);
     nextRequest(*slot);  // reads on when it needs more
     return;

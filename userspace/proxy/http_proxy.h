@@ -120,9 +120,12 @@ class HttpProxy {
   }
 
   // Takes over an accepted client connection (the fd is this object's from now on).
-  // `first_bytes`: what was read from it already (protocol sniffing), parsed first.
+  // `first_bytes`: what was read from it already (protocol sniffing), parsed first; with
+  // `client_tls` (the sniffer's established server stream) they are its decrypted bytes, and
+  // the session carries on over that stream.
   void adopt(int fd, ListenerKind kind, const SocketAddress& peer,
-             const SocketAddress& original_dst, std::string_view first_bytes = {});
+             const SocketAddress& original_dst, std::string_view first_bytes = {},
+             std::unique_ptr<tls::TlsStream> client_tls = nullptr);
 
   void onCompletion(const loop::Completion& c);
   // Called by the worker once per batch with the batch's time.
@@ -264,6 +267,9 @@ class HttpProxy {
   enum class TlsIn : uint8_t { kPlain, kFailed };
   // Inbound: PeerAuthentication's mode for a new session's client pipe; false: close it.
   bool secureSession(Pipe& client, ListenerKind kind, const SocketAddress& original_dst);
+  // A sniffed inbound client: its TLS stream (established, the peer identified) or, for
+  // plaintext first bytes, PERMISSIVE's detection settled. False: refused (STRICT plaintext).
+  bool secureSniffed(Pipe& client, bool first_bytes, std::unique_ptr<tls::TlsStream> client_tls);
   // Outbound: originates TLS on a new upstream connection to `endpoint` when mTLS applies.
   void secureUpstream(Pipe& io, ListenerKind kind, const routing::RouteTable* table,
                       const routing::ServicePort* port, const SocketAddress& endpoint);

@@ -31,13 +31,42 @@ bool HttpProxy::secureSession(Pipe& client, ListenerKind kind, const SocketAddre
   }
 }
 
+bool HttpProxy::secureSniffed(Pipe& client, bool first_bytes,
+                              std::unique_ptr<tls::TlsStream> client_tls) {
+  if (client_tls) {
+    client.tls = std::move(client_tls);
+    client.tls_identified = true;
+    security::ConnectionAttributes a;
+    identifyPeer(client.tls->peerIdentity(), a);
+    client.peer_principal = a.principal;
+    client.peer_namespace = a.source_namespace;
+    countInbound(a.principal, true);
+    return true;
+  }
+  if (!first_bytes) return true;
+  if (client.tls) {
+    // A reload made the port STRICT while the sniffer took the client for plaintext.
+    tls::TlsCounters::inc(tls::counters().plaintext_refused);
+    return false;
+  }
+  if (client.detect_tls) {
+    // PERMISSIVE: the sniffer saw (and counted) plaintext; later bytes are not looked at again.
+    client.detect_tls = false;
+    client.tls_identified = true;
+    countInbound("", false);
+  }
+  return true;
+}
+
 void HttpProxy::secureUpstream(Pipe& io, ListenerKind kind, const routing::RouteTable* table,
                                const routing::ServicePort* port, const SocketAddress& endpoint) {
   if (kind != ListenerKind::kOutbound || table == nullptr || !table->security || port == nullptr) {
     return;
   }
+  // HTTP/1.1 over mesh mTLS says so in its ALPN, as Istio's sidecars do: the server takes the
+  // connection to its HTTP path without sniffing.
   io.tls = originateTls(*table->security, identity_.get(), port->service, port->port, endpoint,
-                        session_cache_);
+                        session_cache_, kMeshHttpAlpn);
 }
 
 bool HttpProxy::tlsConnected(Pipe& io) {

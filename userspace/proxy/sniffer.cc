@@ -1,33 +1,62 @@
 #include "proxy/sniffer.h"
 
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include "http/codec.h"
 #include "loop/user_data.h"
+#include "proxy/tls_connection.h"
 
 namespace remora::proxy {
 namespace {
 
 uint8_t opByte(SniffOp op) { return static_cast<uint8_t>(op); }
 
+bool mtlsPossible(security::MtlsMode mode) {
+  return mode == security::MtlsMode::kStrict || mode == security::MtlsMode::kPermissive;
+}
+
 }  // namespace
+
+AlpnVerdict meshAlpnVerdict(const std::vector<std::string>& offered) {
+  for (const std::string& p : offered) {
+    if (p == "istio-http/1.0" || p == "istio-http/1.1") return AlpnVerdict::kHttp;
+    if (p == "istio" || p == "istio-peer-exchange" || p == "istio-h2") return AlpnVerdict::kTcp;
+  }
+  return AlpnVerdict::kUnknown;
+}
 
 struct Sniffer::Pending {
   int fd = -1;
   uint32_t listener = 0;
   SocketAddress original_dst;
-  std::string bytes;
+  std::string bytes;  // plaintext (decrypted once TLS is established)
   std::unique_ptr<char[]> rbuf;
   bool reading = false;
   bool timer_armed = false;
   bool timed_out = false;
   bool done = false;
+  security::MtlsMode mtls = security::MtlsMode::kDisable;
+  Sniffed::Transport transport = Sniffed::Transport::kUndecided;
+  std::chrono::milliseconds timeout{0};
+  // When the wait ends: the first bytes' (and then the decrypted bytes') detection timeout, or
+  // the handshake's. The timer re-arms itself until then.
+  std::chrono::steady_clock::time_point deadline;
+  std::chrono::steady_clock::time_point armed_until;  // the deadline the timer in flight is for
+  std::unique_ptr<tls::TlsStream> stream;
+  bool handshake_done = false;
+  std::string out;      // ciphertext for the client, not yet sent
+  std::string sending;  // the ciphertext of the send in flight
+  bool writing = false;
+  bool finishing = false;  // decided, waiting for `sending` and `out` to go
+  Sniffed::Verdict verdict = Sniffed::Verdict::kTcp;
 };
 
-Sniffer::Sniffer(loop::Ring& ring, WorkerStats& stats, Done done)
-    : ring_(ring), stats_(stats), done_(std::move(done)) {}
+Sniffer::Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server)
+    : ring_(ring), stats_(stats), done_(std::move(done)), make_server_(std::move(make_server)) {}
 
 Sniffer::~Sniffer() {
   for (size_t i = 0; i < pending_.size(); ++i) {
@@ -39,7 +68,7 @@ Sniffer::~Sniffer() {
 }
 
 void Sniffer::start(int fd, uint32_t listener, const SocketAddress& original_dst,
-                    std::chrono::milliseconds timeout) {
+                    std::chrono::milliseconds timeout, security::MtlsMode mtls) {
   auto slot = pending_.acquire();
   if (!slot) {
     ::close(fd);
@@ -55,6 +84,10 @@ void Sniffer::start(int fd, uint32_t listener, const SocketAddress& original_dst
   p.fd = fd;
   p.listener = listener;
   p.original_dst = original_dst;
+  p.mtls = mtls;
+  p.timeout = timeout;
+  p.deadline = std::chrono::steady_clock::now() + timeout;
+  p.armed_until = p.deadline;
   p.timer_armed = true;
   ring_.timeout(timeout, pending_.track(opByte(SniffOp::kTimer), *slot));
   read(*slot);
@@ -63,8 +96,9 @@ void Sniffer::start(int fd, uint32_t listener, const SocketAddress& original_dst
 void Sniffer::read(uint32_t slot) {
   Pending& p = *pending_[slot];
   p.reading = true;
-  ring_.read(p.fd, {p.rbuf.get(), kMaxBytes - p.bytes.size()},
-             pending_.track(opByte(SniffOp::kRead), slot));
+  // Over TLS the read buffer holds ciphertext and the plaintext grows elsewhere.
+  const size_t room = p.stream ? kMaxBytes : kMaxBytes - p.bytes.size();
+  ring_.read(p.fd, {p.rbuf.get(), room}, pending_.track(opByte(SniffOp::kRead), slot));
 }
 
 void Sniffer::onCompletion(const loop::Completion& c) {
@@ -81,6 +115,9 @@ void Sniffer::onCompletion(const loop::Completion& c) {
     case SniffOp::kTimer:
       onTimer(*slot, c);
       break;
+    case SniffOp::kWrite:
+      onWrite(*slot, c);
+      break;
     case SniffOp::kCancel:
       break;
   }
@@ -92,47 +129,193 @@ void Sniffer::onRead(uint32_t slot, const loop::Completion& c) {
   p.reading = false;
   if (p.done) return;
   if (c.res > 0) {
-    p.bytes.append(p.rbuf.get(), static_cast<size_t>(c.res));
-    switch (http::sniffRequest(p.bytes)) {
-      case http::Sniff::kHttp:
-        finish(slot, Sniffed::Verdict::kHttp);
-        return;
-      case http::Sniff::kNotHttp:
-        finish(slot, Sniffed::Verdict::kTcp);
-        return;
-      case http::Sniff::kNeedMore:
-        break;
+    const std::string_view got(p.rbuf.get(), static_cast<size_t>(c.res));
+    if (p.transport == Sniffed::Transport::kUndecided && mtlsPossible(p.mtls) &&
+        !decideTransport(slot, got.front())) {
+      return;
     }
-    if (p.timed_out) {
-      finish(slot, Sniffed::Verdict::kTimeout);
-    } else if (p.bytes.size() >= kMaxBytes) {
-      finish(slot, Sniffed::Verdict::kTcp);
-    } else {
-      read(slot);
+    if (p.stream) {
+      onTlsBytes(slot, got);
+      return;
     }
+    p.bytes.append(got);
+    sniffBytes(slot);
     return;
   }
   if ((c.res == -EINTR || c.res == -EAGAIN) && !p.timed_out) {
     read(slot);
     return;
   }
+  if (p.stream && !p.handshake_done) {
+    // Gone (or cancelled) before the handshake was done: the app never hears of it.
+    closeNow(slot, /*reset=*/true);
+    return;
+  }
+  if (p.transport == Sniffed::Transport::kUndecided && p.mtls == security::MtlsMode::kPermissive) {
+    // Closed or silent before a first byte: plaintext as far as PERMISSIVE can tell, and the
+    // app may speak first.
+    p.transport = Sniffed::Transport::kPlaintext;
+    tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+  }
   // The timeout's cancel (-ECANCELED), the client's close or an error: the L4 relay sees the
   // rest (the close or the error again) itself.
-  finish(slot, p.timed_out ? Sniffed::Verdict::kTimeout : Sniffed::Verdict::kTcp);
+  decide(slot, p.timed_out ? Sniffed::Verdict::kTimeout : Sniffed::Verdict::kTcp);
+}
+
+bool Sniffer::decideTransport(uint32_t slot, char first) {
+  Pending& p = *pending_[slot];
+  if (first != kTlsHandshakeRecord) {
+    if (p.mtls == security::MtlsMode::kStrict) {
+      // As the L4 path counts a plaintext client of a STRICT port.
+      tls::TlsCounters::inc(tls::counters().plaintext_refused);
+      tls::TlsCounters::inc(tls::counters().failed_handshake);
+      closeNow(slot, /*reset=*/true);
+      return false;
+    }
+    p.transport = Sniffed::Transport::kPlaintext;
+    tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+    return true;
+  }
+  p.transport = Sniffed::Transport::kTls;
+  if (p.mtls == security::MtlsMode::kPermissive) {
+    tls::TlsCounters::inc(tls::counters().permissive_tls);
+  }
+  p.stream = make_server_ ? make_server_() : nullptr;
+  if (!p.stream) {
+    closeNow(slot, /*reset=*/true);
+    return false;
+  }
+  p.deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
+  return true;
+}
+
+void Sniffer::onTlsBytes(uint32_t slot, std::string_view bytes) {
+  Pending& p = *pending_[slot];
+  const Result<void> r = p.stream->receive({bytes.data(), bytes.size()}, p.bytes);
+  p.stream->takeCiphertext(p.out);
+  if (!r) {
+    if (tlsLogAllowed()) spdlog::warn("inbound {} (sniffing)", r.error().message);
+    closeNow(slot, /*reset=*/true);
+    return;
+  }
+  flushTls(slot);
+  if (!p.stream->established()) {
+    read(slot);
+    return;
+  }
+  if (!p.handshake_done) {
+    p.handshake_done = true;
+    // The decrypted bytes get the detection timeout of their own.
+    p.deadline = std::chrono::steady_clock::now() + p.timeout;
+    switch (meshAlpnVerdict(p.stream->offeredAlpn())) {
+      case AlpnVerdict::kHttp:
+        decide(slot, Sniffed::Verdict::kHttp);
+        return;
+      case AlpnVerdict::kTcp:
+        decide(slot, Sniffed::Verdict::kTcp);
+        return;
+      case AlpnVerdict::kUnknown:
+        break;
+    }
+  }
+  if (p.stream->peerClosed()) {
+    decide(slot, Sniffed::Verdict::kTcp);  // no more plaintext will come
+    return;
+  }
+  sniffBytes(slot);
+}
+
+void Sniffer::sniffBytes(uint32_t slot) {
+  Pending& p = *pending_[slot];
+  switch (http::sniffRequest(p.bytes)) {
+    case http::Sniff::kHttp:
+      decide(slot, Sniffed::Verdict::kHttp);
+      return;
+    case http::Sniff::kNotHttp:
+      decide(slot, Sniffed::Verdict::kTcp);
+      return;
+    case http::Sniff::kNeedMore:
+      break;
+  }
+  if (p.timed_out) {
+    decide(slot, Sniffed::Verdict::kTimeout);
+  } else if (p.bytes.size() >= kMaxBytes) {
+    decide(slot, Sniffed::Verdict::kTcp);
+  } else {
+    read(slot);
+  }
+}
+
+void Sniffer::flushTls(uint32_t slot) {
+  Pending& p = *pending_[slot];
+  if (p.writing || p.out.empty()) return;
+  p.sending.swap(p.out);
+  p.out.clear();
+  p.writing = true;
+  ring_.send(p.fd, {p.sending.data(), p.sending.size()},
+             pending_.track(opByte(SniffOp::kWrite), slot));
+}
+
+void Sniffer::onWrite(uint32_t slot, const loop::Completion& c) {
+  Pending& p = *pending_[slot];
+  p.writing = false;
+  if (p.done) return;
+  if (c.res < 0) {
+    if (c.res == -EINTR || c.res == -EAGAIN) {
+      p.out.insert(0, p.sending);
+    } else {
+      closeNow(slot, /*reset=*/true);  // the client is gone
+      return;
+    }
+  } else if (static_cast<size_t>(c.res) < p.sending.size()) {
+    p.out.insert(0, p.sending.substr(static_cast<size_t>(c.res)));
+  }
+  p.sending.clear();
+  flushTls(slot);
+  if (p.finishing && !p.writing) finish(slot, p.verdict);
 }
 
 void Sniffer::onTimer(uint32_t slot, const loop::Completion& /*c*/) {
   Pending& p = *pending_[slot];
   p.timer_armed = false;
-  if (p.done) return;
+  if (p.done || p.finishing) return;
+  if (p.deadline > p.armed_until) {
+    // A TLS handshake moved the deadline: wait on (rounded up, so the timer never spins).
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(p.deadline - std::chrono::steady_clock::now());
+    if (left.count() > 0) {
+      p.armed_until = p.deadline;
+      p.timer_armed = true;
+      ring_.timeout(left, pending_.track(opByte(SniffOp::kTimer), slot));
+      return;
+    }
+  }
+  if (p.stream && !p.handshake_done) {
+    if (tlsLogAllowed()) spdlog::warn("inbound TLS handshake not done in time (sniffing)");
+    tls::TlsCounters::inc(tls::counters().failed_handshake);
+    closeNow(slot, /*reset=*/true);
+    return;
+  }
   // Stop waiting; the read's completion (cancelled, or bytes that raced in) decides.
   p.timed_out = true;
   if (p.reading) {
     ring_.cancel(pending_.userData(opByte(SniffOp::kRead), slot),
                  pending_.track(opByte(SniffOp::kCancel), slot));
   } else {
-    finish(slot, Sniffed::Verdict::kTimeout);
+    decide(slot, Sniffed::Verdict::kTimeout);
   }
+}
+
+void Sniffer::decide(uint32_t slot, Sniffed::Verdict verdict) {
+  Pending& p = *pending_[slot];
+  if (p.writing || !p.out.empty()) {
+    // The handshake's last bytes (or session tickets) go out before anyone else sends.
+    p.finishing = true;
+    p.verdict = verdict;
+    flushTls(slot);
+    return;
+  }
+  finish(slot, verdict);
 }
 
 void Sniffer::finish(uint32_t slot, Sniffed::Verdict verdict) {
@@ -159,32 +342,49 @@ void Sniffer::finish(uint32_t slot, Sniffed::Verdict verdict) {
   out.listener = p.listener;
   out.original_dst = p.original_dst;
   out.bytes = std::move(p.bytes);
+  out.transport = p.transport;
+  out.tls = std::move(p.stream);
   p.fd = -1;
   pending_.release(slot);
   done_(std::move(out));
+}
+
+void Sniffer::closeNow(uint32_t slot, bool reset) {
+  Pending& p = *pending_[slot];
+  p.done = true;
+  p.stream.reset();
+  if (p.timer_armed) {
+    ring_.cancel(pending_.userData(opByte(SniffOp::kTimer), slot),
+                 pending_.track(opByte(SniffOp::kCancel), slot));
+  }
+  if (p.fd >= 0) {
+    if (reset) {
+      // SO_LINGER {1, 0}: the close sends an RST, as the L4 path's refusals do.
+      const linger l{1, 0};
+      (void)::setsockopt(p.fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+      stats_.counters().resets_sent.inc();
+    }
+    // The pending read and send end with the close (cancelled first).
+    if (p.reading) {
+      ring_.cancel(pending_.userData(opByte(SniffOp::kRead), slot),
+                   pending_.track(opByte(SniffOp::kCancel), slot));
+    }
+    if (p.writing) {
+      ring_.cancel(pending_.userData(opByte(SniffOp::kWrite), slot),
+                   pending_.track(opByte(SniffOp::kCancel), slot));
+    }
+    ring_.close(p.fd, pending_.track(opByte(SniffOp::kCancel), slot));
+    p.fd = -1;
+    stats_.counters().closed.inc();
+  }
+  pending_.release(slot);
 }
 
 void Sniffer::abortAll() {
   for (size_t i = 0; i < pending_.size(); ++i) {
     const auto slot = static_cast<uint32_t>(i);
     if (!pending_.inUse(slot) || pending_.released(slot)) continue;
-    Pending& p = *pending_[slot];
-    p.done = true;
-    if (p.timer_armed) {
-      ring_.cancel(pending_.userData(opByte(SniffOp::kTimer), slot),
-                   pending_.track(opByte(SniffOp::kCancel), slot));
-    }
-    if (p.fd >= 0) {
-      // The pending read ends with the close (cancelled first).
-      if (p.reading) {
-        ring_.cancel(pending_.userData(opByte(SniffOp::kRead), slot),
-                     pending_.track(opByte(SniffOp::kCancel), slot));
-      }
-      ring_.close(p.fd, pending_.track(opByte(SniffOp::kCancel), slot));
-      p.fd = -1;
-      stats_.counters().closed.inc();
-    }
-    pending_.release(slot);
+    closeNow(slot, /*reset=*/false);
   }
 }
 

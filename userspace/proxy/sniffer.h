@@ -7,19 +7,30 @@
 // protocol such as MySQL, where the client waits for the server) sends it to the L4 relay. Either
 // way the bytes already read go first.
 //
+// Inbound, where PeerAuthentication may bring mTLS (PERMISSIVE, STRICT), the first byte decides
+// the transport first: a TLS handshake record is answered here (the handshake, bounded by
+// kHandshakeTimeout), and the verdict is then taken on the decrypted stream: by the ALPN the
+// client offered where it is one of Istio's (meshAlpnVerdict), else by sniffing the decrypted
+// bytes with the same bounded wait. PERMISSIVE takes plaintext as above; STRICT refuses it.
+// The established stream goes with the verdict, so the L7 or L4 path carries on over it.
+//
 // Runs on the worker's thread and ring, with op bytes of its own (SniffOp). The verdicts are
-// counted in remora_protocol_sniff_total{result="http|tcp|timeout"}.
+// counted in remora_protocol_sniff_total{result="http|tcp|timeout"}, TLS or not.
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/ip_address.h"
 #include "loop/ring.h"
 #include "loop/slot_table.h"
 #include "proxy/stats.h"
+#include "security/security_policy.h"
+#include "tls/tls_stream.h"
 
 namespace remora::proxy {
 
@@ -28,16 +39,30 @@ enum class SniffOp : uint8_t {
   kRead = kFirst,
   kTimer,
   kCancel,
-  kLast = kCancel,
+  kWrite,
+  kLast = kWrite,
 };
+
+// What an mTLS client's ALPN offer says it carries, as Istio's inbound filter chains read it:
+// the first of Istio's protocols it offers decides ("istio-http/1.0", "istio-http/1.1": HTTP;
+// "istio", "istio-peer-exchange", and "istio-h2", which Remora's L7 path does not speak: TCP);
+// none of them: unknown (the decrypted bytes are sniffed).
+enum class AlpnVerdict : uint8_t { kHttp, kTcp, kUnknown };
+AlpnVerdict meshAlpnVerdict(const std::vector<std::string>& offered);
 
 struct Sniffed {
   enum class Verdict : uint8_t { kHttp, kTcp, kTimeout };
+  // Ports where mTLS may apply: how the client's transport was decided. kUndecided: not such a
+  // port, or STRICT with a client that said nothing (the L4 path waits for its handshake).
+  enum class Transport : uint8_t { kUndecided, kPlaintext, kTls };
   Verdict verdict = Verdict::kTcp;
+  Transport transport = Transport::kUndecided;
   int fd = -1;  // the caller's from now on
   uint32_t listener = 0;
   SocketAddress original_dst;
-  std::string bytes;  // read from the client, to be handled before anything read later
+  // Read from the client (decrypted for kTls), to be handled before anything read later.
+  std::string bytes;
+  std::unique_ptr<tls::TlsStream> tls;  // kTls: the established server stream, nothing unsent
 };
 
 class Sniffer {
@@ -45,9 +70,14 @@ class Sniffer {
   // A request line longer than this is not waited for: the connection goes to the L4 relay.
   static constexpr size_t kMaxBytes = 16384;
   static constexpr std::chrono::milliseconds kDefaultTimeout{100};
+  // A TLS client's handshake must be done by then (Envoy's transport socket connect timeout
+  // is of this order); the connection is reset otherwise.
+  static constexpr std::chrono::milliseconds kHandshakeTimeout{10000};
   using Done = std::function<void(Sniffed)>;
+  // A server stream with the current certificate, nullptr with none (counted by the maker).
+  using MakeServerStream = std::function<std::unique_ptr<tls::TlsStream>()>;
 
-  Sniffer(loop::Ring& ring, WorkerStats& stats, Done done);
+  Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server = {});
   ~Sniffer();
   Sniffer(const Sniffer&) = delete;
   Sniffer& operator=(const Sniffer&) = delete;
@@ -57,9 +87,11 @@ class Sniffer {
            op <= static_cast<uint8_t>(SniffOp::kLast);
   }
 
-  // Takes over an accepted connection until its verdict (handed to `done`).
+  // Takes over an accepted connection until its verdict (handed to `done`). `mtls`: the
+  // port's PeerAuthentication mode (kStrict / kPermissive: the client may speak TLS).
   void start(int fd, uint32_t listener, const SocketAddress& original_dst,
-             std::chrono::milliseconds timeout);
+             std::chrono::milliseconds timeout,
+             security::MtlsMode mtls = security::MtlsMode::kDisable);
   void onCompletion(const loop::Completion& c);
   // Closes every connection still being sniffed (drain deadline, shutdown).
   void abortAll();
@@ -70,12 +102,23 @@ class Sniffer {
   struct Pending;
   void onRead(uint32_t slot, const loop::Completion& c);
   void onTimer(uint32_t slot, const loop::Completion& c);
+  void onWrite(uint32_t slot, const loop::Completion& c);
   void read(uint32_t slot);
+  // The first bytes on a port where mTLS may apply: false when the connection was refused.
+  bool decideTransport(uint32_t slot, char first);
+  void onTlsBytes(uint32_t slot, std::string_view bytes);
+  void sniffBytes(uint32_t slot);
+  void flushTls(uint32_t slot);
+  // The verdict, once the handshake's last bytes are sent.
+  void decide(uint32_t slot, Sniffed::Verdict verdict);
   void finish(uint32_t slot, Sniffed::Verdict verdict);
+  // Closes the connection now (reset: with an RST); no verdict.
+  void closeNow(uint32_t slot, bool reset);
 
   loop::Ring& ring_;
   WorkerStats& stats_;
   Done done_;
+  MakeServerStream make_server_;
   loop::SlotTable<std::unique_ptr<Pending>> pending_;
 };
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/ip_address.h"
 #include "security/security_policy.h"
@@ -46,11 +47,20 @@ inline constexpr char kTlsHandshakeRecord = 0x16;
 // may be empty) on `service_port`, as DestinationRule tls and auto mTLS decide, expecting the
 // endpoint pod's SPIFFE ID (in the proxy's own trust domain); nullptr: plaintext (no mTLS wanted,
 // or wanted with no certificate loaded: counted and logged).
+// `alpn`: what mesh mTLS offers (kMeshHttpAlpn, kMeshTcpAlpn; none when the carried protocol
+// is unknown); SIMPLE / MUTUAL toward servers outside the mesh offer none.
 std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& security,
                                              const tls::IdentityStore* identity,
                                              const std::string& service, uint16_t service_port,
                                              const SocketAddress& endpoint,
-                                             tls::SessionCache* sessions);
+                                             tls::SessionCache* sessions,
+                                             const std::vector<std::string>& alpn = {});
+// The ALPN Istio's client sidecars offer over mesh mTLS, which the server side's filter chains
+// match (sniffer.h, meshAlpnVerdict): HTTP/1.1, as Istio's ALPN filter sets it, and TCP
+// without Istio's metadata exchange (Remora does not speak it, so it never offers
+// "istio-peer-exchange").
+inline const std::vector<std::string> kMeshHttpAlpn{"istio-http/1.1", "istio", "http/1.1"};
+inline const std::vector<std::string> kMeshTcpAlpn{"istio"};
 // Inbound: a server stream with the current certificate; nullptr with none (counted, logged).
 std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity);
 // The peer's principal and namespace from its SPIFFE ID ("" for plaintext) into `a`.

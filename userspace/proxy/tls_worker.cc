@@ -101,7 +101,8 @@ std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& secu
                                              const tls::IdentityStore* identity,
                                              const std::string& service, uint16_t service_port,
                                              const SocketAddress& endpoint,
-                                             tls::SessionCache* sessions) {
+                                             tls::SessionCache* sessions,
+                                             const std::vector<std::string>& alpn) {
   auto o = security.outbound(service, service_port, endpoint.ip);
   if (!o.tls) return nullptr;
   if (o.settings != nullptr &&
@@ -125,9 +126,9 @@ std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& secu
     o.expected_peer =
         "spiffe://" + ctx->trustDomain() + "/" + o.expected_peer.substr(table_prefix.size());
   }
-  auto stream =
-      tls::TlsStream::create(std::move(ctx), tls::Role::kClient,
-                             tls::StreamOptions{o.expected_peer, sessions, endpoint.toString()});
+  tls::StreamOptions options{o.expected_peer, sessions, endpoint.toString()};
+  options.alpn = alpn;
+  auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kClient, std::move(options));
   if (!stream) {
     spdlog::error("TLS: {}", stream.error().message);
     return nullptr;
@@ -279,7 +280,7 @@ bool Worker::authorizeInbound(uint32_t slot, const std::string& peer_identity) {
   return true;
 }
 
-bool Worker::secureInbound(uint32_t slot) {
+bool Worker::secureInbound(uint32_t slot, Sniffed* sniffed) {
   Connection& conn = slots_[slot];
   conn.tls.reset();
   if (!table_ || !table_->security) return true;  // no security documents: plaintext, no policy
@@ -289,6 +290,21 @@ bool Worker::secureInbound(uint32_t slot) {
   t->terminate = true;
   t->mode = table_->security->inboundMode(conn.original_dst.ip, conn.original_dst.port);
   conn.tls = std::move(t);
+  if (sniffed != nullptr && sniffed->tls) {
+    // The sniffer did the handshake (and counted the detection): authorize the peer now.
+    conn.tls->stream = std::move(sniffed->tls);
+    conn.tls->peer_identity = conn.tls->stream->peerIdentity();
+    return authorizeInbound(slot, conn.tls->peer_identity);
+  }
+  if (sniffed != nullptr && sniffed->transport == Sniffed::Transport::kPlaintext) {
+    if (conn.tls->mode == security::MtlsMode::kStrict) {
+      // A reload made the port STRICT while the sniffer took the client for plaintext.
+      tls::TlsCounters::inc(tls::counters().plaintext_refused);
+      closeConnection(slot, "tls_handshake_failed", /*reset=*/true);
+      return false;
+    }
+    return authorizeInbound(slot, "");  // PERMISSIVE decided (and counted) by the sniffer
+  }
   switch (conn.tls->mode) {
     case security::MtlsMode::kStrict: {
       conn.tls->stream = terminateTls(identity_.get());
@@ -320,13 +336,23 @@ void Worker::secureOutbound(uint32_t slot) {
   if (!table || !table->security) return;
   std::string service;
   uint16_t port = conn.original_dst.port;
+  // The ALPN says "TCP" where that is known: a port declaring its protocol, or an `auto` port
+  // whose Service address was dialled with http routes (the sniffer found no HTTP). An `auto`
+  // port relayed unsniffed offers none, so the server sniffs the decrypted bytes.
+  const std::vector<std::string>* alpn = nullptr;
   if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
       conn.decision.service != nullptr) {
-    service = conn.decision.service->service;
-    port = conn.decision.service->port;
+    const routing::ServicePort& sp = *conn.decision.service;
+    service = sp.service;
+    port = sp.port;
+    if (sp.protocol != "auto" ||
+        (!sp.http_routes.empty() && !table->match(conn.original_dst).endpoint)) {
+      alpn = &kMeshTcpAlpn;
+    }
   }
-  auto stream = originateTls(*table->security, identity_.get(), service, port,
-                             conn.decision.upstream, &session_cache_);
+  auto stream =
+      originateTls(*table->security, identity_.get(), service, port, conn.decision.upstream,
+                   &session_cache_, alpn != nullptr ? *alpn : std::vector<std::string>{});
   if (!stream) return;
   conn.tls = std::make_unique<TlsConnection>();
   conn.tls->stream = std::move(stream);
@@ -344,8 +370,22 @@ void Worker::tlsConnected(uint32_t slot) {
     pump(slot, false);
     return;
   }
-  if (!t.stream) return;
+  if (!t.stream) {
+    pump(slot, true);
+    return;
+  }
   tls::TlsCounters::inc(tls::counters().originated);
+  // What the sniffer read from the app (all the request queue holds before the connect) is
+  // plaintext: it goes into the stream, sent once the handshake is done, never ahead of it.
+  Direction& d = conn.request;
+  for (size_t i = d.head; i < d.queue.size(); ++i) {
+    Chunk& ch = d.queue[i];
+    (void)t.stream->send({chunkData(ch), ch.length});  // held: cannot fail before the start
+    releaseChunk(d, ch);
+  }
+  d.queue.clear();
+  d.head = 0;
+  d.queued_bytes = 0;
   if (auto started = t.stream->start(); !started) {
     if (tlsLogAllowed()) spdlog::error("outbound {}", started.error().message);
     closeConnection(slot, tlsOutcome(t.stream->failure()), /*reset=*/true);

@@ -28,7 +28,9 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       router_factory_(std::move(router_factory)),
       settings_(std::move(settings)),
       http_(ring, sockets, stats),
-      sniffer_(ring, stats, [this](Sniffed sniffed) { onSniffed(std::move(sniffed)); }) {
+      sniffer_(
+          ring, stats, [this](Sniffed sniffed) { onSniffed(std::move(sniffed)); },
+          [this] { return terminateTls(identity_.get()); }) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -339,7 +341,7 @@ void Worker::startConnection(uint32_t listener, int fd) {
 }
 
 void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
-                      std::string first_bytes) {
+                      std::string first_bytes, Sniffed* sniffed) {
   const Listener& l = listeners_[listener];
   const bool redirected = original.has_value();
   const auto acquired = slots_.acquire();
@@ -403,7 +405,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
   if (conn.kind == ListenerKind::kInbound) {
     conn.decision.kind = RouteDecision::Kind::kPassthrough;
     conn.decision.upstream = conn.original_dst;
-    if (!secureInbound(slot)) return;
+    if (!secureInbound(slot, sniffed)) return;
   } else if (!routeOutbound(slot)) {
     return;
   }
@@ -443,32 +445,32 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
   if (!table_ || !router_) return false;
   const routing::RouteMatch match = table_->match(original_dst);
   if (match.service == nullptr || match.service->protocol != "auto") return false;
+  security::MtlsMode mtls = security::MtlsMode::kDisable;
   if (l.kind == ListenerKind::kOutbound) {
     // Ports with per-request routes; without them the L7 path would change nothing, and
     // Istio's per-connection routing is what the L4 relay does.
     if (match.endpoint || match.service->http_routes.empty()) return false;
   } else {
     // Inbound, toward the local app: the L7 path adds request metrics, timeouts and
-    // authorization. Not where mTLS may apply: the first bytes could be a ClientHello, which
-    // the L4 path terminates (docs/HTTP.md, "sniffed").
+    // authorization per request. Where mTLS may apply the sniffer terminates a client's TLS
+    // first and decides on the decrypted stream (docs/HTTP.md, "sniffed").
     if (!match.endpoint) return false;
-    if (table_->security && table_->security->inboundMode(original_dst.ip, original_dst.port) !=
-                                security::MtlsMode::kDisable) {
-      return false;
-    }
+    if (table_->security) mtls = table_->security->inboundMode(original_dst.ip, original_dst.port);
   }
-  sniffer_.start(fd, listener, original_dst, settings_.protocol_detection_timeout);
+  sniffer_.start(fd, listener, original_dst, settings_.protocol_detection_timeout, mtls);
   return true;
 }
 
 void Worker::onSniffed(Sniffed sniffed) {
   if (sniffed.verdict == Sniffed::Verdict::kHttp) {
     const ListenerKind kind = listeners_[sniffed.listener].kind;
+    // Over TLS the session carries on over the sniffer's stream (its handshake done).
     http_.adopt(sniffed.fd, kind, peerIfNeeded(sniffed.fd, kind), sniffed.original_dst,
-                sniffed.bytes);
+                sniffed.bytes, std::move(sniffed.tls));
     return;
   }
-  startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(sniffed.bytes));
+  std::string bytes = std::move(sniffed.bytes);
+  startTcp(sniffed.listener, sniffed.fd, sniffed.original_dst, std::move(bytes), &sniffed);
 }
 
 bool Worker::routeOutbound(uint32_t slot) {
@@ -542,8 +544,12 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     if (conn.request.queued() == 0 && handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
-    if (conn.request.queued() > 0) pump(slot, true);  // the sniffed bytes
-    if (conn.tls) tlsConnected(slot);
+    // The sniffed bytes; over originated TLS they go inside it (tlsConnected).
+    if (conn.tls) {
+      tlsConnected(slot);
+    } else if (conn.request.queued() > 0) {
+      pump(slot, true);
+    }
     return;
   }
   counters->connect_failures.inc();

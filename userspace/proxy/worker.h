@@ -249,11 +249,13 @@ class Worker final : public loop::CompletionHandler {
   // to the app is bound to it). Unset otherwise.
   SocketAddress peerIfNeeded(int fd, ListenerKind kind);
   // The L4 relay of an accepted connection; `first_bytes` (read by the sniffer) go upstream
-  // first.
+  // first; `sniffed`: the sniffer's verdict, whose transport (and TLS stream) secureInbound
+  // takes over.
   void startTcp(uint32_t listener, int fd, const std::optional<SocketAddress>& original,
-                std::string first_bytes = {});
-  // Protocol sniffing (sniffer.h) of a connection to a port with no declared protocol and
-  // per-request routes; false when it does not apply.
+                std::string first_bytes = {}, Sniffed* sniffed = nullptr);
+  // Protocol sniffing (sniffer.h) of a connection to a port with no declared protocol: outbound
+  // with per-request routes, inbound toward a pod's port (over mTLS too); false when it does
+  // not apply.
   bool startSniff(uint32_t listener, int fd, const SocketAddress& original_dst);
   void onSniffed(Sniffed sniffed);
   HttpProxySettings httpSettings() const;
@@ -306,7 +308,8 @@ class Worker final : public loop::CompletionHandler {
   // Inbound, at accept: the PeerAuthentication mode and, for plaintext, the authorization.
   // False when the connection was closed, or when the connect to the app waits for the
   // handshake and the authorization (STRICT, PERMISSIVE: authorizeInbound connects).
-  bool secureInbound(uint32_t slot);
+  // `sniffed`: the transport the sniffer decided (its TLS handshake done), or nullptr.
+  bool secureInbound(uint32_t slot, Sniffed* sniffed = nullptr);
   // Outbound, before each connect attempt: originate TLS or not toward the chosen endpoint.
   void secureOutbound(uint32_t slot);
   // After the upstream connect: a client stream sends its ClientHello; an inbound one flushes

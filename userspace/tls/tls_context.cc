@@ -170,6 +170,8 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
   // Client side: sessions go to the caller's per-worker cache (TlsStream's callback).
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_new_cb(ctx, &TlsStream::onNewSession);
+  // Server side: the client's ALPN offer says what it carries (HTTP or TCP, Istio's names).
+  SSL_CTX_set_alpn_select_cb(ctx, &TlsStream::onAlpn, nullptr);
   return std::shared_ptr<const TlsContext>(std::move(self));
 }
 

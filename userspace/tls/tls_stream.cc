@@ -114,6 +114,23 @@ int TlsStream::exIndex() {
   return index;
 }
 
+int TlsStream::onAlpn(SSL* ssl, const unsigned char** /*out*/, unsigned char* /*out_length*/,
+                      const unsigned char* in, unsigned int in_length, void* /*arg*/) {
+  auto* self = static_cast<TlsStream*>(SSL_get_ex_data(ssl, exIndex()));
+  if (self == nullptr) return SSL_TLSEXT_ERR_NOACK;
+  self->offered_alpn_.clear();
+  // OpenSSL has checked the list's framing before calling.
+  for (unsigned int i = 0; i < in_length;) {
+    const unsigned int n = in[i++];
+    if (n == 0 || i + n > in_length) break;
+    self->offered_alpn_.emplace_back(reinterpret_cast<const char*>(in + i), n);
+    i += n;
+  }
+  // Nothing selected: Istio's inbound matches the offer too, and a client that offered
+  // "istio-peer-exchange" must not be told its metadata exchange was accepted.
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
 int TlsStream::onNewSession(SSL* ssl, SSL_SESSION* session) {
   auto* self = static_cast<TlsStream*>(SSL_get_ex_data(ssl, exIndex()));
   if (self == nullptr || self->options_.session_cache == nullptr) return 0;
@@ -148,6 +165,21 @@ Result<std::unique_ptr<TlsStream>> TlsStream::create(std::shared_ptr<const TlsCo
     if (!s->options_.sni.empty() &&
         SSL_set_tlsext_host_name(s->ssl_, s->options_.sni.c_str()) != 1) {
       return makeError(fmt::format("TLS: SNI '{}': {}", s->options_.sni, queuedErrors()));
+    }
+    if (!s->options_.alpn.empty()) {
+      std::string wire;  // length-prefixed protocol names
+      for (const std::string& name : s->options_.alpn) {
+        if (name.empty() || name.size() > 255) {
+          return makeError(fmt::format("TLS: ALPN protocol '{}': 1 to 255 bytes", name));
+        }
+        wire += static_cast<char>(name.size());
+        wire += name;
+      }
+      // The one OpenSSL call that returns 0 on success.
+      if (SSL_set_alpn_protos(s->ssl_, reinterpret_cast<const unsigned char*>(wire.data()),
+                              static_cast<unsigned int>(wire.size())) != 0) {
+        return makeError("TLS: ALPN: " + queuedErrors());
+      }
     }
     if (s->options_.session_cache != nullptr) {
       if (SSL_SESSION* cached =

@@ -69,6 +69,9 @@ struct StreamOptions {
   // Non-empty: the stream cannot be used (the DestinationRule's files failed to load); start()
   // fails with kConfig and this message, so the connection is closed, never sent in plaintext.
   std::string setup_error = {};
+  // Client: the ALPN protocols offered, in order (none: no ALPN extension). Sidecars say what
+  // they carry this way ("istio-http/1.1", "istio"), as Istio's do (docs/TLS.md).
+  std::vector<std::string> alpn = {};
 };
 
 // Whether one of `wanted` names a SAN of `cert` (DNS, URI, IP or email, exactly; a DNS SAN
@@ -105,6 +108,9 @@ class TlsStream {
   const std::string& error() const { return error_; }
   // The peer's SPIFFE ID once established (always set then: a stream without one fails).
   const std::string& peerIdentity() const { return peer_identity_; }
+  // Server: the ALPN protocols the client offered, in its order (empty: none). No protocol is
+  // selected: the offer only tells the server what the client carries.
+  const std::vector<std::string>& offeredAlpn() const { return offered_alpn_; }
   const TlsContext& context() const { return *context_; }
   // True where the record layer could be handed to kernel TLS; always false here (no kTLS).
   bool ktlsCandidate() const { return false; }
@@ -122,6 +128,9 @@ class TlsStream {
   // SSL_CTX's new-session callback (installed once per context): hands the session to the
   // stream's cache.
   static int onNewSession(SSL* ssl, SSL_SESSION* session);
+  // SSL_CTX's ALPN callback (server side): records the client's offer, selects nothing.
+  static int onAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
+                    const unsigned char* in, unsigned int in_length, void* arg);
 
  private:
   std::shared_ptr<const TlsContext> context_;  // keeps this connection's SSL_CTX alive
@@ -138,6 +147,7 @@ class TlsStream {
   Failure failure_ = Failure::kNone;
   std::string error_;
   std::string peer_identity_;
+  std::vector<std::string> offered_alpn_;
 };
 
 }  // namespace remora::tls
