@@ -270,6 +270,9 @@ class HttpProxy {
   // A sniffed inbound client: its TLS stream (established, the peer identified) or, for
   // plaintext first bytes, PERMISSIVE's detection settled. False: refused (STRICT plaintext).
   bool secureSniffed(Pipe& client, bool first_bytes, std::unique_ptr<tls::TlsStream> client_tls);
+  // An inbound client's TLS session is established: its peer's principal and namespace are
+  // recorded for the policies, and the session is counted.
+  static void identifyClient(Pipe& client);
   // Outbound: originates TLS on a new upstream connection to `endpoint` when mTLS applies.
   void secureUpstream(Pipe& io, ListenerKind kind, const routing::RouteTable* table,
                       const routing::ServicePort* port, const SocketAddress& endpoint);

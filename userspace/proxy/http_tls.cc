@@ -31,16 +31,20 @@ bool HttpProxy::secureSession(Pipe& client, ListenerKind kind, const SocketAddre
   }
 }
 
+void HttpProxy::identifyClient(Pipe& client) {
+  client.tls_identified = true;
+  security::ConnectionAttributes a;
+  identifyPeer(client.tls->peerIdentity(), a);
+  client.peer_principal = a.principal;
+  client.peer_namespace = a.source_namespace;
+  countInbound(a.principal, true);
+}
+
 bool HttpProxy::secureSniffed(Pipe& client, bool first_bytes,
                               std::unique_ptr<tls::TlsStream> client_tls) {
   if (client_tls) {
     client.tls = std::move(client_tls);
-    client.tls_identified = true;
-    security::ConnectionAttributes a;
-    identifyPeer(client.tls->peerIdentity(), a);
-    client.peer_principal = a.principal;
-    client.peer_namespace = a.source_namespace;
-    countInbound(a.principal, true);
+    identifyClient(client);
     return true;
   }
   if (!first_bytes) return true;
@@ -106,14 +110,7 @@ HttpProxy::TlsIn HttpProxy::tlsReceive(Pipe& p, std::string_view& bytes, bool in
     }
     return TlsIn::kFailed;
   }
-  if (inbound_client && p.tls->established() && !p.tls_identified) {
-    p.tls_identified = true;
-    security::ConnectionAttributes a;
-    identifyPeer(p.tls->peerIdentity(), a);
-    p.peer_principal = a.principal;
-    p.peer_namespace = a.source_namespace;
-    countInbound(a.principal, true);
-  }
+  if (inbound_client && p.tls->established() && !p.tls_identified) identifyClient(p);
   bytes = tls_plain_;
   return TlsIn::kPlain;
 }
