@@ -6,9 +6,11 @@
 #            and the sanitizer tests share the objects: every target but the benchmarks and the
 #            e2e tests asan_quick does not run. scripts/test.sh runs it in
 #            the background while the main ctest run waits on the network.
+#   unit_san_build  san_build without the e2e binaries: what asan_units needs.
+#   asan_units  in build-fuzz: every unit test under ASan+UBSan (LeakSanitizer on). CI runs it.
 #   asan_quick  in build-fuzz: every unit test, and the e2e tests of the data path (ASAN_QUICK_E2E:
 #            the proxy with its robustness tests, the admin server, HTTP, the kernel relay) under
-#            ASan+UBSan. What CI runs by default.
+#            ASan+UBSan. Run on request (CI's time; docs/TESTING.md).
 #   fuzz     in build-fuzz: each libFuzzer target runs FUZZ_SECONDS (60) from its seed corpus
 #            (test/fuzz/corpus/<name>) plus what earlier runs found, inputs up to 32 KiB (longer
 #            seeds, such as the deep-nesting ones, are replayed whole by ctest); JOBS targets at
@@ -21,7 +23,7 @@
 #   asan     GCC ASan+UBSan build (build-asan); every unit and e2e test but the podman and bench
 #            smoke tests (see ASAN_EXCLUDE below). Not run by CI (asan_quick is its subset).
 #
-# Usage: scripts/ci_extra.sh [stage ...]   (default: asan_quick fuzz tsan; a stage builds what
+# Usage: scripts/ci_extra.sh [stage ...]   (default: fuzz asan_units tsan; a stage builds what
 # it needs first, so the *_build stages only split the work). Run as root (the e2e tests need
 # it). Every stage runs even if an earlier one failed; each prints its name and wall time, and
 # the script fails if any stage did. Sanitizer reports of any process (tests and the binaries
@@ -155,27 +157,49 @@ ASAN_QUICK_E2E_BINARIES=(
   kernel_relay_e2e_test
 )
 
-# What asan_quick and fuzz need of build-fuzz: the libFuzzer binaries and, ASan+UBSan-
-# instrumented like them, the libraries, programs, unit tests and ASAN_QUICK_E2E_BINARIES (not
-# the benchmarks of label bench; remora-endpoint-scale-bench is a unit test's).
-stage_san_build() {
+# Builds in build-fuzz: the libFuzzer binaries and, ASan+UBSan-instrumented like them, the
+# libraries, programs and unit tests (not the benchmarks of label bench, nor the e2e binaries;
+# remora-endpoint-scale-bench is a unit test's), plus the targets given.
+build_san_targets() {
   local dir="$prefix-fuzz" targets
   configure_fuzz_build "$dir" || return 1
   mapfile -t targets < <(cmake --build "$dir" --target help |
     sed -n 's/^\.\.\. \([A-Za-z0-9_.+-]*\).*/\1/p' |
     grep -vxE 'all|clean|depend|edit_cache|rebuild_cache|test|.*_e2e_test|cni_chain_test' |
     grep -vxE 'http-codec-bench|kernel_relay_bench|proxy_churn_bench|remora-reload-bench')
-  cmake --build "$dir" -j"$jobs" --target "${targets[@]}" "${ASAN_QUICK_E2E_BINARIES[@]}"
+  cmake --build "$dir" -j"$jobs" --target "${targets[@]}" "$@"
+}
+
+# What asan_units and fuzz need of build-fuzz.
+stage_unit_san_build() { build_san_targets; }
+# What asan_quick and fuzz need: the same and ASAN_QUICK_E2E_BINARIES.
+stage_san_build() { build_san_targets "${ASAN_QUICK_E2E_BINARIES[@]}"; }
+
+# Every unit test under ASan, LeakSanitizer and UBSan (but ASAN_QUICK_SKIP's); the sanitizer
+# environment stays exported for what the caller runs next. Logs go to $1.
+run_san_units() {
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$1/asan"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$1/ubsan"
+  ctest --test-dir "$prefix-fuzz" -L unit -E "$ASAN_QUICK_SKIP" --output-on-failure -j"$jobs" \
+    --timeout 900
+}
+
+stage_asan_units() {
+  local logs status=0
+  stage_unit_san_build || return 1
+  logs=$(sanitizer_log_dir fuzz)
+  echo "asan_units: every unit test but those matching $ASAN_QUICK_SKIP"
+  run_san_units "$logs" || status=1
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+  check_sanitizer_logs "$logs" || status=1
+  return $status
 }
 
 stage_asan_quick() {
   local dir="$prefix-fuzz" logs status=0
   stage_san_build || return 1
   logs=$(sanitizer_log_dir fuzz)
-  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan"
-  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
-  ctest --test-dir "$dir" -L unit -E "$ASAN_QUICK_SKIP" --output-on-failure -j"$jobs" \
-    --timeout 900 || status=1
+  run_san_units "$logs" || status=1
   echo "asan_quick: the e2e tests matching $ASAN_QUICK_E2E but not $ASAN_QUICK_SKIP"
   ctest --test-dir "$dir" -L e2e -R "$ASAN_QUICK_E2E" -E "$ASAN_QUICK_SKIP" --output-on-failure \
     -j"$jobs" --timeout 900 || status=1
@@ -221,11 +245,11 @@ stage_fuzz() {
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(asan_quick fuzz tsan)
+((${#stages[@]})) || stages=(fuzz asan_units tsan)
 failed=()
 for s in "${stages[@]}"; do
   if ! declare -F "stage_$s" >/dev/null; then
-    echo "ci_extra.sh: unknown stage '$s' (san_build, asan_quick, fuzz, tsan_build, tsan, release, asan)" >&2
+    echo "ci_extra.sh: unknown stage '$s' (san_build, unit_san_build, asan_units, asan_quick, fuzz, tsan_build, tsan, release, asan)" >&2
     exit 2
   fi
   echo "== stage $s"

@@ -2,15 +2,17 @@
 # Sets up, builds (Release, as shipped), lints and runs every test (ctest labels unit and e2e), then
 # the extra stages of scripts/ci_extra.sh (docs/TESTING.md). By default:
 #   fuzz        each libFuzzer target for FUZZ_SECONDS (30), two at a time (build-fuzz)
+#   asan_units  every unit test under ASan+UBSan (build-fuzz: the fuzzers' instrumented
+#               objects, built with the unit tests in the background while ctest runs)
 #   tsan        the proxy's unit tests and ProxyE2e under TSan (build-tsan, built in the
 #               background while ctest runs)
 # CI's 60 minutes on two cores do not hold this one too, so it is run on request:
-#   asan_quick  every unit test and the data path's e2e tests under ASan+UBSan (build-fuzz;
+#   asan_quick  asan_units and the data path's e2e tests under ASan+UBSan (build-fuzz;
 #               measured at about 50 minutes for the whole CI with it on a warm machine)
 #   e.g. REMORA_CI_STAGES="asan_quick fuzz tsan" scripts/test.sh
-# Work that needs CPU runs beside work that waits: clang-tidy (and, with asan_quick, the
-# build-fuzz build) run in the background while the main ctest run waits on its network
-# namespaces, and so does the TSan build. The background jobs run at
+# Work that needs CPU runs beside work that waits: clang-tidy, the build-fuzz build and the
+# TSan build run in the background while the main ctest run waits on its network
+# namespaces. The background jobs run at
 # SCHED_IDLE (chrt --idle), so they get only the CPU the tests leave unused. Every stage prints
 # its wall time, and a summary closes the run. Run as root.
 #   scripts/test.sh --no-extra   (or REMORA_CI_EXTRA=0) stops after the main ctest run.
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 extra=${REMORA_CI_EXTRA:-1}
 if [[ ${1:-} == --no-extra ]]; then extra=0; fi
-read -r -a stages <<<"${REMORA_CI_STAGES:-fuzz tsan}"
+read -r -a stages <<<"${REMORA_CI_STAGES:-fuzz asan_units tsan}"
 export FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 jobs=$(nproc)
 logs=build/ci-logs
@@ -81,6 +83,8 @@ mkdir -p "$logs"
 background lint bash scripts/lint.sh build
 if ((extra)) && has_stage asan_quick; then
   background san_build bash scripts/ci_extra.sh san_build
+elif ((extra)) && has_stage asan_units; then
+  background unit_san_build bash scripts/ci_extra.sh unit_san_build
 fi
 if ((extra)) && has_stage tsan; then
   background tsan_build bash scripts/ci_extra.sh tsan_build
@@ -90,6 +94,7 @@ await lint
 
 if ((extra)); then
   if [[ -n ${bg_pid[san_build]:-} ]]; then await san_build; fi
+  if [[ -n ${bg_pid[unit_san_build]:-} ]]; then await unit_san_build; fi
   for s in "${stages[@]}"; do
     if [[ $s == tsan && -n ${bg_pid[tsan_build]:-} ]]; then await tsan_build; fi
     stage "$s" bash scripts/ci_extra.sh "$s"
