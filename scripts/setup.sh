@@ -20,6 +20,7 @@ packages=(
   # demo, end-to-end and benchmark peers
   curl haproxy nginx-light libnginx-mod-stream wrk iperf3 gnuplot-nox python3 strace
   openssl tcpdump  # test certificates for mTLS; checking that veth bytes are encrypted
+  linux-perf  # per-request CPU profiles: test/bench/l7_cost.sh, the relay benches' perf stat
 )
 
 missing=()
