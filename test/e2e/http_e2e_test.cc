@@ -1121,6 +1121,17 @@ TEST_F(HttpE2e, AServerFirstProtocolOnAnUnnamedPortIsRelayedAfterTheSniffTimeout
   const std::string m = admin("/stats/prometheus");
   EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"timeout\"} 1\n"), std::string::npos) << m;
   EXPECT_NE(m.find("remora_protocol_sniff_total{result=\"tcp\"} 1\n"), std::string::npos) << m;
+  // Every byte the clients sent is counted, the sniffed first bytes too: "ping\n" on the first
+  // connection, "PING\n" (read by the sniffer) and "ping\n" on the second.
+  long received = 0;
+  std::istringstream in(m);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("remora_tcp_received_bytes_total{") &&
+        line.find("bill-raw.istio-demo") != std::string::npos) {
+      received += std::stol(line.substr(line.rfind(' ') + 1));
+    }
+  }
+  EXPECT_EQ(received, 15) << m;
 }
 
 // Request and response bodies larger than the buffer limit (1 MiB) stream through, chunked

@@ -541,6 +541,8 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     conn.counters = counters;
     counters->opened.inc();
     conn.counted_open = true;
+    // What was received before the route had its counters: the sniffer's first bytes.
+    if (conn.request_bytes > 0) counters->received_bytes.add(conn.request_bytes);
     if (conn.request.queued() == 0 && handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
