@@ -104,6 +104,12 @@ http::HeaderEdits toEdits(const routing::HeaderOps& a, const routing::HeaderOps*
   return e;
 }
 
+// `path` with the request's query, if it has one: the target forwarded or logged.
+std::string withQuery(std::string path, const http::MessageHead& h) {
+  if (!h.query().empty()) path.append("?").append(h.query());
+  return path;
+}
+
 }  // namespace
 
 // One client connection.
@@ -688,9 +694,7 @@ void HttpProxy::beginRequest(Session& s) {
 std::string HttpProxy::requestTarget(const Session& s) {
   const http::MessageHead& h = s.parser.head();
   if (s.normalized_path.empty()) return std::string(h.target());
-  std::string target = s.normalized_path;
-  if (!h.query().empty()) target.append("?").append(h.query());
-  return target;
+  return withQuery(s.normalized_path, h);
 }
 
 std::string HttpProxy::redirectLocation(const routing::HttpRoute& r, const http::MessageHead& h,
@@ -1017,8 +1021,7 @@ void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& ou
                     s.destination != nullptr ? &s.destination->headers.request : nullptr);
     if (s.route->rewrite) {
       if (!s.route->rewrite->uri.empty() || s.route->rewrite->uri_regex) {
-        path = routing::rewritePath(*s.route->rewrite, s.match, s.path());
-        if (!h.query().empty()) path += "?" + std::string(h.query());
+        path = withQuery(routing::rewritePath(*s.route->rewrite, s.match, s.path()), h);
       }
       authority = s.route->rewrite->authority;
     }
@@ -1830,10 +1833,7 @@ void HttpProxy::abortAll() {
 }
 
 std::string HttpProxy::loggedPath(const Session& s) {
-  const http::MessageHead& h = s.parser.head();
-  std::string path(s.path());
-  if (!h.query().empty()) path.append("?").append(h.query());
-  return path;
+  return withQuery(std::string(s.path()), s.parser.head());
 }
 
 void HttpProxy::logRequest(const Session& s) {
