@@ -87,13 +87,11 @@ bool HttpProxy::tlsConnected(Pipe& io) {
 HttpProxy::TlsIn HttpProxy::tlsReceive(Pipe& p, std::string_view& bytes, bool inbound_client) {
   if (p.detect_tls) {
     p.detect_tls = false;
-    if (bytes.front() != kTlsHandshakeRecord) {
-      tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+    if (!permissiveDetectsTls(bytes.front())) {
       p.tls_identified = true;
       countInbound("", false);
       return TlsIn::kPlain;
     }
-    tls::TlsCounters::inc(tls::counters().permissive_tls);
     p.tls = terminateTls(identity_.get());
     if (!p.tls) return TlsIn::kFailed;
   }

@@ -164,7 +164,9 @@ void Sniffer::onRead(uint32_t slot, const loop::Completion& c) {
 
 bool Sniffer::decideTransport(uint32_t slot, char first) {
   Pending& p = *pending_[slot];
-  if (first != kTlsHandshakeRecord) {
+  const bool is_tls = p.mtls == security::MtlsMode::kPermissive ? permissiveDetectsTls(first)
+                                                                : first == kTlsHandshakeRecord;
+  if (!is_tls) {
     if (p.mtls == security::MtlsMode::kStrict) {
       // As the L4 path counts a plaintext client of a STRICT port.
       tls::TlsCounters::inc(tls::counters().plaintext_refused);
@@ -173,13 +175,9 @@ bool Sniffer::decideTransport(uint32_t slot, char first) {
       return false;
     }
     p.transport = Sniffed::Transport::kPlaintext;
-    tls::TlsCounters::inc(tls::counters().permissive_plaintext);
     return true;
   }
   p.transport = Sniffed::Transport::kTls;
-  if (p.mtls == security::MtlsMode::kPermissive) {
-    tls::TlsCounters::inc(tls::counters().permissive_tls);
-  }
   p.stream = make_server_ ? make_server_() : nullptr;
   if (!p.stream) {
     closeNow(slot, /*reset=*/true);

@@ -42,6 +42,9 @@ inline constexpr std::chrono::milliseconds kDetectTimeout{200};
 
 // The first byte of a TLS handshake record (a ClientHello): PERMISSIVE's detection.
 inline constexpr char kTlsHandshakeRecord = 0x16;
+// PERMISSIVE's detection on a client's first byte: true for TLS. Counted in
+// remora_tls_permissive_total{detected="tls"|"plaintext"}.
+bool permissiveDetectsTls(char first);
 
 // Outbound: the client stream for a connection to `endpoint` of `service` ("name.namespace",
 // may be empty) on `service_port`, as DestinationRule tls and auto mTLS decide, expecting the

@@ -176,6 +176,13 @@ std::string sourcePrincipalLabel(const TlsConnection* t) {
   return a.principal.empty() ? "unknown" : a.principal;
 }
 
+bool permissiveDetectsTls(char first) {
+  const bool is_tls = first == kTlsHandshakeRecord;
+  tls::TlsCounters::inc(is_tls ? tls::counters().permissive_tls
+                               : tls::counters().permissive_plaintext);
+  return is_tls;
+}
+
 void countInbound(const std::string& source_principal, bool tls) {
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
@@ -406,8 +413,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
   TlsConnection& t = *conn.tls;
   if (t.detecting && from_client) {
     t.detecting = false;
-    if (ring_.buffer(c.bufferId()).data()[0] != kTlsHandshakeRecord) {
-      tls::TlsCounters::inc(tls::counters().permissive_plaintext);
+    if (!permissiveDetectsTls(ring_.buffer(c.bufferId()).data()[0])) {
       const auto n = static_cast<size_t>(c.res);
       const bool deferred = t.connect_deferred;
       if (deferred) {
@@ -426,7 +432,6 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
       maybeArmRecv(slot, false);  // the app's bytes flow again
       return false;
     }
-    tls::TlsCounters::inc(tls::counters().permissive_tls);
     t.stream = terminateTls(identity_.get());
     if (!t.stream) {
       ring_.recycleBuffer(c.bufferId());
