@@ -28,7 +28,6 @@ struct TlsConnection {
   // Inbound STRICT / PERMISSIVE: the connection to the app waits for the authorization, so a
   // denied client never opens one. Until then only the client side is read and written.
   bool connect_deferred = false;
-  uint64_t uncounted_received = 0;  // client bytes read before there were endpoint counters
   bool close_notify = false;
   std::string peer_identity;  // the peer's SPIFFE ID once the handshake is done
   security::MtlsMode mode = security::MtlsMode::kUnset;

@@ -369,10 +369,8 @@ void Worker::tlsConnected(uint32_t slot) {
   Connection& conn = slots_[slot];
   TlsConnection& t = *conn.tls;
   if (t.terminate) {
-    // The app is connected after the authorization: what the client sent meanwhile is counted
-    // now, and the handshake's last bytes (session tickets) go out.
-    conn.counters->received_bytes.add(t.uncounted_received);
-    t.uncounted_received = 0;
+    // The app is connected after the authorization (what the client sent meanwhile was counted
+    // in onConnect); the handshake's last bytes (session tickets) go out.
     pump(slot, true);  // also the half-close of a client that already ended
     pump(slot, false);
     return;
@@ -421,7 +419,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
         tlsQueue(conn.request, std::string(ring_.buffer(c.bufferId()).data(), n));
         ring_.recycleBuffer(c.bufferId());
         conn.request_bytes += n;
-        t.uncounted_received += n;
+        conn.uncounted_received += n;
         conn.last_activity = now_;
       }
       if (!authorizeInbound(slot, "")) {
@@ -460,7 +458,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
     if (conn.counters != nullptr) {
       conn.counters->received_bytes.add(n);
     } else {
-      t.uncounted_received += n;
+      conn.uncounted_received += n;
     }
   }
   if (!r) {

@@ -367,6 +367,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
     *d = Direction{std::move(d->queue)};
   }
   conn.request_bytes = 0;
+  conn.uncounted_received = 0;
   conn.response_bytes = 0;
   conn.started = now_;
   conn.last_activity = now_;
@@ -400,6 +401,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
     std::memcpy(ch.owned.get(), first_bytes.data(), first_bytes.size());
     conn.request.queued_bytes += ch.length;
     conn.request_bytes += ch.length;
+    conn.uncounted_received += ch.length;
     conn.request.queue.push_back(std::move(ch));
   }
   if (conn.kind == ListenerKind::kInbound) {
@@ -541,8 +543,8 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     conn.counters = counters;
     counters->opened.inc();
     conn.counted_open = true;
-    // What was received before the route had its counters: the sniffer's first bytes.
-    if (conn.request_bytes > 0) counters->received_bytes.add(conn.request_bytes);
+    counters->received_bytes.add(conn.uncounted_received);
+    conn.uncounted_received = 0;
     if (conn.request.queued() == 0 && handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);

@@ -202,6 +202,9 @@ class Worker final : public loop::CompletionHandler {
     Direction request;   // client -> upstream
     Direction response;  // upstream -> client
     uint64_t request_bytes = 0;
+    // Client bytes read before the route had counters (the sniffer's first bytes, a TLS
+    // handshake before the app's connect); onConnect counts them.
+    uint64_t uncounted_received = 0;
     uint64_t response_bytes = 0;
     std::chrono::steady_clock::time_point started;
     std::chrono::steady_clock::time_point last_activity;
