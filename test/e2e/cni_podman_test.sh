@@ -498,6 +498,33 @@ ebpf_live_objects() {
   bpftool cgroup show "$ebpf_cgroup" 2>/dev/null | grep -v '^ID' || true
 }
 
+# The value of counter $2 in `dump --mode ebpf` from container $1's netns.
+ebpf_counter() { ebpf_dump "$1" | awk -v name="$2" '$1 == name {print $2}'; }
+# The proxy's single-series metric $2, read from container $1.
+proxy_metric() {
+  pm exec "$1" curl -sf http://127.0.0.1:15000/stats/prometheus | awk -v name="$2" '$1 == name {print $2}'
+}
+
+# Inbound without NAT: 10 curls from a backend (not meshed) to the front pod's app port. Each
+# answer is the app's, sk_lookup steered each connection to the proxy's listener (its counter),
+# and the proxy accepted each one (nothing else connects through it meanwhile).
+expect_inbound_steered() {
+  local app=$1 steered accepted body
+  steered=$(ebpf_counter "$app" inbound_steered)
+  accepted=$(proxy_metric "$app" remora_tcp_accepted_total)
+  for _ in $(seq 1 10); do
+    body=$(pm exec "$net-bill-v1" curl -s --max-time 3 "http://$front:8080/") ||
+      fail "curl to the front pod's app port failed"
+    [[ "$body" == *front-tomcat* ]] || fail "unexpected answer from the front pod's app: $body"
+  done
+  steered=$(($(ebpf_counter "$app" inbound_steered) - ${steered:-0}))
+  accepted=$(($(proxy_metric "$app" remora_tcp_accepted_total) - ${accepted:-0}))
+  ((steered >= 10)) || fail "sk_lookup steered $steered of 10 inbound connections: $(ebpf_dump "$app")"
+  ((accepted >= 10)) || fail "the proxy accepted $accepted of 10 inbound connections"
+  say "10 x curl http://$front:8080/ from a backend: the app answered; sk_lookup steered" \
+    "$steered, the proxy accepted $accepted"
+}
+
 case_kube_play_ebpf() {
   [[ -x "$bin_dir/remora-proxy" ]] || skip "remora-proxy is not built"
   command -v bpftool >/dev/null || skip "bpftool is not installed (scripts/setup.sh installs it)"
@@ -558,6 +585,7 @@ $dump"
   redirected=$(awk '$1 == "redirected" {print $2}' <<<"$dump")
   ((${redirected:-0} >= 100)) || fail "connect4 redirected ${redirected:-0} connects, not 100:
 $dump"
+  expect_inbound_steered "$app"
   json=$(ebpf_dump "$app" --json) || fail "dump --json: $json"
   ids=$(ebpf_object_ids "$json")
   grep -q '^map' <<<"$ids" || fail "no map id in dump --json: $json"
