@@ -106,6 +106,13 @@ struct remora_listener_key {
   __u32 pad;
 };
 
+/* Which build's programs are attached (map_meta, one entry at key 0), written by the install
+ * that attached or upgraded them. An install from another build upgrades the programs in place
+ * (docs/EBPF.md, "Upgrading the programs"). */
+struct remora_meta {
+  __u64 object_hash; /* FNV-1a of the BPF object the programs were loaded from */
+};
+
 /* Pod addresses one node can hold (a few per meshed netns). */
 #define REMORA_MAX_ADDRS (REMORA_MAX_NETNS * 4)
 

@@ -90,6 +90,14 @@ struct {
   __type(value, __u8);
 } remora_pairs_slow SEC(".maps");
 
+/* Read by userspace only: which build the programs come from (struct remora_meta). */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct remora_meta);
+} remora_meta SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
   __uint(max_entries, REMORA_C_MAX);

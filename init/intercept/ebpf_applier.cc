@@ -19,9 +19,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -57,6 +60,63 @@ using ebpf::Fd;
 std::string kernelRelease() {
   utsname u{};
   return ::uname(&u) == 0 ? u.release : "unknown";
+}
+
+// The skeleton's maps, in kMapPins' order.
+std::array<bpf_map*, std::size(ebpf::kMapPins)> skeletonMaps(const remora_intercept_bpf* skel) {
+  return {
+      skel->maps.remora_orig_by_cookie, skel->maps.remora_orig_by_tuple, skel->maps.remora_counters,
+      skel->maps.remora_inbound_addrs,  skel->maps.remora_listeners,     skel->maps.remora_pairs,
+      skel->maps.remora_pairs_slow,     skel->maps.remora_meta,          skel->maps.remora_netns};
+}
+
+// Whether a pinned map has the shape this build declares, so its programs can use it. The
+// difference, named, otherwise.
+Result<void> sameShape(int fd, const bpf_map* map, const std::string& path) {
+  bpf_map_info info{};
+  __u32 len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return errnoError("reading " + path);
+  if (info.type == bpf_map__type(map) && info.key_size == bpf_map__key_size(map) &&
+      info.value_size == bpf_map__value_size(map) &&
+      info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map)) {
+    return {};
+  }
+  return makeError(fmt::format(
+      "{} has type {}, key {} B, value {} B, {} entries, flags {:#x}; this build's has type {}, "
+      "key {} B, value {} B, {} entries, flags {:#x}",
+      path, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
+      static_cast<int>(bpf_map__type(map)), bpf_map__key_size(map), bpf_map__value_size(map),
+      bpf_map__max_entries(map), bpf_map__map_flags(map)));
+}
+
+// The build recorded in the pin dir's map_meta; 0 when there is none (a build before map_meta).
+uint64_t pinnedObjectHash(const std::string& pin_dir) {
+  Fd map(bpf_obj_get(ebpf::pinPath(pin_dir, ebpf::kMetaMap).c_str()));
+  remora_meta meta{};
+  const uint32_t key = 0;
+  if (!map.valid() || bpf_map_lookup_elem(map.get(), &key, &meta) != 0) return 0;
+  return meta.object_hash;
+}
+
+Result<void> writeObjectHash(int meta_fd) {
+  const uint32_t key = 0;
+  const remora_meta meta{interceptObjectHash()};
+  if (bpf_map_update_elem(meta_fd, &key, &meta, BPF_ANY) != 0) {
+    return errnoError("recording the programs' build in map_meta");
+  }
+  return {};
+}
+
+// The program a pinned link runs now (a new fd), for putting it back.
+Result<std::shared_ptr<Fd>> linkProgram(int link_fd, const std::string& path) {
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return errnoError("reading " + path);
+  auto prog = std::make_shared<Fd>(bpf_prog_get_fd_by_id(info.prog_id));
+  if (!prog->valid()) {
+    return errnoError(fmt::format("opening program {} of {}", info.prog_id, path));
+  }
+  return prog;
 }
 
 Result<void> copyPorts(const std::vector<PortRange>& ports, remora_port_range* out, __u32& n,
@@ -246,7 +306,7 @@ class EbpfApplier : public Applier {
     report.backend = name();
     auto attached = ensureAttached(report);
     if (!attached) return attached.error();
-    report.changed = attached->first;
+    report.changed = attached->first || attached->upgraded;
     Fd map(bpf_obj_get(pin(ebpf::kNetnsMap).c_str()));
     if (!map.valid()) {
       undoAttach(*attached);
@@ -381,6 +441,7 @@ class EbpfApplier : public Applier {
     std::shared_ptr<Fd> lock;  // the pin dir's flock, held until the caller is done
     bool first = false;        // this call attached and pinned the programs
     bool created_dir = false;  // this call created the pin dir
+    bool upgraded = false;     // this call replaced another build's programs
   };
 
   // The node half of an install: probes, bpffs, the pin dir and its lock, then the programs
@@ -424,9 +485,112 @@ class EbpfApplier : public Applier {
           "cgroup or uninstall every meshed netns first",
           config_.pin_dir, have, *cgroup, *want));
     }
+    if (pinnedObjectHash(config_.pin_dir) != interceptObjectHash()) {
+      auto upgraded = upgrade(report);
+      if (!upgraded) return upgraded.error();
+      a.upgraded = true;
+      return a;
+    }
     report.lines.push_back(fmt::format("ebpf: programs already attached to {} (pinned in {})",
                                        *cgroup, config_.pin_dir));
     return a;
+  }
+
+  // Programs pinned by another build of Remora (a node agent upgraded while pods stay meshed)
+  // are replaced in place: this build's programs are loaded onto the pinned maps, so every
+  // meshed netns stays registered and every record is kept, and each pinned link is switched to
+  // its new program atomically (BPF_LINK_UPDATE). A pinned map of another shape cannot be
+  // reused: the upgrade is refused with the map named, and nothing changes. A failure part way
+  // puts the old programs back.
+  Result<void> upgrade(ApplyReport& report) {
+    const uint64_t old_hash = pinnedObjectHash(config_.pin_dir);
+    InterceptSkeleton skel;
+    if (auto r = skel.open(); !r) return r.error();
+    // sk_lookup where it was (a hybrid node stays one).
+    const bool sk_lookup = exists(pin(ebpf::kSkLookupProg));
+    if (!sk_lookup) bpf_program__set_autoload(skel->progs.remora_sk_lookup, false);
+    const auto maps = skeletonMaps(skel.get());
+    std::vector<size_t> unpinned;  // maps this build has and the pinned build had not
+    for (size_t i = 0; i < maps.size(); ++i) {
+      const std::string path = pin(ebpf::kMapPins[i]);
+      Fd fd(bpf_obj_get(path.c_str()));
+      if (!fd.valid()) {
+        if (errno != ENOENT) return errnoError("opening " + path);
+        unpinned.push_back(i);
+        continue;
+      }
+      if (auto same = sameShape(fd.get(), maps[i], path); !same) {
+        return makeError(fmt::format(
+            "the programs pinned in {} are another Remora build's, whose maps this build cannot "
+            "use: {}; uninstall every meshed netns (and remora-cni uninstall-node) to upgrade",
+            config_.pin_dir, same.error().message));
+      }
+      if (bpf_map__reuse_fd(maps[i], fd.get()) != 0) return errnoError("reusing " + path);
+    }
+    if (auto r = skel.load(); !r) return r.error();
+
+    // Each step records how to undo itself; a failure undoes them all, last first.
+    std::vector<std::function<void()>> undo;
+    auto fail = [&undo](Error error) -> Result<void> {
+      for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+      return error;
+    };
+    for (size_t i : unpinned) {
+      const std::string path = pin(ebpf::kMapPins[i]);
+      if (bpf_map__pin(maps[i], path.c_str()) != 0) return fail(errnoError("pinning " + path));
+      undo.emplace_back([path] { ::unlink(path.c_str()); });
+    }
+    // The new sk_lookup program is pinned beside the old one and renamed over it at the end.
+    const std::string sk_lookup_pin = pin(ebpf::kSkLookupProg);
+    const std::string sk_lookup_new = sk_lookup_pin + "_new";
+    if (sk_lookup) {
+      ::unlink(sk_lookup_new.c_str());
+      if (bpf_program__pin(skel->progs.remora_sk_lookup, sk_lookup_new.c_str()) != 0) {
+        return fail(errnoError("pinning " + sk_lookup_new));
+      }
+      undo.emplace_back([sk_lookup_new] { ::unlink(sk_lookup_new.c_str()); });
+    }
+    // Every pinned link: the four on the cgroup, and sk_lookup's one per meshed netns.
+    std::vector<std::pair<std::string, const bpf_program*>> links;
+    const bpf_program* cgroup_progs[] = {skel->progs.remora_connect4, skel->progs.remora_connect6,
+                                         skel->progs.remora_sockopt, skel->progs.remora_sockops};
+    static_assert(std::size(cgroup_progs) == std::size(ebpf::kLinkPins));
+    for (size_t i = 0; i < std::size(cgroup_progs); ++i) {
+      links.emplace_back(pin(ebpf::kLinkPins[i]), cgroup_progs[i]);
+    }
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(config_.pin_dir, ec)) {
+      if (entry.path().filename().string().rfind(ebpf::kSkLookupLinkPrefix, 0) == 0) {
+        links.emplace_back(entry.path().string(), skel->progs.remora_sk_lookup);
+      }
+    }
+    for (const auto& [path, prog] : links) {
+      auto link = std::make_shared<Fd>(bpf_obj_get(path.c_str()));
+      if (!link->valid()) return fail(errnoError("opening " + path));
+      auto old_prog = linkProgram(link->get(), path);
+      if (!old_prog) return fail(old_prog.error());
+      if (bpf_link_update(link->get(), bpf_program__fd(prog), nullptr) != 0) {
+        return fail(errnoError("switching " + path + " to this build's program"));
+      }
+      undo.emplace_back(
+          [link, old = *old_prog] { bpf_link_update(link->get(), old->get(), nullptr); });
+    }
+    // sk_msg is attached to the fast path's sockhash itself: attaching replaces the old one.
+    if (bpf_prog_attach(bpf_program__fd(skel->progs.remora_msg),
+                        bpf_map__fd(skel->maps.remora_pairs), BPF_SK_MSG_VERDICT, 0) != 0) {
+      return fail(errnoError("attaching sk_msg to the fast path's sockhash"));
+    }
+    if (auto r = writeObjectHash(bpf_map__fd(skel->maps.remora_meta)); !r) return fail(r.error());
+    if (sk_lookup && ::rename(sk_lookup_new.c_str(), sk_lookup_pin.c_str()) != 0) {
+      return fail(errnoError("renaming " + sk_lookup_new + " to " + sk_lookup_pin));
+    }
+    report.lines.push_back(fmt::format(
+        "ebpf: upgraded the programs pinned in {} from build {:016x} to {:016x}: {} links "
+        "switched, {} maps kept{}",
+        config_.pin_dir, old_hash, interceptObjectHash(), links.size(),
+        maps.size() - unpinned.size(),
+        unpinned.empty() ? "" : fmt::format(", {} new", unpinned.size())));
+    return {};
   }
 
   // Undoes what ensureAttached did for a caller that failed after it.
@@ -654,12 +818,11 @@ class EbpfApplier : public Applier {
                         bpf_map__fd(skel->maps.remora_pairs), BPF_SK_MSG_VERDICT, 0) != 0) {
       return rollback(errnoError("attaching sk_msg to the fast path's sockhash"));
     }
-    bpf_map* maps[] = {skel->maps.remora_orig_by_cookie, skel->maps.remora_orig_by_tuple,
-                       skel->maps.remora_counters,       skel->maps.remora_inbound_addrs,
-                       skel->maps.remora_listeners,      skel->maps.remora_pairs,
-                       skel->maps.remora_pairs_slow,     skel->maps.remora_netns};
-    static_assert(std::size(maps) == std::size(ebpf::kMapPins));
-    for (size_t i = 0; i < std::size(maps); ++i) {
+    if (auto r = writeObjectHash(bpf_map__fd(skel->maps.remora_meta)); !r) {
+      return rollback(r.error());
+    }
+    const auto maps = skeletonMaps(skel.get());
+    for (size_t i = 0; i < maps.size(); ++i) {
       std::string path = ebpf::pinPath(config_.pin_dir, ebpf::kMapPins[i]);
       if (bpf_map__pin(maps[i], path.c_str()) != 0) {
         return rollback(errnoError("pinning " + path));
@@ -673,6 +836,14 @@ class EbpfApplier : public Applier {
 };
 
 }  // namespace
+
+uint64_t interceptObjectHash() {
+  size_t size = 0;
+  const auto* bytes = static_cast<const unsigned char*>(remora_intercept_bpf__elf_bytes(&size));
+  uint64_t hash = 14695981039346656037ULL;  // FNV-1a
+  for (size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ULL;
+  return hash;
+}
 
 Result<remora_netns_settings> netnsSettings(const InterceptOptions& o, bool ipv6) {
   if (!o.exclude_interfaces.empty()) {

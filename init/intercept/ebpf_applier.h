@@ -19,6 +19,10 @@ struct EbpfConfig {
 
 // The settings entry `options` register for a netns (pure). Errors name an option eBPF mode
 // cannot apply (exclude-interfaces) or a list longer than the ABI's fixed arrays.
+// This binary's build of the BPF programs (a hash of the embedded object). The install that
+// attaches or upgrades them records it in map_meta; an install of another build upgrades them.
+uint64_t interceptObjectHash();
+
 Result<remora_netns_settings> netnsSettings(const InterceptOptions& options, bool ipv6);
 // One line per setting, as dump and --dry-run print them.
 std::string describeSettings(const remora_netns_settings& settings);

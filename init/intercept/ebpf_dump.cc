@@ -163,6 +163,10 @@ Result<EbpfDump> dumpEbpf(const std::string& pin_dir) {
         entry.current = cookie && *cookie == key;
         if (bpf_map_lookup_elem(map.get(), &key, &entry.settings) == 0) dump.netns.push_back(entry);
       }
+    } else if (std::strcmp(pin, ebpf::kMetaMap) == 0) {
+      const uint32_t key = 0;
+      remora_meta meta{};
+      if (bpf_map_lookup_elem(map.get(), &key, &meta) == 0) dump.build = meta.object_hash;
     } else if (std::strcmp(pin, ebpf::kOrigByTupleMap) == 0) {
       remora_tuple_key key{};
       remora_tuple_key* prev = nullptr;
@@ -236,6 +240,13 @@ std::string renderEbpfDump(const EbpfDump& dump) {
                        l.netns_ino ? fmt::format("netns inode {}", l.netns_ino)
                                    : fmt::format("cgroup id {}", l.cgroup_id));
   }
+  if (!dump.links.empty()) {
+    const bool ours = dump.build == interceptObjectHash();
+    out += fmt::format(
+        "build: {:016x} ({})\n", dump.build,
+        ours ? "this binary's"
+             : "not this binary's: its next install or install-node upgrades them in place");
+  }
   if (dump.node_hold) out += "node hold: yes (remora-cni install-node --mode ebpf)\n";
   out += fmt::format("meshed netns: {}\n", dump.netns.size());
   for (const auto& n : dump.netns) {
@@ -284,6 +295,8 @@ nlohmann::json ebpfDumpToJson(const EbpfDump& dump) {
                              {"cgroup_id", l.cgroup_id},
                              {"netns_ino", l.netns_ino}});
   }
+  j["build"] = fmt::format("{:016x}", dump.build);
+  j["build_is_this_binary"] = dump.build == interceptObjectHash();
   j["map_ids"] = dump.map_ids;
   j["node_hold"] = dump.node_hold;
   j["netns"] = nlohmann::json::array();

@@ -53,6 +53,8 @@ struct EbpfDump {
   size_t fast_path_sockets = 0;
   size_t fast_path_slow = 0;
   std::vector<std::pair<std::string, uint64_t>> counters;
+  // map_meta's record of the attached programs' build (0: none, a build before map_meta).
+  uint64_t build = 0;
   std::vector<std::string> notes;
 };
 

@@ -18,10 +18,12 @@ inline constexpr const char* kListenersMap = "map_listeners";
 // The fast path's sockhash (sk_msg is attached to it) and its slow-socket set.
 inline constexpr const char* kPairsMap = "map_pairs";
 inline constexpr const char* kPairsSlowMap = "map_pairs_slow";
+// Which build's programs are attached (struct remora_meta).
+inline constexpr const char* kMetaMap = "map_meta";
 // In pinning order: the netns map last (ebpf_applier.cc).
 inline constexpr const char* kMapPins[] = {kOrigByCookieMap, kOrigByTupleMap, kCountersMap,
                                            kInboundAddrsMap, kListenersMap,   kPairsMap,
-                                           kPairsSlowMap,    kNetnsMap};
+                                           kPairsSlowMap,    kMetaMap,        kNetnsMap};
 // The sk_lookup program, pinned so later installs can attach it to their netns.
 inline constexpr const char* kSkLookupProg = "prog_sk_lookup";
 // One sk_lookup link per meshed netns with inbound capture: link_sk_lookup_<netns cookie>.

@@ -24,6 +24,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "common/netns.h"
@@ -789,7 +790,7 @@ TEST_F(EbpfE2e, UninstallIsRefcountedAndLeavesNothing) {
   }
   for (const auto& m : j["map_ids"]) maps.push_back(m);
   ASSERT_EQ(progs.size(), 6u);  // 4 on the cgroup, sk_lookup on each netns
-  ASSERT_EQ(maps.size(), 8u);
+  ASSERT_EQ(maps.size(), 9u);   // ebpf_pins.h's kMapPins
   // One meshed netns left: everything stays attached and it is still captured.
   auto out = init(v1_, {"uninstall"});
   ASSERT_EQ(out.exit_code, 0) << out.err;
@@ -805,6 +806,83 @@ TEST_F(EbpfE2e, UninstallIsRefcountedAndLeavesNothing) {
   // A second uninstall has nothing to do and says so.
   out = init(front_, {"uninstall"});
   EXPECT_EQ(out.exit_code, 0) << out.err;
+}
+
+// Makes the attached programs look like another build's: map_meta records a build that is not
+// this binary's (what a node agent upgraded under meshed pods finds).
+void recordOtherBuild(const std::string& pin_dir) {
+  int meta = bpf_obj_get((pin_dir + "/map_meta").c_str());
+  ASSERT_GE(meta, 0) << "map_meta: " << std::strerror(errno);
+  const uint32_t key = 0;
+  const uint64_t other_build = 0x0123456789abcdefULL;
+  EXPECT_EQ(bpf_map_update_elem(meta, &key, &other_build, BPF_ANY), 0);
+  ::close(meta);
+}
+
+std::set<uint32_t> progIds(const nlohmann::json& dump) {
+  std::set<uint32_t> ids;
+  for (const auto& p : dump["programs"]) ids.insert(p["prog_id"].get<uint32_t>());
+  return ids;
+}
+
+TEST_F(EbpfE2e, AnotherBuildsProgramsAreUpgradedInPlace) {
+  install(front_);
+  auto before = dump(front_);
+  ASSERT_EQ(before["build_is_this_binary"], true) << before.dump();
+  recordOtherBuild(pin_dir_);
+  ASSERT_EQ(dump(front_)["build_is_this_binary"], false);
+  std::set<uint32_t> links;
+  for (const auto& p : before["programs"]) links.insert(p["link_id"].get<uint32_t>());
+
+  // The next install (another pod) switches every link to this build's programs.
+  auto out = init(v1_, {"install"});
+  ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
+  EXPECT_NE(out.out.find("upgraded the programs pinned in " + pin_dir_), std::string::npos)
+      << out.out;
+  auto after = dump(front_);
+  EXPECT_EQ(after["build_is_this_binary"], true) << after.dump();
+  ASSERT_EQ(after["netns"].size(), 2u) << "the meshed netns stays registered";
+  std::set<uint32_t> new_progs = progIds(after);
+  for (uint32_t id : progIds(before)) {
+    EXPECT_EQ(new_progs.count(id), 0u) << "link still runs old program " << id;
+    EXPECT_TRUE(gone(bpf_prog_get_fd_by_id, id)) << "old program " << id << " not freed";
+  }
+  for (const auto& p : after["programs"]) {
+    if (p["attach"] == "sk_lookup" && links.count(p["link_id"].get<uint32_t>()) == 0) continue;
+    EXPECT_EQ(links.count(p["link_id"].get<uint32_t>()), 1u) << "a link was replaced: " << p;
+  }
+  // Both netns are captured by the new programs, the first one's records and settings kept.
+  EXPECT_NE(connect(front_, kVip).find("proxy orig=10.1.122.241:9999"), std::string::npos);
+  servers_.push_back(world_->serveProbe(v1_, "0.0.0.0:15001", "v1-proxy"));
+  EXPECT_NE(connect(v1_, kVip).find("v1-proxy orig=10.1.122.241:9999"), std::string::npos);
+  // The same build again: nothing to upgrade.
+  out = init(front_, {"install"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(out.out.find("upgraded"), std::string::npos) << out.out;
+  EXPECT_EQ(progIds(dump(front_)), new_progs);
+}
+
+TEST_F(EbpfE2e, AnotherBuildsMapOfAnotherShapeIsRefusedAndNothingChanges) {
+  install(front_);
+  auto before = dump(front_);
+  recordOtherBuild(pin_dir_);
+  // The other build's map_pairs_slow holds 2-byte values.
+  const std::string slow = pin_dir_ + "/map_pairs_slow";
+  ASSERT_EQ(::unlink(slow.c_str()), 0);
+  int other = bpf_map_create(BPF_MAP_TYPE_LRU_HASH, "other", 48, 2, 64, nullptr);
+  ASSERT_GE(other, 0) << std::strerror(errno);
+  ASSERT_EQ(bpf_obj_pin(other, slow.c_str()), 0);
+  ::close(other);
+  auto out = init(v1_, {"install"});
+  EXPECT_NE(out.exit_code, 0);
+  EXPECT_NE(out.err.find("map_pairs_slow has type"), std::string::npos) << out.err;
+  EXPECT_NE(out.err.find("uninstall every meshed netns"), std::string::npos) << out.err;
+  auto after = dump(front_);
+  EXPECT_EQ(progIds(after), progIds(before));
+  EXPECT_EQ(after["netns"].size(), 1u);
+  EXPECT_EQ(after["build_is_this_binary"], false);
+  EXPECT_FALSE(std::filesystem::exists(pin_dir_ + "/prog_sk_lookup_new"));
+  EXPECT_NE(connect(front_, kVip).find("proxy orig=10.1.122.241:9999"), std::string::npos);
 }
 
 TEST_F(EbpfE2e, FailedInstallLeavesNothingAttachedOrPinned) {
