@@ -298,6 +298,15 @@ TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaint
   EXPECT_EQ(requestsWith(v1_, "source_principal=\"unknown\""), 1) << metrics(v1_);
   EXPECT_EQ(requestsWith(v1_, "source_principal=\"cluster.local/ns/istio-demo/sa/front\""), 1)
       << metrics(v1_);
+  // TLS of the client's own (curl's https, ALPN h2 / http/1.1) on this HTTP port: Istio's
+  // PERMISSIVE HTTP chains match only mesh mTLS and plaintext, so the connection is closed.
+  auto foreign =
+      world_->exec(legacy_, {"curl", "-sS", "-k", "-m", "3", "https://10.244.1.168:80/x"});
+  ASSERT_TRUE(foreign.ok());
+  EXPECT_NE(foreign->exit_code, 0) << foreign->out;
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls_refused\"}"), 1)
+      << metrics(v1_);
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls\"}"), 1) << metrics(v1_);
 
   // STRICT (after a reload): the plaintext client is refused, the sidecar still served.
   writeConfig(std::string(kWorld) + peerAuthentication("STRICT"));
@@ -311,13 +320,14 @@ TEST_F(TlsHttpE2e, PermissiveServesTlsAndPlaintextOnTheL7PathStrictRefusesPlaint
 }
 
 // The world with the Service's ports unnamed (no appProtocol): "auto", sniffed. 9999 → the HTTP
-// backends, 7777 → an echo server on 7000.
+// backends, 7777 → an echo server on 7000, 7443 → 7443 (an app serving its own TLS, when a test
+// starts one).
 std::string autoWorld() {
   std::string w = kWorld;
   const std::string named = "ports: [{name: http, port: 9999, targetPort: 80}]";
   w.replace(w.find(named), named.size(),
             "ports: [{name: web, port: 9999, targetPort: 80}, {name: echo, port: 7777, "
-            "targetPort: 7000}]");
+            "targetPort: 7000}, {name: secure, port: 7443, targetPort: 7443}]");
   return w;
 }
 
@@ -445,10 +455,13 @@ TEST_F(TlsSniffE2e, UnnamedPortOverPermissiveMtlsGetsL7PerRequest) {
   EXPECT_EQ(requestsWith(v1_, "source_principal=\"unknown\""), 2) << metrics(v1_);
 }
 
-// Without per-request routes the front relays the unnamed port at L4 and its mTLS offers no
-// ALPN (it did not look at the bytes): the bill proxies sniff the decrypted stream and still
-// serve each request on the L7 path.
-TEST_F(TlsSniffE2e, UnnamedPortWithoutAnAlpnIsSniffedOnTheDecryptedStream) {
+// Without per-request routes the front still sniffs the unnamed port (mTLS may be originated)
+// and relays it at L4, its mTLS offering Istio's HTTP ALPN for HTTP and "istio" for the rest, as
+// an Istio client sidecar does: the bill proxies, PERMISSIVE, see an Istio ALPN, so they
+// terminate the mTLS (the front's identity in every request's metrics) instead of passing it to
+// the app as TLS that is not the mesh's, and serve each request on the L7 path. Before the front
+// offered an ALPN here, the bill proxy passing ALPN-less TLS through broke this connection.
+TEST_F(TlsSniffE2e, UnnamedPortWithoutRoutesStillGetsMtlsWithAnIstioAlpn) {
   startAll(autoWorld() + peerAuthentication("PERMISSIVE") + kDenyAdmin);
   const std::string out = client("GET /a,GET /admin/x,GET /b");
   EXPECT_EQ(statuses(out), (std::vector<int>{200, 403, 200})) << out;
@@ -456,11 +469,14 @@ TEST_F(TlsSniffE2e, UnnamedPortWithoutAnAlpnIsSniffedOnTheDecryptedStream) {
   EXPECT_EQ(billRequestsWith(kFrontPrincipal), 3) << metrics(v1_) << metrics(v2_);
   EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"http\"}"), 1);
   EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), 1);
-  // The raw TCP client: no HTTP in the decrypted bytes, relayed.
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls_passthrough\"}"), 0);
+  // The raw TCP client: the front finds no HTTP and offers "istio"; relayed over mTLS.
   auto raw = world_->exec(front_, {kPython, dir_ + "/raw.py"});
   ASSERT_TRUE(raw.ok());
   EXPECT_EQ(raw->out, "echo ok\n") << raw->err;
   EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"tcp\"}"), 1);
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), 2);
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls_passthrough\"}"), 0);
 
   // STRICT (after a reload): a plaintext client of the unnamed port is refused at its first
   // byte; the sidecar's mTLS requests are still served and authorized one by one.
@@ -473,6 +489,69 @@ TEST_F(TlsSniffE2e, UnnamedPortWithoutAnAlpnIsSniffedOnTheDecryptedStream) {
       << metrics(v1_);
   const std::string strict = client("GET /admin/z,GET /d");
   EXPECT_EQ(statuses(strict), (std::vector<int>{403, 200})) << strict;
+}
+
+// A client outside the mesh speaking its own TLS (curl: ALPN h2 and http/1.1, no client
+// certificate) to an app serving HTTPS itself (openssl s_server -www, a certificate for
+// app.remora.test made by the test): under PERMISSIVE the bill proxy passes that TLS through
+// untouched, on an unnamed port (the sniffer, 7443) and on a port of no Service (the L4 path,
+// 8443): the app's certificate verifies for its name and its page comes back, counted
+// detected="tls_passthrough" and in the remora_tcp_* series as source_principal="unknown". The
+// sidecar's mTLS on the same pod is still terminated (its identity, the DENY per request).
+// STRICT (after a reload) terminates every TLS, as Istio's STRICT chains do: the same client
+// fails its handshake, having no mesh certificate.
+TEST_F(TlsSniffE2e, PermissiveTlsWithoutAnIstioAlpnReachesTheAppsOwnTlsUntouched) {
+  sign(dir_ + "/app", "app.remora.test", "DNS:app.remora.test");
+  for (const char* port : {"7443", "8443"}) {
+    backends_.push_back(world_->spawn(v1_, {"openssl", "s_server", "-accept", port, "-cert",
+                                            dir_ + "/app.pem", "-key", dir_ + "/app.key", "-www"}));
+    ASSERT_TRUE(backends_.back()->waitForLine("ACCEPT", 10000)) << backends_.back()->output();
+  }
+  startAll(autoWorld() + peerAuthentication("PERMISSIVE") + kDenyAdmin);
+  auto https = [&](const std::string& port) {
+    return world_->exec(legacy_, {"curl", "-sS", "-m", "5", "--cacert", dir_ + "/ca.pem",
+                                  "--resolve", "app.remora.test:" + port + ":10.244.1.168",
+                                  "https://app.remora.test:" + port + "/"});
+  };
+  for (const std::string port : {"7443", "8443"}) {
+    auto r = https(port);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->exit_code, 0) << port << ": " << r->err << metrics(v1_);
+    EXPECT_NE(r->out.find("s_server"), std::string::npos) << port << ": " << r->out;
+  }
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls_passthrough\"}"), 2)
+      << metrics(v1_);
+  EXPECT_EQ(metric(v1_, "remora_tls_permissive_total{detected=\"tls\"}"), 0) << metrics(v1_);
+  EXPECT_EQ(metric(v1_, "remora_tls_handshakes_total{side=\"server\"}"), 0) << metrics(v1_);
+  EXPECT_EQ(billMetric("remora_protocol_sniff_total{result=\"tcp\"}"), 1);
+  long received = 0;
+  std::istringstream lines(metrics(v1_));
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("remora_tcp_received_bytes_total{", 0) == 0 &&
+        line.find("source_principal=\"unknown\"") != std::string::npos) {
+      received += std::stol(line.substr(line.rfind(' ') + 1));
+    }
+  }
+  EXPECT_GT(received, 200) << metrics(v1_);  // at least the two ClientHellos
+
+  // The sidecar's mTLS is still the mesh's: its identity, the DENY evaluated per request.
+  const std::string out = client("GET /a,GET /admin/x");
+  EXPECT_EQ(statuses(out), (std::vector<int>{200, 403})) << out;
+  EXPECT_EQ(billRequestsWith(kFrontPrincipal), 2) << metrics(v1_) << metrics(v2_);
+  EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls\"}"), 1);
+
+  // STRICT: any TLS is terminated as mTLS; the client without a mesh certificate fails.
+  const long failed = metric(v1_, "remora_tls_handshake_failures_total{reason=\"handshake\"}");
+  writeConfig(autoWorld() + peerAuthentication("STRICT") + kDenyAdmin);
+  ASSERT_TRUE(waitFor([&] {
+    auto r = https("8443");
+    return r.ok() && r->exit_code != 0;
+  }));
+  auto sniffed = https("7443");
+  ASSERT_TRUE(sniffed.ok());
+  EXPECT_NE(sniffed->exit_code, 0) << sniffed->out;
+  EXPECT_GE(metric(v1_, "remora_tls_handshake_failures_total{reason=\"handshake\"}"), failed + 2)
+      << metrics(v1_);
 }
 
 // The bill pods accept plaintext only (DISABLE) while the DestinationRule asks for ISTIO_MUTUAL:

@@ -26,7 +26,7 @@ class SnifferTest : public ::testing::Test {
   SnifferTest()
       : sniffer_(
             ring_, stats_, [this](Sniffed s) { verdict_ = std::move(s); },
-            [this] { return serverStream(); }) {}
+            [this](security::MtlsMode mode) { return serverStream(mode); }) {}
   ~SnifferTest() override {
     if (verdict_ && verdict_->fd >= 0) ::close(verdict_->fd);
   }
@@ -36,10 +36,17 @@ class SnifferTest : public ::testing::Test {
     ASSERT_GE(fd_, 0);
     sniffer_.start(fd_, 3, dst_, std::chrono::milliseconds(100), mtls);
   }
-  // The sniffer's server streams (a workload "bill"), as terminateTls makes them.
-  std::unique_ptr<tls::TlsStream> serverStream() {
+  // The sniffer's server streams (a workload "bill"), as terminateTls makes them: under
+  // PERMISSIVE the ClientHello decides first (decidePermissiveTls, a TCP or unnamed port).
+  std::unique_ptr<tls::TlsStream> serverStream(security::MtlsMode mode) {
     if (!server_ctx_) return nullptr;
-    auto s = tls::TlsStream::create(server_ctx_, tls::Role::kServer);
+    tls::StreamOptions o;
+    if (mode == security::MtlsMode::kPermissive) {
+      o.terminate_if = [](const std::vector<std::string>& offered) {
+        return decidePermissiveTls(offered, /*http_port=*/false) == PermissiveTls::kMesh;
+      };
+    }
+    auto s = tls::TlsStream::create(server_ctx_, tls::Role::kServer, std::move(o));
     return s.ok() ? std::move(*s) : nullptr;
   }
   // A meshed client ("front") offering `alpn`, its ClientHello sent to the sniffer; then the
@@ -247,35 +254,70 @@ TEST_F(SnifferTest, StrictTlsWithTheTcpAlpnIsTcpWithoutWaiting) {
   EXPECT_EQ(stats_.counters().sniff_tcp.get(), 1u);
 }
 
-TEST_F(SnifferTest, TlsWithoutAnIstioAlpnIsSniffedOnTheDecryptedBytes) {
-  start(security::MtlsMode::kPermissive);
-  // The request rides with the client's Finished.
+TEST_F(SnifferTest, StrictTlsWithoutAnIstioAlpnIsTcpAsIstiosStrictChainsTakeIt) {
+  start(security::MtlsMode::kStrict);
+  // The request rides with the client's Finished; it is not looked at.
   tlsClient({}, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
   ASSERT_TRUE(verdict_.has_value());
-  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kHttp);
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTcp);
   EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
-  EXPECT_EQ(verdict_->bytes, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+  ASSERT_TRUE(verdict_->tls);
+  EXPECT_EQ(verdict_->tls->peerIdentity(), kFrontId);
 }
 
-TEST_F(SnifferTest, TlsWithoutAnAlpnAndNoRequestWaitsTheTimeoutAgainThenRelays) {
+TEST_F(SnifferTest, PermissiveTlsWithoutAnIstioAlpnIsPassedToTheAppAsItCame) {
+  server_ctx_ = context(ca_.issue("spiffe://cluster.local/ns/istio-demo/sa/bill"));
+  const uint64_t passed = tls::counters().permissive_passthrough.load();
+  const uint64_t mesh = tls::counters().permissive_tls.load();
   start(security::MtlsMode::kPermissive);
-  tlsClient({});
+  // A client outside the mesh speaking its own TLS to the app (no certificate, h2 / http/1.1).
+  auto ext = tls::clientContextFor("", "", "", false);
+  ASSERT_TRUE(ext.ok());
+  tls::StreamOptions o;
+  o.alpn = {"h2", "http/1.1"};
+  auto c = tls::TlsStream::create(*ext, tls::Role::kClient, o);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*c)->start().ok());
+  std::string hello;
+  (*c)->takeCiphertext(hello);
+  // In three segments: the record header alone, then two halves of the rest.
+  clientSends(std::string_view(hello).substr(0, 5));
   EXPECT_FALSE(verdict_.has_value());
-  // The first timer (armed at accept) ends; the handshake moved the deadline, so it re-arms
-  // for the decrypted bytes' own wait, at most the detection timeout.
-  const RecordedOp first = ring_.ops[0];
-  ASSERT_EQ(first.kind, RecordedOp::kTimeout);
-  complete(first.user_data, -ETIME);
-  ASSERT_EQ(count(RecordedOp::kTimeout), 2u);
-  const RecordedOp again = last(RecordedOp::kTimeout);
-  EXPECT_LE(again.timeout, std::chrono::milliseconds(100));
+  const size_t half = 5 + (hello.size() - 5) / 2;
+  clientSends(std::string_view(hello).substr(5, half - 5));
   EXPECT_FALSE(verdict_.has_value());
-  complete(again.user_data, -ETIME);
-  complete(last(RecordedOp::kRead).user_data, -ECANCELED);
+  clientSends(std::string_view(hello).substr(half));
   ASSERT_TRUE(verdict_.has_value());
-  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTimeout);
-  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTls);
-  EXPECT_TRUE(verdict_->tls);
+  EXPECT_EQ(verdict_->verdict, Sniffed::Verdict::kTcp);
+  EXPECT_EQ(verdict_->transport, Sniffed::Transport::kTlsPassedThrough);
+  EXPECT_FALSE(verdict_->tls);
+  EXPECT_EQ(verdict_->bytes, hello);
+  EXPECT_EQ(count(RecordedOp::kSend), 0u) << "the sniffer answered a client that is not the mesh's";
+  EXPECT_EQ(tls::counters().permissive_passthrough.load(), passed + 1);
+  EXPECT_EQ(tls::counters().permissive_tls.load(), mesh);
+}
+
+TEST(PermissiveTls, AnIstioAlpnIsTheMeshsTlsOtherTlsPassesOrIsRefusedOnHttpPorts) {
+  for (const char* p :
+       {"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}) {
+    EXPECT_TRUE(offersIstioAlpn({"h2", p})) << p;
+    EXPECT_EQ(decidePermissiveTls({p}, false), PermissiveTls::kMesh) << p;
+    EXPECT_EQ(decidePermissiveTls({p}, true), PermissiveTls::kMesh) << p;
+  }
+  for (const std::vector<std::string>& offer : {std::vector<std::string>{},
+                                                {"h2", "http/1.1"},
+                                                {"http/1.1"},
+                                                {"istio-http/2"},
+                                                {"Istio"},
+                                                {"istiox"},
+                                                {"istio-http"}}) {
+    EXPECT_FALSE(offersIstioAlpn(offer));
+    EXPECT_EQ(decidePermissiveTls(offer, false), PermissiveTls::kPassThrough);
+    EXPECT_EQ(decidePermissiveTls(offer, true), PermissiveTls::kRefuse);
+  }
+  // What Remora's own clients offer is the mesh's.
+  EXPECT_TRUE(offersIstioAlpn(kMeshHttpAlpn));
+  EXPECT_TRUE(offersIstioAlpn(kMeshTcpAlpn));
 }
 
 TEST_F(SnifferTest, StrictRefusesAPlaintextClientAtItsFirstByte) {

@@ -158,6 +158,145 @@ TEST(TlsStream, TheServerSeesTheClientsAlpnOfferAndSelectsNothing) {
   EXPECT_FALSE(TlsStream::create(c, Role::kClient, bad).ok());
 }
 
+// PERMISSIVE's ClientHello decision (StreamOptions::terminate_if): a server stream that waits for
+// the whole hello, however it is split, and either terminates or hands every byte back untouched.
+struct HelloDecision {
+  std::vector<std::vector<std::string>> seen;  // what terminate_if was shown, per call
+  std::unique_ptr<TlsStream> server;
+  std::string plain;
+};
+HelloDecision decidingServer(const std::shared_ptr<const TlsContext>& s) {
+  HelloDecision d;
+  StreamOptions o;
+  auto* seen = &d.seen;
+  o.terminate_if = [seen](const std::vector<std::string>& offered) {
+    seen->push_back(offered);
+    for (const auto& p : offered) {
+      if (p.rfind("istio", 0) == 0) return true;
+    }
+    return false;
+  };
+  auto ss = TlsStream::create(s, Role::kServer, std::move(o));
+  EXPECT_TRUE(ss.ok());
+  d.server = std::move(*ss);
+  return d;
+}
+// The ClientHello of a client outside the mesh (no certificate, no SPIFFE check, TLS 1.2 allowed)
+// offering `alpn`.
+std::string foreignHello(const std::vector<std::string>& alpn) {
+  auto ctx = clientContextFor("", "", "", false);
+  EXPECT_TRUE(ctx.ok());
+  StreamOptions o;
+  o.sni = "app.example.com";
+  o.alpn = alpn;
+  auto c = TlsStream::create(*ctx, Role::kClient, o);
+  EXPECT_TRUE(c.ok());
+  EXPECT_TRUE((*c)->start().ok());
+  std::string hello;
+  (*c)->takeCiphertext(hello);
+  return hello;
+}
+
+TEST(TlsStream, AHelloWithoutAnIstioAlpnSplitByteByByteIsHandedBackAsItCame) {
+  TestCa ca("test-ca");
+  auto s = context(ca.issue(kServerId));
+  for (const std::vector<std::string>& alpn :
+       {std::vector<std::string>{"h2", "http/1.1"}, std::vector<std::string>{}}) {
+    const std::string hello = foreignHello(alpn);
+    ASSERT_GT(hello.size(), 100u);
+    HelloDecision d = decidingServer(s);
+    // One byte per receive, as the worst TCP segmentation would bring it: no decision, no
+    // failure and nothing sent until the last byte.
+    for (size_t i = 0; i + 1 < hello.size(); ++i) {
+      ASSERT_TRUE(d.server->receive(std::string_view(hello).substr(i, 1), d.plain).ok()) << i;
+      ASSERT_FALSE(d.server->passedThrough()) << i;
+    }
+    EXPECT_TRUE(d.seen.empty());
+    ASSERT_TRUE(d.server->receive(std::string_view(hello).substr(hello.size() - 1), d.plain).ok());
+    EXPECT_TRUE(d.server->passedThrough());
+    ASSERT_EQ(d.seen.size(), 1u);
+    EXPECT_EQ(d.seen[0], alpn);
+    EXPECT_FALSE(d.server->hasCiphertext()) << "nothing may reach a client that is not ours";
+    EXPECT_EQ(d.server->takeReceived(), hello);
+    // What follows is handed back too, never parsed.
+    ASSERT_TRUE(d.server->receive(std::string_view("\x17\x03\x03\x00\x01x", 6), d.plain).ok());
+    EXPECT_EQ(d.server->takeReceived(), std::string("\x17\x03\x03\x00\x01x", 6));
+    EXPECT_TRUE(d.plain.empty());
+    EXPECT_FALSE(d.server->established());
+  }
+}
+
+TEST(TlsStream, AHelloWithAnIstioAlpnIsTerminatedAndNothingIsKept) {
+  TestCa ca("test-ca");
+  auto c = context(ca.issue(kClientId));
+  HelloDecision d = decidingServer(context(ca.issue(kServerId)));
+  StreamOptions offer{kServerId, nullptr, ""};
+  offer.alpn = {"istio-peer-exchange", "istio"};
+  auto cs = TlsStream::create(c, Role::kClient, offer);
+  ASSERT_TRUE(cs.ok());
+  Pipe p;
+  p.client = std::move(*cs);
+  p.server = std::move(d.server);
+  ASSERT_TRUE(p.client->start().ok());
+  p.run();
+  ASSERT_TRUE(p.client_ok && p.server_ok);
+  EXPECT_TRUE(p.server->established());
+  EXPECT_FALSE(p.server->passedThrough());
+  EXPECT_EQ(p.server->peerIdentity(), kClientId);
+  ASSERT_EQ(d.seen.size(), 1u);
+  EXPECT_EQ(d.seen[0], offer.alpn);
+  EXPECT_TRUE(p.server->takeReceived().empty());
+}
+
+TEST(TlsStream, ATruncatedHelloWaitsAndGarbageOrAnOversizedHelloFails) {
+  TestCa ca("test-ca");
+  auto s = context(ca.issue(kServerId));
+  const std::string hello = foreignHello({"http/1.1"});
+  {
+    HelloDecision d = decidingServer(s);
+    ASSERT_TRUE(
+        d.server->receive(std::string_view(hello).substr(0, hello.size() / 2), d.plain).ok());
+    EXPECT_FALSE(d.server->passedThrough());
+    EXPECT_EQ(d.server->failure(), Failure::kNone);
+    EXPECT_TRUE(d.seen.empty());
+  }
+  {
+    // A handshake record holding no ClientHello: a failed handshake, never passed on.
+    HelloDecision d = decidingServer(s);
+    EXPECT_FALSE(
+        d.server->receive(std::string_view("\x16\x03\x01\x00\x05hello", 10), d.plain).ok());
+    EXPECT_FALSE(d.server->passedThrough());
+    EXPECT_EQ(d.server->failure(), Failure::kHandshake);
+    EXPECT_TRUE(d.seen.empty());
+  }
+  {
+    // A ClientHello claiming 100,000 bytes (OpenSSL would wait for up to 131,396): the stream
+    // stops keeping bytes at kMaxClientHelloBytes.
+    HelloDecision d = decidingServer(s);
+    std::string body;
+    body += '\x01';                          // ClientHello
+    body += std::string("\x01\x86\xa0", 3);  // 100,000
+    body += std::string("\x03\x03", 2);
+    body.append(100000 - 2, '\0');
+    bool failed = false;
+    size_t fed = 0;
+    for (size_t off = 0; off < body.size() && !failed; off += 16000) {
+      const std::string chunk = body.substr(off, 16000);
+      std::string record("\x16\x03\x01", 3);
+      record += static_cast<char>(chunk.size() >> 8);
+      record += static_cast<char>(chunk.size() & 0xff);
+      record += chunk;
+      fed += record.size();
+      failed = !d.server->receive(record, d.plain).ok();
+    }
+    EXPECT_TRUE(failed);
+    EXPECT_GT(fed, kMaxClientHelloBytes);
+    EXPECT_LE(fed, kMaxClientHelloBytes + 16005);
+    EXPECT_NE(d.server->error().find("ClientHello"), std::string::npos) << d.server->error();
+    EXPECT_FALSE(d.server->passedThrough());
+  }
+}
+
 TEST(TlsStream, LargeTransferSurvivesSplitRecords) {
   TestCa ca("test-ca");
   auto p = connect(context(ca.issue(kClientId)), context(ca.issue(kServerId)));

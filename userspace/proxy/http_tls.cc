@@ -92,7 +92,7 @@ HttpProxy::TlsIn HttpProxy::tlsReceive(Pipe& p, std::string_view& bytes, bool in
       countInbound("", false);
       return TlsIn::kPlain;
     }
-    p.tls = terminateTls(identity_.get());
+    p.tls = terminateTls(identity_.get(), security::MtlsMode::kPermissive, /*http_port=*/true);
     if (!p.tls) return TlsIn::kFailed;
   }
   if (!p.tls) return TlsIn::kPlain;
@@ -100,6 +100,12 @@ HttpProxy::TlsIn HttpProxy::tlsReceive(Pipe& p, std::string_view& bytes, bool in
       inbound_client && !p.tls->established() && bytes.front() != kTlsHandshakeRecord;
   tls_plain_.clear();
   Result<void> r = p.tls->receive(bytes, tls_plain_);
+  if (r && p.tls->passedThrough()) {
+    // PERMISSIVE TLS offering no Istio ALPN on an HTTP port: Istio has no filter chain for it
+    // and closes the connection (counted detected="tls_refused"); nothing was sent.
+    SPDLOG_DEBUG("http inbound: TLS without an Istio ALPN on an HTTP port: closed");
+    return TlsIn::kFailed;
+  }
   p.tls->takeCiphertext(p.pending);  // handshake answers, or the alert of a failure
   if (!r) {
     if (first_plaintext) tls::TlsCounters::inc(tls::counters().plaintext_refused);

@@ -42,8 +42,8 @@ struct Sniffer::Pending {
   security::MtlsMode mtls = security::MtlsMode::kDisable;
   Sniffed::Transport transport = Sniffed::Transport::kUndecided;
   std::chrono::milliseconds timeout{0};
-  // When the wait ends: the first bytes' (and then the decrypted bytes') detection timeout, or
-  // the handshake's. The timer re-arms itself until then.
+  // When the wait ends: the first bytes' detection timeout, or the handshake's (ClientHello
+  // included). The timer re-arms itself until then.
   std::chrono::steady_clock::time_point deadline;
   std::chrono::steady_clock::time_point armed_until;  // the deadline the timer in flight is for
   std::unique_ptr<tls::TlsStream> stream;
@@ -178,7 +178,7 @@ bool Sniffer::decideTransport(uint32_t slot, char first) {
     return true;
   }
   p.transport = Sniffed::Transport::kTls;
-  p.stream = make_server_ ? make_server_() : nullptr;
+  p.stream = make_server_ ? make_server_(p.mtls) : nullptr;
   if (!p.stream) {
     closeNow(slot, /*reset=*/true);
     return false;
@@ -196,31 +196,24 @@ void Sniffer::onTlsBytes(uint32_t slot, std::string_view bytes) {
     closeNow(slot, /*reset=*/true);
     return;
   }
+  if (p.stream->passedThrough()) {
+    // PERMISSIVE, no Istio ALPN: the client's own TLS, relayed to the app untouched at L4.
+    p.bytes = p.stream->takeReceived();
+    p.stream.reset();
+    p.transport = Sniffed::Transport::kTlsPassedThrough;
+    decide(slot, Sniffed::Verdict::kTcp);
+    return;
+  }
   flushTls(slot);
   if (!p.stream->established()) {
     read(slot);
     return;
   }
-  if (!p.handshake_done) {
-    p.handshake_done = true;
-    // The decrypted bytes get the detection timeout of their own.
-    p.deadline = std::chrono::steady_clock::now() + p.timeout;
-    switch (meshAlpnVerdict(p.stream->offeredAlpn())) {
-      case AlpnVerdict::kHttp:
-        decide(slot, Sniffed::Verdict::kHttp);
-        return;
-      case AlpnVerdict::kTcp:
-        decide(slot, Sniffed::Verdict::kTcp);
-        return;
-      case AlpnVerdict::kUnknown:
-        break;
-    }
-  }
-  if (p.stream->peerClosed()) {
-    decide(slot, Sniffed::Verdict::kTcp);  // no more plaintext will come
-    return;
-  }
-  sniffBytes(slot);
+  // Decided by the ALPN as soon as the handshake is done, as Istio's filter chains are.
+  p.handshake_done = true;
+  decide(slot, meshAlpnVerdict(p.stream->offeredAlpn()) == AlpnVerdict::kHttp
+                   ? Sniffed::Verdict::kHttp
+                   : Sniffed::Verdict::kTcp);
 }
 
 void Sniffer::sniffBytes(uint32_t slot) {

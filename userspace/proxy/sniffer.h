@@ -9,10 +9,13 @@
 //
 // Inbound, where PeerAuthentication may bring mTLS (PERMISSIVE, STRICT), the first byte decides
 // the transport first: a TLS handshake record is answered here (the handshake, bounded by
-// kHandshakeTimeout), and the verdict is then taken on the decrypted stream: by the ALPN the
-// client offered where it is one of Istio's (meshAlpnVerdict), else by sniffing the decrypted
-// bytes with the same bounded wait. PERMISSIVE takes plaintext as above; STRICT refuses it.
-// The established stream goes with the verdict, so the L7 or L4 path carries on over it.
+// kHandshakeTimeout). Under PERMISSIVE the ClientHello decides first (decidePermissiveTls): a
+// client offering none of Istio's ALPNs is not the mesh's, and what it sent is relayed to the
+// app as it is (Transport::kTlsPassedThrough, verdict TCP). A terminated stream's verdict is its
+// ALPN's (meshAlpnVerdict): HTTP for Istio's HTTP protocols, else TCP, as Istio's inbound filter
+// chains take it (STRICT terminates any TLS; one without an Istio HTTP ALPN is TCP). PERMISSIVE
+// takes plaintext as above; STRICT refuses it. The established stream goes with the verdict, so
+// the L7 or L4 path carries on over it.
 //
 // Runs on the worker's thread and ring, with op bytes of its own (SniffOp). The verdicts are
 // counted in remora_protocol_sniff_total{result="http|tcp|timeout"}, TLS or not.
@@ -46,7 +49,7 @@ enum class SniffOp : uint8_t {
 // What an mTLS client's ALPN offer says it carries, as Istio's inbound filter chains read it:
 // the first of Istio's protocols it offers decides ("istio-http/1.0", "istio-http/1.1": HTTP;
 // "istio", "istio-peer-exchange", and "istio-h2", which Remora's L7 path does not speak: TCP);
-// none of them: unknown (the decrypted bytes are sniffed).
+// none of them: unknown (carried as TCP, as Istio's STRICT chains do).
 enum class AlpnVerdict : uint8_t { kHttp, kTcp, kUnknown };
 AlpnVerdict meshAlpnVerdict(const std::vector<std::string>& offered);
 
@@ -54,7 +57,9 @@ struct Sniffed {
   enum class Verdict : uint8_t { kHttp, kTcp, kTimeout };
   // Ports where mTLS may apply: how the client's transport was decided. kUndecided: not such a
   // port, or STRICT with a client that said nothing (the L4 path waits for its handshake).
-  enum class Transport : uint8_t { kUndecided, kPlaintext, kTls };
+  // kTlsPassedThrough: PERMISSIVE TLS whose ClientHello offered no Istio ALPN; `bytes` are the
+  // client's own TLS, for the app as they are.
+  enum class Transport : uint8_t { kUndecided, kPlaintext, kTls, kTlsPassedThrough };
   Verdict verdict = Verdict::kTcp;
   Transport transport = Transport::kUndecided;
   int fd = -1;  // the caller's from now on
@@ -74,8 +79,9 @@ class Sniffer {
   // is of this order); the connection is reset otherwise.
   static constexpr std::chrono::milliseconds kHandshakeTimeout{10000};
   using Done = std::function<void(Sniffed)>;
-  // A server stream with the current certificate, nullptr with none (counted by the maker).
-  using MakeServerStream = std::function<std::unique_ptr<tls::TlsStream>()>;
+  // A server stream with the current certificate for a port in `mode` (terminateTls), nullptr
+  // with none (counted by the maker).
+  using MakeServerStream = std::function<std::unique_ptr<tls::TlsStream>(security::MtlsMode)>;
 
   Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server = {});
   ~Sniffer();

@@ -41,9 +41,27 @@ inline constexpr std::chrono::milliseconds kDetectTimeout{200};
 
 // The first byte of a TLS handshake record (a ClientHello): PERMISSIVE's detection.
 inline constexpr char kTlsHandshakeRecord = 0x16;
-// PERMISSIVE's detection on a client's first byte: true for TLS. Counted in
-// remora_tls_permissive_total{detected="tls"|"plaintext"}.
+// PERMISSIVE's detection on a client's first byte: true for TLS, whose ClientHello then decides
+// (terminateTls). Plaintext is counted here, in remora_tls_permissive_total{detected="plaintext"}.
 bool permissiveDetectsTls(char first);
+
+// Istio's mesh mTLS ALPNs ("istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1",
+// "istio-h2"): whether `offered` holds one. Istio's PERMISSIVE inbound filter chains terminate
+// TLS only for these; other TLS is not the mesh's.
+bool offersIstioAlpn(const std::vector<std::string>& offered);
+
+// Where an inbound PERMISSIVE connection's TLS goes, decided once from its ClientHello as Istio's
+// filter chains decide (docs/TLS.md, "Inbound: PeerAuthentication").
+enum class PermissiveTls : uint8_t {
+  kMesh,         // an Istio ALPN: terminated as mesh mTLS (detected="tls")
+  kPassThrough,  // none, on a TCP or unnamed port: the client's own TLS goes to the app as it is,
+                 // relayed at L4 (detected="tls_passthrough")
+  kRefuse,       // none, on an HTTP port: Istio has no filter chain for it, the connection is
+                 // closed (detected="tls_refused")
+};
+// The decision for a ClientHello offering `offered` on a port that is (`http_port`) or is not
+// declared HTTP; counted in remora_tls_permissive_total{detected}.
+PermissiveTls decidePermissiveTls(const std::vector<std::string>& offered, bool http_port);
 
 // Outbound: the client stream for a connection to `endpoint` of `service` ("name.namespace",
 // may be empty) on `service_port`, as DestinationRule tls and auto mTLS decide, expecting the
@@ -64,7 +82,13 @@ std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& secu
 inline const std::vector<std::string> kMeshHttpAlpn{"istio-http/1.1", "istio", "http/1.1"};
 inline const std::vector<std::string> kMeshTcpAlpn{"istio"};
 // Inbound: a server stream with the current certificate; nullptr with none (counted, logged).
-std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity);
+// `mode` kPermissive: the ClientHello decides first (decidePermissiveTls); a stream whose client
+// is not the mesh's reports passedThrough() and hands back the bytes it read (takeReceived()):
+// the caller relays them (kPassThrough) or closes (kRefuse, on an `http_port`). Any other mode
+// terminates every TLS client (STRICT: as Istio's STRICT chains match any TLS).
+std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity,
+                                             security::MtlsMode mode = security::MtlsMode::kStrict,
+                                             bool http_port = false);
 // The peer's principal and namespace from its SPIFFE ID ("" for plaintext) into `a`.
 void identifyPeer(const std::string& peer_identity, security::ConnectionAttributes& a);
 // Evaluates the policies selecting `a.destination_ip` and counts the decision (per policy and in

@@ -136,14 +136,21 @@ std::unique_ptr<tls::TlsStream> originateTls(const security::SecurityTable& secu
   return std::move(*stream);
 }
 
-std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity) {
+std::unique_ptr<tls::TlsStream> terminateTls(const tls::IdentityStore* identity,
+                                             security::MtlsMode mode, bool http_port) {
   auto ctx = identity != nullptr ? identity->current() : nullptr;
   if (!ctx) {
     registry().no_identity.fetch_add(1, std::memory_order_relaxed);
     if (tlsLogAllowed()) spdlog::warn("mTLS inbound but no certificate (--tls-dir)");
     return nullptr;
   }
-  auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kServer);
+  tls::StreamOptions options;
+  if (mode == security::MtlsMode::kPermissive) {
+    options.terminate_if = [http_port](const std::vector<std::string>& offered) {
+      return decidePermissiveTls(offered, http_port) == PermissiveTls::kMesh;
+    };
+  }
+  auto stream = tls::TlsStream::create(std::move(ctx), tls::Role::kServer, std::move(options));
   if (!stream) {
     spdlog::error("TLS: {}", stream.error().message);
     return nullptr;
@@ -178,9 +185,32 @@ std::string sourcePrincipalLabel(const TlsConnection* t) {
 
 bool permissiveDetectsTls(char first) {
   const bool is_tls = first == kTlsHandshakeRecord;
-  tls::TlsCounters::inc(is_tls ? tls::counters().permissive_tls
-                               : tls::counters().permissive_plaintext);
+  if (!is_tls) tls::TlsCounters::inc(tls::counters().permissive_plaintext);
   return is_tls;
+}
+
+bool offersIstioAlpn(const std::vector<std::string>& offered) {
+  for (const std::string& p : offered) {
+    if (p == "istio" || p == "istio-peer-exchange" || p == "istio-http/1.0" ||
+        p == "istio-http/1.1" || p == "istio-h2") {
+      return true;
+    }
+  }
+  return false;
+}
+
+PermissiveTls decidePermissiveTls(const std::vector<std::string>& offered, bool http_port) {
+  tls::TlsCounters& c = tls::counters();
+  if (offersIstioAlpn(offered)) {
+    tls::TlsCounters::inc(c.permissive_tls);
+    return PermissiveTls::kMesh;
+  }
+  if (http_port) {
+    tls::TlsCounters::inc(c.permissive_refused);
+    return PermissiveTls::kRefuse;
+  }
+  tls::TlsCounters::inc(c.permissive_passthrough);
+  return PermissiveTls::kPassThrough;
 }
 
 void countInbound(const std::string& source_principal, bool tls) {
@@ -219,6 +249,10 @@ std::string renderTlsPrometheus() {
   out += fmt::format("remora_tls_permissive_total{{detected=\"tls\"}} {}\n", v(c.permissive_tls));
   out += fmt::format("remora_tls_permissive_total{{detected=\"plaintext\"}} {}\n",
                      v(c.permissive_plaintext));
+  out += fmt::format("remora_tls_permissive_total{{detected=\"tls_passthrough\"}} {}\n",
+                     v(c.permissive_passthrough));
+  out += fmt::format("remora_tls_permissive_total{{detected=\"tls_refused\"}} {}\n",
+                     v(c.permissive_refused));
   out += fmt::format("# TYPE remora_tls_originated_total counter\nremora_tls_originated_total {}\n",
                      v(c.originated));
   out +=
@@ -303,14 +337,17 @@ bool Worker::secureInbound(uint32_t slot, Sniffed* sniffed) {
     conn.tls->peer_identity = conn.tls->stream->peerIdentity();
     return authorizeInbound(slot, conn.tls->peer_identity);
   }
-  if (sniffed != nullptr && sniffed->transport == Sniffed::Transport::kPlaintext) {
+  if (sniffed != nullptr && (sniffed->transport == Sniffed::Transport::kPlaintext ||
+                             sniffed->transport == Sniffed::Transport::kTlsPassedThrough)) {
     if (conn.tls->mode == security::MtlsMode::kStrict) {
-      // A reload made the port STRICT while the sniffer took the client for plaintext.
+      // A reload made the port STRICT while the sniffer took the client for plaintext (or for
+      // TLS that is not the mesh's).
       tls::TlsCounters::inc(tls::counters().plaintext_refused);
       closeConnection(slot, "tls_handshake_failed", /*reset=*/true);
       return false;
     }
-    return authorizeInbound(slot, "");  // PERMISSIVE decided (and counted) by the sniffer
+    // PERMISSIVE decided (and counted) by the sniffer; passed-through TLS relays as plaintext.
+    return authorizeInbound(slot, "");
   }
   switch (conn.tls->mode) {
     case security::MtlsMode::kStrict: {
@@ -343,23 +380,19 @@ void Worker::secureOutbound(uint32_t slot) {
   if (!table || !table->security) return;
   std::string service;
   uint16_t port = conn.original_dst.port;
-  // The ALPN says "TCP" where that is known: a port declaring its protocol, or an `auto` port
-  // whose Service address was dialled with http routes (the sniffer found no HTTP). An `auto`
-  // port relayed unsniffed offers none, so the server sniffs the decrypted bytes.
-  const std::vector<std::string>* alpn = nullptr;
+  // Mesh mTLS always offers an Istio ALPN, as Istio's client sidecars do: a PERMISSIVE server
+  // passes TLS without one to its app untouched. HTTP where the sniffer found HTTP/1.x (an `auto`
+  // port relayed at L4: no http routes, or a pod address), TCP otherwise: a port declaring a
+  // non-HTTP protocol, a sniffed connection that was not HTTP, or an address of no Service.
+  const std::vector<std::string>& alpn = conn.sniffed_http ? kMeshHttpAlpn : kMeshTcpAlpn;
   if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
       conn.decision.service != nullptr) {
     const routing::ServicePort& sp = *conn.decision.service;
     service = sp.service;
     port = sp.port;
-    if (sp.protocol != "auto" ||
-        (!sp.http_routes.empty() && !table->match(conn.original_dst).endpoint)) {
-      alpn = &kMeshTcpAlpn;
-    }
   }
-  auto stream =
-      originateTls(*table->security, identity_.get(), service, port, conn.decision.upstream,
-                   &session_cache_, alpn != nullptr ? *alpn : std::vector<std::string>{});
+  auto stream = originateTls(*table->security, identity_.get(), service, port,
+                             conn.decision.upstream, &session_cache_, alpn);
   if (!stream) return;
   conn.tls = std::make_unique<TlsConnection>();
   conn.tls->stream = std::move(stream);
@@ -430,7 +463,7 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
       maybeArmRecv(slot, false);  // the app's bytes flow again
       return false;
     }
-    t.stream = terminateTls(identity_.get());
+    t.stream = terminateTls(identity_.get(), t.mode);
     if (!t.stream) {
       ring_.recycleBuffer(c.bufferId());
       closeConnection(slot, "tls_no_identity", /*reset=*/true);
@@ -460,6 +493,20 @@ bool Worker::tlsReceive(uint32_t slot, bool from_client, const loop::Completion&
     } else {
       conn.uncounted_received += n;
     }
+  }
+  if (r && from_tls_side && t.stream->passedThrough()) {
+    // PERMISSIVE, a ClientHello without an Istio ALPN: the client's own TLS, for the app. What
+    // the stream read goes first, as it came, and the rest relays as plaintext.
+    tlsQueue(conn.request, t.stream->takeReceived());
+    t.stream.reset();
+    const bool deferred = t.connect_deferred;
+    if (!authorizeInbound(slot, "")) return true;
+    if (!deferred) {  // (PERMISSIVE always defers; kept whole should that change)
+      pump(slot, false);
+      maybeArmRecv(slot, true);
+      maybeArmRecv(slot, false);
+    }
+    return true;  // onConnect sends the bytes and arms both receives
   }
   if (!r) {
     if (tlsLogAllowed()) {

@@ -30,7 +30,7 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       http_(ring, sockets, stats),
       sniffer_(
           ring, stats, [this](Sniffed sniffed) { onSniffed(std::move(sniffed)); },
-          [this] { return terminateTls(identity_.get()); }) {
+          [this](security::MtlsMode mode) { return terminateTls(identity_.get(), mode); }) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -374,6 +374,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
   conn.half_closed = {};
   conn.outcome = "ok";
   conn.tls.reset();
+  conn.sniffed_http = sniffed != nullptr && sniffed->verdict == Sniffed::Verdict::kHttp;
   ++active_;
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
@@ -449,9 +450,12 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
   if (match.service == nullptr || match.service->protocol != "auto") return false;
   security::MtlsMode mtls = security::MtlsMode::kDisable;
   if (l.kind == ListenerKind::kOutbound) {
-    // Ports with per-request routes; without them the L7 path would change nothing, and
-    // Istio's per-connection routing is what the L4 relay does.
-    if (match.endpoint || match.service->http_routes.empty()) return false;
+    // Ports with per-request routes go to the L7 path when they carry HTTP; without them the L7
+    // path would change nothing, and Istio's per-connection routing is what the L4 relay does.
+    // Where mTLS may be originated every `auto` port is sniffed all the same, so its ALPN says
+    // HTTP or TCP as an Istio client's does (a PERMISSIVE server passes TLS without an Istio
+    // ALPN to its app untouched).
+    if (!sniffsForL7(match) && !table_->security) return false;
   } else {
     // Inbound, toward the local app: the L7 path adds request metrics, timeouts and
     // authorization per request. Where mTLS may apply the sniffer terminates a client's TLS
@@ -463,9 +467,15 @@ bool Worker::startSniff(uint32_t listener, int fd, const SocketAddress& original
   return true;
 }
 
+bool Worker::sniffsForL7(const routing::RouteMatch& match) {
+  return !match.endpoint && match.service != nullptr && !match.service->http_routes.empty();
+}
+
 void Worker::onSniffed(Sniffed sniffed) {
-  if (sniffed.verdict == Sniffed::Verdict::kHttp) {
-    const ListenerKind kind = listeners_[sniffed.listener].kind;
+  const ListenerKind kind = listeners_[sniffed.listener].kind;
+  if (sniffed.verdict == Sniffed::Verdict::kHttp &&
+      (kind == ListenerKind::kInbound ||
+       (table_ && sniffsForL7(table_->match(sniffed.original_dst))))) {
     // Over TLS the session carries on over the sniffer's stream (its handshake done).
     http_.adopt(sniffed.fd, kind, peerIfNeeded(sniffed.fd, kind), sniffed.original_dst,
                 sniffed.bytes, std::move(sniffed.tls));

@@ -220,6 +220,9 @@ class Worker final : public loop::CompletionHandler {
     std::chrono::milliseconds relay_drain_wait{0};
     uint64_t relay_seen_bytes = 0;       // both directions' redirected bytes at the last idle check
     std::unique_ptr<TlsConnection> tls;  // mTLS and authorization state (tls_worker.cc)
+    // Outbound: the sniffer found HTTP/1.x but the L4 relay carries it (no http routes, or a
+    // pod address dialled): mesh mTLS says so in its ALPN (secureOutbound).
+    bool sniffed_http = false;
   };
   struct Listener {
     int fd = -1;
@@ -261,6 +264,8 @@ class Worker final : public loop::CompletionHandler {
   // not apply.
   bool startSniff(uint32_t listener, int fd, const SocketAddress& original_dst);
   void onSniffed(Sniffed sniffed);
+  // Outbound: a sniffed HTTP connection to `match` takes the L7 path (per-request routes).
+  static bool sniffsForL7(const routing::RouteMatch& match);
   HttpProxySettings httpSettings() const;
   bool routeOutbound(uint32_t slot);
   void connectUpstream(uint32_t slot);

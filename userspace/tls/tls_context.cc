@@ -172,6 +172,8 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const Credentials& 
   SSL_CTX_sess_set_new_cb(ctx, &TlsStream::onNewSession);
   // Server side: the client's ALPN offer says what it carries (HTTP or TCP, Istio's names).
   SSL_CTX_set_alpn_select_cb(ctx, &TlsStream::onAlpn, nullptr);
+  // Server side, PERMISSIVE: the ClientHello decides whether the TLS is the mesh's at all.
+  SSL_CTX_set_client_hello_cb(ctx, &TlsStream::onClientHello, nullptr);
   return std::shared_ptr<const TlsContext>(std::move(self));
 }
 

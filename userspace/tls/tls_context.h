@@ -36,7 +36,10 @@ struct TlsCounters {
   std::atomic<uint64_t> plaintext_refused{0};     // STRICT inbound got a non-TLS client
   std::atomic<uint64_t> permissive_plaintext{0};  // PERMISSIVE inbound served plaintext
   std::atomic<uint64_t> permissive_tls{0};        // PERMISSIVE inbound served TLS
-  std::atomic<uint64_t> originated{0};            // outbound connections we wrapped in TLS
+  // PERMISSIVE TLS offering no Istio ALPN: relayed to the app as it is / refused (HTTP ports).
+  std::atomic<uint64_t> permissive_passthrough{0};
+  std::atomic<uint64_t> permissive_refused{0};
+  std::atomic<uint64_t> originated{0};               // outbound connections we wrapped in TLS
   std::atomic<uint64_t> failed_subject_alt_name{0};  // SIMPLE/MUTUAL: no SAN the rule names
   std::atomic<uint64_t> failed_config{0};            // SIMPLE/MUTUAL: the rule's files unusable
   static void inc(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }

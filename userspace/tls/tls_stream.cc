@@ -5,6 +5,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+
 #include "tls/spiffe.h"
 
 namespace remora::tls {
@@ -131,6 +133,49 @@ int TlsStream::onAlpn(SSL* ssl, const unsigned char** /*out*/, unsigned char* /*
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+namespace {
+
+// The ALPN extension's body: a 2-byte list length, then 1-byte-length names. Malformed framing
+// gives what was read before it (OpenSSL refuses such a hello later anyway).
+std::vector<std::string> parseAlpnExtension(const unsigned char* data, size_t length) {
+  std::vector<std::string> names;
+  if (length < 2) return names;
+  const size_t list = (static_cast<size_t>(data[0]) << 8) | data[1];
+  const size_t end = std::min(length, list + 2);
+  for (size_t i = 2; i < end;) {
+    const size_t n = data[i++];
+    if (n == 0 || i + n > end) break;
+    names.emplace_back(reinterpret_cast<const char*>(data + i), n);
+    i += n;
+  }
+  return names;
+}
+
+}  // namespace
+
+int TlsStream::onClientHello(SSL* ssl, int* /*alert*/, void* /*arg*/) {
+  auto* self = static_cast<TlsStream*>(SSL_get_ex_data(ssl, exIndex()));
+  if (self == nullptr || !self->options_.terminate_if || self->hello_decided_) {
+    return SSL_CLIENT_HELLO_SUCCESS;
+  }
+  self->hello_decided_ = true;
+  const unsigned char* data = nullptr;
+  size_t length = 0;
+  std::vector<std::string> offered;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &data,
+                                &length) == 1) {
+    offered = parseAlpnExtension(data, length);
+  }
+  if (self->options_.terminate_if(offered)) {
+    self->received_.clear();
+    self->received_.shrink_to_fit();
+    return SSL_CLIENT_HELLO_SUCCESS;
+  }
+  // Not ours: the handshake stops here, before OpenSSL has written anything.
+  self->passed_through_ = true;
+  return SSL_CLIENT_HELLO_RETRY;
+}
+
 int TlsStream::onNewSession(SSL* ssl, SSL_SESSION* session) {
   auto* self = static_cast<TlsStream*>(SSL_get_ex_data(ssl, exIndex()));
   if (self == nullptr || self->options_.session_cache == nullptr) return 0;
@@ -226,6 +271,7 @@ Result<void> TlsStream::fail(Failure failure, std::string message) {
 
 Result<void> TlsStream::classify(int ret) {
   const int err = SSL_get_error(ssl_, ret);
+  if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB && passed_through_) return {};
   if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return {};
   if (err == SSL_ERROR_ZERO_RETURN) {
     peer_closed_ = true;
@@ -339,6 +385,18 @@ Result<void> TlsStream::advance(std::string& plain) {
 
 Result<void> TlsStream::receive(std::span<const char> bytes, std::string& plain) {
   if (failure_ != Failure::kNone) return makeError(error_);
+  if (passed_through_) {
+    received_.append(bytes.data(), bytes.size());  // the caller relays them as they are
+    return {};
+  }
+  if (options_.terminate_if && !hello_decided_) {
+    if (received_.size() + bytes.size() > kMaxClientHelloBytes) {
+      return fail(Failure::kHandshake,
+                  fmt::format("TLS: no complete ClientHello in the client's first {} bytes",
+                              kMaxClientHelloBytes));
+    }
+    received_.append(bytes.data(), bytes.size());
+  }
   if (!bytes.empty() && BIO_write(network_in_, bytes.data(), static_cast<int>(bytes.size())) !=
                             static_cast<int>(bytes.size())) {
     return fail(Failure::kHandshake, "TLS: out of memory buffering received bytes");

@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -72,7 +73,16 @@ struct StreamOptions {
   // Client: the ALPN protocols offered, in order (none: no ALPN extension). Sidecars say what
   // they carry this way ("istio-http/1.1", "istio"), as Istio's do (docs/TLS.md).
   std::vector<std::string> alpn = {};
+  // Server: decides from the ClientHello's ALPN offer (in the client's order, empty: none)
+  // whether this stream terminates the client's TLS. Unset: it always does. False: the stream
+  // passes (passedThrough()) and gives back every byte it was handed (takeReceived()), so the
+  // caller can relay the client's own TLS to the app untouched (PERMISSIVE, docs/TLS.md).
+  std::function<bool(const std::vector<std::string>& offered)> terminate_if = {};
 };
+
+// The most a server stream with `terminate_if` keeps of a client's bytes while it waits for the
+// whole ClientHello (Envoy's TLS inspector bounds its look the same way); more fails the stream.
+inline constexpr size_t kMaxClientHelloBytes = 65536;
 
 // Whether one of `wanted` names a SAN of `cert` (DNS, URI, IP or email, exactly; a DNS SAN
 // "*.example.com" covers one label); the SANs seen, for the error, into `seen`.
@@ -100,6 +110,10 @@ class TlsStream {
   void takeCiphertext(std::string& out);
   bool hasCiphertext() const;
 
+  // Server with `terminate_if`: the ClientHello said this TLS is not ours; nothing was sent.
+  bool passedThrough() const { return passed_through_; }
+  // After passedThrough(): every byte receive() was handed, in order (moved out).
+  std::string takeReceived() { return std::move(received_); }
   bool established() const { return established_; }
   bool resumed() const { return resumed_; }
   // The peer sent close_notify: no more plaintext will come.
@@ -131,6 +145,8 @@ class TlsStream {
   // SSL_CTX's ALPN callback (server side): records the client's offer, selects nothing.
   static int onAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
                     const unsigned char* in, unsigned int in_length, void* arg);
+  // SSL_CTX's ClientHello callback (server side): `terminate_if` decides on the ALPN offer.
+  static int onClientHello(SSL* ssl, int* alert, void* arg);
 
  private:
   std::shared_ptr<const TlsContext> context_;  // keeps this connection's SSL_CTX alive
@@ -148,6 +164,10 @@ class TlsStream {
   std::string error_;
   std::string peer_identity_;
   std::vector<std::string> offered_alpn_;
+  // `terminate_if`: the client's bytes are kept until the ClientHello is decided on.
+  bool hello_decided_ = false;
+  bool passed_through_ = false;
+  std::string received_;
 };
 
 }  // namespace remora::tls
