@@ -479,14 +479,29 @@ TEST_F(TlsSniffE2e, UnnamedPortWithoutRoutesStillGetsMtlsWithAnIstioAlpn) {
   EXPECT_EQ(billMetric("remora_tls_permissive_total{detected=\"tls_passthrough\"}"), 0);
 
   // STRICT (after a reload): a plaintext client of the unnamed port is refused at its first
-  // byte; the sidecar's mTLS requests are still served and authorized one by one.
-  writeConfig(autoWorld() + peerAuthentication("STRICT") + kDenyAdmin);
+  // byte; the sidecar's mTLS requests are still served and authorized one by one. The refusal
+  // has its access-log line (the sniffer closed it before any route), as the L4 path's has.
+  writeConfig(autoWorld() + peerAuthentication("STRICT") + kDenyAdmin + R"(
+---
+apiVersion: remora.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: proxy}
+spec: {accessLog: true}
+)");
   ASSERT_TRUE(waitFor([&] {
     auto r = world_->exec(legacy_, {"curl", "-sS", "-m", "3", "http://10.244.1.168:80/x"});
     return r.ok() && r->exit_code != 0;
   }));
   EXPECT_GE(metric(v1_, "remora_tls_handshake_failures_total{reason=\"plaintext_refused\"}"), 1)
       << metrics(v1_);
+  EXPECT_TRUE(proxies_[0]->waitForLine("inbound downstream=10.244.0.20:", 5000))
+      << proxies_[0]->output();
+  EXPECT_NE(
+      proxies_[0]->output().find("original_dst=10.244.1.168:80 service=InboundPassthroughCluster "
+                                 "subset=- upstream=- outcome=tls_handshake_failed "
+                                 "received_bytes="),
+      std::string::npos)
+      << proxies_[0]->output();
   const std::string strict = client("GET /admin/z,GET /d");
   EXPECT_EQ(statuses(strict), (std::vector<int>{403, 200})) << strict;
 }

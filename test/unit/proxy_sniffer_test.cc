@@ -26,7 +26,12 @@ class SnifferTest : public ::testing::Test {
   SnifferTest()
       : sniffer_(
             ring_, stats_, [this](Sniffed s) { verdict_ = std::move(s); },
-            [this](security::MtlsMode mode) { return serverStream(mode); }) {}
+            [this](security::MtlsMode mode) { return serverStream(mode); },
+            [this](const SniffClosed& c) {
+              // The fd is still open when the close is reported.
+              EXPECT_EQ(c.fd, fd_);
+              closed_.push_back(c);
+            }) {}
   ~SnifferTest() override {
     if (verdict_ && verdict_->fd >= 0) ::close(verdict_->fd);
   }
@@ -119,6 +124,7 @@ class SnifferTest : public ::testing::Test {
   std::shared_ptr<const tls::TlsContext> server_ctx_;
   std::unique_ptr<tls::TlsStream> client_;
   std::optional<Sniffed> verdict_;
+  std::vector<SniffClosed> closed_;  // what the sniffer reported closing before a verdict
   Sniffer sniffer_;
   int fd_ = -1;
   SocketAddress dst_{IpAddress::v4(0x0a010001), 7777};
@@ -205,6 +211,8 @@ TEST_F(SnifferTest, AbortAllClosesWhatIsBeingSniffed) {
   sniffer_.abortAll();
   EXPECT_FALSE(verdict_.has_value());
   EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
+  ASSERT_EQ(closed_.size(), 1u);
+  EXPECT_STREQ(closed_[0].outcome, "aborted");
   ::close(fd_);  // the fake ring closes nothing
 }
 
@@ -328,6 +336,12 @@ TEST_F(SnifferTest, StrictRefusesAPlaintextClientAtItsFirstByte) {
   EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
   EXPECT_EQ(tls::counters().plaintext_refused.load(), refused + 1);
   EXPECT_EQ(stats_.counters().resets_sent.get(), 1u);
+  // Reported for its access-log line, as the L4 path names a STRICT port's plaintext.
+  ASSERT_EQ(closed_.size(), 1u);
+  EXPECT_STREQ(closed_[0].outcome, "tls_handshake_failed");
+  EXPECT_EQ(closed_[0].received_bytes, 16u);
+  EXPECT_EQ(closed_[0].listener, 3u);
+  EXPECT_EQ(closed_[0].original_dst, dst_);
   ::close(fd_);  // the fake ring closes nothing
 }
 
@@ -360,9 +374,13 @@ TEST_F(SnifferTest, AHandshakeThatStallsIsResetAfterItsBound) {
   const RecordedOp bound = last(RecordedOp::kTimeout);
   EXPECT_GT(bound.timeout, std::chrono::milliseconds(5000));
   EXPECT_FALSE(verdict_.has_value());
+  EXPECT_TRUE(closed_.empty());
   complete(bound.user_data, -ETIME);
   EXPECT_FALSE(verdict_.has_value());
   EXPECT_EQ(last(RecordedOp::kClose).fd, fd_);
+  ASSERT_EQ(closed_.size(), 1u);
+  EXPECT_STREQ(closed_[0].outcome, "tls_handshake_timeout");
+  EXPECT_EQ(closed_[0].received_bytes, 5u);
   ::close(fd_);
 }
 

@@ -41,7 +41,8 @@ struct Sniffer::Pending {
   bool done = false;
   security::MtlsMode mtls = security::MtlsMode::kDisable;
   Sniffed::Transport transport = Sniffed::Transport::kUndecided;
-  std::chrono::milliseconds timeout{0};
+  std::chrono::steady_clock::time_point started;
+  size_t received = 0;  // bytes read from the client, ciphertext included
   // When the wait ends: the first bytes' detection timeout, or the handshake's (ClientHello
   // included). The timer re-arms itself until then.
   std::chrono::steady_clock::time_point deadline;
@@ -55,8 +56,13 @@ struct Sniffer::Pending {
   Sniffed::Verdict verdict = Sniffed::Verdict::kTcp;
 };
 
-Sniffer::Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server)
-    : ring_(ring), stats_(stats), done_(std::move(done)), make_server_(std::move(make_server)) {}
+Sniffer::Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server,
+                 Closed closed)
+    : ring_(ring),
+      stats_(stats),
+      done_(std::move(done)),
+      make_server_(std::move(make_server)),
+      closed_(std::move(closed)) {}
 
 Sniffer::~Sniffer() {
   for (size_t i = 0; i < pending_.size(); ++i) {
@@ -85,8 +91,8 @@ void Sniffer::start(int fd, uint32_t listener, const SocketAddress& original_dst
   p.listener = listener;
   p.original_dst = original_dst;
   p.mtls = mtls;
-  p.timeout = timeout;
-  p.deadline = std::chrono::steady_clock::now() + timeout;
+  p.started = std::chrono::steady_clock::now();
+  p.deadline = p.started + timeout;
   p.armed_until = p.deadline;
   p.timer_armed = true;
   ring_.timeout(timeout, pending_.track(opByte(SniffOp::kTimer), *slot));
@@ -129,6 +135,7 @@ void Sniffer::onRead(uint32_t slot, const loop::Completion& c) {
   p.reading = false;
   if (p.done) return;
   if (c.res > 0) {
+    p.received += static_cast<size_t>(c.res);
     const std::string_view got(p.rbuf.get(), static_cast<size_t>(c.res));
     if (p.transport == Sniffed::Transport::kUndecided && mtlsPossible(p.mtls) &&
         !decideTransport(slot, got.front())) {
@@ -148,7 +155,7 @@ void Sniffer::onRead(uint32_t slot, const loop::Completion& c) {
   }
   if (p.stream && !p.handshake_done) {
     // Gone (or cancelled) before the handshake was done: the app never hears of it.
-    closeNow(slot, /*reset=*/true);
+    closeNow(slot, /*reset=*/true, "tls_handshake_incomplete");
     return;
   }
   if (p.transport == Sniffed::Transport::kUndecided && p.mtls == security::MtlsMode::kPermissive) {
@@ -171,7 +178,7 @@ bool Sniffer::decideTransport(uint32_t slot, char first) {
       // As the L4 path counts a plaintext client of a STRICT port.
       tls::TlsCounters::inc(tls::counters().plaintext_refused);
       tls::TlsCounters::inc(tls::counters().failed_handshake);
-      closeNow(slot, /*reset=*/true);
+      closeNow(slot, /*reset=*/true, "tls_handshake_failed");
       return false;
     }
     p.transport = Sniffed::Transport::kPlaintext;
@@ -180,7 +187,7 @@ bool Sniffer::decideTransport(uint32_t slot, char first) {
   p.transport = Sniffed::Transport::kTls;
   p.stream = make_server_ ? make_server_(p.mtls) : nullptr;
   if (!p.stream) {
-    closeNow(slot, /*reset=*/true);
+    closeNow(slot, /*reset=*/true, "tls_no_identity");
     return false;
   }
   p.deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
@@ -193,7 +200,7 @@ void Sniffer::onTlsBytes(uint32_t slot, std::string_view bytes) {
   p.stream->takeCiphertext(p.out);
   if (!r) {
     if (tlsLogAllowed()) spdlog::warn("inbound {} (sniffing)", r.error().message);
-    closeNow(slot, /*reset=*/true);
+    closeNow(slot, /*reset=*/true, tlsOutcome(p.stream->failure()));
     return;
   }
   if (p.stream->passedThrough()) {
@@ -255,7 +262,7 @@ void Sniffer::onWrite(uint32_t slot, const loop::Completion& c) {
     if (c.res == -EINTR || c.res == -EAGAIN) {
       p.out.insert(0, p.sending);
     } else {
-      closeNow(slot, /*reset=*/true);  // the client is gone
+      closeNow(slot, /*reset=*/true, "tls_handshake_incomplete");  // the client is gone
       return;
     }
   } else if (static_cast<size_t>(c.res) < p.sending.size()) {
@@ -284,7 +291,7 @@ void Sniffer::onTimer(uint32_t slot, const loop::Completion& /*c*/) {
   if (p.stream && !p.handshake_done) {
     if (tlsLogAllowed()) spdlog::warn("inbound TLS handshake not done in time (sniffing)");
     tls::TlsCounters::inc(tls::counters().failed_handshake);
-    closeNow(slot, /*reset=*/true);
+    closeNow(slot, /*reset=*/true, "tls_handshake_timeout");
     return;
   }
   // Stop waiting; the read's completion (cancelled, or bytes that raced in) decides.
@@ -340,9 +347,12 @@ void Sniffer::finish(uint32_t slot, Sniffed::Verdict verdict) {
   done_(std::move(out));
 }
 
-void Sniffer::closeNow(uint32_t slot, bool reset) {
+void Sniffer::closeNow(uint32_t slot, bool reset, const char* outcome) {
   Pending& p = *pending_[slot];
   p.done = true;
+  if (closed_ && p.fd >= 0) {
+    closed_(SniffClosed{p.fd, p.listener, p.original_dst, outcome, p.received, p.started});
+  }
   p.stream.reset();
   if (p.timer_armed) {
     ring_.cancel(pending_.userData(opByte(SniffOp::kTimer), slot),
@@ -375,7 +385,7 @@ void Sniffer::abortAll() {
   for (size_t i = 0; i < pending_.size(); ++i) {
     const auto slot = static_cast<uint32_t>(i);
     if (!pending_.inUse(slot) || pending_.released(slot)) continue;
-    closeNow(slot, /*reset=*/false);
+    closeNow(slot, /*reset=*/false, "aborted");
   }
 }
 

@@ -70,6 +70,17 @@ struct Sniffed {
   std::unique_ptr<tls::TlsStream> tls;  // kTls: the established server stream, nothing unsent
 };
 
+// A connection the sniffer closed before any verdict (a failed or unfinished TLS handshake, a
+// STRICT port's plaintext, a drain): what its access-log line needs. `fd` is still open.
+struct SniffClosed {
+  int fd = -1;
+  uint32_t listener = 0;
+  SocketAddress original_dst;
+  const char* outcome = "";   // as the L4 path names the same ends: "tls_handshake_failed", ...
+  size_t received_bytes = 0;  // read from the client, ciphertext included
+  std::chrono::steady_clock::time_point started;
+};
+
 class Sniffer {
  public:
   // A request line longer than this is not waited for: the connection goes to the L4 relay.
@@ -82,8 +93,10 @@ class Sniffer {
   // A server stream with the current certificate for a port in `mode` (terminateTls), nullptr
   // with none (counted by the maker).
   using MakeServerStream = std::function<std::unique_ptr<tls::TlsStream>(security::MtlsMode)>;
+  using Closed = std::function<void(const SniffClosed&)>;
 
-  Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server = {});
+  Sniffer(loop::Ring& ring, WorkerStats& stats, Done done, MakeServerStream make_server = {},
+          Closed closed = {});
   ~Sniffer();
   Sniffer(const Sniffer&) = delete;
   Sniffer& operator=(const Sniffer&) = delete;
@@ -118,13 +131,15 @@ class Sniffer {
   // The verdict, once the handshake's last bytes are sent.
   void decide(uint32_t slot, Sniffed::Verdict verdict);
   void finish(uint32_t slot, Sniffed::Verdict verdict);
-  // Closes the connection now (reset: with an RST); no verdict.
-  void closeNow(uint32_t slot, bool reset);
+  // Closes the connection now (reset: with an RST), reported to `closed_` with `outcome`; no
+  // verdict.
+  void closeNow(uint32_t slot, bool reset, const char* outcome);
 
   loop::Ring& ring_;
   WorkerStats& stats_;
   Done done_;
   MakeServerStream make_server_;
+  Closed closed_;
   loop::SlotTable<std::unique_ptr<Pending>> pending_;
 };
 

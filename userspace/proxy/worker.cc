@@ -30,7 +30,8 @@ Worker::Worker(loop::Ring& ring, SocketOps& sockets, WorkerStats& stats,
       http_(ring, sockets, stats),
       sniffer_(
           ring, stats, [this](Sniffed sniffed) { onSniffed(std::move(sniffed)); },
-          [this](security::MtlsMode mode) { return terminateTls(identity_.get(), mode); }) {
+          [this](security::MtlsMode mode) { return terminateTls(identity_.get(), mode); },
+          [this](const SniffClosed& closed) { onSniffClosed(closed); }) {
   // A quarter of the pool is never lent out to queues: copies are cheap, a frozen worker is not.
   buffer_reserve_ = std::max<size_t>(1, ring_.buffersAvailable() / 4);
   now_ = std::chrono::steady_clock::now();
@@ -903,15 +904,35 @@ void Worker::logAccess(const Connection& conn) {
   } else if (conn.decision.kind == RouteDecision::Kind::kRefused) {
     service = kBlackHoleCluster;
   }
+  pushAccess(AccessLine{conn.kind, conn.peer, conn.original_dst, service,
+                        subset.empty() ? "-" : subset,
+                        conn.tried.empty() ? "-" : conn.tried.back().toString(), conn.outcome,
+                        conn.request_bytes, conn.response_bytes, ms, conn.tried.size()});
+}
+
+void Worker::pushAccess(const AccessLine& l) {
   if (!access_log_(fmt::format(
           "{} downstream={} original_dst={} service={} subset={} upstream={} outcome={} "
           "received_bytes={} sent_bytes={} duration_ms={} attempts={}",
-          conn.kind == ListenerKind::kInbound ? "inbound" : "outbound", conn.peer.toString(),
-          conn.original_dst.toString(), service, subset.empty() ? "-" : subset,
-          conn.tried.empty() ? "-" : conn.tried.back().toString(), conn.outcome, conn.request_bytes,
-          conn.response_bytes, ms, conn.tried.size()))) {
+          l.kind == ListenerKind::kInbound ? "inbound" : "outbound", l.peer.toString(),
+          l.original_dst.toString(), l.service, l.subset, l.upstream, l.outcome, l.received_bytes,
+          l.sent_bytes, l.duration_ms, l.attempts))) {
     stats_.counters().access_log_dropped.inc();
   }
+}
+
+void Worker::onSniffClosed(const SniffClosed& c) {
+  if (!access_log_ || !settings_.access_log) return;
+  const ListenerKind kind = listeners_[c.listener].kind;
+  SocketAddress peer;
+  if (auto p = sockets_.peerAddress(c.fd)) peer = *p;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - c.started)
+                      .count();
+  // No route was chosen: inbound the app's cluster, outbound none, as Envoy logs "-".
+  pushAccess(AccessLine{kind, peer, c.original_dst,
+                        kind == ListenerKind::kInbound ? kInboundCluster : "-", "-", "-", c.outcome,
+                        c.received_bytes, 0, ms, 0});
 }
 
 }  // namespace remora::proxy

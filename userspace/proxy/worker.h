@@ -294,6 +294,23 @@ class Worker final : public loop::CompletionHandler {
   void maybeFree(uint32_t slot);
   EndpointCounters* countersFor(const Connection& conn);
   void logAccess(const Connection& conn);
+  // One access-log line (pushed to the log sink's queue; counted when dropped).
+  struct AccessLine {
+    ListenerKind kind;
+    const SocketAddress& peer;
+    const SocketAddress& original_dst;
+    std::string_view service;
+    std::string_view subset;
+    std::string upstream;
+    std::string_view outcome;
+    uint64_t received_bytes;
+    uint64_t sent_bytes;
+    int64_t duration_ms;
+    size_t attempts;
+  };
+  void pushAccess(const AccessLine& line);
+  // A connection the sniffer closed before a verdict: its access-log line.
+  void onSniffClosed(const SniffClosed& closed);
   // Kernel relay (worker_kernel_relay.cc). handToKernel: true when the pair went to the kernel.
   bool handToKernel(uint32_t slot);
   void armRelayPoll(uint32_t slot, bool client_side);
