@@ -141,7 +141,7 @@ TEST(UringRingTest, MultishotAcceptAndRecvIntoProvidedBuffersThenTeardown) {
   int accepted = c.got[0].res;
   ASSERT_GE(accepted, 0);
 
-  (*ring)->recvMultishot(accepted, UserData{2, 5, 9}.encode());
+  (*ring)->recvMultishot(accepted, UserData{2, 5, 9}.encode(), 0);
   ASSERT_EQ(write(client, "hello", 5), 5);
   c.got.clear();
   ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(2000)));

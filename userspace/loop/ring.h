@@ -54,8 +54,9 @@ class Ring {
   // Multishot accept: one completion per connection (res = new fd), more() while armed.
   virtual void acceptMultishot(int listen_fd, uint64_t user_data) = 0;
   // Multishot recv into the ring's provided buffers: res = bytes (0 = EOF), -ENOBUFS when the
-  // buffers ran out (the operation ends; recycle buffers and re-arm).
-  virtual void recvMultishot(int fd, uint64_t user_data) = 0;
+  // buffers ran out (the operation ends; recycle buffers and re-arm). `max_bytes` bounds each
+  // completion (0: a whole buffer).
+  virtual void recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes) = 0;
   // One-shot recv into one provided buffer: res = bytes (0 = EOF), -ENOBUFS when none is free.
   virtual void recv(int fd, uint64_t user_data) = 0;
   // One-shot read or recv into caller memory.

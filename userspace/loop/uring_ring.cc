@@ -286,9 +286,9 @@ void UringRing::acceptMultishot(int listen_fd, uint64_t user_data) {
   io_uring_sqe_set_data64(s, user_data);
 }
 
-void UringRing::recvMultishot(int fd, uint64_t user_data) {
+void UringRing::recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes) {
   io_uring_sqe* s = sqe();
-  io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+  io_uring_prep_recv_multishot(s, fd, nullptr, max_bytes, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kBufferGroup;
   io_uring_sqe_set_data64(s, user_data);

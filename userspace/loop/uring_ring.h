@@ -74,7 +74,7 @@ class UringRing final : public Ring {
   bool ringFdRegistered() const { return ring_fd_registered_; }
 
   void acceptMultishot(int listen_fd, uint64_t user_data) override;
-  void recvMultishot(int fd, uint64_t user_data) override;
+  void recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes) override;
   void recv(int fd, uint64_t user_data) override;
   void read(int fd, std::span<char> into, uint64_t user_data) override;
   void send(int fd, std::span<const char> data, uint64_t user_data) override;
