@@ -47,6 +47,7 @@ struct RecordedOp {
   std::chrono::milliseconds timeout{0};
   std::span<char> into;    // read: where the bytes go
   uint32_t max_bytes = 0;  // recvMultishot: the bound on each completion
+  loop::BufferGroup group = loop::BufferGroup::kRelay;
 };
 
 class FakeRing final : public loop::Ring {
@@ -58,9 +59,10 @@ class FakeRing final : public loop::Ring {
   void acceptMultishot(int fd, uint64_t ud) override {
     ops.push_back({RecordedOp::kAccept, fd, ud});
   }
-  void recvMultishot(int fd, uint64_t ud, uint32_t max_bytes) override {
+  void recvMultishot(int fd, uint64_t ud, uint32_t max_bytes, loop::BufferGroup group) override {
     RecordedOp op{RecordedOp::kRecvMultishot, fd, ud};
     op.max_bytes = max_bytes;
+    op.group = group;
     ops.push_back(op);
   }
   void recv(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }

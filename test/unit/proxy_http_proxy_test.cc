@@ -181,6 +181,7 @@ TEST_P(HttpProxyInboundTest, PipelinedRequestsOnOneMultishotReceiveAreAnsweredIn
   ASSERT_TRUE(multishot(ring_, 10).has_value());
   EXPECT_EQ(ring_.count(RecordedOp::kRead), 0u);
   EXPECT_EQ(multishot(ring_, 10)->max_bytes, HttpProxy::kReadSize);
+  EXPECT_EQ(multishot(ring_, 10)->group, loop::BufferGroup::kSmall);
   read(10,
        "GET /1 HTTP/1.1\r\nHost: app\r\n\r\nGET /2 HTTP/1.1\r\nHost: app\r\n\r\n"
        "GET /3 HTTP/1.1\r\nHost: a");

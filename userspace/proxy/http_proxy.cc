@@ -375,9 +375,10 @@ void HttpProxy::readClient(uint32_t slot) {
 void HttpProxy::armRead(Pipe& p, uint64_t user_data) {
   p.reading = true;
   p.pause_sent = false;
-  if (multishot_reads_ && !p.next_read_oneshot && ring_.buffersAvailable() > 0) {
+  if (multishot_reads_ && !p.next_read_oneshot) {
     p.multishot = true;
-    ring_.recvMultishot(p.fd, user_data, static_cast<uint32_t>(kReadSize));
+    ring_.recvMultishot(p.fd, user_data, static_cast<uint32_t>(kReadSize),
+                        loop::BufferGroup::kSmall);
     return;
   }
   // The pool ran dry (or multishot is off): this read needs no provided buffer.
