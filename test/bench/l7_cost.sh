@@ -2,9 +2,8 @@
 # Per-request cost of remora-proxy's L7 path (docs/HTTP.md, "Per-request cost"): the proxy
 # process's CPU time per keep-alive request (perf's task-clock, split into user space and kernel
 # by cpu-clock samples), syscalls, io_uring submissions, socket poll arms and TCP segments per
-# request, over a fixed number of requests counted by the backend (nginx stub_status). This
-# machine's VM has no
-# PMU, so there are no instruction counts: compare builds over several rounds, and read the
+# request, over a fixed number of requests counted by the backend (nginx stub_status). No PMU in
+# this VM, so no instruction counts: compare builds over several rounds, and read the
 # per-function profile (--record) for where the time goes. --haproxy runs HAProxy http
 # (test/bench/haproxy-http.cfg) in the proxy's place, in the same world.
 #
