@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Per-request cost of remora-proxy's L7 path (docs/HTTP.md, "Per-request cost"): the proxy
 # process's CPU time per keep-alive request (perf's task-clock, split into user space and kernel
-# by cpu-clock samples), syscalls, io_uring submissions and TCP segments per request, over a
-# fixed number of requests counted by the backend (nginx stub_status). This machine's VM has no
-# PMU, so there are no instruction counts: compare builds over several rounds, and read the
+# by cpu-clock samples), syscalls, io_uring submissions, socket poll arms and TCP segments per
+# request, over a fixed number of requests counted by the backend (nginx stub_status). No PMU in
+# this VM, so no instruction counts: compare builds over several rounds, and read the
 # per-function profile (--record) for where the time goes. --haproxy runs HAProxy http
 # (test/bench/haproxy-http.cfg) in the proxy's place, in the same world.
 #
@@ -121,6 +121,8 @@ measure() {  # $1: label; prints one line of per-request figures
   sleep 0.1
   local events="task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter"
   events+=",io_uring:io_uring_submit_req,io_uring:io_uring_queue_async_work,context-switches"
+  # A socket poll armed for an operation that found no data (a multishot receive arms it once).
+  events+=",io_uring:io_uring_poll_arm"
   perf stat -x, -e "$events" -p "$PPID_" -o "$TMP/stat.csv" &
   local pids=($!)
   perf record -q -e cpu-clock -F 5000 -p "$PPID_" -o "$TMP/$1.data" 2>/dev/null &
@@ -154,9 +156,10 @@ measure() {  # $1: label; prints one line of per-request figures
     {v[$3] = $1}
     END {
       t = v["task-clock"] / n * 1000
-      printf "%-7s req %d  cpu us/req %.2f (user %.2f kernel %.2f)  syscalls/req %.3f io_uring_enter/req %.3f sqes/req %.3f cs/req %.3f tcp segs/req %.2f\n",
+      printf "%-7s req %d  cpu us/req %.2f (user %.2f kernel %.2f)  syscalls/req %.3f io_uring_enter/req %.3f sqes/req %.3f poll_arms/req %.3f cs/req %.3f tcp segs/req %.2f\n",
         label, n, t, t * user, t * (1 - user), v["raw_syscalls:sys_enter"]/n,
         v["syscalls:sys_enter_io_uring_enter"]/n, v["io_uring:io_uring_submit_req"]/n,
+        v["io_uring:io_uring_poll_arm"]/n,
         v["context-switches"]/n, segs / n
     }' "$TMP/stat.csv"
   if [[ $TRACE == 1 ]]; then

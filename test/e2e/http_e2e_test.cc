@@ -337,6 +337,49 @@ elif mode == "bigupload":
         status = int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else 0
         print(json.dumps({"status": status, "body": body.decode(errors="replace").strip(),
                           "error": err}), flush=True)
+elif mode == "pipeline":
+    # n requests in ONE write on one connection (pipelined), then the n responses read in
+    # order: each one's x-seen-path must be its request's.
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(b"".join(b"GET /p/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, host.encode())
+                       for i in range(spec["n"])))
+    f = s.makefile("rb")
+    in_order = 0
+    for i in range(spec["n"]):
+        status = f.readline()
+        if not status:
+            break
+        length, seen = 0, ""
+        while True:
+            line = f.readline().decode().strip()
+            if not line:
+                break
+            k, _, v = line.partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+            if k.lower() == "x-seen-path":
+                seen = v.strip()
+        f.read(length)
+        if status.startswith(b"HTTP/1.1 200") and seen == "/p/%d" % i:
+            in_order += 1
+    print(json.dumps({"in_order": in_order}))
+elif mode == "stallers":
+    # k connections each pipeline m downloads of `size` bytes and never read; meanwhile n
+    # requests on another connection, one JSON line each.
+    stalled = []
+    for i in range(spec["k"]):
+        t = socket.create_connection((host, port), timeout=10)
+        t.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (spec["size"], host.encode())
+                  * spec["m"])
+        stalled.append(t)
+    time.sleep(0.5)
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    for i in range(spec["n"]):
+        try:
+            print(json.dumps(one(c, {})), flush=True)
+        except Exception as e:
+            print(json.dumps({"status": 0, "body": str(e)}), flush=True)
+            c = http.client.HTTPConnection(host, port, timeout=10)
 elif mode == "serverfirst":
     t = time.monotonic()
     s = socket.create_connection((host, port), timeout=5)
@@ -1174,6 +1217,33 @@ TEST_F(HttpE2e, ASlowReaderDoesNotGrowTheProxysMemory) {
   std::cout << "proxy RSS before " << before << " kB, while the client stalled " << stalled
             << " kB\n";
   EXPECT_LT(stalled - before, 12 * 1024) << out;
+}
+
+// Many requests in one write: the proxy's multishot receive hands them over in a few
+// completions, and each is answered, in order, on the same connection.
+TEST_F(HttpE2e, TwoHundredPipelinedRequestsInOneWriteAreAnsweredInOrder) {
+  startProxy(virtualService(kRoutesV1) + destinationRule());
+  const std::string out = client(R"({"mode": "pipeline", "n": 200})");
+  EXPECT_NE(out.find(R"("in_order": 200)"), std::string::npos) << out;
+}
+
+// Twenty clients pipeline downloads they never read, on the same worker as a client doing
+// ordinary requests: the L7 path copies what it receives out of the worker's shared receive
+// buffers in the same completion and stops reading at its limits, so the stalled clients hold
+// none of them and the other client is answered promptly.
+TEST_F(HttpE2e, TwentyClientsThatNeverReadDoNotStallAnotherOnTheSameWorker) {
+  startProxy(virtualService(kRoutesV1) + destinationRule(), {"--concurrency", "1"});
+  const std::string out =
+      client(R"({"mode": "stallers", "k": 20, "m": 4, "size": 4194304, "n": 20})");
+  const auto got = lines(out);
+  ASSERT_EQ(got.size(), 20u) << out;
+  int slowest = 0;
+  for (const auto& line : got) {
+    EXPECT_NE(line.find(R"("status": 200)"), std::string::npos) << out;
+    slowest = std::max(slowest, field(line, "ms"));
+  }
+  std::cout << "slowest of 20 requests beside 20 stalled readers: " << slowest << " ms\n";
+  EXPECT_LT(slowest, 3000) << out;
 }
 
 // Retries resend a body that fits the buffer; a request whose larger body already went upstream

@@ -25,6 +25,7 @@ struct RecordedOp {
   enum Kind {
     kAccept,
     kRecv,
+    kRecvMultishot,
     kRead,
     kSend,
     kConnect,
@@ -44,7 +45,9 @@ struct RecordedOp {
   uint64_t target = 0;    // cancel target
   int how = 0;            // shutdown
   std::chrono::milliseconds timeout{0};
-  std::span<char> into;  // read: where the bytes go
+  std::span<char> into;    // read: where the bytes go
+  uint32_t max_bytes = 0;  // recvMultishot: the bound on each completion
+  loop::BufferGroup group = loop::BufferGroup::kRelay;
 };
 
 class FakeRing final : public loop::Ring {
@@ -56,7 +59,12 @@ class FakeRing final : public loop::Ring {
   void acceptMultishot(int fd, uint64_t ud) override {
     ops.push_back({RecordedOp::kAccept, fd, ud});
   }
-  void recvMultishot(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
+  void recvMultishot(int fd, uint64_t ud, uint32_t max_bytes, loop::BufferGroup group) override {
+    RecordedOp op{RecordedOp::kRecvMultishot, fd, ud};
+    op.max_bytes = max_bytes;
+    op.group = group;
+    ops.push_back(op);
+  }
   void recv(int fd, uint64_t ud) override { ops.push_back({RecordedOp::kRecv, fd, ud}); }
   void read(int fd, std::span<char> into, uint64_t ud) override {
     RecordedOp op{RecordedOp::kRead, fd, ud};

@@ -141,7 +141,7 @@ TEST(UringRingTest, MultishotAcceptAndRecvIntoProvidedBuffersThenTeardown) {
   int accepted = c.got[0].res;
   ASSERT_GE(accepted, 0);
 
-  (*ring)->recvMultishot(accepted, UserData{2, 5, 9}.encode());
+  (*ring)->recvMultishot(accepted, UserData{2, 5, 9}.encode(), 0, BufferGroup::kRelay);
   ASSERT_EQ(write(client, "hello", 5), 5);
   c.got.clear();
   ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(2000)));
@@ -169,6 +169,45 @@ TEST(UringRingTest, MultishotAcceptAndRecvIntoProvidedBuffersThenTeardown) {
   EXPECT_EQ(read(client, buf, sizeof(buf)), 0);  // the peer saw the shutdown
   close(client);
   close(*listener);
+}
+
+// The L7 path's group: a multishot recv into the small pool gets a buffer id past the relay
+// pool's, whose memory holds the bytes; recycling it leaves the relay pool untouched.
+TEST(UringRingTest, AMultishotRecvIntoTheSmallGroupUsesItsOwnBuffers) {
+  RingOptions opts;
+  opts.buffer_count = 4;
+  opts.buffer_size = 4096;
+  opts.small_buffer_count = 2;
+  opts.small_buffer_size = 1024;
+  auto ring = UringRing::create(opts);
+  if (!ring) GTEST_SKIP() << "io_uring unavailable here: " << ring.error().message;
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  (*ring)->recvMultishot(sv[0], UserData{2, 1, 1}.encode(), 0, BufferGroup::kSmall);
+  Collect c;
+  for (const char* text : {"first", "second", "third"}) {
+    ASSERT_EQ(write(sv[1], text, std::strlen(text)), static_cast<ssize_t>(std::strlen(text)));
+    c.got.clear();
+    ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(2000)));
+    ASSERT_EQ(c.got.size(), 1u);
+    ASSERT_TRUE(c.got[0].hasBuffer());
+    EXPECT_TRUE(c.got[0].more());
+    EXPECT_GE(c.got[0].bufferId(), 4u);
+    EXPECT_LT(c.got[0].bufferId(), 6u);
+    EXPECT_EQ((*ring)->buffer(c.got[0].bufferId()).size(), 1024u);
+    EXPECT_EQ(
+        std::string((*ring)->buffer(c.got[0].bufferId()).data(), static_cast<size_t>(c.got[0].res)),
+        text);
+    EXPECT_EQ((*ring)->buffersAvailable(), 4u);  // the relay pool's
+    (*ring)->recycleBuffer(c.got[0].bufferId());
+  }
+  close(sv[1]);
+  c.got.clear();
+  ASSERT_TRUE((*ring)->submitAndDispatch(c, std::chrono::milliseconds(2000)));
+  ASSERT_EQ(c.got.size(), 1u);
+  EXPECT_EQ(c.got[0].res, 0);  // EOF ends it
+  EXPECT_FALSE(c.got[0].more());
+  close(sv[0]);
 }
 
 // The worker's path: a one-shot recv into a provided buffer, then shutdown -> close, whose

@@ -17,11 +17,17 @@
 
 namespace remora::loop {
 
-// REMORA_URING_AB: a comma-separated list of switches the benchmarks use to turn the io_uring
-// path's issue-12 changes off, one at a time, in the same build (docs/PROXY.md, "io_uring path
-// (issue 12 item 3)"): `ring-fd-off`, `getsockname`. Not a user setting; read once per
-// process.
+// REMORA_URING_AB: a comma-separated list of switches the benchmarks use to turn io_uring path
+// changes off, one at a time, in the same build (docs/PROXY.md, "io_uring path (issue 12 item
+// 3)"): `ring-fd-off`, `getsockname`; `l7-oneshot` (the L7 path's one-shot reads) and
+// `buffer-stagger-off` (provided buffers exactly 64 KiB apart), docs/HTTP.md "Per-request
+// cost". Not a user setting; read once per process.
 bool uringAbSwitch(std::string_view name);
+
+// The provided-buffer group a receive takes from: the relay's large buffers (kRelay, the
+// default), or a small pool for receives copied out at once (kSmall). Buffer ids are unique
+// across groups.
+enum class BufferGroup : uint8_t { kRelay, kSmall };
 
 struct Completion {
   uint64_t user_data = 0;
@@ -53,9 +59,10 @@ class Ring {
 
   // Multishot accept: one completion per connection (res = new fd), more() while armed.
   virtual void acceptMultishot(int listen_fd, uint64_t user_data) = 0;
-  // Multishot recv into the ring's provided buffers: res = bytes (0 = EOF), -ENOBUFS when the
-  // buffers ran out (the operation ends; recycle buffers and re-arm).
-  virtual void recvMultishot(int fd, uint64_t user_data) = 0;
+  // Multishot recv into the provided buffers of `group`: res = bytes (0 = EOF), -ENOBUFS when
+  // the buffers ran out (the operation ends; recycle buffers and re-arm). `max_bytes` bounds
+  // each completion (0: a whole buffer).
+  virtual void recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes, BufferGroup group) = 0;
   // One-shot recv into one provided buffer: res = bytes (0 = EOF), -ENOBUFS when none is free.
   virtual void recv(int fd, uint64_t user_data) = 0;
   // One-shot read or recv into caller memory.
@@ -87,7 +94,7 @@ class Ring {
   virtual std::span<char> buffer(uint16_t id) = 0;
   // Hands a buffer back to the kernel; published with the next wait().
   virtual void recycleBuffer(uint16_t id) = 0;
-  // Buffers the kernel can still fill.
+  // Buffers of the kRelay group the kernel can still fill.
   virtual size_t buffersAvailable() const = 0;
 
   // Submits everything queued and waits for at least one completion or `max_wait` (negative:

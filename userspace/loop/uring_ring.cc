@@ -13,8 +13,6 @@
 namespace remora::loop {
 namespace {
 
-constexpr uint16_t kBufferGroup = 0;
-
 std::optional<long> readLongFile(const char* path) {
   std::ifstream in(path);
   long value = 0;
@@ -180,56 +178,80 @@ Result<std::unique_ptr<UringRing>> UringRing::create(const RingOptions& options)
     ring->ring_fd_registered_ = io_uring_register_ring_fd(&ring->ring_) == 1;
   }
   if (options.buffer_count > 0) {
-    if (auto r = ring->setupBuffers(options); !r) return r.error();
+    ring->relay_.group = 0;
+    ring->relay_.first_id = 0;
+    if (auto r = ring->setupPool(ring->relay_, options.buffer_count, options.buffer_size); !r) {
+      return r.error();
+    }
+    if (options.small_buffer_count > 0) {
+      ring->small_.group = 1;
+      ring->small_.first_id = static_cast<uint16_t>(options.buffer_count);
+      if (options.buffer_count + options.small_buffer_count > 65536) {
+        return makeError("buffer count plus small buffer count must be <= 65536");
+      }
+      auto r = ring->setupPool(ring->small_, options.small_buffer_count, options.small_buffer_size);
+      if (!r) return r.error();
+    }
   }
   return ring;
 }
 
-Result<void> UringRing::setupBuffers(const RingOptions& options) {
-  if ((options.buffer_count & (options.buffer_count - 1)) != 0 || options.buffer_count > 32768) {
-    return makeError(
-        fmt::format("buffer count {} must be a power of two <= 32768", options.buffer_count));
+Result<void> UringRing::setupPool(Pool& pool, unsigned count, unsigned size) {
+  if ((count & (count - 1)) != 0 || count > 32768) {
+    return makeError(fmt::format("buffer count {} must be a power of two <= 32768", count));
   }
-  buffer_count_ = options.buffer_count;
-  buffer_size_ = options.buffer_size;
-  buf_ring_bytes_ = sizeof(io_uring_buf) * buffer_count_;
+  pool.count = count;
+  pool.size = size;
+  pool.ring_bytes = sizeof(io_uring_buf) * count;
   void* br =
-      mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+      mmap(nullptr, pool.ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (br == MAP_FAILED) return errnoError("mmap buffer ring");
-  buf_ring_ = static_cast<io_uring_buf_ring*>(br);
+  pool.ring = static_cast<io_uring_buf_ring*>(br);
   // The buffers themselves are touched only when the kernel fills them, so idle memory stays
   // small however many are configured.
-  buffers_bytes_ = size_t{buffer_count_} * buffer_size_;
-  void* mem = mmap(nullptr, buffers_bytes_, PROT_READ | PROT_WRITE,
+  pool.memory_bytes = size_t{count} * size;
+  void* mem = mmap(nullptr, pool.memory_bytes, PROT_READ | PROT_WRITE,
                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) return errnoError("mmap provided buffers");
-  buffers_ = static_cast<char*>(mem);
+  pool.memory = static_cast<char*>(mem);
   io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
-  reg.ring_entries = buffer_count_;
-  reg.bgid = kBufferGroup;
+  reg.ring_addr = reinterpret_cast<uint64_t>(pool.ring);
+  reg.ring_entries = count;
+  reg.bgid = pool.group;
   int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
   if (rc != 0) {
+    pool.ring_bytes = 0;
+    munmap(pool.ring, sizeof(io_uring_buf) * count);
+    pool.ring = nullptr;
     return Error{-rc, fmt::format("io_uring_register_buf_ring: {} (kernel >= 5.19 needed)",
                                   std::strerror(-rc))};
   }
-  io_uring_buf_ring_init(buf_ring_);
-  for (unsigned i = 0; i < buffer_count_; ++i) recycleBuffer(static_cast<uint16_t>(i));
-  io_uring_buf_ring_advance(buf_ring_, static_cast<int>(pending_recycles_));
-  buffers_available_ += pending_recycles_;
-  pending_recycles_ = 0;
+  io_uring_buf_ring_init(pool.ring);
+  for (unsigned i = 0; i < count; ++i) recycleBuffer(static_cast<uint16_t>(pool.first_id + i));
+  publish(pool);
   return {};
+}
+
+void UringRing::publish(Pool& pool) {
+  if (pool.pending == 0) return;
+  io_uring_buf_ring_advance(pool.ring, static_cast<int>(pool.pending));
+  pool.available += pool.pending;
+  pool.pending = 0;
 }
 
 UringRing::~UringRing() {
   if (ring_ready_) {
-    if (buf_ring_ != nullptr) io_uring_unregister_buf_ring(&ring_, kBufferGroup);
+    for (Pool* pool : {&relay_, &small_}) {
+      if (pool->ring != nullptr) io_uring_unregister_buf_ring(&ring_, pool->group);
+    }
     // Frees the thread's slot (io_uring_queue_exit does not in every liburing version).
     if (ring_fd_registered_) io_uring_unregister_ring_fd(&ring_);
     io_uring_queue_exit(&ring_);
   }
-  if (buf_ring_ != nullptr) munmap(buf_ring_, buf_ring_bytes_);
-  if (buffers_ != nullptr) munmap(buffers_, buffers_bytes_);
+  for (Pool* pool : {&relay_, &small_}) {
+    if (pool->ring != nullptr) munmap(pool->ring, pool->ring_bytes);
+    if (pool->memory != nullptr) munmap(pool->memory, pool->memory_bytes);
+  }
 }
 
 io_uring_sqe* UringRing::sqe(unsigned needed) {
@@ -286,19 +308,19 @@ void UringRing::acceptMultishot(int listen_fd, uint64_t user_data) {
   io_uring_sqe_set_data64(s, user_data);
 }
 
-void UringRing::recvMultishot(int fd, uint64_t user_data) {
+void UringRing::recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes, BufferGroup group) {
   io_uring_sqe* s = sqe();
-  io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+  io_uring_prep_recv_multishot(s, fd, nullptr, max_bytes, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
-  s->buf_group = kBufferGroup;
+  s->buf_group = group == BufferGroup::kSmall && small_.count > 0 ? small_.group : relay_.group;
   io_uring_sqe_set_data64(s, user_data);
 }
 
 void UringRing::recv(int fd, uint64_t user_data) {
   io_uring_sqe* s = sqe();
-  io_uring_prep_recv(s, fd, nullptr, buffer_size_, 0);
+  io_uring_prep_recv(s, fd, nullptr, relay_.size, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
-  s->buf_group = kBufferGroup;
+  s->buf_group = relay_.group;
   io_uring_sqe_set_data64(s, user_data);
 }
 
@@ -386,22 +408,22 @@ void UringRing::close(int fd, uint64_t user_data) {
 }
 
 std::span<char> UringRing::buffer(uint16_t id) {
-  return {buffers_ + size_t{id} * buffer_size_, buffer_size_};
+  Pool& pool = poolOf(id);
+  return {pool.memory + size_t{static_cast<uint16_t>(id - pool.first_id)} * pool.size, pool.size};
 }
 
 void UringRing::recycleBuffer(uint16_t id) {
-  io_uring_buf_ring_add(buf_ring_, buffers_ + size_t{id} * buffer_size_, buffer_size_, id,
-                        io_uring_buf_ring_mask(buffer_count_), static_cast<int>(pending_recycles_));
-  ++pending_recycles_;
+  Pool& pool = poolOf(id);
+  const size_t index = static_cast<uint16_t>(id - pool.first_id);
+  io_uring_buf_ring_add(pool.ring, pool.memory + index * pool.size, pool.size, id,
+                        io_uring_buf_ring_mask(pool.count), static_cast<int>(pool.pending));
+  ++pool.pending;
 }
 
 Result<int> UringRing::submitAndDispatch(CompletionHandler& handler,
                                          std::chrono::milliseconds max_wait) {
-  if (pending_recycles_ > 0) {
-    io_uring_buf_ring_advance(buf_ring_, static_cast<int>(pending_recycles_));
-    buffers_available_ += pending_recycles_;
-    pending_recycles_ = 0;
-  }
+  publish(relay_);
+  if (small_.ring != nullptr) publish(small_);
   // What could not be submitted earlier goes first; if it still does not fit, do not wait
   // long: reap completions, which is what frees the kernel to take more.
   if (!flushBacklog()) max_wait = std::chrono::milliseconds(1);
@@ -419,7 +441,7 @@ Result<int> UringRing::submitAndDispatch(CompletionHandler& handler,
   io_uring_for_each_cqe(&ring_, head, cqe) {
     ++count;
     Completion c{cqe->user_data, cqe->res, cqe->flags};
-    if (c.hasBuffer()) --buffers_available_;
+    if (c.hasBuffer()) --poolOf(c.bufferId()).available;
     handler.onCompletion(c);
   }
   io_uring_cq_advance(&ring_, count);

@@ -25,6 +25,13 @@ struct RingOptions {
   // touched only as the kernel fills buffers.
   unsigned buffer_count = 256;
   unsigned buffer_size = 65536;
+  // BufferGroup::kSmall (a power of two; 0: none): receives whose bytes are copied out in the
+  // completion that brought them (the L7 path). A pool this small is cycled through quickly, so
+  // the kernel's copy lands in memory still in the cache; in the 16 MiB relay pool each small
+  // receive went to a buffer untouched for hundreds of receives, which doubled the copy's cost
+  // (docs/HTTP.md, "Per-request cost").
+  unsigned small_buffer_count = 64;
+  unsigned small_buffer_size = 16384;
   // Registers the ring's fd with the creating thread (io_uring_register_ring_fd, Linux 5.18):
   // every io_uring_enter then names the ring by its slot in the thread's table and skips the
   // fd lookup and its reference count, an atomic on the shared file of a multi-threaded
@@ -74,7 +81,7 @@ class UringRing final : public Ring {
   bool ringFdRegistered() const { return ring_fd_registered_; }
 
   void acceptMultishot(int listen_fd, uint64_t user_data) override;
-  void recvMultishot(int fd, uint64_t user_data) override;
+  void recvMultishot(int fd, uint64_t user_data, uint32_t max_bytes, BufferGroup group) override;
   void recv(int fd, uint64_t user_data) override;
   void read(int fd, std::span<char> into, uint64_t user_data) override;
   void send(int fd, std::span<const char> data, uint64_t user_data) override;
@@ -90,7 +97,7 @@ class UringRing final : public Ring {
   void close(int fd, uint64_t user_data) override;
   std::span<char> buffer(uint16_t id) override;
   void recycleBuffer(uint16_t id) override;
-  size_t buffersAvailable() const override { return buffers_available_ + pending_recycles_; }
+  size_t buffersAvailable() const override { return relay_.available + relay_.pending; }
   Result<int> submitAndDispatch(CompletionHandler& handler,
                                 std::chrono::milliseconds max_wait) override;
   // io_uring_submit calls that failed while the SQ was full (their SQEs waited in backlog_).
@@ -98,7 +105,23 @@ class UringRing final : public Ring {
 
  private:
   UringRing() = default;
-  Result<void> setupBuffers(const RingOptions& options);
+  // One provided-buffer group: its ring, its memory, and the range of buffer ids it owns (ids
+  // are unique across groups, so a completion's id alone says where the bytes are).
+  struct Pool {
+    uint16_t group = 0;
+    uint16_t first_id = 0;
+    unsigned count = 0;
+    unsigned size = 0;
+    io_uring_buf_ring* ring = nullptr;
+    size_t ring_bytes = 0;
+    char* memory = nullptr;
+    size_t memory_bytes = 0;
+    unsigned pending = 0;  // recycled, published with the next submit
+    size_t available = 0;
+  };
+  Result<void> setupPool(Pool& pool, unsigned count, unsigned size);
+  Pool& poolOf(uint16_t id) { return id >= small_.first_id && small_.count > 0 ? small_ : relay_; }
+  void publish(Pool& pool);
   // An SQE, submitting what is queued first when the SQ is full; `needed` consecutive SQEs
   // are guaranteed to be available (for linked chains). When that submit fails, the SQEs come
   // from backlog_ instead and enter the SQ, chains whole, before the next submit.
@@ -111,14 +134,8 @@ class UringRing final : public Ring {
   bool ring_ready_ = false;
   bool ring_fd_registered_ = false;
   std::string fallback_note_;
-  io_uring_buf_ring* buf_ring_ = nullptr;
-  size_t buf_ring_bytes_ = 0;
-  char* buffers_ = nullptr;
-  size_t buffers_bytes_ = 0;
-  unsigned buffer_count_ = 0;
-  unsigned buffer_size_ = 0;
-  unsigned pending_recycles_ = 0;
-  size_t buffers_available_ = 0;
+  Pool relay_;
+  Pool small_;
   // Timespecs the kernel reads when it consumes the SQE; kept until the next submit.
   std::vector<std::unique_ptr<__kernel_timespec>> timespecs_;
   // SQEs prepared while the SQ was full and could not be submitted; a deque so pointers handed

@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "http/codec.h"
 #include "proxy/tls_connection.h"
@@ -29,7 +30,7 @@ uint8_t opByte(HttpOp op) { return static_cast<uint8_t>(op); }
 
 bool isClientOp(HttpOp op) {
   return op == HttpOp::kClientRead || op == HttpOp::kClientSend || op == HttpOp::kClientShut ||
-         op == HttpOp::kClientClose;
+         op == HttpOp::kClientClose || op == HttpOp::kClientPause;
 }
 
 // Which retryOn condition a failed attempt meets.
@@ -247,6 +248,10 @@ void HttpProxy::configure(routing::Router* router, const HttpProxySettings& sett
 }
 
 HttpProxy::Session* HttpProxy::session(uint32_t slot, uint32_t generation) {
+  return const_cast<Session*>(std::as_const(*this).session(slot, generation));
+}
+
+const HttpProxy::Session* HttpProxy::session(uint32_t slot, uint32_t generation) const {
   if (!sessions_.inUse(slot) || sessions_.generation(slot) != generation ||
       sessions_.released(slot)) {
     return nullptr;
@@ -347,26 +352,90 @@ void HttpProxy::adopt(int fd, ListenerKind kind, const SocketAddress& peer,
   readClient(*slot);
 }
 
+bool HttpProxy::clientReadWanted(const Session& s) const {
+  if (s.client.eof || s.client.failed || s.client.fd < 0 || s.stage == Session::Stage::kClosing) {
+    return false;
+  }
+  if (s.stage != Session::Stage::kTunnel && s.in.size() - s.in_off >= kMaxReadAhead) return false;
+  return !(s.stage == Session::Stage::kTunnel && s.up &&
+           upstreams_[*s.up]->io.queued() >= settings_.buffer_limit);
+}
+
 void HttpProxy::readClient(uint32_t slot) {
   Session& s = *sessions_[slot];
-  if (s.client.reading || s.client.eof || s.client.failed || s.client.fd < 0 ||
-      s.stage == Session::Stage::kClosing) {
+  if (s.client.reading || !clientReadWanted(s)) return;
+  armRead(s.client, sessions_.track(opByte(HttpOp::kClientRead), slot));
+}
+
+// A multishot receive stays armed across requests: the socket's poll is armed once per
+// connection, not once per read that finds the socket empty (docs/HTTP.md, "Per-request cost").
+// Its bytes are copied out (into the session's or upstream's own buffers) and the provided
+// buffer goes back in the same completion, so the L7 path never holds one past a completion and
+// no set of slow L7 connections can take the pool from the others.
+void HttpProxy::armRead(Pipe& p, uint64_t user_data) {
+  p.reading = true;
+  p.pause_sent = false;
+  if (multishot_reads_ && !p.next_read_oneshot) {
+    p.multishot = true;
+    ring_.recvMultishot(p.fd, user_data, static_cast<uint32_t>(kReadSize),
+                        loop::BufferGroup::kSmall);
     return;
   }
-  if (s.stage != Session::Stage::kTunnel && s.in.size() - s.in_off >= kMaxReadAhead) return;
-  if (s.stage == Session::Stage::kTunnel && s.up &&
-      upstreams_[*s.up]->io.queued() >= settings_.buffer_limit) {
+  // The pool ran dry (or multishot is off): this read needs no provided buffer.
+  p.next_read_oneshot = false;
+  p.multishot = false;
+  ring_.read(p.fd, {p.rbuf.get(), kReadSize}, user_data);
+}
+
+std::string_view HttpProxy::received(const Pipe& p, const Completion& c) {
+  if (c.res <= 0) return {};
+  const char* at = c.hasBuffer() ? ring_.buffer(c.bufferId()).data() : p.rbuf.get();
+  return {at, static_cast<size_t>(c.res)};
+}
+
+void HttpProxy::pauseClientRead(uint32_t slot) {
+  Session& s = *sessions_[slot];
+  Pipe& p = s.client;
+  if (!p.reading || !p.multishot || p.pause_sent || p.fd < 0 ||
+      s.stage == Session::Stage::kClosing || clientReadWanted(s)) {
     return;
   }
-  s.client.reading = true;
-  ring_.read(s.client.fd, {s.client.rbuf.get(), kReadSize},
-             sessions_.track(opByte(HttpOp::kClientRead), slot));
+  p.pause_sent = true;
+  ring_.cancel(sessions_.userData(opByte(HttpOp::kClientRead), slot),
+               sessions_.track(opByte(HttpOp::kClientPause), slot));
+}
+
+void HttpProxy::pauseUpstreamRead(uint32_t up) {
+  Upstream& u = *upstreams_[up];
+  Pipe& p = u.io;
+  bool client_full = false;
+  if (!p.reading || !p.multishot || p.pause_sent || p.fd < 0 ||
+      u.state == Upstream::State::kClosing || upstreamReadWanted(up, &client_full)) {
+    return;
+  }
+  if (client_full) {
+    Session* s = session(u.owner, u.owner_generation);
+    if (s != nullptr) s->upstream_paused = true;
+  }
+  p.pause_sent = true;
+  ring_.cancel(upstreams_.userData(opByte(HttpOp::kUpstreamRead), up),
+               upstreams_.track(opByte(HttpOp::kUpstreamPause), up));
 }
 
 void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
   Session& s = *sessions_[slot];
-  s.client.reading = false;
+  if (!c.more()) s.client.reading = false;
   if (s.stage == Session::Stage::kClosing) return;
+  if (!c.more() && s.client.pause_sent && c.res == -ECANCELED) {
+    readClient(slot);  // paused; reads on if the reason went away meanwhile
+    return;
+  }
+  if (c.res == -ENOBUFS) {
+    stats_.counters().buffer_exhausted.inc();
+    s.client.next_read_oneshot = true;
+    readClient(slot);
+    return;
+  }
   if (s.stage == Session::Stage::kLinger) {
     if (c.res == -EINTR || c.res == -EAGAIN) {
       readClient(slot);
@@ -386,7 +455,7 @@ void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
   if (c.res > 0) {
     s.last_activity = now_;
     s.request_bytes += static_cast<uint64_t>(c.res);
-    std::string_view data(s.client.rbuf.get(), static_cast<size_t>(c.res));
+    std::string_view data = received(s.client, c);
     if (s.client.tls || s.client.detect_tls) {
       if (tlsReceive(s.client, data, s.kind == ListenerKind::kInbound) == TlsIn::kFailed) {
         closeSession(slot, true);
@@ -1036,22 +1105,31 @@ void HttpProxy::writeUpstreamHead(const Session& s, bool shadow, std::string& ou
   http::writeRequestHead(h, options, out);
 }
 
-void HttpProxy::readUpstream(uint32_t up) {
-  Upstream& u = *upstreams_[up];
-  if (u.io.reading || u.io.eof || u.io.failed || u.io.fd < 0 ||
-      u.state == Upstream::State::kConnecting || u.state == Upstream::State::kClosing) {
-    return;
+bool HttpProxy::upstreamReadWanted(uint32_t up, bool* client_full) const {
+  const Upstream& u = *upstreams_[up];
+  if (u.io.eof || u.io.failed || u.io.fd < 0 || u.state == Upstream::State::kConnecting ||
+      u.state == Upstream::State::kClosing) {
+    return false;
   }
   if (u.state == Upstream::State::kBusy || u.state == Upstream::State::kTunnel) {
-    Session* s = session(u.owner, u.owner_generation);
+    const Session* s = session(u.owner, u.owner_generation);
     if (s != nullptr && s->client.queued() >= settings_.buffer_limit) {
-      s->upstream_paused = true;
-      return;
+      *client_full = true;
+      return false;
     }
   }
-  u.io.reading = true;
-  ring_.read(u.io.fd, {u.io.rbuf.get(), kReadSize},
-             upstreams_.track(opByte(HttpOp::kUpstreamRead), up));
+  return true;
+}
+
+void HttpProxy::readUpstream(uint32_t up) {
+  Upstream& u = *upstreams_[up];
+  if (u.io.reading) return;
+  bool client_full = false;
+  if (!upstreamReadWanted(up, &client_full)) {
+    if (client_full) session(u.owner, u.owner_generation)->upstream_paused = true;
+    return;
+  }
+  armRead(u.io, upstreams_.track(opByte(HttpOp::kUpstreamRead), up));
 }
 
 void HttpProxy::onUpstreamSend(uint32_t up, const Completion& c) {
@@ -1086,12 +1164,22 @@ void HttpProxy::onUpstreamSend(uint32_t up, const Completion& c) {
 
 void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
   Upstream& u = *upstreams_[up];
-  u.io.reading = false;
+  if (!c.more()) u.io.reading = false;
   if (u.state == Upstream::State::kClosing) return;
+  if (!c.more() && u.io.pause_sent && c.res == -ECANCELED) {
+    readUpstream(up);  // paused; reads on if the reason went away meanwhile
+    return;
+  }
+  if (c.res == -ENOBUFS) {
+    stats_.counters().buffer_exhausted.inc();
+    u.io.next_read_oneshot = true;
+    readUpstream(up);
+    return;
+  }
   int res = c.res;
   std::string_view data;
   if (res > 0) {
-    data = {u.io.rbuf.get(), static_cast<size_t>(res)};
+    data = received(u.io, c);
     if (u.io.tls) {
       if (tlsReceive(u.io, data, false) == TlsIn::kFailed) {
         res = -ECONNRESET;  // a failed handshake or a bad record: as good as a reset
@@ -1717,6 +1805,15 @@ void HttpProxy::onCompletion(const Completion& c) {
     fireTimers();
     return;
   }
+  // A receive's provided buffer goes back once its completion is handled, whatever became of
+  // the session or upstream: the L7 path copies what it keeps.
+  struct Recycle {
+    loop::Ring& ring;
+    const Completion& c;
+    ~Recycle() {
+      if (c.hasBuffer()) ring.recycleBuffer(c.bufferId());
+    }
+  } recycle{ring_, c};
   if (isClientOp(op)) {
     auto slot = sessions_.resolve(ud, !c.more());
     if (!slot) {
@@ -1726,6 +1823,7 @@ void HttpProxy::onCompletion(const Completion& c) {
     switch (op) {
       case HttpOp::kClientRead:
         onClientRead(*slot, c);
+        if (!sessions_.released(*slot)) pauseClientRead(*slot);
         break;
       case HttpOp::kClientSend:
         onClientSend(*slot, c);
@@ -1750,6 +1848,7 @@ void HttpProxy::onCompletion(const Completion& c) {
       break;
     case HttpOp::kUpstreamRead:
       onUpstreamRead(*up, c);
+      if (!upstreams_.released(*up)) pauseUpstreamRead(*up);
       break;
     case HttpOp::kUpstreamSend:
       onUpstreamSend(*up, c);

@@ -64,7 +64,10 @@ enum class HttpOp : uint8_t {
   kUpstreamShut,
   kUpstreamClose,
   kTimer,
-  kLast = kTimer,
+  // The cancel of a multishot receive that backpressure stopped (its own completion).
+  kClientPause,
+  kUpstreamPause,
+  kLast = kUpstreamPause,
 };
 
 struct HttpProxySettings {
@@ -157,7 +160,14 @@ class HttpProxy {
   struct Pipe {
     int fd = -1;
     std::unique_ptr<char[]> rbuf;
+    // A read is armed: a multishot receive into the ring's provided buffers (armed until its
+    // final completion), or a one-shot read into rbuf.
     bool reading = false;
+    bool multishot = false;
+    // Backpressure cancelled the multishot receive; its final completion is still to come.
+    bool pause_sent = false;
+    // The provided buffers ran out (-ENOBUFS): the next read goes into rbuf.
+    bool next_read_oneshot = false;
     bool eof = false;
     bool failed = false;
     std::string sending;
@@ -189,6 +199,15 @@ class HttpProxy {
 
   // Session flow.
   void readClient(uint32_t slot);
+  bool clientReadWanted(const Session& s) const;
+  bool upstreamReadWanted(uint32_t up, bool* client_full) const;
+  // Arms the read of one socket; see Pipe::reading.
+  void armRead(Pipe& p, uint64_t user_data);
+  // The bytes a read completion carries (in a provided buffer, or in rbuf).
+  std::string_view received(const Pipe& p, const loop::Completion& c);
+  // After a read completion: cancels a multishot receive that backpressure says to stop.
+  void pauseClientRead(uint32_t slot);
+  void pauseUpstreamRead(uint32_t up);
   void onClientRead(uint32_t slot, const loop::Completion& c);
   void onClientSend(uint32_t slot, const loop::Completion& c);
   void nextRequest(uint32_t slot);
@@ -294,6 +313,7 @@ class HttpProxy {
                              const Pipe& client);
 
   Session* session(uint32_t slot, uint32_t generation);
+  const Session* session(uint32_t slot, uint32_t generation) const;
   void recordRequest(const Session& s);
   void logRequest(const Session& s);
 
@@ -314,6 +334,9 @@ class HttpProxy {
   std::shared_ptr<tls::IdentityStore> identity_;
   tls::SessionCache* session_cache_ = nullptr;
   std::string tls_plain_;  // scratch: the plaintext of the receive being handled
+  // Client and upstream reads are multishot receives (armRead); REMORA_URING_AB=l7-oneshot
+  // turns them back into one-shot reads, for the benchmarks' A/B runs.
+  bool multishot_reads_ = !loop::uringAbSwitch("l7-oneshot");
   std::chrono::steady_clock::time_point now_;
 
   loop::SlotTable<std::unique_ptr<Session>> sessions_;
