@@ -14,7 +14,9 @@
 # remora-init on a bpffs mounted for the run, as bench.py does; no cgroup attachment).
 # REMORA_URING_AB in the environment reaches the proxy (loop::uringAbSwitch). --variant
 # LABEL:BUILD_DIR:AB_SWITCHES (repeatable; LABEL `haproxy` for HAProxy) measures several proxies
-# in the same world, taking turns round by round: one proxy runs at a time.
+# in the same world, taking turns round by round: one proxy runs at a time. --cap puts each proxy
+# in a cgroup (v1 cpu) capped at a quarter CPU, as the benchmark's capped rows: the proxy is
+# then the bottleneck, and conn/s is the figure issue 12's goal is about.
 #
 # The world is one network namespace of its own (name carries this script's PID, removed on
 # exit): the seed's bill-service ClusterIP and both pod addresses on its loopback, nginx
@@ -23,7 +25,7 @@
 #
 # Usage: test/bench/l4_close_cost.sh [--build-dir DIR] [--requests N] [--conns N] [--rounds N]
 #                             [--record FILE] [--trace] [--strace] [--proxy-args "ARGS"] [--haproxy]
-#                             [--kernel-relay] [--variant LABEL:BUILD_DIR:AB]...
+#                             [--kernel-relay] [--cap] [--variant LABEL:BUILD_DIR:AB]...
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,10 +38,11 @@ TRACE=0
 STRACE=0
 KERNEL_RELAY=0
 VARIANTS=()
+CAP=0
 PROXY_ARGS=""
 PEER=""
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --build-dir) BUILD=$2; shift 2 ;;
@@ -51,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --strace) STRACE=1; shift ;;
     --kernel-relay) KERNEL_RELAY=1; shift ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
+    --cap) CAP=1; shift ;;
     --proxy-args) PROXY_ARGS=$2; shift 2 ;;
     --haproxy) PEER=haproxy; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -71,6 +75,10 @@ for v in "${VARIANTS[@]}"; do
 done
 
 NS=l4cost-$$
+CGROUP=/sys/fs/cgroup/cpu/l4cost-$$
+if [[ $CAP == 1 ]]; then
+  [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]] || { echo "--cap needs the cgroup v1 cpu controller" >&2; exit 1; }
+fi
 TMP=$(mktemp -d /tmp/l4cost.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
@@ -84,6 +92,7 @@ cleanup() {
     "$INIT" relay uninstall --pin-dir "$TMP/bpffs/relay" >/dev/null 2>&1 || true
   fi
   if mountpoint -q "$TMP/bpffs"; then umount -l "$TMP/bpffs"; fi
+  if [[ -d $CGROUP ]]; then rmdir "$CGROUP" 2>/dev/null || true; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -135,6 +144,13 @@ start_proxy() {  # $1: a variant; sets PROXY_PID and PPID_ (the pid perf watches
   ready || { echo "$label did not answer through $VIP:9999" >&2; exit 1; }
   PPID_=$(nsx ss -Hltnp '( sport = :15001 )' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
   [[ -n $PPID_ ]] || { echo "cannot find the pid of $label" >&2; exit 1; }
+  if [[ $CAP == 1 ]]; then
+    # A quarter CPU (cfs quota 25 ms per 100 ms); threads made later (io-wq) are born inside.
+    mkdir -p "$CGROUP"
+    echo 100000 > "$CGROUP/cpu.cfs_period_us"
+    echo 25000 > "$CGROUP/cpu.cfs_quota_us"
+    echo "$PPID_" > "$CGROUP/cgroup.procs"
+  fi
 }
 stop_proxy() {
   kill "$PROXY_PID" 2>/dev/null || true
@@ -176,6 +192,8 @@ measure() {  # $1: label; prints one line of per-request figures
   sleep 0.5  # perf attached
   requests_total; before=$REQ
   segs0=$(nsx nstat -az TcpOutSegs | awk '/TcpOutSegs/ {print $2}')
+  local t0 t1
+  t0=$(date +%s%N)
   kill -CONT $wrk
   while :; do
     sleep 0.2
@@ -183,6 +201,7 @@ measure() {  # $1: label; prints one line of per-request figures
     (( after - before >= REQUESTS )) && break
   done
   kill -STOP $wrk
+  t1=$(date +%s%N)
   sleep 0.2  # the requests in flight finish
   requests_total; after=$REQ
   segs1=$(nsx nstat -az TcpOutSegs | awk '/TcpOutSegs/ {print $2}')
@@ -193,13 +212,13 @@ measure() {  # $1: label; prints one line of per-request figures
   local user
   user=$(perf report -i "$TMP/$1.data" --sort dso -F overhead,dso --stdio 2>/dev/null |
     awk '/^#/ {next} /%/ && !/kernel/ {gsub("%", "", $1); s += $1} END {print s / 100}')
-  awk -F, -v n="$n" -v label="$1" -v user="$user" -v segs=$((segs1 - segs0)) '
+  awk -F, -v n="$n" -v label="$1" -v user="$user" -v segs=$((segs1 - segs0)) -v ns=$((t1 - t0)) '
     /^#/ || NF < 3 {next}
     {v[$3] = $1}
     END {
       t = v["task-clock"] / n * 1000
-      printf "%-14s req %d  cpu us/conn %.2f (user %.2f kernel %.2f)  syscalls/conn %.3f io_uring_enter/conn %.3f sqes/conn %.3f async/conn %.3f cs/conn %.3f tcp segs/conn %.2f\n",
-        label, n, t, t * user, t * (1 - user), v["raw_syscalls:sys_enter"]/n,
+      printf "%-14s req %d  conn/s %.0f  cpu us/conn %.2f (user %.2f kernel %.2f)  syscalls/conn %.3f io_uring_enter/conn %.3f sqes/conn %.3f async/conn %.3f cs/conn %.3f tcp segs/conn %.2f\n",
+        label, n, n / (ns / 1e9), t, t * user, t * (1 - user), v["raw_syscalls:sys_enter"]/n,
         v["syscalls:sys_enter_io_uring_enter"]/n, v["io_uring:io_uring_submit_req"]/n, v["io_uring:io_uring_queue_async_work"]/n,
         v["context-switches"]/n, segs / n
     }' "$TMP/stat.csv"
