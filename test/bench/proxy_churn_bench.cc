@@ -56,6 +56,7 @@ class BenchSockets final : public SocketOps {
     return system_.upstreamSocket(family, source);
   }
   void setResetOnClose(int fd) override { system_.setResetOnClose(fd); }
+  void shutdownWrite(int fd) override { system_.shutdownWrite(fd); }
 
  private:
   SocketAddress backend_;

@@ -184,7 +184,17 @@ class FakeSockets final : public SocketOps {
     return next_fd++;
   }
   void setResetOnClose(int fd) override { resets.push_back(fd); }
+  void shutdownWrite(int fd) override { shut_writes.push_back(fd); }
+  Result<int> upstreamSocketWithoutKeepalive(Family family,
+                                             const std::optional<IpAddress>& source) override {
+    without_keepalive.push_back(next_fd);
+    return upstreamSocket(family, source);
+  }
+  void keepAlive(int fd) override { kept_alive.push_back(fd); }
+  std::vector<int> without_keepalive;                       // sockets made without keepalive
+  std::vector<int> kept_alive;                              // keepAlive calls
   std::vector<int> resets;                                  // sockets given SO_LINGER {1,0}
+  std::vector<int> shut_writes;                             // shutdown(SHUT_WR), in order
   std::vector<std::pair<IpAddress, uint32_t>> transparent;  // TPROXY: (client, mark)
 
   std::map<int, SocketAddress> original;

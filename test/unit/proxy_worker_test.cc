@@ -145,21 +145,22 @@ TEST_F(WorkerTest, RelaysBothWaysAndClosesAfterBothHalfCloses) {
   EXPECT_EQ(s3->data, "is bill-service-v1");
   worker_->onCompletion(done(s3->user_data, static_cast<int>(s3->data.size())));
 
-  // Upstream EOF: half-close toward the client, keep the other direction open.
+  // Upstream EOF: half-close toward the client (shutdown(SHUT_WR) called directly, not
+  // through the ring, which would run it on an io-wq thread), keep the other direction open.
   worker_->onCompletion(done(up_recv->user_data, 0));
-  auto shut_client = ring_.last(RecordedOp::kShutdown, kClientFd);
-  ASSERT_TRUE(shut_client);
-  EXPECT_EQ(shut_client->how, SHUT_WR);
-  worker_->onCompletion(done(shut_client->user_data, 0));
+  EXPECT_EQ(sockets_.shut_writes, std::vector<int>{kClientFd});
+  EXPECT_EQ(ring_.count(RecordedOp::kShutdown), 0u);
   EXPECT_EQ(ring_.count(RecordedOp::kShutdownClose), 0u);
+  EXPECT_FALSE(ring_.last(RecordedOp::kClose, kClientFd));
+  EXPECT_EQ(worker_->activeConnections(), 1u);
 
   worker_->onCompletion(done(client_recv->user_data, 0));
-  auto shut_up = ring_.last(RecordedOp::kShutdown, up);
-  ASSERT_TRUE(shut_up);
-  worker_->onCompletion(done(shut_up->user_data, 0));
-  // A clean close of both sockets: shutdown then close, no cancel (the shutdown wakes the
-  // receive), no reset; the slot is freed when both steps of each completed.
-  ASSERT_EQ(ring_.count(RecordedOp::kShutdownClose), 2u);
+  EXPECT_EQ(sockets_.shut_writes, (std::vector<int>{kClientFd, up}));
+  // A clean close of both sockets with nothing pending on them: one close each, no shutdown
+  // (no receive left to wake), no cancel, no reset; the slot is freed when both completed.
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, kClientFd));
+  EXPECT_TRUE(ring_.last(RecordedOp::kClose, up));
+  EXPECT_EQ(ring_.count(RecordedOp::kShutdownClose), 0u);
   EXPECT_EQ(ring_.count(RecordedOp::kCancel), 0u);
   EXPECT_TRUE(sockets_.resets.empty());
   EXPECT_EQ(ring_.count(RecordedOp::kTeardown), 0u);
@@ -176,6 +177,18 @@ TEST_F(WorkerTest, RelaysBothWaysAndClosesAfterBothHalfCloses) {
   EXPECT_EQ(ep.sent_bytes.get(), 23u);
   EXPECT_EQ(router_->released, 1);
   EXPECT_EQ(ring_.recycled, 2u);
+}
+
+TEST_F(WorkerTest, TheUpstreamSocketGetsItsKeepaliveAtTheFirstSweepItIsOpenFor) {
+  // A connection that ends before the next sweep never makes the four keepalive setsockopt
+  // calls; one still open at a sweep gets them then, once.
+  int up = establish(kClientFd);
+  EXPECT_EQ(sockets_.without_keepalive, std::vector<int>{up});
+  EXPECT_TRUE(sockets_.kept_alive.empty());
+  tickAfter(std::chrono::milliseconds(0));
+  EXPECT_EQ(sockets_.kept_alive, std::vector<int>{up});
+  tickAfter(std::chrono::milliseconds(0));
+  EXPECT_EQ(sockets_.kept_alive, std::vector<int>{up});
 }
 
 TEST_F(WorkerTest, ConnectFailureRetriesAnotherEndpoint) {

@@ -207,6 +207,24 @@ RelayBytes RelayMaps::detach(const RelayPair& pair) const {
   return bytes;
 }
 
+RelayBytes RelayMaps::release(const RelayPair& pair) const {
+  auto take = [this](uint64_t cookie) -> uint64_t {
+    remora_relay_peer peer{};
+    if (bpf_map_lookup_and_delete_elem(peers_, &cookie, &peer) == 0) return peer.bytes;
+    // A kernel without lookup-and-delete on hash maps (before 5.14): two calls.
+    if (errno != ENOENT && bpf_map_lookup_elem(peers_, &cookie, &peer) == 0) {
+      bpf_map_delete_elem(peers_, &cookie);
+      return peer.bytes;
+    }
+    return 0;
+  };
+  // Without its peers entry a socket's bytes stay with it (the program passes them) until the
+  // close, exactly as after detach.
+  const uint64_t from_client = take(pair.client_cookie);
+  const uint64_t from_upstream = take(pair.upstream_cookie);
+  return RelayBytes{from_client, from_upstream};
+}
+
 uint64_t tcpBytesWritten(int fd, bool connected) {
   tcp_info info{};
   socklen_t len = sizeof(info);

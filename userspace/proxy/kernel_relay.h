@@ -61,6 +61,10 @@ class RelayMaps {
   // Removes the pair from the maps (closing the sockets would drop them from the sockhash, not
   // from the peers map) and returns what the kernel carried.
   RelayBytes detach(const RelayPair& pair) const;
+  // detach for a pair whose sockets close next: the peers entries leave with their counts in
+  // one lookup-and-delete each, and the sockhash entries are left to the close (the kernel
+  // unlinks a closing socket from every sockmap): 2 bpf calls instead of 6 per connection.
+  RelayBytes release(const RelayPair& pair) const;
   // Bytes redirected so far from the socket with this cookie.
   uint64_t redirected(uint64_t cookie) const;
   // True once the program has taken the pair off the kernel path (a redirect queue passed its

@@ -48,13 +48,15 @@ Result<SocketAddress> SystemSocketOps::originalDestination(int fd, Family family
 std::optional<SocketAddress> SystemSocketOps::localAddress(int fd) { return nameOf(fd, false); }
 std::optional<SocketAddress> SystemSocketOps::peerAddress(int fd) { return nameOf(fd, true); }
 
-Result<int> SystemSocketOps::upstreamSocket(Family family, const std::optional<IpAddress>& source) {
+Result<int> SystemSocketOps::makeUpstreamSocket(Family family,
+                                                const std::optional<IpAddress>& source,
+                                                bool keepalive) {
   int domain = family == Family::kIpv6 ? AF_INET6 : AF_INET;
   int fd = socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errnoError("socket");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  setKeepalive(fd, keepalive_);
+  if (keepalive) setKeepalive(fd, keepalive_);
   if (source) {
     // ::6 is usually not configured on lo; freebind lets the bind succeed regardless (no
     // capability needed), and the kernel answers from it because the destination is local.
@@ -76,6 +78,10 @@ void SystemSocketOps::setResetOnClose(int fd) {
   linger l{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 }
+
+void SystemSocketOps::shutdownWrite(int fd) { ::shutdown(fd, SHUT_WR); }
+
+void SystemSocketOps::keepAlive(int fd) { setKeepalive(fd, keepalive_); }
 
 void setKeepalive(int fd, std::chrono::seconds idle) {
   if (idle.count() <= 0) return;

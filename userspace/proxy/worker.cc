@@ -186,6 +186,11 @@ void Worker::onTick() {
       continue;
     }
     if (conn.state != State::kRelaying && conn.state != State::kKernel) continue;
+    if (conn.keepalive_pending) {
+      // A connection that lived to a sweep gets its keepalive (connectUpstream).
+      sockets_.keepAlive(conn.upstream_fd);
+      conn.keepalive_pending = false;
+    }
     if (conn.tls) tlsTick(slot);
     auto quiet = now_ - conn.last_activity;
     // The kernel moves a relayed pair's bytes unseen: ask it, once the pair looks quiet.
@@ -376,6 +381,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
   conn.outcome = "ok";
   conn.tls.reset();
   conn.sniffed_http = sniffed != nullptr && sniffed->verdict == Sniffed::Verdict::kHttp;
+  conn.keepalive_pending = false;
   ++active_;
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
@@ -531,8 +537,14 @@ void Worker::connectUpstream(uint32_t slot) {
   // dual-stack listener could bring, keeps the passthrough source).
   const bool transparent = conn.kind == ListenerKind::kInbound && settings_.inbound_transparent &&
                            conn.peer.port != 0 && conn.peer.ip.family == upstream.ip.family;
-  auto fd = transparent ? sockets_.transparentUpstreamSocket(conn.peer.ip, kTproxyMark)
-                        : sockets_.upstreamSocket(upstream.ip.family, source);
+  // Keepalive only for a connection still open at the next sweep (onTick): most end sooner.
+  // The benchmark switch `keepalive-at-connect` sets it on every socket, as before.
+  static const bool keepalive_at_connect = loop::uringAbSwitch("keepalive-at-connect");
+  conn.keepalive_pending = !transparent && !keepalive_at_connect;
+  Result<int> fd = transparent ? sockets_.transparentUpstreamSocket(conn.peer.ip, kTproxyMark)
+                   : conn.keepalive_pending
+                       ? sockets_.upstreamSocketWithoutKeepalive(upstream.ip.family, source)
+                       : sockets_.upstreamSocket(upstream.ip.family, source);
   if (!fd) {
     spdlog::warn("upstream socket for {}: {}", upstream.toString(), fd.error().message);
     closeConnection(slot, "upstream_socket_error");
@@ -720,8 +732,18 @@ void Worker::pump(uint32_t slot, bool from_client) {
     // Everything the resetting side sent is out: now the other side learns of the reset.
     closeConnection(slot, conn.outcome, /*reset=*/true);
   } else if (d.eof && !d.shut_sent) {
-    ring_.shutdown(to_fd, SHUT_WR, track(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
     d.shut_sent = true;
+    // The benchmark switch `shutdown-sqe` sends it through the ring, as before issue 12's
+    // per-connection work (io_uring punts every shutdown to an io-wq thread).
+    static const bool through_ring = loop::uringAbSwitch("shutdown-sqe");
+    if (through_ring) {
+      ring_.shutdown(to_fd, SHUT_WR,
+                     track(from_client ? Op::kShutUpstream : Op::kShutClient, slot));
+      return;
+    }
+    sockets_.shutdownWrite(to_fd);
+    d.shut_done = true;
+    if (conn.request.shut_done && conn.response.shut_done) closeConnection(slot, "ok");
   }
 }
 
@@ -810,16 +832,25 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
   Connection& conn = slots_[slot];
   int& fd = client_side ? conn.client_fd : conn.upstream_fd;
   if (fd < 0) return;
+  const Direction& in = client_side ? conn.request : conn.response;
+  const Direction& out = client_side ? conn.response : conn.request;
   if (!reset) {
-    // shutdown wakes a pending receive (it completes with 0) before the close.
-    ring_.shutdownAndClose(fd, track(Op::kTeardown, slot, 2));  // two completions, one tag
+    // Nothing of the io_uring relay pending on the socket (the usual end: both sides' FINs
+    // relayed): a close alone. Otherwise shutdown first, which wakes a pending receive (it
+    // completes with 0) before the close; io_uring runs that shutdown on an io-wq thread.
+    // The benchmark switch `teardown-shutdown` always shuts down first, as before.
+    static const bool always_shutdown = loop::uringAbSwitch("teardown-shutdown");
+    if (conn.state == State::kRelaying && !in.recv_armed && !out.send_in_flight &&
+        !always_shutdown) {
+      ring_.close(fd, track(Op::kTeardown, slot));
+    } else {
+      ring_.shutdownAndClose(fd, track(Op::kTeardown, slot, 2));  // two completions, one tag
+    }
     fd = -1;
     return;
   }
   sockets_.setResetOnClose(fd);
   // Cancel by user_data: a hash lookup per operation, whatever else the ring holds.
-  const Direction& in = client_side ? conn.request : conn.response;
-  const Direction& out = client_side ? conn.response : conn.request;
   if (in.recv_armed) {
     ring_.cancel(target(client_side ? Op::kRecvClient : Op::kRecvUpstream, slot),
                  track(Op::kTeardown, slot));

@@ -220,6 +220,8 @@ class Worker final : public loop::CompletionHandler {
     std::chrono::milliseconds relay_drain_wait{0};
     uint64_t relay_seen_bytes = 0;       // both directions' redirected bytes at the last idle check
     std::unique_ptr<TlsConnection> tls;  // mTLS and authorization state (tls_worker.cc)
+    // The upstream socket was made without TCP keepalive: the next sweep gives it.
+    bool keepalive_pending = false;
     // Outbound: the sniffer found HTTP/1.x but the L4 relay carries it (no http routes, or a
     // pod address dialled): mesh mTLS says so in its ALPN (secureOutbound).
     bool sniffed_http = false;

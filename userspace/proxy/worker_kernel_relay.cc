@@ -223,7 +223,11 @@ void Worker::countKernelBytes(Connection& conn, const RelayBytes& bytes) {
 void Worker::finishKernelRelay(uint32_t slot) {
   Connection& conn = slots_[slot];
   cancelRelayPolls(slot);
-  const RelayBytes bytes = conn.relay_maps->detach(conn.relay);
+  // The sockets close next (closeConnection): release leaves their sockhash entries to the
+  // close. The benchmark switch `relay-detach` deletes them here, as before.
+  static const bool full_detach = loop::uringAbSwitch("relay-detach");
+  const RelayBytes bytes =
+      full_detach ? conn.relay_maps->detach(conn.relay) : conn.relay_maps->release(conn.relay);
   // A pair handed back to user space counted the kernel's bytes then.
   if (conn.state == State::kKernel) countKernelBytes(conn, bytes);
   conn.relay_maps.reset();
