@@ -742,8 +742,7 @@ void Worker::pump(uint32_t slot, bool from_client) {
       return;
     }
     sockets_.shutdownWrite(to_fd);
-    d.shut_done = true;
-    if (conn.request.shut_done && conn.response.shut_done) closeConnection(slot, "ok");
+    onShutdown(slot, /*client_side=*/!from_client, loop::Completion{});
   }
 }
 
