@@ -6,8 +6,9 @@
 #include <charconv>
 #include <cstdint>
 #include <limits>
-#include <regex>
+#include <optional>
 #include <sstream>
+#include <string_view>
 #include <variant>
 
 #include "intercept/nftables_applier.h"
@@ -1006,28 +1007,64 @@ bool iptablesNftTable(const std::string& family, const std::string& name) {
          std::find(std::begin(kNames), std::end(kNames), name) != std::end(kNames);
 }
 
-// "table ip kube-proxy {" ... "\t\tip daddr 10.0.0.1 drop # handle 12": each rule's text by
-// (table, handle).
+bool isSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+
+std::string_view trimmed(std::string_view s) {
+  while (!s.empty() && isSpace(s.front())) s.remove_prefix(1);
+  while (!s.empty() && isSpace(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// "table ip kube-proxy {" gives "ip kube-proxy"; any other line nothing.
+std::optional<std::string> tableOfLine(std::string_view line) {
+  if (!line.starts_with("table ")) return std::nullopt;
+  std::istringstream words{std::string(line.substr(6))};
+  std::string family;
+  std::string name;
+  std::string brace;
+  if (!(words >> family >> name >> brace) || brace != "{") return std::nullopt;
+  return family + " " + name;
+}
+
+// "\t\tip daddr 10.0.0.1 drop # handle 12" gives {12, "ip daddr 10.0.0.1 drop"}. Declarations
+// (chain, set, map, ... lines, which carry handles too) and lines with no text before the handle
+// give nothing. Plain string scanning: a line can be megabytes long (an inline set), too long for
+// a backtracking regex's recursion.
+std::optional<std::pair<uint64_t, std::string_view>> ruleOfLine(std::string_view line) {
+  static constexpr std::string_view kMarker = "# handle ";
+  static constexpr std::string_view kDeclarations[] = {"chain", "set",      "map",   "flowtable",
+                                                       "type",  "elements", "policy"};
+  if (line.empty() || !isSpace(line.front())) return std::nullopt;
+  const size_t at = line.rfind(kMarker);
+  if (at == std::string_view::npos || at == 0 || !isSpace(line[at - 1])) return std::nullopt;
+  const std::string_view digits = trimmed(line.substr(at + kMarker.size()));
+  uint64_t handle = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), handle);
+  // A handle past 64 bits is nothing nft prints: the line is not a rule.
+  if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size()) {
+    return std::nullopt;
+  }
+  const std::string_view text = trimmed(line.substr(0, at));
+  if (text.empty()) return std::nullopt;
+  const std::string_view first = text.substr(0, text.find_first_of(" \t"));
+  if (first.size() < text.size() && std::find(std::begin(kDeclarations), std::end(kDeclarations),
+                                              first) != std::end(kDeclarations)) {
+    return std::nullopt;
+  }
+  return std::pair{handle, text};
+}
+
+// Each rule's text of `nft -a list ruleset` by (table, handle).
 std::map<std::pair<std::string, uint64_t>, std::string> ruleTexts(const std::string& text) {
   std::map<std::pair<std::string, uint64_t>, std::string> out;
-  static const std::regex kTable(R"(^table (\S+) (\S+) \{)");
-  static const std::regex kRule(R"(^\s+(.*\S)\s+# handle (\d+)\s*$)");
-  static const std::regex kDecl(R"(^\s*(chain|set|map|flowtable|type|elements|policy) )");
   std::istringstream in(text);
   std::string line;
   std::string table;
-  std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, kTable)) {
-      table = m[1].str() + " " + m[2].str();
-    } else if (std::regex_match(line, m, kRule) && !std::regex_search(line, kDecl)) {
-      // A handle past 64 bits is nothing nft prints: the line is not a rule.
-      const std::string digits = m[2].str();
-      uint64_t handle = 0;
-      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), handle);
-      if (ec == std::errc() && end == digits.data() + digits.size()) {
-        out[{table, handle}] = m[1].str();
-      }
+    if (auto t = tableOfLine(line)) {
+      table = *t;
+    } else if (auto rule = ruleOfLine(line)) {
+      out[{table, rule->first}] = std::string(rule->second);
     }
   }
   return out;

@@ -90,6 +90,51 @@ TEST(TraceNftTest, ParsesTablesChainsMapsAndRuleTexts) {
   EXPECT_FALSE(parseNftRuleset("not json").ok());
 }
 
+// `nft -a list ruleset` prints an anonymous set inline, so one rule's line can be megabytes long
+// (kube-proxy's or a firewall's address lists). Reading it must not recurse per character: the
+// parser once ran std::regex over each line and overflowed the stack.
+TEST(TraceNftTest, ARuleLineOfMegabytesIsReadWithoutOverflowingTheStack) {
+  std::string elements;
+  for (int i = 0; i < 200000; ++i)
+    elements += fmt::format("10.{}.{}.{}, ", i >> 16, (i >> 8) & 255, i & 255);
+  const std::string rule = "ip daddr { " + elements + "10.255.255.255 } drop";
+  const std::string text = "table ip t {\n\tchain c {\n\t\t" + rule + " # handle 7 \n\t}\n}\n";
+  auto r = parseNftRuleset(
+      R"({"nftables":[{"table":{"family":"ip","name":"t","handle":1}},
+         {"chain":{"family":"ip","table":"t","name":"c","handle":2}},
+         {"rule":{"family":"ip","table":"t","chain":"c","handle":7,"expr":[{"drop":null}]}}]})",
+      text);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ(r->tables.size(), 1u);
+  const auto& rules = r->tables[0].chains.at("c").rules;
+  ASSERT_EQ(rules.size(), 1u);
+  EXPECT_EQ(rules[0].text, rule);
+}
+
+// Lines that are no rule: declarations, a handle past 64 bits, a comment with no text before it.
+TEST(TraceNftTest, OnlyRuleLinesGiveRuleTexts) {
+  const std::string text =
+      "table ip t {\n"
+      "\tchain c { # handle 2\n"
+      "\t\ttype filter hook output priority filter; policy accept;\n"
+      "\t\tct state new accept # handle 3\n"
+      "\t\tdrop # handle 99999999999999999999999\n"
+      "\t\t# handle 5\n"
+      "\t}\n"
+      "}\n";
+  auto r = parseNftRuleset(
+      R"({"nftables":[{"table":{"family":"ip","name":"t","handle":1}},
+         {"chain":{"family":"ip","table":"t","name":"c","handle":2}},
+         {"rule":{"family":"ip","table":"t","chain":"c","handle":3,"expr":[{"accept":null}]}},
+         {"rule":{"family":"ip","table":"t","chain":"c","handle":5,"expr":[{"accept":null}]}}]})",
+      text);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto& rules = r->tables[0].chains.at("c").rules;
+  ASSERT_EQ(rules.size(), 2u);
+  EXPECT_EQ(rules[0].text, "ct state new accept");
+  EXPECT_EQ(rules[1].text, "(handle 5)");
+}
+
 TEST(TraceNftTest, ClusterIpOfThreeEndpointsSplitsAThirdEach) {
   auto nft = kubeProxy();
   auto p = local("10.96.0.10:80");
