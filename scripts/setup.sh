@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   # build
-  build-essential cmake ccache g++ clang llvm clang-format clang-tidy pkg-config
+  build-essential cmake ccache g++ clang llvm clang-format clang-tidy-22 pkg-config
   libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes for clang 14 (docs/TESTING.md)
   libbpf-dev bpftool libnl-3-dev libnl-route-3-dev liburing-dev libssl-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev

@@ -303,7 +303,7 @@ FamilyDump buildFamily(const FamilyTables& in) {
     auto bc = std::find(std::begin(kBuiltinChains), std::end(kBuiltinChains), r.chain);
     if (bc != std::end(kBuiltinChains)) {
       size_t i = bc - std::begin(kBuiltinChains);
-      builtin_rules[i].push_back({++builtin_count[i], &r});
+      builtin_rules[i].emplace_back(++builtin_count[i], &r);
     }
   }
 

@@ -552,6 +552,7 @@ class EbpfApplier : public Applier {
     }
     // Every pinned link: the four on the cgroup, and sk_lookup's one per meshed netns.
     std::vector<std::pair<std::string, const bpf_program*>> links;
+    links.reserve(std::size(ebpf::kLinkPins));
     const bpf_program* cgroup_progs[] = {skel->progs.remora_connect4, skel->progs.remora_connect6,
                                          skel->progs.remora_sockopt, skel->progs.remora_sockops};
     static_assert(std::size(cgroup_progs) == std::size(ebpf::kLinkPins));

@@ -49,7 +49,8 @@ class NftContext {
   Result<std::string> run(const std::string& commands, bool json = false, bool handles = false);
 
  private:
-  ::nft_ctx* ctx_;
+  // Unused in the static CLI build (REMORA_NFT_CLI), which runs the nft binary instead.
+  [[maybe_unused]] ::nft_ctx* ctx_;
 };
 
 // The `family name` of every nftables table in the calling thread's netns ("ip kube-proxy").

@@ -947,7 +947,7 @@ class NftWalker {
       in = elementMatches(*have, right, why);
       if (!in) return std::nullopt;
     }
-    if (op == "==" || op == "in") return *in;
+    if (op == "==" || op == "in") return in;
     if (op == "!=") return !*in;
     why = fmt::format("match operator '{}' is not evaluated", op);
     return std::nullopt;

@@ -1726,7 +1726,7 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
                          fmt::format("must be {} (or DEFAULT, which is BASE), got '{}'",
                                      security::kPathNormalizationNames, *mode));
       }
-      spec.path_normalization = *parsed;
+      spec.path_normalization = parsed;
     }
   }
   if (YAML::Node node = f.get("adminAddress"); present(node)) {

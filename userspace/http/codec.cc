@@ -230,7 +230,7 @@ Step Parser::feed(std::string_view bytes) {
         if (skipped_ + raw.size() + take > limits_.max_header_bytes) {
           return fail(ParseError::kHeadersTooLarge, pos);
         }
-        raw.append(rest.data(), take);
+        raw.append(rest.substr(0, take));
         pos += take;
         if (lf == nullptr) return Step{Event::kNeedMore, pos, {}};
         std::string_view line(raw.data() + line_start_, raw.size() - line_start_ - 1);
@@ -322,7 +322,7 @@ Step Parser::feed(std::string_view bytes) {
         if (line_.empty() && lf != nullptr) {
           line = rest.substr(0, take);
         } else {
-          line_.append(rest.data(), take);
+          line_.append(rest.substr(0, take));
           line = line_;
         }
         pos += take;

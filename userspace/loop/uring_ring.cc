@@ -60,7 +60,10 @@ IoUringEnvironment readIoUringEnvironment() {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("Seccomp:", 0) == 0) env.seccomp_mode = std::atoi(line.c_str() + 8);
+    if (line.rfind("Seccomp:", 0) == 0) {
+      std::istringstream value(line.substr(8));
+      value >> env.seccomp_mode;  // 0 (none) when the field is unreadable
+    }
   }
   if (env.allowed_group && *env.allowed_group >= 0) {
     gid_t groups[256];

@@ -266,7 +266,7 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
                   makeError(fmt::format("'{}' is not {} (or DEFAULT, which is BASE)",
                                         path_normalization, security::kPathNormalizationNames)));
     }
-    o.path_normalization = *mode;
+    o.path_normalization = mode;
   }
   if (!relay.empty()) {
     auto mode = parseRelayMode(relay);

@@ -850,7 +850,7 @@ void HttpProxy::startAttempt(uint32_t slot) {
   }
   if (pool.canOpen()) {
     if (auto opened = openUpstream(slot, endpoint, &pool)) {
-      s.up = *opened;
+      s.up = opened;
     } else {
       attemptFailed(slot, "connect-failure", 503, "UF");
     }
@@ -1009,7 +1009,7 @@ std::optional<uint32_t> HttpProxy::openUpstream(uint32_t slot, const SocketAddre
   const auto timeout = s.port != nullptr ? pool->limits.connect_timeout : settings_.connect_timeout;
   ring_.connect(u.io.fd, reinterpret_cast<const sockaddr*>(&u.sa), u.sa_len, timeout,
                 upstreams_.track(opByte(HttpOp::kUpstreamConnect), *up));
-  return *up;
+  return up;
 }
 
 void HttpProxy::onUpstreamConnect(uint32_t up, const Completion& c) {

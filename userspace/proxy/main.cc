@@ -1,7 +1,9 @@
 // remora-proxy: flags in proxy/cli.cc, everything else in remora_proxy_lib.
 // `remora-proxy check --config FILE` reports on a config without running the proxy.
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 
 #include "config/check.h"
@@ -33,16 +35,23 @@ void installResolver() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  installResolver();
-  if (argc > 1 && std::strcmp(argv[1], "check") == 0) {
-    return remora::config::checkMain(argc - 1, argv + 1);
+  // An exception that reaches here (an allocation failing at start) gets a message and exit 1
+  // rather than std::terminate's abort.
+  try {
+    installResolver();
+    if (argc > 1 && std::strcmp(argv[1], "check") == 0) {
+      return remora::config::checkMain(argc - 1, argv + 1);
+    }
+    return remora::proxy::proxyMain(
+        argc, argv,
+        [](std::string_view yaml, uint64_t generation, const remora::routing::ProxySettings& base) {
+          return remora::config::loadRouteTable(yaml, generation, base);
+        },
+        [](std::shared_ptr<const remora::routing::RouteTable> table) {
+          return remora::routing::makeRouter(std::move(table));
+        });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "remora-proxy: fatal: %s\n", e.what());
+    return 1;
   }
-  return remora::proxy::proxyMain(
-      argc, argv,
-      [](std::string_view yaml, uint64_t generation, const remora::routing::ProxySettings& base) {
-        return remora::config::loadRouteTable(yaml, generation, base);
-      },
-      [](std::shared_ptr<const remora::routing::RouteTable> table) {
-        return remora::routing::makeRouter(std::move(table));
-      });
 }

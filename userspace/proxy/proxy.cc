@@ -814,6 +814,7 @@ void Control::onInotify(const Completion& c) {
 
 StatsSnapshot Control::snapshot() const {
   std::vector<const WorkerStats*> stats;
+  stats.reserve(workers_.size());
   for (const auto& w : workers_) stats.push_back(&w->stats);
   ProcessSample p;
   p.config_generation = generation_;
