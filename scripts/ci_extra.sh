@@ -51,6 +51,7 @@ fuzz_targets=(
   http_match
   trace_nft
   nft_listing
+  tls_client_hello
 )
 
 # The podman tests build an image from the binaries and run them in containers, where the
