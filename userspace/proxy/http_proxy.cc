@@ -422,19 +422,29 @@ void HttpProxy::pauseUpstreamRead(uint32_t up) {
                upstreams_.track(opByte(HttpOp::kUpstreamPause), up));
 }
 
-void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
-  Session& s = *sessions_[slot];
-  if (!c.more()) s.client.reading = false;
-  if (s.stage == Session::Stage::kClosing) return;
-  if (!c.more() && s.client.pause_sent && c.res == -ECANCELED) {
-    readClient(slot);  // paused; reads on if the reason went away meanwhile
-    return;
-  }
+HttpProxy::ReadStart HttpProxy::startRead(Pipe& p, bool closing, const Completion& c) {
+  if (!c.more()) p.reading = false;
+  if (closing) return ReadStart::kDone;
+  // Paused: reads on if the reason went away meanwhile.
+  if (!c.more() && p.pause_sent && c.res == -ECANCELED) return ReadStart::kReadAgain;
   if (c.res == -ENOBUFS) {
     stats_.counters().buffer_exhausted.inc();
-    s.client.next_read_oneshot = true;
-    readClient(slot);
-    return;
+    p.next_read_oneshot = true;
+    return ReadStart::kReadAgain;
+  }
+  return ReadStart::kProceed;
+}
+
+void HttpProxy::onClientRead(uint32_t slot, const Completion& c) {
+  Session& s = *sessions_[slot];
+  switch (startRead(s.client, s.stage == Session::Stage::kClosing, c)) {
+    case ReadStart::kDone:
+      return;
+    case ReadStart::kReadAgain:
+      readClient(slot);
+      return;
+    case ReadStart::kProceed:
+      break;
   }
   if (s.stage == Session::Stage::kLinger) {
     if (c.res == -EINTR || c.res == -EAGAIN) {
@@ -1164,17 +1174,14 @@ void HttpProxy::onUpstreamSend(uint32_t up, const Completion& c) {
 
 void HttpProxy::onUpstreamRead(uint32_t up, const Completion& c) {
   Upstream& u = *upstreams_[up];
-  if (!c.more()) u.io.reading = false;
-  if (u.state == Upstream::State::kClosing) return;
-  if (!c.more() && u.io.pause_sent && c.res == -ECANCELED) {
-    readUpstream(up);  // paused; reads on if the reason went away meanwhile
-    return;
-  }
-  if (c.res == -ENOBUFS) {
-    stats_.counters().buffer_exhausted.inc();
-    u.io.next_read_oneshot = true;
-    readUpstream(up);
-    return;
+  switch (startRead(u.io, u.state == Upstream::State::kClosing, c)) {
+    case ReadStart::kDone:
+      return;
+    case ReadStart::kReadAgain:
+      readUpstream(up);
+      return;
+    case ReadStart::kProceed:
+      break;
   }
   int res = c.res;
   std::string_view data;

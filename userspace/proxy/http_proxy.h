@@ -205,6 +205,11 @@ class HttpProxy {
   void armRead(Pipe& p, uint64_t user_data);
   // The bytes a read completion carries (in a provided buffer, or in rbuf).
   std::string_view received(const Pipe& p, const loop::Completion& c);
+  // What every read completion does first, client and upstream alike: kDone (the socket is
+  // closing), kReadAgain (a paused receive's final completion, or the provided buffers ran out:
+  // the caller re-arms), or kProceed with the completion's result.
+  enum class ReadStart : uint8_t { kDone, kReadAgain, kProceed };
+  ReadStart startRead(Pipe& p, bool closing, const loop::Completion& c);
   // After a read completion: cancels a multishot receive that backpressure says to stop.
   void pauseClientRead(uint32_t slot);
   void pauseUpstreamRead(uint32_t up);
