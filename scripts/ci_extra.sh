@@ -7,10 +7,11 @@
 #            e2e tests asan_quick does not run. scripts/test.sh runs it in
 #            the background while the main ctest run waits on the network.
 #   unit_san_build  san_build without the e2e binaries: what asan_units needs.
-#   asan_units  in build-fuzz: every unit test under ASan+UBSan (LeakSanitizer on). CI runs it.
+#   asan_units  in build-fuzz: every unit test under ASan+UBSan (LeakSanitizer on): asan_quick
+#            without the e2e tests.
 #   asan_quick  in build-fuzz: every unit test, and the e2e tests of the data path (ASAN_QUICK_E2E:
 #            the proxy with its robustness tests, the admin server, HTTP, the kernel relay) under
-#            ASan+UBSan. Run on request (CI's time; docs/TESTING.md).
+#            ASan+UBSan. CI runs it.
 #   fuzz     in build-fuzz: each libFuzzer target runs FUZZ_SECONDS (60) from its seed corpus
 #            (test/fuzz/corpus/<name>) plus what earlier runs found, inputs up to 32 KiB (longer
 #            seeds, such as the deep-nesting ones, are replayed whole by ctest); JOBS targets at
@@ -23,7 +24,7 @@
 #   asan     GCC ASan+UBSan build (build-asan); every unit and e2e test but the podman and bench
 #            smoke tests (see ASAN_EXCLUDE below). Not run by CI (asan_quick is its subset).
 #
-# Usage: scripts/ci_extra.sh [stage ...]   (default: fuzz asan_units tsan; a stage builds what
+# Usage: scripts/ci_extra.sh [stage ...]   (default: fuzz asan_quick tsan; a stage builds what
 # it needs first, so the *_build stages only split the work). Run as root (the e2e tests need
 # it). Every stage runs even if an earlier one failed; each prints its name and wall time, and
 # the script fails if any stage did. Sanitizer reports of any process (tests and the binaries
@@ -257,7 +258,7 @@ stage_fuzz() {
 }
 
 stages=("$@")
-((${#stages[@]})) || stages=(fuzz asan_units tsan)
+((${#stages[@]})) || stages=(fuzz asan_quick tsan)
 failed=()
 for s in "${stages[@]}"; do
   if ! declare -F "stage_$s" >/dev/null; then
