@@ -167,6 +167,7 @@ TEST(CliTest, ABadPodLabelsFileIsRefusedAtStart) {
   auto run = [&](const char* file) {
     std::vector<std::string> args = {"remora-proxy", "--pod-labels-file", file};
     std::vector<char*> argv;
+    argv.reserve(args.size());
     for (auto& a : args) argv.push_back(a.data());
     return proxyMain(
         static_cast<int>(argv.size()), argv.data(),
@@ -175,7 +176,7 @@ TEST(CliTest, ABadPodLabelsFileIsRefusedAtStart) {
           started = true;
           return makeError("not reached");
         },
-        [&](std::shared_ptr<const routing::RouteTable>) -> std::unique_ptr<routing::Router> {
+        [&](const std::shared_ptr<const routing::RouteTable>&) -> std::unique_ptr<routing::Router> {
           started = true;
           return nullptr;
         });

@@ -35,7 +35,7 @@ std::string matchText(const nlohmann::json& m) {
     parts.push_back("sourceNamespace " + m["sourceNamespace"].get<std::string>());
   }
   if (m.contains("sourceHolds") && !m["sourceHolds"].get<bool>()) {
-    parts.push_back("(never, for this proxy's workload)");
+    parts.emplace_back("(never, for this proxy's workload)");
   }
   return parts.empty() ? "anything" : fmt::format("{}", fmt::join(parts, " and "));
 }
