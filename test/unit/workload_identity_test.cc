@@ -14,6 +14,7 @@
 #include "config/loader.h"
 #include "config_test_support.h"
 #include "routing/route_table.h"
+#include "security/security_policy.h"
 
 namespace remora::config {
 namespace {
@@ -283,6 +284,33 @@ TEST(WorkloadSelector, TheLabelsCanComeFromTheConfigsPod) {
   ASSERT_TRUE(table);
   EXPECT_EQ(policyFor(*table), LbPolicy::kRandom);
   EXPECT_EQ(table->settings().workload.labels_source, "file " + file.path());
+}
+
+// The tls of a host's rules follows the same choice: only the applying rule's trafficPolicy.
+TEST(WorkloadSelector, OnlyTheApplyingRulesTlsIsUsed) {
+  auto tlsRule = [](const std::string& name, const std::string& mode, const std::string& created,
+                    const std::string& selector) {
+    std::string out = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n";
+    out += "metadata: {name: " + name + ", namespace: demo, creationTimestamp: \"" + created +
+           "\"}\nspec:\n  host: bill\n";
+    if (!selector.empty()) out += "  workloadSelector:\n    matchLabels: " + selector + "\n";
+    out += "  trafficPolicy:\n    tls: {mode: " + mode + "}\n";
+    return out;
+  };
+  const std::string text = world(tlsRule("all", "DISABLE", kOld, "") +
+                                 tlsRule("front-only", "ISTIO_MUTUAL", kNew, "{app: front}"));
+  auto modeFor = [](const routing::RouteTable& table) {
+    if (table.security == nullptr) return security::TlsMode::kUnset;
+    auto it = table.security->destination_tls.find({"bill.demo", 0});
+    return it == table.security->destination_tls.end() ? security::TlsMode::kUnset
+                                                       : it->second.mode;
+  };
+  auto table = mustLoad(text, frontIn("demo", kFront));
+  ASSERT_TRUE(table);
+  EXPECT_EQ(modeFor(*table), security::TlsMode::kIstioMutual);
+  table = mustLoad(text, frontIn("demo", {{"app", "other"}}));
+  ASSERT_TRUE(table);
+  EXPECT_EQ(modeFor(*table), security::TlsMode::kDisable);
 }
 
 TEST(WorkloadIdentity, TheLabelsFileIsReadAtEveryLoadAndABadOneFailsTheLoad) {
