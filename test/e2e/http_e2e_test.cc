@@ -1312,5 +1312,63 @@ TEST_F(HttpE2e, InboundSniffsAnUnnamedPortAndHandlesItsRequestsAsHttp) {
   EXPECT_NE(line.find("} 5"), std::string::npos) << m;
 }
 
+// VirtualService sourceLabels: the proxy learns its pod's labels from a downward API labels
+// file (--pod-labels-file), as Istio's sidecar does. A route for the front pod's labels is taken
+// while the file holds them and not once the file changes (the proxy watches the file and
+// reloads); a malformed file is refused on reload, naming file and line, and the last table
+// keeps serving; at start it is refused with a non-zero exit. Requests are real curls.
+TEST_F(HttpE2e, SourceLabelsRouteFollowsThePodLabelsFile) {
+  const std::string labels = dir_ + "/labels";
+  replaceFile(labels, "app=\"front-tomcat\"\nversion=\"v1\"");
+  startProxy(virtualService(R"(  - match:
+    - sourceLabels:
+        app: front-tomcat
+    route:
+    - destination:
+        host: bill-service
+        subset: v2
+  - route:
+    - destination:
+        host: bill-service
+        subset: v1
+)") + destinationRule(),
+             {"--pod-namespace", "istio-demo", "--pod-labels-file", labels});
+  auto curl5 = [&] {
+    auto out = world_->exec(
+        front_,
+        {"bash", "-c", "for i in 1 2 3 4 5; do curl -sS -m 3 http://bill-service:9999/; done"});
+    return out ? out->out + out->err : "FAILED " + out.error().message;
+  };
+  std::string out = curl5();
+  EXPECT_EQ(countOf(out, kV2Reply), 5u) << out << proxy_->output();
+  std::string dump = admin("/config_dump");
+  EXPECT_NE(dump.find("\"labelsFrom\": \"file " + labels + "\""), std::string::npos) << dump;
+  EXPECT_NE(dump.find("\"sourceHolds\": true"), std::string::npos) << dump;
+
+  // The pod's labels change: the kubelet rewrites the file, and the route no longer holds.
+  replaceFile(labels, "app=\"front-tomcat-canary\"\nversion=\"v1\"");
+  ASSERT_TRUE(waitFor([&] {
+    return admin("/config_dump").find("front-tomcat-canary") != std::string::npos;
+  })) << proxy_->output();
+  out = curl5();
+  EXPECT_EQ(countOf(out, kV1Reply), 5u) << out << proxy_->output();
+  EXPECT_EQ(countOf(out, kV2Reply), 0u) << out;
+
+  // A malformed file: rejected with its name and line, and the last table keeps serving.
+  replaceFile(labels, "app=\"front-tomcat\"\nversion=v2\n");
+  EXPECT_TRUE(proxy_->waitForLine(labels + " line 2: ", 5000)) << proxy_->output();
+  out = curl5();
+  EXPECT_EQ(countOf(out, kV1Reply), 5u) << out << proxy_->output();
+
+  // At start, the same file is refused before the proxy serves anything.
+  auto refused =
+      world_->exec(front_, {binaryPath("remora-proxy"), "--config", config_, "--pod-labels-file",
+                            labels, "--admin-listen", "127.0.0.1:15100"});
+  ASSERT_TRUE(refused) << refused.error().message;
+  EXPECT_NE(refused->exit_code, 0);
+  EXPECT_NE((refused->out + refused->err).find(labels + " line 2: "), std::string::npos)
+      << refused->out << refused->err;
+}
+
 }  // namespace
 }  // namespace remora::test

@@ -214,6 +214,24 @@ TEST(HttpMatch, PortAndSourceLabels) {
   EXPECT_FALSE(matches(s, r.view));
 }
 
+TEST(HttpMatch, SourceConditionsDecidedWhenBuiltAreNotCheckedPerRequest) {
+  HttpMatch m;
+  m.source_labels = {{"app", "productpage"}};
+  m.source_namespace = "bookinfo";
+  Request r("GET", "/");
+  EXPECT_FALSE(matches(m, r.view));  // unchecked: the request view carries no identity
+  LabelList mine = {{"app", "productpage"}};
+  r.view.source_labels = &mine;
+  EXPECT_FALSE(matches(m, r.view));
+  r.view.source_namespace = "bookinfo";
+  EXPECT_TRUE(matches(m, r.view));
+  Request bare("GET", "/");
+  m.source = HttpMatch::Source::kHolds;
+  EXPECT_TRUE(matches(m, bare.view));
+  m.source = HttpMatch::Source::kNever;
+  EXPECT_FALSE(matches(m, r.view));
+}
+
 TEST(HttpMatch, ConditionsAreAndedEntriesAreOredFirstRouteWins) {
   ServicePort port;
   HttpRoute jason;
@@ -542,6 +560,7 @@ namespace remora::config {
 namespace {
 
 using routing::HttpRoute;
+using routing::LabelList;
 using routing::Percentage;
 using routing::RouteDecision;
 using routing::RouteTable;
@@ -882,6 +901,87 @@ TEST(HttpConfig, UnappliedFieldsAreReported) {
   EXPECT_EQ(subsetOf(*port, port->http_routes[0].mirrors[1].destination.subset_index), "v3");
   auto router = routing::makeRouter(table, 1);
   EXPECT_EQ(route(*router, *port, "/"), "v1");  // sourceLabels cannot hold
+}
+
+// Match entries on the client's identity: the client is the proxy's own workload, so they are
+// held against it when the table is built, on HTTP ports per request and on TCP ports per
+// connection.
+const std::string kBySource = kReviewsHttp + R"(  - name: by-labels
+    match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: by-namespace
+    match: [{sourceNamespace: frontend, port: 9080}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - name: rest
+    route: [{destination: {host: reviews, subset: v1}}]
+  tcp:
+  - match: [{sourceLabels: {app: productpage}, port: 9999}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+)";
+
+routing::ProxySettings workload(std::string ns, LabelList labels) {
+  routing::ProxySettings base;
+  base.workload.namespace_name = std::move(ns);
+  base.workload.labels = std::move(labels);
+  base.workload.labels_known = true;
+  return base;
+}
+
+// The http route a request on 9080 takes, and the subset a connection on 9999 goes to.
+std::pair<std::string, std::string> sourceRouted(const routing::ProxySettings& base) {
+  auto table = testing::mustLoad(bookinfoWith(kBySource), base);
+  if (!table) return {"no table", ""};
+  const ServicePort* http = table->find(addr("10.1.122.241:9080"));
+  const ServicePort* tcp = table->find(addr("10.1.122.241:9999"));
+  if (http == nullptr || tcp == nullptr) return {"no port", ""};
+  auto router = routing::makeRouter(table, 1);
+  RouteDecision d = router->route(addr("10.1.122.241:9999"));
+  std::string tcp_subset = d.kind == RouteDecision::Kind::kService ? subsetOf(*tcp, d.subset_index)
+                                                                   : std::string("passthrough");
+  routing::RequestView view;
+  view.method = "GET";
+  view.setTarget("/");
+  view.port = 9080;
+  const routing::HttpRouteMatch m = routing::matchHttpRoute(*http, view);
+  return {m.route == nullptr ? std::string("404") : m.route->name, tcp_subset};
+}
+
+TEST(HttpConfig, SourceLabelsAndNamespaceHoldAgainstTheProxysOwnWorkload) {
+  using Routed = std::pair<std::string, std::string>;
+  EXPECT_EQ(sourceRouted(workload("bookinfo", {{"app", "productpage"}, {"version", "v1"}})),
+            Routed("by-labels", "v2"));
+  EXPECT_EQ(sourceRouted(workload("frontend", {{"app", "web"}})), Routed("by-namespace", "v1"));
+  EXPECT_EQ(sourceRouted(workload("bookinfo", {{"app", "web"}})), Routed("rest", "v1"));
+  // Without an identity neither holds, and the findings say why.
+  EXPECT_EQ(sourceRouted({}), Routed("rest", "v1"));
+  auto table = load(bookinfoWith(kBySource));
+  ASSERT_TRUE(table);
+  findFinding(*table, Severity::kWarning,
+              {"spec.http[0].match[0].sourceLabels", "does not know its workload's labels"});
+  findFinding(*table, Severity::kWarning,
+              {"spec.http[1].match[0].sourceNamespace", "does not know its workload's namespace"});
+  findFinding(*table, Severity::kWarning, {"spec.tcp[0].match[0].sourceLabels", "never holds"});
+  // Nothing says they are not applied any more.
+  EXPECT_EQ(all(*table).find("not applied yet"), std::string::npos) << all(*table);
+  // With an identity that does not match: an info finding, and the dump shows the outcome.
+  table = testing::mustLoad(bookinfoWith(kBySource), workload("bookinfo", {{"app", "web"}}));
+  ASSERT_TRUE(table);
+  findFinding(*table, Severity::kInfo,
+              {"spec.http[0].match[0].sourceLabels", "does not hold for this proxy's workload",
+               "namespace bookinfo, labels app=web"});
+  const nlohmann::json dump = table->toJson();
+  bool seen = false;
+  for (const auto& s : dump["services"]) {
+    for (const auto& r : s.value("httpRoutes", nlohmann::json::array())) {
+      for (const auto& m : r.value("match", nlohmann::json::array())) {
+        if (!m.contains("sourceLabels")) continue;
+        seen = true;
+        EXPECT_EQ(m["sourceHolds"], false) << m;
+      }
+    }
+  }
+  EXPECT_TRUE(seen) << dump.dump(1);
 }
 
 TEST(HttpConfig, EveryMirrorsEntryIsAppliedWithItsPercentage) {

@@ -154,6 +154,38 @@ TEST(SettingsTest, TlsDirAndTrustDomainFlagsWinOverTheProxyConfig) {
   EXPECT_EQ(s.trust_domain, "flag.example");
 }
 
+// --pod-labels-file is read before the proxy starts: a missing or malformed file exits 64
+// (usage), never a proxy that routes as if its pod had no labels.
+TEST(CliTest, ABadPodLabelsFileIsRefusedAtStart) {
+  char name[] = "/tmp/remora-cli-labels-XXXXXX";
+  const int fd = mkstemp(name);
+  ASSERT_GE(fd, 0);
+  const std::string bad = "app=\"front\"\nversion=v1\n";
+  ASSERT_EQ(::write(fd, bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
+  ::close(fd);
+  bool started = false;
+  auto run = [&](const char* file) {
+    std::vector<std::string> args = {"remora-proxy", "--pod-labels-file", file};
+    std::vector<char*> argv;
+    argv.reserve(args.size());
+    for (auto& a : args) argv.push_back(a.data());
+    return proxyMain(
+        static_cast<int>(argv.size()), argv.data(),
+        [&](std::string_view, uint64_t,
+            const routing::ProxySettings&) -> Result<std::shared_ptr<const routing::RouteTable>> {
+          started = true;
+          return makeError("not reached");
+        },
+        [&](const std::shared_ptr<const routing::RouteTable>&) -> std::unique_ptr<routing::Router> {
+          started = true;
+          return nullptr;
+        });
+  };
+  EXPECT_EQ(run(name), 64);
+  EXPECT_FALSE(started);
+  ::unlink(name);
+}
+
 TEST(ConfigWatchTest, ReactsToTheFileAndToConfigMapDataSwaps) {
   EXPECT_TRUE(isConfigEvent("mesh.yaml", "mesh.yaml"));
   EXPECT_TRUE(isConfigEvent("..data", "mesh.yaml"));

@@ -44,3 +44,13 @@ target_compile_definitions(http_route_test PRIVATE
   REMORA_FIXTURES_DIR="${CMAKE_CURRENT_LIST_DIR}/../fixtures")
 gtest_discover_tests(http_route_test TEST_PREFIX "http_route_test."
   PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)
+
+# The proxy's own workload (sourceLabels, sourceNamespace, DestinationRule workloadSelector): the
+# downward API labels file and istiod's DestinationRule precedence.
+add_executable(workload_identity_test ${CMAKE_CURRENT_LIST_DIR}/workload_identity_test.cc)
+target_link_libraries(workload_identity_test PRIVATE remora_config remora_routing fmt::fmt
+  nlohmann_json::nlohmann_json GTest::gtest GTest::gtest_main)
+target_compile_definitions(workload_identity_test PRIVATE
+  REMORA_FIXTURES_DIR="${CMAKE_CURRENT_LIST_DIR}/../fixtures")
+gtest_discover_tests(workload_identity_test TEST_PREFIX "config_test."
+  PROPERTIES LABELS unit DISCOVERY_TIMEOUT 30)

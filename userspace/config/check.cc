@@ -31,6 +31,12 @@ std::string matchText(const nlohmann::json& m) {
   }
   if (m.contains("port")) parts.push_back(fmt::format("port {}", m["port"].get<int>()));
   if (m.contains("sourceLabels")) parts.push_back("sourceLabels " + m["sourceLabels"].dump());
+  if (m.contains("sourceNamespace")) {
+    parts.push_back("sourceNamespace " + m["sourceNamespace"].get<std::string>());
+  }
+  if (m.contains("sourceHolds") && !m["sourceHolds"].get<bool>()) {
+    parts.emplace_back("(never, for this proxy's workload)");
+  }
   return parts.empty() ? "anything" : fmt::format("{}", fmt::join(parts, " and "));
 }
 
@@ -77,6 +83,21 @@ std::string httpRouteText(const nlohmann::json& r) {
 
 std::string renderCheck(const nlohmann::json& dump) {
   std::string out;
+  if (dump.contains("settings") && dump["settings"].contains("workload")) {
+    const auto& w = dump["settings"]["workload"];
+    std::string ns = w.value("namespace", "");
+    std::string name = w.value("name", "");
+    std::string labels = "unknown";
+    if (w.contains("labels") && w["labels"].is_object()) {
+      std::vector<std::string> kv;
+      for (const auto& [k, v] : w["labels"].items()) kv.push_back(k + "=" + v.get<std::string>());
+      labels =
+          fmt::format("{} (from {})", kv.empty() ? "{}" : fmt::format("{}", fmt::join(kv, ",")),
+                      w.value("labelsFrom", ""));
+    }
+    out += fmt::format("workload: namespace {}, pod {}, labels {}\n", ns.empty() ? "unknown" : ns,
+                       name.empty() ? "unknown" : name, labels);
+  }
   for (const auto& s : dump.value("services", nlohmann::json::array())) {
     std::vector<std::string> vips;
     for (const auto& ip : s.value("clusterIPs", nlohmann::json::array())) {
@@ -169,6 +190,16 @@ int checkMain(int argc, char** argv) {
                "print every field of every kind Remora reads and whether it is applied");
   app.add_flag("--json", json, "print the table and findings as JSON (as /config_dump)");
   app.add_flag("--strict", strict, "exit 1 when there are warnings");
+  routing::ProxySettings base;
+  routing::WorkloadIdentity& w = base.workload;
+  app.add_option("--pod-namespace", w.namespace_name,
+                 "the proxy's workload namespace, as remora-proxy's flag")
+      ->envname("POD_NAMESPACE");
+  app.add_option("--pod-name", w.name, "the proxy's pod name, as remora-proxy's flag")
+      ->envname("POD_NAME");
+  app.add_option("--pod-labels-file", w.labels_file,
+                 "the pod's labels (downward API file), as remora-proxy's flag")
+      ->envname("REMORA_POD_LABELS_FILE");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -183,7 +214,7 @@ int checkMain(int argc, char** argv) {
     std::fputs("check: --config FILE is required\n", stderr);
     return 2;
   }
-  auto table = loadRouteTableFile(path, 1);
+  auto table = loadRouteTableFile(path, 1, base);
   if (!table) {
     if (json) {
       std::fputs((nlohmann::json{{"error", table.error().message}}.dump(

@@ -788,36 +788,58 @@ Result<void> parseEndpointSlice(const Context& ctx, const Fields& top, int line,
   return {};
 }
 
-// Reads a route's `match` entries. An entry that names nothing but a port (or nothing) can be
-// decided per connection; one that needs HTTP or the client's identity is noted in
-// `route.l7_match` and not applied yet (the table builder reports it).
+// Reads a route's `match` entries. An entry that names nothing but a port and the client's
+// identity (sourceLabels, sourceNamespace) can be decided per connection; one that needs HTTP
+// is noted in `route.l7_match` (the table builder reports it where it matters).
 Result<void> readMatches(const Context& ctx, const YAML::Node& match, const std::string& field,
                          int line, VsRoute& route) {
   if (auto r = optionalSequence(ctx, match, field, line); !r) return r.error();
   if (!present(match)) return {};
   size_t i = 0;
   for (const auto& entry : match) {
-    std::string efield = fmt::format("{}[{}]", field, i++);
+    VsRoute::MatchEntry out;
+    out.field = fmt::format("{}[{}]", field, i++);
     route.has_match = true;
-    if (auto r = requireMap(ctx, entry, efield, line); !r) return r.error();
-    bool l4 = true;
+    if (auto r = requireMap(ctx, entry, out.field, line); !r) return r.error();
+    out.line = lineOf(entry, line);
     for (auto it = entry.begin(); it != entry.end(); ++it) {
       const std::string& key = it->first.Scalar();
-      if (key == "port" || key == "name" || key == "statPrefix") continue;
-      l4 = false;
+      if (key == "port" || key == "name" || key == "statPrefix" || key == "sourceLabels" ||
+          key == "sourceNamespace") {
+        continue;
+      }
+      out.l4 = false;
       if (route.l7_match.find(key) == std::string::npos) {
         route.l7_match += route.l7_match.empty() ? key : ", " + key;
       }
     }
-    if (!l4) continue;
-    YAML::Node port_node = Fields(entry).get("port");
-    if (!present(port_node)) {
-      route.any_port = true;
-      continue;
+    // An entry decided per connection rejects the VirtualService on a bad value here; for
+    // one that needs HTTP the per-request parser (readHttpMatch) reports it, leaving out that
+    // route alone, so a bad value only goes unrecorded.
+    const bool strict = out.l4;
+    Fields f(entry);
+    if (YAML::Node labels_node = f.get("sourceLabels"); present(labels_node)) {
+      auto labels = readLabels(ctx, labels_node, out.field + ".sourceLabels", out.line);
+      if (labels) {
+        out.source_labels = std::move(*labels);
+      } else if (strict) {
+        return labels.error();
+      }
     }
-    auto port = readPort(ctx, port_node, efield + ".port", lineOf(entry, line));
-    if (!port) return port.error();
-    route.match_ports.push_back(*port);
+    if (YAML::Node ns_node = f.get("sourceNamespace"); present(ns_node)) {
+      auto ns = readString(ctx, ns_node, out.field + ".sourceNamespace", out.line, true);
+      if (ns) {
+        out.source_namespace = std::move(*ns);
+      } else if (strict) {
+        return ns.error();
+      }
+    }
+    if (YAML::Node port_node = f.get("port"); present(port_node) && strict) {
+      auto port = readPort(ctx, port_node, out.field + ".port", out.line);
+      if (!port) return port.error();
+      out.port = *port;
+    }
+    route.entries.push_back(std::move(out));
   }
   return {};
 }
@@ -917,8 +939,7 @@ Result<void> readMatchMap(const Context& ctx, const YAML::Node& node, const std:
   return {};
 }
 
-// One match entry; nullopt when it cannot hold for a sidecar (bound to gateways only, or on
-// the client's namespace, which the proxy does not know).
+// One match entry; nullopt when it cannot hold for a sidecar (bound to gateways only).
 Result<std::optional<routing::HttpMatch>> readHttpMatch(const Context& ctx, const YAML::Node& node,
                                                         const std::string& field, int line) {
   using Out = Result<std::optional<routing::HttpMatch>>;
@@ -974,7 +995,11 @@ Result<std::optional<routing::HttpMatch>> readHttpMatch(const Context& ctx, cons
     for (const auto& g : gateways) mesh = mesh || (g.IsScalar() && g.Scalar() == "mesh");
     if (!mesh) return Out(std::nullopt);
   }
-  if (present(f.get("sourceNamespace"))) return Out(std::nullopt);
+  if (YAML::Node ns = f.get("sourceNamespace"); present(ns)) {
+    auto text = readString(ctx, ns, field + ".sourceNamespace", l, true);
+    if (!text) return text.error();
+    m.source_namespace = std::move(*text);
+  }
   return Out(std::move(m));
 }
 
@@ -1406,7 +1431,7 @@ Result<routing::HttpRoute> readHttpRoute(const Context& ctx, const YAML::Node& n
       if (!m) return m.error();
       if (*m) out.matches.push_back(std::move(**m));
     }
-    // Every entry is for gateways (or another namespace's clients): not a sidecar route.
+    // Every entry is for gateways: not a sidecar route.
     route.sidecar = !out.matches.empty();
   }
   YAML::Node destinations = rf.get("route");
@@ -1624,6 +1649,16 @@ Result<void> parseDestinationRule(const Context& ctx, const Fields& top, int lin
     subset.policy = subset.traffic.level.lb;
     spec.subsets.push_back(std::move(subset));
   }
+  if (YAML::Node selector = f.get("workloadSelector"); present(selector)) {
+    if (auto r = requireMap(ctx, selector, "spec.workloadSelector", spec_line); !r) {
+      return r.error();
+    }
+    spec.selector_line = lineOf(selector, spec_line);
+    auto labels = readLabels(ctx, Fields(selector).get("matchLabels"),
+                             "spec.workloadSelector.matchLabels", spec.selector_line);
+    if (!labels) return labels.error();
+    spec.workload_selector = std::move(*labels);
+  }
   auto tls = readDestinationTls(
       spec_node, spec_line, out,
       [&ctx](std::string_view f, int l, std::string_view what) { return ctx.error(f, l, what); });
@@ -1826,6 +1861,20 @@ Result<void> parseProxyConfig(const Context& ctx, const Fields& top, int line, O
       return ctx.error("spec.trustDomain", lineOf(node, spec_line), valid.error().message);
     }
     spec.trust_domain = *domain;
+  }
+  for (auto [key, target] :
+       {std::pair{"podNamespace", &spec.pod_namespace}, std::pair{"podName", &spec.pod_name},
+        std::pair{"podLabelsFile", &spec.pod_labels_file}}) {
+    YAML::Node node = f.get(key);
+    if (!present(node)) continue;
+    std::string field = fmt::format("spec.{}", key);
+    auto text = readString(ctx, node, field, spec_line, true);
+    if (!text) return text.error();
+    if (target == &spec.pod_labels_file && text->front() != '/') {
+      return ctx.error(field, lineOf(node, spec_line),
+                       fmt::format("must be an absolute file path, got '{}'", *text));
+    }
+    *target = *text;
   }
   if (YAML::Node node = f.get("accessLog"); present(node)) {
     auto value = readBool(ctx, node, "spec.accessLog", spec_line);

@@ -86,11 +86,19 @@ struct VsRoute {
   std::string field;  // "spec.tcp[0]", for errors found while building
   RouteSection section = RouteSection::kHttp;
   bool has_match = false;
-  // Match entries that name nothing but a port (or nothing at all) can be decided per
-  // connection; `match_ports` holds their ports. `l7_match` names what the others need
-  // ("headers", "uri", ...): such a match is not applied yet.
-  bool any_port = false;  // a match entry with no port condition at all
-  std::vector<uint16_t> match_ports;
+  // One entry of `match`. Entries that name nothing but a port, sourceLabels and
+  // sourceNamespace (or nothing at all) can be decided per connection (`l4`); `l7_match` names
+  // what the others need ("headers", "uri", ...): such a match is not applied per connection.
+  // The source conditions are held against the proxy's own workload by the table builder.
+  struct MatchEntry {
+    std::string field;  // "spec.tcp[0].match[1]"
+    int line = 0;
+    bool l4 = true;
+    uint16_t port = 0;  // 0: any port
+    std::optional<Labels> source_labels;
+    std::optional<std::string> source_namespace;
+  };
+  std::vector<MatchEntry> entries;
   std::string l7_match;
   std::string action;  // "redirect", "directResponse" or "delegate" when there is no route
   std::vector<RouteDestination> destinations;
@@ -152,6 +160,10 @@ struct DestinationRuleSpec {
   bool has_traffic_policy = false;
   std::vector<SubsetSpec> subsets;
   DestinationTls tls;  // trafficPolicy.tls (security_parser.cc)
+  // spec.workloadSelector.matchLabels: the rule applies only to proxies of selected workloads
+  // in its own namespace (an empty selector selects every workload there). nullopt: no selector.
+  std::optional<Labels> workload_selector;
+  int selector_line = 0;
 };
 
 struct ProxyConfigSpec {
@@ -183,6 +195,11 @@ struct ProxyConfigSpec {
   // mTLS credentials (docs/TLS.md): the --tls-dir and --trust-domain of the document.
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;
+  // The proxy's workload (routing::WorkloadIdentity), under --pod-namespace, --pod-name and
+  // --pod-labels-file.
+  std::optional<std::string> pod_namespace;
+  std::optional<std::string> pod_name;
+  std::optional<std::string> pod_labels_file;
 };
 
 // A workload outside Kubernetes (a WorkloadEntry, or one of a ServiceEntry's endpoints).

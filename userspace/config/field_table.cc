@@ -353,13 +353,14 @@ Rows virtualServiceRows() {
             {"spec.http[].match[].withoutHeaders", A},
             {"spec.http[].match[].queryParams", A},
             {"spec.http[].match[].ignoreUriCase", A},
-            {"spec.http[].match[].sourceLabels", N,
-             "the proxy is not told its workload's labels yet, so a match entry with sourceLabels "
-             "never holds"},
-            {"spec.http[].match[].sourceLabels.*", N},
-            {"spec.http[].match[].sourceNamespace", N,
-             "the proxy is not told its namespace yet, so a match entry with sourceNamespace never "
+            {"spec.http[].match[].sourceLabels", A,
+             "held against the proxy's own workload labels (--pod-labels-file, or the Pod named "
+             "by --pod-namespace and --pod-name); unknown labels: a finding, and the entry never "
              "holds"},
+            {"spec.http[].match[].sourceLabels.*", A},
+            {"spec.http[].match[].sourceNamespace", A,
+             "held against the proxy's namespace (--pod-namespace, POD_NAMESPACE); unknown: a "
+             "finding, and the entry never holds"},
             {"spec.http[].match[].gateways", A},
             {"spec.http[].match[].gateways[]", A},
             {"spec.http[].match[].statPrefix", I},
@@ -434,9 +435,11 @@ Rows virtualServiceRows() {
             {"spec.tcp[].match[].port", A},
             {"spec.tcp[].match[].destinationSubnets", P},
             {"spec.tcp[].match[].destinationSubnets[]", P},
-            {"spec.tcp[].match[].sourceLabels", P},
-            {"spec.tcp[].match[].sourceLabels.*", P},
-            {"spec.tcp[].match[].sourceNamespace", P},
+            {"spec.tcp[].match[].sourceLabels", A,
+             "held against the proxy's own workload labels, as for spec.http"},
+            {"spec.tcp[].match[].sourceLabels.*", A},
+            {"spec.tcp[].match[].sourceNamespace", A,
+             "held against the proxy's namespace, as for spec.http"},
             {"spec.tcp[].match[].gateways", P},
             {"spec.tcp[].match[].gateways[]", P},
             {"spec.tcp[].route", A},
@@ -486,11 +489,12 @@ Rows destinationRuleRows() {
           {"spec.exportTo", N,
            "exportTo is not applied: the DestinationRule applies to every namespace, as with '*'"},
           {"spec.exportTo[]", N},
-          {"spec.workloadSelector", N,
-           "workloadSelector is not applied: the DestinationRule applies to every workload"},
-          {"spec.workloadSelector.*", N},
-          {"spec.workloadSelector.matchLabels", N},
-          {"spec.workloadSelector.matchLabels.*", N},
+          {"spec.workloadSelector", A,
+           "applies only when the proxy's workload is in the rule's namespace and has its "
+           "labels; istiod's merge and precedence (docs/CONFIG.md); unknown workload: a finding, "
+           "and the rule applies nowhere"},
+          {"spec.workloadSelector.matchLabels", A},
+          {"spec.workloadSelector.matchLabels.*", A},
       });
   addTrafficPolicy(r, "spec.trafficPolicy", true);
   addTrafficPolicy(r, "spec.subsets[].trafficPolicy", true);
@@ -573,6 +577,12 @@ Rows proxyConfigRows() {
                 {"spec.relay", A},
                 {"spec.tlsDir", A},
                 {"spec.trustDomain", A},
+                {"spec.podNamespace", A,
+                 "the proxy's workload namespace; `--pod-namespace` (POD_NAMESPACE) wins"},
+                {"spec.podName", A, "the proxy's pod name; `--pod-name` (POD_NAME) wins"},
+                {"spec.podLabelsFile", A,
+                 "the downward API file of the pod's labels, read at every load; "
+                 "`--pod-labels-file` (REMORA_POD_LABELS_FILE) wins"},
                 {"spec.bufferLimit", A},
                 {"spec.idleTimeout", A},
                 {"spec.halfCloseTimeout", A},

@@ -453,7 +453,8 @@ std::string serviceKey(const std::string& host, const std::string& namespace_nam
 }  // namespace
 
 std::shared_ptr<const security::SecurityTable> buildSecurityTable(
-    const std::vector<PlacedDocument>& documents) {
+    const std::vector<PlacedDocument>& documents,
+    const std::function<bool(const Object&)>& policy_applies) {
   auto table = std::make_shared<security::SecurityTable>();
   bool wanted = false;
   for (const auto& doc : documents) {
@@ -487,6 +488,7 @@ std::shared_ptr<const security::SecurityTable> buildSecurityTable(
           break;
         }
         case Kind::kDestinationRule: {
+          if (policy_applies && !policy_applies(object)) break;
           const auto& dr = std::get<DestinationRuleSpec>(object.spec);
           const std::string key = serviceKey(dr.host.host, object.namespace_name);
           if (dr.tls.settings) {

@@ -32,7 +32,10 @@ Result<DestinationTls> readDestinationTls(const YAML::Node& spec, int line, Obje
 
 // Workloads (Pods: namespace, labels, serviceAccountName, the tlsMode label), policies and
 // DestinationRule TLS modes of every document; nullptr when none of them asks for anything.
+// `policy_applies` says whether a DestinationRule's trafficPolicy (hence its tls) applies to this
+// proxy (the table builder's choice among a host's rules); unset: every rule's does.
 std::shared_ptr<const security::SecurityTable> buildSecurityTable(
-    const std::vector<PlacedDocument>& documents);
+    const std::vector<PlacedDocument>& documents,
+    const std::function<bool(const Object&)>& policy_applies = {});
 
 }  // namespace remora::config

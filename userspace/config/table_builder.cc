@@ -11,11 +11,14 @@
 #include "config/field_table.h"
 #include "config/security_parser.h"
 #include "routing/static_route_table.h"
+#include "routing/workload_identity.h"
 
 namespace remora::config {
 namespace {
 
+using routing::labelsText;
 using routing::LbPolicy;
+using routing::readLabelsFile;
 
 // An object and the document it came from.
 struct Ref {
@@ -164,6 +167,26 @@ struct MergedSubset {
   size_t index = 0;
 };
 
+// One of a host's consolidated DestinationRules, as istiod merges them (oldest first): a rule
+// starts an entry, and each later rule is merged into every entry whose workloadSelector does
+// not conflict with its own (its subsets with new names are added; its trafficPolicy is taken
+// when the entry has none yet). A rule starts an entry of its own too unless one of those had
+// the same selector, or none like it (docs/CONFIG.md, "DestinationRule workloadSelector").
+struct RuleEntry {
+  Ref head;  // the rule it started from: its namespace and workloadSelector are the entry's
+  const std::optional<Labels>* selector = nullptr;
+  std::vector<Ref> rules;  // head first, then the rules merged in, oldest first
+  std::vector<MergedSubset> subsets;
+  Ref policy;  // the first of `rules` with a trafficPolicy; empty when none has one
+  // What the merge left out, reported only for the entry that applies to this proxy.
+  struct Ignored {
+    Ref rule;
+    size_t subset = 0;  // spec.subsets index; SIZE_MAX: its trafficPolicy
+    Ref kept;           // the older rule whose subset (or policy) is used instead
+  };
+  std::vector<Ignored> ignored;
+};
+
 struct ServiceInfo {
   Ref ref;
   const ServiceSpec* spec = nullptr;
@@ -177,9 +200,13 @@ struct ServiceInfo {
   // Every Pod behind the Service, ready or not: a subset that matches none of them is a typo,
   // one that matches only unready pods is just empty for now.
   std::vector<const Labels*> workloads;
-  bool slice_without_pods = false;     // endpoints from slices whose Pods are not in the file
-  std::vector<Ref> destination_rules;  // oldest first; the first one's policy applies
+  bool slice_without_pods = false;      // endpoints from slices whose Pods are not in the file
+  std::vector<RuleEntry> rule_entries;  // consolidated DestinationRules, istiod's order
+  // Of the entry that applies to this proxy (selectRules): its rules, subsets and the rule whose
+  // trafficPolicy applies (empty: none).
+  std::vector<Ref> destination_rules;
   std::vector<MergedSubset> subsets;
+  Ref policy_rule;
   Ref virtual_service;
 };
 
@@ -204,12 +231,6 @@ struct ViewKeyHash {
 
 template <typename T>
 using ViewMap = std::unordered_map<ViewKey, T, ViewKeyHash>;
-
-std::string labelsText(const Labels& labels) {
-  std::string out;
-  for (const auto& [k, v] : labels) out += fmt::format("{}{}={}", out.empty() ? "" : ",", k, v);
-  return out.empty() ? "{}" : out;
-}
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -239,6 +260,7 @@ class Builder {
     collect();
     applyProxyConfig();
     indexPods();
+    if (auto r = resolveWorkload(); !r) return r.error();
     indexServices();
     indexServiceEntries();
     computeEndpoints();
@@ -256,8 +278,8 @@ class Builder {
                                                    std::move(findings_));
     if (!table) return table.error();
     // Not shared with anyone yet, so the one field set after construction is still safe.
-    std::const_pointer_cast<routing::StaticRouteTable>(*table)->security =
-        buildSecurityTable(documents_);
+    std::const_pointer_cast<routing::StaticRouteTable>(*table)->security = buildSecurityTable(
+        documents_, [this](const Object& rule) { return unapplied_policies_.count(&rule) == 0; });
     return std::shared_ptr<const routing::RouteTable>(std::move(*table));
   }
 
@@ -361,6 +383,13 @@ class Builder {
     if (c.path_normalization) s.path_normalization = *c.path_normalization;
     if (c.tls_dir) s.tls_dir = *c.tls_dir;
     if (c.trust_domain) s.trust_domain = *c.trust_domain;
+    // The workload: flags (and POD_NAMESPACE / POD_NAME) come in `base` and win.
+    routing::WorkloadIdentity& w = s.workload;
+    if (c.pod_namespace && w.namespace_name.empty()) w.namespace_name = *c.pod_namespace;
+    if (c.pod_name && w.name.empty()) w.name = *c.pod_name;
+    if (c.pod_labels_file && w.labels_file.empty() && !w.labels_known) {
+      w.labels_file = *c.pod_labels_file;
+    }
     if (s.outbound_listen.port == s.inbound_listen.port) {
       note(proxy_config_, Severity::kError, "spec.inboundPort", proxy_config_.object->line,
            fmt::format("the inbound and outbound ports are both {}; this ProxyConfig is left "
@@ -395,6 +424,48 @@ class Builder {
         pods_by_label_[ViewKey{pods_[i].object->namespace_name, k, v}].push_back(i);
       }
     }
+  }
+
+  // The proxy's labels: the labels file when one is named (re-read at every load: the downward
+  // API rewrites it when the pod's labels change), else the labels of the Pod document named by
+  // the workload's namespace and name. A labels file that cannot be read fails the load.
+  Result<void> resolveWorkload() {
+    routing::WorkloadIdentity& w = settings_.workload;
+    if (w.labels_known) return {};  // given by the embedder
+    if (!w.labels_file.empty()) {
+      auto labels = readLabelsFile(w.labels_file);
+      if (!labels) return makeError("pod labels file: " + labels.error().message);
+      w.labels = std::move(*labels);
+      w.labels_known = true;
+      w.labels_source = "file " + w.labels_file;
+      return {};
+    }
+    if (w.namespace_name.empty() || w.name.empty()) return {};
+    auto it = pods_by_name_.find(ViewKey{w.namespace_name, w.name, ""});
+    if (it == pods_by_name_.end()) return {};
+    const Ref& pod = pods_[it->second];
+    w.labels = pod.object->labels;
+    w.labels_known = true;
+    w.labels_source = fmt::format("Pod {}/{} ({})", w.namespace_name, w.name, pod.where());
+    return {};
+  }
+
+  // Whether a match entry's source conditions hold for this proxy's own workload.
+  bool sourceHolds(const std::optional<Labels>& labels,
+                   const std::optional<std::string>& namespace_name) const {
+    const routing::WorkloadIdentity& w = settings_.workload;
+    if (labels && !(w.labels_known && labelsMatch(*labels, w.labels))) return false;
+    return !namespace_name || *namespace_name == w.namespace_name;
+  }
+
+  // What the proxy knows of itself, for findings: "namespace istio-demo, labels app=x (from
+  // file /etc/podinfo/labels)".
+  std::string workloadText() const {
+    const routing::WorkloadIdentity& w = settings_.workload;
+    return fmt::format(
+        "namespace {}, labels {}", w.namespace_name.empty() ? "unknown" : w.namespace_name,
+        w.labels_known ? fmt::format("{} (from {})", labelsText(w.labels), w.labels_source)
+                       : std::string("unknown"));
   }
 
   const Labels& workloadLabels(uint32_t i) const {
@@ -795,29 +866,176 @@ class Builder {
         unknownHost(ref, "spec.host", dr.host.line, dr.host.host, "this rule does nothing");
         continue;
       }
-      if (!service->destination_rules.empty()) {
-        const Ref& first = service->destination_rules.front();
-        if (dr.has_traffic_policy) {
-          note(ref, Severity::kWarning, "spec.trafficPolicy", dr.host.line,
-               fmt::format("{} already has DestinationRule {} ({}), which is older; as in "
-                           "Istio, the rules' subsets are merged and only the first one's "
-                           "traffic policy applies",
-                           service->key, first.id(), first.where()));
-        }
+      mergeRule(*service, ref);
+    }
+    for (auto& service : services_) selectRules(service);
+  }
+
+  // istiod's merge of a host's DestinationRules (RuleEntry), one rule at a time, oldest first.
+  static void mergeRule(ServiceInfo& service, const Ref& ref) {
+    const auto& mine = std::get<DestinationRuleSpec>(ref.object->spec).workload_selector;
+    bool separately = true;
+    for (RuleEntry& entry : service.rule_entries) {
+      const std::optional<Labels>& theirs = *entry.selector;
+      if (mine && theirs && *mine != *theirs) continue;
+      if (mine.has_value() == theirs.has_value()) separately = false;
+      mergeInto(entry, ref);
+    }
+    if (separately) {
+      RuleEntry entry;
+      entry.head = ref;
+      entry.selector = &mine;
+      mergeInto(entry, ref);
+      service.rule_entries.push_back(std::move(entry));
+    }
+  }
+
+  static void mergeInto(RuleEntry& entry, const Ref& ref) {
+    const auto& dr = std::get<DestinationRuleSpec>(ref.object->spec);
+    entry.rules.push_back(ref);
+    if (dr.has_traffic_policy) {
+      if (!entry.policy) {
+        entry.policy = ref;
+      } else {
+        entry.ignored.push_back({ref, SIZE_MAX, entry.policy});
       }
-      service->destination_rules.push_back(ref);
-      for (size_t i = 0; i < dr.subsets.size(); ++i) {
-        const SubsetSpec& s = dr.subsets[i];
-        auto same = std::find_if(service->subsets.begin(), service->subsets.end(),
-                                 [&](const MergedSubset& m) { return m.spec->name == s.name; });
-        if (same != service->subsets.end()) {
-          note(ref, Severity::kWarning, fmt::format("spec.subsets[{}].name", i), s.line,
-               fmt::format("subset '{}' of {} is already defined by {} ({}), which wins as the "
-                           "older rule; this definition is not used",
-                           s.name, service->key, same->rule.id(), same->rule.where()));
+    }
+    for (size_t i = 0; i < dr.subsets.size(); ++i) {
+      const SubsetSpec& s = dr.subsets[i];
+      auto same = std::find_if(entry.subsets.begin(), entry.subsets.end(),
+                               [&](const MergedSubset& m) { return m.spec->name == s.name; });
+      if (same != entry.subsets.end()) {
+        entry.ignored.push_back({ref, i, same->rule});
+        continue;
+      }
+      entry.subsets.push_back({&s, ref, i});
+    }
+  }
+
+  // The consolidated rule that applies to this proxy, as istiod picks it for a sidecar's
+  // outbound traffic: the first entry whose workloadSelector selects the proxy's workload (an
+  // entry from the proxy's own namespace whose labels the workload has), else the last entry
+  // without a selector. Reports what the merge left out of it, and every selector rule that
+  // does not apply here.
+  void selectRules(ServiceInfo& service) {
+    const routing::WorkloadIdentity& w = settings_.workload;
+    auto selects = [&](const RuleEntry& e) {
+      return !w.namespace_name.empty() && e.head.object->namespace_name == w.namespace_name &&
+             w.labels_known && labelsMatch(**e.selector, w.labels);
+    };
+    const RuleEntry* chosen = nullptr;
+    const RuleEntry* catch_all = nullptr;
+    for (const RuleEntry& e : service.rule_entries) {
+      if (!e.selector->has_value()) {
+        catch_all = &e;
+      } else if (selects(e)) {
+        chosen = &e;
+        break;
+      }
+    }
+    if (chosen == nullptr) chosen = catch_all;
+    auto in = [](const RuleEntry* e, const Ref& r) {
+      return e != nullptr && std::any_of(e->rules.begin(), e->rules.end(),
+                                         [&](const Ref& x) { return x.object == r.object; });
+    };
+    // Every rule once (a rule sits in several entries): whether it applies, and why not.
+    std::unordered_set<const Object*> seen;
+    for (const RuleEntry& e : service.rule_entries) {
+      for (const Ref& r : e.rules) {
+        if (!seen.insert(r.object).second) continue;
+        // Only the policy rule's trafficPolicy (and tls) applies.
+        if (chosen == nullptr || r.object != chosen->policy.object) {
+          unapplied_policies_.insert(r.object);
+        }
+        const auto& dr = std::get<DestinationRuleSpec>(r.object->spec);
+        if (!dr.workload_selector) continue;
+        const bool applies = in(chosen, r);
+        const bool known = !w.namespace_name.empty() && w.labels_known;
+        const bool same_namespace = r.object->namespace_name == w.namespace_name;
+        const bool own_selects =
+            known && same_namespace && labelsMatch(*dr.workload_selector, w.labels);
+        if (applies && own_selects) continue;
+        std::string why;
+        if (!known) {
+          why = fmt::format(
+              "the proxy does not know its workload's {} (give --pod-namespace and "
+              "--pod-labels-file, or --pod-namespace and --pod-name of a Pod in the config)",
+              w.namespace_name.empty() ? "namespace" : "labels");
+        } else if (!same_namespace) {
+          why = fmt::format("a workloadSelector selects workloads of its own namespace ({}) only",
+                            r.object->namespace_name);
+        } else if (!own_selects) {
+          why = fmt::format("its workloadSelector ({}) does not select this proxy's workload",
+                            labelsText(*dr.workload_selector));
+        } else {
+          why = fmt::format(
+              "{}, an older DestinationRule whose workloadSelector also selects this "
+              "workload, wins (istiod takes the first)",
+              chosen->head.id());
+        }
+        std::string what = applies
+                               ? fmt::format(
+                                     "as istiod merges rules, its subsets (and its trafficPolicy "
+                                     "where the older {} has none) still apply through that rule",
+                                     chosen->head.id())
+                               : std::string("this DestinationRule does not apply here");
+        note(r, known ? Severity::kInfo : Severity::kWarning, "spec.workloadSelector",
+             dr.selector_line, fmt::format("{} ({}): {}", why, workloadText(), what));
+      }
+    }
+    if (chosen == nullptr) return;
+    service.destination_rules = chosen->rules;
+    service.subsets = chosen->subsets;
+    service.policy_rule = chosen->policy;
+    for (const auto& ignored : chosen->ignored) {
+      const auto& dr = std::get<DestinationRuleSpec>(ignored.rule.object->spec);
+      if (ignored.subset == SIZE_MAX) {
+        note(ignored.rule, Severity::kWarning, "spec.trafficPolicy", dr.host.line,
+             fmt::format("{} already has DestinationRule {} ({}), which is older; as in "
+                         "Istio, the rules' subsets are merged and only the oldest one's "
+                         "traffic policy applies",
+                         service.key, ignored.kept.id(), ignored.kept.where()));
+        continue;
+      }
+      const SubsetSpec& s = dr.subsets[ignored.subset];
+      note(ignored.rule, Severity::kWarning, fmt::format("spec.subsets[{}].name", ignored.subset),
+           s.line,
+           fmt::format("subset '{}' of {} is already defined by {} ({}), which wins as the "
+                       "older rule; this definition is not used",
+                       s.name, service.key, ignored.kept.id(), ignored.kept.where()));
+    }
+  }
+
+  // The VirtualService's match entries that name the client's labels or namespace: held
+  // against the proxy's own workload, and reported when the proxy cannot know or they never
+  // hold here.
+  void noteSourceConditions(const Ref& ref) {
+    const auto& vs = std::get<VirtualServiceSpec>(ref.object->spec);
+    const routing::WorkloadIdentity& w = settings_.workload;
+    for (const auto& route : vs.routes) {
+      if (route.section == RouteSection::kTls || route.rejected || !route.sidecar) continue;
+      for (const auto& e : route.entries) {
+        if (!e.source_labels && !e.source_namespace) continue;
+        if (e.source_labels && !w.labels_known) {
+          note(ref, Severity::kWarning, e.field + ".sourceLabels", e.line,
+               "the proxy does not know its workload's labels (no --pod-labels-file, and no Pod "
+               "document named by --pod-namespace and --pod-name), so this match entry never "
+               "holds");
           continue;
         }
-        service->subsets.push_back({&s, ref, i});
+        if (e.source_namespace && w.namespace_name.empty()) {
+          note(ref, Severity::kWarning, e.field + ".sourceNamespace", e.line,
+               "the proxy does not know its workload's namespace (no --pod-namespace or "
+               "POD_NAMESPACE), so this match entry never holds");
+          continue;
+        }
+        if (sourceHolds(e.source_labels, e.source_namespace)) continue;
+        const bool labels_hold = !e.source_labels || labelsMatch(*e.source_labels, w.labels);
+        note(ref, Severity::kInfo, e.field + (labels_hold ? ".sourceNamespace" : ".sourceLabels"),
+             e.line,
+             fmt::format("does not hold for this proxy's workload ({}), so this match entry "
+                         "never matches here",
+                         workloadText()));
       }
     }
   }
@@ -872,6 +1090,7 @@ class Builder {
         continue;
       }
       if (!validVirtualService(ref)) continue;
+      noteSourceConditions(ref);
       for (size_t h = 0; h < vs.hosts.size(); ++h) {
         std::string field = fmt::format("spec.hosts[{}]", h);
         ServiceInfo* service = resolveHost(vs.hosts[h].host, ref.object->namespace_name);
@@ -921,9 +1140,8 @@ class Builder {
       return nullptr;
     };
     PolicyLevel merged;
-    if (!service.destination_rules.empty()) {
-      const auto& dr =
-          std::get<DestinationRuleSpec>(service.destination_rules.front().object->spec);
+    if (service.policy_rule) {
+      const auto& dr = std::get<DestinationRuleSpec>(service.policy_rule.object->spec);
       const PolicyLevel* p = forPort(dr.traffic);
       merged = p != nullptr ? *p : dr.traffic.level;
     }
@@ -943,11 +1161,13 @@ class Builder {
     subset.outlier_detection = policy.outlier.value_or(routing::OutlierDetectionSettings{});
   }
 
-  // Whether a route's L4-decidable matches take connections to `port`.
-  static bool matchesPort(const VsRoute& route, uint16_t port) {
-    if (!route.has_match || route.any_port) return true;
-    return std::find(route.match_ports.begin(), route.match_ports.end(), port) !=
-           route.match_ports.end();
+  // Whether a route's L4-decidable match entries take connections to `port` from this proxy.
+  bool matchesPort(const VsRoute& route, uint16_t port) const {
+    if (!route.has_match) return true;
+    return std::any_of(route.entries.begin(), route.entries.end(), [&](const auto& e) {
+      return e.l4 && (e.port == 0 || e.port == port) &&
+             sourceHolds(e.source_labels, e.source_namespace);
+    });
   }
 
   // The route that serves a port, as Istio picks it by the port's protocol, reporting every
@@ -1122,7 +1342,17 @@ class Builder {
           return m.port != 0 && m.port != port.port;
         });
         if (route.matches.empty()) continue;
-        for (auto& m : route.matches) m.line = first_line + m.line + 1;
+        for (auto& m : route.matches) {
+          m.line = first_line + m.line + 1;
+          // The client is this proxy's workload: its source conditions are decided now.
+          if (m.source_labels.empty() && m.source_namespace.empty()) continue;
+          std::optional<Labels> labels;
+          if (!m.source_labels.empty()) labels = m.source_labels;
+          std::optional<std::string> ns;
+          if (!m.source_namespace.empty()) ns = m.source_namespace;
+          m.source = sourceHolds(labels, ns) ? routing::HttpMatch::Source::kHolds
+                                             : routing::HttpMatch::Source::kNever;
+        }
       }
       uint64_t total = 0;
       for (const auto& dest : r.destinations) total += dest.weight;
@@ -1211,6 +1441,8 @@ class Builder {
   ViewMap<std::vector<Ref>> endpoints_objects_;  // core/v1 Endpoints, the same way
   std::vector<Ref> virtual_services_;
   std::vector<Ref> destination_rules_;
+  // DestinationRules whose trafficPolicy (tls included) does not apply to this proxy.
+  std::unordered_set<const Object*> unapplied_policies_;
   std::vector<Ref> service_entries_;
   std::vector<Ref> workload_entries_;
   Ref proxy_config_;

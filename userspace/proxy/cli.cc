@@ -11,6 +11,7 @@
 #include <cstdio>
 
 #include "proxy/log_sink.h"
+#include "routing/workload_identity.h"
 #include "security/path_normalization.h"
 #include "security/security_policy.h"
 
@@ -185,6 +186,20 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option("--trust-domain", trust_domain,
                  "SPIFFE trust domain of the mesh (cluster.local); over ProxyConfig "
                  "spec.trustDomain");
+  routing::WorkloadIdentity& workload = options.overrides.workload;
+  app.add_option("--pod-namespace", workload.namespace_name,
+                 "the namespace of the pod the proxy serves, for VirtualService sourceNamespace "
+                 "and DestinationRule workloadSelector; over ProxyConfig spec.podNamespace")
+      ->envname("POD_NAMESPACE");
+  app.add_option("--pod-name", workload.name,
+                 "the pod's name; without --pod-labels-file, the labels of the config's Pod of "
+                 "that name serve; over ProxyConfig spec.podName")
+      ->envname("POD_NAME");
+  app.add_option("--pod-labels-file", workload.labels_file,
+                 "the pod's labels as a downward API volume writes them (key=\"value\" lines), "
+                 "for VirtualService sourceLabels and DestinationRule workloadSelector; read again "
+                 "at every reload and when it changes; over ProxyConfig spec.podLabelsFile")
+      ->envname("REMORA_POD_LABELS_FILE");
   app.set_version_flag("--version", "remora-proxy 0.1.0");
   try {
     app.parse(argc, argv);
@@ -204,6 +219,8 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
 
   auto fail = [](const std::string& flag, const Error& e) {
     spdlog::critical("{}: {}", flag, e.message);
+    // The writer thread prints it: let it, before the process exits.
+    stopQueuedLogger(std::chrono::milliseconds(500));
     return 64;
   };
   SettingOverrides& o = options.overrides;
@@ -283,6 +300,13 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
       return fail("--trust-domain", valid.error());
     }
     o.trust_domain = trust_domain;
+  }
+  // A labels file that cannot be read now is a deployment mistake: refuse to start rather than
+  // route as if the pod had no labels. On a reload, a bad file keeps the last table serving.
+  if (!workload.labels_file.empty()) {
+    if (auto labels = routing::readLabelsFile(workload.labels_file); !labels) {
+      return fail("--pod-labels-file", labels.error());
+    }
   }
   const int code = runProxy(options, std::move(loader), std::move(routers));
   // What stdout has not taken within half a second is dropped: the exit does not wait on it.

@@ -26,6 +26,7 @@
 #include "proxy/log_sink.h"
 #include "proxy/socket_ops.h"
 #include "proxy/stats.h"
+#include "routing/static_route_table.h"
 
 namespace remora::proxy {
 
@@ -378,8 +379,26 @@ class Control final : public loop::CompletionHandler {
   int signal_fd_ = -1;
   signalfd_siginfo siginfo_{};
   int inotify_fd_ = -1;
+  static constexpr uint32_t kWatchMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY;
+  int config_wd_ = -1;
   std::string config_dir_;
   std::string config_base_;
+  // The pod labels file's directory (a downward API volume swaps its ..data symlink when the
+  // pod's labels change), watched like the config's: a change reloads the config.
+  int labels_wd_ = -1;
+  std::string labels_base_;
+  void watchLabelsFile() {
+    const std::string& path = settings_.workload.labels_file;
+    if (path.empty() || inotify_fd_ < 0) return;
+    auto slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    labels_base_ = slash == std::string::npos ? path : path.substr(slash + 1);
+    labels_wd_ = inotify_add_watch(inotify_fd_, dir.c_str(), kWatchMask);
+    if (labels_wd_ < 0) {
+      spdlog::warn("cannot watch {} ({}); after a labels change, reload with SIGHUP", dir,
+                   std::strerror(errno));
+    }
+  }
   alignas(inotify_event) std::array<char, 4096> inotify_buf_{};
   bool settle_armed_ = false;
   bool settle_dirty_ = false;  // an event or SIGHUP since the last read
@@ -436,15 +455,17 @@ int Control::run() {
     // ..data symlink) by rename, which a watch on the old inode would never see.
     inotify_fd_ = inotify_init1(IN_CLOEXEC);
     // IN_MODIFY too: each write of an in-place rewrite restarts the settling.
-    if (inotify_fd_ < 0 ||
-        inotify_add_watch(inotify_fd_, config_dir_.c_str(),
-                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY) < 0) {
+    if (inotify_fd_ >= 0) {
+      config_wd_ = inotify_add_watch(inotify_fd_, config_dir_.c_str(), kWatchMask);
+    }
+    if (inotify_fd_ < 0 || config_wd_ < 0) {
       spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_dir_, std::strerror(errno));
     }
     load(readSettled(options_.config_path, kSettleDelay, 50), true);
   }
   settings_ =
       effectiveSettings(table_ ? table_->settings() : routing::ProxySettings{}, options_.overrides);
+  watchLabelsFile();
   startIdentity();
 
   const AdminLimits admin_limits;
@@ -589,7 +610,11 @@ bool Control::load(const ConfigRead& read, bool force) {
     // The loader reports errors as values; a stray exception from a YAML library must still
     // only reject this config, never take the proxy down.
     try {
-      loaded = loader_(text, generation_ + 1, routing::ProxySettings{});
+      // The workload flags are the base: the builder holds sourceLabels, sourceNamespace and
+      // workloadSelector against them, and reads the labels file again now.
+      routing::ProxySettings base;
+      base.workload = options_.overrides.workload;
+      loaded = loader_(text, generation_ + 1, base);
     } catch (const std::exception& e) {
       loaded = makeError(fmt::format("config loader failed: {}", e.what()));
     }
@@ -801,9 +826,12 @@ void Control::onInotify(const Completion& c) {
       std::string_view name = ev->len > 0 ? std::string_view(ev->name) : std::string_view();
       // Any change to the file (or the ..data symlink) starts or restarts the settling, which
       // decides when the file is whole; a lost event (queue overflow) may have been one.
-      if ((ev->mask & IN_Q_OVERFLOW) != 0 || isConfigEvent(name, config_base_)) {
+      if ((ev->mask & IN_Q_OVERFLOW) != 0 ||
+          (ev->wd == config_wd_ && isConfigEvent(name, config_base_))) {
         requestReload(false);
       }
+      // The config text may be unchanged, so the load is forced: it reads the labels again.
+      if (ev->wd == labels_wd_ && isConfigEvent(name, labels_base_)) requestReload(true);
       off += sizeof(inotify_event) + ev->len;
     }
   } else if (c.res < 0) {
@@ -855,6 +883,8 @@ nlohmann::json Control::configDump() const {
       {"access_log", settings_.access_log},
       {"path_normalization", security::toString(settings_.path_normalization)},
       {"concurrency", options_.concurrency}};
+  // Who the proxy is, as sourceLabels, sourceNamespace and workloadSelector see it.
+  j["workload"] = routing::toJson(table_ ? settings_.workload : options_.overrides.workload);
   j["relay"] = {{"mode", settings_.relay},
                 {"in_use", relay_in_use_},
                 {"pin_dir", options_.relay_pin_dir},

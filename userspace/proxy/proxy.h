@@ -44,6 +44,9 @@ struct SettingOverrides {
   std::optional<security::PathNormalization> path_normalization;
   std::optional<std::string> tls_dir;
   std::optional<std::string> trust_domain;
+  // --pod-namespace, --pod-name, --pod-labels-file (empty: not given). Passed to every load as
+  // the base the ProxyConfig's spec.pod* fill in; the loader reads the labels file each time.
+  routing::WorkloadIdentity workload;
 };
 
 struct ProxyOptions {

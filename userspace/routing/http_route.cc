@@ -178,6 +178,18 @@ std::optional<std::string_view> RequestView::header(std::string_view name) const
 }
 
 bool matches(const HttpMatch& match, const RequestView& request) {
+  switch (match.source) {
+    case HttpMatch::Source::kNever:
+      return false;
+    case HttpMatch::Source::kHolds:
+      break;
+    case HttpMatch::Source::kUnchecked:
+      if (!labelsContain(match.source_labels, request.source_labels)) return false;
+      if (!match.source_namespace.empty() && match.source_namespace != request.source_namespace) {
+        return false;
+      }
+      break;
+  }
   if (match.port != 0 && match.port != request.port) return false;
   if (match.method && !match.method->matches(request.method)) return false;
   if (match.uri && !match.uri->matches(request.path)) return false;
@@ -194,7 +206,7 @@ bool matches(const HttpMatch& match, const RequestView& request) {
       if (!value || !qm.value.matches(*value)) return false;
     }
   }
-  return labelsContain(match.source_labels, request.source_labels);
+  return true;
 }
 
 HttpRouteMatch matchHttpRoute(const ServicePort& port, const RequestView& request) {

@@ -68,8 +68,15 @@ struct HttpMatch {
   std::optional<StringMatch> authority;  // Host / :authority
   std::vector<HeaderMatch> headers;      // headers and withoutHeaders
   std::vector<QueryParamMatch> query_params;
-  uint16_t port = 0;        // 0: any port
-  LabelList source_labels;  // subset of the client workload's labels; empty: any
+  uint16_t port = 0;             // 0: any port
+  LabelList source_labels;       // subset of the client workload's labels; empty: any
+  std::string source_namespace;  // the client workload's namespace; empty: any
+  // The client is the proxy's own workload, so the table builder holds source_labels and
+  // source_namespace against it once per table, as istiod does per proxy, and records the
+  // outcome here: matches() then never looks at them per request. kUnchecked (tables built in
+  // code) checks them against RequestView::source_labels / source_namespace.
+  enum class Source : uint8_t { kUnchecked, kHolds, kNever };
+  Source source = Source::kUnchecked;
   bool ignore_uri_case = false;
   int line = 0;  // in the config file, for dumps; 0 when built in code
 };
@@ -251,6 +258,7 @@ struct RequestView {
   std::string_view scheme = "http";
   std::span<const HeaderField> headers;
   const LabelList* source_labels = nullptr;  // the client workload's labels, sorted by key
+  std::string_view source_namespace;         // the client workload's namespace
   uint16_t port = 0;                         // the destination port the client dialled
 
   // Splits a request-target ("/a/b?x=1") into path and query.

@@ -30,6 +30,19 @@ namespace remora::routing {
 enum class LbPolicy { kRoundRobin, kRandom, kLeastRequest };
 enum class OutboundPolicy { kAllowAny, kRegistryOnly };
 
+// The workload the proxy serves, as Istio's sidecar learns it from the downward API (POD_NAME,
+// POD_NAMESPACE, and the pod's labels in a file): VirtualService match sourceLabels and
+// sourceNamespace, and DestinationRule workloadSelector, are held against it when the table is
+// built (docs/CONFIG.md, "The proxy's workload").
+struct WorkloadIdentity {
+  std::string namespace_name;  // empty: unknown
+  std::string name;            // the pod's name; empty: unknown
+  std::string labels_file;     // the downward API labels file to read (empty: none)
+  LabelList labels;            // sorted by key
+  bool labels_known = false;   // read from labels_file, or taken from the config's Pod
+  std::string labels_source;   // "file /etc/podinfo/labels", "Pod ns/name", or ""
+};
+
 // The proxy's own settings: flags override the optional ProxyConfig document, which overrides
 // these defaults.
 struct ProxySettings {
@@ -71,6 +84,9 @@ struct ProxySettings {
   // SPIFFE trust domain. Read once at start; a reload that changes them is logged.
   std::string tls_dir;
   std::string trust_domain = "cluster.local";
+  // Flags (and their environment variables) over ProxyConfig spec.podNamespace, spec.podName and
+  // spec.podLabelsFile; the builder reads the labels file, or the Pod document, at each load.
+  WorkloadIdentity workload;
 };
 
 // One endpoint as tables built in code describe it (EndpointList::append).

@@ -52,6 +52,11 @@ nlohmann::json toJson(const HttpMatch& m) {
   for (const auto& q : m.query_params) j["queryParams"][q.name] = toJson(q.value);
   if (m.port != 0) j["port"] = m.port;
   for (const auto& [k, v] : m.source_labels) j["sourceLabels"][k] = v;
+  if (!m.source_namespace.empty()) j["sourceNamespace"] = m.source_namespace;
+  // Held against the proxy's own workload when the table was built.
+  if (m.source != HttpMatch::Source::kUnchecked) {
+    j["sourceHolds"] = m.source == HttpMatch::Source::kHolds;
+  }
   if (m.line > 0) j["line"] = m.line;
   return j;
 }
@@ -234,8 +239,19 @@ const char* toString(OutboundPolicy policy) {
   return policy == OutboundPolicy::kRegistryOnly ? "REGISTRY_ONLY" : "ALLOW_ANY";
 }
 
+nlohmann::json toJson(const WorkloadIdentity& w) {
+  nlohmann::json labels = nlohmann::json::object();
+  for (const auto& [k, v] : w.labels) labels[k] = v;
+  return {
+      {"namespace", w.namespace_name}, {"name", w.name},
+      {"labelsFile", w.labels_file},   {"labels", w.labels_known ? labels : nlohmann::json()},
+      {"labelsFrom", w.labels_source},
+  };
+}
+
 nlohmann::json toJson(const ProxySettings& settings) {
   return {
+      {"workload", toJson(settings.workload)},
       {"outboundListen", settings.outbound_listen.toString()},
       {"inboundListen", settings.inbound_listen.toString()},
       {"adminListen", settings.admin_listen.toString()},

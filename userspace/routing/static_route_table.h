@@ -96,6 +96,8 @@ class StaticRouteTable final : public RouteTable {
 
 const char* toString(LbPolicy policy);
 const char* toString(OutboundPolicy policy);
+// The workload identity as /config_dump shows it (labels null when unknown).
+nlohmann::json toJson(const WorkloadIdentity& workload);
 nlohmann::json toJson(const ProxySettings& settings);
 // {"severity", "kind", "namespace", "name", "field", "line", "message"} per finding.
 nlohmann::json toJson(const std::vector<Finding>& findings);
