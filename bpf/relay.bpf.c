@@ -4,7 +4,8 @@
  * relay_peers; this verdict program then sends every skb a socket receives to its peer's egress,
  * so the bytes never cross into user space. The proxy keeps the sockets: it watches them for
  * FIN/RST and closes them. remora-init loads this object, attaches the program to relay_socks and
- * pins the maps for the proxy's uid. */
+ * pins the maps for the proxy's uid; relay_meta records which build it is, so that another
+ * build's install replaces the program in place. */
 // clang-format off
 #include "vmlinux.h"  // first: the kernel types every other header uses
 // clang-format on
@@ -35,6 +36,14 @@ struct {
   __type(key, __u32);
   __type(value, __u64);
 } relay_counters SEC(".maps");
+
+/* Read by userspace only: which build the verdict program comes from (remora_relay_meta). */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct remora_relay_meta);
+} relay_meta SEC(".maps");
 
 static __always_inline void count(__u32 index, __u64 by) {
   __u64* value = bpf_map_lookup_elem(&relay_counters, &index);

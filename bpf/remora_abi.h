@@ -188,6 +188,13 @@ struct remora_relay_peer {
                       * so TCP's window closes) for the proxy (set by the program, never unset) */
 };
 
+/* Which build's verdict program is attached to the sockhash (the relay's meta map, one entry at
+ * key 0), written by the `remora-init relay install` that attached it. An install from another
+ * build replaces the program (docs/PROXY.md, "Kernel relay"). */
+struct remora_relay_meta {
+  __u64 object_hash; /* FNV-1a of the BPF object the program was loaded from */
+};
+
 /* Index into the relay's per-CPU counters array. */
 enum remora_relay_counter {
   REMORA_RC_REDIRECTED_BYTES = 0, /* bytes redirected to a peer */

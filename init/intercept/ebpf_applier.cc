@@ -10,7 +10,6 @@
 #include <linux/magic.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -32,6 +31,7 @@
 #include "intercept/ebpf_pins.h"
 #include "intercept/ebpf_skeleton.h"
 #include "intercept/mode.h"
+#include "intercept/pinned_build.h"
 #include "remora_intercept.skel.h"
 
 namespace remora::intercept {
@@ -70,41 +70,14 @@ std::array<bpf_map*, std::size(ebpf::kMapPins)> skeletonMaps(const remora_interc
       skel->maps.remora_pairs_slow,     skel->maps.remora_meta,          skel->maps.remora_netns};
 }
 
-// Whether a pinned map has the shape this build declares, so its programs can use it. The
-// difference, named, otherwise.
-Result<void> sameShape(int fd, const bpf_map* map, const std::string& path) {
-  bpf_map_info info{};
-  __u32 len = sizeof(info);
-  if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return errnoError("reading " + path);
-  if (info.type == bpf_map__type(map) && info.key_size == bpf_map__key_size(map) &&
-      info.value_size == bpf_map__value_size(map) &&
-      info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map)) {
-    return {};
-  }
-  return makeError(fmt::format(
-      "{} has type {}, key {} B, value {} B, {} entries, flags {:#x}; this build's has type {}, "
-      "key {} B, value {} B, {} entries, flags {:#x}",
-      path, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
-      static_cast<int>(bpf_map__type(map)), bpf_map__key_size(map), bpf_map__value_size(map),
-      bpf_map__max_entries(map), bpf_map__map_flags(map)));
-}
-
 // The build recorded in the pin dir's map_meta; 0 when there is none (a build before map_meta).
-uint64_t pinnedObjectHash(const std::string& pin_dir) {
-  Fd map(bpf_obj_get(ebpf::pinPath(pin_dir, ebpf::kMetaMap).c_str()));
-  remora_meta meta{};
-  const uint32_t key = 0;
-  if (!map.valid() || bpf_map_lookup_elem(map.get(), &key, &meta) != 0) return 0;
-  return meta.object_hash;
+uint64_t pinnedInterceptHash(const std::string& pin_dir) {
+  return pinnedObjectHash(ebpf::pinPath(pin_dir, ebpf::kMetaMap));
 }
 
 Result<void> writeObjectHash(int meta_fd) {
-  const uint32_t key = 0;
-  const remora_meta meta{interceptObjectHash()};
-  if (bpf_map_update_elem(meta_fd, &key, &meta, BPF_ANY) != 0) {
-    return errnoError("recording the programs' build in map_meta");
-  }
-  return {};
+  static_assert(sizeof(remora_meta) == sizeof(uint64_t));
+  return intercept::writeObjectHash(meta_fd, interceptObjectHash(), "map_meta");
 }
 
 // The program a pinned link runs now (a new fd), for putting it back.
@@ -485,7 +458,7 @@ class EbpfApplier : public Applier {
           "cgroup or uninstall every meshed netns first",
           config_.pin_dir, have, *cgroup, *want));
     }
-    if (pinnedObjectHash(config_.pin_dir) != interceptObjectHash()) {
+    if (pinnedInterceptHash(config_.pin_dir) != interceptObjectHash()) {
       auto upgraded = upgrade(report);
       if (!upgraded) return upgraded.error();
       a.upgraded = true;
@@ -503,29 +476,22 @@ class EbpfApplier : public Applier {
   // reused: the upgrade is refused with the map named, and nothing changes. A failure part way
   // puts the old programs back.
   Result<void> upgrade(ApplyReport& report) {
-    const uint64_t old_hash = pinnedObjectHash(config_.pin_dir);
+    const uint64_t old_hash = pinnedInterceptHash(config_.pin_dir);
     InterceptSkeleton skel;
     if (auto r = skel.open(); !r) return r.error();
     // sk_lookup where it was (a hybrid node stays one).
     const bool sk_lookup = exists(pin(ebpf::kSkLookupProg));
     if (!sk_lookup) bpf_program__set_autoload(skel->progs.remora_sk_lookup, false);
     const auto maps = skeletonMaps(skel.get());
-    std::vector<size_t> unpinned;  // maps this build has and the pinned build had not
-    for (size_t i = 0; i < maps.size(); ++i) {
-      const std::string path = pin(ebpf::kMapPins[i]);
-      Fd fd(bpf_obj_get(path.c_str()));
-      if (!fd.valid()) {
-        if (errno != ENOENT) return errnoError("opening " + path);
-        unpinned.push_back(i);
-        continue;
-      }
-      if (auto same = sameShape(fd.get(), maps[i], path); !same) {
-        return makeError(fmt::format(
-            "the programs pinned in {} are another Remora build's, whose maps this build cannot "
-            "use: {}; uninstall every meshed netns (and remora-cni uninstall-node) to upgrade",
-            config_.pin_dir, same.error().message));
-      }
-      if (bpf_map__reuse_fd(maps[i], fd.get()) != 0) return errnoError("reusing " + path);
+    std::vector<std::string> pins;
+    for (const char* name : ebpf::kMapPins) pins.push_back(pin(name));
+    // Maps this build has and the pinned build had not.
+    auto unpinned = reusePinnedMaps({maps.begin(), maps.end()}, pins);
+    if (!unpinned) {
+      return makeError(fmt::format(
+          "the programs pinned in {} are another Remora build's, whose maps this build cannot "
+          "use: {}; uninstall every meshed netns (and remora-cni uninstall-node) to upgrade",
+          config_.pin_dir, unpinned.error().message));
     }
     if (auto r = skel.load(); !r) return r.error();
 
@@ -535,7 +501,7 @@ class EbpfApplier : public Applier {
       for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
       return error;
     };
-    for (size_t i : unpinned) {
+    for (size_t i : *unpinned) {
       const std::string path = pin(ebpf::kMapPins[i]);
       if (bpf_map__pin(maps[i], path.c_str()) != 0) return fail(errnoError("pinning " + path));
       undo.emplace_back([path] { ::unlink(path.c_str()); });
@@ -589,8 +555,8 @@ class EbpfApplier : public Applier {
         "ebpf: upgraded the programs pinned in {} from build {:016x} to {:016x}: {} links "
         "switched, {} maps kept{}",
         config_.pin_dir, old_hash, interceptObjectHash(), links.size(),
-        maps.size() - unpinned.size(),
-        unpinned.empty() ? "" : fmt::format(", {} new", unpinned.size())));
+        maps.size() - unpinned->size(),
+        unpinned->empty() ? "" : fmt::format(", {} new", unpinned->size())));
     return {};
   }
 
@@ -605,14 +571,7 @@ class EbpfApplier : public Applier {
     return defaultCgroupRoot();
   }
 
-  Result<std::shared_ptr<Fd>> lockPinDir() const {
-    // bpffs holds only BPF objects, so the lock is the directory itself.
-    auto fd =
-        std::make_shared<Fd>(::open(config_.pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd->valid()) return errnoError("opening " + config_.pin_dir);
-    if (::flock(fd->get(), LOCK_EX) != 0) return errnoError("locking " + config_.pin_dir);
-    return fd;
-  }
+  Result<std::shared_ptr<Fd>> lockPinDir() const { return intercept::lockPinDir(config_.pin_dir); }
 
   std::string skLookupPin(uint64_t cookie) const {
     return ebpf::pinPath(config_.pin_dir, ebpf::kSkLookupLinkPrefix + std::to_string(cookie));
@@ -838,13 +797,7 @@ class EbpfApplier : public Applier {
 
 }  // namespace
 
-uint64_t interceptObjectHash() {
-  size_t size = 0;
-  const auto* bytes = static_cast<const unsigned char*>(remora_intercept_bpf__elf_bytes(&size));
-  uint64_t hash = 14695981039346656037ULL;  // FNV-1a
-  for (size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ULL;
-  return hash;
-}
+uint64_t interceptObjectHash() { return objectHash(remora_intercept_bpf__elf_bytes); }
 
 Result<remora_netns_settings> netnsSettings(const InterceptOptions& o, bool ipv6) {
   if (!o.exclude_interfaces.empty()) {

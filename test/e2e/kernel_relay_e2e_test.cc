@@ -4,6 +4,7 @@
 // whose first byte picks its behaviour) are relayed by the kernel. Skipped, with the reason, only
 // when this kernel cannot load the relay.
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -22,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -41,6 +43,7 @@ constexpr const char* kBackendIp = "10.244.3.3";
 constexpr uint16_t kBackendPort = 8080;
 constexpr uint32_t kProxyUid = 1337;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
+constexpr uint64_t kOtherBuild = 0x0123456789abcdefULL;
 
 // The byte at offset i of every generated stream: a position-dependent pattern, so a lost,
 // duplicated or reordered block shows at its offset.
@@ -298,6 +301,45 @@ class KernelRelay : public ::testing::Test {
     return std::string(reply, n > 0 ? static_cast<size_t>(n) : 0);
   }
 
+  // `remora-init relay ARGS --pin-dir PIN_DIR`, run in the front pod like SetUp's install.
+  CommandOutput relay(std::vector<std::string> args) {
+    args.insert(args.begin(), {binaryPath("remora-init"), "relay"});
+    args.insert(args.end(), {"--pin-dir", pin_dir_});
+    auto out = world_->exec(front_, args);
+    if (!out) return CommandOutput{-1, "", out.error().message};
+    return *out;
+  }
+
+  CommandOutput relayInstall() {
+    return relay({"install", "--proxy-uid", "1337", "--proxy-gid", "1337"});
+  }
+
+  nlohmann::json relayStatus() {
+    auto out = relay({"status", "--json"});
+    EXPECT_EQ(out.exit_code, 0) << out.err;
+    return nlohmann::json::parse(out.out, nullptr, /*allow_exceptions=*/false);
+  }
+
+  // The single program attached to the sockhash (0 when it is not exactly one).
+  uint32_t attachedProg() {
+    auto status = relayStatus();
+    const auto& ids = status["attached_prog_ids"];
+    return ids.is_array() && ids.size() == 1 ? ids[0].get<uint32_t>() : 0;
+  }
+
+  // Makes the pinned relay look like another build's. The install decides on the record alone
+  // (struct remora_relay_meta), so a record of another hash is exactly what a new init container
+  // finds in a pod whose pin dir (hostPath) outlived the Remora version that made it; that the
+  // program behind it is byte-identical to this build's changes nothing in what the install
+  // does, and the test tells the programs apart by id.
+  void recordOtherBuild(uint64_t build = kOtherBuild) {
+    const int meta = bpf_obj_get((pin_dir_ + "/meta").c_str());
+    ASSERT_GE(meta, 0) << "meta: " << std::strerror(errno);
+    const uint32_t key = 0;
+    EXPECT_EQ(bpf_map_update_elem(meta, &key, &build, BPF_ANY), 0) << std::strerror(errno);
+    ::close(meta);
+  }
+
   long proxyRssKiB() {
     std::istringstream in(readWholeFile(fmt::format("/proc/{}/status", proxy_->pid())));
     std::string line;
@@ -317,6 +359,13 @@ class KernelRelay : public ::testing::Test {
 };
 
 #ifndef REMORA_RELAY_BENCH
+// Sends `text` (up to 64 bytes) to an echoing backend and reads it back.
+bool roundTrip(int fd, const std::string& text) {
+  char buf[64] = {};
+  return sendAll(fd, text) && readExact(fd, buf, text.size()) &&
+         std::string(buf, text.size()) == text;
+}
+
 TEST_F(KernelRelay, SmallUploadArrivesIntactAndTheReplyFollowsTheClientsHalfClose) {
   startProxy("kernel");
   EXPECT_NE(proxy_->output().find("relay: kernel"), std::string::npos) << proxy_->output();
@@ -461,11 +510,6 @@ TEST_F(KernelRelay, ReloadWhileRelayedConnectionsAreOpenKeepsThemAndTheNextOnes)
     ASSERT_GE(fd, 0);
     open.push_back(fd);
   }
-  auto roundTrip = [](int fd, const std::string& text) {
-    char buf[64] = {};
-    return sendAll(fd, text) && readExact(fd, buf, text.size()) &&
-           std::string(buf, text.size()) == text;
-  };
   for (int fd : open) EXPECT_TRUE(roundTrip(fd, "before"));
   std::ofstream(config_, std::ios::app) << "\n# touched by the reload test\n";
   ASSERT_TRUE(proxy_->waitForLine("config generation 2", 10000)) << proxy_->output();
@@ -489,6 +533,179 @@ TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
   EXPECT_EQ(metric("remora_relay_kernel_connections_total"), 0);
   const std::string dump = admin("/config_dump");
   EXPECT_NE(dump.find("\"in_use\": \"uring\""), std::string::npos) << dump;
+}
+
+// The id of the BPF object pinned at `path` (0 when it cannot be read).
+uint32_t pinnedMapId(const std::string& path) {
+  const int fd = bpf_obj_get(path.c_str());
+  if (fd < 0) return 0;
+  bpf_map_info info{};
+  __u32 len = sizeof(info);
+  const bool ok = bpf_obj_get_info_by_fd(fd, &info, &len) == 0;
+  ::close(fd);
+  return ok ? info.id : 0;
+}
+
+// Whether the kernel has freed program `id` (it is freed through RCU: poll for it).
+bool progFreed(uint32_t id) {
+  const int fd = bpf_prog_get_fd_by_id(id);
+  if (fd >= 0) ::close(fd);
+  return fd < 0 && errno == ENOENT;
+}
+
+// issue 11 for the relay: a pod's pin dir outlived the Remora version that pinned it, and the new
+// version's init container runs `relay install` while the proxy still relays connections. The
+// install swaps the verdict program on the same maps; the connections relayed at that moment
+// keep flowing (their sockets keep the program they were inserted with, which the kernel keeps
+// alive for them), later ones get the new program, and the old one is freed with the last of
+// the old sockets.
+TEST_F(KernelRelay, AnotherBuildsVerdictProgramIsReplacedWhileRelayedConnectionsKeepFlowing) {
+  startProxy("kernel");
+  std::vector<int> old_conns;
+  for (int i = 0; i < 3; ++i) {
+    int fd = dial('E');
+    ASSERT_GE(fd, 0);
+    old_conns.push_back(fd);
+    EXPECT_TRUE(roundTrip(fd, "before"));
+  }
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_kernel_connections_total") >= 3; }));
+  auto before = relayStatus();
+  ASSERT_EQ(before["build_is_this_binary"], true) << before.dump();
+  const uint32_t old_prog = attachedProg();
+  ASSERT_NE(old_prog, 0u) << before.dump();
+  EXPECT_EQ(before["pinned_prog_id"], old_prog);
+  const uint32_t socks_id = pinnedMapId(pin_dir_ + "/socks");
+
+  recordOtherBuild();
+  ASSERT_EQ(relayStatus()["build_is_this_binary"], false);
+  auto out = relayInstall();
+  ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
+  EXPECT_NE(out.out.find(fmt::format("upgraded from build {:016x}", kOtherBuild)),
+            std::string::npos)
+      << out.out;
+  auto after = relayStatus();
+  EXPECT_EQ(after["build_is_this_binary"], true) << after.dump();
+  const uint32_t new_prog = attachedProg();
+  EXPECT_NE(new_prog, 0u) << after.dump();
+  EXPECT_NE(new_prog, old_prog) << "the sockhash still has the old build's program";
+  EXPECT_EQ(after["pinned_prog_id"], new_prog) << "the pin still names the old program";
+  EXPECT_FALSE(fs::exists(pin_dir_ + "/prog_verdict_new"));
+  EXPECT_EQ(pinnedMapId(pin_dir_ + "/socks"), socks_id) << "the maps are kept";
+
+  // The connections relayed during the upgrade keep flowing, and a new one is relayed too.
+  for (int fd : old_conns) EXPECT_TRUE(roundTrip(fd, "after-upgrade"));
+  const double handed = metric("remora_relay_kernel_connections_total");
+  int fresh = dial('E');
+  ASSERT_GE(fresh, 0);
+  EXPECT_TRUE(roundTrip(fresh, "new"));
+  EXPECT_TRUE(waitFor([&] { return metric("remora_relay_kernel_connections_total") > handed; }));
+  // The old program lives on in the old connections' sockets only: closed, it is freed, while
+  // the new connection (inserted after the swap, so running the new one) keeps flowing.
+  EXPECT_FALSE(progFreed(old_prog)) << "relayed sockets hold the program they were inserted with";
+  for (int fd : old_conns) {
+    ::shutdown(fd, SHUT_WR);
+    char c = 0;
+    EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  }
+  EXPECT_TRUE(waitFor([&] { return progFreed(old_prog); })) << "old program " << old_prog;
+  EXPECT_TRUE(roundTrip(fresh, "still"));
+
+  // A build before the record had no meta pin: it is upgraded the same way, and recorded.
+  ASSERT_EQ(::unlink((pin_dir_ + "/meta").c_str()), 0);
+  out = relayInstall();
+  ASSERT_EQ(out.exit_code, 0) << out.out << out.err;
+  EXPECT_NE(out.out.find("upgraded from build 0000000000000000"), std::string::npos) << out.out;
+  EXPECT_EQ(relayStatus()["build_is_this_binary"], true);
+  EXPECT_NE(attachedProg(), new_prog);
+  EXPECT_TRUE(roundTrip(fresh, "again"));
+  EXPECT_EQ(metric("remora_relay_attach_failures_total"), 0);
+}
+
+TEST_F(KernelRelay, AnotherBuildsMapOfAnotherShapeIsRefusedAndNothingChanges) {
+  const uint32_t prog = attachedProg();
+  ASSERT_NE(prog, 0u);
+  recordOtherBuild();
+  // The other build's peers map holds 16-byte values in 64 entries.
+  const std::string peers = pin_dir_ + "/peers";
+  ASSERT_EQ(::unlink(peers.c_str()), 0);
+  const int other = bpf_map_create(BPF_MAP_TYPE_HASH, "other", 8, 16, 64, nullptr);
+  ASSERT_GE(other, 0) << std::strerror(errno);
+  ASSERT_EQ(bpf_obj_pin(other, peers.c_str()), 0) << std::strerror(errno);
+  ::close(other);
+  const uint32_t other_id = pinnedMapId(peers);
+
+  auto out = relayInstall();
+  EXPECT_NE(out.exit_code, 0) << out.out;
+  EXPECT_NE(out.err.find(peers + " has type 1, key 8 B, value 16 B, 64 entries"), std::string::npos)
+      << out.err;
+  EXPECT_NE(out.err.find("this build's has type 1, key 8 B, value 32 B, 65536 entries"),
+            std::string::npos)
+      << out.err;
+  auto after = relayStatus();
+  EXPECT_EQ(attachedProg(), prog) << after.dump();
+  EXPECT_EQ(after["pinned_prog_id"], prog);
+  EXPECT_EQ(after["build"], fmt::format("{:016x}", kOtherBuild));
+  EXPECT_EQ(pinnedMapId(peers), other_id);
+  EXPECT_FALSE(fs::exists(pin_dir_ + "/prog_verdict_new"));
+}
+
+// A failure after the new program is attached (its pin cannot be renamed over `prog_verdict`,
+// here a non-empty directory in its place) puts the old program back on the sockhash and the
+// old record back, and removes the staging pin.
+TEST_F(KernelRelay, AnUpgradeThatFailsPartWayPutsTheOldProgramBack) {
+  const uint32_t prog = attachedProg();
+  ASSERT_NE(prog, 0u);
+  const std::string prog_pin = pin_dir_ + "/prog_verdict";
+  ASSERT_EQ(::unlink(prog_pin.c_str()), 0);
+  ASSERT_EQ(::mkdir(prog_pin.c_str(), 0700), 0) << std::strerror(errno);
+  ASSERT_EQ(::mkdir((prog_pin + "/in-the-way").c_str(), 0700), 0) << std::strerror(errno);
+  recordOtherBuild();
+
+  auto out = relayInstall();
+  EXPECT_NE(out.exit_code, 0) << out.out;
+  EXPECT_NE(out.err.find("renaming " + pin_dir_ + "/prog_verdict_new"), std::string::npos)
+      << out.err;
+  auto after = relayStatus();
+  EXPECT_EQ(attachedProg(), prog) << after.dump();
+  EXPECT_EQ(after["build"], fmt::format("{:016x}", kOtherBuild));
+  EXPECT_FALSE(fs::exists(pin_dir_ + "/prog_verdict_new"));
+  EXPECT_EQ(::rmdir((prog_pin + "/in-the-way").c_str()), 0);
+  EXPECT_EQ(::rmdir(prog_pin.c_str()), 0);
+}
+
+TEST_F(KernelRelay, SameBuildInstalledAgainChangesNothingButTheOwnerAndMode) {
+  auto before = relayStatus();
+  ASSERT_EQ(before["build_is_this_binary"], true) << before.dump();
+  const uint32_t prog = attachedProg();
+  ASSERT_NE(prog, 0u);
+  std::map<std::string, uint32_t> ids;
+  for (const char* pin : {"socks", "peers", "counters", "meta"}) {
+    ids[pin] = pinnedMapId(pin_dir_ + "/" + pin);
+    EXPECT_NE(ids[pin], 0u) << pin;
+  }
+  // Owner and mode are applied again (someone loosened them).
+  const std::string socks = pin_dir_ + "/socks";
+  ASSERT_EQ(::chmod(socks.c_str(), 0644), 0);
+  ASSERT_EQ(::chown(socks.c_str(), 0, 0), 0);
+
+  auto out = relayInstall();
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("already installed"), std::string::npos) << out.out;
+  EXPECT_EQ(out.out.find("upgraded"), std::string::npos) << out.out;
+  auto after = relayStatus();
+  EXPECT_EQ(attachedProg(), prog) << after.dump();
+  EXPECT_EQ(after["pinned_prog_id"], prog);
+  EXPECT_EQ(after["build"], before["build"]);
+  for (const auto& [pin, id] : ids) EXPECT_EQ(pinnedMapId(pin_dir_ + "/" + pin), id) << pin;
+  struct stat st {};
+  ASSERT_EQ(::stat(socks.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_uid, kProxyUid);
+  // The text form says the same.
+  auto text = relay({"status"});
+  EXPECT_NE(text.out.find("(this binary's)"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(fmt::format("verdict program: {} attached", prog)), std::string::npos)
+      << text.out;
 }
 
 #else  // REMORA_RELAY_BENCH: the same world, measuring instead of checking (label bench).
