@@ -1,9 +1,6 @@
 #include "config/loader.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "common/file.h"
 #include "config/document_parser.h"
 #include "config/documents.h"
 #include "config/table_builder.h"
@@ -33,28 +31,6 @@ std::string objectKey(std::string_view kind, std::string_view ns, std::string_vi
 
 double msSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-Result<std::string> readFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errnoError("open " + path);
-  std::string text;
-  struct stat st {};
-  if (::fstat(fd, &st) == 0 && st.st_size > 0) text.reserve(static_cast<size_t>(st.st_size));
-  char buffer[65536];
-  while (true) {
-    ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Error error = errnoError("read " + path);
-      ::close(fd);
-      return error;
-    }
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return text;
 }
 
 // Parses the documents at `misses` into `results`, on several threads when there are many: a

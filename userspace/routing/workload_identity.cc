@@ -1,12 +1,11 @@
 #include "routing/workload_identity.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
+
+#include "common/file.h"
 
 namespace remora::routing {
 namespace {
@@ -156,28 +155,10 @@ Result<LabelList> parseDownwardApiLabels(std::string_view text, std::string_view
 }
 
 Result<LabelList> readLabelsFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errnoError("open " + path);
-  std::string text;
-  char buffer[4096];
-  while (true) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Error error = errnoError("read " + path);
-      ::close(fd);
-      return error;
-    }
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-    // Labels are at most a few KiB; a huge file is not a labels file.
-    if (text.size() > (size_t{1} << 20)) {
-      ::close(fd);
-      return makeError(path + ": over 1 MiB, not a downward API labels file");
-    }
-  }
-  ::close(fd);
-  return parseDownwardApiLabels(text, path);
+  // Labels are at most a few KiB; a huge file is not a labels file.
+  auto text = readFile(path, size_t{1} << 20);
+  if (!text) return text.error();
+  return parseDownwardApiLabels(*text, path);
 }
 
 std::string labelsText(const LabelList& labels) {
