@@ -500,7 +500,7 @@ class ProxySetup(Setup):
 
 
 class Remora(ProxySetup):
-    name, label = "remora", "Remora (iptables)"
+    name, label = "remora", "Remora (kernel relay)"
     restart_for_iperf = False  # one config routes both Services by original destination
     note = ("remora-init REDIRECT rules → remora-proxy, one worker, VirtualService 90/10 "
             "(as `tcp:` routes on a `tcp-http` port: an L4 figure even once L7 exists); "
@@ -549,7 +549,7 @@ class RemoraUring(Remora):
     # The same proxy relaying the bytes itself (io_uring), for the side-by-side with the kernel
     # relay of the remora row.
     name, label = "remora-uring", "Remora (io_uring relay)"
-    note = "as Remora (iptables), with `--relay uring`: the bytes go through user space"
+    note = "as Remora (kernel relay), with `--relay uring`: the bytes go through user space"
     relay = "uring"
 
 
@@ -561,7 +561,7 @@ class RemoraEbpf(Remora):
     name, label = "remora-ebpf", "Remora (eBPF)"
     pod = "front-ebpf"
     note = ("`remora-init install --mode ebpf` (cgroup connect4 + getsockopt, sk_lookup "
-            "inbound; no rules) → remora-proxy as Remora (iptables), kernel relay; the load "
+            "inbound; no rules) → remora-proxy as Remora (kernel relay); the load "
             "generator runs in the cgroup the programs attach to")
 
     def unavailable(self):
