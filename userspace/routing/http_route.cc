@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "common/hex.h"
 #include "routing/route_table.h"
 
 namespace remora::routing {
@@ -26,13 +27,6 @@ bool fullMatch(const re2::RE2& re, std::string_view text) {
   return re2::RE2::FullMatch(re2::StringPiece(text.data(), text.size()), re);
 }
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  c = lowerAscii(c);
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
 // %XX decoding; a malformed escape stays as written. Returns `text` itself when it holds no
 // escape, else a view of `buffer`.
 std::string_view percentDecode(std::string_view text, std::string& buffer) {
@@ -40,8 +34,8 @@ std::string_view percentDecode(std::string_view text, std::string& buffer) {
   buffer.clear();
   for (size_t i = 0; i < text.size(); ++i) {
     if (text[i] == '%' && i + 2 < text.size()) {
-      int hi = hexValue(text[i + 1]);
-      int lo = hexValue(text[i + 2]);
+      int hi = hexDigitValue(text[i + 1]);
+      int lo = hexDigitValue(text[i + 2]);
       if (hi >= 0 && lo >= 0) {
         buffer.push_back(static_cast<char>(hi * 16 + lo));
         i += 2;

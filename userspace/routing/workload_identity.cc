@@ -6,16 +6,10 @@
 #include <cstdint>
 
 #include "common/file.h"
+#include "common/hex.h"
 
 namespace remora::routing {
 namespace {
-
-int hexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 void appendUtf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -104,7 +98,7 @@ Result<std::string> unquote(std::string_view text) {
     }
     uint32_t v = 0;
     for (size_t k = 1; k <= digits; ++k) {
-      const int h = hexDigit(body[i + k]);
+      const int h = hexDigitValue(body[i + k]);
       if (h < 0) return makeError(fmt::format("escape \\{} needs {} hex digits", e, digits));
       v = v * 16 + static_cast<uint32_t>(h);
     }

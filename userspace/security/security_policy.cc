@@ -6,6 +6,8 @@
 #include <cctype>
 #include <mutex>
 
+#include "common/hex.h"
+
 namespace remora::security {
 namespace {
 
@@ -78,13 +80,6 @@ bool httpOperationMatches(const Operation& o, const RequestAttributes& r) {
          !(!o.not_paths.empty() && anyPath(o.not_paths, r.path));
 }
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 bool unreserved(char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
          c == '.' || c == '_' || c == '~';
@@ -151,8 +146,8 @@ std::optional<std::string> normalizeBase(std::string_view path) {
   for (size_t i = 0; i < path.size(); ++i) {
     char c = path[i];
     if (c == '%' && i + 2 < path.size()) {
-      const int hi = hexValue(path[i + 1]);
-      const int lo = hexValue(path[i + 2]);
+      const int hi = hexDigitValue(path[i + 1]);
+      const int lo = hexDigitValue(path[i + 2]);
       if (hi >= 0 && lo >= 0) {
         const char value = static_cast<char>(hi * 16 + lo);
         if (value == 0) return std::nullopt;
