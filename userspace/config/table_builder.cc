@@ -450,6 +450,15 @@ class Builder {
     return {};
   }
 
+  // Whether a DestinationRule's workloadSelector selects this proxy's workload: the proxy knows
+  // its namespace and labels, the rule is of that namespace, and its labels are the workload's.
+  bool selectsWorkload(const Object& rule) const {
+    const routing::WorkloadIdentity& w = settings_.workload;
+    const auto& selector = std::get<DestinationRuleSpec>(rule.spec).workload_selector;
+    return selector && !w.namespace_name.empty() && w.labels_known &&
+           rule.namespace_name == w.namespace_name && labelsMatch(*selector, w.labels);
+  }
+
   // Whether a match entry's source conditions hold for this proxy's own workload.
   bool sourceHolds(const std::optional<Labels>& labels,
                    const std::optional<std::string>& namespace_name) const {
@@ -919,16 +928,12 @@ class Builder {
   // does not apply here.
   void selectRules(ServiceInfo& service) {
     const routing::WorkloadIdentity& w = settings_.workload;
-    auto selects = [&](const RuleEntry& e) {
-      return !w.namespace_name.empty() && e.head.object->namespace_name == w.namespace_name &&
-             w.labels_known && labelsMatch(**e.selector, w.labels);
-    };
     const RuleEntry* chosen = nullptr;
     const RuleEntry* catch_all = nullptr;
     for (const RuleEntry& e : service.rule_entries) {
       if (!e.selector->has_value()) {
         catch_all = &e;
-      } else if (selects(e)) {
+      } else if (selectsWorkload(*e.head.object)) {
         chosen = &e;
         break;
       }
@@ -952,8 +957,7 @@ class Builder {
         const bool applies = in(chosen, r);
         const bool known = !w.namespace_name.empty() && w.labels_known;
         const bool same_namespace = r.object->namespace_name == w.namespace_name;
-        const bool own_selects =
-            known && same_namespace && labelsMatch(*dr.workload_selector, w.labels);
+        const bool own_selects = selectsWorkload(*r.object);
         if (applies && own_selects) continue;
         std::string why;
         if (!known) {
