@@ -53,6 +53,7 @@ fuzz_targets=(
   trace_nft
   nft_listing
   tls_client_hello
+  pod_labels
 )
 
 # The podman tests build an image from the binaries and run them in containers, where the
