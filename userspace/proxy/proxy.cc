@@ -379,24 +379,36 @@ class Control final : public loop::CompletionHandler {
   int signal_fd_ = -1;
   signalfd_siginfo siginfo_{};
   int inotify_fd_ = -1;
-  static constexpr uint32_t kWatchMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY;
-  int config_wd_ = -1;
-  std::string config_dir_;
-  std::string config_base_;
+  // A file watched through its directory: editors, ConfigMap and downward API volumes replace
+  // the file (or the ..data symlink) by rename, which a watch on the old inode would never see.
+  // IN_MODIFY too: each write of an in-place rewrite restarts the settling.
+  struct DirectoryWatch {
+    int wd = -1;  // -1: not watched (errno says why)
+    std::string dir;
+    std::string base;  // the file's name in `dir`
+  };
+  DirectoryWatch watchDirectoryOf(const std::string& path) const {
+    DirectoryWatch w;
+    auto slash = path.rfind('/');
+    w.dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    w.base = slash == std::string::npos ? path : path.substr(slash + 1);
+    if (inotify_fd_ >= 0) {
+      w.wd = inotify_add_watch(inotify_fd_, w.dir.c_str(),
+                               IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY);
+    }
+    return w;
+  }
+  DirectoryWatch config_watch_;
   // The pod labels file's directory (a downward API volume swaps its ..data symlink when the
   // pod's labels change), watched like the config's: a change reloads the config.
-  int labels_wd_ = -1;
-  std::string labels_base_;
+  DirectoryWatch labels_watch_;
   void watchLabelsFile() {
     const std::string& path = settings_.workload.labels_file;
     if (path.empty() || inotify_fd_ < 0) return;
-    auto slash = path.rfind('/');
-    std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-    labels_base_ = slash == std::string::npos ? path : path.substr(slash + 1);
-    labels_wd_ = inotify_add_watch(inotify_fd_, dir.c_str(), kWatchMask);
-    if (labels_wd_ < 0) {
-      spdlog::warn("cannot watch {} ({}); after a labels change, reload with SIGHUP", dir,
-                   std::strerror(errno));
+    labels_watch_ = watchDirectoryOf(path);
+    if (labels_watch_.wd < 0) {
+      spdlog::warn("cannot watch {} ({}); after a labels change, reload with SIGHUP",
+                   labels_watch_.dir, std::strerror(errno));
     }
   }
   alignas(inotify_event) std::array<char, 4096> inotify_buf_{};
@@ -447,19 +459,11 @@ int Control::run() {
   }
 
   if (!options_.config_path.empty()) {
-    std::string path = options_.config_path;
-    auto slash = path.rfind('/');
-    config_dir_ = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-    config_base_ = slash == std::string::npos ? path : path.substr(slash + 1);
-    // Watch the directory, not the file: editors and ConfigMap volumes replace the file (or the
-    // ..data symlink) by rename, which a watch on the old inode would never see.
     inotify_fd_ = inotify_init1(IN_CLOEXEC);
-    // IN_MODIFY too: each write of an in-place rewrite restarts the settling.
-    if (inotify_fd_ >= 0) {
-      config_wd_ = inotify_add_watch(inotify_fd_, config_dir_.c_str(), kWatchMask);
-    }
-    if (inotify_fd_ < 0 || config_wd_ < 0) {
-      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_dir_, std::strerror(errno));
+    config_watch_ = watchDirectoryOf(options_.config_path);
+    if (config_watch_.wd < 0) {
+      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", config_watch_.dir,
+                   std::strerror(errno));
     }
     load(readSettled(options_.config_path, kSettleDelay, 50), true);
   }
@@ -827,11 +831,13 @@ void Control::onInotify(const Completion& c) {
       // Any change to the file (or the ..data symlink) starts or restarts the settling, which
       // decides when the file is whole; a lost event (queue overflow) may have been one.
       if ((ev->mask & IN_Q_OVERFLOW) != 0 ||
-          (ev->wd == config_wd_ && isConfigEvent(name, config_base_))) {
+          (ev->wd == config_watch_.wd && isConfigEvent(name, config_watch_.base))) {
         requestReload(false);
       }
       // The config text may be unchanged, so the load is forced: it reads the labels again.
-      if (ev->wd == labels_wd_ && isConfigEvent(name, labels_base_)) requestReload(true);
+      if (ev->wd == labels_watch_.wd && isConfigEvent(name, labels_watch_.base)) {
+        requestReload(true);
+      }
       off += sizeof(inotify_event) + ev->len;
     }
   } else if (c.res < 0) {
