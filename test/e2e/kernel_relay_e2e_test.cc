@@ -525,6 +525,40 @@ TEST_F(KernelRelay, ReloadWhileRelayedConnectionsAreOpenKeepsThemAndTheNextOnes)
   }
 }
 
+// Voluntary context switches of every thread of a process: how often it went to sleep, so how
+// often something woke it.
+long voluntarySwitches(pid_t pid) {
+  long total = 0;
+  for (const auto& task : fs::directory_iterator(fmt::format("/proc/{}/task", pid))) {
+    std::istringstream in(readWholeFile(task.path().string() + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::stol(line.substr(24));
+    }
+  }
+  return total;
+}
+
+TEST_F(KernelRelay, RelayedExchangesDoNotWakeTheProxy) {
+  startProxy("kernel");
+  int fd = dial('E');
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(roundTrip(fd, "first"));
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_kernel_connections_total") >= 1; }));
+  // Once the pair is the kernel's, an exchange is the program's work alone: the proxy only
+  // watches for FIN and RST. Its worker used to wake at every redirected skb (its poll asked
+  // for POLLIN, which the kernel signals after each redirect), so 2,000 round trips cost it
+  // about 2,000 wake-ups. Left: the timeout sweep (1 s) and the admin thread's own timers.
+  constexpr int kExchanges = 2000;
+  const long before = voluntarySwitches(proxy_->pid());
+  for (int i = 0; i < kExchanges; ++i) {
+    ASSERT_TRUE(roundTrip(fd, fmt::format("exchange {}", i))) << "exchange " << i;
+  }
+  const long woken = voluntarySwitches(proxy_->pid()) - before;
+  std::printf("%d relayed exchanges woke the proxy %ld times\n", kExchanges, woken);
+  EXPECT_LT(woken, kExchanges / 10);
+}
+
 TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
   startProxy("auto", pin_root_ + "/missing");
   EXPECT_NE(proxy_->output().find("relay: io_uring"), std::string::npos) << proxy_->output();

@@ -19,6 +19,14 @@ namespace {
 constexpr std::chrono::milliseconds kFirstDrainWait{1};
 constexpr std::chrono::milliseconds kMaxDrainWait{50};
 
+// How much a direction may hold in the kernel's redirect queue before the pair comes back to
+// user space (relay.bpf.c, "Backpressure"). OFF (0) for now: with the proxy's buffer limit
+// here, the slow-reader test held 12-22 MiB instead of 506 MiB, but the 1 GiB download test
+// then arrived corrupted (a wrong byte in mid-stream, 4 runs of 4) and the 1 GiB upload
+// stalled past its 10 s send timeout in 3 runs of 7, with drops on the handed-back socket.
+// The cause is not found yet (docs/PROXY.md, "Backpressure").
+constexpr uint32_t kRedirectQueueLimit = 0;
+
 // Whether a TCP socket is still ESTABLISHED (a sockhash only takes established sockets).
 bool established(int fd) {
   tcp_info info{};
@@ -53,13 +61,6 @@ bool Worker::handToKernel(uint32_t slot) {
   }
   // Nothing has been read from either socket yet (receives are armed after this), so nothing
   // is queued here: whatever the client already sent waits in its socket for the kernel.
-  // How much a direction may hold in the kernel's redirect queue before the pair comes back to
-  // user space (relay.bpf.c, "Backpressure"). OFF (0) for now: with the proxy's buffer limit
-  // here, the slow-reader test held 12-22 MiB instead of 506 MiB, but the 1 GiB download test
-  // then arrived corrupted (a wrong byte in mid-stream, 4 runs of 4) and the 1 GiB upload
-  // stalled past its 10 s send timeout in 3 runs of 7, with drops on the handed-back socket.
-  // The cause is not found yet (docs/PROXY.md, "Backpressure").
-  constexpr uint32_t kRedirectQueueLimit = 0;
   auto pair = maps->attach(conn.client_fd, conn.upstream_fd, kRedirectQueueLimit);
   if (!pair) {
     // A client that sent a few bytes and its FIN before the handover (a tiny upload) has left
@@ -88,11 +89,14 @@ bool Worker::handToKernel(uint32_t slot) {
 
 void Worker::armRelayPoll(uint32_t slot, bool client_side) {
   Connection& conn = slots_[slot];
-  // POLLERR and POLLHUP always count; POLLRDHUP until that side's FIN was seen. POLLIN: bytes
-  // the socket kept because the program took the pair off the kernel path (a redirected
-  // socket has nothing to read).
+  // POLLERR and POLLHUP always count; POLLRDHUP until that side's FIN was seen. POLLIN only
+  // while the program may take the pair off the kernel path (a redirect limit is set): then it
+  // means bytes the socket kept. Otherwise it would complete the poll at every redirected skb,
+  // since the kernel wakes a relayed socket's readers after each redirect (docs/PROXY.md,
+  // "Kernel relay"): a wake-up, a map lookup and a re-arm per request, for nothing.
   const Direction& from = client_side ? conn.request : conn.response;
-  const uint32_t events = from.eof ? POLLIN : POLLIN | POLLRDHUP;
+  const uint32_t readable = kRedirectQueueLimit != 0 ? POLLIN : 0;
+  const uint32_t events = from.eof ? readable : readable | POLLRDHUP;
   ring_.poll(client_side ? conn.client_fd : conn.upstream_fd, events,
              track(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot));
   conn.relay_poll[client_side ? 0 : 1] = true;
