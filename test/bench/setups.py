@@ -542,7 +542,8 @@ class Remora(ProxySetup):
 
     def argv(self, phase, config=None):
         return [self.env.bin("remora-proxy"), "--config", config or self.config_path()] + \
-            self.env.remora_flags() + self.relay_flags()
+            self.env.remora_flags() + self.relay_flags() + \
+            os.environ.get("REMORA_BENCH_EXTRA", "").split()
 
 
 class RemoraUring(Remora):
