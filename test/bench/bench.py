@@ -193,6 +193,11 @@ def main():
                          quick=args.quick, prefix=args.prefix),
             "setups": [], "rounds": [], "weights": {}, "scaling": {}, "memory": {}, "errors": []}
     errors = data["errors"]
+    extra = os.environ.get("REMORA_BENCH_EXTRA", "").strip()
+    if extra:
+        # An experiment's flags (setups.Remora.argv): the page and results.json say so.
+        data["meta"]["notes"].append(f"every remora-proxy ran with REMORA_BENCH_EXTRA: {extra}")
+        log(data["meta"]["notes"][-1])
     log(f"machine: {data['meta']['machine']}")
     log(f"pinning: {pin_desc}")
     log(f"CPU cap: {data['meta']['cap']}")
