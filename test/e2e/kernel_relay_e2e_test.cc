@@ -1073,7 +1073,7 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
   constexpr auto kRun = std::chrono::seconds(3);
   constexpr uint64_t kBulk = uint64_t{512} << 20;
   std::map<std::string, RelayFigures> figures;
-  for (const std::string mode : {"uring", "kernel"}) {
+  for (const std::string mode : {"uring", "kernel", "auto"}) {
     startProxy(mode);
     RelayFigures& f = figures[mode];
     std::vector<int> conns;
@@ -1116,6 +1116,14 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
       "machine CPU us per round trip", u.machine_cpu_us_per_rt, k.machine_cpu_us_per_rt,
       k.machine_cpu_us_per_rt / u.machine_cpu_us_per_rt, "bulk MiB/s", u.bulk_mib_per_s,
       k.bulk_mib_per_s, k.bulk_mib_per_s / u.bulk_mib_per_s);
+  // --relay auto: the ping-pong pairs go to the kernel after 3 exchanges, the download stays in
+  // the io_uring relay (its receives fill buffers).
+  const RelayFigures& a = figures["auto"];
+  std::printf(
+      "  auto: round trips/s %.0f (%.2fx uring), proxy CPU %.1f us and machine CPU %.1f us per "
+      "round trip, bulk %.0f MiB/s (%.2fx uring)\n",
+      a.round_trips_per_s, a.round_trips_per_s / u.round_trips_per_s, a.proxy_cpu_us_per_rt,
+      a.machine_cpu_us_per_rt, a.bulk_mib_per_s, a.bulk_mib_per_s / u.bulk_mib_per_s);
 }
 
 // Counts the proxy's syscalls and io_uring completions with `perf stat -p` (tracepoints: a count,

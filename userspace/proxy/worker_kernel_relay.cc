@@ -20,6 +20,14 @@ namespace {
 constexpr std::chrono::milliseconds kFirstDrainWait{1};
 constexpr std::chrono::milliseconds kMaxDrainWait{50};
 
+// How much a direction may hold in the kernel's redirect queue before the pair comes back to
+// user space (relay.bpf.c, "Backpressure"). OFF (0) for now: with the proxy's buffer limit
+// here, the slow-reader test held 12-22 MiB instead of 506 MiB, but the 1 GiB download test
+// then arrived corrupted (a wrong byte in mid-stream, 4 runs of 4) and the 1 GiB upload
+// stalled past its 10 s send timeout in 3 runs of 7, with drops on the handed-back socket.
+// The cause is not found yet (docs/PROXY.md, "Backpressure").
+constexpr uint32_t kRedirectQueueLimit = 0;
+
 // Whether a TCP socket is still ESTABLISHED (a sockhash only takes established sockets).
 bool established(int fd) {
   tcp_info info{};
@@ -70,13 +78,6 @@ bool Worker::enterKernelRelay(uint32_t slot) {
   // Nothing is queued in user space and no receive is armed (at connect none was yet; mid-stream
   // finishHandOver saw each cancelled): whatever either side already sent waits in its socket
   // for the kernel (attach's SO_RCVLOWAT nudge).
-  // How much a direction may hold in the kernel's redirect queue before the pair comes back to
-  // user space (relay.bpf.c, "Backpressure"). OFF (0) for now: with the proxy's buffer limit
-  // here, the slow-reader test held 12-22 MiB instead of 506 MiB, but the 1 GiB download test
-  // then arrived corrupted (a wrong byte in mid-stream, 4 runs of 4) and the 1 GiB upload
-  // stalled past its 10 s send timeout in 3 runs of 7, with drops on the handed-back socket.
-  // The cause is not found yet (docs/PROXY.md, "Backpressure").
-  constexpr uint32_t kRedirectQueueLimit = 0;
   auto pair = maps->attach(conn.client_fd, conn.upstream_fd, kRedirectQueueLimit);
   if (!pair) {
     // A client that sent a few bytes and its FIN before the handover (a tiny upload) has left
