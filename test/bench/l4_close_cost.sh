@@ -13,8 +13,9 @@
 # runs the proxy with `--relay kernel`, as the benchmark's remora row (the relay installed by
 # remora-init on a bpffs mounted for the run, as bench.py does; no cgroup attachment).
 # REMORA_URING_AB in the environment reaches the proxy (loop::uringAbSwitch). --variant
-# LABEL:BUILD_DIR:AB_SWITCHES (repeatable; LABEL `haproxy` for HAProxy) measures several proxies
-# in the same world, taking turns round by round: one proxy runs at a time. --cap puts each proxy
+# LABEL:BUILD_DIR:AB_SWITCHES[:RELAY] (repeatable; LABEL `haproxy` for HAProxy) measures several
+# proxies in the same world, taking turns round by round: one proxy runs at a time; RELAY
+# (`kernel`, `auto`, `uring`) is that proxy's --relay, `kernel` by default with --kernel-relay. --cap puts each proxy
 # in a cgroup (v1 cpu) capped at a quarter CPU, as the benchmark's capped rows: the proxy is
 # then the bottleneck, and conn/s is the figure issue 12's goal is about.
 #
@@ -25,7 +26,7 @@
 #
 # Usage: test/bench/l4_close_cost.sh [--build-dir DIR] [--requests N] [--conns N] [--rounds N]
 #                             [--record FILE] [--trace] [--strace] [--proxy-args "ARGS"] [--haproxy]
-#                             [--kernel-relay] [--cap] [--variant LABEL:BUILD_DIR:AB]...
+#                             [--kernel-relay] [--cap] [--variant LABEL:BUILD_DIR:AB[:RELAY]]...
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,6 +42,7 @@ VARIANTS=()
 CAP=0
 PROXY_ARGS=""
 PEER=""
+RELAY=""
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
@@ -104,7 +106,8 @@ if [[ $KERNEL_RELAY == 1 ]]; then
   mkdir -p "$TMP/bpffs"
   mount -t bpf bpf "$TMP/bpffs" -o mode=0755
   "$INIT" relay install --pin-dir "$TMP/bpffs/relay" --proxy-uid 1337 --proxy-gid 1337 >/dev/null
-  PROXY_ARGS+=" --relay kernel --relay-pin-dir $TMP/bpffs/relay"
+  PROXY_ARGS+=" --relay-pin-dir $TMP/bpffs/relay"
+  RELAY=kernel
 fi
 ip netns add "$NS"
 nsx() { ip netns exec "$NS" "$@"; }
@@ -127,8 +130,9 @@ printf '    server {\n        listen 127.0.0.1:8081;\n        location / { stub_
 ip netns exec "$NS" nginx -p "$TMP/nginx/" -e stderr -c "$TMP/nginx.conf" &
 PIDS+=($!)
 start_proxy() {  # $1: a variant; sets PROXY_PID and PPID_ (the pid perf watches)
-  local label dir ab
-  IFS=: read -r label dir ab <<<"$1"
+  local label dir ab relay
+  IFS=: read -r label dir ab relay <<<"$1"
+  relay=${relay:-$RELAY}
   if [[ $label == haproxy ]]; then
     ip netns exec "$NS" setpriv --reuid 1337 --regid 1337 --clear-groups --inh-caps=-all \
       haproxy -db -f "$ROOT/test/bench/haproxy-tcp.cfg" &
@@ -136,7 +140,7 @@ start_proxy() {  # $1: a variant; sets PROXY_PID and PPID_ (the pid perf watches
     # shellcheck disable=SC2086 # PROXY_ARGS is a list of flags
     REMORA_URING_AB=$ab ip netns exec "$NS" setpriv --reuid 1337 --regid 1337 --clear-groups \
       --inh-caps=-all "$dir/bin/remora-proxy" --config "$TMP/config.yaml" --concurrency 1 \
-      --log-level error $PROXY_ARGS &
+      --log-level error ${relay:+--relay "$relay"} $PROXY_ARGS &
   fi
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")

@@ -533,10 +533,10 @@ class Remora(ProxySetup):
         return path
 
     def relay_flags(self):
-        if self.relay == "kernel":
+        if self.relay in ("kernel", "auto"):
             pins = self.env.relay_pins()
             if pins:
-                return ["--relay", "kernel", "--relay-pin-dir", pins]
+                return ["--relay", self.relay, "--relay-pin-dir", pins]
             return ["--relay", "uring"]  # the row says so in the run's log (relay_reason)
         return ["--relay", self.relay]
 
@@ -552,6 +552,15 @@ class RemoraUring(Remora):
     name, label = "remora-uring", "Remora (io_uring relay)"
     note = "as Remora (kernel relay), with `--relay uring`: the bytes go through user space"
     relay = "uring"
+
+
+class RemoraAuto(Remora):
+    # Adaptive hand-over (docs/PROXY.md "Kernel relay"): a pair starts in the io_uring relay and
+    # goes to the kernel after a few exchanges; not in DEFAULT (bench.py --setups remora-auto).
+    name, label = "remora-auto", "Remora (auto relay)"
+    note = ("as Remora (kernel relay), with `--relay auto`: the io_uring relay first, the kernel "
+            "after 3 exchanges")
+    relay = "auto"
 
 
 class RemoraEbpf(Remora):
@@ -796,7 +805,7 @@ class HaproxyMtls(MtlsPair):
         return ["haproxy", "-db", "-f", os.path.join(BENCH_DIR, f"haproxy-mtls-{side}.cfg")]
 
 
-ALL = [Direct, KubeProxy, Remora, RemoraUring, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
+ALL = [Direct, KubeProxy, Remora, RemoraUring, RemoraAuto, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
        HaproxyHttp, RemoraMtls, HaproxyMtls]
 DEFAULT = ["direct", "kube-proxy", "remora", "remora-uring", "remora-ebpf", "remora-l7", "haproxy-tcp",
            "nginx-stream", "nginx-http", "haproxy-http", "remora-mtls", "haproxy-mtls"]

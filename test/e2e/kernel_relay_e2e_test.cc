@@ -18,11 +18,13 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -89,26 +91,27 @@ bool readExact(int fd, char* into, size_t size) {
   return true;
 }
 
-// Sends `size` pattern bytes.
-bool sendPattern(int fd, uint64_t size) {
+// Sends `size` pattern bytes (stream offsets from `from`).
+bool sendPattern(int fd, uint64_t size, uint64_t from = 0) {
   std::vector<char> block(1 << 20);
   for (uint64_t off = 0; off < size;) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(block.size(), size - off));
-    fillPattern(off, block.data(), n);
+    fillPattern(from + off, block.data(), n);
     if (!sendAll(fd, {block.data(), n})) return false;
     off += n;
   }
   return true;
 }
 
-// Reads exactly `size` pattern bytes; an error text, empty when all arrived intact.
-std::string receivePattern(int fd, uint64_t size) {
+// Reads exactly `size` pattern bytes (stream offsets from `from`); an error text, empty when
+// all arrived intact.
+std::string receivePattern(int fd, uint64_t size, uint64_t from = 0) {
   std::vector<char> block(1 << 20);
-  for (uint64_t off = 0; off < size;) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(block.size(), size - off));
+  for (uint64_t off = from; off < from + size;) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(block.size(), from + size - off));
     ssize_t n = ::recv(fd, block.data(), want, 0);
     if (n <= 0)
-      return fmt::format("stream ended at {} of {} ({})", off, size, std::strerror(errno));
+      return fmt::format("stream ended at {} of {} ({})", off, from + size, std::strerror(errno));
     if (int64_t bad = checkPattern(off, block.data(), static_cast<size_t>(n)); bad >= 0) {
       return fmt::format(
           "byte {} is wrong ({})", bad,
@@ -127,7 +130,11 @@ std::string receivePattern(int fd, uint64_t size) {
 //       until the client's FIN (late_bytes);
 //   'R' sends "hello", then resets; 'W' waits for the client's reset (last_errno);
 //   'S' streams the pattern until the connection fails (streamed);
-//   'E' echo until EOF, then FIN.
+//   'E' echo until EOF, then FIN (last_errno: a failed read's errno);
+//   'Q' requests: each 8-byte size asks for that many pattern bytes (offsets from 0);
+//       kResetRequest resets the connection (last_errno: a failed read's errno).
+constexpr uint64_t kResetRequest = ~uint64_t{0};
+
 class Backend {
  public:
   explicit Backend(const std::string& netns_path)
@@ -190,6 +197,25 @@ class Backend {
         while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
           if (!sendAll(fd, {buf, static_cast<size_t>(n)})) break;
         }
+        if (n < 0) last_errno = errno;
+        ::shutdown(fd, SHUT_WR);
+        break;
+      }
+      case 'Q': {
+        for (;;) {
+          ssize_t n = ::recv(fd, &size, 8, MSG_WAITALL);
+          if (n != 8) {
+            last_errno = n < 0 ? errno : 0;
+            break;
+          }
+          if (size == kResetRequest) {
+            linger l{1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+            server_.release(fd);  // close() with a zero linger: RST
+            return;
+          }
+          if (!sendPattern(fd, size)) break;
+        }
         ::shutdown(fd, SHUT_WR);
         break;
       }
@@ -250,12 +276,20 @@ class KernelRelay : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  void startProxy(const std::string& relay, const std::string& pin_dir = {}) {
-    proxy_ = world_->spawn(
-        front_,
-        {binaryPath("remora-proxy"), "--config", config_, "--log-level", "info", "--no-ipv6",
-         "--relay", relay, "--relay-pin-dir", pin_dir.empty() ? pin_dir_ : pin_dir},
-        kProxyUid, kProxyUid);
+  void startProxy(const std::string& relay, const std::string& pin_dir = {},
+                  const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {binaryPath("remora-proxy"),
+                                     "--config",
+                                     config_,
+                                     "--log-level",
+                                     "info",
+                                     "--no-ipv6",
+                                     "--relay",
+                                     relay,
+                                     "--relay-pin-dir",
+                                     pin_dir.empty() ? pin_dir_ : pin_dir};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proxy_ = world_->spawn(front_, argv, kProxyUid, kProxyUid);
     ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
   }
 
@@ -266,6 +300,20 @@ class KernelRelay : public ::testing::Test {
 
   // A metric's value from /stats/prometheus (the first line that starts with `name`).
   double metric(const std::string& name) { return metricValue(admin("/stats/prometheus"), name); }
+
+  // The sum of every series of a per-endpoint metric.
+  double metricSum(const std::string& name) {
+    double sum = 0;
+    std::istringstream stats(admin("/stats/prometheus"));
+    for (std::string line; std::getline(stats, line);) {
+      if (line.rfind(name + "{", 0) == 0) sum += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+  }
+
+  bool closedAll() {
+    return waitFor([&] { return metric("remora_downstream_connections_active") == 0; });
+  }
 
   // A connection from the front pod (captured by the outbound rules) to the backend, mode sent.
   int dial(char mode) {
@@ -569,6 +617,270 @@ TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
   EXPECT_NE(dump.find("\"in_use\": \"uring\""), std::string::npos) << dump;
 }
 
+// --relay auto (docs/PROXY.md, "Adaptive hand-over"): a pair starts in the io_uring relay and
+// goes to the kernel once it has completed HandoverRule::kExchanges exchanges with no receive
+// filling a buffer.
+constexpr int kHandoverExchanges = 3;  // HandoverRule::kExchanges
+
+// One exchange on an echo connection: `size` bytes of the client's stream (offsets from
+// `offset`) go out and must come back unchanged.
+bool echoExchange(int fd, uint64_t offset, size_t size) {
+  std::vector<char> out(size);
+  fillPattern(offset, out.data(), size);
+  return sendAll(fd, {out.data(), size}) && receivePattern(fd, size, offset).empty();
+}
+
+// One request on a 'Q' connection: `size` pattern bytes come back.
+bool request(int fd, uint64_t size) {
+  return writeU64(fd, size) && receivePattern(fd, size).empty();
+}
+
+TEST_F(KernelRelay, AutoKeepsOneRequestConnectionsInTheIoUringRelay) {
+  startProxy("auto");
+  EXPECT_NE(proxy_->output().find("relay: kernel"), std::string::npos) << proxy_->output();
+  for (int i = 0; i < 3; ++i) {
+    int fd = dial('E');
+    ASSERT_GE(fd, 0);
+    EXPECT_TRUE(echoExchange(fd, 0, 100));
+    ::shutdown(fd, SHUT_WR);
+    char c = 0;
+    EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  }
+  EXPECT_EQ(upload(1000), "OK");  // a request, a response, the close
+  ASSERT_TRUE(closedAll());
+  EXPECT_EQ(metric("remora_relay_kernel_connections_total"), 0);
+  EXPECT_EQ(metric("remora_relay_handovers_total"), 0);
+  EXPECT_EQ(metric("remora_relay_kept_in_user_space_total{reason=\"short\"}"), 4);
+  const auto dump = nlohmann::json::parse(admin("/config_dump"), nullptr, false);
+  ASSERT_TRUE(dump.is_object());
+  EXPECT_EQ(dump["relay"]["in_use"], "kernel") << dump["relay"].dump();
+  EXPECT_EQ(dump["relay"]["handover"]["exchanges"], kHandoverExchanges) << dump["relay"].dump();
+  EXPECT_EQ(dump["relay"]["handover"]["kept_short"], 4) << dump["relay"].dump();
+  EXPECT_EQ(dump["relay"]["handover"]["handed_over"], 0) << dump["relay"].dump();
+}
+
+TEST_F(KernelRelay, AutoHandsOverAfterSeveralExchangesAndCountsEveryByte) {
+  startProxy("auto", {}, {"--access-log"});
+  int fd = dial('E');
+  ASSERT_GE(fd, 0);
+  uint64_t sent = 0;
+  // One segment each way per exchange (a bigger one could be echoed in pieces, each piece a
+  // turn of its own, and count as more exchanges than the test makes).
+  for (int i = 0; i + 1 < kHandoverExchanges; ++i, sent += 1000) {
+    ASSERT_TRUE(echoExchange(fd, sent, 1000)) << "exchange " << i;
+  }
+  EXPECT_EQ(metric("remora_relay_handovers_total"), 0) << "handed over before its exchanges";
+  ASSERT_TRUE(echoExchange(fd, sent, 1000));
+  sent += 1000;
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }))
+      << admin("/stats/prometheus");
+  EXPECT_EQ(metric("remora_relay_kernel_connections_total"), 1);
+  EXPECT_EQ(metric("remora_relay_attach_failures_total"), 0);
+  // The kernel carries the next exchanges, intact both ways (the echo returns what arrived).
+  for (size_t size : {1, 7, 100, 1500, 20000, 60000, 3, 64000}) {
+    ASSERT_TRUE(echoExchange(fd, sent, size)) << "at " << sent;
+    sent += size;
+  }
+  // The backend echoes what is left and answers the client's FIN with its own.
+  ::shutdown(fd, SHUT_WR);
+  char c = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  ASSERT_TRUE(closedAll());
+  // User space's bytes before the hand-over plus the kernel's after: the mode byte and `sent`
+  // from the client, `sent` back.
+  const std::string line = fmt::format("received_bytes={} sent_bytes={} ", sent + 1, sent);
+  EXPECT_TRUE(proxy_->waitForLine(line, 5000)) << line << "\n" << proxy_->output();
+  EXPECT_EQ(metricSum("remora_tcp_received_bytes_total"), static_cast<double>(sent + 1));
+  EXPECT_EQ(metricSum("remora_tcp_sent_bytes_total"), static_cast<double>(sent));
+  EXPECT_EQ(metric("remora_relay_kept_in_user_space_total{reason=\"short\"}"), 0);
+}
+
+// The hand-over while the client never pauses: numbered records (their stream offsets) keep
+// going out, up to a window unanswered, so bytes arrive while the receives are cancelled and
+// the sockets go into the sockhash. Every byte must come back once and in order: the echo
+// backend returns what reached it, so a loss, duplicate or reorder either way shows.
+TEST_F(KernelRelay, AutoHandOverLosesNothingWhileTheClientKeepsWriting) {
+  startProxy("auto");
+  int fd = dial('E');
+  ASSERT_GE(fd, 0);
+  constexpr uint64_t kRecord = 64;
+  constexpr uint64_t kWindow = 8;  // records unanswered: 512 B, no receive fills a buffer
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t echoed = 0;
+  bool stop = false, reader_done = false;
+  std::atomic<uint64_t> last{~uint64_t{0}};  // the record count, once the writer stops
+  std::string writer_error, reader_error;
+  std::thread writer([&] {
+    std::vector<char> record(kRecord);
+    for (uint64_t seq = 0;; ++seq) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return reader_done || seq - echoed < kWindow; });
+        if (reader_done) return;
+        if (stop) last = seq + 1;  // this one is the last
+      }
+      fillPattern(seq * kRecord, record.data(), kRecord);
+      if (!sendAll(fd, {record.data(), kRecord})) {
+        writer_error = fmt::format("send of record {} failed: {}", seq, std::strerror(errno));
+        return;
+      }
+      if (last.load() != ~uint64_t{0}) return;
+    }
+  });
+  std::thread reader([&] {
+    for (uint64_t seq = 0; seq < last.load(); ++seq) {
+      reader_error = receivePattern(fd, kRecord, seq * kRecord);
+      if (!reader_error.empty()) break;
+      std::lock_guard<std::mutex> lock(mu);
+      echoed = seq + 1;
+      cv.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    reader_done = true;
+    cv.notify_all();
+  });
+  auto echoedNow = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return echoed;
+  };
+  const bool handed = waitFor([&] { return metric("remora_relay_handovers_total") >= 1; }, 10000);
+  // Some more after the hand-over, then the writer stops after its next record.
+  const uint64_t at_handover = echoedNow();
+  (void)waitFor([&] { return echoedNow() >= at_handover + 2000; }, 10000);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+  }
+  writer.join();
+  reader.join();
+  EXPECT_TRUE(handed) << "never handed over; " << admin("/stats/prometheus");
+  EXPECT_EQ(writer_error, "");
+  EXPECT_EQ(reader_error, "");
+  EXPECT_EQ(echoedNow(), last.load());
+  EXPECT_GT(echoedNow(), at_handover + 1000) << "the stream stalled after the hand-over";
+  std::printf("records echoed: %lu (%lu at the hand-over); hand-overs put off by a race: %.0f\n",
+              static_cast<unsigned long>(echoedNow()), static_cast<unsigned long>(at_handover),
+              metric("remora_relay_handover_races_total"));
+  ::shutdown(fd, SHUT_WR);
+  char c = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  ASSERT_TRUE(closedAll());
+  EXPECT_EQ(metricSum("remora_tcp_received_bytes_total"), static_cast<double>(last * kRecord + 1));
+}
+
+// Bytes that reach a socket after its receive was cancelled and before it is in the sockhash
+// wait in its receive queue with nothing to wake them: attach's SO_RCVLOWAT nudge must send
+// them on. The test hook `handover-delay` holds the worker 200 ms right before the insertion,
+// so the client's next request, sent as soon as the last user-space echo arrived, lands there.
+TEST_F(KernelRelay, AutoHandOverCarriesBytesThatArrivedBeforeTheInsertion) {
+  ::setenv("REMORA_URING_AB", "handover-delay", 1);
+  startProxy("auto");
+  ::unsetenv("REMORA_URING_AB");
+  int fd = dial('E');
+  ASSERT_GE(fd, 0);
+  timeval tv{3, 0};  // a stuck request fails in 3 s
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  uint64_t sent = 0;
+  // The hand-over starts after the third exchange; the fourth request follows at once. Should
+  // it win the race with the cancel, the next idle point tries again, so a few more follow.
+  for (int i = 0; i < kHandoverExchanges + 6; ++i, sent += 100) {
+    ASSERT_TRUE(echoExchange(fd, sent, 100))
+        << "exchange " << i << "; races " << metric("remora_relay_handover_races_total");
+  }
+  EXPECT_EQ(metric("remora_relay_handovers_total"), 1);
+  ::shutdown(fd, SHUT_WR);
+  char c = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+}
+
+TEST_F(KernelRelay, AutoKeepsABulkTransferInTheIoUringRelay) {
+  startProxy("auto");
+  int fd = dial('Q');
+  ASSERT_GE(fd, 0);
+  constexpr uint64_t kBulk = uint64_t{256} << 20;
+  auto t0 = Clock::now();
+  ASSERT_TRUE(writeU64(fd, kBulk));
+  EXPECT_EQ(receivePattern(fd, kBulk), "");
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf("256 MiB download through --relay auto: %.2f s, %.0f MiB/s (machine shared)\n",
+              seconds, 256 / seconds);
+  // Small requests after it would reach the exchanges, but the pair has shown it is bulk.
+  for (int i = 0; i < kHandoverExchanges + 3; ++i) ASSERT_TRUE(request(fd, 100)) << i;
+  ::shutdown(fd, SHUT_WR);
+  char c = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  ASSERT_TRUE(closedAll());
+  EXPECT_EQ(metric("remora_relay_kernel_connections_total"), 0);
+  EXPECT_EQ(metric("remora_relay_kept_in_user_space_total{reason=\"bulk\"}"), 1);
+  EXPECT_EQ(metricSum("remora_tcp_sent_bytes_total"),
+            static_cast<double>(kBulk + (kHandoverExchanges + 3) * 100));
+}
+
+// Half-close after a mid-stream hand-over: the client's FIN reaches the backend only after every
+// byte before it (the FIN check counts the bytes the io_uring relay wrote before the kernel
+// took over), and the backend's answer and FIN come back.
+TEST_F(KernelRelay, AutoHandedOverPairHalfClosesAfterItsBytes) {
+  startProxy("auto");
+  int fd = dial('E');
+  ASSERT_GE(fd, 0);
+  uint64_t sent = 0;
+  // At least 180 KB relayed in user space first: a FIN check that forgot them would shut the
+  // other side down while that much of the tail was still in the kernel's redirect queue.
+  // An echo this big comes back in pieces, and a piece that arrives while the receives are
+  // cancelled puts the hand-over off to the next exchange: exchange until it happened.
+  for (int i = 0; i < kHandoverExchanges || metric("remora_relay_handovers_total") < 1;
+       ++i, sent += 60000) {
+    ASSERT_LT(i, 20) << "never handed over: " << admin("/stats/prometheus");
+    ASSERT_TRUE(echoExchange(fd, sent, 60000));
+  }
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }));
+  // 8 MiB and the FIN right behind it, read back on another thread.
+  constexpr uint64_t kTail = uint64_t{8} << 20;
+  std::string echoed;
+  std::thread reader([&] { echoed = receivePattern(fd, kTail, sent); });
+  const bool wrote = sendPattern(fd, kTail, sent);
+  ::shutdown(fd, SHUT_WR);
+  reader.join();
+  EXPECT_TRUE(wrote);
+  EXPECT_EQ(echoed, "");
+  char c = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0) << "the backend's FIN follows its echo";
+  ASSERT_TRUE(closedAll());
+}
+
+TEST_F(KernelRelay, AutoHandedOverPairPassesTheUpstreamsResetOn) {
+  startProxy("auto");
+  int fd = dial('Q');
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < kHandoverExchanges; ++i) ASSERT_TRUE(request(fd, 1000));
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }));
+  ASSERT_TRUE(request(fd, 1000));  // through the kernel
+  ASSERT_TRUE(writeU64(fd, kResetRequest));
+  char c = 0;
+  errno = 0;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), -1);
+  EXPECT_EQ(errno, ECONNRESET) << std::strerror(errno);
+  ASSERT_TRUE(closedAll());
+  EXPECT_EQ(metric("remora_relay_handovers_total"), 1);
+}
+
+TEST_F(KernelRelay, AutoHandedOverPairPassesTheClientsResetOn) {
+  startProxy("auto");
+  int fd = dial('Q');
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < kHandoverExchanges; ++i) ASSERT_TRUE(request(fd, 1000));
+  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }));
+  ASSERT_TRUE(request(fd, 1000));
+  linger l{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  ::close(fd);
+  fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
+  EXPECT_TRUE(waitFor([&] { return backend_->last_errno.load() != 0; }));
+  EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
+  ASSERT_TRUE(closedAll());
+}
+
 // The id of the BPF object pinned at `path` (0 when it cannot be read).
 uint32_t pinnedMapId(const std::string& path) {
   const int fd = bpf_obj_get(path.c_str());
@@ -795,7 +1107,7 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
   constexpr auto kRun = std::chrono::seconds(3);
   constexpr uint64_t kBulk = uint64_t{512} << 20;
   std::map<std::string, RelayFigures> figures;
-  for (const std::string mode : {"uring", "kernel"}) {
+  for (const std::string mode : {"uring", "kernel", "auto"}) {
     startProxy(mode);
     RelayFigures& f = figures[mode];
     std::vector<int> conns;
@@ -838,6 +1150,14 @@ TEST_F(KernelRelay, UringVersusKernelSideBySide) {
       "machine CPU us per round trip", u.machine_cpu_us_per_rt, k.machine_cpu_us_per_rt,
       k.machine_cpu_us_per_rt / u.machine_cpu_us_per_rt, "bulk MiB/s", u.bulk_mib_per_s,
       k.bulk_mib_per_s, k.bulk_mib_per_s / u.bulk_mib_per_s);
+  // --relay auto: the ping-pong pairs go to the kernel after 3 exchanges, the download stays in
+  // the io_uring relay (its receives fill buffers).
+  const RelayFigures& a = figures["auto"];
+  std::printf(
+      "  auto: round trips/s %.0f (%.2fx uring), proxy CPU %.1f us and machine CPU %.1f us per "
+      "round trip, bulk %.0f MiB/s (%.2fx uring)\n",
+      a.round_trips_per_s, a.round_trips_per_s / u.round_trips_per_s, a.proxy_cpu_us_per_rt,
+      a.machine_cpu_us_per_rt, a.bulk_mib_per_s, a.bulk_mib_per_s / u.bulk_mib_per_s);
 }
 
 // Counts the proxy's syscalls and io_uring completions with `perf stat -p` (tracepoints: a count,

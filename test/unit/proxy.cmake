@@ -2,7 +2,7 @@
 # a "proxy." prefix so `ctest -R proxy` selects them.
 include(GoogleTest)
 foreach(_t proxy_worker_test proxy_admin_test proxy_stats_test proxy_ring_test proxy_cli_test
-    proxy_http_pool_test proxy_http_proxy_test proxy_sniffer_test)
+    proxy_http_pool_test proxy_http_proxy_test proxy_sniffer_test proxy_relay_handover_test)
   add_executable(${_t} ${CMAKE_CURRENT_LIST_DIR}/${_t}.cc)
   target_link_libraries(${_t} PRIVATE remora_proxy_lib GTest::gtest GTest::gtest_main)
   target_include_directories(${_t} PRIVATE ${CMAKE_CURRENT_LIST_DIR})

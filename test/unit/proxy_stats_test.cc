@@ -1,7 +1,9 @@
 // Per-worker counters, their aggregation and the Prometheus text.
 #include <gtest/gtest.h>
 
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "proxy/stats.h"
 
@@ -45,6 +47,29 @@ TEST(StatsTest, AggregatesWorkersAndRendersIstioLikeMetrics) {
            std::string("remora_config_last_reload_success 0"),
            std::string("# TYPE remora_tcp_active_connections gauge"),
            std::string("# TYPE remora_tcp_sent_bytes_total counter"),
+       }) {
+    EXPECT_NE(text.find(line + "\n"), std::string::npos) << "missing: " << line << "\n" << text;
+  }
+}
+
+// --relay auto's hand-over counters (worker_kernel_relay.cc) are summed over the workers.
+TEST(StatsTest, RelayHandoverCountersAreSummed) {
+  WorkerStats a, b;
+  a.counters().relay_handovers.add(2);
+  b.counters().relay_handovers.inc();
+  b.counters().relay_handover_races.add(4);
+  a.counters().relay_kept_short.add(5);
+  b.counters().relay_kept_short.add(6);
+  a.counters().relay_kept_bulk.inc();
+  b.counters().relay_kept_raced.add(2);
+  const std::string text = renderPrometheus(aggregate({&a, &b}, ProcessSample{}));
+  for (const std::string& line : std::vector<std::string>{
+           "remora_relay_handovers_total 3",
+           "remora_relay_handover_races_total 4",
+           "remora_relay_kept_in_user_space_total{reason=\"short\"} 11",
+           "remora_relay_kept_in_user_space_total{reason=\"bulk\"} 1",
+           "remora_relay_kept_in_user_space_total{reason=\"raced\"} 2",
+           "# TYPE remora_relay_kept_in_user_space_total counter",
        }) {
     EXPECT_NE(text.find(line + "\n"), std::string::npos) << "missing: " << line << "\n" << text;
   }

@@ -159,8 +159,11 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
   app.add_option(
          "--relay", relay,
          "byte relay of pure L4 routes: kernel (sockmap, pinned by remora-init relay "
-         "install), uring (user space) or auto: kernel when it works here (default uring: the "
-         "kernel relay does not yet hold backpressure for a stalled reader)")
+         "install; every pair at connect), uring (user space) or auto: where the kernel relay "
+         "works here, a pair starts in user space and goes to the kernel after 3 exchanges "
+         "with no receive filling a buffer (short and bulk connections stay in user space); "
+         "else uring (default uring: the kernel relay does not yet hold backpressure for a "
+         "stalled reader)")
       ->envname("REMORA_RELAY");
   app.add_option("--relay-pin-dir", options.relay_pin_dir,
                  "where remora-init pinned the kernel relay's maps (/sys/fs/bpf/remora/relay)")

@@ -167,15 +167,30 @@ Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t lim
   // The peers entries come first, so no byte is passed to the proxy in between.
   const uint64_t client_value = static_cast<uint64_t>(client_fd);
   const uint64_t upstream_value = static_cast<uint64_t>(upstream_fd);
+  // Until the client's socket is in the sockhash too, a byte the upstream sends would be
+  // redirected to a peer that is not there: the redirect fails and the byte is dropped (a
+  // server that speaks first at connect, or a response while --relay auto hands a pair over
+  // mid-stream). A high SO_RCVLOWAT keeps the upstream's data-ready, which runs the verdict,
+  // from firing until the nudge below (tcp_data_ready; only memory pressure or a window under
+  // one MSS would run it earlier). Bytes arriving at the client's socket before its insertion
+  // wait in its queue for the same nudge.
+  constexpr int kHoldBytes = 256 << 10;
+  const int one = 1;
+  if (::setsockopt(upstream_fd, SOL_SOCKET, SO_RCVLOWAT, &kHoldBytes, sizeof(kHoldBytes)) != 0) {
+    auto error = errnoError("setsockopt(SO_RCVLOWAT) before the relay insertion");
+    detach(pair);
+    return error;
+  }
   if (bpf_map_update_elem(socks_, &pair.upstream_cookie, &upstream_value, BPF_NOEXIST) != 0 ||
       bpf_map_update_elem(socks_, &pair.client_cookie, &client_value, BPF_NOEXIST) != 0) {
     auto error = errnoError("relay sockhash update");
     detach(pair);
+    // The io_uring relay goes on with this socket: its readiness must not wait for the mark.
+    ::setsockopt(upstream_fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
     return error;
   }
   // Bytes that arrived before the insertion wait in the receive queue until the next
   // data-ready; setting SO_RCVLOWAT runs it now (tcp_set_rcvlowat), so they go out in order.
-  const int one = 1;
   for (int fd : {client_fd, upstream_fd}) {
     if (::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0) {
       auto error = errnoError("setsockopt(SO_RCVLOWAT) after the relay insertion");

@@ -7,6 +7,7 @@
 // them. remora-init (`remora-init relay install`) loads the program and pins its maps for the
 // proxy's uid; the proxy, without capabilities, opens the pins.
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -78,6 +79,56 @@ class RelayMaps {
   int socks_ = -1;
   int peers_ = -1;
   int counters_ = -1;
+};
+
+// `--relay auto` (docs/PROXY.md, "Kernel relay", "Adaptive hand-over"): whether a pair the
+// io_uring relay carries has shown that it is a long-lived request/response connection, which
+// the kernel relay serves best, and not a short or a bulk one, which it serves worse. Fed with
+// every receive that brought bytes; pure, so the rule is tested on its own.
+class HandoverRule {
+ public:
+  // Exchanges (bytes one way, then bytes the other way) before the hand-over. Three, because a
+  // connection with one or two requests (or a TLS 1.3 handshake and one request through the L4
+  // relay) would pay the hand-over's syscalls (about 30: map updates, TCP_INFO at the FINs)
+  // for one exchange or none in the kernel; one that reached a third is a pooled or kept-alive
+  // connection, where every further exchange is cheaper in the kernel.
+  static constexpr uint32_t kExchanges = 3;
+  // Hand-overs abandoned because a receive brought bytes while it was being cancelled, before
+  // the pair stays in user space for good (a pair that keeps racing rarely pauses). After each,
+  // the next try waits for one more exchange: a response arriving in pieces offers an idle
+  // point between pieces, and those would use the tries up within one exchange.
+  static constexpr uint32_t kMaxTries = 8;
+
+  // A receive of `bytes` (> 0) from one side into a provided buffer of `buffer_size` bytes.
+  void onReceive(bool from_client, size_t bytes, size_t buffer_size) {
+    // A full buffer: the sender had more than a buffer waiting, i.e. a bulk transfer, which the
+    // io_uring relay carries 3.6x faster. It also means the socket may still hold the rest of
+    // a partly read skb, which the sockmap would deliver again from its start (tcp_read_skb
+    // does not look at copied_seq); a receive that did not fill its buffer emptied the queue.
+    if (bytes >= buffer_size) bulk_ = true;
+    const int8_t side = from_client ? 1 : 0;
+    if (last_side_ >= 0 && side != last_side_) ++turns_;
+    last_side_ = side;
+  }
+  // A hand-over was abandoned (the race above).
+  void onRaced() {
+    ++tries_;
+    ready_turns_ = turns_ + 2;
+  }
+  // Turns of the conversation completed: client then upstream is one, and so on.
+  uint32_t exchanges() const { return (turns_ + 1) / 2; }
+  bool bulk() const { return bulk_; }
+  // This pair will never be handed over.
+  bool gaveUp() const { return bulk_ || tries_ >= kMaxTries; }
+  // Hand over now (at a point where nothing is queued or being sent).
+  bool ready() const { return !gaveUp() && exchanges() >= kExchanges && turns_ >= ready_turns_; }
+
+ private:
+  uint32_t turns_ = 0;     // changes of direction between receives that brought bytes
+  int8_t last_side_ = -1;  // the side of the last one: 1 client, 0 upstream, -1 none yet
+  bool bulk_ = false;
+  uint32_t tries_ = 0;
+  uint32_t ready_turns_ = 0;  // after a race: the turns that complete one more exchange
 };
 
 // Bytes the kernel has accepted for sending on a TCP socket: acknowledged plus still queued

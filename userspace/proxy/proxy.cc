@@ -78,6 +78,9 @@ WorkerSettings workerSettings(const routing::ProxySettings& s) {
   w.max_connections = s.max_connections;
   w.protocol_detection_timeout = s.protocol_detection_timeout;
   w.path_normalization = s.path_normalization;
+  // The maps come from resolveRelay; whether a pair waits for HandoverRule is the mode's.
+  auto relay = parseRelayMode(s.relay);
+  w.relay_adaptive = relay && *relay == RelayMode::kAuto;
   return w;
 }
 
@@ -895,6 +898,25 @@ nlohmann::json Control::configDump() const {
                 {"in_use", relay_in_use_},
                 {"pin_dir", options_.relay_pin_dir},
                 {"kernel_unavailable", relay_error_}};
+  // Where the kernel relay is in use: when a pair goes to it, and (auto) how many did or not.
+  if (relay_in_use_ == "kernel") {
+    auto mode = parseRelayMode(settings_.relay);
+    if (mode && *mode == RelayMode::kAuto) {
+      const WorkerTotals w = snapshot().workers;
+      j["relay"]["handover"] = {
+          {"when", fmt::format("after {} exchanges with no receive filling a buffer",
+                               HandoverRule::kExchanges)},
+          {"exchanges", HandoverRule::kExchanges},
+          {"max_tries", HandoverRule::kMaxTries},
+          {"handed_over", w.relay_handovers},
+          {"races", w.relay_handover_races},
+          {"kept_short", w.relay_kept_short},
+          {"kept_bulk", w.relay_kept_bulk},
+          {"kept_raced", w.relay_kept_raced}};
+    } else {
+      j["relay"]["handover"] = {{"when", "at connect"}};
+    }
+  }
   j["draining"] = draining_;
   j["route_table"] = table_ ? table_->toJson() : nlohmann::json();
   return j;

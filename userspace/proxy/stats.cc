@@ -176,6 +176,11 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.access_log_dropped += c.access_log_dropped.get();
     s.workers.relay_kernel += c.relay_kernel.get();
     s.workers.relay_attach_failures += c.relay_attach_failures.get();
+    s.workers.relay_handovers += c.relay_handovers.get();
+    s.workers.relay_handover_races += c.relay_handover_races.get();
+    s.workers.relay_kept_short += c.relay_kept_short.get();
+    s.workers.relay_kept_bulk += c.relay_kept_bulk.get();
+    s.workers.relay_kept_raced += c.relay_kept_raced.get();
     s.workers.http_sessions += c.http_sessions.get();
     s.workers.http_bad_requests += c.http_bad_requests.get();
     s.workers.http_pool_reused += c.http_pool_reused.get();
@@ -301,6 +306,23 @@ std::string renderPrometheus(const StatsSnapshot& s) {
   single(out, "remora_relay_attach_failures_total", "counter",
          "Connections the kernel relay refused, relayed in user space instead.",
          s.workers.relay_attach_failures);
+  single(out, "remora_relay_handovers_total", "counter",
+         "--relay auto: connections handed to the kernel relay after a few exchanges in user "
+         "space.",
+         s.workers.relay_handovers);
+  single(out, "remora_relay_handover_races_total", "counter",
+         "--relay auto: hand-overs put off because bytes arrived while the receives were "
+         "cancelled.",
+         s.workers.relay_handover_races);
+  header(out, "remora_relay_kept_in_user_space_total", "counter",
+         "--relay auto: closed connections the kernel relay could have carried that stayed in "
+         "the io_uring relay: short (closed before enough exchanges), bulk (a receive filled a "
+         "buffer), raced (out of hand-over tries).");
+  fmt::format_to(std::back_inserter(out),
+                 "remora_relay_kept_in_user_space_total{{reason=\"short\"}} {}\n"
+                 "remora_relay_kept_in_user_space_total{{reason=\"bulk\"}} {}\n"
+                 "remora_relay_kept_in_user_space_total{{reason=\"raced\"}} {}\n",
+                 s.workers.relay_kept_short, s.workers.relay_kept_bulk, s.workers.relay_kept_raced);
   return out;
 }
 

@@ -121,6 +121,15 @@ struct WorkerCounters {
   // Kernel relay (kernel_relay.h).
   Counter relay_kernel;           // connections handed to the kernel relay
   Counter relay_attach_failures;  // hand-overs the kernel refused: relayed in user space
+  // --relay auto (HandoverRule): pairs handed to the kernel mid-stream, hand-overs abandoned
+  // because a receive brought bytes while it was cancelled, and, at close, pairs that stayed in
+  // user space: closed before the rule said yes (short), a receive filled a buffer (bulk), or
+  // out of tries (raced).
+  Counter relay_handovers;
+  Counter relay_handover_races;
+  Counter relay_kept_short;
+  Counter relay_kept_bulk;
+  Counter relay_kept_raced;
   // L7 (http_proxy.h).
   Counter http_sessions;          // client connections handled as HTTP
   Counter http_bad_requests;      // answered 400/431 (and closed) by the codec's verdict
@@ -255,6 +264,8 @@ struct WorkerTotals {
            timeout_half_close = 0, timeout_max_duration = 0, resets_from_client = 0,
            resets_from_upstream = 0, resets_sent = 0, accept_paused = 0, access_log_dropped = 0;
   uint64_t relay_kernel = 0, relay_attach_failures = 0;
+  uint64_t relay_handovers = 0, relay_handover_races = 0, relay_kept_short = 0, relay_kept_bulk = 0,
+           relay_kept_raced = 0;
   uint64_t http_sessions = 0, http_bad_requests = 0, http_pool_reused = 0,
            http_reset_race_retry = 0, http_retries = 0, http_streamed_requests = 0,
            http_lingering_closes = 0;

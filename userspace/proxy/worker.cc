@@ -268,10 +268,11 @@ void Worker::onCompletion(const Completion& c) {
       onConnect(slot, c);
       break;
     case Op::kRecvClient:
-      onRecv(slot, true, c);
-      break;
     case Op::kRecvUpstream:
-      onRecv(slot, false, c);
+      onRecv(slot, op == Op::kRecvClient, c);
+      // --relay auto: a receive cancelled for the hand-over to the kernel (or one that won
+      // the race with its cancel and was relayed above).
+      if (conn.handover_pending) onHandoverRecv(slot, c);
       break;
     case Op::kSendUpstream:
       onSend(slot, false, c);
@@ -293,7 +294,7 @@ void Worker::onCompletion(const Completion& c) {
     case Op::kShutClient:
       onShutdown(slot, true, c);
       break;
-    default:  // kCancelRecv, kCloseFailed, kTeardown: only the in-flight count matters
+    default:  // kCancelRecv, kCloseFailed, kTeardown, kHandoverCancel: only the in-flight count
       break;
   }
   maybeFree(slot);
@@ -382,6 +383,11 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
   conn.tls.reset();
   conn.sniffed_http = sniffed != nullptr && sniffed->verdict == Sniffed::Verdict::kHttp;
   conn.keepalive_pending = false;
+  conn.adaptive = false;
+  conn.handover = HandoverRule{};
+  conn.handover_pending = false;
+  conn.handover_raced = false;
+  conn.relay_user_written[0] = conn.relay_user_written[1] = 0;
   ++active_;
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
@@ -568,7 +574,7 @@ void Worker::onConnect(uint32_t slot, const Completion& c) {
     conn.counted_open = true;
     counters->received_bytes.add(conn.uncounted_received);
     conn.uncounted_received = 0;
-    if (conn.request.queued() == 0 && handToKernel(slot)) return;
+    if (handToKernel(slot)) return;
     maybeArmRecv(slot, true);
     maybeArmRecv(slot, false);
     // The sniffed bytes; over originated TLS they go inside it (tlsConnected).
@@ -605,7 +611,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
   if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved || d.paused) return;
-  if (tlsHoldsReceive(conn, from_client)) return;
+  if (tlsHoldsReceive(conn, from_client) || conn.handover_pending) return;
   // One-shot: each receive is a decision, so a direction never holds more than its limit plus
   // one buffer, and backpressure needs no cancel.
   ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,
@@ -665,6 +671,7 @@ void Worker::onRecv(uint32_t slot, bool from_client, const Completion& c) {
       return;
     }
     if (conn.tls && tlsReceive(slot, from_client, c)) return;
+    if (conn.adaptive) noteReceive(slot, from_client, c);
     takeChunk(d, c);
     conn.last_activity = now_;
     if (from_client) {
@@ -798,6 +805,7 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
   if (d.paused && d.queued_bytes <= settings_.buffer_limit / 2) d.paused = false;
   pump(slot, !to_client);
   maybeArmRecv(slot, !to_client);
+  if (conn.adaptive) maybeHandOver(slot);  // --relay auto: an idle point
 }
 
 void Worker::onPeerReset(uint32_t slot, bool client_side) {
@@ -868,6 +876,7 @@ void Worker::closeSocket(uint32_t slot, bool client_side, bool reset) {
 void Worker::closeConnection(uint32_t slot, const char* outcome, bool reset) {
   Connection& conn = slots_[slot];
   if (conn.state == State::kClosing || conn.state == State::kFree) return;
+  countKeptInUserSpace(conn);
   if (conn.relay_maps) finishKernelRelay(slot);  // also a pair handed back to user space
   // A clean close must never pass for the end of data that did not make it.
   if (conn.request.queued() > 0 || conn.response.queued() > 0) reset = true;

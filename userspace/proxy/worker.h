@@ -56,6 +56,9 @@ struct WorkerSettings {
   size_t max_connections = 0;
   // The kernel relay (kernel_relay.h) for connected TCP routes; null: the io_uring relay.
   std::shared_ptr<const RelayMaps> kernel_relay;
+  // --relay auto: a pair starts in the io_uring relay and goes to the kernel relay once
+  // HandoverRule says so; otherwise (--relay kernel) at connect.
+  bool relay_adaptive = false;
   // How long a connection to a port with no declared protocol waits for the client's first
   // bytes before it is relayed as TCP (Istio's protocolDetectionTimeout).
   std::chrono::milliseconds protocol_detection_timeout = Sniffer::kDefaultTimeout;
@@ -94,6 +97,7 @@ enum class Op : uint8_t {
   kRelayPollClient,    // FIN/RST watch on the client socket
   kRelayPollUpstream,  // FIN/RST watch on the upstream socket
   kRelayDrain,         // timer while a FIN waits for redirected bytes to go out
+  kHandoverCancel,     // --relay auto: cancel of a receive before the hand-over to the kernel
 };
 
 class Worker final : public loop::CompletionHandler {
@@ -218,7 +222,15 @@ class Worker final : public loop::CompletionHandler {
     bool relay_poll[2] = {false, false};  // [0] client, [1] upstream
     bool relay_drain_armed = false;
     std::chrono::milliseconds relay_drain_wait{0};
-    uint64_t relay_seen_bytes = 0;       // both directions' redirected bytes at the last idle check
+    uint64_t relay_seen_bytes = 0;  // both directions' redirected bytes at the last idle check
+    // Bytes the io_uring relay wrote to the upstream [0] and to the client [1] before the pair
+    // went to the kernel (--relay auto hands it over mid-stream): TCP's counters include them.
+    uint64_t relay_user_written[2] = {0, 0};
+    // --relay auto: the pair may go to the kernel later (worker_kernel_relay.cc, maybeHandOver).
+    bool adaptive = false;
+    bool handover_pending = false;  // its receives are being cancelled for the hand-over
+    bool handover_raced = false;    // one of them brought bytes instead: not this time
+    HandoverRule handover;
     std::unique_ptr<TlsConnection> tls;  // mTLS and authorization state (tls_worker.cc)
     // The upstream socket was made without TCP keepalive: the next sweep gives it.
     bool keepalive_pending = false;
@@ -313,8 +325,24 @@ class Worker final : public loop::CompletionHandler {
   void pushAccess(const AccessLine& line);
   // A connection the sniffer closed before a verdict: its access-log line.
   void onSniffClosed(const SniffClosed& closed);
-  // Kernel relay (worker_kernel_relay.cc). handToKernel: true when the pair went to the kernel.
+  // Kernel relay (worker_kernel_relay.cc). handToKernel, at connect: true when the pair went to
+  // the kernel (--relay kernel); under --relay auto it only marks the pair for maybeHandOver.
   bool handToKernel(uint32_t slot);
+  // A pure L4 pair the kernel relay may carry (no TLS, no L7 port).
+  static bool kernelRelayEligible(const Connection& conn);
+  // Puts the pair into the relay's maps; false (the io_uring relay keeps it) when refused.
+  bool enterKernelRelay(uint32_t slot);
+  // --relay auto: a receive that brought bytes, for the hand-over rule.
+  void noteReceive(uint32_t slot, bool from_client, const loop::Completion& c);
+  // --relay auto, at an idle point (a send completed): when HandoverRule says so, cancels the
+  // armed receives; onHandoverRecv takes their completions and finishHandOver hands over.
+  void maybeHandOver(uint32_t slot);
+  void onHandoverRecv(uint32_t slot, const loop::Completion& c);
+  void finishHandOver(uint32_t slot);
+  // Nothing queued or being sent either way, no FIN seen: the kernel can take over here.
+  static bool idleForHandOver(const Connection& conn);
+  // At close: why a pair --relay auto could have handed over stayed in user space.
+  void countKeptInUserSpace(const Connection& conn);
   void armRelayPoll(uint32_t slot, bool client_side);
   void onRelayPoll(uint32_t slot, bool client_side, const loop::Completion& c);
   // Shuts the write side of a socket whose peer sent FIN once every redirected byte reached

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <thread>
 
 #include "proxy/worker.h"
 
@@ -44,27 +45,44 @@ int socketError(int fd) {
 
 }  // namespace
 
-bool Worker::handToKernel(uint32_t slot) {
-  Connection& conn = slots_[slot];
-  const std::shared_ptr<const RelayMaps>& maps = settings_.kernel_relay;
-  if (!maps) return false;
+bool Worker::kernelRelayEligible(const Connection& conn) {
   // TLS (origination, termination or the authorization that waits for the handshake) needs the
   // bytes in user space.
   if (conn.tls) return false;
   // Pure L4 only: a port Istio serves as HTTP (or gRPC, TLS...) stays in user space, where the
   // L7 engine reads it.
   // "auto" (no protocol declared) is L4 too while it has no per-request routes to sniff for.
-  if (conn.decision.kind == routing::RouteDecision::Kind::kService &&
+  return !(
+      conn.decision.kind == routing::RouteDecision::Kind::kService &&
       conn.decision.service != nullptr && conn.decision.service->protocol != "TCP" &&
-      !(conn.decision.service->protocol == "auto" && conn.decision.service->http_routes.empty())) {
+      !(conn.decision.service->protocol == "auto" && conn.decision.service->http_routes.empty()));
+}
+
+bool Worker::handToKernel(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  if (!settings_.kernel_relay || !kernelRelayEligible(conn)) return false;
+  if (settings_.relay_adaptive) {
+    // --relay auto: the io_uring relay starts; maybeHandOver decides once the pair has shown
+    // what it is, so a short connection never pays the hand-over.
+    conn.adaptive = true;
     return false;
   }
-  // Nothing has been read from either socket yet (receives are armed after this), so nothing
-  // is queued here: whatever the client already sent waits in its socket for the kernel.
+  // At connect only with nothing queued here (bytes the sniffer read wait in user space).
+  if (conn.request.queued() > 0) return false;
+  return enterKernelRelay(slot);
+}
+
+bool Worker::enterKernelRelay(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  const std::shared_ptr<const RelayMaps>& maps = settings_.kernel_relay;
+  // Nothing is queued in user space and no receive is armed (at connect none was yet; mid-stream
+  // finishHandOver saw each cancelled): whatever either side already sent waits in its socket
+  // for the kernel (attach's SO_RCVLOWAT nudge).
   auto pair = maps->attach(conn.client_fd, conn.upstream_fd, kRedirectQueueLimit);
   if (!pair) {
     // A client that sent a few bytes and its FIN before the handover (a tiny upload) has left
     // ESTABLISHED, so the sockhash refuses it: not a failure, the io_uring relay carries it.
+    // Mid-stream, a FIN or RST that arrived since the last receive is the same case.
     if (!established(conn.client_fd) || !established(conn.upstream_fd)) return false;
     stats_.counters().relay_attach_failures.inc();
     static std::atomic<bool> warned{false};
@@ -80,11 +98,94 @@ bool Worker::handToKernel(uint32_t slot) {
   conn.relay_maps = maps;
   conn.relay_drain_wait = std::chrono::milliseconds(0);
   conn.relay_seen_bytes = 0;
+  // Every byte received so far was sent on (nothing is queued): request_bytes went upstream,
+  // response_bytes to the client.
+  conn.relay_user_written[0] = conn.request_bytes;
+  conn.relay_user_written[1] = conn.response_bytes;
   conn.state = State::kKernel;
   stats_.counters().relay_kernel.inc();
   armRelayPoll(slot, true);
   armRelayPoll(slot, false);
   return true;
+}
+
+void Worker::noteReceive(uint32_t slot, bool from_client, const loop::Completion& c) {
+  Connection& conn = slots_[slot];
+  conn.handover.onReceive(from_client, static_cast<size_t>(c.res),
+                          ring_.buffer(c.bufferId()).size());
+}
+
+bool Worker::idleForHandOver(const Connection& conn) {
+  for (const Direction* d : {&conn.request, &conn.response}) {
+    // A FIN seen (or sent) stays with the io_uring relay, which already acts on it.
+    if (d->queued() > 0 || d->send_in_flight || d->eof || d->shut_sent || d->paused || d->starved) {
+      return false;
+    }
+  }
+  return conn.state == State::kRelaying;
+}
+
+void Worker::maybeHandOver(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  if (!conn.adaptive || conn.handover_pending || !conn.handover.ready()) return;
+  // A reload to --relay uring: the pair stays where it is.
+  if (!settings_.kernel_relay || !settings_.relay_adaptive) return;
+  if (!idleForHandOver(conn)) return;
+  // A one-shot receive may be armed on each side: it must be gone, and seen gone, before the
+  // sockets go into the sockhash, or it would take bytes the kernel should redirect.
+  conn.handover_pending = true;
+  conn.handover_raced = false;
+  bool armed = false;
+  for (bool from_client : {true, false}) {
+    if (!(from_client ? conn.request : conn.response).recv_armed) continue;
+    ring_.cancel(target(from_client ? Op::kRecvClient : Op::kRecvUpstream, slot),
+                 track(Op::kHandoverCancel, slot));
+    armed = true;
+  }
+  if (!armed) finishHandOver(slot);
+}
+
+void Worker::onHandoverRecv(uint32_t slot, const loop::Completion& c) {
+  Connection& conn = slots_[slot];
+  // Bytes (or a FIN, or an error) won the race against the cancel: onRecv relayed them as
+  // usual; the hand-over waits for the next idle point.
+  if (c.res != -ECANCELED) conn.handover_raced = true;
+  if (conn.request.recv_armed || conn.response.recv_armed) return;  // the other one first
+  finishHandOver(slot);
+}
+
+void Worker::finishHandOver(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  conn.handover_pending = false;
+  if (conn.state != State::kRelaying) return;  // closed or reset meanwhile
+  if (conn.handover_raced || !idleForHandOver(conn)) {
+    stats_.counters().relay_handover_races.inc();
+    conn.handover.onRaced();
+  } else {
+    // Test hook (REMORA_URING_AB=handover-delay): bytes sent now reach the sockets' receive
+    // queues with no receive armed, as in the narrow window of a real race, so a test can check
+    // that attach's SO_RCVLOWAT nudge moves them.
+    static const bool delay = loop::uringAbSwitch("handover-delay");
+    if (delay) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (enterKernelRelay(slot)) {
+      stats_.counters().relay_handovers.inc();
+      return;
+    }
+    conn.adaptive = false;  // refused (a FIN or RST arrived, or a full map): stays here
+  }
+  maybeArmRecv(slot, true);
+  maybeArmRecv(slot, false);
+}
+
+void Worker::countKeptInUserSpace(const Connection& conn) {
+  if (!conn.adaptive || conn.relay_maps) return;
+  if (conn.handover.bulk()) {
+    stats_.counters().relay_kept_bulk.inc();
+  } else if (conn.handover.gaveUp()) {
+    stats_.counters().relay_kept_raced.inc();
+  } else {
+    stats_.counters().relay_kept_short.inc();
+  }
 }
 
 void Worker::armRelayPoll(uint32_t slot, bool client_side) {
@@ -152,7 +253,10 @@ void Worker::relayProgress(uint32_t slot) {
     const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
     const uint64_t cookie = from_client ? conn.relay.client_cookie : conn.relay.upstream_cookie;
     // The FIN must not overtake bytes the kernel redirected but has not yet queued on the peer.
-    if (tcpBytesWritten(to_fd, /*connected=*/from_client) < conn.relay_maps->redirected(cookie)) {
+    // TCP's count includes what the io_uring relay wrote before a mid-stream hand-over.
+    const uint64_t before = conn.relay_user_written[from_client ? 0 : 1];
+    if (tcpBytesWritten(to_fd, /*connected=*/from_client) <
+        before + conn.relay_maps->redirected(cookie)) {
       waiting = true;
       continue;
     }
@@ -182,8 +286,10 @@ bool Worker::handBackToUring(uint32_t slot) {
   // itself. Counting the redirects twice around the check catches one still being counted.
   const uint64_t from_client = maps.redirected(conn.relay.client_cookie);
   const uint64_t from_upstream = maps.redirected(conn.relay.upstream_cookie);
-  if (tcpBytesWritten(conn.upstream_fd, /*connected=*/true) < from_client ||
-      tcpBytesWritten(conn.client_fd, /*connected=*/false) < from_upstream ||
+  if (tcpBytesWritten(conn.upstream_fd, /*connected=*/true) <
+          conn.relay_user_written[0] + from_client ||
+      tcpBytesWritten(conn.client_fd, /*connected=*/false) <
+          conn.relay_user_written[1] + from_upstream ||
       maps.redirected(conn.relay.client_cookie) != from_client ||
       maps.redirected(conn.relay.upstream_cookie) != from_upstream) {
     return false;
