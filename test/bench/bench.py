@@ -34,7 +34,8 @@ PROFILES = {
 }
 
 TUNING = [
-    "Each pod netns: `net.ipv4.ip_local_port_range=1024 65000`, `net.ipv4.tcp_tw_reuse=1`, "
+    "Each pod netns: `net.ipv4.ip_local_port_range=1024 65000` with the mesh's ports "
+    "reserved (`net.ipv4.ip_local_reserved_ports=15000-15090`), `net.ipv4.tcp_tw_reuse=1`, "
     "`net.core.somaxconn=4096`, `net.netfilter.nf_conntrack_tcp_timeout_time_wait=5` (tens of "
     "thousands of short connections per run without running out of ports or conntrack entries).",
     "Backends (test/bench/nginx-backend.conf): 1 worker, `keepalive_requests 1000000` (so "

@@ -197,8 +197,12 @@ class World:
         self.ns_exec(ns, ["ip", "link", "set", "eth0", "up"])
         self.ns_exec(ns, ["ip", "route", "add", "default", "via", self.NODE_IP])
         # Same for every setup (docs/BENCHMARKS.md, "Tuning"): room for tens of thousands of
-        # short connections per run without port or conntrack exhaustion.
+        # short connections per run without port or conntrack exhaustion. The widened range
+        # covers the proxies' own ports (15000-15090), so those are reserved: a client or
+        # upstream connection that took 15006 as its source port made the next proxy's listen
+        # fail with EADDRINUSE (seen as "no listener on 15001" in run 3 of two L4 runs).
         self.ns_exec(ns, ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000",
+                          "net.ipv4.ip_local_reserved_ports=15000-15090",
                           "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=4096"])
         self.ns_exec(ns, ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=5"],
                      check=False)

@@ -849,13 +849,25 @@ TEST_F(KernelRelay, AutoHandedOverPairHalfClosesAfterItsBytes) {
   ASSERT_TRUE(closedAll());
 }
 
-TEST_F(KernelRelay, AutoHandedOverPairPassesTheUpstreamsResetOn) {
-  startProxy("auto");
-  int fd = dial('Q');
-  ASSERT_GE(fd, 0);
-  for (int i = 0; i < kHandoverExchanges; ++i) ASSERT_TRUE(request(fd, 1000));
-  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }));
-  ASSERT_TRUE(request(fd, 1000));  // through the kernel
+// The reset tests' start: `--relay auto`, one request/response connection handed over after
+// its exchanges, and one more request through the kernel. -1 when any step failed.
+class KernelRelayAuto : public KernelRelay {
+ protected:
+  int handedOverPair() {
+    startProxy("auto");
+    int fd = dial('Q');
+    if (fd < 0) return -1;
+    for (int i = 0; i < kHandoverExchanges; ++i) {
+      if (!request(fd, 1000)) return -1;
+    }
+    if (!waitFor([&] { return metric("remora_relay_handovers_total") == 1; })) return -1;
+    return request(fd, 1000) ? fd : -1;
+  }
+};
+
+TEST_F(KernelRelayAuto, HandedOverPairPassesTheUpstreamsResetOn) {
+  const int fd = handedOverPair();
+  ASSERT_GE(fd, 0) << (proxy_ ? proxy_->output() : "no proxy");
   ASSERT_TRUE(writeU64(fd, kResetRequest));
   char c = 0;
   errno = 0;
@@ -865,13 +877,9 @@ TEST_F(KernelRelay, AutoHandedOverPairPassesTheUpstreamsResetOn) {
   EXPECT_EQ(metric("remora_relay_handovers_total"), 1);
 }
 
-TEST_F(KernelRelay, AutoHandedOverPairPassesTheClientsResetOn) {
-  startProxy("auto");
-  int fd = dial('Q');
-  ASSERT_GE(fd, 0);
-  for (int i = 0; i < kHandoverExchanges; ++i) ASSERT_TRUE(request(fd, 1000));
-  ASSERT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }));
-  ASSERT_TRUE(request(fd, 1000));
+TEST_F(KernelRelayAuto, HandedOverPairPassesTheClientsResetOn) {
+  const int fd = handedOverPair();
+  ASSERT_GE(fd, 0) << (proxy_ ? proxy_->output() : "no proxy");
   linger l{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
   ::close(fd);
