@@ -388,6 +388,17 @@ class KernelRelay : public ::testing::Test {
     ::close(meta);
   }
 
+  // Resets the client's connection (SO_LINGER {1,0}, close) and expects the backend's end of
+  // it to see the reset.
+  void resetAndExpectTheBackendReset(int fd) {
+    linger l{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    ::close(fd);
+    fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
+    EXPECT_TRUE(waitFor([&] { return backend_->last_errno.load() != 0; }));
+    EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
+  }
+
   long proxyRssKiB() {
     std::istringstream in(readWholeFile(fmt::format("/proc/{}/status", proxy_->pid())));
     std::string line;
@@ -507,12 +518,7 @@ TEST_F(KernelRelay, ClientResetReachesTheUpstreamAsConnectionReset) {
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(sendAll(fd, "some"));
   std::this_thread::sleep_for(milliseconds(100));
-  linger l{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-  ::close(fd);
-  fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
-  EXPECT_TRUE(waitFor([&] { return backend_->last_errno.load() != 0; }));
-  EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
+  resetAndExpectTheBackendReset(fd);
 }
 
 // A client that stops reading an endless stream. The proxy's own memory stays bounded; the stream
@@ -880,12 +886,7 @@ TEST_F(KernelRelayAuto, HandedOverPairPassesTheUpstreamsResetOn) {
 TEST_F(KernelRelayAuto, HandedOverPairPassesTheClientsResetOn) {
   const int fd = handedOverPair();
   ASSERT_GE(fd, 0) << (proxy_ ? proxy_->output() : "no proxy");
-  linger l{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-  ::close(fd);
-  fds_.erase(std::remove(fds_.begin(), fds_.end(), fd), fds_.end());
-  EXPECT_TRUE(waitFor([&] { return backend_->last_errno.load() != 0; }));
-  EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
+  resetAndExpectTheBackendReset(fd);
   ASSERT_TRUE(closedAll());
 }
 
