@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Kernel relay for pure L4 routes (docs/PROXY.md, "Kernel relay"). The proxy puts both sockets
- * of a connected pair into relay_socks (key: socket cookie) and names each one's peer in
- * relay_peers; this verdict program then sends every skb a socket receives to its peer's egress,
- * so the bytes never cross into user space. The proxy keeps the sockets: it watches them for
- * FIN/RST and closes them. remora-init loads this object, attaches the program to relay_socks and
- * pins the maps for the proxy's uid; relay_meta records which build it is, so that another
- * build's install replaces the program in place. */
+ * of a connected pair into relay_targets and relay_socks (key: socket cookie) and names each
+ * one's peer in relay_peers; this verdict program then sends every skb a socket receives to its
+ * peer's egress, so the bytes never cross into user space. The proxy keeps the sockets: it
+ * watches them for FIN/RST and closes them. remora-init loads this object, attaches the program
+ * to relay_socks and pins the maps for the proxy's uid; relay_meta records which build it is, so
+ * that another build's install replaces the program in place.
+ *
+ * Why two sockhashes: leaving relay_socks stops a socket's verdict (its bytes stay in its own
+ * receive queue, where TCP's window accounts for them), while relay_targets keeps its psock, so
+ * the bytes already redirected to it are still written out, and it stays a redirect target.
+ * Leaving every sockmap would drop those bytes. That is how the proxy takes a pair whose reader
+ * fell behind off the kernel path without losing a byte ("Backpressure" below). */
 // clang-format off
 #include "vmlinux.h"  // first: the kernel types every other header uses
 // clang-format on
@@ -23,12 +29,26 @@ struct {
   __type(value, __u64);
 } relay_socks SEC(".maps");
 
+/* The same sockets with no program attached: what redirects go to (see above). */
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, REMORA_RELAY_MAX_SOCKETS);
+  __type(key, __u64);
+  __type(value, __u64);
+} relay_targets SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, REMORA_RELAY_MAX_SOCKETS);
   __type(key, __u64);
   __type(value, struct remora_relay_peer);
 } relay_peers SEC(".maps");
+
+/* Pairs whose reader fell behind (struct remora_relay_event), for the proxy, which polls it. */
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, REMORA_RELAY_EVENTS_BYTES);
+} relay_events SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -54,7 +74,7 @@ static __always_inline void count(__u32 index, __u64 by) {
  * psock queue, which has no bound of its own. The peer's write_seq moves as its socket takes
  * them (nothing else writes to a relayed socket). -1: the peer is gone. */
 static __always_inline long peerBacklog(struct remora_relay_peer* peer) {
-  struct bpf_sock* sk = bpf_map_lookup_elem(&relay_socks, &peer->peer_cookie);
+  struct bpf_sock* sk = bpf_map_lookup_elem(&relay_targets, &peer->peer_cookie);
   if (!sk) return -1;
   struct tcp_sock* tp = bpf_skc_to_tcp_sock(sk);
   __u32 write_seq = tp ? tp->write_seq : 0;
@@ -84,28 +104,27 @@ int remora_relay_verdict(struct __sk_buff* skb) {
    * FIN already, and the proxy propagates it. */
   if (len == 0) return SK_DROP;
   /* Backpressure. A redirected skb no longer counts against this socket's receive buffer, so
-   * TCP would keep the sender's window open however slowly the peer reads. Once the peer's
-   * queue holds more than the limit, the pair leaves the kernel path for good: every later skb
-   * of either socket stays with it (SK_PASS charges it to the socket, so the window closes),
-   * and the proxy relays the pair itself once the queued bytes have gone out. Both directions
-   * switch at once, so no byte is redirected after a byte of the same direction was kept. */
-  if (peer->pass) {
-    count(REMORA_RC_PASSED_SKBS, 1);
-    return SK_PASS;
+   * TCP would keep the sender's window open however slowly the peer reads, and the peer's
+   * redirect queue would grow without bound. Once it holds more than the limit, the proxy is
+   * told (once per direction) and takes the pair out of relay_socks: from then on the bytes
+   * stay in this socket's receive queue and TCP's window closes. This skb and any before the
+   * proxy acts are still redirected: every verdict this program can give short of a redirect
+   * would drop bytes TCP has acknowledged, or keep them on the sockmap's own receive path. A
+   * limit of 0 turns this off (one sockhash lookup per skb saved). */
+  if (peer->limit && !peer->over && peerBacklog(peer) > (long)peer->limit) {
+    struct remora_relay_event event = {cookie, peer->owner, peer->slot};
+    if (bpf_ringbuf_output(&relay_events, &event, sizeof(event), 0) == 0) {
+      /* A plain store: one verdict at a time per socket, and the flag only goes 0 -> 1. */
+      peer->over = 1;
+      count(REMORA_RC_PAIRS_OVER, 1);
+    } else {
+      count(REMORA_RC_EVENTS_LOST, 1);
+    }
   }
-  /* A limit of 0 turns the switch off (the proxy's choice, see worker_kernel_relay.cc). */
-  long backlog = peer->limit ? peerBacklog(peer) : 0;
-  if (peer->limit && backlog > (long)peer->limit) {
-    /* Plain stores: each field has one writer per value (this program, one verdict at a time
-     * per socket), and the flag only ever goes from 0 to 1. */
-    peer->pass = 1;
-    struct remora_relay_peer* back = bpf_map_lookup_elem(&relay_peers, &peer->peer_cookie);
-    if (back) back->pass = 1;
-    count(REMORA_RC_PAIRS_PASSED, 1);
-    count(REMORA_RC_PASSED_SKBS, 1);
-    return SK_PASS;
-  }
-  long verdict = bpf_sk_redirect_hash(skb, &relay_socks, &peer->peer_cookie, 0);
+  long verdict = bpf_sk_redirect_hash(skb, &relay_targets, &peer->peer_cookie, 0);
+  /* A pair inserted by another build's proxy, before an upgrade in place, is in relay_socks
+   * alone. */
+  if (verdict != SK_PASS) verdict = bpf_sk_redirect_hash(skb, &relay_socks, &peer->peer_cookie, 0);
   if (verdict != SK_PASS) {
     count(REMORA_RC_REDIRECT_FAILED, 1);
     return SK_DROP;

@@ -171,8 +171,9 @@ struct remora_pair_key {
 
 /* ---- Kernel relay (bpf/relay.bpf.c, userspace/proxy/kernel_relay.cc) ----
  * The proxy hands a connected (client, upstream) socket pair to the kernel: both sockets go into
- * the sockhash keyed by their socket cookie, and each cookie's peers entry names the other one;
- * the sk_skb verdict program redirects every received skb to the peer's egress. */
+ * the two sockhashes keyed by their socket cookie (socks, with the verdict program attached, and
+ * targets, with none), and each cookie's peers entry names the other one; the sk_skb verdict
+ * program redirects every received skb to the peer's egress. */
 /* Relayed sockets one pod's proxy can hold (two per connection). */
 #define REMORA_RELAY_MAX_SOCKETS 65536
 
@@ -180,13 +181,24 @@ struct remora_pair_key {
 struct remora_relay_peer {
   __u64 peer_cookie; /* key of the socket its bytes go to */
   __u64 bytes;       /* bytes redirected to the peer (updated by the program) */
-  __u32 limit;       /* bytes the peer's redirect queue may hold before the pair goes to the
-                      * proxy (set by the proxy: its buffer limit) */
+  __u32 limit;       /* bytes the peer's redirect queue may hold before the proxy is told to
+                      * take the pair off the kernel path (set by the proxy; 0: never) */
   __u32 seq_base;    /* the peer's write_seq at the first redirect (set by the program) */
   __u32 based;       /* seq_base is set (set by the program) */
-  __u32 pass;        /* the pair left the kernel path: every skb stays with its socket (charged,
-                      * so TCP's window closes) for the proxy (set by the program, never unset) */
+  __u32 over;        /* the limit was passed and the proxy told (set by the program, once) */
+  __u32 owner;       /* the proxy's worker that relays the pair (set by the proxy) */
+  __u32 slot;        /* the pair's connection slot in that worker (set by the proxy) */
 };
+
+/* A record of the relay's ring buffer: a pair whose reader fell behind. The proxy's worker
+ * `owner` takes the pair with that socket off the kernel path. */
+struct remora_relay_event {
+  __u64 cookie; /* the socket whose bytes wait in its peer's redirect queue */
+  __u32 owner;
+  __u32 slot;
+};
+/* Bytes of the ring buffer (a power of two, at least a page): room for 4096 records. */
+#define REMORA_RELAY_EVENTS_BYTES (64 * 1024)
 
 /* Which build's verdict program is attached to the sockhash (the relay's meta map, one entry at
  * key 0), written by the `remora-init relay install` that attached it. An install from another
@@ -200,9 +212,9 @@ enum remora_relay_counter {
   REMORA_RC_REDIRECTED_BYTES = 0, /* bytes redirected to a peer */
   REMORA_RC_REDIRECTED_SKBS,      /* skbs redirected to a peer */
   REMORA_RC_NO_PEER,              /* skb of a socket with no peers entry: passed to its owner */
-  REMORA_RC_REDIRECT_FAILED,      /* the peer is not in the sockhash: dropped */
-  REMORA_RC_PAIRS_PASSED,         /* pairs whose redirect queue passed its limit */
-  REMORA_RC_PASSED_SKBS, /* skbs kept by their socket for the proxy (REMORA_RELAY_F_PASS) */
+  REMORA_RC_REDIRECT_FAILED,      /* the peer is in neither sockhash: dropped */
+  REMORA_RC_PAIRS_OVER,           /* pairs whose redirect queue passed its limit (proxy told) */
+  REMORA_RC_EVENTS_LOST,          /* ... but the ring buffer was full: told at the next skb */
   REMORA_RC_MAX
 };
 

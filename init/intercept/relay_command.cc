@@ -35,20 +35,24 @@ using ebpf::Fd;
 constexpr const char* kSocksPin = "socks";
 constexpr const char* kPeersPin = "peers";
 constexpr const char* kCountersPin = "counters";
+constexpr const char* kTargetsPin = "targets";
+constexpr const char* kEventsPin = "events";
 constexpr const char* kProgPin = "prog_verdict";
-constexpr std::array<const char*, 3> kProxyMapPins{kSocksPin, kPeersPin, kCountersPin};
+constexpr std::array<const char*, 5> kProxyMapPins{kSocksPin, kPeersPin, kCountersPin, kTargetsPin,
+                                                   kEventsPin};
 // Which build's program is attached (struct remora_relay_meta); remora-init's alone.
 constexpr const char* kMetaPin = "meta";
 // An upgrade pins the new program here and renames it over kProgPin (bpffs refuses a '.').
 constexpr const char* kProgStagingPin = "prog_verdict_new";
 // Every map, in skeletonMaps' order.
-constexpr std::array<const char*, 4> kMapPins{kSocksPin, kPeersPin, kCountersPin, kMetaPin};
+constexpr std::array<const char*, 6> kMapPins{kSocksPin, kPeersPin,   kCountersPin,
+                                              kMetaPin,  kTargetsPin, kEventsPin};
 
 std::string pinOf(const std::string& dir, const char* name) { return dir + "/" + name; }
 
 std::vector<bpf_map*> skeletonMaps(const relay_bpf* skel) {
-  return {skel->maps.relay_socks, skel->maps.relay_peers, skel->maps.relay_counters,
-          skel->maps.relay_meta};
+  return {skel->maps.relay_socks, skel->maps.relay_peers,   skel->maps.relay_counters,
+          skel->maps.relay_meta,  skel->maps.relay_targets, skel->maps.relay_events};
 }
 
 std::vector<std::string> mapPins(const std::string& dir) {
@@ -284,8 +288,8 @@ Result<RelayInstallReport> installRelay(const std::string& pin_dir, uint32_t uid
 
 Result<void> uninstallRelay(const std::string& pin_dir) {
   Result<void> result;
-  for (const char* name :
-       {kSocksPin, kPeersPin, kCountersPin, kMetaPin, kProgPin, kProgStagingPin}) {
+  for (const char* name : {kSocksPin, kPeersPin, kCountersPin, kMetaPin, kTargetsPin, kEventsPin,
+                           kProgPin, kProgStagingPin}) {
     const std::string path = pinOf(pin_dir, name);
     if (::unlink(path.c_str()) != 0 && errno != ENOENT && result) {
       result = errnoError(fmt::format("unlink {}", path));

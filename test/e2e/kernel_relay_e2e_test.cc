@@ -132,8 +132,10 @@ std::string receivePattern(int fd, uint64_t size, uint64_t from = 0) {
 //   'S' streams the pattern until the connection fails (streamed);
 //   'E' echo until EOF, then FIN (last_errno: a failed read's errno);
 //   'Q' requests: each 8-byte size asks for that many pattern bytes (offsets from 0);
-//       kResetRequest resets the connection (last_errno: a failed read's errno).
+//       kResetRequest resets the connection (last_errno: a failed read's errno);
+//       kStreamRequest streams the pattern from offset 0 as 'S' does.
 constexpr uint64_t kResetRequest = ~uint64_t{0};
+constexpr uint64_t kStreamRequest = ~uint64_t{1};
 
 class Backend {
  public:
@@ -183,15 +185,9 @@ class Backend {
         last_errno = n < 0 ? errno : 0;
         break;
       }
-      case 'S': {
-        std::vector<char> block(1 << 16);
-        for (uint64_t off = 0; !server_.stopping(); off += block.size()) {
-          fillPattern(off, block.data(), block.size());
-          if (!sendAll(fd, {block.data(), block.size()})) break;
-          streamed += block.size();
-        }
+      case 'S':
+        stream(fd);
         break;
-      }
       case 'E': {
         ssize_t n = 0;
         while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
@@ -214,6 +210,7 @@ class Backend {
             server_.release(fd);  // close() with a zero linger: RST
             return;
           }
+          if (size == kStreamRequest) return stream(fd);
           if (!sendPattern(fd, size)) break;
         }
         ::shutdown(fd, SHUT_WR);
@@ -221,6 +218,15 @@ class Backend {
       }
       default:
         break;
+    }
+  }
+  // The pattern from offset 0 until the connection fails, counted in `streamed`.
+  void stream(int fd) {
+    std::vector<char> block(1 << 16);
+    for (uint64_t off = 0; !server_.stopping(); off += block.size()) {
+      fillPattern(off, block.data(), block.size());
+      if (!sendAll(fd, {block.data(), block.size()})) break;
+      streamed += block.size();
     }
   }
   // Last: its destructor stops and joins the threads that use the members above.
@@ -399,6 +405,8 @@ class KernelRelay : public ::testing::Test {
     EXPECT_EQ(backend_->last_errno.load(), ECONNRESET);
   }
 
+  void stallTheReaderAndResume(int fd);
+
   long proxyRssKiB() {
     std::istringstream in(readWholeFile(fmt::format("/proc/{}/status", proxy_->pid())));
     std::string line;
@@ -460,6 +468,7 @@ TEST_F(KernelRelay, ClosedConnectionsLeaveNothingInTheRelaysMaps) {
   };
   // The sockets' release may trail the close's completion by a moment.
   EXPECT_TRUE(waitFor([&] { return entries("socks").find("[]") == 0; })) << entries("socks");
+  EXPECT_TRUE(waitFor([&] { return entries("targets").find("[]") == 0; })) << entries("targets");
   EXPECT_EQ(entries("peers").find("[]"), 0u) << entries("peers");
   // The kernel's bytes were counted from the entries taken out (every endpoint's series).
   double received = 0;
@@ -521,14 +530,14 @@ TEST_F(KernelRelay, ClientResetReachesTheUpstreamAsConnectionReset) {
   resetAndExpectTheBackendReset(fd);
 }
 
-// A client that stops reading an endless stream. The proxy's own memory stays bounded; the stream
-// then resumes intact. What the kernel holds for the slow reader is printed: without the
-// redirect-queue limit (relay.bpf.c "Backpressure", off for now) the sockmap does not push back
-// on the sender (506 MiB streamed by 1.5 s); with it on, 12-22 MiB (docs/PROXY.md).
-TEST_F(KernelRelay, SlowReaderKeepsTheProxyFlatAndTheStreamIntact) {
-  startProxy("kernel");
-  int fd = dial('S');
-  ASSERT_GE(fd, 0);
+// A client that stops reading an endless stream. The sockmap itself never pushes back on the
+// sender (a redirected skb leaves the receiving socket's queue at once, and the peer's redirect
+// queue has no bound): the backend streamed 506 MiB in 1.5 s before the redirect-queue limit
+// took the pair off the kernel path. With it, TCP's window closes: what the backend can write is
+// the limit plus the socket buffers on the way. The proxy's own memory stays flat, and the
+// stream resumes intact once the client reads again.
+// `fd` receives the backend's endless pattern stream from offset 0.
+void KernelRelay::stallTheReaderAndResume(int fd) {
   ASSERT_EQ(receivePattern(fd, 1 << 20), "");
   const long rss_before = proxyRssKiB();
   std::this_thread::sleep_for(milliseconds(1000));
@@ -538,22 +547,32 @@ TEST_F(KernelRelay, SlowReaderKeepsTheProxyFlatAndTheStreamIntact) {
   const long rss_after = proxyRssKiB();
   std::printf(
       "slow reader: backend streamed %.1f MiB (%.1f MiB at 1 s) while the client read 1 MiB; "
-      "proxy RSS %ld -> %ld KiB\n",
+      "proxy RSS %ld -> %ld KiB; pauses %.0f\n",
       static_cast<double>(streamed) / (1 << 20), static_cast<double>(streamed_1s) / (1 << 20),
-      rss_before, rss_after);
-  // Once the pair is back in user space the proxy holds what its io_uring relay holds: at most
-  // the buffer limit (1 MiB) per direction, in buffers of its 16 MiB pool (256 x 64 KiB), which
-  // become resident as they are first used.
+      rss_before, rss_after, metric("remora_relay_backpressure_pauses_total"));
+  // Bounded, and no longer growing: the limit (1 MiB) plus what the sockets on the way hold
+  // (send and receive buffers of four sockets, autotuned up to tcp_wmem/tcp_rmem's maxima).
+  EXPECT_LT(streamed, uint64_t{64} << 20);
+  EXPECT_LT(streamed - streamed_1s, uint64_t{8} << 20) << "the sender was not held back";
+  EXPECT_EQ(metric("remora_relay_backpressure_pauses_total"), 1);
+  EXPECT_EQ(metric("remora_relay_pause_losses_total"), 0);
+  // Back in user space the proxy holds what its io_uring relay holds: at most the buffer limit
+  // (1 MiB) per direction, in buffers of its 16 MiB pool (256 x 64 KiB), which become resident
+  // as they are first used.
   EXPECT_LT(rss_after - rss_before, 20 * 1024);
-  // What the kernel holds for the stalled reader is not bounded while the redirect-queue limit
-  // is off (worker_kernel_relay.cc, kRedirectQueueLimit): that is why `--relay auto` picks the
-  // io_uring relay. With the limit on, 12-22 MiB were streamed (docs/PROXY.md).
   // Reading on from offset 1 MiB: nothing was lost or reordered while the reader stalled.
   std::vector<char> block(1 << 20);
   for (uint64_t off = 1 << 20; off < (uint64_t{64} << 20); off += block.size()) {
     ASSERT_TRUE(readExact(fd, block.data(), block.size())) << "at " << off;
     ASSERT_EQ(checkPattern(off, block.data(), block.size()), -1) << "at " << off;
   }
+}
+
+TEST_F(KernelRelay, SlowReaderHoldsTheSenderBackAndTheStreamResumesIntact) {
+  startProxy("kernel");
+  int fd = dial('S');
+  ASSERT_GE(fd, 0);
+  stallTheReaderAndResume(fd);
 }
 
 TEST_F(KernelRelay, ReloadWhileRelayedConnectionsAreOpenKeepsThemAndTheNextOnes) {
@@ -890,6 +909,15 @@ TEST_F(KernelRelayAuto, HandedOverPairPassesTheClientsResetOn) {
   ASSERT_TRUE(closedAll());
 }
 
+// `auto` hands a request/response pair to the kernel; when it then streams to a reader that
+// stalls, the pair is held back the same way.
+TEST_F(KernelRelayAuto, HandedOverPairHoldsASlowReadersSenderBack) {
+  int fd = handedOverPair();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(writeU64(fd, kStreamRequest));
+  stallTheReaderAndResume(fd);
+}
+
 // The id of the BPF object pinned at `path` (0 when it cannot be read).
 uint32_t pinnedMapId(const std::string& path) {
   const int fd = bpf_obj_get(path.c_str());
@@ -993,7 +1021,7 @@ TEST_F(KernelRelay, AnotherBuildsMapOfAnotherShapeIsRefusedAndNothingChanges) {
   EXPECT_NE(out.exit_code, 0) << out.out;
   EXPECT_NE(out.err.find(peers + " has type 1, key 8 B, value 16 B, 64 entries"), std::string::npos)
       << out.err;
-  EXPECT_NE(out.err.find("this build's has type 1, key 8 B, value 32 B, 65536 entries"),
+  EXPECT_NE(out.err.find("this build's has type 1, key 8 B, value 40 B, 65536 entries"),
             std::string::npos)
       << out.err;
   auto after = relayStatus();
@@ -1034,7 +1062,7 @@ TEST_F(KernelRelay, SameBuildInstalledAgainChangesNothingButTheOwnerAndMode) {
   const uint32_t prog = attachedProg();
   ASSERT_NE(prog, 0u);
   std::map<std::string, uint32_t> ids;
-  for (const char* pin : {"socks", "peers", "counters", "meta"}) {
+  for (const char* pin : {"socks", "peers", "counters", "meta", "targets", "events"}) {
     ids[pin] = pinnedMapId(pin_dir_ + "/" + pin);
     EXPECT_NE(ids[pin], 0u) << pin;
   }

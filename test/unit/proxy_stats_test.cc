@@ -62,9 +62,14 @@ TEST(StatsTest, RelayHandoverCountersAreSummed) {
   b.counters().relay_kept_short.add(6);
   a.counters().relay_kept_bulk.inc();
   b.counters().relay_kept_raced.add(2);
+  a.counters().relay_backpressure_pauses.add(3);
+  b.counters().relay_backpressure_pauses.inc();
+  b.counters().relay_pause_losses.inc();
   const std::string text = renderPrometheus(aggregate({&a, &b}, ProcessSample{}));
   for (const std::string& line : std::vector<std::string>{
            "remora_relay_handovers_total 3",
+           "remora_relay_backpressure_pauses_total 4",
+           "remora_relay_pause_losses_total 1",
            "remora_relay_handover_races_total 4",
            "remora_relay_kept_in_user_space_total{reason=\"short\"} 11",
            "remora_relay_kept_in_user_space_total{reason=\"bulk\"} 1",

@@ -2,15 +2,18 @@
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <fmt/format.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -20,7 +23,8 @@
 namespace remora::proxy {
 namespace {
 
-static_assert(sizeof(remora_relay_peer) == 32, "bpf/remora_abi.h: struct remora_relay_peer");
+static_assert(sizeof(remora_relay_peer) == 40, "bpf/remora_abi.h: struct remora_relay_peer");
+static_assert(sizeof(remora_relay_event) == 16, "bpf/remora_abi.h: struct remora_relay_event");
 
 // Closes the fds it holds when it goes out of scope (the probe's sockets).
 class FdSet {
@@ -99,30 +103,57 @@ const char* relayModeName(RelayMode mode) {
   return "auto";
 }
 
-Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir) {
-  std::array<int, 3> fds{-1, -1, -1};
-  const std::array<const char*, 3> pins{kRelaySocksPin, kRelayPeersPin, kRelayCountersPin};
-  for (size_t i = 0; i < pins.size(); ++i) {
-    const std::string path = pin_dir + "/" + pins[i];
-    fds[i] = bpf_obj_get(path.c_str());
-    if (fds[i] < 0) {
-      auto error =
-          errnoError(fmt::format("opening the pinned map {} (remora-init relay install "
-                                 "pins it for the proxy's uid)",
-                                 path));
-      for (int fd : fds) {
-        if (fd >= 0) ::close(fd);
-      }
-      return error;
+Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir, unsigned workers) {
+  std::shared_ptr<RelayMaps> maps(new RelayMaps());
+  const std::array<std::pair<const char*, int*>, 5> pins{{{kRelaySocksPin, &maps->socks_},
+                                                          {kRelayPeersPin, &maps->peers_},
+                                                          {kRelayCountersPin, &maps->counters_},
+                                                          {kRelayTargetsPin, &maps->targets_},
+                                                          {kRelayEventsPin, &maps->events_}}};
+  for (const auto& [name, fd] : pins) {
+    const std::string path = pin_dir + "/" + name;
+    *fd = bpf_obj_get(path.c_str());
+    if (*fd < 0) {
+      return errnoError(
+          fmt::format("opening the pinned map {} (remora-init relay install "
+                      "pins it for the proxy's uid)",
+                      path));
     }
   }
-  std::shared_ptr<RelayMaps> maps(new RelayMaps(fds[0], fds[1], fds[2]));
+  maps->ring_ = ring_buffer__new(
+      maps->events_,
+      [](void* ctx, void* data, size_t size) {
+        if (size < sizeof(remora_relay_event)) return 0;
+        remora_relay_event record{};
+        std::memcpy(&record, data, sizeof(record));
+        const auto* self = static_cast<const RelayMaps*>(ctx);
+        if (record.owner >= self->mailboxes_.size()) return 0;  // not a worker of this proxy
+        Mailbox& box = *self->mailboxes_[record.owner];
+        {
+          std::lock_guard<std::mutex> lock(box.mu);
+          box.events.push_back(RelayEvent{record.cookie, record.slot});
+        }
+        const uint64_t one = 1;
+        (void)!::write(box.wake_fd, &one, sizeof(one));
+        return 0;
+      },
+      maps.get(), nullptr);
+  if (maps->ring_ == nullptr) {
+    return errnoError(
+        fmt::format("reading the relay's ring buffer {}/{}", pin_dir, kRelayEventsPin));
+  }
+  for (unsigned i = 0; i < std::max(workers, 1U); ++i) {
+    auto box = std::make_unique<Mailbox>();
+    box->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (box->wake_fd < 0) return errnoError("eventfd for the relay's events");
+    maps->mailboxes_.push_back(std::move(box));
+  }
   // Prove the whole path on loopback: insertion as this uid, the attached verdict program, the
   // redirect. 0,1: client -> proxy; 2,3: proxy -> backend; the proxy's ends are 1 and 2.
   FdSet s;
   if (auto r = loopbackPair(s[0], s[1]); !r) return r.error();
   if (auto r = loopbackPair(s[2], s[3]); !r) return r.error();
-  auto pair = maps->attach(s[1], s[2], 1 << 20);
+  auto pair = maps->attach(s[1], s[2], 0, RelayOwner{});
   if (!pair) return pair.error();
   const char kByte = 'r';
   char got = 0;
@@ -140,12 +171,35 @@ Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir) {
 }
 
 RelayMaps::~RelayMaps() {
-  for (int fd : {socks_, peers_, counters_}) {
+  if (ring_ != nullptr) ring_buffer__free(ring_);
+  for (const auto& box : mailboxes_) ::close(box->wake_fd);
+  for (int fd : {socks_, peers_, counters_, targets_, events_}) {
     if (fd >= 0) ::close(fd);
   }
 }
 
-Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t limit) const {
+int RelayMaps::wakeFd(unsigned worker) const {
+  return worker < mailboxes_.size() ? mailboxes_[worker]->wake_fd : -1;
+}
+
+void RelayMaps::drainRing() const {
+  std::lock_guard<std::mutex> lock(ring_mu_);
+  (void)ring_buffer__consume(ring_);
+}
+
+std::vector<RelayEvent> RelayMaps::takeEvents(unsigned worker) const {
+  std::vector<RelayEvent> events;
+  if (worker >= mailboxes_.size()) return events;
+  Mailbox& box = *mailboxes_[worker];
+  uint64_t count = 0;
+  (void)!::read(box.wake_fd, &count, sizeof(count));
+  std::lock_guard<std::mutex> lock(box.mu);
+  events.swap(box.events);
+  return events;
+}
+
+Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t limit,
+                                    RelayOwner owner) const {
   auto client = socketCookie(client_fd);
   if (!client) return client.error();
   auto upstream = socketCookie(upstream_fd);
@@ -154,6 +208,8 @@ Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t lim
   remora_relay_peer to_upstream{};
   to_upstream.peer_cookie = pair.upstream_cookie;
   to_upstream.limit = limit;
+  to_upstream.owner = owner.worker;
+  to_upstream.slot = owner.slot;
   remora_relay_peer to_client = to_upstream;
   to_client.peer_cookie = pair.client_cookie;
   if (bpf_map_update_elem(peers_, &pair.client_cookie, &to_upstream, BPF_NOEXIST) != 0) {
@@ -174,14 +230,17 @@ Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t lim
   // from firing until the nudge below (tcp_data_ready; only memory pressure or a window under
   // one MSS would run it earlier). Bytes arriving at the client's socket before its insertion
   // wait in its queue for the same nudge.
-  constexpr int kHoldBytes = 256 << 10;
   const int one = 1;
-  if (::setsockopt(upstream_fd, SOL_SOCKET, SO_RCVLOWAT, &kHoldBytes, sizeof(kHoldBytes)) != 0) {
+  if (::setsockopt(upstream_fd, SOL_SOCKET, SO_RCVLOWAT, &kRelayHoldBytes,
+                   sizeof(kRelayHoldBytes)) != 0) {
     auto error = errnoError("setsockopt(SO_RCVLOWAT) before the relay insertion");
     detach(pair);
     return error;
   }
-  if (bpf_map_update_elem(socks_, &pair.upstream_cookie, &upstream_value, BPF_NOEXIST) != 0 ||
+  // The targets first: a socket there has no program, so nothing changes for it yet.
+  if (bpf_map_update_elem(targets_, &pair.upstream_cookie, &upstream_value, BPF_NOEXIST) != 0 ||
+      bpf_map_update_elem(targets_, &pair.client_cookie, &client_value, BPF_NOEXIST) != 0 ||
+      bpf_map_update_elem(socks_, &pair.upstream_cookie, &upstream_value, BPF_NOEXIST) != 0 ||
       bpf_map_update_elem(socks_, &pair.client_cookie, &client_value, BPF_NOEXIST) != 0) {
     auto error = errnoError("relay sockhash update");
     detach(pair);
@@ -201,22 +260,25 @@ Result<RelayPair> RelayMaps::attach(int client_fd, int upstream_fd, uint32_t lim
   return pair;
 }
 
+bool RelayMaps::stopVerdicts(const RelayPair& pair) const {
+  bool ok = true;
+  for (uint64_t cookie : {pair.client_cookie, pair.upstream_cookie}) {
+    if (bpf_map_delete_elem(socks_, &cookie) != 0 && errno != ENOENT) ok = false;
+  }
+  return ok;
+}
+
 uint64_t RelayMaps::redirected(uint64_t cookie) const {
   remora_relay_peer peer{};
   if (bpf_map_lookup_elem(peers_, &cookie, &peer) != 0) return 0;
   return peer.bytes;
 }
 
-bool RelayMaps::passed(uint64_t cookie) const {
-  remora_relay_peer peer{};
-  if (bpf_map_lookup_elem(peers_, &cookie, &peer) != 0) return false;
-  return peer.pass != 0;
-}
-
 RelayBytes RelayMaps::detach(const RelayPair& pair) const {
   RelayBytes bytes{redirected(pair.client_cookie), redirected(pair.upstream_cookie)};
   for (uint64_t cookie : {pair.client_cookie, pair.upstream_cookie}) {
     bpf_map_delete_elem(socks_, &cookie);
+    bpf_map_delete_elem(targets_, &cookie);
     bpf_map_delete_elem(peers_, &cookie);
   }
   return bytes;
@@ -234,7 +296,7 @@ RelayBytes RelayMaps::release(const RelayPair& pair) const {
     return 0;
   };
   // Without its peers entry a socket's bytes stay with it (the program passes them) until the
-  // close, exactly as after detach.
+  // close, exactly as after detach. The sockets leave both sockhashes at their close.
   const uint64_t from_client = take(pair.client_cookie);
   const uint64_t from_upstream = take(pair.upstream_cookie);
   return RelayBytes{from_client, from_upstream};
@@ -250,6 +312,25 @@ uint64_t tcpBytesWritten(int fd, bool connected) {
   }
   const uint64_t acked = info.tcpi_bytes_acked - (connected && info.tcpi_bytes_acked > 0 ? 1 : 0);
   return acked + static_cast<uint64_t>(outq);
+}
+
+int64_t tcpBytesConsumed(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return -1;
+  // What waits in the receive queue. Not SIOCINQ: on a socket in a sockmap it counts the
+  // sockmap's own queue (tcp_bpf_ioctl). A peek with MSG_TRUNC counts TCP's queue and copies
+  // nothing (tcp_recvmsg); an empty queue answers EAGAIN, or 0 after a FIN.
+  const ssize_t queued = ::recv(fd, nullptr, INT32_MAX, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+  if (queued < 0 && errno != EAGAIN) return -1;
+  // bytes_received counts the FIN's sequence number too, once it arrived (the states after
+  // one: include/net/tcp_states.h, which no uapi header exports).
+  enum : uint8_t { kTimeWait = 6, kCloseWait = 8, kLastAck = 9, kClosing = 11 };
+  const uint8_t state = info.tcpi_state;
+  const bool fin =
+      state == kCloseWait || state == kLastAck || state == kClosing || state == kTimeWait;
+  return static_cast<int64_t>(info.tcpi_bytes_received) - std::max<ssize_t>(queued, 0) -
+         (fin ? 1 : 0);
 }
 
 }  // namespace remora::proxy

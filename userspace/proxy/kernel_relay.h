@@ -10,10 +10,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
+
+struct ring_buffer;  // libbpf's ring buffer reader (bpf/libbpf.h)
 
 namespace remora::proxy {
 
@@ -27,7 +31,13 @@ inline constexpr const char* kDefaultRelayPinDir = "/sys/fs/bpf/remora/relay";
 inline constexpr const char* kRelaySocksPin = "socks";
 inline constexpr const char* kRelayPeersPin = "peers";
 inline constexpr const char* kRelayCountersPin = "counters";
+inline constexpr const char* kRelayTargetsPin = "targets";
+inline constexpr const char* kRelayEventsPin = "events";
 inline constexpr const char* kRelayProgPin = "prog_verdict";
+
+// SO_RCVLOWAT that keeps a relayed socket's data-ready, which runs the verdict program, from
+// firing (tcp_data_ready): while a pair goes into the sockhash and while it leaves it.
+inline constexpr int kRelayHoldBytes = 256 << 10;
 
 // Socket cookies of one relayed pair (the map keys).
 struct RelayPair {
@@ -41,26 +51,45 @@ struct RelayBytes {
   uint64_t from_upstream = 0;
 };
 
+// A pair whose reader fell behind (struct remora_relay_event): the worker's connection slot and
+// the cookie of the socket whose bytes wait.
+struct RelayEvent {
+  uint64_t cookie = 0;
+  uint32_t slot = 0;
+};
+
+// Who relays a pair: the program names the worker and slot in its events.
+struct RelayOwner {
+  uint32_t worker = 0;
+  uint32_t slot = 0;
+};
+
 // The relay's pinned maps, opened once and shared by every worker (bpf(2) map calls are
-// thread-safe). Each call is a few syscalls; none blocks.
+// thread-safe, and so are the event mailboxes). Each call is a few syscalls; none blocks.
 class RelayMaps {
  public:
   // Opens the pins under `pin_dir` (BPF_OBJ_GET: needs read and write permission on them) and
   // proves the relay works in this process: a loopback socket pair is inserted and removed.
-  // The error says which step failed, for the log line of the fallback.
-  static Result<std::shared_ptr<RelayMaps>> open(const std::string& pin_dir);
+  // `workers`: how many workers get events. The error says which step failed, for the log
+  // line of the fallback.
+  static Result<std::shared_ptr<RelayMaps>> open(const std::string& pin_dir, unsigned workers);
   ~RelayMaps();
   RelayMaps(const RelayMaps&) = delete;
   RelayMaps& operator=(const RelayMaps&) = delete;
 
-  // Hands a connected pair to the kernel: peers entries, then both sockets into the sockhash,
-  // then each socket is nudged so bytes that arrived before the insertion go out too. On error
-  // nothing of the pair stays in the maps and the caller relays it itself.
+  // Hands a connected pair to the kernel: peers entries, then both sockets into both
+  // sockhashes, then each socket is nudged so bytes that arrived before the insertion go out
+  // too. On error nothing of the pair stays in the maps and the caller relays it itself.
   // `limit`: bytes a direction may hold in the kernel's redirect queue (the peer reads slower
-  // than the sender sends) before the pair leaves the kernel path (see passed()).
-  Result<RelayPair> attach(int client_fd, int upstream_fd, uint32_t limit) const;
-  // Removes the pair from the maps (closing the sockets would drop them from the sockhash, not
-  // from the peers map) and returns what the kernel carried.
+  // than the sender sends) before the program reports the pair to `owner` (0: never).
+  Result<RelayPair> attach(int client_fd, int upstream_fd, uint32_t limit, RelayOwner owner) const;
+  // Takes both sockets out of the verdict's sockhash: from then on each socket keeps what it
+  // receives in its own receive queue (TCP's window closes when nobody reads it), while the
+  // bytes already redirected to it still go out (it stays in the targets sockhash). False when
+  // a removal failed for another reason than the socket being gone already.
+  bool stopVerdicts(const RelayPair& pair) const;
+  // Removes the pair from the maps (closing the sockets would drop them from the sockhashes,
+  // not from the peers map) and returns what the kernel carried.
   RelayBytes detach(const RelayPair& pair) const;
   // detach for a pair whose sockets close next: the peers entries leave with their counts in
   // one lookup-and-delete each, and the sockhash entries are left to the close (the kernel
@@ -68,17 +97,31 @@ class RelayMaps {
   RelayBytes release(const RelayPair& pair) const;
   // Bytes redirected so far from the socket with this cookie.
   uint64_t redirected(uint64_t cookie) const;
-  // True once the program has taken the pair off the kernel path (a redirect queue passed its
-  // limit): from then on both sockets keep what they receive, charged to their receive buffers
-  // so TCP pushes back, and the proxy relays the pair itself once the redirected bytes are out.
-  bool passed(uint64_t cookie) const;
+
+  // Backpressure events (relay.bpf.c, "Backpressure"). One worker polls ringFd() for POLLIN
+  // and calls drainRing(), which moves each record to the mailbox of the worker that relays
+  // the pair and makes that worker's wakeFd() readable; that worker takes them with
+  // takeEvents().
+  int ringFd() const { return events_; }
+  int wakeFd(unsigned worker) const;
+  void drainRing() const;
+  std::vector<RelayEvent> takeEvents(unsigned worker) const;
 
  private:
-  RelayMaps(int socks, int peers, int counters)
-      : socks_(socks), peers_(peers), counters_(counters) {}
+  struct Mailbox {
+    std::mutex mu;
+    std::vector<RelayEvent> events;
+    int wake_fd = -1;  // an eventfd
+  };
+  RelayMaps() = default;
   int socks_ = -1;
   int peers_ = -1;
   int counters_ = -1;
+  int targets_ = -1;
+  int events_ = -1;
+  mutable std::mutex ring_mu_;
+  ::ring_buffer* ring_ = nullptr;  // libbpf's reader of events_
+  std::vector<std::unique_ptr<Mailbox>> mailboxes_;
 };
 
 // `--relay auto` (docs/PROXY.md, "Kernel relay", "Adaptive hand-over"): whether a pair the
@@ -136,5 +179,11 @@ class HandoverRule {
 // redirected byte reached the peer's socket before it is shut down. `connected` is true for a
 // socket this process connected: its bytes_acked counts the SYN too.
 uint64_t tcpBytesWritten(int fd, bool connected);
+// Data bytes a TCP socket has let go of: delivered in order, minus what still waits in its
+// receive queue (TCP_INFO bytes_received - a MSG_PEEK of the queue, less the FIN's sequence
+// number). For a
+// relayed socket: what the io_uring relay read plus what the verdict program took. -1 when the
+// kernel does not say.
+int64_t tcpBytesConsumed(int fd);
 
 }  // namespace remora::proxy

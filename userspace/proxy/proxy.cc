@@ -225,6 +225,7 @@ void workerMain(WorkerThread& wt, WorkerStart start, std::promise<Result<void>> 
   WorkerSettings settings = workerSettings(start.settings);
   settings.kernel_relay = start.kernel_relay;
   Worker worker(**ring, sockets, wt.stats, start.routers, settings);
+  worker.setIndex(start.index);
   // Always wired: WorkerSettings::access_log decides per connection, so a reload toggles it.
   // The lines go through the log sink's queue (log_sink.h); the worker never waits for stdout.
   worker.setAccessLog([](std::string line) { return pushAccessLine(std::move(line)); });
@@ -939,7 +940,7 @@ Result<std::shared_ptr<const RelayMaps>> Control::resolveRelay() {
     }
   }
   if (mode != RelayMode::kUring && !relay_maps_ && !fast_path_excludes_relay_) {
-    auto opened = RelayMaps::open(options_.relay_pin_dir);
+    auto opened = RelayMaps::open(options_.relay_pin_dir, std::max(1U, options_.concurrency));
     if (opened) {
       relay_maps_ = std::move(*opened);
       relay_error_.clear();

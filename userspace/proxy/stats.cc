@@ -181,6 +181,8 @@ StatsSnapshot aggregate(const std::vector<const WorkerStats*>& workers,
     s.workers.relay_kept_short += c.relay_kept_short.get();
     s.workers.relay_kept_bulk += c.relay_kept_bulk.get();
     s.workers.relay_kept_raced += c.relay_kept_raced.get();
+    s.workers.relay_backpressure_pauses += c.relay_backpressure_pauses.get();
+    s.workers.relay_pause_losses += c.relay_pause_losses.get();
     s.workers.http_sessions += c.http_sessions.get();
     s.workers.http_bad_requests += c.http_bad_requests.get();
     s.workers.http_pool_reused += c.http_pool_reused.get();
@@ -323,6 +325,14 @@ std::string renderPrometheus(const StatsSnapshot& s) {
                  "remora_relay_kept_in_user_space_total{{reason=\"bulk\"}} {}\n"
                  "remora_relay_kept_in_user_space_total{{reason=\"raced\"}} {}\n",
                  s.workers.relay_kept_short, s.workers.relay_kept_bulk, s.workers.relay_kept_raced);
+  single(out, "remora_relay_backpressure_pauses_total", "counter",
+         "Kernel-relayed connections taken back to the io_uring relay because a reader fell "
+         "behind (the redirect queue passed the buffer limit), so TCP could push back.",
+         s.workers.relay_backpressure_pauses);
+  single(out, "remora_relay_pause_losses_total", "counter",
+         "Of those, connections reset because the kernel dropped bytes while the verdict was "
+         "being stopped.",
+         s.workers.relay_pause_losses);
   return out;
 }
 

@@ -130,6 +130,11 @@ struct WorkerCounters {
   Counter relay_kept_short;
   Counter relay_kept_bulk;
   Counter relay_kept_raced;
+  // Kernel relay backpressure (relay.bpf.c): pairs taken off the kernel path because a reader
+  // fell behind, and those reset instead because the kernel had lost bytes while the verdict
+  // was being stopped.
+  Counter relay_backpressure_pauses;
+  Counter relay_pause_losses;
   // L7 (http_proxy.h).
   Counter http_sessions;          // client connections handled as HTTP
   Counter http_bad_requests;      // answered 400/431 (and closed) by the codec's verdict
@@ -266,6 +271,7 @@ struct WorkerTotals {
   uint64_t relay_kernel = 0, relay_attach_failures = 0;
   uint64_t relay_handovers = 0, relay_handover_races = 0, relay_kept_short = 0, relay_kept_bulk = 0,
            relay_kept_raced = 0;
+  uint64_t relay_backpressure_pauses = 0, relay_pause_losses = 0;
   uint64_t http_sessions = 0, http_bad_requests = 0, http_pool_reused = 0,
            http_reset_race_retry = 0, http_retries = 0, http_streamed_requests = 0,
            http_lingering_closes = 0;

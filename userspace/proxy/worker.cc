@@ -92,6 +92,7 @@ void Worker::setTable(std::shared_ptr<const routing::RouteTable> table,
                       const WorkerSettings& settings) {
   settings_ = settings;
   armTick();
+  armRelayEvents();
   if (accept_paused_ && (settings_.max_connections == 0 || active_ < settings_.max_connections)) {
     resumeAccepting();
   }
@@ -244,6 +245,10 @@ void Worker::onCompletion(const Completion& c) {
     case Op::kAcceptCancel:
     case Op::kIgnore:
       return;
+    case Op::kRelayRing:
+    case Op::kRelayWake:
+      onRelayEvents(op == Op::kRelayRing, c);
+      return;
     case Op::kControl:
       if (on_control_) on_control_();
       if (control_fd_ >= 0) {
@@ -289,7 +294,11 @@ void Worker::onCompletion(const Completion& c) {
       break;
     case Op::kRelayDrain:
       conn.relay_drain_armed = false;
-      relayProgress(slot);
+      if (conn.relay_paused) {
+        releaseHeld(slot);
+      } else {
+        relayProgress(slot);
+      }
       break;
     case Op::kShutClient:
       onShutdown(slot, true, c);
@@ -388,6 +397,7 @@ void Worker::startTcp(uint32_t listener, int fd, const std::optional<SocketAddre
   conn.handover_pending = false;
   conn.handover_raced = false;
   conn.relay_user_written[0] = conn.relay_user_written[1] = 0;
+  conn.relay_paused = false;
   ++active_;
   if (settings_.max_connections > 0 && activeConnections() >= settings_.max_connections &&
       !accept_paused_) {
@@ -611,7 +621,7 @@ void Worker::maybeArmRecv(uint32_t slot, bool from_client) {
   Connection& conn = slots_[slot];
   Direction& d = from_client ? conn.request : conn.response;
   if (conn.state != State::kRelaying || d.recv_armed || d.eof || d.starved || d.paused) return;
-  if (tlsHoldsReceive(conn, from_client) || conn.handover_pending) return;
+  if (tlsHoldsReceive(conn, from_client) || conn.handover_pending || d.kernel_held) return;
   // One-shot: each receive is a decision, so a direction never holds more than its limit plus
   // one buffer, and backpressure needs no cancel.
   ring_.recv(from_client ? conn.client_fd : conn.upstream_fd,

@@ -98,6 +98,8 @@ enum class Op : uint8_t {
   kRelayPollUpstream,  // FIN/RST watch on the upstream socket
   kRelayDrain,         // timer while a FIN waits for redirected bytes to go out
   kHandoverCancel,     // --relay auto: cancel of a receive before the hand-over to the kernel
+  kRelayRing,          // worker 0: poll on the relay's ring buffer of backpressure events
+  kRelayWake,          // read on this worker's eventfd for those events
 };
 
 class Worker final : public loop::CompletionHandler {
@@ -123,6 +125,8 @@ class Worker final : public loop::CompletionHandler {
   void addListener(int fd, ListenerKind kind, Family family);
   // Arms a read on an eventfd; `on_wake` runs on this thread each time it is written.
   void watchControl(int eventfd, std::function<void()> on_wake);
+  // Which of the proxy's workers this is (0 reads the kernel relay's events for all of them).
+  void setIndex(unsigned index) { index_ = index; }
   // A new table and settings for new connections; open connections keep their own.
   void setTable(std::shared_ptr<const routing::RouteTable> table, const WorkerSettings& settings);
   // Drain: stops accepting on every listener (or on those of one kind): cancel the accept,
@@ -178,6 +182,9 @@ class Worker final : public loop::CompletionHandler {
     uint32_t chunks_in_flight = 0;  // queue[head, head + chunks_in_flight) are being sent
     bool shut_sent = false;
     bool shut_done = false;
+    // Kernel relay backpressure: bytes the kernel redirected this way are still being written
+    // to the receiving side, so nothing is read from the sending side yet.
+    bool kernel_held = false;
     size_t queued() const { return queue.size() - head; }
     // The gathered send in flight; read by the kernel until its completion.
     std::array<iovec, kMaxGather> iov{};
@@ -226,6 +233,9 @@ class Worker final : public loop::CompletionHandler {
     // Bytes the io_uring relay wrote to the upstream [0] and to the client [1] before the pair
     // went to the kernel (--relay auto hands it over mid-stream): TCP's counters include them.
     uint64_t relay_user_written[2] = {0, 0};
+    // The pair left the kernel path because a reader fell behind (relay_paused): its maps
+    // entries stay until the close, which counts the kernel's bytes.
+    bool relay_paused = false;
     // --relay auto: the pair may go to the kernel later (worker_kernel_relay.cc, maybeHandOver).
     bool adaptive = false;
     bool handover_pending = false;  // its receives are being cancelled for the hand-over
@@ -350,9 +360,14 @@ class Worker final : public loop::CompletionHandler {
   void relayProgress(uint32_t slot);
   // Before the sockets close: cancels the watches, takes the pair out of the maps, counts bytes.
   void finishKernelRelay(uint32_t slot);
-  // Backpressure (relay.bpf.c): the program took the pair off the kernel path; once the bytes it
-  // redirected are out, the io_uring relay takes the pair over. False: not drained yet.
-  bool handBackToUring(uint32_t slot);
+  // Backpressure (relay.bpf.c, docs/PROXY.md "Backpressure"): the program reports a pair whose
+  // reader fell behind; pauseKernelRelay stops both sockets' verdicts and hands the pair to the
+  // io_uring relay with both directions held; releaseHeld lets each direction go once the
+  // bytes the kernel redirected that way reached the receiving socket.
+  void armRelayEvents();
+  void onRelayEvents(bool ring, const loop::Completion& c);
+  void pauseKernelRelay(uint32_t slot, uint64_t cookie);
+  void releaseHeld(uint32_t slot);
   void armRelayDrain(uint32_t slot);
   void cancelRelayPolls(uint32_t slot);
   static void countKernelBytes(Connection& conn, const RelayBytes& bytes);
@@ -433,6 +448,12 @@ class Worker final : public loop::CompletionHandler {
   int control_fd_ = -1;
   uint64_t control_value_ = 0;
   std::function<void()> on_control_;
+
+  // This worker's number among the proxy's (the kernel relay's events name it), and the maps
+  // whose events it watches (armRelayEvents, once they are in use).
+  unsigned index_ = 0;
+  std::shared_ptr<const RelayMaps> relay_events_;
+  uint64_t relay_wake_value_ = 0;
 };
 
 }  // namespace remora::proxy

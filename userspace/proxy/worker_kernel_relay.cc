@@ -20,14 +20,6 @@ namespace {
 constexpr std::chrono::milliseconds kFirstDrainWait{1};
 constexpr std::chrono::milliseconds kMaxDrainWait{50};
 
-// How much a direction may hold in the kernel's redirect queue before the pair comes back to
-// user space (relay.bpf.c, "Backpressure"). OFF (0) for now: with the proxy's buffer limit
-// here, the slow-reader test held 12-22 MiB instead of 506 MiB, but the 1 GiB download test
-// then arrived corrupted (a wrong byte in mid-stream, 4 runs of 4) and the 1 GiB upload
-// stalled past its 10 s send timeout in 3 runs of 7, with drops on the handed-back socket.
-// The cause is not found yet (docs/PROXY.md, "Backpressure").
-constexpr uint32_t kRedirectQueueLimit = 0;
-
 // Whether a TCP socket is still ESTABLISHED (a sockhash only takes established sockets).
 bool established(int fd) {
   tcp_info info{};
@@ -78,7 +70,10 @@ bool Worker::enterKernelRelay(uint32_t slot) {
   // Nothing is queued in user space and no receive is armed (at connect none was yet; mid-stream
   // finishHandOver saw each cancelled): whatever either side already sent waits in its socket
   // for the kernel (attach's SO_RCVLOWAT nudge).
-  auto pair = maps->attach(conn.client_fd, conn.upstream_fd, kRedirectQueueLimit);
+  // Backpressure: a direction may hold the buffer limit in the kernel's redirect queue, as the
+  // io_uring relay may in its own queue, before the pair leaves the kernel path.
+  const auto limit = static_cast<uint32_t>(std::min<size_t>(settings_.buffer_limit, UINT32_MAX));
+  auto pair = maps->attach(conn.client_fd, conn.upstream_fd, limit, RelayOwner{index_, slot});
   if (!pair) {
     // A client that sent a few bytes and its FIN before the handover (a tiny upload) has left
     // ESTABLISHED, so the sockhash refuses it: not a failure, the io_uring relay carries it.
@@ -190,14 +185,12 @@ void Worker::countKeptInUserSpace(const Connection& conn) {
 
 void Worker::armRelayPoll(uint32_t slot, bool client_side) {
   Connection& conn = slots_[slot];
-  // POLLERR and POLLHUP always count; POLLRDHUP until that side's FIN was seen. POLLIN only
-  // while the program may take the pair off the kernel path (a redirect limit is set): then it
-  // means bytes the socket kept. Otherwise it would complete the poll at every redirected skb,
-  // since the kernel wakes a relayed socket's readers after each redirect (docs/PROXY.md,
-  // "Kernel relay"): a wake-up, a map lookup and a re-arm per request, for nothing.
+  // POLLERR and POLLHUP always count; POLLRDHUP until that side's FIN was seen. Never POLLIN:
+  // the kernel wakes a relayed socket's readers after every redirected skb (docs/PROXY.md,
+  // "Kernel relay"), so it would cost a wake-up and a re-arm per request, for nothing. A reader
+  // that falls behind is reported through the ring buffer instead (pauseKernelRelay).
   const Direction& from = client_side ? conn.request : conn.response;
-  const uint32_t readable = kRedirectQueueLimit != 0 ? POLLIN : 0;
-  const uint32_t events = from.eof ? readable : readable | POLLRDHUP;
+  const uint32_t events = from.eof ? 0 : POLLRDHUP;
   ring_.poll(client_side ? conn.client_fd : conn.upstream_fd, events,
              track(client_side ? Op::kRelayPollClient : Op::kRelayPollUpstream, slot));
   conn.relay_poll[client_side ? 0 : 1] = true;
@@ -224,12 +217,8 @@ void Worker::onRelayPoll(uint32_t slot, bool client_side, const loop::Completion
     conn.last_activity = now_;
     if (conn.half_closed == std::chrono::steady_clock::time_point{}) conn.half_closed = now_;
   }
-  // Readable without a FIN: the pair left the kernel path (or a wake-up that found nothing).
-  const bool passed =
-      (events & POLLIN) != 0 &&
-      conn.relay_maps->passed(client_side ? conn.relay.client_cookie : conn.relay.upstream_cookie);
   relayProgress(slot);
-  if (conn.state != State::kKernel || passed) return;
+  if (conn.state != State::kKernel) return;
   // After HUP the socket has nothing more to say; after a FIN, io_uring reports RDHUP again at
   // once (it always watches for it), so the socket is not watched again: a reset after its FIN
   // shows when the other direction ends or the timeouts fire.
@@ -240,12 +229,6 @@ void Worker::onRelayPoll(uint32_t slot, bool client_side, const loop::Completion
 void Worker::relayProgress(uint32_t slot) {
   Connection& conn = slots_[slot];
   if (conn.state != State::kKernel) return;  // a drain timer that outlived the relay
-  // The kernel kept bytes for the proxy: a FIN now could overtake them. The user-space relay
-  // takes the pair over, and relays the FINs after those bytes.
-  if (conn.relay_maps->passed(conn.relay.client_cookie)) {
-    if (!handBackToUring(slot)) armRelayDrain(slot);
-    return;
-  }
   bool waiting = false;
   for (bool from_client : {true, false}) {
     Direction& d = from_client ? conn.request : conn.response;
@@ -279,35 +262,107 @@ void Worker::armRelayDrain(uint32_t slot) {
   conn.relay_drain_armed = true;
 }
 
-bool Worker::handBackToUring(uint32_t slot) {
+void Worker::armRelayEvents() {
+  if (relay_events_ == settings_.kernel_relay || !settings_.kernel_relay) return;
+  // The maps are opened once per process, so this runs once per worker.
+  relay_events_ = settings_.kernel_relay;
+  if (index_ == 0) ring_.poll(relay_events_->ringFd(), POLLIN, tag(Op::kRelayRing, 0, 0));
+  ring_.read(relay_events_->wakeFd(index_),
+             {reinterpret_cast<char*>(&relay_wake_value_), sizeof(relay_wake_value_)},
+             tag(Op::kRelayWake, 0, 0));
+}
+
+void Worker::onRelayEvents(bool ring, const loop::Completion& c) {
+  if (!relay_events_) return;
+  if (ring) {
+    // Every worker's records go to its mailbox, this one's included.
+    if (c.res >= 0) relay_events_->drainRing();
+    ring_.poll(relay_events_->ringFd(), POLLIN, tag(Op::kRelayRing, 0, 0));
+    return;
+  }
+  for (const RelayEvent& event : relay_events_->takeEvents(index_)) {
+    pauseKernelRelay(event.slot, event.cookie);
+  }
+  ring_.read(relay_events_->wakeFd(index_),
+             {reinterpret_cast<char*>(&relay_wake_value_), sizeof(relay_wake_value_)},
+             tag(Op::kRelayWake, 0, 0));
+}
+
+void Worker::pauseKernelRelay(uint32_t slot, uint64_t cookie) {
+  if (slot >= slots_.size()) return;
   Connection& conn = slots_[slot];
-  const RelayMaps& maps = *conn.relay_maps;
-  // Every redirected byte must have reached the other socket before the proxy writes there
-  // itself. Counting the redirects twice around the check catches one still being counted.
-  const uint64_t from_client = maps.redirected(conn.relay.client_cookie);
-  const uint64_t from_upstream = maps.redirected(conn.relay.upstream_cookie);
-  if (tcpBytesWritten(conn.upstream_fd, /*connected=*/true) <
-          conn.relay_user_written[0] + from_client ||
-      tcpBytesWritten(conn.client_fd, /*connected=*/false) <
-          conn.relay_user_written[1] + from_upstream ||
-      maps.redirected(conn.relay.client_cookie) != from_client ||
-      maps.redirected(conn.relay.upstream_cookie) != from_upstream) {
-    return false;
+  // The pair may have closed since (the slot is another connection's now, or free).
+  if (conn.state != State::kKernel ||
+      (conn.relay.client_cookie != cookie && conn.relay.upstream_cookie != cookie)) {
+    return;
+  }
+  // A high SO_RCVLOWAT first, taken under each socket's lock: a data-ready that runs the
+  // verdict while the socket leaves the sockhash finds the program gone and drops the skb
+  // (sk_psock_verdict_recv). With the mark, TCP calls data-ready only under memory pressure or
+  // a nearly closed window, and the check in releaseHeld resets the pair if it happened.
+  for (int fd : {conn.client_fd, conn.upstream_fd}) {
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &kRelayHoldBytes, sizeof(kRelayHoldBytes));
+  }
+  if (!conn.relay_maps->stopVerdicts(conn.relay)) {
+    spdlog::warn("kernel relay: a pair whose reader fell behind could not leave the sockhash ({})",
+                 std::strerror(errno));
   }
   cancelRelayPolls(slot);
-  countKernelBytes(conn, RelayBytes{from_client, from_upstream});
-  // The sockets stay in the sockhash (leaving it would drop what they kept) with the pass flag
-  // set: reads go through the sockmap's receive path. They leave the maps at close.
-  for (Direction* d : {&conn.request, &conn.response}) {
-    if (!d->shut_sent) d->eof = false;  // its FIN is read again, after the kept bytes
-  }
+  stats_.counters().relay_backpressure_pauses.inc();
+  conn.relay_paused = true;
+  conn.adaptive = false;
   conn.state = State::kRelaying;
   conn.last_activity = now_;
-  SPDLOG_DEBUG("kernel relay: a pair came back to user space after {} + {} bytes", from_client,
-               from_upstream);
-  maybeArmRecv(slot, true);
-  maybeArmRecv(slot, false);
-  return true;
+  conn.relay_drain_wait = std::chrono::milliseconds(0);
+  for (Direction* d : {&conn.request, &conn.response}) {
+    if (d->shut_sent) continue;  // that direction is over
+    d->eof = false;              // its FIN, if one came, is read again after its bytes
+    d->kernel_held = true;
+  }
+  SPDLOG_DEBUG("kernel relay: a reader fell behind; slot {} goes to the io_uring relay", slot);
+  // Not at once: a verdict already running when the sockets left the sockhash may still be
+  // counting its skb, which releaseHeld's check would read as lost. The drain timer's first
+  // wait (1 ms) lets it finish.
+  armRelayDrain(slot);
+}
+
+void Worker::releaseHeld(uint32_t slot) {
+  Connection& conn = slots_[slot];
+  if (conn.state != State::kRelaying || !conn.relay_paused) return;  // closed meanwhile
+  const RelayMaps& maps = *conn.relay_maps;
+  bool waiting = false;
+  for (bool from_client : {true, false}) {
+    Direction& d = from_client ? conn.request : conn.response;
+    if (!d.kernel_held) continue;
+    const int from_fd = from_client ? conn.client_fd : conn.upstream_fd;
+    const int to_fd = from_client ? conn.upstream_fd : conn.client_fd;
+    const uint64_t redirected =
+        maps.redirected(from_client ? conn.relay.client_cookie : conn.relay.upstream_cookie);
+    // What the io_uring relay read and wrote this way before the hand-over to the kernel.
+    const uint64_t before = conn.relay_user_written[from_client ? 0 : 1];
+    // The io_uring relay may write here only after every redirected byte did.
+    if (tcpBytesWritten(to_fd, /*connected=*/from_client) < before + redirected) {
+      waiting = true;
+      continue;
+    }
+    // Everything the sending socket's TCP let go of was redirected (or read before the
+    // hand-over): otherwise bytes were dropped while the verdict was being stopped, and
+    // relaying on would leave a hole in the stream.
+    if (tcpBytesConsumed(from_fd) != static_cast<int64_t>(before + redirected)) {
+      stats_.counters().relay_pause_losses.inc();
+      spdlog::warn(
+          "kernel relay: bytes were lost while a pair left the kernel path (the {} socket let go "
+          "of {} bytes, {} were relayed); the connection is reset",
+          from_client ? "client" : "upstream", tcpBytesConsumed(from_fd), before + redirected);
+      closeConnection(slot, from_client ? "client_reset" : "upstream_reset", /*reset=*/true);
+      return;
+    }
+    const int one = 1;
+    ::setsockopt(from_fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+    d.kernel_held = false;
+    maybeArmRecv(slot, from_client);
+  }
+  if (waiting) armRelayDrain(slot);
 }
 
 void Worker::cancelRelayPolls(uint32_t slot) {
@@ -338,8 +393,7 @@ void Worker::finishKernelRelay(uint32_t slot) {
   static const bool full_detach = loop::uringAbSwitch("relay-detach");
   const RelayBytes bytes =
       full_detach ? conn.relay_maps->detach(conn.relay) : conn.relay_maps->release(conn.relay);
-  // A pair handed back to user space counted the kernel's bytes then.
-  if (conn.state == State::kKernel) countKernelBytes(conn, bytes);
+  if (conn.state == State::kKernel || conn.relay_paused) countKernelBytes(conn, bytes);
   conn.relay_maps.reset();
   conn.relay = RelayPair{};
   // closeConnection goes on from the relaying state: nothing is queued in user space.
@@ -352,9 +406,6 @@ bool Worker::kernelRelayMoved(uint32_t slot) {
                        conn.relay_maps->redirected(conn.relay.upstream_cookie);
   const bool moved = now != conn.relay_seen_bytes;
   conn.relay_seen_bytes = now;
-  // A pair taken off the kernel path whose poll wake-ups were missed: the drain check hands it
-  // back.
-  if (!moved && conn.relay_maps->passed(conn.relay.client_cookie)) armRelayDrain(slot);
   return moved;
 }
 
