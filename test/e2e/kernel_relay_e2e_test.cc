@@ -575,6 +575,38 @@ TEST_F(KernelRelay, SlowReaderHoldsTheSenderBackAndTheStreamResumesIntact) {
   stallTheReaderAndResume(fd);
 }
 
+// With two workers, worker 0 alone reads the relay's ring buffer: a pair the other worker relays
+// gets its record through that worker's mailbox. SO_REUSEPORT spreads the connections (all on
+// one worker once in 128 runs).
+TEST_F(KernelRelay, SlowReadersOnEveryWorkerAreHeldBack) {
+  startProxy("kernel", {}, {"--concurrency", "2"});
+  constexpr int kStreams = 8;
+  constexpr uint64_t kFirst = 256 << 10;
+  std::vector<int> streams;
+  for (int i = 0; i < kStreams; ++i) {
+    int fd = dial('S');
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(receivePattern(fd, kFirst), "") << "stream " << i;
+    streams.push_back(fd);
+  }
+  EXPECT_TRUE(
+      waitFor([&] { return metric("remora_relay_backpressure_pauses_total") == kStreams; }, 10000))
+      << metric("remora_relay_backpressure_pauses_total");
+  std::this_thread::sleep_for(milliseconds(500));
+  const uint64_t streamed = backend_->streamed.load();
+  std::this_thread::sleep_for(milliseconds(500));
+  EXPECT_LT(backend_->streamed.load() - streamed, uint64_t{8} << 20)
+      << "a sender was not held back";
+  EXPECT_EQ(metric("remora_relay_pause_losses_total"), 0);
+  std::vector<char> block(1 << 20);
+  for (int fd : streams) {
+    for (uint64_t off = kFirst; off < (uint64_t{8} << 20); off += block.size()) {
+      ASSERT_TRUE(readExact(fd, block.data(), block.size())) << "at " << off;
+      ASSERT_EQ(checkPattern(off, block.data(), block.size()), -1) << "at " << off;
+    }
+  }
+}
+
 TEST_F(KernelRelay, ReloadWhileRelayedConnectionsAreOpenKeepsThemAndTheNextOnes) {
   startProxy("kernel");
   std::vector<int> open;

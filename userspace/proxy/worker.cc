@@ -814,8 +814,10 @@ void Worker::onSend(uint32_t slot, bool to_client, const Completion& c) {
   // Low watermark: resume reading the source once half of the limit has gone out.
   if (d.paused && d.queued_bytes <= settings_.buffer_limit / 2) d.paused = false;
   pump(slot, !to_client);
+  // --relay auto: an idle point. Before the receive is armed, so that a hand-over does not
+  // first arm a receive and then cancel it.
+  if (conn.adaptive) maybeHandOver(slot);
   maybeArmRecv(slot, !to_client);
-  if (conn.adaptive) maybeHandOver(slot);  // --relay auto: an idle point
 }
 
 void Worker::onPeerReset(uint32_t slot, bool client_side) {
