@@ -7,7 +7,8 @@ import subprocess
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 PROXIES_FOR_RATIOS = ["haproxy-tcp", "nginx-stream", "nginx-http", "direct"]
 # The headline's rows (setups.L4_PROXIES / L7_PROXIES; repeated so --render needs no setups).
-L4_ROWS, L4_REF = ["remora", "remora-uring", "remora-ebpf", "nginx-stream", "haproxy-tcp"], "haproxy-tcp"
+L4_ROWS = ["remora", "remora-uring", "remora-auto", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
+L4_REF = "haproxy-tcp"
 L7_ROWS, L7_REF = ["remora-l7", "nginx-http", "haproxy-http"], "haproxy-http"
 L7_SECOND_REF = "nginx-http"
 MTLS_A, MTLS_B = "remora-mtls", "haproxy-mtls"  # setups.MTLS_PROXIES

@@ -556,7 +556,7 @@ class RemoraUring(Remora):
 
 class RemoraAuto(Remora):
     # Adaptive hand-over (docs/PROXY.md "Kernel relay"): a pair starts in the io_uring relay and
-    # goes to the kernel after a few exchanges; not in DEFAULT (bench.py --setups remora-auto).
+    # goes to the kernel after a few exchanges.
     name, label = "remora-auto", "Remora (auto relay)"
     note = ("as Remora (kernel relay), with `--relay auto`: the io_uring relay first, the kernel "
             "after 3 exchanges")
@@ -807,11 +807,11 @@ class HaproxyMtls(MtlsPair):
 
 ALL = [Direct, KubeProxy, Remora, RemoraUring, RemoraAuto, RemoraEbpf, RemoraL7, HaproxyTcp, NginxStream, NginxHttp,
        HaproxyHttp, RemoraMtls, HaproxyMtls]
-DEFAULT = ["direct", "kube-proxy", "remora", "remora-uring", "remora-ebpf", "remora-l7", "haproxy-tcp",
+DEFAULT = ["direct", "kube-proxy", "remora", "remora-uring", "remora-auto", "remora-ebpf", "remora-l7", "haproxy-tcp",
            "nginx-stream", "nginx-http", "haproxy-http", "remora-mtls", "haproxy-mtls"]
 # The L4 proxies of the headline (all compared with HAProxy tcp) and the L7 ones (with HAProxy
 # http and nginx http).
-L4_PROXIES = ["remora", "remora-uring", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
+L4_PROXIES = ["remora", "remora-uring", "remora-auto", "remora-ebpf", "nginx-stream", "haproxy-tcp"]
 L7_PROXIES = ["remora-l7", "nginx-http", "haproxy-http"]
 MTLS_PROXIES = ["remora-mtls", "haproxy-mtls"]  # two sidecars each, compared with each other
 
