@@ -329,6 +329,14 @@ void Worker::pauseKernelRelay(uint32_t slot, uint64_t cookie) {
 void Worker::releaseHeld(uint32_t slot) {
   Connection& conn = slots_[slot];
   if (conn.state != State::kRelaying || !conn.relay_paused) return;  // closed meanwhile
+  // No poll watches a held socket: a reset while its reader stalls shows here.
+  for (bool client_side : {true, false}) {
+    if (socketError(client_side ? conn.client_fd : conn.upstream_fd) == 0) continue;
+    (client_side ? stats_.counters().resets_from_client : stats_.counters().resets_from_upstream)
+        .inc();
+    closeConnection(slot, client_side ? "client_reset" : "upstream_reset", /*reset=*/true);
+    return;
+  }
   const RelayMaps& maps = *conn.relay_maps;
   bool waiting = false;
   for (bool from_client : {true, false}) {
