@@ -297,10 +297,10 @@ class KernelRelay : public ::testing::Test {
                                      "--log-level",
                                      "info",
                                      "--no-ipv6",
-                                     "--relay",
-                                     relay,
                                      "--relay-pin-dir",
                                      pin_dir.empty() ? pin_dir_ : pin_dir};
+    // An empty `relay`: the default.
+    if (!relay.empty()) argv.insert(argv.end(), {"--relay", relay});
     argv.insert(argv.end(), extra.begin(), extra.end());
     proxy_ = world_->spawn(front_, argv, kProxyUid, kProxyUid);
     ASSERT_TRUE(proxy_->waitForLine("remora-proxy started", 10000)) << proxy_->output();
@@ -703,14 +703,32 @@ TEST_F(KernelRelay, RelayedExchangesDoNotWakeTheProxy) {
   EXPECT_LT(woken, kExchanges / 10);
 }
 
+// The default is auto. A relay that is not installed (no pins) is the usual case, said at info
+// level; the io_uring relay carries everything.
 TEST_F(KernelRelay, AutoFallsBackToUringWhenThePinsAreMissingAndSaysSo) {
-  startProxy("auto", pin_root_ + "/missing");
-  EXPECT_NE(proxy_->output().find("relay: io_uring"), std::string::npos) << proxy_->output();
+  startProxy("", pin_root_ + "/missing");
+  EXPECT_NE(proxy_->output().find("[info] relay: io_uring (no kernel relay installed: opening"),
+            std::string::npos)
+      << proxy_->output();
+  EXPECT_EQ(proxy_->output().find("[warning]"), std::string::npos) << proxy_->output();
   EXPECT_EQ(upload(100000), "OK");
   EXPECT_EQ(metric("remora_relay_fallbacks_total"), 1);
   EXPECT_EQ(metric("remora_relay_kernel_connections_total"), 0);
-  const std::string dump = admin("/config_dump");
-  EXPECT_NE(dump.find("\"in_use\": \"uring\""), std::string::npos) << dump;
+  const auto dump = nlohmann::json::parse(admin("/config_dump"), nullptr, false);
+  ASSERT_TRUE(dump.is_object());
+  EXPECT_EQ(dump["relay"]["mode"], "auto") << dump["relay"].dump();
+  EXPECT_EQ(dump["relay"]["in_use"], "uring") << dump["relay"].dump();
+}
+
+// Pins that are there but refuse the proxy (owned by root, mode 0600) are a fault: a warning.
+TEST_F(KernelRelay, AutoWarnsWhenThePinsRefuseTheProxy) {
+  const std::string socks = pin_dir_ + "/socks";
+  ASSERT_EQ(::chown(socks.c_str(), 0, 0), 0) << std::strerror(errno);
+  startProxy("");
+  EXPECT_NE(proxy_->output().find("[warning] relay: io_uring; the kernel relay is unavailable"),
+            std::string::npos)
+      << proxy_->output();
+  EXPECT_EQ(metric("remora_relay_fallbacks_total"), 1);
 }
 
 // --relay auto (docs/PROXY.md, "Adaptive hand-over"): a pair starts in the io_uring relay and
@@ -729,6 +747,17 @@ bool echoExchange(int fd, uint64_t offset, size_t size) {
 // One request on a 'Q' connection: `size` pattern bytes come back.
 bool request(int fd, uint64_t size) {
   return writeU64(fd, size) && receivePattern(fd, size).empty();
+}
+
+// With the relay installed, the default (auto) uses it: a request/response pair is handed over.
+TEST_F(KernelRelay, DefaultRelayIsAutoAndUsesTheInstalledKernelRelay) {
+  startProxy("");
+  EXPECT_NE(proxy_->output().find("relay: kernel"), std::string::npos) << proxy_->output();
+  int fd = dial('Q');
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(request(fd, 1000)) << "request " << i;
+  EXPECT_TRUE(waitFor([&] { return metric("remora_relay_handovers_total") == 1; }))
+      << admin("/stats/prometheus");
 }
 
 TEST_F(KernelRelay, AutoKeepsOneRequestConnectionsInTheIoUringRelay) {

@@ -162,8 +162,7 @@ int proxyMain(int argc, char** argv, TableLoader loader, RouterFactory routers) 
          "install; every pair at connect), uring (user space) or auto: where the kernel relay "
          "works here, a pair starts in user space and goes to the kernel after 3 exchanges "
          "with no receive filling a buffer (short and bulk connections stay in user space); "
-         "else uring (default uring: the kernel relay does not yet hold backpressure for a "
-         "stalled reader)")
+         "else uring (default auto)")
       ->envname("REMORA_RELAY");
   app.add_option("--relay-pin-dir", options.relay_pin_dir,
                  "where remora-init pinned the kernel relay's maps (/sys/fs/bpf/remora/relay)")

@@ -315,22 +315,27 @@ uint64_t tcpBytesWritten(int fd, bool connected) {
 }
 
 int64_t tcpBytesConsumed(int fd) {
-  tcp_info info{};
-  socklen_t len = sizeof(info);
-  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return -1;
+  // Bytes still arriving change the count between the calls below: bytes_received is read
+  // before and after, and the answer stands only if it did not move.
+  auto received = [fd]() -> int64_t {
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return -1;
+    return static_cast<int64_t>(info.tcpi_bytes_received);
+  };
+  const int64_t before = received();
   // What waits in the receive queue. Not SIOCINQ: on a socket in a sockmap it counts the
   // sockmap's own queue (tcp_bpf_ioctl). A peek with MSG_TRUNC counts TCP's queue and copies
   // nothing (tcp_recvmsg); an empty queue answers EAGAIN, or 0 after a FIN.
   const ssize_t queued = ::recv(fd, nullptr, INT32_MAX, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
   if (queued < 0 && errno != EAGAIN) return -1;
-  // bytes_received counts the FIN's sequence number too, once it arrived (the states after
-  // one: include/net/tcp_states.h, which no uapi header exports).
-  enum : uint8_t { kTimeWait = 6, kCloseWait = 8, kLastAck = 9, kClosing = 11 };
-  const uint8_t state = info.tcpi_state;
-  const bool fin =
-      state == kCloseWait || state == kLastAck || state == kClosing || state == kTimeWait;
-  return static_cast<int64_t>(info.tcpi_bytes_received) - std::max<ssize_t>(queued, 0) -
-         (fin ? 1 : 0);
+  // bytes_received counts the FIN's sequence number too, once it arrived: then the socket's
+  // receive side is shut (POLLRDHUP), whatever its state now (after TIME_WAIT the socket itself
+  // reads TCP_CLOSE).
+  pollfd pfd{fd, POLLRDHUP, 0};
+  const bool fin = ::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLRDHUP) != 0;
+  if (before < 0 || received() != before) return -1;
+  return before - std::max<ssize_t>(queued, 0) - (fin ? 1 : 0);
 }
 
 }  // namespace remora::proxy

@@ -181,9 +181,9 @@ class HandoverRule {
 uint64_t tcpBytesWritten(int fd, bool connected);
 // Data bytes a TCP socket has let go of: delivered in order, minus what still waits in its
 // receive queue (TCP_INFO bytes_received - a MSG_PEEK of the queue, less the FIN's sequence
-// number). For a
-// relayed socket: what the io_uring relay read plus what the verdict program took. -1 when the
-// kernel does not say.
+// number). For a relayed socket: what the io_uring relay read plus what the verdict program
+// took. Meant for a socket nobody reads meanwhile. -1 when the kernel does not say, or when
+// bytes arrived while it was counting (ask again later).
 int64_t tcpBytesConsumed(int fd);
 
 }  // namespace remora::proxy

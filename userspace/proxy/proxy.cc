@@ -369,6 +369,7 @@ class Control final : public loop::CompletionHandler {
   std::shared_ptr<const RelayMaps> relay_maps_;
   std::string relay_in_use_;
   std::string relay_error_;
+  bool relay_not_installed_ = false;  // the relay's pins are not there (ENOENT)
   // eBPF mode's fast path is on in this netns: the kernel relay is never used (checked at start).
   bool fast_path_excludes_relay_ = false;
   uint64_t relay_fallbacks_ = 0;
@@ -946,6 +947,7 @@ Result<std::shared_ptr<const RelayMaps>> Control::resolveRelay() {
       relay_error_.clear();
     } else {
       relay_error_ = opened.error().message;
+      relay_not_installed_ = opened.error().code == ENOENT;
     }
   }
   if (mode != RelayMode::kUring && relay_maps_) maps = relay_maps_;
@@ -965,7 +967,12 @@ Result<std::shared_ptr<const RelayMaps>> Control::resolveRelay() {
     spdlog::info("relay: kernel (sockmap, pins in {}) for pure L4 routes", options_.relay_pin_dir);
   } else if (mode == RelayMode::kAuto) {
     ++relay_fallbacks_;
-    spdlog::warn("relay: io_uring; the kernel relay is unavailable: {}", relay_error_);
+    // Not installed is the usual case (installing the relay is the opt-in), not a fault.
+    if (relay_not_installed_ && !fast_path_excludes_relay_) {
+      spdlog::info("relay: io_uring (no kernel relay installed: {})", relay_error_);
+    } else {
+      spdlog::warn("relay: io_uring; the kernel relay is unavailable: {}", relay_error_);
+    }
   } else {
     spdlog::info("relay: io_uring ({})", mode == RelayMode::kUring ? "--relay uring" : "fallback");
   }

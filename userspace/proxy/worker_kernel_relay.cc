@@ -356,12 +356,17 @@ void Worker::releaseHeld(uint32_t slot) {
     // Everything the sending socket's TCP let go of was redirected (or read before the
     // hand-over): otherwise bytes were dropped while the verdict was being stopped, and
     // relaying on would leave a hole in the stream.
-    if (tcpBytesConsumed(from_fd) != static_cast<int64_t>(before + redirected)) {
+    const int64_t consumed = tcpBytesConsumed(from_fd);
+    if (consumed < 0) {  // bytes were still arriving: count again at the next tick
+      waiting = true;
+      continue;
+    }
+    if (consumed != static_cast<int64_t>(before + redirected)) {
       stats_.counters().relay_pause_losses.inc();
       spdlog::warn(
           "kernel relay: bytes were lost while a pair left the kernel path (the {} socket let go "
           "of {} bytes, {} were relayed); the connection is reset",
-          from_client ? "client" : "upstream", tcpBytesConsumed(from_fd), before + redirected);
+          from_client ? "client" : "upstream", consumed, before + redirected);
       closeConnection(slot, from_client ? "client_reset" : "upstream_reset", /*reset=*/true);
       return;
     }

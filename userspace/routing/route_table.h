@@ -70,10 +70,9 @@ struct ProxySettings {
   // After SIGTERM, inbound keeps accepting this long; outbound until the drain ends.
   std::chrono::milliseconds inbound_drain_grace{std::chrono::seconds(2)};
   // The byte relay of pure L4 routes: "auto", "kernel" or "uring" (proxy/kernel_relay.h).
-  // uring by default: through the sockmap a stalled reader's bytes pile up in the kernel without
-  // TCP backpressure (docs/PROXY.md, "Kernel relay"), so the kernel relay is opt-in until that
-  // is fixed.
-  std::string relay = "uring";
+  // auto by default: the kernel relay where `remora-init relay install` put it (installing it is
+  // the opt-in), for the connections it serves best; the io_uring relay everywhere else.
+  std::string relay = "auto";
   // How long a connection to a port with no declared protocol waits for its first bytes before
   // it is relayed as TCP (proxy/sniffer.h; Istio's protocolDetectionTimeout).
   std::chrono::milliseconds protocol_detection_timeout{100};
