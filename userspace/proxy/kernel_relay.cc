@@ -142,7 +142,7 @@ Result<std::shared_ptr<RelayMaps>> RelayMaps::open(const std::string& pin_dir, u
     return errnoError(
         fmt::format("reading the relay's ring buffer {}/{}", pin_dir, kRelayEventsPin));
   }
-  for (unsigned i = 0; i < std::max(workers, 1U); ++i) {
+  for (unsigned i = 0; i < workers; ++i) {
     auto box = std::make_unique<Mailbox>();
     box->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (box->wake_fd < 0) return errnoError("eventfd for the relay's events");

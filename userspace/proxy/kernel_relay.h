@@ -70,8 +70,8 @@ class RelayMaps {
  public:
   // Opens the pins under `pin_dir` (BPF_OBJ_GET: needs read and write permission on them) and
   // proves the relay works in this process: a loopback socket pair is inserted and removed.
-  // `workers`: how many workers get events. The error says which step failed, for the log
-  // line of the fallback.
+  // `workers` (at least 1): how many workers get events. The error says which step failed, for the
+  // log line of the fallback.
   static Result<std::shared_ptr<RelayMaps>> open(const std::string& pin_dir, unsigned workers);
   ~RelayMaps();
   RelayMaps(const RelayMaps&) = delete;

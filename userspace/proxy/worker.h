@@ -365,6 +365,7 @@ class Worker final : public loop::CompletionHandler {
   // io_uring relay with both directions held; releaseHeld lets each direction go once the
   // bytes the kernel redirected that way reached the receiving socket.
   void armRelayEvents();
+  void armRelayEvent(bool ring);  // the ring buffer's poll (worker 0), or the mailbox's read
   void onRelayEvents(bool ring, const loop::Completion& c);
   void pauseKernelRelay(uint32_t slot, uint64_t cookie);
   void releaseHeld(uint32_t slot);

@@ -266,10 +266,18 @@ void Worker::armRelayEvents() {
   if (relay_events_ == settings_.kernel_relay || !settings_.kernel_relay) return;
   // The maps are opened once per process, so this runs once per worker.
   relay_events_ = settings_.kernel_relay;
-  if (index_ == 0) ring_.poll(relay_events_->ringFd(), POLLIN, tag(Op::kRelayRing, 0, 0));
-  ring_.read(relay_events_->wakeFd(index_),
-             {reinterpret_cast<char*>(&relay_wake_value_), sizeof(relay_wake_value_)},
-             tag(Op::kRelayWake, 0, 0));
+  if (index_ == 0) armRelayEvent(/*ring=*/true);
+  armRelayEvent(/*ring=*/false);
+}
+
+void Worker::armRelayEvent(bool ring) {
+  if (ring) {
+    ring_.poll(relay_events_->ringFd(), POLLIN, tag(Op::kRelayRing, 0, 0));
+  } else {
+    ring_.read(relay_events_->wakeFd(index_),
+               {reinterpret_cast<char*>(&relay_wake_value_), sizeof(relay_wake_value_)},
+               tag(Op::kRelayWake, 0, 0));
+  }
 }
 
 void Worker::onRelayEvents(bool ring, const loop::Completion& c) {
@@ -277,15 +285,12 @@ void Worker::onRelayEvents(bool ring, const loop::Completion& c) {
   if (ring) {
     // Every worker's records go to its mailbox, this one's included.
     if (c.res >= 0) relay_events_->drainRing();
-    ring_.poll(relay_events_->ringFd(), POLLIN, tag(Op::kRelayRing, 0, 0));
-    return;
+  } else {
+    for (const RelayEvent& event : relay_events_->takeEvents(index_)) {
+      pauseKernelRelay(event.slot, event.cookie);
+    }
   }
-  for (const RelayEvent& event : relay_events_->takeEvents(index_)) {
-    pauseKernelRelay(event.slot, event.cookie);
-  }
-  ring_.read(relay_events_->wakeFd(index_),
-             {reinterpret_cast<char*>(&relay_wake_value_), sizeof(relay_wake_value_)},
-             tag(Op::kRelayWake, 0, 0));
+  armRelayEvent(ring);
 }
 
 void Worker::pauseKernelRelay(uint32_t slot, uint64_t cookie) {
@@ -406,10 +411,12 @@ void Worker::finishKernelRelay(uint32_t slot) {
   static const bool full_detach = loop::uringAbSwitch("relay-detach");
   const RelayBytes bytes =
       full_detach ? conn.relay_maps->detach(conn.relay) : conn.relay_maps->release(conn.relay);
-  if (conn.state == State::kKernel || conn.relay_paused) countKernelBytes(conn, bytes);
+  // Only a relayed or a paused pair has maps: either way the kernel's bytes are counted once,
+  // here.
+  countKernelBytes(conn, bytes);
   conn.relay_maps.reset();
   conn.relay = RelayPair{};
-  // closeConnection goes on from the relaying state: nothing is queued in user space.
+  // closeConnection goes on from the relaying state (a paused pair is in it already).
   conn.state = State::kRelaying;
 }
 
