@@ -38,6 +38,16 @@
 namespace remora::test {
 namespace {
 
+// The proxy and this test are built together, so this says whether the proxy's memory carries
+// AddressSanitizer's shadow and quarantine.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+constexpr bool kAddressSanitizer = __has_feature(address_sanitizer);
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
@@ -565,8 +575,13 @@ void KernelRelay::stallTheReaderAndResume(int fd) {
   EXPECT_EQ(metric("remora_relay_pause_losses_total"), 0);
   // Back in user space the proxy holds what its io_uring relay holds: at most the buffer limit
   // (1 MiB) per direction, in buffers of its 16 MiB pool (256 x 64 KiB), which become resident
-  // as they are first used.
-  EXPECT_LT(rss_after - rss_before, 20 * 1024);
+  // as they are first used. Not under AddressSanitizer (CI's asan_quick), whose quarantine
+  // keeps freed memory resident (24 MiB grew there once): RSS is not the proxy's there.
+  if (kAddressSanitizer) {
+    std::printf("proxy RSS bound not checked: built with AddressSanitizer\n");
+  } else {
+    EXPECT_LT(rss_after - rss_before, 20 * 1024);
+  }
   // Reading on from offset 1 MiB: nothing was lost or reordered while the reader stalled.
   std::vector<char> block(1 << 20);
   for (uint64_t off = 1 << 20; off < (uint64_t{64} << 20); off += block.size()) {
